@@ -1,0 +1,456 @@
+// The coordinator's logic, without sockets: admission (hello), rounds keyed by
+// (step, phase, layer) reduced in rank order, deadlines, failure fan-out, and the
+// authoritative running statistics. Transports (ws server, in-memory) feed it
+// bytes through a Peer; it never touches a socket itself.
+
+import { decode, encode } from "../shared/codec.js";
+import {
+  diffConventions,
+  parseNorm,
+  statsGroupSize,
+  validateConventions,
+  type RunConventions,
+} from "../shared/config.js";
+import { ErrorCode, SyncbnError, isSyncbnError } from "../shared/errors.js";
+import {
+  PROTOCOL_VERSION,
+  checkContribution,
+  checkHello,
+  compareRounds,
+  describeRound,
+  type Contribution,
+  type ErrorMessage,
+  type Phase,
+  type RoundResult,
+} from "../shared/protocol.js";
+import { RunningStatsTable } from "./running-stats.js";
+import { reduceRound } from "./reduce.js";
+
+/** One connected client as the coordinator sees it. */
+export interface Peer {
+  send(bytes: Uint8Array): void;
+  /** Close the connection; code follows WebSocket close codes (1008 policy, 1011 error). */
+  close(code: number, reason: string): void;
+  /** For log lines only, e.g. "127.0.0.1:53412". */
+  readonly label: string;
+}
+
+export interface CoordinatorOptions {
+  worldSize: number;
+  /** Required token; "" accepts any token (loopback-only runs). */
+  token: string;
+  /** The run's conventions; null adopts those of the first worker and holds the rest to them. */
+  conventions: RunConventions | null;
+  /** A round fails if not every member contributed this long after it opened. */
+  roundTimeoutMs: number;
+}
+
+/** A completed round, for observers (launcher progress, tests). */
+export interface RoundEvent {
+  step: number;
+  phase: Phase;
+  layer: number;
+  count: number;
+  data: Float64Array | Float32Array;
+  extra: Float64Array | undefined;
+}
+
+export interface CoordinatorEvents {
+  onJoin?(rank: number): void;
+  onRound?(ev: RoundEvent): void;
+  /** The run failed; every peer has been sent the error. Called once. */
+  onFailed?(err: SyncbnError): void;
+  /** Every rank said bye. */
+  onDone?(): void;
+}
+
+interface OpenRound {
+  scope: string;
+  step: number;
+  phase: Phase;
+  layer: number;
+  members: readonly number[];
+  /** Contributions by member position; null = not yet arrived. */
+  parts: (Contribution | null)[];
+  arrived: number;
+  timer: ReturnType<typeof setTimeout>;
+}
+
+/** WebSocket close codes used on refusal and failure. */
+export const CLOSE_POLICY = 1008;
+export const CLOSE_ERROR = 1011;
+
+export class Coordinator {
+  readonly worldSize: number;
+  private readonly opts: CoordinatorOptions;
+  private conventions: RunConventions | null;
+  private groupSize = 1;
+  private readonly peers: (Peer | null)[];
+  private readonly byPeer = new Map<Peer, number>();
+  private readonly finished = new Set<number>();
+  /** Last contribution key per rank, for the monotonic-order check. */
+  private readonly lastKey: ({ step: number; phase: Phase; layer: number } | null)[];
+  private readonly open = new Map<string, OpenRound>();
+  /** Channel count per BN layer, fixed by its first round. */
+  private readonly layerChannels = new Map<number, number>();
+  private failure: SyncbnError | null = null;
+  readonly runningStats: RunningStatsTable;
+  events: CoordinatorEvents = {};
+
+  constructor(opts: CoordinatorOptions) {
+    if (!Number.isInteger(opts.worldSize) || opts.worldSize < 1) {
+      throw new SyncbnError(ErrorCode.BadConfig, `world size must be a positive integer, got ${opts.worldSize}`);
+    }
+    this.opts = opts;
+    this.worldSize = opts.worldSize;
+    this.peers = new Array<Peer | null>(opts.worldSize).fill(null);
+    this.lastKey = new Array(opts.worldSize).fill(null);
+    this.conventions = null;
+    this.runningStats = new RunningStatsTable();
+    if (opts.conventions) this.adoptConventions(opts.conventions);
+  }
+
+  get failed(): SyncbnError | null {
+    return this.failure;
+  }
+
+  get runConventions(): RunConventions | null {
+    return this.conventions;
+  }
+
+  /** Ranks currently connected and admitted. */
+  connectedRanks(): number[] {
+    const out: number[] = [];
+    this.peers.forEach((p, r) => p && out.push(r));
+    return out;
+  }
+
+  private adoptConventions(c: RunConventions): void {
+    validateConventions(c);
+    this.groupSize = statsGroupSize(parseNorm(c.norm), this.worldSize);
+    this.conventions = { ...c };
+    this.runningStats.configure(c);
+  }
+
+  /** Feed one binary message from a peer. Never throws: bad input is answered and the peer dropped. */
+  receive(peer: Peer, bytes: Uint8Array): void {
+    let msg: unknown;
+    try {
+      msg = decode(bytes);
+    } catch (e) {
+      this.refuse(peer, new SyncbnError(ErrorCode.BadMessage, `undecodable message (${(e as Error).message})`, this.rankContext(peer)));
+      return;
+    }
+    const rank = this.byPeer.get(peer);
+    if (rank === undefined) {
+      this.admit(peer, msg);
+      return;
+    }
+    const type = (msg as { type?: unknown } | null)?.type;
+    if (type === "bye") {
+      this.finished.add(rank);
+      if (this.finished.size === this.worldSize) this.events.onDone?.();
+      return;
+    }
+    const problem = checkContribution(msg);
+    if (problem !== null) {
+      this.failRun(new SyncbnError(ErrorCode.BadMessage, `malformed message from a worker: ${problem}`, { rank }));
+      return;
+    }
+    this.contribute(rank, msg as Contribution);
+  }
+
+  /** The transport reports a closed connection. */
+  disconnected(peer: Peer, detail: string): void {
+    const rank = this.byPeer.get(peer);
+    if (rank === undefined) return;
+    this.byPeer.delete(peer);
+    this.peers[rank] = null;
+    if (this.finished.has(rank) || this.failure) return;
+    const where = this.pendingFor(rank);
+    this.failRun(
+      new SyncbnError(
+        ErrorCode.WorkerLost,
+        `worker disconnected (${detail})${where ? ` while the run waited in ${where.text}` : ""}; stopping all workers`,
+        { rank, ...(where ? { step: where.step, layer: where.layer, phase: where.phase } : {}) },
+      ),
+    );
+  }
+
+  /** Ends every open round and refuses further work (used on shutdown). */
+  shutdown(reason: string): void {
+    if (!this.failure) this.failRun(new SyncbnError(ErrorCode.Aborted, reason));
+  }
+
+  private rankContext(peer: Peer): { rank?: number } {
+    const r = this.byPeer.get(peer);
+    return r === undefined ? {} : { rank: r };
+  }
+
+  private refuse(peer: Peer, err: SyncbnError): void {
+    const rank = this.byPeer.get(peer);
+    try {
+      peer.send(encode(toErrorMessage(err)));
+    } finally {
+      peer.close(CLOSE_POLICY, err.code);
+    }
+    // An admitted worker that sends garbage breaks the run for everyone.
+    if (rank !== undefined && !this.failure) this.failRun(err);
+  }
+
+  private admit(peer: Peer, msg: unknown): void {
+    const problem = checkHello(msg);
+    if (problem !== null) {
+      this.refuse(peer, new SyncbnError(ErrorCode.BadMessage, `${problem} (peer ${peer.label})`));
+      return;
+    }
+    const hello = msg as import("../shared/protocol.js").Hello;
+    const ctx = { rank: hello.rank };
+    if (hello.version !== PROTOCOL_VERSION) {
+      this.refuse(
+        peer,
+        new SyncbnError(ErrorCode.Version, `protocol version ${hello.version} differs from the coordinator's ${PROTOCOL_VERSION}; run the same syncbn version everywhere`, ctx),
+      );
+      return;
+    }
+    if (this.opts.token !== "" && hello.token !== this.opts.token) {
+      this.refuse(peer, new SyncbnError(ErrorCode.Token, "wrong run token; pass the coordinator's --token (or SYNCBN_TOKEN)", ctx));
+      return;
+    }
+    if (hello.worldSize !== this.worldSize || hello.rank >= this.worldSize) {
+      this.refuse(
+        peer,
+        new SyncbnError(
+          ErrorCode.Rank,
+          `worker says rank ${hello.rank} of world size ${hello.worldSize}, but the coordinator runs world size ${this.worldSize} (ranks 0..${this.worldSize - 1})`,
+          ctx,
+        ),
+      );
+      return;
+    }
+    if (this.peers[hello.rank] !== null || this.finished.has(hello.rank)) {
+      this.refuse(peer, new SyncbnError(ErrorCode.DuplicateRank, `rank ${hello.rank} is already taken by another worker; give every worker a distinct --rank`, ctx));
+      return;
+    }
+    if (this.failure) {
+      this.refuse(peer, this.failure);
+      return;
+    }
+    if (this.conventions === null) {
+      try {
+        this.adoptConventions(hello.conventions);
+      } catch (e) {
+        this.refuse(peer, isSyncbnError(e) ? e : new SyncbnError(ErrorCode.Conventions, String(e), ctx));
+        return;
+      }
+    } else {
+      const diff = diffConventions(this.conventions, hello.conventions);
+      if (diff.length > 0) {
+        this.refuse(peer, new SyncbnError(ErrorCode.Conventions, `BN conventions differ from the run's: ${diff.join("; ")}`, ctx));
+        return;
+      }
+    }
+    this.peers[hello.rank] = peer;
+    this.byPeer.set(peer, hello.rank);
+    peer.send(encode({ type: "welcome", version: PROTOCOL_VERSION, rank: hello.rank, worldSize: this.worldSize }));
+    this.events.onJoin?.(hello.rank);
+  }
+
+  /** Members and scope of the round a rank's contribution belongs to. */
+  private scopeOf(rank: number, phase: Phase): { scope: string; members: number[] } {
+    if (phase === "fwd" || phase === "bwd") {
+      const g = Math.floor(rank / this.groupSize);
+      const first = g * this.groupSize;
+      return { scope: `g${g}`, members: range(first, first + this.groupSize) };
+    }
+    return { scope: "world", members: range(0, this.worldSize) };
+  }
+
+  private contribute(rank: number, c: Contribution): void {
+    const ctx = { rank, step: c.step, layer: c.layer, phase: c.phase };
+    if (this.failure) return; // the error was already sent to everyone
+    const last = this.lastKey[rank];
+    if (last && compareRounds(c, last) <= 0) {
+      this.failRun(
+        new SyncbnError(
+          ErrorCode.RoundKey,
+          `contribution for ${describeRound(c.step, c.phase, c.layer)} does not come after this worker's previous round (${describeRound(last.step, last.phase, last.layer)})`,
+          ctx,
+        ),
+      );
+      return;
+    }
+    // A rank may not skip a round it is still owed in: every worker runs the same rounds in the same order.
+    for (const r of this.open.values()) {
+      const pos = r.members.indexOf(rank);
+      if (pos >= 0 && r.parts[pos] === null && compareRounds(c, r) > 0) {
+        this.failRun(
+          new SyncbnError(
+            ErrorCode.RoundKey,
+            `worker sent ${describeRound(c.step, c.phase, c.layer)} but its group is waiting for its ${describeRound(r.step, r.phase, r.layer)}; workers must run the same layers in the same order`,
+            ctx,
+          ),
+        );
+        return;
+      }
+    }
+    this.lastKey[rank] = { step: c.step, phase: c.phase, layer: c.layer };
+    if (c.phase === "fwd" && this.groupSize === 1) {
+      this.failRun(new SyncbnError(ErrorCode.RoundKey, `norm mode ${this.conventions?.norm} has no BN rounds, but a worker sent one`, ctx));
+      return;
+    }
+    const { scope, members } = this.scopeOf(rank, c.phase);
+    const id = `${scope}|${c.step}/${c.phase}/${c.layer}`;
+    let round = this.open.get(id);
+    if (!round) {
+      for (const other of this.open.values()) {
+        if (other.scope === scope) {
+          this.failRun(
+            new SyncbnError(
+              ErrorCode.RoundKey,
+              `contribution for ${describeRound(c.step, c.phase, c.layer)} while ${describeRound(other.step, other.phase, other.layer)} is still open in the same group`,
+              ctx,
+            ),
+          );
+          return;
+        }
+      }
+      round = this.openRound(id, scope, members, c);
+    }
+    const problem = this.checkShape(round, c, rank);
+    if (problem) {
+      this.failRun(problem);
+      return;
+    }
+    const pos = members.indexOf(rank);
+    round.parts[pos] = c;
+    round.arrived++;
+    if (round.arrived === members.length) this.complete(id, round);
+  }
+
+  private openRound(id: string, scope: string, members: number[], c: Contribution): OpenRound {
+    const round: OpenRound = {
+      scope,
+      step: c.step,
+      phase: c.phase,
+      layer: c.layer,
+      members,
+      parts: new Array<Contribution | null>(members.length).fill(null),
+      arrived: 0,
+      timer: setTimeout(() => this.expire(id), this.opts.roundTimeoutMs),
+    };
+    this.open.set(id, round);
+    return round;
+  }
+
+  private checkShape(round: OpenRound, c: Contribution, rank: number): SyncbnError | null {
+    const ctx = { rank, step: c.step, layer: c.layer, phase: c.phase };
+    const isBn = c.phase === "fwd" || c.phase === "bwd";
+    const first = round.parts.find((p) => p !== null);
+    const known = this.layerChannels.get(c.layer);
+    const expected = first ? first.data.length : isBn && known !== undefined ? 2 * known : c.data.length;
+    if (c.data.length !== expected) {
+      const what = isBn ? `${c.data.length / 2} channels, expected ${expected / 2}` : `${c.data.length} values, expected ${expected}`;
+      return new SyncbnError(ErrorCode.Shape, `contribution has ${what}`, ctx);
+    }
+    if (first && (first.extra?.length ?? -1) !== (c.extra?.length ?? -1)) {
+      return new SyncbnError(ErrorCode.Shape, `contribution's extra vector has ${c.extra?.length ?? 0} values, expected ${first.extra?.length ?? 0}`, ctx);
+    }
+    if (!allFinite(c.data) || (c.extra && !allFinite(c.extra)) || (c.checksum !== undefined && !Number.isFinite(c.checksum))) {
+      return new SyncbnError(ErrorCode.NonFinite, "contribution holds NaN or Inf; the worker's loss or statistics diverged (lower the learning rate?)", ctx);
+    }
+    return null;
+  }
+
+  private complete(id: string, round: OpenRound): void {
+    clearTimeout(round.timer);
+    this.open.delete(id);
+    const parts = round.parts as Contribution[];
+    let result: RoundResult;
+    try {
+      result = reduceRound(round.step, round.phase, round.layer, parts, round.members);
+    } catch (e) {
+      this.failRun(isSyncbnError(e) ? e : new SyncbnError(ErrorCode.BadMessage, String(e), { step: round.step, layer: round.layer, phase: round.phase }));
+      return;
+    }
+    if (round.phase === "fwd") {
+      if (!this.layerChannels.has(round.layer)) this.layerChannels.set(round.layer, result.data.length / 2);
+      if (result.count === 1) {
+        this.failRun(
+          new SyncbnError(ErrorCode.SingleValue, "expected more than 1 value per channel when training, but the global batch has 1 value per channel; use a larger batch", {
+            step: round.step,
+            layer: round.layer,
+            phase: round.phase,
+          }),
+        );
+        return;
+      }
+      // Group 0 (the only group in sync mode) holds the authoritative running stats, as rank 0 does in DDP.
+      if (round.scope === "g0") this.runningStats.update(round.layer, result.count, result.data);
+    }
+    const bytes = encode(result);
+    for (const r of round.members) this.peers[r]?.send(bytes);
+    this.events.onRound?.({ step: round.step, phase: round.phase, layer: round.layer, count: result.count, data: result.data, extra: result.extra });
+  }
+
+  private expire(id: string): void {
+    const round = this.open.get(id);
+    if (!round || this.failure) return;
+    const missing = round.members.filter((_, i) => round.parts[i] === null);
+    this.failRun(
+      new SyncbnError(
+        ErrorCode.Timeout,
+        `round deadline of ${this.opts.roundTimeoutMs} ms passed without a contribution from rank(s) ${missing.join(", ")} (frozen, overloaded or crashed?); raise --round-timeout if the workers are just slow`,
+        { rank: missing, step: round.step, layer: round.layer, phase: round.phase },
+      ),
+    );
+  }
+
+  /** Where a rank is awaited (an open round it has not contributed to), or its last round. */
+  private pendingFor(rank: number): { text: string; step: number; layer: number; phase: Phase } | null {
+    for (const r of this.open.values()) {
+      const pos = r.members.indexOf(rank);
+      if (pos >= 0 && r.parts[pos] === null) return { text: describeRound(r.step, r.phase, r.layer), step: r.step, layer: r.layer, phase: r.phase };
+    }
+    const last = this.lastKey[rank];
+    return last ? { text: `the round after ${describeRound(last.step, last.phase, last.layer)}`, ...last } : null;
+  }
+
+  private failRun(err: SyncbnError): void {
+    if (this.failure) return;
+    this.failure = err;
+    for (const r of this.open.values()) clearTimeout(r.timer);
+    this.open.clear();
+    const bytes = encode(toErrorMessage(err));
+    for (const p of this.peers) {
+      if (!p) continue;
+      try {
+        p.send(bytes);
+      } catch {
+        // the peer is going away anyway
+      }
+    }
+    this.events.onFailed?.(err);
+  }
+}
+
+export function toErrorMessage(err: SyncbnError): ErrorMessage {
+  const { rank, step, layer, phase } = err.context;
+  const msg: ErrorMessage = { type: "error", code: err.code, message: err.message };
+  if (rank !== undefined) msg.rank = typeof rank === "number" ? rank : [...rank];
+  if (step !== undefined) msg.step = step;
+  if (layer !== undefined) msg.layer = layer;
+  if (phase !== undefined) msg.phase = phase;
+  return msg;
+}
+
+function range(from: number, to: number): number[] {
+  const out: number[] = [];
+  for (let i = from; i < to; i++) out.push(i);
+  return out;
+}
+
+function allFinite(a: Float64Array | Float32Array): boolean {
+  for (let i = 0; i < a.length; i++) if (!Number.isFinite(a[i]!)) return false;
+  return true;
+}

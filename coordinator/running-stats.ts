@@ -1,0 +1,40 @@
+// The coordinator's authoritative copy of every BN layer's running statistics,
+// updated from the global batch statistics of each forward round (group 0's in
+// group mode) with the run's conventions. This is what checkpoints and eval use.
+
+import type { BnConventions } from "../shared/config.js";
+import { updateRunningStats } from "../shared/stats.js";
+
+export interface LayerRunningStats {
+  mean: Float64Array; // (C)
+  var: Float64Array; // (C)
+  /** Number of updates so far (PyTorch's num_batches_tracked). */
+  tracked: number;
+}
+
+export class RunningStatsTable {
+  private conv: BnConventions | null = null;
+  readonly layers = new Map<number, LayerRunningStats>();
+
+  configure(conv: BnConventions): void {
+    this.conv = conv;
+  }
+
+  /** Seed a layer (e.g. from a checkpoint) before any round. */
+  set(layer: number, stats: LayerRunningStats): void {
+    this.layers.set(layer, { mean: Float64Array.from(stats.mean), var: Float64Array.from(stats.var), tracked: stats.tracked });
+  }
+
+  /** meanVar = [mean(C), biased var(C)] of the global batch; no update when count = 0. */
+  update(layer: number, count: number, meanVar: Float64Array | Float32Array): void {
+    if (!this.conv || count === 0) return;
+    const c = meanVar.length / 2;
+    let s = this.layers.get(layer);
+    if (!s) {
+      s = { mean: new Float64Array(c), var: new Float64Array(c).fill(1), tracked: 0 };
+      this.layers.set(layer, s);
+    }
+    s.tracked++;
+    updateRunningStats(s.mean, s.var, Float64Array.from(meanVar.subarray(0, c)), Float64Array.from(meanVar.subarray(c)), count, this.conv, s.tracked);
+  }
+}

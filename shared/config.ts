@@ -1,0 +1,118 @@
+// The BN conventions a run is defined by, shared by coordinator and workers, and
+// the parser of the `--norm` mode string. Every worker's hello carries these and
+// the coordinator refuses any that differ. No I/O here.
+
+import { ErrorCode, SyncbnError } from "./errors.js";
+
+export type MomentumStyle = "torch" | "keras";
+
+/** Normalization mode; see DESIGN.md §4. */
+export type NormMode =
+  | { kind: "sync" }
+  | { kind: "local" }
+  | { kind: "group"; groupSize: number }
+  | { kind: "ghost"; ghostBatch: number }
+  | { kind: "renorm" }
+  | { kind: "groupnorm"; groups: number }
+  | { kind: "none" };
+
+export interface BnConventions {
+  eps: number;
+  /** torch style: weight of the new batch (0.1); keras style: weight of the old value (0.99); null: cumulative. */
+  momentum: number | null;
+  momentumStyle: MomentumStyle;
+  /** Running var from M2/(n-1) (PyTorch) or M2/n (Keras/Flax). */
+  unbiasedRunningVar: boolean;
+}
+
+/** What a worker and the coordinator must agree on before any round. */
+export interface RunConventions extends BnConventions {
+  /** The `--norm` string, e.g. "sync", "group:2". */
+  norm: string;
+}
+
+export const TORCH_CONVENTIONS: BnConventions = {
+  eps: 1e-5,
+  momentum: 0.1,
+  momentumStyle: "torch",
+  unbiasedRunningVar: true,
+};
+
+export function parseNorm(text: string): NormMode {
+  const [name, arg, ...rest] = text.trim().split(":");
+  const intArg = (what: string): number => {
+    const n = Number(arg);
+    if (rest.length > 0 || arg === undefined || !Number.isInteger(n) || n < 1) {
+      throw new SyncbnError(ErrorCode.BadConfig, `--norm ${text}: ${name} needs a positive integer ${what}, e.g. ${name}:2`);
+    }
+    return n;
+  };
+  switch (name) {
+    case "sync":
+    case "local":
+    case "renorm":
+    case "none":
+      if (arg !== undefined) throw new SyncbnError(ErrorCode.BadConfig, `--norm ${text}: ${name} takes no argument`);
+      return { kind: name };
+    case "group":
+      return { kind: "group", groupSize: intArg("group size K (workers per group)") };
+    case "ghost":
+      return { kind: "ghost", ghostBatch: intArg("ghost batch size G (samples per sub-batch)") };
+    case "groupnorm":
+      return { kind: "groupnorm", groups: intArg("number of channel groups G") };
+    default:
+      throw new SyncbnError(
+        ErrorCode.BadConfig,
+        `unknown --norm "${text}"; use one of sync, local, group:K, ghost:G, renorm, groupnorm:G, none`,
+      );
+  }
+}
+
+/**
+ * Workers per statistics group for the BN rounds of a mode: W for sync, 1 for
+ * local (no rounds at all), K for group:K.
+ */
+export function statsGroupSize(mode: NormMode, worldSize: number): number {
+  switch (mode.kind) {
+    case "sync":
+      return worldSize;
+    case "group":
+      if (worldSize % mode.groupSize !== 0) {
+        throw new SyncbnError(
+          ErrorCode.BadConfig,
+          `--norm group:${mode.groupSize} needs K to divide the number of workers (${worldSize}); try K in {${divisors(worldSize).join(", ")}}`,
+        );
+      }
+      return mode.groupSize;
+    default:
+      return 1;
+  }
+}
+
+export function divisors(n: number): number[] {
+  const out: number[] = [];
+  for (let d = 1; d <= n; d++) if (n % d === 0) out.push(d);
+  return out;
+}
+
+export function validateConventions(c: BnConventions): void {
+  if (!(c.eps > 0) || !Number.isFinite(c.eps)) {
+    throw new SyncbnError(ErrorCode.BadConfig, `eps must be a positive number, got ${c.eps}`);
+  }
+  if (c.momentumStyle !== "torch" && c.momentumStyle !== "keras") {
+    throw new SyncbnError(ErrorCode.BadConfig, `momentumStyle must be "torch" or "keras", got ${String(c.momentumStyle)}`);
+  }
+  if (c.momentum !== null && !(c.momentum >= 0 && c.momentum <= 1)) {
+    throw new SyncbnError(ErrorCode.BadConfig, `momentum must be in [0, 1] or null (cumulative), got ${c.momentum}`);
+  }
+}
+
+/** The fields where two runs' conventions differ, as "field: ours vs theirs" lines; empty if none. */
+export function diffConventions(ours: RunConventions, theirs: RunConventions): string[] {
+  const keys: (keyof RunConventions)[] = ["eps", "momentum", "momentumStyle", "unbiasedRunningVar", "norm"];
+  const out: string[] = [];
+  for (const k of keys) {
+    if (!Object.is(ours[k], theirs[k])) out.push(`${k}: run has ${String(ours[k])}, worker has ${String(theirs[k])}`);
+  }
+  return out;
+}

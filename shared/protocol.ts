@@ -1,0 +1,181 @@
+// The wire protocol between workers and the coordinator (DESIGN.md §5): one
+// interface and one type guard per message. Guards validate everything a
+// hostile peer could get wrong. Encoding lives in codec.ts; sockets elsewhere.
+
+import type { RunConventions } from "./config.js";
+
+export const PROTOCOL_VERSION = 1;
+
+/**
+ * Phases of a round. fwd: BN moments (Chan merge within the stats group);
+ * bwd: BN gradient sums (within the stats group); grad: parameter gradients
+ * summed over all workers; sum: any small float64 vector summed over all workers
+ * (eval counts, precise-BN sums).
+ */
+export type Phase = "fwd" | "bwd" | "grad" | "sum";
+export const PHASES: readonly Phase[] = ["fwd", "bwd", "grad", "sum"];
+
+/** Worker → coordinator, first message. */
+export interface Hello {
+  type: "hello";
+  version: number;
+  rank: number;
+  worldSize: number;
+  token: string;
+  conventions: RunConventions;
+}
+
+/** Coordinator → worker, hello accepted. */
+export interface Welcome {
+  type: "welcome";
+  version: number;
+  rank: number;
+  worldSize: number;
+}
+
+/**
+ * Worker → coordinator, one worker's part of round (step, phase, layer).
+ * fwd: count = local element count per channel, data = [mean(C), M2(C)].
+ * bwd: count = local element count, data = [Σdy(C), Σdy·xhat(C)].
+ * grad: data = summed gradients (Float32Array), extra = metric sums (Float64Array),
+ *   checksum = parameter checksum when the coordinator asked for one (every K steps).
+ * sum: data = Float64Array summed elementwise.
+ */
+export interface Contribution {
+  type: "contrib";
+  step: number;
+  phase: Phase;
+  layer: number;
+  count: number;
+  data: Float64Array | Float32Array;
+  extra?: Float64Array;
+  checksum?: number;
+}
+
+/**
+ * Coordinator → worker, the round's reduced result.
+ * fwd: count = global n, data = [mean(C), biased var(C)].
+ * bwd/grad/sum: count = Σcount, data = elementwise sums (same type as sent), extra summed.
+ */
+export interface RoundResult {
+  type: "result";
+  step: number;
+  phase: Phase;
+  layer: number;
+  count: number;
+  data: Float64Array | Float32Array;
+  extra?: Float64Array;
+}
+
+/** Coordinator → worker: the run (or this worker's admission) failed. */
+export interface ErrorMessage {
+  type: "error";
+  code: string;
+  message: string;
+  rank?: number | number[];
+  step?: number;
+  layer?: number;
+  phase?: string;
+}
+
+/** Worker → coordinator: this worker finished normally; its disconnect is not a failure. */
+export interface Bye {
+  type: "bye";
+}
+
+export type ClientMessage = Hello | Contribution | Bye;
+export type ServerMessage = Welcome | RoundResult | ErrorMessage;
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+function isNonNegInt(v: unknown): v is number {
+  return typeof v === "number" && Number.isInteger(v) && v >= 0;
+}
+
+function isConventions(v: unknown): v is RunConventions {
+  return (
+    isObject(v) &&
+    typeof v.eps === "number" &&
+    (v.momentum === null || typeof v.momentum === "number") &&
+    (v.momentumStyle === "torch" || v.momentumStyle === "keras") &&
+    typeof v.unbiasedRunningVar === "boolean" &&
+    typeof v.norm === "string"
+  );
+}
+
+/** Returns null if valid, else what is wrong (for the error sent back). */
+export function checkHello(v: unknown): string | null {
+  if (!isObject(v) || v.type !== "hello") return "first message must be a hello";
+  if (!isNonNegInt(v.version)) return "hello.version must be a non-negative integer";
+  if (!isNonNegInt(v.rank)) return "hello.rank must be a non-negative integer";
+  if (!isNonNegInt(v.worldSize) || v.worldSize < 1) return "hello.worldSize must be a positive integer";
+  if (typeof v.token !== "string") return "hello.token must be a string";
+  if (!isConventions(v.conventions)) return "hello.conventions must hold eps, momentum, momentumStyle, unbiasedRunningVar, norm";
+  return null;
+}
+
+/** Returns null if the shape is valid, else what is wrong. Finite-ness is checked by the round. */
+export function checkContribution(v: unknown): string | null {
+  if (!isObject(v) || v.type !== "contrib") return "expected a contrib message";
+  if (!isNonNegInt(v.step)) return "contrib.step must be a non-negative integer";
+  if (typeof v.phase !== "string" || !(PHASES as readonly string[]).includes(v.phase)) {
+    return `contrib.phase must be one of ${PHASES.join(", ")}`;
+  }
+  if (typeof v.layer !== "number" || !Number.isInteger(v.layer) || v.layer < -1) {
+    return "contrib.layer must be an integer ≥ -1";
+  }
+  if (!isNonNegInt(v.count)) return "contrib.count must be a non-negative integer";
+  if (v.phase === "grad") {
+    if (!(v.data instanceof Float32Array)) return "contrib.data must be a Float32Array in a grad round";
+  } else if (!(v.data instanceof Float64Array)) {
+    return `contrib.data must be a Float64Array in a ${v.phase} round`;
+  }
+  if ((v.phase === "fwd" || v.phase === "bwd") && v.data.length % 2 !== 0) {
+    return `contrib.data must hold 2·C values in a ${v.phase} round`;
+  }
+  if (v.extra !== undefined && !(v.extra instanceof Float64Array)) return "contrib.extra must be a Float64Array";
+  if (v.checksum !== undefined && typeof v.checksum !== "number") return "contrib.checksum must be a number";
+  return null;
+}
+
+export function isServerMessage(v: unknown): v is ServerMessage {
+  if (!isObject(v)) return false;
+  switch (v.type) {
+    case "welcome":
+      return isNonNegInt(v.rank) && isNonNegInt(v.worldSize);
+    case "result":
+      return (
+        isNonNegInt(v.step) &&
+        typeof v.phase === "string" &&
+        typeof v.layer === "number" &&
+        isNonNegInt(v.count) &&
+        (v.data instanceof Float64Array || v.data instanceof Float32Array)
+      );
+    case "error":
+      return typeof v.code === "string" && typeof v.message === "string";
+    default:
+      return false;
+  }
+}
+
+/** Human-readable key of a round, e.g. "step 4 fwd layer 2". */
+export function describeRound(step: number, phase: Phase, layer: number): string {
+  return `step ${step} ${phase}${layer >= 0 ? ` layer ${layer}` : ""}`;
+}
+
+const PHASE_ORDER: Record<Phase, number> = { fwd: 0, bwd: 1, grad: 2, sum: 3 };
+
+/**
+ * The order every worker runs rounds in: by step; within a step forward layers
+ * ascending, backward layers descending, then the gradient round, then sum rounds
+ * (eval, precise BN) by their index. Negative: a before b.
+ */
+export function compareRounds(
+  a: { step: number; phase: Phase; layer: number },
+  b: { step: number; phase: Phase; layer: number },
+): number {
+  if (a.step !== b.step) return a.step - b.step;
+  if (a.phase !== b.phase) return PHASE_ORDER[a.phase] - PHASE_ORDER[b.phase];
+  return a.phase === "bwd" ? b.layer - a.layer : a.layer - b.layer;
+}
