@@ -26,8 +26,8 @@ export interface Layer {
    */
   forward(x: Float32Array, n: number, train: boolean): Float32Array | Promise<Float32Array>;
   /**
-   * dy: (n, ...outShape) for the last training forward. Accumulates (+=) into
-   * param grads is NOT done: grads are overwritten. Returns dx: (n, ...inShape).
+   * dy: (n, ...outShape) for the last training forward. Overwrites (does not
+   * accumulate into) the param grads. Returns dx: (n, ...inShape), a layer-owned view.
    */
   backward(dy: Float32Array, n: number): Float32Array | Promise<Float32Array>;
 }
