@@ -85,6 +85,8 @@ export class Coordinator {
   private readonly opts: CoordinatorOptions;
   private conventions: RunConventions | null;
   private groupSize = 1;
+  /** Whether the norm mode has BN rounds at all (sync, group:K). */
+  private bnRounds = false;
   private readonly peers: (Peer | null)[];
   private readonly byPeer = new Map<Peer, number>();
   private readonly finished = new Set<number>();
@@ -127,7 +129,9 @@ export class Coordinator {
 
   private adoptConventions(c: RunConventions): void {
     validateConventions(c);
-    this.groupSize = statsGroupSize(parseNorm(c.norm), this.worldSize);
+    const mode = parseNorm(c.norm);
+    this.groupSize = statsGroupSize(mode, this.worldSize);
+    this.bnRounds = mode.kind === "sync" || mode.kind === "group";
     this.conventions = { ...c };
     this.runningStats.configure(c);
   }
@@ -295,7 +299,7 @@ export class Coordinator {
       }
     }
     this.lastKey[rank] = { step: c.step, phase: c.phase, layer: c.layer };
-    if (c.phase === "fwd" && this.groupSize === 1) {
+    if ((c.phase === "fwd" || c.phase === "bwd") && !this.bnRounds) {
       this.failRun(new SyncbnError(ErrorCode.RoundKey, `norm mode ${this.conventions?.norm} has no BN rounds, but a worker sent one`, ctx));
       return;
     }

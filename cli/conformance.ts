@@ -1,0 +1,125 @@
+// `syncbn conformance DIR`: runs every case of the PyTorch-computed sync-BN suite
+// through a real coordinator and W real worker processes over WebSocket on
+// 127.0.0.1, and compares against the expected values (see conformance-case.ts).
+
+import { randomBytes } from "node:crypto";
+import { mkdirSync, readdirSync, statSync, writeFileSync } from "node:fs";
+import { basename, join } from "node:path";
+import { ErrorCode, SyncbnError } from "../shared/errors.js";
+import { startCoordinatorServer, DEFAULT_MAX_PAYLOAD } from "../coordinator/server.js";
+import { caseConventions, compareCase, loadCase, type CaseDump } from "./conformance-case.js";
+import type { WorkerReport } from "./conformance-worker.js";
+import { forkWorker, killAll } from "./procs.js";
+
+export interface ConformanceOptions {
+  dump?: string;
+  /** Per-case deadline, and the coordinator's round deadline. */
+  timeoutMs: number;
+  print(line: string): void;
+}
+
+export async function runConformance(dir: string, opts: ConformanceOptions): Promise<{ passed: number; failed: number }> {
+  let files: string[];
+  try {
+    if (!statSync(dir).isDirectory()) throw new Error("not a directory");
+    files = readdirSync(dir).filter((f) => f.endsWith(".json")).sort();
+  } catch (e) {
+    throw new SyncbnError(ErrorCode.BadConfig, `conformance folder ${dir} is not readable (${(e as Error).message}); pass the folder holding the case *.json files`);
+  }
+  if (files.length === 0) throw new SyncbnError(ErrorCode.BadConfig, `no *.json case files in ${dir}`);
+  if (opts.dump) mkdirSync(opts.dump, { recursive: true });
+  let passed = 0;
+  let failed = 0;
+  for (const f of files) {
+    const path = join(dir, f);
+    let name = basename(f, ".json");
+    try {
+      const c = loadCase(path);
+      name = c.name;
+      const dump = await runCase(path, opts.timeoutMs);
+      if (opts.dump) writeFileSync(join(opts.dump, `${c.name}.json`), JSON.stringify(dump));
+      const m = compareCase(c, dump);
+      if (m) {
+        failed++;
+        opts.print(`FAIL ${name}: ${m.field} max abs err ${m.maxAbsErr.toExponential(3)} at index ${m.index}`);
+      } else {
+        passed++;
+        opts.print(`PASS ${name}`);
+      }
+    } catch (e) {
+      failed++;
+      opts.print(`FAIL ${name}: ${(e as Error).message.split("\n").join(" | ")}`);
+    }
+  }
+  opts.print(`${passed} passed, ${failed} failed`);
+  return { passed, failed };
+}
+
+async function runCase(path: string, timeoutMs: number): Promise<CaseDump> {
+  const c = loadCase(path);
+  const worldSize = c.steps[0]!.workers.length;
+  const token = randomBytes(16).toString("hex");
+  const server = await startCoordinatorServer({
+    host: "127.0.0.1",
+    port: 0,
+    worldSize,
+    token,
+    conventions: caseConventions(c),
+    roundTimeoutMs: timeoutMs,
+    maxPayload: DEFAULT_MAX_PAYLOAD,
+  });
+  const script = new URL("./conformance-worker.js", import.meta.url);
+  const procs = Array.from({ length: worldSize }, (_, rank) =>
+    forkWorker(script, [path, String(rank), server.url, token, String(timeoutMs)], rank, { env: { ...process.env } }),
+  );
+  try {
+    const deadline = new Promise<never>((_, reject) =>
+      setTimeout(() => reject(new SyncbnError(ErrorCode.Timeout, `case did not finish within ${timeoutMs} ms`)), timeoutMs).unref(),
+    );
+    const exits = await Promise.race([Promise.all(procs.map((p) => p.exited)), deadline]);
+    const reports: WorkerReport[] = [];
+    for (const p of procs) {
+      const exit = exits[p.rank]!;
+      const report = p.messages.find((m): m is WorkerReport => (m as WorkerReport)?.type === "report");
+      if (exit.code !== 0 || !report) {
+        const why = p.stderrTail().filter((l) => l.trim()).slice(-3).join(" | ") || `exit code ${exit.code ?? exit.signal}`;
+        throw new Error(`worker rank ${p.rank} failed: ${why}`);
+      }
+      reports.push(report);
+    }
+    return toDump(c.name, reports, server.coordinator.runningStats.layers.get(0));
+  } finally {
+    await killAll(procs);
+    await server.close();
+  }
+}
+
+/** Worker reports → the dump format; globals come from rank 0, checked equal on every rank. */
+function toDump(name: string, reports: WorkerReport[], coordStats: { mean: Float64Array; var: Float64Array } | undefined): CaseDump {
+  const r0 = reports[0]!;
+  const steps = r0.steps.map((s, i) => {
+    for (const r of reports) {
+      const o = r.steps[i]!;
+      for (const f of ["dgamma", "dbeta", "mean", "var", "runningMean", "runningVar"] as const) {
+        if (o[f].some((v, j) => !Object.is(v, s[f][j]))) throw new Error(`rank ${r.rank} step ${i}: ${f} differs from rank 0's (replicas must agree bit for bit)`);
+      }
+    }
+    return {
+      workers: reports.map((r) => ({ y: r.steps[i]!.y, dx: r.steps[i]!.dx })),
+      dgamma: s.dgamma,
+      dbeta: s.dbeta,
+      mean: s.mean,
+      var: s.var,
+      runningMean: s.runningMean,
+      runningVar: s.runningVar,
+    };
+  });
+  const last = steps[steps.length - 1]!;
+  if (coordStats && (coordStats.mean.some((v, j) => !Object.is(v, last.runningMean[j])) || coordStats.var.some((v, j) => !Object.is(v, last.runningVar[j])))) {
+    throw new Error("the coordinator's authoritative running statistics differ from the workers'");
+  }
+  for (const r of reports) {
+    if (r.evalY.some((v, j) => !Object.is(v, r0.evalY[j]))) throw new Error(`rank ${r.rank}: eval output differs from rank 0's`);
+  }
+  return { name, steps, eval: { y: r0.evalY } };
+}

@@ -1,0 +1,32 @@
+// The one place syncbn reads environment variables: its own (SYNCBN_*) and the
+// launcher conventions torchrun, Slurm and Kubernetes jobs set (RANK,
+// WORLD_SIZE, MASTER_ADDR, MASTER_PORT). Everything else gets values passed in.
+
+export interface EnvSettings {
+  rank?: number;
+  worldSize?: number;
+  masterAddr?: string;
+  masterPort?: number;
+  token?: string;
+  fashionMnistDir?: string;
+  isCI: boolean;
+}
+
+function intVar(name: string, env: NodeJS.ProcessEnv): number | undefined {
+  const v = env[name];
+  if (v === undefined || v === "") return undefined;
+  const n = Number(v);
+  return Number.isInteger(n) && n >= 0 ? n : undefined;
+}
+
+export function readEnv(env: NodeJS.ProcessEnv = process.env): EnvSettings {
+  return {
+    rank: intVar("RANK", env) ?? intVar("SLURM_PROCID", env),
+    worldSize: intVar("WORLD_SIZE", env) ?? intVar("SLURM_NTASKS", env),
+    masterAddr: env.MASTER_ADDR || undefined,
+    masterPort: intVar("MASTER_PORT", env),
+    token: env.SYNCBN_TOKEN || undefined,
+    fashionMnistDir: env.SYNCBN_FASHION_MNIST_DIR || undefined,
+    isCI: env.CI === "true" || env.CI === "1",
+  };
+}

@@ -1,0 +1,167 @@
+// Batch normalization over (N, C) or (N, C, H, W), with PyTorch SyncBatchNorm's
+// three-phase shape in forward and again in backward: local statistics, one
+// collective over the statistics group (BnSync), finish. With no BnSync it is
+// plain per-worker BN ("local"). The math itself lives in shared/stats.ts.
+
+import type { BnConventions } from "../../shared/config.js";
+import { ErrorCode, SyncbnError } from "../../shared/errors.js";
+import {
+  biasedVariance,
+  checkTrainingCount,
+  emptyMoments,
+  inverseStd,
+  localGradSums,
+  localMoments,
+  normalizeBackward,
+  normalizeEval,
+  normalizeForward,
+  updateRunningStats,
+  type Moments,
+} from "../../shared/stats.js";
+import { BatchBuffer, sizeOf, type Layer, type Param } from "./layer.js";
+
+/** The collective a BN layer needs; RoundSync implements it over the coordinator. */
+export interface BnSync {
+  /** The current training step, for round keys and error messages. */
+  readonly step: number;
+  readonly rank: number;
+  /** Merge local moments over the statistics group; returns global (count, mean, biased var). */
+  reduceMoments(layer: number, local: Moments): Promise<{ count: number; mean: Float64Array; variance: Float64Array }>;
+  /** Sum [Σdy(C), Σdy·xhat(C)] over the statistics group. */
+  reduceGradSums(layer: number, count: number, sums: Float64Array): Promise<Float64Array>;
+}
+
+export class BatchNorm implements Layer {
+  readonly inShape: readonly number[];
+  readonly outShape: readonly number[];
+  readonly channels: number;
+  /** H·W, or 1 for (N, C) input. */
+  readonly spatial: number;
+  readonly gamma: Param;
+  readonly beta: Param;
+  readonly runningMean: Float64Array; // (C)
+  readonly runningVar: Float64Array; // (C)
+  /** Number of running-stat updates so far (PyTorch's num_batches_tracked). */
+  tracked = 0;
+  /** Global statistics of the last training batch, for inspection and conformance. */
+  readonly batchMean: Float64Array; // (C)
+  readonly batchVar: Float64Array; // (C), biased
+  batchCount = 0;
+
+  private readonly moments: Moments;
+  private readonly invStd: Float64Array; // (C)
+  private readonly gradSums: Float64Array; // (2C): [Σdy, Σdy·xhat]
+  private readonly y: BatchBuffer; // (N, C, S)
+  private readonly xhat: BatchBuffer; // (N, C, S)
+  private readonly dx: BatchBuffer; // (N, C, S)
+  private lastXhat: Float32Array | null = null;
+
+  constructor(
+    readonly name: string,
+    /** Index among the model's BN layers: the `layer` of its rounds. */
+    readonly layerIndex: number,
+    shape: readonly number[], // [C] or [C, H, W]
+    readonly conventions: BnConventions,
+    readonly sync: BnSync | null,
+  ) {
+    this.inShape = shape;
+    this.outShape = shape;
+    this.channels = shape[0]!;
+    this.spatial = sizeOf(shape.slice(1));
+    const c = this.channels;
+    this.gamma = { name: `${name}.weight`, value: new Float32Array(c).fill(1), grad: new Float32Array(c) };
+    this.beta = { name: `${name}.bias`, value: new Float32Array(c), grad: new Float32Array(c) };
+    this.runningMean = new Float64Array(c);
+    this.runningVar = new Float64Array(c).fill(1);
+    this.batchMean = new Float64Array(c);
+    this.batchVar = new Float64Array(c);
+    this.moments = emptyMoments(c);
+    this.invStd = new Float64Array(c);
+    this.gradSums = new Float64Array(2 * c);
+    const per = sizeOf(shape);
+    this.y = new BatchBuffer(per);
+    this.xhat = new BatchBuffer(per);
+    this.dx = new BatchBuffer(per);
+  }
+
+  params(): Param[] {
+    return [this.gamma, this.beta];
+  }
+
+  forward(x: Float32Array, n: number, train: boolean): Float32Array | Promise<Float32Array> {
+    const y = this.y.view(n);
+    if (!train) {
+      normalizeEval(y, x, this.runningMean, this.runningVar, this.gamma.value, this.beta.value, this.conventions.eps, n, this.channels, this.spatial);
+      return y;
+    }
+    localMoments(this.moments, x, n, this.channels, this.spatial);
+    if (!this.sync) {
+      biasedVariance(this.batchVar, this.moments);
+      return this.finishForward(y, x, n, this.moments.count, this.moments.mean, this.batchVar);
+    }
+    return this.sync.reduceMoments(this.layerIndex, this.moments).then((g) => this.finishForward(y, x, n, g.count, g.mean, g.variance));
+  }
+
+  private finishForward(
+    y: Float32Array, // (N, C, S)
+    x: Float32Array, // (N, C, S)
+    n: number,
+    count: number,
+    mean: Float64Array, // (C)
+    variance: Float64Array, // (C)
+  ): Float32Array {
+    const ctx = { rank: this.sync?.rank, step: this.sync?.step, layer: this.layerIndex, phase: "fwd" };
+    checkTrainingCount(count, this.channels, ctx);
+    this.batchCount = count;
+    if (mean !== this.batchMean) this.batchMean.set(mean);
+    if (variance !== this.batchVar) this.batchVar.set(variance);
+    const xhat = this.xhat.view(n);
+    this.lastXhat = xhat;
+    if (count === 0) return y; // nothing anywhere: no normalization, no running-stat update
+    inverseStd(this.invStd, this.batchVar, this.conventions.eps);
+    normalizeForward(y, xhat, x, this.batchMean, this.invStd, this.gamma.value, this.beta.value, n, this.channels, this.spatial);
+    this.tracked++;
+    updateRunningStats(this.runningMean, this.runningVar, this.batchMean, this.batchVar, count, this.conventions, this.tracked);
+    return y;
+  }
+
+  backward(dy: Float32Array, n: number): Float32Array | Promise<Float32Array> {
+    const xhat = this.lastXhat;
+    if (!xhat || xhat.length !== n * this.channels * this.spatial) {
+      throw new SyncbnError(ErrorCode.BadConfig, `${this.name}: backward without a matching training forward (batch ${n})`, {
+        rank: this.sync?.rank,
+        step: this.sync?.step,
+        layer: this.layerIndex,
+        phase: "bwd",
+      });
+    }
+    const c = this.channels;
+    const local = localGradSums(this.gradSums, dy, xhat, n, c, this.spatial);
+    // This worker's share of dβ = Σdy and dγ = Σdy·xhat; the gradient round sums them.
+    for (let ch = 0; ch < c; ch++) {
+      this.beta.grad[ch] = local[ch]!;
+      this.gamma.grad[ch] = local[c + ch]!;
+    }
+    const dx = this.dx.view(n);
+    if (!this.sync) {
+      this.finishBackward(dx, dy, xhat, n, local, this.batchCount);
+      return dx;
+    }
+    return this.sync.reduceGradSums(this.layerIndex, n * this.spatial, local).then((global) => {
+      this.finishBackward(dx, dy, xhat, n, global, this.batchCount);
+      return dx;
+    });
+  }
+
+  private finishBackward(
+    dx: Float32Array, // (N, C, S)
+    dy: Float32Array, // (N, C, S)
+    xhat: Float32Array, // (N, C, S)
+    n: number,
+    sums: Float64Array, // (2C) over the statistics group
+    count: number,
+  ): void {
+    if (count === 0) return;
+    normalizeBackward(dx, dy, xhat, sums, count, this.invStd, this.gamma.value, n, this.channels, this.spatial);
+  }
+}
