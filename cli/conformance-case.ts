@@ -75,7 +75,7 @@ export function loadCase(path: string): ConformanceCase {
 }
 
 export function caseConventions(c: ConformanceCase): RunConventions {
-  return { eps: c.eps, momentum: c.momentum, momentumStyle: c.momentumStyle, unbiasedRunningVar: c.unbiasedRunningVar, norm: "sync" };
+  return { eps: c.eps, momentum: c.momentum, momentumStyle: c.momentumStyle, unbiasedRunningVar: c.unbiasedRunningVar, norm: "sync", training: "" };
 }
 
 export interface Mismatch {

@@ -3,17 +3,12 @@
 // command modules. No training or protocol logic here; errors are printed as one
 // line with their code and the process exits non-zero.
 
-import { Command, InvalidArgumentError } from "commander";
+import { Command } from "commander";
+import { intArg } from "./commands.js";
 import { isSyncbnError } from "../shared/errors.js";
 import { runConformance } from "./conformance.js";
+import { registerTrainCommands } from "./commands.js";
 
-export function positiveInt(name: string) {
-  return (v: string): number => {
-    const n = Number(v);
-    if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError(`${name} must be a positive integer, got "${v}"`);
-    return n;
-  };
-}
 
 const program = new Command();
 program
@@ -21,12 +16,14 @@ program
   .description("Data-parallel training with synchronized batch normalization over a WebSocket coordinator")
   .showHelpAfterError("(run syncbn <command> --help for usage)");
 
+registerTrainCommands(program);
+
 program
   .command("conformance")
   .description("run PyTorch-computed sync-BN cases through a real coordinator and worker processes")
   .argument("<dir>", "folder of case *.json files (e.g. ../shared/conformance/cases)")
   .option("--dump <out>", "write what was computed to OUT/<name>.json")
-  .option("--timeout <ms>", "deadline per case and per round", positiveInt("--timeout"), 60_000)
+  .option("--timeout <ms>", "deadline per case and per round", intArg("--timeout", 1), 60_000)
   .action(async (dir: string, o: { dump?: string; timeout: number }) => {
     const { failed } = await runConformance(dir, { dump: o.dump, timeoutMs: o.timeout, print: (l) => console.log(l) });
     process.exitCode = failed > 0 ? 1 : 0;

@@ -29,6 +29,11 @@ export interface BnConventions {
 export interface RunConventions extends BnConventions {
   /** The `--norm` string, e.g. "sync", "group:2". */
   norm: string;
+  /**
+   * Canonical JSON of the rest of the training settings every worker must share
+   * (model, batch, lr, seed...), or "" when there is no training (conformance).
+   */
+  training: string;
 }
 
 export const TORCH_CONVENTIONS: BnConventions = {
@@ -114,5 +119,22 @@ export function diffConventions(ours: RunConventions, theirs: RunConventions): s
   for (const k of keys) {
     if (!Object.is(ours[k], theirs[k])) out.push(`${k}: run has ${String(ours[k])}, worker has ${String(theirs[k])}`);
   }
+  if (ours.training !== theirs.training) {
+    const a = parseSettings(ours.training);
+    const b = parseSettings(theirs.training);
+    const fields = [...new Set([...Object.keys(a), ...Object.keys(b)])].filter((k) => JSON.stringify(a[k]) !== JSON.stringify(b[k]));
+    for (const k of fields) out.push(`${k}: run has ${JSON.stringify(a[k])}, worker has ${JSON.stringify(b[k])}`);
+    if (fields.length === 0) out.push("training settings differ");
+  }
   return out;
+}
+
+function parseSettings(text: string): Record<string, unknown> {
+  if (text === "") return {};
+  try {
+    const v: unknown = JSON.parse(text);
+    return typeof v === "object" && v !== null ? (v as Record<string, unknown>) : {};
+  } catch {
+    return { training: text };
+  }
 }

@@ -100,7 +100,8 @@ function isConventions(v: unknown): v is RunConventions {
     (v.momentum === null || typeof v.momentum === "number") &&
     (v.momentumStyle === "torch" || v.momentumStyle === "keras") &&
     typeof v.unbiasedRunningVar === "boolean" &&
-    typeof v.norm === "string"
+    typeof v.norm === "string" &&
+    typeof v.training === "string"
   );
 }
 
@@ -111,7 +112,7 @@ export function checkHello(v: unknown): string | null {
   if (!isNonNegInt(v.rank)) return "hello.rank must be a non-negative integer";
   if (!isNonNegInt(v.worldSize) || v.worldSize < 1) return "hello.worldSize must be a positive integer";
   if (typeof v.token !== "string") return "hello.token must be a string";
-  if (!isConventions(v.conventions)) return "hello.conventions must hold eps, momentum, momentumStyle, unbiasedRunningVar, norm";
+  if (!isConventions(v.conventions)) return "hello.conventions must hold eps, momentum, momentumStyle, unbiasedRunningVar, norm, training";
   return null;
 }
 
@@ -179,3 +180,28 @@ export function compareRounds(
   if (a.phase !== b.phase) return PHASE_ORDER[a.phase] - PHASE_ORDER[b.phase];
   return a.phase === "bwd" ? b.layer - a.layer : a.layer - b.layer;
 }
+
+/** Layout of the grad round's extra vector (summed over workers). */
+export const GradExtra = {
+  lossSum: 0,
+  correct: 1,
+  count: 2,
+  /** Previous step's time waiting in rounds, ms. */
+  syncWaitMs: 3,
+  /** Previous step's time outside rounds, ms. */
+  computeMs: 4,
+  /** The run's total steps and steps per epoch (every worker sends the same value). */
+  totalSteps: 5,
+  stepsPerEpoch: 6,
+  length: 7,
+} as const;
+
+/** The `layer` ids of sum rounds within a step, in the order workers run them. */
+export const SumRound = {
+  /** Rank 0 sends its running statistics, others zeros: everyone gets rank 0's. */
+  BroadcastStats: 0,
+  /** PreciseBN population statistics. */
+  PreciseStats: 1,
+  /** Test-set evaluation: data = [lossSum, correct, count]. */
+  Eval: 2,
+} as const;

@@ -52,6 +52,8 @@ export class CoordinatorClient {
   private readonly pending = new Map<string, Pending>();
   private failure: SyncbnError | null = null;
   private closing = false;
+  /** Total time spent between sending a contribution and receiving its result. */
+  waitMs = 0;
 
   private constructor(
     private readonly ws: WebSocket,
@@ -140,6 +142,7 @@ export class CoordinatorClient {
   ): Promise<RoundResult> {
     if (this.failure) return Promise.reject(this.failure);
     const key = `${step}/${phase}/${layer}`;
+    const sent = performance.now();
     return new Promise<RoundResult>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.pending.delete(key);
@@ -151,7 +154,11 @@ export class CoordinatorClient {
           ),
         );
       }, this.opts.roundTimeoutMs);
-      this.pending.set(key, { resolve, reject, timer });
+      const onResult = (r: RoundResult): void => {
+        this.waitMs += performance.now() - sent;
+        resolve(r);
+      };
+      this.pending.set(key, { resolve: onResult, reject, timer });
       const msg: Contribution = { type: "contrib", step, phase, layer, count, data };
       if (extra) msg.extra = extra;
       if (checksum !== undefined) msg.checksum = checksum;

@@ -1,0 +1,177 @@
+// `syncbn train`: starts a coordinator in this process and W worker processes,
+// shows progress, and on any worker failure stops the rest and reports the root
+// cause first (rank, exit code or signal, step, last error lines). Ctrl-C stops
+// everything. The training itself runs in the workers (worker/train.ts).
+
+import { randomBytes } from "node:crypto";
+import { mkdirSync } from "node:fs";
+import { DEFAULT_MAX_PAYLOAD, startCoordinatorServer } from "../coordinator/server.js";
+import { ErrorCode, SyncbnError } from "../shared/errors.js";
+import { readCheckpoint } from "../worker/checkpoint.js";
+import { conventionsOf, validateSettings, type TrainSettings } from "../worker/settings.js";
+import { RunMonitor, formatSummary, type RunSummary } from "./monitor.js";
+import { forkWorker, killAll, type WorkerProcess } from "./procs.js";
+
+export interface TrainOptions {
+  settings: TrainSettings;
+  workers: number;
+  outDir: string;
+  checkpointEvery: number;
+  resume: string | null;
+  roundTimeoutMs: number;
+  tty: boolean;
+  print(line: string): void;
+  status(line: string): void;
+  /** Extra environment for the workers (e.g. the Fashion-MNIST folder). */
+  workerEnv?: NodeJS.ProcessEnv;
+}
+
+export interface TrainResult {
+  ok: boolean;
+  summary: RunSummary | null;
+  /** Root cause lines when !ok. */
+  failure: string[];
+}
+
+const WORKER_SCRIPT = new URL("./main.js", import.meta.url);
+
+export async function runTrain(o: TrainOptions): Promise<TrainResult> {
+  const s = o.settings;
+  validateSettings(s, o.workers);
+  mkdirSync(o.outDir, { recursive: true });
+  const token = randomBytes(16).toString("hex");
+  const server = await startCoordinatorServer({
+    host: "127.0.0.1",
+    port: 0,
+    worldSize: o.workers,
+    token,
+    conventions: conventionsOf(s),
+    roundTimeoutMs: o.roundTimeoutMs,
+    maxPayload: DEFAULT_MAX_PAYLOAD,
+  });
+  let startStep = 0;
+  if (o.resume) {
+    const ck = readCheckpoint(o.resume);
+    startStep = ck.header.step;
+    ck.bn.forEach((b, i) => server.coordinator.runningStats.set(i, { mean: b.mean, var: b.var, tracked: ck.header.bn[i]!.tracked }));
+    o.print(`resuming from ${o.resume} at step ${startStep}`);
+  }
+  const monitor = new RunMonitor({
+    worldSize: o.workers,
+    perWorkerBatch: s.batch,
+    norm: s.norm,
+    model: s.model,
+    data: s.data,
+    outDir: o.outDir,
+    totalSteps: null,
+    stepsPerEpoch: null,
+    startStep,
+    tty: o.tty,
+    print: o.print,
+    status: o.status,
+  });
+  monitor.attach(server.coordinator);
+  o.print(`syncbn train: ${o.workers} workers × ${s.batch} samples, --model ${s.model} --norm ${s.norm} --data ${s.data}; coordinator ${server.url}; output in ${o.outDir}`);
+
+  let coordFailure: SyncbnError | null = null;
+  let firstBadExit: { proc: WorkerProcess; code: number | null; signal: string | null } | null = null;
+  let interrupted = false;
+  let wake: () => void = () => {};
+  const woken = new Promise<void>((r) => (wake = r));
+  server.coordinator.events.onFailed = (e) => {
+    coordFailure = e;
+    wake();
+  };
+
+  const args = [
+    "worker",
+    "--coordinator",
+    server.url,
+    "--world",
+    String(o.workers),
+    "--settings-json",
+    JSON.stringify(s),
+    "--out",
+    o.outDir,
+    "--checkpoint-every",
+    String(o.checkpointEvery),
+    "--round-timeout",
+    String(o.roundTimeoutMs),
+  ];
+  if (o.resume) args.push("--resume", o.resume);
+  // The token goes through the environment, not argv, so `ps` does not show it.
+  const env = { ...process.env, ...o.workerEnv, SYNCBN_TOKEN: token };
+  const procs = Array.from({ length: o.workers }, (_, rank) => forkWorker(WORKER_SCRIPT, [...args, "--rank", String(rank)], rank, { env }));
+  for (const p of procs) {
+    void p.exited.then(({ code, signal }) => {
+      if ((code !== 0 || signal) && !firstBadExit) {
+        firstBadExit = { proc: p, code, signal };
+        wake();
+      }
+    });
+  }
+  const onSigint = (): void => {
+    interrupted = true;
+    wake();
+  };
+  process.on("SIGINT", onSigint);
+  process.on("SIGTERM", onSigint);
+  const allExited = Promise.all(procs.map((p) => p.exited)).then(() => wake());
+  try {
+    await woken;
+    if (interrupted) {
+      if (o.tty) o.status("");
+      o.print("interrupted: stopping all workers");
+      await killAll(procs);
+      return { ok: false, summary: null, failure: ["interrupted by signal; the last checkpoint (if any) is in " + o.outDir] };
+    }
+    if (firstBadExit || coordFailure) {
+      // Let the other workers report and exit (they fail fast on the coordinator's error).
+      await Promise.race([allExited, new Promise((r) => setTimeout(r, 1500))]);
+      await killAll(procs);
+      if (o.tty) o.status("");
+      return { ok: false, summary: null, failure: rootCause(procs, firstBadExit, coordFailure) };
+    }
+    await allExited;
+    if (o.tty) o.status("");
+    const summary = monitor.summary();
+    monitor.writeSummary(summary);
+    for (const l of formatSummary(summary)) o.print(l);
+    return { ok: true, summary, failure: [] };
+  } finally {
+    process.off("SIGINT", onSigint);
+    process.off("SIGTERM", onSigint);
+    await killAll(procs);
+    await server.close();
+  }
+}
+
+function describeExit(e: { code: number | null; signal: string | null }): string {
+  return e.signal ? `was killed by ${e.signal}` : `exited with code ${e.code}`;
+}
+
+/** The root cause first: the worker whose loss the coordinator reported, else the first to fail. */
+function rootCause(
+  procs: WorkerProcess[],
+  firstBadExit: { proc: WorkerProcess; code: number | null; signal: string | null } | null,
+  coord: SyncbnError | null,
+): string[] {
+  const lines: string[] = [];
+  const lostRank = coord && coord.code === ErrorCode.WorkerLost && typeof coord.context.rank === "number" ? coord.context.rank : null;
+  const culprit = lostRank !== null ? procs[lostRank]! : firstBadExit?.proc;
+  const where = coord
+    ? [coord.context.step !== undefined ? `step ${coord.context.step}` : "", coord.context.phase ? `phase ${coord.context.phase}` : "", coord.context.layer !== undefined && coord.context.layer >= 0 ? `layer ${coord.context.layer}` : ""]
+        .filter(Boolean)
+        .join(", ")
+    : "";
+  if (culprit) {
+    const exit = culprit.child.signalCode ? { code: null, signal: culprit.child.signalCode } : { code: culprit.child.exitCode, signal: null };
+    const status = exit.code === null && exit.signal === null ? "lost its connection" : describeExit(exit);
+    lines.push(`worker rank ${culprit.rank} ${status}${where ? ` (${where})` : ""}`);
+    const tail = culprit.stderrTail().filter((l) => l.trim());
+    if (tail.length) lines.push(...tail.slice(-6).map((l) => `  rank ${culprit.rank}: ${l}`));
+  }
+  if (coord) lines.push(`coordinator: ${coord.message}`);
+  if (!culprit && !coord) lines.push("a worker failed without a report");
+  return lines;
+}

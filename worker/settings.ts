@@ -1,0 +1,104 @@
+// Training settings every worker of a run must share, their defaults and
+// validation, and their canonical JSON (sent in the hello so the coordinator can
+// refuse a worker started with different flags). No I/O.
+
+import { parseNorm, statsGroupSize, validateConventions, type MomentumStyle, type RunConventions } from "../shared/config.js";
+import { ErrorCode, SyncbnError } from "../shared/errors.js";
+import { MODEL_KINDS, type ModelKind } from "./nn/model.js";
+
+export interface TrainSettings {
+  model: ModelKind;
+  norm: string;
+  data: string;
+  /** Samples per worker per step. */
+  batch: number;
+  /** Total steps; null = epochs × steps per epoch. */
+  steps: number | null;
+  epochs: number;
+  lr: number;
+  momentum: number;
+  weightDecay: number;
+  seed: number;
+  bnEps: number;
+  bnMomentum: number | null;
+  bnMomentumStyle: MomentumStyle;
+  unbiasedRunningVar: boolean;
+  /** Use only the first N training / test samples (null = all). */
+  trainSize: number | null;
+  testSize: number | null;
+  evalBatch: number;
+  /** Compare replicas' parameter checksums every K steps (0 = never). */
+  checksumEvery: number;
+  /** Evaluate every N steps as well as at every epoch end (0 = epoch ends only). */
+  evalEvery: number;
+}
+
+export const DEFAULT_SETTINGS: TrainSettings = {
+  model: "cnn",
+  norm: "sync",
+  data: "synthetic",
+  batch: 8,
+  steps: null,
+  epochs: 1,
+  lr: 0.05,
+  momentum: 0.9,
+  weightDecay: 5e-4,
+  seed: 1,
+  bnEps: 1e-5,
+  bnMomentum: 0.1,
+  bnMomentumStyle: "torch",
+  unbiasedRunningVar: true,
+  trainSize: null,
+  testSize: null,
+  evalBatch: 250,
+  checksumEvery: 50,
+  evalEvery: 0,
+};
+
+/** Throws a one-line BadConfig error naming the flag and what to do. */
+export function validateSettings(s: TrainSettings, worldSize: number): void {
+  const bad = (msg: string): never => {
+    throw new SyncbnError(ErrorCode.BadConfig, msg);
+  };
+  if (!MODEL_KINDS.includes(s.model)) bad(`--model must be one of ${MODEL_KINDS.join(", ")}, got "${s.model}"`);
+  const mode = parseNorm(s.norm);
+  statsGroupSize(mode, worldSize);
+  if (mode.kind === "ghost" && s.batch % mode.ghostBatch !== 0) {
+    bad(`--norm ghost:${mode.ghostBatch} needs G to divide the per-worker batch ${s.batch}`);
+  }
+  const posInt = (v: number, flag: string): void => {
+    if (!Number.isInteger(v) || v < 1) bad(`${flag} must be a positive integer, got ${v}`);
+  };
+  posInt(s.batch, "--batch");
+  posInt(s.epochs, "--epochs");
+  posInt(s.evalBatch, "--eval-batch");
+  if (s.steps !== null) posInt(s.steps, "--steps");
+  if (s.trainSize !== null) posInt(s.trainSize, "--train-size");
+  if (s.testSize !== null) posInt(s.testSize, "--test-size");
+  if (!(s.lr > 0) || !Number.isFinite(s.lr)) bad(`--lr must be a positive number, got ${s.lr}`);
+  if (!(s.momentum >= 0 && s.momentum < 1)) bad(`--momentum must be in [0, 1), got ${s.momentum}`);
+  if (!(s.weightDecay >= 0) || !Number.isFinite(s.weightDecay)) bad(`--weight-decay must be ≥ 0, got ${s.weightDecay}`);
+  if (!Number.isInteger(s.seed) || s.seed < 0) bad(`--seed must be a non-negative integer, got ${s.seed}`);
+  if (!Number.isInteger(s.checksumEvery) || s.checksumEvery < 0) bad(`--checksum-every must be an integer ≥ 0`);
+  if (!Number.isInteger(s.evalEvery) || s.evalEvery < 0) bad(`--eval-every must be an integer ≥ 0`);
+  validateConventions(conventionsOf(s));
+}
+
+export function conventionsOf(s: TrainSettings): RunConventions {
+  const { norm, bnEps, bnMomentum, bnMomentumStyle, unbiasedRunningVar, ...rest } = s;
+  // Sorted keys: the same settings always give the same string.
+  const training = JSON.stringify(Object.fromEntries(Object.entries(rest).sort(([a], [b]) => a.localeCompare(b))));
+  return { eps: bnEps, momentum: bnMomentum, momentumStyle: bnMomentumStyle, unbiasedRunningVar, norm, training };
+}
+
+/** Steps per epoch: every worker takes `batch` samples of each global batch; the remainder is dropped. */
+export function stepsPerEpoch(trainCount: number, worldSize: number, batch: number): number {
+  const spe = Math.floor(trainCount / (worldSize * batch));
+  if (spe < 1) {
+    throw new SyncbnError(
+      ErrorCode.BadConfig,
+      `the training set (${trainCount} samples) is smaller than one global batch (${worldSize} workers × ${batch}); lower --batch or --workers`,
+    );
+  }
+  return spe;
+}

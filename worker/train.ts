@@ -1,0 +1,215 @@
+// One worker's data-parallel training loop: its shard of every global batch,
+// forward/backward through the model (sync BN rounds inside), one gradient round
+// per step, the identical SGD update on every replica, evaluation on its shard of
+// the test set, and checkpoints (rank 0). Talks to the coordinator only.
+
+import { join } from "node:path";
+import { parseNorm, statsGroupSize } from "../shared/config.js";
+import { ErrorCode, SyncbnError } from "../shared/errors.js";
+import { GradExtra, SumRound } from "../shared/protocol.js";
+import { Rng, deriveSeed } from "../shared/rng.js";
+import type { CoordinatorClient } from "./client.js";
+import { readCheckpoint, writeCheckpoint, type Checkpoint } from "./checkpoint.js";
+import { gatherBatch, loadDataset, type Dataset } from "./data/dataset.js";
+import { SoftmaxCrossEntropy } from "./nn/loss.js";
+import { buildModel, type Model } from "./nn/model.js";
+import { SGD } from "./nn/sgd.js";
+import { conventionsOf, stepsPerEpoch, type TrainSettings } from "./settings.js";
+import { RoundSync } from "./sync.js";
+
+export interface WorkerRun {
+  settings: TrainSettings;
+  client: CoordinatorClient;
+  rank: number;
+  worldSize: number;
+  /** Folder for checkpoints (rank 0 writes); null = none. */
+  outDir: string | null;
+  checkpointEvery: number;
+  resume: string | null;
+  fashionMnistDir?: string;
+}
+
+/** Seeds derived from --seed, one stream per purpose. */
+const SEED_INIT = 1;
+const SEED_SHUFFLE = 2;
+
+export async function trainWorker(run: WorkerRun): Promise<void> {
+  const { settings: s, client, rank, worldSize } = run;
+  const conv = conventionsOf(s);
+  const mode = parseNorm(s.norm);
+  const data = await loadDataset(s.data, {
+    seed: s.seed,
+    trainSize: s.trainSize ?? undefined,
+    testSize: s.testSize ?? undefined,
+    fashionMnistDir: run.fashionMnistDir,
+  });
+  const sync = new RoundSync(client);
+  // One worker per statistics group: plain BN, no rounds (PyTorch's fallback too).
+  const bnSync = statsGroupSize(mode, worldSize) > 1 ? sync : null;
+  const model = buildModel({
+    kind: s.model,
+    inShape: data.train.sampleShape,
+    classes: data.train.classes,
+    norm: mode,
+    conventions: conv,
+    sync: bnSync,
+    seed: deriveSeed(s.seed, SEED_INIT),
+  });
+  const opt = new SGD(model.params, { lr: s.lr, momentum: s.momentum, weightDecay: s.weightDecay });
+  const loss = new SoftmaxCrossEntropy(data.train.classes);
+  const spe = stepsPerEpoch(data.train.count, worldSize, s.batch);
+  const totalSteps = s.steps ?? s.epochs * spe;
+  let startStep = 0;
+  if (run.resume) {
+    const ck = readCheckpoint(run.resume);
+    checkCheckpointFits(ck, model, conv.training, s.norm, run.resume);
+    loadCheckpoint(ck, model, opt);
+    startStep = ck.header.step;
+  }
+
+  const per = data.train.images.length / data.train.count;
+  const x = new Float32Array(s.batch * per); // (B, 1, 28, 28)
+  const labels = new Uint8Array(s.batch); // (B)
+  const grads = new Float32Array(model.gradSize);
+  const extra = new Float64Array(GradExtra.length);
+  let perm: Uint32Array | null = null;
+  let permEpoch = -1;
+  let lastWaitMs = 0;
+  let lastComputeMs = 0;
+
+  for (let step = startStep; step < totalSteps; step++) {
+    const epoch = Math.floor(step / spe);
+    if (epoch !== permEpoch) {
+      perm = new Rng(deriveSeed(s.seed, SEED_SHUFFLE, epoch)).shuffle(Uint32Array.from({ length: data.train.count }, (_, i) => i));
+      permEpoch = epoch;
+    }
+    const offset = (step % spe) * worldSize * s.batch + rank * s.batch;
+    gatherBatch(x, labels, data.train, perm!, offset, s.batch);
+    sync.step = step;
+    const t0 = performance.now();
+    const waitBefore = client.waitMs;
+    const logits = await model.forward(x, s.batch, true);
+    const lr = loss.forward(logits, labels, s.batch, worldSize * s.batch);
+    await model.backward(loss.backward(s.batch), s.batch);
+    model.packGrads(grads);
+    extra[GradExtra.lossSum] = lr.lossSum;
+    extra[GradExtra.correct] = lr.correct;
+    extra[GradExtra.count] = s.batch;
+    extra[GradExtra.syncWaitMs] = lastWaitMs;
+    extra[GradExtra.computeMs] = lastComputeMs;
+    extra[GradExtra.totalSteps] = totalSteps;
+    extra[GradExtra.stepsPerEpoch] = spe;
+    const checksum = s.checksumEvery > 0 && step % s.checksumEvery === 0 ? model.checksum() : undefined;
+    const summed = await client.round(step, "grad", -1, s.batch, grads, extra, checksum);
+    lastWaitMs = client.waitMs - waitBefore;
+    lastComputeMs = performance.now() - t0 - lastWaitMs;
+    model.unpackGrads(summed.data as Float32Array);
+    opt.step();
+
+    const done = step + 1;
+    const epochEnd = done % spe === 0 || done === totalSteps;
+    if (epochEnd || (s.evalEvery > 0 && done % s.evalEvery === 0)) {
+      await evaluate(model, data.test, s, client, rank, worldSize, step, mode.kind === "local" || mode.kind === "group");
+    }
+    if (rank === 0 && run.outDir && (done === totalSteps || (run.checkpointEvery > 0 && done % run.checkpointEvery === 0))) {
+      writeCheckpoint(join(run.outDir, "checkpoint.bin"), makeCheckpoint(model, opt, done, s, conv.training));
+    }
+  }
+}
+
+/**
+ * Test-set evaluation in eval mode, each worker on a contiguous shard, summed in
+ * one round. When running statistics differ per worker (local/group modes),
+ * rank 0's are broadcast first, as PyTorch DDP evaluates with rank 0's buffers.
+ */
+async function evaluate(
+  model: Model,
+  test: Dataset,
+  s: TrainSettings,
+  client: CoordinatorClient,
+  rank: number,
+  worldSize: number,
+  step: number,
+  broadcastRank0Stats: boolean,
+): Promise<void> {
+  if (broadcastRank0Stats && worldSize > 1 && model.bnLayers.length > 0) {
+    const size = model.bnLayers.reduce((a, l) => a + 2 * l.channels, 0);
+    const buf = new Float64Array(size); // [mean(C), var(C)] per BN layer; zeros from ranks > 0
+    if (rank === 0) {
+      let off = 0;
+      for (const l of model.bnLayers) {
+        buf.set(l.runningMean, off);
+        buf.set(l.runningVar, off + l.channels);
+        off += 2 * l.channels;
+      }
+    }
+    const r = (await client.round(step, "sum", SumRound.BroadcastStats, 0, buf)).data as Float64Array;
+    let off = 0;
+    for (const l of model.bnLayers) {
+      l.runningMean.set(r.subarray(off, off + l.channels));
+      l.runningVar.set(r.subarray(off + l.channels, off + 2 * l.channels));
+      off += 2 * l.channels;
+    }
+  }
+  const per = test.images.length / test.count;
+  const shard = Math.ceil(test.count / worldSize);
+  const from = Math.min(test.count, rank * shard);
+  const to = Math.min(test.count, from + shard);
+  const loss = new SoftmaxCrossEntropy(test.classes);
+  let lossSum = 0;
+  let correct = 0;
+  for (let i = from; i < to; i += s.evalBatch) {
+    const n = Math.min(s.evalBatch, to - i);
+    const logits = await model.forward(test.images.subarray(i * per, (i + n) * per), n, false);
+    const r = loss.forward(logits, test.labels.subarray(i, i + n), n, n);
+    lossSum += r.lossSum;
+    correct += r.correct;
+  }
+  await client.round(step, "sum", SumRound.Eval, to - from, Float64Array.of(lossSum, correct, to - from));
+}
+
+function makeCheckpoint(model: Model, opt: SGD, step: number, s: TrainSettings, training: string): Checkpoint {
+  return {
+    header: {
+      step,
+      model: s.model,
+      norm: s.norm,
+      training,
+      params: model.params.map((p) => ({ name: p.name, length: p.value.length })),
+      momentumBuffers: opt.state().map((b) => b.length),
+      bn: model.bnLayers.map((l) => ({ name: l.name, channels: l.channels, tracked: l.tracked })),
+    },
+    params: model.params.map((p) => p.value),
+    momentum: opt.state(),
+    bn: model.bnLayers.map((l) => ({ mean: l.runningMean, var: l.runningVar })),
+  };
+}
+
+function checkCheckpointFits(ck: Checkpoint, model: Model, training: string, norm: string, file: string): void {
+  const h = ck.header;
+  const bad = (what: string): never => {
+    throw new SyncbnError(ErrorCode.Checkpoint, `${file} does not fit this run: ${what}`);
+  };
+  if (h.model !== model.kind) bad(`it holds a ${h.model}, this run trains a ${model.kind}`);
+  if (h.norm !== norm) bad(`it was trained with --norm ${h.norm}, this run uses ${norm}`);
+  if (h.params.length !== model.params.length || h.params.some((p, i) => p.length !== model.params[i]!.value.length)) {
+    bad("parameter shapes differ");
+  }
+  if (h.bn.length !== model.bnLayers.length) bad("BN layer count differs");
+  const a = JSON.parse(h.training) as Record<string, unknown>;
+  const b = JSON.parse(training) as Record<string, unknown>;
+  // Batch, seed and data define the sample order: resuming with others would not continue the same run.
+  for (const k of ["batch", "seed", "data", "trainSize"]) {
+    if (JSON.stringify(a[k]) !== JSON.stringify(b[k])) bad(`--${k} was ${JSON.stringify(a[k])}, now ${JSON.stringify(b[k])}`);
+  }
+}
+
+function loadCheckpoint(ck: Checkpoint, model: Model, opt: SGD): void {
+  model.params.forEach((p, i) => p.value.set(ck.params[i]!));
+  opt.loadState(ck.momentum);
+  model.bnLayers.forEach((l, i) => {
+    l.runningMean.set(ck.bn[i]!.mean);
+    l.runningVar.set(ck.bn[i]!.var);
+    l.tracked = ck.header.bn[i]!.tracked;
+  });
+}
