@@ -5,7 +5,7 @@
 
 import { Command } from "commander";
 import { intArg } from "./commands.js";
-import { isSyncbnError } from "../shared/errors.js";
+import { ErrorCode, isSyncbnError } from "../shared/errors.js";
 import { runConformance } from "./conformance.js";
 import { registerTrainCommands } from "./commands.js";
 
@@ -29,8 +29,13 @@ program
     process.exitCode = failed > 0 ? 1 : 0;
   });
 
+// Exit codes: 0 ok, 1 the run failed, 2 bad usage or configuration.
 program.parseAsync(process.argv).catch((e: unknown) => {
-  if (isSyncbnError(e)) console.error(`syncbn: ${e.message}`);
-  else console.error(`syncbn: ${(e as Error).stack ?? String(e)}`);
-  process.exitCode = 2;
+  if (isSyncbnError(e)) {
+    console.error(`syncbn: ${e.message}`);
+    process.exitCode = e.code === ErrorCode.BadConfig ? 2 : 1;
+  } else {
+    console.error(`syncbn: ${(e as Error).stack ?? String(e)}`);
+    process.exitCode = 1;
+  }
 });

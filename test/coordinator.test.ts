@@ -1,0 +1,259 @@
+// The coordinator's logic driven without sockets: in-memory peers feed it bytes
+// and record what it sends back.
+import { afterEach, describe, expect, it } from "vitest";
+import { Coordinator, type Peer } from "../coordinator/coordinator.js";
+import { decode, encode } from "../shared/codec.js";
+import type { RunConventions } from "../shared/config.js";
+import { ErrorCode } from "../shared/errors.js";
+import { PROTOCOL_VERSION, type Contribution, type ServerMessage } from "../shared/protocol.js";
+
+const CONV: RunConventions = { eps: 1e-5, momentum: 0.1, momentumStyle: "torch", unbiasedRunningVar: true, norm: "sync", training: "" };
+
+class MemPeer implements Peer {
+  readonly received: ServerMessage[] = [];
+  closed: { code: number; reason: string } | null = null;
+  constructor(readonly label: string) {}
+  send(bytes: Uint8Array): void {
+    this.received.push(decode(bytes) as ServerMessage);
+  }
+  close(code: number, reason: string): void {
+    this.closed = { code, reason };
+  }
+  last(): ServerMessage | undefined {
+    return this.received[this.received.length - 1];
+  }
+  errors(): Extract<ServerMessage, { type: "error" }>[] {
+    return this.received.filter((m): m is Extract<ServerMessage, { type: "error" }> => m.type === "error");
+  }
+}
+
+const live: Coordinator[] = [];
+afterEach(() => {
+  for (const c of live.splice(0)) c.shutdown("test over");
+});
+
+function setup(world: number, opts: Partial<{ token: string; norm: string; roundTimeoutMs: number }> = {}) {
+  const coord = new Coordinator({
+    worldSize: world,
+    token: opts.token ?? "secret",
+    conventions: { ...CONV, norm: opts.norm ?? "sync" },
+    roundTimeoutMs: opts.roundTimeoutMs ?? 5_000,
+  });
+  live.push(coord);
+  const peers = Array.from({ length: world }, (_, r) => new MemPeer(`p${r}`));
+  peers.forEach((p, r) => hello(coord, p, r, world, opts.token ?? "secret", opts.norm ?? "sync"));
+  return { coord, peers };
+}
+
+function hello(coord: Coordinator, p: MemPeer, rank: number, world: number, token = "secret", norm = "sync", extra: Partial<RunConventions> = {}) {
+  coord.receive(p, encode({ type: "hello", version: PROTOCOL_VERSION, rank, worldSize: world, token, conventions: { ...CONV, norm, ...extra } }));
+}
+
+function contrib(coord: Coordinator, p: MemPeer, c: Omit<Contribution, "type">) {
+  coord.receive(p, encode({ type: "contrib", ...c }));
+}
+
+/** A fwd contribution from one slice of values (one channel). */
+function fwdOf(values: number[], step = 0, layer = 0): Omit<Contribution, "type"> {
+  const n = values.length;
+  const mean = n ? values.reduce((a, b) => a + b, 0) / n : 0;
+  const m2 = values.reduce((a, v) => a + (v - mean) ** 2, 0);
+  return { step, phase: "fwd", layer, count: n, data: Float64Array.of(mean, m2) };
+}
+
+describe("coordinator admission", () => {
+  it("welcomes a worker with the right version, token, rank and conventions", () => {
+    const { peers } = setup(2);
+    expect(peers[0]!.received[0]).toMatchObject({ type: "welcome", rank: 0, worldSize: 2 });
+  });
+
+  it("refuses a wrong token, saying so, and closes the connection", () => {
+    const { coord } = setup(0 + 1, {});
+    const p = new MemPeer("intruder");
+    hello(coord, p, 0, 1, "wrong");
+    expect(p.errors()[0]).toMatchObject({ code: ErrorCode.Token });
+    expect(p.errors()[0]!.message).toMatch(/wrong run token/);
+    expect(p.closed).not.toBeNull();
+  });
+
+  it("refuses a duplicate rank and a rank outside the world, naming them", () => {
+    const coord = new Coordinator({ worldSize: 2, token: "", conventions: CONV, roundTimeoutMs: 1000 });
+    live.push(coord);
+    const a = new MemPeer("a");
+    const b = new MemPeer("b");
+    const c = new MemPeer("c");
+    hello(coord, a, 1, 2, "");
+    hello(coord, b, 1, 2, "");
+    hello(coord, c, 2, 2, "");
+    expect(b.errors()[0]).toMatchObject({ code: ErrorCode.DuplicateRank });
+    expect(b.errors()[0]!.message).toMatch(/rank 1 is already taken/);
+    expect(c.errors()[0]).toMatchObject({ code: ErrorCode.Rank });
+    expect(c.errors()[0]!.message).toMatch(/rank 2 of world size 2/);
+    expect(a.closed).toBeNull();
+  });
+
+  it("refuses a different protocol version and different conventions, naming the field", () => {
+    const coord = new Coordinator({ worldSize: 2, token: "", conventions: CONV, roundTimeoutMs: 1000 });
+    live.push(coord);
+    const v = new MemPeer("v");
+    coord.receive(v, encode({ type: "hello", version: PROTOCOL_VERSION + 1, rank: 0, worldSize: 2, token: "", conventions: CONV }));
+    expect(v.errors()[0]).toMatchObject({ code: ErrorCode.Version });
+    const e = new MemPeer("e");
+    hello(coord, e, 0, 2, "", "sync", { eps: 1e-3 });
+    expect(e.errors()[0]).toMatchObject({ code: ErrorCode.Conventions });
+    expect(e.errors()[0]!.message).toMatch(/eps: run has 0.00001, worker has 0.001/);
+    const t = new MemPeer("t");
+    hello(coord, t, 0, 2, "", "sync", { training: JSON.stringify({ lr: 0.1 }) });
+    expect(t.errors()[0]!.message).toMatch(/lr: run has undefined, worker has 0.1/);
+  });
+
+  it("adopts the first worker's conventions when started without any, then holds the others to them", () => {
+    const coord = new Coordinator({ worldSize: 2, token: "", conventions: null, roundTimeoutMs: 1000 });
+    live.push(coord);
+    const a = new MemPeer("a");
+    const b = new MemPeer("b");
+    hello(coord, a, 0, 2, "", "local");
+    hello(coord, b, 1, 2, "", "sync");
+    expect(a.last()).toMatchObject({ type: "welcome" });
+    expect(b.errors()[0]!.message).toMatch(/norm: run has local, worker has sync/);
+  });
+
+  it("refuses undecodable bytes with a bad-message error", () => {
+    const { coord } = setup(1);
+    const p = new MemPeer("garbage");
+    coord.receive(p, Uint8Array.of(0xc1, 0xff, 0x00));
+    expect(p.errors()[0]).toMatchObject({ code: ErrorCode.BadMessage });
+    expect(p.closed).not.toBeNull();
+  });
+});
+
+describe("coordinator rounds", () => {
+  it("merges in rank order, so the result does not depend on arrival order", () => {
+    const slices = [[1, 2, 3], [], [10, 20], [7]];
+    const results: Float64Array[] = [];
+    for (const order of [[0, 1, 2, 3], [3, 2, 1, 0], [2, 0, 3, 1]]) {
+      const { coord, peers } = setup(4);
+      for (const r of order) contrib(coord, peers[r]!, fwdOf(slices[r]!));
+      const res = peers[1]!.last();
+      expect(res).toMatchObject({ type: "result", step: 0, phase: "fwd", layer: 0, count: 6 });
+      results.push((res as { data: Float64Array }).data);
+    }
+    const all = slices.flat();
+    const mean = all.reduce((a, b) => a + b, 0) / all.length;
+    const variance = all.reduce((a, v) => a + (v - mean) ** 2, 0) / all.length;
+    expect(results[0]![0]).toBeCloseTo(mean, 12);
+    expect(results[0]![1]).toBeCloseTo(variance, 10);
+    expect(Array.from(results[1]!)).toEqual(Array.from(results[0]!));
+    expect(Array.from(results[2]!)).toEqual(Array.from(results[0]!));
+  });
+
+  it("sums gradients in float64 and returns float32, with extras and one result to everyone", () => {
+    const { coord, peers } = setup(3);
+    peers.forEach((p, r) => contrib(coord, p, { step: 0, phase: "grad", layer: -1, count: 2, data: Float32Array.of(r, 1), extra: Float64Array.of(r * 0.5) }));
+    for (const p of peers) {
+      const res = p.last() as { data: Float32Array; extra: Float64Array; count: number };
+      expect(Array.from(res.data)).toEqual([3, 3]);
+      expect(res.data).toBeInstanceOf(Float32Array);
+      expect(Array.from(res.extra)).toEqual([1.5]);
+      expect(res.count).toBe(6);
+    }
+  });
+
+  it("keeps the authoritative running statistics from the global batch", () => {
+    const { coord, peers } = setup(2);
+    contrib(coord, peers[0]!, fwdOf([1, 3]));
+    contrib(coord, peers[1]!, fwdOf([5, 7]));
+    const s = coord.runningStats.layers.get(0)!;
+    // mean 4, biased var 5, unbiased 20/3: r = 0.9·r + 0.1·batch
+    expect(s.mean[0]).toBeCloseTo(0.4, 14);
+    expect(s.var[0]).toBeCloseTo(0.9 + 0.1 * (20 / 3), 14);
+    expect(s.tracked).toBe(1);
+  });
+
+  it("fails the round for everyone when a worker skips to another layer, naming rank, step, layer and phase", () => {
+    const { coord, peers } = setup(2);
+    contrib(coord, peers[0]!, fwdOf([1, 2], 4, 1));
+    contrib(coord, peers[1]!, fwdOf([1, 2], 4, 2));
+    for (const p of peers) {
+      const e = p.errors()[0]!;
+      expect(e.code).toBe(ErrorCode.RoundKey);
+      expect(e.message).toMatch(/rank 1, step 4, layer 2, phase fwd/);
+      expect(e.message).toMatch(/waiting for its step 4 fwd layer 1/);
+    }
+  });
+
+  it("fails on a channel count that differs from the other workers'", () => {
+    const { coord, peers } = setup(2);
+    contrib(coord, peers[0]!, { step: 0, phase: "fwd", layer: 0, count: 2, data: new Float64Array(4) });
+    contrib(coord, peers[1]!, { step: 0, phase: "fwd", layer: 0, count: 2, data: new Float64Array(6) });
+    const e = peers[0]!.errors()[0]!;
+    expect(e.code).toBe(ErrorCode.Shape);
+    expect(e.message).toMatch(/3 channels, expected 2/);
+    expect(e.rank).toBe(1);
+  });
+
+  it("fails on NaN or Inf statistics, naming the sender", () => {
+    const { coord, peers } = setup(2);
+    contrib(coord, peers[1]!, { step: 2, phase: "bwd", layer: 0, count: 2, data: Float64Array.of(1, Number.POSITIVE_INFINITY) });
+    const e = peers[0]!.errors()[0]!;
+    expect(e.code).toBe(ErrorCode.NonFinite);
+    expect(e.message).toMatch(/rank 1, step 2, layer 0, phase bwd/);
+  });
+
+  it("fails when the global batch has one value per channel in training", () => {
+    const { coord, peers } = setup(2);
+    contrib(coord, peers[0]!, fwdOf([5]));
+    contrib(coord, peers[1]!, fwdOf([]));
+    expect(peers[0]!.errors()[0]!.code).toBe(ErrorCode.SingleValue);
+  });
+
+  it("names the ranks that missed the deadline", async () => {
+    const { coord, peers } = setup(3, { roundTimeoutMs: 50 });
+    contrib(coord, peers[1]!, fwdOf([1, 2], 7, 0));
+    await new Promise((r) => setTimeout(r, 120));
+    const e = peers[1]!.errors()[0]!;
+    expect(e.code).toBe(ErrorCode.Timeout);
+    expect(e.rank).toEqual([0, 2]);
+    expect(e.message).toMatch(/rank\(s\) 0,2, step 7, layer 0, phase fwd/);
+  });
+
+  it("fails every pending round at once when a worker disconnects, naming it", () => {
+    const { coord, peers } = setup(3);
+    contrib(coord, peers[0]!, fwdOf([1, 2], 3, 1));
+    coord.disconnected(peers[2]!, "close code 1006");
+    for (const p of [peers[0]!, peers[1]!]) {
+      const e = p.errors()[0]!;
+      expect(e.code).toBe(ErrorCode.WorkerLost);
+      expect(e.message).toMatch(/rank 2, step 3, layer 1, phase fwd/);
+    }
+    expect(coord.failed?.code).toBe(ErrorCode.WorkerLost);
+  });
+
+  it("does not treat the disconnect of a worker that said bye as a failure", () => {
+    const { coord, peers } = setup(2);
+    coord.receive(peers[0]!, encode({ type: "bye" }));
+    coord.disconnected(peers[0]!, "close code 1000");
+    expect(coord.failed).toBeNull();
+  });
+
+  it("reduces BN rounds within contiguous groups of K workers in group mode", () => {
+    const { coord, peers } = setup(4, { norm: "group:2" });
+    contrib(coord, peers[0]!, fwdOf([0, 2]));
+    contrib(coord, peers[2]!, fwdOf([100, 104]));
+    contrib(coord, peers[1]!, fwdOf([4, 6]));
+    expect(peers[0]!.last()).toMatchObject({ type: "result", count: 4 });
+    expect((peers[0]!.last() as { data: Float64Array }).data[0]).toBe(3);
+    expect(peers[2]!.last()).toMatchObject({ type: "welcome" });
+    contrib(coord, peers[3]!, fwdOf([96, 100]));
+    expect((peers[3]!.last() as { data: Float64Array }).data[0]).toBe(100);
+  });
+
+  it("lets one group run ahead into the gradient round while another is still in forward", () => {
+    const { coord, peers } = setup(4, { norm: "group:2" });
+    contrib(coord, peers[0]!, fwdOf([0, 2]));
+    contrib(coord, peers[1]!, fwdOf([4, 6]));
+    contrib(coord, peers[0]!, { step: 0, phase: "grad", layer: -1, count: 2, data: new Float32Array(2) });
+    contrib(coord, peers[2]!, fwdOf([1, 2]));
+    expect(coord.failed).toBeNull();
+  });
+});
