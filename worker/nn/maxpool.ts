@@ -1,0 +1,95 @@
+// Max pooling over NCHW, square window k, stride s, no padding, floor output size,
+// as PyTorch's MaxPool2d(k, s). Forward records each window's argmax; on ties the
+// first element in row-major window order wins, as in PyTorch. Not average pooling,
+// not padded, not ceil_mode.
+
+import { BatchBuffer, type Layer, type Param } from "./layer.js";
+import { requireInt, requireLength } from "./linear.js";
+
+export class MaxPool2d implements Layer {
+  readonly inShape: readonly number[];
+  readonly outShape: readonly number[];
+  readonly outH: number;
+  readonly outW: number;
+  private readonly y: BatchBuffer; // (N, C, outH, outW)
+  private readonly dx: BatchBuffer; // (N, C, inH, inW)
+  /** Flat index into x of each output's max; grown to the largest batch seen. */
+  private argmax = new Int32Array(0); // (N, C, outH, outW)
+  private savedN = -1;
+
+  constructor(
+    readonly name: string,
+    readonly channels: number,
+    readonly inH: number,
+    readonly inW: number,
+    readonly kernel = 2,
+    readonly stride = 2,
+  ) {
+    requireInt(name, "channels", channels, 1);
+    requireInt(name, "kernel", kernel, 1);
+    requireInt(name, "stride", stride, 1);
+    requireInt(name, "inH", inH, kernel);
+    requireInt(name, "inW", inW, kernel);
+    this.outH = Math.floor((inH - kernel) / stride) + 1;
+    this.outW = Math.floor((inW - kernel) / stride) + 1;
+    this.inShape = [channels, inH, inW];
+    this.outShape = [channels, this.outH, this.outW];
+    this.y = new BatchBuffer(channels * this.outH * this.outW);
+    this.dx = new BatchBuffer(channels * inH * inW);
+  }
+
+  params(): Param[] {
+    return [];
+  }
+
+  /** One pass over each window: n·C·outH·outW·k² comparisons. */
+  forward(x: Float32Array, n: number, train: boolean): Float32Array {
+    const { channels, inH, inW, outH, outW, kernel: k, stride: s } = this;
+    requireLength(this.name, "x", x, n * channels * inH * inW);
+    const y = this.y.view(n);
+    const outLen = n * channels * outH * outW;
+    if (this.argmax.length < outLen) this.argmax = new Int32Array(outLen);
+    const argmax = this.argmax;
+    let o = 0;
+    for (let plane = 0; plane < n * channels; plane++) {
+      const pOff = plane * inH * inW;
+      for (let oh = 0; oh < outH; oh++) {
+        for (let ow = 0; ow < outW; ow++) {
+          const start = pOff + oh * s * inW + ow * s;
+          let best = start;
+          let bestV = Number.NEGATIVE_INFINITY;
+          for (let kh = 0; kh < k; kh++) {
+            const row = start + kh * inW;
+            for (let kw = 0; kw < k; kw++) {
+              const v = x[row + kw];
+              // Strict > keeps the first of equal maxima; a NaN wins, as in PyTorch.
+              if (v > bestV || v !== v) {
+                bestV = v;
+                best = row + kw;
+              }
+            }
+          }
+          y[o] = bestV;
+          argmax[o] = best;
+          o++;
+        }
+      }
+    }
+    this.savedN = train ? n : -1; // an eval forward overwrites what backward needs
+    return y;
+  }
+
+  /** dx[argmax] += dy: overlapping windows (stride < k) add up. */
+  backward(dy: Float32Array, n: number): Float32Array {
+    if (n !== this.savedN) {
+      throw new RangeError(`layer ${this.name}: backward for ${n} samples after a training forward of ${this.savedN}`);
+    }
+    const outLen = n * this.channels * this.outH * this.outW;
+    requireLength(this.name, "dy", dy, outLen);
+    const dx = this.dx.view(n);
+    dx.fill(0);
+    const argmax = this.argmax;
+    for (let o = 0; o < outLen; o++) dx[argmax[o]] += dy[o];
+    return dx;
+  }
+}
