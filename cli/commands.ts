@@ -50,6 +50,11 @@ function addTrainFlags(cmd: Command): Command {
     .option("--test-size <n>", "use only the first N test samples", intArg("--test-size", 1))
     .option("--eval-batch <n>", "samples per eval forward", intArg("--eval-batch", 1), D.evalBatch)
     .option("--eval-every <n>", "also evaluate every N steps (0: at epoch ends only)", intArg("--eval-every", 0), D.evalEvery)
+    .addOption(new Option("--eval-stats <kind>", "BN statistics for eval: ema (running averages) or precise (PreciseBN)").choices(["ema", "precise"]).default(D.evalStats))
+    .option("--precise-batches <n>", "training batches PreciseBN recomputes statistics over", intArg("--precise-batches", 1), D.preciseBatches)
+    .option("--renorm-rmax <x>", "batch renorm r clip (after warm-up)", numArg("--renorm-rmax"), D.renormRMax)
+    .option("--renorm-dmax <x>", "batch renorm d clip (after warm-up)", numArg("--renorm-dmax"), D.renormDMax)
+    .option("--renorm-warmup <steps>", "steps over which renorm clips relax from (1, 0) to (rmax, dmax)", intArg("--renorm-warmup", 0), D.renormWarmup)
     .option("--checksum-every <n>", "compare replicas' parameter checksums every K steps (0: never)", intArg("--checksum-every", 0), D.checksumEvery)
     .option("--checkpoint-every <n>", "also write a checkpoint every N steps (0: only at the end)", intArg("--checkpoint-every", 0), 0)
     .option("--resume <file>", "continue from a checkpoint written by an earlier run")
@@ -76,6 +81,11 @@ interface TrainFlags {
   evalBatch: number;
   evalEvery: number;
   checksumEvery: number;
+  evalStats: "ema" | "precise";
+  preciseBatches: number;
+  renormRmax: number;
+  renormDmax: number;
+  renormWarmup: number;
   checkpointEvery: number;
   resume?: string;
   roundTimeout: number;
@@ -107,6 +117,11 @@ function settingsFromFlags(f: TrainFlags): TrainSettings {
     evalBatch: f.evalBatch,
     checksumEvery: f.checksumEvery,
     evalEvery: f.evalEvery,
+    evalStats: f.evalStats,
+    preciseBatches: f.preciseBatches,
+    renormRMax: f.renormRmax,
+    renormDMax: f.renormDmax,
+    renormWarmup: f.renormWarmup,
   };
 }
 

@@ -31,6 +31,15 @@ export interface TrainSettings {
   checksumEvery: number;
   /** Evaluate every N steps as well as at every epoch end (0 = epoch ends only). */
   evalEvery: number;
+  /** Statistics eval mode uses: running averages, or PreciseBN population statistics. */
+  evalStats: "ema" | "precise";
+  /** Training batches PreciseBN averages over (per worker). */
+  preciseBatches: number;
+  /** Batch renorm: clip r to [1/rMax, rMax] and d to [−dMax, dMax] after warm-up. */
+  renormRMax: number;
+  renormDMax: number;
+  /** Batch renorm: steps over which the clips relax linearly from (1, 0) to (rMax, dMax). */
+  renormWarmup: number;
 }
 
 export const DEFAULT_SETTINGS: TrainSettings = {
@@ -53,6 +62,11 @@ export const DEFAULT_SETTINGS: TrainSettings = {
   evalBatch: 250,
   checksumEvery: 50,
   evalEvery: 0,
+  evalStats: "ema",
+  preciseBatches: 20,
+  renormRMax: 3,
+  renormDMax: 5,
+  renormWarmup: 500,
 };
 
 /** Throws a one-line BadConfig error naming the flag and what to do. */
@@ -81,6 +95,11 @@ export function validateSettings(s: TrainSettings, worldSize: number): void {
   if (!Number.isInteger(s.seed) || s.seed < 0) bad(`--seed must be a non-negative integer, got ${s.seed}`);
   if (!Number.isInteger(s.checksumEvery) || s.checksumEvery < 0) bad(`--checksum-every must be an integer ≥ 0`);
   if (!Number.isInteger(s.evalEvery) || s.evalEvery < 0) bad(`--eval-every must be an integer ≥ 0`);
+  if (s.evalStats !== "ema" && s.evalStats !== "precise") bad(`--eval-stats must be ema or precise, got "${String(s.evalStats)}"`);
+  posInt(s.preciseBatches, "--precise-batches");
+  if (!(s.renormRMax >= 1)) bad(`--renorm-rmax must be ≥ 1, got ${s.renormRMax}`);
+  if (!(s.renormDMax >= 0)) bad(`--renorm-dmax must be ≥ 0, got ${s.renormDMax}`);
+  if (!Number.isInteger(s.renormWarmup) || s.renormWarmup < 0) bad(`--renorm-warmup must be an integer ≥ 0, got ${s.renormWarmup}`);
   validateConventions(conventionsOf(s));
 }
 

@@ -6,11 +6,12 @@
 import { join } from "node:path";
 import { parseNorm, statsGroupSize } from "../shared/config.js";
 import { ErrorCode, SyncbnError } from "../shared/errors.js";
-import { GradExtra, SumRound } from "../shared/protocol.js";
+import { GradExtra } from "../shared/protocol.js";
 import { Rng, deriveSeed } from "../shared/rng.js";
 import type { CoordinatorClient } from "./client.js";
 import { readCheckpoint, writeCheckpoint, type Checkpoint } from "./checkpoint.js";
-import { gatherBatch, loadDataset, type Dataset } from "./data/dataset.js";
+import { gatherBatch, loadDataset } from "./data/dataset.js";
+import { evaluate } from "./evaluate.js";
 import { SoftmaxCrossEntropy } from "./nn/loss.js";
 import { buildModel, type Model } from "./nn/model.js";
 import { SGD } from "./nn/sgd.js";
@@ -109,63 +110,12 @@ export async function trainWorker(run: WorkerRun): Promise<void> {
     const done = step + 1;
     const epochEnd = done % spe === 0 || done === totalSteps;
     if (epochEnd || (s.evalEvery > 0 && done % s.evalEvery === 0)) {
-      await evaluate(model, data.test, s, client, rank, worldSize, step, mode.kind === "local" || mode.kind === "group");
+      await evaluate({ model, train: data.train, test: data.test, settings: s, client, rank, worldSize, step });
     }
     if (rank === 0 && run.outDir && (done === totalSteps || (run.checkpointEvery > 0 && done % run.checkpointEvery === 0))) {
       writeCheckpoint(join(run.outDir, "checkpoint.bin"), makeCheckpoint(model, opt, done, s, conv.training));
     }
   }
-}
-
-/**
- * Test-set evaluation in eval mode, each worker on a contiguous shard, summed in
- * one round. When running statistics differ per worker (local/group modes),
- * rank 0's are broadcast first, as PyTorch DDP evaluates with rank 0's buffers.
- */
-async function evaluate(
-  model: Model,
-  test: Dataset,
-  s: TrainSettings,
-  client: CoordinatorClient,
-  rank: number,
-  worldSize: number,
-  step: number,
-  broadcastRank0Stats: boolean,
-): Promise<void> {
-  if (broadcastRank0Stats && worldSize > 1 && model.bnLayers.length > 0) {
-    const size = model.bnLayers.reduce((a, l) => a + 2 * l.channels, 0);
-    const buf = new Float64Array(size); // [mean(C), var(C)] per BN layer; zeros from ranks > 0
-    if (rank === 0) {
-      let off = 0;
-      for (const l of model.bnLayers) {
-        buf.set(l.runningMean, off);
-        buf.set(l.runningVar, off + l.channels);
-        off += 2 * l.channels;
-      }
-    }
-    const r = (await client.round(step, "sum", SumRound.BroadcastStats, 0, buf)).data as Float64Array;
-    let off = 0;
-    for (const l of model.bnLayers) {
-      l.runningMean.set(r.subarray(off, off + l.channels));
-      l.runningVar.set(r.subarray(off + l.channels, off + 2 * l.channels));
-      off += 2 * l.channels;
-    }
-  }
-  const per = test.images.length / test.count;
-  const shard = Math.ceil(test.count / worldSize);
-  const from = Math.min(test.count, rank * shard);
-  const to = Math.min(test.count, from + shard);
-  const loss = new SoftmaxCrossEntropy(test.classes);
-  let lossSum = 0;
-  let correct = 0;
-  for (let i = from; i < to; i += s.evalBatch) {
-    const n = Math.min(s.evalBatch, to - i);
-    const logits = await model.forward(test.images.subarray(i * per, (i + n) * per), n, false);
-    const r = loss.forward(logits, test.labels.subarray(i, i + n), n, n);
-    lossSum += r.lossSum;
-    correct += r.correct;
-  }
-  await client.round(step, "sum", SumRound.Eval, to - from, Float64Array.of(lossSum, correct, to - from));
 }
 
 function makeCheckpoint(model: Model, opt: SGD, step: number, s: TrainSettings, training: string): Checkpoint {
