@@ -152,9 +152,9 @@ export function registerTrainCommands(program: Command): void {
       status: (l) => process.stdout.write(`\r\x1b[2K${l}`),
     });
     if (!r.ok) {
-      console.error(`syncbn train failed:`);
+      console.error(r.interrupted ? "syncbn train interrupted:" : "syncbn train failed:");
       for (const l of r.failure) console.error(`  ${l}`);
-      process.exitCode = 1;
+      process.exitCode = r.interrupted ? 130 : 1;
     }
   });
 

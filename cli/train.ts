@@ -31,6 +31,8 @@ export interface TrainResult {
   summary: RunSummary | null;
   /** Root cause lines when !ok. */
   failure: string[];
+  /** Stopped by SIGINT/SIGTERM. */
+  interrupted: boolean;
 }
 
 const WORKER_SCRIPT = new URL("./main.js", import.meta.url);
@@ -123,21 +125,21 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
       if (o.tty) o.status("");
       o.print("interrupted: stopping all workers");
       await killAll(procs);
-      return { ok: false, summary: null, failure: ["interrupted by signal; the last checkpoint (if any) is in " + o.outDir] };
+      return { ok: false, interrupted: true, summary: null, failure: [`stopped all workers; the last checkpoint (if any) is in ${o.outDir}`] };
     }
     if (firstBadExit || coordFailure) {
       // Let the other workers report and exit (they fail fast on the coordinator's error).
       await Promise.race([allExited, new Promise((r) => setTimeout(r, 1500))]);
       await killAll(procs);
       if (o.tty) o.status("");
-      return { ok: false, summary: null, failure: rootCause(procs, firstBadExit, coordFailure) };
+      return { ok: false, interrupted: false, summary: null, failure: rootCause(procs, firstBadExit, coordFailure) };
     }
     await allExited;
     if (o.tty) o.status("");
     const summary = monitor.summary();
     monitor.writeSummary(summary);
     for (const l of formatSummary(summary)) o.print(l);
-    return { ok: true, summary, failure: [] };
+    return { ok: true, interrupted: false, summary, failure: [] };
   } finally {
     process.off("SIGINT", onSigint);
     process.off("SIGTERM", onSigint);
