@@ -62,6 +62,7 @@ export class RunMonitor {
   private stepsDone = 0;
   private lastLoss: number | null = null;
   private lastPrinted = -1;
+  private lastPrintAt = 0;
   private readonly metricsPath: string | null;
   private readonly recentLoss: number[] = [];
 
@@ -143,11 +144,13 @@ export class RunMonitor {
       const filled = Math.round(frac * width);
       this.o.status(`[${"#".repeat(filled)}${".".repeat(width - filled)}] ${text}`);
     } else {
-      // Plain logs: about 20 lines per run, plus the first and last step.
+      // Plain logs: about 20 lines per run, and at least one every 10 s.
       const every = total ? Math.max(1, Math.round(total / 20)) : 50;
-      if (step === this.o.startStep || (step + 1) % every === 0 || (total && step + 1 === total)) {
+      const now = performance.now();
+      if (step === this.o.startStep || (step + 1) % every === 0 || (total && step + 1 === total) || now - this.lastPrintAt > 10_000) {
         if (step !== this.lastPrinted) this.o.print(text);
         this.lastPrinted = step;
+        this.lastPrintAt = now;
       }
     }
   }
