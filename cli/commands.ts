@@ -189,6 +189,12 @@ export function registerTrainCommands(program: Command): void {
       roundTimeoutMs: f.roundTimeout + 5_000,
       maxPayload: DEFAULT_MAX_PAYLOAD,
     });
+    const fault = env.fault;
+    if (fault && fault.rank === rank) {
+      client.beforeSend = (step, phase) => {
+        if (step === fault.step && phase === fault.phase) process.kill(process.pid, fault.action === "kill" ? "SIGKILL" : "SIGSTOP");
+      };
+    }
     try {
       await trainWorker({
         settings,
@@ -199,6 +205,9 @@ export function registerTrainCommands(program: Command): void {
         checkpointEvery: f.checkpointEvery,
         resume: f.resume ?? null,
         fashionMnistDir: env.fashionMnistDir,
+        midCheckpointWrite: (step) => {
+          if (fault && fault.rank === rank && fault.phase === "checkpoint" && fault.step === step) process.kill(process.pid, "SIGKILL");
+        },
       });
       await client.bye();
     } catch (e) {

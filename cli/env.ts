@@ -10,6 +10,14 @@ export interface EnvSettings {
   token?: string;
   fashionMnistDir?: string;
   isCI: boolean;
+  /**
+   * Fault injection for tests: SYNCBN_FAULT="RANK:STEP:PHASE[:ACTION]" makes that
+   * worker act right before sending its first contribution of PHASE at STEP:
+   * ACTION "kill" (default) SIGKILLs itself, "stop" SIGSTOPs itself. PHASE
+   * "checkpoint": rank 0 SIGKILLs itself halfway through writing the checkpoint
+   * after STEP steps.
+   */
+  fault?: { rank: number; step: number; phase: string; action: "kill" | "stop" };
 }
 
 function intVar(name: string, env: NodeJS.ProcessEnv): number | undefined {
@@ -28,5 +36,13 @@ export function readEnv(env: NodeJS.ProcessEnv = process.env): EnvSettings {
     token: env.SYNCBN_TOKEN || undefined,
     fashionMnistDir: env.SYNCBN_FASHION_MNIST_DIR || undefined,
     isCI: env.CI === "true" || env.CI === "1",
+    fault: parseFault(env.SYNCBN_FAULT),
   };
+}
+
+function parseFault(v: string | undefined): EnvSettings["fault"] {
+  if (!v) return undefined;
+  const [rank, step, phase, action = "kill"] = v.split(":");
+  if (action !== "kill" && action !== "stop") return undefined;
+  return { rank: Number(rank), step: Number(step), phase: phase ?? "", action };
 }

@@ -8,6 +8,7 @@ import { intArg } from "./commands.js";
 import { ErrorCode, isSyncbnError } from "../shared/errors.js";
 import { runConformance } from "./conformance.js";
 import { registerTrainCommands } from "./commands.js";
+import { registerSweepCommand } from "./sweep.js";
 
 
 const program = new Command();
@@ -17,6 +18,7 @@ program
   .showHelpAfterError("(run syncbn <command> --help for usage)");
 
 registerTrainCommands(program);
+registerSweepCommand(program);
 
 program
   .command("conformance")

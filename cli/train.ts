@@ -130,9 +130,11 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
     if (firstBadExit || coordFailure) {
       // Let the other workers report and exit (they fail fast on the coordinator's error).
       await Promise.race([allExited, new Promise((r) => setTimeout(r, 1500))]);
+      // Read the processes' states before killing the survivors (a frozen one is "stopped responding", not "killed by us").
+      const failure = rootCause(procs, firstBadExit, coordFailure);
       await killAll(procs);
       if (o.tty) o.status("");
-      return { ok: false, interrupted: false, summary: null, failure: rootCause(procs, firstBadExit, coordFailure) };
+      return { ok: false, interrupted: false, summary: null, failure };
     }
     await allExited;
     if (o.tty) o.status("");
@@ -148,32 +150,37 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
   }
 }
 
-function describeExit(e: { code: number | null; signal: string | null }): string {
-  return e.signal ? `was killed by ${e.signal}` : `exited with code ${e.code}`;
-}
-
-/** The root cause first: the worker whose loss the coordinator reported, else the first to fail. */
+/**
+ * The root cause first: the worker(s) the coordinator's error names (lost,
+ * frozen, diverged), else the first worker to exit abnormally.
+ */
 function rootCause(
   procs: WorkerProcess[],
   firstBadExit: { proc: WorkerProcess; code: number | null; signal: string | null } | null,
   coord: SyncbnError | null,
 ): string[] {
   const lines: string[] = [];
-  const lostRank = coord && coord.code === ErrorCode.WorkerLost && typeof coord.context.rank === "number" ? coord.context.rank : null;
-  const culprit = lostRank !== null ? procs[lostRank]! : firstBadExit?.proc;
-  const where = coord
-    ? [coord.context.step !== undefined ? `step ${coord.context.step}` : "", coord.context.phase ? `phase ${coord.context.phase}` : "", coord.context.layer !== undefined && coord.context.layer >= 0 ? `layer ${coord.context.layer}` : ""]
-        .filter(Boolean)
-        .join(", ")
+  const named = coord?.context.rank;
+  const namedRanks = named === undefined ? [] : typeof named === "number" ? [named] : [...named];
+  const culprits = namedRanks.length > 0 ? namedRanks.map((r) => procs[r]!).filter(Boolean) : firstBadExit ? [firstBadExit.proc] : [];
+  const ctx = coord?.context;
+  const where = ctx
+    ? [ctx.step !== undefined ? `step ${ctx.step}` : "", ctx.phase ? `phase ${ctx.phase}` : "", ctx.layer !== undefined && ctx.layer >= 0 ? `layer ${ctx.layer}` : ""].filter(Boolean).join(", ")
     : "";
-  if (culprit) {
-    const exit = culprit.child.signalCode ? { code: null, signal: culprit.child.signalCode } : { code: culprit.child.exitCode, signal: null };
-    const status = exit.code === null && exit.signal === null ? "lost its connection" : describeExit(exit);
-    lines.push(`worker rank ${culprit.rank} ${status}${where ? ` (${where})` : ""}`);
-    const tail = culprit.stderrTail().filter((l) => l.trim());
-    if (tail.length) lines.push(...tail.slice(-6).map((l) => `  rank ${culprit.rank}: ${l}`));
+  for (const p of culprits) {
+    const c = p.child;
+    const status = c.signalCode
+      ? `was killed by ${c.signalCode}`
+      : c.exitCode !== null
+        ? `exited with code ${c.exitCode}`
+        : coord?.code === ErrorCode.Timeout
+          ? "stopped responding (frozen or overloaded) and was killed"
+          : "lost its connection";
+    lines.push(`worker rank ${p.rank} ${status}${where ? ` (${where})` : ""}`);
+    const tail = p.stderrTail().filter((l) => l.trim());
+    if (tail.length) lines.push(...tail.slice(-6).map((l) => `  rank ${p.rank}: ${l}`));
   }
   if (coord) lines.push(`coordinator: ${coord.message}`);
-  if (!culprit && !coord) lines.push("a worker failed without a report");
+  if (culprits.length === 0 && !coord) lines.push("a worker failed without a report");
   return lines;
 }

@@ -9,7 +9,8 @@
 //   SHA-256 of everything before (32 bytes)
 
 import { createHash } from "node:crypto";
-import { closeSync, fsyncSync, openSync, readFileSync, renameSync, writeSync, unlinkSync } from "node:fs";
+import { closeSync, fsyncSync, openSync, readFileSync, readdirSync, renameSync, writeSync, unlinkSync } from "node:fs";
+import { basename, dirname, join } from "node:path";
 import { ErrorCode, SyncbnError } from "../shared/errors.js";
 
 const MAGIC = "SYNCBNCK";
@@ -88,13 +89,20 @@ export function decodeCheckpoint(buf: Buffer, file: string): Checkpoint {
   return { header, params, momentum, bn };
 }
 
-/** Write atomically: a reader sees the old file or the complete new one, never a partial one. */
-export function writeCheckpoint(path: string, ck: Checkpoint): void {
+/**
+ * Write atomically: a reader sees the old file or the complete new one, never a
+ * partial one. midWrite (fault injection in tests) runs after half the bytes.
+ */
+export function writeCheckpoint(path: string, ck: Checkpoint, midWrite?: () => void): void {
   const bytes = encodeCheckpoint(ck);
+  removeStaleTemps(path);
   const tmp = `${path}.tmp-${process.pid}`;
   const fd = openSync(tmp, "w");
   try {
-    writeSync(fd, bytes);
+    const half = bytes.length >> 1;
+    writeSync(fd, bytes, 0, half);
+    midWrite?.();
+    writeSync(fd, bytes, half, bytes.length - half);
     fsyncSync(fd);
   } catch (e) {
     closeSync(fd);
@@ -107,6 +115,27 @@ export function writeCheckpoint(path: string, ck: Checkpoint): void {
   }
   closeSync(fd);
   renameSync(tmp, path);
+}
+
+/** Temp files left by a writer that died mid-write. */
+function removeStaleTemps(path: string): void {
+  const dir = dirname(path);
+  const prefix = `${basename(path)}.tmp-`;
+  let names: string[] = [];
+  try {
+    names = readdirSync(dir);
+  } catch {
+    return;
+  }
+  for (const n of names) {
+    if (n.startsWith(prefix)) {
+      try {
+        unlinkSync(join(dir, n));
+      } catch {
+        // another writer's or already gone
+      }
+    }
+  }
 }
 
 export function readCheckpoint(path: string): Checkpoint {

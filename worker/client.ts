@@ -54,6 +54,8 @@ export class CoordinatorClient {
   private closing = false;
   /** Total time spent between sending a contribution and receiving its result. */
   waitMs = 0;
+  /** Called before each contribution is sent (fault injection in tests; see cli/env.ts SYNCBN_FAULT). */
+  beforeSend: ((step: number, phase: Phase, layer: number) => void) | null = null;
 
   private constructor(
     private readonly ws: WebSocket,
@@ -141,6 +143,7 @@ export class CoordinatorClient {
     checksum?: number,
   ): Promise<RoundResult> {
     if (this.failure) return Promise.reject(this.failure);
+    this.beforeSend?.(step, phase, layer);
     const key = `${step}/${phase}/${layer}`;
     const sent = performance.now();
     return new Promise<RoundResult>((resolve, reject) => {

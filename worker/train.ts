@@ -28,6 +28,8 @@ export interface WorkerRun {
   checkpointEvery: number;
   resume: string | null;
   fashionMnistDir?: string;
+  /** Fault injection (tests): runs halfway through writing the checkpoint after `step` steps. */
+  midCheckpointWrite?: (step: number) => void;
 }
 
 /** Seeds derived from --seed, one stream per purpose. */
@@ -55,6 +57,8 @@ export async function trainWorker(run: WorkerRun): Promise<void> {
     conventions: conv,
     sync: bnSync,
     seed: deriveSeed(s.seed, SEED_INIT),
+    // Batch renorm's clip schedule reads the step from the RoundSync the loop sets below.
+    renorm: { rMax: s.renormRMax, dMax: s.renormDMax, warmup: s.renormWarmup, clock: sync },
   });
   const opt = new SGD(model.params, { lr: s.lr, momentum: s.momentum, weightDecay: s.weightDecay });
   const loss = new SoftmaxCrossEntropy(data.train.classes);
@@ -113,7 +117,7 @@ export async function trainWorker(run: WorkerRun): Promise<void> {
       await evaluate({ model, train: data.train, test: data.test, settings: s, client, rank, worldSize, step });
     }
     if (rank === 0 && run.outDir && (done === totalSteps || (run.checkpointEvery > 0 && done % run.checkpointEvery === 0))) {
-      writeCheckpoint(join(run.outDir, "checkpoint.bin"), makeCheckpoint(model, opt, done, s, conv.training));
+      writeCheckpoint(join(run.outDir, "checkpoint.bin"), makeCheckpoint(model, opt, done, s, conv.training), () => run.midCheckpointWrite?.(done));
     }
   }
 }

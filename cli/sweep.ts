@@ -1,0 +1,577 @@
+// `syncbn sweep`: every (norm mode × per-worker batch × seed) combination, one
+// `runTrain` after another (this is a 2-core-machine tool: runs never overlap),
+// under one overall progress bar; resumable; writes results.csv, results.md and
+// report.html (rendered by report.ts). Not a scheduler: no parallel runs, no
+// retries of a run that failed for a reason that would fail again.
+
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { cpus, platform, release } from "node:os";
+import { join } from "node:path";
+import { Command, InvalidArgumentError, Option } from "commander";
+import { parseNorm, statsGroupSize } from "../shared/config.js";
+import { ErrorCode, SyncbnError, isSyncbnError } from "../shared/errors.js";
+import { SYNTHETIC_DEFAULT_TEST, SYNTHETIC_DEFAULT_TRAIN } from "../worker/data/synthetic.js";
+import { buildModel, MODEL_KINDS, type ModelKind } from "../worker/nn/model.js";
+import { DEFAULT_SETTINGS, conventionsOf, validateSettings, type TrainSettings } from "../worker/settings.js";
+import { intArg, numArg } from "./commands.js";
+import { readEnv } from "./env.js";
+import type { RunSummary } from "./monitor.js";
+import { renderCsv, renderMarkdown, renderReportHtml, type SweepReportInfo, type SweepRunResult } from "./report.js";
+import { runTrain } from "./train.js";
+
+/** Everything that decides a sweep's results; sweep.json holds it so a resume cannot mix grids. */
+export interface SweepGrid {
+  workers: number;
+  norms: string[];
+  batches: number[];
+  seeds: number[];
+  model: ModelKind;
+  data: string;
+  epochs: number;
+  /** Fixed steps per run (breaks the equal-samples rule; for quick checks), or null. */
+  steps: number | null;
+  /** Learning rate at the reference global batch; each run uses lr·globalBatch/lrRefBatch. */
+  lr: number;
+  lrRefBatch: number;
+  momentum: number;
+  weightDecay: number;
+  trainSize: number | null;
+  testSize: number | null;
+}
+
+/**
+ * Defaults: chosen so `syncbn sweep` with no flags finishes in well under 10
+ * minutes on a 2-core machine and shows the small-batch effect (README,
+ * "Small-batch study", has the measurement).
+ */
+export const DEFAULT_GRID: SweepGrid = {
+  workers: 4,
+  norms: ["local", "sync", "groupnorm:8", "renorm"],
+  batches: [1, 2, 4, 8, 16],
+  seeds: [1],
+  model: "mlp",
+  data: "synthetic",
+  epochs: 1,
+  steps: null,
+  lr: 0.1,
+  lrRefBatch: 64,
+  momentum: 0.9,
+  weightDecay: DEFAULT_SETTINGS.weightDecay,
+  trainSize: 4096,
+  testSize: 1000,
+};
+
+export const DEFAULT_SWEEP_OUT = "runs/sweep";
+
+export function lrFor(g: SweepGrid, perWorkerBatch: number): number {
+  return (g.lr * g.workers * perWorkerBatch) / g.lrRefBatch;
+}
+
+export function lrRuleText(g: SweepGrid): string {
+  return `linear scaling, lr = ${g.lr} × global batch / ${g.lrRefBatch} (SGD momentum ${g.momentum}, weight decay ${g.weightDecay})`;
+}
+
+/** Training samples per epoch when known without loading the data. */
+function knownTrainCount(g: SweepGrid): number | null {
+  if (g.trainSize !== null) return g.trainSize;
+  if (g.data === "synthetic") return SYNTHETIC_DEFAULT_TRAIN;
+  return null;
+}
+
+export function budgetText(g: SweepGrid): string {
+  if (g.steps !== null) return `${g.steps} steps per run (fixed steps: runs with bigger batches see more samples)`;
+  const n = knownTrainCount(g);
+  const per = n === null ? "the training set" : `${n} training samples`;
+  return `${g.epochs} epoch${g.epochs > 1 ? "s" : ""} of ${per} (steps = epochs × samples / global batch)`;
+}
+
+export function settingsFor(g: SweepGrid, norm: string, perWorkerBatch: number, seed: number): TrainSettings {
+  return {
+    ...DEFAULT_SETTINGS,
+    model: g.model,
+    norm,
+    data: g.data,
+    batch: perWorkerBatch,
+    steps: g.steps,
+    epochs: g.epochs,
+    lr: lrFor(g, perWorkerBatch),
+    momentum: g.momentum,
+    weightDecay: g.weightDecay,
+    seed,
+    trainSize: g.trainSize,
+    testSize: g.testSize,
+  };
+}
+
+/** Folder name of one run: "groupnorm:8" becomes "groupnorm_8" (":" is not portable in paths). */
+export function runName(norm: string, perWorkerBatch: number, seed: number): string {
+  return `${norm.replace(/:/g, "_")}-b${perWorkerBatch}-s${seed}`;
+}
+
+/**
+ * Checks the whole grid before any run starts; all problems in one BadConfig
+ * error. Batch-1 `local` (and ghost:1) is NOT an error here: it fails at its
+ * first BN layer exactly as in PyTorch, and the sweep records that.
+ */
+export function validateGrid(g: SweepGrid): void {
+  const problems: string[] = [];
+  const add = (e: unknown): void => {
+    const m = isSyncbnError(e) ? e.detail : e instanceof Error ? e.message : String(e);
+    if (!problems.includes(m)) problems.push(m);
+  };
+  if (!Number.isInteger(g.workers) || g.workers < 1) problems.push(`--workers must be a positive integer, got ${g.workers}`);
+  if (g.norms.length === 0) problems.push("--norms is empty");
+  if (g.batches.length === 0) problems.push("--batches is empty");
+  if (g.seeds.length === 0) problems.push("--seeds is empty");
+  for (const [flag, list] of [["--norms", g.norms], ["--batches", g.batches], ["--seeds", g.seeds]] as const) {
+    const dup = list.filter((v, i) => list.indexOf(v as never) !== i);
+    if (dup.length) problems.push(`${flag} lists ${dup.join(", ")} twice`);
+  }
+  if (!(g.lrRefBatch >= 1)) problems.push(`--lr-ref-batch must be ≥ 1, got ${g.lrRefBatch}`);
+  if (problems.length) throw new SyncbnError(ErrorCode.BadConfig, problems.join("; "));
+  const count = knownTrainCount(g);
+  for (const norm of g.norms) {
+    try {
+      const mode = parseNorm(norm);
+      statsGroupSize(mode, g.workers);
+      // Builds the model once per mode on this process: catches modes the model
+      // builder does not support (yet) and channel-count constraints (groupnorm:G).
+      buildModel({ kind: g.model, inShape: [1, 28, 28], classes: 10, norm: mode, conventions: conventionsOf(settingsFor(g, norm, 1, 0)), sync: null, seed: 0 });
+      for (const b of g.batches) {
+        if (mode.kind === "ghost" && b % mode.ghostBatch !== 0) {
+          problems.push(`--norms ${norm} needs the ghost batch ${mode.ghostBatch} to divide every per-worker batch; it does not divide ${b}`);
+          continue;
+        }
+        validateSettings(settingsFor(g, norm, b, g.seeds[0]!), g.workers);
+      }
+    } catch (e) {
+      add(e);
+    }
+  }
+  if (count !== null && g.steps === null) {
+    for (const b of g.batches) {
+      if (count < g.workers * b) problems.push(`the training set (${count} samples) is smaller than one global batch at --batches ${b} (${g.workers} × ${b})`);
+    }
+  }
+  if (problems.length) throw new SyncbnError(ErrorCode.BadConfig, problems.join("; "));
+}
+
+interface SweepFile {
+  tool: "syncbn sweep";
+  version: 1;
+  grid: SweepGrid;
+  created: string;
+}
+
+function canonical(g: SweepGrid): string {
+  return JSON.stringify(Object.fromEntries(Object.entries(g).sort(([a], [b]) => a.localeCompare(b))));
+}
+
+/** Creates DIR/sweep.json, or checks that the one there holds this grid. */
+function claimOutDir(outDir: string, g: SweepGrid, print: (l: string) => void): void {
+  const path = join(outDir, "sweep.json");
+  mkdirSync(join(outDir, "runs"), { recursive: true });
+  if (!existsSync(path)) {
+    const f: SweepFile = { tool: "syncbn sweep", version: 1, grid: g, created: new Date().toISOString() };
+    writeFileSync(path, `${JSON.stringify(f, null, 2)}\n`);
+    return;
+  }
+  let old: Partial<SweepFile>;
+  try {
+    old = JSON.parse(readFileSync(path, "utf8")) as Partial<SweepFile>;
+  } catch (e) {
+    throw new SyncbnError(ErrorCode.BadConfig, `${path} is not a readable sweep file (${(e as Error).message}); use another --out`);
+  }
+  if (!old.grid || canonical({ ...DEFAULT_GRID, ...old.grid }) !== canonical(g)) {
+    const was = (old.grid ?? {}) as Partial<Record<keyof SweepGrid, unknown>>;
+    const diffs = (Object.keys(g) as (keyof SweepGrid)[])
+      .filter((k) => JSON.stringify(was[k]) !== JSON.stringify(g[k]))
+      .map((k) => `${k} was ${JSON.stringify(was[k])}, now ${JSON.stringify(g[k])}`);
+    throw new SyncbnError(
+      ErrorCode.BadConfig,
+      `${outDir} holds a sweep with a different grid (${diffs.join("; ") || "unrecognized file"}); use another --out for this grid, or delete ${outDir} to start over`,
+    );
+  }
+  print(`resuming the sweep in ${outDir} (started ${old.created ?? "earlier"})`);
+}
+
+interface FailureFile {
+  reason: string;
+  /** True when re-running would fail the same way (e.g. one value per BN channel); resume skips these. */
+  deterministic: boolean;
+}
+
+/** The one line of a failed run's report that says why: the worker's own error, else the first line. */
+export function failureReason(lines: readonly string[]): string {
+  const own = lines.map((l) => l.trim()).find((l) => /SYNCBN_ERR_/.test(l) && !/SYNCBN_ERR_(ABORTED|WORKER_LOST|COORDINATOR_LOST)/.test(l));
+  const line = own ?? lines.map((l) => l.trim()).find((l) => l) ?? "unknown failure";
+  return line.replace(/^rank \d+: /, "").replace(/^syncbn: /, "");
+}
+
+const DETERMINISTIC = /SYNCBN_ERR_(SINGLE_VALUE|BAD_CONFIG)/;
+
+function readJson<T>(path: string): T | null {
+  try {
+    return JSON.parse(readFileSync(path, "utf8")) as T;
+  } catch {
+    return null;
+  }
+}
+
+/** Training loss per step and mean reported sync wait, from a run's metrics.jsonl. */
+function readMetrics(dir: string): { loss: number[]; waitMsPerStep: number | null } {
+  let text = "";
+  try {
+    text = readFileSync(join(dir, "metrics.jsonl"), "utf8");
+  } catch {
+    return { loss: [], waitMsPerStep: null };
+  }
+  const loss: number[] = [];
+  let waitSum = 0;
+  let waitCount = 0;
+  for (const line of text.split("\n")) {
+    if (!line) continue;
+    let m: { type?: string; loss?: number; syncWaitMs?: number | null };
+    try {
+      m = JSON.parse(line) as typeof m;
+    } catch {
+      continue; // a line cut by an interruption
+    }
+    if (m.type !== "step") continue;
+    if (typeof m.loss === "number") loss.push(m.loss);
+    if (typeof m.syncWaitMs === "number") {
+      waitSum += m.syncWaitMs;
+      waitCount++;
+    }
+  }
+  return { loss, waitMsPerStep: waitCount ? waitSum / waitCount : null };
+}
+
+/** One run's result from its folder, or null if it has neither summary.json nor failure.json. */
+function readRun(outDir: string, g: SweepGrid, norm: string, b: number, seed: number): SweepRunResult | null {
+  const dir = join(outDir, "runs", runName(norm, b, seed));
+  const base = { norm, perWorkerBatch: b, globalBatch: b * g.workers, seed };
+  const s = readJson<RunSummary>(join(dir, "summary.json"));
+  if (s) {
+    const m = readMetrics(dir);
+    // Workers report each step's wait one step late; the mean over reported steps × steps is the total.
+    const waitMs = m.waitMsPerStep ?? s.syncWaitMsPerStep;
+    return {
+      ...base,
+      testAccuracy: s.testAccuracy,
+      testLoss: s.testLoss,
+      trainSeconds: s.wallSeconds,
+      syncWaitSeconds: waitMs === null ? null : (waitMs * s.steps) / 1000,
+      steps: s.steps,
+      failure: s.testAccuracy === null ? "finished without a test evaluation" : null,
+      trainLoss: m.loss,
+    };
+  }
+  const f = readJson<FailureFile>(join(dir, "failure.json"));
+  if (f) return { ...base, testAccuracy: null, testLoss: null, trainSeconds: null, syncWaitSeconds: null, steps: null, failure: f.reason, trainLoss: [] };
+  return null;
+}
+
+export interface SweepOptions {
+  grid: SweepGrid;
+  outDir: string;
+  roundTimeoutMs: number;
+  tty: boolean;
+  print(line: string): void;
+  /** Rewrite the current terminal line (TTY only). */
+  status(line: string): void;
+}
+
+export interface SweepResult {
+  complete: boolean;
+  rows: SweepRunResult[];
+  markdown: string;
+}
+
+interface Combo {
+  norm: string;
+  batch: number;
+  seed: number;
+  name: string;
+}
+
+/** Seed outermost (an interrupted multi-seed sweep still has whole grids), then mode, then batch. */
+function combosOf(g: SweepGrid): Combo[] {
+  return g.seeds.flatMap((seed) => g.norms.flatMap((norm) => g.batches.map((batch) => ({ norm, batch, seed, name: runName(norm, batch, seed) }))));
+}
+
+export function formatDuration(seconds: number): string {
+  const s = Math.max(0, Math.round(seconds));
+  if (s < 60) return `${s}s`;
+  const m = Math.floor(s / 60);
+  if (m < 60) return `${m}m${String(s % 60).padStart(2, "0")}s`;
+  return `${Math.floor(m / 60)}h${String(m % 60).padStart(2, "0")}m`;
+}
+
+/**
+ * Remaining-time estimate: run time ≈ a + b·steps fitted (least squares) to the
+ * runs finished in this session; with fewer than two distinct step counts, the
+ * mean run time. Runs of a sweep see the same samples, so the steps term carries
+ * the per-step overhead that makes small batches slow.
+ */
+class Eta {
+  private readonly done: { steps: number; seconds: number }[] = [];
+  add(steps: number, seconds: number): void {
+    this.done.push({ steps, seconds });
+  }
+  predict(steps: number | null): number | null {
+    const n = this.done.length;
+    if (n === 0) return null;
+    const mean = this.done.reduce((a, d) => a + d.seconds, 0) / n;
+    if (steps === null) return mean;
+    const ms = this.done.reduce((a, d) => a + d.steps, 0) / n;
+    const sxx = this.done.reduce((a, d) => a + (d.steps - ms) ** 2, 0);
+    if (sxx === 0) return mean;
+    const b = this.done.reduce((a, d) => a + (d.steps - ms) * (d.seconds - mean), 0) / sxx;
+    const a = mean - b * ms;
+    const minSeen = Math.min(...this.done.map((d) => d.seconds));
+    return Math.max(minSeen / 2, a + Math.max(0, b) * steps);
+  }
+}
+
+function expectedSteps(g: SweepGrid, batch: number): number | null {
+  if (g.steps !== null) return g.steps;
+  const n = knownTrainCount(g);
+  return n === null ? null : g.epochs * Math.floor(n / (g.workers * batch));
+}
+
+export function reportInfo(g: SweepGrid, missingRuns: number): SweepReportInfo {
+  const cpu = cpus();
+  return {
+    workers: g.workers,
+    model: g.model,
+    data: g.data,
+    norms: g.norms,
+    batches: g.batches,
+    seeds: g.seeds,
+    budget: budgetText(g),
+    lrRule: lrRuleText(g),
+    settings: [
+      ["training / test samples", `${g.trainSize ?? (g.data === "synthetic" ? `${SYNTHETIC_DEFAULT_TRAIN} (all)` : "all")} / ${g.testSize ?? (g.data === "synthetic" ? `${SYNTHETIC_DEFAULT_TEST} (all)` : "all")}`],
+      ["BN", `eps ${DEFAULT_SETTINGS.bnEps}, running-stat momentum ${DEFAULT_SETTINGS.bnMomentum} (${DEFAULT_SETTINGS.bnMomentumStyle} style), eval with ${DEFAULT_SETTINGS.evalStats} statistics (rank 0's in local/group/ghost modes)`],
+      ["batch renorm", `r_max ${DEFAULT_SETTINGS.renormRMax}, d_max ${DEFAULT_SETTINGS.renormDMax}, warm-up ${DEFAULT_SETTINGS.renormWarmup} steps`],
+    ],
+    date: new Date().toISOString().replace("T", " ").slice(0, 16) + " UTC",
+    machine: `${cpu[0]?.model ?? "unknown CPU"} × ${cpu.length} cores, ${platform()} ${release()}`,
+    node: process.version,
+    missingRuns,
+  };
+}
+
+/** Reads every run folder and writes results.csv, results.md and report.html. */
+export function writeSweepOutputs(outDir: string, g: SweepGrid): { rows: SweepRunResult[]; missing: number; markdown: string } {
+  const combos = combosOf(g);
+  const rows: SweepRunResult[] = [];
+  for (const c of combos) {
+    const r = readRun(outDir, g, c.norm, c.batch, c.seed);
+    if (r) rows.push(r);
+  }
+  // CSV and tables in grid order (norm, batch, seed), whatever order the runs went in.
+  const key = (r: SweepRunResult): number[] => [g.norms.indexOf(r.norm), g.batches.indexOf(r.perWorkerBatch), g.seeds.indexOf(r.seed)];
+  rows.sort((a, b) => {
+    const ka = key(a), kb = key(b);
+    return ka[0]! - kb[0]! || ka[1]! - kb[1]! || ka[2]! - kb[2]!;
+  });
+  const info = reportInfo(g, combos.length - rows.length);
+  const markdown = renderMarkdown(rows, info);
+  writeFileSync(join(outDir, "results.csv"), renderCsv(rows));
+  writeFileSync(join(outDir, "results.md"), markdown);
+  writeFileSync(join(outDir, "report.html"), renderReportHtml(rows, info));
+  return { rows, missing: combos.length - rows.length, markdown };
+}
+
+export async function runSweep(o: SweepOptions): Promise<SweepResult> {
+  const g = o.grid;
+  validateGrid(g);
+  claimOutDir(o.outDir, g, o.print);
+  const combos = combosOf(g);
+  const N = combos.length;
+  o.print(`syncbn sweep: ${N} runs = ${g.norms.length} norm modes (${g.norms.join(", ")}) × ${g.batches.length} per-worker batches (${g.batches.join(", ")}) × ${g.seeds.length} seed(s) (${g.seeds.join(", ")}); ${g.workers} workers, --model ${g.model}, --data ${g.data}`);
+  o.print(`  learning rate: ${lrRuleText(g)}: ${g.batches.map((b) => `batch ${b}/worker → lr ${Number(lrFor(g, b).toPrecision(3))}`).join(", ")}`);
+  o.print(`  budget per run: ${budgetText(g)}; output in ${o.outDir}`);
+
+  let interrupted = false;
+  const onSigint = (): void => {
+    interrupted = true;
+  };
+  process.on("SIGINT", onSigint);
+  process.on("SIGTERM", onSigint);
+  const eta = new Eta();
+  const started = performance.now();
+  let lastDraw = 0;
+  try {
+    for (let i = 0; i < N && !interrupted; i++) {
+      const c = combos[i]!;
+      const dir = join(o.outDir, "runs", c.name);
+      const label = `${c.norm} b${c.batch} s${c.seed}`;
+      if (existsSync(join(dir, "summary.json"))) {
+        o.print(`run ${i + 1}/${N} ${label}: skipping, already done (${join(dir, "summary.json")})`);
+        continue;
+      }
+      const before = readJson<FailureFile>(join(dir, "failure.json"));
+      if (before?.deterministic) {
+        o.print(`run ${i + 1}/${N} ${label}: skipping, failed before and would fail again (${before.reason})`);
+        continue;
+      }
+      if (before) o.print(`run ${i + 1}/${N} ${label}: retrying (failed before: ${before.reason})`);
+      // Remaining time: this run's unfinished part plus every later run not done yet.
+      const later = combos.slice(i + 1).filter((l) => !existsSync(join(o.outDir, "runs", l.name, "summary.json")));
+      const remaining = (fraction: number): string => {
+        const here = eta.predict(expectedSteps(g, c.batch));
+        if (here === null) return "ETA after the first run";
+        const rest = later.reduce((a, l) => a + (eta.predict(expectedSteps(g, l.batch)) ?? 0), 0);
+        return `ETA ${formatDuration(here * (1 - fraction) + rest)}`;
+      };
+      const bar = (fraction: number, extra: string): string => {
+        const width = 24;
+        const filled = Math.round(((i + fraction) / N) * width);
+        return `[${"#".repeat(filled)}${".".repeat(width - filled)}] run ${i + 1}/${N} ${label}${extra} · ${formatDuration((performance.now() - started) / 1000)} elapsed · ${remaining(fraction)}`;
+      };
+      if (o.tty) o.status(bar(0, ""));
+      else o.print(`run ${i + 1}/${N} ${label}: starting (${g.workers} × ${c.batch} = global batch ${g.workers * c.batch}, lr ${Number(lrFor(g, c.batch).toPrecision(3))}) · ${remaining(0)}`);
+      const t0 = performance.now();
+      const r = await runTrain({
+        settings: settingsFor(g, c.norm, c.batch, c.seed),
+        workers: g.workers,
+        outDir: dir,
+        checkpointEvery: 0,
+        resume: null,
+        roundTimeoutMs: o.roundTimeoutMs,
+        // tty: the run reports every step through status(), which feeds our bar.
+        tty: true,
+        print: () => {},
+        status: (line) => {
+          const m = /step (\d+)\/(\d+)/.exec(line);
+          const now = performance.now();
+          if (!m || !o.tty || now - lastDraw < 250) return;
+          lastDraw = now;
+          o.status(bar(Number(m[1]) / Number(m[2]), ` step ${m[1]}/${m[2]}`));
+        },
+      });
+      const seconds = (performance.now() - t0) / 1000;
+      // A Ctrl-C reaches the workers too: let our handler run before judging the failure.
+      await new Promise((res) => setTimeout(res, 20));
+      if (interrupted) break;
+      let line: string;
+      if (r.ok && r.summary) {
+        eta.add(r.summary.steps, seconds);
+        const acc = r.summary.testAccuracy;
+        line = `run ${i + 1}/${N} ${label}: test accuracy ${acc === null ? "n/a" : `${(100 * acc).toFixed(2)}%`} (${r.summary.steps} steps, ${seconds.toFixed(1)} s)`;
+      } else {
+        const reason = failureReason(r.failure);
+        const f: FailureFile = { reason, deterministic: DETERMINISTIC.test(reason) };
+        mkdirSync(dir, { recursive: true });
+        writeFileSync(join(dir, "failure.json"), `${JSON.stringify(f, null, 2)}\n`);
+        line = `run ${i + 1}/${N} ${label}: FAILED, recorded and continuing: ${reason}`;
+      }
+      if (o.tty) o.status("");
+      o.print(line);
+    }
+  } finally {
+    process.off("SIGINT", onSigint);
+    process.off("SIGTERM", onSigint);
+    if (o.tty) o.status("");
+  }
+  const out = writeSweepOutputs(o.outDir, g);
+  const took = formatDuration((performance.now() - started) / 1000);
+  if (interrupted) {
+    o.print(`interrupted after ${took}: ${N - out.missing} of ${N} runs have results; re-run the same command to resume`);
+    throw new SyncbnError(ErrorCode.Aborted, `sweep interrupted; ${out.missing} run(s) left (re-run the same command to resume)`);
+  }
+  o.print("");
+  for (const l of out.markdown.trimEnd().split("\n")) o.print(l);
+  o.print("");
+  o.print(`sweep done in ${took}: ${join(o.outDir, "results.csv")}, ${join(o.outDir, "results.md")}, ${join(o.outDir, "report.html")}`);
+  return { complete: out.missing === 0, rows: out.rows, markdown: out.markdown };
+}
+
+function listArg<T>(flag: string, item: (s: string) => T) {
+  return (v: string): T[] => {
+    const parts = v.split(",").map((s) => s.trim()).filter((s) => s !== "");
+    if (parts.length === 0) throw new InvalidArgumentError(`${flag} needs a comma-separated list, got "${v}"`);
+    return parts.map(item);
+  };
+}
+
+const intItem = (flag: string, min: number) => (s: string): number => {
+  const n = Number(s);
+  if (!Number.isInteger(n) || n < min) throw new InvalidArgumentError(`${flag}: "${s}" is not an integer ≥ ${min}`);
+  return n;
+};
+
+interface SweepFlags {
+  workers: number;
+  batches: number[];
+  norms: string[];
+  seeds: number[];
+  model: ModelKind;
+  data: string;
+  epochs: number;
+  steps?: number;
+  lr: number;
+  lrRefBatch: number;
+  momentum: number;
+  weightDecay: number;
+  trainSize?: number;
+  testSize?: number;
+  allData?: boolean;
+  out: string;
+  roundTimeout: number;
+}
+
+export function registerSweepCommand(program: Command): void {
+  const D = DEFAULT_GRID;
+  program
+    .command("sweep")
+    .description("train every (norm mode × per-worker batch × seed) combination and write results.csv, results.md and report.html")
+    .option("--workers <n>", "worker processes of every run", intArg("--workers", 1), D.workers)
+    .option("--batches <list>", "per-worker batches, e.g. 1,2,4,8,16", listArg("--batches", intItem("--batches", 1)), D.batches)
+    .option("--norms <list>", "norm modes, e.g. local,sync,group:2,ghost:2,renorm,groupnorm:8,none", listArg("--norms", (s) => s), D.norms)
+    .option("--seeds <list>", "seeds, e.g. 1,2,3", listArg("--seeds", intItem("--seeds", 0)), D.seeds)
+    .addOption(new Option("--model <kind>", "reference model").choices([...MODEL_KINDS]).default(D.model))
+    .option("--data <spec>", "synthetic | fashion-mnist | DIR (folder of IDX files)", D.data)
+    .option("--epochs <n>", "epochs per run (every run sees the same samples)", intArg("--epochs", 1), D.epochs)
+    .option("--steps <n>", "fixed steps per run instead (quick checks; bigger batches then see more samples)", intArg("--steps", 1))
+    .option("--lr <x>", "learning rate at the reference global batch (--lr-ref-batch)", numArg("--lr"), D.lr)
+    .option("--lr-ref-batch <n>", "reference global batch of the linear scaling rule", intArg("--lr-ref-batch", 1), D.lrRefBatch)
+    .option("--momentum <x>", "SGD momentum", numArg("--momentum"), D.momentum)
+    .option("--weight-decay <x>", "L2 weight decay", numArg("--weight-decay"), D.weightDecay)
+    .option("--train-size <n>", `use the first N training samples (default ${D.trainSize})`, intArg("--train-size", 1))
+    .option("--test-size <n>", `use the first N test samples (default ${D.testSize})`, intArg("--test-size", 1))
+    .option("--all-data", "use the whole training and test sets (overrides the default sizes)")
+    .option("--out <dir>", "sweep folder; re-running with the same folder and grid resumes", DEFAULT_SWEEP_OUT)
+    .option("--round-timeout <ms>", "deadline of every sync round", intArg("--round-timeout", 100), 60_000)
+    .action(async (f: SweepFlags) => {
+      const env = readEnv();
+      const grid: SweepGrid = {
+        workers: f.workers,
+        norms: f.norms,
+        batches: f.batches,
+        seeds: f.seeds,
+        model: f.model,
+        data: f.data,
+        epochs: f.epochs,
+        steps: f.steps ?? null,
+        lr: f.lr,
+        lrRefBatch: f.lrRefBatch,
+        momentum: f.momentum,
+        weightDecay: f.weightDecay,
+        trainSize: f.trainSize ?? (f.allData ? null : D.trainSize),
+        testSize: f.testSize ?? (f.allData ? null : D.testSize),
+      };
+      const tty = Boolean(process.stdout.isTTY) && !env.isCI;
+      await runSweep({
+        grid,
+        outDir: f.out,
+        roundTimeoutMs: f.roundTimeout,
+        tty,
+        print: (l) => console.log(l),
+        status: (l) => process.stdout.write(`\r\x1b[2K${l}`),
+      });
+    });
+}

@@ -1,0 +1,88 @@
+// Faults with real processes: a worker killed in each phase, a frozen worker, a
+// dead coordinator, a crash while a checkpoint is written. Nothing may hang.
+import { mkdtempSync, readdirSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { describe, expect, it } from "vitest";
+import { readCheckpoint } from "../worker/checkpoint.js";
+import { runCli, startCli, waitForOutput } from "./helpers.js";
+
+const tmp = (p: string): string => mkdtempSync(join(tmpdir(), `syncbn-${p}-`));
+const SMALL = ["--data", "synthetic", "--train-size", "1024", "--test-size", "100", "--model", "mlp", "--batch", "8", "--seed", "5"];
+
+describe("faults", () => {
+  for (const phase of ["fwd", "bwd", "grad"] as const) {
+    it(`stops the run and names rank, step and phase when a worker is SIGKILLed in the ${phase} phase`, async () => {
+      const t0 = Date.now();
+      const r = await runCli(["train", "--workers", "3", "--steps", "400", "--out", tmp(`kill-${phase}`), ...SMALL], {
+        env: { SYNCBN_FAULT: `1:5:${phase}` },
+        timeoutMs: 60_000,
+      });
+      expect(r.code).toBe(1);
+      const lines = r.stderr.split("\n");
+      expect(lines[0]).toBe("syncbn train failed:");
+      expect(lines[1]).toMatch(new RegExp(`worker rank 1 was killed by SIGKILL \\(step 5, phase ${phase}`));
+      expect(r.stderr).toMatch(/SYNCBN_ERR_WORKER_LOST: \[rank 1, step 5/);
+      // forward meets BN layer 0 first; backward runs in reverse and meets the mlp's last BN (layer 1) first
+      if (phase === "fwd") expect(lines[1]).toMatch(/layer 0\)/);
+      if (phase === "bwd") expect(lines[1]).toMatch(/layer 1\)/);
+      // the whole run, start-up included, ends in seconds: nobody waits out a deadline
+      expect(Date.now() - t0).toBeLessThan(20_000);
+    });
+  }
+
+  it("fires the round deadline and names the rank when a worker freezes (SIGSTOP)", async () => {
+    const r = await runCli(["train", "--workers", "3", "--steps", "400", "--round-timeout", "1500", "--out", tmp("stop"), ...SMALL], {
+      env: { SYNCBN_FAULT: "2:4:bwd:stop" },
+      timeoutMs: 60_000,
+    });
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/worker rank 2 stopped responding \(frozen or overloaded\) and was killed \(step 4, phase bwd, layer 1\)/);
+    expect(r.stderr).toMatch(/SYNCBN_ERR_TIMEOUT: \[rank\(s\) 2, step 4, layer 1, phase bwd\] round deadline of 1500 ms passed/);
+  });
+
+  it("makes every worker exit non-zero with a clear message when the coordinator is killed", async () => {
+    const coord = startCli(["coordinator", "--world", "2", "--port", "0", "--token", "t"], { timeoutMs: 60_000 });
+    await waitForOutput(coord, (o) => /listening on ws:\/\//.test(o), 15_000);
+    const url = /listening on (ws:\/\/\S+)/.exec(coord.stdout())![1]!;
+    const workers = [0, 1].map((rank) =>
+      startCli(["worker", "--coordinator", url, "--rank", String(rank), "--world", "2", "--token", "t", "--steps", "100000", ...SMALL], { timeoutMs: 60_000 }),
+    );
+    try {
+      await waitForOutput(coord, (o) => /step \d+/.test(o), 30_000);
+      const t0 = Date.now();
+      coord.child.kill("SIGKILL");
+      const results = await Promise.all(workers.map((w) => w.done));
+      expect(Date.now() - t0).toBeLessThan(5_000);
+      for (const r of results) {
+        expect(r.code).toBe(1);
+        expect(r.stderr).toMatch(/SYNCBN_ERR_COORDINATOR_LOST: \[rank \d\] connection to the coordinator at ws:\/\/127\.0\.0\.1:\d+ closed/);
+      }
+    } finally {
+      for (const p of [coord, ...workers]) p.child.kill("SIGKILL");
+    }
+  });
+
+  it("keeps the last good checkpoint when killed mid-write, and resuming from it ends bit-identical", async () => {
+    const args = ["--workers", "2", "--checkpoint-every", "4", ...SMALL];
+    const crashed = tmp("midwrite");
+    const r = await runCli(["train", ...args, "--steps", "12", "--out", crashed], { env: { SYNCBN_FAULT: "0:8:checkpoint" }, timeoutMs: 60_000 });
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/worker rank 0 was killed by SIGKILL/);
+    // the half-written temp file is there, the checkpoint itself is the one from step 4
+    expect(readdirSync(crashed).some((f) => f.startsWith("checkpoint.bin.tmp-"))).toBe(true);
+    const good = readCheckpoint(join(crashed, "checkpoint.bin"));
+    expect(good.header.step).toBe(4);
+    const resumed = tmp("resumed");
+    const full = tmp("uninterrupted");
+    const [rr, rf] = await Promise.all([
+      runCli(["train", ...args, "--steps", "12", "--resume", join(crashed, "checkpoint.bin"), "--out", resumed]),
+      runCli(["train", ...args, "--steps", "12", "--out", full]),
+    ]);
+    expect(rr.code, rr.stderr).toBe(0);
+    expect(rf.code, rf.stderr).toBe(0);
+    const a = readCheckpoint(join(resumed, "checkpoint.bin"));
+    const b = readCheckpoint(join(full, "checkpoint.bin"));
+    b.params.forEach((p, i) => expect(Buffer.from(a.params[i]!.buffer).equals(Buffer.from(p.buffer))).toBe(true));
+  });
+});
