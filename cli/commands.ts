@@ -147,6 +147,7 @@ export function registerTrainCommands(program: Command): void {
       checkpointEvery: f.checkpointEvery,
       resume: f.resume ?? null,
       roundTimeoutMs: f.roundTimeout,
+      token: env.token,
       tty,
       print: (l) => console.log(l),
       status: (l) => process.stdout.write(`\r\x1b[2K${l}`),

@@ -22,6 +22,8 @@ export interface TrainOptions {
   tty: boolean;
   print(line: string): void;
   status(line: string): void;
+  /** Run token; default a random one. */
+  token?: string;
   /** Extra environment for the workers (e.g. the Fashion-MNIST folder). */
   workerEnv?: NodeJS.ProcessEnv;
 }
@@ -41,7 +43,8 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
   const s = o.settings;
   validateSettings(s, o.workers);
   mkdirSync(o.outDir, { recursive: true });
-  const token = randomBytes(16).toString("hex");
+  // A fresh random token per run unless the user set one; it is never printed or written.
+  const token = o.token ?? randomBytes(16).toString("hex");
   const server = await startCoordinatorServer({
     host: "127.0.0.1",
     port: 0,

@@ -1,0 +1,190 @@
+// The data sets a worker trains on: the common Dataset type, loadDataset for
+// "synthetic", "fashion-mnist" or a folder of IDX files, and gatherBatch to copy a
+// mini-batch into preallocated buffers. Not a sampler or shuffler (the training
+// loop owns the order), and reads no environment: the caller passes the folders.
+
+import { stat } from "node:fs/promises";
+import { basename, resolve } from "node:path";
+import { ErrorCode, SyncbnError } from "../../shared/errors.js";
+import { readIdxSplit, type IdxSplit } from "./idx.js";
+import { generateSynthetic } from "./synthetic.js";
+
+export interface Dataset {
+  /** e.g. "synthetic/train", "fashion-mnist/test". */
+  name: string;
+  images: Float32Array; // (N, 1, 28, 28), normalized (see loadDataset)
+  labels: Uint8Array; // (N), each < classes
+  count: number; // N
+  sampleShape: [1, 28, 28];
+  classes: number;
+}
+
+export interface LoadedData {
+  train: Dataset;
+  test: Dataset;
+  /** One line for logs: what was loaded from where. */
+  source: string;
+}
+
+export interface LoadOptions {
+  seed: number;
+  /** Use only the first trainSize training samples (default: all; synthetic: 12000). */
+  trainSize?: number;
+  /** Use only the first testSize test samples (default: all; synthetic: 2000). */
+  testSize?: number;
+  /** Where "fashion-mnist" is looked for; default DEFAULT_FASHION_MNIST_DIR. */
+  fashionMnistDir?: string;
+}
+
+/** Where Debian's dataset-fashion-mnist package installs the four .gz files. */
+export const DEFAULT_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist";
+/** The environment variable that overrides DEFAULT_FASHION_MNIST_DIR. */
+export const FASHION_MNIST_DIR_ENV = "SYNCBN_FASHION_MNIST_DIR";
+
+/**
+ * The Fashion-MNIST folder named by the environment, or undefined. Takes the
+ * environment as a parameter: the project reads process.env in one module only,
+ * which passes it here.
+ */
+export function fashionMnistDirFromEnv(env: Readonly<Record<string, string | undefined>>): string | undefined {
+  const dir = env[FASHION_MNIST_DIR_ENV];
+  return dir !== undefined && dir !== "" ? dir : undefined;
+}
+
+// Fashion-MNIST's standard per-pixel mean and std of v/255 over the 60000 training
+// images (0.2860, 0.3530): x = (v/255 − mean)/std gives inputs of mean ≈ 0, std ≈ 1.
+// The same constants are applied to any IDX folder (MNIST's own would be
+// 0.1307/0.3081; the difference is a fixed affine map the first layer absorbs).
+export const FASHION_MNIST_MEAN = 0.286;
+export const FASHION_MNIST_STD = 0.353;
+
+const SIDE = 28;
+const PIXELS = SIDE * SIDE;
+const CLASSES = 10;
+
+function checkSize(what: string, size: number | undefined, available: number, source: string): number {
+  if (size === undefined) return available;
+  if (!Number.isInteger(size) || size < 1) {
+    throw new SyncbnError(ErrorCode.BadConfig, `${what} must be a positive integer, got ${size}`);
+  }
+  if (size > available) {
+    throw new SyncbnError(ErrorCode.BadConfig, `${what} ${size} is more than the ${available} samples ${source} has`);
+  }
+  return size;
+}
+
+/** The first `size` samples of an IDX split as a normalized Dataset. */
+function idxToDataset(split: IdxSplit, size: number, name: string): Dataset {
+  const { images, labels } = split;
+  if (images.rows !== SIDE || images.cols !== SIDE) {
+    throw new SyncbnError(
+      ErrorCode.Data,
+      `${images.file}: images are ${images.rows}×${images.cols}, syncbn's models take 28×28 (MNIST-sized) images`,
+    );
+  }
+  // 256-entry lookup table: one load per pixel instead of a divide and a multiply.
+  const table = new Float32Array(256);
+  for (let v = 0; v < 256; v++) table[v] = (v / 255 - FASHION_MNIST_MEAN) / FASHION_MNIST_STD;
+  const out = new Float32Array(size * PIXELS); // (N, 1, 28, 28)
+  const pixels = images.pixels; // (N, 28, 28), 0..255
+  for (let i = 0; i < out.length; i++) out[i] = table[pixels[i]!]!;
+  return {
+    name,
+    images: out,
+    labels: labels.labels.slice(0, size),
+    count: size,
+    sampleShape: [1, SIDE, SIDE],
+    classes: CLASSES,
+  };
+}
+
+async function isDirectory(path: string): Promise<boolean> {
+  try {
+    return (await stat(path)).isDirectory();
+  } catch {
+    return false;
+  }
+}
+
+async function loadIdxFolder(dir: string, label: string, opts: LoadOptions): Promise<LoadedData> {
+  const [trainSplit, testSplit] = await Promise.all([readIdxSplit(dir, "train", CLASSES), readIdxSplit(dir, "t10k", CLASSES)]);
+  const trainSize = checkSize("trainSize", opts.trainSize, trainSplit.images.count, `${dir} (train)`);
+  const testSize = checkSize("testSize", opts.testSize, testSplit.images.count, `${dir} (t10k)`);
+  const train = idxToDataset(trainSplit, trainSize, `${label}/train`);
+  const test = idxToDataset(testSplit, testSize, `${label}/test`);
+  return { train, test, source: `${label} from ${dir}: ${trainSize} train / ${testSize} test` };
+}
+
+/**
+ * Loads a data set by spec:
+ * - "synthetic": generated from opts.seed (see synthetic.ts), already standardized.
+ * - "fashion-mnist": IDX files in opts.fashionMnistDir (default
+ *   /usr/share/datasets/fashion-mnist), pixels mapped to (v/255 − 0.2860)/0.3530.
+ * - anything else: a folder holding the four (Fashion-)MNIST IDX files, same mapping.
+ * trainSize/testSize take the first samples of each split. Missing or malformed
+ * data is a SyncbnError(Data) that names the path and what to do.
+ */
+export async function loadDataset(spec: string, opts: LoadOptions): Promise<LoadedData> {
+  if (spec === "synthetic") {
+    for (const [what, size] of [["trainSize", opts.trainSize], ["testSize", opts.testSize]] as const) {
+      if (size !== undefined) checkSize(what, size, Number.MAX_SAFE_INTEGER, "synthetic");
+    }
+    const { train, test } = generateSynthetic(opts);
+    return { train, test, source: `synthetic (seed ${opts.seed}): ${train.count} train / ${test.count} test, generated in memory` };
+  }
+  if (spec === "fashion-mnist") {
+    const dir = opts.fashionMnistDir ?? DEFAULT_FASHION_MNIST_DIR;
+    if (!(await isDirectory(dir))) {
+      throw new SyncbnError(
+        ErrorCode.Data,
+        `fashion-mnist: no folder at ${dir}` +
+          (opts.fashionMnistDir === undefined ? ` (the default; ${FASHION_MNIST_DIR_ENV} overrides it)` : "") +
+          `. Install it with "apt-get install dataset-fashion-mnist", or pass --data DIR (a folder with the IDX files), or use --data synthetic`,
+      );
+    }
+    return loadIdxFolder(dir, "fashion-mnist", opts);
+  }
+  const dir = resolve(spec);
+  if (!(await isDirectory(dir))) {
+    throw new SyncbnError(
+      ErrorCode.Data,
+      `--data ${spec}: not "synthetic" or "fashion-mnist", and no folder at ${dir}. ` +
+        `Pass a folder with train-images-idx3-ubyte(.gz) and the other three IDX files, ` +
+        `"fashion-mnist" (apt-get install dataset-fashion-mnist), or "synthetic"`,
+    );
+  }
+  return loadIdxFolder(dir, basename(dir), opts);
+}
+
+/**
+ * Copies samples indices[from .. from+n) of ds into out (n, 1, 28, 28) and
+ * outLabels (n). Allocates nothing; cost n·784 float copies. Misuse (buffers too
+ * small, range or index out of bounds) throws a RangeError at once.
+ */
+export function gatherBatch(
+  out: Float32Array, // (≥n, 1, 28, 28)
+  outLabels: Uint8Array, // (≥n)
+  ds: Dataset,
+  indices: ArrayLike<number>, // sample indices into ds, e.g. a shuffled permutation
+  from: number,
+  n: number,
+): void {
+  const per = PIXELS;
+  if (out.length < n * per || outLabels.length < n) {
+    throw new RangeError(`gatherBatch: buffers hold ${out.length / per} images / ${outLabels.length} labels, batch needs ${n}`);
+  }
+  if (from < 0 || from + n > indices.length) {
+    throw new RangeError(`gatherBatch: range [${from}, ${from + n}) is outside the ${indices.length} indices`);
+  }
+  const src = ds.images;
+  for (let b = 0; b < n; b++) {
+    const idx = indices[from + b]!;
+    if (!Number.isInteger(idx) || idx < 0 || idx >= ds.count) {
+      throw new RangeError(`gatherBatch: index ${idx} (position ${from + b}) is outside ${ds.name}'s ${ds.count} samples`);
+    }
+    outLabels[b] = ds.labels[idx]!;
+    const s = idx * per;
+    const d = b * per;
+    for (let i = 0; i < per; i++) out[d + i] = src[s + i]!;
+  }
+}

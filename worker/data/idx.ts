@@ -1,0 +1,183 @@
+// Reader for the IDX format of (Fashion-)MNIST: train-images-idx3-ubyte,
+// train-labels-idx1-ubyte, t10k-… , each plain or gzipped (detected by the 1f 8b
+// magic, not by the name). Checks every header field against the byte length and
+// names the file and the problem when anything is off. Not a general IDX library:
+// unsigned-byte data only (type 0x08), 3-d images and 1-d labels.
+
+import { access, readFile } from "node:fs/promises";
+import { join } from "node:path";
+import { gunzipSync } from "node:zlib";
+import { ErrorCode, SyncbnError } from "../../shared/errors.js";
+
+/** IDX magic = 0x00 0x00 <type> <ndims>; type 0x08 = unsigned byte. */
+export const IDX_IMAGES_MAGIC = 0x00000803;
+export const IDX_LABELS_MAGIC = 0x00000801;
+const IDX_TYPE_UBYTE = 0x08;
+
+export interface IdxImages {
+  file: string;
+  count: number;
+  rows: number;
+  cols: number;
+  pixels: Uint8Array; // (count, rows, cols), raw 0..255
+}
+
+export interface IdxLabels {
+  file: string;
+  count: number;
+  labels: Uint8Array; // (count)
+}
+
+/** One split as found on disk: the images and labels, counts already checked equal. */
+export interface IdxSplit {
+  images: IdxImages;
+  labels: IdxLabels;
+}
+
+function dataError(file: string, problem: string): SyncbnError {
+  return new SyncbnError(ErrorCode.Data, `${file}: ${problem}`);
+}
+
+function hex32(v: number): string {
+  return `0x${(v >>> 0).toString(16).padStart(8, "0")}`;
+}
+
+/** True for a gzip stream (RFC 1952 magic 1f 8b). */
+export function isGzip(bytes: Uint8Array): boolean {
+  return bytes.length >= 2 && bytes[0] === 0x1f && bytes[1] === 0x8b;
+}
+
+/** The IDX bytes of a file's contents: gunzipped if gzip, else as is (no copy). */
+export function decompressIdx(raw: Uint8Array, file: string): Uint8Array {
+  if (!isGzip(raw)) return raw;
+  try {
+    return gunzipSync(raw);
+  } catch (e) {
+    const reason = e instanceof Error ? e.message : String(e);
+    throw dataError(
+      file,
+      `truncated or corrupt gzip (${reason}); the download or copy is probably incomplete: ` +
+        `re-install the package or fetch the file again`,
+    );
+  }
+}
+
+/**
+ * Parses an IDX header and checks the payload length. Returns dims and the
+ * payload (a view into bytes, no copy). `gz` only changes the wording of errors.
+ */
+function parseIdx(
+  bytes: Uint8Array,
+  file: string,
+  expectedMagic: number,
+  what: string,
+  gz: boolean,
+): { dims: number[]; payload: Uint8Array } {
+  const after = gz ? " after gunzip" : "";
+  if (bytes.length < 4) {
+    throw dataError(file, `truncated: ${bytes.length} bytes${after}, too short for the 4-byte IDX magic`);
+  }
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const magic = view.getUint32(0, false); // IDX is big-endian throughout
+  if (magic !== expectedMagic) {
+    const other =
+      magic === IDX_LABELS_MAGIC ? " (that is an IDX labels file)" : magic === IDX_IMAGES_MAGIC ? " (that is an IDX images file)" : "";
+    const typeNote = bytes[0] === 0 && bytes[1] === 0 && bytes[2] !== IDX_TYPE_UBYTE ? `; only unsigned-byte data (type 0x08) is supported` : "";
+    throw dataError(file, `bad magic ${hex32(magic)}${other}, expected ${hex32(expectedMagic)} for ${what}${typeNote}`);
+  }
+  const ndims = expectedMagic & 0xff;
+  const headerBytes = 4 + 4 * ndims;
+  if (bytes.length < headerBytes) {
+    throw dataError(file, `truncated: ${bytes.length} bytes${after}, the header of ${what} alone needs ${headerBytes}`);
+  }
+  const dims: number[] = [];
+  for (let d = 0; d < ndims; d++) dims.push(view.getUint32(4 + 4 * d, false));
+  // Product in float64: exact below 2^53, far above any real IDX file.
+  const expected = dims.reduce((a, b) => a * b, 1);
+  const have = bytes.length - headerBytes;
+  const shape = dims.length === 1 ? `${dims[0]}` : `${dims.join("×")} = ${expected}`;
+  const noun = ndims === 1 ? "labels" : "bytes of pixels";
+  if (have < expected) {
+    throw dataError(file, `truncated: header says ${shape} ${noun}, file has ${have}${after}`);
+  }
+  if (have > expected) {
+    throw dataError(file, `wrong length: header says ${shape} ${noun}, file has ${have}${after} (${have - expected} extra)`);
+  }
+  return { dims, payload: bytes.subarray(headerBytes) };
+}
+
+/** Parses the contents (plain or gzipped) of an images file. */
+export function parseIdxImages(raw: Uint8Array, file: string): IdxImages {
+  const gz = isGzip(raw);
+  const { dims, payload } = parseIdx(decompressIdx(raw, file), file, IDX_IMAGES_MAGIC, "an IDX images file", gz);
+  const [count, rows, cols] = dims as [number, number, number];
+  return { file, count, rows, cols, pixels: payload };
+}
+
+/** Parses the contents (plain or gzipped) of a labels file; every label must be < classes. */
+export function parseIdxLabels(raw: Uint8Array, file: string, classes = 10): IdxLabels {
+  const gz = isGzip(raw);
+  const { dims, payload } = parseIdx(decompressIdx(raw, file), file, IDX_LABELS_MAGIC, "an IDX labels file", gz);
+  for (let i = 0; i < payload.length; i++) {
+    if (payload[i]! >= classes) {
+      throw dataError(file, `label ${payload[i]} at index ${i} is not a class 0..${classes - 1}`);
+    }
+  }
+  return { file, count: dims[0]!, labels: payload };
+}
+
+async function readBytes(file: string): Promise<Uint8Array> {
+  try {
+    return await readFile(file);
+  } catch (e) {
+    const reason = e instanceof Error ? e.message : String(e);
+    throw dataError(file, `cannot read (${reason})`);
+  }
+}
+
+export async function readIdxImages(file: string): Promise<IdxImages> {
+  return parseIdxImages(await readBytes(file), file);
+}
+
+export async function readIdxLabels(file: string, classes = 10): Promise<IdxLabels> {
+  return parseIdxLabels(await readBytes(file), file, classes);
+}
+
+async function exists(file: string): Promise<boolean> {
+  try {
+    await access(file);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * The path of `baseName` or `baseName.gz` in dir (the .gz first, as distributed),
+ * or a Data error that lists both paths looked at.
+ */
+export async function findIdxFile(dir: string, baseName: string): Promise<string> {
+  const candidates = [join(dir, `${baseName}.gz`), join(dir, baseName)];
+  for (const c of candidates) if (await exists(c)) return c;
+  throw new SyncbnError(
+    ErrorCode.Data,
+    `${dir}: no ${baseName}(.gz) (looked for ${candidates.join(" and ")}); an IDX data folder holds ` +
+      `train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz (gzipped or not)`,
+  );
+}
+
+/** Reads `<prefix>-images-idx3-ubyte(.gz)` and `<prefix>-labels-idx1-ubyte(.gz)` from dir; prefix "train" or "t10k". */
+export async function readIdxSplit(dir: string, prefix: string, classes = 10): Promise<IdxSplit> {
+  const [imagesFile, labelsFile] = await Promise.all([
+    findIdxFile(dir, `${prefix}-images-idx3-ubyte`),
+    findIdxFile(dir, `${prefix}-labels-idx1-ubyte`),
+  ]);
+  const [images, labels] = await Promise.all([readIdxImages(imagesFile), readIdxLabels(labelsFile, classes)]);
+  if (images.count !== labels.count) {
+    throw new SyncbnError(
+      ErrorCode.Data,
+      `${imagesFile} has ${images.count} images but ${labelsFile} has ${labels.count} labels; the two files of a split must match`,
+    );
+  }
+  return { images, labels };
+}
