@@ -137,8 +137,9 @@ export function registerTrainCommands(program: Command): void {
       .command("train")
       .description("train a reference model data-parallel on W local worker processes")
       .option("--workers <n>", "number of worker processes", intArg("--workers", 1), 4)
+      .addOption(new Option("--on-worker-loss <policy>", "abort the run, or continue without the lost worker (elastic)").choices(["abort", "continue"]).default("abort"))
       .option("--out <dir>", "folder for metrics.jsonl, summary.json and checkpoint.bin (default runs/<time>)"),
-  ).action(async (f: TrainFlags & { workers: number; out?: string }) => {
+  ).action(async (f: TrainFlags & { workers: number; out?: string; onWorkerLoss: "abort" | "continue" }) => {
     const tty = Boolean(process.stdout.isTTY) && !env.isCI;
     const r = await runTrain({
       settings: settingsFromFlags(f),
@@ -147,6 +148,7 @@ export function registerTrainCommands(program: Command): void {
       checkpointEvery: f.checkpointEvery,
       resume: f.resume ?? null,
       roundTimeoutMs: f.roundTimeout,
+      onWorkerLoss: f.onWorkerLoss,
       token: env.token,
       tty,
       print: (l) => console.log(l),
@@ -225,8 +227,9 @@ export function registerTrainCommands(program: Command): void {
     .option("--port <p>", "port to listen on (0: any free; default $MASTER_PORT or 29500)", intArg("--port", 0))
     .option("--token <t>", "run token workers must present (default $SYNCBN_TOKEN); required off loopback")
     .option("--round-timeout <ms>", "deadline of every sync round", intArg("--round-timeout", 100), 60_000)
+    .addOption(new Option("--on-worker-loss <policy>", "abort the run, or continue without the lost worker (elastic)").choices(["abort", "continue"]).default("abort"))
     .option("--out <dir>", "folder for metrics.jsonl and summary.json")
-    .action(async (f: { world?: number; host?: string; port?: number; token?: string; roundTimeout: number; out?: string }) => {
+    .action(async (f: { world?: number; host?: string; port?: number; token?: string; roundTimeout: number; onWorkerLoss: "abort" | "continue"; out?: string }) => {
       const world = f.world ?? env.worldSize;
       if (world === undefined) throw new SyncbnError(ErrorCode.BadConfig, "coordinator needs --world (or WORLD_SIZE)");
       const server = await startCoordinatorServer({
@@ -237,6 +240,7 @@ export function registerTrainCommands(program: Command): void {
         conventions: null,
         roundTimeoutMs: f.roundTimeout,
         maxPayload: DEFAULT_MAX_PAYLOAD,
+        onWorkerLoss: f.onWorkerLoss,
       });
       console.log(`syncbn coordinator listening on ${server.url} for ${world} workers`);
       let monitor: RunMonitor | null = null;

@@ -26,6 +26,9 @@ export interface RunSummary {
   finalTrainLoss: number | null;
   evalStatistics: string;
   evals: { step: number; epoch: number; testAccuracy: number; testLoss: number }[];
+  /** Elastic mode: workers dropped during the run, and at which step the others went on without them. */
+  workersLost: { rank: number; step: number; reason: string }[];
+  workersAtEnd: number;
 }
 
 export interface MonitorOptions {
@@ -65,6 +68,8 @@ export class RunMonitor {
   private lastPrintAt = 0;
   private readonly metricsPath: string | null;
   private readonly recentLoss: number[] = [];
+  private lastGlobalBatch = 0;
+  private readonly lost: RunSummary["workersLost"] = [];
 
   private readonly o: MonitorOptions;
 
@@ -86,6 +91,14 @@ export class RunMonitor {
       prev?.(ev);
       this.onRound(ev);
     };
+    const prevLost = c.events.onWorkersLost;
+    c.events.onWorkersLost = (ranks, step, reason) => {
+      prevLost?.(ranks, step, reason);
+      for (const rank of ranks) this.lost.push({ rank, step, reason });
+      this.write({ type: "worker-lost", ranks, step, reason });
+      if (this.o.tty) this.o.status("");
+      this.o.print(`worker rank(s) ${ranks.join(", ")} ${reason}; continuing from step ${step + 1} with ${this.o.worldSize - this.lost.length} workers (--on-worker-loss continue)`);
+    };
   }
 
   private write(obj: object): void {
@@ -103,7 +116,8 @@ export class RunMonitor {
 
   private onStep(step: number, extra: Float64Array): void {
     const now = performance.now();
-    const W = this.o.worldSize;
+    // Workers contributing to this step (fewer than W after an elastic loss).
+    const W = extra[GradExtra.count]! / this.o.perWorkerBatch;
     this.o.totalSteps ??= extra[GradExtra.totalSteps]! / W;
     this.o.stepsPerEpoch ??= extra[GradExtra.stepsPerEpoch]! / W;
     const count = extra[GradExtra.count]!;
@@ -123,6 +137,7 @@ export class RunMonitor {
       this.waitMs.push(wait);
     }
     const samplesPerSec = ms ? (count / ms) * 1000 : null;
+    this.lastGlobalBatch = count;
     this.write({ type: "step", step, epoch: this.epochOf(step), loss, trainAccuracy: acc, msPerStep: ms, syncWaitMs: step > this.o.startStep ? wait : null, samplesPerSecond: samplesPerSec });
     this.progress(step);
   }
@@ -131,7 +146,7 @@ export class RunMonitor {
     const total = this.o.totalSteps;
     const smooth = this.recentLoss.reduce((a, b) => a + b, 0) / this.recentLoss.length;
     const med = median(this.stepMs.slice(-50));
-    const sps = med ? ((this.o.worldSize * this.o.perWorkerBatch) / med) * 1000 : null;
+    const sps = med ? (this.lastGlobalBatch / med) * 1000 : null;
     const epochs = total && this.o.stepsPerEpoch ? Math.ceil(total / this.o.stepsPerEpoch) : null;
     const text =
       `step ${step + 1}${total ? `/${total}` : ""}` +
@@ -167,7 +182,7 @@ export class RunMonitor {
   summary(): RunSummary {
     const last = this.evals[this.evals.length - 1];
     const ms = median(this.stepMs);
-    const globalBatch = this.o.worldSize * this.o.perWorkerBatch;
+    const globalBatch = (this.o.worldSize - this.lost.length) * this.o.perWorkerBatch;
     const local = this.o.norm === "local" || this.o.norm.startsWith("group:") || this.o.norm.startsWith("ghost:");
     return {
       testAccuracy: last?.testAccuracy ?? null,
@@ -189,6 +204,8 @@ export class RunMonitor {
         ? "running averages (ema) of rank 0: statistics differ per worker in this mode, and eval uses rank 0's, as PyTorch DDP does"
         : "running averages (ema), identical on every worker",
       evals: this.evals,
+      workersLost: this.lost,
+      workersAtEnd: this.o.worldSize - this.lost.length,
     };
   }
 
@@ -205,5 +222,6 @@ export function formatSummary(s: RunSummary): string[] {
     `  test accuracy ${pct(s.testAccuracy)}, test loss ${num(s.testLoss, 4)}, final train loss ${num(s.finalTrainLoss, 4)}`,
     `  ${num(s.msPerStep)} ms/step (median), of which waiting in sync rounds ${num(s.syncWaitMsPerStep, 2)} ms; ${num(s.samplesPerSecond, 0)} samples/s; wall ${num(s.wallSeconds)} s`,
     `  eval statistics: ${s.evalStatistics}`,
+    ...(s.workersLost.length ? [`  workers lost: ${s.workersLost.map((l) => `rank ${l.rank} at step ${l.step + 1} (${l.reason})`).join("; ")}; finished with ${s.workersAtEnd}`] : []),
   ];
 }

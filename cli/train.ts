@@ -19,6 +19,8 @@ export interface TrainOptions {
   checkpointEvery: number;
   resume: string | null;
   roundTimeoutMs: number;
+  /** Default "abort"; "continue" drops lost workers and goes on (elastic). */
+  onWorkerLoss?: "abort" | "continue";
   tty: boolean;
   print(line: string): void;
   status(line: string): void;
@@ -53,6 +55,7 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
     conventions: conventionsOf(s),
     roundTimeoutMs: o.roundTimeoutMs,
     maxPayload: DEFAULT_MAX_PAYLOAD,
+    onWorkerLoss: o.onWorkerLoss,
   });
   let startStep = 0;
   if (o.resume) {
@@ -107,9 +110,21 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
   // The token goes through the environment, not argv, so `ps` does not show it.
   const env = { ...process.env, ...o.workerEnv, SYNCBN_TOKEN: token };
   const procs = Array.from({ length: o.workers }, (_, rank) => forkWorker(WORKER_SCRIPT, [...args, "--rank", String(rank)], rank, { env }));
+  // Elastic mode: a lost worker is dropped by the coordinator; make sure a frozen one is really gone.
+  const monitorOnLost = server.coordinator.events.onWorkersLost;
+  server.coordinator.events.onWorkersLost = (ranks, step, reason) => {
+    monitorOnLost?.(ranks, step, reason);
+    for (const r of ranks) procs[r]?.child.kill("SIGKILL");
+  };
+  const elastic = o.onWorkerLoss === "continue";
+  const isLost = (rank: number): boolean => server.coordinator.lostWorkers.some((l) => l.rank === rank);
   for (const p of procs) {
-    void p.exited.then(({ code, signal }) => {
-      if ((code !== 0 || signal) && !firstBadExit) {
+    void p.exited.then(async ({ code, signal }) => {
+      if (code === 0 && !signal) return;
+      // Elastic: the coordinator notices the dead connection a moment after the exit; give it that moment.
+      if (elastic) await new Promise((r) => setTimeout(r, 1000));
+      if (elastic && isLost(p.rank)) return;
+      if (!firstBadExit) {
         firstBadExit = { proc: p, code, signal };
         wake();
       }

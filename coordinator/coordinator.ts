@@ -43,6 +43,12 @@ export interface CoordinatorOptions {
   conventions: RunConventions | null;
   /** A round fails if not every member contributed this long after it opened. */
   roundTimeoutMs: number;
+  /**
+   * What a lost worker (disconnected, or missed a deadline) does to the run:
+   * "abort" (default) fails it; "continue" drops the worker and has the others
+   * redo the unfinished step without it (elastic).
+   */
+  onWorkerLoss?: "abort" | "continue";
 }
 
 /** A completed round, for observers (launcher progress, tests). */
@@ -60,8 +66,10 @@ export interface CoordinatorEvents {
   onRound?(ev: RoundEvent): void;
   /** The run failed; every peer has been sent the error. Called once. */
   onFailed?(err: SyncbnError): void;
-  /** Every rank said bye. */
+  /** Every remaining rank said bye. */
   onDone?(): void;
+  /** Elastic mode: ranks were dropped; the others redo from `step`. */
+  onWorkersLost?(ranks: number[], step: number, reason: string): void;
 }
 
 interface OpenRound {
@@ -96,6 +104,15 @@ export class Coordinator {
   /** Channel count per BN layer, fixed by its first round. */
   private readonly layerChannels = new Map<number, number>();
   private failure: SyncbnError | null = null;
+  /** Ranks still in the run (all of them unless elastic mode dropped some). */
+  private readonly active = new Set<number>();
+  /** Membership generation; bumped by every resync. */
+  private generation = 0;
+  /** Ranks whose contributions are stale until they acknowledge the latest resync. */
+  private readonly awaitingAck = new Set<number>();
+  private lastCompletedGradStep: number | null = null;
+  private firstStepSeen: number | null = null;
+  readonly lostWorkers: { rank: number; step: number; reason: string }[] = [];
   readonly runningStats: RunningStatsTable;
   events: CoordinatorEvents = {};
 
@@ -107,6 +124,7 @@ export class Coordinator {
     this.worldSize = opts.worldSize;
     this.peers = new Array<Peer | null>(opts.worldSize).fill(null);
     this.lastKey = new Array(opts.worldSize).fill(null);
+    for (let r = 0; r < opts.worldSize; r++) this.active.add(r);
     this.conventions = null;
     this.runningStats = new RunningStatsTable();
     if (opts.conventions) this.adoptConventions(opts.conventions);
@@ -153,7 +171,11 @@ export class Coordinator {
     const type = (msg as { type?: unknown } | null)?.type;
     if (type === "bye") {
       this.finished.add(rank);
-      if (this.finished.size === this.worldSize) this.events.onDone?.();
+      if ([...this.active].every((r) => this.finished.has(r))) this.events.onDone?.();
+      return;
+    }
+    if (type === "resync-ack") {
+      if ((msg as { generation?: unknown }).generation === this.generation) this.awaitingAck.delete(rank);
       return;
     }
     const problem = checkContribution(msg);
@@ -170,7 +192,11 @@ export class Coordinator {
     if (rank === undefined) return;
     this.byPeer.delete(peer);
     this.peers[rank] = null;
-    if (this.finished.has(rank) || this.failure) return;
+    if (this.finished.has(rank) || this.failure || !this.active.has(rank)) return;
+    if (this.opts.onWorkerLoss === "continue") {
+      this.loseWorkers([rank], `disconnected (${detail})`);
+      return;
+    }
     const where = this.pendingFor(rank);
     this.failRun(
       new SyncbnError(
@@ -265,14 +291,16 @@ export class Coordinator {
     if (phase === "fwd" || phase === "bwd") {
       const g = Math.floor(rank / this.groupSize);
       const first = g * this.groupSize;
-      return { scope: `g${g}`, members: range(first, first + this.groupSize) };
+      return { scope: `g${g}`, members: range(first, first + this.groupSize).filter((r) => this.active.has(r)) };
     }
-    return { scope: "world", members: range(0, this.worldSize) };
+    return { scope: "world", members: range(0, this.worldSize).filter((r) => this.active.has(r)) };
   }
 
   private contribute(rank: number, c: Contribution): void {
     const ctx = { rank, step: c.step, layer: c.layer, phase: c.phase };
     if (this.failure) return; // the error was already sent to everyone
+    if (this.awaitingAck.has(rank) || !this.active.has(rank)) return; // sent before it learned of the resync: void
+    this.firstStepSeen ??= c.step;
     const last = this.lastKey[rank];
     if (last && compareRounds(c, last) <= 0) {
       this.failRun(
@@ -389,8 +417,13 @@ export class Coordinator {
         );
         return;
       }
-      // Group 0 (the only group in sync mode) holds the authoritative running stats, as rank 0 does in DDP.
-      if (round.scope === "g0") this.runningStats.update(round.layer, result.count, result.data);
+      // The group of the lowest active rank (group 0, the only one in sync mode) holds the
+      // authoritative running stats, as rank 0 does in DDP; committed when the step completes.
+      if (round.members.includes(Math.min(...this.active))) this.runningStats.stage(round.layer, result.count, result.data);
+    }
+    if (round.phase === "grad") {
+      this.runningStats.commit();
+      this.lastCompletedGradStep = round.step;
     }
     const bytes = encode(result);
     for (const r of round.members) this.peers[r]?.send(bytes);
@@ -401,6 +434,11 @@ export class Coordinator {
     const round = this.open.get(id);
     if (!round || this.failure) return;
     const missing = round.members.filter((_, i) => round.parts[i] === null);
+    if (this.opts.onWorkerLoss === "continue") {
+      for (const r of missing) this.peers[r]?.close(CLOSE_ERROR, "missed a round deadline");
+      this.loseWorkers(missing, `missed the ${this.opts.roundTimeoutMs} ms deadline of ${describeRound(round.step, round.phase, round.layer)}`);
+      return;
+    }
     this.failRun(
       new SyncbnError(
         ErrorCode.Timeout,
@@ -418,6 +456,33 @@ export class Coordinator {
     }
     const last = this.lastKey[rank];
     return last ? { text: `the round after ${describeRound(last.step, last.phase, last.layer)}`, ...last } : null;
+  }
+
+  /**
+   * Elastic mode: drop ranks, void every open round, and have the remaining workers
+   * redo from the first step whose gradient round had not completed. Statistics
+   * stay exact because every round reduces counts, not a fixed batch size.
+   */
+  private loseWorkers(ranks: number[], reason: string): void {
+    for (const r of ranks) this.active.delete(r);
+    const step = this.lastCompletedGradStep !== null ? this.lastCompletedGradStep + 1 : (this.firstStepSeen ?? 0);
+    for (const r of ranks) this.lostWorkers.push({ rank: r, step, reason });
+    if (this.active.size === 0) {
+      this.failRun(new SyncbnError(ErrorCode.WorkerLost, `every worker is gone (last: ${reason})`, { rank: ranks, step }));
+      return;
+    }
+    for (const round of this.open.values()) clearTimeout(round.timer);
+    this.open.clear();
+    this.runningStats.discard();
+    this.lastKey.fill(null);
+    this.generation++;
+    this.awaitingAck.clear();
+    const active = [...this.active].sort((a, b) => a - b);
+    for (const r of active) this.awaitingAck.add(r);
+    const bytes = encode({ type: "resync", generation: this.generation, active, step, lost: ranks });
+    for (const r of active) this.peers[r]?.send(bytes);
+    this.events.onWorkersLost?.(ranks, step, reason);
+    if (active.every((r) => this.finished.has(r))) this.events.onDone?.();
   }
 
   private failRun(err: SyncbnError): void {

@@ -25,6 +25,25 @@ export class RunningStatsTable {
     this.layers.set(layer, { mean: Float64Array.from(stats.mean), var: Float64Array.from(stats.var), tracked: stats.tracked });
   }
 
+  private pending: { layer: number; count: number; meanVar: Float64Array | Float32Array }[] = [];
+
+  /**
+   * Queue a step's update; commit() applies the queue when the step's gradient
+   * round completes, discard() drops it when the step is redone (elastic mode).
+   */
+  stage(layer: number, count: number, meanVar: Float64Array | Float32Array): void {
+    this.pending.push({ layer, count, meanVar });
+  }
+
+  commit(): void {
+    for (const u of this.pending) this.update(u.layer, u.count, u.meanVar);
+    this.pending = [];
+  }
+
+  discard(): void {
+    this.pending = [];
+  }
+
   /** meanVar = [mean(C), biased var(C)] of the global batch; no update when count = 0. */
   update(layer: number, count: number, meanVar: Float64Array | Float32Array): void {
     if (!this.conv || count === 0) return;

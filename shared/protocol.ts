@@ -78,13 +78,32 @@ export interface ErrorMessage {
   phase?: string;
 }
 
+/**
+ * Coordinator → workers (elastic mode): a worker was lost; redo from `step` (the
+ * first step whose gradient round had not completed) with the `active` ranks.
+ * Every pending round is void; the worker answers with a ResyncAck.
+ */
+export interface Resync {
+  type: "resync";
+  generation: number;
+  active: number[];
+  step: number;
+  lost: number[];
+}
+
+/** Worker → coordinator: resync received; contributions after this belong to the new generation. */
+export interface ResyncAck {
+  type: "resync-ack";
+  generation: number;
+}
+
 /** Worker → coordinator: this worker finished normally; its disconnect is not a failure. */
 export interface Bye {
   type: "bye";
 }
 
-export type ClientMessage = Hello | Contribution | Bye;
-export type ServerMessage = Welcome | RoundResult | ErrorMessage;
+export type ClientMessage = Hello | Contribution | Bye | ResyncAck;
+export type ServerMessage = Welcome | RoundResult | ErrorMessage | Resync;
 
 function isObject(v: unknown): v is Record<string, unknown> {
   return typeof v === "object" && v !== null && !Array.isArray(v);
@@ -155,6 +174,8 @@ export function isServerMessage(v: unknown): v is ServerMessage {
       );
     case "error":
       return typeof v.code === "string" && typeof v.message === "string";
+    case "resync":
+      return isNonNegInt(v.generation) && isNonNegInt(v.step) && Array.isArray(v.active) && v.active.every(isNonNegInt) && Array.isArray(v.lost);
     default:
       return false;
   }

@@ -32,12 +32,13 @@ afterEach(() => {
   for (const c of live.splice(0)) c.shutdown("test over");
 });
 
-function setup(world: number, opts: Partial<{ token: string; norm: string; roundTimeoutMs: number }> = {}) {
+function setup(world: number, opts: Partial<{ token: string; norm: string; roundTimeoutMs: number; onWorkerLoss: "abort" | "continue" }> = {}) {
   const coord = new Coordinator({
     worldSize: world,
     token: opts.token ?? "secret",
     conventions: { ...CONV, norm: opts.norm ?? "sync" },
     roundTimeoutMs: opts.roundTimeoutMs ?? 5_000,
+    onWorkerLoss: opts.onWorkerLoss ?? "abort",
   });
   live.push(coord);
   const peers = Array.from({ length: world }, (_, r) => new MemPeer(`p${r}`));
@@ -159,10 +160,12 @@ describe("coordinator rounds", () => {
     }
   });
 
-  it("keeps the authoritative running statistics from the global batch", () => {
+  it("keeps the authoritative running statistics from the global batch, committed when the step's gradient round completes", () => {
     const { coord, peers } = setup(2);
     contrib(coord, peers[0]!, fwdOf([1, 3]));
     contrib(coord, peers[1]!, fwdOf([5, 7]));
+    expect(coord.runningStats.layers.get(0)).toBeUndefined();
+    for (const p of peers) contrib(coord, p, { step: 0, phase: "grad", layer: -1, count: 2, data: new Float32Array(1) });
     const s = coord.runningStats.layers.get(0)!;
     // mean 4, biased var 5, unbiased 20/3: r = 0.9·r + 0.1·batch
     expect(s.mean[0]).toBeCloseTo(0.4, 14);
@@ -255,5 +258,54 @@ describe("coordinator rounds", () => {
     contrib(coord, peers[0]!, { step: 0, phase: "grad", layer: -1, count: 2, data: new Float32Array(2) });
     contrib(coord, peers[2]!, fwdOf([1, 2]));
     expect(coord.failed).toBeNull();
+  });
+});
+
+describe("coordinator in elastic mode (--on-worker-loss continue)", () => {
+  it("drops a lost worker, voids the open round, and tells the others to redo the step without it", () => {
+    const { coord, peers } = setup(3, { onWorkerLoss: "continue" });
+    // step 0 completes with everyone
+    peers.forEach((p, r) => contrib(coord, p, fwdOf([r, r + 2])));
+    peers.forEach((p) => contrib(coord, p, { step: 0, phase: "grad", layer: -1, count: 2, data: new Float32Array(1) }));
+    // step 1: rank 0 contributes, then rank 2 dies
+    contrib(coord, peers[0]!, fwdOf([1, 2], 1));
+    coord.disconnected(peers[2]!, "close code 1006");
+    expect(coord.failed).toBeNull();
+    for (const p of [peers[0]!, peers[1]!]) expect(p.last()).toMatchObject({ type: "resync", active: [0, 1], step: 1, lost: [2] });
+    expect(coord.lostWorkers).toEqual([{ rank: 2, step: 1, reason: "disconnected (close code 1006)" }]);
+  });
+
+  it("ignores contributions sent before the resync was acknowledged, then reduces exactly over the remaining workers", () => {
+    const { coord, peers } = setup(3, { onWorkerLoss: "continue" });
+    contrib(coord, peers[0]!, fwdOf([1, 2], 0));
+    coord.disconnected(peers[1]!, "close code 1006");
+    const resync = peers[0]!.last() as { generation: number };
+    // rank 2 had already sent its (now void) contribution before it saw the resync
+    contrib(coord, peers[2]!, fwdOf([100, 200], 0));
+    expect(peers[2]!.received.filter((m) => m.type === "result")).toHaveLength(0);
+    for (const r of [0, 2]) coord.receive(peers[r]!, encode({ type: "resync-ack", generation: resync.generation }));
+    contrib(coord, peers[0]!, fwdOf([1, 3], 0));
+    contrib(coord, peers[2]!, fwdOf([5, 7], 0));
+    const res = peers[2]!.last() as { type: string; count: number; data: Float64Array };
+    expect(res.type).toBe("result");
+    expect(res.count).toBe(4); // counts, not a fixed batch size: exact over the 4 remaining values
+    expect(Array.from(res.data)).toEqual([4, 5]);
+  });
+
+  it("drops a worker that misses the deadline instead of failing the run", async () => {
+    const { coord, peers } = setup(3, { onWorkerLoss: "continue", roundTimeoutMs: 50 });
+    contrib(coord, peers[0]!, fwdOf([1, 2], 2));
+    contrib(coord, peers[1]!, fwdOf([1, 2], 2));
+    await new Promise((r) => setTimeout(r, 120));
+    expect(coord.failed).toBeNull();
+    expect(peers[2]!.closed).not.toBeNull();
+    expect(peers[0]!.last()).toMatchObject({ type: "resync", active: [0, 1], lost: [2] });
+    expect(coord.lostWorkers[0]!.reason).toMatch(/missed the 50 ms deadline of step 2 fwd layer 0/);
+  });
+
+  it("fails the run when the last worker is lost", () => {
+    const { coord, peers } = setup(1, { onWorkerLoss: "continue" });
+    coord.disconnected(peers[0]!, "close code 1006");
+    expect(coord.failed?.code).toBe(ErrorCode.WorkerLost);
   });
 });

@@ -1,6 +1,6 @@
 // Faults with real processes: a worker killed in each phase, a frozen worker, a
 // dead coordinator, a crash while a checkpoint is written. Nothing may hang.
-import { mkdtempSync, readdirSync } from "node:fs";
+import { mkdtempSync, readFileSync, readdirSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
@@ -84,5 +84,34 @@ describe("faults", () => {
     const a = readCheckpoint(join(resumed, "checkpoint.bin"));
     const b = readCheckpoint(join(full, "checkpoint.bin"));
     b.params.forEach((p, i) => expect(Buffer.from(a.params[i]!.buffer).equals(Buffer.from(p.buffer))).toBe(true));
+  });
+
+  it("goes on with the remaining workers with --on-worker-loss continue, and reports the loss", async () => {
+    const out = tmp("elastic");
+    const r = await runCli(["train", "--workers", "3", "--steps", "30", "--on-worker-loss", "continue", "--checksum-every", "1", "--out", out, ...SMALL], {
+      env: { SYNCBN_FAULT: "1:5:bwd" },
+      timeoutMs: 90_000,
+    });
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/worker rank\(s\) 1 disconnected .*; continuing from step 6 with 2 workers/);
+    const summary = JSON.parse(readFileSync(join(out, "summary.json"), "utf8"));
+    expect(summary.steps).toBe(30);
+    expect(summary.workersAtEnd).toBe(2);
+    expect(summary.workersLost).toEqual([expect.objectContaining({ rank: 1, step: 5 })]);
+    // every later step had the two survivors' 16 samples, and their replicas stayed identical (checksum every step)
+    const steps = readFileSync(join(out, "metrics.jsonl"), "utf8").trim().split("\n").map((l) => JSON.parse(l)).filter((l) => l.type === "step");
+    expect(steps).toHaveLength(30);
+    const ck = readCheckpoint(join(out, "checkpoint.bin"));
+    expect(ck.params.every((p) => p.every(Number.isFinite))).toBe(true);
+  });
+
+  it("drops a frozen worker at the deadline with --on-worker-loss continue", async () => {
+    const out = tmp("elastic-stop");
+    const r = await runCli(["train", "--workers", "3", "--steps", "20", "--on-worker-loss", "continue", "--round-timeout", "1500", "--out", out, ...SMALL], {
+      env: { SYNCBN_FAULT: "2:3:fwd:stop" },
+      timeoutMs: 90_000,
+    });
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/worker rank\(s\) 2 missed the 1500 ms deadline of step 3 fwd layer 0; continuing from step 4 with 2 workers/);
   });
 });

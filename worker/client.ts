@@ -13,6 +13,7 @@ import {
   type Contribution,
   type ErrorMessage,
   type Phase,
+  type Resync,
   type RoundResult,
 } from "../shared/protocol.js";
 
@@ -29,9 +30,21 @@ export interface ClientOptions {
   maxPayload: number;
 }
 
+/**
+ * Not an error: the coordinator dropped a lost worker (elastic mode) and every
+ * pending round is void. The training loop restores the step's starting state,
+ * calls acknowledgeResync() and redoes the step with the new membership.
+ */
+export class ResyncSignal extends Error {
+  constructor(readonly resync: Resync) {
+    super(`resync: rank(s) ${resync.lost.join(", ")} lost; redo from step ${resync.step} with ranks ${resync.active.join(", ")}`);
+    this.name = "ResyncSignal";
+  }
+}
+
 interface Pending {
   resolve(r: RoundResult): void;
-  reject(e: SyncbnError): void;
+  reject(e: Error): void;
   timer: ReturnType<typeof setTimeout>;
 }
 
@@ -52,6 +65,7 @@ export class CoordinatorClient {
   private readonly pending = new Map<string, Pending>();
   private failure: SyncbnError | null = null;
   private closing = false;
+  private resync: Resync | null = null;
   /** Total time spent between sending a contribution and receiving its result. */
   waitMs = 0;
   /** Called before each contribution is sent (fault injection in tests; see cli/env.ts SYNCBN_FAULT). */
@@ -143,6 +157,7 @@ export class CoordinatorClient {
     checksum?: number,
   ): Promise<RoundResult> {
     if (this.failure) return Promise.reject(this.failure);
+    if (this.resync) return Promise.reject(new ResyncSignal(this.resync));
     this.beforeSend?.(step, phase, layer);
     const key = `${step}/${phase}/${layer}`;
     const sent = performance.now();
@@ -167,6 +182,15 @@ export class CoordinatorClient {
       if (checksum !== undefined) msg.checksum = checksum;
       this.ws.send(encode(msg));
     });
+  }
+
+  /** Accept the latest resync: later contributions count in the new membership. */
+  acknowledgeResync(): Resync {
+    const r = this.resync;
+    if (!r) throw new Error("acknowledgeResync without a pending resync");
+    this.resync = null;
+    this.ws.send(encode({ type: "resync-ack", generation: r.generation }));
+    return r;
   }
 
   /** Tell the coordinator this worker finished, then close. */
@@ -211,6 +235,15 @@ export class CoordinatorClient {
     }
     if (msg.type === "error") {
       this.fail(errorFromMessage(msg));
+      return;
+    }
+    if (msg.type === "resync") {
+      this.resync = msg;
+      for (const p of this.pending.values()) {
+        clearTimeout(p.timer);
+        p.reject(new ResyncSignal(msg));
+      }
+      this.pending.clear();
       return;
     }
     if (msg.type !== "result") return;

@@ -8,7 +8,8 @@ import { parseNorm, statsGroupSize } from "../shared/config.js";
 import { ErrorCode, SyncbnError } from "../shared/errors.js";
 import { GradExtra } from "../shared/protocol.js";
 import { Rng, deriveSeed } from "../shared/rng.js";
-import type { CoordinatorClient } from "./client.js";
+import { ResyncSignal, type CoordinatorClient } from "./client.js";
+import type { Resync } from "../shared/protocol.js";
 import { readCheckpoint, writeCheckpoint, type Checkpoint } from "./checkpoint.js";
 import { gatherBatch, loadDataset } from "./data/dataset.js";
 import { evaluate } from "./evaluate.js";
@@ -81,6 +82,35 @@ export async function trainWorker(run: WorkerRun): Promise<void> {
   let permEpoch = -1;
   let lastWaitMs = 0;
   let lastComputeMs = 0;
+  // Elastic mode: ranks still in the run. A lost rank's slot of each global batch is dropped.
+  let active = Array.from({ length: worldSize }, (_, r) => r);
+  const saved = model.bnLayers.map((l) => ({ mean: new Float64Array(l.channels), var: new Float64Array(l.channels), tracked: 0 }));
+  const saveRunningStats = (): void =>
+    model.bnLayers.forEach((l, i) => {
+      saved[i]!.mean.set(l.runningMean);
+      saved[i]!.var.set(l.runningVar);
+      saved[i]!.tracked = l.tracked;
+    });
+  const restoreRunningStats = (): void =>
+    model.bnLayers.forEach((l, i) => {
+      l.runningMean.set(saved[i]!.mean);
+      l.runningVar.set(saved[i]!.var);
+      l.tracked = saved[i]!.tracked;
+    });
+  /** Runs one part of a step until it completes without a resync (a worker lost in elastic mode). */
+  const untilStable = async (part: () => Promise<void>, onResync: (r: Resync) => void): Promise<void> => {
+    for (;;) {
+      try {
+        await part();
+        return;
+      } catch (e) {
+        if (!(e instanceof ResyncSignal)) throw e;
+        const r = client.acknowledgeResync();
+        active = r.active;
+        onResync(r);
+      }
+    }
+  };
 
   for (let step = startStep; step < totalSteps; step++) {
     const epoch = Math.floor(step / spe);
@@ -91,32 +121,46 @@ export async function trainWorker(run: WorkerRun): Promise<void> {
     const offset = (step % spe) * worldSize * s.batch + rank * s.batch;
     gatherBatch(x, labels, data.train, perm!, offset, s.batch);
     sync.step = step;
-    const t0 = performance.now();
-    const waitBefore = client.waitMs;
-    const logits = await model.forward(x, s.batch, true);
-    const lr = loss.forward(logits, labels, s.batch, worldSize * s.batch);
-    await model.backward(loss.backward(s.batch), s.batch);
-    model.packGrads(grads);
-    extra[GradExtra.lossSum] = lr.lossSum;
-    extra[GradExtra.correct] = lr.correct;
-    extra[GradExtra.count] = s.batch;
-    extra[GradExtra.syncWaitMs] = lastWaitMs;
-    extra[GradExtra.computeMs] = lastComputeMs;
-    extra[GradExtra.totalSteps] = totalSteps;
-    extra[GradExtra.stepsPerEpoch] = spe;
-    const checksum = s.checksumEvery > 0 && step % s.checksumEvery === 0 ? model.checksum() : undefined;
-    const summed = await client.round(step, "grad", -1, s.batch, grads, extra, checksum);
-    lastWaitMs = client.waitMs - waitBefore;
-    lastComputeMs = performance.now() - t0 - lastWaitMs;
-    model.unpackGrads(summed.data as Float32Array);
-    opt.step();
+    saveRunningStats();
+    const trainStep = async (): Promise<void> => {
+      const t0 = performance.now();
+      const waitBefore = client.waitMs;
+      const logits = await model.forward(x, s.batch, true);
+      // The loss is the mean over the global batch of the ranks still in the run.
+      const lr = loss.forward(logits, labels, s.batch, active.length * s.batch);
+      await model.backward(loss.backward(s.batch), s.batch);
+      model.packGrads(grads);
+      extra[GradExtra.lossSum] = lr.lossSum;
+      extra[GradExtra.correct] = lr.correct;
+      extra[GradExtra.count] = s.batch;
+      extra[GradExtra.syncWaitMs] = lastWaitMs;
+      extra[GradExtra.computeMs] = lastComputeMs;
+      extra[GradExtra.totalSteps] = totalSteps;
+      extra[GradExtra.stepsPerEpoch] = spe;
+      const checksum = s.checksumEvery > 0 && step % s.checksumEvery === 0 ? model.checksum() : undefined;
+      const summed = await client.round(step, "grad", -1, s.batch, grads, extra, checksum);
+      lastWaitMs = client.waitMs - waitBefore;
+      lastComputeMs = performance.now() - t0 - lastWaitMs;
+      model.unpackGrads(summed.data as Float32Array);
+      opt.step();
+    };
+    await untilStable(trainStep, (r) => {
+      if (r.step !== step) {
+        throw new SyncbnError(ErrorCode.RoundKey, `resync asks to redo step ${r.step}, but this worker is in step ${step}`, { rank, step });
+      }
+      restoreRunningStats();
+    });
 
     const done = step + 1;
     const epochEnd = done % spe === 0 || done === totalSteps;
     if (epochEnd || (s.evalEvery > 0 && done % s.evalEvery === 0)) {
-      await evaluate({ model, train: data.train, test: data.test, settings: s, client, rank, worldSize, step });
+      // Eval shards the test set over the ranks still in the run; a resync redoes the whole evaluation.
+      await untilStable(
+        () => evaluate({ model, train: data.train, test: data.test, settings: s, client, rank: active.indexOf(rank), worldSize: active.length, step }),
+        () => {},
+      );
     }
-    if (rank === 0 && run.outDir && (done === totalSteps || (run.checkpointEvery > 0 && done % run.checkpointEvery === 0))) {
+    if (rank === active[0] && run.outDir && (done === totalSteps || (run.checkpointEvery > 0 && done % run.checkpointEvery === 0))) {
       writeCheckpoint(join(run.outDir, "checkpoint.bin"), makeCheckpoint(model, opt, done, s, conv.training), () => run.midCheckpointWrite?.(done));
     }
   }
