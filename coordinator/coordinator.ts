@@ -419,7 +419,7 @@ export class Coordinator {
       }
       // The group of the lowest active rank (group 0, the only one in sync mode) holds the
       // authoritative running stats, as rank 0 does in DDP; committed when the step completes.
-      if (round.members.includes(Math.min(...this.active))) this.runningStats.stage(round.layer, result.count, result.data);
+      if (round.members.includes(Math.min(...this.active))) this.runningStats.stage(round.step, round.layer, result.count, result.data);
     }
     if (round.phase === "grad") {
       this.runningStats.commit();

@@ -25,14 +25,17 @@ export class RunningStatsTable {
     this.layers.set(layer, { mean: Float64Array.from(stats.mean), var: Float64Array.from(stats.var), tracked: stats.tracked });
   }
 
-  private pending: { layer: number; count: number; meanVar: Float64Array | Float32Array }[] = [];
+  private pending: { step: number; layer: number; count: number; meanVar: Float64Array | Float32Array }[] = [];
 
   /**
    * Queue a step's update; commit() applies the queue when the step's gradient
    * round completes, discard() drops it when the step is redone (elastic mode).
+   * Updates of an earlier step still queued (a run without gradient rounds) are
+   * committed first, so the queue never holds more than one step.
    */
-  stage(layer: number, count: number, meanVar: Float64Array | Float32Array): void {
-    this.pending.push({ layer, count, meanVar });
+  stage(step: number, layer: number, count: number, meanVar: Float64Array | Float32Array): void {
+    if (this.pending.length > 0 && this.pending[0]!.step !== step) this.commit();
+    this.pending.push({ step, layer, count, meanVar });
   }
 
   commit(): void {
