@@ -256,6 +256,8 @@ export function registerTrainCommands(program: Command): void {
               norm: conv.norm,
               model: t.model ?? "?",
               data: t.data ?? "?",
+              evalStats: t.evalStats,
+              preciseBatches: t.preciseBatches,
               outDir: f.out ?? null,
               totalSteps: null,
               stepsPerEpoch: null,

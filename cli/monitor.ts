@@ -7,6 +7,8 @@ import { appendFileSync, mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Coordinator, RoundEvent } from "../coordinator/coordinator.js";
 import { GradExtra, SumRound } from "../shared/protocol.js";
+import { parseNorm } from "../shared/config.js";
+import { describeEvalStatistics } from "../worker/evaluate.js";
 
 export interface RunSummary {
   testAccuracy: number | null;
@@ -38,6 +40,8 @@ export interface MonitorOptions {
   model: string;
   data: string;
   outDir: string | null;
+  evalStats?: "ema" | "precise";
+  preciseBatches?: number;
   /** Total steps and steps per epoch, when known up front (for the progress bar). */
   totalSteps: number | null;
   stepsPerEpoch: number | null;
@@ -183,7 +187,6 @@ export class RunMonitor {
     const last = this.evals[this.evals.length - 1];
     const ms = median(this.stepMs);
     const globalBatch = (this.o.worldSize - this.lost.length) * this.o.perWorkerBatch;
-    const local = this.o.norm === "local" || this.o.norm.startsWith("group:") || this.o.norm.startsWith("ghost:");
     return {
       testAccuracy: last?.testAccuracy ?? null,
       testLoss: last?.testLoss ?? null,
@@ -200,9 +203,7 @@ export class RunMonitor {
       samplesPerSecond: ms ? (globalBatch / ms) * 1000 : null,
       wallSeconds: (performance.now() - this.started) / 1000,
       finalTrainLoss: this.lastLoss,
-      evalStatistics: local
-        ? "running averages (ema) of rank 0: statistics differ per worker in this mode, and eval uses rank 0's, as PyTorch DDP does"
-        : "running averages (ema), identical on every worker",
+      evalStatistics: describeEvalStatistics(parseNorm(this.o.norm), this.o.evalStats ?? "ema", this.o.preciseBatches ?? 0, this.o.perWorkerBatch),
       evals: this.evals,
       workersLost: this.lost,
       workersAtEnd: this.o.worldSize - this.lost.length,

@@ -70,6 +70,8 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
     norm: s.norm,
     model: s.model,
     data: s.data,
+    evalStats: s.evalStats,
+    preciseBatches: s.preciseBatches,
     outDir: o.outDir,
     totalSteps: null,
     stepsPerEpoch: null,

@@ -31,7 +31,28 @@ export interface BnSync {
   reduceGradSums(layer: number, count: number, sums: Float64Array): Promise<Float64Array>;
 }
 
-export class BatchNorm implements Layer {
+/**
+ * A normalization layer that keeps running statistics for eval mode (BatchNorm,
+ * GhostBatchNorm, BatchRenorm; not GroupNorm). Checkpoints, the rank-0 broadcast
+ * and PreciseBN read and overwrite these fields.
+ */
+export interface RunningStatsLayer extends Layer {
+  /** Index among the model's norm layers: the `layer` of its rounds. */
+  readonly layerIndex: number;
+  readonly channels: number;
+  /** H·W, or 1 for (N, C) input. */
+  readonly spatial: number;
+  readonly runningMean: Float64Array; // (C)
+  readonly runningVar: Float64Array; // (C)
+  /** Number of running-stat updates so far (PyTorch's num_batches_tracked). */
+  tracked: number;
+}
+
+export function isRunningStatsLayer(l: Layer): l is RunningStatsLayer {
+  return "runningMean" in l && l.runningMean instanceof Float64Array && "runningVar" in l;
+}
+
+export class BatchNorm implements RunningStatsLayer {
   readonly inShape: readonly number[];
   readonly outShape: readonly number[];
   readonly channels: number;

@@ -5,13 +5,16 @@
 import { ErrorCode, SyncbnError } from "../../shared/errors.js";
 import type { BnConventions, NormMode } from "../../shared/config.js";
 import { Rng } from "../../shared/rng.js";
-import { BatchNorm, type BnSync } from "./batchnorm.js";
+import { BatchNorm, isRunningStatsLayer, type BnSync, type RunningStatsLayer } from "./batchnorm.js";
 import { Conv2d } from "./conv2d.js";
 import { Flatten } from "./flatten.js";
+import { GhostBatchNorm } from "./ghost.js";
+import { GroupNorm } from "./groupnorm.js";
 import { sizeOf, type Layer, type Param } from "./layer.js";
 import { Linear } from "./linear.js";
 import { MaxPool2d } from "./maxpool.js";
 import { ReLU } from "./relu.js";
+import { BatchRenorm, type RenormOptions } from "./renorm.js";
 
 export type ModelKind = "mlp" | "cnn";
 export const MODEL_KINDS: readonly ModelKind[] = ["mlp", "cnn"];
@@ -25,12 +28,17 @@ export interface ModelOptions {
   /** The collective for sync/group BN; null runs every BN locally. */
   sync: BnSync | null;
   seed: number;
+  /** Batch renorm clips, warm-up and step clock; required for --norm renorm. */
+  renorm?: RenormOptions;
 }
 
 export class Model {
   readonly params: Param[];
-  /** The statistics-carrying norm layers, in forward order (their index = round layer id). */
-  readonly bnLayers: BatchNorm[];
+  /**
+   * The norm layers with running statistics (BN, ghost BN, renorm; not GroupNorm),
+   * in forward order: what checkpoints, the rank-0 broadcast and PreciseBN handle.
+   */
+  readonly bnLayers: RunningStatsLayer[];
   readonly gradSize: number;
 
   constructor(
@@ -38,7 +46,7 @@ export class Model {
     readonly layers: Layer[],
   ) {
     this.params = layers.flatMap((l) => l.params());
-    this.bnLayers = layers.filter((l): l is BatchNorm => l instanceof BatchNorm);
+    this.bnLayers = layers.filter(isRunningStatsLayer);
     this.gradSize = this.params.reduce((a, p) => a + p.grad.length, 0);
   }
 
@@ -139,16 +147,27 @@ export function buildModel(o: ModelOptions): Model {
   throw new SyncbnError(ErrorCode.BadConfig, `unknown --model "${String(o.kind)}"; use mlp or cnn`);
 }
 
+/**
+ * The norm layer of the run's mode (DESIGN.md §4) for a (C) or (C, H, W)
+ * activation, or null for `none`. bnIndex is the layer id of its rounds.
+ */
 function makeNorm(name: string, bnIndex: number, shape: number[], o: ModelOptions): Layer | null {
-  switch (o.norm.kind) {
+  const mode = o.norm;
+  switch (mode.kind) {
     case "none":
       return null;
     case "sync":
     case "group":
+      // The coordinator groups the rounds (all workers, or K); one worker per group runs with sync = null.
       return new BatchNorm(name, bnIndex, shape, o.conventions, o.sync);
     case "local":
       return new BatchNorm(name, bnIndex, shape, o.conventions, null);
-    default:
-      throw new SyncbnError(ErrorCode.BadConfig, `--norm ${o.norm.kind} is not available yet`);
+    case "ghost":
+      return new GhostBatchNorm(name, bnIndex, shape, o.conventions, mode.ghostBatch);
+    case "renorm":
+      if (!o.renorm) throw new SyncbnError(ErrorCode.BadConfig, "--norm renorm: the model needs renorm options (rMax, dMax, warmup)");
+      return new BatchRenorm(name, bnIndex, shape, o.conventions, o.renorm);
+    case "groupnorm":
+      return new GroupNorm(name, shape, mode.groups, o.conventions.eps);
   }
 }

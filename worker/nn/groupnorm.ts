@@ -1,0 +1,169 @@
+// Group normalization (Wu & He 2018; PyTorch nn.GroupNorm(G, C)): per sample, the
+// C channels are split into G groups of C/G consecutive channels, each group
+// normalized over its channels × H·W with its own mean and variance, then a
+// per-channel affine γ, β. Batch-independent: the same in training and eval, no
+// running statistics and no rounds. Not BN; for (N, C) input, groups over features.
+
+import { ErrorCode, SyncbnError } from "../../shared/errors.js";
+import { divisors } from "../../shared/config.js";
+import { BatchBuffer, sizeOf, type Layer, type Param } from "./layer.js";
+
+export class GroupNorm implements Layer {
+  readonly inShape: readonly number[];
+  readonly outShape: readonly number[];
+  readonly channels: number;
+  /** H·W, or 1 for (N, C) input. */
+  readonly spatial: number;
+  readonly gamma: Param; // (C)
+  readonly beta: Param; // (C)
+  /** Channels per group, C/G. */
+  private readonly groupChannels: number;
+  /** Per (sample, group): 1/sqrt(var + eps) of the last forward; grown to the largest batch. */
+  private groupInvStd = new Float64Array(0); // (N, G)
+  private readonly gradGamma: Float64Array; // (C) float64 accumulator
+  private readonly gradBeta: Float64Array; // (C)
+  private readonly y: BatchBuffer; // (N, C, S)
+  private readonly xhat: BatchBuffer; // (N, C, S)
+  private readonly dx: BatchBuffer; // (N, C, S)
+  private savedN = -1;
+
+  constructor(
+    readonly name: string,
+    shape: readonly number[], // [C] or [C, H, W]
+    /** G: number of channel groups. */
+    readonly groups: number,
+    readonly eps: number,
+  ) {
+    this.inShape = shape;
+    this.outShape = shape;
+    this.channels = shape[0]!;
+    this.spatial = sizeOf(shape.slice(1));
+    const c = this.channels;
+    if (!Number.isInteger(groups) || groups < 1 || c % groups !== 0) {
+      throw new SyncbnError(
+        ErrorCode.BadConfig,
+        `--norm groupnorm:${groups}: layer ${name} has C = ${c} channels, which ${groups} groups do not divide; G must divide every norm layer's channel count (for this layer: ${divisors(c).join(", ")})`,
+      );
+    }
+    this.groupChannels = c / groups;
+    this.gamma = { name: `${name}.weight`, value: new Float32Array(c).fill(1), grad: new Float32Array(c) };
+    this.beta = { name: `${name}.bias`, value: new Float32Array(c), grad: new Float32Array(c) };
+    this.gradGamma = new Float64Array(c);
+    this.gradBeta = new Float64Array(c);
+    const per = sizeOf(shape);
+    this.y = new BatchBuffer(per);
+    this.xhat = new BatchBuffer(per);
+    this.dx = new BatchBuffer(per);
+  }
+
+  params(): Param[] {
+    return [this.gamma, this.beta];
+  }
+
+  /**
+   * Per (sample, group) of m = (C/G)·S contiguous values: mean and biased variance
+   * in two float64 passes, then xhat = (x − mean)/sqrt(var + eps), y = γ·xhat + β.
+   * Three passes over x; the same in training and eval.
+   */
+  forward(x: Float32Array, n: number, train: boolean): Float32Array {
+    const c = this.channels;
+    const s = this.spatial;
+    const G = this.groups;
+    const cg = this.groupChannels;
+    const m = cg * s;
+    if (this.groupInvStd.length < n * G) {
+      this.groupInvStd = new Float64Array(n * G);
+    }
+    const y = this.y.view(n);
+    const xhat = this.xhat.view(n);
+    const gamma = this.gamma.value;
+    const beta = this.beta.value;
+    for (let i = 0; i < n; i++) {
+      for (let g = 0; g < G; g++) {
+        const base = (i * c + g * cg) * s;
+        let sum = 0;
+        for (let k = 0; k < m; k++) sum += x[base + k]!;
+        const mean = sum / m;
+        let m2 = 0;
+        for (let k = 0; k < m; k++) {
+          const d = x[base + k]! - mean;
+          m2 += d * d;
+        }
+        const invStd = 1 / Math.sqrt(m2 / m + this.eps);
+        this.groupInvStd[i * G + g] = invStd;
+        for (let ch = 0; ch < cg; ch++) {
+          const cAbs = g * cg + ch;
+          const ga = gamma[cAbs]!;
+          const be = beta[cAbs]!;
+          const off = base + ch * s;
+          for (let j = 0; j < s; j++) {
+            const h = (x[off + j]! - mean) * invStd;
+            xhat[off + j] = h;
+            y[off + j] = ga * h + be;
+          }
+        }
+      }
+    }
+    this.savedN = train ? n : -1;
+    return y;
+  }
+
+  /**
+   * With g = γ_c·dy per element and means over the group's m values:
+   * dx = invStd·(g − mean(g) − xhat·mean(g·xhat)); dγ_c = Σ dy·xhat, dβ_c = Σ dy
+   * over samples and positions.
+   */
+  backward(dy: Float32Array, n: number): Float32Array {
+    if (n !== this.savedN) {
+      throw new SyncbnError(ErrorCode.BadConfig, `${this.name}: backward for ${n} samples without a matching training forward`, { phase: "bwd" });
+    }
+    const c = this.channels;
+    const s = this.spatial;
+    const G = this.groups;
+    const cg = this.groupChannels;
+    const m = cg * s;
+    const xhat = this.xhat.view(n);
+    const dx = this.dx.view(n);
+    const gamma = this.gamma.value;
+    this.gradGamma.fill(0);
+    this.gradBeta.fill(0);
+    for (let i = 0; i < n; i++) {
+      for (let g = 0; g < G; g++) {
+        const base = (i * c + g * cg) * s;
+        let sumG = 0;
+        let sumGXhat = 0;
+        for (let ch = 0; ch < cg; ch++) {
+          const cAbs = g * cg + ch;
+          const ga = gamma[cAbs]!;
+          const off = base + ch * s;
+          let sDy = 0;
+          let sDyXhat = 0;
+          for (let j = 0; j < s; j++) {
+            const d = dy[off + j]!;
+            sDy += d;
+            sDyXhat += d * xhat[off + j]!;
+          }
+          this.gradBeta[cAbs]! += sDy;
+          this.gradGamma[cAbs]! += sDyXhat;
+          sumG += ga * sDy;
+          sumGXhat += ga * sDyXhat;
+        }
+        const meanG = sumG / m;
+        const meanGXhat = sumGXhat / m;
+        const invStd = this.groupInvStd[i * G + g]!;
+        for (let ch = 0; ch < cg; ch++) {
+          const ga = gamma[g * cg + ch]!;
+          const off = base + ch * s;
+          for (let j = 0; j < s; j++) {
+            dx[off + j] = invStd * (ga * dy[off + j]! - meanG - xhat[off + j]! * meanGXhat);
+          }
+        }
+      }
+    }
+    for (let ch = 0; ch < c; ch++) {
+      this.gamma.grad[ch] = this.gradGamma[ch]!;
+      this.beta.grad[ch] = this.gradBeta[ch]!;
+    }
+    return dx;
+  }
+}
