@@ -69,6 +69,15 @@ export const DEFAULT_SETTINGS: TrainSettings = {
   renormWarmup: 500,
 };
 
+/** Channel counts of the norm layers of each reference model (DESIGN.md §7). */
+const NORM_CHANNELS: Record<string, number[]> = { mlp: [256, 128], cnn: [16, 32, 64] };
+
+function divisorsOfAll(values: number[]): number[] {
+  const out: number[] = [];
+  for (let d = 1; d <= Math.min(...values); d++) if (values.every((v) => v % d === 0)) out.push(d);
+  return out;
+}
+
 /** Throws a one-line BadConfig error naming the flag and what to do. */
 export function validateSettings(s: TrainSettings, worldSize: number): void {
   const bad = (msg: string): never => {
@@ -79,6 +88,14 @@ export function validateSettings(s: TrainSettings, worldSize: number): void {
   statsGroupSize(mode, worldSize);
   if (mode.kind === "ghost" && s.batch % mode.ghostBatch !== 0) {
     bad(`--norm ghost:${mode.ghostBatch} needs G to divide the per-worker batch ${s.batch}`);
+  }
+  if (mode.kind === "groupnorm") {
+    const channels = NORM_CHANNELS[s.model] ?? [];
+    const ok = channels.filter((c) => c % mode.groups === 0).length === channels.length;
+    if (!ok) {
+      const common = channels.length ? divisorsOfAll(channels) : [];
+      bad(`--norm groupnorm:${mode.groups} needs G to divide every norm layer's channel count of --model ${s.model} (${channels.join(", ")}); try G in {${common.join(", ")}}`);
+    }
   }
   const posInt = (v: number, flag: string): void => {
     if (!Number.isInteger(v) || v < 1) bad(`${flag} must be a positive integer, got ${v}`);
