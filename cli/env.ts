@@ -2,6 +2,9 @@
 // launcher conventions torchrun, Slurm and Kubernetes jobs set (RANK,
 // WORLD_SIZE, MASTER_ADDR, MASTER_PORT). Everything else gets values passed in.
 
+import { ErrorCode, SyncbnError } from "../shared/errors.js";
+import { KERNEL_BACKENDS, type KernelBackend } from "../worker/nn/kernels/backend.js";
+
 export interface EnvSettings {
   rank?: number;
   worldSize?: number;
@@ -9,6 +12,8 @@ export interface EnvSettings {
   masterPort?: number;
   token?: string;
   fashionMnistDir?: string;
+  /** SYNCBN_KERNELS: conv/linear kernels, "wasm" (default) or "js"; for setKernelBackend. */
+  kernels?: KernelBackend;
   isCI: boolean;
   /**
    * Fault injection for tests: SYNCBN_FAULT="RANK:STEP:PHASE[:ACTION]" makes that
@@ -27,6 +32,14 @@ function intVar(name: string, env: NodeJS.ProcessEnv): number | undefined {
   return Number.isInteger(n) && n >= 0 ? n : undefined;
 }
 
+function kernelsVar(env: NodeJS.ProcessEnv): KernelBackend | undefined {
+  const v = env.SYNCBN_KERNELS;
+  if (v === undefined || v === "") return undefined;
+  const backend = KERNEL_BACKENDS.find((b) => b === v);
+  if (!backend) throw new SyncbnError(ErrorCode.BadConfig, `SYNCBN_KERNELS must be one of ${KERNEL_BACKENDS.join(", ")}, got "${v}"`);
+  return backend;
+}
+
 export function readEnv(env: NodeJS.ProcessEnv = process.env): EnvSettings {
   return {
     rank: intVar("RANK", env) ?? intVar("SLURM_PROCID", env),
@@ -35,6 +48,7 @@ export function readEnv(env: NodeJS.ProcessEnv = process.env): EnvSettings {
     masterPort: intVar("MASTER_PORT", env),
     token: env.SYNCBN_TOKEN || undefined,
     fashionMnistDir: env.SYNCBN_FASHION_MNIST_DIR || undefined,
+    kernels: kernelsVar(env),
     isCI: env.CI === "true" || env.CI === "1",
     fault: parseFault(env.SYNCBN_FAULT),
   };

@@ -8,8 +8,14 @@ import { intArg } from "./commands.js";
 import { ErrorCode, isSyncbnError } from "../shared/errors.js";
 import { runConformance } from "./conformance.js";
 import { registerTrainCommands } from "./commands.js";
+import { readEnv } from "./env.js";
+import { setKernelBackend } from "../worker/nn/kernels/backend.js";
 import { registerSweepCommand } from "./sweep.js";
 
+
+// SYNCBN_KERNELS=js|wasm picks the conv/linear kernels; worker processes inherit it.
+const kernels = readEnv().kernels;
+if (kernels) setKernelBackend(kernels);
 
 const program = new Command();
 program

@@ -1,7 +1,8 @@
 // Tests for the non-BN layers, the loss and SGD: every backward against central
 // finite differences, the fast conv against its naive twin (itself checked in
 // float64), PyTorch's init, tie and first-step conventions, and hand-computed values.
-// Not a test of BN or of the models built from these layers.
+// Linear and Conv2d run on both kernel backends (WASM and JS; the two against
+// each other: kernels.test.ts). Not a test of BN or of the models built from these layers.
 
 import { describe, expect, it } from "vitest";
 import { ErrorCode, SyncbnError } from "../shared/errors.js";
@@ -10,6 +11,7 @@ import {
   Conv2d, conv2dBackwardNaive, conv2dForwardNaive, convGeometry, type ConvGeometry,
 } from "../worker/nn/conv2d.js";
 import { Flatten } from "../worker/nn/flatten.js";
+import { KERNEL_BACKENDS } from "../worker/nn/kernels/backend.js";
 import type { Layer } from "../worker/nn/layer.js";
 import { Linear } from "../worker/nn/linear.js";
 import { SoftmaxCrossEntropy } from "../worker/nn/loss.js";
@@ -85,9 +87,9 @@ function expectLayerGradsMatch(layer: Layer, x: Float32Array, n: number, rng: Rn
   layer.params().forEach((p, k) => expectGradMatches(loss, p.value, grads[k], eps, rtol, atol));
 }
 
-describe("Linear", () => {
+describe.each(KERNEL_BACKENDS)("Linear (%s kernels)", (backend) => {
   it("computes y = x·Wᵀ + b with W stored (out, in) row-major", () => {
-    const fc = new Linear("fc", 2, 3, new Rng(1));
+    const fc = new Linear("fc", 2, 3, new Rng(1), backend);
     fc.weight.value.set([1, 2, 3, 4, 5, 6]);
     fc.bias.value.set([0.5, -0.5, 0]);
     expect(Array.from(fc.forward(new Float32Array([1, -1]), 1, false))).toEqual([-0.5, -1.5, -1]);
@@ -95,13 +97,13 @@ describe("Linear", () => {
 
   it("has dx, dW and db that match finite differences", () => {
     const rng = new Rng(11);
-    const fc = new Linear("fc", 7, 5, rng);
+    const fc = new Linear("fc", 7, 5, rng, backend);
     expectLayerGradsMatch(fc, normals(rng, 3 * 7), 3, rng);
   });
 
   it("overwrites its grads on every backward instead of accumulating", () => {
     const rng = new Rng(12);
-    const fc = new Linear("fc", 4, 3, rng);
+    const fc = new Linear("fc", 4, 3, rng, backend);
     const x = normals(rng, 2 * 4), dy = normals(rng, 2 * 3);
     fc.forward(x, 2, true);
     fc.backward(dy, 2);
@@ -115,7 +117,7 @@ describe("Linear", () => {
   });
 
   it("initializes like PyTorch: weight then bias from U(−1/√in, 1/√in) in row-major order", () => {
-    const fc = new Linear("fc", 4, 3, new Rng(7));
+    const fc = new Linear("fc", 4, 3, new Rng(7), backend);
     const ref = new Rng(7);
     const expected = Array.from({ length: 15 }, () => Math.fround(ref.uniform(-0.5, 0.5)));
     expect([...fc.weight.value, ...fc.bias.value]).toEqual(expected);
@@ -148,8 +150,8 @@ function geometryOf(c: ConvCase): ConvGeometry {
   return convGeometry("conv", c.cin, c.cout, c.k, c.stride, c.padding, c.h, c.w);
 }
 
-describe("Conv2d", () => {
-  it.each(convCases)("has a naive twin whose float64 backward matches finite differences for $label", (c) => {
+describe("Conv2d's naive twin", () => {
+  it.each(convCases)("has a float64 backward that matches finite differences for $label", (c) => {
     const g = geometryOf(c);
     const rng = new Rng(21);
     const ySize = c.n * c.cout * g.outH * g.outW;
@@ -166,10 +168,13 @@ describe("Conv2d", () => {
     conv2dBackwardNaive(dx, dw, db, r, x, w, c.n, g);
     for (const [v, grad] of [[x, dx], [w, dw], [b, db]] as const) expectGradMatches(loss, v, grad, 1e-3, 1e-7, 1e-9, 40);
   });
+});
+
+describe.each(KERNEL_BACKENDS)("Conv2d (%s kernels)", (backend) => {
 
   it.each(convCases)("gives the same y, dx, dW and db as the naive twin for $label", (c) => {
     const rng = new Rng(22);
-    const conv = new Conv2d("conv", c.cin, c.cout, c.k, c.stride, c.padding, c.h, c.w, rng);
+    const conv = new Conv2d("conv", c.cin, c.cout, c.k, c.stride, c.padding, c.h, c.w, rng, backend);
     const g = conv.geometry;
     const x = normals(rng, c.n * c.cin * c.h * c.w);
     const dy = normals(rng, c.n * c.cout * g.outH * g.outW);
@@ -190,19 +195,19 @@ describe("Conv2d", () => {
 
   it("has dx, dW and db that match finite differences of its own float32 forward", () => {
     const rng = new Rng(23);
-    const conv = new Conv2d("conv", 2, 3, 3, 2, 1, 5, 6, rng);
+    const conv = new Conv2d("conv", 2, 3, 3, 2, 1, 5, 6, rng, backend);
     expectLayerGradsMatch(conv, normals(rng, 2 * 2 * 5 * 6), 2, rng);
   });
 
   it("reports the per-sample output shape ⌊(H + 2p − k)/s⌋ + 1 like PyTorch", () => {
-    const conv = new Conv2d("conv", 3, 8, 5, 2, 2, 11, 9, new Rng(1));
+    const conv = new Conv2d("conv", 3, 8, 5, 2, 2, 11, 9, new Rng(1), backend);
     expect(conv.inShape).toEqual([3, 11, 9]);
     expect(conv.outShape).toEqual([8, 6, 5]);
   });
 
   it("zeroes its grads and returns empty views for an empty batch", () => {
     const rng = new Rng(24);
-    const conv = new Conv2d("conv", 2, 3, 3, 1, 1, 4, 4, rng);
+    const conv = new Conv2d("conv", 2, 3, 3, 1, 1, 4, 4, rng, backend);
     conv.forward(normals(rng, 2 * 2 * 16), 2, true);
     conv.backward(normals(rng, 2 * 3 * 16), 2);
     expect(conv.forward(new Float32Array(0), 0, true).length).toBe(0);
@@ -212,9 +217,9 @@ describe("Conv2d", () => {
   });
 
   it("initializes from the seed alone, within ±1/√(cin·k·k), weight before bias", () => {
-    const a = new Conv2d("conv", 2, 3, 3, 1, 1, 5, 5, new Rng(5));
-    const b = new Conv2d("conv", 2, 3, 3, 1, 1, 5, 5, new Rng(5));
-    const c = new Conv2d("conv", 2, 3, 3, 1, 1, 5, 5, new Rng(6));
+    const a = new Conv2d("conv", 2, 3, 3, 1, 1, 5, 5, new Rng(5), backend);
+    const b = new Conv2d("conv", 2, 3, 3, 1, 1, 5, 5, new Rng(5), backend);
+    const c = new Conv2d("conv", 2, 3, 3, 1, 1, 5, 5, new Rng(6), backend);
     expect(Array.from(a.weight.value)).toEqual(Array.from(b.weight.value));
     expect(Array.from(a.bias.value)).toEqual(Array.from(b.bias.value));
     expect(Array.from(a.weight.value)).not.toEqual(Array.from(c.weight.value));
@@ -227,7 +232,7 @@ describe("Conv2d", () => {
   });
 
   it("rejects a geometry with no output pixels", () => {
-    expect(() => new Conv2d("conv", 1, 1, 5, 1, 0, 3, 3, new Rng(1))).toThrow(SyncbnError);
+    expect(() => new Conv2d("conv", 1, 1, 5, 1, 0, 3, 3, new Rng(1), backend)).toThrow(SyncbnError);
   });
 });
 

@@ -1,9 +1,12 @@
 // 2-D convolution over NCHW batches, weights (cout, cin, k, k), square kernel,
-// symmetric zero padding, PyTorch default init. Fast path: im2col + row-update
-// matmul per sample; a naive direct-convolution twin is kept for tests. Not
-// dilated, grouped or transposed convolution.
+// symmetric zero padding, PyTorch default init. Two paths behind one layer: the
+// WebAssembly SIMD one (kernels/conv-wasm.ts, default) and its plain TypeScript
+// twin here (im2col + row-update matmul per sample); a naive direct-convolution
+// twin of both is kept for tests. Not dilated, grouped or transposed convolution.
 
 import type { Rng } from "../../shared/rng.js";
+import { kernelBackend, type KernelBackend } from "./kernels/backend.js";
+import { ConvWasm } from "./kernels/conv-wasm.js";
 import { BatchBuffer, type Layer, type Param } from "./layer.js";
 import { initFanInUniform, requireInt, requireLength } from "./linear.js";
 
@@ -256,12 +259,19 @@ export function conv2dBackwardNaive(
   }
 }
 
-export class Conv2d implements Layer {
-  readonly inShape: readonly number[];
-  readonly outShape: readonly number[];
-  readonly geometry: ConvGeometry;
-  readonly weight: Param; // (cout, cin, k, k) = (cout, R) with R = cin·k·k
-  readonly bias: Param; // (cout)
+/**
+ * The compute of one Conv2d, one implementation per backend; owns its batch
+ * buffers. Returned arrays are views it overwrites on its next call.
+ */
+export interface ConvKernel {
+  /** y (n, cout, outH, outW) = conv(x, w) + b; train keeps what backward needs. */
+  forward(x: Float32Array, n: number, train: boolean, w: Float32Array, b: Float32Array): Float32Array;
+  /** For the last training forward of n samples: overwrites dw, db; returns dx (n, cin, inH, inW). */
+  backward(dy: Float32Array, n: number, w: Float32Array, dw: Float32Array, db: Float32Array): Float32Array;
+}
+
+/** The plain TypeScript path: the reference twin of ConvWasm. */
+export class ConvJs implements ConvKernel {
   private readonly y: BatchBuffer; // (N, cout, outH, outW)
   private readonly dx: BatchBuffer; // (N, cin, inH, inW)
   /** Last training input, copied: backward rebuilds each sample's columns from it. */
@@ -269,55 +279,32 @@ export class Conv2d implements Layer {
   private readonly cols: Float32Array; // (R, outH·outW), one sample at a time
   private readonly dcols: Float32Array; // (R, outH·outW)
   private readonly dwSum: Float64Array; // (cout, R), summed over samples in float64
-  private savedN = -1;
 
-  constructor(
-    readonly name: string,
-    cin: number, cout: number, kernel: number, stride: number, padding: number, inH: number, inW: number,
-    rng: Rng,
-  ) {
-    const g = convGeometry(name, cin, cout, kernel, stride, padding, inH, inW);
-    this.geometry = g;
-    this.inShape = [cin, inH, inW];
-    this.outShape = [cout, g.outH, g.outW];
-    const rows = cin * kernel * kernel;
+  constructor(private readonly g: ConvGeometry) {
+    const rows = g.cin * g.kernel * g.kernel;
     const plane = g.outH * g.outW;
-    const w = new Float32Array(cout * rows);
-    const b = new Float32Array(cout);
-    initFanInUniform(w, b, rows, rng);
-    this.weight = { name: `${name}.weight`, value: w, grad: new Float32Array(w.length) };
-    this.bias = { name: `${name}.bias`, value: b, grad: new Float32Array(b.length) };
-    this.y = new BatchBuffer(cout * plane);
-    this.dx = new BatchBuffer(cin * inH * inW);
-    this.xSaved = new BatchBuffer(cin * inH * inW);
+    this.y = new BatchBuffer(g.cout * plane);
+    this.dx = new BatchBuffer(g.cin * g.inH * g.inW);
+    this.xSaved = new BatchBuffer(g.cin * g.inH * g.inW);
     this.cols = new Float32Array(rows * plane);
     this.dcols = new Float32Array(rows * plane);
-    this.dwSum = new Float64Array(cout * rows);
-  }
-
-  params(): Param[] {
-    return [this.weight, this.bias];
+    this.dwSum = new Float64Array(g.cout * rows);
   }
 
   /** Per sample: im2col, then y = W·cols + b. 2·n·cout·R·outH·outW flops. */
-  forward(x: Float32Array, n: number, train: boolean): Float32Array {
-    const g = this.geometry;
+  forward(x: Float32Array, n: number, train: boolean, w: Float32Array, b: Float32Array): Float32Array {
+    const g = this.g;
     const inSize = g.cin * g.inH * g.inW;
     const plane = g.outH * g.outW;
     const rows = g.cin * g.kernel * g.kernel;
-    requireLength(this.name, "x", x, n * inSize);
     const y = this.y.view(n);
-    const w = this.weight.value, b = this.bias.value;
     for (let i = 0; i < n; i++) {
       im2col(this.cols, x, i * inSize, g);
       const yOff = i * g.cout * plane;
       for (let co = 0; co < g.cout; co++) y.fill(b[co], yOff + co * plane, yOff + (co + 1) * plane);
       gemmAcc(y, yOff, w, 0, rows, 1, this.cols, 0, g.cout, rows, plane);
     }
-    if (train) {
-      this.xSaved.view(n).set(x.subarray(0, n * inSize));
-      this.savedN = n;
-    }
+    if (train) this.xSaved.view(n).set(x.subarray(0, n * inSize));
     return y;
   }
 
@@ -325,18 +312,13 @@ export class Conv2d implements Layer {
    * Per sample: dW += dy·colsᵀ, dcols = Wᵀ·dy, dx = col2im(dcols); db = Σ dy.
    * 4·n·cout·R·outH·outW flops plus an im2col per sample.
    */
-  backward(dy: Float32Array, n: number): Float32Array {
-    if (n !== this.savedN) {
-      throw new RangeError(`layer ${this.name}: backward for ${n} samples after a training forward of ${this.savedN}`);
-    }
-    const g = this.geometry;
+  backward(dy: Float32Array, n: number, w: Float32Array, dw: Float32Array, db: Float32Array): Float32Array {
+    const g = this.g;
     const inSize = g.cin * g.inH * g.inW;
     const plane = g.outH * g.outW;
     const rows = g.cin * g.kernel * g.kernel;
-    requireLength(this.name, "dy", dy, n * g.cout * plane);
     const x = this.xSaved.view(n);
     const dx = this.dx.view(n);
-    const w = this.weight.value, db = this.bias.grad;
     dx.fill(0);
     this.dwSum.fill(0);
     for (let co = 0; co < g.cout; co++) {
@@ -355,8 +337,58 @@ export class Conv2d implements Layer {
       gemmAcc(this.dcols, 0, w, 0, 1, rows, dy, dyOff, rows, g.cout, plane);
       col2imAdd(dx, i * inSize, this.dcols, g);
     }
-    const dw = this.weight.grad;
     for (let t = 0; t < dw.length; t++) dw[t] = this.dwSum[t];
     return dx;
+  }
+}
+
+export class Conv2d implements Layer {
+  readonly inShape: readonly number[];
+  readonly outShape: readonly number[];
+  readonly geometry: ConvGeometry;
+  readonly weight: Param; // (cout, cin, k, k) = (cout, R) with R = cin·k·k
+  readonly bias: Param; // (cout)
+  private readonly kernel: ConvKernel;
+  private savedN = -1;
+
+  /** `backend` defaults to the process-wide choice (kernels/backend.ts). */
+  constructor(
+    readonly name: string,
+    cin: number, cout: number, kernel: number, stride: number, padding: number, inH: number, inW: number,
+    rng: Rng,
+    readonly backend: KernelBackend = kernelBackend(),
+  ) {
+    const g = convGeometry(name, cin, cout, kernel, stride, padding, inH, inW);
+    this.geometry = g;
+    this.inShape = [cin, inH, inW];
+    this.outShape = [cout, g.outH, g.outW];
+    const rows = cin * kernel * kernel;
+    const w = new Float32Array(cout * rows);
+    const b = new Float32Array(cout);
+    initFanInUniform(w, b, rows, rng);
+    this.weight = { name: `${name}.weight`, value: w, grad: new Float32Array(w.length) };
+    this.bias = { name: `${name}.bias`, value: b, grad: new Float32Array(b.length) };
+    this.kernel = backend === "wasm" ? new ConvWasm(g) : new ConvJs(g);
+  }
+
+  params(): Param[] {
+    return [this.weight, this.bias];
+  }
+
+  forward(x: Float32Array, n: number, train: boolean): Float32Array {
+    const g = this.geometry;
+    requireLength(this.name, "x", x, n * g.cin * g.inH * g.inW);
+    const y = this.kernel.forward(x, n, train, this.weight.value, this.bias.value);
+    if (train) this.savedN = n;
+    return y;
+  }
+
+  backward(dy: Float32Array, n: number): Float32Array {
+    if (n !== this.savedN) {
+      throw new RangeError(`layer ${this.name}: backward for ${n} samples after a training forward of ${this.savedN}`);
+    }
+    const g = this.geometry;
+    requireLength(this.name, "dy", dy, n * g.cout * g.outH * g.outW);
+    return this.kernel.backward(dy, n, this.weight.value, this.weight.grad, this.bias.grad);
   }
 }

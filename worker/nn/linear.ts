@@ -1,10 +1,13 @@
 // Fully connected layer y = x·Wᵀ + b, W stored (out, in) row-major like PyTorch's
-// nn.Linear, initialized like PyTorch's default. Also the shared fan-in init helper.
-// Not a general matmul: inputs are (n, in) rows only; spatial inputs go through
-// Flatten first.
+// nn.Linear, initialized like PyTorch's default. Two paths behind one layer: the
+// WebAssembly SIMD one (kernels/linear-wasm.ts, default) and its plain TypeScript
+// twin here. Also the shared fan-in init helper. Not a general matmul: inputs are
+// (n, in) rows only; spatial inputs go through Flatten first.
 
 import { ErrorCode, SyncbnError } from "../../shared/errors.js";
 import type { Rng } from "../../shared/rng.js";
+import { kernelBackend, type KernelBackend } from "./kernels/backend.js";
+import { LinearWasm } from "./kernels/linear-wasm.js";
 import { BatchBuffer, type Layer, type Param } from "./layer.js";
 
 /**
@@ -46,55 +49,39 @@ export function dot(a: Float32Array, aOff: number, b: Float32Array, bOff: number
   return (s0 + s1) + (s2 + s3);
 }
 
-export class Linear implements Layer {
-  readonly inShape: readonly number[];
-  readonly outShape: readonly number[];
-  readonly weight: Param; // (out, in)
-  readonly bias: Param; // (out)
+/**
+ * The compute of one Linear, one implementation per backend; owns its batch
+ * buffers. Returned arrays are views it overwrites on its next call.
+ */
+export interface LinearKernel {
+  /** y (n, out) = x·Wᵀ + b; train keeps x for backward. */
+  forward(x: Float32Array, n: number, train: boolean, w: Float32Array, b: Float32Array): Float32Array;
+  /** For the last training forward of n samples: overwrites dw, db; returns dx (n, in). */
+  backward(dy: Float32Array, n: number, w: Float32Array, dw: Float32Array, db: Float32Array): Float32Array;
+}
+
+/** The plain TypeScript path: the reference twin of LinearWasm. */
+export class LinearJs implements LinearKernel {
   private readonly y: BatchBuffer; // (N, out)
   private readonly dx: BatchBuffer; // (N, in)
   /** A copy of the last training input: the caller may reuse its buffer before backward. */
   private readonly xSaved: BatchBuffer; // (N, in)
-  private savedN = -1;
 
-  constructor(
-    readonly name: string,
-    readonly inFeatures: number,
-    readonly outFeatures: number,
-    rng: Rng,
-  ) {
-    requireInt(name, "inFeatures", inFeatures, 1);
-    requireInt(name, "outFeatures", outFeatures, 1);
-    this.inShape = [inFeatures];
-    this.outShape = [outFeatures];
-    const w = new Float32Array(outFeatures * inFeatures);
-    const b = new Float32Array(outFeatures);
-    initFanInUniform(w, b, inFeatures, rng);
-    this.weight = { name: `${name}.weight`, value: w, grad: new Float32Array(w.length) };
-    this.bias = { name: `${name}.bias`, value: b, grad: new Float32Array(b.length) };
-    this.y = new BatchBuffer(outFeatures);
-    this.dx = new BatchBuffer(inFeatures);
-    this.xSaved = new BatchBuffer(inFeatures);
-  }
-
-  params(): Param[] {
-    return [this.weight, this.bias];
+  constructor(private readonly inF: number, private readonly outF: number) {
+    this.y = new BatchBuffer(outF);
+    this.dx = new BatchBuffer(inF);
+    this.xSaved = new BatchBuffer(inF);
   }
 
   /** n·out·in multiply-adds, one dot product per output. */
-  forward(x: Float32Array, n: number, train: boolean): Float32Array {
-    const inF = this.inFeatures, outF = this.outFeatures;
-    requireLength(this.name, "x", x, n * inF);
+  forward(x: Float32Array, n: number, train: boolean, w: Float32Array, b: Float32Array): Float32Array {
+    const inF = this.inF, outF = this.outF;
     const y = this.y.view(n);
-    const w = this.weight.value, b = this.bias.value;
     for (let i = 0; i < n; i++) {
       const xOff = i * inF, yOff = i * outF;
       for (let o = 0; o < outF; o++) y[yOff + o] = b[o] + dot(x, xOff, w, o * inF, inF);
     }
-    if (train) {
-      this.xSaved.view(n).set(x.subarray(0, n * inF));
-      this.savedN = n;
-    }
+    if (train) this.xSaved.view(n).set(x.subarray(0, n * inF));
     return y;
   }
 
@@ -102,15 +89,10 @@ export class Linear implements Layer {
    * dW = dyᵀ·x, db = Σ_i dy_i, dx = dy·W: 2·n·out·in multiply-adds, all in
    * row-update (ikj) order so the inner loop runs along contiguous rows.
    */
-  backward(dy: Float32Array, n: number): Float32Array {
-    if (n !== this.savedN) {
-      throw new RangeError(`layer ${this.name}: backward for ${n} samples after a training forward of ${this.savedN}`);
-    }
-    const inF = this.inFeatures, outF = this.outFeatures;
-    requireLength(this.name, "dy", dy, n * outF);
+  backward(dy: Float32Array, n: number, w: Float32Array, dw: Float32Array, db: Float32Array): Float32Array {
+    const inF = this.inF, outF = this.outF;
     const x = this.xSaved.view(n);
     const dx = this.dx.view(n);
-    const w = this.weight.value, dw = this.weight.grad, db = this.bias.grad;
     dw.fill(0);
     dx.fill(0);
     for (let o = 0; o < outF; o++) {
@@ -130,5 +112,53 @@ export class Linear implements Layer {
       }
     }
     return dx;
+  }
+}
+
+export class Linear implements Layer {
+  readonly inShape: readonly number[];
+  readonly outShape: readonly number[];
+  readonly weight: Param; // (out, in)
+  readonly bias: Param; // (out)
+  private readonly kernel: LinearKernel;
+  private savedN = -1;
+
+  /** `backend` defaults to the process-wide choice (kernels/backend.ts). */
+  constructor(
+    readonly name: string,
+    readonly inFeatures: number,
+    readonly outFeatures: number,
+    rng: Rng,
+    readonly backend: KernelBackend = kernelBackend(),
+  ) {
+    requireInt(name, "inFeatures", inFeatures, 1);
+    requireInt(name, "outFeatures", outFeatures, 1);
+    this.inShape = [inFeatures];
+    this.outShape = [outFeatures];
+    const w = new Float32Array(outFeatures * inFeatures);
+    const b = new Float32Array(outFeatures);
+    initFanInUniform(w, b, inFeatures, rng);
+    this.weight = { name: `${name}.weight`, value: w, grad: new Float32Array(w.length) };
+    this.bias = { name: `${name}.bias`, value: b, grad: new Float32Array(b.length) };
+    this.kernel = backend === "wasm" ? new LinearWasm(inFeatures, outFeatures) : new LinearJs(inFeatures, outFeatures);
+  }
+
+  params(): Param[] {
+    return [this.weight, this.bias];
+  }
+
+  forward(x: Float32Array, n: number, train: boolean): Float32Array {
+    requireLength(this.name, "x", x, n * this.inFeatures);
+    const y = this.kernel.forward(x, n, train, this.weight.value, this.bias.value);
+    if (train) this.savedN = n;
+    return y;
+  }
+
+  backward(dy: Float32Array, n: number): Float32Array {
+    if (n !== this.savedN) {
+      throw new RangeError(`layer ${this.name}: backward for ${n} samples after a training forward of ${this.savedN}`);
+    }
+    requireLength(this.name, "dy", dy, n * this.outFeatures);
+    return this.kernel.backward(dy, n, this.weight.value, this.weight.grad, this.bias.grad);
   }
 }

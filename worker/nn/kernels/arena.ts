@@ -1,0 +1,53 @@
+// One layer's WebAssembly memory and kernel instance: named float regions laid
+// out back to back for a batch capacity, grown (never shrunk) when a larger batch
+// arrives. Growing detaches every view of the old buffer, so callers take views
+// only through `f32` after `layout`, and cache them per layout.
+// Not an allocator: a layer owns its arena and lays out all its regions at once.
+
+import { wasmApi, wasmKernelModule, type WasmMemory } from "./backend.js";
+import { KERNEL_SLACK_FLOATS, type KernelExports } from "./wasm-kernels.js";
+
+const PAGE_BYTES = 65536;
+
+export class WasmArena {
+  readonly kernels: KernelExports;
+  private readonly memory: WasmMemory;
+  /** Float view of the whole memory; replaced by every layout that grows it. */
+  f32: Float32Array;
+
+  constructor() {
+    const module = wasmKernelModule();
+    const api = wasmApi();
+    if (module === null || !api) throw new Error("WebAssembly SIMD kernels are unavailable in this runtime");
+    this.memory = new api.Memory({ initial: 1 });
+    const instance = new api.Instance(module, { env: { memory: this.memory } });
+    this.kernels = instance.exports as unknown as KernelExports;
+    this.f32 = new Float32Array(this.memory.buffer);
+  }
+
+  /**
+   * Float offsets of regions with the given float sizes, each 16-byte aligned and
+   * followed by KERNEL_SLACK_FLOATS readable floats (GEMM edge blocks read past
+   * row ends). Contents of the old layout are not moved.
+   */
+  layout<K extends string>(sizes: Record<K, number>): Record<K, number> {
+    const offsets = {} as Record<K, number>;
+    let end = 0;
+    for (const key of Object.keys(sizes) as K[]) {
+      offsets[key] = end;
+      end += Math.ceil((sizes[key] + KERNEL_SLACK_FLOATS) / 4) * 4;
+    }
+    const needPages = Math.ceil((end * 4) / PAGE_BYTES);
+    const havePages = this.memory.buffer.byteLength / PAGE_BYTES;
+    if (needPages > havePages) {
+      this.memory.grow(needPages - havePages);
+      this.f32 = new Float32Array(this.memory.buffer);
+    }
+    return offsets;
+  }
+
+  /** f32[off, off + len) without a new view when `a` is exactly that long (the step loop's case). */
+  copyIn(a: Float32Array, len: number, off: number): void {
+    this.f32.set(a.length === len ? a : a.subarray(0, len), off);
+  }
+}

@@ -1,0 +1,65 @@
+// Which kernels the conv and linear layers use: "wasm" (WebAssembly SIMD128, the
+// default) or "js" (the plain TypeScript reference twins). Set once at startup
+// from the SYNCBN_KERNELS setting (cli/env.ts); a layer reads it when built.
+// Not a registry of kernels: the layers pick their own path from this one flag.
+
+import { kernelModuleBytes } from "./wasm-kernels.js";
+
+export type KernelBackend = "js" | "wasm";
+export const KERNEL_BACKENDS: readonly KernelBackend[] = ["js", "wasm"];
+
+// The few members of the WebAssembly JS API used here, typed locally: neither
+// lib ES2022 nor @types/node 20 declares them, and lib DOM would bring the DOM.
+export interface WasmMemory {
+  readonly buffer: ArrayBuffer;
+  grow(deltaPages: number): number;
+}
+export interface WasmModule {
+  readonly compiledKernelModule: unique symbol;
+}
+interface WasmApi {
+  Module: new (bytes: Uint8Array) => WasmModule;
+  Instance: new (module: WasmModule, imports: { env: { memory: WasmMemory } }) => { readonly exports: object };
+  Memory: new (descriptor: { initial: number }) => WasmMemory;
+}
+
+let requested: KernelBackend = "wasm";
+/** undefined: not compiled yet; null: this runtime cannot run it (reason in unavailableReason). */
+let compiled: WasmModule | null | undefined;
+let unavailableReason = "";
+let noticePrinted = false;
+
+export function setKernelBackend(backend: KernelBackend): void {
+  requested = backend;
+}
+
+export function wasmApi(): WasmApi | undefined {
+  return (globalThis as { WebAssembly?: WasmApi }).WebAssembly;
+}
+
+/** The compiled kernel module, or null if WebAssembly SIMD is unavailable here. */
+export function wasmKernelModule(): WasmModule | null {
+  if (compiled === undefined) {
+    const api = wasmApi();
+    try {
+      if (!api) throw new Error("no WebAssembly in this runtime");
+      compiled = new api.Module(kernelModuleBytes());
+    } catch (e) {
+      compiled = null;
+      unavailableReason = e instanceof Error ? e.message : String(e);
+    }
+  }
+  return compiled;
+}
+
+/** The backend new layers use: the requested one, or "js" (with a one-time notice) if WASM cannot run. */
+export function kernelBackend(): KernelBackend {
+  if (requested === "wasm" && wasmKernelModule() === null) {
+    if (!noticePrinted) {
+      noticePrinted = true;
+      console.warn(`syncbn: WebAssembly SIMD kernels unavailable (${unavailableReason}); using the plain JS kernels`);
+    }
+    return "js";
+  }
+  return requested;
+}

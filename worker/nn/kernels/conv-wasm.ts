@@ -1,0 +1,117 @@
+// Conv2d's WebAssembly SIMD path: im2col, GEMM and col2im in the layer's own wasm
+// memory, with the same contract as the plain TypeScript path in conv2d.ts (its
+// reference twin, see test/kernels.test.ts). Not a layer: Conv2d owns the params
+// and picks this or the JS path.
+
+import type { ConvGeometry, ConvKernel } from "../conv2d.js";
+import { WasmArena } from "./arena.js";
+
+/** Float offsets of the regions, for a capacity of N samples; R = cin·k·k, P = outH·outW. */
+interface ConvRegions {
+  w: number; // (cout, R), copied from the param on every pass
+  xdx: number; // (N, cin, inH, inW): x staged by forward, dx built by backward
+  cols: number; // (N, R, P): every training sample's columns, kept for backward
+  y: number; // (N, cout, P)
+  dy: number; // (N, cout, P)
+  dySums: number; // (N, cout): Σ over P of dy, per sample and channel
+  dcols: number; // (R, P), one sample; also the columns of an eval forward
+  dw: number; // (cout, R), summed over samples in float32
+}
+
+export class ConvWasm implements ConvKernel {
+  private readonly arena = new WasmArena();
+  private readonly rows: number; // R
+  private readonly plane: number; // P
+  private readonly inSize: number;
+  private capacity = 0;
+  private at!: ConvRegions;
+  /** Samples whose columns the last training forward kept (0: none). */
+  private savedN = 0;
+  /** Views of this layout: dW, and the outputs handed out per batch size. */
+  private dwView!: Float32Array;
+  private readonly yViews = new Map<number, Float32Array>();
+  private readonly dxViews = new Map<number, Float32Array>();
+
+  constructor(private readonly g: ConvGeometry) {
+    this.rows = g.cin * g.kernel * g.kernel;
+    this.plane = g.outH * g.outW;
+    this.inSize = g.cin * g.inH * g.inW;
+    this.reserve(1);
+  }
+
+  private reserve(n: number): void {
+    if (n <= this.capacity) return;
+    const { cout } = this.g;
+    const R = this.rows, P = this.plane;
+    const oldCols = this.at?.cols ?? 0;
+    this.at = this.arena.layout({
+      w: cout * R, xdx: n * this.inSize, cols: n * R * P, y: n * cout * P,
+      dy: n * cout * P, dySums: n * cout, dcols: R * P, dw: cout * R,
+    });
+    // Keep the last training forward's columns: an eval forward may come before its backward.
+    this.arena.f32.copyWithin(this.at.cols, oldCols, oldCols + this.savedN * R * P);
+    this.capacity = n;
+    this.dwView = this.arena.f32.subarray(this.at.dw, this.at.dw + cout * R);
+    this.yViews.clear();
+    this.dxViews.clear();
+  }
+
+  private view(cache: Map<number, Float32Array>, off: number, len: number, n: number): Float32Array {
+    let v = cache.get(n);
+    if (!v) {
+      v = this.arena.f32.subarray(off, off + len);
+      cache.set(n, v);
+    }
+    return v;
+  }
+
+  /**
+   * Per sample: im2col, y = W·cols + b. 2·n·cout·R·P flops. Training keeps
+   * every sample's columns; an eval forward uses one scratch block instead.
+   */
+  forward(x: Float32Array, n: number, train: boolean, w: Float32Array, b: Float32Array): Float32Array {
+    this.reserve(n);
+    const { cin, cout, kernel, stride, padding, inH, inW, outH, outW } = this.g;
+    const R = this.rows, P = this.plane, k = this.arena.kernels, at = this.at;
+    const f32 = this.arena.f32;
+    f32.set(w, at.w);
+    this.arena.copyIn(x, n * this.inSize, at.xdx);
+    for (let i = 0; i < n; i++) {
+      const cols = train ? at.cols + i * R * P : at.dcols;
+      k.im2col(cols, at.xdx + i * this.inSize, cin, inH, inW, kernel, stride, padding, outH, outW);
+      const y = at.y + i * cout * P;
+      for (let co = 0; co < cout; co++) f32.fill(b[co]!, y + co * P, y + (co + 1) * P);
+      k.gemm_nn(y, P, at.w, R, cols, P, cout, P, R, 1);
+    }
+    if (train) this.savedN = n;
+    return this.view(this.yViews, at.y, n * cout * P, n);
+  }
+
+  /**
+   * Per sample: dW += dy·colsᵀ, dcols = Wᵀ·dy, dx = col2im(dcols); db = Σ dy
+   * (per-row float32 sums, added up in float64). 4·n·cout·R·P flops.
+   */
+  backward(dy: Float32Array, n: number, w: Float32Array, dw: Float32Array, db: Float32Array): Float32Array {
+    const { cin, cout, kernel, stride, padding, inH, inW, outH, outW } = this.g;
+    const R = this.rows, P = this.plane, k = this.arena.kernels, at = this.at;
+    const f32 = this.arena.f32;
+    f32.set(w, at.w);
+    this.arena.copyIn(dy, n * cout * P, at.dy);
+    k.row_sums(at.dySums, at.dy, n * cout, P);
+    for (let co = 0; co < cout; co++) {
+      let s = 0;
+      for (let i = 0; i < n; i++) s += f32[at.dySums + i * cout + co]!;
+      db[co] = s;
+    }
+    f32.fill(0, at.xdx, at.xdx + n * this.inSize);
+    for (let i = 0; i < n; i++) {
+      const dyi = at.dy + i * cout * P;
+      k.gemm_nt(at.dw, R, dyi, P, at.cols + i * R * P, P, cout, R, P, i > 0 ? 1 : 0);
+      k.gemm_tn(at.dcols, P, at.w, R, dyi, P, R, P, cout, 0);
+      k.col2im_add(at.dcols, at.xdx + i * this.inSize, cin, inH, inW, kernel, stride, padding, outH, outW);
+    }
+    if (n === 0) dw.fill(0);
+    else dw.set(this.dwView);
+    return this.view(this.dxViews, at.xdx, n * this.inSize, n);
+  }
+}

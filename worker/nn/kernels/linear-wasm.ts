@@ -1,0 +1,88 @@
+// Linear's WebAssembly SIMD path: the three products of y = x·Wᵀ + b and its
+// backward as GEMMs in the layer's own wasm memory, with the contract of the
+// plain TypeScript path in linear.ts (its reference twin, test/kernels.test.ts).
+// Not a layer: Linear owns the params and picks this or the JS path.
+
+import type { LinearKernel } from "../linear.js";
+import { WasmArena } from "./arena.js";
+
+/** Float offsets of the regions, for a capacity of N samples. */
+interface LinearRegions {
+  w: number; // (out, in), copied from the param on every pass (~7 µs for 1568→64: ~4% of its pass at batch 8)
+  x: number; // (N, in): the last training input, kept for dW
+  y: number; // (N, out)
+  dy: number; // (N, out)
+  dx: number; // (N, in); also stages an eval forward's input
+  dw: number; // (out, in)
+}
+
+export class LinearWasm implements LinearKernel {
+  private readonly arena = new WasmArena();
+  private capacity = 0;
+  private at!: LinearRegions;
+  /** Samples of the last training input kept in x (0: none). */
+  private savedN = 0;
+  /** Views of this layout: dW, and the outputs handed out per batch size. */
+  private dwView!: Float32Array;
+  private readonly yViews = new Map<number, Float32Array>();
+  private readonly dxViews = new Map<number, Float32Array>();
+
+  constructor(private readonly inF: number, private readonly outF: number) {
+    this.reserve(1);
+  }
+
+  private reserve(n: number): void {
+    if (n <= this.capacity) return;
+    const inF = this.inF, outF = this.outF;
+    const oldX = this.at?.x ?? 0;
+    this.at = this.arena.layout({
+      w: outF * inF, x: n * inF, y: n * outF, dy: n * outF, dx: n * inF, dw: outF * inF,
+    });
+    // The last training input survives: an eval forward may come before backward.
+    this.arena.f32.copyWithin(this.at.x, oldX, oldX + this.savedN * inF);
+    this.capacity = n;
+    this.dwView = this.arena.f32.subarray(this.at.dw, this.at.dw + outF * inF);
+    this.yViews.clear();
+    this.dxViews.clear();
+  }
+
+  private view(cache: Map<number, Float32Array>, off: number, len: number, n: number): Float32Array {
+    let v = cache.get(n);
+    if (!v) {
+      v = this.arena.f32.subarray(off, off + len);
+      cache.set(n, v);
+    }
+    return v;
+  }
+
+  /** y = x·Wᵀ + b: 2·n·out·in flops, rows of x against rows of W. */
+  forward(x: Float32Array, n: number, train: boolean, w: Float32Array, b: Float32Array): Float32Array {
+    this.reserve(n);
+    const inF = this.inF, outF = this.outF, at = this.at, k = this.arena.kernels;
+    const f32 = this.arena.f32;
+    const xs = train ? at.x : at.dx;
+    f32.set(w, at.w);
+    this.arena.copyIn(x, n * inF, xs);
+    k.gemm_nt(at.y, outF, xs, inF, at.w, inF, n, outF, inF, 0);
+    const y = this.view(this.yViews, at.y, n * outF, n);
+    for (let i = 0; i < n; i++) for (let o = 0; o < outF; o++) y[i * outF + o]! += b[o]!;
+    if (train) this.savedN = n;
+    return y;
+  }
+
+  /** dx = dy·W and dW = dyᵀ·x (2·n·out·in flops each), db = Σ dy in float64. */
+  backward(dy: Float32Array, n: number, w: Float32Array, dw: Float32Array, db: Float32Array): Float32Array {
+    const inF = this.inF, outF = this.outF, at = this.at, k = this.arena.kernels;
+    for (let o = 0; o < outF; o++) {
+      let s = 0;
+      for (let i = 0; i < n; i++) s += dy[i * outF + o]!;
+      db[o] = s;
+    }
+    this.arena.f32.set(w, at.w);
+    this.arena.copyIn(dy, n * outF, at.dy);
+    k.gemm_nn(at.dx, inF, at.dy, outF, at.w, inF, n, inF, outF, 0);
+    k.gemm_tn(at.dw, inF, at.dy, outF, at.x, inF, outF, inF, n, 0);
+    dw.set(this.dwView);
+    return this.view(this.dxViews, at.dx, n * inF, n);
+  }
+}

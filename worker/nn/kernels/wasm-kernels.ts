@@ -1,0 +1,391 @@
+// The WebAssembly SIMD128 kernels, written as TypeScript that emits them: a
+// register-blocked f32x4 GEMM in three operand layouts, im2col/col2im and row
+// sums. Every function takes float-element offsets into the one imported
+// memory; no allocation, no bounds beyond the caller's layout (see Arena).
+// Not a BLAS: no packing, no threads, and only the layouts the layers use.
+
+import { assembleModule, Func, type Label, type Local } from "./wasm-asm.js";
+
+/**
+ * Rows and 4-float vectors per GEMM register block: 4 × 8 floats = 8 accumulators,
+ * 11 of V8's 15 usable xmm registers. Measured (CPU time, this machine): 4×8 beats
+ * 3×12, 4×12, 5×8, 6×8, 2×16 and 8×4, and unrolling the k loop 2–8× only slowed it.
+ */
+const MR = 4;
+const NV = 2;
+const NR = 4 * NV;
+/**
+ * Extra floats a caller must leave readable after every B and C operand: an edge
+ * block computes NR columns and stores only the valid ones, so its loads may run
+ * up to NR − 1 floats past a row's end.
+ */
+export const KERNEL_SLACK_FLOATS = NR;
+
+/**
+ * gemm_nn: C[i, j] (+)= Σ_t A[i·lda + t]·B[t·ldb + j]   (A row-major, m × k)
+ * gemm_tn: C[i, j] (+)= Σ_t A[t·lda + i]·B[t·ldb + j]   (A stored transposed, k × m)
+ * C is m × n with row stride ldc, B is k × n with row stride ldb; `accumulate` ≠ 0
+ * adds to C, 0 overwrites it. 2·m·n·k flops. Per k-step a 4 × 8 block does 2 B
+ * loads, 4 splat loads of A, 8 multiplies and 8 adds (no FMA in plain SIMD128).
+ */
+function gemm(name: string, aTransposed: boolean): Func {
+  const f = new Func(name, ["i32", "i32", "i32", "i32", "i32", "i32", "i32", "i32", "i32", "i32"]);
+  const [c, ldc, a, lda, b, ldb, m, n, k, accumulate] = f.params as [Local, Local, Local, Local, Local, Local, Local, Local, Local, Local];
+  const i0 = f.local("i32"), j0 = f.local("i32"), t = f.local("i32"), rem = f.local("i32");
+  const pb = f.local("i32");
+  const pa = Array.from({ length: MR }, () => f.local("i32"));
+  const pc = Array.from({ length: MR }, () => f.local("i32"));
+  const acc = Array.from({ length: MR }, () => Array.from({ length: NV }, () => f.local("v128")));
+  const bv = Array.from({ length: NV }, () => f.local("v128"));
+  const av = f.local("v128");
+
+  // Byte addresses and strides from here on.
+  for (const l of [c, a, b, ldc, lda, ldb]) f.get(l).i32(2).shl().set(l);
+
+  /** One k-step of a `rows` × NR block; advances the A and B pointers. */
+  const kStep = (rows: number): void => {
+    for (let v = 0; v < NV; v++) f.get(pb).v128Load(16 * v).set(bv[v]!);
+    f.inc(pb, ldb);
+    for (let r = 0; r < rows; r++) {
+      if (aTransposed) f.get(pa[0]!).v128Load32Splat(4 * r);
+      else f.get(pa[r]!).v128Load32Splat();
+      f.set(av);
+      for (let v = 0; v < NV; v++) {
+        f.get(acc[r]![v]!).get(av).get(bv[v]!).f32x4Mul().f32x4Add().set(acc[r]![v]!);
+      }
+    }
+    if (aTransposed) f.inc(pa[0]!, lda);
+    else for (let r = 0; r < rows; r++) f.inc(pa[r]!, 4);
+  };
+
+  /** Stores lanes 0..cnt−1 (cnt in 0..3, a local) of vector v at byte address addr. */
+  const storeLanes = (addr: () => void, v: Local, cnt: Local): void => {
+    f.get(cnt).i32(2).geS();
+    f.ifElse(() => {
+      addr(); f.get(v).v128Store64Lane(0);
+      f.get(cnt).i32(3).sub().eqz();
+      f.ifElse(() => { addr(); f.get(v).v128Store32Lane(2, 8); });
+    }, () => {
+      f.get(cnt).i32(1).sub().eqz();
+      f.ifElse(() => { addr(); f.get(v).v128Store32Lane(0); });
+    });
+  };
+
+  /** All NR-wide column blocks for rows i0..i0+rows−1. */
+  const columnBlocks = (rows: number): void => {
+    f.i32(0).set(j0);
+    f.block((done) => f.loop((next) => {
+      f.get(j0).get(n).geS().brIf(done);
+      // C row pointers, A row pointers, B pointer for this block.
+      f.get(c).get(i0).get(ldc).mul().add().get(j0).i32(2).shl().add().set(pc[0]!);
+      for (let r = 1; r < rows; r++) f.get(pc[r - 1]!).get(ldc).add().set(pc[r]!);
+      if (aTransposed) {
+        f.get(a).get(i0).i32(2).shl().add().set(pa[0]!);
+      } else {
+        f.get(a).get(i0).get(lda).mul().add().set(pa[0]!);
+        for (let r = 1; r < rows; r++) f.get(pa[r - 1]!).get(lda).add().set(pa[r]!);
+      }
+      f.get(b).get(j0).i32(2).shl().add().set(pb);
+      f.get(accumulate);
+      f.ifElse(() => {
+        for (let r = 0; r < rows; r++) for (let v = 0; v < NV; v++) f.get(pc[r]!).v128Load(16 * v).set(acc[r]![v]!);
+      }, () => {
+        for (let r = 0; r < rows; r++) for (let v = 0; v < NV; v++) f.v128Zero().set(acc[r]![v]!);
+      });
+      f.get(k).set(t);
+      f.block((end) => f.loop((top) => {
+        f.get(t).eqz().brIf(end);
+        kStep(rows);
+        f.inc(t, -1);
+        f.br(top);
+      }));
+      // Store: whole block, or only the rem = n − j0 < NR valid columns.
+      f.get(n).get(j0).sub().set(rem);
+      f.get(rem).i32(NR).geS();
+      f.ifElse(() => {
+        for (let r = 0; r < rows; r++) for (let v = 0; v < NV; v++) f.get(pc[r]!).get(acc[r]![v]!).v128Store(16 * v);
+      }, () => {
+        for (let r = 0; r < rows; r++) {
+          for (let v = 0; v < NV; v++) {
+            // rem − 4v valid lanes in vector v: ≥ 4 all, 1..3 some, ≤ 0 none.
+            const addr = (): void => { f.get(pc[r]!).i32(16 * v).add(); };
+            f.get(rem).i32(4 * (v + 1)).geS();
+            f.ifElse(() => { addr(); f.get(acc[r]![v]!).v128Store(); }, () => {
+              f.get(rem).i32(4 * v).sub().set(t);
+              f.get(t).i32(0).gtS();
+              f.ifElse(() => storeLanes(addr, acc[r]![v]!, t));
+            });
+          }
+        }
+      });
+      f.inc(j0, NR);
+      f.br(next);
+    }));
+  };
+
+  f.i32(0).set(i0);
+  f.block((done) => f.loop((next) => {
+    f.get(i0).i32(MR).add().get(m).gtS().brIf(done);
+    columnBlocks(MR);
+    f.inc(i0, MR);
+    f.br(next);
+  }));
+  f.block((done) => f.loop((next) => {
+    f.get(i0).get(m).geS().brIf(done);
+    columnBlocks(1);
+    f.inc(i0, 1);
+    f.br(next);
+  }));
+  return f;
+}
+
+/** Rows of A and rows of B per gemm_nt block: 2 × 4 dot products = 8 accumulators, 14 registers with the loads. */
+const NT_MI = 2;
+const NT_NJ = 4;
+
+/** Lanes 0..tail−1 all ones, the rest zero (tail in 1..3). */
+function laneMask(tail: number): number[] {
+  return Array.from({ length: 16 }, (_, byte) => (byte < 4 * tail ? 0xff : 0));
+}
+
+/**
+ * gemm_nt: C[i, j] (+)= Σ_t A[i·lda + t]·B[j·ldb + t]: rows of A (m × k) against
+ * rows of B (n × k), both contiguous in t, so x·Wᵀ and dy·colsᵀ need no transpose.
+ * A 2 × 4 block of dot products runs 4 t at a time (6 loads, 8 multiplies, 8 adds),
+ * a masked last step takes the k mod 4 rest, then each accumulator's lanes are summed.
+ * 2·m·n·k flops.
+ */
+function gemmNT(): Func {
+  const f = new Func("gemm_nt", ["i32", "i32", "i32", "i32", "i32", "i32", "i32", "i32", "i32", "i32"]);
+  const [c, ldc, a, lda, b, ldb, m, n, k, accumulate] = f.params as [Local, Local, Local, Local, Local, Local, Local, Local, Local, Local];
+  const i0 = f.local("i32"), j0 = f.local("i32"), t = f.local("i32"), kMain = f.local("i32"), kTail = f.local("i32"), pc = f.local("i32");
+  const pa = Array.from({ length: NT_MI }, () => f.local("i32"));
+  const pb = Array.from({ length: NT_NJ }, () => f.local("i32"));
+  const acc = Array.from({ length: NT_MI }, () => Array.from({ length: NT_NJ }, () => f.local("v128")));
+  const av = Array.from({ length: NT_MI }, () => f.local("v128"));
+  const bv = Array.from({ length: NT_NJ }, () => f.local("v128"));
+  const mask = f.local("v128");
+  const sum = f.local("f32");
+
+  for (const l of [c, a, b, ldc, lda, ldb]) f.get(l).i32(2).shl().set(l);
+  f.get(k).i32(-4).and().set(kMain);
+  f.get(k).i32(3).and().set(kTail);
+  // The tail step reads up to 3 floats past a row's end: the mask zeroes them in A and B alike.
+  for (let tail = 1; tail <= 3; tail++) {
+    f.get(kTail).i32(tail).sub().eqz();
+    f.ifElse(() => { f.v128Const(laneMask(tail)).set(mask); });
+  }
+
+  const step = (mi: number, nj: number, masked: boolean): void => {
+    for (let r = 0; r < mi; r++) {
+      f.get(pa[r]!).v128Load();
+      if (masked) f.get(mask).v128And();
+      f.set(av[r]!);
+    }
+    for (let q = 0; q < nj; q++) {
+      f.get(pb[q]!).v128Load();
+      if (masked) f.get(mask).v128And();
+      f.set(bv[q]!);
+    }
+    for (let r = 0; r < mi; r++) {
+      for (let q = 0; q < nj; q++) f.get(acc[r]![q]!).get(av[r]!).get(bv[q]!).f32x4Mul().f32x4Add().set(acc[r]![q]!);
+    }
+  };
+
+  /** One mi × nj block at (i0, j0). */
+  const block = (mi: number, nj: number): void => {
+    f.get(a).get(i0).get(lda).mul().add().set(pa[0]!);
+    for (let r = 1; r < mi; r++) f.get(pa[r - 1]!).get(lda).add().set(pa[r]!);
+    f.get(b).get(j0).get(ldb).mul().add().set(pb[0]!);
+    for (let q = 1; q < nj; q++) f.get(pb[q - 1]!).get(ldb).add().set(pb[q]!);
+    for (let r = 0; r < mi; r++) for (let q = 0; q < nj; q++) f.v128Zero().set(acc[r]![q]!);
+    f.get(kMain).set(t);
+    f.block((end) => f.loop((top) => {
+      f.get(t).eqz().brIf(end);
+      step(mi, nj, false);
+      for (let r = 0; r < mi; r++) f.inc(pa[r]!, 16);
+      for (let q = 0; q < nj; q++) f.inc(pb[q]!, 16);
+      f.inc(t, -4);
+      f.br(top);
+    }));
+    f.get(kTail);
+    f.ifElse(() => step(mi, nj, true));
+    for (let r = 0; r < mi; r++) {
+      f.get(c).get(i0).i32(r).add().get(ldc).mul().add().get(j0).i32(2).shl().add().set(pc);
+      for (let q = 0; q < nj; q++) {
+        const v = acc[r]![q]!;
+        f.get(v).f32x4ExtractLane(0).get(v).f32x4ExtractLane(1).f32Add()
+          .get(v).f32x4ExtractLane(2).get(v).f32x4ExtractLane(3).f32Add().f32Add().set(sum);
+        f.get(accumulate);
+        f.ifElse(() => { f.get(pc).f32Load(4 * q).get(sum).f32Add().set(sum); });
+        f.get(pc).get(sum).f32Store(4 * q);
+      }
+    }
+  };
+
+  /** Blocks of mi rows at i0 across all columns: whole NT_NJ blocks, then one block of the rest. */
+  const rowOfBlocks = (mi: number): void => {
+    f.i32(0).set(j0);
+    f.block((done) => f.loop((next) => {
+      f.get(j0).i32(NT_NJ).add().get(n).gtS().brIf(done);
+      block(mi, NT_NJ);
+      f.inc(j0, NT_NJ);
+      f.br(next);
+    }));
+    for (let nj = 1; nj < NT_NJ; nj++) {
+      f.get(n).get(j0).sub().i32(nj).sub().eqz();
+      f.ifElse(() => block(mi, nj));
+    }
+  };
+
+  f.i32(0).set(i0);
+  f.block((done) => f.loop((next) => {
+    f.get(i0).i32(NT_MI).add().get(m).gtS().brIf(done);
+    rowOfBlocks(NT_MI);
+    f.inc(i0, NT_MI);
+    f.br(next);
+  }));
+  f.block((done) => f.loop((next) => {
+    f.get(i0).get(m).geS().brIf(done);
+    rowOfBlocks(1);
+    f.inc(i0, 1);
+    f.br(next);
+  }));
+  return f;
+}
+
+/** dst[r] = Σ_j src[r·len + j] for r < rows, four float32 lanes per row then summed (db = Σ dy). */
+function rowSums(): Func {
+  const f = new Func("row_sums", ["i32", "i32", "i32", "i32"]);
+  const [dst, src, rows, len] = f.params as [Local, Local, Local, Local];
+  const r = f.local("i32"), end = f.local("i32"), vecEnd = f.local("i32");
+  const acc = f.local("v128"), sum = f.local("f32");
+  f.get(dst).i32(2).shl().set(dst);
+  f.get(src).i32(2).shl().set(src);
+  forRange(f, r, 0, rows, () => {
+    f.get(src).get(len).i32(2).shl().add().set(end);
+    f.get(src).get(len).i32(-4).and().i32(2).shl().add().set(vecEnd);
+    f.v128Zero().set(acc);
+    f.block((done) => f.loop((top) => {
+      f.get(src).get(vecEnd).geS().brIf(done);
+      f.get(acc).get(src).v128Load().f32x4Add().set(acc);
+      f.inc(src, 16);
+      f.br(top);
+    }));
+    f.get(acc).f32x4ExtractLane(0).get(acc).f32x4ExtractLane(1).f32Add()
+      .get(acc).f32x4ExtractLane(2).get(acc).f32x4ExtractLane(3).f32Add().f32Add().set(sum);
+    f.block((done) => f.loop((top) => {
+      f.get(src).get(end).geS().brIf(done);
+      f.get(sum).get(src).f32Load().f32Add().set(sum);
+      f.inc(src, 4);
+      f.br(top);
+    }));
+    f.get(dst).get(sum).f32Store();
+    f.inc(dst, 4);
+  });
+  return f;
+}
+
+/** Emits `for (l = from; l < to; l++) body`; `exit` leaves the loop. */
+function forRange(f: Func, l: Local, from: number | Local, to: Local, body: (exit: Label) => void): void {
+  if (typeof from === "number") f.i32(from); else f.get(from);
+  f.set(l);
+  f.block((exit) => f.loop((top) => {
+    f.get(l).get(to).geS().brIf(exit);
+    body(exit);
+    f.inc(l, 1);
+    f.br(top);
+  }));
+}
+
+/**
+ * im2col (cols ← x) or its adjoint col2im (x += cols), one sample:
+ * cols[(ci·k + kh)·k + kw, oh·outW + ow] ↔ x[ci, oh·s − pad + kh, ow·s − pad + kw].
+ * im2col zero-fills cols first (padding positions); col2im leaves them out. The
+ * valid ow range [lo, hi) is found per (kh, kw) so the inner loop has no test.
+ */
+function im2colLike(name: string, adjoint: boolean): Func {
+  const f = new Func(name, ["i32", "i32", "i32", "i32", "i32", "i32", "i32", "i32", "i32", "i32"]);
+  const [cols, x, cin, inH, inW, kk, s, pad, outH, outW] = f.params as [Local, Local, Local, Local, Local, Local, Local, Local, Local, Local];
+  const ci = f.local("i32"), kh = f.local("i32"), kw = f.local("i32"), oh = f.local("i32"), ow = f.local("i32");
+  const lo = f.local("i32"), hi = f.local("i32"), ih = f.local("i32");
+  const dst = f.local("i32"), src = f.local("i32"), sB = f.local("i32"), rowBase = f.local("i32");
+
+  f.get(cols).i32(2).shl().set(cols);
+  f.get(x).i32(2).shl().set(x);
+  f.get(s).i32(2).shl().set(sB);
+  if (!adjoint) {
+    // byte length = cin·k·k·outH·outW·4
+    f.get(cols).i32(0).get(cin).get(kk).mul().get(kk).mul().get(outH).mul().get(outW).mul().i32(2).shl().memoryFill();
+  }
+  f.get(cols).set(rowBase);
+  forRange(f, ci, 0, cin, () => forRange(f, kh, 0, kk, () => forRange(f, kw, 0, kk, () => {
+    // lo = first ow with ow·s − pad + kw ≥ 0; hi = one past the last with ow·s − pad + kw < inW.
+    f.i32(0).set(lo);
+    f.block((ok) => f.loop((top) => {
+      f.get(lo).get(outW).geS().brIf(ok);
+      f.get(lo).get(s).mul().get(pad).sub().get(kw).add().i32(0).geS().brIf(ok);
+      f.inc(lo, 1);
+      f.br(top);
+    }));
+    f.get(outW).set(hi);
+    f.block((ok) => f.loop((top) => {
+      f.get(hi).get(lo).leS().brIf(ok);
+      f.get(hi).i32(1).sub().get(s).mul().get(pad).sub().get(kw).add().get(inW).ltS().brIf(ok);
+      f.inc(hi, -1);
+      f.br(top);
+    }));
+    forRange(f, oh, 0, outH, () => {
+      f.get(oh).get(s).mul().get(pad).sub().get(kh).add().set(ih);
+      f.block((rowDone) => {
+        f.get(ih).i32(0).ltS().brIf(rowDone);
+        f.get(ih).get(inH).geS().brIf(rowDone);
+        // dst = rowBase + (oh·outW + lo)·4; src = x + ((ci·inH + ih)·inW − pad + kw + lo·s)·4
+        f.get(rowBase).get(oh).get(outW).mul().get(lo).add().i32(2).shl().add().set(dst);
+        f.get(x).get(ci).get(inH).mul().get(ih).add().get(inW).mul().get(pad).sub().get(kw).add()
+          .get(lo).get(s).mul().add().i32(2).shl().add().set(src);
+        f.get(lo).set(ow);
+        // Stride 1: whole vectors while 4 or more remain (the runs are contiguous on both sides).
+        f.get(s).i32(1).sub().eqz();
+        f.ifElse(() => f.block((fewer) => f.loop((top) => {
+          f.get(ow).i32(4).add().get(hi).gtS().brIf(fewer);
+          if (adjoint) f.get(src).get(src).v128Load().get(dst).v128Load().f32x4Add().v128Store();
+          else f.get(dst).get(src).v128Load().v128Store();
+          f.inc(dst, 16);
+          f.inc(src, 16);
+          f.inc(ow, 4);
+          f.br(top);
+        })));
+        forRange(f, ow, ow, hi, () => {
+          if (adjoint) f.get(src).get(src).f32Load().get(dst).f32Load().f32Add().f32Store();
+          else f.get(dst).get(src).f32Load().f32Store();
+          f.inc(dst, 4);
+          f.inc(src, sB);
+        });
+      });
+    });
+    f.get(rowBase).get(outH).get(outW).mul().i32(2).shl().add().set(rowBase);
+  })));
+  return f;
+}
+
+export interface KernelExports {
+  gemm_nn(c: number, ldc: number, a: number, lda: number, b: number, ldb: number, m: number, n: number, k: number, accumulate: number): void;
+  gemm_tn(c: number, ldc: number, a: number, lda: number, b: number, ldb: number, m: number, n: number, k: number, accumulate: number): void;
+  im2col(cols: number, x: number, cin: number, inH: number, inW: number, k: number, stride: number, pad: number, outH: number, outW: number): void;
+  col2im_add(cols: number, x: number, cin: number, inH: number, inW: number, k: number, stride: number, pad: number, outH: number, outW: number): void;
+  gemm_nt(c: number, ldc: number, a: number, lda: number, b: number, ldb: number, m: number, n: number, k: number, accumulate: number): void;
+  row_sums(dst: number, src: number, rows: number, len: number): void;
+}
+
+/** The module's bytes; deterministic, a function of this file alone. */
+export function kernelModuleBytes(): Uint8Array {
+  return assembleModule([
+    gemm("gemm_nn", false),
+    gemm("gemm_tn", true),
+    gemmNT(),
+    rowSums(),
+    im2colLike("im2col", false),
+    im2colLike("col2im_add", true),
+  ]);
+}
