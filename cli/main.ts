@@ -14,8 +14,13 @@ import { registerSweepCommand } from "./sweep.js";
 
 
 // SYNCBN_KERNELS=js|wasm picks the conv/linear kernels; worker processes inherit it.
-const kernels = readEnv().kernels;
-if (kernels) setKernelBackend(kernels);
+try {
+  const kernels = readEnv().kernels;
+  if (kernels) setKernelBackend(kernels);
+} catch (e) {
+  console.error(`syncbn: ${(e as Error).message}`);
+  process.exit(2);
+}
 
 const program = new Command();
 program

@@ -136,7 +136,17 @@ export function validateGrid(g: SweepGrid): void {
       statsGroupSize(mode, g.workers);
       // Builds the model once per mode on this process: catches modes the model
       // builder does not support (yet) and channel-count constraints (groupnorm:G).
-      buildModel({ kind: g.model, inShape: [1, 28, 28], classes: 10, norm: mode, conventions: conventionsOf(settingsFor(g, norm, 1, 0)), sync: null, seed: 0 });
+      const s = settingsFor(g, norm, g.batches[0]!, 0);
+      buildModel({
+        kind: g.model,
+        inShape: [1, 28, 28],
+        classes: 10,
+        norm: mode,
+        conventions: conventionsOf(s),
+        sync: null,
+        seed: 0,
+        renorm: { rMax: s.renormRMax, dMax: s.renormDMax, warmup: s.renormWarmup, clock: null },
+      });
       for (const b of g.batches) {
         if (mode.kind === "ghost" && b % mode.ghostBatch !== 0) {
           problems.push(`--norms ${norm} needs the ghost batch ${mode.ghostBatch} to divide every per-worker batch; it does not divide ${b}`);

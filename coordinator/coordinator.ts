@@ -81,7 +81,8 @@ interface OpenRound {
   /** Contributions by member position; null = not yet arrived. */
   parts: (Contribution | null)[];
   arrived: number;
-  timer: ReturnType<typeof setTimeout>;
+  /** performance.now() past which the round fails (see sweepDeadlines). */
+  deadline: number;
 }
 
 /** WebSocket close codes used on refusal and failure. */
@@ -369,10 +370,39 @@ export class Coordinator {
       members,
       parts: new Array<Contribution | null>(members.length).fill(null),
       arrived: 0,
-      timer: setTimeout(() => this.expire(id), this.opts.roundTimeoutMs),
+      deadline: performance.now() + this.opts.roundTimeoutMs,
     };
     this.open.set(id, round);
+    this.deadlineTimer ??= this.armDeadline(this.opts.roundTimeoutMs);
     return round;
+  }
+
+  /**
+   * One timer for every round's deadline, re-armed only when it fires: no timer
+   * work per round on the hot path (a per-round setTimeout/clearTimeout pair cost
+   * more than the reduction itself). Unref'd: the transport keeps the process alive.
+   */
+  private deadlineTimer: ReturnType<typeof setTimeout> | null = null;
+
+  private armDeadline(ms: number): ReturnType<typeof setTimeout> {
+    const t = setTimeout(() => this.sweepDeadlines(), ms);
+    t.unref();
+    return t;
+  }
+
+  private sweepDeadlines(): void {
+    this.deadlineTimer = null;
+    if (this.failure) return;
+    const now = performance.now();
+    for (const [id, r] of this.open) {
+      if (r.deadline <= now) {
+        this.expire(id);
+        break; // expiring fails the run or voids every open round (elastic)
+      }
+    }
+    let next = Number.POSITIVE_INFINITY;
+    for (const r of this.open.values()) next = Math.min(next, r.deadline);
+    if (next !== Number.POSITIVE_INFINITY && !this.failure) this.deadlineTimer = this.armDeadline(Math.max(1, next - now));
   }
 
   private checkShape(round: OpenRound, c: Contribution, rank: number): SyncbnError | null {
@@ -395,7 +425,6 @@ export class Coordinator {
   }
 
   private complete(id: string, round: OpenRound): void {
-    clearTimeout(round.timer);
     this.open.delete(id);
     const parts = round.parts as Contribution[];
     let result: RoundResult;
@@ -471,7 +500,6 @@ export class Coordinator {
       this.failRun(new SyncbnError(ErrorCode.WorkerLost, `every worker is gone (last: ${reason})`, { rank: ranks, step }));
       return;
     }
-    for (const round of this.open.values()) clearTimeout(round.timer);
     this.open.clear();
     this.runningStats.discard();
     this.lastKey.fill(null);
@@ -488,7 +516,8 @@ export class Coordinator {
   private failRun(err: SyncbnError): void {
     if (this.failure) return;
     this.failure = err;
-    for (const r of this.open.values()) clearTimeout(r.timer);
+    if (this.deadlineTimer !== null) clearTimeout(this.deadlineTimer);
+    this.deadlineTimer = null;
     this.open.clear();
     const bytes = encode(toErrorMessage(err));
     for (const p of this.peers) {
@@ -519,7 +548,17 @@ function range(from: number, to: number): number[] {
   return out;
 }
 
+// One loop per array type: a loop that sees both stays polymorphic and runs several times slower.
 function allFinite(a: Float64Array | Float32Array): boolean {
+  return a instanceof Float64Array ? allFinite64(a) : allFinite32(a);
+}
+
+function allFinite64(a: Float64Array): boolean {
+  for (let i = 0; i < a.length; i++) if (!Number.isFinite(a[i]!)) return false;
+  return true;
+}
+
+function allFinite32(a: Float32Array): boolean {
   for (let i = 0; i < a.length; i++) if (!Number.isFinite(a[i]!)) return false;
   return true;
 }

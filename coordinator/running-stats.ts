@@ -57,6 +57,8 @@ export class RunningStatsTable {
       this.layers.set(layer, s);
     }
     s.tracked++;
-    updateRunningStats(s.mean, s.var, Float64Array.from(meanVar.subarray(0, c)), Float64Array.from(meanVar.subarray(c)), count, this.conv, s.tracked);
+    // Views, not copies: this runs once per BN layer per step on the coordinator's hot path.
+    const d = meanVar instanceof Float64Array ? meanVar : Float64Array.from(meanVar);
+    updateRunningStats(s.mean, s.var, d.subarray(0, c), d.subarray(c), count, this.conv, s.tracked);
   }
 }

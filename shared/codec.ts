@@ -1,17 +1,220 @@
-// The one codec of the wire: msgpackr with moreTypes, so Float32Array and
-// Float64Array travel as typed-array extensions (without moreTypes msgpackr 2.x
-// truncates their elements to bytes). Decoded typed arrays are fresh aligned copies.
+// The one codec of the wire. Contributions and round results — the hot path, one
+// per BN layer per pass — travel as a fixed binary frame (layout below); every
+// other message (hello, welcome, error, bye, resync) as msgpack. Decoding never
+// trusts a length: frames are checked against their byte size before any view is made.
 
 import { Packr } from "msgpackr";
-import type { ClientMessage, ServerMessage } from "./protocol.js";
+import { PHASES, type ClientMessage, type Contribution, type RoundResult, type ServerMessage } from "./protocol.js";
 
+// msgpackr with moreTypes, so Float32Array and Float64Array travel as typed-array
+// extensions (without moreTypes msgpackr 2.x truncates their elements to bytes).
+// Decoded typed arrays are fresh aligned copies.
 const packr = new Packr({ useRecords: false, moreTypes: true });
 
+/**
+ * Binary frame of a contribution (worker → coordinator) or a round result
+ * (coordinator → worker), little-endian:
+ *
+ *   offset  type  field
+ *    0      u8    FRAME_MARKER 0xc1 (a byte msgpack never uses: frames and msgpack cannot be confused)
+ *    1      u8    kind: 1 contribution, 2 result
+ *    2      u8    phase: index in PHASES (0 fwd, 1 bwd, 2 grad, 3 sum)
+ *    3      u8    flags: bit 0 data is float32 (else float64), bit 1 extra present, bit 2 checksum present
+ *    4      i32   layer (≥ −1; −1 = the gradient round)
+ *    8      u32   step
+ *   12      u32   count (elements per channel, or samples)
+ *   16      u32   n = data length in elements
+ *   20      u32   m = extra length in elements (0 without extra)
+ *   24      f64   checksum (0 without)
+ *   32      data  n × f64, or n × f32 then zero padding to a multiple of 8 bytes
+ *   32+D    extra m × f64
+ *
+ * Total size is exactly 32 + D + 8m: anything else is refused. The header is 32
+ * bytes, so the payload is 8-byte aligned whenever the frame is.
+ */
+export const FRAME_MARKER = 0xc1;
+export const FRAME_HEADER_BYTES = 32;
+const KIND_CONTRIBUTION = 1;
+const KIND_RESULT = 2;
+const FLAG_F32 = 1;
+const FLAG_EXTRA = 2;
+const FLAG_CHECKSUM = 4;
+const MAX_U32 = 0xffff_ffff;
+
+// Typed arrays use the platform's byte order; the frame is little-endian.
+if (new Uint8Array(Uint16Array.of(1).buffer)[0] !== 1) {
+  throw new Error("syncbn's wire codec needs a little-endian platform");
+}
+
+function dataBytes(n: number, f32: boolean): number {
+  return f32 ? (4 * n + 7) & ~7 : 8 * n;
+}
+
+/**
+ * Frame buffers for reuse, by exact byte size: allocating a fresh ArrayBuffer per
+ * message (and having the kernel copy from fresh pages) costs more than the whole
+ * rest of the encode. Transports put a frame back with releaseEncoded() once its
+ * sends completed; frames never released are simply garbage-collected.
+ */
+const pool = new Map<number, ArrayBuffer[]>();
+let pooledBytes = 0;
+const POOL_MAX_BYTES = 64 * 1024 * 1024;
+const POOL_MAX_PER_SIZE = 8;
+
+function takeBuffer(size: number): ArrayBuffer {
+  const b = pool.get(size)?.pop();
+  if (b === undefined) return new ArrayBuffer(size);
+  pooledBytes -= size;
+  return b;
+}
+
+/**
+ * Gives an encoded frame's memory back for reuse. Call it only when nothing reads
+ * `bytes` (or anything decoded from them) any more — for a transport, when every
+ * send of them has completed. Anything that is not a whole, live frame buffer
+ * (msgpack bytes, views, transferred buffers) is ignored.
+ */
+export function releaseEncoded(bytes: Uint8Array): void {
+  const b = bytes.buffer as ArrayBuffer;
+  const size = b.byteLength;
+  if (size < FRAME_HEADER_BYTES || bytes.byteOffset !== 0 || bytes.byteLength !== size || bytes[0] !== FRAME_MARKER) return;
+  if (pooledBytes + size > POOL_MAX_BYTES) return;
+  let list = pool.get(size);
+  if (!list) pool.set(size, (list = []));
+  if (list.length >= POOL_MAX_PER_SIZE || list.includes(b)) return;
+  list.push(b);
+  pooledBytes += size;
+}
+
+function encodeFrame(kind: number, m: Contribution | RoundResult): Uint8Array {
+  const f32 = m.data instanceof Float32Array;
+  const extra = m.extra;
+  const checksum = m.type === "contrib" ? m.checksum : undefined;
+  const phase = PHASES.indexOf(m.phase);
+  if (phase < 0) throw new Error(`cannot encode phase ${String(m.phase)}`);
+  if (!Number.isInteger(m.step) || m.step < 0 || m.step > MAX_U32 || !Number.isInteger(m.count) || m.count < 0 || m.count > MAX_U32) {
+    throw new Error(`cannot encode step ${m.step} / count ${m.count}: must be integers in 0..2^32−1`);
+  }
+  const n = m.data.length;
+  const d = dataBytes(n, f32);
+  // Views on a (pooled) ArrayBuffer, no DataView: this runs once per message on the hot path.
+  // Every byte is written below, so a reused buffer carries nothing over.
+  const buffer = takeBuffer(FRAME_HEADER_BYTES + d + 8 * (extra?.length ?? 0));
+  const bytes = new Uint8Array(buffer);
+  const words = new Uint32Array(buffer, 0, 6);
+  bytes[0] = FRAME_MARKER;
+  bytes[1] = kind;
+  bytes[2] = phase;
+  bytes[3] = (f32 ? FLAG_F32 : 0) | (extra ? FLAG_EXTRA : 0) | (checksum !== undefined ? FLAG_CHECKSUM : 0);
+  words[1] = m.layer >>> 0; // i32 in two's complement
+  words[2] = m.step;
+  words[3] = m.count;
+  words[4] = n;
+  words[5] = extra?.length ?? 0;
+  if (f32) {
+    new Float64Array(buffer, 24, 1)[0] = checksum ?? 0;
+    const f = new Float32Array(buffer, FRAME_HEADER_BYTES, d / 4);
+    f.set(m.data);
+    if (d / 4 > n) f[n] = 0; // padding to 8 bytes
+  } else {
+    // One view over checksum and data.
+    const f64 = new Float64Array(buffer, 24, 1 + n);
+    f64[0] = checksum ?? 0;
+    f64.set(m.data, 1);
+  }
+  if (extra) new Float64Array(buffer, FRAME_HEADER_BYTES + d, extra.length).set(extra);
+  return bytes;
+}
+
+/** A Float64Array/Float32Array over bytes[offset…], a view when aligned, else an aligned copy. */
+function floats(bytes: Uint8Array, offset: number, n: number, f32: boolean): Float64Array | Float32Array {
+  const at = bytes.byteOffset + offset;
+  const size = f32 ? 4 : 8;
+  if (at % size === 0) return f32 ? new Float32Array(bytes.buffer, at, n) : new Float64Array(bytes.buffer, at, n);
+  // An explicit copy: a Node Buffer's slice() would be a view, still unaligned.
+  const copy = new Uint8Array(n * size);
+  copy.set(bytes.subarray(offset, offset + n * size));
+  return f32 ? new Float32Array(copy.buffer) : new Float64Array(copy.buffer);
+}
+
+/** Parses and checks a binary frame; throws an Error naming what is wrong. */
+function decodeFrame(bytes: Uint8Array, into: Float64Array | Float32Array | undefined): Contribution | RoundResult {
+  if (bytes.length < FRAME_HEADER_BYTES) throw new Error(`binary frame of ${bytes.length} bytes is shorter than its ${FRAME_HEADER_BYTES}-byte header`);
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const kind = bytes[1]!;
+  const phase = PHASES[bytes[2]!];
+  const flags = bytes[3]!;
+  if (kind !== KIND_CONTRIBUTION && kind !== KIND_RESULT) throw new Error(`binary frame of unknown kind ${kind}`);
+  if (phase === undefined) throw new Error(`binary frame with unknown phase ${bytes[2]}`);
+  if ((flags & ~(FLAG_F32 | FLAG_EXTRA | FLAG_CHECKSUM)) !== 0) throw new Error(`binary frame with unknown flags ${flags}`);
+  const f32 = (flags & FLAG_F32) !== 0;
+  const n = view.getUint32(16, true);
+  const m = view.getUint32(20, true);
+  const hasExtra = (flags & FLAG_EXTRA) !== 0;
+  if (!hasExtra && m !== 0) throw new Error("binary frame has an extra length but no extra flag");
+  const d = dataBytes(n, f32);
+  const expected = FRAME_HEADER_BYTES + d + 8 * m;
+  if (bytes.length !== expected) throw new Error(`binary frame is ${bytes.length} bytes, its header says ${expected} (${n} data, ${m} extra values)`);
+  const step = view.getUint32(8, true);
+  const layer = view.getInt32(4, true);
+  const count = view.getUint32(12, true);
+  let data: Float64Array | Float32Array;
+  if (into !== undefined && into.length === n && into instanceof Float32Array === f32) {
+    // Straight into the caller's buffer: no allocation, alignment does not matter.
+    new Uint8Array(into.buffer, into.byteOffset, into.byteLength).set(bytes.subarray(FRAME_HEADER_BYTES, FRAME_HEADER_BYTES + into.byteLength));
+    data = into;
+  } else {
+    data = floats(bytes, FRAME_HEADER_BYTES, n, f32);
+  }
+  if (kind === KIND_RESULT) {
+    if ((flags & FLAG_CHECKSUM) !== 0) throw new Error("result frame with a checksum flag");
+    const r: RoundResult = { type: "result", step, phase, layer, count, data };
+    if (hasExtra) r.extra = floats(bytes, FRAME_HEADER_BYTES + d, m, false) as Float64Array;
+    return r;
+  }
+  const c: Contribution = { type: "contrib", step, phase, layer, count, data };
+  if (hasExtra) c.extra = floats(bytes, FRAME_HEADER_BYTES + d, m, false) as Float64Array;
+  if ((flags & FLAG_CHECKSUM) !== 0) c.checksum = view.getFloat64(24, true);
+  return c;
+}
+
+/** The key a worker files its pending rounds under, e.g. "12/fwd/3". */
+export function roundKey(step: number, phase: string, layer: number): string {
+  return `${step}/${phase}/${layer}`;
+}
+
+/**
+ * The round key of a binary frame, read from its header without decoding it
+ * (null if `bytes` is not a frame, or too short to be one). Lets a receiver pick
+ * the destination buffer before decoding.
+ */
+export function frameRoundKey(bytes: Uint8Array): string | null {
+  if (bytes.length < FRAME_HEADER_BYTES || bytes[0] !== FRAME_MARKER) return null;
+  const phase = PHASES[bytes[2]!];
+  if (phase === undefined) return null;
+  const u32 = (at: number): number => (bytes[at]! | (bytes[at + 1]! << 8) | (bytes[at + 2]! << 16) | (bytes[at + 3]! << 24)) >>> 0;
+  return roundKey(u32(8), phase, u32(4) | 0);
+}
+
+/**
+ * Encodes a message: contributions and results as a binary frame in an exactly
+ * sized buffer of their own (transferable; possibly reused, see releaseEncoded);
+ * the rest as msgpack (whose bytes may share a larger buffer with earlier messages).
+ */
 export function encode(msg: ClientMessage | ServerMessage): Uint8Array {
+  if (msg.type === "contrib") return encodeFrame(KIND_CONTRIBUTION, msg);
+  if (msg.type === "result") return encodeFrame(KIND_RESULT, msg);
   return packr.pack(msg);
 }
 
-/** Decodes bytes to an unvalidated value; throws on malformed msgpack. */
-export function decode(bytes: Uint8Array): unknown {
+/**
+ * Decodes bytes to an unvalidated value (binary frames are checked for layout;
+ * guards in protocol.ts check the rest); throws on malformed input. A frame's
+ * data is copied into `into` when its type and length match (the message's
+ * `data` is then `into`); otherwise frame payloads are views of `bytes` when
+ * aligned (do not reuse `bytes` afterwards), aligned copies when not.
+ */
+export function decode(bytes: Uint8Array, into?: Float64Array | Float32Array): unknown {
+  if (bytes.length > 0 && bytes[0] === FRAME_MARKER) return decodeFrame(bytes, into);
   return packr.unpack(bytes);
 }

@@ -1,9 +1,10 @@
 // The worker's connection to the coordinator: connect (with retries until a
-// deadline), handshake, and await-able rounds. Every wait has a deadline; a
-// coordinator error or disconnect rejects every pending round at once.
+// deadline), handshake, and await-able rounds, over a Link — a WebSocket, or a
+// MessagePort for the thread transport (worker/port-link.ts). Every wait has a
+// deadline; a coordinator error or disconnect rejects every pending round at once.
 
 import WebSocket from "ws";
-import { decode, encode } from "../shared/codec.js";
+import { decode, encode, frameRoundKey, releaseEncoded, roundKey } from "../shared/codec.js";
 import type { RunConventions } from "../shared/config.js";
 import { ErrorCode, SyncbnError, type ErrorContext } from "../shared/errors.js";
 import {
@@ -15,6 +16,7 @@ import {
   type Phase,
   type Resync,
   type RoundResult,
+  type ServerMessage,
 } from "../shared/protocol.js";
 
 export interface ClientOptions {
@@ -42,10 +44,34 @@ export class ResyncSignal extends Error {
   }
 }
 
+/**
+ * A message pipe to the coordinator. `send` takes ownership of the bytes (the
+ * caller never touches them again, so a link may transfer them).
+ */
+export interface Link {
+  send(bytes: Uint8Array): void;
+  readonly isOpen: boolean;
+  /** Close gracefully; resolves once closed (or forced closed after a grace period). */
+  close(): Promise<void>;
+  /** Drop at once. */
+  terminate(): void;
+  /** Where the coordinator is, for messages (a URL, or "in-process"). */
+  readonly label: string;
+  onMessage: ((bytes: Uint8Array) => void) | null;
+  /** The connection closed (detail e.g. "code 1006"); called at most once. */
+  onClose: ((detail: string) => void) | null;
+}
+
 interface Pending {
   resolve(r: RoundResult): void;
   reject(e: Error): void;
-  timer: ReturnType<typeof setTimeout>;
+  /** performance.now() after which the round fails. */
+  deadline: number;
+  step: number;
+  phase: Phase;
+  layer: number;
+  /** Where the result's data goes (no allocation), if the caller gave a buffer. */
+  into: Float64Array | Float32Array | undefined;
 }
 
 /** Rebuilds a coordinator-side error; its message already carries code and context. */
@@ -71,23 +97,26 @@ export class CoordinatorClient {
   /** Called before each contribution is sent (fault injection in tests; see cli/env.ts SYNCBN_FAULT). */
   beforeSend: ((step: number, phase: Phase, layer: number) => void) | null = null;
 
+  /**
+   * One timer for every round's deadline, armed while rounds are pending and
+   * re-armed only when it fires: no timer work per round on the hot path.
+   */
+  private deadlineTimer: ReturnType<typeof setTimeout> | null = null;
+
   private constructor(
-    private readonly ws: WebSocket,
+    private readonly link: Link,
     readonly opts: ClientOptions,
   ) {
-    ws.on("message", (data) => this.wsOnMessage(data as Buffer));
-    ws.on("close", (code) => {
+    link.onMessage = (bytes) => this.linkOnMessage(bytes);
+    link.onClose = (detail) => {
       if (this.closing) return;
       this.fail(
         this.failure ??
-          new SyncbnError(ErrorCode.CoordinatorLost, `connection to the coordinator at ${opts.url} closed (code ${code}); the coordinator died or stopped the run`, {
+          new SyncbnError(ErrorCode.CoordinatorLost, `connection to the coordinator at ${link.label} closed (${detail}); the coordinator died or stopped the run`, {
             rank: opts.rank,
           }),
       );
-    });
-    ws.on("error", () => {
-      // the close event follows and reports it
-    });
+    };
   }
 
   static async connect(opts: ClientOptions): Promise<CoordinatorClient> {
@@ -96,7 +125,7 @@ export class CoordinatorClient {
     for (;;) {
       try {
         const ws = await openSocket(opts, Math.max(100, deadline - Date.now()));
-        return await CoordinatorClient.handshake(ws, opts, Math.max(1000, deadline - Date.now()));
+        return await CoordinatorClient.handshake(wsLink(ws, opts.url), opts, Math.max(1000, deadline - Date.now()));
       } catch (e) {
         if (e instanceof SyncbnError && e.code !== ErrorCode.CoordinatorLost) throw e; // refused: retrying will not help
         lastError = (e as Error).message;
@@ -112,31 +141,36 @@ export class CoordinatorClient {
     }
   }
 
-  private static handshake(ws: WebSocket, opts: ClientOptions, timeoutMs: number): Promise<CoordinatorClient> {
+  /** Handshake over an already open link (the thread transport's MessagePort, or a WebSocket). */
+  static overLink(link: Link, opts: ClientOptions): Promise<CoordinatorClient> {
+    return CoordinatorClient.handshake(link, opts, opts.connectTimeoutMs);
+  }
+
+  private static handshake(link: Link, opts: ClientOptions, timeoutMs: number): Promise<CoordinatorClient> {
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
-        ws.terminate();
+        link.terminate();
         reject(new SyncbnError(ErrorCode.CoordinatorLost, `no answer to hello within ${timeoutMs} ms`, { rank: opts.rank }));
       }, timeoutMs);
       const done = (): void => {
         clearTimeout(timer);
-        ws.removeAllListeners("message");
-        ws.removeAllListeners("close");
+        link.onMessage = null;
+        link.onClose = null;
       };
-      ws.on("message", (data) => {
+      link.onMessage = (bytes) => {
         done();
-        const msg = safeDecode(data as Buffer);
-        if (msg && msg.type === "welcome") resolve(new CoordinatorClient(ws, opts));
+        const msg = safeDecode(bytes);
+        if (msg && msg.type === "welcome") resolve(new CoordinatorClient(link, opts));
         else {
-          ws.terminate();
+          link.terminate();
           reject(msg && msg.type === "error" ? errorFromMessage(msg) : new SyncbnError(ErrorCode.BadMessage, "coordinator answered hello with an unexpected message", { rank: opts.rank }));
         }
-      });
-      ws.on("close", (code) => {
+      };
+      link.onClose = (detail) => {
         done();
-        reject(new SyncbnError(ErrorCode.CoordinatorLost, `coordinator closed the connection during the handshake (code ${code})`, { rank: opts.rank }));
-      });
-      ws.send(
+        reject(new SyncbnError(ErrorCode.CoordinatorLost, `coordinator closed the connection during the handshake (${detail})`, { rank: opts.rank }));
+      };
+      link.send(
         encode({ type: "hello", version: PROTOCOL_VERSION, rank: opts.rank, worldSize: opts.worldSize, token: opts.token, conventions: opts.conventions }),
       );
     });
@@ -156,32 +190,70 @@ export class CoordinatorClient {
     extra?: Float64Array,
     checksum?: number,
   ): Promise<RoundResult> {
+    return this.roundInto(undefined, step, phase, layer, count, data, extra, checksum);
+  }
+
+  /**
+   * round(), with the result's data written into `into` when its type and length
+   * match (the result's `data` is then `into`): the hot path of BN rounds, which
+   * allocates no buffer per round. `into` must not be touched until the round settles.
+   */
+  roundInto(
+    into: Float64Array | Float32Array | undefined,
+    step: number,
+    phase: Phase,
+    layer: number,
+    count: number,
+    data: Float64Array | Float32Array,
+    extra?: Float64Array,
+    checksum?: number,
+  ): Promise<RoundResult> {
     if (this.failure) return Promise.reject(this.failure);
     if (this.resync) return Promise.reject(new ResyncSignal(this.resync));
     this.beforeSend?.(step, phase, layer);
-    const key = `${step}/${phase}/${layer}`;
+    const key = roundKey(step, phase, layer);
     const sent = performance.now();
     return new Promise<RoundResult>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.pending.delete(key);
-        reject(
-          new SyncbnError(
-            ErrorCode.Timeout,
-            `no result for ${describeRound(step, phase, layer)} from the coordinator within ${this.opts.roundTimeoutMs} ms`,
-            { rank: this.opts.rank, step, layer, phase },
-          ),
-        );
-      }, this.opts.roundTimeoutMs);
       const onResult = (r: RoundResult): void => {
         this.waitMs += performance.now() - sent;
         resolve(r);
       };
-      this.pending.set(key, { resolve: onResult, reject, timer });
+      this.pending.set(key, { resolve: onResult, reject, deadline: sent + this.opts.roundTimeoutMs, step, phase, layer, into });
+      this.deadlineTimer ??= this.armDeadline(this.opts.roundTimeoutMs);
       const msg: Contribution = { type: "contrib", step, phase, layer, count, data };
       if (extra) msg.extra = extra;
       if (checksum !== undefined) msg.checksum = checksum;
-      this.ws.send(encode(msg));
+      this.link.send(encode(msg));
     });
+  }
+
+  private armDeadline(ms: number): ReturnType<typeof setTimeout> {
+    const t = setTimeout(() => this.sweepDeadlines(), ms);
+    // The link keeps the process alive while it is open; the deadline alone must not.
+    t.unref();
+    return t;
+  }
+
+  /** Fails every round past its deadline; re-arms for the earliest one left. */
+  private sweepDeadlines(): void {
+    this.deadlineTimer = null;
+    const now = performance.now();
+    let next = Number.POSITIVE_INFINITY;
+    for (const [key, p] of this.pending) {
+      if (p.deadline > now) {
+        next = Math.min(next, p.deadline);
+        continue;
+      }
+      this.pending.delete(key);
+      p.reject(
+        new SyncbnError(
+          ErrorCode.Timeout,
+          `no result for ${describeRound(p.step, p.phase, p.layer)} from the coordinator within ${this.opts.roundTimeoutMs} ms`,
+          { rank: this.opts.rank, step: p.step, layer: p.layer, phase: p.phase },
+        ),
+      );
+    }
+    if (next !== Number.POSITIVE_INFINITY) this.deadlineTimer = this.armDeadline(next - now + 1);
   }
 
   /** Accept the latest resync: later contributions count in the new membership. */
@@ -189,48 +261,43 @@ export class CoordinatorClient {
     const r = this.resync;
     if (!r) throw new Error("acknowledgeResync without a pending resync");
     this.resync = null;
-    this.ws.send(encode({ type: "resync-ack", generation: r.generation }));
+    this.link.send(encode({ type: "resync-ack", generation: r.generation }));
     return r;
   }
 
   /** Tell the coordinator this worker finished, then close. */
   async bye(): Promise<void> {
-    if (this.failure || this.ws.readyState !== WebSocket.OPEN) return;
-    this.ws.send(encode({ type: "bye" }));
+    if (this.failure || !this.link.isOpen) return;
+    this.link.send(encode({ type: "bye" }));
     await this.close();
   }
 
   close(): Promise<void> {
     this.closing = true;
-    if (this.ws.readyState === WebSocket.CLOSED) return Promise.resolve();
-    return new Promise((resolve) => {
-      const t = setTimeout(() => {
-        this.ws.terminate();
-        resolve();
-      }, 2000);
-      this.ws.once("close", () => {
-        clearTimeout(t);
-        resolve();
-      });
-      this.ws.close(1000, "done");
-    });
+    this.stopDeadline();
+    return this.link.close();
+  }
+
+  private stopDeadline(): void {
+    if (this.deadlineTimer !== null) clearTimeout(this.deadlineTimer);
+    this.deadlineTimer = null;
   }
 
   /** Reject everything pending and every later round with err. */
   private fail(err: SyncbnError): void {
     if (!this.failure) this.failure = err;
-    for (const p of this.pending.values()) {
-      clearTimeout(p.timer);
-      p.reject(this.failure);
-    }
+    this.stopDeadline();
+    for (const p of this.pending.values()) p.reject(this.failure);
     this.pending.clear();
   }
 
-  private wsOnMessage(data: Buffer): void {
-    const msg = safeDecode(data);
+  private linkOnMessage(bytes: Uint8Array): void {
+    // A result frame names its round in the header: find the caller's buffer before decoding.
+    const frameKey = frameRoundKey(bytes);
+    const msg = safeDecode(bytes, frameKey === null ? undefined : this.pending.get(frameKey)?.into);
     if (!msg) {
       this.fail(new SyncbnError(ErrorCode.BadMessage, "undecodable or invalid message from the coordinator", { rank: this.opts.rank }));
-      this.ws.terminate();
+      this.link.terminate();
       return;
     }
     if (msg.type === "error") {
@@ -239,26 +306,22 @@ export class CoordinatorClient {
     }
     if (msg.type === "resync") {
       this.resync = msg;
-      for (const p of this.pending.values()) {
-        clearTimeout(p.timer);
-        p.reject(new ResyncSignal(msg));
-      }
+      for (const p of this.pending.values()) p.reject(new ResyncSignal(msg));
       this.pending.clear();
       return;
     }
     if (msg.type !== "result") return;
-    const key = `${msg.step}/${msg.phase}/${msg.layer}`;
+    const key = frameKey ?? roundKey(msg.step, msg.phase, msg.layer);
     const p = this.pending.get(key);
     if (!p) return; // a result for a round this worker already gave up on
     this.pending.delete(key);
-    clearTimeout(p.timer);
     p.resolve(msg);
   }
 }
 
-function safeDecode(data: Buffer): import("../shared/protocol.js").ServerMessage | null {
+function safeDecode(bytes: Uint8Array, into?: Float64Array | Float32Array): ServerMessage | null {
   try {
-    const v = decode(data);
+    const v = decode(bytes, into);
     return isServerMessage(v) ? v : null;
   } catch {
     return null;
@@ -275,4 +338,36 @@ function openSocket(opts: ClientOptions, timeoutMs: number): Promise<WebSocket> 
     });
     ws.once("error", (e) => reject(new SyncbnError(ErrorCode.CoordinatorLost, e.message)));
   });
+}
+
+/** A Link over a connected `ws` WebSocket (binary frames only; no compression). */
+function wsLink(ws: WebSocket, url: string): Link {
+  const link: Link = {
+    label: url,
+    onMessage: null,
+    onClose: null,
+    get isOpen() {
+      return ws.readyState === WebSocket.OPEN;
+    },
+    // The frame's buffer goes back to the codec's pool once written.
+    send: (bytes) => ws.send(bytes, { binary: true }, () => releaseEncoded(bytes)),
+    terminate: () => ws.terminate(),
+    close: () => {
+      if (ws.readyState === WebSocket.CLOSED) return Promise.resolve();
+      return new Promise((resolve) => {
+        const t = setTimeout(() => {
+          ws.terminate();
+          resolve();
+        }, 2000);
+        ws.once("close", () => {
+          clearTimeout(t);
+          resolve();
+        });
+        ws.close(1000, "done");
+      });
+    },
+  };
+  ws.on("message", (data) => link.onMessage?.(data as Buffer));
+  ws.on("close", (code) => link.onClose?.(`code ${code}`));
+  return link;
 }

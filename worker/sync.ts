@@ -1,14 +1,24 @@
 // BnSync over the coordinator: packs a BN layer's local moments or gradient sums
-// into a round and unpacks the result. Payload buffers are allocated once per
-// layer; msgpackr copies them at send time, so reuse is safe.
+// into a round and unpacks the result. Payload and result buffers are allocated
+// once per layer (the codec copies the payload into the frame at send time, and
+// the client decodes the result straight into the layer's result buffer), so a
+// steady-state step allocates no statistics buffers.
 
 import type { Moments } from "../shared/stats.js";
 import type { BnSync } from "./nn/batchnorm.js";
 import type { CoordinatorClient } from "./client.js";
 
+interface LayerBuffers {
+  payload: Float64Array; // (2C) [mean(C), M2(C)] or [Σdy(C), Σdy·xhat(C)]
+  fwdResult: Float64Array; // (2C) [mean(C), biased var(C)]
+  bwdResult: Float64Array; // (2C) [Σdy(C), Σdy·xhat(C)] over the group
+  /** Handed back by reduceMoments; valid until this layer's next round. */
+  moments: { count: number; mean: Float64Array; variance: Float64Array };
+}
+
 export class RoundSync implements BnSync {
   step = 0;
-  private readonly payloads = new Map<number, Float64Array>();
+  private readonly layers = new Map<number, LayerBuffers>();
 
   constructor(readonly client: CoordinatorClient) {}
 
@@ -16,27 +26,40 @@ export class RoundSync implements BnSync {
     return this.client.rank;
   }
 
-  private payload(layer: number, size: number): Float64Array {
-    let p = this.payloads.get(layer);
-    if (!p || p.length !== size) {
-      p = new Float64Array(size);
-      this.payloads.set(layer, p);
+  private buffers(layer: number, channels: number): LayerBuffers {
+    let b = this.layers.get(layer);
+    if (!b || b.payload.length !== 2 * channels) {
+      const fwdResult = new Float64Array(2 * channels);
+      b = {
+        payload: new Float64Array(2 * channels),
+        fwdResult,
+        bwdResult: new Float64Array(2 * channels),
+        moments: { count: 0, mean: fwdResult.subarray(0, channels), variance: fwdResult.subarray(channels) },
+      };
+      this.layers.set(layer, b);
     }
-    return p;
+    return b;
   }
 
   async reduceMoments(layer: number, local: Moments): Promise<{ count: number; mean: Float64Array; variance: Float64Array }> {
     const c = local.mean.length;
-    const p = this.payload(layer, 2 * c); // [mean(C), M2(C)]
-    p.set(local.mean, 0);
-    p.set(local.m2, c);
-    const r = await this.client.round(this.step, "fwd", layer, local.count, p);
-    const d = r.data as Float64Array; // [mean(C), biased var(C)]
-    return { count: r.count, mean: d.subarray(0, c), variance: d.subarray(c) };
+    const b = this.buffers(layer, c);
+    b.payload.set(local.mean, 0);
+    b.payload.set(local.m2, c);
+    const r = await this.client.roundInto(b.fwdResult, this.step, "fwd", layer, local.count, b.payload);
+    const m = b.moments;
+    m.count = r.count;
+    if (r.data !== b.fwdResult) {
+      // Not decoded in place (a result of another shape): hand back views of what came.
+      const d = r.data as Float64Array; // [mean(C), biased var(C)]
+      return { count: r.count, mean: d.subarray(0, c), variance: d.subarray(c) };
+    }
+    return m;
   }
 
   async reduceGradSums(layer: number, count: number, sums: Float64Array): Promise<Float64Array> {
-    const r = await this.client.round(this.step, "bwd", layer, count, sums);
+    const b = this.buffers(layer, sums.length / 2);
+    const r = await this.client.roundInto(b.bwdResult, this.step, "bwd", layer, count, sums);
     return r.data as Float64Array;
   }
 }
