@@ -44,7 +44,8 @@ async function main(): Promise<void> {
   );
   await Promise.all(clients.map((c2) => c2.bye()));
   const report: LoadClientReport = { type: "load-report", latenciesMs: Array.from(latencies), failed, error };
-  process.send!(report);
+  // Disconnecting before the send completes would drop a large report.
+  await new Promise<void>((resolve, reject) => process.send!(report, undefined, {}, (e) => (e ? reject(e) : resolve())));
 }
 
 main().then(

@@ -72,7 +72,8 @@ async function main(): Promise<void> {
   const ev = c.eval;
   report.evalY = Array.from(await bn.forward(Float32Array.from(ev.x), ev.shape[0]!, false));
   await client.bye();
-  process.send!(report);
+  // Disconnecting before the send completes would drop a large report.
+  await new Promise<void>((resolve, reject) => process.send!(report, undefined, {}, (e) => (e ? reject(e) : resolve())));
 }
 
 main().then(
