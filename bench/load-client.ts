@@ -5,6 +5,7 @@
 
 import { CoordinatorClient } from "../worker/client.js";
 import { Rng } from "../shared/rng.js";
+import { runChildMain } from "../cli/procs.js";
 
 export interface LoadClientReport {
   type: "load-report";
@@ -13,7 +14,7 @@ export interface LoadClientReport {
   error?: string;
 }
 
-async function main(): Promise<void> {
+async function main(): Promise<LoadClientReport> {
   const [url, token, worldText, firstText, kText, roundsText, chText] = process.argv.slice(2);
   const world = Number(worldText), first = Number(firstText), k = Number(kText), rounds = Number(roundsText), c = Number(chText);
   const conventions = { eps: 1e-5, momentum: 0.1, momentumStyle: "torch" as const, unbiasedRunningVar: true, norm: "sync", training: "" };
@@ -44,15 +45,7 @@ async function main(): Promise<void> {
   );
   await Promise.all(clients.map((c2) => c2.bye()));
   const report: LoadClientReport = { type: "load-report", latenciesMs: Array.from(latencies), failed, error };
-  // Disconnecting before the send completes would drop a large report.
-  await new Promise<void>((resolve, reject) => process.send!(report, undefined, {}, (e) => (e ? reject(e) : resolve())));
+  return report;
 }
 
-main().then(
-  () => process.disconnect?.(),
-  (e: unknown) => {
-    process.stderr.write(`${(e as Error).message}\n`);
-    process.exitCode = 1;
-    process.disconnect?.();
-  },
-);
+runChildMain(main);

@@ -7,6 +7,7 @@ import { BatchNorm } from "../worker/nn/batchnorm.js";
 import { CoordinatorClient } from "../worker/client.js";
 import { RoundSync } from "../worker/sync.js";
 import { caseConventions, loadCase } from "./conformance-case.js";
+import { runChildMain } from "./procs.js";
 
 export interface WorkerReport {
   type: "report";
@@ -24,7 +25,7 @@ export interface WorkerReport {
   evalY: number[];
 }
 
-async function main(): Promise<void> {
+async function main(): Promise<WorkerReport> {
   const [file, rankText, url, token, timeoutText] = process.argv.slice(2);
   const rank = Number(rankText);
   const c = loadCase(file!);
@@ -72,15 +73,7 @@ async function main(): Promise<void> {
   const ev = c.eval;
   report.evalY = Array.from(await bn.forward(Float32Array.from(ev.x), ev.shape[0]!, false));
   await client.bye();
-  // Disconnecting before the send completes would drop a large report.
-  await new Promise<void>((resolve, reject) => process.send!(report, undefined, {}, (e) => (e ? reject(e) : resolve())));
+  return report;
 }
 
-main().then(
-  () => process.disconnect?.(),
-  (e: unknown) => {
-    process.stderr.write(`${(e as Error).message}\n`);
-    process.exitCode = 1;
-    process.disconnect?.();
-  },
-);
+runChildMain(main);

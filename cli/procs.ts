@@ -4,9 +4,16 @@
 
 import { fork, type ChildProcess } from "node:child_process";
 
+/** What the launcher needs of a worker: a child process, or a worker thread (cli/threads.ts). */
+export interface WorkerHandle {
+  kill(signal?: NodeJS.Signals): boolean;
+  readonly exitCode: number | null;
+  readonly signalCode: NodeJS.Signals | null;
+}
+
 export interface WorkerProcess {
   rank: number;
-  child: ChildProcess;
+  child: WorkerHandle;
   /** Resolves when the process has exited. */
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
   /** The last stderr lines (at most 40). */
@@ -57,4 +64,22 @@ export async function killAll(procs: readonly WorkerProcess[], graceMs = 2000): 
   await Promise.race([Promise.all(alive.map((p) => p.exited)), new Promise((r) => setTimeout(r, graceMs).unref())]);
   for (const p of alive) if (p.child.exitCode === null && p.child.signalCode === null) p.child.kill("SIGKILL");
   await Promise.all(alive.map((p) => p.exited));
+}
+
+/**
+ * The main of a forked child that reports one message to its parent: runs body,
+ * sends its result over IPC (waiting for the send to flush: disconnecting first
+ * would drop a large report), then disconnects; on error prints it and exits 1.
+ */
+export function runChildMain(body: () => Promise<unknown>): void {
+  body()
+    .then((report) => new Promise<void>((resolve, reject) => process.send!(report, undefined, {}, (e) => (e ? reject(e) : resolve()))))
+    .then(
+      () => process.disconnect?.(),
+      (e: unknown) => {
+        process.stderr.write(`${(e as Error).message}\n`);
+        process.exitCode = 1;
+        process.disconnect?.();
+      },
+    );
 }
