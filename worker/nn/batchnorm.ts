@@ -13,12 +13,11 @@ import {
   localGradSums,
   localMoments,
   normalizeBackward,
-  normalizeEval,
   normalizeForward,
   updateRunningStats,
   type Moments,
 } from "../../shared/stats.js";
-import { BatchBuffer, sizeOf, type Layer, type Param } from "./layer.js";
+import { RunningStatsNorm } from "./norm-base.js";
 
 /** The collective a BN layer needs; RoundSync implements it over the coordinator. */
 export interface BnSync {
@@ -31,39 +30,9 @@ export interface BnSync {
   reduceGradSums(layer: number, count: number, sums: Float64Array): Promise<Float64Array>;
 }
 
-/**
- * A normalization layer that keeps running statistics for eval mode (BatchNorm,
- * GhostBatchNorm, BatchRenorm; not GroupNorm). Checkpoints, the rank-0 broadcast
- * and PreciseBN read and overwrite these fields.
- */
-export interface RunningStatsLayer extends Layer {
-  /** Index among the model's norm layers: the `layer` of its rounds. */
-  readonly layerIndex: number;
-  readonly channels: number;
-  /** H·W, or 1 for (N, C) input. */
-  readonly spatial: number;
-  readonly runningMean: Float64Array; // (C)
-  readonly runningVar: Float64Array; // (C)
-  /** Number of running-stat updates so far (PyTorch's num_batches_tracked). */
-  tracked: number;
-}
+export { isRunningStatsLayer, type RunningStatsLayer } from "./norm-base.js";
 
-export function isRunningStatsLayer(l: Layer): l is RunningStatsLayer {
-  return "runningMean" in l && l.runningMean instanceof Float64Array && "runningVar" in l;
-}
-
-export class BatchNorm implements RunningStatsLayer {
-  readonly inShape: readonly number[];
-  readonly outShape: readonly number[];
-  readonly channels: number;
-  /** H·W, or 1 for (N, C) input. */
-  readonly spatial: number;
-  readonly gamma: Param;
-  readonly beta: Param;
-  readonly runningMean: Float64Array; // (C)
-  readonly runningVar: Float64Array; // (C)
-  /** Number of running-stat updates so far (PyTorch's num_batches_tracked). */
-  tracked = 0;
+export class BatchNorm extends RunningStatsNorm {
   /** Global statistics of the last training batch, for inspection and conformance. */
   readonly batchMean: Float64Array; // (C)
   readonly batchVar: Float64Array; // (C), biased
@@ -72,49 +41,29 @@ export class BatchNorm implements RunningStatsLayer {
   private readonly moments: Moments;
   private readonly invStd: Float64Array; // (C)
   private readonly gradSums: Float64Array; // (2C): [Σdy, Σdy·xhat]
-  private readonly y: BatchBuffer; // (N, C, S)
-  private readonly xhat: BatchBuffer; // (N, C, S)
-  private readonly dx: BatchBuffer; // (N, C, S)
   private lastXhat: Float32Array | null = null;
 
   constructor(
-    readonly name: string,
+    name: string,
     /** Index among the model's BN layers: the `layer` of its rounds. */
-    readonly layerIndex: number,
+    layerIndex: number,
     shape: readonly number[], // [C] or [C, H, W]
-    readonly conventions: BnConventions,
+    conventions: BnConventions,
     readonly sync: BnSync | null,
   ) {
-    this.inShape = shape;
-    this.outShape = shape;
-    this.channels = shape[0]!;
-    this.spatial = sizeOf(shape.slice(1));
+    super(name, layerIndex, shape, conventions);
     const c = this.channels;
-    this.gamma = { name: `${name}.weight`, value: new Float32Array(c).fill(1), grad: new Float32Array(c) };
-    this.beta = { name: `${name}.bias`, value: new Float32Array(c), grad: new Float32Array(c) };
-    this.runningMean = new Float64Array(c);
-    this.runningVar = new Float64Array(c).fill(1);
     this.batchMean = new Float64Array(c);
     this.batchVar = new Float64Array(c);
     this.moments = emptyMoments(c);
     this.invStd = new Float64Array(c);
     this.gradSums = new Float64Array(2 * c);
-    const per = sizeOf(shape);
-    this.y = new BatchBuffer(per);
-    this.xhat = new BatchBuffer(per);
-    this.dx = new BatchBuffer(per);
   }
 
-  params(): Param[] {
-    return [this.gamma, this.beta];
-  }
 
   forward(x: Float32Array, n: number, train: boolean): Float32Array | Promise<Float32Array> {
+    if (!train) return this.forwardEval(x, n);
     const y = this.y.view(n);
-    if (!train) {
-      normalizeEval(y, x, this.runningMean, this.runningVar, this.gamma.value, this.beta.value, this.conventions.eps, n, this.channels, this.spatial);
-      return y;
-    }
     localMoments(this.moments, x, n, this.channels, this.spatial);
     if (!this.sync) {
       biasedVariance(this.batchVar, this.moments);

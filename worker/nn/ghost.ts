@@ -13,12 +13,11 @@ import {
   localGradSums,
   localMoments,
   normalizeBackward,
-  normalizeEval,
   normalizeForward,
   updateRunningStats,
   type Moments,
 } from "../../shared/stats.js";
-import type { RunningStatsLayer } from "./batchnorm.js";
+import { RunningStatsNorm } from "./norm-base.js";
 import { BatchBuffer, sizeOf, type Param } from "./layer.js";
 
 /**
@@ -39,16 +38,7 @@ class Chunks {
   }
 }
 
-export class GhostBatchNorm implements RunningStatsLayer {
-  readonly inShape: readonly number[];
-  readonly outShape: readonly number[];
-  readonly channels: number;
-  readonly spatial: number;
-  readonly gamma: Param;
-  readonly beta: Param;
-  readonly runningMean: Float64Array; // (C)
-  readonly runningVar: Float64Array; // (C)
-  tracked = 0;
+export class GhostBatchNorm extends RunningStatsNorm {
 
   /** Per ghost batch: its moments and 1/sqrt(var + eps); grown to the largest batch seen. */
   private ghostMoments: Moments[] = [];
@@ -58,9 +48,6 @@ export class GhostBatchNorm implements RunningStatsLayer {
   private readonly meanOfVars: Float64Array; // (C)
   private readonly gradSums: Float64Array; // (2C): [Σdy, Σdy·xhat] of one ghost batch
   private readonly gradTotals: Float64Array; // (2C): the same summed over ghost batches (dβ, dγ)
-  private readonly y: BatchBuffer; // (N, C, S)
-  private readonly xhat: BatchBuffer; // (N, C, S)
-  private readonly dx: BatchBuffer; // (N, C, S)
   private readonly xChunks = new Chunks();
   private readonly yChunks = new Chunks();
   private readonly xhatChunks = new Chunks();
@@ -70,17 +57,14 @@ export class GhostBatchNorm implements RunningStatsLayer {
   private savedN = -1;
 
   constructor(
-    readonly name: string,
-    readonly layerIndex: number,
+    name: string,
+    layerIndex: number,
     shape: readonly number[], // [C] or [C, H, W]
-    readonly conventions: BnConventions,
+    conventions: BnConventions,
     /** G: samples per ghost batch. */
     readonly ghostBatch: number,
   ) {
-    this.inShape = shape;
-    this.outShape = shape;
-    this.channels = shape[0]!;
-    this.spatial = sizeOf(shape.slice(1));
+    super(name, layerIndex, shape, conventions);
     if (!Number.isInteger(ghostBatch) || ghostBatch < 1) {
       throw new SyncbnError(ErrorCode.BadConfig, `--norm ghost:${ghostBatch}: the ghost batch size must be a positive integer`);
     }
@@ -91,24 +75,13 @@ export class GhostBatchNorm implements RunningStatsLayer {
       );
     }
     const c = this.channels;
-    this.gamma = { name: `${name}.weight`, value: new Float32Array(c).fill(1), grad: new Float32Array(c) };
-    this.beta = { name: `${name}.bias`, value: new Float32Array(c), grad: new Float32Array(c) };
-    this.runningMean = new Float64Array(c);
-    this.runningVar = new Float64Array(c).fill(1);
     this.variance = new Float64Array(c);
     this.meanOfMeans = new Float64Array(c);
     this.meanOfVars = new Float64Array(c);
     this.gradSums = new Float64Array(2 * c);
     this.gradTotals = new Float64Array(2 * c);
-    const per = sizeOf(shape);
-    this.y = new BatchBuffer(per);
-    this.xhat = new BatchBuffer(per);
-    this.dx = new BatchBuffer(per);
   }
 
-  params(): Param[] {
-    return [this.gamma, this.beta];
-  }
 
   private ghostCount(n: number, phase: string): number {
     if (n % this.ghostBatch !== 0) {
@@ -132,8 +105,7 @@ export class GhostBatchNorm implements RunningStatsLayer {
     const y = this.y.view(n);
     if (!train) {
       this.savedN = -1;
-      normalizeEval(y, x, this.runningMean, this.runningVar, this.gamma.value, this.beta.value, this.conventions.eps, n, c, s);
-      return y;
+      return this.forwardEval(x, n);
     }
     const k = this.ghostCount(n, "fwd");
     this.savedN = n;

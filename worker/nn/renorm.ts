@@ -14,12 +14,11 @@ import {
   localGradSums,
   localMoments,
   normalizeBackward,
-  normalizeEval,
   normalizeForward,
   updateRunningStats,
   type Moments,
 } from "../../shared/stats.js";
-import type { RunningStatsLayer } from "./batchnorm.js";
+import { RunningStatsNorm } from "./norm-base.js";
 import { BatchBuffer, sizeOf, type Param } from "./layer.js";
 
 /** The current training step (0-based); RoundSync is one, set by the training loop. */
@@ -53,16 +52,7 @@ function warmupFraction(warmup: number, step: number): number {
   return warmup <= 0 ? 1 : Math.min(1, Math.max(0, step) / warmup);
 }
 
-export class BatchRenorm implements RunningStatsLayer {
-  readonly inShape: readonly number[];
-  readonly outShape: readonly number[];
-  readonly channels: number;
-  readonly spatial: number;
-  readonly gamma: Param;
-  readonly beta: Param;
-  readonly runningMean: Float64Array; // (C)
-  readonly runningVar: Float64Array; // (C)
-  tracked = 0;
+export class BatchRenorm extends RunningStatsNorm {
   /** r and d of the last training forward, for inspection and tests. */
   readonly lastR: Float64Array; // (C)
   readonly lastD: Float64Array; // (C)
@@ -74,32 +64,22 @@ export class BatchRenorm implements RunningStatsLayer {
   private readonly gammaEff: Float32Array; // (C)
   private readonly betaEff: Float32Array; // (C)
   private readonly gradSums: Float64Array; // (2C): [Σdy, Σdy·x̃]
-  private readonly y: BatchBuffer; // (N, C, S)
   /** x̃ = (x − μB)/σB, plain BN's xhat (without r, d): what backward needs. */
-  private readonly xhat: BatchBuffer; // (N, C, S)
-  private readonly dx: BatchBuffer; // (N, C, S)
   private savedN = -1;
   private count = 0;
 
   constructor(
-    readonly name: string,
-    readonly layerIndex: number,
+    name: string,
+    layerIndex: number,
     shape: readonly number[], // [C] or [C, H, W]
-    readonly conventions: BnConventions,
+    conventions: BnConventions,
     readonly options: RenormOptions,
   ) {
-    this.inShape = shape;
-    this.outShape = shape;
-    this.channels = shape[0]!;
-    this.spatial = sizeOf(shape.slice(1));
+    super(name, layerIndex, shape, conventions);
     if (!(options.rMax >= 1) || !(options.dMax >= 0) || !(options.warmup >= 0)) {
       throw new SyncbnError(ErrorCode.BadConfig, `--norm renorm needs rMax ≥ 1, dMax ≥ 0, warmup ≥ 0; got ${options.rMax}, ${options.dMax}, ${options.warmup}`);
     }
     const c = this.channels;
-    this.gamma = { name: `${name}.weight`, value: new Float32Array(c).fill(1), grad: new Float32Array(c) };
-    this.beta = { name: `${name}.bias`, value: new Float32Array(c), grad: new Float32Array(c) };
-    this.runningMean = new Float64Array(c);
-    this.runningVar = new Float64Array(c).fill(1);
     this.lastR = new Float64Array(c).fill(1);
     this.lastD = new Float64Array(c);
     this.moments = emptyMoments(c);
@@ -108,15 +88,8 @@ export class BatchRenorm implements RunningStatsLayer {
     this.gammaEff = new Float32Array(c);
     this.betaEff = new Float32Array(c);
     this.gradSums = new Float64Array(2 * c);
-    const per = sizeOf(shape);
-    this.y = new BatchBuffer(per);
-    this.xhat = new BatchBuffer(per);
-    this.dx = new BatchBuffer(per);
   }
 
-  params(): Param[] {
-    return [this.gamma, this.beta];
-  }
 
   /** The step the clip schedule is at: the clock's, else the number of training updates so far. */
   get step(): number {
@@ -129,8 +102,7 @@ export class BatchRenorm implements RunningStatsLayer {
     const y = this.y.view(n);
     if (!train) {
       this.savedN = -1;
-      normalizeEval(y, x, this.runningMean, this.runningVar, this.gamma.value, this.beta.value, this.conventions.eps, n, c, s);
-      return y;
+      return this.forwardEval(x, n);
     }
     const m = localMoments(this.moments, x, n, c, s);
     if (m.count === 1) checkTrainingCount(m.count, c, { step: this.step, layer: this.layerIndex, phase: "fwd" });

@@ -1,0 +1,80 @@
+// What every normalization layer with running statistics shares (BatchNorm,
+// GhostBatchNorm, BatchRenorm; not GroupNorm): shapes, the per-channel affine
+// γ, β, the running statistics eval mode uses, and the output buffers. The
+// training-mode statistics are each subclass's own business.
+
+import type { BnConventions } from "../../shared/config.js";
+import { normalizeEval } from "../../shared/stats.js";
+import { BatchBuffer, sizeOf, type Layer, type Param } from "./layer.js";
+
+/**
+ * A normalization layer that keeps running statistics for eval mode.
+ * Checkpoints, the rank-0 broadcast and PreciseBN read and overwrite these fields.
+ */
+export interface RunningStatsLayer extends Layer {
+  /** Index among the model's norm layers: the `layer` of its rounds. */
+  readonly layerIndex: number;
+  readonly channels: number;
+  /** H·W, or 1 for (N, C) input. */
+  readonly spatial: number;
+  readonly runningMean: Float64Array; // (C)
+  readonly runningVar: Float64Array; // (C)
+  /** Number of running-stat updates so far (PyTorch's num_batches_tracked). */
+  tracked: number;
+}
+
+export function isRunningStatsLayer(l: Layer): l is RunningStatsLayer {
+  return "runningMean" in l && l.runningMean instanceof Float64Array && "runningVar" in l;
+}
+
+export abstract class RunningStatsNorm implements RunningStatsLayer {
+  readonly inShape: readonly number[];
+  readonly outShape: readonly number[];
+  readonly channels: number;
+  /** H·W, or 1 for (N, C) input. */
+  readonly spatial: number;
+  readonly gamma: Param; // (C), initialized to 1
+  readonly beta: Param; // (C), initialized to 0
+  readonly runningMean: Float64Array; // (C), starts at 0
+  readonly runningVar: Float64Array; // (C), starts at 1
+  tracked = 0;
+  protected readonly y: BatchBuffer; // (N, C, S)
+  protected readonly xhat: BatchBuffer; // (N, C, S)
+  protected readonly dx: BatchBuffer; // (N, C, S)
+
+  constructor(
+    readonly name: string,
+    /** Index among the model's norm layers: the `layer` of its rounds. */
+    readonly layerIndex: number,
+    shape: readonly number[], // [C] or [C, H, W]
+    readonly conventions: BnConventions,
+  ) {
+    this.inShape = shape;
+    this.outShape = shape;
+    this.channels = shape[0]!;
+    this.spatial = sizeOf(shape.slice(1));
+    const c = this.channels;
+    this.gamma = { name: `${name}.weight`, value: new Float32Array(c).fill(1), grad: new Float32Array(c) };
+    this.beta = { name: `${name}.bias`, value: new Float32Array(c), grad: new Float32Array(c) };
+    this.runningMean = new Float64Array(c);
+    this.runningVar = new Float64Array(c).fill(1);
+    const per = sizeOf(shape);
+    this.y = new BatchBuffer(per);
+    this.xhat = new BatchBuffer(per);
+    this.dx = new BatchBuffer(per);
+  }
+
+  params(): Param[] {
+    return [this.gamma, this.beta];
+  }
+
+  /** Eval mode: y = γ·(x − running mean)/sqrt(running var + eps) + β; no statistics, no network. */
+  protected forwardEval(x: Float32Array, n: number): Float32Array {
+    const y = this.y.view(n);
+    normalizeEval(y, x, this.runningMean, this.runningVar, this.gamma.value, this.beta.value, this.conventions.eps, n, this.channels, this.spatial);
+    return y;
+  }
+
+  abstract forward(x: Float32Array, n: number, train: boolean): Float32Array | Promise<Float32Array>;
+  abstract backward(dy: Float32Array, n: number): Float32Array | Promise<Float32Array>;
+}
