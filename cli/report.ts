@@ -168,11 +168,28 @@ export function modeColors(norms: readonly string[]): Map<string, string> {
   return out;
 }
 
-/** Light to dark blue-green for per-worker batches (small batch = light). */
+// Sequential palette (plasma-like, without its pale yellow end): orange for the
+// smallest per-worker batch through magenta to dark blue for the largest.
+const BATCH_STOPS = [
+  [240, 140, 40],
+  [220, 80, 80],
+  [170, 45, 140],
+  [100, 40, 170],
+  [25, 45, 120],
+];
+
 function batchColor(i: number, n: number): string {
   const t = n <= 1 ? 1 : i / (n - 1);
-  const l = 72 - 47 * t;
-  return `hsl(${200 - 40 * t}, 70%, ${l.toFixed(0)}%)`;
+  const x = t * (BATCH_STOPS.length - 1);
+  const k = Math.min(BATCH_STOPS.length - 2, Math.floor(x));
+  const a = BATCH_STOPS[k]!, b = BATCH_STOPS[k + 1]!, u = x - k;
+  const c = a.map((v, j) => Math.round(v + (b[j]! - v) * u));
+  return `rgb(${c[0]}, ${c[1]}, ${c[2]})`;
+}
+
+/** A failure reason without code and context, cut at its first clause: for captions. */
+export function shortReason(reason: string): string {
+  return reason.replace(/^SYNCBN_ERR_\w+: (\[[^\]]*\] )?/, "").split(/[;(]/)[0]!.trim();
 }
 
 const f1 = (v: number): string => (Math.round(v * 10) / 10).toString();
@@ -185,22 +202,28 @@ function niceCeil(v: number): number {
   return 10 * p;
 }
 
+/** About `count` ticks in [lo, hi] at a 1-2-5 step. */
 function ticks(lo: number, hi: number, count: number): number[] {
-  const step = niceCeil((hi - lo) / count);
+  const raw = (hi - lo) / count;
+  const p = 10 ** Math.floor(Math.log10(raw));
+  const step = [1, 2, 5, 10].map((k) => k * p).find((v) => v >= raw) ?? 10 * p;
   const out: number[] = [];
-  for (let v = Math.ceil(lo / step) * step; v <= hi + 1e-9; v += step) out.push(Number(v.toPrecision(6)));
+  for (let k = Math.ceil(lo / step - 1e-9); k * step <= hi + 1e-9; k++) out.push(Number((k * step).toPrecision(6)));
   return out;
 }
 
 /** Accuracy vs per-worker batch (log2 x), one path per mode with class "mode-line" and data-mode. */
 export function accuracyPlot(cells: Cell[][], info: SweepReportInfo, colors: Map<string, string>): string {
-  const W = 680, H = 400;
-  const m = { l: 58, r: 150, t: 20, b: 52 };
+  // Failed runs get crosses in a strip under the x tick labels, never inside the plot.
+  const anyFailed = cells.some((row) => row.some((c) => c.mean === null && c.failed.length > 0));
+  const W = 900, H = anyFailed ? 446 : 420;
+  const m = { l: 62, r: 170, t: 20, b: anyFailed ? 80 : 54 };
   const pw = W - m.l - m.r, ph = H - m.t - m.b;
   const bs = info.batches;
   const lx = bs.map((b) => Math.log2(b));
   const xlo = Math.min(...lx), xhi = Math.max(...lx);
-  const x = (b: number): number => m.l + (xhi === xlo ? pw / 2 : ((Math.log2(b) - xlo) / (xhi - xlo)) * pw);
+  const pad = 26; // keeps the first and last batch off the axes
+  const x = (b: number): number => m.l + (xhi === xlo ? pw / 2 : pad + ((Math.log2(b) - xlo) / (xhi - xlo)) * (pw - 2 * pad));
   const all = cells.flat().flatMap((c) => (c.max === null ? [] : [c.max]));
   const ymax = Math.min(1, niceCeil(Math.max(0.2, ...all) * 1.05));
   const y = (a: number): number => m.t + ph - (a / ymax) * ph;
@@ -241,8 +264,9 @@ export function accuracyPlot(cells: Cell[][], info: SweepReportInfo, colors: Map
       if (c.mean === null) {
         if (c.failed.length) {
           const why = esc(`${norm}, per-worker batch ${c.perWorkerBatch}: failed — ${c.failed[0]!.failure}`);
-          const fy = m.t + ph - 8 - 9 * i;
-          out.push(`<g class="mode-failed" data-mode="${esc(norm)}"><title>${why}</title><path d="M${Number(cx) - 4} ${fy - 4}l8 8m0 -8l-8 8" stroke="${color}" stroke-width="2.2"/></g>`);
+          const fy = m.t + ph + 38;
+          const fx = Number(cx) + 12 * (i - (info.norms.length - 1) / 2);
+          out.push(`<g class="mode-failed" data-mode="${esc(norm)}"><title>${why}</title><path d="M${f1(fx - 5)} ${fy - 5}l10 10m0 -10l-10 10" stroke="${color}" stroke-width="2.6"/></g>`);
         }
         continue;
       }
@@ -260,7 +284,8 @@ export function accuracyPlot(cells: Cell[][], info: SweepReportInfo, colors: Map
     out.push(`<line x1="${lx0}" x2="${lx0 + 22}" y1="${ly}" y2="${ly}" stroke="${colors.get(norm)}" stroke-width="3"/><circle cx="${lx0 + 11}" cy="${ly}" r="4" fill="${colors.get(norm)}"/>`);
     out.push(`<text class="legend" x="${lx0 + 30}" y="${ly + 4}">${esc(norm)}</text>`);
   });
-  if (cells.some((row) => row.some((c) => c.mean === null && c.failed.length))) {
+  if (anyFailed) {
+    out.push(`<text class="note" x="${m.l - 8}" y="${m.t + ph + 42}" text-anchor="end">failed</text>`);
     const ly = m.t + 14 + info.norms.length * 22;
     const lx0 = m.l + pw + 18;
     out.push(`<path d="M${lx0 + 7} ${ly - 4}l8 8m0 -8l-8 8" stroke="#555" stroke-width="2"/><text class="legend" x="${lx0 + 30}" y="${ly + 4}">run failed</text>`);
@@ -299,8 +324,8 @@ function meanCurve(runs: readonly SweepRunResult[]): number[] {
 
 /** One small plot per mode: smoothed training loss vs samples seen, one line per per-worker batch. */
 export function lossPlots(rows: readonly SweepRunResult[], info: SweepReportInfo): string {
-  const W = 330, H = 230;
-  const m = { l: 44, r: 10, t: 26, b: 36 };
+  const W = 470, H = 260;
+  const m = { l: 46, r: 12, t: 28, b: 38 };
   const pw = W - m.l - m.r, ph = H - m.t - m.b;
   const curves = info.norms.map((norm) =>
     info.batches.map((b) => {
@@ -312,18 +337,21 @@ export function lossPlots(rows: readonly SweepRunResult[], info: SweepReportInfo
   const allPts = curves.flat().flatMap((c) => c.pts);
   if (allPts.length === 0) return `<p class="muted">No training-loss curves (no run finished).</p>`;
   const xmax = Math.max(...allPts.map((p) => p.samples));
-  const finite = allPts.map((p) => p.loss).filter((v) => Number.isFinite(v));
-  // Clip the y range at 1.25 × ln(10)-ish so one diverging run does not flatten the rest.
-  const ymax = niceCeil(Math.min(Math.max(...finite), Math.max(2.6, ...finite.slice().sort((a, b) => a - b).slice(0, Math.ceil(finite.length * 0.98)))));
-  const ymin = 0;
+  const finite = allPts.map((p) => p.loss).filter((v) => Number.isFinite(v)).sort((a, b) => a - b);
+  // The y range covers the curves' 1st to 98th percentile (one diverging run does not
+  // flatten the rest; values beyond are drawn at the edge), in steps of 0.2.
+  const lo = finite[Math.floor(finite.length * 0.01)] ?? 0;
+  const hi = finite[Math.min(finite.length - 1, Math.ceil(finite.length * 0.98))] ?? 1;
+  const ymin = Math.max(0, Math.floor(lo * 5) / 5 - 0.2);
+  const ymax = Math.max(ymin + 0.4, Math.ceil(hi * 5) / 5);
   const x = (s: number): number => m.l + (s / xmax) * pw;
-  const y = (v: number): number => m.t + ph - ((Math.min(v, ymax) - ymin) / (ymax - ymin)) * ph;
+  const y = (v: number): number => m.t + ph - ((Math.min(Math.max(v, ymin), ymax) - ymin) / (ymax - ymin)) * ph;
   const figs = info.norms.map((norm, i) => {
     const out: string[] = [];
     out.push(`<svg class="plot small" viewBox="0 0 ${W} ${H}" width="${W}" height="${H}" data-mode="${esc(norm)}" role="img" aria-label="training loss, ${esc(norm)}">`);
     out.push(`<text class="title" x="${m.l}" y="16">${esc(norm)}</text>`);
     for (const t of ticks(ymin, ymax, 4)) {
-      out.push(`<line class="grid" x1="${m.l}" x2="${m.l + pw}" y1="${f1(y(t))}" y2="${f1(y(t))}"/><text class="tick" x="${m.l - 6}" y="${f1(y(t) + 4)}" text-anchor="end">${t}</text>`);
+      out.push(`<line class="grid" x1="${m.l}" x2="${m.l + pw}" y1="${f1(y(t))}" y2="${f1(y(t))}"/><text class="tick" x="${m.l - 6}" y="${f1(y(t) + 4)}" text-anchor="end">${t.toFixed(1)}</text>`);
     }
     for (const t of ticks(0, xmax, 3)) {
       out.push(`<text class="tick" x="${f1(x(t))}" y="${m.t + ph + 15}" text-anchor="middle">${t >= 1000 ? `${t / 1000}k` : t}</text>`);
@@ -393,7 +421,7 @@ function findings(cells: Cell[][], info: SweepReportInfo): string[] {
       const hi = done.reduce((a, c) => (c.mean! > a.mean! ? c : a));
       s += done.length > 1 ? `${(100 * lo.mean!).toFixed(1)}% (batch ${lo.perWorkerBatch}) to ${(100 * hi.mean!).toFixed(1)}% (batch ${hi.perWorkerBatch})` : `${(100 * lo.mean!).toFixed(1)}% at batch ${lo.perWorkerBatch}`;
     }
-    if (failed.length) s += `${done.length ? "; " : ""}failed at per-worker batch ${failed.join(", ")} (${esc(row.find((c) => c.failed.length)!.failed[0]!.failure!)})`;
+    if (failed.length) s += `${done.length ? "; " : ""}<strong>failed</strong> at per-worker batch ${failed.join(", ")} (${esc(shortReason(row.find((c) => c.failed.length)!.failed[0]!.failure!))})`;
     out.push(s);
   });
   return out;
@@ -416,7 +444,8 @@ h1{font-size:24px;margin:0 0 4px}h2{font-size:18px;margin:32px 0 8px}
 .mode-line{fill:none;stroke-width:2.6;stroke-linejoin:round;stroke-linecap:round}
 .loss-line{fill:none;stroke-width:1.8;stroke-linejoin:round}
 .spread{stroke-width:1.5;opacity:.55}
-.smalls{display:grid;grid-template-columns:repeat(auto-fill,minmax(320px,1fr));gap:10px}
+.smalls{display:grid;grid-template-columns:repeat(auto-fill,minmax(420px,1fr));gap:12px 22px}.smalls svg{width:100%;height:auto}
+#accuracy-plot{width:100%;height:auto}
 .legend-row{font-size:13px;color:var(--muted);margin-bottom:6px}
 .key{display:inline-flex;align-items:center;margin-left:12px}.swatch{width:18px;height:4px;border-radius:2px;margin-right:5px;display:inline-block}
 table{border-collapse:collapse;font-variant-numeric:tabular-nums}
@@ -468,7 +497,7 @@ export function renderReportHtml(rows: readonly SweepRunResult[], info: SweepRep
 <section class="card">
 <h2 style="margin-top:0">Test accuracy vs per-worker batch</h2>
 ${accuracyPlot(cells, info, colors)}
-<p class="caption">${esc(spread)} Every run sees the same number of training samples (${esc(info.budget)}); the learning rate follows ${esc(info.lrRule)}. A cross on the x axis marks a run that failed (hover for the reason).</p>
+<p class="caption">${esc(spread)} Every run sees the same number of training samples (${esc(info.budget)}); the learning rate follows ${esc(info.lrRule)}. A cross in the strip under the x axis marks a run that failed (hover for the reason).</p>
 <ul class="findings">${findings(cells, info).map((l) => `<li>${l}</li>`).join("")}</ul>
 </section>
 <section class="card">
@@ -479,7 +508,7 @@ ${lossPlots(rows, info)}
 <section class="card">
 <h2 style="margin-top:0">Results</h2>
 ${resultsTable(cells, info)}
-<p class="caption">Mean test accuracy${info.seeds.length > 1 ? " ± sample standard deviation over seeds" : ""}. The full per-run numbers are in results.csv.</p>
+<p class="caption">Mean test accuracy${info.seeds.length > 1 ? " ± sample standard deviation over seeds" : ""}. The per-run numbers are in <a href="results.csv">results.csv</a> (this table as markdown: <a href="results.md">results.md</a>).</p>
 ${failures.length ? `<p><strong>Failed runs</strong></p><ul>${failures.map((f) => `<li>${esc(f)}</li>`).join("")}</ul>` : ""}
 <details><summary>Every run</summary>${runsTable(rows)}</details>
 </section>

@@ -4,167 +4,35 @@
 // report.html (rendered by report.ts). Not a scheduler: no parallel runs, no
 // retries of a run that failed for a reason that would fail again.
 
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { cpus, platform, release } from "node:os";
-import { join } from "node:path";
+import { join, resolve } from "node:path";
 import { Command, InvalidArgumentError, Option } from "commander";
-import { parseNorm, statsGroupSize } from "../shared/config.js";
-import { ErrorCode, SyncbnError, isSyncbnError } from "../shared/errors.js";
+import { ErrorCode, SyncbnError } from "../shared/errors.js";
+import { DEFAULT_FASHION_MNIST_DIR, FASHION_MNIST_DIR_ENV } from "../worker/data/dataset.js";
 import { SYNTHETIC_DEFAULT_TEST, SYNTHETIC_DEFAULT_TRAIN } from "../worker/data/synthetic.js";
-import { buildModel, MODEL_KINDS, type ModelKind } from "../worker/nn/model.js";
-import { DEFAULT_SETTINGS, conventionsOf, validateSettings, type TrainSettings } from "../worker/settings.js";
+import { MODEL_KINDS, type ModelKind } from "../worker/nn/model.js";
+import { DEFAULT_SETTINGS } from "../worker/settings.js";
 import { intArg, numArg } from "./commands.js";
 import { readEnv } from "./env.js";
 import type { RunSummary } from "./monitor.js";
 import { renderCsv, renderMarkdown, renderReportHtml, type SweepReportInfo, type SweepRunResult } from "./report.js";
+import {
+  DEFAULT_GRID,
+  budgetText,
+  combosOf,
+  expectedSteps,
+  lrFor,
+  lrRuleText,
+  runName,
+  settingsFor,
+  validateGrid,
+  type SweepGrid,
+} from "./sweep-grid.js";
 import { runTrain } from "./train.js";
 
-/** Everything that decides a sweep's results; sweep.json holds it so a resume cannot mix grids. */
-export interface SweepGrid {
-  workers: number;
-  norms: string[];
-  batches: number[];
-  seeds: number[];
-  model: ModelKind;
-  data: string;
-  epochs: number;
-  /** Fixed steps per run (breaks the equal-samples rule; for quick checks), or null. */
-  steps: number | null;
-  /** Learning rate at the reference global batch; each run uses lr·globalBatch/lrRefBatch. */
-  lr: number;
-  lrRefBatch: number;
-  momentum: number;
-  weightDecay: number;
-  trainSize: number | null;
-  testSize: number | null;
-}
-
-/**
- * Defaults: chosen so `syncbn sweep` with no flags finishes in well under 10
- * minutes on a 2-core machine and shows the small-batch effect (README,
- * "Small-batch study", has the measurement).
- */
-export const DEFAULT_GRID: SweepGrid = {
-  workers: 4,
-  norms: ["local", "sync", "groupnorm:8", "renorm"],
-  batches: [1, 2, 4, 8, 16],
-  seeds: [1],
-  model: "mlp",
-  data: "synthetic",
-  epochs: 1,
-  steps: null,
-  lr: 0.1,
-  lrRefBatch: 64,
-  momentum: 0.9,
-  weightDecay: DEFAULT_SETTINGS.weightDecay,
-  trainSize: 4096,
-  testSize: 1000,
-};
-
+/** Fixed, so that running the same `syncbn sweep` command again resumes. */
 export const DEFAULT_SWEEP_OUT = "runs/sweep";
-
-export function lrFor(g: SweepGrid, perWorkerBatch: number): number {
-  return (g.lr * g.workers * perWorkerBatch) / g.lrRefBatch;
-}
-
-export function lrRuleText(g: SweepGrid): string {
-  return `linear scaling, lr = ${g.lr} × global batch / ${g.lrRefBatch} (SGD momentum ${g.momentum}, weight decay ${g.weightDecay})`;
-}
-
-/** Training samples per epoch when known without loading the data. */
-function knownTrainCount(g: SweepGrid): number | null {
-  if (g.trainSize !== null) return g.trainSize;
-  if (g.data === "synthetic") return SYNTHETIC_DEFAULT_TRAIN;
-  return null;
-}
-
-export function budgetText(g: SweepGrid): string {
-  if (g.steps !== null) return `${g.steps} steps per run (fixed steps: runs with bigger batches see more samples)`;
-  const n = knownTrainCount(g);
-  const per = n === null ? "the training set" : `${n} training samples`;
-  return `${g.epochs} epoch${g.epochs > 1 ? "s" : ""} of ${per} (steps = epochs × samples / global batch)`;
-}
-
-export function settingsFor(g: SweepGrid, norm: string, perWorkerBatch: number, seed: number): TrainSettings {
-  return {
-    ...DEFAULT_SETTINGS,
-    model: g.model,
-    norm,
-    data: g.data,
-    batch: perWorkerBatch,
-    steps: g.steps,
-    epochs: g.epochs,
-    lr: lrFor(g, perWorkerBatch),
-    momentum: g.momentum,
-    weightDecay: g.weightDecay,
-    seed,
-    trainSize: g.trainSize,
-    testSize: g.testSize,
-  };
-}
-
-/** Folder name of one run: "groupnorm:8" becomes "groupnorm_8" (":" is not portable in paths). */
-export function runName(norm: string, perWorkerBatch: number, seed: number): string {
-  return `${norm.replace(/:/g, "_")}-b${perWorkerBatch}-s${seed}`;
-}
-
-/**
- * Checks the whole grid before any run starts; all problems in one BadConfig
- * error. Batch-1 `local` (and ghost:1) is NOT an error here: it fails at its
- * first BN layer exactly as in PyTorch, and the sweep records that.
- */
-export function validateGrid(g: SweepGrid): void {
-  const problems: string[] = [];
-  const add = (e: unknown): void => {
-    const m = isSyncbnError(e) ? e.detail : e instanceof Error ? e.message : String(e);
-    if (!problems.includes(m)) problems.push(m);
-  };
-  if (!Number.isInteger(g.workers) || g.workers < 1) problems.push(`--workers must be a positive integer, got ${g.workers}`);
-  if (g.norms.length === 0) problems.push("--norms is empty");
-  if (g.batches.length === 0) problems.push("--batches is empty");
-  if (g.seeds.length === 0) problems.push("--seeds is empty");
-  for (const [flag, list] of [["--norms", g.norms], ["--batches", g.batches], ["--seeds", g.seeds]] as const) {
-    const dup = list.filter((v, i) => list.indexOf(v as never) !== i);
-    if (dup.length) problems.push(`${flag} lists ${dup.join(", ")} twice`);
-  }
-  if (!(g.lrRefBatch >= 1)) problems.push(`--lr-ref-batch must be ≥ 1, got ${g.lrRefBatch}`);
-  if (problems.length) throw new SyncbnError(ErrorCode.BadConfig, problems.join("; "));
-  const count = knownTrainCount(g);
-  for (const norm of g.norms) {
-    try {
-      const mode = parseNorm(norm);
-      statsGroupSize(mode, g.workers);
-      // Builds the model once per mode on this process: catches modes the model
-      // builder does not support (yet) and channel-count constraints (groupnorm:G).
-      const s = settingsFor(g, norm, g.batches[0]!, 0);
-      buildModel({
-        kind: g.model,
-        inShape: [1, 28, 28],
-        classes: 10,
-        norm: mode,
-        conventions: conventionsOf(s),
-        sync: null,
-        seed: 0,
-        renorm: { rMax: s.renormRMax, dMax: s.renormDMax, warmup: s.renormWarmup, clock: null },
-      });
-      for (const b of g.batches) {
-        if (mode.kind === "ghost" && b % mode.ghostBatch !== 0) {
-          problems.push(`--norms ${norm} needs the ghost batch ${mode.ghostBatch} to divide every per-worker batch; it does not divide ${b}`);
-          continue;
-        }
-        validateSettings(settingsFor(g, norm, b, g.seeds[0]!), g.workers);
-      }
-    } catch (e) {
-      add(e);
-    }
-  }
-  if (count !== null && g.steps === null) {
-    for (const b of g.batches) {
-      if (count < g.workers * b) problems.push(`the training set (${count} samples) is smaller than one global batch at --batches ${b} (${g.workers} × ${b})`);
-    }
-  }
-  if (problems.length) throw new SyncbnError(ErrorCode.BadConfig, problems.join("; "));
-}
 
 interface SweepFile {
   tool: "syncbn sweep";
@@ -284,6 +152,8 @@ function readRun(outDir: string, g: SweepGrid, norm: string, b: number, seed: nu
 
 export interface SweepOptions {
   grid: SweepGrid;
+  /** Where "fashion-mnist" is read from (the workers get the same environment). */
+  fashionMnistDir?: string;
   outDir: string;
   roundTimeoutMs: number;
   tty: boolean;
@@ -292,22 +162,20 @@ export interface SweepOptions {
   status(line: string): void;
 }
 
+/** A missing data folder would fail every run the same way: say so once, up front. */
+function checkDataSource(data: string, fashionMnistDir: string | undefined): void {
+  if (data === "synthetic") return;
+  const dir = data === "fashion-mnist" ? (fashionMnistDir ?? DEFAULT_FASHION_MNIST_DIR) : resolve(data);
+  if (!existsSync(dir)) {
+    const hint = data === "fashion-mnist" ? `install it with "apt-get install dataset-fashion-mnist" or set ${FASHION_MNIST_DIR_ENV}` : "pass a folder with the four (Fashion-)MNIST IDX files";
+    throw new SyncbnError(ErrorCode.Data, `--data ${data}: no folder at ${dir}; ${hint}, or use --data synthetic`);
+  }
+}
+
 export interface SweepResult {
   complete: boolean;
   rows: SweepRunResult[];
   markdown: string;
-}
-
-interface Combo {
-  norm: string;
-  batch: number;
-  seed: number;
-  name: string;
-}
-
-/** Seed outermost (an interrupted multi-seed sweep still has whole grids), then mode, then batch. */
-function combosOf(g: SweepGrid): Combo[] {
-  return g.seeds.flatMap((seed) => g.norms.flatMap((norm) => g.batches.map((batch) => ({ norm, batch, seed, name: runName(norm, batch, seed) }))));
 }
 
 export function formatDuration(seconds: number): string {
@@ -344,12 +212,6 @@ class Eta {
   }
 }
 
-function expectedSteps(g: SweepGrid, batch: number): number | null {
-  if (g.steps !== null) return g.steps;
-  const n = knownTrainCount(g);
-  return n === null ? null : g.epochs * Math.floor(n / (g.workers * batch));
-}
-
 export function reportInfo(g: SweepGrid, missingRuns: number): SweepReportInfo {
   const cpu = cpus();
   return {
@@ -363,8 +225,8 @@ export function reportInfo(g: SweepGrid, missingRuns: number): SweepReportInfo {
     lrRule: lrRuleText(g),
     settings: [
       ["training / test samples", `${g.trainSize ?? (g.data === "synthetic" ? `${SYNTHETIC_DEFAULT_TRAIN} (all)` : "all")} / ${g.testSize ?? (g.data === "synthetic" ? `${SYNTHETIC_DEFAULT_TEST} (all)` : "all")}`],
-      ["BN", `eps ${DEFAULT_SETTINGS.bnEps}, running-stat momentum ${DEFAULT_SETTINGS.bnMomentum} (${DEFAULT_SETTINGS.bnMomentumStyle} style), eval with ${DEFAULT_SETTINGS.evalStats} statistics (rank 0's in local/group/ghost modes)`],
-      ["batch renorm", `r_max ${DEFAULT_SETTINGS.renormRMax}, d_max ${DEFAULT_SETTINGS.renormDMax}, warm-up ${DEFAULT_SETTINGS.renormWarmup} steps`],
+      ["BN", `eps ${DEFAULT_SETTINGS.bnEps}, running-stat momentum ${DEFAULT_SETTINGS.bnMomentum} (${DEFAULT_SETTINGS.bnMomentumStyle} style), eval with ${DEFAULT_SETTINGS.evalStats} statistics (rank 0's in local, group:K, ghost:G and renorm modes)`],
+      ["batch renorm", `r_max ${DEFAULT_SETTINGS.renormRMax}, d_max ${DEFAULT_SETTINGS.renormDMax}, clips relaxed over the first ${Math.round(100 * g.renormWarmupFraction)}% of each run's steps`],
     ],
     date: new Date().toISOString().replace("T", " ").slice(0, 16) + " UTC",
     machine: `${cpu[0]?.model ?? "unknown CPU"} × ${cpu.length} cores, ${platform()} ${release()}`,
@@ -398,12 +260,20 @@ export function writeSweepOutputs(outDir: string, g: SweepGrid): { rows: SweepRu
 export async function runSweep(o: SweepOptions): Promise<SweepResult> {
   const g = o.grid;
   validateGrid(g);
-  claimOutDir(o.outDir, g, o.print);
+  checkDataSource(g.data, o.fashionMnistDir);
   const combos = combosOf(g);
   const N = combos.length;
-  o.print(`syncbn sweep: ${N} runs = ${g.norms.length} norm modes (${g.norms.join(", ")}) × ${g.batches.length} per-worker batches (${g.batches.join(", ")}) × ${g.seeds.length} seed(s) (${g.seeds.join(", ")}); ${g.workers} workers, --model ${g.model}, --data ${g.data}`);
+  const count = (n: number, one: string, many = `${one}s`): string => `${n} ${n === 1 ? one : many}`;
+  o.print(
+    `syncbn sweep: ${count(N, "run")} = ${count(g.norms.length, "norm mode")} (${g.norms.join(", ")}) × ${count(g.batches.length, "per-worker batch", "per-worker batches")}` +
+      ` (${g.batches.join(", ")}) × ${count(g.seeds.length, "seed")} (${g.seeds.join(", ")}); ${g.workers} workers, --model ${g.model}, --data ${g.data}`,
+  );
   o.print(`  learning rate: ${lrRuleText(g)}: ${g.batches.map((b) => `batch ${b}/worker → lr ${Number(lrFor(g, b).toPrecision(3))}`).join(", ")}`);
   o.print(`  budget per run: ${budgetText(g)}; output in ${o.outDir}`);
+  if (g.norms.some((n) => n === "local" || n === "renorm" || n.startsWith("group:") || n.startsWith("ghost:"))) {
+    o.print("  eval in local, group:K, ghost:G and renorm modes uses rank 0's running statistics (they differ per worker), as PyTorch DDP does");
+  }
+  claimOutDir(o.outDir, g, o.print);
 
   let interrupted = false;
   const onSigint = (): void => {
@@ -428,23 +298,34 @@ export async function runSweep(o: SweepOptions): Promise<SweepResult> {
         o.print(`run ${i + 1}/${N} ${label}: skipping, failed before and would fail again (${before.reason})`);
         continue;
       }
-      if (before) o.print(`run ${i + 1}/${N} ${label}: retrying (failed before: ${before.reason})`);
+      if (before) {
+        o.print(`run ${i + 1}/${N} ${label}: retrying (failed before: ${before.reason})`);
+        rmSync(join(dir, "failure.json"));
+      }
       // Remaining time: this run's unfinished part plus every later run not done yet.
       const later = combos.slice(i + 1).filter((l) => !existsSync(join(o.outDir, "runs", l.name, "summary.json")));
-      const remaining = (fraction: number): string => {
-        const here = eta.predict(expectedSteps(g, c.batch));
-        if (here === null) return "ETA after the first run";
-        const rest = later.reduce((a, l) => a + (eta.predict(expectedSteps(g, l.batch)) ?? 0), 0);
-        return `ETA ${formatDuration(here * (1 - fraction) + rest)}`;
-      };
-      const bar = (fraction: number, extra: string): string => {
-        const width = 24;
-        const filled = Math.round(((i + fraction) / N) * width);
-        return `[${"#".repeat(filled)}${".".repeat(width - filled)}] run ${i + 1}/${N} ${label}${extra} · ${formatDuration((performance.now() - started) / 1000)} elapsed · ${remaining(fraction)}`;
-      };
-      if (o.tty) o.status(bar(0, ""));
-      else o.print(`run ${i + 1}/${N} ${label}: starting (${g.workers} × ${c.batch} = global batch ${g.workers * c.batch}, lr ${Number(lrFor(g, c.batch).toPrecision(3))}) · ${remaining(0)}`);
       const t0 = performance.now();
+      const remaining = (stepsDone: number, steps: number | null): string => {
+        const fraction = steps ? stepsDone / steps : 0;
+        const here = eta.predict(steps ?? expectedSteps(g, c.batch));
+        if (here !== null) {
+          const rest = later.reduce((a, l) => a + (eta.predict(expectedSteps(g, l.batch)) ?? 0), 0);
+          return `ETA ${formatDuration(here * (1 - fraction) + rest)}`;
+        }
+        // No run finished yet in this session: extrapolate this run's time per step.
+        if (!steps || stepsDone < 20) return "ETA after the first run";
+        const perStep = (performance.now() - t0) / 1000 / stepsDone;
+        const rest = later.reduce((a, l) => a + (expectedSteps(g, l.batch) ?? steps) * perStep, 0);
+        return `ETA ~${formatDuration((steps - stepsDone) * perStep + rest)}`;
+      };
+      const bar = (stepsDone: number, steps: number | null): string => {
+        const width = 24;
+        const filled = Math.round(((i + (steps ? stepsDone / steps : 0)) / N) * width);
+        const where = steps ? ` step ${stepsDone}/${steps}` : "";
+        return `[${"#".repeat(filled)}${".".repeat(width - filled)}] run ${i + 1}/${N} ${label}${where} · ${formatDuration((performance.now() - started) / 1000)} elapsed · ${remaining(stepsDone, steps)}`;
+      };
+      if (o.tty) o.status(bar(0, null));
+      else o.print(`run ${i + 1}/${N} ${label}: starting (${g.workers} × ${c.batch} = global batch ${g.workers * c.batch}, lr ${Number(lrFor(g, c.batch).toPrecision(3))}) · ${remaining(0, null)}`);
       const r = await runTrain({
         settings: settingsFor(g, c.norm, c.batch, c.seed),
         workers: g.workers,
@@ -460,7 +341,7 @@ export async function runSweep(o: SweepOptions): Promise<SweepResult> {
           const now = performance.now();
           if (!m || !o.tty || now - lastDraw < 250) return;
           lastDraw = now;
-          o.status(bar(Number(m[1]) / Number(m[2]), ` step ${m[1]}/${m[2]}`));
+          o.status(bar(Number(m[1]), Number(m[2])));
         },
       });
       const seconds = (performance.now() - t0) / 1000;
@@ -530,6 +411,7 @@ interface SweepFlags {
   trainSize?: number;
   testSize?: number;
   allData?: boolean;
+  renormWarmupFraction: number;
   out: string;
   roundTimeout: number;
 }
@@ -540,9 +422,9 @@ export function registerSweepCommand(program: Command): void {
     .command("sweep")
     .description("train every (norm mode × per-worker batch × seed) combination and write results.csv, results.md and report.html")
     .option("--workers <n>", "worker processes of every run", intArg("--workers", 1), D.workers)
-    .option("--batches <list>", "per-worker batches, e.g. 1,2,4,8,16", listArg("--batches", intItem("--batches", 1)), D.batches)
-    .option("--norms <list>", "norm modes, e.g. local,sync,group:2,ghost:2,renorm,groupnorm:8,none", listArg("--norms", (s) => s), D.norms)
-    .option("--seeds <list>", "seeds, e.g. 1,2,3", listArg("--seeds", intItem("--seeds", 0)), D.seeds)
+    .addOption(new Option("--batches <list>", "per-worker batches").argParser(listArg("--batches", intItem("--batches", 1))).default(D.batches, D.batches.join(",")))
+    .addOption(new Option("--norms <list>", "norm modes: sync, local, group:K, ghost:G, renorm, groupnorm:G, none").argParser(listArg("--norms", (s) => s)).default(D.norms, D.norms.join(",")))
+    .addOption(new Option("--seeds <list>", "seeds, e.g. 1,2,3").argParser(listArg("--seeds", intItem("--seeds", 0))).default(D.seeds, D.seeds.join(",")))
     .addOption(new Option("--model <kind>", "reference model").choices([...MODEL_KINDS]).default(D.model))
     .option("--data <spec>", "synthetic | fashion-mnist | DIR (folder of IDX files)", D.data)
     .option("--epochs <n>", "epochs per run (every run sees the same samples)", intArg("--epochs", 1), D.epochs)
@@ -551,9 +433,10 @@ export function registerSweepCommand(program: Command): void {
     .option("--lr-ref-batch <n>", "reference global batch of the linear scaling rule", intArg("--lr-ref-batch", 1), D.lrRefBatch)
     .option("--momentum <x>", "SGD momentum", numArg("--momentum"), D.momentum)
     .option("--weight-decay <x>", "L2 weight decay", numArg("--weight-decay"), D.weightDecay)
-    .option("--train-size <n>", `use the first N training samples (default ${D.trainSize})`, intArg("--train-size", 1))
-    .option("--test-size <n>", `use the first N test samples (default ${D.testSize})`, intArg("--test-size", 1))
-    .option("--all-data", "use the whole training and test sets (overrides the default sizes)")
+    .option("--train-size <n>", `use the first N training samples (default: ${D.trainSize})`, intArg("--train-size", 1))
+    .option("--test-size <n>", "use the first N test samples (default: all)", intArg("--test-size", 1))
+    .option("--all-data", "train on the whole training set (instead of the default --train-size)")
+    .option("--renorm-warmup-fraction <x>", "batch renorm: relax the r/d clips over this fraction of each run's steps", numArg("--renorm-warmup-fraction"), D.renormWarmupFraction)
     .option("--out <dir>", "sweep folder; re-running with the same folder and grid resumes", DEFAULT_SWEEP_OUT)
     .option("--round-timeout <ms>", "deadline of every sync round", intArg("--round-timeout", 100), 60_000)
     .action(async (f: SweepFlags) => {
@@ -572,11 +455,13 @@ export function registerSweepCommand(program: Command): void {
         momentum: f.momentum,
         weightDecay: f.weightDecay,
         trainSize: f.trainSize ?? (f.allData ? null : D.trainSize),
-        testSize: f.testSize ?? (f.allData ? null : D.testSize),
+        testSize: f.testSize ?? D.testSize,
+        renormWarmupFraction: f.renormWarmupFraction,
       };
       const tty = Boolean(process.stdout.isTTY) && !env.isCI;
       await runSweep({
         grid,
+        fashionMnistDir: env.fashionMnistDir,
         outDir: f.out,
         roundTimeoutMs: f.roundTimeout,
         tty,

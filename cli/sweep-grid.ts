@@ -1,0 +1,195 @@
+// The grid of a `syncbn sweep`: its flags' values, the defaults, the
+// learning-rate rule, the TrainSettings of each run, and the up-front validation
+// of every combination. No I/O and no processes (sweep.ts runs the grid).
+
+import { parseNorm, statsGroupSize } from "../shared/config.js";
+import { ErrorCode, SyncbnError, isSyncbnError } from "../shared/errors.js";
+import { SYNTHETIC_DEFAULT_TRAIN } from "../worker/data/synthetic.js";
+import { buildModel, type ModelKind } from "../worker/nn/model.js";
+import { DEFAULT_SETTINGS, conventionsOf, validateSettings, type TrainSettings } from "../worker/settings.js";
+
+/** Fashion-MNIST's training split size (the standard IDX files). */
+const FASHION_MNIST_TRAIN = 60000;
+
+/** Everything that decides a sweep's results; sweep.json holds it so a resume cannot mix grids. */
+export interface SweepGrid {
+  workers: number;
+  norms: string[];
+  batches: number[];
+  seeds: number[];
+  model: ModelKind;
+  data: string;
+  epochs: number;
+  /** Fixed steps per run (breaks the equal-samples rule; for quick checks), or null. */
+  steps: number | null;
+  /** Learning rate at the reference global batch; each run uses lr·globalBatch/lrRefBatch. */
+  lr: number;
+  lrRefBatch: number;
+  momentum: number;
+  weightDecay: number;
+  trainSize: number | null;
+  testSize: number | null;
+  /** Batch renorm warm-up as a fraction of each run's steps (runs differ in steps). */
+  renormWarmupFraction: number;
+}
+
+/**
+ * Defaults, measured on a 2-core machine (about 5 minutes for the 20 runs):
+ * 8 workers, so per-worker batch 1 is still a global batch of 8 for sync BN;
+ * the mlp (a third of the cnn's cost per sample; the effect is in its two BN
+ * layers just the same); 8192 synthetic samples, one epoch per run, which is
+ * where sync BN reaches ~40% and local BN at 2 samples per worker stays near
+ * chance. lr 0.1 per 256 samples (Goyal et al. 2017): at global batch 64 and
+ * 4096 samples it gave 32.8% against 31.2%, 26.1% and 20.8% for 2×, 8× and 32×
+ * that, and kept 4-worker sync BN flat (31–33%) from global batch 4 to 64,
+ * where 2× did not (26–33%).
+ */
+export const DEFAULT_GRID: SweepGrid = {
+  workers: 8,
+  norms: ["local", "sync", "groupnorm:8", "renorm"],
+  batches: [1, 2, 4, 8, 16],
+  seeds: [1],
+  model: "mlp",
+  data: "synthetic",
+  epochs: 1,
+  steps: null,
+  lr: 0.1,
+  lrRefBatch: 256,
+  momentum: 0.9,
+  weightDecay: DEFAULT_SETTINGS.weightDecay,
+  trainSize: 8192,
+  testSize: null,
+  renormWarmupFraction: 0.25,
+};
+
+export function lrFor(g: SweepGrid, perWorkerBatch: number): number {
+  return (g.lr * g.workers * perWorkerBatch) / g.lrRefBatch;
+}
+
+export function lrRuleText(g: SweepGrid): string {
+  return `linear scaling, lr = ${g.lr} × global batch / ${g.lrRefBatch} (SGD momentum ${g.momentum}, weight decay ${g.weightDecay})`;
+}
+
+/** Training samples per epoch when known without loading the data. */
+export function knownTrainCount(g: SweepGrid): number | null {
+  if (g.trainSize !== null) return g.trainSize;
+  if (g.data === "synthetic") return SYNTHETIC_DEFAULT_TRAIN;
+  if (g.data === "fashion-mnist") return FASHION_MNIST_TRAIN;
+  return null;
+}
+
+export function budgetText(g: SweepGrid): string {
+  if (g.steps !== null) return `${g.steps} steps per run (fixed steps: runs with bigger batches see more samples)`;
+  const n = knownTrainCount(g);
+  const per = n === null ? "the training set" : `${n} training samples`;
+  return `${g.epochs} epoch${g.epochs > 1 ? "s" : ""} of ${per} (steps = epochs × samples / global batch)`;
+}
+
+export function settingsFor(g: SweepGrid, norm: string, perWorkerBatch: number, seed: number): TrainSettings {
+  return {
+    ...DEFAULT_SETTINGS,
+    model: g.model,
+    norm,
+    data: g.data,
+    batch: perWorkerBatch,
+    steps: g.steps,
+    epochs: g.epochs,
+    lr: lrFor(g, perWorkerBatch),
+    momentum: g.momentum,
+    weightDecay: g.weightDecay,
+    seed,
+    trainSize: g.trainSize,
+    testSize: g.testSize,
+    renormWarmup: renormWarmupFor(g, perWorkerBatch),
+  };
+}
+
+/** Warm-up steps of batch renorm: a fixed fraction of the run, so every batch gets the same schedule per sample seen. */
+function renormWarmupFor(g: SweepGrid, perWorkerBatch: number): number {
+  const steps = expectedSteps(g, perWorkerBatch);
+  return steps === null ? DEFAULT_SETTINGS.renormWarmup : Math.round(g.renormWarmupFraction * steps);
+}
+
+/** Folder name of one run: "groupnorm:8" becomes "groupnorm_8" (":" is not portable in paths). */
+export function runName(norm: string, perWorkerBatch: number, seed: number): string {
+  return `${norm.replace(/:/g, "_")}-b${perWorkerBatch}-s${seed}`;
+}
+
+/**
+ * Checks the whole grid before any run starts; all problems in one BadConfig
+ * error. Batch-1 `local` (and ghost:1) is NOT an error here: it fails at its
+ * first BN layer exactly as in PyTorch, and the sweep records that.
+ */
+export function validateGrid(g: SweepGrid): void {
+  const problems: string[] = [];
+  const add = (e: unknown): void => {
+    const m = isSyncbnError(e) ? e.detail : e instanceof Error ? e.message : String(e);
+    if (!problems.includes(m)) problems.push(m);
+  };
+  if (!Number.isInteger(g.workers) || g.workers < 1) problems.push(`--workers must be a positive integer, got ${g.workers}`);
+  if (g.norms.length === 0) problems.push("--norms is empty");
+  if (g.batches.length === 0) problems.push("--batches is empty");
+  if (g.seeds.length === 0) problems.push("--seeds is empty");
+  const lists: [string, readonly (string | number)[]][] = [["--norms", g.norms], ["--batches", g.batches], ["--seeds", g.seeds]];
+  for (const [flag, list] of lists) {
+    const dup = list.filter((v, i) => list.indexOf(v) !== i);
+    if (dup.length) problems.push(`${flag} lists ${dup.join(", ")} twice`);
+  }
+  if (!(g.renormWarmupFraction >= 0 && g.renormWarmupFraction <= 1)) problems.push(`--renorm-warmup-fraction must be in [0, 1], got ${g.renormWarmupFraction}`);
+  if (!(g.lrRefBatch >= 1)) problems.push(`--lr-ref-batch must be ≥ 1, got ${g.lrRefBatch}`);
+  if (problems.length) throw new SyncbnError(ErrorCode.BadConfig, problems.join("; "));
+  const count = knownTrainCount(g);
+  for (const norm of g.norms) {
+    try {
+      const mode = parseNorm(norm);
+      statsGroupSize(mode, g.workers);
+      const undivided = mode.kind === "ghost" ? g.batches.filter((b) => b % mode.ghostBatch !== 0) : [];
+      if (mode.kind === "ghost" && undivided.length) {
+        problems.push(`--norms ${norm} needs the ghost batch ${mode.ghostBatch} to divide every per-worker batch; it does not divide ${undivided.join(", ")}`);
+        continue;
+      }
+      // Builds the model once per mode on this process: catches modes the model
+      // builder does not support (yet) and channel-count constraints (groupnorm:G).
+      // Not ghost:1: one sample per ghost batch is the ghost twin of batch-1 local
+      // BN, a legitimate point of the study that fails per run (recorded as failed).
+      const s = settingsFor(g, norm, g.batches[0]!, 0);
+      if (!(mode.kind === "ghost" && mode.ghostBatch === 1)) buildModel({
+        kind: g.model,
+        inShape: [1, 28, 28],
+        classes: 10,
+        norm: mode,
+        conventions: conventionsOf(s),
+        sync: null,
+        seed: 0,
+        renorm: { rMax: s.renormRMax, dMax: s.renormDMax, warmup: s.renormWarmup, clock: null },
+      });
+      for (const b of g.batches) validateSettings(settingsFor(g, norm, b, g.seeds[0]!), g.workers);
+    } catch (e) {
+      add(e);
+    }
+  }
+  if (count !== null) {
+    for (const b of g.batches) {
+      if (count < g.workers * b) problems.push(`the training set (${count} samples) is smaller than one global batch at --batches ${b} (${g.workers} × ${b})`);
+    }
+  }
+  if (problems.length) throw new SyncbnError(ErrorCode.BadConfig, problems.join("; "));
+}
+
+export interface Combo {
+  norm: string;
+  batch: number;
+  seed: number;
+  name: string;
+}
+
+/** Seed outermost (an interrupted multi-seed sweep still has whole grids), then mode, then batch. */
+export function combosOf(g: SweepGrid): Combo[] {
+  return g.seeds.flatMap((seed) => g.norms.flatMap((norm) => g.batches.map((batch) => ({ norm, batch, seed, name: runName(norm, batch, seed) }))));
+}
+
+export function expectedSteps(g: SweepGrid, batch: number): number | null {
+  if (g.steps !== null) return g.steps;
+  const n = knownTrainCount(g);
+  return n === null ? null : g.epochs * Math.floor(n / (g.workers * batch));
+}
