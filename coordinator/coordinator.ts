@@ -20,6 +20,7 @@ import {
   describeRound,
   type Contribution,
   type ErrorMessage,
+  type Hello,
   type Phase,
   type RoundResult,
 } from "../shared/protocol.js";
@@ -235,7 +236,7 @@ export class Coordinator {
       this.refuse(peer, new SyncbnError(ErrorCode.BadMessage, `${problem} (peer ${peer.label})`));
       return;
     }
-    const hello = msg as import("../shared/protocol.js").Hello;
+    const hello = msg as Hello;
     const ctx = { rank: hello.rank };
     if (hello.version !== PROTOCOL_VERSION) {
       this.refuse(
