@@ -80,6 +80,8 @@ export async function runLoad(o: LoadOptions): Promise<LoadResult> {
     const sampler = setInterval(() => {
       try {
         const v = rssMiB(coord.pid!);
+        // An exited but not yet reaped process reads as NaN: keep the last real sample.
+        if (!Number.isFinite(v)) return;
         if (Number.isNaN(rssStart) && performance.now() - started > 2000) rssStart = v;
         rssEnd = v;
       } catch {

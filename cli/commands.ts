@@ -138,8 +138,13 @@ export function registerTrainCommands(program: Command): void {
       .description("train a reference model data-parallel on W local worker processes")
       .option("--workers <n>", "number of worker processes", intArg("--workers", 1), 4)
       .addOption(new Option("--on-worker-loss <policy>", "abort the run, or continue without the lost worker (elastic)").choices(["abort", "continue"]).default("abort"))
+      .addOption(
+        new Option("--transport <kind>", "process: worker processes over WebSocket; thread: worker_threads in one process over MessagePorts (same results, bit for bit)")
+          .choices(["process", "thread"])
+          .default("process"),
+      )
       .option("--out <dir>", "folder for metrics.jsonl, summary.json and checkpoint.bin (default runs/<time>)"),
-  ).action(async (f: TrainFlags & { workers: number; out?: string; onWorkerLoss: "abort" | "continue" }) => {
+  ).action(async (f: TrainFlags & { workers: number; out?: string; onWorkerLoss: "abort" | "continue"; transport: "process" | "thread" }) => {
     const tty = Boolean(process.stdout.isTTY) && !env.isCI;
     const r = await runTrain({
       settings: settingsFromFlags(f),
@@ -149,6 +154,7 @@ export function registerTrainCommands(program: Command): void {
       resume: f.resume ?? null,
       roundTimeoutMs: f.roundTimeout,
       onWorkerLoss: f.onWorkerLoss,
+      transport: f.transport,
       token: env.token,
       tty,
       print: (l) => console.log(l),

@@ -5,12 +5,16 @@
 
 import { randomBytes } from "node:crypto";
 import { mkdirSync } from "node:fs";
+import type { Coordinator } from "../coordinator/coordinator.js";
 import { DEFAULT_MAX_PAYLOAD, startCoordinatorServer } from "../coordinator/server.js";
+import { startThreadCoordinator, type ThreadCoordinator } from "../coordinator/threads.js";
 import { ErrorCode, SyncbnError } from "../shared/errors.js";
 import { readCheckpoint } from "../worker/checkpoint.js";
 import { conventionsOf, validateSettings, type TrainSettings } from "../worker/settings.js";
 import { RunMonitor, formatSummary, type RunSummary } from "./monitor.js";
+import { readEnv } from "./env.js";
 import { forkWorker, killAll, type WorkerProcess } from "./procs.js";
+import { startThreadWorker } from "./threads.js";
 
 export interface TrainOptions {
   settings: TrainSettings;
@@ -28,6 +32,12 @@ export interface TrainOptions {
   token?: string;
   /** Extra environment for the workers (e.g. the Fashion-MNIST folder). */
   workerEnv?: NodeJS.ProcessEnv;
+  /**
+   * "process" (default): workers are child processes talking ws to the coordinator.
+   * "thread": worker_threads in this process over MessagePorts, same coordinator
+   * logic and bit-identical results (fast simulation; no multi-host).
+   */
+  transport?: "process" | "thread";
 }
 
 export interface TrainResult {
@@ -47,21 +57,17 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
   mkdirSync(o.outDir, { recursive: true });
   // A fresh random token per run unless the user set one; it is never printed or written.
   const token = o.token ?? randomBytes(16).toString("hex");
-  const server = await startCoordinatorServer({
-    host: "127.0.0.1",
-    port: 0,
-    worldSize: o.workers,
-    token,
-    conventions: conventionsOf(s),
-    roundTimeoutMs: o.roundTimeoutMs,
-    maxPayload: DEFAULT_MAX_PAYLOAD,
-    onWorkerLoss: o.onWorkerLoss,
-  });
+  // Read before the coordinator starts: a bad file must not leave a listening server behind.
+  const resumed = o.resume ? readCheckpoint(o.resume) : null;
+  const threads = o.transport === "thread";
+  const coordOptions = { worldSize: o.workers, token, conventions: conventionsOf(s), roundTimeoutMs: o.roundTimeoutMs, onWorkerLoss: o.onWorkerLoss };
+  const server: { coordinator: Coordinator; url: string; close(): Promise<void> } = threads
+    ? startThreadCoordinator(coordOptions)
+    : await startCoordinatorServer({ ...coordOptions, host: "127.0.0.1", port: 0, maxPayload: DEFAULT_MAX_PAYLOAD });
   let startStep = 0;
-  if (o.resume) {
-    const ck = readCheckpoint(o.resume);
-    startStep = ck.header.step;
-    ck.bn.forEach((b, i) => server.coordinator.runningStats.set(i, { mean: b.mean, var: b.var, tracked: ck.header.bn[i]!.tracked }));
+  if (resumed) {
+    startStep = resumed.header.step;
+    resumed.bn.forEach((b, i) => server.coordinator.runningStats.set(i, { mean: b.mean, var: b.var, tracked: resumed.header.bn[i]!.tracked }));
     o.print(`resuming from ${o.resume} at step ${startStep}`);
   }
   const monitor = new RunMonitor({
@@ -111,7 +117,22 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
   if (o.resume) args.push("--resume", o.resume);
   // The token goes through the environment, not argv, so `ps` does not show it.
   const env = { ...process.env, ...o.workerEnv, SYNCBN_TOKEN: token };
-  const procs = Array.from({ length: o.workers }, (_, rank) => forkWorker(WORKER_SCRIPT, [...args, "--rank", String(rank)], rank, { env }));
+  const procs = Array.from({ length: o.workers }, (_, rank) =>
+    threads
+      ? startThreadWorker({
+          port: (server as ThreadCoordinator).connect(`thread ${rank}`),
+          rank,
+          worldSize: o.workers,
+          token,
+          settings: s,
+          outDir: o.outDir,
+          checkpointEvery: o.checkpointEvery,
+          resume: o.resume,
+          roundTimeoutMs: o.roundTimeoutMs + 5_000, // as the worker command sets it
+          fashionMnistDir: readEnv(env).fashionMnistDir,
+        })
+      : forkWorker(WORKER_SCRIPT, [...args, "--rank", String(rank)], rank, { env }),
+  );
   // Elastic mode: a lost worker is dropped by the coordinator; make sure a frozen one is really gone.
   const monitorOnLost = server.coordinator.events.onWorkersLost;
   server.coordinator.events.onWorkersLost = (ranks, step, reason) => {

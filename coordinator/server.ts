@@ -4,9 +4,9 @@
 
 import { WebSocketServer, type WebSocket } from "ws";
 import type { AddressInfo } from "node:net";
-import { releaseEncoded } from "../shared/codec.js";
 import { ErrorCode, SyncbnError } from "../shared/errors.js";
 import { Coordinator, type CoordinatorOptions, type Peer } from "./coordinator.js";
+import { noteSent } from "./frame-release.js";
 
 export interface ServerOptions extends CoordinatorOptions {
   host: string;
@@ -71,32 +71,17 @@ export async function startCoordinatorServer(opts: ServerOptions): Promise<Coord
   };
 }
 
-/**
- * Sends in flight per encoded buffer: the coordinator sends one result to every
- * member, and the buffer goes back to the codec's pool when the last send completed.
- */
-const inFlight = new WeakMap<ArrayBufferLike, number>();
-
-function sendTracked(ws: WebSocket, bytes: Uint8Array): void {
-  const buffer = bytes.buffer;
-  inFlight.set(buffer, (inFlight.get(buffer) ?? 0) + 1);
-  ws.send(bytes, { binary: true }, () => {
-    // Write callbacks run after the synchronous send loop, so the count has peaked.
-    const left = inFlight.get(buffer)! - 1;
-    if (left > 0) {
-      inFlight.set(buffer, left);
-      return;
-    }
-    inFlight.delete(buffer);
-    releaseEncoded(bytes);
-  });
+function sendPooled(ws: WebSocket, bytes: Uint8Array): void {
+  ws.send(bytes, { binary: true });
+  // Written through to the kernel: ws and the socket hold no reference any more.
+  noteSent(bytes, ws.bufferedAmount === 0);
 }
 
 function attach(coordinator: Coordinator, ws: WebSocket, label: string): void {
   const peer: Peer = {
     label,
     send: (bytes) => {
-      if (ws.readyState === ws.OPEN) sendTracked(ws, bytes);
+      if (ws.readyState === ws.OPEN) sendPooled(ws, bytes);
     },
     close: (code, reason) => {
       // Let the error message flush before closing.

@@ -4,7 +4,7 @@
 // trusts a length: frames are checked against their byte size before any view is made.
 
 import { Packr } from "msgpackr";
-import { PHASES, type ClientMessage, type Contribution, type RoundResult, type ServerMessage } from "./protocol.js";
+import { PHASES, type ClientMessage, type Contribution, type Phase, type RoundResult, type ServerMessage } from "./protocol.js";
 
 // msgpackr with moreTypes, so Float32Array and Float64Array travel as typed-array
 // extensions (without moreTypes msgpackr 2.x truncates their elements to bytes).
@@ -178,22 +178,29 @@ function decodeFrame(bytes: Uint8Array, into: Float64Array | Float32Array | unde
   return c;
 }
 
-/** The key a worker files its pending rounds under, e.g. "12/fwd/3". */
-export function roundKey(step: number, phase: string, layer: number): string {
-  return `${step}/${phase}/${layer}`;
+/** Largest layer id a round key holds (BN layer indices and sum-round ids are far below). */
+export const MAX_KEY_LAYER = 0xfffe;
+
+/**
+ * The number a worker files a pending round under: (step, phase, layer) packed
+ * as ((step·4 + phase index)·2^16 + layer + 1), exact for steps below 2^34.
+ */
+export function roundKey(step: number, phase: Phase, layer: number): number {
+  return (step * 4 + PHASE_INDEX[phase]) * 0x10000 + (layer + 1);
 }
+
+const PHASE_INDEX: Record<Phase, number> = { fwd: 0, bwd: 1, grad: 2, sum: 3 };
 
 /**
  * The round key of a binary frame, read from its header without decoding it
  * (null if `bytes` is not a frame, or too short to be one). Lets a receiver pick
  * the destination buffer before decoding.
  */
-export function frameRoundKey(bytes: Uint8Array): string | null {
-  if (bytes.length < FRAME_HEADER_BYTES || bytes[0] !== FRAME_MARKER) return null;
-  const phase = PHASES[bytes[2]!];
-  if (phase === undefined) return null;
-  const u32 = (at: number): number => (bytes[at]! | (bytes[at + 1]! << 8) | (bytes[at + 2]! << 16) | (bytes[at + 3]! << 24)) >>> 0;
-  return roundKey(u32(8), phase, u32(4) | 0);
+export function frameRoundKey(bytes: Uint8Array): number | null {
+  if (bytes.length < FRAME_HEADER_BYTES || bytes[0] !== FRAME_MARKER || bytes[2]! >= PHASES.length) return null;
+  const step = (bytes[8]! | (bytes[9]! << 8) | (bytes[10]! << 16) | (bytes[11]! << 24)) >>> 0;
+  const layer = bytes[4]! | (bytes[5]! << 8) | (bytes[6]! << 16) | (bytes[7]! << 24); // i32
+  return (step * 4 + bytes[2]!) * 0x10000 + (layer + 1);
 }
 
 /**

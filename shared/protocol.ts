@@ -4,7 +4,8 @@
 
 import type { RunConventions } from "./config.js";
 
-export const PROTOCOL_VERSION = 1;
+// 2: contributions and results travel as binary frames (shared/codec.ts), not msgpack.
+export const PROTOCOL_VERSION = 2;
 
 /**
  * Phases of a round. fwd: BN moments (Chan merge within the stats group);

@@ -2,7 +2,7 @@ import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { Packr } from "msgpackr";
 import { describe, expect, it } from "vitest";
-import { decode, encode } from "../shared/codec.js";
+import { FRAME_HEADER_BYTES, FRAME_MARKER, decode, encode, frameRoundKey, releaseEncoded, roundKey } from "../shared/codec.js";
 import { PROTOCOL_VERSION, checkContribution, checkHello } from "../shared/protocol.js";
 import { ROOT } from "./helpers.js";
 
@@ -34,6 +34,77 @@ describe("codec", () => {
     const back = plain.unpack(plain.pack({ d: Float64Array.of(1.5, 2.25) })) as { d: unknown };
     const ok = back.d instanceof Float64Array && back.d[0] === 1.5 && back.d[1] === 2.25;
     expect(ok).toBe(false);
+  });
+});
+
+describe("binary frames (contributions and results)", () => {
+  it("round-trips a result with float32 data of odd length and an extra vector, zero-padding to 8 bytes", () => {
+    const msg = { type: "result", step: 7, phase: "grad", layer: -1, count: 24, data: Float32Array.of(1.5, -2, 3), extra: Float64Array.of(0.25, 9) } as const;
+    const bytes = encode(msg);
+    expect(bytes[0]).toBe(FRAME_MARKER);
+    expect(bytes.length).toBe(FRAME_HEADER_BYTES + 16 + 16);
+    expect(Array.from(bytes.subarray(FRAME_HEADER_BYTES + 12, FRAME_HEADER_BYTES + 16))).toEqual([0, 0, 0, 0]);
+    const out = decode(bytes) as typeof msg;
+    expect(out).toMatchObject({ type: "result", step: 7, phase: "grad", layer: -1, count: 24 });
+    expect(Array.from(out.data)).toEqual([1.5, -2, 3]);
+    expect(Array.from(out.extra)).toEqual([0.25, 9]);
+    expect(frameRoundKey(bytes)).toBe(roundKey(7, "grad", -1));
+    expect(roundKey(7, "grad", -1)).not.toBe(roundKey(7, "grad", 0));
+    expect(roundKey(2 ** 33, "sum", 2)).not.toBe(roundKey(2 ** 33, "sum", 1));
+  });
+
+  it("keeps msgpack for every other message, so the first byte tells the two apart", () => {
+    const hello = encode({ type: "bye" });
+    expect(hello[0]).not.toBe(FRAME_MARKER);
+    expect(frameRoundKey(hello)).toBeNull();
+    expect(decode(hello)).toEqual({ type: "bye" });
+  });
+
+  it("refuses a frame whose size, kind, phase or flags disagree with its header, saying what is wrong", () => {
+    const good = encode({ type: "contrib", step: 1, phase: "fwd", layer: 0, count: 4, data: new Float64Array(4) });
+    const cut = good.slice(0, good.length - 8);
+    expect(() => decode(cut)).toThrow(/is \d+ bytes, its header says \d+/);
+    expect(() => decode(good.slice(0, 10))).toThrow(/shorter than its 32-byte header/);
+    const kind = good.slice();
+    kind[1] = 9;
+    expect(() => decode(kind)).toThrow(/unknown kind 9/);
+    const phase = good.slice();
+    phase[2] = 7;
+    expect(() => decode(phase)).toThrow(/unknown phase 7/);
+    const flags = good.slice();
+    flags[3] = 0x80;
+    expect(() => decode(flags)).toThrow(/unknown flags/);
+    const longer = new Uint8Array(good.length + 8);
+    longer.set(good);
+    expect(() => decode(longer)).toThrow(/its header says/);
+  });
+
+  it("decodes a result straight into the caller's buffer when type and length match, and leaves it alone otherwise", () => {
+    const bytes = encode({ type: "result", step: 0, phase: "fwd", layer: 2, count: 8, data: Float64Array.of(1, 2, 3, 4) });
+    const shifted = new Uint8Array(bytes.length + 1).subarray(1);
+    shifted.set(bytes);
+    const into = new Float64Array(4);
+    const out = decode(shifted, into) as { data: Float64Array };
+    expect(out.data).toBe(into);
+    expect(Array.from(into)).toEqual([1, 2, 3, 4]);
+    const wrong = new Float64Array(6);
+    const other = decode(shifted, wrong) as { data: Float64Array };
+    expect(other.data).not.toBe(wrong);
+    expect(Array.from(other.data)).toEqual([1, 2, 3, 4]);
+    expect(Array.from(wrong)).toEqual([0, 0, 0, 0, 0, 0]);
+  });
+
+  it("reuses a released frame buffer without carrying over its old checksum or padding", () => {
+    const a = encode({ type: "contrib", step: 3, phase: "grad", layer: -1, count: 8, data: Float32Array.of(1, 2, 3), checksum: 123.5 });
+    a.fill(0xff, FRAME_HEADER_BYTES); // garbage in data and padding
+    releaseEncoded(a);
+    const b = encode({ type: "contrib", step: 4, phase: "grad", layer: -1, count: 8, data: Float32Array.of(5, 6, 7) });
+    expect(b.buffer).toBe(a.buffer);
+    const out = decode(b) as { data: Float32Array; checksum?: number };
+    expect(out.checksum).toBeUndefined();
+    expect(Array.from(out.data)).toEqual([5, 6, 7]);
+    expect(Array.from(b.subarray(24, 32))).toEqual([0, 0, 0, 0, 0, 0, 0, 0]);
+    expect(Array.from(b.subarray(FRAME_HEADER_BYTES + 12, FRAME_HEADER_BYTES + 16))).toEqual([0, 0, 0, 0]);
   });
 });
 

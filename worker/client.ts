@@ -4,7 +4,7 @@
 // deadline; a coordinator error or disconnect rejects every pending round at once.
 
 import WebSocket from "ws";
-import { decode, encode, frameRoundKey, releaseEncoded, roundKey } from "../shared/codec.js";
+import { MAX_KEY_LAYER, decode, encode, frameRoundKey, releaseEncoded, roundKey } from "../shared/codec.js";
 import type { RunConventions } from "../shared/config.js";
 import { ErrorCode, SyncbnError, type ErrorContext } from "../shared/errors.js";
 import {
@@ -45,8 +45,9 @@ export class ResyncSignal extends Error {
 }
 
 /**
- * A message pipe to the coordinator. `send` takes ownership of the bytes (the
- * caller never touches them again, so a link may transfer them).
+ * A message pipe to the coordinator. `send` may transfer the bytes (detaching
+ * them) or write them out; the client reuses a sent frame only after the
+ * coordinator's answer to it arrived, i.e. once every byte was delivered.
  */
 export interface Link {
   send(bytes: Uint8Array): void;
@@ -65,6 +66,8 @@ export interface Link {
 interface Pending {
   resolve(r: RoundResult): void;
   reject(e: Error): void;
+  /** performance.now() at send, for waitMs. */
+  sent: number;
   /** performance.now() after which the round fails. */
   deadline: number;
   step: number;
@@ -72,6 +75,11 @@ interface Pending {
   layer: number;
   /** Where the result's data goes (no allocation), if the caller gave a buffer. */
   into: Float64Array | Float32Array | undefined;
+  /**
+   * The contribution as sent. Its result proves the coordinator has every byte of
+   * it, so the buffer goes back to the codec's pool then (not on a failed round).
+   */
+  frame: Uint8Array | null;
 }
 
 /** Rebuilds a coordinator-side error; its message already carries code and context. */
@@ -88,7 +96,8 @@ export function errorFromMessage(m: ErrorMessage): SyncbnError {
 }
 
 export class CoordinatorClient {
-  private readonly pending = new Map<string, Pending>();
+  /** Pending rounds by roundKey(step, phase, layer). */
+  private readonly pending = new Map<number, Pending>();
   private failure: SyncbnError | null = null;
   private closing = false;
   private resync: Resync | null = null;
@@ -211,19 +220,19 @@ export class CoordinatorClient {
     if (this.failure) return Promise.reject(this.failure);
     if (this.resync) return Promise.reject(new ResyncSignal(this.resync));
     this.beforeSend?.(step, phase, layer);
+    if (!Number.isInteger(layer) || layer < -1 || layer > MAX_KEY_LAYER) {
+      return Promise.reject(new SyncbnError(ErrorCode.BadConfig, `round layer id ${layer} is outside -1..${MAX_KEY_LAYER}`, { rank: this.opts.rank, step, phase }));
+    }
     const key = roundKey(step, phase, layer);
     const sent = performance.now();
     return new Promise<RoundResult>((resolve, reject) => {
-      const onResult = (r: RoundResult): void => {
-        this.waitMs += performance.now() - sent;
-        resolve(r);
-      };
-      this.pending.set(key, { resolve: onResult, reject, deadline: sent + this.opts.roundTimeoutMs, step, phase, layer, into });
-      this.deadlineTimer ??= this.armDeadline(this.opts.roundTimeoutMs);
       const msg: Contribution = { type: "contrib", step, phase, layer, count, data };
       if (extra) msg.extra = extra;
       if (checksum !== undefined) msg.checksum = checksum;
-      this.link.send(encode(msg));
+      const frame = encode(msg);
+      this.pending.set(key, { resolve, reject, sent, deadline: sent + this.opts.roundTimeoutMs, step, phase, layer, into, frame });
+      this.deadlineTimer ??= this.armDeadline(this.opts.roundTimeoutMs);
+      this.link.send(frame);
     });
   }
 
@@ -315,6 +324,8 @@ export class CoordinatorClient {
     const p = this.pending.get(key);
     if (!p) return; // a result for a round this worker already gave up on
     this.pending.delete(key);
+    this.waitMs += performance.now() - p.sent;
+    if (p.frame) releaseEncoded(p.frame);
     p.resolve(msg);
   }
 }
@@ -349,8 +360,7 @@ function wsLink(ws: WebSocket, url: string): Link {
     get isOpen() {
       return ws.readyState === WebSocket.OPEN;
     },
-    // The frame's buffer goes back to the codec's pool once written.
-    send: (bytes) => ws.send(bytes, { binary: true }, () => releaseEncoded(bytes)),
+    send: (bytes) => ws.send(bytes, { binary: true }),
     terminate: () => ws.terminate(),
     close: () => {
       if (ws.readyState === WebSocket.CLOSED) return Promise.resolve();

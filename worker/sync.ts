@@ -41,25 +41,24 @@ export class RoundSync implements BnSync {
     return b;
   }
 
-  async reduceMoments(layer: number, local: Moments): Promise<{ count: number; mean: Float64Array; variance: Float64Array }> {
+  reduceMoments(layer: number, local: Moments): Promise<{ count: number; mean: Float64Array; variance: Float64Array }> {
     const c = local.mean.length;
     const b = this.buffers(layer, c);
     b.payload.set(local.mean, 0);
     b.payload.set(local.m2, c);
-    const r = await this.client.roundInto(b.fwdResult, this.step, "fwd", layer, local.count, b.payload);
-    const m = b.moments;
-    m.count = r.count;
-    if (r.data !== b.fwdResult) {
-      // Not decoded in place (a result of another shape): hand back views of what came.
-      const d = r.data as Float64Array; // [mean(C), biased var(C)]
-      return { count: r.count, mean: d.subarray(0, c), variance: d.subarray(c) };
-    }
-    return m;
+    return this.client.roundInto(b.fwdResult, this.step, "fwd", layer, local.count, b.payload).then((r) => {
+      if (r.data !== b.fwdResult) {
+        // Not decoded in place (a result of another shape): hand back views of what came.
+        const d = r.data as Float64Array; // [mean(C), biased var(C)]
+        return { count: r.count, mean: d.subarray(0, c), variance: d.subarray(c) };
+      }
+      b.moments.count = r.count;
+      return b.moments;
+    });
   }
 
-  async reduceGradSums(layer: number, count: number, sums: Float64Array): Promise<Float64Array> {
+  reduceGradSums(layer: number, count: number, sums: Float64Array): Promise<Float64Array> {
     const b = this.buffers(layer, sums.length / 2);
-    const r = await this.client.roundInto(b.bwdResult, this.step, "bwd", layer, count, sums);
-    return r.data as Float64Array;
+    return this.client.roundInto(b.bwdResult, this.step, "bwd", layer, count, sums).then((r) => r.data as Float64Array);
   }
 }

@@ -1,0 +1,135 @@
+// `npm run bench`: every benchmark of issue 5 in one bounded run — round latency
+// against the raw TCP floor, kernels (bench/kernels.ts, when present), training
+// step sync vs local, Fashion-MNIST throughput, heap growth, load and soak
+// (bench/load.ts, when present) — printed as it goes and written to
+// bench/results.md with the machine, the load and a PASS/MISS line per target.
+// A benchmark reports; it never fails on a time. `--quick` shrinks every section.
+
+import { existsSync, writeFileSync } from "node:fs";
+import { cpus, loadavg } from "node:os";
+import { fileURLToPath } from "node:url";
+import { DEFAULT_HEAP, heapMarkdown, runHeapBench, type HeapOptions, type HeapResult } from "./heap.js";
+import { DEFAULT_LATENCY, LATENCY_TARGET, latencyMarkdown, runLatencyBench, type LatencyOptions, type LatencyRow } from "./latency.js";
+import { fmt, loadLine, machineLine, table, verdict } from "./stats.js";
+import { DEFAULT_STEP, STEP_TARGET, runStepBench, stepMarkdown, type StepOptions, type StepRow } from "./step.js";
+import { DEFAULT_THROUGHPUT, runThroughputBench, throughputMarkdown, type ThroughputOptions, type ThroughputRow } from "./throughput.js";
+
+const quick = process.argv.includes("--quick");
+const log = (l: string): void => console.log(l);
+const started = Date.now();
+const RESULTS = fileURLToPath(new URL("../../bench/results.md", import.meta.url));
+
+const latencyOpts: LatencyOptions = { ...DEFAULT_LATENCY, log, ...(quick ? { warmup: 2000, blocks: 3, roundsPerBlock: 300 } : {}) };
+const stepOpts: StepOptions = { ...DEFAULT_STEP, log, ...(quick ? { steps: 60, repeats: 1, diagnostics: [] } : {}) };
+const throughputOpts: ThroughputOptions = { ...DEFAULT_THROUGHPUT, log, ...(quick ? { steps: 60 } : {}) };
+const heapOpts: HeapOptions = { ...DEFAULT_HEAP, log, ...(quick ? { from: 50, to: 250 } : {}) };
+
+/** Runs one section; a crash is reported in the results instead of ending the run. */
+async function section<T>(name: string, f: () => Promise<T>): Promise<{ value: T | null; error: string | null; seconds: number }> {
+  const t0 = performance.now();
+  log(`\n== ${name} (load ${loadLine()})`);
+  try {
+    const value = await f();
+    return { value, error: null, seconds: (performance.now() - t0) / 1000 };
+  } catch (e) {
+    const error = (e as Error).stack ?? String(e);
+    log(`${name} failed: ${error}`);
+    return { value: null, error, seconds: (performance.now() - t0) / 1000 };
+  }
+}
+
+/** An optional bench module owned elsewhere (kernels, load): its markdown, if the module is built. */
+async function optionalSection(file: string, exportName: string): Promise<string | null> {
+  const url = new URL(file, import.meta.url);
+  if (!existsSync(url)) return null;
+  const mod = (await import(url.href)) as Record<string, unknown>;
+  const run = mod[exportName];
+  if (typeof run !== "function") throw new Error(`${file} does not export ${exportName}()`);
+  return (await (run as () => Promise<string>)()).trim();
+}
+
+log(`syncbn bench${quick ? " (quick)" : ""}: ${machineLine()}`);
+const loadStart = loadLine();
+
+const latency = await section("round latency", () => runLatencyBench(latencyOpts));
+const kernels = await section("kernels", () => optionalSection("./kernels.js", "runKernelBench"));
+const step = await section("training step", () => runStepBench(stepOpts));
+const throughput = await section("throughput", () => runThroughputBench(throughputOpts));
+const heap = await section("heap", () => runHeapBench(heapOpts));
+const load = quick ? null : await section("load and soak", () => optionalSection("./load.js", "runLoadBench"));
+
+const loadEnd = loadLine();
+const minutes = (Date.now() - started) / 60000;
+
+function targetRows(): string[][] {
+  const rows: string[][] = [];
+  for (const r of (latency.value ?? []) as LatencyRow[]) {
+    rows.push([`round latency W=${r.world} C=${r.channels} ≤ ${LATENCY_TARGET} × raw TCP floor`, `${fmt(r.ratio, 2)} × (${fmt(r.ours.median)} vs ${fmt(r.floor.median)} ms)`, verdict(r.ratio <= LATENCY_TARGET)]);
+  }
+  if (!latency.value) rows.push([`round latency ≤ ${LATENCY_TARGET} × floor`, "not measured (section failed)", "MISS"]);
+  for (const r of ((step.value ?? []) as StepRow[]).filter((r) => !r.diagnostic)) {
+    rows.push([`sync ≤ ${STEP_TARGET} × local, 4 workers × 8 (${r.transport})`, `${fmt(r.overhead, 2)} × (${fmt(r.sync.median, 1)} vs ${fmt(r.local.median, 1)} ms/step)`, verdict(r.overhead <= STEP_TARGET)]);
+  }
+  if (!step.value) rows.push([`sync ≤ ${STEP_TARGET} × local`, "not measured (section failed)", "MISS"]);
+  const h = heap.value as HeapResult | null;
+  if (h) {
+    const perStep = Math.max(...h.reports.map((w) => Math.abs(w.heapAfter - w.heapBefore))) / (heapOpts.to - heapOpts.from);
+    // "≈ 0": under 1 KB per step retained is noise of a few-MB heap, not a per-step leak.
+    rows.push([`heap growth over ${heapOpts.to - heapOpts.from} steps ≈ 0`, `≤ ${fmt(perStep, 0)} B/step retained (largest worker)`, verdict(perStep < 1024)]);
+  } else rows.push(["heap growth ≈ 0", "not measured (section failed)", "MISS"]);
+  rows.push(["conv and linear kernels ≥ 10 GFLOP/s per core", kernels.value ? "see Kernels below" : "bench/kernels.ts not present", kernels.value ? "see below" : "n/a"]);
+  return rows;
+}
+
+function failed(s: { error: string | null }): string[] {
+  return s.error ? ["", "Section failed:", "", "```", s.error, "```"] : [];
+}
+
+const c = cpus();
+const md = [
+  "# syncbn benchmark results",
+  "",
+  `Written by \`npm run bench\`${quick ? " --quick" : ""} on ${new Date().toISOString()}. Machine: ${c[0]?.model ?? "unknown CPU"}, ${c.length} cores; Node ${process.version}; ${process.platform}. ` +
+    `Load average (1/5/15 min) at start ${loadStart}, at end ${loadEnd}; whole run ${fmt(minutes, 1)} min. ` +
+    `The machine is shared: with a load above the core count every figure is slower and noisier than on an idle machine — compare figures measured in the same run, as the ratios do.`,
+  "",
+  "## Targets",
+  "",
+  ...table(["target (issue 5)", "measured (medians)", "verdict"], targetRows()),
+  "",
+  "## 1. Round latency",
+  "",
+  ...(latency.value ? latencyMarkdown(latency.value, latencyOpts) : []),
+  ...failed(latency),
+  "",
+  "## 2. Kernels",
+  "",
+  kernels.value ?? (kernels.error ? "" : "bench/kernels.ts is not present in this build."),
+  ...failed(kernels),
+  "",
+  "## 3. Training step: sync vs local",
+  "",
+  ...(step.value ? stepMarkdown(step.value, stepOpts) : []),
+  ...failed(step),
+  "",
+  "## 4. Throughput on Fashion-MNIST",
+  "",
+  ...(throughput.value !== null || !throughput.error ? throughputMarkdown(throughput.value as ThroughputRow[] | null, throughputOpts) : []),
+  ...failed(throughput),
+  "",
+  "## 5. Heap in the steady-state step loop",
+  "",
+  ...(heap.value ? heapMarkdown(heap.value, heapOpts) : []),
+  ...failed(heap),
+  "",
+  ...(load?.value ? [load.value, ""] : load?.error ? ["## Load and soak", ...failed(load), ""] : []),
+  "## Reproduce",
+  "",
+  "`npm run bench` (about 3–5 minutes; `node dist/bench/run.js --quick` for a short run). Sections alone: `node dist/bench/latency.js [--quick] [--worlds 2,4] [--channels 64]`, " +
+    "`node dist/bench/step.js [--quick] [--transports process,thread]`, `node dist/bench/throughput.js`, `node dist/bench/heap.js`, `node dist/bench/kernels.js`.",
+  "",
+];
+writeFileSync(RESULTS, md.join("\n"));
+log(`\n${md.join("\n")}`);
+log(`wrote ${RESULTS} (${fmt(minutes, 1)} min; load ${loadStart} → ${loadEnd}, ${loadavg()[0]! > c.length ? "machine busy" : "machine not saturated"})`);
+if ([latency, kernels, step, throughput, heap, load].some((s) => s?.error)) process.exitCode = 1;

@@ -1,0 +1,61 @@
+// One `syncbn train` run for the benchmarks, through the real launcher (runTrain:
+// coordinator in this process, workers as processes or threads), with its
+// per-step timings read back from metrics.jsonl. Bench-only helper.
+
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { runTrain } from "../cli/train.js";
+import type { RunSummary } from "../cli/monitor.js";
+import { DEFAULT_SETTINGS, type TrainSettings } from "../worker/settings.js";
+
+export interface TrainRunOptions {
+  settings: Partial<TrainSettings>;
+  workers: number;
+  transport: "process" | "thread";
+  /** Extra environment for worker processes (e.g. SYNCBN_FASHION_MNIST_DIR). */
+  workerEnv?: NodeJS.ProcessEnv;
+}
+
+export interface TrainRun {
+  summary: RunSummary;
+  /** ms between consecutive gradient rounds, warm-up steps (the monitor's first 5) excluded. */
+  stepMs: number[];
+  /** Mean per-worker time waiting in rounds, per step, same steps. */
+  waitMs: number[];
+}
+
+const WARMUP_STEPS = 5;
+
+export async function trainOnce(o: TrainRunOptions): Promise<TrainRun> {
+  const out = mkdtempSync(join(tmpdir(), "syncbn-bench-"));
+  try {
+    const r = await runTrain({
+      settings: { ...DEFAULT_SETTINGS, ...o.settings },
+      workers: o.workers,
+      outDir: out,
+      checkpointEvery: 0,
+      resume: null,
+      roundTimeoutMs: 60_000,
+      transport: o.transport,
+      workerEnv: o.workerEnv,
+      tty: false,
+      print: () => {},
+      status: () => {},
+    });
+    if (!r.ok || !r.summary) throw new Error(`bench training run failed: ${r.failure.join("; ")}`);
+    const steps = readFileSync(join(out, "metrics.jsonl"), "utf8")
+      .split("\n")
+      .filter(Boolean)
+      .map((l) => JSON.parse(l) as { type: string; msPerStep?: number | null; syncWaitMs?: number | null })
+      .filter((m) => m.type === "step")
+      .slice(WARMUP_STEPS + 1);
+    return {
+      summary: r.summary,
+      stepMs: steps.map((m) => m.msPerStep).filter((v): v is number => typeof v === "number"),
+      waitMs: steps.map((m) => m.syncWaitMs).filter((v): v is number => typeof v === "number"),
+    };
+  } finally {
+    rmSync(out, { recursive: true, force: true });
+  }
+}

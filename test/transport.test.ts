@@ -1,0 +1,60 @@
+// `--transport thread` against the default worker processes: the same coordinator
+// logic over MessagePorts instead of WebSockets must give the same run, bit for bit.
+import { mkdtempSync, readFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { describe, expect, it } from "vitest";
+import { readCheckpoint, type Checkpoint } from "../worker/checkpoint.js";
+import { runCli } from "./helpers.js";
+
+const tmp = (p: string): string => mkdtempSync(join(tmpdir(), `syncbn-${p}-`));
+
+const RUN = ["train", "--model", "mlp", "--data", "synthetic", "--train-size", "512", "--test-size", "200", "--steps", "6", "--workers", "3", "--checksum-every", "2"];
+
+/** Every float of a checkpoint, as the raw bits of its tensors, by name. */
+function bitsByName(ck: Checkpoint): Map<string, Uint8Array> {
+  const out = new Map<string, Uint8Array>();
+  const bytes = (a: Float32Array | Float64Array): Uint8Array => new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
+  ck.params.forEach((p, i) => out.set(ck.header.params[i]!.name, bytes(p)));
+  ck.momentum.forEach((m, i) => out.set(`momentum[${i}]`, bytes(m)));
+  ck.bn.forEach((s, i) => {
+    out.set(`${ck.header.bn[i]!.name}.runningMean`, bytes(s.mean));
+    out.set(`${ck.header.bn[i]!.name}.runningVar`, bytes(s.var));
+  });
+  return out;
+}
+
+describe("--transport thread", () => {
+  it("trains the same parameters, momentum and running stats, bit for bit, as worker processes", async () => {
+    const dirs = { process: tmp("proc"), thread: tmp("thread") };
+    const [p, t] = await Promise.all([
+      runCli([...RUN, "--out", dirs.process, "--transport", "process"], { timeoutMs: 90_000 }),
+      runCli([...RUN, "--out", dirs.thread, "--transport", "thread"], { timeoutMs: 90_000 }),
+    ]);
+    expect(p.code, p.stderr).toBe(0);
+    expect(t.code, t.stderr).toBe(0);
+    const a = readCheckpoint(join(dirs.process, "checkpoint.bin"));
+    const b = readCheckpoint(join(dirs.thread, "checkpoint.bin"));
+    expect(b.header).toEqual(a.header);
+    const bitsA = bitsByName(a);
+    const bitsB = bitsByName(b);
+    expect([...bitsB.keys()]).toEqual([...bitsA.keys()]);
+    for (const [name, bits] of bitsA) expect(Buffer.from(bitsB.get(name)!).equals(Buffer.from(bits)), `${name} differs`).toBe(true);
+    // The monitor saw the same run: same losses and eval results.
+    const summary = (d: string): { finalTrainLoss: number; testAccuracy: number; testLoss: number } => JSON.parse(readFileSync(join(d, "summary.json"), "utf8"));
+    expect(summary(dirs.thread)).toMatchObject({
+      finalTrainLoss: summary(dirs.process).finalTrainLoss,
+      testAccuracy: summary(dirs.process).testAccuracy,
+      testLoss: summary(dirs.process).testLoss,
+    });
+  });
+
+  it("reports a failing worker thread by rank with its error, as it does a failing worker process", async () => {
+    const out = tmp("thread-fail");
+    // A data folder that does not exist: every worker fails while loading, before its first round.
+    const r = await runCli([...RUN, "--out", out, "--transport", "thread", "--data", join(out, "no-such-data")], { timeoutMs: 60_000 });
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/worker rank \d exited with code 1/);
+    expect(r.stderr).toMatch(/rank \d: syncbn: SYNCBN_ERR_DATA: --data .*no-such-data/);
+  });
+});

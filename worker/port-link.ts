@@ -1,0 +1,38 @@
+// A Link (worker/client.ts) over a MessagePort, for `--transport thread`: the
+// worker thread's end of the channel to the in-process coordinator. Frames are
+// transferred (the ArrayBuffer moves, nothing is copied).
+
+import type { MessagePort } from "node:worker_threads";
+import type { Link } from "./client.js";
+
+export function portLink(port: MessagePort): Link {
+  let open = true;
+  let closed: () => void = () => {};
+  const whenClosed = new Promise<void>((r) => (closed = r));
+  const link: Link = {
+    label: "in-process coordinator",
+    onMessage: null,
+    onClose: null,
+    get isOpen() {
+      return open;
+    },
+    send: (bytes) => {
+      if (!open) return;
+      // Transfer when the bytes own their buffer (frames); cut msgpack views to size first.
+      const own = bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength ? bytes : bytes.slice();
+      port.postMessage(own, [own.buffer as ArrayBuffer]);
+    },
+    terminate: () => port.close(),
+    close: () => {
+      port.close();
+      return whenClosed;
+    },
+  };
+  port.on("message", (data: unknown) => link.onMessage?.(data instanceof Uint8Array ? data : new Uint8Array(0)));
+  port.once("close", () => {
+    open = false;
+    closed();
+    link.onClose?.("channel closed");
+  });
+  return link;
+}

@@ -1,0 +1,60 @@
+// Entry of one worker thread under `--transport thread`: the same training loop
+// as a worker process (worker/train.ts), talking to the in-process coordinator
+// over the MessagePort it was given. Errors end the thread with code 1 and a
+// `syncbn:` line on its stderr, as a worker process would.
+
+import { workerData, type MessagePort } from "node:worker_threads";
+import { conventionsOf, type TrainSettings } from "./settings.js";
+import { CoordinatorClient } from "./client.js";
+import { portLink } from "./port-link.js";
+import { trainWorker } from "./train.js";
+
+/** What the launcher (cli/threads.ts) passes to each thread. */
+export interface ThreadWorkerData {
+  port: MessagePort;
+  rank: number;
+  worldSize: number;
+  token: string;
+  settings: TrainSettings;
+  outDir: string | null;
+  checkpointEvery: number;
+  resume: string | null;
+  roundTimeoutMs: number;
+  fashionMnistDir?: string;
+}
+
+async function main(d: ThreadWorkerData): Promise<void> {
+  const client = await CoordinatorClient.overLink(portLink(d.port), {
+    url: "in-process",
+    rank: d.rank,
+    worldSize: d.worldSize,
+    token: d.token,
+    conventions: conventionsOf(d.settings),
+    connectTimeoutMs: 60_000,
+    roundTimeoutMs: d.roundTimeoutMs,
+    maxPayload: 0,
+  });
+  try {
+    await trainWorker({
+      settings: d.settings,
+      client,
+      rank: d.rank,
+      worldSize: d.worldSize,
+      outDir: d.outDir,
+      checkpointEvery: d.checkpointEvery,
+      resume: d.resume,
+      fashionMnistDir: d.fashionMnistDir,
+    });
+    await client.bye();
+  } catch (e) {
+    await client.close();
+    throw e;
+  }
+}
+
+main(workerData as ThreadWorkerData).catch((e: unknown) => {
+  // A thread's stderr reaches the launcher asynchronously: end by exit code, not process.exit().
+  process.stderr.write(`syncbn: ${(e as Error).message ?? String(e)}\n`);
+  process.exitCode = 1;
+  setTimeout(() => process.exit(1), 2000).unref();
+});
