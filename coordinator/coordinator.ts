@@ -11,7 +11,7 @@ import {
   validateConventions,
   type RunConventions,
 } from "../shared/config.js";
-import { ErrorCode, SyncbnError, isSyncbnError } from "../shared/errors.js";
+import { ErrorCode, SyncbnError, isSyncbnError, type ErrorContext } from "../shared/errors.js";
 import {
   PROTOCOL_VERSION,
   checkContribution,
@@ -127,6 +127,7 @@ export class Coordinator {
     this.peers = new Array<Peer | null>(opts.worldSize).fill(null);
     this.lastKey = new Array(opts.worldSize).fill(null);
     for (let r = 0; r < opts.worldSize; r++) this.active.add(r);
+    this.rebuildScopes();
     this.conventions = null;
     this.runningStats = new RunningStatsTable();
     if (opts.conventions) this.adoptConventions(opts.conventions);
@@ -152,6 +153,7 @@ export class Coordinator {
     const mode = parseNorm(c.norm);
     this.groupSize = statsGroupSize(mode, this.worldSize);
     this.bnRounds = mode.kind === "sync" || mode.kind === "group";
+    this.rebuildScopes();
     this.conventions = { ...c };
     this.runningStats.configure(c);
   }
@@ -288,19 +290,34 @@ export class Coordinator {
     this.events.onJoin?.(hello.rank);
   }
 
+  /**
+   * Scopes (who reduces together) and their active members, rebuilt only when the
+   * conventions or the membership change: the hot path only indexes them.
+   */
+  private worldScope: { scope: string; members: number[] } = { scope: "world", members: [] };
+  private groupScopes: { scope: string; members: number[] }[] = [];
+  private lowestActive = 0;
+
+  private rebuildScopes(): void {
+    const active = (r: number): boolean => this.active.has(r);
+    this.worldScope = { scope: "world", members: range(0, this.worldSize).filter(active) };
+    this.groupScopes = [];
+    for (let g = 0; g * this.groupSize < this.worldSize; g++) {
+      this.groupScopes.push({ scope: `g${g}`, members: range(g * this.groupSize, (g + 1) * this.groupSize).filter(active) });
+    }
+    this.lowestActive = this.worldScope.members[0] ?? 0;
+  }
+
   /** Members and scope of the round a rank's contribution belongs to. */
   private scopeOf(rank: number, phase: Phase): { scope: string; members: number[] } {
-    if (phase === "fwd" || phase === "bwd") {
-      const g = Math.floor(rank / this.groupSize);
-      const first = g * this.groupSize;
-      return { scope: `g${g}`, members: range(first, first + this.groupSize).filter((r) => this.active.has(r)) };
-    }
-    return { scope: "world", members: range(0, this.worldSize).filter((r) => this.active.has(r)) };
+    if (phase === "fwd" || phase === "bwd") return this.groupScopes[Math.floor(rank / this.groupSize)]!;
+    return this.worldScope;
   }
 
   private contribute(rank: number, c: Contribution): void {
-    const ctx = { rank, step: c.step, layer: c.layer, phase: c.phase };
-    if (this.failure) return; // the error was already sent to everyone
+    if (this.failure) return;
+    // Built only on the error paths: the hot path allocates as little as it can.
+    const ctx = (): ErrorContext => ({ rank, step: c.step, layer: c.layer, phase: c.phase }); // the error was already sent to everyone
     if (this.awaitingAck.has(rank) || !this.active.has(rank)) return; // sent before it learned of the resync: void
     this.firstStepSeen ??= c.step;
     const last = this.lastKey[rank];
@@ -309,7 +326,7 @@ export class Coordinator {
         new SyncbnError(
           ErrorCode.RoundKey,
           `contribution for ${describeRound(c.step, c.phase, c.layer)} does not come after this worker's previous round (${describeRound(last.step, last.phase, last.layer)})`,
-          ctx,
+          ctx(),
         ),
       );
       return;
@@ -322,35 +339,40 @@ export class Coordinator {
           new SyncbnError(
             ErrorCode.RoundKey,
             `worker sent ${describeRound(c.step, c.phase, c.layer)} but its group is waiting for its ${describeRound(r.step, r.phase, r.layer)}; workers must run the same layers in the same order`,
-            ctx,
+            ctx(),
           ),
         );
         return;
       }
     }
-    this.lastKey[rank] = { step: c.step, phase: c.phase, layer: c.layer };
+    const key = this.lastKey[rank];
+    if (key) {
+      key.step = c.step;
+      key.phase = c.phase;
+      key.layer = c.layer;
+    } else {
+      this.lastKey[rank] = { step: c.step, phase: c.phase, layer: c.layer };
+    }
     if ((c.phase === "fwd" || c.phase === "bwd") && !this.bnRounds) {
-      this.failRun(new SyncbnError(ErrorCode.RoundKey, `norm mode ${this.conventions?.norm} has no BN rounds, but a worker sent one`, ctx));
+      this.failRun(new SyncbnError(ErrorCode.RoundKey, `norm mode ${this.conventions?.norm} has no BN rounds, but a worker sent one`, ctx()));
       return;
     }
     const { scope, members } = this.scopeOf(rank, c.phase);
-    const id = `${scope}|${c.step}/${c.phase}/${c.layer}`;
+    // Every member awaits each result before its next round, so a scope has at most one
+    // open round: open rounds are keyed by scope alone.
+    const id = scope;
     let round = this.open.get(id);
-    if (!round) {
-      for (const other of this.open.values()) {
-        if (other.scope === scope) {
-          this.failRun(
-            new SyncbnError(
-              ErrorCode.RoundKey,
-              `contribution for ${describeRound(c.step, c.phase, c.layer)} while ${describeRound(other.step, other.phase, other.layer)} is still open in the same group`,
-              ctx,
-            ),
-          );
-          return;
-        }
-      }
-      round = this.openRound(id, scope, members, c);
+    if (round && (round.step !== c.step || round.phase !== c.phase || round.layer !== c.layer)) {
+      this.failRun(
+        new SyncbnError(
+          ErrorCode.RoundKey,
+          `contribution for ${describeRound(c.step, c.phase, c.layer)} while ${describeRound(round.step, round.phase, round.layer)} is still open in the same group`,
+          ctx(),
+        ),
+      );
+      return;
     }
+    round ??= this.openRound(id, scope, members, c);
     const problem = this.checkShape(round, c, rank);
     if (problem) {
       this.failRun(problem);
@@ -449,7 +471,7 @@ export class Coordinator {
       }
       // The group of the lowest active rank (group 0, the only one in sync mode) holds the
       // authoritative running stats, as rank 0 does in DDP; committed when the step completes.
-      if (round.members.includes(Math.min(...this.active))) this.runningStats.stage(round.step, round.layer, result.count, result.data);
+      if (round.members.includes(this.lowestActive)) this.runningStats.stage(round.step, round.layer, result.count, result.data);
     }
     if (round.phase === "grad") {
       this.runningStats.commit();
@@ -495,6 +517,7 @@ export class Coordinator {
    */
   private loseWorkers(ranks: number[], reason: string): void {
     for (const r of ranks) this.active.delete(r);
+    this.rebuildScopes();
     const step = this.lastCompletedGradStep !== null ? this.lastCompletedGradStep + 1 : (this.firstStepSeen ?? 0);
     for (const r of ranks) this.lostWorkers.push({ rank: r, step, reason });
     if (this.active.size === 0) {
