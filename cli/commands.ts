@@ -201,7 +201,11 @@ export function registerTrainCommands(program: Command): void {
     const fault = env.fault;
     if (fault && fault.rank === rank) {
       client.beforeSend = (step, phase) => {
-        if (step === fault.step && phase === fault.phase) process.kill(process.pid, fault.action === "kill" ? "SIGKILL" : "SIGSTOP");
+        if (step === fault.step && phase === fault.phase) {
+          // The time lets tests measure how fast the others stop.
+          process.stderr.write(`fault injection: ${fault.action} at step ${step} ${phase}, t=${Date.now()}\n`);
+          process.kill(process.pid, fault.action === "kill" ? "SIGKILL" : "SIGSTOP");
+        }
       };
     }
     try {

@@ -195,6 +195,14 @@ describe("coordinator rounds", () => {
     expect(e.rank).toBe(1);
   });
 
+  it("stops the run when the replicas' parameter checksums differ, naming the odd rank", () => {
+    const { coord, peers } = setup(3);
+    peers.forEach((p, r) => contrib(coord, p, { step: 50, phase: "grad", layer: -1, count: 2, data: new Float32Array(1), checksum: r === 2 ? 7 : 5 }));
+    const e = peers[0]!.errors()[0]!;
+    expect(e.code).toBe(ErrorCode.Diverged);
+    expect(e.message).toMatch(/checksum of rank\(s\) 2 differs from rank 0's/);
+  });
+
   it("fails on NaN or Inf statistics, naming the sender", () => {
     const { coord, peers } = setup(2);
     contrib(coord, peers[1]!, { step: 2, phase: "bwd", layer: 0, count: 2, data: Float64Array.of(1, Number.POSITIVE_INFINITY) });
