@@ -53,8 +53,6 @@ export class GhostBatchNorm extends RunningStatsNorm {
   private readonly xhatChunks = new Chunks();
   private readonly dyChunks = new Chunks();
   private readonly dxChunks = new Chunks();
-  /** Batch size of the last training forward; -1 after an eval forward. */
-  private savedN = -1;
 
   constructor(
     name: string,
@@ -147,12 +145,7 @@ export class GhostBatchNorm extends RunningStatsNorm {
   }
 
   backward(dy: Float32Array, n: number): Float32Array {
-    if (n !== this.savedN) {
-      throw new SyncbnError(ErrorCode.BadConfig, `${this.name}: backward for ${n} samples without a matching training forward`, {
-        layer: this.layerIndex,
-        phase: "bwd",
-      });
-    }
+    this.requireTrainingForward(n);
     const c = this.channels;
     const s = this.spatial;
     const g = this.ghostBatch;

@@ -4,6 +4,7 @@
 // training-mode statistics are each subclass's own business.
 
 import type { BnConventions } from "../../shared/config.js";
+import { ErrorCode, SyncbnError } from "../../shared/errors.js";
 import { normalizeEval } from "../../shared/stats.js";
 import { BatchBuffer, sizeOf, type Layer, type Param } from "./layer.js";
 
@@ -41,6 +42,8 @@ export abstract class RunningStatsNorm implements RunningStatsLayer {
   protected readonly y: BatchBuffer; // (N, C, S)
   protected readonly xhat: BatchBuffer; // (N, C, S)
   protected readonly dx: BatchBuffer; // (N, C, S)
+  /** Batch size of the last training forward; -1 after an eval forward (backward needs a training forward). */
+  protected savedN = -1;
 
   constructor(
     readonly name: string,
@@ -73,6 +76,15 @@ export abstract class RunningStatsNorm implements RunningStatsLayer {
     const y = this.y.view(n);
     normalizeEval(y, x, this.runningMean, this.runningVar, this.gamma.value, this.beta.value, this.conventions.eps, n, this.channels, this.spatial);
     return y;
+  }
+
+  protected requireTrainingForward(n: number): void {
+    if (n !== this.savedN) {
+      throw new SyncbnError(ErrorCode.BadConfig, `${this.name}: backward for ${n} samples without a matching training forward`, {
+        layer: this.layerIndex,
+        phase: "bwd",
+      });
+    }
   }
 
   abstract forward(x: Float32Array, n: number, train: boolean): Float32Array | Promise<Float32Array>;

@@ -65,7 +65,6 @@ export class BatchRenorm extends RunningStatsNorm {
   private readonly betaEff: Float32Array; // (C)
   private readonly gradSums: Float64Array; // (2C): [Σdy, Σdy·x̃]
   /** x̃ = (x − μB)/σB, plain BN's xhat (without r, d): what backward needs. */
-  private savedN = -1;
   private count = 0;
 
   constructor(
@@ -143,12 +142,7 @@ export class BatchRenorm extends RunningStatsNorm {
    * dγ = Σdy·x̂ = r·Σdy·x̃ + d·Σdy with x̂ = r·x̃ + d.
    */
   backward(dy: Float32Array, n: number): Float32Array {
-    if (n !== this.savedN) {
-      throw new SyncbnError(ErrorCode.BadConfig, `${this.name}: backward for ${n} samples without a matching training forward`, {
-        layer: this.layerIndex,
-        phase: "bwd",
-      });
-    }
+    this.requireTrainingForward(n);
     const c = this.channels;
     const s = this.spatial;
     const dx = this.dx.view(n);
