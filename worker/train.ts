@@ -57,6 +57,7 @@ export async function trainWorker(run: WorkerRun): Promise<void> {
     norm: mode,
     conventions: conv,
     sync: bnSync,
+    where: sync,
     seed: deriveSeed(s.seed, SEED_INIT),
     // Batch renorm's clip schedule reads the step from the RoundSync the loop sets below.
     renorm: { rMax: s.renormRMax, dMax: s.renormDMax, warmup: s.renormWarmup, clock: sync },

@@ -50,6 +50,8 @@ export class BatchNorm extends RunningStatsNorm {
     shape: readonly number[], // [C] or [C, H, W]
     conventions: BnConventions,
     readonly sync: BnSync | null,
+    /** Where the worker is (rank, step), for error messages when there is no collective. */
+    readonly where: { readonly rank: number; readonly step: number } | null = null,
   ) {
     super(name, layerIndex, shape, conventions);
     const c = this.channels;
@@ -80,7 +82,8 @@ export class BatchNorm extends RunningStatsNorm {
     mean: Float64Array, // (C)
     variance: Float64Array, // (C)
   ): Float32Array {
-    const ctx = { rank: this.sync?.rank, step: this.sync?.step, layer: this.layerIndex, phase: "fwd" };
+    const at = this.sync ?? this.where;
+    const ctx = { rank: at?.rank, step: at?.step, layer: this.layerIndex, phase: "fwd" };
     checkTrainingCount(count, this.channels, ctx);
     this.batchCount = count;
     if (mean !== this.batchMean) this.batchMean.set(mean);
@@ -99,8 +102,8 @@ export class BatchNorm extends RunningStatsNorm {
     const xhat = this.lastXhat;
     if (!xhat || xhat.length !== n * this.channels * this.spatial) {
       throw new SyncbnError(ErrorCode.BadConfig, `${this.name}: backward without a matching training forward (batch ${n})`, {
-        rank: this.sync?.rank,
-        step: this.sync?.step,
+        rank: (this.sync ?? this.where)?.rank,
+        step: (this.sync ?? this.where)?.step,
         layer: this.layerIndex,
         phase: "bwd",
       });

@@ -27,6 +27,8 @@ export interface ModelOptions {
   conventions: BnConventions;
   /** The collective for sync/group BN; null runs every BN locally. */
   sync: BnSync | null;
+  /** Where the worker is (rank, step), for error messages of layers without a collective. */
+  where?: { readonly rank: number; readonly step: number };
   seed: number;
   /** Batch renorm clips, warm-up and step clock; required for --norm renorm. */
   renorm?: RenormOptions;
@@ -159,9 +161,9 @@ function makeNorm(name: string, bnIndex: number, shape: number[], o: ModelOption
     case "sync":
     case "group":
       // The coordinator groups the rounds (all workers, or K); one worker per group runs with sync = null.
-      return new BatchNorm(name, bnIndex, shape, o.conventions, o.sync);
+      return new BatchNorm(name, bnIndex, shape, o.conventions, o.sync, o.where ?? null);
     case "local":
-      return new BatchNorm(name, bnIndex, shape, o.conventions, null);
+      return new BatchNorm(name, bnIndex, shape, o.conventions, null, o.where ?? null);
     case "ghost":
       return new GhostBatchNorm(name, bnIndex, shape, o.conventions, mode.ghostBatch);
     case "renorm":
