@@ -26,6 +26,8 @@ import {
 } from "../shared/protocol.js";
 import { RunningStatsTable } from "./running-stats.js";
 import { reduceRound } from "./reduce.js";
+import { admissionProblem } from "./admission.js";
+import { allFinite } from "./finite.js";
 
 /** One connected client as the coordinator sees it. */
 export interface Peer {
@@ -240,30 +242,13 @@ export class Coordinator {
     }
     const hello = msg as Hello;
     const ctx = { rank: hello.rank };
-    if (hello.version !== PROTOCOL_VERSION) {
-      this.refuse(
-        peer,
-        new SyncbnError(ErrorCode.Version, `protocol version ${hello.version} differs from the coordinator's ${PROTOCOL_VERSION}; run the same syncbn version everywhere`, ctx),
-      );
-      return;
-    }
-    if (this.opts.token !== "" && hello.token !== this.opts.token) {
-      this.refuse(peer, new SyncbnError(ErrorCode.Token, "wrong run token; pass the coordinator's --token (or SYNCBN_TOKEN)", ctx));
-      return;
-    }
-    if (hello.worldSize !== this.worldSize || hello.rank >= this.worldSize) {
-      this.refuse(
-        peer,
-        new SyncbnError(
-          ErrorCode.Rank,
-          `worker says rank ${hello.rank} of world size ${hello.worldSize}, but the coordinator runs world size ${this.worldSize} (ranks 0..${this.worldSize - 1})`,
-          ctx,
-        ),
-      );
-      return;
-    }
-    if (this.peers[hello.rank] !== null || this.finished.has(hello.rank)) {
-      this.refuse(peer, new SyncbnError(ErrorCode.DuplicateRank, `rank ${hello.rank} is already taken by another worker; give every worker a distinct --rank`, ctx));
+    const refusal = admissionProblem(hello, {
+      token: this.opts.token,
+      worldSize: this.worldSize,
+      rankTaken: hello.rank < this.worldSize && (this.peers[hello.rank] !== null || this.finished.has(hello.rank)),
+    });
+    if (refusal) {
+      this.refuse(peer, refusal);
       return;
     }
     if (this.failure) {
@@ -570,45 +555,4 @@ function range(from: number, to: number): number[] {
   const out: number[] = [];
   for (let i = from; i < to; i++) out.push(i);
   return out;
-}
-
-// One loop per array type (a loop that sees both stays polymorphic, several times
-// slower). v·0 is 0 for finite v and NaN for ±Inf and NaN, so a sum of v·0 is 0
-// exactly when every value is finite; four sums run in parallel (~3× isFinite's speed).
-function allFinite(a: Float64Array | Float32Array): boolean {
-  return a instanceof Float64Array ? allFinite64(a) : allFinite32(a);
-}
-
-function allFinite64(a: Float64Array): boolean {
-  let s0 = 0;
-  let s1 = 0;
-  let s2 = 0;
-  let s3 = 0;
-  const n4 = a.length & ~3;
-  let i = 0;
-  for (; i < n4; i += 4) {
-    s0 += a[i]! * 0;
-    s1 += a[i + 1]! * 0;
-    s2 += a[i + 2]! * 0;
-    s3 += a[i + 3]! * 0;
-  }
-  for (; i < a.length; i++) s0 += a[i]! * 0;
-  return s0 + s1 + s2 + s3 === 0;
-}
-
-function allFinite32(a: Float32Array): boolean {
-  let s0 = 0;
-  let s1 = 0;
-  let s2 = 0;
-  let s3 = 0;
-  const n4 = a.length & ~3;
-  let i = 0;
-  for (; i < n4; i += 4) {
-    s0 += a[i]! * 0;
-    s1 += a[i + 1]! * 0;
-    s2 += a[i + 2]! * 0;
-    s3 += a[i + 3]! * 0;
-  }
-  for (; i < a.length; i++) s0 += a[i]! * 0;
-  return s0 + s1 + s2 + s3 === 0;
 }
