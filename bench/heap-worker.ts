@@ -5,9 +5,7 @@
 
 import { parentPort, workerData } from "node:worker_threads";
 import { PerformanceObserver } from "node:perf_hooks";
-import { CoordinatorClient } from "../worker/client.js";
-import { portLink } from "../worker/port-link.js";
-import { conventionsOf } from "../worker/settings.js";
+import { connectOverPort } from "../worker/port-link.js";
 import { trainWorker } from "../worker/train.js";
 import type { ThreadWorkerData } from "../worker/thread-main.js";
 
@@ -47,16 +45,7 @@ const obs = new PerformanceObserver((list) => {
 });
 obs.observe({ entryTypes: ["gc"] });
 
-const client = await CoordinatorClient.overLink(portLink(d.port), {
-  url: "in-process",
-  rank: d.rank,
-  worldSize: d.worldSize,
-  token: d.token,
-  conventions: conventionsOf(d.settings),
-  connectTimeoutMs: 60_000,
-  roundTimeoutMs: d.roundTimeoutMs,
-  maxPayload: 0,
-});
+const client = await connectOverPort(d);
 
 let heapBefore = 0;
 let arrayBuffersBefore = 0;

@@ -3,7 +3,32 @@
 // transferred (the ArrayBuffer moves, nothing is copied).
 
 import type { MessagePort } from "node:worker_threads";
-import type { Link } from "./client.js";
+import { CoordinatorClient, type Link } from "./client.js";
+import { conventionsOf, type TrainSettings } from "./settings.js";
+
+/** What a worker thread needs to join the in-process coordinator. */
+export interface PortJoin {
+  port: MessagePort;
+  rank: number;
+  worldSize: number;
+  token: string;
+  settings: TrainSettings;
+  roundTimeoutMs: number;
+}
+
+/** A CoordinatorClient over the thread's MessagePort (no URL, no payload limit). */
+export function connectOverPort(d: PortJoin): Promise<CoordinatorClient> {
+  return CoordinatorClient.overLink(portLink(d.port), {
+    url: "in-process",
+    rank: d.rank,
+    worldSize: d.worldSize,
+    token: d.token,
+    conventions: conventionsOf(d.settings),
+    connectTimeoutMs: 60_000,
+    roundTimeoutMs: d.roundTimeoutMs,
+    maxPayload: 0,
+  });
+}
 
 export function portLink(port: MessagePort): Link {
   let open = true;

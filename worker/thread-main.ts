@@ -4,9 +4,8 @@
 // `syncbn:` line on its stderr, as a worker process would.
 
 import { workerData, type MessagePort } from "node:worker_threads";
-import { conventionsOf, type TrainSettings } from "./settings.js";
-import { CoordinatorClient } from "./client.js";
-import { portLink } from "./port-link.js";
+import type { TrainSettings } from "./settings.js";
+import { connectOverPort } from "./port-link.js";
 import { trainWorker } from "./train.js";
 
 /** What the launcher (cli/threads.ts) passes to each thread. */
@@ -24,16 +23,7 @@ export interface ThreadWorkerData {
 }
 
 async function main(d: ThreadWorkerData): Promise<void> {
-  const client = await CoordinatorClient.overLink(portLink(d.port), {
-    url: "in-process",
-    rank: d.rank,
-    worldSize: d.worldSize,
-    token: d.token,
-    conventions: conventionsOf(d.settings),
-    connectTimeoutMs: 60_000,
-    roundTimeoutMs: d.roundTimeoutMs,
-    maxPayload: 0,
-  });
+  const client = await connectOverPort(d);
   try {
     await trainWorker({
       settings: d.settings,

@@ -26,6 +26,19 @@ export class WasmArena {
   }
 
   /**
+   * The view of floats [off, off + len) for batch size n, cached per n so a fixed
+   * batch allocates nothing; callers clear the cache when a layout moves regions.
+   */
+  cachedView(cache: Map<number, Float32Array>, off: number, len: number, n: number): Float32Array {
+    let v = cache.get(n);
+    if (!v) {
+      v = this.f32.subarray(off, off + len);
+      cache.set(n, v);
+    }
+    return v;
+  }
+
+  /**
    * Float offsets of regions with the given float sizes, each 16-byte aligned and
    * followed by KERNEL_SLACK_FLOATS readable floats (GEMM edge blocks read past
    * row ends). Contents of the old layout are not moved.

@@ -56,15 +56,6 @@ export class ConvWasm implements ConvKernel {
     this.dxViews.clear();
   }
 
-  private view(cache: Map<number, Float32Array>, off: number, len: number, n: number): Float32Array {
-    let v = cache.get(n);
-    if (!v) {
-      v = this.arena.f32.subarray(off, off + len);
-      cache.set(n, v);
-    }
-    return v;
-  }
-
   /**
    * Per sample: im2col, y = W·cols + b. 2·n·cout·R·P flops. Training keeps
    * every sample's columns; an eval forward uses one scratch block instead.
@@ -84,7 +75,7 @@ export class ConvWasm implements ConvKernel {
       k.gemm_nn(y, P, at.w, R, cols, P, cout, P, R, 1);
     }
     if (train) this.savedN = n;
-    return this.view(this.yViews, at.y, n * cout * P, n);
+    return this.arena.cachedView(this.yViews, at.y, n * cout * P, n);
   }
 
   /**
@@ -112,6 +103,6 @@ export class ConvWasm implements ConvKernel {
     }
     if (n === 0) dw.fill(0);
     else dw.set(this.dwView);
-    return this.view(this.dxViews, at.xdx, n * this.inSize, n);
+    return this.arena.cachedView(this.dxViews, at.xdx, n * this.inSize, n);
   }
 }

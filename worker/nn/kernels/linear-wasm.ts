@@ -46,15 +46,6 @@ export class LinearWasm implements LinearKernel {
     this.dxViews.clear();
   }
 
-  private view(cache: Map<number, Float32Array>, off: number, len: number, n: number): Float32Array {
-    let v = cache.get(n);
-    if (!v) {
-      v = this.arena.f32.subarray(off, off + len);
-      cache.set(n, v);
-    }
-    return v;
-  }
-
   /** y = x·Wᵀ + b: 2·n·out·in flops, rows of x against rows of W. */
   forward(x: Float32Array, n: number, train: boolean, w: Float32Array, b: Float32Array): Float32Array {
     this.reserve(n);
@@ -64,7 +55,7 @@ export class LinearWasm implements LinearKernel {
     f32.set(w, at.w);
     this.arena.copyIn(x, n * inF, xs);
     k.gemm_nt(at.y, outF, xs, inF, at.w, inF, n, outF, inF, 0);
-    const y = this.view(this.yViews, at.y, n * outF, n);
+    const y = this.arena.cachedView(this.yViews, at.y, n * outF, n);
     for (let i = 0; i < n; i++) for (let o = 0; o < outF; o++) y[i * outF + o]! += b[o]!;
     if (train) this.savedN = n;
     return y;
@@ -83,6 +74,6 @@ export class LinearWasm implements LinearKernel {
     k.gemm_nn(at.dx, inF, at.dy, outF, at.w, inF, n, inF, outF, 0);
     k.gemm_tn(at.dw, inF, at.dy, outF, at.x, inF, outF, inF, n, 0);
     dw.set(this.dwView);
-    return this.view(this.dxViews, at.dx, n * inF, n);
+    return this.arena.cachedView(this.dxViews, at.dx, n * inF, n);
   }
 }
