@@ -9,23 +9,26 @@ import { CoordinatorClient } from "../worker/client.js";
 import { RoundSync } from "../worker/sync.js";
 import { FLOOR_HEADER_BYTES, type LatencyCommand, type LatencyReply } from "./latency-wire.js";
 
-const [url, wsUrl, floorPort, rankText, worldText, channelsText, token] = process.argv.slice(2) as [string, string, string, string, string, string, string];
+const [url, tcpUrl, wsUrl, floorPort, rankText, worldText, channelsText, token] = process.argv.slice(2) as [string, string, string, string, string, string, string, string];
 const rank = Number(rankText);
 const world = Number(worldText);
 const channels = Number(channelsText);
 /** Elements per channel this worker contributes; > 1 so the global batch is valid. */
 const COUNT = 8;
 
-const client = await CoordinatorClient.connect({
-  url,
-  rank,
-  worldSize: world,
-  token,
-  conventions: { eps: 1e-5, momentum: 0.1, momentumStyle: "torch", unbiasedRunningVar: true, norm: "sync", training: "" },
-  connectTimeoutMs: 20_000,
-  roundTimeoutMs: 65_000,
-  maxPayload: 64 * 1024 * 1024,
-});
+const connectTo = (to: string): Promise<CoordinatorClient> =>
+  CoordinatorClient.connect({
+    url: to,
+    rank,
+    worldSize: world,
+    token,
+    conventions: { eps: 1e-5, momentum: 0.1, momentumStyle: "torch", unbiasedRunningVar: true, norm: "sync", training: "" },
+    connectTimeoutMs: 20_000,
+    roundTimeoutMs: 65_000,
+    maxPayload: 64 * 1024 * 1024,
+  });
+const client = await connectTo(url);
+const tcpClient = await connectTo(tcpUrl);
 
 // The same 2·C+1 statistics every way: [mean(C), M2(C)] plus the count.
 const moments = new Float64Array(2 * channels); // (2C)
@@ -67,11 +70,12 @@ let onBareMessage: () => void = () => {};
 bare.on("message", () => onBareMessage());
 
 // Ours goes through RoundSync, exactly as a BN layer's forward round does in training.
-const sync = new RoundSync(client);
+const syncWs = new RoundSync(client);
+const syncTcp = new RoundSync(tcpClient);
 const local = { count: COUNT, mean: moments.subarray(0, channels), m2: moments.subarray(channels) };
 let step = 0;
 
-async function runOurs(rounds: number): Promise<number[]> {
+async function runOurs(sync: RoundSync, rounds: number): Promise<number[]> {
   const lat: number[] = new Array<number>(rounds);
   for (let i = 0; i < rounds; i++) {
     sync.step = step++;
@@ -107,13 +111,14 @@ process.on("message", (m: LatencyCommand) => {
       sock.end();
       bare.terminate();
       await client.bye();
+      await tcpClient.bye();
       process.disconnect();
       return;
     }
     const cpu0 = process.cpuUsage();
     const lat =
-      m.cmd === "ours"
-        ? await runOurs(m.rounds)
+      m.cmd === "ours" || m.cmd === "tcp"
+        ? await runOurs(m.cmd === "ours" ? syncWs : syncTcp, m.rounds)
         : m.cmd === "ws"
           ? await runLoop(m.rounds, () => bare.send(tx), (h) => (onBareMessage = h))
           : await runLoop(m.rounds, () => sock.write(tx), (h) => (onFloorFrame = h));

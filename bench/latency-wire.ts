@@ -5,12 +5,13 @@
 export const FLOOR_HEADER_BYTES = 8;
 
 /**
- * ours: CoordinatorClient → real coordinator (ws server + Coordinator).
+ * ours: CoordinatorClient → real coordinator over the default WebSocket wire.
+ * tcp: the same client and coordinator over the tcp wire (`--wire tcp`).
  * ws: bare `ws` client and server, the same bytes as one binary message each way (ws's own cost).
  * floor: node:net only, fixed-size frames (the physical floor).
  */
-export type LatencyMethod = "ours" | "ws" | "floor";
-export const LATENCY_METHODS: readonly LatencyMethod[] = ["ours", "ws", "floor"];
+export type LatencyMethod = "ours" | "tcp" | "ws" | "floor";
+export const LATENCY_METHODS: readonly LatencyMethod[] = ["ours", "tcp", "ws", "floor"];
 
 export type LatencyCommand = { cmd: LatencyMethod; rounds: number } | { cmd: "exit" };
 

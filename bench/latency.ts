@@ -39,10 +39,13 @@ export interface LatencyRow {
   world: number;
   channels: number;
   ours: Spread;
+  tcp: Spread;
   ws: Spread;
   floor: Spread;
   /** ours.median / floor.median */
   ratio: number;
+  /** tcp.median / floor.median */
+  tcpRatio: number;
   /** ws.median / floor.median: the WebSocket layer's own share. */
   wsRatio: number;
   /** CPU µs per round of the central process (coordinator or summing server) and of the mean worker process. */
@@ -194,12 +197,22 @@ async function measure(world: number, channels: number, o: LatencyOptions): Prom
     roundTimeoutMs: 60_000,
     maxPayload: 64 * 1024 * 1024,
   });
+  const tcpCoord: CoordinatorServer = await startCoordinatorServer({
+    host: "127.0.0.1",
+    port: 0,
+    worldSize: world,
+    token,
+    conventions: null,
+    roundTimeoutMs: 60_000,
+    maxPayload: 64 * 1024 * 1024,
+    wire: "tcp",
+  });
   const floor = await startFloor(world, channels);
   const bare = await startBareWs(world, channels);
   const floorPort = (floor.address() as { port: number }).port;
   const wsUrl = `ws://127.0.0.1:${(bare.address() as { port: number }).port}`;
   const procs = Array.from({ length: world }, (_, rank) =>
-    fork(CLIENT_SCRIPT, [coord.url, wsUrl, String(floorPort), String(rank), String(world), String(channels), token], {
+    fork(CLIENT_SCRIPT, [coord.url, tcpCoord.url, wsUrl, String(floorPort), String(rank), String(world), String(channels), token], {
       stdio: ["ignore", "inherit", "inherit", "ipc"],
       execArgv: o.childExecArgv ?? [],
     }),
@@ -208,7 +221,7 @@ async function measure(world: number, channels: number, o: LatencyOptions): Prom
     await waitFor(procs, isReady);
     const methods = o.methods ?? LATENCY_METHODS;
     for (let w = 0; w < 2; w++) for (const m of methods) await runBlock(procs, m, o.warmup);
-    const blocks: Record<LatencyMethod, Block[]> = { ours: [], ws: [], floor: [] };
+    const blocks: Record<LatencyMethod, Block[]> = { ours: [], tcp: [], ws: [], floor: [] };
     for (let b = 0; b < o.blocks; b++) {
       // Rotate the order, so drifting load hits every method alike.
       for (let k = 0; k < methods.length; k++) {
@@ -217,15 +230,17 @@ async function measure(world: number, channels: number, o: LatencyOptions): Prom
       }
     }
     if (coord.coordinator.failed) throw coord.coordinator.failed;
+    if (tcpCoord.coordinator.failed) throw tcpCoord.coordinator.failed;
     const s = Object.fromEntries(LATENCY_METHODS.map((m) => [m, spread(blocks[m].flatMap((b) => b.lat))])) as Record<LatencyMethod, Spread>;
     const mean = (bs: Block[], k: "centralCpuUs" | "workerCpuUs"): number => bs.reduce((a, b) => a + b[k], 0) / bs.length;
     const cpuUs = Object.fromEntries(LATENCY_METHODS.map((m) => [m, { central: mean(blocks[m], "centralCpuUs"), worker: mean(blocks[m], "workerCpuUs") }])) as LatencyRow["cpuUs"];
-    return { world, channels, ...s, ratio: s.ours.median / s.floor.median, wsRatio: s.ws.median / s.floor.median, cpuUs, load: loadLine() };
+    return { world, channels, ...s, ratio: s.ours.median / s.floor.median, tcpRatio: s.tcp.median / s.floor.median, wsRatio: s.ws.median / s.floor.median, cpuUs, load: loadLine() };
   } finally {
     for (const p of procs) if (p.connected) p.send({ cmd: "exit" } satisfies LatencyCommand);
     await Promise.race([Promise.all(procs.map((p) => new Promise((r) => (p.exitCode !== null ? r(null) : p.once("exit", r))))), new Promise((r) => setTimeout(r, 3000))]);
     for (const p of procs) if (p.exitCode === null) p.kill("SIGKILL");
     await coord.close();
+    await tcpCoord.close();
     await new Promise((r) => floor.close(r));
     for (const c of bare.clients) c.terminate();
     await new Promise((r) => bare.close(r));
@@ -238,7 +253,7 @@ export async function runLatencyBench(o: LatencyOptions): Promise<LatencyRow[]> 
     for (const c of o.channels) {
       const r = await measure(w, c, o);
       o.log(
-        `latency W=${w} C=${c}: ours ${fmt(r.ours.median)} / ${fmt(r.ours.p90)} ms, bare ws ${fmt(r.ws.median)} / ${fmt(r.ws.p90)}, floor ${fmt(r.floor.median)} / ${fmt(r.floor.p90)}; ` +
+        `latency W=${w} C=${c}: ours ${fmt(r.ours.median)} / ${fmt(r.ours.p90)} ms, tcp ${fmt(r.tcp.median)} / ${fmt(r.tcp.p90)} (ratio ${fmt(r.tcpRatio, 2)}, CPU ${fmt(r.cpuUs.tcp.central, 0)}/${fmt(r.cpuUs.tcp.worker, 0)}), bare ws ${fmt(r.ws.median)} / ${fmt(r.ws.p90)}, floor ${fmt(r.floor.median)} / ${fmt(r.floor.p90)}; ` +
           `ratio ${fmt(r.ratio, 2)} (ws alone ${fmt(r.wsRatio, 2)}); CPU µs/round central ${fmt(r.cpuUs.ours.central, 0)}/${fmt(r.cpuUs.ws.central, 0)}/${fmt(r.cpuUs.floor.central, 0)}, ` +
           `worker ${fmt(r.cpuUs.ours.worker, 0)}/${fmt(r.cpuUs.ws.worker, 0)}/${fmt(r.cpuUs.floor.worker, 0)} (load ${r.load})`,
       );

@@ -3,7 +3,7 @@
 // actions. Flag parsing only; the work is in train.ts, worker/ and coordinator/.
 
 import { Command, InvalidArgumentError, Option } from "commander";
-import { DEFAULT_MAX_PAYLOAD, startCoordinatorServer } from "../coordinator/server.js";
+import { DEFAULT_MAX_PAYLOAD, WIRES, startCoordinatorServer, type Wire } from "../coordinator/server.js";
 import { ErrorCode, SyncbnError } from "../shared/errors.js";
 import { CoordinatorClient } from "../worker/client.js";
 import { DEFAULT_SETTINGS, conventionsOf, validateSettings, type TrainSettings } from "../worker/settings.js";
@@ -130,6 +130,13 @@ function defaultOutDir(): string {
   return `runs/${t}`;
 }
 
+/** --wire: how worker processes and the coordinator talk (coordinator/server.ts). */
+function wireOption(what = "how workers and the coordinator talk"): Option {
+  return new Option("--wire <kind>", `${what}: ws (WebSocket) or tcp (raw TCP, the same messages with less work per message; same results, bit for bit)`)
+    .choices([...WIRES])
+    .default("ws");
+}
+
 export function registerTrainCommands(program: Command): void {
   const env = readEnv();
   addTrainFlags(
@@ -139,12 +146,16 @@ export function registerTrainCommands(program: Command): void {
       .option("--workers <n>", "number of worker processes", intArg("--workers", 1), 4)
       .addOption(new Option("--on-worker-loss <policy>", "abort the run, or continue without the lost worker (elastic)").choices(["abort", "continue"]).default("abort"))
       .addOption(
-        new Option("--transport <kind>", "process: worker processes over WebSocket; thread: worker_threads in one process over MessagePorts (same results, bit for bit)")
+        new Option("--transport <kind>", "process: worker processes over the --wire; thread: worker_threads in one process over MessagePorts (same results, bit for bit)")
           .choices(["process", "thread"])
           .default("process"),
       )
+      .addOption(wireOption())
       .option("--out <dir>", "folder for metrics.jsonl, summary.json and checkpoint.bin (default runs/<time>)"),
-  ).action(async (f: TrainFlags & { workers: number; out?: string; onWorkerLoss: "abort" | "continue"; transport: "process" | "thread" }) => {
+  ).action(async (f: TrainFlags & { workers: number; out?: string; onWorkerLoss: "abort" | "continue"; transport: "process" | "thread"; wire: Wire }) => {
+    if (f.transport === "thread" && f.wire !== "ws") {
+      throw new SyncbnError(ErrorCode.BadConfig, "--wire applies to worker processes; --transport thread talks over MessagePorts (drop --wire, or use --transport process)");
+    }
     const tty = Boolean(process.stdout.isTTY) && !env.isCI;
     const r = await runTrain({
       settings: settingsFromFlags(f),
@@ -155,6 +166,7 @@ export function registerTrainCommands(program: Command): void {
       roundTimeoutMs: f.roundTimeout,
       onWorkerLoss: f.onWorkerLoss,
       transport: f.transport,
+      wire: f.wire,
       token: env.token,
       tty,
       print: (l) => console.log(l),
@@ -171,17 +183,21 @@ export function registerTrainCommands(program: Command): void {
     program
       .command("worker")
       .description("run one worker of a run whose coordinator is elsewhere (multi-host, torchrun/Slurm conventions)")
-      .option("--coordinator <url>", "ws://HOST:PORT of the coordinator (default from MASTER_ADDR/MASTER_PORT)")
+      .option("--coordinator <url>", "ws://HOST:PORT, or tcp://HOST:PORT for a coordinator on --wire tcp (default from MASTER_ADDR/MASTER_PORT and --wire)")
+      .addOption(wireOption("the wire of the URL built from MASTER_ADDR/MASTER_PORT"))
       .option("--rank <r>", "this worker's rank (default $RANK)", intArg("--rank", 0))
       .option("--world <w>", "number of workers (default $WORLD_SIZE)", intArg("--world", 1))
       .option("--token <t>", "the run token (default $SYNCBN_TOKEN)")
       .option("--out <dir>", "folder for checkpoints (rank 0 writes them)")
       .option("--connect-timeout <ms>", "keep retrying the coordinator this long", intArg("--connect-timeout", 100), 60_000)
       .addOption(new Option("--settings-json <json>").hideHelp()),
-  ).action(async (f: TrainFlags & { coordinator?: string; rank?: number; world?: number; token?: string; out?: string; connectTimeout: number; settingsJson?: string }) => {
+  ).action(async (f: TrainFlags & { coordinator?: string; rank?: number; world?: number; token?: string; out?: string; connectTimeout: number; settingsJson?: string; wire: Wire }) => {
     const rank = f.rank ?? env.rank;
     const world = f.world ?? env.worldSize;
-    const url = f.coordinator ?? (env.masterAddr ? `ws://${env.masterAddr}:${env.masterPort ?? 29500}` : undefined);
+    const url = f.coordinator ?? (env.masterAddr ? `${f.wire}://${env.masterAddr}:${env.masterPort ?? 29500}` : undefined);
+    if (url !== undefined && !/^(wss?|tcp):\/\//.test(url)) {
+      throw new SyncbnError(ErrorCode.BadConfig, `--coordinator ${url} is not a ws://HOST:PORT or tcp://HOST:PORT URL`);
+    }
     if (rank === undefined || world === undefined || url === undefined) {
       throw new SyncbnError(ErrorCode.BadConfig, "worker needs --rank, --world and --coordinator (or RANK, WORLD_SIZE, MASTER_ADDR[, MASTER_PORT])");
     }
@@ -238,8 +254,9 @@ export function registerTrainCommands(program: Command): void {
     .option("--token <t>", "run token workers must present (default $SYNCBN_TOKEN); required off loopback")
     .option("--round-timeout <ms>", "deadline of every sync round", intArg("--round-timeout", 100), 60_000)
     .addOption(new Option("--on-worker-loss <policy>", "abort the run, or continue without the lost worker (elastic)").choices(["abort", "continue"]).default("abort"))
+    .addOption(wireOption())
     .option("--out <dir>", "folder for metrics.jsonl and summary.json")
-    .action(async (f: { world?: number; host?: string; port?: number; token?: string; roundTimeout: number; onWorkerLoss: "abort" | "continue"; out?: string }) => {
+    .action(async (f: { world?: number; host?: string; port?: number; token?: string; roundTimeout: number; onWorkerLoss: "abort" | "continue"; out?: string; wire: Wire }) => {
       const world = f.world ?? env.worldSize;
       if (world === undefined) throw new SyncbnError(ErrorCode.BadConfig, "coordinator needs --world (or WORLD_SIZE)");
       const server = await startCoordinatorServer({
@@ -251,6 +268,7 @@ export function registerTrainCommands(program: Command): void {
         roundTimeoutMs: f.roundTimeout,
         maxPayload: DEFAULT_MAX_PAYLOAD,
         onWorkerLoss: f.onWorkerLoss,
+        wire: f.wire,
       });
       console.log(`syncbn coordinator listening on ${server.url} for ${world} workers`);
       let monitor: RunMonitor | null = null;

@@ -6,7 +6,7 @@
 import { randomBytes } from "node:crypto";
 import { mkdirSync } from "node:fs";
 import type { Coordinator } from "../coordinator/coordinator.js";
-import { DEFAULT_MAX_PAYLOAD, startCoordinatorServer } from "../coordinator/server.js";
+import { DEFAULT_MAX_PAYLOAD, startCoordinatorServer, type Wire } from "../coordinator/server.js";
 import { startThreadCoordinator, type ThreadCoordinator } from "../coordinator/threads.js";
 import { ErrorCode, SyncbnError } from "../shared/errors.js";
 import { readCheckpoint } from "../worker/checkpoint.js";
@@ -38,6 +38,8 @@ export interface TrainOptions {
    * logic and bit-identical results (fast simulation; no multi-host).
    */
   transport?: "process" | "thread";
+  /** Wire of the process transport (default ws). */
+  wire?: Wire;
 }
 
 export interface TrainResult {
@@ -63,7 +65,7 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
   const coordOptions = { worldSize: o.workers, token, conventions: conventionsOf(s), roundTimeoutMs: o.roundTimeoutMs, onWorkerLoss: o.onWorkerLoss };
   const server: { coordinator: Coordinator; url: string; close(): Promise<void> } = threads
     ? startThreadCoordinator(coordOptions)
-    : await startCoordinatorServer({ ...coordOptions, host: "127.0.0.1", port: 0, maxPayload: DEFAULT_MAX_PAYLOAD });
+    : await startCoordinatorServer({ ...coordOptions, host: "127.0.0.1", port: 0, maxPayload: DEFAULT_MAX_PAYLOAD, wire: o.wire ?? "ws" });
   let startStep = 0;
   if (resumed) {
     startStep = resumed.header.step;

@@ -1,12 +1,18 @@
-// The coordinator's WebSocket transport: a `ws` server (no compression, explicit
-// maxPayload) that turns each connection into a Peer of the socket-free
-// Coordinator. Binds 127.0.0.1 by default; refuses a non-loopback bind without a token.
+// The coordinator's network transports: a `ws` server (no compression, explicit
+// maxPayload; the default wire) or a raw-TCP listener (tcp-server.ts), each turning
+// connections into Peers of the socket-free Coordinator. Binds 127.0.0.1 by
+// default; refuses a non-loopback bind without a token.
 
 import { WebSocketServer, type WebSocket } from "ws";
 import type { AddressInfo } from "node:net";
 import { ErrorCode, SyncbnError } from "../shared/errors.js";
 import { Coordinator, type CoordinatorOptions, type Peer } from "./coordinator.js";
 import { noteSent } from "./frame-release.js";
+import { listenTcp } from "./tcp-server.js";
+
+/** ws: WebSocket (DESIGN §5, the default); tcp: the same messages on raw TCP, less work per message. */
+export type Wire = "ws" | "tcp";
+export const WIRES: readonly Wire[] = ["ws", "tcp"];
 
 export interface ServerOptions extends CoordinatorOptions {
   host: string;
@@ -14,6 +20,8 @@ export interface ServerOptions extends CoordinatorOptions {
   port: number;
   /** Largest accepted message in bytes; larger ones close the connection (1009). */
   maxPayload: number;
+  /** Default "ws". */
+  wire?: Wire;
 }
 
 export const DEFAULT_MAX_PAYLOAD = 256 * 1024 * 1024;
@@ -38,6 +46,22 @@ export async function startCoordinatorServer(opts: ServerOptions): Promise<Coord
     );
   }
   const coordinator = new Coordinator(opts);
+  const urlHost = opts.host.includes(":") && !opts.host.startsWith("[") ? `[${opts.host}]` : opts.host;
+  if (opts.wire === "tcp") {
+    const tcp = await listenTcp(coordinator, opts.host, opts.port, opts.maxPayload).catch((e: Error) => {
+      throw new SyncbnError(ErrorCode.BadConfig, `coordinator cannot listen on ${opts.host}:${opts.port}: ${e.message}`);
+    });
+    return {
+      coordinator,
+      host: opts.host,
+      port: tcp.port,
+      url: `tcp://${urlHost}:${tcp.port}`,
+      close: () => {
+        coordinator.shutdown("coordinator shut down");
+        return tcp.close();
+      },
+    };
+  }
   const wss = new WebSocketServer({
     host: opts.host,
     port: opts.port,
@@ -56,7 +80,6 @@ export async function startCoordinatorServer(opts: ServerOptions): Promise<Coord
   });
   wss.on("connection", (ws, req) => attach(coordinator, ws, `${req.socket.remoteAddress}:${req.socket.remotePort}`));
   const port = (wss.address() as AddressInfo).port;
-  const urlHost = opts.host.includes(":") && !opts.host.startsWith("[") ? `[${opts.host}]` : opts.host;
   return {
     coordinator,
     host: opts.host,

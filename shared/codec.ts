@@ -126,6 +126,21 @@ function encodeFrame(kind: number, m: Contribution | RoundResult): Uint8Array {
   return bytes;
 }
 
+/**
+ * Total byte size of the binary frame whose header starts at bytes[offset]
+ * (needs FRAME_SIZE_BYTES of it): 32 + D + 8m, from the flags and the two length
+ * fields. Lets a byte-stream reader find a frame's end before it has all of it;
+ * decode() still checks every field.
+ */
+export function frameByteLength(bytes: Uint8Array, offset = 0): number {
+  const u32 = (at: number): number => (bytes[at]! | (bytes[at + 1]! << 8) | (bytes[at + 2]! << 16) | (bytes[at + 3]! << 24)) >>> 0;
+  const f32 = (bytes[offset + 3]! & FLAG_F32) !== 0;
+  return FRAME_HEADER_BYTES + dataBytes(u32(offset + 16), f32) + 8 * u32(offset + 20);
+}
+
+/** Header bytes frameByteLength() reads. */
+export const FRAME_SIZE_BYTES = 24;
+
 /** A Float64Array/Float32Array over bytes[offset…], a view when aligned, else an aligned copy. */
 function floats(bytes: Uint8Array, offset: number, n: number, f32: boolean): Float64Array | Float32Array {
   const at = bytes.byteOffset + offset;

@@ -11,9 +11,10 @@ const tmp = (p: string): string => mkdtempSync(join(tmpdir(), `syncbn-${p}-`));
 const SMALL = ["--data", "synthetic", "--train-size", "1024", "--test-size", "100", "--model", "mlp", "--batch", "8", "--seed", "5"];
 
 describe("faults", () => {
-  for (const phase of ["fwd", "bwd", "grad"] as const) {
-    it(`stops the run and names rank, step and phase when a worker is SIGKILLed in the ${phase} phase`, async () => {
-      const r = await runCli(["train", "--workers", "3", "--steps", "400", "--out", tmp(`kill-${phase}`), ...SMALL], {
+  const kills = [["fwd", "ws"], ["bwd", "ws"], ["grad", "ws"], ["fwd", "tcp"]] as const;
+  for (const [phase, wire] of kills) {
+    it(`stops the run and names rank, step and phase when a worker is SIGKILLed in the ${phase} phase (--wire ${wire})`, async () => {
+      const r = await runCli(["train", "--workers", "3", "--steps", "400", "--wire", wire, "--out", tmp(`kill-${phase}-${wire}`), ...SMALL], {
         env: { SYNCBN_FAULT: `1:5:${phase}` },
         timeoutMs: 60_000,
       });

@@ -1,5 +1,6 @@
-// `--transport thread` against the default worker processes: the same coordinator
-// logic over MessagePorts instead of WebSockets must give the same run, bit for bit.
+// `--transport thread` and `--wire tcp` against the default worker processes over
+// WebSocket: the same coordinator logic over MessagePorts or raw TCP must give the
+// same run, bit for bit.
 import { mkdtempSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -24,29 +25,38 @@ function bitsByName(ck: Checkpoint): Map<string, Uint8Array> {
   return out;
 }
 
-describe("--transport thread", () => {
-  it("trains the same parameters, momentum and running stats, bit for bit, as worker processes", async () => {
-    const dirs = { process: tmp("proc"), thread: tmp("thread") };
-    const [p, t] = await Promise.all([
+describe("--transport thread and --wire tcp", () => {
+  it("train the same parameters, momentum and running stats, bit for bit, as worker processes over WebSocket", async () => {
+    const dirs = { process: tmp("proc"), thread: tmp("thread"), tcp: tmp("tcp") };
+    const runs = await Promise.all([
       runCli([...RUN, "--out", dirs.process, "--transport", "process"], { timeoutMs: 90_000 }),
       runCli([...RUN, "--out", dirs.thread, "--transport", "thread"], { timeoutMs: 90_000 }),
+      runCli([...RUN, "--out", dirs.tcp, "--wire", "tcp"], { timeoutMs: 90_000 }),
     ]);
-    expect(p.code, p.stderr).toBe(0);
-    expect(t.code, t.stderr).toBe(0);
+    for (const r of runs) expect(r.code, r.stderr).toBe(0);
+    expect(runs[2]!.stdout).toMatch(/coordinator tcp:\/\/127\.0\.0\.1:\d+/);
     const a = readCheckpoint(join(dirs.process, "checkpoint.bin"));
-    const b = readCheckpoint(join(dirs.thread, "checkpoint.bin"));
-    expect(b.header).toEqual(a.header);
     const bitsA = bitsByName(a);
-    const bitsB = bitsByName(b);
-    expect([...bitsB.keys()]).toEqual([...bitsA.keys()]);
-    for (const [name, bits] of bitsA) expect(Buffer.from(bitsB.get(name)!).equals(Buffer.from(bits)), `${name} differs`).toBe(true);
-    // The monitor saw the same run: same losses and eval results.
     const summary = (d: string): { finalTrainLoss: number; testAccuracy: number; testLoss: number } => JSON.parse(readFileSync(join(d, "summary.json"), "utf8"));
-    expect(summary(dirs.thread)).toMatchObject({
-      finalTrainLoss: summary(dirs.process).finalTrainLoss,
-      testAccuracy: summary(dirs.process).testAccuracy,
-      testLoss: summary(dirs.process).testLoss,
-    });
+    for (const other of [dirs.thread, dirs.tcp]) {
+      const b = readCheckpoint(join(other, "checkpoint.bin"));
+      expect(b.header).toEqual(a.header);
+      const bitsB = bitsByName(b);
+      expect([...bitsB.keys()]).toEqual([...bitsA.keys()]);
+      for (const [name, bits] of bitsA) expect(Buffer.from(bitsB.get(name)!).equals(Buffer.from(bits)), `${name} differs in ${other}`).toBe(true);
+      // The monitor saw the same run: same losses and eval results.
+      expect(summary(other)).toMatchObject({
+        finalTrainLoss: summary(dirs.process).finalTrainLoss,
+        testAccuracy: summary(dirs.process).testAccuracy,
+        testLoss: summary(dirs.process).testLoss,
+      });
+    }
+  });
+
+  it("refuses --wire with --transport thread, saying why", async () => {
+    const r = await runCli([...RUN, "--out", tmp("thread-wire"), "--transport", "thread", "--wire", "tcp"], { timeoutMs: 30_000 });
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/--wire applies to worker processes/);
   });
 
   it("reports a failing worker thread by rank with its error, as it does a failing worker process", async () => {

@@ -18,6 +18,7 @@ import {
   type RoundResult,
   type ServerMessage,
 } from "../shared/protocol.js";
+import { openTcpLink } from "./tcp-link.js";
 
 export interface ClientOptions {
   url: string;
@@ -133,8 +134,8 @@ export class CoordinatorClient {
     let lastError = "";
     for (;;) {
       try {
-        const ws = await openSocket(opts, Math.max(100, deadline - Date.now()));
-        return await CoordinatorClient.handshake(wsLink(ws, opts.url), opts, Math.max(1000, deadline - Date.now()));
+        const link = await openLink(opts, Math.max(100, deadline - Date.now()));
+        return await CoordinatorClient.handshake(link, opts, Math.max(1000, deadline - Date.now()));
       } catch (e) {
         if (e instanceof SyncbnError && e.code !== ErrorCode.CoordinatorLost) throw e; // refused: retrying will not help
         lastError = (e as Error).message;
@@ -337,6 +338,12 @@ function safeDecode(bytes: Uint8Array, into?: Float64Array | Float32Array): Serv
   } catch {
     return null;
   }
+}
+
+/** A connected Link to opts.url: tcp://HOST:PORT for the tcp wire, ws:// (or wss://) for WebSocket. */
+async function openLink(opts: ClientOptions, timeoutMs: number): Promise<Link> {
+  if (opts.url.startsWith("tcp://")) return openTcpLink(opts.url, opts.maxPayload, timeoutMs);
+  return wsLink(await openSocket(opts, timeoutMs), opts.url);
 }
 
 function openSocket(opts: ClientOptions, timeoutMs: number): Promise<WebSocket> {
