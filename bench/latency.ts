@@ -1,8 +1,9 @@
 // Round-latency benchmark (issue 5 §1): one sync-BN round of 2·C+1 statistics,
-// from worker send to result received, with W worker processes, three ways in
+// from worker send to result received, with W worker processes, four ways in
 // the same processes, interleaved block by block: through the real coordinator
-// (ours), through bare `ws` (what the WebSocket layer alone costs), and the floor,
-// a raw node:net barrier all-reduce of the same bytes. Not a test.
+// on the ws wire (ours) and on the tcp wire, through bare `ws` (what the
+// WebSocket layer alone costs), and the floor, a raw node:net barrier all-reduce
+// of the same bytes. Not a test.
 
 import { fork, type ChildProcess } from "node:child_process";
 import { createServer, type Server, type Socket } from "node:net";
@@ -266,21 +267,24 @@ export async function runLatencyBench(o: LatencyOptions): Promise<LatencyRow[]> 
 export function latencyMarkdown(rows: readonly LatencyRow[], o: Omit<LatencyOptions, "log">): string[] {
   return [
     `One sync-BN round (2·C+1 float64 statistics), worker send → result received, W worker processes on 127.0.0.1. ` +
-      `Per method ${o.blocks * o.roundsPerBlock} rounds per worker after 2 × ${o.warmup} warm-up rounds, the three methods rotating in blocks of ${o.roundsPerBlock} rounds in the same processes; ` +
-      `median and p90 over all workers' rounds. **ours** = CoordinatorClient → the real coordinator (ws server, validation, rank-order Chan merge, running stats); ` +
+      `Per method ${o.blocks * o.roundsPerBlock} rounds per worker after 2 × ${o.warmup} warm-up rounds, the four methods rotating in blocks of ${o.roundsPerBlock} rounds in the same processes; ` +
+      `median and p90 over all workers' rounds. **ours (ws)** = CoordinatorClient → the real coordinator (validation, rank-order Chan merge, running stats) over the default WebSocket wire; ` +
+      `**ours (tcp)** = the same client and coordinator over \`--wire tcp\`; ` +
       `**bare ws** = the same bytes through plain \`ws\` (what the WebSocket layer alone costs); **floor** = raw \`node:net\` barrier all-reduce of the same bytes (central process sums, writes back). ` +
       `Target: ours ≤ ${LATENCY_TARGET} × floor.`,
     "",
     ...table(
-      ["W", "C", "ours median / p90 ms", "bare ws median / p90 ms", "floor median / p90 ms", "ours / floor", `target ≤ ${LATENCY_TARGET}`, "bare ws / floor", "load (1/5/15 min)"],
+      ["W", "C", "ours (ws) median / p90 ms", "ours (tcp) median / p90 ms", "bare ws median / p90 ms", "floor median / p90 ms", "ws / floor", "tcp / floor", `target ≤ ${LATENCY_TARGET} (ws; tcp)`, "bare ws / floor", "load (1/5/15 min)"],
       rows.map((r) => [
         String(r.world),
         String(r.channels),
         `${fmt(r.ours.median)} / ${fmt(r.ours.p90)}`,
+        `${fmt(r.tcp.median)} / ${fmt(r.tcp.p90)}`,
         `${fmt(r.ws.median)} / ${fmt(r.ws.p90)}`,
         `${fmt(r.floor.median)} / ${fmt(r.floor.p90)}`,
         fmt(r.ratio, 2),
-        verdict(r.ratio <= LATENCY_TARGET),
+        fmt(r.tcpRatio, 2),
+        `${verdict(r.ratio <= LATENCY_TARGET)}; ${verdict(r.tcpRatio <= LATENCY_TARGET)}`,
         fmt(r.wsRatio, 2),
         r.load,
       ]),
@@ -289,16 +293,12 @@ export function latencyMarkdown(rows: readonly LatencyRow[], o: Omit<LatencyOpti
     "CPU time per round (user + system, µs; less sensitive to load than latency): the central process and the mean worker process.",
     "",
     ...table(
-      ["W", "C", "coordinator", "bare ws server", "floor server", "our worker", "bare ws worker", "floor worker"],
+      ["W", "C", "coordinator (ws)", "coordinator (tcp)", "bare ws server", "floor server", "our worker (ws)", "our worker (tcp)", "bare ws worker", "floor worker"],
       rows.map((r) => [
         String(r.world),
         String(r.channels),
-        fmt(r.cpuUs.ours.central, 0),
-        fmt(r.cpuUs.ws.central, 0),
-        fmt(r.cpuUs.floor.central, 0),
-        fmt(r.cpuUs.ours.worker, 0),
-        fmt(r.cpuUs.ws.worker, 0),
-        fmt(r.cpuUs.floor.worker, 0),
+        ...(["ours", "tcp", "ws", "floor"] as const).map((m) => fmt(r.cpuUs[m].central, 0)),
+        ...(["ours", "tcp", "ws", "floor"] as const).map((m) => fmt(r.cpuUs[m].worker, 0)),
       ]),
     ),
   ];

@@ -7,8 +7,11 @@ import { pathToFileURL } from "node:url";
 import { fmt, loadLine, machineLine, percentile, spread, table, verdict, type Spread } from "./stats.js";
 import { trainOnce } from "./train-run.js";
 
+/** Worker processes over ws (the default) or the tcp wire, or worker threads. */
+export type StepTransport = "process" | "process-tcp" | "thread";
+
 export interface StepCell {
-  transport: "process" | "thread";
+  transport: StepTransport;
   workers: number;
 }
 
@@ -21,7 +24,7 @@ export interface StepOptions {
   testSize: number;
   /** Runs per (transport, norm); sync and local alternate. */
   repeats: number;
-  transports: readonly ("process" | "thread")[];
+  transports: readonly StepTransport[];
   /**
    * Extra diagnostic cells, e.g. 2 worker processes (one per core): sync vs
    * local without our own oversubscription of the cores.
@@ -37,7 +40,7 @@ export const DEFAULT_STEP: Omit<StepOptions, "log"> = {
   trainSize: 4000,
   testSize: 200,
   repeats: 3,
-  transports: ["process", "thread"],
+  transports: ["process", "process-tcp", "thread"],
   diagnostics: [{ transport: "process", workers: 2 }],
 };
 
@@ -45,7 +48,7 @@ export const DEFAULT_STEP: Omit<StepOptions, "log"> = {
 export const STEP_TARGET = 1.2;
 
 export interface StepRow {
-  transport: "process" | "thread";
+  transport: StepTransport;
   workers: number;
   /** Not the issue's configuration: shown to explain it. */
   diagnostic: boolean;
@@ -71,7 +74,8 @@ export async function runStepBench(o: StepOptions): Promise<StepRow[]> {
         const r = await trainOnce({
           settings: { model: "cnn", norm, data: "synthetic", batch: o.batch, steps: o.steps, trainSize: o.trainSize, testSize: o.testSize, seed: 1 },
           workers,
-          transport,
+          transport: transport === "thread" ? "thread" : "process",
+          wire: transport === "process-tcp" ? "tcp" : "ws",
         });
         acc[norm].ms.push(...r.stepMs);
         acc[norm].wait.push(...r.waitMs);
@@ -98,6 +102,8 @@ export async function runStepBench(o: StepOptions): Promise<StepRow[]> {
   return rows;
 }
 
+export const TRANSPORT_LABEL: Record<StepTransport, string> = { process: "process (ws)", "process-tcp": "process (tcp wire)", thread: "thread (MessagePort)" };
+
 export function stepMarkdown(rows: readonly StepRow[], o: Omit<StepOptions, "log">): string[] {
   return [
     `Reference \`cnn\`, ${o.workers} workers × ${o.batch} samples, synthetic data (--train-size ${o.trainSize} --test-size ${o.testSize}), ${o.steps} steps per run, ` +
@@ -107,7 +113,7 @@ export function stepMarkdown(rows: readonly StepRow[], o: Omit<StepOptions, "log
     ...table(
       ["transport", "workers × batch", "sync median / p90 ms", "local median / p90 ms", "sync / local", `target ≤ ${STEP_TARGET}`, "wait sync / local ms", "per-run medians (sync; local)", "load (1/5/15 min)"],
       rows.map((r) => [
-        r.transport === "process" ? "process (ws)" : "thread (MessagePort)",
+        TRANSPORT_LABEL[r.transport],
         `${r.workers} × ${o.batch}${r.diagnostic ? " (diagnostic)" : ""}`,
         `${fmt(r.sync.median, 1)} / ${fmt(r.sync.p90, 1)}`,
         `${fmt(r.local.median, 1)} / ${fmt(r.local.p90, 1)}`,

@@ -13,6 +13,8 @@ export interface TrainRunOptions {
   settings: Partial<TrainSettings>;
   workers: number;
   transport: "process" | "thread";
+  /** Wire of worker processes (default ws). */
+  wire?: "ws" | "tcp";
   /** Extra environment for worker processes (e.g. SYNCBN_FASHION_MNIST_DIR). */
   workerEnv?: NodeJS.ProcessEnv;
 }
@@ -38,6 +40,7 @@ export async function trainOnce(o: TrainRunOptions): Promise<TrainRun> {
       resume: null,
       roundTimeoutMs: 60_000,
       transport: o.transport,
+      wire: o.wire ?? "ws",
       workerEnv: o.workerEnv,
       tty: false,
       print: () => {},
