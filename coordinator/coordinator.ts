@@ -25,7 +25,7 @@ import {
   type RoundResult,
 } from "../shared/protocol.js";
 import { RunningStatsTable } from "./running-stats.js";
-import { reduceRound } from "./reduce.js";
+import { reduceRound, type ReducedRound } from "./reduce.js";
 import { admissionProblem } from "./admission.js";
 import { allFinite } from "./finite.js";
 
@@ -83,6 +83,8 @@ interface OpenRound {
   members: readonly number[];
   /** Contributions by member position; null = not yet arrived. */
   parts: (Contribution | null)[];
+  /** The first contribution to arrive: the shape the others must have. */
+  first: Contribution | null;
   arrived: number;
   /** performance.now() past which the round fails (see sweepDeadlines). */
   deadline: number;
@@ -365,6 +367,7 @@ export class Coordinator {
     }
     const pos = members.indexOf(rank);
     round.parts[pos] = c;
+    round.first ??= c;
     round.arrived++;
     if (round.arrived === members.length) this.complete(id, round);
   }
@@ -377,6 +380,7 @@ export class Coordinator {
       layer: c.layer,
       members,
       parts: new Array<Contribution | null>(members.length).fill(null),
+      first: null,
       arrived: 0,
       deadline: performance.now() + this.opts.roundTimeoutMs,
     };
@@ -416,7 +420,7 @@ export class Coordinator {
   private checkShape(round: OpenRound, c: Contribution, rank: number): SyncbnError | null {
     const ctx = { rank, step: c.step, layer: c.layer, phase: c.phase };
     const isBn = c.phase === "fwd" || c.phase === "bwd";
-    const first = round.parts.find((p) => p !== null);
+    const first = round.first;
     const known = this.layerChannels.get(c.layer);
     const expected = first ? first.data.length : isBn && known !== undefined ? 2 * known : c.data.length;
     if (c.data.length !== expected) {
@@ -435,13 +439,14 @@ export class Coordinator {
   private complete(id: string, round: OpenRound): void {
     this.open.delete(id);
     const parts = round.parts as Contribution[];
-    let result: RoundResult;
+    let reduced: ReducedRound;
     try {
-      result = reduceRound(round.step, round.phase, round.layer, parts, round.members);
+      reduced = reduceRound(round.step, round.phase, round.layer, parts, round.members);
     } catch (e) {
       this.failRun(isSyncbnError(e) ? e : new SyncbnError(ErrorCode.BadMessage, String(e), { step: round.step, layer: round.layer, phase: round.phase }));
       return;
     }
+    const result = reduced.result;
     if (round.phase === "fwd") {
       if (!this.layerChannels.has(round.layer)) this.layerChannels.set(round.layer, result.data.length / 2);
       if (result.count === 1) {
@@ -462,8 +467,8 @@ export class Coordinator {
       this.runningStats.commit();
       this.lastCompletedGradStep = round.step;
     }
-    const bytes = encode(result);
-    for (const r of round.members) this.peers[r]?.send(bytes);
+    for (const r of round.members) this.peers[r]?.send(reduced.frame);
+    // data and extra are views of the sent frame, reused once the sends completed: valid during the call only.
     this.events.onRound?.({ step: round.step, phase: round.phase, layer: round.layer, count: result.count, data: result.data, extra: result.extra });
   }
 

@@ -1,11 +1,23 @@
 // Reduction of one round's contributions, always in rank (member) order so the
 // result never depends on arrival order: Chan merge for BN moments, float64 sums
 // for everything else. Also compares parameter checksums of the replicas.
-// Hot path (once per BN layer per pass): each loop sees one array type only, so
-// V8 keeps it monomorphic, and nothing is allocated but the result.
+// Hot path (once per BN layer per pass): the result is reduced straight into its
+// (pooled) wire frame, so nothing is allocated or copied but two payload views;
+// each loop sees one array type only, so V8 keeps it monomorphic.
 
+import { beginResult } from "../shared/codec.js";
 import { ErrorCode, SyncbnError } from "../shared/errors.js";
 import type { Contribution, Phase, RoundResult } from "../shared/protocol.js";
+
+/** A reduced round: the result (its data and extra are views of `frame`) and its encoded frame. */
+export interface ReducedRound {
+  result: RoundResult;
+  /** Ready to send; release it (codec releaseEncoded) once sent, or drop it. */
+  frame: Uint8Array;
+}
+
+/** float64 accumulator of float32 gradient sums, grown as needed; rounded once into the frame. */
+let gradScratch = new Float64Array(0);
 
 export function reduceRound(
   step: number,
@@ -13,32 +25,38 @@ export function reduceRound(
   layer: number,
   parts: readonly Contribution[], // in member order
   members: readonly number[],
-): RoundResult {
+): ReducedRound {
+  checkChecksums(parts, members, step, layer, phase);
   const first = parts[0]!;
+  const n = first.data.length;
+  // Gradients travel as float32; they are summed in float64 and rounded once.
+  const f32 = phase === "grad";
+  const out = beginResult(step, phase, layer, n, f32, first.extra?.length ?? 0);
   let count = 0;
-  let data: Float64Array | Float32Array;
   if (phase === "fwd") {
-    const out = new Float64Array(first.data.length); // [mean(C), biased var(C)]
-    count = mergeMomentsInto(out, parts);
-    data = out;
+    count = mergeMomentsInto(out.data as Float64Array, parts); // [mean(C), biased var(C)]
   } else {
-    const sum = new Float64Array(first.data.length);
+    let sum = out.data as Float64Array;
+    if (f32) {
+      if (gradScratch.length < n) gradScratch = new Float64Array(n);
+      sum = gradScratch.subarray(0, n);
+    }
+    sum.fill(0);
     for (const p of parts) {
       count += p.count;
       if (p.data instanceof Float32Array) addF32(sum, p.data);
       else addF64(sum, p.data);
     }
-    // Gradients travel as float32; they are summed in float64 and rounded once.
-    data = phase === "grad" ? Float32Array.from(sum) : sum;
+    if (f32) (out.data as Float32Array).set(sum);
   }
-  const result: RoundResult = { type: "result", step, phase, layer, count, data };
-  if (first.extra) {
-    const extra = new Float64Array(first.extra.length);
-    for (const p of parts) addF64(extra, p.extra!);
-    result.extra = extra;
+  if (out.extra) {
+    out.extra.fill(0);
+    for (const p of parts) addF64(out.extra, p.extra!);
   }
-  checkChecksums(parts, members, step, layer, phase);
-  return result;
+  const frame = out.finish(count);
+  const result: RoundResult = { type: "result", step, phase, layer, count, data: out.data };
+  if (out.extra) result.extra = out.extra;
+  return { result, frame };
 }
 
 /**
@@ -69,7 +87,8 @@ function mergeMomentsInto(out: Float64Array, parts: readonly Contribution[]): nu
     }
     countA = total;
   }
-  for (let ch = c; ch < 2 * c; ch++) out[ch] = countA > 0 ? out[ch]! / countA : 0;
+  if (countA === 0) out.fill(0); // every side empty: nothing was written (the frame is reused memory)
+  else for (let ch = c; ch < 2 * c; ch++) out[ch] = out[ch]! / countA;
   return countA;
 }
 

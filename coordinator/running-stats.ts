@@ -25,17 +25,23 @@ export class RunningStatsTable {
     this.layers.set(layer, { mean: Float64Array.from(stats.mean), var: Float64Array.from(stats.var), tracked: stats.tracked });
   }
 
-  private pending: { step: number; layer: number; count: number; meanVar: Float64Array | Float32Array }[] = [];
+  private pending: { step: number; layer: number; count: number; meanVar: Float64Array }[] = [];
+  /** Per layer, where a staged update's statistics are kept (the caller's array is a reused frame). */
+  private readonly staging = new Map<number, Float64Array>();
 
   /**
-   * Queue a step's update; commit() applies the queue when the step's gradient
-   * round completes, discard() drops it when the step is redone (elastic mode).
-   * Updates of an earlier step still queued (a run without gradient rounds) are
-   * committed first, so the queue never holds more than one step.
+   * Queue a step's update (a copy of meanVar); commit() applies the queue when the
+   * step's gradient round completes, discard() drops it when the step is redone
+   * (elastic mode). Updates of an earlier step still queued (a run without
+   * gradient rounds), or of the same layer, are committed first, so the queue
+   * never holds more than one step and one update per layer.
    */
   stage(step: number, layer: number, count: number, meanVar: Float64Array | Float32Array): void {
-    if (this.pending.length > 0 && this.pending[0]!.step !== step) this.commit();
-    this.pending.push({ step, layer, count, meanVar });
+    if (this.pending.length > 0 && (this.pending[0]!.step !== step || this.pending.some((u) => u.layer === layer))) this.commit();
+    let copy = this.staging.get(layer);
+    if (!copy || copy.length !== meanVar.length) this.staging.set(layer, (copy = new Float64Array(meanVar.length)));
+    copy.set(meanVar);
+    this.pending.push({ step, layer, count, meanVar: copy });
   }
 
   commit(): void {

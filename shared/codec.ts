@@ -51,79 +51,125 @@ function dataBytes(n: number, f32: boolean): number {
 }
 
 /**
- * Frame buffers for reuse, by exact byte size: allocating a fresh ArrayBuffer per
- * message (and having the kernel copy from fresh pages) costs more than the whole
- * rest of the encode. Transports put a frame back with releaseEncoded() once its
- * sends completed; frames never released are simply garbage-collected.
+ * A frame's memory with its views, made once per buffer: a frame's size is a
+ * multiple of 8 (header 32, data padded to 8, extra in f64), so one Float64Array
+ * and one Float32Array span it all and payloads are written at an element index.
  */
-const pool = new Map<number, ArrayBuffer[]>();
+interface FrameBuffer {
+  bytes: Uint8Array;
+  /** Header words 0..5 (u32). */
+  words: Uint32Array;
+  f64: Float64Array;
+  f32: Float32Array;
+}
+
+/**
+ * Frame buffers for reuse, by exact byte size: allocating a fresh ArrayBuffer
+ * (and its views) per message costs more than the whole rest of the encode.
+ * Transports put a frame back with releaseEncoded() once its sends completed;
+ * frames never released are simply garbage-collected.
+ */
+const pool = new Map<number, FrameBuffer[]>();
+/** The FrameBuffer behind each frame handed out (its `bytes`), for releaseEncoded. */
+const frameOf = new WeakMap<Uint8Array, FrameBuffer>();
 let pooledBytes = 0;
 const POOL_MAX_BYTES = 64 * 1024 * 1024;
 const POOL_MAX_PER_SIZE = 8;
 
-function takeBuffer(size: number): ArrayBuffer {
-  const b = pool.get(size)?.pop();
-  if (b === undefined) return new ArrayBuffer(size);
-  pooledBytes -= size;
-  return b;
+function takeFrame(size: number): FrameBuffer {
+  const f = pool.get(size)?.pop();
+  if (f !== undefined) {
+    pooledBytes -= size;
+    return f;
+  }
+  const buffer = new ArrayBuffer(size);
+  const frame: FrameBuffer = { bytes: new Uint8Array(buffer), words: new Uint32Array(buffer, 0, 6), f64: new Float64Array(buffer), f32: new Float32Array(buffer) };
+  frameOf.set(frame.bytes, frame);
+  return frame;
 }
 
 /**
  * Gives an encoded frame's memory back for reuse. Call it only when nothing reads
  * `bytes` (or anything decoded from them) any more — for a transport, when every
- * send of them has completed. Anything that is not a whole, live frame buffer
- * (msgpack bytes, views, transferred buffers) is ignored.
+ * send of them has completed. Anything that is not a frame from encode() or
+ * beginResult() (msgpack bytes, views, transferred buffers) is ignored.
  */
 export function releaseEncoded(bytes: Uint8Array): void {
-  const b = bytes.buffer as ArrayBuffer;
-  const size = b.byteLength;
-  if (size < FRAME_HEADER_BYTES || bytes.byteOffset !== 0 || bytes.byteLength !== size || bytes[0] !== FRAME_MARKER) return;
+  const frame = frameOf.get(bytes);
+  const size = bytes.byteLength; // 0 once the buffer was transferred away
+  if (frame === undefined || size < FRAME_HEADER_BYTES) return;
   if (pooledBytes + size > POOL_MAX_BYTES) return;
   let list = pool.get(size);
   if (!list) pool.set(size, (list = []));
-  if (list.length >= POOL_MAX_PER_SIZE || list.includes(b)) return;
-  list.push(b);
+  if (list.length >= POOL_MAX_PER_SIZE || list.includes(frame)) return;
+  list.push(frame);
   pooledBytes += size;
+}
+
+/** Takes a frame of the given layout and writes its header (count 0, checksum 0). */
+function startFrame(kind: number, phase: Phase, step: number, layer: number, n: number, f32: boolean, extraLength: number, checksum: boolean): FrameBuffer {
+  const phaseIndex = PHASES.indexOf(phase);
+  if (phaseIndex < 0) throw new Error(`cannot encode phase ${String(phase)}`);
+  if (!Number.isInteger(step) || step < 0 || step > MAX_U32) throw new Error(`cannot encode step ${step}: must be an integer in 0..2^32−1`);
+  const d = dataBytes(n, f32);
+  const frame = takeFrame(FRAME_HEADER_BYTES + d + 8 * extraLength);
+  // Every header byte is written here, every payload byte by the caller: a reused buffer carries nothing over.
+  const { bytes, words } = frame;
+  bytes[0] = FRAME_MARKER;
+  bytes[1] = kind;
+  bytes[2] = phaseIndex;
+  bytes[3] = (f32 ? FLAG_F32 : 0) | (extraLength > 0 ? FLAG_EXTRA : 0) | (checksum ? FLAG_CHECKSUM : 0);
+  words[1] = layer >>> 0; // i32 in two's complement
+  words[2] = step;
+  words[3] = 0;
+  words[4] = n;
+  words[5] = extraLength;
+  frame.f64[3] = 0;
+  if (f32 && d / 4 > n) frame.f32[FRAME_HEADER_BYTES / 4 + n] = 0; // padding to 8 bytes
+  return frame;
+}
+
+function setCount(words: Uint32Array, count: number): void {
+  if (!Number.isInteger(count) || count < 0 || count > MAX_U32) throw new Error(`cannot encode count ${count}: must be an integer in 0..2^32−1`);
+  words[3] = count;
 }
 
 function encodeFrame(kind: number, m: Contribution | RoundResult): Uint8Array {
   const f32 = m.data instanceof Float32Array;
   const extra = m.extra;
   const checksum = m.type === "contrib" ? m.checksum : undefined;
-  const phase = PHASES.indexOf(m.phase);
-  if (phase < 0) throw new Error(`cannot encode phase ${String(m.phase)}`);
-  if (!Number.isInteger(m.step) || m.step < 0 || m.step > MAX_U32 || !Number.isInteger(m.count) || m.count < 0 || m.count > MAX_U32) {
-    throw new Error(`cannot encode step ${m.step} / count ${m.count}: must be integers in 0..2^32−1`);
-  }
-  const n = m.data.length;
-  const d = dataBytes(n, f32);
-  // Views on a (pooled) ArrayBuffer, no DataView: this runs once per message on the hot path.
-  // Every byte is written below, so a reused buffer carries nothing over.
-  const buffer = takeBuffer(FRAME_HEADER_BYTES + d + 8 * (extra?.length ?? 0));
-  const bytes = new Uint8Array(buffer);
-  const words = new Uint32Array(buffer, 0, 6);
-  bytes[0] = FRAME_MARKER;
-  bytes[1] = kind;
-  bytes[2] = phase;
-  bytes[3] = (f32 ? FLAG_F32 : 0) | (extra ? FLAG_EXTRA : 0) | (checksum !== undefined ? FLAG_CHECKSUM : 0);
-  words[1] = m.layer >>> 0; // i32 in two's complement
-  words[2] = m.step;
-  words[3] = m.count;
-  words[4] = n;
-  words[5] = extra?.length ?? 0;
-  if (f32) {
-    new Float64Array(buffer, 24, 1)[0] = checksum ?? 0;
-    const f = new Float32Array(buffer, FRAME_HEADER_BYTES, d / 4);
-    f.set(m.data);
-    if (d / 4 > n) f[n] = 0; // padding to 8 bytes
-  } else {
-    // One view over checksum and data.
-    const f64 = new Float64Array(buffer, 24, 1 + n);
-    f64[0] = checksum ?? 0;
-    f64.set(m.data, 1);
-  }
-  if (extra) new Float64Array(buffer, FRAME_HEADER_BYTES + d, extra.length).set(extra);
-  return bytes;
+  const frame = startFrame(kind, m.phase, m.step, m.layer, m.data.length, f32, extra?.length ?? 0, checksum !== undefined);
+  setCount(frame.words, m.count);
+  if (checksum !== undefined) frame.f64[3] = checksum;
+  if (f32) frame.f32.set(m.data, FRAME_HEADER_BYTES / 4);
+  else frame.f64.set(m.data, FRAME_HEADER_BYTES / 8);
+  if (extra) frame.f64.set(extra, (FRAME_HEADER_BYTES + dataBytes(m.data.length, f32)) / 8);
+  return frame.bytes;
+}
+
+/**
+ * A result frame to reduce into, without an intermediate array or a copy: `data`
+ * and `extra` are views of the frame's payload (contents undefined until
+ * written); `finish(count)` sets the count and returns the frame's bytes.
+ */
+export interface ResultFrame {
+  data: Float64Array | Float32Array;
+  extra: Float64Array | undefined;
+  finish(count: number): Uint8Array;
+}
+
+export function beginResult(step: number, phase: Phase, layer: number, n: number, f32: boolean, extraLength: number): ResultFrame {
+  const frame = startFrame(KIND_RESULT, phase, step, layer, n, f32, extraLength, false);
+  const at = FRAME_HEADER_BYTES / (f32 ? 4 : 8);
+  const extraAt = (FRAME_HEADER_BYTES + dataBytes(n, f32)) / 8;
+  return {
+    data: f32 ? frame.f32.subarray(at, at + n) : frame.f64.subarray(at, at + n),
+    extra: extraLength > 0 ? frame.f64.subarray(extraAt, extraAt + extraLength) : undefined,
+    finish: (count) => {
+      setCount(frame.words, count);
+      return frame.bytes;
+    },
+  };
 }
 
 /**
@@ -133,9 +179,20 @@ function encodeFrame(kind: number, m: Contribution | RoundResult): Uint8Array {
  * decode() still checks every field.
  */
 export function frameByteLength(bytes: Uint8Array, offset = 0): number {
-  const u32 = (at: number): number => (bytes[at]! | (bytes[at + 1]! << 8) | (bytes[at + 2]! << 16) | (bytes[at + 3]! << 24)) >>> 0;
   const f32 = (bytes[offset + 3]! & FLAG_F32) !== 0;
-  return FRAME_HEADER_BYTES + dataBytes(u32(offset + 16), f32) + 8 * u32(offset + 20);
+  return FRAME_HEADER_BYTES + dataBytes(u32le(bytes, offset + 16), f32) + 8 * u32le(bytes, offset + 20);
+}
+
+// Header fields read byte by byte: no DataView per message, any alignment.
+function u32le(bytes: Uint8Array, at: number): number {
+  return (bytes[at]! | (bytes[at + 1]! << 8) | (bytes[at + 2]! << 16) | (bytes[at + 3]! << 24)) >>> 0;
+}
+
+const scratch64 = new Float64Array(1);
+const scratchBytes = new Uint8Array(scratch64.buffer);
+function f64le(bytes: Uint8Array, at: number): number {
+  for (let i = 0; i < 8; i++) scratchBytes[i] = bytes[at + i]!;
+  return scratch64[0]!;
 }
 
 /** Header bytes frameByteLength() reads. */
@@ -155,7 +212,6 @@ function floats(bytes: Uint8Array, offset: number, n: number, f32: boolean): Flo
 /** Parses and checks a binary frame; throws an Error naming what is wrong. */
 function decodeFrame(bytes: Uint8Array, into: Float64Array | Float32Array | undefined): Contribution | RoundResult {
   if (bytes.length < FRAME_HEADER_BYTES) throw new Error(`binary frame of ${bytes.length} bytes is shorter than its ${FRAME_HEADER_BYTES}-byte header`);
-  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const kind = bytes[1]!;
   const phase = PHASES[bytes[2]!];
   const flags = bytes[3]!;
@@ -163,16 +219,16 @@ function decodeFrame(bytes: Uint8Array, into: Float64Array | Float32Array | unde
   if (phase === undefined) throw new Error(`binary frame with unknown phase ${bytes[2]}`);
   if ((flags & ~(FLAG_F32 | FLAG_EXTRA | FLAG_CHECKSUM)) !== 0) throw new Error(`binary frame with unknown flags ${flags}`);
   const f32 = (flags & FLAG_F32) !== 0;
-  const n = view.getUint32(16, true);
-  const m = view.getUint32(20, true);
+  const n = u32le(bytes, 16);
+  const m = u32le(bytes, 20);
   const hasExtra = (flags & FLAG_EXTRA) !== 0;
   if (!hasExtra && m !== 0) throw new Error("binary frame has an extra length but no extra flag");
   const d = dataBytes(n, f32);
   const expected = FRAME_HEADER_BYTES + d + 8 * m;
   if (bytes.length !== expected) throw new Error(`binary frame is ${bytes.length} bytes, its header says ${expected} (${n} data, ${m} extra values)`);
-  const step = view.getUint32(8, true);
-  const layer = view.getInt32(4, true);
-  const count = view.getUint32(12, true);
+  const step = u32le(bytes, 8);
+  const layer = u32le(bytes, 4) | 0; // i32
+  const count = u32le(bytes, 12);
   let data: Float64Array | Float32Array;
   if (into !== undefined && into.length === n && into instanceof Float32Array === f32) {
     // Straight into the caller's buffer: no allocation, alignment does not matter.
@@ -189,7 +245,7 @@ function decodeFrame(bytes: Uint8Array, into: Float64Array | Float32Array | unde
   }
   const c: Contribution = { type: "contrib", step, phase, layer, count, data };
   if (hasExtra) c.extra = floats(bytes, FRAME_HEADER_BYTES + d, m, false) as Float64Array;
-  if ((flags & FLAG_CHECKSUM) !== 0) c.checksum = view.getFloat64(24, true);
+  if ((flags & FLAG_CHECKSUM) !== 0) c.checksum = f64le(bytes, 24);
   return c;
 }
 
