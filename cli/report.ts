@@ -1,7 +1,13 @@
 // What `syncbn sweep` writes from its results: results.csv, the markdown table
 // and the self-contained report.html (inline CSS and SVG, no scripts, no fonts,
 // no network). Pure functions from results to strings: no I/O, no clock, so the
-// report can be tested without running anything or opening a browser.
+// report can be tested without running anything or opening a browser. The SVG
+// figures themselves are drawn in report-charts.ts.
+
+import { accuracyPlot, cellText, esc, lossPlots, modeColors } from "./report-charts.js";
+
+// Part of this module's API before the figures moved out; sweep.test.ts imports smoothCurve from here.
+export { accuracyPlot, lossPlots, modeColors, smoothCurve } from "./report-charts.js";
 
 export interface SweepRunResult {
   norm: string;
@@ -102,15 +108,6 @@ export function cellsOf(rows: readonly SweepRunResult[], norms: readonly string[
   );
 }
 
-function cellText(c: Cell, seeds: number): string {
-  if (c.mean === null) return c.failed.length ? "failed" : "–";
-  let t = `${(100 * c.mean).toFixed(1)}%`;
-  if (c.accuracies.length > 1) t += ` ± ${(100 * c.std!).toFixed(1)}`;
-  const short = seeds - c.accuracies.length;
-  if (short > 0) t += ` (${c.accuracies.length} of ${seeds} seeds)`;
-  return t;
-}
-
 /** Markdown: rows = norm mode, columns = per-worker batch, cells = mean test accuracy ± std over seeds. */
 export function renderMarkdown(rows: readonly SweepRunResult[], info: SweepReportInfo): string {
   const cells = cellsOf(rows, info.norms, info.batches, info.seeds);
@@ -136,242 +133,11 @@ function failureLines(rows: readonly SweepRunResult[]): string[] {
   return rows.filter((r) => r.failure !== null).map((r) => `${r.norm}, per-worker batch ${r.perWorkerBatch}, seed ${r.seed}: ${r.failure}`);
 }
 
-// ---------------------------------------------------------------- HTML + SVG
-
-function esc(s: string): string {
-  return s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;").replace(/"/g, "&quot;");
-}
-
-const MODE_COLORS: Record<string, string> = {
-  sync: "#1f63c6",
-  local: "#d9481c",
-  group: "#0e8f8a",
-  ghost: "#9a6a14",
-  renorm: "#7a3fc0",
-  groupnorm: "#2e8b3a",
-  none: "#6b6b6b",
-};
-const SPARE_COLORS = ["#c2185b", "#455a64", "#8d6e63", "#00838f", "#5d4037"];
-
-/** A stable colour per norm string: by kind, spares for repeated kinds (group:2 and group:4). */
-export function modeColors(norms: readonly string[]): Map<string, string> {
-  const out = new Map<string, string>();
-  const used = new Set<string>();
-  let spare = 0;
-  for (const n of norms) {
-    const kind = n.split(":")[0]!;
-    let c = MODE_COLORS[kind];
-    if (!c || used.has(c)) c = SPARE_COLORS[spare++ % SPARE_COLORS.length]!;
-    used.add(c);
-    out.set(n, c);
-  }
-  return out;
-}
-
-// Sequential palette (plasma-like, without its pale yellow end): orange for the
-// smallest per-worker batch through magenta to dark blue for the largest.
-const BATCH_STOPS = [
-  [240, 140, 40],
-  [220, 80, 80],
-  [170, 45, 140],
-  [100, 40, 170],
-  [25, 45, 120],
-];
-
-function batchColor(i: number, n: number): string {
-  const t = n <= 1 ? 1 : i / (n - 1);
-  const x = t * (BATCH_STOPS.length - 1);
-  const k = Math.min(BATCH_STOPS.length - 2, Math.floor(x));
-  const a = BATCH_STOPS[k]!, b = BATCH_STOPS[k + 1]!, u = x - k;
-  const c = a.map((v, j) => Math.round(v + (b[j]! - v) * u));
-  return `rgb(${c[0]}, ${c[1]}, ${c[2]})`;
-}
+// ---------------------------------------------------------------- HTML
 
 /** A failure reason without code and context, cut at its first clause: for captions. */
 export function shortReason(reason: string): string {
   return reason.replace(/^SYNCBN_ERR_\w+: (\[[^\]]*\] )?/, "").split(/[;(]/)[0]!.trim();
-}
-
-const f1 = (v: number): string => (Math.round(v * 10) / 10).toString();
-
-/** Round up to a "nice" axis maximum (1, 2, 2.5, 5 × 10^k). */
-function niceCeil(v: number): number {
-  if (!(v > 0)) return 1;
-  const p = 10 ** Math.floor(Math.log10(v));
-  for (const m of [1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10]) if (m * p >= v) return m * p;
-  return 10 * p;
-}
-
-/** About `count` ticks in [lo, hi] at a 1-2-5 step. */
-function ticks(lo: number, hi: number, count: number): number[] {
-  const raw = (hi - lo) / count;
-  const p = 10 ** Math.floor(Math.log10(raw));
-  const step = [1, 2, 5, 10].map((k) => k * p).find((v) => v >= raw) ?? 10 * p;
-  const out: number[] = [];
-  for (let k = Math.ceil(lo / step - 1e-9); k * step <= hi + 1e-9; k++) out.push(Number((k * step).toPrecision(6)));
-  return out;
-}
-
-/** Accuracy vs per-worker batch (log2 x), one path per mode with class "mode-line" and data-mode. */
-export function accuracyPlot(cells: Cell[][], info: SweepReportInfo, colors: Map<string, string>): string {
-  // Failed runs get crosses in a strip under the x tick labels, never inside the plot.
-  const anyFailed = cells.some((row) => row.some((c) => c.mean === null && c.failed.length > 0));
-  const W = 900, H = anyFailed ? 446 : 420;
-  const m = { l: 62, r: 170, t: 20, b: anyFailed ? 80 : 54 };
-  const pw = W - m.l - m.r, ph = H - m.t - m.b;
-  const bs = info.batches;
-  const lx = bs.map((b) => Math.log2(b));
-  const xlo = Math.min(...lx), xhi = Math.max(...lx);
-  const pad = 26; // keeps the first and last batch off the axes
-  const x = (b: number): number => m.l + (xhi === xlo ? pw / 2 : pad + ((Math.log2(b) - xlo) / (xhi - xlo)) * (pw - 2 * pad));
-  const all = cells.flat().flatMap((c) => (c.max === null ? [] : [c.max]));
-  const ymax = Math.min(1, niceCeil(Math.max(0.2, ...all) * 1.05));
-  const y = (a: number): number => m.t + ph - (a / ymax) * ph;
-  const out: string[] = [];
-  out.push(`<svg class="plot" id="accuracy-plot" viewBox="0 0 ${W} ${H}" width="${W}" height="${H}" role="img" aria-label="test accuracy versus per-worker batch, one line per normalization mode">`);
-  for (const t of ticks(0, ymax, 5)) {
-    out.push(`<line class="grid" x1="${m.l}" x2="${m.l + pw}" y1="${f1(y(t))}" y2="${f1(y(t))}"/>`);
-    out.push(`<text class="tick" x="${m.l - 8}" y="${f1(y(t) + 4)}" text-anchor="end">${Math.round(t * 100)}%</text>`);
-  }
-  for (const b of bs) {
-    out.push(`<line class="grid" x1="${f1(x(b))}" x2="${f1(x(b))}" y1="${m.t}" y2="${m.t + ph}"/>`);
-    out.push(`<text class="tick" x="${f1(x(b))}" y="${m.t + ph + 18}" text-anchor="middle">${b}</text>`);
-  }
-  out.push(`<line class="axis" x1="${m.l}" x2="${m.l + pw}" y1="${m.t + ph}" y2="${m.t + ph}"/><line class="axis" x1="${m.l}" x2="${m.l}" y1="${m.t}" y2="${m.t + ph}"/>`);
-  if (0.1 < ymax) {
-    out.push(`<line class="chance" x1="${m.l}" x2="${m.l + pw}" y1="${f1(y(0.1))}" y2="${f1(y(0.1))}"/>`);
-    out.push(`<text class="note" x="${m.l + pw - 4}" y="${f1(y(0.1) - 5)}" text-anchor="end">chance (10 classes)</text>`);
-  }
-  out.push(`<text class="label" x="${m.l + pw / 2}" y="${H - 10}" text-anchor="middle">samples per worker per step (log₂ scale; global batch = ${info.workers} × this)</text>`);
-  out.push(`<text class="label" transform="translate(16 ${m.t + ph / 2}) rotate(-90)" text-anchor="middle">test accuracy</text>`);
-  cells.forEach((row, i) => {
-    const norm = info.norms[i]!;
-    const color = colors.get(norm)!;
-    // A failed cell breaks the line: "M" starts a new segment after it.
-    let d = "";
-    let pen = false;
-    for (const c of row) {
-      if (c.mean === null) {
-        pen = false;
-        continue;
-      }
-      d += `${pen ? "L" : "M"}${f1(x(c.perWorkerBatch))} ${f1(y(c.mean))} `;
-      pen = true;
-    }
-    out.push(`<path class="mode-line" data-mode="${esc(norm)}" d="${d.trim()}" stroke="${color}"/>`);
-    for (const c of row) {
-      const cx = f1(x(c.perWorkerBatch));
-      if (c.mean === null) {
-        if (c.failed.length) {
-          const why = esc(`${norm}, per-worker batch ${c.perWorkerBatch}: failed — ${c.failed[0]!.failure}`);
-          const fy = m.t + ph + 38;
-          const fx = Number(cx) + 12 * (i - (info.norms.length - 1) / 2);
-          out.push(`<g class="mode-failed" data-mode="${esc(norm)}"><title>${why}</title><path d="M${f1(fx - 5)} ${fy - 5}l10 10m0 -10l-10 10" stroke="${color}" stroke-width="2.6"/></g>`);
-        }
-        continue;
-      }
-      if (c.min !== null && c.max !== null && c.max > c.min) {
-        out.push(`<line class="spread" x1="${cx}" x2="${cx}" y1="${f1(y(c.min))}" y2="${f1(y(c.max))}" stroke="${color}"/>`);
-      }
-      const tip = esc(`${norm}, ${c.perWorkerBatch}/worker (global ${c.globalBatch}): ${cellText(c, info.seeds.length)}`);
-      out.push(`<circle class="mode-point" data-mode="${esc(norm)}" cx="${cx}" cy="${f1(y(c.mean))}" r="4" fill="${color}"><title>${tip}</title></circle>`);
-    }
-  });
-  // Legend, right of the plot.
-  info.norms.forEach((norm, i) => {
-    const ly = m.t + 14 + i * 22;
-    const lx0 = m.l + pw + 18;
-    out.push(`<line x1="${lx0}" x2="${lx0 + 22}" y1="${ly}" y2="${ly}" stroke="${colors.get(norm)}" stroke-width="3"/><circle cx="${lx0 + 11}" cy="${ly}" r="4" fill="${colors.get(norm)}"/>`);
-    out.push(`<text class="legend" x="${lx0 + 30}" y="${ly + 4}">${esc(norm)}</text>`);
-  });
-  if (anyFailed) {
-    out.push(`<text class="note" x="${m.l - 8}" y="${m.t + ph + 42}" text-anchor="end">failed</text>`);
-    const ly = m.t + 14 + info.norms.length * 22;
-    const lx0 = m.l + pw + 18;
-    out.push(`<path d="M${lx0 + 7} ${ly - 4}l8 8m0 -8l-8 8" stroke="#555" stroke-width="2"/><text class="legend" x="${lx0 + 30}" y="${ly + 4}">run failed</text>`);
-  }
-  out.push(`</svg>`);
-  return out.join("\n");
-}
-
-/** Moving average over a centred window, then at most `points` evenly spaced samples. */
-export function smoothCurve(values: readonly number[], points = 120): { i: number; v: number }[] {
-  const n = values.length;
-  if (n === 0) return [];
-  const half = Math.max(0, Math.round(n / 40));
-  const prefix = new Float64Array(n + 1);
-  for (let i = 0; i < n; i++) prefix[i + 1] = prefix[i]! + values[i]!;
-  const stride = Math.max(1, Math.ceil(n / points));
-  const out: { i: number; v: number }[] = [];
-  for (let i = 0; i < n; i += stride) {
-    const a = Math.max(0, i - half), b = Math.min(n, i + half + 1);
-    out.push({ i, v: (prefix[b]! - prefix[a]!) / (b - a) });
-  }
-  if (out[out.length - 1]!.i !== n - 1) {
-    const a = Math.max(0, n - 1 - half);
-    out.push({ i: n - 1, v: (prefix[n]! - prefix[a]!) / (n - a) });
-  }
-  return out;
-}
-
-/** Mean over seeds of each step's loss (runs of one cell have the same step count). */
-function meanCurve(runs: readonly SweepRunResult[]): number[] {
-  const curves = runs.map((r) => r.trainLoss).filter((c) => c.length > 0);
-  if (curves.length === 0) return [];
-  const n = Math.min(...curves.map((c) => c.length));
-  return Array.from({ length: n }, (_, i) => curves.reduce((a, c) => a + c[i]!, 0) / curves.length);
-}
-
-/** One small plot per mode: smoothed training loss vs samples seen, one line per per-worker batch. */
-export function lossPlots(rows: readonly SweepRunResult[], info: SweepReportInfo): string {
-  const W = 470, H = 260;
-  const m = { l: 46, r: 12, t: 28, b: 38 };
-  const pw = W - m.l - m.r, ph = H - m.t - m.b;
-  const curves = info.norms.map((norm) =>
-    info.batches.map((b) => {
-      const runs = rows.filter((r) => r.norm === norm && r.perWorkerBatch === b && r.failure === null);
-      const g = b * info.workers;
-      return { b, pts: smoothCurve(meanCurve(runs)).map((p) => ({ samples: (p.i + 1) * g, loss: p.v })) };
-    }),
-  );
-  const allPts = curves.flat().flatMap((c) => c.pts);
-  if (allPts.length === 0) return `<p class="muted">No training-loss curves (no run finished).</p>`;
-  const xmax = Math.max(...allPts.map((p) => p.samples));
-  const finite = allPts.map((p) => p.loss).filter((v) => Number.isFinite(v)).sort((a, b) => a - b);
-  // The y range covers the curves' 1st to 98th percentile (one diverging run does not
-  // flatten the rest; values beyond are drawn at the edge), in steps of 0.2.
-  const lo = finite[Math.floor(finite.length * 0.01)] ?? 0;
-  const hi = finite[Math.min(finite.length - 1, Math.ceil(finite.length * 0.98))] ?? 1;
-  const ymin = Math.max(0, Math.floor(lo * 5) / 5 - 0.2);
-  const ymax = Math.max(ymin + 0.4, Math.ceil(hi * 5) / 5);
-  const x = (s: number): number => m.l + (s / xmax) * pw;
-  const y = (v: number): number => m.t + ph - ((Math.min(Math.max(v, ymin), ymax) - ymin) / (ymax - ymin)) * ph;
-  const figs = info.norms.map((norm, i) => {
-    const out: string[] = [];
-    out.push(`<svg class="plot small" viewBox="0 0 ${W} ${H}" width="${W}" height="${H}" data-mode="${esc(norm)}" role="img" aria-label="training loss, ${esc(norm)}">`);
-    out.push(`<text class="title" x="${m.l}" y="16">${esc(norm)}</text>`);
-    for (const t of ticks(ymin, ymax, 4)) {
-      out.push(`<line class="grid" x1="${m.l}" x2="${m.l + pw}" y1="${f1(y(t))}" y2="${f1(y(t))}"/><text class="tick" x="${m.l - 6}" y="${f1(y(t) + 4)}" text-anchor="end">${t.toFixed(1)}</text>`);
-    }
-    for (const t of ticks(0, xmax, 3)) {
-      out.push(`<text class="tick" x="${f1(x(t))}" y="${m.t + ph + 15}" text-anchor="middle">${t >= 1000 ? `${t / 1000}k` : t}</text>`);
-    }
-    out.push(`<line class="axis" x1="${m.l}" x2="${m.l + pw}" y1="${m.t + ph}" y2="${m.t + ph}"/><line class="axis" x1="${m.l}" x2="${m.l}" y1="${m.t}" y2="${m.t + ph}"/>`);
-    out.push(`<text class="label" x="${m.l + pw / 2}" y="${H - 4}" text-anchor="middle">training samples seen</text>`);
-    curves[i]!.forEach((c, j) => {
-      if (c.pts.length === 0) return;
-      const d = c.pts.map((p, k) => `${k ? "L" : "M"}${f1(x(p.samples))} ${f1(y(p.loss))}`).join("");
-      out.push(`<path class="loss-line" data-mode="${esc(norm)}" data-batch="${c.b}" d="${d}" stroke="${batchColor(j, info.batches.length)}"/>`);
-    });
-    const failed = curves[i]!.filter((c) => c.pts.length === 0).map((c) => c.b);
-    if (failed.length) out.push(`<text class="note" x="${m.l + pw}" y="16" text-anchor="end">no curve: batch ${failed.join(", ")}</text>`);
-    out.push(`</svg>`);
-    return out.join("");
-  });
-  const legend = info.batches
-    .map((b, j) => `<span class="key"><span class="swatch" style="background:${batchColor(j, info.batches.length)}"></span>${b}/worker</span>`)
-    .join("");
-  return `<div class="legend-row">per-worker batch: ${legend}</div><div class="smalls">${figs.join("\n")}</div>`;
 }
 
 /** Heat-tinted HTML table of the cells; failed cells say so, with the reason on hover. */
