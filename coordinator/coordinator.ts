@@ -11,12 +11,11 @@ import {
   validateConventions,
   type RunConventions,
 } from "../shared/config.js";
-import { ErrorCode, SyncbnError, isSyncbnError, type ErrorContext } from "../shared/errors.js";
+import { ErrorCode, SyncbnError, isSyncbnError } from "../shared/errors.js";
 import {
   PROTOCOL_VERSION,
   checkContribution,
   checkHello,
-  compareRounds,
   describeRound,
   type Contribution,
   type ErrorMessage,
@@ -27,7 +26,7 @@ import {
 import { RunningStatsTable } from "./running-stats.js";
 import { reduceRound, type ReducedRound } from "./reduce.js";
 import { admissionProblem } from "./admission.js";
-import { allFinite } from "./finite.js";
+import { orderProblem, otherRoundOpenProblem, shapeProblem, type RoundKey } from "./contribution-checks.js";
 
 /** One connected client as the coordinator sees it. */
 export interface Peer {
@@ -105,7 +104,7 @@ export class Coordinator {
   private readonly byPeer = new Map<Peer, number>();
   private readonly finished = new Set<number>();
   /** Last contribution key per rank, for the monotonic-order check. */
-  private readonly lastKey: ({ step: number; phase: Phase; layer: number } | null)[];
+  private readonly lastKey: (RoundKey | null)[];
   private readonly open = new Map<string, OpenRound>();
   /** Channel count per BN layer, fixed by its first round. */
   private readonly layerChannels = new Map<number, number>();
@@ -302,35 +301,13 @@ export class Coordinator {
   }
 
   private contribute(rank: number, c: Contribution): void {
-    if (this.failure) return;
-    // Built only on the error paths: the hot path allocates as little as it can.
-    const ctx = (): ErrorContext => ({ rank, step: c.step, layer: c.layer, phase: c.phase }); // the error was already sent to everyone
+    if (this.failure) return; // the error was already sent to everyone
     if (this.awaitingAck.has(rank) || !this.active.has(rank)) return; // sent before it learned of the resync: void
     this.firstStepSeen ??= c.step;
-    const last = this.lastKey[rank];
-    if (last && compareRounds(c, last) <= 0) {
-      this.failRun(
-        new SyncbnError(
-          ErrorCode.RoundKey,
-          `contribution for ${describeRound(c.step, c.phase, c.layer)} does not come after this worker's previous round (${describeRound(last.step, last.phase, last.layer)})`,
-          ctx(),
-        ),
-      );
+    const outOfOrder = orderProblem(rank, c, this.lastKey[rank], this.open);
+    if (outOfOrder) {
+      this.failRun(outOfOrder);
       return;
-    }
-    // A rank may not skip a round it is still owed in: every worker runs the same rounds in the same order.
-    for (const r of this.open.values()) {
-      const pos = r.members.indexOf(rank);
-      if (pos >= 0 && r.parts[pos] === null && compareRounds(c, r) > 0) {
-        this.failRun(
-          new SyncbnError(
-            ErrorCode.RoundKey,
-            `worker sent ${describeRound(c.step, c.phase, c.layer)} but its group is waiting for its ${describeRound(r.step, r.phase, r.layer)}; workers must run the same layers in the same order`,
-            ctx(),
-          ),
-        );
-        return;
-      }
     }
     const key = this.lastKey[rank];
     if (key) {
@@ -341,7 +318,7 @@ export class Coordinator {
       this.lastKey[rank] = { step: c.step, phase: c.phase, layer: c.layer };
     }
     if ((c.phase === "fwd" || c.phase === "bwd") && !this.bnRounds) {
-      this.failRun(new SyncbnError(ErrorCode.RoundKey, `norm mode ${this.conventions?.norm} has no BN rounds, but a worker sent one`, ctx()));
+      this.failRun(new SyncbnError(ErrorCode.RoundKey, `norm mode ${this.conventions?.norm} has no BN rounds, but a worker sent one`, { rank, step: c.step, layer: c.layer, phase: c.phase }));
       return;
     }
     const { scope, members } = this.scopeOf(rank, c.phase);
@@ -349,18 +326,13 @@ export class Coordinator {
     // open round: open rounds are keyed by scope alone.
     const id = scope;
     let round = this.open.get(id);
-    if (round && (round.step !== c.step || round.phase !== c.phase || round.layer !== c.layer)) {
-      this.failRun(
-        new SyncbnError(
-          ErrorCode.RoundKey,
-          `contribution for ${describeRound(c.step, c.phase, c.layer)} while ${describeRound(round.step, round.phase, round.layer)} is still open in the same group`,
-          ctx(),
-        ),
-      );
+    const otherRound = round ? otherRoundOpenProblem(rank, c, round) : null;
+    if (otherRound) {
+      this.failRun(otherRound);
       return;
     }
     round ??= this.openRound(id, scope, members, c);
-    const problem = this.checkShape(round, c, rank);
+    const problem = shapeProblem(rank, c, round.first, this.layerChannels.get(c.layer));
     if (problem) {
       this.failRun(problem);
       return;
@@ -415,25 +387,6 @@ export class Coordinator {
     let next = Number.POSITIVE_INFINITY;
     for (const r of this.open.values()) next = Math.min(next, r.deadline);
     if (next !== Number.POSITIVE_INFINITY && !this.failure) this.deadlineTimer = this.armDeadline(Math.max(1, next - now));
-  }
-
-  private checkShape(round: OpenRound, c: Contribution, rank: number): SyncbnError | null {
-    const ctx = { rank, step: c.step, layer: c.layer, phase: c.phase };
-    const isBn = c.phase === "fwd" || c.phase === "bwd";
-    const first = round.first;
-    const known = this.layerChannels.get(c.layer);
-    const expected = first ? first.data.length : isBn && known !== undefined ? 2 * known : c.data.length;
-    if (c.data.length !== expected) {
-      const what = isBn ? `${c.data.length / 2} channels, expected ${expected / 2}` : `${c.data.length} values, expected ${expected}`;
-      return new SyncbnError(ErrorCode.Shape, `contribution has ${what}`, ctx);
-    }
-    if (first && (first.extra?.length ?? -1) !== (c.extra?.length ?? -1)) {
-      return new SyncbnError(ErrorCode.Shape, `contribution's extra vector has ${c.extra?.length ?? 0} values, expected ${first.extra?.length ?? 0}`, ctx);
-    }
-    if (!allFinite(c.data) || (c.extra && !allFinite(c.extra)) || (c.checksum !== undefined && !Number.isFinite(c.checksum))) {
-      return new SyncbnError(ErrorCode.NonFinite, "contribution holds NaN or Inf; the worker's loss or statistics diverged (lower the learning rate?)", ctx);
-    }
-    return null;
   }
 
   private complete(id: string, round: OpenRound): void {

@@ -1,6 +1,6 @@
 // Finiteness checks of contributions, on the coordinator's hot path: every
 // value of every contribution is checked, so these are written for speed.
-// Not validation of shapes or keys (coordinator.ts does that).
+// Not validation of shapes or keys (contribution-checks.ts does that).
 
 // One loop per array type (a loop that sees both stays polymorphic, several times
 // slower). v·0 is 0 for finite v and NaN for ±Inf and NaN, so a sum of v·0 is 0
