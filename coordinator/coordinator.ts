@@ -27,6 +27,7 @@ import { RunningStatsTable } from "./running-stats.js";
 import { reduceRound, type ReducedRound } from "./reduce.js";
 import { admissionProblem } from "./admission.js";
 import { orderProblem, otherRoundOpenProblem, shapeProblem, type RoundKey } from "./contribution-checks.js";
+import { ScopeTable } from "./scopes.js";
 
 /** One connected client as the coordinator sees it. */
 export interface Peer {
@@ -111,6 +112,8 @@ export class Coordinator {
   private failure: SyncbnError | null = null;
   /** Ranks still in the run (all of them unless elastic mode dropped some). */
   private readonly active = new Set<number>();
+  /** Who reduces with whom among the active ranks; rebuilt with the conventions or the membership. */
+  private readonly scopes = new ScopeTable();
   /** Membership generation; bumped by every resync. */
   private generation = 0;
   /** Ranks whose contributions are stale until they acknowledge the latest resync. */
@@ -130,7 +133,7 @@ export class Coordinator {
     this.peers = new Array<Peer | null>(opts.worldSize).fill(null);
     this.lastKey = new Array(opts.worldSize).fill(null);
     for (let r = 0; r < opts.worldSize; r++) this.active.add(r);
-    this.rebuildScopes();
+    this.scopes.rebuild(this.worldSize, this.groupSize, this.active);
     this.conventions = null;
     this.runningStats = new RunningStatsTable();
     if (opts.conventions) this.adoptConventions(opts.conventions);
@@ -156,7 +159,7 @@ export class Coordinator {
     const mode = parseNorm(c.norm);
     this.groupSize = statsGroupSize(mode, this.worldSize);
     this.bnRounds = mode.kind === "sync" || mode.kind === "group";
-    this.rebuildScopes();
+    this.scopes.rebuild(this.worldSize, this.groupSize, this.active);
     this.conventions = { ...c };
     this.runningStats.configure(c);
   }
@@ -276,30 +279,6 @@ export class Coordinator {
     this.events.onJoin?.(hello.rank);
   }
 
-  /**
-   * Scopes (who reduces together) and their active members, rebuilt only when the
-   * conventions or the membership change: the hot path only indexes them.
-   */
-  private worldScope: { scope: string; members: number[] } = { scope: "world", members: [] };
-  private groupScopes: { scope: string; members: number[] }[] = [];
-  private lowestActive = 0;
-
-  private rebuildScopes(): void {
-    const active = (r: number): boolean => this.active.has(r);
-    this.worldScope = { scope: "world", members: range(0, this.worldSize).filter(active) };
-    this.groupScopes = [];
-    for (let g = 0; g * this.groupSize < this.worldSize; g++) {
-      this.groupScopes.push({ scope: `g${g}`, members: range(g * this.groupSize, (g + 1) * this.groupSize).filter(active) });
-    }
-    this.lowestActive = this.worldScope.members[0] ?? 0;
-  }
-
-  /** Members and scope of the round a rank's contribution belongs to. */
-  private scopeOf(rank: number, phase: Phase): { scope: string; members: number[] } {
-    if (phase === "fwd" || phase === "bwd") return this.groupScopes[Math.floor(rank / this.groupSize)]!;
-    return this.worldScope;
-  }
-
   private contribute(rank: number, c: Contribution): void {
     if (this.failure) return; // the error was already sent to everyone
     if (this.awaitingAck.has(rank) || !this.active.has(rank)) return; // sent before it learned of the resync: void
@@ -321,7 +300,7 @@ export class Coordinator {
       this.failRun(new SyncbnError(ErrorCode.RoundKey, `norm mode ${this.conventions?.norm} has no BN rounds, but a worker sent one`, { rank, step: c.step, layer: c.layer, phase: c.phase }));
       return;
     }
-    const { scope, members } = this.scopeOf(rank, c.phase);
+    const { scope, members } = this.scopes.scopeOf(rank, c.phase);
     // Every member awaits each result before its next round, so a scope has at most one
     // open round: open rounds are keyed by scope alone.
     const id = scope;
@@ -344,7 +323,7 @@ export class Coordinator {
     if (round.arrived === members.length) this.complete(id, round);
   }
 
-  private openRound(id: string, scope: string, members: number[], c: Contribution): OpenRound {
+  private openRound(id: string, scope: string, members: readonly number[], c: Contribution): OpenRound {
     const round: OpenRound = {
       scope,
       step: c.step,
@@ -414,7 +393,7 @@ export class Coordinator {
       }
       // The group of the lowest active rank (group 0, the only one in sync mode) holds the
       // authoritative running stats, as rank 0 does in DDP; committed when the step completes.
-      if (round.members.includes(this.lowestActive)) this.runningStats.stage(round.step, round.layer, result.count, result.data);
+      if (round.members.includes(this.scopes.lowestActive)) this.runningStats.stage(round.step, round.layer, result.count, result.data);
     }
     if (round.phase === "grad") {
       this.runningStats.commit();
@@ -460,7 +439,7 @@ export class Coordinator {
    */
   private loseWorkers(ranks: number[], reason: string): void {
     for (const r of ranks) this.active.delete(r);
-    this.rebuildScopes();
+    this.scopes.rebuild(this.worldSize, this.groupSize, this.active);
     const step = this.lastCompletedGradStep !== null ? this.lastCompletedGradStep + 1 : (this.firstStepSeen ?? 0);
     for (const r of ranks) this.lostWorkers.push({ rank: r, step, reason });
     if (this.active.size === 0) {
@@ -507,10 +486,4 @@ export function toErrorMessage(err: SyncbnError): ErrorMessage {
   if (layer !== undefined) msg.layer = layer;
   if (phase !== undefined) msg.phase = phase;
   return msg;
-}
-
-function range(from: number, to: number): number[] {
-  const out: number[] = [];
-  for (let i = from; i < to; i++) out.push(i);
-  return out;
 }
