@@ -50,9 +50,21 @@ const client = await connectOverPort(d);
 let heapBefore = 0;
 let arrayBuffersBefore = 0;
 const round = client.round.bind(client);
-client.round = (step, phase, ...rest) => {
+/**
+ * arrayBuffers is the whole process's: the coordinator's isolate (main thread)
+ * holds the contributions it received until its own next GC, so it collects too.
+ */
+function mainThreadGc(): Promise<void> {
+  return new Promise((resolve) => {
+    parentPort!.once("message", () => resolve());
+    parentPort!.postMessage({ gc: true });
+  });
+}
+
+client.round = async (step, phase, ...rest) => {
   // The gradient round runs once per step, at the same point of every step.
   if (phase === "grad" && (step === d.probeSteps[0] || step === d.probeSteps[1])) {
+    await mainThreadGc();
     gc();
     gc();
     const mem = process.memoryUsage();

@@ -60,7 +60,12 @@ async function measureInChild(o: Omit<HeapOptions, "log">): Promise<HeapResult> 
         const w = new Worker(HEAP_WORKER, { workerData: data, transferList: [port] });
         return new Promise<HeapReport>((resolve, reject) => {
           let report: HeapReport | null = null;
-          w.on("message", (m: HeapReport) => (report = m));
+          w.on("message", (m: HeapReport | { gc: true }) => {
+            if ("gc" in m) {
+              (globalThis as { gc?: () => void }).gc?.();
+              w.postMessage("gc-done");
+            } else report = m;
+          });
           w.on("error", reject);
           w.on("exit", (code) => (report && code === 0 ? resolve(report) : reject(new Error(`heap worker ${rank} exited with code ${code}`))));
         });
@@ -94,7 +99,7 @@ export function heapMarkdown(r: HeapResult, o: Omit<HeapOptions, "log">): string
       `Run: ${fmt(r.seconds, 1)} s. Target: growth ≈ 0.`,
     "",
     ...table(
-      ["rank", `heapUsed at step ${o.from} → ${o.to} (MB)`, `growth over ${o.to - o.from} steps`, "per step", "array buffers (MB)", "minor / major GCs in between", "load (1/5/15 min)"],
+      ["rank", `heapUsed at step ${o.from} → ${o.to} (MB)`, `growth over ${o.to - o.from} steps`, "per step", "array buffers, whole process, after GC in every thread (MB)", "minor / major GCs in between", "load (1/5/15 min)"],
       r.reports.map((w) => [
         String(w.rank),
         `${fmt(w.heapBefore / 2 ** 20, 2)} → ${fmt(w.heapAfter / 2 ** 20, 2)}`,
