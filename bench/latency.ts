@@ -32,8 +32,9 @@ export const DEFAULT_LATENCY: Omit<LatencyOptions, "log"> = {
   worlds: [2, 4, 8],
   channels: [64, 1024],
   warmup: 2500,
-  blocks: 6,
-  roundsPerBlock: 350,
+  // Many short blocks, the methods rotating: drifting load and scheduling luck hit every method alike.
+  blocks: 12,
+  roundsPerBlock: 250,
 };
 
 export interface LatencyRow {

@@ -39,7 +39,8 @@ export const DEFAULT_STEP: Omit<StepOptions, "log"> = {
   steps: 150,
   trainSize: 4000,
   testSize: 200,
-  repeats: 3,
+  // A run's median moves by up to ±10% with the machine's state: several runs per cell, pooled.
+  repeats: 4,
   transports: ["process", "process-tcp", "thread"],
   diagnostics: [{ transport: "process", workers: 2 }],
 };
