@@ -13,6 +13,8 @@ export type StepTransport = "process" | "process-tcp" | "thread";
 export interface StepCell {
   transport: StepTransport;
   workers: number;
+  /** --pin-cpus (default auto, as the CLI). */
+  pinCpus?: "auto" | "off";
 }
 
 export interface StepOptions {
@@ -42,7 +44,10 @@ export const DEFAULT_STEP: Omit<StepOptions, "log"> = {
   // A run's median moves by up to ±10% with the machine's state: several runs per cell, pooled.
   repeats: 4,
   transports: ["process", "process-tcp", "thread"],
-  diagnostics: [{ transport: "process", workers: 2 }],
+  diagnostics: [
+    { transport: "process", workers: 4, pinCpus: "off" },
+    { transport: "process", workers: 2 },
+  ],
 };
 
 /** Target of issue 5: sync ≤ 1.2 × local at 4 workers × 8. */
@@ -50,6 +55,7 @@ export const STEP_TARGET = 1.2;
 
 export interface StepRow {
   transport: StepTransport;
+  pinCpus: "auto" | "off";
   workers: number;
   /** Not the issue's configuration: shown to explain it. */
   diagnostic: boolean;
@@ -68,7 +74,8 @@ export interface StepRow {
 export async function runStepBench(o: StepOptions): Promise<StepRow[]> {
   const rows: StepRow[] = [];
   const cells = [...o.transports.map((t) => ({ transport: t, workers: o.workers, diagnostic: false })), ...o.diagnostics.map((c) => ({ ...c, diagnostic: true }))];
-  for (const { transport, workers, diagnostic } of cells) {
+  for (const { transport, workers, diagnostic, ...cell } of cells) {
+    const pinCpus = "pinCpus" in cell && cell.pinCpus === "off" ? "off" : "auto";
     const acc = { sync: { ms: [] as number[], wait: [] as number[], runs: [] as number[] }, local: { ms: [] as number[], wait: [] as number[], runs: [] as number[] } };
     for (let i = 0; i < o.repeats; i++) {
       for (const norm of i % 2 === 0 ? (["sync", "local"] as const) : (["local", "sync"] as const)) {
@@ -77,17 +84,19 @@ export async function runStepBench(o: StepOptions): Promise<StepRow[]> {
           workers,
           transport: transport === "thread" ? "thread" : "process",
           wire: transport === "process-tcp" ? "tcp" : "ws",
+          pinCpus,
         });
         acc[norm].ms.push(...r.stepMs);
         acc[norm].wait.push(...r.waitMs);
         acc[norm].runs.push(percentile(r.stepMs, 0.5));
-        o.log(`step ${transport} W=${workers} ${norm} run ${i + 1}: ${fmt(percentile(r.stepMs, 0.5), 1)} ms/step median, ${fmt(percentile(r.waitMs, 0.5), 2)} ms waiting in rounds (load ${loadLine()})`);
+        o.log(`step ${transport}${pinCpus === "off" ? " unpinned" : ""} W=${workers} ${norm} run ${i + 1}: ${fmt(percentile(r.stepMs, 0.5), 1)} ms/step median, ${fmt(percentile(r.waitMs, 0.5), 2)} ms waiting in rounds (load ${loadLine()})`);
       }
     }
     const sync = spread(acc.sync.ms);
     const local = spread(acc.local.ms);
     rows.push({
       transport,
+      pinCpus,
       workers,
       diagnostic,
       sync,
@@ -109,12 +118,12 @@ export function stepMarkdown(rows: readonly StepRow[], o: Omit<StepOptions, "log
   return [
     `Reference \`cnn\`, ${o.workers} workers × ${o.batch} samples, synthetic data (--train-size ${o.trainSize} --test-size ${o.testSize}), ${o.steps} steps per run, ` +
       `${o.repeats} runs per cell, sync and local alternating. ms/step = time between consecutive gradient rounds at the coordinator, ` +
-      `median and p90 over all steps of all runs after each run's 5 warm-up steps; "wait" = mean per-worker time blocked in rounds per step (median). Target: sync ≤ ${STEP_TARGET} × local.`,
+      `median and p90 over all steps of all runs after each run's 5 warm-up steps; "wait" = mean per-worker time blocked in rounds per step (median). Worker processes run with the CLI's default \`--pin-cpus auto\` (4 workers on 2 cores: rank r on CPU r mod 2) unless marked. Target: sync ≤ ${STEP_TARGET} × local.`,
     "",
     ...table(
       ["transport", "workers × batch", "sync median / p90 ms", "local median / p90 ms", "sync / local", `target ≤ ${STEP_TARGET}`, "wait sync / local ms", "per-run medians (sync; local)", "load (1/5/15 min)"],
       rows.map((r) => [
-        TRANSPORT_LABEL[r.transport],
+        `${TRANSPORT_LABEL[r.transport]}${r.pinCpus === "off" ? ", --pin-cpus off" : ""}`,
         `${r.workers} × ${o.batch}${r.diagnostic ? " (diagnostic)" : ""}`,
         `${fmt(r.sync.median, 1)} / ${fmt(r.sync.p90, 1)}`,
         `${fmt(r.local.median, 1)} / ${fmt(r.local.p90, 1)}`,

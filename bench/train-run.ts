@@ -15,6 +15,8 @@ export interface TrainRunOptions {
   transport: "process" | "thread";
   /** Wire of worker processes (default ws). */
   wire?: "ws" | "tcp";
+  /** --pin-cpus of worker processes (default auto, as the CLI). */
+  pinCpus?: "auto" | "on" | "off";
   /** Extra environment for worker processes (e.g. SYNCBN_FASHION_MNIST_DIR). */
   workerEnv?: NodeJS.ProcessEnv;
 }
@@ -41,6 +43,7 @@ export async function trainOnce(o: TrainRunOptions): Promise<TrainRun> {
       roundTimeoutMs: 60_000,
       transport: o.transport,
       wire: o.wire ?? "ws",
+      pinCpus: o.pinCpus ?? "auto",
       workerEnv: o.workerEnv,
       tty: false,
       print: () => {},

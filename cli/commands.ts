@@ -8,6 +8,7 @@ import { ErrorCode, SyncbnError } from "../shared/errors.js";
 import { CoordinatorClient } from "../worker/client.js";
 import { DEFAULT_SETTINGS, conventionsOf, validateSettings, type TrainSettings } from "../worker/settings.js";
 import { trainWorker } from "../worker/train.js";
+import { PIN_MODES, type PinMode } from "./affinity.js";
 import { readEnv } from "./env.js";
 import { RunMonitor, formatSummary } from "./monitor.js";
 import { runTrain } from "./train.js";
@@ -151,10 +152,18 @@ export function registerTrainCommands(program: Command): void {
           .default("process"),
       )
       .addOption(wireOption())
+      .addOption(
+        new Option("--pin-cpus <mode>", "pin worker processes to CPUs round-robin (Linux, taskset): auto pins when it keeps the cores balanced (W ≤ CPUs or a multiple of them)")
+          .choices([...PIN_MODES])
+          .default("auto"),
+      )
       .option("--out <dir>", "folder for metrics.jsonl, summary.json and checkpoint.bin (default runs/<time>)"),
-  ).action(async (f: TrainFlags & { workers: number; out?: string; onWorkerLoss: "abort" | "continue"; transport: "process" | "thread"; wire: Wire }) => {
+  ).action(async (f: TrainFlags & { workers: number; out?: string; onWorkerLoss: "abort" | "continue"; transport: "process" | "thread"; wire: Wire; pinCpus: PinMode }) => {
     if (f.transport === "thread" && f.wire !== "ws") {
       throw new SyncbnError(ErrorCode.BadConfig, "--wire applies to worker processes; --transport thread talks over MessagePorts (drop --wire, or use --transport process)");
+    }
+    if (f.transport === "thread" && f.pinCpus === "on") {
+      throw new SyncbnError(ErrorCode.BadConfig, "--pin-cpus pins worker processes; --transport thread runs threads in one process (drop --pin-cpus, or use --transport process)");
     }
     const tty = Boolean(process.stdout.isTTY) && !env.isCI;
     const r = await runTrain({
@@ -167,6 +176,7 @@ export function registerTrainCommands(program: Command): void {
       onWorkerLoss: f.onWorkerLoss,
       transport: f.transport,
       wire: f.wire,
+      pinCpus: f.pinCpus,
       token: env.token,
       tty,
       print: (l) => console.log(l),

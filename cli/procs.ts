@@ -14,6 +14,8 @@ export interface WorkerHandle {
 export interface WorkerProcess {
   rank: number;
   child: WorkerHandle;
+  /** OS process id (undefined for a worker thread, or a process that failed to spawn). */
+  pid?: number;
   /** Resolves when the process has exited. */
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
   /** The last stderr lines (at most 40). */
@@ -51,6 +53,7 @@ export function forkWorker(script: string | URL, args: string[], rank: number, o
   return {
     rank,
     child,
+    pid: child.pid,
     exited,
     stderrTail: () => (partial ? [...tail, partial] : [...tail]),
     messages,

@@ -13,6 +13,7 @@ import { readCheckpoint } from "../worker/checkpoint.js";
 import { conventionsOf, validateSettings, type TrainSettings } from "../worker/settings.js";
 import { RunMonitor, formatSummary, type RunSummary } from "./monitor.js";
 import { readEnv } from "./env.js";
+import { pinProcess, workerPinning, type PinMode } from "./affinity.js";
 import { forkWorker, killAll, type WorkerProcess } from "./procs.js";
 import { startThreadWorker } from "./threads.js";
 
@@ -40,6 +41,8 @@ export interface TrainOptions {
   transport?: "process" | "thread";
   /** Wire of the process transport (default ws). */
   wire?: Wire;
+  /** Pin worker processes to CPUs round-robin (cli/affinity.ts; default "auto"). */
+  pinCpus?: PinMode;
 }
 
 export interface TrainResult {
@@ -53,6 +56,16 @@ export interface TrainResult {
 
 const WORKER_SCRIPT = new URL("./main.js", import.meta.url);
 
+/** Pins each worker process to its planned CPU; a failure leaves the rest of the run unpinned, said once. */
+function pinWorkers(procs: readonly WorkerProcess[], cpus: readonly number[], print: (line: string) => void): void {
+  try {
+    for (const p of procs) if (p.pid !== undefined) pinProcess(p.pid, cpus[p.rank]!);
+    print(`worker processes pinned to CPUs ${cpus.join(", ")} by rank (--pin-cpus off lets the OS place them)`);
+  } catch (e) {
+    print(`could not pin worker processes to CPUs (${(e as Error).message}); running unpinned`);
+  }
+}
+
 export async function runTrain(o: TrainOptions): Promise<TrainResult> {
   const s = o.settings;
   validateSettings(s, o.workers);
@@ -62,6 +75,8 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
   // Read before the coordinator starts: a bad file must not leave a listening server behind.
   const resumed = o.resume ? readCheckpoint(o.resume) : null;
   const threads = o.transport === "thread";
+  // Planned (and "on" checked) before anything starts: a refusal leaves nothing behind.
+  const pinning = threads ? null : workerPinning(o.pinCpus ?? "auto", o.workers);
   const coordOptions = { worldSize: o.workers, token, conventions: conventionsOf(s), roundTimeoutMs: o.roundTimeoutMs, onWorkerLoss: o.onWorkerLoss };
   const server: { coordinator: Coordinator; url: string; close(): Promise<void> } = threads
     ? startThreadCoordinator(coordOptions)
@@ -135,6 +150,7 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
         })
       : forkWorker(WORKER_SCRIPT, [...args, "--rank", String(rank)], rank, { env }),
   );
+  if (pinning) pinWorkers(procs, pinning, o.print);
   // Elastic mode: a lost worker is dropped by the coordinator; make sure a frozen one is really gone.
   const monitorOnLost = server.coordinator.events.onWorkersLost;
   server.coordinator.events.onWorkersLost = (ranks, step, reason) => {

@@ -25,20 +25,23 @@ function bitsByName(ck: Checkpoint): Map<string, Uint8Array> {
   return out;
 }
 
-describe("--transport thread and --wire tcp", () => {
-  it("train the same parameters, momentum and running stats, bit for bit, as worker processes over WebSocket", async () => {
-    const dirs = { process: tmp("proc"), thread: tmp("thread"), tcp: tmp("tcp") };
+describe("--transport thread, --wire tcp and --pin-cpus", () => {
+  it("train the same parameters, momentum and running stats, bit for bit, as unpinned worker processes over WebSocket", async () => {
+    const dirs = { process: tmp("proc"), thread: tmp("thread"), tcp: tmp("tcp"), pinned: tmp("pinned") };
     const runs = await Promise.all([
-      runCli([...RUN, "--out", dirs.process, "--transport", "process"], { timeoutMs: 90_000 }),
+      runCli([...RUN, "--out", dirs.process, "--transport", "process", "--pin-cpus", "off"], { timeoutMs: 90_000 }),
       runCli([...RUN, "--out", dirs.thread, "--transport", "thread"], { timeoutMs: 90_000 }),
       runCli([...RUN, "--out", dirs.tcp, "--wire", "tcp"], { timeoutMs: 90_000 }),
+      ...(process.platform === "linux" ? [runCli([...RUN, "--out", dirs.pinned, "--pin-cpus", "on"], { timeoutMs: 90_000 })] : []),
     ]);
     for (const r of runs) expect(r.code, r.stderr).toBe(0);
     expect(runs[2]!.stdout).toMatch(/coordinator tcp:\/\/127\.0\.0\.1:\d+/);
+    if (runs[3]) expect(runs[3].stdout).toMatch(/worker processes pinned to CPUs \d+, \d+, \d+ by rank/);
+    const others = [dirs.thread, dirs.tcp, ...(runs[3] ? [dirs.pinned] : [])];
     const a = readCheckpoint(join(dirs.process, "checkpoint.bin"));
     const bitsA = bitsByName(a);
     const summary = (d: string): { finalTrainLoss: number; testAccuracy: number; testLoss: number } => JSON.parse(readFileSync(join(d, "summary.json"), "utf8"));
-    for (const other of [dirs.thread, dirs.tcp]) {
+    for (const other of others) {
       const b = readCheckpoint(join(other, "checkpoint.bin"));
       expect(b.header).toEqual(a.header);
       const bitsB = bitsByName(b);
@@ -53,10 +56,15 @@ describe("--transport thread and --wire tcp", () => {
     }
   });
 
-  it("refuses --wire with --transport thread, saying why", async () => {
-    const r = await runCli([...RUN, "--out", tmp("thread-wire"), "--transport", "thread", "--wire", "tcp"], { timeoutMs: 30_000 });
-    expect(r.code).toBe(2);
-    expect(r.stderr).toMatch(/--wire applies to worker processes/);
+  it("refuses --wire and --pin-cpus on with --transport thread, saying why", async () => {
+    const [wire, pin] = await Promise.all([
+      runCli([...RUN, "--out", tmp("thread-wire"), "--transport", "thread", "--wire", "tcp"], { timeoutMs: 30_000 }),
+      runCli([...RUN, "--out", tmp("thread-pin"), "--transport", "thread", "--pin-cpus", "on"], { timeoutMs: 30_000 }),
+    ]);
+    expect(wire.code).toBe(2);
+    expect(wire.stderr).toMatch(/--wire applies to worker processes/);
+    expect(pin.code).toBe(2);
+    expect(pin.stderr).toMatch(/--pin-cpus pins worker processes/);
   });
 
   it("reports a failing worker thread by rank with its error, as it does a failing worker process", async () => {
