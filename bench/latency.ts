@@ -9,6 +9,7 @@ import { fork, type ChildProcess } from "node:child_process";
 import { createServer, type Server, type Socket } from "node:net";
 import { pathToFileURL } from "node:url";
 import { WebSocketServer, type WebSocket } from "ws";
+import { pinProcess, workerPinning } from "../cli/affinity.js";
 import { startCoordinatorServer, type CoordinatorServer } from "../coordinator/server.js";
 import { FLOOR_HEADER_BYTES, LATENCY_METHODS, type LatencyCommand, type LatencyMethod, type LatencyReply } from "./latency-wire.js";
 import { fmt, loadLine, machineLine, spread, table, verdict, type Spread } from "./stats.js";
@@ -23,6 +24,8 @@ export interface LatencyOptions {
   roundsPerBlock: number;
   /** Node flags for the worker processes (e.g. --cpu-prof for profiling the bench). */
   childExecArgv?: string[];
+  /** "off": leave the worker processes to the OS instead of pinning them as `syncbn train` does. */
+  pinCpus?: "auto" | "off";
   /** Methods to run (default all; fewer for profiling one). */
   methods?: readonly LatencyMethod[];
   log(line: string): void;
@@ -219,6 +222,9 @@ async function measure(world: number, channels: number, o: LatencyOptions): Prom
       execArgv: o.childExecArgv ?? [],
     }),
   );
+  // Placed as `syncbn train` places its worker processes (--pin-cpus auto), for every method alike.
+  const pinning = o.pinCpus === "off" ? null : workerPinning("auto", world);
+  if (pinning) procs.forEach((p, rank) => pinProcess(p.pid!, pinning[rank]!));
   try {
     await waitFor(procs, isReady);
     const methods = o.methods ?? LATENCY_METHODS;
@@ -269,7 +275,7 @@ export function latencyMarkdown(rows: readonly LatencyRow[], o: Omit<LatencyOpti
   return [
     `One sync-BN round (2·C+1 float64 statistics), worker send → result received, W worker processes on 127.0.0.1. ` +
       `Per method ${o.blocks * o.roundsPerBlock} rounds per worker after 2 × ${o.warmup} warm-up rounds, the four methods rotating in blocks of ${o.roundsPerBlock} rounds in the same processes; ` +
-      `median and p90 over all workers' rounds. **ours (ws)** = CoordinatorClient → the real coordinator (validation, rank-order Chan merge, running stats) over the default WebSocket wire; ` +
+      `median and p90 over all workers' rounds; the worker processes are pinned to CPUs as \`syncbn train\` pins its workers by default (\`--pin-cpus auto\`; \`--unpinned\` leaves them to the OS). **ours (ws)** = CoordinatorClient → the real coordinator (validation, rank-order Chan merge, running stats) over the default WebSocket wire; ` +
       `**ours (tcp)** = the same client and coordinator over \`--wire tcp\`; ` +
       `**bare ws** = the same bytes through plain \`ws\` (what the WebSocket layer alone costs); **floor** = raw \`node:net\` barrier all-reduce of the same bytes (central process sums, writes back). ` +
       `Target: ours ≤ ${LATENCY_TARGET} × floor.`,
@@ -319,6 +325,7 @@ if (import.meta.url === pathToFileURL(process.argv[1] ?? "").href) {
   o.channels = list("--channels") ?? o.channels;
   const only = args.indexOf("--methods");
   if (only >= 0) o.methods = args[only + 1]!.split(",") as LatencyMethod[];
+  if (args.includes("--unpinned")) o.pinCpus = "off";
   const prof = args.indexOf("--cpu-prof-dir");
   if (prof >= 0) o.childExecArgv = ["--cpu-prof", "--cpu-prof-interval", "50", "--cpu-prof-dir", args[prof + 1]!];
   const rows = await runLatencyBench(o);
