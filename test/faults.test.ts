@@ -89,24 +89,26 @@ describe("faults", () => {
     b.params.forEach((p, i) => expect(Buffer.from(a.params[i]!.buffer).equals(Buffer.from(p.buffer))).toBe(true));
   });
 
-  it("goes on with the remaining workers with --on-worker-loss continue, and reports the loss", async () => {
-    const out = tmp("elastic");
-    const r = await runCli(["train", "--workers", "3", "--steps", "30", "--on-worker-loss", "continue", "--checksum-every", "1", "--out", out, ...SMALL], {
-      env: { SYNCBN_FAULT: "1:5:bwd" },
-      timeoutMs: 90_000,
+  for (const wire of ["ws", "tcp"] as const) {
+    it(`goes on with the remaining workers with --on-worker-loss continue, and reports the loss (--wire ${wire})`, async () => {
+      const out = tmp(`elastic-${wire}`);
+      const r = await runCli(["train", "--workers", "3", "--steps", "30", "--on-worker-loss", "continue", "--checksum-every", "1", "--wire", wire, "--out", out, ...SMALL], {
+        env: { SYNCBN_FAULT: "1:5:bwd" },
+        timeoutMs: 90_000,
+      });
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.stdout).toMatch(/worker rank\(s\) 1 disconnected .*; continuing from step 6 with 2 workers/);
+      const summary = JSON.parse(readFileSync(join(out, "summary.json"), "utf8"));
+      expect(summary.steps).toBe(30);
+      expect(summary.workersAtEnd).toBe(2);
+      expect(summary.workersLost).toEqual([expect.objectContaining({ rank: 1, step: 5 })]);
+      // every later step had the two survivors' 16 samples, and their replicas stayed identical (checksum every step)
+      const steps = readFileSync(join(out, "metrics.jsonl"), "utf8").trim().split("\n").map((l) => JSON.parse(l)).filter((l) => l.type === "step");
+      expect(steps).toHaveLength(30);
+      const ck = readCheckpoint(join(out, "checkpoint.bin"));
+      expect(ck.params.every((p) => p.every(Number.isFinite))).toBe(true);
     });
-    expect(r.code, r.stderr).toBe(0);
-    expect(r.stdout).toMatch(/worker rank\(s\) 1 disconnected .*; continuing from step 6 with 2 workers/);
-    const summary = JSON.parse(readFileSync(join(out, "summary.json"), "utf8"));
-    expect(summary.steps).toBe(30);
-    expect(summary.workersAtEnd).toBe(2);
-    expect(summary.workersLost).toEqual([expect.objectContaining({ rank: 1, step: 5 })]);
-    // every later step had the two survivors' 16 samples, and their replicas stayed identical (checksum every step)
-    const steps = readFileSync(join(out, "metrics.jsonl"), "utf8").trim().split("\n").map((l) => JSON.parse(l)).filter((l) => l.type === "step");
-    expect(steps).toHaveLength(30);
-    const ck = readCheckpoint(join(out, "checkpoint.bin"));
-    expect(ck.params.every((p) => p.every(Number.isFinite))).toBe(true);
-  });
+  }
 
   it("drops a frozen worker at the deadline with --on-worker-loss continue", async () => {
     const out = tmp("elastic-stop");
