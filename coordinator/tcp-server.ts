@@ -44,6 +44,8 @@ export async function listenTcp(coordinator: Coordinator, host: string, port: nu
 function attachSocket(coordinator: Coordinator, sock: Socket, maxPayload: number): void {
   const label = `${sock.remoteAddress}:${sock.remotePort}`;
   let closeDetail = "connection closed";
+  /** Set once the coordinator closed this peer: what it still sends is not read. */
+  let closing = false;
   const peer: Peer = {
     label,
     send: (bytes) => {
@@ -53,13 +55,16 @@ function attachSocket(coordinator: Coordinator, sock: Socket, maxPayload: number
       noteSent(bytes, sock.writableLength === 0);
     },
     close: (_code, reason) => {
+      closing = true;
       closeDetail = reason;
       // end() flushes what was written (the error message) before the FIN.
       sock.end();
       setTimeout(() => sock.destroy(), 1000).unref();
     },
   };
-  const reader = new StreamFrameReader(maxPayload, (bytes) => coordinator.receive(peer, bytes));
+  const reader = new StreamFrameReader(maxPayload, (bytes) => {
+    if (!closing) coordinator.receive(peer, bytes);
+  });
   sock.on("data", (chunk: Buffer) => {
     try {
       reader.push(chunk);
