@@ -6,7 +6,8 @@ import { startCoordinatorServer, type CoordinatorServer } from "../coordinator/s
 import { decode, encode } from "../shared/codec.js";
 import type { RunConventions } from "../shared/config.js";
 import { ErrorCode, SyncbnError } from "../shared/errors.js";
-import { StreamFrameError, StreamFrameReader, toStreamUnit } from "../shared/stream-frames.js";
+import { Rng } from "../shared/rng.js";
+import { ENVELOPE_MARKER, StreamFrameError, StreamFrameReader, toStreamUnit } from "../shared/stream-frames.js";
 import { CoordinatorClient } from "../worker/client.js";
 import { parseTcpUrl } from "../worker/tcp-link.js";
 
@@ -134,6 +135,67 @@ describe("the tcp wire", () => {
     expect(await closedAfter(new TextEncoder().encode("GET / HTTP/1.1\r\n\r\n"))).toBe(true);
     const huge = encode({ type: "contrib", step: 0, phase: "fwd", layer: 0, count: 1, data: new Float64Array(1 << 18) });
     expect(await closedAfter(huge.subarray(0, 32))).toBe(true);
+  });
+
+  it("keeps reducing two real workers' rounds exactly while hostile connections send 600 garbage streams", async () => {
+    const s = await tcpServer(2);
+    const { host, port } = parseTcpUrl(s.url);
+    const rng = new Rng(7);
+    const frame = (): Uint8Array => encode({ type: "contrib", step: rng.int(100), phase: "fwd", layer: 0, count: 4, data: new Float64Array(4) });
+    const garbage = (): Uint8Array => {
+      switch (rng.int(6)) {
+        case 0: // random bytes
+          return Uint8Array.from({ length: 1 + rng.int(300) }, () => rng.int(256));
+        case 1: { // a frame header claiming a huge payload
+          const f = frame();
+          f[16] = 0xff;
+          f[19] = 0x7f;
+          return f.subarray(0, 24 + rng.int(8));
+        }
+        case 2: { // an envelope holding random bytes
+          const body = Uint8Array.from({ length: rng.int(64) }, () => rng.int(256));
+          return concat([Uint8Array.of(ENVELOPE_MARKER, body.length, 0, 0, 0), body]);
+        }
+        case 3: // a well-formed contribution before any hello
+          return frame();
+        case 4: // a hello with a wrong token, then a cut frame
+          return concat([toStreamUnit(encode({ type: "hello", version: 2, rank: 0, worldSize: 2, token: "guess", conventions: CONV })), frame().subarray(0, 10)]);
+        default: // a frame cut short, then the connection ends
+          return frame().subarray(0, 1 + rng.int(40));
+      }
+    };
+    let closed = 0;
+    let answered = 0;
+    const rogue = async (): Promise<void> => {
+      for (let i = 0; i < 100; i++) {
+        await new Promise<void>((resolve) => {
+          const sock: Socket = connect({ host, port }, () => sock.end(garbage()));
+          sock.on("error", () => {});
+          sock.on("data", () => answered++); // error messages from the coordinator, read and dropped
+          sock.once("close", () => {
+            closed++;
+            resolve();
+          });
+        });
+      }
+    };
+    const [a, b] = await Promise.all([client(s.url, 0), client(s.url, 1)]);
+    const honest = async (): Promise<void> => {
+      for (let step = 0; step < 200; step++) {
+        const [ra, rb] = await Promise.all([
+          a.round(step, "fwd", 0, 2, Float64Array.of(step, 0.5)),
+          b.round(step, "fwd", 0, 2, Float64Array.of(step + 2, 0.5)),
+        ]);
+        // mean step+1; M2 = 0.5 + 0.5 + 2²·2·2/4 = 5 → biased var 5/4
+        expect(Array.from(ra.data)).toEqual([step + 1, 1.25]);
+        expect(Array.from(rb.data)).toEqual([step + 1, 1.25]);
+      }
+    };
+    await Promise.all([honest(), ...Array.from({ length: 6 }, rogue)]);
+    expect(closed).toBe(600);
+    expect(answered).toBeGreaterThan(0); // refusals were sent back, not just dropped
+    expect(s.coordinator.failed).toBeNull();
+    await Promise.all([a.bye(), b.bye()]);
   });
 
   it("rejects a malformed tcp URL as bad configuration, not as an unreachable coordinator to retry", async () => {
