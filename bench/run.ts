@@ -126,7 +126,7 @@ const md = [
   ...(load?.value ? [load.value, ""] : load?.error ? ["## Load and soak", ...failed(load), ""] : []),
   "## Reproduce",
   "",
-  "`npm run bench` (about 3–5 minutes; `node dist/bench/run.js --quick` for a short run). Sections alone: `node dist/bench/latency.js [--quick] [--worlds 2,4] [--channels 64]`, " +
+  "`npm run bench` (about 5 minutes; `node dist/bench/run.js --quick` for a short run). Sections alone: `node dist/bench/latency.js [--quick] [--worlds 2,4] [--channels 64] [--unpinned]`, " +
     "`node dist/bench/step.js [--quick] [--transports process,process-tcp,thread]`, `node dist/bench/throughput.js`, `node dist/bench/heap.js`, `node dist/bench/kernels.js`.",
   "",
 ];
