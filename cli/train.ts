@@ -56,13 +56,18 @@ export interface TrainResult {
 
 const WORKER_SCRIPT = new URL("./main.js", import.meta.url);
 
-/** Pins each worker process to its planned CPU; a failure leaves the rest of the run unpinned, said once. */
+/** Pins each worker process to its planned CPU; on a failure the ranks not yet pinned stay unpinned, said once. */
 function pinWorkers(procs: readonly WorkerProcess[], cpus: readonly number[], print: (line: string) => void): void {
+  let pinned = 0;
   try {
-    for (const p of procs) if (p.pid !== undefined) pinProcess(p.pid, cpus[p.rank]!);
+    for (const p of procs) {
+      if (p.pid === undefined) continue;
+      pinProcess(p.pid, cpus[p.rank]!);
+      pinned++;
+    }
     print(`worker processes pinned to CPUs ${cpus.join(", ")} by rank (--pin-cpus off lets the OS place them)`);
   } catch (e) {
-    print(`could not pin worker processes to CPUs (${(e as Error).message}); running unpinned`);
+    print(`could not pin worker processes to CPUs (${(e as Error).message}); ${pinned === 0 ? "running unpinned" : `ranks after the first ${pinned} run unpinned`}`);
   }
 }
 
