@@ -10,7 +10,7 @@ import { createServer, type Server, type Socket } from "node:net";
 import { pathToFileURL } from "node:url";
 import { WebSocketServer, type WebSocket } from "ws";
 import { pinProcess, workerPinning } from "../cli/affinity.js";
-import { startCoordinatorServer, type CoordinatorServer } from "../coordinator/server.js";
+import { startCoordinatorServer, type CoordinatorServer, type Wire } from "../coordinator/server.js";
 import { FLOOR_HEADER_BYTES, LATENCY_METHODS, type LatencyCommand, type LatencyMethod, type LatencyReply } from "./latency-wire.js";
 import { fmt, loadLine, machineLine, spread, table, verdict, type Spread } from "./stats.js";
 
@@ -193,25 +193,10 @@ async function runBlock(procs: ChildProcess[], cmd: LatencyMethod, rounds: numbe
 
 async function measure(world: number, channels: number, o: LatencyOptions): Promise<LatencyRow> {
   const token = "bench";
-  const coord: CoordinatorServer = await startCoordinatorServer({
-    host: "127.0.0.1",
-    port: 0,
-    worldSize: world,
-    token,
-    conventions: null,
-    roundTimeoutMs: 60_000,
-    maxPayload: 64 * 1024 * 1024,
-  });
-  const tcpCoord: CoordinatorServer = await startCoordinatorServer({
-    host: "127.0.0.1",
-    port: 0,
-    worldSize: world,
-    token,
-    conventions: null,
-    roundTimeoutMs: 60_000,
-    maxPayload: 64 * 1024 * 1024,
-    wire: "tcp",
-  });
+  const startOn = (wire: Wire): Promise<CoordinatorServer> =>
+    startCoordinatorServer({ host: "127.0.0.1", port: 0, worldSize: world, token, conventions: null, roundTimeoutMs: 60_000, maxPayload: 64 * 1024 * 1024, wire });
+  const coord = await startOn("ws");
+  const tcpCoord = await startOn("tcp");
   const floor = await startFloor(world, channels);
   const bare = await startBareWs(world, channels);
   const floorPort = (floor.address() as { port: number }).port;

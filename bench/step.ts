@@ -73,9 +73,11 @@ export interface StepRow {
 
 export async function runStepBench(o: StepOptions): Promise<StepRow[]> {
   const rows: StepRow[] = [];
-  const cells = [...o.transports.map((t) => ({ transport: t, workers: o.workers, diagnostic: false })), ...o.diagnostics.map((c) => ({ ...c, diagnostic: true }))];
-  for (const { transport, workers, diagnostic, ...cell } of cells) {
-    const pinCpus = "pinCpus" in cell && cell.pinCpus === "off" ? "off" : "auto";
+  const cells: (StepCell & { diagnostic: boolean })[] = [
+    ...o.transports.map((t) => ({ transport: t, workers: o.workers, diagnostic: false })),
+    ...o.diagnostics.map((c) => ({ ...c, diagnostic: true })),
+  ];
+  for (const { transport, workers, diagnostic, pinCpus = "auto" } of cells) {
     const acc = { sync: { ms: [] as number[], wait: [] as number[], runs: [] as number[] }, local: { ms: [] as number[], wait: [] as number[], runs: [] as number[] } };
     for (let i = 0; i < o.repeats; i++) {
       for (const norm of i % 2 === 0 ? (["sync", "local"] as const) : (["local", "sync"] as const)) {

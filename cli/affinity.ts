@@ -73,8 +73,9 @@ export function pinningProblem(): string | null {
 
 /**
  * The CPUs to pin `workers` local worker processes to, or null: plans with the
- * allowed CPUs and checks that pinning works here. "on" turns every obstacle
- * into a BadConfig error; "auto" quietly does without.
+ * allowed CPUs. "on" turns every obstacle into a BadConfig error, checking
+ * taskset first; "auto" skips that check (one process spawn at start-up) and lets
+ * the launcher's pinning report a failure and run unpinned.
  */
 export function workerPinning(mode: PinMode, workers: number): number[] | null {
   if (mode === "off") return null;
@@ -83,9 +84,8 @@ export function workerPinning(mode: PinMode, workers: number): number[] | null {
     return null;
   }
   const plan = planPinning(mode, workers, allowedCpus());
-  if (plan === null) return null;
+  if (plan === null || mode === "auto") return plan;
   const problem = pinningProblem();
-  if (problem === null) return plan;
-  if (mode === "on") throw new SyncbnError(ErrorCode.BadConfig, `--pin-cpus on: ${problem}; install util-linux or use --pin-cpus off`);
-  return null;
+  if (problem !== null) throw new SyncbnError(ErrorCode.BadConfig, `--pin-cpus on: ${problem}; install util-linux or use --pin-cpus off`);
+  return plan;
 }

@@ -5,7 +5,7 @@
 // masking and stream work on both ends; the Coordinator behind it is the same.
 
 import { createServer, type Server, type Socket } from "node:net";
-import { StreamFrameError, StreamFrameReader, toStreamUnit } from "../shared/stream-frames.js";
+import { StreamFrameReader, toStreamUnit } from "../shared/stream-frames.js";
 import type { Coordinator, Peer } from "./coordinator.js";
 import { noteSent } from "./frame-release.js";
 
@@ -66,13 +66,10 @@ function attachSocket(coordinator: Coordinator, sock: Socket, maxPayload: number
     if (!closing) coordinator.receive(peer, bytes);
   });
   sock.on("data", (chunk: Buffer) => {
-    try {
-      reader.push(chunk);
-    } catch (e) {
-      if (!(e instanceof StreamFrameError)) throw e;
-      closeDetail = e.message;
-      sock.destroy();
-    }
+    const broken = reader.feed(chunk);
+    if (broken === null) return;
+    closeDetail = broken;
+    sock.destroy();
   });
   sock.on("error", (e) => {
     closeDetail = e.message;

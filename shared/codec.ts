@@ -183,8 +183,8 @@ export function frameByteLength(bytes: Uint8Array, offset = 0): number {
   return FRAME_HEADER_BYTES + dataBytes(u32le(bytes, offset + 16), f32) + 8 * u32le(bytes, offset + 20);
 }
 
-// Header fields read byte by byte: no DataView per message, any alignment.
-function u32le(bytes: Uint8Array, at: number): number {
+/** A little-endian u32 read byte by byte: no DataView per message, any alignment. */
+export function u32le(bytes: Uint8Array, at: number): number {
   return (bytes[at]! | (bytes[at + 1]! << 8) | (bytes[at + 2]! << 16) | (bytes[at + 3]! << 24)) >>> 0;
 }
 
@@ -269,8 +269,8 @@ const PHASE_INDEX: Record<Phase, number> = { fwd: 0, bwd: 1, grad: 2, sum: 3 };
  */
 export function frameRoundKey(bytes: Uint8Array): number | null {
   if (bytes.length < FRAME_HEADER_BYTES || bytes[0] !== FRAME_MARKER || bytes[2]! >= PHASES.length) return null;
-  const step = (bytes[8]! | (bytes[9]! << 8) | (bytes[10]! << 16) | (bytes[11]! << 24)) >>> 0;
-  const layer = bytes[4]! | (bytes[5]! << 8) | (bytes[6]! << 16) | (bytes[7]! << 24); // i32
+  const step = u32le(bytes, 8);
+  const layer = u32le(bytes, 4) | 0; // i32
   return (step * 4 + bytes[2]!) * 0x10000 + (layer + 1);
 }
 

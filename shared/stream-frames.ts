@@ -4,7 +4,7 @@
 // bye, resync: msgpack) travels in an envelope, ENVELOPE_MARKER then a u32
 // little-endian length. Pure byte logic, no sockets: the transports own those.
 
-import { FRAME_MARKER, FRAME_SIZE_BYTES, frameByteLength } from "./codec.js";
+import { FRAME_MARKER, FRAME_SIZE_BYTES, frameByteLength, u32le } from "./codec.js";
 
 /** First byte of an enveloped message; neither a frame (0xc1) nor anything else on this wire. */
 export const ENVELOPE_MARKER = 0xc2;
@@ -81,6 +81,20 @@ export class StreamFrameReader {
     }
   }
 
+  /**
+   * push() for a transport: the reason the stream must be dropped (a malformed or
+   * oversized unit), or null when the chunk was taken.
+   */
+  feed(chunk: Uint8Array): string | null {
+    try {
+      this.push(chunk);
+      return null;
+    } catch (e) {
+      if (e instanceof StreamFrameError) return e.message;
+      throw e;
+    }
+  }
+
   /** True while part of a unit is buffered (a stream that ends now was cut mid-message). */
   get midMessage(): boolean {
     return this.unit !== null || this.carry !== null;
@@ -100,7 +114,7 @@ export class StreamFrameReader {
       size = frameByteLength(data, off);
     } else if (first === ENVELOPE_MARKER) {
       if (avail < ENVELOPE_HEADER_BYTES) return -1;
-      size = ENVELOPE_HEADER_BYTES + ((data[off + 1]! | (data[off + 2]! << 8) | (data[off + 3]! << 16) | (data[off + 4]! << 24)) >>> 0);
+      size = ENVELOPE_HEADER_BYTES + u32le(data, off + 1);
     } else {
       throw new StreamFrameError(`stream message starts with byte 0x${first.toString(16)}, neither a round frame (0xc1) nor an envelope (0xc2): not a syncbn tcp peer, or the stream is corrupt`);
     }

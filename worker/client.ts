@@ -340,6 +340,24 @@ function safeDecode(bytes: Uint8Array, into?: Float64Array | Float32Array): Serv
   }
 }
 
+/**
+ * Starts a graceful close (`begin`) and resolves on the "close" event, or forces
+ * it (`force`) after graceMs: a peer that never answers cannot hold a close open.
+ */
+export function closeGracefully(conn: { once(event: "close", listener: () => void): unknown }, begin: () => void, force: () => void, graceMs = 2000): Promise<void> {
+  return new Promise((resolve) => {
+    const t = setTimeout(() => {
+      force();
+      resolve();
+    }, graceMs);
+    conn.once("close", () => {
+      clearTimeout(t);
+      resolve();
+    });
+    begin();
+  });
+}
+
 /** A connected Link to opts.url: tcp://HOST:PORT for the tcp wire, ws:// (or wss://) for WebSocket. */
 async function openLink(opts: ClientOptions, timeoutMs: number): Promise<Link> {
   if (opts.url.startsWith("tcp://")) return openTcpLink(opts.url, opts.maxPayload, timeoutMs);
@@ -369,20 +387,7 @@ function wsLink(ws: WebSocket, url: string): Link {
     },
     send: (bytes) => ws.send(bytes, { binary: true }),
     terminate: () => ws.terminate(),
-    close: () => {
-      if (ws.readyState === WebSocket.CLOSED) return Promise.resolve();
-      return new Promise((resolve) => {
-        const t = setTimeout(() => {
-          ws.terminate();
-          resolve();
-        }, 2000);
-        ws.once("close", () => {
-          clearTimeout(t);
-          resolve();
-        });
-        ws.close(1000, "done");
-      });
-    },
+    close: () => (ws.readyState === WebSocket.CLOSED ? Promise.resolve() : closeGracefully(ws, () => ws.close(1000, "done"), () => ws.terminate())),
   };
   ws.on("message", (data) => link.onMessage?.(data as Buffer));
   ws.on("close", (code) => link.onClose?.(`code ${code}`));

@@ -5,8 +5,8 @@
 
 import { connect } from "node:net";
 import { ErrorCode, SyncbnError } from "../shared/errors.js";
-import { StreamFrameError, StreamFrameReader, toStreamUnit } from "../shared/stream-frames.js";
-import type { Link } from "./client.js";
+import { StreamFrameReader, toStreamUnit } from "../shared/stream-frames.js";
+import { closeGracefully, type Link } from "./client.js";
 
 /** host and port of a tcp://HOST:PORT URL; throws a BadConfig error naming the URL otherwise. */
 export function parseTcpUrl(url: string): { host: string; port: number } {
@@ -49,31 +49,15 @@ export function openTcpLink(url: string, maxPayload: number, timeoutMs: number):
           if (!sock.destroyed && sock.writable) sock.write(toStreamUnit(bytes));
         },
         terminate: () => sock.destroy(),
-        close: () => {
-          if (sock.destroyed) return Promise.resolve();
-          return new Promise((done) => {
-            const t = setTimeout(() => {
-              sock.destroy();
-              done();
-            }, 2000);
-            sock.once("close", () => {
-              clearTimeout(t);
-              done();
-            });
-            sock.end();
-          });
-        },
+        close: () => (sock.destroyed ? Promise.resolve() : closeGracefully(sock, () => sock.end(), () => sock.destroy())),
       };
       // maxPayload 0 (no limit) is the thread transport's; a socket always has one.
       const reader = new StreamFrameReader(maxPayload > 0 ? maxPayload : Number.MAX_SAFE_INTEGER, (bytes) => link.onMessage?.(bytes));
       sock.on("data", (chunk: Buffer) => {
-        try {
-          reader.push(chunk);
-        } catch (e) {
-          if (!(e instanceof StreamFrameError)) throw e;
-          closeDetail = e.message;
-          sock.destroy();
-        }
+        const broken = reader.feed(chunk);
+        if (broken === null) return;
+        closeDetail = broken;
+        sock.destroy();
       });
       sock.once("close", () => link.onClose?.(closeDetail));
       resolve(link);
