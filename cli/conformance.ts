@@ -1,6 +1,7 @@
-// `syncbn conformance DIR`: runs every case of the PyTorch-computed sync-BN suite
-// through a real coordinator and W real worker processes over WebSocket on
-// 127.0.0.1, and compares against the expected values (see conformance-case.ts).
+// `syncbn conformance DIR...`: runs every case of the PyTorch-computed sync-BN
+// suites in the given folders through a real coordinator and W real worker
+// processes over WebSocket on 127.0.0.1, and compares against the expected values
+// (see conformance-case.ts; the format is DESIGN.md §9).
 
 import { randomBytes } from "node:crypto";
 import { mkdirSync, readdirSync, statSync, writeFileSync } from "node:fs";
@@ -18,19 +19,29 @@ export interface ConformanceOptions {
   print(line: string): void;
 }
 
-export async function runConformance(dir: string, opts: ConformanceOptions): Promise<{ passed: number; failed: number }> {
-  let files: string[];
-  try {
-    if (!statSync(dir).isDirectory()) throw new Error("not a directory");
-    files = readdirSync(dir).filter((f) => f.endsWith(".json")).sort();
-  } catch (e) {
-    throw new SyncbnError(ErrorCode.BadConfig, `conformance folder ${dir} is not readable (${(e as Error).message}); pass the folder holding the case *.json files`);
+/** Every case file of the folders, folder by folder, each folder's files sorted; checked before any case runs. */
+function caseFiles(dirs: readonly string[]): { dir: string; f: string }[] {
+  const out: { dir: string; f: string }[] = [];
+  for (const dir of dirs) {
+    let files: string[];
+    try {
+      if (!statSync(dir).isDirectory()) throw new Error("not a directory");
+      files = readdirSync(dir).filter((f) => f.endsWith(".json")).sort();
+    } catch (e) {
+      throw new SyncbnError(ErrorCode.BadConfig, `conformance folder ${dir} is not readable (${(e as Error).message}); pass the folder holding the case *.json files`);
+    }
+    if (files.length === 0) throw new SyncbnError(ErrorCode.BadConfig, `no *.json case files in ${dir}`);
+    for (const f of files) out.push({ dir, f });
   }
-  if (files.length === 0) throw new SyncbnError(ErrorCode.BadConfig, `no *.json case files in ${dir}`);
+  return out;
+}
+
+export async function runConformance(dirs: readonly string[], opts: ConformanceOptions): Promise<{ passed: number; failed: number }> {
+  const files = caseFiles(dirs);
   if (opts.dump) mkdirSync(opts.dump, { recursive: true });
   let passed = 0;
   let failed = 0;
-  for (const f of files) {
+  for (const { dir, f } of files) {
     const path = join(dir, f);
     let name = basename(f, ".json");
     try {

@@ -34,11 +34,11 @@ registerSweepCommand(program);
 program
   .command("conformance")
   .description("run PyTorch-computed sync-BN cases through a real coordinator and worker processes")
-  .argument("<dir>", "folder of case *.json files (e.g. ../shared/conformance/cases)")
+  .argument("<dir...>", "folders of case *.json files (the repository's: test/fixtures/conformance)")
   .option("--dump <out>", "write what was computed to OUT/<name>.json")
   .option("--timeout <ms>", "deadline per case and per round", intArg("--timeout", 1), 60_000)
-  .action(async (dir: string, o: { dump?: string; timeout: number }) => {
-    const { failed } = await runConformance(dir, { dump: o.dump, timeoutMs: o.timeout, print: (l) => console.log(l) });
+  .action(async (dirs: string[], o: { dump?: string; timeout: number }) => {
+    const { failed } = await runConformance(dirs, { dump: o.dump, timeoutMs: o.timeout, print: (l) => console.log(l) });
     process.exitCode = failed > 0 ? 1 : 0;
   });
 

@@ -1,88 +1,182 @@
 #!/usr/bin/env python3
-"""Extra sync-BN conformance cases in the format of ../shared/conformance/README.md.
+"""Sync-BN conformance cases computed with PyTorch (format: DESIGN.md §9).
 
-Expected values come from an independent float64 numpy implementation of
-torch.nn.functional.batch_norm applied to the CONCATENATION of the workers'
-slices (PyTorch semantics: biased var to normalize, unbiased for running var,
-cumulative average when momentum is None). Not a test itself: run it to
-regenerate test/fixtures/conformance/*.json.
+Writes test/fixtures/conformance/*.json: inputs drawn here (float32 values),
+expected values from torch.nn.functional.batch_norm in float64 on the
+CONCATENATION of the workers' slices, gradients by autograd. Not a test itself:
+run it where PyTorch is installed and commit its output.
+
+  python3 scripts/make-conformance-cases.py            # regenerate the fixtures
+  python3 scripts/make-conformance-cases.py --check D  # recompute every case in D, print the max difference
 """
-import json, os, sys
-import numpy as np
+import argparse
+import json
+import math
+import os
+import sys
 
-OUT = os.path.join(os.path.dirname(__file__), "..", "test", "fixtures", "conformance")
+import torch
+import torch.nn.functional as F
+
+OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "test", "fixtures", "conformance")
 
 
-def f32(a):
-    return np.asarray(a, dtype=np.float32).astype(np.float64)
+def new_value_weight(momentum, style, t):
+    """Weight of the new batch value in the t-th running-stat update (t >= 1)."""
+    if momentum is None:
+        return 1.0 / t  # PyTorch's cumulative moving average (momentum=None)
+    return momentum if style == "torch" else 1.0 - momentum
 
 
-def make_case(name, rng, channels, spatial, sizes_per_step, eps=1e-5, momentum=0.1, style="torch",
-              unbiased=True, loc=0.0, scale=1.0, eval_n=3):
-    C = channels
-    S = int(np.prod(spatial)) if spatial else 1
-    gamma = f32(rng.uniform(0.3, 1.7, C))
-    beta = f32(rng.normal(0, 0.5, C))
-    rmean = np.zeros(C)
-    rvar = np.ones(C)
+def expected_for(case):
+    """Recomputes every expected value of a case from its inputs; returns a new case dict."""
+    C, eps = case["channels"], case["eps"]
+    gamma0 = torch.tensor(case["gamma"], dtype=torch.float64)
+    beta0 = torch.tensor(case["beta"], dtype=torch.float64)
+    rm = torch.zeros(C, dtype=torch.float64)
+    rv = torch.ones(C, dtype=torch.float64)
     tracked = 0
     steps = []
-    for sizes in sizes_per_step:
-        xs = [f32(loc + scale * rng.normal(0, 1, (n, C, S)) * rng.uniform(0.5, 2, (1, C, 1))) for n in sizes]
-        dys = [f32(rng.normal(0, 1, (n, C, S))) for n in sizes]
-        x = np.concatenate(xs, 0)
-        dy = np.concatenate(dys, 0)
-        n = x.shape[0] * S
-        mean = x.mean(axis=(0, 2))
-        var = ((x - mean[None, :, None]) ** 2).mean(axis=(0, 2))
-        inv = 1 / np.sqrt(var + eps)
-        xhat = (x - mean[None, :, None]) * inv[None, :, None]
-        y = gamma[None, :, None] * xhat + beta[None, :, None]
-        s1 = dy.sum(axis=(0, 2))
-        s2 = (dy * xhat).sum(axis=(0, 2))
-        dx = (gamma * inv)[None, :, None] * (dy - s1[None, :, None] / n - xhat * s2[None, :, None] / n)
+    for st in case["steps"]:
+        shapes = [w["shape"] for w in st["workers"]]
+        xs = [torch.tensor(w["x"], dtype=torch.float64).reshape(w["shape"]) for w in st["workers"]]
+        dys = [torch.tensor(w["dy"], dtype=torch.float64).reshape(w["shape"]) for w in st["workers"]]
+        x = torch.cat(xs, 0).requires_grad_(True)  # (N, C, ...) the global batch
+        dy = torch.cat(dys, 0)
+        dims = [0] + list(range(2, x.dim()))
+        n = x.shape[0] * (math.prod(x.shape[2:]) if x.dim() > 2 else 1)
+        if n < 2:
+            raise ValueError(f"{case['name']}: a training step needs more than 1 value per channel over the global batch")
+        gamma = gamma0.clone().requires_grad_(True)
+        beta = beta0.clone().requires_grad_(True)
         tracked += 1
-        if momentum is None:
-            f = 1.0 / tracked
-        elif style == "torch":
-            f = momentum
+        f = new_value_weight(case["momentum"], case["momentumStyle"], tracked)
+        var, mean = torch.var_mean(x.detach(), dim=dims, unbiased=False)
+        if case["unbiasedRunningVar"]:
+            # PyTorch's own running-stat update (unbiased var), with the factor of this convention.
+            y = F.batch_norm(x, rm, rv, gamma, beta, training=True, momentum=f, eps=eps)
         else:
-            f = 1 - momentum
-        uv = var * n / (n - 1) if unbiased else var
-        rmean = (1 - f) * rmean + f * mean
-        rvar = (1 - f) * rvar + f * uv
+            # PyTorch's update always uses the unbiased var; Keras/Flax keep the biased one.
+            y = F.batch_norm(x, None, None, gamma, beta, training=True, momentum=f, eps=eps)
+            rm = (1 - f) * rm + f * mean
+            rv = (1 - f) * rv + f * var
+        y.backward(dy)
+        ys, dxs, off = [], [], 0
+        for s in shapes:
+            ys.append(y.detach()[off:off + s[0]].reshape(-1).tolist())
+            dxs.append(x.grad[off:off + s[0]].reshape(-1).tolist())
+            off += s[0]
+        workers = [dict(w, expected={"y": ys[k], "dx": dxs[k]}) for k, w in enumerate(st["workers"])]
+        steps.append({"workers": workers, "expected": {
+            "dgamma": gamma.grad.tolist(), "dbeta": beta.grad.tolist(), "mean": mean.tolist(), "var": var.tolist(),
+            "runningMean": rm.tolist(), "runningVar": rv.tolist()}})
+    ex = torch.tensor(case["eval"]["x"], dtype=torch.float64).reshape(case["eval"]["shape"])
+    ey = F.batch_norm(ex, rm, rv, gamma0, beta0, training=False, eps=eps)
+    out = dict(case, steps=steps)
+    out["eval"] = dict(case["eval"], expected={"y": ey.reshape(-1).tolist()})
+    return out
+
+
+def f32(t):
+    """float32 values as Python floats (exactly representable in float32)."""
+    return t.to(torch.float32).to(torch.float64).reshape(-1).tolist()
+
+
+def make_case(name, gen, channels, spatial, sizes_per_step, eps=1e-5, momentum=0.1, style="torch", unbiased=True,
+              loc=0.0, scale=1.0, eval_n=3, constant_channel=None):
+    C = channels
+    scales = torch.rand(C, generator=gen, dtype=torch.float64) * 1.5 + 0.5  # per-channel std
+    shifts = torch.randn(C, generator=gen, dtype=torch.float64)
+    bcast = [1, C] + [1] * len(spatial)
+
+    def draw(n):
+        x = loc + scale * (shifts.reshape(bcast) + scales.reshape(bcast) * torch.randn([n, C] + spatial, generator=gen, dtype=torch.float64))
+        if constant_channel is not None:
+            x[:, constant_channel] = loc + 0.75  # zero variance in this channel
+        return x
+
+    steps = []
+    for sizes in sizes_per_step:
         workers = []
-        off = 0
-        for k, nk in enumerate(sizes):
-            shape = [nk, C] + list(spatial)
-            workers.append({"shape": shape, "x": xs[k].ravel().tolist(), "dy": dys[k].ravel().tolist(),
-                            "expected": {"y": y[off:off + nk].ravel().tolist(), "dx": dx[off:off + nk].ravel().tolist()}})
-            off += nk
-        steps.append({"workers": workers, "expected": {"dgamma": s2.tolist(), "dbeta": s1.tolist(), "mean": mean.tolist(),
-                                                        "var": var.tolist(), "runningMean": rmean.tolist(), "runningVar": rvar.tolist()}})
-    xe = f32(loc + scale * rng.normal(0, 1, (eval_n, C, S)))
-    ye = gamma[None, :, None] * (xe - rmean[None, :, None]) / np.sqrt(rvar[None, :, None] + eps) + beta[None, :, None]
-    return {"name": name, "channels": C, "spatial": list(spatial), "eps": eps, "momentum": momentum, "momentumStyle": style,
-            "unbiasedRunningVar": unbiased, "gamma": gamma.tolist(), "beta": beta.tolist(), "steps": steps,
-            "eval": {"shape": [eval_n, C] + list(spatial), "x": xe.ravel().tolist(), "expected": {"y": ye.ravel().tolist()}}}
+        for n in sizes:
+            shape = [n, C] + list(spatial)
+            workers.append({"shape": shape, "x": f32(draw(n)), "dy": f32(torch.randn(shape, generator=gen, dtype=torch.float64))})
+        steps.append({"workers": workers})
+    case = {"name": name, "channels": C, "spatial": list(spatial), "eps": eps, "momentum": momentum, "momentumStyle": style,
+            "unbiasedRunningVar": unbiased,
+            "gamma": f32(torch.rand(C, generator=gen, dtype=torch.float64) * 1.4 + 0.3),
+            "beta": f32(torch.randn(C, generator=gen, dtype=torch.float64) * 0.5),
+            "steps": steps,
+            "eval": {"shape": [eval_n, C] + list(spatial), "x": f32(draw(eval_n))}}
+    return expected_for(case)
+
+
+def cases():
+    gen = torch.Generator().manual_seed(20261201)
+    return [
+        make_case("fc-2workers-even-3steps", gen, 4, [], [[4, 4], [3, 3], [5, 5]]),
+        make_case("conv-3workers-uneven-one-empty", gen, 3, [3, 4], [[2, 0, 3], [1, 4, 2]]),
+        # One sample per worker in a conv layer: each worker has H·W values per channel, so n > 1.
+        make_case("conv-5workers-one-sample-each", gen, 2, [2, 3], [[1] * 5, [1] * 5]),
+        make_case("fc-8workers-one-sample-each", gen, 6, [], [[1] * 8, [1] * 8]),
+        # |mean| ≫ std: raw float32 Σx, Σx² would cancel catastrophically here.
+        make_case("large-mean-4workers-one-empty", gen, 3, [2, 2], [[3, 0, 2, 4], [1, 2, 0, 3]], loc=3000.0, scale=0.01),
+        make_case("large-mean-fc-2workers", gen, 4, [], [[3, 5], [4, 4]], loc=-1.0e4, scale=0.05),
+        make_case("cumulative-momentum-null-3steps", gen, 4, [3, 3], [[2, 3], [4, 1], [2, 2]], momentum=None),
+        make_case("keras-style-momentum-0.99-biased-var", gen, 5, [2, 2], [[2, 3], [3, 1], [2, 2]], momentum=0.99, style="keras",
+                  unbiased=False, eps=1e-3),
+        make_case("keras-cumulative-empty-first-rank", gen, 3, [], [[0, 4, 3], [2, 0, 5]], momentum=None, style="keras", unbiased=False),
+        make_case("torch-biased-running-var", gen, 2, [5, 1], [[2, 1, 1], [1, 1, 2]], unbiased=False, eps=1e-3),
+        make_case("torch-momentum-1-last-batch", gen, 3, [], [[3, 2], [2, 4]], momentum=1.0),
+        make_case("single-worker-4steps", gen, 4, [2, 3], [[3], [5], [1], [2]]),
+        make_case("fc-4workers-6steps-varying-slices", gen, 3, [], [[2, 0, 3, 1], [1, 1, 1, 1], [0, 0, 4, 0], [3, 2, 0, 2],
+                                                                   [1, 3, 2, 2], [2, 2, 2, 0]]),
+        make_case("constant-channel-eps-1e-3", gen, 3, [2, 2], [[2, 2], [3, 1]], eps=1e-3, constant_channel=1),
+        make_case("conv-2workers-8channels-4x4", gen, 8, [4, 4], [[2, 2], [1, 3]], eval_n=2),
+    ]
+
+
+def check(folder):
+    worst = 0.0
+    for f in sorted(os.listdir(folder)):
+        if not f.endswith(".json"):
+            continue
+        with open(os.path.join(folder, f)) as fh:
+            case = json.load(fh)
+        mine = expected_for(case)
+        err = max_diff(case, mine)
+        worst = max(worst, err)
+        print(f"{case['name']}: max |difference| {err:.3e}")
+    print(f"worst {worst:.3e}")
+    return 0 if worst <= 1e-10 else 1
+
+
+def max_diff(a, b):
+    if isinstance(a, dict):
+        return max([max_diff(a[k], b[k]) for k in a] or [0.0])
+    if isinstance(a, list):
+        return max([max_diff(u, v) for u, v in zip(a, b)] or [0.0])
+    if isinstance(a, (int, float)) and not isinstance(a, bool):
+        return abs(a - b)
+    return 0.0 if a == b else math.inf
 
 
 def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--check", metavar="DIR", help="recompute the expected values of every case in DIR and compare")
+    args = p.parse_args()
+    torch.set_default_dtype(torch.float64)
+    if args.check:
+        return check(args.check)
     os.makedirs(OUT, exist_ok=True)
-    rng = np.random.default_rng(20261122)
-    cases = [
-        # |mean| ≫ std: raw float32 Σx, Σx² would cancel catastrophically here.
-        make_case("large-mean-4workers-one-empty", rng, 3, [2, 2], [[3, 0, 2, 4], [1, 2, 0, 3]], loc=3000.0, scale=0.01),
-        make_case("cumulative-momentum-3steps", rng, 4, [3, 3], [[2, 3], [4, 1], [2, 2]], momentum=None),
-        make_case("8workers-one-sample-each", rng, 6, [], [[1] * 8, [1] * 8]),
-        make_case("torch-biased-running-var", rng, 2, [5, 1], [[2, 1, 1], [1, 1, 2]], unbiased=False, eps=1e-3),
-        make_case("keras-cumulative-empty-first-rank", rng, 3, [], [[0, 4, 3], [2, 0, 5]], momentum=None, style="keras", unbiased=False),
-        make_case("single-worker", rng, 4, [2, 3], [[3], [5]]),
-    ]
-    for c in cases:
-        with open(os.path.join(OUT, c["name"] + ".json"), "w") as f:
-            json.dump(c, f)
+    for f in os.listdir(OUT):
+        if f.endswith(".json"):
+            os.remove(os.path.join(OUT, f))
+    for c in cases():
+        with open(os.path.join(OUT, c["name"] + ".json"), "w") as fh:
+            json.dump(c, fh)
         print("wrote", c["name"])
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 // Test helpers: run the built CLI as a real child process with a deadline, and
-// find the shared conformance folder. Tests run against dist/ (npm test builds first).
+// find the conformance case folders (the repository's own, and any extra ones
+// beside it). Tests run against dist/ (npm test builds first).
 
 import { spawn, type ChildProcess } from "node:child_process";
 import { existsSync } from "node:fs";
@@ -8,8 +9,10 @@ import { dirname, join, resolve } from "node:path";
 
 export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 export const CLI = join(ROOT, "dist", "cli", "main.js");
-export const SHARED_CASES = resolve(ROOT, "..", "shared", "conformance", "cases");
+/** PyTorch-computed cases committed in the repository (scripts/make-conformance-cases.py). */
 export const FIXTURE_CASES = join(ROOT, "test", "fixtures", "conformance");
+/** Extra cases of the same format beside the repository, when someone put them there; never required. */
+export const EXTRA_CASES = resolve(ROOT, "..", "shared", "conformance", "cases");
 
 if (!existsSync(CLI)) throw new Error(`${CLI} is missing: run "npm run build" (npm test does it) before the tests`);
 
