@@ -1,4 +1,4 @@
-// The conformance case format of DESIGN.md §9: types, a
+// The conformance case format of DESIGN.md §10: types, a
 // validating loader, and the comparison with the tolerance the README fixes.
 // Knows nothing about processes or sockets.
 
@@ -54,7 +54,7 @@ export function loadCase(path: string): ConformanceCase {
   }
   const c = raw as ConformanceCase;
   const bad = (what: string): never => {
-    throw new SyncbnError(ErrorCode.BadConfig, `${path}: ${what}; see DESIGN.md §9 for the format`);
+    throw new SyncbnError(ErrorCode.BadConfig, `${path}: ${what}; see DESIGN.md §10 for the format`);
   };
   if (typeof c !== "object" || c === null) bad("not an object");
   if (typeof c.name !== "string") bad("name must be a string");

@@ -1,7 +1,7 @@
 // `syncbn conformance DIR...`: runs every case of the PyTorch-computed sync-BN
 // suites in the given folders through a real coordinator and W real worker
 // processes over WebSocket on 127.0.0.1, and compares against the expected values
-// (see conformance-case.ts; the format is DESIGN.md §9).
+// (see conformance-case.ts; the format is DESIGN.md §10).
 
 import { randomBytes } from "node:crypto";
 import { mkdirSync, readdirSync, statSync, writeFileSync } from "node:fs";

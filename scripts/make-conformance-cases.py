@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Sync-BN conformance cases computed with PyTorch (format: DESIGN.md §9).
+"""Sync-BN conformance cases computed with PyTorch (format: DESIGN.md §10).
 
 Writes test/fixtures/conformance/*.json: inputs drawn here (float32 values),
 expected values from torch.nn.functional.batch_norm in float64 on the
