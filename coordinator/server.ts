@@ -10,7 +10,7 @@ import { Coordinator, type CoordinatorOptions, type Peer } from "./coordinator.j
 import { noteSent } from "./frame-release.js";
 import { listenTcp } from "./tcp-server.js";
 
-/** ws: WebSocket (DESIGN §5, the default); tcp: the same messages on raw TCP, less work per message. */
+/** ws: WebSocket (DESIGN.md §5.1, the default); tcp: the same messages on raw TCP, less work per message. */
 export type Wire = "ws" | "tcp";
 export const WIRES: readonly Wire[] = ["ws", "tcp"];
 
