@@ -2,21 +2,26 @@
 // the PyTorch-computed cases committed in test/fixtures/conformance (and on extra
 // cases beside the repository, when there are any). Not the generator's own check.
 import { mkdtempSync, readFileSync, readdirSync, writeFileSync, mkdirSync, existsSync } from "node:fs";
+import { spawnSync } from "node:child_process";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { TORCH_CONVENTIONS } from "../shared/config.js";
 import { Rng } from "../shared/rng.js";
 import { BatchNorm } from "../worker/nn/batchnorm.js";
-import { EXTRA_CASES, FIXTURE_CASES, runCli } from "./helpers.js";
+import { EXTRA_CASES, FIXTURE_CASES, ROOT, runCli } from "./helpers.js";
 
 const extraCases = existsSync(EXTRA_CASES) && readdirSync(EXTRA_CASES).some((f) => f.endsWith(".json"));
 if (!extraCases) console.info(`note: no extra conformance cases at ${EXTRA_CASES}; ran the repository's own cases only (an addition, not required)`);
 
+/** A Python with PyTorch, to re-check the committed cases against their generator; null if there is none here. */
+const torchPython = ["python3", "/usr/bin/python3"].find((py) => spawnSync(py, ["-c", "import torch"], { stdio: "ignore", timeout: 60_000 }).status === 0) ?? null;
+if (!torchPython) console.info("note: no Python with PyTorch here; the committed cases are not recomputed (scripts/make-conformance-cases.py --check)");
+
 /** Runs the folders' cases and checks every case passed, by count. */
 async function expectAllPass(...dirs: string[]): Promise<void> {
   const n = dirs.reduce((a, d) => a + readdirSync(d).filter((f) => f.endsWith(".json")).length, 0);
-  const r = await runCli(["conformance", ...dirs], { timeoutMs: 300_000 });
+  const r = await runCli(["conformance", ...dirs], { timeoutMs: 550_000 });
   expect(r.stdout).toContain(`${n} passed, 0 failed`);
   expect(r.stdout.match(/^PASS /gm)?.length).toBe(n);
   expect(r.code).toBe(0);
@@ -26,11 +31,18 @@ describe("syncbn conformance", () => {
   it("passes every PyTorch-computed case in test/fixtures/conformance (fc and conv, 1–8 workers, empty slices, |mean| ≫ std, torch/keras/null momentum, biased running var) through real processes", async () => {
     expect(readdirSync(FIXTURE_CASES).filter((f) => f.endsWith(".json")).length).toBeGreaterThanOrEqual(10);
     await expectAllPass(FIXTURE_CASES);
-  });
+  }, 600_000);
+
+  it.skipIf(!torchPython)("holds what scripts/make-conformance-cases.py computes with PyTorch for the committed inputs, to 1e-10 (--check)", () => {
+    const r = spawnSync(torchPython!, [join(ROOT, "scripts", "make-conformance-cases.py"), "--check", FIXTURE_CASES], { encoding: "utf8", timeout: 400_000 });
+    const worst = Number(/^worst (\S+)$/m.exec(r.stdout)?.[1]);
+    expect(worst, r.stdout + r.stderr).toBeLessThanOrEqual(1e-10);
+    expect(r.status, r.stderr).toBe(0);
+  }, 450_000);
 
   it.skipIf(!extraCases)("also passes the extra cases found beside the repository in ../shared/conformance/cases (run as an addition when present)", async () => {
     await expectAllPass(EXTRA_CASES);
-  });
+  }, 600_000);
 
   it("runs the cases of several folders in one call and counts them together", async () => {
     const dir = mkdtempSync(join(tmpdir(), "syncbn-conf-two-"));
