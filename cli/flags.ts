@@ -80,8 +80,9 @@ export function warmupSteps(w: Warmup, totalSteps: number): number {
   return "steps" in w ? w.steps : Math.round((w.percent / 100) * totalSteps);
 }
 
-function bnMomentumArg(v: string): number | null {
-  if (v.trim() === "null") return null;
+/** "null" stays a string: commander turns a parser's null into "". */
+function bnMomentumArg(v: string): number | "null" {
+  if (v.trim() === "null") return "null";
   return numArg("--bn-momentum", { min: 0, max: 1 })(v);
 }
 
@@ -178,7 +179,7 @@ export interface RunFlags {
   momentum: number;
   weightDecay: number;
   bnEps?: number;
-  bnMomentum?: number | null;
+  bnMomentum?: number | "null";
   bnMomentumStyle: MomentumStyle;
   biasedRunningVar?: boolean;
   trainSize?: number;
@@ -213,7 +214,7 @@ export function runSettingsFromFlags(f: RunFlags): TrainSettings {
     weightDecay: f.weightDecay,
     // Each style brings its own defaults: Keras's momentum 0.99 means what torch's 0.01 does.
     bnEps: f.bnEps ?? style.eps,
-    bnMomentum: f.bnMomentum === undefined ? style.momentum : f.bnMomentum,
+    bnMomentum: f.bnMomentum === undefined ? style.momentum : f.bnMomentum === "null" ? null : f.bnMomentum,
     bnMomentumStyle: f.bnMomentumStyle,
     unbiasedRunningVar: !f.biasedRunningVar,
     trainSize: f.trainSize ?? null,
