@@ -144,6 +144,9 @@ export function registerTrainCommands(program: Command): void {
   ).action(async (f: TrainFlags & { coordinator?: string; rank?: number; workers?: number; token?: string; out?: string; connectTimeout: number; settingsJson?: string; wire: Wire }) => {
     const rank = f.rank ?? env.rank;
     const world = f.workers ?? env.worldSize;
+    if (!f.coordinator && env.masterPort !== undefined && env.masterPort > 65535) {
+      throw new SyncbnError(ErrorCode.BadConfig, `MASTER_PORT must be a port in 0..65535, got ${env.masterPort}`);
+    }
     const url = f.coordinator ?? (env.masterAddr ? `${f.wire}://${env.masterAddr}:${env.masterPort ?? 29500}` : undefined);
     if (url !== undefined && !/^(wss?|tcp):\/\//.test(url)) {
       throw new SyncbnError(ErrorCode.BadConfig, `--coordinator ${url} is not a ws://HOST:PORT or tcp://HOST:PORT URL`);
