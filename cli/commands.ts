@@ -158,6 +158,8 @@ export function registerTrainCommands(program: Command): void {
     if (rank >= world) throw new SyncbnError(ErrorCode.BadConfig, `--rank ${rank} is outside 0..${world - 1} for --workers ${world}`);
     const settings = f.settingsJson ? (JSON.parse(f.settingsJson) as TrainSettings) : await resolveSettings(f, world, env.fashionMnistDir);
     validateSettings(settings, world);
+    // A worker started by hand checks its data before it connects; the launcher's workers were checked by the launcher.
+    if (!f.settingsJson) await checkRunData(settings, world, env.fashionMnistDir);
     const client = await CoordinatorClient.connect({
       url,
       rank,

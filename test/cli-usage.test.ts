@@ -107,6 +107,8 @@ describe("usage errors are one line and exit 2", () => {
     await refused(["train", "--data", ok, "--workers", "4", "--batch", "16"], /the training set \(40 samples\) is smaller than one global batch \(4 workers × 16\); lower --batch or --workers/);
     await refused(["train", "--data", ok, "--test-size", "21"], /--test-size 21 is more than the 20 samples .*tiny \(t10k\) has/);
     await refused(["train", "--train-size", "20", "--workers", "4", "--batch", "8"], /the training set \(20 samples\) is smaller than one global batch \(4 workers × 8\)/);
+    // A worker started by hand checks its data before it connects (nothing listens on port 9).
+    await refused(["worker", "--rank", "0", "--world", "2", "--coordinator", "ws://127.0.0.1:9", "--data", truncated], /SYNCBN_ERR_DATA: .*truncated/);
     await refused(["sweep", "--workers", "2", "--data", ok, "--batches", "2,32", "--norms", "sync", "--train-size", "40"], /the training set \(40 samples\) is smaller than one global batch/);
   }, 180_000);
 
