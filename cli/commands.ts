@@ -19,6 +19,7 @@ import {
   MIN_TIMEOUT_MS,
   addLaunchFlags,
   addRunFlags,
+  checkLaunchFlags,
   intArg,
   numArg,
   rangeText,
@@ -98,12 +99,7 @@ export function registerTrainCommands(program: Command): void {
         .option("--out <dir>", "folder for metrics.jsonl, summary.json and checkpoint.bin (default runs/<time>)"),
     ),
   ).action(async (f: TrainFlags & LaunchFlags & { workers: number; out?: string; onWorkerLoss: "abort" | "continue" }) => {
-    if (f.transport === "thread" && f.wire !== "ws") {
-      throw new SyncbnError(ErrorCode.BadConfig, "--wire applies to worker processes; --transport thread talks over MessagePorts (drop --wire, or use --transport process)");
-    }
-    if (f.transport === "thread" && f.pinCpus === "on") {
-      throw new SyncbnError(ErrorCode.BadConfig, "--pin-cpus pins worker processes; --transport thread runs threads in one process (drop --pin-cpus, or use --transport process)");
-    }
+    checkLaunchFlags(f);
     const settings = await resolveSettings(f, f.workers, env.fashionMnistDir);
     const tty = Boolean(process.stdout.isTTY) && !env.isCI;
     const r = await runTrain({

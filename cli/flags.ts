@@ -8,6 +8,7 @@ import { WIRES, type Wire } from "../coordinator/server.js";
 import { MODEL_KINDS, type ModelKind } from "../worker/nn/model.js";
 import { BN_STYLE_DEFAULTS, DEFAULT_SETTINGS, MAX_BATCH, MAX_SYNTHETIC_SAMPLES, MAX_WORKERS, type TrainSettings } from "../worker/settings.js";
 import type { MomentumStyle } from "../shared/config.js";
+import { ErrorCode, SyncbnError } from "../shared/errors.js";
 import { PIN_MODES, type PinMode } from "./affinity.js";
 
 /** Node's timer maximum (a longer delay fires at once, with a TimeoutOverflowWarning). */
@@ -199,6 +200,16 @@ export interface LaunchFlags {
   transport: "process" | "thread";
   wire: Wire;
   pinCpus: PinMode;
+}
+
+/** The launch flags that do not go together. */
+export function checkLaunchFlags(f: LaunchFlags): void {
+  if (f.transport === "thread" && f.wire !== "ws") {
+    throw new SyncbnError(ErrorCode.BadConfig, "--wire applies to worker processes; --transport thread talks over MessagePorts (drop --wire, or use --transport process)");
+  }
+  if (f.transport === "thread" && f.pinCpus === "on") {
+    throw new SyncbnError(ErrorCode.BadConfig, "--pin-cpus pins worker processes; --transport thread runs threads in one process (drop --pin-cpus, or use --transport process)");
+  }
 }
 
 /** The settings the run flags give, the per-run ones (norm, batch, lr, seed, warm-up) left as defaults. */

@@ -16,6 +16,7 @@ import {
   MAX_SEED,
   addLaunchFlags,
   addRunFlags,
+  checkLaunchFlags,
   intArg,
   numArg,
   rangeText,
@@ -482,6 +483,7 @@ export function registerSweepCommand(program: Command): void {
     if (f.lr !== undefined && cmd.getOptionValueSource("baseLr") === "cli") {
       throw new SyncbnError(ErrorCode.BadConfig, "--lr (one rate for every run) and --base-lr (scaled with the global batch) exclude each other; give one");
     }
+    checkLaunchFlags(f);
     const env = readEnv();
     const tty = Boolean(process.stdout.isTTY) && !env.isCI;
     await runSweep({

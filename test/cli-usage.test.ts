@@ -171,6 +171,20 @@ describe("flags that mean one thing everywhere", () => {
     expect([lrFor(fixed, 2), lrFor(fixed, 8)]).toEqual([0.05, 0.05]);
   });
 
+  it("runs a sweep with train's flags: --lr fixed for every run, --renorm-warmup in steps, --transport thread (checked in each run's checkpoint)", async () => {
+    const out = join(TMP, "sweep-flags");
+    const r = await runCli(
+      ["sweep", "--transport", "thread", "--workers", "2", "--batches", "2,4", "--norms", "renorm", "--model", "mlp", "--steps", "3", "--train-size", "64", "--test-size", "16", "--lr", "0.05", "--renorm-warmup", "2", "--out", out],
+      { timeoutMs: 120_000 },
+    );
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/learning rate: fixed, lr = 0\.05 at every batch \(--lr; no scaling\)/);
+    for (const b of [2, 4]) {
+      const training = JSON.parse(readCheckpoint(join(out, "runs", `renorm-b${b}-s1`, "checkpoint.bin")).header.training) as { lr: number; renormWarmup: number };
+      expect(training).toMatchObject({ lr: 0.05, renormWarmup: 2 });
+    }
+  }, 150_000);
+
   it("takes --renorm-warmup as a percentage of the run's steps in train, as in sweep (checked in the checkpoint's settings)", async () => {
     const out = join(TMP, "warmup");
     // 64 samples / (2 workers × 4) = 8 steps per epoch, 2 epochs: 25% is 4 steps.
