@@ -10,7 +10,7 @@ import { runConformance } from "./conformance.js";
 import { registerTrainCommands } from "./commands.js";
 import { readEnv } from "./env.js";
 import { setKernelBackend } from "../worker/nn/kernels/backend.js";
-import { registerSweepCommand } from "./sweep.js";
+import { registerSweepCommand } from "./sweep-flags.js";
 import { MAX_TIMER_MS, MIN_TIMEOUT_MS, intArg } from "./flags.js";
 import { isRefusedBeforeStart } from "./preflight.js";
 

@@ -9,7 +9,7 @@ import { gzipSync } from "node:zlib";
 import { Command } from "commander";
 import { afterAll, describe, expect, it } from "vitest";
 import { addRunFlags, runSettingsFromFlags, type RunFlags } from "../cli/flags.js";
-import { gridFromFlags } from "../cli/sweep.js";
+import { gridFromFlags } from "../cli/sweep-flags.js";
 import { lrFor, settingsFor } from "../cli/sweep-grid.js";
 import { readCheckpoint } from "../worker/checkpoint.js";
 import { ROOT, runCli } from "./helpers.js";
