@@ -1,6 +1,7 @@
-// The `train`, `worker` and `coordinator` commands: flag definitions shared by
-// `train` and `worker` (every worker of a run must get the same ones), and the
-// actions. Flag parsing only; the work is in train.ts, worker/ and coordinator/.
+// The `train`, `worker` and `coordinator` commands: the per-run flags `train` and
+// `worker` take (every worker of a run must get the same ones; the flags shared
+// with `sweep` are in flags.ts), and the actions. Flag parsing only; the work is
+// in train.ts, worker/ and coordinator/.
 
 import { Command, Option } from "commander";
 import { DEFAULT_MAX_PAYLOAD, startCoordinatorServer, type Wire } from "../coordinator/server.js";
