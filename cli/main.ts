@@ -1,16 +1,18 @@
 #!/usr/bin/env node
 // The `syncbn` command line: parses flags (commander) and hands off to the
-// command modules. No training or protocol logic here; errors are printed as one
-// line with their code and the process exits non-zero.
+// command modules. No training or protocol logic here; every error is printed as
+// one line with its code, and the exit code says what kind it was (below).
 
-import { Command } from "commander";
-import { intArg } from "./commands.js";
+import { readFileSync } from "node:fs";
+import { Command, CommanderError } from "commander";
 import { ErrorCode, isSyncbnError } from "../shared/errors.js";
 import { runConformance } from "./conformance.js";
 import { registerTrainCommands } from "./commands.js";
 import { readEnv } from "./env.js";
 import { setKernelBackend } from "../worker/nn/kernels/backend.js";
-import { registerSweepCommand } from "./sweep.js";
+import { registerSweepCommand } from "./sweep-flags.js";
+import { MAX_TIMER_MS, MIN_TIMEOUT_MS, intArg } from "./flags.js";
+import { isRefusedBeforeStart } from "./preflight.js";
 
 
 // SYNCBN_KERNELS=js|wasm picks the conv/linear kernels; worker processes inherit it.
@@ -22,11 +24,16 @@ try {
   process.exit(2);
 }
 
+const pkg = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as { version: string };
+
 const program = new Command();
 program
   .name("syncbn")
   .description("Data-parallel training with synchronized batch normalization over a WebSocket coordinator")
-  .showHelpAfterError("(run syncbn <command> --help for usage)");
+  .version(pkg.version, "-V, --version", "print the syncbn version")
+  // Parse errors become one line and exit 2 in the catch below (the settings copy to every subcommand made after this).
+  .exitOverride()
+  .configureOutput({ outputError: () => {} });
 
 registerTrainCommands(program);
 registerSweepCommand(program);
@@ -36,17 +43,41 @@ program
   .description("run PyTorch-computed sync-BN cases through a real coordinator and worker processes")
   .argument("<dir...>", "folders of case *.json files (the repository's: test/fixtures/conformance)")
   .option("--dump <out>", "write what was computed to OUT/<name>.json")
-  .option("--timeout <ms>", "deadline per case and per round", intArg("--timeout", 1), 60_000)
+  .option("--timeout <ms>", `deadline per case and per round (${MIN_TIMEOUT_MS}..${MAX_TIMER_MS})`, intArg("--timeout", MIN_TIMEOUT_MS, MAX_TIMER_MS), 60_000)
   .action(async (dirs: string[], o: { dump?: string; timeout: number }) => {
     const { failed } = await runConformance(dirs, { dump: o.dump, timeoutMs: o.timeout, print: (l) => console.log(l) });
     process.exitCode = failed > 0 ? 1 : 0;
   });
 
-// Exit codes: 0 ok, 1 the run failed, 2 bad usage or configuration.
+/** The subcommand named on the command line, for the "see --help" hint. */
+function commandOf(argv: readonly string[]): string {
+  const name = argv.slice(2).find((a) => !a.startsWith("-"));
+  return program.commands.some((c) => c.name() === name) ? `syncbn ${name}` : "syncbn";
+}
+
+/** Commander's message as one line that says what was wrong and where the usage is. */
+function usageLine(e: CommanderError): string {
+  const text = e.message.replace(/^error: /, "").replace(/\s*\n\s*/g, " ").trim();
+  // "option '--lr <x>' argument 'abc' is invalid. --lr must be …": our parsers' reasons name the flag and value already.
+  const invalid = /^option '(-\S+?)(?:, (-\S+))?(?: <[^>]*>)?' argument '(.*)' is invalid\. (.*)$/s.exec(text);
+  let what = text;
+  if (invalid) {
+    const [, first, second, value, reason] = invalid;
+    const flag = second ?? first!;
+    what = reason!.startsWith(flag) || reason!.startsWith("--") ? reason! : `${flag} "${value}" is invalid: ${reason!.replace(/\.$/, "").replace(/^Allowed/, "allowed")}`;
+  }
+  return `${ErrorCode.BadConfig}: ${what.replace(/\.$/, "")}; see ${commandOf(process.argv)} --help`;
+}
+
+// Exit codes: 0 ok, 1 the run failed, 2 bad usage or configuration (found before anything started), 130 interrupted.
 program.parseAsync(process.argv).catch((e: unknown) => {
-  if (isSyncbnError(e)) {
+  if (e instanceof CommanderError) {
+    // --help and --version end here with exit code 0; "syncbn" alone prints the help and exits 2.
+    if (e.exitCode !== 0 && e.code !== "commander.help") console.error(`syncbn: ${usageLine(e)}`);
+    process.exitCode = e.exitCode === 0 ? 0 : 2;
+  } else if (isSyncbnError(e)) {
     console.error(`syncbn: ${e.message}`);
-    process.exitCode = e.code === ErrorCode.BadConfig ? 2 : 1;
+    process.exitCode = e.code === ErrorCode.BadConfig || isRefusedBeforeStart(e) ? 2 : 1;
   } else {
     console.error(`syncbn: ${(e as Error).stack ?? String(e)}`);
     process.exitCode = 1;

@@ -22,15 +22,31 @@ export interface SweepGrid {
   epochs: number;
   /** Fixed steps per run (breaks the equal-samples rule; for quick checks), or null. */
   steps: number | null;
-  /** Learning rate at the reference global batch; each run uses lr·globalBatch/lrRefBatch. */
+  /** --base-lr: the learning rate at global batch lrRefBatch; each run uses lr·globalBatch/lrRefBatch. */
   lr: number;
   lrRefBatch: number;
+  /** --lr: one learning rate for every run (no scaling), or null for the scaling rule. */
+  fixedLr: number | null;
   momentum: number;
   weightDecay: number;
   trainSize: number | null;
   testSize: number | null;
-  /** Batch renorm warm-up as a fraction of each run's steps (runs differ in steps). */
-  renormWarmupFraction: number;
+  /** Batch renorm warm-up as a fraction of each run's steps (runs differ in steps), or null when renormWarmupSteps is set. */
+  renormWarmupFraction: number | null;
+  /** Batch renorm warm-up in steps, the same in every run, or null. */
+  renormWarmupSteps: number | null;
+  // The BN, renorm and eval settings of every run (the flags train takes).
+  bnEps: number;
+  bnMomentum: number | null;
+  bnMomentumStyle: TrainSettings["bnMomentumStyle"];
+  unbiasedRunningVar: boolean;
+  renormRMax: number;
+  renormDMax: number;
+  evalBatch: number;
+  evalEvery: number;
+  evalStats: TrainSettings["evalStats"];
+  preciseBatches: number;
+  checksumEvery: number;
 }
 
 /**
@@ -55,18 +71,32 @@ export const DEFAULT_GRID: SweepGrid = {
   steps: null,
   lr: 0.1,
   lrRefBatch: 256,
+  fixedLr: null,
   momentum: 0.9,
   weightDecay: DEFAULT_SETTINGS.weightDecay,
   trainSize: 8192,
   testSize: null,
   renormWarmupFraction: 0.25,
+  renormWarmupSteps: null,
+  bnEps: DEFAULT_SETTINGS.bnEps,
+  bnMomentum: DEFAULT_SETTINGS.bnMomentum,
+  bnMomentumStyle: DEFAULT_SETTINGS.bnMomentumStyle,
+  unbiasedRunningVar: DEFAULT_SETTINGS.unbiasedRunningVar,
+  renormRMax: DEFAULT_SETTINGS.renormRMax,
+  renormDMax: DEFAULT_SETTINGS.renormDMax,
+  evalBatch: DEFAULT_SETTINGS.evalBatch,
+  evalEvery: DEFAULT_SETTINGS.evalEvery,
+  evalStats: DEFAULT_SETTINGS.evalStats,
+  preciseBatches: DEFAULT_SETTINGS.preciseBatches,
+  checksumEvery: DEFAULT_SETTINGS.checksumEvery,
 };
 
 export function lrFor(g: SweepGrid, perWorkerBatch: number): number {
-  return (g.lr * g.workers * perWorkerBatch) / g.lrRefBatch;
+  return g.fixedLr ?? (g.lr * g.workers * perWorkerBatch) / g.lrRefBatch;
 }
 
 export function lrRuleText(g: SweepGrid): string {
+  if (g.fixedLr !== null) return `fixed, lr = ${g.fixedLr} at every batch (--lr; no scaling) (SGD momentum ${g.momentum}, weight decay ${g.weightDecay})`;
   return `linear scaling, lr = ${g.lr} × global batch / ${g.lrRefBatch} (SGD momentum ${g.momentum}, weight decay ${g.weightDecay})`;
 }
 
@@ -101,13 +131,29 @@ export function settingsFor(g: SweepGrid, norm: string, perWorkerBatch: number, 
     trainSize: g.trainSize,
     testSize: g.testSize,
     renormWarmup: renormWarmupFor(g, perWorkerBatch),
+    bnEps: g.bnEps,
+    bnMomentum: g.bnMomentum,
+    bnMomentumStyle: g.bnMomentumStyle,
+    unbiasedRunningVar: g.unbiasedRunningVar,
+    renormRMax: g.renormRMax,
+    renormDMax: g.renormDMax,
+    evalBatch: g.evalBatch,
+    evalEvery: g.evalEvery,
+    evalStats: g.evalStats,
+    preciseBatches: g.preciseBatches,
+    checksumEvery: g.checksumEvery,
   };
 }
 
-/** Warm-up steps of batch renorm: a fixed fraction of the run, so every batch gets the same schedule per sample seen. */
+/**
+ * Warm-up steps of batch renorm: fixed steps, or a fixed fraction of the run, so
+ * every batch gets the same schedule per sample seen. A fraction of a run whose
+ * length depends on the data's size (a DIR) is resolved by runSweep once known.
+ */
 function renormWarmupFor(g: SweepGrid, perWorkerBatch: number): number {
+  if (g.renormWarmupSteps !== null) return g.renormWarmupSteps;
   const steps = expectedSteps(g, perWorkerBatch);
-  return steps === null ? DEFAULT_SETTINGS.renormWarmup : Math.round(g.renormWarmupFraction * steps);
+  return steps === null ? DEFAULT_SETTINGS.renormWarmup : Math.round((g.renormWarmupFraction ?? 0) * steps);
 }
 
 /** Folder name of one run: "groupnorm:8" becomes "groupnorm_8" (":" is not portable in paths). */
@@ -135,7 +181,8 @@ export function validateGrid(g: SweepGrid): void {
     const dup = list.filter((v, i) => list.indexOf(v) !== i);
     if (dup.length) problems.push(`${flag} lists ${dup.join(", ")} twice`);
   }
-  if (!(g.renormWarmupFraction >= 0 && g.renormWarmupFraction <= 1)) problems.push(`--renorm-warmup-fraction must be in [0, 1], got ${g.renormWarmupFraction}`);
+  if (g.renormWarmupFraction !== null && !(g.renormWarmupFraction >= 0 && g.renormWarmupFraction <= 1)) problems.push(`--renorm-warmup must be in 0%..100%, got ${100 * g.renormWarmupFraction}%`);
+  if (g.fixedLr !== null && !(g.fixedLr > 0 && g.fixedLr <= 100)) problems.push(`--lr must be in (0, 100], got ${g.fixedLr}`);
   if (!(g.lrRefBatch >= 1)) problems.push(`--lr-ref-batch must be ≥ 1, got ${g.lrRefBatch}`);
   if (problems.length) throw new SyncbnError(ErrorCode.BadConfig, problems.join("; "));
   const count = knownTrainCount(g);

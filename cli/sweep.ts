@@ -6,15 +6,10 @@
 
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { cpus, platform, release } from "node:os";
-import { join, resolve } from "node:path";
-import { Command, InvalidArgumentError, Option } from "commander";
+import { join } from "node:path";
 import { ErrorCode, SyncbnError } from "../shared/errors.js";
-import { DEFAULT_FASHION_MNIST_DIR, FASHION_MNIST_DIR_ENV } from "../worker/data/dataset.js";
 import { SYNTHETIC_DEFAULT_TEST, SYNTHETIC_DEFAULT_TRAIN } from "../worker/data/synthetic.js";
-import { MODEL_KINDS, type ModelKind } from "../worker/nn/model.js";
-import { DEFAULT_SETTINGS } from "../worker/settings.js";
-import { intArg, numArg } from "./commands.js";
-import { readEnv } from "./env.js";
+import { checkRunData } from "./preflight.js";
 import type { RunSummary } from "./monitor.js";
 import { renderCsv, renderMarkdown, renderReportHtml, type SweepReportInfo, type SweepRunResult } from "./report.js";
 import {
@@ -29,7 +24,7 @@ import {
   validateGrid,
   type SweepGrid,
 } from "./sweep-grid.js";
-import { runTrain } from "./train.js";
+import { runTrain, type TrainOptions } from "./train.js";
 
 /** Fixed, so that running the same `syncbn sweep` command again resumes. */
 export const DEFAULT_SWEEP_OUT = "runs/sweep";
@@ -156,20 +151,12 @@ export interface SweepOptions {
   fashionMnistDir?: string;
   outDir: string;
   roundTimeoutMs: number;
+  /** How every run's workers are started (never changes a result). */
+  launch?: Pick<TrainOptions, "transport" | "wire" | "pinCpus">;
   tty: boolean;
   print(line: string): void;
   /** Rewrite the current terminal line (TTY only). */
   status(line: string): void;
-}
-
-/** A missing data folder would fail every run the same way: say so once, up front. */
-function checkDataSource(data: string, fashionMnistDir: string | undefined): void {
-  if (data === "synthetic") return;
-  const dir = data === "fashion-mnist" ? (fashionMnistDir ?? DEFAULT_FASHION_MNIST_DIR) : resolve(data);
-  if (!existsSync(dir)) {
-    const hint = data === "fashion-mnist" ? `install it with "apt-get install dataset-fashion-mnist" or set ${FASHION_MNIST_DIR_ENV}` : "pass a folder with the four (Fashion-)MNIST IDX files";
-    throw new SyncbnError(ErrorCode.Data, `--data ${data}: no folder at ${dir}; ${hint}, or use --data synthetic`);
-  }
 }
 
 export interface SweepResult {
@@ -225,8 +212,8 @@ export function reportInfo(g: SweepGrid, missingRuns: number): SweepReportInfo {
     lrRule: lrRuleText(g),
     settings: [
       ["training / test samples", `${g.trainSize ?? (g.data === "synthetic" ? `${SYNTHETIC_DEFAULT_TRAIN} (all)` : "all")} / ${g.testSize ?? (g.data === "synthetic" ? `${SYNTHETIC_DEFAULT_TEST} (all)` : "all")}`],
-      ["BN", `eps ${DEFAULT_SETTINGS.bnEps}, running-stat momentum ${DEFAULT_SETTINGS.bnMomentum} (${DEFAULT_SETTINGS.bnMomentumStyle} style), eval with ${DEFAULT_SETTINGS.evalStats} statistics (rank 0's in local, group:K, ghost:G and renorm modes)`],
-      ["batch renorm", `r_max ${DEFAULT_SETTINGS.renormRMax}, d_max ${DEFAULT_SETTINGS.renormDMax}, clips relaxed over the first ${Math.round(100 * g.renormWarmupFraction)}% of each run's steps`],
+      ["BN", `eps ${g.bnEps}, running-stat momentum ${g.bnMomentum ?? "null (cumulative)"} (${g.bnMomentumStyle} style), eval with ${g.evalStats} statistics (rank 0's in local, group:K, ghost:G and renorm modes)`],
+      ["batch renorm", `r_max ${g.renormRMax}, d_max ${g.renormDMax}, clips relaxed over ${g.renormWarmupSteps !== null ? `the first ${g.renormWarmupSteps} steps` : `the first ${Math.round(100 * (g.renormWarmupFraction ?? 0))}% of each run's steps`}`],
     ],
     date: new Date().toISOString().replace("T", " ").slice(0, 16) + " UTC",
     machine: `${cpu[0]?.model ?? "unknown CPU"} × ${cpu.length} cores, ${platform()} ${release()}`,
@@ -260,7 +247,8 @@ export function writeSweepOutputs(outDir: string, g: SweepGrid): { rows: SweepRu
 export async function runSweep(o: SweepOptions): Promise<SweepResult> {
   const g = o.grid;
   validateGrid(g);
-  checkDataSource(g.data, o.fashionMnistDir);
+  // A data problem would fail every run the same way: say so once, before anything starts.
+  for (const b of g.batches) await checkRunData(settingsFor(g, g.norms[0]!, b, g.seeds[0]!), g.workers, o.fashionMnistDir);
   const combos = combosOf(g);
   const N = combos.length;
   const count = (n: number, one: string, many = `${one}s`): string => `${n} ${n === 1 ? one : many}`;
@@ -326,8 +314,14 @@ export async function runSweep(o: SweepOptions): Promise<SweepResult> {
       };
       if (o.tty) o.status(bar(0, null));
       else o.print(`run ${i + 1}/${N} ${label}: starting (${g.workers} × ${c.batch} = global batch ${g.workers * c.batch}, lr ${Number(lrFor(g, c.batch).toPrecision(3))}) · ${remaining(0, null)}`);
+      const settings = settingsFor(g, c.norm, c.batch, c.seed);
+      if (g.renormWarmupFraction !== null && expectedSteps(g, c.batch) === null) {
+        // A folder of IDX files: the run's length is known from the data read up front.
+        settings.renormWarmup = Math.round(g.renormWarmupFraction * (await checkRunData(settings, g.workers, o.fashionMnistDir)).totalSteps);
+      }
       const r = await runTrain({
-        settings: settingsFor(g, c.norm, c.batch, c.seed),
+        ...o.launch,
+        settings,
         workers: g.workers,
         outDir: dir,
         checkpointEvery: 0,
@@ -379,94 +373,4 @@ export async function runSweep(o: SweepOptions): Promise<SweepResult> {
   o.print("");
   o.print(`sweep done in ${took}: ${join(o.outDir, "results.csv")}, ${join(o.outDir, "results.md")}, ${join(o.outDir, "report.html")}`);
   return { complete: out.missing === 0, rows: out.rows, markdown: out.markdown };
-}
-
-function listArg<T>(flag: string, item: (s: string) => T) {
-  return (v: string): T[] => {
-    const parts = v.split(",").map((s) => s.trim()).filter((s) => s !== "");
-    if (parts.length === 0) throw new InvalidArgumentError(`${flag} needs a comma-separated list, got "${v}"`);
-    return parts.map(item);
-  };
-}
-
-const intItem = (flag: string, min: number) => (s: string): number => {
-  const n = Number(s);
-  if (!Number.isInteger(n) || n < min) throw new InvalidArgumentError(`${flag}: "${s}" is not an integer ≥ ${min}`);
-  return n;
-};
-
-interface SweepFlags {
-  workers: number;
-  batches: number[];
-  norms: string[];
-  seeds: number[];
-  model: ModelKind;
-  data: string;
-  epochs: number;
-  steps?: number;
-  lr: number;
-  lrRefBatch: number;
-  momentum: number;
-  weightDecay: number;
-  trainSize?: number;
-  testSize?: number;
-  allData?: boolean;
-  renormWarmupFraction: number;
-  out: string;
-  roundTimeout: number;
-}
-
-export function registerSweepCommand(program: Command): void {
-  const D = DEFAULT_GRID;
-  program
-    .command("sweep")
-    .description("train every (norm mode × per-worker batch × seed) combination and write results.csv, results.md and report.html")
-    .option("--workers <n>", "worker processes of every run", intArg("--workers", 1), D.workers)
-    .addOption(new Option("--batches <list>", "per-worker batches").argParser(listArg("--batches", intItem("--batches", 1))).default(D.batches, D.batches.join(",")))
-    .addOption(new Option("--norms <list>", "norm modes: sync, local, group:K, ghost:G, renorm, groupnorm:G, none").argParser(listArg("--norms", (s) => s)).default(D.norms, D.norms.join(",")))
-    .addOption(new Option("--seeds <list>", "seeds, e.g. 1,2,3").argParser(listArg("--seeds", intItem("--seeds", 0))).default(D.seeds, D.seeds.join(",")))
-    .addOption(new Option("--model <kind>", "reference model").choices([...MODEL_KINDS]).default(D.model))
-    .option("--data <spec>", "synthetic | fashion-mnist | DIR (folder of IDX files)", D.data)
-    .option("--epochs <n>", "epochs per run (every run sees the same samples)", intArg("--epochs", 1), D.epochs)
-    .option("--steps <n>", "fixed steps per run instead (quick checks; bigger batches then see more samples)", intArg("--steps", 1))
-    .option("--lr <x>", "learning rate at the reference global batch (--lr-ref-batch)", numArg("--lr"), D.lr)
-    .option("--lr-ref-batch <n>", "reference global batch of the linear scaling rule", intArg("--lr-ref-batch", 1), D.lrRefBatch)
-    .option("--momentum <x>", "SGD momentum", numArg("--momentum"), D.momentum)
-    .option("--weight-decay <x>", "L2 weight decay", numArg("--weight-decay"), D.weightDecay)
-    .option("--train-size <n>", `use the first N training samples (default: ${D.trainSize})`, intArg("--train-size", 1))
-    .option("--test-size <n>", "use the first N test samples (default: all)", intArg("--test-size", 1))
-    .option("--all-data", "train on the whole training set (instead of the default --train-size)")
-    .option("--renorm-warmup-fraction <x>", "batch renorm: relax the r/d clips over this fraction of each run's steps", numArg("--renorm-warmup-fraction"), D.renormWarmupFraction)
-    .option("--out <dir>", "sweep folder; re-running with the same folder and grid resumes", DEFAULT_SWEEP_OUT)
-    .option("--round-timeout <ms>", "deadline of every sync round", intArg("--round-timeout", 100), 60_000)
-    .action(async (f: SweepFlags) => {
-      const env = readEnv();
-      const grid: SweepGrid = {
-        workers: f.workers,
-        norms: f.norms,
-        batches: f.batches,
-        seeds: f.seeds,
-        model: f.model,
-        data: f.data,
-        epochs: f.epochs,
-        steps: f.steps ?? null,
-        lr: f.lr,
-        lrRefBatch: f.lrRefBatch,
-        momentum: f.momentum,
-        weightDecay: f.weightDecay,
-        trainSize: f.trainSize ?? (f.allData ? null : D.trainSize),
-        testSize: f.testSize ?? D.testSize,
-        renormWarmupFraction: f.renormWarmupFraction,
-      };
-      const tty = Boolean(process.stdout.isTTY) && !env.isCI;
-      await runSweep({
-        grid,
-        fashionMnistDir: env.fashionMnistDir,
-        outDir: f.out,
-        roundTimeoutMs: f.roundTimeout,
-        tty,
-        print: (l) => console.log(l),
-        status: (l) => process.stdout.write(`\r\x1b[2K${l}`),
-      });
-    });
 }

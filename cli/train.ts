@@ -16,6 +16,8 @@ import { readEnv } from "./env.js";
 import { pinProcess, workerPinning, type PinMode } from "./affinity.js";
 import { forkWorker, killAll, type WorkerProcess } from "./procs.js";
 import { startThreadWorker } from "./threads.js";
+import { checkRunData } from "./preflight.js";
+import { workerRoundTimeout } from "./flags.js";
 
 export interface TrainOptions {
   settings: TrainSettings;
@@ -74,6 +76,7 @@ function pinWorkers(procs: readonly WorkerProcess[], cpus: readonly number[], pr
 export async function runTrain(o: TrainOptions): Promise<TrainResult> {
   const s = o.settings;
   validateSettings(s, o.workers);
+  await checkRunData(s, o.workers, readEnv({ ...process.env, ...o.workerEnv }).fashionMnistDir);
   mkdirSync(o.outDir, { recursive: true });
   // A fresh random token per run unless the user set one; it is never printed or written.
   const token = o.token ?? randomBytes(16).toString("hex");
@@ -150,7 +153,7 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
           outDir: o.outDir,
           checkpointEvery: o.checkpointEvery,
           resume: o.resume,
-          roundTimeoutMs: o.roundTimeoutMs + 5_000, // as the worker command sets it
+          roundTimeoutMs: workerRoundTimeout(o.roundTimeoutMs), // as the worker command sets it
           fashionMnistDir: readEnv(env).fashionMnistDir,
         })
       : forkWorker(WORKER_SCRIPT, [...args, "--rank", String(rank)], rank, { env }),

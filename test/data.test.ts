@@ -240,8 +240,8 @@ describe("synthetic data", () => {
   });
 
   it("refuses a training size that is not a positive integer", async () => {
-    await expect(loadDataset("synthetic", { seed: 0, trainSize: 0 })).rejects.toThrow(/trainSize must be a positive integer, got 0/);
-    await expect(loadDataset("synthetic", { seed: 0, testSize: 2.5 })).rejects.toThrow(/testSize must be a positive integer/);
+    await expect(loadDataset("synthetic", { seed: 0, trainSize: 0 })).rejects.toThrow(/--train-size must be a positive integer, got 0/);
+    await expect(loadDataset("synthetic", { seed: 0, testSize: 2.5 })).rejects.toThrow(/--test-size must be a positive integer/);
   });
 });
 
@@ -293,7 +293,7 @@ describe("IDX files", () => {
     expect(train.images.length).toBe(2 * PIXELS);
     expect(Array.from(train.labels)).toEqual([0, 1]);
     expect(test.count).toBe(1);
-    await expect(loadDataset(dir, { seed: 0, trainSize: 6 })).rejects.toThrow(/trainSize 6 is more than the 5 samples/);
+    await expect(loadDataset(dir, { seed: 0, trainSize: 6 })).rejects.toThrow(/--train-size 6 is more than the 5 samples/);
   });
 
   it("reports a truncated images file with its path and the sizes the header promised", async () => {

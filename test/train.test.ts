@@ -149,7 +149,7 @@ describe("syncbn train", () => {
 
   it("rejects bad flags with one line that says what to do", async () => {
     const cases: [string[], RegExp][] = [
-      [["--batch", "-3"], /--batch must be an integer ≥ 1, got "-3"/],
+      [["--batch", "-3"], /--batch must be an integer in 1..4096, got "-3"/],
       [["--norm", "group:3", "--workers", "4"], /K to divide the number of workers \(4\)/],
       [["--norm", "bogus"], /unknown --norm "bogus"; use one of/],
       [["--data", "/nonexistent/folder"], /no folder at \/nonexistent\/folder/],

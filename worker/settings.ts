@@ -6,6 +6,13 @@ import { parseNorm, statsGroupSize, validateConventions, type MomentumStyle, typ
 import { ErrorCode, SyncbnError } from "../shared/errors.js";
 import { MODEL_KINDS, type ModelKind } from "./nn/model.js";
 
+/** Largest worker count: the coordinator keeps per-rank state, and a local run starts W processes. */
+export const MAX_WORKERS = 1024;
+/** Samples per worker per forward (train or eval): the cnn keeps ~160 KB of activations per sample. */
+export const MAX_BATCH = 4096;
+/** Synthetic samples per split: every worker generates and holds its own copy (3.1 KB per sample). */
+export const MAX_SYNTHETIC_SAMPLES = 100_000;
+
 export interface TrainSettings {
   model: ModelKind;
   norm: string;
@@ -69,6 +76,16 @@ export const DEFAULT_SETTINGS: TrainSettings = {
   renormWarmup: 500,
 };
 
+/**
+ * The BN defaults each --bn-momentum-style brings when --bn-momentum/--bn-eps are
+ * not given: PyTorch's BatchNorm (momentum 0.1 = weight of the new batch, eps 1e-5)
+ * and Keras's BatchNormalization (momentum 0.99 = weight of the old value, eps 1e-3).
+ */
+export const BN_STYLE_DEFAULTS: Record<MomentumStyle, { momentum: number; eps: number }> = {
+  torch: { momentum: 0.1, eps: 1e-5 },
+  keras: { momentum: 0.99, eps: 1e-3 },
+};
+
 /** Channel counts of the norm layers of each reference model (DESIGN.md §7). */
 const NORM_CHANNELS: Record<string, number[]> = { mlp: [256, 128], cnn: [16, 32, 64] };
 
@@ -101,12 +118,20 @@ export function validateSettings(s: TrainSettings, worldSize: number): void {
     if (!Number.isInteger(v) || v < 1) bad(`${flag} must be a positive integer, got ${v}`);
   };
   posInt(s.batch, "--batch");
+  if (!Number.isInteger(worldSize) || worldSize < 1 || worldSize > MAX_WORKERS) bad(`--workers must be an integer in 1..${MAX_WORKERS}, got ${worldSize}`);
+  if (s.batch > MAX_BATCH) bad(`--batch must be at most ${MAX_BATCH} samples per worker, got ${s.batch}; use more workers or a smaller batch`);
+  if (s.evalBatch > MAX_BATCH) bad(`--eval-batch must be at most ${MAX_BATCH}, got ${s.evalBatch}`);
+  if (s.data === "synthetic") {
+    for (const [flag, v] of [["--train-size", s.trainSize], ["--test-size", s.testSize]] as const) {
+      if (v !== null && v > MAX_SYNTHETIC_SAMPLES) bad(`${flag} ${v} is more than synthetic data allows (${MAX_SYNTHETIC_SAMPLES}; every worker holds its own copy); use a smaller ${flag}`);
+    }
+  }
   posInt(s.epochs, "--epochs");
   posInt(s.evalBatch, "--eval-batch");
   if (s.steps !== null) posInt(s.steps, "--steps");
   if (s.trainSize !== null) posInt(s.trainSize, "--train-size");
   if (s.testSize !== null) posInt(s.testSize, "--test-size");
-  if (!(s.lr > 0) || !Number.isFinite(s.lr)) bad(`--lr must be a positive number, got ${s.lr}`);
+  if (!(s.lr > 0) || !(s.lr <= 100)) bad(`--lr must be a number in (0, 100], got ${s.lr}`);
   if (!(s.momentum >= 0 && s.momentum < 1)) bad(`--momentum must be in [0, 1), got ${s.momentum}`);
   if (!(s.weightDecay >= 0) || !Number.isFinite(s.weightDecay)) bad(`--weight-decay must be ≥ 0, got ${s.weightDecay}`);
   if (!Number.isInteger(s.seed) || s.seed < 0) bad(`--seed must be a non-negative integer, got ${s.seed}`);

@@ -7,7 +7,7 @@ import { stat } from "node:fs/promises";
 import { basename, resolve } from "node:path";
 import { ErrorCode, SyncbnError } from "../../shared/errors.js";
 import { readIdxSplit, type IdxSplit } from "./idx.js";
-import { generateSynthetic } from "./synthetic.js";
+import { SYNTHETIC_DEFAULT_TEST, SYNTHETIC_DEFAULT_TRAIN, generateSynthetic } from "./synthetic.js";
 
 export interface Dataset {
   /** e.g. "synthetic/train", "fashion-mnist/test". */
@@ -68,20 +68,25 @@ function checkSize(what: string, size: number | undefined, available: number, so
     throw new SyncbnError(ErrorCode.BadConfig, `${what} must be a positive integer, got ${size}`);
   }
   if (size > available) {
-    throw new SyncbnError(ErrorCode.BadConfig, `${what} ${size} is more than the ${available} samples ${source} has`);
+    throw new SyncbnError(ErrorCode.BadConfig, `${what} ${size} is more than the ${available} samples ${source} has; lower ${what} or leave it out`);
   }
   return size;
 }
 
-/** The first `size` samples of an IDX split as a normalized Dataset. */
-function idxToDataset(split: IdxSplit, size: number, name: string): Dataset {
-  const { images, labels } = split;
+function checkImageShape(split: IdxSplit): void {
+  const { images } = split;
   if (images.rows !== SIDE || images.cols !== SIDE) {
     throw new SyncbnError(
       ErrorCode.Data,
       `${images.file}: images are ${images.rows}×${images.cols}, syncbn's models take 28×28 (MNIST-sized) images`,
     );
   }
+}
+
+/** The first `size` samples of an IDX split as a normalized Dataset. */
+function idxToDataset(split: IdxSplit, size: number, name: string): Dataset {
+  const { images, labels } = split;
+  checkImageShape(split);
   // 256-entry lookup table: one load per pixel instead of a divide and a multiply.
   const table = new Float32Array(256);
   for (let v = 0; v < 256; v++) table[v] = (v / 255 - FASHION_MNIST_MEAN) / FASHION_MNIST_STD;
@@ -108,11 +113,37 @@ async function isDirectory(path: string): Promise<boolean> {
 
 async function loadIdxFolder(dir: string, label: string, opts: LoadOptions): Promise<LoadedData> {
   const [trainSplit, testSplit] = await Promise.all([readIdxSplit(dir, "train", CLASSES), readIdxSplit(dir, "t10k", CLASSES)]);
-  const trainSize = checkSize("trainSize", opts.trainSize, trainSplit.images.count, `${dir} (train)`);
-  const testSize = checkSize("testSize", opts.testSize, testSplit.images.count, `${dir} (t10k)`);
+  const trainSize = checkSize("--train-size", opts.trainSize, trainSplit.images.count, `${dir} (train)`);
+  const testSize = checkSize("--test-size", opts.testSize, testSplit.images.count, `${dir} (t10k)`);
   const train = idxToDataset(trainSplit, trainSize, `${label}/train`);
   const test = idxToDataset(testSplit, testSize, `${label}/test`);
   return { train, test, source: `${label} from ${dir}: ${trainSize} train / ${testSize} test` };
+}
+
+/** The folder of IDX files a non-synthetic spec names, or a Data error saying what to do. */
+async function idxFolderOf(spec: string, opts: LoadOptions): Promise<{ dir: string; label: string }> {
+  if (spec === "fashion-mnist") {
+    const dir = opts.fashionMnistDir ?? DEFAULT_FASHION_MNIST_DIR;
+    if (!(await isDirectory(dir))) {
+      throw new SyncbnError(
+        ErrorCode.Data,
+        `fashion-mnist: no folder at ${dir}` +
+          (opts.fashionMnistDir === undefined ? ` (the default; ${FASHION_MNIST_DIR_ENV} overrides it)` : "") +
+          `. Install it with "apt-get install dataset-fashion-mnist", or pass --data DIR (a folder with the IDX files), or use --data synthetic`,
+      );
+    }
+    return { dir, label: "fashion-mnist" };
+  }
+  const dir = resolve(spec);
+  if (!(await isDirectory(dir))) {
+    throw new SyncbnError(
+      ErrorCode.Data,
+      `--data ${spec}: not "synthetic" or "fashion-mnist", and no folder at ${dir}. ` +
+        `Pass a folder with train-images-idx3-ubyte(.gz) and the other three IDX files, ` +
+        `"fashion-mnist" (apt-get install dataset-fashion-mnist), or "synthetic"`,
+    );
+  }
+  return { dir, label: basename(dir) };
 }
 
 /**
@@ -126,34 +157,34 @@ async function loadIdxFolder(dir: string, label: string, opts: LoadOptions): Pro
  */
 export async function loadDataset(spec: string, opts: LoadOptions): Promise<LoadedData> {
   if (spec === "synthetic") {
-    for (const [what, size] of [["trainSize", opts.trainSize], ["testSize", opts.testSize]] as const) {
+    for (const [what, size] of [["--train-size", opts.trainSize], ["--test-size", opts.testSize]] as const) {
       if (size !== undefined) checkSize(what, size, Number.MAX_SAFE_INTEGER, "synthetic");
     }
     const { train, test } = generateSynthetic(opts);
     return { train, test, source: `synthetic (seed ${opts.seed}): ${train.count} train / ${test.count} test, generated in memory` };
   }
-  if (spec === "fashion-mnist") {
-    const dir = opts.fashionMnistDir ?? DEFAULT_FASHION_MNIST_DIR;
-    if (!(await isDirectory(dir))) {
-      throw new SyncbnError(
-        ErrorCode.Data,
-        `fashion-mnist: no folder at ${dir}` +
-          (opts.fashionMnistDir === undefined ? ` (the default; ${FASHION_MNIST_DIR_ENV} overrides it)` : "") +
-          `. Install it with "apt-get install dataset-fashion-mnist", or pass --data DIR (a folder with the IDX files), or use --data synthetic`,
-      );
-    }
-    return loadIdxFolder(dir, "fashion-mnist", opts);
+  const { dir, label } = await idxFolderOf(spec, opts);
+  return loadIdxFolder(dir, label, opts);
+}
+
+/**
+ * What loadDataset(spec, opts) would give, without building it: the sample counts
+ * of each split after trainSize/testSize, with every check loadDataset makes
+ * (folder, files, IDX headers against byte lengths, labels, image size, sizes).
+ * Reads and gunzips the files (~0.3 s for Fashion-MNIST); keeps nothing.
+ */
+export async function probeDataset(spec: string, opts: LoadOptions): Promise<{ train: number; test: number }> {
+  if (spec === "synthetic") {
+    return { train: opts.trainSize ?? SYNTHETIC_DEFAULT_TRAIN, test: opts.testSize ?? SYNTHETIC_DEFAULT_TEST };
   }
-  const dir = resolve(spec);
-  if (!(await isDirectory(dir))) {
-    throw new SyncbnError(
-      ErrorCode.Data,
-      `--data ${spec}: not "synthetic" or "fashion-mnist", and no folder at ${dir}. ` +
-        `Pass a folder with train-images-idx3-ubyte(.gz) and the other three IDX files, ` +
-        `"fashion-mnist" (apt-get install dataset-fashion-mnist), or "synthetic"`,
-    );
-  }
-  return loadIdxFolder(dir, basename(dir), opts);
+  const { dir } = await idxFolderOf(spec, opts);
+  const [trainSplit, testSplit] = await Promise.all([readIdxSplit(dir, "train", CLASSES), readIdxSplit(dir, "t10k", CLASSES)]);
+  checkImageShape(trainSplit);
+  checkImageShape(testSplit);
+  return {
+    train: checkSize("--train-size", opts.trainSize, trainSplit.images.count, `${dir} (train)`),
+    test: checkSize("--test-size", opts.testSize, testSplit.images.count, `${dir} (t10k)`),
+  };
 }
 
 /**

@@ -1,0 +1,242 @@
+// One definition of every flag `train`, `worker`, `coordinator` and `sweep` share:
+// name, documented range, default and help, and the parsers that refuse a value
+// outside its range with one line naming the flag. Also the run settings those
+// flags resolve to. Flag definitions only: no actions, no I/O.
+
+import { InvalidArgumentError, Option, type Command } from "commander";
+import { WIRES, type Wire } from "../coordinator/server.js";
+import { MODEL_KINDS, type ModelKind } from "../worker/nn/model.js";
+import { BN_STYLE_DEFAULTS, DEFAULT_SETTINGS, MAX_BATCH, MAX_SYNTHETIC_SAMPLES, MAX_WORKERS, type TrainSettings } from "../worker/settings.js";
+import type { MomentumStyle } from "../shared/config.js";
+import { ErrorCode, SyncbnError } from "../shared/errors.js";
+import { PIN_MODES, type PinMode } from "./affinity.js";
+
+/** Node's timer maximum (a longer delay fires at once, with a TimeoutOverflowWarning). */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
+export const MAX_EPOCHS = 10_000;
+/** Steps and step counts (--steps, --eval-every, …): far beyond any run, below float precision trouble. */
+export const MAX_STEPS = 100_000_000;
+/** --train-size/--test-size as parsed; a data set bounds them further (worker/settings.ts, cli/preflight.ts). */
+export const MAX_SAMPLES = 10_000_000;
+export { MAX_BATCH, MAX_WORKERS };
+export const MAX_SEED = 2 ** 32 - 1;
+export const MAX_LR = 100;
+export const MAX_PRECISE_BATCHES = 10_000;
+export const MAX_RENORM_CLIP = 1000;
+export const MIN_TIMEOUT_MS = 100;
+
+/** An integer flag in [min, max]; anything else is refused naming the flag and the range. */
+export function intArg(flag: string, min: number, max: number) {
+  return (v: string): number => {
+    const n = v.trim() === "" ? NaN : Number(v);
+    if (!Number.isInteger(n) || n < min || n > max) throw new InvalidArgumentError(`${flag} must be an integer in ${min}..${max}, got "${v}"`);
+    return n;
+  };
+}
+
+export interface NumRange {
+  /** Lower bound; excluded when lowOpen. */
+  min: number;
+  max: number;
+  lowOpen?: boolean;
+  highOpen?: boolean;
+}
+
+export function rangeText(r: NumRange): string {
+  return `${r.lowOpen ? "(" : "["}${r.min}, ${r.max}${r.highOpen ? ")" : "]"}`;
+}
+
+/** A finite number flag in a range such as (0, 100]. */
+export function numArg(flag: string, r: NumRange) {
+  return (v: string): number => {
+    const n = v.trim() === "" ? NaN : Number(v);
+    const ok = Number.isFinite(n) && (r.lowOpen ? n > r.min : n >= r.min) && (r.highOpen ? n < r.max : n <= r.max);
+    if (!ok) throw new InvalidArgumentError(`${flag} must be a number in ${rangeText(r)}, got "${v}"`);
+    return n;
+  };
+}
+
+export const LR_RANGE: NumRange = { min: 0, max: MAX_LR, lowOpen: true };
+
+/** --renorm-warmup: N steps, or P% of the run's steps (train and sweep alike). */
+export type Warmup = { steps: number } | { percent: number };
+
+export function warmupArg(v: string): Warmup {
+  const m = /^\s*(\d+(?:\.\d+)?)\s*%\s*$/.exec(v);
+  if (m) {
+    const percent = Number(m[1]);
+    if (percent <= 100) return { percent };
+  } else if (/^\s*\d+\s*$/.test(v) && Number(v) <= MAX_STEPS) {
+    return { steps: Number(v) };
+  }
+  throw new InvalidArgumentError(`--renorm-warmup must be steps in 0..${MAX_STEPS} or a percentage of the run's steps in 0%..100%, got "${v}"`);
+}
+
+export function warmupText(w: Warmup): string {
+  return "steps" in w ? `${w.steps}` : `${w.percent}%`;
+}
+
+/** Warm-up steps of a run of totalSteps steps. */
+export function warmupSteps(w: Warmup, totalSteps: number): number {
+  return "steps" in w ? w.steps : Math.round((w.percent / 100) * totalSteps);
+}
+
+/** "null" stays a string: commander turns a parser's null into "". */
+function bnMomentumArg(v: string): number | "null" {
+  if (v.trim() === "null") return "null";
+  return numArg("--bn-momentum", { min: 0, max: 1 })(v);
+}
+
+/** --workers (train, sweep) and --world (worker, coordinator) are one flag: either name works everywhere. */
+export function workersOption(description: string, dflt?: number): Option {
+  const o = new Option("--world, --workers <n>", `${description} (1..${MAX_WORKERS}; --world and --workers are one flag)`).argParser(intArg("--workers", 1, MAX_WORKERS));
+  return dflt === undefined ? o : o.default(dflt);
+}
+
+export function roundTimeoutOption(): Option {
+  return new Option("--round-timeout <ms>", `deadline of every sync round (${MIN_TIMEOUT_MS}..${MAX_TIMER_MS})`).argParser(intArg("--round-timeout", MIN_TIMEOUT_MS, MAX_TIMER_MS)).default(60_000);
+}
+
+/** A worker's own round deadline: the coordinator's plus 5 s (the coordinator names the culprit first), within Node's timer range. */
+export function workerRoundTimeout(roundTimeoutMs: number): number {
+  return Math.min(roundTimeoutMs + 5_000, MAX_TIMER_MS);
+}
+
+/** --wire: how worker processes and the coordinator talk (coordinator/server.ts). */
+export function wireOption(what = "how workers and the coordinator talk"): Option {
+  return new Option("--wire <kind>", `${what}: ws (WebSocket) or tcp (raw TCP, the same messages with less work per message; same results, bit for bit)`)
+    .choices([...WIRES])
+    .default("ws");
+}
+
+const D = DEFAULT_SETTINGS;
+const K = BN_STYLE_DEFAULTS;
+
+/** The defaults of the run flags that differ between train and sweep. */
+export interface RunFlagDefaults {
+  model: ModelKind;
+  renormWarmup: Warmup;
+  /** How the --train-size default reads in the help. */
+  trainSize: string;
+}
+
+const TRAIN_DEFAULTS: RunFlagDefaults = { model: D.model, renormWarmup: { steps: D.renormWarmup }, trainSize: "all" };
+
+/**
+ * The run-setting flags of train, worker and sweep (everything that decides a
+ * result except the norm mode, batch, learning rate and seed, which sweep takes as
+ * lists or a rule). Defaults shown are train's; sweep overrides a few.
+ */
+export function addRunFlags(cmd: Command, d: RunFlagDefaults = TRAIN_DEFAULTS): Command {
+  return cmd
+    .addOption(new Option("--model <kind>", "reference model").choices([...MODEL_KINDS]).default(d.model))
+    .option("--data <spec>", "synthetic | fashion-mnist | DIR (folder of IDX files)", D.data)
+    .option("--epochs <n>", `epochs to train (1..${MAX_EPOCHS}; ignored with --steps)`, intArg("--epochs", 1, MAX_EPOCHS), D.epochs)
+    .option("--steps <n>", `total training steps (1..${MAX_STEPS}; overrides --epochs)`, intArg("--steps", 1, MAX_STEPS))
+    .option("--momentum <x>", "SGD momentum, in [0, 1)", numArg("--momentum", { min: 0, max: 1, highOpen: true }), D.momentum)
+    .option("--weight-decay <x>", "L2 weight decay, in [0, 1] (PyTorch's SGD default is 0)", numArg("--weight-decay", { min: 0, max: 1 }), D.weightDecay)
+    .option("--bn-eps <x>", `BN epsilon, in (0, 1] (default ${K.torch.eps}; ${K.keras.eps} with --bn-momentum-style keras)`, numArg("--bn-eps", { min: 0, max: 1, lowOpen: true }))
+    .option("--bn-momentum <x>", `BN running-stat momentum in [0, 1], or "null" for a cumulative average (default ${K.torch.momentum}; ${K.keras.momentum} with --bn-momentum-style keras)`, bnMomentumArg)
+    .addOption(new Option("--bn-momentum-style <style>", "torch: r ← (1−m)r + m·batch; keras: r ← m·r + (1−m)·batch").choices(["torch", "keras"]).default(D.bnMomentumStyle))
+    .option("--biased-running-var", "running var from M2/n (Keras/Flax) instead of M2/(n−1) (PyTorch)")
+    .option("--train-size <n>", `use only the first N training samples (default: ${d.trainSize}; synthetic: ≤ ${MAX_SYNTHETIC_SAMPLES}; real data: ≤ its size)`, intArg("--train-size", 1, MAX_SAMPLES))
+    .option("--test-size <n>", "use only the first N test samples (same bounds)", intArg("--test-size", 1, MAX_SAMPLES))
+    .option("--eval-batch <n>", `samples per eval forward (1..${MAX_BATCH})`, intArg("--eval-batch", 1, MAX_BATCH), D.evalBatch)
+    .option("--eval-every <n>", `also evaluate every N steps (0..${MAX_STEPS}; 0: at epoch ends only)`, intArg("--eval-every", 0, MAX_STEPS), D.evalEvery)
+    .addOption(new Option("--eval-stats <kind>", "BN statistics for eval: ema (running averages) or precise (PreciseBN)").choices(["ema", "precise"]).default(D.evalStats))
+    .option("--precise-batches <n>", `training batches PreciseBN recomputes statistics over (1..${MAX_PRECISE_BATCHES})`, intArg("--precise-batches", 1, MAX_PRECISE_BATCHES), D.preciseBatches)
+    .option("--renorm-rmax <x>", `batch renorm r clip after warm-up, in [1, ${MAX_RENORM_CLIP}]`, numArg("--renorm-rmax", { min: 1, max: MAX_RENORM_CLIP }), D.renormRMax)
+    .option("--renorm-dmax <x>", `batch renorm d clip after warm-up, in [0, ${MAX_RENORM_CLIP}]`, numArg("--renorm-dmax", { min: 0, max: MAX_RENORM_CLIP }), D.renormDMax)
+    .addOption(
+      new Option("--renorm-warmup <n|p%>", "steps (or a percentage of the run's steps, e.g. 25%) over which renorm clips relax from (1, 0) to (rmax, dmax)")
+        .argParser(warmupArg)
+        .default(d.renormWarmup, warmupText(d.renormWarmup)),
+    )
+    .option("--checksum-every <n>", `compare replicas' parameter checksums every K steps (0..${MAX_STEPS}; 0: never)`, intArg("--checksum-every", 0, MAX_STEPS), D.checksumEvery)
+    .addOption(roundTimeoutOption());
+}
+
+/** Flags of the commands that start workers on this machine (train, sweep); they never change a result. */
+export function addLaunchFlags(cmd: Command): Command {
+  return cmd
+    .addOption(
+      new Option("--transport <kind>", "process: worker processes over the --wire; thread: worker_threads in one process over MessagePorts (same results, bit for bit)")
+        .choices(["process", "thread"])
+        .default("process"),
+    )
+    .addOption(wireOption())
+    .addOption(
+      new Option("--pin-cpus <mode>", "pin worker processes to CPUs round-robin (Linux, taskset): auto pins when it keeps the cores balanced (W ≤ CPUs or a multiple of them)")
+        .choices([...PIN_MODES])
+        .default("auto"),
+    );
+}
+
+export interface RunFlags {
+  model: ModelKind;
+  data: string;
+  epochs: number;
+  steps?: number;
+  momentum: number;
+  weightDecay: number;
+  bnEps?: number;
+  bnMomentum?: number | "null";
+  bnMomentumStyle: MomentumStyle;
+  biasedRunningVar?: boolean;
+  trainSize?: number;
+  testSize?: number;
+  evalBatch: number;
+  evalEvery: number;
+  evalStats: "ema" | "precise";
+  preciseBatches: number;
+  renormRmax: number;
+  renormDmax: number;
+  renormWarmup: Warmup;
+  checksumEvery: number;
+  roundTimeout: number;
+}
+
+export interface LaunchFlags {
+  transport: "process" | "thread";
+  wire: Wire;
+  pinCpus: PinMode;
+}
+
+/** The launch flags that do not go together. */
+export function checkLaunchFlags(f: LaunchFlags): void {
+  if (f.transport === "thread" && f.wire !== "ws") {
+    throw new SyncbnError(ErrorCode.BadConfig, "--wire applies to worker processes; --transport thread talks over MessagePorts (drop --wire, or use --transport process)");
+  }
+  if (f.transport === "thread" && f.pinCpus === "on") {
+    throw new SyncbnError(ErrorCode.BadConfig, "--pin-cpus pins worker processes; --transport thread runs threads in one process (drop --pin-cpus, or use --transport process)");
+  }
+}
+
+/** The settings the run flags give, the per-run ones (norm, batch, lr, seed, warm-up) left as defaults. */
+export function runSettingsFromFlags(f: RunFlags): TrainSettings {
+  const style = K[f.bnMomentumStyle];
+  return {
+    ...DEFAULT_SETTINGS,
+    model: f.model,
+    data: f.data,
+    steps: f.steps ?? null,
+    epochs: f.epochs,
+    momentum: f.momentum,
+    weightDecay: f.weightDecay,
+    // Each style brings its own defaults: Keras's momentum 0.99 means what torch's 0.01 does.
+    bnEps: f.bnEps ?? style.eps,
+    bnMomentum: f.bnMomentum === undefined ? style.momentum : f.bnMomentum === "null" ? null : f.bnMomentum,
+    bnMomentumStyle: f.bnMomentumStyle,
+    unbiasedRunningVar: !f.biasedRunningVar,
+    trainSize: f.trainSize ?? null,
+    testSize: f.testSize ?? null,
+    evalBatch: f.evalBatch,
+    evalEvery: f.evalEvery,
+    evalStats: f.evalStats,
+    preciseBatches: f.preciseBatches,
+    renormRMax: f.renormRmax,
+    renormDMax: f.renormDmax,
+    renormWarmup: "steps" in f.renormWarmup ? f.renormWarmup.steps : DEFAULT_SETTINGS.renormWarmup,
+    checksumEvery: f.checksumEvery,
+  };
+}

@@ -1,0 +1,45 @@
+// What the launcher checks before it starts a coordinator or any worker: the data
+// a run names (folder, IDX files, their headers and sizes, via worker/data), its
+// --train-size/--test-size against the data set, and one global batch against the
+// training set. A problem found here is a refusal: one line, exit 2 (main.ts).
+// Not the checkpoint checks of --resume, nor the settings' own validation.
+
+import { probeDataset } from "../worker/data/dataset.js";
+import { stepsPerEpoch, type TrainSettings } from "../worker/settings.js";
+
+const refused = new WeakSet<object>();
+
+/** True for an error found before anything started (main.ts exits 2 on it). */
+export function isRefusedBeforeStart(e: unknown): boolean {
+  return typeof e === "object" && e !== null && refused.has(e);
+}
+
+// One probe per data source and sizes in this process: a sweep checks its data once, not per run.
+const probes = new Map<string, Promise<{ train: number; test: number }>>();
+
+export interface RunDataPlan {
+  /** Training / test samples the run will use. */
+  train: number;
+  test: number;
+  /** Steps of the whole run: --steps, or epochs × steps per epoch. */
+  totalSteps: number;
+}
+
+/** Checks s's data for a run of `workers` workers; throws the one-line error that would otherwise stop the workers. */
+export async function checkRunData(s: TrainSettings, workers: number, fashionMnistDir: string | undefined): Promise<RunDataPlan> {
+  try {
+    const key = JSON.stringify([s.data, s.trainSize, s.testSize, fashionMnistDir ?? null]);
+    let probe = probes.get(key);
+    if (!probe) {
+      probe = probeDataset(s.data, { seed: s.seed, trainSize: s.trainSize ?? undefined, testSize: s.testSize ?? undefined, fashionMnistDir });
+      probes.set(key, probe);
+    }
+    const counts = await probe;
+    // The training loop takes W·B samples per step and drops the remainder of an epoch.
+    const perEpoch = stepsPerEpoch(counts.train, workers, s.batch);
+    return { ...counts, totalSteps: s.steps ?? s.epochs * perEpoch };
+  } catch (e) {
+    if (typeof e === "object" && e !== null) refused.add(e);
+    throw e;
+  }
+}

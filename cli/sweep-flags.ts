@@ -1,0 +1,131 @@
+// The flags of `syncbn sweep`: its grid (lists of modes, batches and seeds), the
+// learning-rate rule, and the run and launch flags it shares with `train`
+// (cli/flags.ts), turned into a SweepGrid for runSweep. Flag parsing only.
+
+import { Command, InvalidArgumentError, Option } from "commander";
+import { ErrorCode, SyncbnError } from "../shared/errors.js";
+import { readEnv } from "./env.js";
+import {
+  LR_RANGE,
+  MAX_BATCH,
+  MAX_SEED,
+  addLaunchFlags,
+  addRunFlags,
+  checkLaunchFlags,
+  intArg,
+  numArg,
+  rangeText,
+  runSettingsFromFlags,
+  workersOption,
+  type LaunchFlags,
+  type RunFlags,
+} from "./flags.js";
+import { DEFAULT_GRID, type SweepGrid } from "./sweep-grid.js";
+import { DEFAULT_SWEEP_OUT, runSweep } from "./sweep.js";
+
+function listArg<T>(flag: string, item: (s: string) => T) {
+  return (v: string): T[] => {
+    const parts = v.split(",").map((s) => s.trim()).filter((s) => s !== "");
+    if (parts.length === 0) throw new InvalidArgumentError(`${flag} needs a comma-separated list, got "${v}"`);
+    return parts.map(item);
+  };
+}
+
+const intItem = (flag: string, min: number, max: number) => (s: string): number => {
+  const n = s.trim() === "" ? NaN : Number(s);
+  if (!Number.isInteger(n) || n < min || n > max) throw new InvalidArgumentError(`${flag}: "${s}" is not an integer in ${min}..${max}`);
+  return n;
+};
+
+interface SweepFlags extends RunFlags, LaunchFlags {
+  workers: number;
+  batches: number[];
+  norms: string[];
+  seeds: number[];
+  baseLr: number;
+  lrRefBatch: number;
+  lr?: number;
+  allData?: boolean;
+  out: string;
+}
+
+/** The grid the flags describe (the run flags are the ones train takes, with the sweep's own defaults where they differ). */
+export function gridFromFlags(f: SweepFlags): SweepGrid {
+  const D = DEFAULT_GRID;
+  const run = runSettingsFromFlags(f);
+  return {
+    workers: f.workers,
+    norms: f.norms,
+    batches: f.batches,
+    seeds: f.seeds,
+    model: run.model,
+    data: run.data,
+    epochs: run.epochs,
+    steps: run.steps,
+    lr: f.baseLr,
+    lrRefBatch: f.lrRefBatch,
+    fixedLr: f.lr ?? null,
+    momentum: run.momentum,
+    weightDecay: run.weightDecay,
+    trainSize: f.trainSize ?? (f.allData ? null : D.trainSize),
+    testSize: f.testSize ?? D.testSize,
+    renormWarmupFraction: "percent" in f.renormWarmup ? f.renormWarmup.percent / 100 : null,
+    renormWarmupSteps: "steps" in f.renormWarmup ? f.renormWarmup.steps : null,
+    bnEps: run.bnEps,
+    bnMomentum: run.bnMomentum,
+    bnMomentumStyle: run.bnMomentumStyle,
+    unbiasedRunningVar: run.unbiasedRunningVar,
+    renormRMax: run.renormRMax,
+    renormDMax: run.renormDMax,
+    evalBatch: run.evalBatch,
+    evalEvery: run.evalEvery,
+    evalStats: run.evalStats,
+    preciseBatches: run.preciseBatches,
+    checksumEvery: run.checksumEvery,
+  };
+}
+
+/** Largest --lr-ref-batch: a global batch of MAX_WORKERS × MAX_BATCH samples. */
+const MAX_LR_REF_BATCH = 1024 * 4096;
+
+export function registerSweepCommand(program: Command): void {
+  const D = DEFAULT_GRID;
+  const cmd = program
+    .command("sweep")
+    .description("train every (norm mode × per-worker batch × seed) combination and write results.csv, results.md and report.html")
+    .addOption(workersOption("worker processes of every run", D.workers))
+    .addOption(new Option("--batches <list>", `per-worker batches (each 1..${MAX_BATCH})`).argParser(listArg("--batches", intItem("--batches", 1, MAX_BATCH))).default(D.batches, D.batches.join(",")))
+    .addOption(new Option("--norms <list>", "norm modes: sync, local, group:K (K ranks per sync group), ghost:G, renorm, groupnorm:G (G channel groups), none").argParser(listArg("--norms", (s) => s)).default(D.norms, D.norms.join(",")))
+    .addOption(new Option("--seeds <list>", `seeds, e.g. 1,2,3 (each 0..${MAX_SEED})`).argParser(listArg("--seeds", intItem("--seeds", 0, MAX_SEED))).default(D.seeds, D.seeds.join(",")))
+    .option("--base-lr <x>", `learning rate at global batch --lr-ref-batch; each run gets base-lr × global batch / lr-ref-batch (in ${rangeText(LR_RANGE)})`, numArg("--base-lr", LR_RANGE), D.lr)
+    .option("--lr-ref-batch <n>", `reference global batch of the linear scaling rule (1..${MAX_LR_REF_BATCH})`, intArg("--lr-ref-batch", 1, MAX_LR_REF_BATCH), D.lrRefBatch)
+    .option("--lr <x>", "one learning rate for every run instead (no scaling; not with --base-lr)", numArg("--lr", LR_RANGE))
+    .option("--all-data", "train on the whole training set (instead of the default --train-size)")
+    .option("--out <dir>", "sweep folder; re-running with the same folder and grid resumes", DEFAULT_SWEEP_OUT);
+  // The sweep's own defaults where they differ from train's (DEFAULT_GRID says why).
+  addLaunchFlags(
+    addRunFlags(cmd, {
+      model: D.model,
+      renormWarmup: { percent: 100 * (D.renormWarmupFraction ?? 0) },
+      trainSize: `${D.trainSize}, or all with --all-data`,
+    }),
+  );
+  cmd.action(async (f: SweepFlags) => {
+    if (f.lr !== undefined && cmd.getOptionValueSource("baseLr") === "cli") {
+      throw new SyncbnError(ErrorCode.BadConfig, "--lr (one rate for every run) and --base-lr (scaled with the global batch) exclude each other; give one");
+    }
+    checkLaunchFlags(f);
+    const env = readEnv();
+    const tty = Boolean(process.stdout.isTTY) && !env.isCI;
+    await runSweep({
+      grid: gridFromFlags(f),
+      fashionMnistDir: env.fashionMnistDir,
+      outDir: f.out,
+      roundTimeoutMs: f.roundTimeout,
+      launch: { transport: f.transport, wire: f.wire, pinCpus: f.pinCpus },
+      tty,
+      print: (l) => console.log(l),
+      status: (l) => process.stdout.write(`\r\x1b[2K${l}`),
+    });
+  });
+}
