@@ -12,6 +12,7 @@ import { PIN_MODES, type PinMode } from "./affinity.js";
 import { readEnv } from "./env.js";
 import { RunMonitor, formatSummary } from "./monitor.js";
 import { runTrain } from "./train.js";
+import { prepareOutDir } from "./out-dir.js";
 
 export function intArg(flag: string, min: number) {
   return (v: string): number => {
@@ -214,6 +215,8 @@ export function registerTrainCommands(program: Command): void {
     if (rank >= world) throw new SyncbnError(ErrorCode.BadConfig, `--rank ${rank} is outside 0..${world - 1} for --world ${world}`);
     const settings = f.settingsJson ? (JSON.parse(f.settingsJson) as TrainSettings) : settingsFromFlags(f);
     validateSettings(settings, world);
+    // Created (or refused) now, not when the final checkpoint is due.
+    if (f.out !== undefined) prepareOutDir(f.out);
     const client = await CoordinatorClient.connect({
       url,
       rank,
@@ -269,6 +272,7 @@ export function registerTrainCommands(program: Command): void {
     .action(async (f: { world?: number; host?: string; port?: number; token?: string; roundTimeout: number; onWorkerLoss: "abort" | "continue"; out?: string; wire: Wire }) => {
       const world = f.world ?? env.worldSize;
       if (world === undefined) throw new SyncbnError(ErrorCode.BadConfig, "coordinator needs --world (or WORLD_SIZE)");
+      if (f.out !== undefined) prepareOutDir(f.out);
       const server = await startCoordinatorServer({
         host: f.host ?? env.masterAddr ?? "127.0.0.1",
         port: f.port ?? env.masterPort ?? 29500,
@@ -303,6 +307,7 @@ export function registerTrainCommands(program: Command): void {
               tty: false,
               print: (l) => console.log(l),
               status: () => {},
+              onFailure: (e) => resolve(e),
             });
             monitor.attach(server.coordinator);
           }

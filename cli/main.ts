@@ -46,7 +46,7 @@ program
 program.parseAsync(process.argv).catch((e: unknown) => {
   if (isSyncbnError(e)) {
     console.error(`syncbn: ${e.message}`);
-    process.exitCode = e.code === ErrorCode.BadConfig ? 2 : 1;
+    process.exitCode = e.code === ErrorCode.BadConfig || e.beforeStart ? 2 : 1;
   } else {
     console.error(`syncbn: ${(e as Error).stack ?? String(e)}`);
     process.exitCode = 1;
