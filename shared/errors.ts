@@ -78,7 +78,7 @@ export class SyncbnError extends Error {
     this.code = code;
     this.context = context;
     this.detail = detail;
-    this.beforeStart = opts.beforeStart ?? code === "SYNCBN_ERR_BAD_CONFIG";
+    this.beforeStart = opts.beforeStart ?? code === ErrorCode.BadConfig;
   }
 }
 
