@@ -176,7 +176,14 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
   const monitorOnLost = server.coordinator.events.onWorkersLost;
   server.coordinator.events.onWorkersLost = (ranks, step, reason) => {
     monitorOnLost?.(ranks, step, reason);
-    for (const r of ranks) procs[r]?.child.kill("SIGKILL");
+    // A moment's grace: one that disconnected on an error of its own is printing it (the root cause, e.g. a full disk).
+    for (const r of ranks) {
+      const p = procs[r];
+      if (!p) continue;
+      setTimeout(() => {
+        if (p.child.exitCode === null && p.child.signalCode === null) p.child.kill("SIGKILL");
+      }, LOST_KILL_GRACE_MS).unref();
+    }
   };
   const elastic = o.onWorkerLoss === "continue";
   const isLost = (rank: number): boolean => server.coordinator.lostWorkers.some((l) => l.rank === rank);
@@ -246,6 +253,9 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
     await server.close();
   }
 }
+
+/** Elastic mode: how long a worker the coordinator dropped may take to exit on its own before it is killed. */
+const LOST_KILL_GRACE_MS = 500;
 
 /** How long the launcher waits, once every worker has exited, for the coordinator to see the run end. */
 const SETTLE_MS = 5_000;

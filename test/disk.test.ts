@@ -90,6 +90,14 @@ describe("a full disk", () => {
     expect(readFileSync(join(disk, "summary.json"), "utf8")).toBe(summaryBefore);
     expect(readFileSync(join(disk, "metrics.jsonl"), "utf8").startsWith(metricsBefore)).toBe(true);
 
+    // elastic mode forgives a lost worker, not a lost result: the writer's failure still fails the run
+    const elastic = await runCli(["train", ...args, "--steps", "30", "--on-worker-loss", "continue", "--resume", file, "--out", disk], { timeoutMs: 90_000 });
+    expect(elastic.code, elastic.stdout + elastic.stderr).toBe(1);
+    expect(elastic.stdout).not.toMatch(/^done:/m);
+    expect(elastic.stderr).toMatch(new RegExp(`the final checkpoint was not written: ${file} is at step 20, the run reached step 30`));
+    expect(elastic.stderr).toMatch(new RegExp(`SYNCBN_ERR_CHECKPOINT: cannot write checkpoint ${file} \\(ENOSPC: no space left on device\\)`));
+    expect(readFileSync(file).equals(good)).toBe(true);
+
     // and it still resumes to the very parameters of an uninterrupted run
     const [resumed, full] = [tmp("resumed"), tmp("full")];
     const [rr, rf] = await Promise.all([
