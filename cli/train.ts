@@ -293,7 +293,7 @@ function checkFinalCheckpoint(outDir: string, steps: number, coordDone: boolean)
 /** Each worker that exited abnormally, with its last error lines. */
 function badExits(procs: WorkerProcess[]): string[] {
   return procs
-    .filter((p) => p.child.exitCode !== 0)
+    .filter((p) => p.child.signalCode !== null || (p.child.exitCode !== null && p.child.exitCode !== 0))
     .flatMap((p) => [
       `worker rank ${p.rank} ${p.child.signalCode ? `was killed by ${p.child.signalCode}` : `exited with code ${p.child.exitCode}`}`,
       ...p.stderrTail().filter((l) => l.trim()).slice(-6).map((l) => `  rank ${p.rank}: ${l}`),
