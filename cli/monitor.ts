@@ -113,7 +113,7 @@ export class RunMonitor {
     };
   }
 
-  private write(obj: object): void {
+  private write(obj: { type: string; step: number; [field: string]: unknown }): void {
     const path = this.metricsPath;
     if (!path || this.metricsFailure) return;
     const line = `${JSON.stringify(obj)}\n`;
@@ -121,8 +121,10 @@ export class RunMonitor {
       if (this.metricsStarted) {
         appendFileSync(path, line);
       } else {
-        const kept = this.o.startStep > 0 ? linesBefore(path, this.o.startStep) : "";
-        const resumed = this.o.startStep > 0 ? `${JSON.stringify({ type: "resume", step: this.o.startStep, checkpoint: this.o.resumedFrom ?? null })}\n` : "";
+        // `syncbn coordinator` is not told of a resume: its first step says it.
+        const from = this.o.startStep > 0 ? this.o.startStep : obj.type === "step" ? obj.step : 0;
+        const kept = from > 0 ? linesBefore(path, from) : "";
+        const resumed = from > 0 ? `${JSON.stringify({ type: "resume", step: from, checkpoint: this.o.resumedFrom ?? null })}\n` : "";
         replaceFile(path, kept + resumed + line);
         this.metricsStarted = true;
       }

@@ -7,7 +7,7 @@ import { join } from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
 import { decodeCheckpoint, encodeCheckpoint, readCheckpoint, type Checkpoint } from "../worker/checkpoint.js";
 import { isSyncbnError } from "../shared/errors.js";
-import { runCli } from "./helpers.js";
+import { runCli, startCli, waitForOutput } from "./helpers.js";
 
 const tmp = (p: string): string => mkdtempSync(join(tmpdir(), `syncbn-${p}-`));
 const SMALL = ["--data", "synthetic", "--train-size", "1024", "--test-size", "100", "--model", "mlp", "--batch", "8", "--seed", "5"];
@@ -123,5 +123,27 @@ describe("resume", () => {
     // the lines before the checkpoint are the old ones, byte for byte; then a resume marker
     expect(lines.slice(0, 4)).toEqual(old.slice(0, 4));
     expect(lines[4]).toEqual({ type: "resume", step: 4, checkpoint: join(out, "checkpoint.bin") });
+  });
+
+  it("keeps `syncbn coordinator --out` metrics history when its workers resume (the coordinator learns the step from the first round)", async () => {
+    const [out, ckDir] = [tmp("coord-out"), tmp("coord-ck")];
+    const session = async (steps: string, resume: string[]): Promise<void> => {
+      const coord = startCli(["coordinator", "--world", "1", "--port", "0", "--token", "t", "--out", out], { timeoutMs: 60_000 });
+      try {
+        await waitForOutput(coord, (o) => /listening on ws:\/\//.test(o), 15_000);
+        const url = /listening on (ws:\/\/\S+)/.exec(coord.stdout())![1]!;
+        const w = await runCli(["worker", "--coordinator", url, "--rank", "0", "--world", "1", "--token", "t", "--steps", steps, "--out", ckDir, ...resume, ...SMALL], { timeoutMs: 60_000 });
+        expect(w.code, w.stderr).toBe(0);
+        const c = await coord.done;
+        expect(c.code, c.stderr).toBe(0);
+      } finally {
+        coord.child.kill("SIGKILL");
+      }
+    };
+    await session("3", []);
+    await session("6", ["--resume", join(ckDir, "checkpoint.bin")]);
+    const lines = readFileSync(join(out, "metrics.jsonl"), "utf8").trim().split("\n").map((l) => JSON.parse(l) as { type: string; step: number });
+    expect(lines.filter((l) => l.type === "step").map((l) => l.step)).toEqual([0, 1, 2, 3, 4, 5]);
+    expect(lines.find((l) => l.type === "resume")).toEqual({ type: "resume", step: 3, checkpoint: null });
   });
 });
