@@ -36,6 +36,7 @@ import {
 import { checkRunData } from "./preflight.js";
 import { RunMonitor, formatSummary } from "./monitor.js";
 import { runTrain } from "./train.js";
+import { prepareOutDir } from "./out-dir.js";
 
 const D = DEFAULT_SETTINGS;
 
@@ -157,6 +158,8 @@ export function registerTrainCommands(program: Command): void {
     validateSettings(settings, world);
     // A worker started by hand checks its data before it connects; the launcher's workers were checked by the launcher.
     if (!f.settingsJson) await checkRunData(settings, world, env.fashionMnistDir);
+    // Created (or refused) now, not when the final checkpoint is due.
+    if (f.out !== undefined) prepareOutDir(f.out);
     const client = await CoordinatorClient.connect({
       url,
       rank,
@@ -215,6 +218,7 @@ export function registerTrainCommands(program: Command): void {
       checkWorldSize(world);
       const port = f.port ?? env.masterPort ?? 29500;
       if (port > 65535) throw new SyncbnError(ErrorCode.BadConfig, `MASTER_PORT must be a port in 0..65535, got ${port}`);
+      if (f.out !== undefined) prepareOutDir(f.out);
       const server = await startCoordinatorServer({
         host: f.host ?? env.masterAddr ?? "127.0.0.1",
         port,
@@ -249,6 +253,7 @@ export function registerTrainCommands(program: Command): void {
               tty: false,
               print: (l) => console.log(l),
               status: () => {},
+              onFailure: (e) => resolve(e),
             });
             monitor.attach(server.coordinator);
           }

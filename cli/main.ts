@@ -12,7 +12,6 @@ import { readEnv } from "./env.js";
 import { setKernelBackend } from "../worker/nn/kernels/backend.js";
 import { registerSweepCommand } from "./sweep-flags.js";
 import { MAX_TIMER_MS, MIN_TIMEOUT_MS, intArg } from "./flags.js";
-import { isRefusedBeforeStart } from "./preflight.js";
 
 
 // SYNCBN_KERNELS=js|wasm picks the conv/linear kernels; worker processes inherit it.
@@ -77,7 +76,7 @@ program.parseAsync(process.argv).catch((e: unknown) => {
     process.exitCode = e.exitCode === 0 ? 0 : 2;
   } else if (isSyncbnError(e)) {
     console.error(`syncbn: ${e.message}`);
-    process.exitCode = e.code === ErrorCode.BadConfig || isRefusedBeforeStart(e) ? 2 : 1;
+    process.exitCode = e.code === ErrorCode.BadConfig || e.beforeStart ? 2 : 1;
   } else {
     console.error(`syncbn: ${(e as Error).stack ?? String(e)}`);
     process.exitCode = 1;

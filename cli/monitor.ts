@@ -3,12 +3,14 @@
 // metrics.jsonl, and the final summary. Used by `train` and `coordinator`;
 // it never talks to workers.
 
-import { appendFileSync, mkdirSync, writeFileSync } from "node:fs";
+import { appendFileSync, readFileSync, renameSync, unlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Coordinator, RoundEvent } from "../coordinator/coordinator.js";
 import { GradExtra, SumRound } from "../shared/protocol.js";
 import { parseNorm } from "../shared/config.js";
 import { describeEvalStatistics } from "../worker/evaluate.js";
+import { reasonOf } from "../worker/checkpoint.js";
+import { ErrorCode, SyncbnError } from "../shared/errors.js";
 
 export interface RunSummary {
   testAccuracy: number | null;
@@ -28,7 +30,7 @@ export interface RunSummary {
   finalTrainLoss: number | null;
   evalStatistics: string;
   evals: { step: number; epoch: number; testAccuracy: number; testLoss: number }[];
-  /** Elastic mode: workers dropped during the run, and at which step the others went on without them. */
+  /** Elastic mode: workers dropped during the run, and the step (counted from 1, as the log prints it) during which each was lost; the others redid it without them. */
   workersLost: { rank: number; step: number; reason: string }[];
   workersAtEnd: number;
 }
@@ -47,6 +49,10 @@ export interface MonitorOptions {
   stepsPerEpoch: number | null;
   /** First step (non-zero on resume). */
   startStep: number;
+  /** The checkpoint resumed from (recorded in metrics.jsonl). */
+  resumedFrom?: string | null;
+  /** metrics.jsonl could not be written (disk full, …): the run should stop; later lines are dropped. */
+  onFailure?(err: SyncbnError): void;
   tty: boolean;
   print(line: string): void;
   /** Rewrite the current terminal line (TTY only). */
@@ -74,6 +80,9 @@ export class RunMonitor {
   private readonly recentLoss: number[] = [];
   private lastGlobalBatch = 0;
   private readonly lost: RunSummary["workersLost"] = [];
+  /** metrics.jsonl is replaced (fresh run) or trimmed to the resumed step at the first line, not before: a run refused at start leaves it alone. */
+  private metricsStarted = false;
+  private metricsFailure: SyncbnError | null = null;
 
   private readonly o: MonitorOptions;
 
@@ -81,9 +90,7 @@ export class RunMonitor {
     const o = { ...opts };
     this.o = o;
     if (o.outDir) {
-      mkdirSync(o.outDir, { recursive: true });
       this.metricsPath = join(o.outDir, "metrics.jsonl");
-      writeFileSync(this.metricsPath, "");
     } else {
       this.metricsPath = null;
     }
@@ -98,15 +105,36 @@ export class RunMonitor {
     const prevLost = c.events.onWorkersLost;
     c.events.onWorkersLost = (ranks, step, reason) => {
       prevLost?.(ranks, step, reason);
-      for (const rank of ranks) this.lost.push({ rank, step, reason });
+      // step: the one being redone without them, counted from 1 as the progress line and this log print it.
+      for (const rank of ranks) this.lost.push({ rank, step: step + 1, reason });
       this.write({ type: "worker-lost", ranks, step, reason });
       if (this.o.tty) this.o.status("");
       this.o.print(`worker rank(s) ${ranks.join(", ")} ${reason}; continuing from step ${step + 1} with ${this.o.worldSize - this.lost.length} workers (--on-worker-loss continue)`);
     };
   }
 
-  private write(obj: object): void {
-    if (this.metricsPath) appendFileSync(this.metricsPath, `${JSON.stringify(obj)}\n`);
+  private write(obj: { type: string; step: number; [field: string]: unknown }): void {
+    const path = this.metricsPath;
+    if (!path || this.metricsFailure) return;
+    const line = `${JSON.stringify(obj)}\n`;
+    try {
+      if (this.metricsStarted) {
+        appendFileSync(path, line);
+      } else {
+        // `syncbn coordinator` is not told of a resume: its first step says it.
+        const from = this.o.startStep > 0 ? this.o.startStep : obj.type === "step" ? obj.step : 0;
+        const kept = from > 0 ? linesBefore(path, from) : "";
+        const resumed = from > 0 ? `${JSON.stringify({ type: "resume", step: from, checkpoint: this.o.resumedFrom ?? null })}\n` : "";
+        replaceFile(path, kept + resumed + line);
+        this.metricsStarted = true;
+      }
+    } catch (e) {
+      this.metricsFailure = new SyncbnError(
+        ErrorCode.Output,
+        `cannot write ${path} (${reasonOf(e)}); the lines written before are kept; free some space or choose another --out, then resume from the last checkpoint`,
+      );
+      this.o.onFailure?.(this.metricsFailure);
+    }
   }
 
   private epochOf(step: number): number {
@@ -210,9 +238,57 @@ export class RunMonitor {
     };
   }
 
+  /** Replaces summary.json atomically; on failure (disk full, …) the previous one stays and a SyncbnError says why. */
   writeSummary(s: RunSummary): void {
-    if (this.o.outDir) writeFileSync(join(this.o.outDir, "summary.json"), `${JSON.stringify(s, null, 2)}\n`);
+    if (!this.o.outDir) return;
+    const path = join(this.o.outDir, "summary.json");
+    try {
+      replaceFile(path, `${JSON.stringify(s, null, 2)}\n`);
+    } catch (e) {
+      throw new SyncbnError(ErrorCode.Output, `cannot write ${path} (${reasonOf(e)}); the previous summary.json there, if any, is untouched`);
+    }
   }
+}
+
+/** Writes a temp file and renames it over `path`: a failed write leaves the old file whole. */
+function replaceFile(path: string, text: string): void {
+  const tmp = `${path}.tmp-${process.pid}`;
+  try {
+    writeFileSync(tmp, text);
+    renameSync(tmp, path);
+  } catch (e) {
+    try {
+      unlinkSync(tmp);
+    } catch {
+      // not created
+    }
+    throw e;
+  }
+}
+
+/**
+ * The lines of an earlier metrics.jsonl that a run resumed at `step` keeps: steps
+ * (0-based) below it, evaluations (counted in steps done) up to it, lines without
+ * a step; a line cut short is dropped, a missing file keeps nothing.
+ */
+function linesBefore(path: string, step: number): string {
+  let text: string;
+  try {
+    text = readFileSync(path, "utf8");
+  } catch {
+    return "";
+  }
+  const keep = text.split("\n").filter((l) => {
+    if (!l.trim()) return false;
+    try {
+      const o = JSON.parse(l) as { type?: unknown; step?: unknown };
+      if (typeof o.step !== "number") return true;
+      return o.type === "eval" || o.type === "resume" ? o.step <= step : o.step < step;
+    } catch {
+      return false; // a line cut short by a full disk
+    }
+  });
+  return keep.map((l) => `${l}\n`).join("");
 }
 
 export function formatSummary(s: RunSummary): string[] {
@@ -223,6 +299,6 @@ export function formatSummary(s: RunSummary): string[] {
     `  test accuracy ${pct(s.testAccuracy)}, test loss ${num(s.testLoss, 4)}, final train loss ${num(s.finalTrainLoss, 4)}`,
     `  ${num(s.msPerStep)} ms/step (median), of which waiting in sync rounds ${num(s.syncWaitMsPerStep, 2)} ms; ${num(s.samplesPerSecond, 0)} samples/s; wall ${num(s.wallSeconds)} s`,
     `  eval statistics: ${s.evalStatistics}`,
-    ...(s.workersLost.length ? [`  workers lost: ${s.workersLost.map((l) => `rank ${l.rank} at step ${l.step + 1} (${l.reason})`).join("; ")}; finished with ${s.workersAtEnd}`] : []),
+    ...(s.workersLost.length ? [`  workers lost: ${s.workersLost.map((l) => `rank ${l.rank} at step ${l.step} (${l.reason})`).join("; ")}; finished with ${s.workersAtEnd}`] : []),
   ];
 }

@@ -4,15 +4,9 @@
 // training set. A problem found here is a refusal: one line, exit 2 (main.ts).
 // Not the checkpoint checks of --resume, nor the settings' own validation.
 
+import { SyncbnError } from "../shared/errors.js";
 import { probeDataset } from "../worker/data/dataset.js";
 import { stepsPerEpoch, type TrainSettings } from "../worker/settings.js";
-
-const refused = new WeakSet<object>();
-
-/** True for an error found before anything started (main.ts exits 2 on it). */
-export function isRefusedBeforeStart(e: unknown): boolean {
-  return typeof e === "object" && e !== null && refused.has(e);
-}
 
 // One probe per data source and sizes in this process: a sweep checks its data once, not per run.
 const probes = new Map<string, Promise<{ train: number; test: number }>>();
@@ -39,7 +33,8 @@ export async function checkRunData(s: TrainSettings, workers: number, fashionMni
     const perEpoch = stepsPerEpoch(counts.train, workers, s.batch);
     return { ...counts, totalSteps: s.steps ?? s.epochs * perEpoch };
   } catch (e) {
-    if (typeof e === "object" && e !== null) refused.add(e);
+    // Found before anything started: main.ts exits 2 on it.
+    if (e instanceof SyncbnError && !e.beforeStart) throw new SyncbnError(e.code, e.detail, e.context, { beforeStart: true });
     throw e;
   }
 }

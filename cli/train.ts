@@ -4,12 +4,12 @@
 // everything. The training itself runs in the workers (worker/train.ts).
 
 import { randomBytes } from "node:crypto";
-import { mkdirSync } from "node:fs";
+import { join } from "node:path";
 import type { Coordinator } from "../coordinator/coordinator.js";
 import { DEFAULT_MAX_PAYLOAD, startCoordinatorServer, type Wire } from "../coordinator/server.js";
 import { startThreadCoordinator, type ThreadCoordinator } from "../coordinator/threads.js";
 import { ErrorCode, SyncbnError } from "../shared/errors.js";
-import { readCheckpoint } from "../worker/checkpoint.js";
+import { readCheckpoint, type Checkpoint } from "../worker/checkpoint.js";
 import { conventionsOf, validateSettings, type TrainSettings } from "../worker/settings.js";
 import { RunMonitor, formatSummary, type RunSummary } from "./monitor.js";
 import { readEnv } from "./env.js";
@@ -18,6 +18,8 @@ import { forkWorker, killAll, type WorkerProcess } from "./procs.js";
 import { startThreadWorker } from "./threads.js";
 import { checkRunData } from "./preflight.js";
 import { workerRoundTimeout } from "./flags.js";
+import { prepareOutDir } from "./out-dir.js";
+import { checkResume } from "./resume-check.js";
 
 export interface TrainOptions {
   settings: TrainSettings;
@@ -77,11 +79,11 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
   const s = o.settings;
   validateSettings(s, o.workers);
   await checkRunData(s, o.workers, readEnv({ ...process.env, ...o.workerEnv }).fashionMnistDir);
-  mkdirSync(o.outDir, { recursive: true });
+  prepareOutDir(o.outDir);
   // A fresh random token per run unless the user set one; it is never printed or written.
   const token = o.token ?? randomBytes(16).toString("hex");
-  // Read before the coordinator starts: a bad file must not leave a listening server behind.
-  const resumed = o.resume ? readCheckpoint(o.resume) : null;
+  // Read and checked before the coordinator starts: a bad file must not leave a listening server behind.
+  const resumed = o.resume ? readResume(o.resume, s, o.workers) : null;
   const threads = o.transport === "thread";
   // Planned (and "on" checked) before anything starts: a refusal leaves nothing behind.
   const pinning = threads ? null : workerPinning(o.pinCpus ?? "auto", o.workers);
@@ -95,6 +97,9 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
     resumed.bn.forEach((b, i) => server.coordinator.runningStats.set(i, { mean: b.mean, var: b.var, tracked: resumed.header.bn[i]!.tracked }));
     o.print(`resuming from ${o.resume} at step ${startStep}`);
   }
+  let outputFailure: SyncbnError | null = null;
+  let wake: () => void = () => {};
+  const woken = new Promise<void>((r) => (wake = r));
   const monitor = new RunMonitor({
     worldSize: o.workers,
     perWorkerBatch: s.batch,
@@ -107,21 +112,32 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
     totalSteps: null,
     stepsPerEpoch: null,
     startStep,
+    resumedFrom: o.resume,
     tty: o.tty,
     print: o.print,
     status: o.status,
+    onFailure: (e) => {
+      outputFailure ??= e;
+      wake();
+    },
   });
   monitor.attach(server.coordinator);
   o.print(`syncbn train: ${o.workers} workers × ${s.batch} samples, --model ${s.model} --norm ${s.norm} --data ${s.data}; coordinator ${server.url}; output in ${o.outDir}`);
 
   let coordFailure: SyncbnError | null = null;
+  let coordDone = false;
   let firstBadExit: { proc: WorkerProcess; code: number | null; signal: string | null } | null = null;
   let interrupted = false;
-  let wake: () => void = () => {};
-  const woken = new Promise<void>((r) => (wake = r));
+  let settled: () => void = () => {};
+  const coordSettled = new Promise<void>((r) => (settled = r));
   server.coordinator.events.onFailed = (e) => {
     coordFailure = e;
+    settled();
     wake();
+  };
+  server.coordinator.events.onDone = () => {
+    coordDone = true;
+    settled();
   };
 
   const args = [
@@ -163,7 +179,14 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
   const monitorOnLost = server.coordinator.events.onWorkersLost;
   server.coordinator.events.onWorkersLost = (ranks, step, reason) => {
     monitorOnLost?.(ranks, step, reason);
-    for (const r of ranks) procs[r]?.child.kill("SIGKILL");
+    // A moment's grace: one that disconnected on an error of its own is printing it (the root cause, e.g. a full disk).
+    for (const r of ranks) {
+      const p = procs[r];
+      if (!p) continue;
+      setTimeout(() => {
+        if (p.child.exitCode === null && p.child.signalCode === null) p.child.kill("SIGKILL");
+      }, LOST_KILL_GRACE_MS).unref();
+    }
   };
   const elastic = o.onWorkerLoss === "continue";
   const isLost = (rank: number): boolean => server.coordinator.lostWorkers.some((l) => l.rank === rank);
@@ -194,20 +217,37 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
       await killAll(procs);
       return { ok: false, interrupted: true, summary: null, failure: [`stopped all workers; the last checkpoint (if any) is in ${o.outDir}`] };
     }
-    if (firstBadExit || coordFailure) {
+    if (!firstBadExit && !coordFailure && !outputFailure) {
+      await allExited;
+      // Every process is gone; the coordinator sees the last closes (or byes) a moment later. Success is its word, not a count of exits.
+      await Promise.race([coordSettled, new Promise((r) => setTimeout(r, SETTLE_MS))]);
+      // Elastic mode waits a moment before it judges a bad exit: give that verdict its time too.
+      if (elastic && procs.some((p) => p.child.exitCode !== 0)) await new Promise((r) => setTimeout(r, 1100));
+    }
+    const allLost = elastic && server.coordinator.lostWorkers.length >= o.workers;
+    const finalCheck = firstBadExit || coordFailure || outputFailure ? null : checkFinalCheckpoint(o.outDir, monitor.summary().steps, coordDone);
+    if (firstBadExit || coordFailure || outputFailure || finalCheck) {
       // Let the other workers report and exit (they fail fast on the coordinator's error).
       await Promise.race([allExited, new Promise((r) => setTimeout(r, 1500))]);
       // Read the processes' states before killing the survivors (a frozen one is "stopped responding", not "killed by us").
-      const failure = rootCause(procs, firstBadExit, coordFailure);
+      const failure = [
+        ...(allLost ? [`every worker was lost (ranks ${server.coordinator.lostWorkers.map((l) => l.rank).join(", ")}); --on-worker-loss continue needs at least one to finish`] : []),
+        ...(outputFailure ? [(outputFailure as SyncbnError).message] : []),
+        ...(finalCheck ? [finalCheck] : []),
+        ...(firstBadExit || coordFailure ? rootCause(procs, firstBadExit, coordFailure) : badExits(procs)),
+      ];
       await killAll(procs);
       if (o.tty) o.status("");
       return { ok: false, interrupted: false, summary: null, failure };
     }
-    await allExited;
     if (o.tty) o.status("");
     const summary = monitor.summary();
-    monitor.writeSummary(summary);
     for (const l of formatSummary(summary)) o.print(l);
+    try {
+      monitor.writeSummary(summary);
+    } catch (e) {
+      return { ok: false, interrupted: false, summary, failure: [(e as Error).message] };
+    }
     return { ok: true, interrupted: false, summary, failure: [] };
   } finally {
     process.off("SIGINT", onSigint);
@@ -215,6 +255,52 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
     await killAll(procs);
     await server.close();
   }
+}
+
+/** Elastic mode: how long a worker the coordinator dropped may take to exit on its own before it is killed. */
+const LOST_KILL_GRACE_MS = 500;
+
+/** How long the launcher waits, once every worker has exited, for the coordinator to see the run end. */
+const SETTLE_MS = 5_000;
+
+/** The checkpoint, read and checked against the flags, as a refusal before anything starts (exit 2). */
+function readResume(file: string, s: TrainSettings, workers: number): Checkpoint {
+  let ck: Checkpoint;
+  try {
+    ck = readCheckpoint(file);
+  } catch (e) {
+    if (e instanceof SyncbnError) throw new SyncbnError(e.code, e.detail, e.context, { beforeStart: true });
+    throw e;
+  }
+  checkResume(ck, s, workers, file);
+  return ck;
+}
+
+/**
+ * Why a run whose processes all exited is not a success (null: it is): the
+ * coordinator never saw every remaining worker finish, or the final checkpoint
+ * (the run's result) is missing or not at the last step, e.g. its writer died
+ * in elastic mode.
+ */
+function checkFinalCheckpoint(outDir: string, steps: number, coordDone: boolean): string | null {
+  if (!coordDone) return "the workers exited but the coordinator never saw the run finish";
+  const file = join(outDir, "checkpoint.bin");
+  try {
+    const step = readCheckpoint(file).header.step;
+    return step === steps ? null : `the final checkpoint was not written: ${file} is at step ${step}, the run reached step ${steps}`;
+  } catch (e) {
+    return `the final checkpoint was not written: ${(e as Error).message}`;
+  }
+}
+
+/** Each worker that exited abnormally, with its last error lines. */
+function badExits(procs: WorkerProcess[]): string[] {
+  return procs
+    .filter((p) => p.child.signalCode !== null || (p.child.exitCode !== null && p.child.exitCode !== 0))
+    .flatMap((p) => [
+      `worker rank ${p.rank} ${p.child.signalCode ? `was killed by ${p.child.signalCode}` : `exited with code ${p.child.exitCode}`}`,
+      ...p.stderrTail().filter((l) => l.trim()).slice(-6).map((l) => `  rank ${p.rank}: ${l}`),
+    ]);
 }
 
 /**

@@ -37,6 +37,8 @@ export const ErrorCode = {
   Data: "SYNCBN_ERR_DATA",
   /** A checkpoint is missing, truncated, corrupted or does not fit the model. */
   Checkpoint: "SYNCBN_ERR_CHECKPOINT",
+  /** metrics.jsonl or summary.json could not be written (disk full, read-only). */
+  Output: "SYNCBN_ERR_OUTPUT",
   /** The run was aborted because of another failure (see the root cause). */
   Aborted: "SYNCBN_ERR_ABORTED",
 } as const;
@@ -66,14 +68,17 @@ export class SyncbnError extends Error {
   readonly context: ErrorContext;
   /** The message without code and context, as given by the thrower. */
   readonly detail: string;
+  /** Refused before anything started (bad input: exit 2), not a run that failed (exit 1). */
+  readonly beforeStart: boolean;
 
-  constructor(code: ErrorCode, detail: string, context: ErrorContext = {}) {
+  constructor(code: ErrorCode, detail: string, context: ErrorContext = {}, opts: { beforeStart?: boolean } = {}) {
     const where = describeContext(context);
     super(`${code}: ${where ? `[${where}] ` : ""}${detail}`);
     this.name = "SyncbnError";
     this.code = code;
     this.context = context;
     this.detail = detail;
+    this.beforeStart = opts.beforeStart ?? code === ErrorCode.BadConfig;
   }
 }
 

@@ -1,6 +1,8 @@
 // Model checkpoints: parameters, SGD momentum buffers and BN running statistics
-// in one binary file, written atomically (temp file, fsync, rename) with a
-// SHA-256 trailer, so a crash mid-write never replaces the last good checkpoint.
+// in one binary file, written atomically (temp file, every byte checked, fsync,
+// rename, fsync of the folder) with a SHA-256 trailer, so a crash or a full disk
+// mid-write never replaces the last good checkpoint. The header is validated like
+// any input. Not a format for other tools.
 //
 // Layout (little-endian):
 //   "SYNCBNCK" (8 bytes) | u32 format version | u32 header length H |
@@ -15,6 +17,8 @@ import { ErrorCode, SyncbnError } from "../shared/errors.js";
 
 const MAGIC = "SYNCBNCK";
 export const CHECKPOINT_VERSION = 1;
+/** Largest step a checkpoint header may hold (2^31 − 1); anything above is a crafted or corrupt file. */
+export const MAX_CHECKPOINT_STEP = 2 ** 31 - 1;
 
 export interface CheckpointHeader {
   /** Completed training steps: resume starts at this step index. */
@@ -26,6 +30,8 @@ export interface CheckpointHeader {
   params: { name: string; length: number }[];
   momentumBuffers: number[];
   bn: { name: string; channels: number; tracked: number }[];
+  /** Workers of the run that wrote it (absent in checkpoints of older syncbn). */
+  workers?: number;
 }
 
 export interface Checkpoint {
@@ -62,12 +68,21 @@ export function decodeCheckpoint(buf: Buffer, file: string): Checkpoint {
   const version = buf.readUInt32LE(8);
   if (version !== CHECKPOINT_VERSION) bad(`format version ${version}, this syncbn reads ${CHECKPOINT_VERSION}`);
   const hlen = buf.readUInt32LE(12);
-  let header: CheckpointHeader;
+  if (16 + hlen > body.length) bad(`header length ${hlen} runs past the end of the file`);
+  let parsed: unknown;
   try {
-    header = JSON.parse(buf.subarray(16, 16 + hlen).toString("utf8")) as CheckpointHeader;
+    parsed = JSON.parse(buf.subarray(16, 16 + hlen).toString("utf8"));
   } catch {
     return bad("unreadable header");
   }
+  const problem = headerProblem(parsed);
+  if (problem) bad(`bad header: ${problem}`);
+  const header = parsed as CheckpointHeader;
+  // Sizes are checked before anything is allocated: a header cannot make us allocate more than the file holds.
+  const floats32 = header.params.reduce((a, p) => a + p.length, 0) + header.momentumBuffers.reduce((a, n) => a + n, 0);
+  const floats64 = header.bn.reduce((a, b) => a + 2 * b.channels, 0);
+  const payload = body.length - 16 - hlen;
+  if (4 * floats32 + 8 * floats64 !== payload) bad(`the header describes ${4 * floats32 + 8 * floats64} payload bytes, the file holds ${payload}`);
   let off = 16 + hlen;
   // ArrayBuffer.slice copies, so every typed array is aligned whatever off is.
   const take32 = (n: number): Float32Array => {
@@ -89,32 +104,113 @@ export function decodeCheckpoint(buf: Buffer, file: string): Checkpoint {
   return { header, params, momentum, bn };
 }
 
+const isCount = (v: unknown, max = Number.MAX_SAFE_INTEGER): v is number => typeof v === "number" && Number.isInteger(v) && v >= 0 && v <= max;
+const isObject = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && !Array.isArray(v);
+
+/** What is wrong with a parsed header (null: nothing); every field a reader uses is checked for presence and type. */
+function headerProblem(h: unknown): string | null {
+  if (!isObject(h)) return "not a JSON object";
+  if (!isCount(h.step, MAX_CHECKPOINT_STEP)) return `step must be an integer in 0..${MAX_CHECKPOINT_STEP}, got ${JSON.stringify(h.step)}`;
+  for (const k of ["model", "norm", "training"]) if (typeof h[k] !== "string") return `${k} must be a string, got ${JSON.stringify(h[k])}`;
+  try {
+    if (!isObject(JSON.parse(h.training as string))) return "training must hold a JSON object";
+  } catch {
+    return "training is not JSON";
+  }
+  if (h.workers !== undefined && !(isCount(h.workers) && h.workers >= 1)) return `workers must be a positive integer, got ${JSON.stringify(h.workers)}`;
+  if (!Array.isArray(h.params) || !h.params.every((p) => isObject(p) && typeof p.name === "string" && isCount(p.length))) {
+    return "params must be a list of {name, length}";
+  }
+  if (!Array.isArray(h.momentumBuffers) || !h.momentumBuffers.every((n) => isCount(n))) return "momentumBuffers must be a list of lengths";
+  const params = h.params as { length: number }[];
+  if (h.momentumBuffers.length !== params.length || h.momentumBuffers.some((n, i) => n !== params[i]!.length)) {
+    return "momentumBuffers must hold one buffer per param, of the param's length";
+  }
+  if (!Array.isArray(h.bn) || !h.bn.every((b) => isObject(b) && typeof b.name === "string" && isCount(b.channels) && isCount(b.tracked))) {
+    return "bn must be a list of {name, channels, tracked}";
+  }
+  return null;
+}
+
 /**
  * Write atomically: a reader sees the old file or the complete new one, never a
- * partial one. midWrite (fault injection in tests) runs after half the bytes.
+ * partial one. Every write is checked for its byte count (a short write on a full
+ * disk is retried, and fails with the next one); on any failure the temp file is
+ * removed and the previous checkpoint is left as it was. midWrite (fault
+ * injection in tests) runs after half the bytes.
  */
 export function writeCheckpoint(path: string, ck: Checkpoint, midWrite?: () => void): void {
   const bytes = encodeCheckpoint(ck);
   removeStaleTemps(path);
   const tmp = `${path}.tmp-${process.pid}`;
-  const fd = openSync(tmp, "w");
-  try {
-    const half = bytes.length >> 1;
-    writeSync(fd, bytes, 0, half);
-    midWrite?.();
-    writeSync(fd, bytes, half, bytes.length - half);
-    fsyncSync(fd);
-  } catch (e) {
-    closeSync(fd);
+  const fail = (e: unknown): never => {
     try {
       unlinkSync(tmp);
     } catch {
-      // nothing to clean
+      // not created, or already gone
     }
-    throw new SyncbnError(ErrorCode.Checkpoint, `cannot write checkpoint ${path}: ${(e as Error).message}`);
+    throw new SyncbnError(ErrorCode.Checkpoint, `cannot write checkpoint ${path} (${reasonOf(e)}); the previous checkpoint there, if any, is untouched`);
+  };
+  let fd: number;
+  try {
+    fd = openSync(tmp, "w");
+  } catch (e) {
+    return fail(e);
   }
-  closeSync(fd);
-  renameSync(tmp, path);
+  try {
+    const half = bytes.length >> 1;
+    writeAll(fd, bytes, 0, half);
+    midWrite?.();
+    writeAll(fd, bytes, half, bytes.length);
+    fsyncSync(fd);
+    closeSync(fd);
+  } catch (e) {
+    try {
+      closeSync(fd);
+    } catch {
+      // already closed
+    }
+    fail(e);
+  }
+  try {
+    renameSync(tmp, path);
+  } catch (e) {
+    fail(e);
+  }
+  syncFolder(dirname(path), path);
+}
+
+/** Writes bytes[from, to) whole: writeSync may write fewer bytes than asked (full disk), so loop until done or an error. */
+function writeAll(fd: number, bytes: Buffer, from: number, to: number): void {
+  let at = from;
+  while (at < to) {
+    const n = writeSync(fd, bytes, at, to - at);
+    if (n <= 0) throw new Error(`short write: ${at - from} of ${to - from} bytes written (disk full?)`);
+    at += n;
+  }
+}
+
+/** fsync of the folder, so the rename itself survives a crash. Filesystems that cannot fsync a folder (EINVAL) are let be. */
+function syncFolder(dir: string, path: string): void {
+  let fd: number | null = null;
+  try {
+    fd = openSync(dir, "r");
+    fsyncSync(fd);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code !== "EINVAL" && code !== "ENOTSUP" && code !== "EISDIR") {
+      throw new SyncbnError(ErrorCode.Checkpoint, `checkpoint ${path} was written, but its folder could not be synced to disk (${reasonOf(e)})`);
+    }
+  } finally {
+    if (fd !== null) closeSync(fd);
+  }
+}
+
+/** "ENOSPC: no space left on device" from a Node error, or its message. */
+export function reasonOf(e: unknown): string {
+  const message = (e as Error | undefined)?.message ?? String(e);
+  const m = /^(E[A-Z]+): ([^,]*)/.exec(message);
+  return m ? `${m[1]}: ${m[2]}` : message;
 }
 
 /** Temp files left by a writer that died mid-write. */

@@ -70,6 +70,13 @@ export async function trainWorker(run: WorkerRun): Promise<void> {
   if (run.resume) {
     const ck = readCheckpoint(run.resume);
     checkCheckpointFits(ck, model, conv.training, s.norm, run.resume);
+    if (ck.header.workers !== undefined && ck.header.workers !== worldSize) {
+      throw new SyncbnError(ErrorCode.Checkpoint, `${run.resume} does not fit this run: it was trained by ${ck.header.workers} workers, this run has ${worldSize}`, { rank });
+    }
+    // Checked here too: with --epochs the launcher does not know the total before the data is read.
+    if (ck.header.step >= totalSteps) {
+      throw new SyncbnError(ErrorCode.Checkpoint, `${run.resume} is at step ${ck.header.step} and this run has ${totalSteps} steps: nothing to train; give --steps above ${ck.header.step}`, { rank });
+    }
     loadCheckpoint(ck, model, opt);
     startStep = ck.header.step;
   }
@@ -162,15 +169,16 @@ export async function trainWorker(run: WorkerRun): Promise<void> {
       );
     }
     if (rank === active[0] && run.outDir && (done === totalSteps || (run.checkpointEvery > 0 && done % run.checkpointEvery === 0))) {
-      writeCheckpoint(join(run.outDir, "checkpoint.bin"), makeCheckpoint(model, opt, done, s, conv.training), () => run.midCheckpointWrite?.(done));
+      writeCheckpoint(join(run.outDir, "checkpoint.bin"), makeCheckpoint(model, opt, done, s, conv.training, worldSize), () => run.midCheckpointWrite?.(done));
     }
   }
 }
 
-function makeCheckpoint(model: Model, opt: SGD, step: number, s: TrainSettings, training: string): Checkpoint {
+function makeCheckpoint(model: Model, opt: SGD, step: number, s: TrainSettings, training: string, workers: number): Checkpoint {
   return {
     header: {
       step,
+      workers,
       model: s.model,
       norm: s.norm,
       training,
