@@ -5,6 +5,8 @@
 import { Command, InvalidArgumentError, Option } from "commander";
 import { DEFAULT_MAX_PAYLOAD, WIRES, startCoordinatorServer, type Wire } from "../coordinator/server.js";
 import { ErrorCode, SyncbnError } from "../shared/errors.js";
+import { refusalLogger } from "../coordinator/admission.js";
+import { DEFAULT_HELLO_TIMEOUT_MS, MAX_HELLO_TIMEOUT_MS } from "../coordinator/pending.js";
 import { CoordinatorClient } from "../worker/client.js";
 import { DEFAULT_SETTINGS, conventionsOf, validateSettings, type TrainSettings } from "../worker/settings.js";
 import { trainWorker } from "../worker/train.js";
@@ -30,6 +32,17 @@ export function numArg(flag: string) {
 }
 
 const D = DEFAULT_SETTINGS;
+
+/** --hello-timeout: how long a new connection may take to get its hello accepted (coordinator/pending.ts). */
+function helloTimeoutOption(): Option {
+  return new Option("--hello-timeout <ms>", `close a connection whose hello is not accepted within MS (100..${MAX_HELLO_TIMEOUT_MS})`)
+    .argParser((v: string) => {
+      const n = intArg("--hello-timeout", 100)(v);
+      if (n > MAX_HELLO_TIMEOUT_MS) throw new InvalidArgumentError(`--hello-timeout must be an integer from 100 to ${MAX_HELLO_TIMEOUT_MS}, got "${v}"`);
+      return n;
+    })
+    .default(DEFAULT_HELLO_TIMEOUT_MS);
+}
 
 function addTrainFlags(cmd: Command): Command {
   return cmd
@@ -152,13 +165,14 @@ export function registerTrainCommands(program: Command): void {
           .default("process"),
       )
       .addOption(wireOption())
+      .addOption(helloTimeoutOption())
       .addOption(
         new Option("--pin-cpus <mode>", "pin worker processes to CPUs round-robin (Linux, taskset): auto pins when it keeps the cores balanced (W ≤ CPUs or a multiple of them)")
           .choices([...PIN_MODES])
           .default("auto"),
       )
       .option("--out <dir>", "folder for metrics.jsonl, summary.json and checkpoint.bin (default runs/<time>)"),
-  ).action(async (f: TrainFlags & { workers: number; out?: string; onWorkerLoss: "abort" | "continue"; transport: "process" | "thread"; wire: Wire; pinCpus: PinMode }) => {
+  ).action(async (f: TrainFlags & { workers: number; out?: string; onWorkerLoss: "abort" | "continue"; transport: "process" | "thread"; wire: Wire; pinCpus: PinMode; helloTimeout: number }) => {
     if (f.transport === "thread" && f.wire !== "ws") {
       throw new SyncbnError(ErrorCode.BadConfig, "--wire applies to worker processes; --transport thread talks over MessagePorts (drop --wire, or use --transport process)");
     }
@@ -177,6 +191,7 @@ export function registerTrainCommands(program: Command): void {
       transport: f.transport,
       wire: f.wire,
       pinCpus: f.pinCpus,
+      helloTimeoutMs: f.helloTimeout,
       token: env.token,
       tty,
       print: (l) => console.log(l),
@@ -265,8 +280,9 @@ export function registerTrainCommands(program: Command): void {
     .option("--round-timeout <ms>", "deadline of every sync round", intArg("--round-timeout", 100), 60_000)
     .addOption(new Option("--on-worker-loss <policy>", "abort the run, or continue without the lost worker (elastic)").choices(["abort", "continue"]).default("abort"))
     .addOption(wireOption())
+    .addOption(helloTimeoutOption())
     .option("--out <dir>", "folder for metrics.jsonl and summary.json")
-    .action(async (f: { world?: number; host?: string; port?: number; token?: string; roundTimeout: number; onWorkerLoss: "abort" | "continue"; out?: string; wire: Wire }) => {
+    .action(async (f: { world?: number; host?: string; port?: number; token?: string; roundTimeout: number; onWorkerLoss: "abort" | "continue"; out?: string; wire: Wire; helloTimeout: number }) => {
       const world = f.world ?? env.worldSize;
       if (world === undefined) throw new SyncbnError(ErrorCode.BadConfig, "coordinator needs --world (or WORLD_SIZE)");
       const server = await startCoordinatorServer({
@@ -279,7 +295,9 @@ export function registerTrainCommands(program: Command): void {
         maxPayload: DEFAULT_MAX_PAYLOAD,
         onWorkerLoss: f.onWorkerLoss,
         wire: f.wire,
+        helloTimeoutMs: f.helloTimeout,
       });
+      server.coordinator.events.onRefused = refusalLogger((l) => console.error(l));
       console.log(`syncbn coordinator listening on ${server.url} for ${world} workers`);
       let monitor: RunMonitor | null = null;
       const outcome = await new Promise<SyncbnError | null>((resolve) => {

@@ -50,8 +50,12 @@ describe("coordinator and workers as separate processes", () => {
       expect(dup.stderr).toMatch(/SYNCBN_ERR_DUPLICATE_RANK: \[rank 0\] rank 0 is already taken/);
       // The run itself is unharmed: the coordinator still waits for rank 1.
       expect(coord.child.exitCode).toBeNull();
-      expect(coord.stderr()).not.toMatch(/SYNCBN_ERR/);
-      expect(coord.stdout()).not.toContain("right-token");
+      // It logged both refusals (rank, address, reason) and nothing else went wrong; no token in its output.
+      const log = coord.stderr();
+      expect(log).toMatch(/refused a hello as rank 1 from 127\.0\.0\.1:\d+: SYNCBN_ERR_TOKEN: \[rank 1\] wrong run token/);
+      expect(log).toMatch(/refused a hello as rank 0 from 127\.0\.0\.1:\d+: SYNCBN_ERR_DUPLICATE_RANK/);
+      expect(log.split("\n").filter((l) => l.trim() && !l.startsWith("refused a hello"))).toEqual([]);
+      for (const text of [coord.stdout(), log]) for (const t of ["right-token", "wrong-token"]) expect(text).not.toContain(t);
     } finally {
       for (const p of [coord, good]) p.child.kill("SIGKILL");
     }
