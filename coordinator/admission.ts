@@ -12,8 +12,8 @@ export interface AdmissionState {
   worldSize: number;
   /** Whether hello.rank is held by a connected (or finished) worker. */
   rankTaken: boolean;
-  /** Elastic mode: the step from which the run went on without hello.rank, if it was dropped. */
-  droppedAtStep: number | null;
+  /** Elastic mode: hello.rank was lost and the run went on without it. */
+  dropped: boolean;
 }
 
 /** The reason to refuse this hello, or null to go on. */
@@ -32,10 +32,10 @@ export function admissionProblem(hello: Hello, run: AdmissionState): SyncbnError
       ctx,
     );
   }
-  if (run.droppedAtStep !== null) {
+  if (run.dropped) {
     return new SyncbnError(
       ErrorCode.WorkerLost,
-      `rank ${hello.rank} was lost and the run went on without it from step ${run.droppedAtStep} (--on-worker-loss continue); rejoining a run is not supported: start a new run, or --resume from its checkpoint`,
+      `rank ${hello.rank} was lost and the run went on without it (--on-worker-loss continue); rejoining a run is not supported: start a new run, or --resume from its checkpoint`,
       ctx,
     );
   }

@@ -255,12 +255,11 @@ export class Coordinator {
     }
     const hello = msg as Hello;
     const ctx = { rank: hello.rank };
-    const dropped = this.opts.onWorkerLoss === "continue" ? this.lostWorkers.find((l) => l.rank === hello.rank) : undefined;
     const refusal = admissionProblem(hello, {
       token: this.opts.token,
       worldSize: this.worldSize,
       rankTaken: hello.rank < this.worldSize && (this.peers[hello.rank] !== null || this.finished.has(hello.rank)),
-      droppedAtStep: dropped ? dropped.step : null,
+      dropped: this.lostWorkers.some((l) => l.rank === hello.rank),
     });
     if (refusal) {
       this.refuseHello(peer, hello.rank, refusal);
