@@ -2,15 +2,24 @@
 // two-worker `syncbn train` run on each wire: headers declaring 256 MiB, streams
 // of big data with no hello, hundreds of idle connections. The coordinator closes
 // them all (idle ones at the hello deadline), its memory stays bounded, and the
-// run ends bit-identical to an undisturbed one.
+// run ends bit-identical to an undisturbed one. Then each limit on its own, on an
+// in-process coordinator server: pre-hello cap, pending bound, allocation failure.
 import { randomBytes } from "node:crypto";
 import { mkdtempSync, readFileSync } from "node:fs";
 import { connect, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import WebSocket from "ws";
-import { describe, expect, it } from "vitest";
+import { afterEach, describe, expect, it } from "vitest";
+import { startCoordinatorServer, type CoordinatorServer } from "../coordinator/server.js";
+import { PRE_HELLO_MAX_BYTES } from "../coordinator/pending.js";
+import { decode, encode } from "../shared/codec.js";
+import type { RunConventions } from "../shared/config.js";
+import { ErrorCode } from "../shared/errors.js";
+import { PROTOCOL_VERSION } from "../shared/protocol.js";
+import { toStreamUnit } from "../shared/stream-frames.js";
 import { readCheckpoint } from "../worker/checkpoint.js";
+import { CoordinatorClient } from "../worker/client.js";
 import { runCli, startCli, waitForOutput, type CliResult } from "./helpers.js";
 
 const tmp = (p: string): string => mkdtempSync(join(tmpdir(), `syncbn-${p}-`));
@@ -200,4 +209,71 @@ describe("unauthenticated connections during a real run", () => {
       });
     }, 600_000);
   }
+});
+
+const CONV: RunConventions = { eps: 1e-5, momentum: 0.1, momentumStyle: "torch", unbiasedRunningVar: true, norm: "sync", training: "" };
+
+describe("the limits on connections before their hello", () => {
+  const servers: CoordinatorServer[] = [];
+  afterEach(async () => {
+    for (const s of servers.splice(0)) await s.close();
+  });
+  async function server(wire: "ws" | "tcp", o: { maxPayload?: number; helloTimeoutMs?: number; maxPending?: number } = {}): Promise<CoordinatorServer> {
+    const s = await startCoordinatorServer({ host: "127.0.0.1", port: 0, worldSize: 2, token: "tok", conventions: null, roundTimeoutMs: 10_000, maxPayload: 1 << 20, wire, ...o });
+    servers.push(s);
+    return s;
+  }
+  const client = (url: string, rank: number): Promise<CoordinatorClient> =>
+    CoordinatorClient.connect({ url, rank, worldSize: 2, token: "tok", conventions: CONV, connectTimeoutMs: 10_000, roundTimeoutMs: 10_000, maxPayload: 1 << 20 });
+
+  for (const wire of ["ws", "tcp"] as const) {
+    it(`refuses a message over ${PRE_HELLO_MAX_BYTES / 1024} KiB before the hello from its header, and lets admitted workers send up to maxPayload (--wire ${wire})`, async () => {
+      const s = await server(wire);
+      const sock = wire === "tcp" ? await rawConnect(s.port) : await upgraded(s.port);
+      sock.write(wire === "tcp" ? envelopeHeader(PRE_HELLO_MAX_BYTES + 1) : wsHeader(PRE_HELLO_MAX_BYTES + 1));
+      expect(await closedByServer(sock, 10_000)).toBe(true);
+      // 40,000 channels: 640 KB contributions and results, ten times the pre-hello cap.
+      const [a, b] = await Promise.all([client(s.url, 0), client(s.url, 1)]);
+      // Layout: C means, then C M2s.
+      const stats = (mean: number): Float64Array => Float64Array.from({ length: 80_000 }, (_, i) => (i < 40_000 ? mean : 0.5));
+      const [ra] = await Promise.all([a.round(0, "fwd", 0, 2, stats(1)), b.round(0, "fwd", 0, 2, stats(3))]);
+      expect(ra.count).toBe(4);
+      expect([ra.data[0], ra.data[39_999], ra.data[40_000], ra.data[79_999]]).toEqual([2, 2, 1.25, 1.25]);
+      expect(s.coordinator.failed).toBeNull();
+      await Promise.all([a.bye(), b.bye()]);
+    });
+
+    it(`closes connections beyond the pending bound at once and silent ones at the hello deadline, and a worker still joins after (--wire ${wire})`, async () => {
+      const s = await server(wire, { maxPending: 4, helloTimeoutMs: 2000 });
+      const socks: Socket[] = [];
+      for (let i = 0; i < 10; i++) socks.push(await rawConnect(s.port));
+      const closed = await Promise.all(socks.map((x) => closedByServer(x, 20_000)));
+      expect(closed.every(Boolean)).toBe(true);
+      expect(s.pending.refusedOverBound).toBe(6);
+      expect(s.pending.timedOut).toBe(4);
+      expect(s.pending.count).toBe(0);
+      const [a, b] = await Promise.all([client(s.url, 0), client(s.url, 1)]);
+      // Admitted connections are no longer pending: the deadline does not touch them.
+      await new Promise((r) => setTimeout(r, 2500));
+      const [ra] = await Promise.all([a.round(0, "fwd", 0, 2, Float64Array.of(1, 0.5)), b.round(0, "fwd", 0, 2, Float64Array.of(3, 0.5))]);
+      expect(Array.from(ra.data)).toEqual([2, 1.25]);
+      await Promise.all([a.bye(), b.bye()]);
+    });
+  }
+
+  it("drops a connection whose message cannot be allocated instead of crashing (--wire tcp)", async () => {
+    // A limit above what one buffer can hold, so the header passes and the allocation itself fails.
+    const s = await server("tcp", { maxPayload: 2 ** 33 });
+    const sock = await rawConnect(s.port);
+    const answers: unknown[] = [];
+    sock.on("data", (d: Buffer) => answers.push(decode(d.subarray(5))));
+    sock.write(toStreamUnit(encode({ type: "hello", version: PROTOCOL_VERSION, rank: 0, worldSize: 2, token: "tok", conventions: CONV })));
+    while (answers.length === 0) await new Promise((r) => setTimeout(r, 20));
+    expect(answers[0]).toMatchObject({ type: "welcome", rank: 0 });
+    sock.write(envelopeHeader(0xffff_ffff)); // 4 GiB + 5: more than one ArrayBuffer may hold here
+    expect(await closedByServer(sock, 10_000)).toBe(true);
+    // The admitted worker is lost (the run stops, as for any lost worker); the coordinator lives on.
+    expect(s.coordinator.failed?.code).toBe(ErrorCode.WorkerLost);
+    expect(s.coordinator.failed?.message).toMatch(/could not buffer a message \(.*\)/);
+  });
 });
