@@ -73,11 +73,8 @@ export class HelloRecords {
     if (r.rank !== null && r.rank < this.worldSize && !this.joinedEver.has(r.rank)) this.lastRefusal.set(r.rank, r);
   }
 
-  /**
-   * Why these ranks did not contribute, for a deadline message: for each one that
-   * never joined, that and its last refusal; the usual hint for ranks that joined.
-   */
-  whyMissing(missing: readonly number[]): string {
+  /** For each of these ranks that never joined: that, and its last refusal at hello ("" if they all joined). */
+  neverJoined(missing: readonly number[]): string {
     const parts: string[] = [];
     for (const r of missing) {
       if (this.joinedEver.has(r)) continue;
@@ -88,6 +85,12 @@ export class HelloRecords {
           : `rank ${r} never joined (not started, or cannot reach the coordinator?)`,
       );
     }
+    return parts.join("; ");
+  }
+
+  /** Why these ranks did not contribute, for a deadline message: neverJoined, and the usual hint for ranks that joined. */
+  whyMissing(missing: readonly number[]): string {
+    const parts = [this.neverJoined(missing)].filter(Boolean);
     if (missing.some((r) => this.joinedEver.has(r))) parts.push("(frozen, overloaded or crashed?); raise --round-timeout if the workers are just slow");
     return parts.join("; ");
   }

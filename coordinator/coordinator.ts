@@ -36,10 +36,7 @@ export interface Peer {
   close(code: number, reason: string): void;
   /** For log lines only, e.g. "127.0.0.1:53412". */
   readonly label: string;
-  /**
-   * The peer's hello was accepted (called before the welcome is sent): the transport
-   * lifts its pre-hello limits. Throwing refuses the worker with the error's message.
-   */
+  /** Its hello was accepted (before the welcome): the transport lifts its pre-hello limits; a throw refuses it. */
   admitted?(): void;
 }
 
@@ -435,7 +432,8 @@ export class Coordinator {
     const missing = round.members.filter((_, i) => round.parts[i] === null);
     if (this.opts.onWorkerLoss === "continue") {
       for (const r of missing) this.peers[r]?.close(CLOSE_ERROR, "missed a round deadline");
-      this.loseWorkers(missing, `missed the ${this.opts.roundTimeoutMs} ms deadline of ${describeRound(round.step, round.phase, round.layer)}: ${this.hellos.whyMissing(missing)}`);
+      const never = this.hellos.neverJoined(missing);
+      this.loseWorkers(missing, `missed the ${this.opts.roundTimeoutMs} ms deadline of ${describeRound(round.step, round.phase, round.layer)}${never ? ` (${never})` : ""}`);
       return;
     }
     this.failRun(
