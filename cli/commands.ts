@@ -6,6 +6,8 @@
 import { Command, Option } from "commander";
 import { DEFAULT_MAX_PAYLOAD, startCoordinatorServer, type Wire } from "../coordinator/server.js";
 import { ErrorCode, SyncbnError } from "../shared/errors.js";
+import { refusalLogger } from "../coordinator/admission.js";
+import { DEFAULT_HELLO_TIMEOUT_MS, MAX_HELLO_TIMEOUT_MS } from "../coordinator/pending.js";
 import { CoordinatorClient } from "../worker/client.js";
 import { DEFAULT_SETTINGS, conventionsOf, validateSettings, type TrainSettings } from "../worker/settings.js";
 import { trainWorker } from "../worker/train.js";
@@ -39,6 +41,13 @@ import { runTrain } from "./train.js";
 import { prepareOutDir } from "./out-dir.js";
 
 const D = DEFAULT_SETTINGS;
+
+/** --hello-timeout: how long a new connection may take to get its hello accepted (coordinator/pending.ts). */
+function helloTimeoutOption(): Option {
+  return new Option("--hello-timeout <ms>", `close a connection whose hello is not accepted within MS (100..${MAX_HELLO_TIMEOUT_MS})`)
+    .argParser(intArg("--hello-timeout", 100, MAX_HELLO_TIMEOUT_MS))
+    .default(DEFAULT_HELLO_TIMEOUT_MS);
+}
 
 /** The run flags plus the per-run ones train and worker take as single values (sweep takes lists). */
 function addTrainFlags(cmd: Command): Command {
@@ -98,9 +107,10 @@ export function registerTrainCommands(program: Command): void {
         .description("train a reference model data-parallel on W local worker processes")
         .addOption(workersOption("number of worker processes", 4))
         .addOption(new Option("--on-worker-loss <policy>", "abort the run, or continue without the lost worker (elastic)").choices(["abort", "continue"]).default("abort"))
+        .addOption(helloTimeoutOption())
         .option("--out <dir>", "folder for metrics.jsonl, summary.json and checkpoint.bin (default runs/<time>)"),
     ),
-  ).action(async (f: TrainFlags & LaunchFlags & { workers: number; out?: string; onWorkerLoss: "abort" | "continue" }) => {
+  ).action(async (f: TrainFlags & LaunchFlags & { workers: number; out?: string; onWorkerLoss: "abort" | "continue"; helloTimeout: number }) => {
     checkLaunchFlags(f);
     const settings = await resolveSettings(f, f.workers, env.fashionMnistDir);
     const tty = Boolean(process.stdout.isTTY) && !env.isCI;
@@ -115,6 +125,7 @@ export function registerTrainCommands(program: Command): void {
       transport: f.transport,
       wire: f.wire,
       pinCpus: f.pinCpus,
+      helloTimeoutMs: f.helloTimeout,
       token: env.token,
       tty,
       print: (l) => console.log(l),
@@ -211,8 +222,9 @@ export function registerTrainCommands(program: Command): void {
     .addOption(roundTimeoutOption())
     .addOption(new Option("--on-worker-loss <policy>", "abort the run, or continue without the lost worker (elastic)").choices(["abort", "continue"]).default("abort"))
     .addOption(wireOption())
+    .addOption(helloTimeoutOption())
     .option("--out <dir>", "folder for metrics.jsonl and summary.json")
-    .action(async (f: { workers?: number; host?: string; port?: number; token?: string; roundTimeout: number; onWorkerLoss: "abort" | "continue"; out?: string; wire: Wire }) => {
+    .action(async (f: { workers?: number; host?: string; port?: number; token?: string; roundTimeout: number; onWorkerLoss: "abort" | "continue"; out?: string; wire: Wire; helloTimeout: number }) => {
       const world = f.workers ?? env.worldSize;
       if (world === undefined) throw new SyncbnError(ErrorCode.BadConfig, "coordinator needs --workers (alias --world; or WORLD_SIZE)");
       checkWorldSize(world);
@@ -229,7 +241,9 @@ export function registerTrainCommands(program: Command): void {
         maxPayload: DEFAULT_MAX_PAYLOAD,
         onWorkerLoss: f.onWorkerLoss,
         wire: f.wire,
+        helloTimeoutMs: f.helloTimeout,
       });
+      server.coordinator.events.onRefused = refusalLogger((l) => console.error(l));
       console.log(`syncbn coordinator listening on ${server.url} for ${world} workers`);
       let monitor: RunMonitor | null = null;
       const outcome = await new Promise<SyncbnError | null>((resolve) => {

@@ -7,6 +7,7 @@ import { randomBytes } from "node:crypto";
 import { join } from "node:path";
 import type { Coordinator } from "../coordinator/coordinator.js";
 import { DEFAULT_MAX_PAYLOAD, startCoordinatorServer, type Wire } from "../coordinator/server.js";
+import { refusalLogger } from "../coordinator/admission.js";
 import { startThreadCoordinator, type ThreadCoordinator } from "../coordinator/threads.js";
 import { ErrorCode, SyncbnError } from "../shared/errors.js";
 import { readCheckpoint, type Checkpoint } from "../worker/checkpoint.js";
@@ -47,6 +48,8 @@ export interface TrainOptions {
   wire?: Wire;
   /** Pin worker processes to CPUs round-robin (cli/affinity.ts; default "auto"). */
   pinCpus?: PinMode;
+  /** Process transport: a connection must get its hello accepted this soon (coordinator/pending.ts). */
+  helloTimeoutMs?: number;
 }
 
 export interface TrainResult {
@@ -90,7 +93,8 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
   const coordOptions = { worldSize: o.workers, token, conventions: conventionsOf(s), roundTimeoutMs: o.roundTimeoutMs, onWorkerLoss: o.onWorkerLoss };
   const server: { coordinator: Coordinator; url: string; close(): Promise<void> } = threads
     ? startThreadCoordinator(coordOptions)
-    : await startCoordinatorServer({ ...coordOptions, host: "127.0.0.1", port: 0, maxPayload: DEFAULT_MAX_PAYLOAD, wire: o.wire ?? "ws" });
+    : await startCoordinatorServer({ ...coordOptions, host: "127.0.0.1", port: 0, maxPayload: DEFAULT_MAX_PAYLOAD, wire: o.wire ?? "ws", helloTimeoutMs: o.helloTimeoutMs });
+  server.coordinator.events.onRefused = refusalLogger((l) => process.stderr.write(`coordinator: ${l}\n`));
   let startStep = 0;
   if (resumed) {
     startStep = resumed.header.step;

@@ -1,6 +1,7 @@
 // Who may join a run: the checks of a worker's hello against the coordinator's
-// protocol version, token, world size and taken ranks, each refusal saying what
-// to do. Conventions are compared by the coordinator (it may adopt them). No I/O.
+// protocol version, token, world size, taken and dropped ranks, each refusal
+// saying what to do; and the record of refusals, for logs and deadline messages.
+// Conventions are compared by the coordinator (it may adopt them). No I/O.
 
 import { ErrorCode, SyncbnError } from "../shared/errors.js";
 import { PROTOCOL_VERSION, type Hello } from "../shared/protocol.js";
@@ -11,6 +12,8 @@ export interface AdmissionState {
   worldSize: number;
   /** Whether hello.rank is held by a connected (or finished) worker. */
   rankTaken: boolean;
+  /** Elastic mode: hello.rank was lost and the run went on without it. */
+  dropped: boolean;
 }
 
 /** The reason to refuse this hello, or null to go on. */
@@ -29,8 +32,95 @@ export function admissionProblem(hello: Hello, run: AdmissionState): SyncbnError
       ctx,
     );
   }
+  if (run.dropped) {
+    return new SyncbnError(
+      ErrorCode.WorkerLost,
+      `rank ${hello.rank} was lost and the run went on without it (--on-worker-loss continue); rejoining a run is not supported: start a new run, or --resume from its checkpoint`,
+      ctx,
+    );
+  }
   if (run.rankTaken) {
     return new SyncbnError(ErrorCode.DuplicateRank, `rank ${hello.rank} is already taken by another worker; give every worker a distinct --rank`, ctx);
   }
   return null;
+}
+
+/** A hello the coordinator refused; rank null when the message was not a well-formed hello. */
+export interface HelloRefusal {
+  rank: number | null;
+  /** Remote address:port. */
+  peer: string;
+  error: SyncbnError;
+}
+
+/**
+ * What became of each rank's hellos: whether it ever joined, and the last refusal
+ * of a hello that claimed it, so a deadline waiting on a rank that never joined
+ * can say why. Ranks outside the world are not recorded.
+ */
+export class HelloRecords {
+  private readonly joinedEver = new Set<number>();
+  private readonly lastRefusal = new Map<number, HelloRefusal>();
+
+  constructor(private readonly worldSize: number) {}
+
+  joined(rank: number): void {
+    this.joinedEver.add(rank);
+    this.lastRefusal.delete(rank);
+  }
+
+  refused(r: HelloRefusal): void {
+    if (r.rank !== null && r.rank < this.worldSize && !this.joinedEver.has(r.rank)) this.lastRefusal.set(r.rank, r);
+  }
+
+  /** For each of these ranks that never joined: that, and its last refusal at hello ("" if they all joined). */
+  neverJoined(missing: readonly number[]): string {
+    const parts: string[] = [];
+    for (const r of missing) {
+      if (this.joinedEver.has(r)) continue;
+      const ref = this.lastRefusal.get(r);
+      parts.push(
+        ref
+          ? `rank ${r} never joined: refused at hello (from ${ref.peer}): ${ref.error.detail} (${ref.error.code})`
+          : `rank ${r} never joined (not started, or cannot reach the coordinator?)`,
+      );
+    }
+    return parts.join("; ");
+  }
+
+  /** Why these ranks did not contribute, for a deadline message: neverJoined, and the usual hint for ranks that joined. */
+  whyMissing(missing: readonly number[]): string {
+    const parts = [this.neverJoined(missing)].filter(Boolean);
+    if (missing.some((r) => this.joinedEver.has(r))) parts.push("(frozen, overloaded or crashed?); raise --round-timeout if the workers are just slow");
+    return parts.join("; ");
+  }
+}
+
+/** The log line of a refused hello: rank, address and reason (refusal messages never hold the token). */
+export function describeRefusal(r: HelloRefusal): string {
+  return `refused a hello${r.rank !== null ? ` as rank ${r.rank}` : ""} from ${r.peer}: ${r.error.message}`;
+}
+
+/**
+ * A refusal handler that writes describeRefusal lines, at most `perWindow` per
+ * `windowMs` (a flood of bad hellos must not flood the log), then says how many
+ * it left out.
+ */
+export function refusalLogger(write: (line: string) => void, perWindow = 20, windowMs = 10_000): (r: HelloRefusal) => void {
+  let windowStart = -Infinity;
+  let shown = 0;
+  let hidden = 0;
+  return (r) => {
+    const now = performance.now();
+    if (now - windowStart > windowMs) {
+      if (hidden > 0) write(`(${hidden} more refused hellos not shown)`);
+      windowStart = now;
+      shown = 0;
+      hidden = 0;
+    }
+    if (shown < perWindow) {
+      shown++;
+      write(describeRefusal(r));
+    } else hidden++;
+  };
 }

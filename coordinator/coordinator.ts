@@ -25,7 +25,7 @@ import {
 } from "../shared/protocol.js";
 import { RunningStatsTable } from "./running-stats.js";
 import { reduceRound, type ReducedRound } from "./reduce.js";
-import { admissionProblem } from "./admission.js";
+import { HelloRecords, admissionProblem, type HelloRefusal } from "./admission.js";
 import { orderProblem, otherRoundOpenProblem, shapeProblem, type RoundKey } from "./contribution-checks.js";
 import { ScopeTable } from "./scopes.js";
 
@@ -36,6 +36,8 @@ export interface Peer {
   close(code: number, reason: string): void;
   /** For log lines only, e.g. "127.0.0.1:53412". */
   readonly label: string;
+  /** Its hello was accepted (before the welcome): the transport lifts its pre-hello limits; a throw refuses it. */
+  admitted?(): void;
 }
 
 export interface CoordinatorOptions {
@@ -66,6 +68,8 @@ export interface RoundEvent {
 
 export interface CoordinatorEvents {
   onJoin?(rank: number): void;
+  /** A hello was refused (the peer has been told why); for the log. */
+  onRefused?(r: HelloRefusal): void;
   onRound?(ev: RoundEvent): void;
   /** The run failed; every peer has been sent the error. Called once. */
   onFailed?(err: SyncbnError): void;
@@ -121,6 +125,7 @@ export class Coordinator {
   private lastCompletedGradStep: number | null = null;
   private firstStepSeen: number | null = null;
   readonly lostWorkers: { rank: number; step: number; reason: string }[] = [];
+  private readonly hellos: HelloRecords;
   readonly runningStats: RunningStatsTable;
   events: CoordinatorEvents = {};
 
@@ -132,6 +137,7 @@ export class Coordinator {
     this.worldSize = opts.worldSize;
     this.peers = new Array<Peer | null>(opts.worldSize).fill(null);
     this.lastKey = new Array(opts.worldSize).fill(null);
+    this.hellos = new HelloRecords(opts.worldSize);
     for (let r = 0; r < opts.worldSize; r++) this.active.add(r);
     this.scopes.rebuild(this.worldSize, this.groupSize, this.active);
     this.conventions = null;
@@ -241,7 +247,7 @@ export class Coordinator {
   private admit(peer: Peer, msg: unknown): void {
     const problem = checkHello(msg);
     if (problem !== null) {
-      this.refuse(peer, new SyncbnError(ErrorCode.BadMessage, `${problem} (peer ${peer.label})`));
+      this.refuseHello(peer, null, new SyncbnError(ErrorCode.BadMessage, `${problem} (peer ${peer.label})`));
       return;
     }
     const hello = msg as Hello;
@@ -250,33 +256,49 @@ export class Coordinator {
       token: this.opts.token,
       worldSize: this.worldSize,
       rankTaken: hello.rank < this.worldSize && (this.peers[hello.rank] !== null || this.finished.has(hello.rank)),
+      dropped: this.lostWorkers.some((l) => l.rank === hello.rank),
     });
     if (refusal) {
-      this.refuse(peer, refusal);
+      this.refuseHello(peer, hello.rank, refusal);
       return;
     }
     if (this.failure) {
-      this.refuse(peer, this.failure);
+      this.refuseHello(peer, hello.rank, this.failure);
       return;
     }
     if (this.conventions === null) {
       try {
         this.adoptConventions(hello.conventions);
       } catch (e) {
-        this.refuse(peer, isSyncbnError(e) ? e : new SyncbnError(ErrorCode.Conventions, String(e), ctx));
+        this.refuseHello(peer, hello.rank, isSyncbnError(e) ? e : new SyncbnError(ErrorCode.Conventions, String(e), ctx));
         return;
       }
     } else {
       const diff = diffConventions(this.conventions, hello.conventions);
       if (diff.length > 0) {
-        this.refuse(peer, new SyncbnError(ErrorCode.Conventions, `BN conventions differ from the run's: ${diff.join("; ")}`, ctx));
+        this.refuseHello(peer, hello.rank, new SyncbnError(ErrorCode.Conventions, `BN conventions differ from the run's: ${diff.join("; ")}`, ctx));
         return;
       }
     }
+    try {
+      peer.admitted?.();
+    } catch (e) {
+      this.refuseHello(peer, hello.rank, new SyncbnError(ErrorCode.BadConfig, (e as Error).message, ctx));
+      return;
+    }
     this.peers[hello.rank] = peer;
     this.byPeer.set(peer, hello.rank);
+    this.hellos.joined(hello.rank);
     peer.send(encode({ type: "welcome", version: PROTOCOL_VERSION, rank: hello.rank, worldSize: this.worldSize }));
     this.events.onJoin?.(hello.rank);
+  }
+
+  /** Refuses a connection at its hello, recorded for the deadline messages and reported for the log. */
+  private refuseHello(peer: Peer, rank: number | null, err: SyncbnError): void {
+    const r: HelloRefusal = { rank, peer: peer.label, error: err };
+    this.hellos.refused(r);
+    this.events.onRefused?.(r);
+    this.refuse(peer, err);
   }
 
   private contribute(rank: number, c: Contribution): void {
@@ -410,13 +432,14 @@ export class Coordinator {
     const missing = round.members.filter((_, i) => round.parts[i] === null);
     if (this.opts.onWorkerLoss === "continue") {
       for (const r of missing) this.peers[r]?.close(CLOSE_ERROR, "missed a round deadline");
-      this.loseWorkers(missing, `missed the ${this.opts.roundTimeoutMs} ms deadline of ${describeRound(round.step, round.phase, round.layer)}`);
+      const never = this.hellos.neverJoined(missing);
+      this.loseWorkers(missing, `missed the ${this.opts.roundTimeoutMs} ms deadline of ${describeRound(round.step, round.phase, round.layer)}${never ? ` (${never})` : ""}`);
       return;
     }
     this.failRun(
       new SyncbnError(
         ErrorCode.Timeout,
-        `round deadline of ${this.opts.roundTimeoutMs} ms passed without a contribution from rank(s) ${missing.join(", ")} (frozen, overloaded or crashed?); raise --round-timeout if the workers are just slow`,
+        `round deadline of ${this.opts.roundTimeoutMs} ms passed without a contribution from rank(s) ${missing.join(", ")}: ${this.hellos.whyMissing(missing)}`,
         { rank: missing, step: round.step, layer: round.layer, phase: round.phase },
       ),
     );

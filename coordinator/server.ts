@@ -1,14 +1,17 @@
 // The coordinator's network transports: a `ws` server (no compression, explicit
 // maxPayload; the default wire) or a raw-TCP listener (tcp-server.ts), each turning
 // connections into Peers of the socket-free Coordinator. Binds 127.0.0.1 by
-// default; refuses a non-loopback bind without a token.
+// default; refuses a non-loopback bind without a token. Connections not yet
+// admitted are held to pending.ts's limits on both wires.
 
+import { createServer, type IncomingMessage } from "node:http";
 import { WebSocketServer, type WebSocket } from "ws";
-import type { AddressInfo } from "node:net";
+import type { AddressInfo, Socket } from "node:net";
 import { ErrorCode, SyncbnError } from "../shared/errors.js";
 import { Coordinator, type CoordinatorOptions, type Peer } from "./coordinator.js";
 import { noteSent } from "./frame-release.js";
 import { listenTcp } from "./tcp-server.js";
+import { DEFAULT_HELLO_TIMEOUT_MS, DEFAULT_MAX_PENDING, MAX_HELLO_TIMEOUT_MS, PRE_HELLO_MAX_BYTES, PendingConnections, type PendingLimits } from "./pending.js";
 
 /** ws: WebSocket (DESIGN.md §5.1, the default); tcp: the same messages on raw TCP, less work per message. */
 export type Wire = "ws" | "tcp";
@@ -22,6 +25,10 @@ export interface ServerOptions extends CoordinatorOptions {
   maxPayload: number;
   /** Default "ws". */
   wire?: Wire;
+  /** A connection whose hello is not accepted this long after it was accepted is closed (default 5 s). */
+  helloTimeoutMs?: number;
+  /** Connections open but not yet admitted beyond this many are closed at once (default 64). */
+  maxPending?: number;
 }
 
 export const DEFAULT_MAX_PAYLOAD = 256 * 1024 * 1024;
@@ -31,6 +38,8 @@ export interface CoordinatorServer {
   host: string;
   port: number;
   url: string;
+  /** Connections not yet admitted (for tests). */
+  pending: PendingConnections;
   close(): Promise<void>;
 }
 
@@ -45,10 +54,17 @@ export async function startCoordinatorServer(opts: ServerOptions): Promise<Coord
       `refusing to listen on ${opts.host} without a token: anyone who can reach it could join the run; pass --token (or set SYNCBN_TOKEN), or bind 127.0.0.1`,
     );
   }
+  const limits: PendingLimits = { helloTimeoutMs: opts.helloTimeoutMs ?? DEFAULT_HELLO_TIMEOUT_MS, maxPending: opts.maxPending ?? DEFAULT_MAX_PENDING };
+  if (!Number.isInteger(limits.helloTimeoutMs) || limits.helloTimeoutMs < 1 || limits.helloTimeoutMs > MAX_HELLO_TIMEOUT_MS) {
+    throw new SyncbnError(ErrorCode.BadConfig, `the hello timeout must be an integer from 1 to ${MAX_HELLO_TIMEOUT_MS} ms, got ${limits.helloTimeoutMs}`);
+  }
+  if (!Number.isInteger(limits.maxPending) || limits.maxPending < 1) {
+    throw new SyncbnError(ErrorCode.BadConfig, `the pending-connection bound must be a positive integer, got ${limits.maxPending}`);
+  }
   const coordinator = new Coordinator(opts);
   const urlHost = opts.host.includes(":") && !opts.host.startsWith("[") ? `[${opts.host}]` : opts.host;
   if (opts.wire === "tcp") {
-    const tcp = await listenTcp(coordinator, opts.host, opts.port, opts.maxPayload).catch((e: Error) => {
+    const tcp = await listenTcp(coordinator, opts.host, opts.port, opts.maxPayload, limits).catch((e: Error) => {
       throw new SyncbnError(ErrorCode.BadConfig, `coordinator cannot listen on ${opts.host}:${opts.port}: ${e.message}`);
     });
     return {
@@ -56,42 +72,78 @@ export async function startCoordinatorServer(opts: ServerOptions): Promise<Coord
       host: opts.host,
       port: tcp.port,
       url: `tcp://${urlHost}:${tcp.port}`,
+      pending: tcp.pending,
       close: () => {
         coordinator.shutdown("coordinator shut down");
         return tcp.close();
       },
     };
   }
+  // Our own HTTP server, so that the pending bound and the hello deadline count from
+  // the TCP accept (a connection that never sends its upgrade request is timed too).
+  const pending = new PendingConnections(limits);
+  const sockets = new Set<Socket>();
+  const http = createServer();
+  http.on("connection", (sock: Socket) => {
+    if (!pending.accept(sock)) return;
+    sockets.add(sock);
+    sock.once("close", () => sockets.delete(sock));
+  });
+  http.on("request", (_req, res) => {
+    res.writeHead(426, { connection: "close" }).end("syncbn coordinator: WebSocket only\n");
+  });
+  // maxPayload is the PRE-hello cap for every connection: `ws` checks each frame's
+  // declared length (and a fragmented message's running total) against it from the
+  // header, before buffering, and closes with 1009. Once the hello is accepted the
+  // connection's receiver gets the full maxPayload (attach/raisePayloadLimit).
   const wss = new WebSocketServer({
-    host: opts.host,
-    port: opts.port,
+    server: http,
     perMessageDeflate: false,
-    maxPayload: opts.maxPayload,
+    maxPayload: Math.min(PRE_HELLO_MAX_BYTES, opts.maxPayload),
     clientTracking: true,
   });
   await new Promise<void>((resolve, reject) => {
-    wss.once("listening", resolve);
-    wss.once("error", (e) =>
+    http.once("listening", resolve);
+    http.once("error", (e) =>
       reject(new SyncbnError(ErrorCode.BadConfig, `coordinator cannot listen on ${opts.host}:${opts.port}: ${(e as Error).message}`)),
     );
+    http.listen(opts.port, opts.host);
   });
-  wss.on("error", () => {
+  http.on("error", () => {
     // after listening, server errors surface per connection
   });
-  wss.on("connection", (ws, req) => attach(coordinator, ws, `${req.socket.remoteAddress}:${req.socket.remotePort}`));
-  const port = (wss.address() as AddressInfo).port;
+  wss.on("error", () => {});
+  wss.on("connection", (ws, req) => attach(coordinator, ws, req, opts.maxPayload, pending));
+  const port = (http.address() as AddressInfo).port;
   return {
     coordinator,
     host: opts.host,
     port,
     url: `ws://${urlHost}:${port}`,
+    pending,
     close: () =>
       new Promise<void>((resolve) => {
         coordinator.shutdown("coordinator shut down");
+        pending.clear();
         for (const c of wss.clients) c.terminate();
-        wss.close(() => resolve());
+        for (const s of sockets) s.destroy();
+        wss.close(() => http.close(() => resolve()));
       }),
   };
+}
+
+/**
+ * Gives an admitted connection the full message limit. `ws` fixes maxPayload per
+ * server, so this sets the connection's own receiver limit, `_receiver._maxPayload`
+ * (ws 8: read on every frame header). That field is internal: if a `ws` upgrade
+ * renames it, this refuses the worker with a message saying so instead of letting
+ * its first large round fail obscurely (the real runs of the test suite cover it).
+ */
+function raisePayloadLimit(ws: WebSocket, maxPayload: number): boolean {
+  const receiver = (ws as unknown as { _receiver?: { _maxPayload?: unknown } })._receiver;
+  if (!receiver || typeof receiver._maxPayload !== "number") return false;
+  receiver._maxPayload = maxPayload;
+  return true;
 }
 
 function sendPooled(ws: WebSocket, bytes: Uint8Array): void {
@@ -100,20 +152,30 @@ function sendPooled(ws: WebSocket, bytes: Uint8Array): void {
   noteSent(bytes, ws.bufferedAmount === 0);
 }
 
-function attach(coordinator: Coordinator, ws: WebSocket, label: string): void {
+function attach(coordinator: Coordinator, ws: WebSocket, req: IncomingMessage, maxPayload: number, pending: PendingConnections): void {
+  /** Set once the coordinator closed this peer: what it still sends is not read. */
+  let closing = false;
   const peer: Peer = {
-    label,
+    label: `${req.socket.remoteAddress}:${req.socket.remotePort}`,
     send: (bytes) => {
       if (ws.readyState === ws.OPEN) sendPooled(ws, bytes);
     },
     close: (code, reason) => {
+      closing = true;
       // Let the error message flush before closing.
       ws.close(code, reason.slice(0, 120));
       setTimeout(() => ws.terminate(), 1000).unref();
     },
+    admitted: () => {
+      if (!raisePayloadLimit(ws, maxPayload)) {
+        throw new Error("this version of the ws package does not let syncbn raise a connection's message limit after its hello (ws 8 receiver internals); install the ws version in package-lock.json");
+      }
+      pending.admitted(req.socket);
+    },
   };
   // Text frames are fed through too: they fail decoding or validation like any bad message.
   ws.on("message", (data) => {
+    if (closing) return;
     const bytes = Array.isArray(data) ? Buffer.concat(data) : data instanceof ArrayBuffer ? new Uint8Array(data) : data;
     coordinator.receive(peer, bytes);
   });

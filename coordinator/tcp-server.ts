@@ -3,23 +3,29 @@
 // shared/stream-frames.ts (round frames self-delimiting and written in one
 // write; the rest enveloped). What it saves over ws is per-message framing,
 // masking and stream work on both ends; the Coordinator behind it is the same.
+// Until its hello is accepted a connection is held to pending.ts's limits.
 
 import { createServer, type Server, type Socket } from "node:net";
 import { StreamFrameReader, toStreamUnit } from "../shared/stream-frames.js";
 import type { Coordinator, Peer } from "./coordinator.js";
 import { noteSent } from "./frame-release.js";
+import { PRE_HELLO_MAX_BYTES, PendingConnections, type PendingLimits } from "./pending.js";
 
 export interface TcpListener {
   port: number;
+  /** Connections not yet admitted (for tests). */
+  pending: PendingConnections;
   close(): Promise<void>;
 }
 
-export async function listenTcp(coordinator: Coordinator, host: string, port: number, maxPayload: number): Promise<TcpListener> {
+export async function listenTcp(coordinator: Coordinator, host: string, port: number, maxPayload: number, limits: PendingLimits): Promise<TcpListener> {
   const sockets = new Set<Socket>();
+  const pending = new PendingConnections(limits);
   const server: Server = createServer({ noDelay: true }, (sock) => {
+    if (!pending.accept(sock)) return;
     sockets.add(sock);
     sock.once("close", () => sockets.delete(sock));
-    attachSocket(coordinator, sock, maxPayload);
+    attachSocket(coordinator, sock, maxPayload, pending);
   });
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
@@ -33,15 +39,17 @@ export async function listenTcp(coordinator: Coordinator, host: string, port: nu
   });
   return {
     port: (server.address() as { port: number }).port,
+    pending,
     close: () =>
       new Promise<void>((resolve) => {
+        pending.clear();
         for (const s of sockets) s.destroy();
         server.close(() => resolve());
       }),
   };
 }
 
-function attachSocket(coordinator: Coordinator, sock: Socket, maxPayload: number): void {
+function attachSocket(coordinator: Coordinator, sock: Socket, maxPayload: number, pending: PendingConnections): void {
   const label = `${sock.remoteAddress}:${sock.remotePort}`;
   let closeDetail = "connection closed";
   /** Set once the coordinator closed this peer: what it still sends is not read. */
@@ -61,8 +69,14 @@ function attachSocket(coordinator: Coordinator, sock: Socket, maxPayload: number
       sock.end();
       setTimeout(() => sock.destroy(), 1000).unref();
     },
+    admitted: () => {
+      // Called from inside the hello's delivery: the next unit's header is checked against the full limit.
+      reader.maxBytes = maxPayload;
+      pending.admitted(sock);
+    },
   };
-  const reader = new StreamFrameReader(maxPayload, (bytes) => {
+  // Until the hello is accepted, a header declaring more than a hello can need is refused at once.
+  const reader = new StreamFrameReader(Math.min(PRE_HELLO_MAX_BYTES, maxPayload), (bytes) => {
     if (!closing) coordinator.receive(peer, bytes);
   });
   sock.on("data", (chunk: Buffer) => {

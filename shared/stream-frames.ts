@@ -37,8 +37,11 @@ export class StreamFrameReader {
   private carry: Uint8Array | null = null;
 
   constructor(
-    /** Largest message accepted, in bytes; a larger header fails at once, before any buffering. */
-    private readonly maxBytes: number,
+    /**
+     * Largest message accepted, in bytes; a larger header fails at once, before any
+     * buffering. Transports may change it between messages (raised once a peer is admitted).
+     */
+    public maxBytes: number,
     private readonly onMessage: (bytes: Uint8Array) => void,
   ) {}
 
@@ -83,7 +86,8 @@ export class StreamFrameReader {
 
   /**
    * push() for a transport: the reason the stream must be dropped (a malformed or
-   * oversized unit), or null when the chunk was taken.
+   * oversized unit, or a buffer that could not be allocated), or null when the
+   * chunk was taken. An allocation failure drops this connection, never the process.
    */
   feed(chunk: Uint8Array): string | null {
     try {
@@ -91,6 +95,11 @@ export class StreamFrameReader {
       return null;
     } catch (e) {
       if (e instanceof StreamFrameError) return e.message;
+      if (e instanceof RangeError) {
+        this.unit = null;
+        this.carry = null;
+        return `could not buffer a message (${e.message})`;
+      }
       throw e;
     }
   }

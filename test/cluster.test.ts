@@ -12,8 +12,8 @@ async function startCoordinator(world: number, token: string, extra: string[] = 
   return { proc, url };
 }
 
-function startWorker(url: string, rank: number, world: number, token: string): RunningCli {
-  return startCli(["worker", "--coordinator", url, "--rank", String(rank), "--world", String(world), "--token", token, ...TRAIN], { timeoutMs: 60_000 });
+function startWorker(url: string, rank: number, world: number, token: string, extra: string[] = []): RunningCli {
+  return startCli(["worker", "--coordinator", url, "--rank", String(rank), "--world", String(world), "--token", token, ...TRAIN, ...extra], { timeoutMs: 90_000 });
 }
 
 describe("coordinator and workers as separate processes", () => {
@@ -50,10 +50,63 @@ describe("coordinator and workers as separate processes", () => {
       expect(dup.stderr).toMatch(/SYNCBN_ERR_DUPLICATE_RANK: \[rank 0\] rank 0 is already taken/);
       // The run itself is unharmed: the coordinator still waits for rank 1.
       expect(coord.child.exitCode).toBeNull();
-      expect(coord.stderr()).not.toMatch(/SYNCBN_ERR/);
-      expect(coord.stdout()).not.toContain("right-token");
+      // It logged both refusals (rank, address, reason) and nothing else went wrong; no token in its output.
+      const log = coord.stderr();
+      expect(log).toMatch(/refused a hello as rank 1 from 127\.0\.0\.1:\d+: SYNCBN_ERR_TOKEN: \[rank 1\] wrong run token/);
+      expect(log).toMatch(/refused a hello as rank 0 from 127\.0\.0\.1:\d+: SYNCBN_ERR_DUPLICATE_RANK/);
+      expect(log.split("\n").filter((l) => l.trim() && !l.startsWith("refused a hello"))).toEqual([]);
+      for (const text of [coord.stdout(), log]) for (const t of ["right-token", "wrong-token"]) expect(text).not.toContain(t);
     } finally {
       for (const p of [coord, good]) p.child.kill("SIGKILL");
     }
   });
+
+  it("logs a worker refused at its hello (different --lr), and the others' deadline error says that rank never joined and why", async () => {
+    const { proc: coord, url } = await startCoordinator(3, "tok", ["--round-timeout", "15000"]);
+    const good = [0, 1].map((r) => startWorker(url, r, 3, "tok"));
+    let odd: RunningCli | null = null;
+    try {
+      // The run adopts the first hello's settings: let ranks 0 and 1 in first.
+      await waitForOutput(coord, (o) => /worker rank 0 joined/.test(o) && /worker rank 1 joined/.test(o), 30_000);
+      odd = startWorker(url, 2, 3, "tok", ["--lr", "0.1"]);
+      const refused = await odd.done;
+      expect(refused.code).toBe(1);
+      expect(refused.stderr).toMatch(/SYNCBN_ERR_CONVENTIONS: \[rank 2\] BN conventions differ from the run's: lr: run has 0\.05, worker has 0\.1/);
+      // The coordinator logs the refusal at once: rank, address, reason.
+      expect(coord.stderr()).toMatch(/refused a hello as rank 2 from 127\.0\.0\.1:\d+: SYNCBN_ERR_CONVENTIONS: \[rank 2\] BN conventions differ from the run's: lr: run has 0\.05, worker has 0\.1/);
+      // At the round deadline, everyone is told why rank 2 is missing.
+      const [c, w0, w1] = await Promise.all([coord.done, good[0]!.done, good[1]!.done]);
+      for (const r of [c, w0, w1]) {
+        expect(r.code).not.toBe(0);
+        expect(r.stderr).toMatch(/SYNCBN_ERR_TIMEOUT: \[rank\(s\) 2, step 0, layer 0, phase fwd\] round deadline of 15000 ms passed without a contribution from rank\(s\) 2: rank 2 never joined: refused at hello \(from 127\.0\.0\.1:\d+\): BN conventions differ from the run's: lr: run has 0\.05, worker has 0\.1/);
+        expect(r.stderr).not.toMatch(/frozen, overloaded/);
+      }
+    } finally {
+      for (const p of [coord, ...good, ...(odd ? [odd] : [])]) p.child.kill("SIGKILL");
+    }
+  }, 120_000);
+
+  it("refuses a lost rank that reconnects in elastic mode (--on-worker-loss continue), telling it and logging it, and the run goes on", async () => {
+    const { proc: coord, url } = await startCoordinator(3, "tok", ["--on-worker-loss", "continue"]);
+    const workers = [0, 1, 2].map((r) => startWorker(url, r, 3, "tok"));
+    let again: RunningCli | null = null;
+    try {
+      await waitForOutput(coord, (o) => /step \d+/.test(o), 30_000);
+      workers[2]!.child.kill("SIGKILL");
+      await waitForOutput(coord, (o) => /worker rank\(s\) 2 .*continuing from step \d+ with 2 workers/.test(o), 30_000);
+      again = startWorker(url, 2, 3, "tok");
+      const r = await again.done;
+      expect(r.code).toBe(1);
+      expect(r.stderr).toMatch(/SYNCBN_ERR_WORKER_LOST: \[rank 2\] rank 2 was lost and the run went on without it \(--on-worker-loss continue\); rejoining a run is not supported/);
+      expect(coord.stderr()).toMatch(/refused a hello as rank 2 from 127\.0\.0\.1:\d+: SYNCBN_ERR_WORKER_LOST: \[rank 2\] rank 2 was lost .*rejoining a run is not supported/);
+      // Not "joined" a second time, and the run is still going with the other two.
+      expect(coord.stdout().match(/worker rank 2 joined/g)).toHaveLength(1);
+      const stepsSoFar = (coord.stdout().match(/step \d+/g) ?? []).length;
+      await waitForOutput(coord, (o) => (o.match(/step \d+/g) ?? []).length > stepsSoFar, 30_000);
+      expect(coord.child.exitCode).toBeNull();
+      for (const w of [workers[0]!, workers[1]!]) expect(w.child.exitCode).toBeNull();
+    } finally {
+      for (const p of [coord, ...workers, ...(again ? [again] : [])]) p.child.kill("SIGKILL");
+    }
+  }, 120_000);
 });
