@@ -207,6 +207,8 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
     for (const l of formatSummary(summary)) o.print(l);
     return { ok: true, interrupted: false, summary, failure: [] };
   } finally {
+    // A failed or interrupted run keeps its last step's line too (without the timing it never got).
+    monitor.flush();
     process.off("SIGINT", onSigint);
     process.off("SIGTERM", onSigint);
     await killAll(procs);
