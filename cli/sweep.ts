@@ -1,12 +1,14 @@
 // `syncbn sweep`: every (norm mode × per-worker batch × seed) combination, one
 // `runTrain` after another (this is a 2-core-machine tool: runs never overlap),
-// under one overall progress bar; resumable; writes results.csv, results.md and
-// report.html (rendered by report.ts). Not a scheduler: no parallel runs, no
+// under one overall progress bar; resumable and extensible (more modes, batches,
+// seeds in the same folder reuse the runs done); writes results.csv, results.md
+// and report.html (rendered by report.ts). Not a scheduler: no parallel runs, no
 // retries of a run that failed for a reason that would fail again.
 
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { cpus, platform, release } from "node:os";
 import { join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
 import { Command, InvalidArgumentError, Option } from "commander";
 import { ErrorCode, SyncbnError } from "../shared/errors.js";
 import { DEFAULT_FASHION_MNIST_DIR, FASHION_MNIST_DIR_ENV } from "../worker/data/dataset.js";
@@ -22,10 +24,13 @@ import {
   budgetText,
   combosOf,
   expectedSteps,
+  gridAdditions,
   lrFor,
   lrRuleText,
   runName,
   settingsFor,
+  sharedSettingDiffs,
+  unionGrid,
   validateGrid,
   type SweepGrid,
 } from "./sweep-grid.js";
@@ -37,40 +42,87 @@ export const DEFAULT_SWEEP_OUT = "runs/sweep";
 interface SweepFile {
   tool: "syncbn sweep";
   version: 1;
+  /** The folder's grid: the union of every command run on it (they share everything but the axes). */
   grid: SweepGrid;
   created: string;
+  /** Every distinct command that ran on this folder, oldest first. */
+  commands?: string[];
 }
 
-function canonical(g: SweepGrid): string {
-  return JSON.stringify(Object.fromEntries(Object.entries(g).sort(([a], [b]) => a.localeCompare(b))));
+/** What a sweep folder holds before this command, and the grid this command makes of it. */
+interface SweepPlan {
+  grid: SweepGrid;
+  old: Partial<SweepFile> | null;
+  /** "" for a new folder or the same grid; else what this command adds. */
+  additions: string;
 }
 
-/** Creates DIR/sweep.json, or checks that the one there holds this grid. */
-function claimOutDir(outDir: string, g: SweepGrid, print: (l: string) => void): void {
+/**
+ * The grid to run in outDir: this command's, or (an existing sweep there) the
+ * union of both when only the axes (norms, batches, seeds) differ; a folder whose
+ * shared settings differ is refused, naming them. Reads only: nothing is written.
+ */
+function planOutDir(outDir: string, g: SweepGrid): SweepPlan {
   const path = join(outDir, "sweep.json");
-  mkdirSync(join(outDir, "runs"), { recursive: true });
-  if (!existsSync(path)) {
-    const f: SweepFile = { tool: "syncbn sweep", version: 1, grid: g, created: new Date().toISOString() };
-    writeFileSync(path, `${JSON.stringify(f, null, 2)}\n`);
-    return;
-  }
+  if (!existsSync(path)) return { grid: g, old: null, additions: "" };
   let old: Partial<SweepFile>;
   try {
     old = JSON.parse(readFileSync(path, "utf8")) as Partial<SweepFile>;
   } catch (e) {
     throw new SyncbnError(ErrorCode.BadConfig, `${path} is not a readable sweep file (${(e as Error).message}); use another --out`);
   }
-  if (!old.grid || canonical({ ...DEFAULT_GRID, ...old.grid }) !== canonical(g)) {
-    const was = (old.grid ?? {}) as Partial<Record<keyof SweepGrid, unknown>>;
-    const diffs = (Object.keys(g) as (keyof SweepGrid)[])
-      .filter((k) => JSON.stringify(was[k]) !== JSON.stringify(g[k]))
-      .map((k) => `${k} was ${JSON.stringify(was[k])}, now ${JSON.stringify(g[k])}`);
+  if (!old.grid) throw new SyncbnError(ErrorCode.BadConfig, `${path} holds no grid (unrecognized file); use another --out, or delete ${outDir} to start over`);
+  const was: SweepGrid = { ...DEFAULT_GRID, ...old.grid };
+  const diffs = sharedSettingDiffs(was, g);
+  if (diffs.length) {
     throw new SyncbnError(
       ErrorCode.BadConfig,
-      `${outDir} holds a sweep with a different grid (${diffs.join("; ") || "unrecognized file"}); use another --out for this grid, or delete ${outDir} to start over`,
+      `${outDir} holds a sweep with other shared settings (${diffs.join("; ")}); its runs cannot be compared with these: use another --out, or delete ${outDir} to start over`,
     );
   }
-  print(`resuming the sweep in ${outDir} (started ${old.created ?? "earlier"})`);
+  return { grid: unionGrid(was, g), old, additions: gridAdditions(was, g) };
+}
+
+/** Writes DIR/sweep.json for the planned grid, with this command appended to its history. */
+function claimOutDir(outDir: string, plan: SweepPlan, command: string, print: (l: string) => void): void {
+  mkdirSync(join(outDir, "runs"), { recursive: true });
+  const commands = [...(plan.old?.commands ?? [])];
+  if (commands[commands.length - 1] !== command) commands.push(command);
+  const f: SweepFile = { tool: "syncbn sweep", version: 1, grid: plan.grid, created: plan.old?.created ?? new Date().toISOString(), commands };
+  writeFileSync(join(outDir, "sweep.json"), `${JSON.stringify(f, null, 2)}\n`);
+  if (!plan.old) return;
+  const g = plan.grid;
+  if (plan.additions) print(`extending the sweep in ${outDir} (started ${plan.old.created ?? "earlier"}) with ${plan.additions}; its runs done so far are reused`);
+  else print(`resuming the sweep in ${outDir} (started ${plan.old.created ?? "earlier"})`);
+  print(`  the folder's grid: norms ${g.norms.join(", ")} × batches ${g.batches.join(", ")} × seeds ${g.seeds.join(", ")}`);
+}
+
+/**
+ * A finished run is reused only if its summary.json says it was trained with the
+ * settings its folder name and the grid give it; else the folder is refused, naming the run and the setting.
+ */
+function checkFinishedRuns(outDir: string, g: SweepGrid): void {
+  for (const c of combosOf(g)) {
+    const path = join(outDir, "runs", c.name, "summary.json");
+    const s = readJson<Partial<RunSummary>>(path);
+    if (!s) continue;
+    const expected: [keyof RunSummary, unknown][] = [["norm", c.norm], ["perWorkerBatch", c.batch], ["workers", g.workers], ["model", g.model], ["data", g.data]];
+    const bad = expected.filter(([k, v]) => s[k] !== undefined && s[k] !== v).map(([k, v]) => `${k} is ${JSON.stringify(s[k])}, expected ${JSON.stringify(v)}`);
+    if (bad.length) throw new SyncbnError(ErrorCode.BadConfig, `${path} does not belong to this sweep (${bad.join("; ")}); use another --out, or delete that run's folder to redo it`);
+  }
+}
+
+/** The sweep's own command line as typed (arguments quoted where the shell would need it). */
+export function commandLine(argv: readonly string[]): string {
+  const quote = (a: string): string => (/^[\w@%+=:,./-]+$/.test(a) ? a : `'${a.replace(/'/g, "'\\''")}'`);
+  return ["syncbn", ...argv.slice(2).map(quote)].join(" ");
+}
+
+/** This syncbn's version, from its package.json ("unknown" if that cannot be read). */
+export function syncbnVersion(): string {
+  // dist/cli/sweep.js and cli/sweep.ts both sit two levels below the package root.
+  const v = readJson<{ version?: unknown }>(fileURLToPath(new URL("../../package.json", import.meta.url)));
+  return typeof v?.version === "string" ? v.version : "unknown";
 }
 
 interface FailureFile {
@@ -96,7 +148,7 @@ function readJson<T>(path: string): T | null {
   }
 }
 
-/** Training loss per step and mean reported sync wait, from a run's metrics.jsonl. */
+/** Training loss per step and mean time in sync rounds per step (steps that report it), from a run's metrics.jsonl. */
 function readMetrics(dir: string): { loss: number[]; waitMsPerStep: number | null } {
   let text = "";
   try {
@@ -132,7 +184,7 @@ function readRun(outDir: string, g: SweepGrid, norm: string, b: number, seed: nu
   const s = readJson<RunSummary>(join(dir, "summary.json"));
   if (s) {
     const m = readMetrics(dir);
-    // Workers report each step's wait one step late; the mean over reported steps × steps is the total.
+    // The last step has no time in sync rounds (workers report it with the next step): mean over the others × steps.
     const waitMs = m.waitMsPerStep ?? s.syncWaitMsPerStep;
     return {
       ...base,
@@ -152,6 +204,8 @@ function readRun(outDir: string, g: SweepGrid, norm: string, b: number, seed: nu
 
 export interface SweepOptions {
   grid: SweepGrid;
+  /** The command as typed, for sweep.json and the report (default: this process's argv). */
+  command?: string;
   /** Where "fashion-mnist" is read from (the workers get the same environment). */
   fashionMnistDir?: string;
   outDir: string;
@@ -212,7 +266,7 @@ class Eta {
   }
 }
 
-export function reportInfo(g: SweepGrid, missingRuns: number): SweepReportInfo {
+export function reportInfo(g: SweepGrid, missingRuns: number, commands: readonly string[] = []): SweepReportInfo {
   const cpu = cpus();
   return {
     workers: g.workers,
@@ -231,6 +285,8 @@ export function reportInfo(g: SweepGrid, missingRuns: number): SweepReportInfo {
     date: new Date().toISOString().replace("T", " ").slice(0, 16) + " UTC",
     machine: `${cpu[0]?.model ?? "unknown CPU"} × ${cpu.length} cores, ${platform()} ${release()}`,
     node: process.version,
+    version: syncbnVersion(),
+    commands: [...commands],
     missingRuns,
   };
 }
@@ -249,7 +305,7 @@ export function writeSweepOutputs(outDir: string, g: SweepGrid): { rows: SweepRu
     const ka = key(a), kb = key(b);
     return ka[0]! - kb[0]! || ka[1]! - kb[1]! || ka[2]! - kb[2]!;
   });
-  const info = reportInfo(g, combos.length - rows.length);
+  const info = reportInfo(g, combos.length - rows.length, readJson<Partial<SweepFile>>(join(outDir, "sweep.json"))?.commands ?? []);
   const markdown = renderMarkdown(rows, info);
   writeFileSync(join(outDir, "results.csv"), renderCsv(rows));
   writeFileSync(join(outDir, "results.md"), markdown);
@@ -258,9 +314,13 @@ export function writeSweepOutputs(outDir: string, g: SweepGrid): { rows: SweepRu
 }
 
 export async function runSweep(o: SweepOptions): Promise<SweepResult> {
-  const g = o.grid;
-  validateGrid(g);
-  checkDataSource(g.data, o.fashionMnistDir);
+  validateGrid(o.grid);
+  checkDataSource(o.grid.data, o.fashionMnistDir);
+  // An existing folder may widen the grid (the union of its axes and ours): checked before anything runs.
+  const plan = planOutDir(o.outDir, o.grid);
+  const g = plan.grid;
+  if (plan.additions) validateGrid(g);
+  checkFinishedRuns(o.outDir, g);
   const combos = combosOf(g);
   const N = combos.length;
   const count = (n: number, one: string, many = `${one}s`): string => `${n} ${n === 1 ? one : many}`;
@@ -273,7 +333,7 @@ export async function runSweep(o: SweepOptions): Promise<SweepResult> {
   if (g.norms.some((n) => n === "local" || n === "renorm" || n.startsWith("group:") || n.startsWith("ghost:"))) {
     o.print("  eval in local, group:K, ghost:G and renorm modes uses rank 0's running statistics (they differ per worker), as PyTorch DDP does");
   }
-  claimOutDir(o.outDir, g, o.print);
+  claimOutDir(o.outDir, plan, o.command ?? commandLine(process.argv), o.print);
 
   let interrupted = false;
   const onSigint = (): void => {
