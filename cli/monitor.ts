@@ -253,7 +253,7 @@ export class RunMonitor {
     const text =
       `step ${step + 1}${total ? `/${total}` : ""}` +
       ` epoch ${this.epochOf(step)}${epochs ? `/${epochs}` : ""}` +
-      ` · loss (avg ${Math.min(PROGRESS_LOSS_STEPS, this.recentLoss.length)} steps) ${smooth.toFixed(4)}` +
+      ` · loss (avg ${this.recentLoss.length} step${this.recentLoss.length > 1 ? "s" : ""}) ${smooth.toFixed(4)}` +
       (sps ? ` · ${Math.round(sps)} samples/s` : "") +
       (wait !== null ? ` · sync ${wait.toFixed(1)} ms${others !== null ? ` (${Math.min(others, wait).toFixed(1)} other ranks)` : ""}` : "") +
       ` · ${clock(elapsed)} elapsed` +
