@@ -277,6 +277,8 @@ export function registerTrainCommands(program: Command): void {
         process.once("SIGINT", () => resolve(new SyncbnError(ErrorCode.Aborted, "interrupted")));
       });
       await server.close();
+      // A failed run keeps its last step's line too.
+      (monitor as RunMonitor | null)?.flush();
       if (outcome) throw outcome;
       const m = monitor as RunMonitor | null;
       if (m) {

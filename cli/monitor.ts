@@ -1,7 +1,8 @@
 // Watches a run through the coordinator's completed rounds (gradient rounds carry
 // loss/accuracy/timing sums, eval rounds the test metrics): progress display,
 // metrics.jsonl, and the final summary. Used by `train` and `coordinator`;
-// it never talks to workers.
+// it never talks to workers. Numbering everywhere: `step` = steps completed
+// (the first step is 1), `epoch` = the 1-based epoch that step belongs to.
 
 import { appendFileSync, readFileSync, renameSync, unlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -24,9 +25,17 @@ export interface RunSummary {
   model: string;
   data: string;
   msPerStep: number | null;
+  /** Median time a worker spent in sync rounds per step (send to result), ms; the two parts below. */
   syncWaitMsPerStep: number | null;
+  /** …of which waiting for the round's last contribution (other ranks, including their CPU time when workers share cores). */
+  waitOtherRanksMsPerStep: number | null;
+  /** …of which the rest: wire both ways, the coordinator's reduction, and waiting to be scheduled. */
+  roundTripMsPerStep: number | null;
   samplesPerSecond: number | null;
+  /** From the monitor's start (in `train`: the coordinator up) to the first completed round: processes, data, connections. */
+  startupSeconds: number | null;
   wallSeconds: number;
+  /** Training loss of the last step's global batch (not smoothed). */
   finalTrainLoss: number | null;
   evalStatistics: string;
   evals: { step: number; epoch: number; testAccuracy: number; testLoss: number }[];
@@ -66,11 +75,51 @@ export function median(values: readonly number[]): number | null {
   return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 }
 
+/** One step line of metrics.jsonl (see the README's outputs). */
+/** One metrics.jsonl line: its type and the step it belongs to, then its fields. */
+type MetricsLine = { type: string; step: number; [field: string]: unknown };
+
+interface StepLine {
+  [field: string]: unknown;
+  type: "step";
+  step: number;
+  epoch: number;
+  loss: number;
+  trainAccuracy: number;
+  msPerStep: number | null;
+  syncWaitMs: number | null;
+  waitOtherRanksMs: number | null;
+  roundTripMs: number | null;
+  samplesPerSecond: number | null;
+}
+
+/** Steps whose loss the progress line averages. */
+const PROGRESS_LOSS_STEPS = 20;
+
+/** Seconds as m:ss (h:mm:ss past an hour), for the progress line. */
+export function clock(seconds: number): string {
+  const t = Math.max(0, Math.round(seconds));
+  const h = Math.floor(t / 3600), m = Math.floor((t % 3600) / 60), sec = String(t % 60).padStart(2, "0");
+  return h > 0 ? `${h}:${String(m).padStart(2, "0")}:${sec}` : `${m}:${sec}`;
+}
+
 export class RunMonitor {
   private readonly started = performance.now();
+  /** performance.now() at the first completed round: start-up ends, training timing begins. */
+  private trainingFrom: number | null = null;
+  private startupSeconds: number | null = null;
   private lastStepAt: number | null = null;
   private readonly stepMs: number[] = [];
   private readonly waitMs: number[] = [];
+  private readonly otherRanksMs: number[] = [];
+  private readonly roundTripMs: number[] = [];
+  /**
+   * Workers report a step's time in sync rounds with the next step's gradient
+   * round, so a step's line waits for it (or for flush()); lines written
+   * meanwhile (evals, lost workers) queue behind it to keep the file in order.
+   */
+  private pendingStep: StepLine | null = null;
+  private readonly queued: MetricsLine[] = [];
   private readonly evals: RunSummary["evals"] = [];
   private stepsDone = 0;
   private lastLoss: number | null = null;
@@ -107,13 +156,13 @@ export class RunMonitor {
       prevLost?.(ranks, step, reason);
       // step: the one being redone without them, counted from 1 as the progress line and this log print it.
       for (const rank of ranks) this.lost.push({ rank, step: step + 1, reason });
-      this.write({ type: "worker-lost", ranks, step, reason });
+      this.writeInOrder({ type: "worker-lost", ranks, step, reason });
       if (this.o.tty) this.o.status("");
       this.o.print(`worker rank(s) ${ranks.join(", ")} ${reason}; continuing from step ${step + 1} with ${this.o.worldSize - this.lost.length} workers (--on-worker-loss continue)`);
     };
   }
 
-  private write(obj: { type: string; step: number; [field: string]: unknown }): void {
+  private write(obj: MetricsLine): void {
     const path = this.metricsPath;
     if (!path || this.metricsFailure) return;
     const line = `${JSON.stringify(obj)}\n`;
@@ -137,16 +186,36 @@ export class RunMonitor {
     }
   }
 
+  /** The 1-based epoch of the step with 0-based index `step`. */
   private epochOf(step: number): number {
-    return this.o.stepsPerEpoch ? Math.floor(step / this.o.stepsPerEpoch) : 0;
+    return this.o.stepsPerEpoch ? Math.floor(step / this.o.stepsPerEpoch) + 1 : 1;
+  }
+
+  /** Writes now, or behind the step line still waiting for its timing. */
+  private writeInOrder(obj: MetricsLine): void {
+    if (this.pendingStep) this.queued.push(obj);
+    else this.write(obj);
+  }
+
+  /** Writes the step line still waiting for its workers' timing (without it) and what queued behind it. */
+  flush(): void {
+    if (this.pendingStep) this.write(this.pendingStep);
+    this.pendingStep = null;
+    for (const obj of this.queued.splice(0)) this.write(obj);
   }
 
   onRound(ev: RoundEvent): void {
-    if (ev.phase === "grad" && ev.extra) this.onStep(ev.step, ev.extra);
+    if (this.trainingFrom === null) {
+      // The first completed round: every worker is up, has its data and is connected.
+      this.trainingFrom = performance.now();
+      this.startupSeconds = (this.trainingFrom - this.started) / 1000;
+      this.write({ type: "start", step: this.o.startStep, workers: this.o.worldSize, startupSeconds: this.startupSeconds });
+    }
+    if (ev.phase === "grad" && ev.extra) this.onStep(ev.step, ev.extra, ev.waitOtherRanksMs ?? null);
     else if (ev.phase === "sum" && ev.layer === SumRound.Eval) this.onEval(ev.step, ev.data as Float64Array);
   }
 
-  private onStep(step: number, extra: Float64Array): void {
+  private onStep(step: number, extra: Float64Array, otherRanksSum: number | null): void {
     const now = performance.now();
     // Workers contributing to this step (fewer than W after an elastic loss).
     const W = extra[GradExtra.count]! / this.o.perWorkerBatch;
@@ -155,23 +224,43 @@ export class RunMonitor {
     const count = extra[GradExtra.count]!;
     const loss = extra[GradExtra.lossSum]! / count;
     const acc = extra[GradExtra.correct]! / count;
-    // Workers report the previous step's wait and compute time.
-    const wait = extra[GradExtra.syncWaitMs]! / W;
+    // This gradient round carries the workers' time in sync rounds during the previous step.
+    if (this.pendingStep) this.completeStep(this.pendingStep, extra[GradExtra.syncWaitMs]! / W);
     const ms = this.lastStepAt === null ? null : now - this.lastStepAt;
     this.lastStepAt = now;
     this.stepsDone++;
     this.lastLoss = loss;
     this.recentLoss.push(loss);
-    if (this.recentLoss.length > 20) this.recentLoss.shift();
+    if (this.recentLoss.length > PROGRESS_LOSS_STEPS) this.recentLoss.shift();
     // The first 5 steps warm up (JIT, buffers, connections): not in the medians.
-    if (this.stepsDone > 5) {
-      if (ms !== null) this.stepMs.push(ms);
-      this.waitMs.push(wait);
-    }
-    const samplesPerSec = ms ? (count / ms) * 1000 : null;
+    if (this.stepsDone > 5 && ms !== null) this.stepMs.push(ms);
     this.lastGlobalBatch = count;
-    this.write({ type: "step", step, epoch: this.epochOf(step), loss, trainAccuracy: acc, msPerStep: ms, syncWaitMs: step > this.o.startStep ? wait : null, samplesPerSecond: samplesPerSec });
+    this.pendingStep = {
+      type: "step",
+      step: step + 1,
+      epoch: this.epochOf(step),
+      loss,
+      trainAccuracy: acc,
+      msPerStep: ms,
+      syncWaitMs: null,
+      waitOtherRanksMs: otherRanksSum === null ? null : otherRanksSum / W,
+      roundTripMs: null,
+      samplesPerSecond: ms ? (count / ms) * 1000 : null,
+    };
     this.progress(step);
+  }
+
+  /** Fills in a step's time in sync rounds (reported one step late) and writes its line. */
+  private completeStep(line: StepLine, syncWaitMs: number): void {
+    line.syncWaitMs = syncWaitMs;
+    // Both measure the same rounds, the worker from send to result, the coordinator from arrival to the last arrival.
+    if (line.waitOtherRanksMs !== null) line.roundTripMs = Math.max(0, syncWaitMs - line.waitOtherRanksMs);
+    if (line.step - this.o.startStep > 5) {
+      this.waitMs.push(syncWaitMs);
+      if (line.waitOtherRanksMs !== null) this.otherRanksMs.push(line.waitOtherRanksMs);
+      if (line.roundTripMs !== null) this.roundTripMs.push(line.roundTripMs);
+    }
+    this.flush();
   }
 
   private progress(step: number): void {
@@ -180,11 +269,27 @@ export class RunMonitor {
     const med = median(this.stepMs.slice(-50));
     const sps = med ? (this.lastGlobalBatch / med) * 1000 : null;
     const epochs = total && this.o.stepsPerEpoch ? Math.ceil(total / this.o.stepsPerEpoch) : null;
+    const wait = median(this.waitMs.slice(-50));
+    const others = median(this.otherRanksMs.slice(-50));
+    const now = performance.now();
+    const elapsed = (now - this.started) / 1000;
+    // ETA from this run's pace since start-up (steps and evaluations alike).
+    const done = step + 1 - this.o.startStep;
+    const eta = total && this.trainingFrom !== null && done > 0 ? (((now - this.trainingFrom) / 1000) * (total - step - 1)) / done : null;
+    if (this.stepsDone === 1) {
+      this.o.print(
+        `progress: loss = mean training loss of the last ${PROGRESS_LOSS_STEPS} steps; sync = ms per step a worker spends in sync rounds, ` +
+          "of which waiting for other ranks (their compute, and CPU time when workers share cores); the rest is the round trip",
+      );
+    }
     const text =
       `step ${step + 1}${total ? `/${total}` : ""}` +
-      ` epoch ${this.epochOf(step) + 1}${epochs ? `/${epochs}` : ""}` +
-      ` loss ${smooth.toFixed(4)}` +
-      (sps ? ` ${Math.round(sps)} samples/s` : "");
+      ` epoch ${this.epochOf(step)}${epochs ? `/${epochs}` : ""}` +
+      ` · loss (avg ${this.recentLoss.length} step${this.recentLoss.length > 1 ? "s" : ""}) ${smooth.toFixed(4)}` +
+      (sps ? ` · ${Math.round(sps)} samples/s` : "") +
+      (wait !== null ? ` · sync ${wait.toFixed(1)} ms${others !== null ? ` (${Math.min(others, wait).toFixed(1)} other ranks)` : ""}` : "") +
+      ` · ${clock(elapsed)} elapsed` +
+      (eta !== null ? `, ETA ${clock(eta)}` : "");
     if (this.o.tty) {
       const width = 24;
       const frac = total ? (step + 1) / total : 0;
@@ -204,14 +309,15 @@ export class RunMonitor {
 
   private onEval(step: number, data: Float64Array): void {
     const [lossSum, correct, count] = [data[0]!, data[1]!, data[2]!];
-    const e = { step: step + 1, epoch: this.epochOf(step) + 1, testAccuracy: correct / count, testLoss: lossSum / count };
+    const e = { step: step + 1, epoch: this.epochOf(step), testAccuracy: correct / count, testLoss: lossSum / count };
     this.evals.push(e);
-    this.write({ type: "eval", ...e, testSamples: count });
+    this.writeInOrder({ type: "eval", ...e, testSamples: count });
     if (this.o.tty) this.o.status("");
     this.o.print(`eval after step ${e.step} (epoch ${e.epoch}): test accuracy ${(100 * e.testAccuracy).toFixed(2)}%, test loss ${e.testLoss.toFixed(4)} (${count} samples)`);
   }
 
   summary(): RunSummary {
+    this.flush();
     const last = this.evals[this.evals.length - 1];
     const ms = median(this.stepMs);
     const globalBatch = (this.o.worldSize - this.lost.length) * this.o.perWorkerBatch;
@@ -228,7 +334,10 @@ export class RunMonitor {
       data: this.o.data,
       msPerStep: ms,
       syncWaitMsPerStep: median(this.waitMs),
+      waitOtherRanksMsPerStep: median(this.otherRanksMs),
+      roundTripMsPerStep: median(this.roundTripMs),
       samplesPerSecond: ms ? (globalBatch / ms) * 1000 : null,
+      startupSeconds: this.startupSeconds,
       wallSeconds: (performance.now() - this.started) / 1000,
       finalTrainLoss: this.lastLoss,
       evalStatistics: describeEvalStatistics(parseNorm(this.o.norm), this.o.evalStats ?? "ema", this.o.preciseBatches ?? 0, this.o.perWorkerBatch),
@@ -296,8 +405,9 @@ export function formatSummary(s: RunSummary): string[] {
   const num = (v: number | null, d = 1): string => (v === null ? "n/a" : v.toFixed(d));
   return [
     `done: ${s.model}, --norm ${s.norm}, ${s.workers} workers × ${s.perWorkerBatch} samples (global batch ${s.globalBatch}), ${s.steps} steps (${num(s.epochs, 2)} epochs) on ${s.data}`,
-    `  test accuracy ${pct(s.testAccuracy)}, test loss ${num(s.testLoss, 4)}, final train loss ${num(s.finalTrainLoss, 4)}`,
-    `  ${num(s.msPerStep)} ms/step (median), of which waiting in sync rounds ${num(s.syncWaitMsPerStep, 2)} ms; ${num(s.samplesPerSecond, 0)} samples/s; wall ${num(s.wallSeconds)} s`,
+    `  test accuracy ${pct(s.testAccuracy)}, test loss ${num(s.testLoss, 4)}, last-batch train loss ${num(s.finalTrainLoss, 4)} (step ${s.steps}, not smoothed)`,
+    `  ${num(s.msPerStep)} ms/step (median); ${num(s.samplesPerSecond, 0)} samples/s; start-up ${num(s.startupSeconds)} s (processes, data, connections); wall ${num(s.wallSeconds)} s`,
+    `  in sync rounds ${num(s.syncWaitMsPerStep, 2)} ms/step: waiting for other ranks ${num(s.waitOtherRanksMsPerStep, 2)} ms (the slowest rank's compute; includes CPU contention when workers share cores), round trip ${num(s.roundTripMsPerStep, 2)} ms (wire, coordinator, scheduling)`,
     `  eval statistics: ${s.evalStatistics}`,
     ...(s.workersLost.length ? [`  workers lost: ${s.workersLost.map((l) => `rank ${l.rank} at step ${l.step} (${l.reason})`).join("; ")}; finished with ${s.workersAtEnd}`] : []),
   ];

@@ -21,49 +21,56 @@ export function cellText(c: Cell, seeds: number): string {
   return t;
 }
 
-const MODE_COLORS: Record<string, string> = {
-  sync: "#1f63c6",
-  local: "#d9481c",
-  group: "#0e8f8a",
-  ghost: "#9a6a14",
-  renorm: "#7a3fc0",
-  groupnorm: "#2e8b3a",
-  none: "#6b6b6b",
-};
-const SPARE_COLORS = ["#c2185b", "#455a64", "#8d6e63", "#00838f", "#5d4037"];
+// Okabe & Ito's colour-blind-safe palette (Color Universal Design, 2008): eight
+// colours told apart under the common colour-vision deficiencies. Its yellow is
+// the one hard to see on white, so it comes last.
+const OKABE_ITO = {
+  orange: "#E69F00",
+  skyBlue: "#56B4E9",
+  bluishGreen: "#009E73",
+  blue: "#0072B2",
+  vermillion: "#D55E00",
+  reddishPurple: "#CC79A7",
+  black: "#000000",
+  yellow: "#F0E442",
+} as const;
+export const PALETTE: readonly string[] = Object.values(OKABE_ITO);
 
-/** A stable colour per norm string: by kind, spares for repeated kinds (group:2 and group:4). */
+const MODE_COLORS: Record<string, string> = {
+  sync: OKABE_ITO.blue,
+  local: OKABE_ITO.vermillion,
+  group: OKABE_ITO.orange,
+  ghost: OKABE_ITO.skyBlue,
+  renorm: OKABE_ITO.reddishPurple,
+  groupnorm: OKABE_ITO.bluishGreen,
+  none: OKABE_ITO.black,
+};
+
+/**
+ * A stable colour per norm string, from the Okabe–Ito palette: by kind, the
+ * palette's unused colours for repeated kinds (group:2 and group:4); past eight
+ * modes colours repeat.
+ */
 export function modeColors(norms: readonly string[]): Map<string, string> {
   const out = new Map<string, string>();
   const used = new Set<string>();
-  let spare = 0;
   for (const n of norms) {
-    const kind = n.split(":")[0]!;
-    let c = MODE_COLORS[kind];
-    if (!c || used.has(c)) c = SPARE_COLORS[spare++ % SPARE_COLORS.length]!;
+    let c: string | undefined = MODE_COLORS[n.split(":")[0]!];
+    if (!c || used.has(c)) c = PALETTE.find((p) => !used.has(p)) ?? PALETTE[out.size % PALETTE.length]!;
     used.add(c);
     out.set(n, c);
   }
   return out;
 }
 
-// Sequential palette (plasma-like, without its pale yellow end): orange for the
-// smallest per-worker batch through magenta to dark blue for the largest.
-const BATCH_STOPS = [
-  [240, 140, 40],
-  [220, 80, 80],
-  [170, 45, 140],
-  [100, 40, 170],
-  [25, 45, 120],
-];
+/** The i-th per-worker batch's colour in the loss panels: Okabe–Ito in order, then again dashed (batchDash). */
+export function batchColor(i: number): string {
+  return PALETTE[i % PALETTE.length]!;
+}
 
-function batchColor(i: number, n: number): string {
-  const t = n <= 1 ? 1 : i / (n - 1);
-  const x = t * (BATCH_STOPS.length - 1);
-  const k = Math.min(BATCH_STOPS.length - 2, Math.floor(x));
-  const a = BATCH_STOPS[k]!, b = BATCH_STOPS[k + 1]!, u = x - k;
-  const c = a.map((v, j) => Math.round(v + (b[j]! - v) * u));
-  return `rgb(${c[0]}, ${c[1]}, ${c[2]})`;
+/** Past the palette's eight colours, lines are dashed so no two batches look alike. */
+function batchDash(i: number): string {
+  return i < PALETTE.length ? "" : ` stroke-dasharray="6 3"`;
 }
 
 const f1 = (v: number): string => (Math.round(v * 10) / 10).toString();
@@ -144,8 +151,13 @@ export function accuracyPlot(cells: Cell[][], info: SweepReportInfo, colors: Map
         }
         continue;
       }
-      if (c.min !== null && c.max !== null && c.max > c.min) {
-        out.push(`<line class="spread" x1="${cx}" x2="${cx}" y1="${f1(y(c.min))}" y2="${f1(y(c.max))}" stroke="${color}"/>`);
+      if (c.min !== null && c.max !== null && c.accuracies.length > 1) {
+        // Error bar: min to max over the seeds, with caps.
+        const [y0, y1] = [f1(y(c.min)), f1(y(c.max))];
+        const cxn = Number(cx);
+        out.push(
+          `<path class="spread" data-mode="${esc(norm)}" d="M${cx} ${y0}V${y1}M${f1(cxn - 4)} ${y0}h8M${f1(cxn - 4)} ${y1}h8" stroke="${color}" fill="none"/>`,
+        );
       }
       const tip = esc(`${norm}, ${c.perWorkerBatch}/worker (global ${c.globalBatch}): ${cellText(c, info.seeds.length)}`);
       out.push(`<circle class="mode-point" data-mode="${esc(norm)}" cx="${cx}" cy="${f1(y(c.mean))}" r="4" fill="${color}"><title>${tip}</title></circle>`);
@@ -188,24 +200,46 @@ export function smoothCurve(values: readonly number[], points = 120): { i: numbe
   return out;
 }
 
-/** Mean over seeds of each step's loss (runs of one cell have the same step count). */
-function meanCurve(runs: readonly SweepRunResult[]): number[] {
+/** The seeds' loss curves of one cell, cut to a common length (runs of one cell have the same step count). */
+function seedCurves(runs: readonly SweepRunResult[]): number[][] {
   const curves = runs.map((r) => r.trainLoss).filter((c) => c.length > 0);
-  if (curves.length === 0) return [];
-  const n = Math.min(...curves.map((c) => c.length));
-  return Array.from({ length: n }, (_, i) => curves.reduce((a, c) => a + c[i]!, 0) / curves.length);
+  const n = curves.length ? Math.min(...curves.map((c) => c.length)) : 0;
+  return curves.map((c) => c.slice(0, n));
 }
 
-/** One small plot per mode: smoothed training loss vs samples seen, one line per per-worker batch. */
+/** Mean over seeds of each step's loss. */
+function meanCurve(curves: readonly number[][]): number[] {
+  if (curves.length === 0) return [];
+  return Array.from({ length: curves[0]!.length }, (_, i) => curves.reduce((a, c) => a + c[i]!, 0) / curves.length);
+}
+
+interface LossPoint {
+  samples: number;
+  loss: number;
+  /** Min and max over seeds of the smoothed per-seed curves (equal to loss with one seed). */
+  lo: number;
+  hi: number;
+}
+
+/**
+ * One small plot per mode: smoothed training loss vs samples seen, one line per
+ * per-worker batch (mean over seeds), and with more than one seed a band from
+ * the smallest to the largest seed's smoothed curve.
+ */
 export function lossPlots(rows: readonly SweepRunResult[], info: SweepReportInfo): string {
   const W = 470, H = 260;
-  const m = { l: 46, r: 12, t: 28, b: 38 };
+  const m = { l: 58, r: 12, t: 28, b: 38 };
   const pw = W - m.l - m.r, ph = H - m.t - m.b;
   const curves = info.norms.map((norm) =>
     info.batches.map((b) => {
-      const runs = rows.filter((r) => r.norm === norm && r.perWorkerBatch === b && r.failure === null);
+      const seeds = seedCurves(rows.filter((r) => r.norm === norm && r.perWorkerBatch === b && r.failure === null));
       const g = b * info.workers;
-      return { b, pts: smoothCurve(meanCurve(runs)).map((p) => ({ samples: (p.i + 1) * g, loss: p.v })) };
+      const perSeed = seeds.map((c) => smoothCurve(c));
+      const pts: LossPoint[] = smoothCurve(meanCurve(seeds)).map((p, k) => {
+        const vs = perSeed.map((c) => c[k]?.v ?? p.v);
+        return { samples: (p.i + 1) * g, loss: p.v, lo: Math.min(...vs), hi: Math.max(...vs) };
+      });
+      return { b, pts, seeds: seeds.length };
     }),
   );
   const allPts = curves.flat().flatMap((c) => c.pts);
@@ -232,10 +266,18 @@ export function lossPlots(rows: readonly SweepRunResult[], info: SweepReportInfo
     }
     out.push(`<line class="axis" x1="${m.l}" x2="${m.l + pw}" y1="${m.t + ph}" y2="${m.t + ph}"/><line class="axis" x1="${m.l}" x2="${m.l}" y1="${m.t}" y2="${m.t + ph}"/>`);
     out.push(`<text class="label" x="${m.l + pw / 2}" y="${H - 4}" text-anchor="middle">training samples seen</text>`);
+    out.push(`<text class="label" transform="translate(14 ${m.t + ph / 2}) rotate(-90)" text-anchor="middle">training loss (cross-entropy)</text>`);
+    // Bands first, so every line stays on top of every band.
+    curves[i]!.forEach((c, j) => {
+      if (c.seeds < 2) return;
+      const upper = c.pts.map((p, k) => `${k ? "L" : "M"}${f1(x(p.samples))} ${f1(y(p.hi))}`).join("");
+      const lower = [...c.pts].reverse().map((p) => `L${f1(x(p.samples))} ${f1(y(p.lo))}`).join("");
+      out.push(`<path class="loss-band" data-mode="${esc(norm)}" data-batch="${c.b}" d="${upper}${lower}Z" fill="${batchColor(j)}"/>`);
+    });
     curves[i]!.forEach((c, j) => {
       if (c.pts.length === 0) return;
       const d = c.pts.map((p, k) => `${k ? "L" : "M"}${f1(x(p.samples))} ${f1(y(p.loss))}`).join("");
-      out.push(`<path class="loss-line" data-mode="${esc(norm)}" data-batch="${c.b}" d="${d}" stroke="${batchColor(j, info.batches.length)}"/>`);
+      out.push(`<path class="loss-line" data-mode="${esc(norm)}" data-batch="${c.b}" d="${d}" stroke="${batchColor(j)}"${batchDash(j)}/>`);
     });
     const failed = curves[i]!.filter((c) => c.pts.length === 0).map((c) => c.b);
     if (failed.length) out.push(`<text class="note" x="${m.l + pw}" y="16" text-anchor="end">no curve: batch ${failed.join(", ")}</text>`);
@@ -243,7 +285,7 @@ export function lossPlots(rows: readonly SweepRunResult[], info: SweepReportInfo
     return out.join("");
   });
   const legend = info.batches
-    .map((b, j) => `<span class="key"><span class="swatch" style="background:${batchColor(j, info.batches.length)}"></span>${b}/worker</span>`)
+    .map((b, j) => `<span class="key"><span class="swatch" style="background:${batchColor(j)}"></span>${b}/worker</span>`)
     .join("");
   return `<div class="legend-row">per-worker batch: ${legend}</div><div class="smalls">${figs.join("\n")}</div>`;
 }

@@ -44,11 +44,15 @@ export interface SweepReportInfo {
   date: string;
   machine: string;
   node: string;
+  /** syncbn's version (package.json). */
+  version: string;
+  /** The commands that made this sweep folder, oldest first (the last one made this report). */
+  commands: string[];
   /** Runs still missing (interrupted sweep); 0 when complete. */
   missingRuns: number;
 }
 
-export const CSV_HEADER = "norm,perWorkerBatch,globalBatch,seed,testAccuracy,testLoss,trainSeconds,syncWaitSeconds";
+export const CSV_HEADER = "norm,perWorkerBatch,globalBatch,seed,status,testAccuracy,testLoss,trainSeconds,syncWaitSeconds,error";
 
 const fixed = (v: number | null, digits: number): string => (v === null || !Number.isFinite(v) ? "" : v.toFixed(digits));
 
@@ -56,12 +60,24 @@ function csvField(s: string): string {
   return /[",\n]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;
 }
 
-/** One row per run, in the order given; failed runs have empty metric fields. */
+/** One row per run, in the order given: status ok or failed; a failed run has empty metrics and its reason in `error`. */
 export function renderCsv(rows: readonly SweepRunResult[]): string {
   const lines = [CSV_HEADER];
   for (const r of rows) {
+    const status = r.failure === null ? "ok" : "failed";
     lines.push(
-      [csvField(r.norm), r.perWorkerBatch, r.globalBatch, r.seed, fixed(r.testAccuracy, 4), fixed(r.testLoss, 4), fixed(r.trainSeconds, 2), fixed(r.syncWaitSeconds, 2)].join(","),
+      [
+        csvField(r.norm),
+        r.perWorkerBatch,
+        r.globalBatch,
+        r.seed,
+        status,
+        fixed(r.testAccuracy, 4),
+        fixed(r.testLoss, 4),
+        fixed(r.trainSeconds, 2),
+        fixed(r.syncWaitSeconds, 2),
+        csvField(r.failure ?? ""),
+      ].join(","),
     );
   }
   return `${lines.join("\n")}\n`;
@@ -168,10 +184,10 @@ function runsTable(rows: readonly SweepRunResult[]): string {
   const body = rows
     .map(
       (r) =>
-        `<tr><td><code>${esc(r.norm)}</code></td><td>${r.perWorkerBatch}</td><td>${r.globalBatch}</td><td>${r.seed}</td><td>${r.steps ?? ""}</td><td>${pct(r.testAccuracy)}</td><td>${fixed(r.testLoss, 4)}</td><td>${fixed(r.trainSeconds, 1)}</td><td>${fixed(r.syncWaitSeconds, 1)}</td><td class="why">${esc(r.failure ?? "")}</td></tr>`,
+        `<tr><td><code>${esc(r.norm)}</code></td><td>${r.perWorkerBatch}</td><td>${r.globalBatch}</td><td>${r.seed}</td><td>${r.failure === null ? "ok" : "failed"}</td><td>${r.steps ?? ""}</td><td>${pct(r.testAccuracy)}</td><td>${fixed(r.testLoss, 4)}</td><td>${fixed(r.trainSeconds, 1)}</td><td>${fixed(r.syncWaitSeconds, 1)}</td><td class="why">${esc(r.failure ?? "")}</td></tr>`,
     )
     .join("\n");
-  return `<table class="runs"><thead><tr><th>norm</th><th>per-worker batch</th><th>global batch</th><th>seed</th><th>steps</th><th>test accuracy</th><th>test loss</th><th>run seconds</th><th>sync wait seconds</th><th>failure</th></tr></thead><tbody>${body}</tbody></table>`;
+  return `<table class="runs"><thead><tr><th>norm</th><th>per-worker batch</th><th>global batch</th><th>seed</th><th>status</th><th>steps</th><th>test accuracy</th><th>test loss</th><th>run seconds</th><th>sync wait seconds</th><th>failure</th></tr></thead><tbody>${body}</tbody></table>`;
 }
 
 /** Plain-language observations computed from the cells (no interpretation the numbers do not carry). */
@@ -209,7 +225,7 @@ h1{font-size:24px;margin:0 0 4px}h2{font-size:18px;margin:32px 0 8px}
 .plot .note{fill:#8a93a3;font-size:11px}.plot .chance{stroke:#9aa3b2;stroke-dasharray:4 4}
 .mode-line{fill:none;stroke-width:2.6;stroke-linejoin:round;stroke-linecap:round}
 .loss-line{fill:none;stroke-width:1.8;stroke-linejoin:round}
-.spread{stroke-width:1.5;opacity:.55}
+.spread{stroke-width:1.6;opacity:.8}.loss-band{opacity:.18;stroke:none}
 .smalls{display:grid;grid-template-columns:repeat(auto-fill,minmax(420px,1fr));gap:12px 22px}.smalls svg{width:100%;height:auto}
 #accuracy-plot{width:100%;height:auto}
 .legend-row{font-size:13px;color:var(--muted);margin-bottom:6px}
@@ -224,6 +240,7 @@ table{border-collapse:collapse;font-variant-numeric:tabular-nums}
 .settings{font-size:13.5px}.settings th{text-align:left;color:var(--muted);font-weight:500;padding:3px 18px 3px 0;vertical-align:top;white-space:nowrap}.settings td{padding:3px 0}
 ul.findings{margin:6px 0 0;padding-left:20px}
 code{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.92em}
+code.cmd{white-space:pre-wrap;word-break:break-all}
 details summary{cursor:pointer;color:var(--muted)}
 `;
 
@@ -246,8 +263,13 @@ export function renderReportHtml(rows: readonly SweepRunResult[], info: SweepRep
     ["date", info.date],
     ["machine", info.machine],
     ["Node.js", info.node],
+    ["syncbn", info.version],
   ];
-  const spread = info.seeds.length > 1 ? `Points are the mean over seeds ${info.seeds.join(", ")}; vertical bars span min to max.` : `One seed (${info.seeds[0]}).`;
+  // The exact command (every one, when later commands extended the sweep), copyable as typed.
+  const commands = info.commands.length
+    ? `<tr><th>${info.commands.length > 1 ? "commands (oldest first)" : "command"}</th><td>${info.commands.map((c) => `<code class="cmd">${esc(c)}</code>`).join("<br>")}</td></tr>`
+    : "";
+  const spread = info.seeds.length > 1 ? `Points are the mean over seeds ${info.seeds.join(", ")}; error bars span min to max over the seeds.` : `One seed (${info.seeds[0]}).`;
   return `<!doctype html>
 <html lang="en">
 <head>
@@ -269,7 +291,7 @@ ${accuracyPlot(cells, info, colors)}
 <section class="card">
 <h2 style="margin-top:0">Training loss</h2>
 ${lossPlots(rows, info)}
-<p class="caption">Training loss over the global batch, moving average over 1/20 of each run, mean over seeds; x is samples seen, so runs with different batches line up by data consumed.</p>
+<p class="caption">Training loss (cross-entropy, mean over the global batch), moving average over 1/20 of each run${info.seeds.length > 1 ? `, mean over seeds ${esc(info.seeds.join(", "))}; the shaded band spans the smallest to the largest seed's curve (min to max)` : ` (seed ${esc(info.seeds.join(", "))})`}; x is samples seen, so runs with different batches line up by data consumed.</p>
 </section>
 <section class="card">
 <h2 style="margin-top:0">Results</h2>
@@ -280,7 +302,7 @@ ${failures.length ? `<p><strong>Failed runs</strong></p><ul>${failures.map((f) =
 </section>
 <section class="card">
 <h2 style="margin-top:0">Settings</h2>
-<table class="settings">${settings.map(([k, v]) => `<tr><th>${esc(k)}</th><td>${esc(v)}</td></tr>`).join("")}</table>
+<table class="settings">${commands}${settings.map(([k, v]) => `<tr><th>${esc(k)}</th><td>${esc(v)}</td></tr>`).join("")}</table>
 </section>
 </main>
 </body>

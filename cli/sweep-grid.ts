@@ -223,6 +223,43 @@ export function validateGrid(g: SweepGrid): void {
   if (problems.length) throw new SyncbnError(ErrorCode.BadConfig, problems.join("; "));
 }
 
+/** The grid's axes: a sweep folder grows along them; every other field is a shared setting of all its runs. */
+export const GRID_AXES = ["norms", "batches", "seeds"] as const;
+type Axis = (typeof GRID_AXES)[number];
+const isAxis = (k: string): k is Axis => (GRID_AXES as readonly string[]).includes(k);
+
+/** The shared settings (everything but the axes) that differ between two grids, as "name was X, now Y". */
+export function sharedSettingDiffs(was: Partial<SweepGrid>, now: SweepGrid): string[] {
+  return (Object.keys(now) as (keyof SweepGrid)[])
+    .filter((k) => !isAxis(k) && JSON.stringify(was[k]) !== JSON.stringify(now[k]))
+    .map((k) => `${k} was ${JSON.stringify(was[k])}, now ${JSON.stringify(now[k])}`);
+}
+
+/**
+ * The grid covering both: same shared settings (those of `now`), each axis the
+ * union, `was`'s values first in their order, then the new ones (batches and
+ * seeds sorted ascending, norms in the order given).
+ */
+export function unionGrid(was: SweepGrid, now: SweepGrid): SweepGrid {
+  const merge = <T>(a: readonly T[], b: readonly T[]): T[] => [...a, ...b.filter((v) => !a.includes(v))];
+  return {
+    ...now,
+    norms: merge(was.norms, now.norms),
+    batches: merge(was.batches, now.batches).sort((a, b) => a - b),
+    seeds: merge(was.seeds, now.seeds).sort((a, b) => a - b),
+  };
+}
+
+/** What `now` adds to `was` along the axes, e.g. "seeds 2, 3; norms group:2" ("" when nothing). */
+export function gridAdditions(was: SweepGrid, now: SweepGrid): string {
+  return GRID_AXES.map((k) => {
+    const added = (now[k] as readonly (string | number)[]).filter((v) => !(was[k] as readonly (string | number)[]).includes(v));
+    return added.length ? `${k} ${added.join(", ")}` : "";
+  })
+    .filter(Boolean)
+    .join("; ");
+}
+
 export interface Combo {
   norm: string;
   batch: number;

@@ -1,7 +1,8 @@
 // `syncbn sweep`: every (norm mode × per-worker batch × seed) combination, one
 // `runTrain` after another (this is a 2-core-machine tool: runs never overlap),
-// under one overall progress bar; resumable; writes results.csv, results.md and
-// report.html (rendered by report.ts). Not a scheduler: no parallel runs, no
+// under one overall progress bar; resumable and extensible (more modes, batches,
+// seeds in the same folder reuse the runs done); writes results.csv, results.md
+// and report.html (rendered by report.ts). Not a scheduler: no parallel runs, no
 // retries of a run that failed for a reason that would fail again.
 
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -24,49 +25,11 @@ import {
   validateGrid,
   type SweepGrid,
 } from "./sweep-grid.js";
+import { checkFinishedRuns, claimOutDir, commandLine, planOutDir, readJson, syncbnVersion, type SweepFile } from "./sweep-folder.js";
 import { runTrain, type TrainOptions } from "./train.js";
 
 /** Fixed, so that running the same `syncbn sweep` command again resumes. */
 export const DEFAULT_SWEEP_OUT = "runs/sweep";
-
-interface SweepFile {
-  tool: "syncbn sweep";
-  version: 1;
-  grid: SweepGrid;
-  created: string;
-}
-
-function canonical(g: SweepGrid): string {
-  return JSON.stringify(Object.fromEntries(Object.entries(g).sort(([a], [b]) => a.localeCompare(b))));
-}
-
-/** Creates DIR/sweep.json, or checks that the one there holds this grid. */
-function claimOutDir(outDir: string, g: SweepGrid, print: (l: string) => void): void {
-  const path = join(outDir, "sweep.json");
-  mkdirSync(join(outDir, "runs"), { recursive: true });
-  if (!existsSync(path)) {
-    const f: SweepFile = { tool: "syncbn sweep", version: 1, grid: g, created: new Date().toISOString() };
-    writeFileSync(path, `${JSON.stringify(f, null, 2)}\n`);
-    return;
-  }
-  let old: Partial<SweepFile>;
-  try {
-    old = JSON.parse(readFileSync(path, "utf8")) as Partial<SweepFile>;
-  } catch (e) {
-    throw new SyncbnError(ErrorCode.BadConfig, `${path} is not a readable sweep file (${(e as Error).message}); use another --out`);
-  }
-  if (!old.grid || canonical({ ...DEFAULT_GRID, ...old.grid }) !== canonical(g)) {
-    const was = (old.grid ?? {}) as Partial<Record<keyof SweepGrid, unknown>>;
-    const diffs = (Object.keys(g) as (keyof SweepGrid)[])
-      .filter((k) => JSON.stringify(was[k]) !== JSON.stringify(g[k]))
-      .map((k) => `${k} was ${JSON.stringify(was[k])}, now ${JSON.stringify(g[k])}`);
-    throw new SyncbnError(
-      ErrorCode.BadConfig,
-      `${outDir} holds a sweep with a different grid (${diffs.join("; ") || "unrecognized file"}); use another --out for this grid, or delete ${outDir} to start over`,
-    );
-  }
-  print(`resuming the sweep in ${outDir} (started ${old.created ?? "earlier"})`);
-}
 
 interface FailureFile {
   reason: string;
@@ -83,15 +46,8 @@ export function failureReason(lines: readonly string[]): string {
 
 const DETERMINISTIC = /SYNCBN_ERR_(SINGLE_VALUE|BAD_CONFIG)/;
 
-function readJson<T>(path: string): T | null {
-  try {
-    return JSON.parse(readFileSync(path, "utf8")) as T;
-  } catch {
-    return null;
-  }
-}
 
-/** Training loss per step and mean reported sync wait, from a run's metrics.jsonl. */
+/** Training loss per step and mean time in sync rounds per step (steps that report it), from a run's metrics.jsonl. */
 function readMetrics(dir: string): { loss: number[]; waitMsPerStep: number | null } {
   let text = "";
   try {
@@ -127,7 +83,7 @@ function readRun(outDir: string, g: SweepGrid, norm: string, b: number, seed: nu
   const s = readJson<RunSummary>(join(dir, "summary.json"));
   if (s) {
     const m = readMetrics(dir);
-    // Workers report each step's wait one step late; the mean over reported steps × steps is the total.
+    // The last step has no time in sync rounds (workers report it with the next step): mean over the others × steps.
     const waitMs = m.waitMsPerStep ?? s.syncWaitMsPerStep;
     return {
       ...base,
@@ -147,6 +103,8 @@ function readRun(outDir: string, g: SweepGrid, norm: string, b: number, seed: nu
 
 export interface SweepOptions {
   grid: SweepGrid;
+  /** The command as typed, for sweep.json and the report (default: this process's argv). */
+  command?: string;
   /** Where "fashion-mnist" is read from (the workers get the same environment). */
   fashionMnistDir?: string;
   outDir: string;
@@ -199,7 +157,7 @@ class Eta {
   }
 }
 
-export function reportInfo(g: SweepGrid, missingRuns: number): SweepReportInfo {
+export function reportInfo(g: SweepGrid, missingRuns: number, commands: readonly string[] = []): SweepReportInfo {
   const cpu = cpus();
   return {
     workers: g.workers,
@@ -218,6 +176,8 @@ export function reportInfo(g: SweepGrid, missingRuns: number): SweepReportInfo {
     date: new Date().toISOString().replace("T", " ").slice(0, 16) + " UTC",
     machine: `${cpu[0]?.model ?? "unknown CPU"} × ${cpu.length} cores, ${platform()} ${release()}`,
     node: process.version,
+    version: syncbnVersion(),
+    commands: [...commands],
     missingRuns,
   };
 }
@@ -236,7 +196,7 @@ export function writeSweepOutputs(outDir: string, g: SweepGrid): { rows: SweepRu
     const ka = key(a), kb = key(b);
     return ka[0]! - kb[0]! || ka[1]! - kb[1]! || ka[2]! - kb[2]!;
   });
-  const info = reportInfo(g, combos.length - rows.length);
+  const info = reportInfo(g, combos.length - rows.length, readJson<Partial<SweepFile>>(join(outDir, "sweep.json"))?.commands ?? []);
   const markdown = renderMarkdown(rows, info);
   writeFileSync(join(outDir, "results.csv"), renderCsv(rows));
   writeFileSync(join(outDir, "results.md"), markdown);
@@ -245,10 +205,14 @@ export function writeSweepOutputs(outDir: string, g: SweepGrid): { rows: SweepRu
 }
 
 export async function runSweep(o: SweepOptions): Promise<SweepResult> {
-  const g = o.grid;
-  validateGrid(g);
+  validateGrid(o.grid);
+  // An existing folder may widen the grid (the union of its axes and ours): checked before anything runs.
+  const plan = planOutDir(o.outDir, o.grid);
+  const g = plan.grid;
+  if (plan.additions) validateGrid(g);
   // A data problem would fail every run the same way: say so once, before anything starts.
   for (const b of g.batches) await checkRunData(settingsFor(g, g.norms[0]!, b, g.seeds[0]!), g.workers, o.fashionMnistDir);
+  checkFinishedRuns(o.outDir, g);
   const combos = combosOf(g);
   const N = combos.length;
   const count = (n: number, one: string, many = `${one}s`): string => `${n} ${n === 1 ? one : many}`;
@@ -261,7 +225,7 @@ export async function runSweep(o: SweepOptions): Promise<SweepResult> {
   if (g.norms.some((n) => n === "local" || n === "renorm" || n.startsWith("group:") || n.startsWith("ghost:"))) {
     o.print("  eval in local, group:K, ghost:G and renorm modes uses rank 0's running statistics (they differ per worker), as PyTorch DDP does");
   }
-  claimOutDir(o.outDir, g, o.print);
+  claimOutDir(o.outDir, plan, o.command ?? commandLine(process.argv), o.print);
 
   let interrupted = false;
   const onSigint = (): void => {

@@ -254,6 +254,8 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
     }
     return { ok: true, interrupted: false, summary, failure: [] };
   } finally {
+    // A failed or interrupted run keeps its last step's line too (without the timing it never got).
+    monitor.flush();
     process.off("SIGINT", onSigint);
     process.off("SIGTERM", onSigint);
     await killAll(procs);

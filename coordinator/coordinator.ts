@@ -64,6 +64,13 @@ export interface RoundEvent {
   count: number;
   data: Float64Array | Float32Array;
   extra: Float64Array | undefined;
+  /**
+   * Grad rounds only: over this step's fwd, bwd and grad rounds, the sum over
+   * members of the time from the member's contribution arriving to the round's
+   * last contribution arriving, ms: how long workers waited for other ranks.
+   * The first round each rank takes part in is start-up, not counted.
+   */
+  waitOtherRanksMs?: number;
 }
 
 export interface CoordinatorEvents {
@@ -90,6 +97,8 @@ interface OpenRound {
   /** The first contribution to arrive: the shape the others must have. */
   first: Contribution | null;
   arrived: number;
+  /** Σ performance.now() at each contribution's arrival: members × last − this = time members waited for the last. */
+  arrivalSum: number;
   /** performance.now() past which the round fails (see sweepDeadlines). */
   deadline: number;
 }
@@ -124,6 +133,10 @@ export class Coordinator {
   private readonly awaitingAck = new Set<number>();
   private lastCompletedGradStep: number | null = null;
   private firstStepSeen: number | null = null;
+  /** Ranks that have completed a round: a rank's first round waits for the others' start-up, not counted as waiting. */
+  private readonly warmRanks: boolean[] = [];
+  /** Σ over members of waiting for the round's last contribution, this step's fwd/bwd/grad rounds so far, ms. */
+  private stepWaitOtherRanksMs = 0;
   readonly lostWorkers: { rank: number; step: number; reason: string }[] = [];
   private readonly hellos: HelloRecords;
   readonly runningStats: RunningStatsTable;
@@ -342,7 +355,12 @@ export class Coordinator {
     round.parts[pos] = c;
     round.first ??= c;
     round.arrived++;
-    if (round.arrived === members.length) this.complete(id, round);
+    const now = performance.now();
+    round.arrivalSum += now;
+    if (round.arrived === members.length) {
+      if (round.phase !== "sum") this.countWaiting(round, now);
+      this.complete(id, round);
+    }
   }
 
   private openRound(id: string, scope: string, members: readonly number[], c: Contribution): OpenRound {
@@ -355,6 +373,7 @@ export class Coordinator {
       parts: new Array<Contribution | null>(members.length).fill(null),
       first: null,
       arrived: 0,
+      arrivalSum: 0,
       deadline: performance.now() + this.opts.roundTimeoutMs,
     };
     this.open.set(id, round);
@@ -390,6 +409,16 @@ export class Coordinator {
     if (next !== Number.POSITIVE_INFINITY && !this.failure) this.deadlineTimer = this.armDeadline(Math.max(1, next - now));
   }
 
+  /** Adds a completed training round's waiting for its last contribution (`last` its arrival) to the step's. */
+  private countWaiting(round: OpenRound, last: number): void {
+    let warm = true;
+    for (const r of round.members) {
+      if (this.warmRanks[r] !== true) warm = false;
+      this.warmRanks[r] = true;
+    }
+    if (warm) this.stepWaitOtherRanksMs += round.members.length * last - round.arrivalSum;
+  }
+
   private complete(id: string, round: OpenRound): void {
     this.open.delete(id);
     const parts = round.parts as Contribution[];
@@ -422,8 +451,13 @@ export class Coordinator {
       this.lastCompletedGradStep = round.step;
     }
     for (const r of round.members) this.peers[r]?.send(reduced.frame);
+    let waitOtherRanksMs: number | undefined;
+    if (round.phase === "grad") {
+      waitOtherRanksMs = this.stepWaitOtherRanksMs;
+      this.stepWaitOtherRanksMs = 0;
+    }
     // data and extra are views of the sent frame, reused once the sends completed: valid during the call only.
-    this.events.onRound?.({ step: round.step, phase: round.phase, layer: round.layer, count: result.count, data: result.data, extra: result.extra });
+    this.events.onRound?.({ step: round.step, phase: round.phase, layer: round.layer, count: result.count, data: result.data, extra: result.extra, waitOtherRanksMs });
   }
 
   private expire(id: string): void {

@@ -3,11 +3,12 @@
 // request, and leaves a screenshot in artifacts/report.png for CI to keep.
 // Needs Debian's `chromium` package (/usr/bin/chromium); without it the tests are
 // skipped with a warning, never passed silently.
-import { existsSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { renderReportHtml, type SweepRunResult } from "../cli/report.js";
 import { ROOT, runCli } from "./helpers.js";
 
 const CHROMIUM = "/usr/bin/chromium";
@@ -19,6 +20,22 @@ if (!haveChromium) {
 const NORMS = ["local", "sync", "groupnorm:8"];
 const BATCHES = ["1", "2", "4"];
 const SCREENSHOT = join(ROOT, "artifacts", "report.png");
+const SEEDS_SCREENSHOT = join(ROOT, "artifacts", "report-seeds.png");
+
+/** Made-up results of three seeds (a real 3-seed sweep would take minutes here): loss curves that differ per seed. */
+function seededRows(): SweepRunResult[] {
+  const rows: SweepRunResult[] = [];
+  ["local", "sync", "groupnorm:8", "renorm"].forEach((norm, k) => {
+    for (const b of [2, 4, 8]) {
+      for (const seed of [1, 2, 3]) {
+        const acc = 0.25 + 0.05 * k + (0.08 - 0.02 * k) * Math.log2(b) + 0.02 * seed;
+        const trainLoss = Array.from({ length: 200 }, (_, i) => 2.3 * Math.exp(-i / (40 + 10 * b + 15 * k)) + 0.4 + 0.08 * seed + 0.05 * Math.sin(i / 7 + seed));
+        rows.push({ norm, perWorkerBatch: b, globalBatch: 4 * b, seed, testAccuracy: acc, testLoss: 1.5, trainSeconds: 3, syncWaitSeconds: 0.2, steps: 200, failure: null, trainLoss });
+      }
+    }
+  });
+  return rows;
+}
 
 describe.skipIf(!haveChromium)("report.html in headless Chromium", () => {
   // Loaded lazily so a machine without playwright-core's browser still loads this file.
@@ -31,7 +48,7 @@ describe.skipIf(!haveChromium)("report.html in headless Chromium", () => {
     OUT = join(TMP, "sweep");
     const r = await runCli(
       ["sweep", "--workers", "2", "--batches", BATCHES.join(","), "--norms", NORMS.join(","), "--model", "mlp", "--train-size", "384", "--test-size", "200", "--out", OUT],
-      { timeoutMs: 170_000 },
+      { timeoutMs: 480_000 }, // generous: the machine may be shared (2 cores, many processes)
     );
     if (r.code !== 0) throw new Error(`sweep failed (${r.code}):\n${r.stdout}\n${r.stderr}`);
     const { chromium } = await import("playwright-core");
@@ -39,7 +56,7 @@ describe.skipIf(!haveChromium)("report.html in headless Chromium", () => {
       executablePath: CHROMIUM,
       args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
     });
-  }, 200_000);
+  }, 520_000);
 
   afterAll(async () => {
     await browser?.close();
@@ -87,6 +104,41 @@ describe.skipIf(!haveChromium)("report.html in headless Chromium", () => {
     expect(errors).toEqual([]);
     expect(requests.length).toBeGreaterThan(0);
     expect(requests.filter((u) => !u.startsWith("file:") && !u.startsWith("data:"))).toEqual([]);
+    await page.close();
+  }, 60_000);
+
+  it("shows min–max error bars and loss bands for several seeds, inside the plots, with the loss axis labelled, and saves a screenshot", async () => {
+    const file = join(TMP, "seeds.html");
+    const info = {
+      workers: 4, model: "mlp", data: "synthetic", norms: ["local", "sync", "groupnorm:8", "renorm"], batches: [2, 4, 8], seeds: [1, 2, 3],
+      budget: "1 epoch of 1600 training samples", lrRule: "linear scaling, lr = 0.1 × global batch / 256", settings: [], date: "2026-01-01 00:00 UTC",
+      machine: "test", node: process.version, version: "0.0.0-test", commands: ["syncbn sweep --workers 4 --seeds 1,2,3"], missingRuns: 0,
+    };
+    writeFileSync(file, renderReportHtml(seededRows(), info));
+    const page = await browser.newPage({ viewport: { width: 1200, height: 900 } });
+    await page.goto(pathToFileURL(file).href, { waitUntil: "load" });
+    // One error bar per (mode, batch) cell; one band per loss line.
+    expect(await page.locator("#accuracy-plot .spread").count()).toBe(12);
+    expect(await page.locator("svg.small .loss-band").count()).toBe(12);
+    const plot = (await page.locator("#accuracy-plot").boundingBox())!;
+    for (const b of await page.locator("#accuracy-plot .spread").evaluateAll((els) => els.map((e) => e.getBoundingClientRect().toJSON() as DOMRect))) {
+      expect(b.height).toBeGreaterThan(2);
+      expect(b.y).toBeGreaterThanOrEqual(plot.y);
+      expect(b.y + b.height).toBeLessThanOrEqual(plot.y + plot.height);
+    }
+    const bands = await page.locator("svg.small .loss-band").evaluateAll((els) => els.map((e) => e.getBoundingClientRect().height));
+    for (const h of bands) expect(h).toBeGreaterThan(2);
+    // The y-axis label of every loss panel sits inside its panel, left of the plot area.
+    const labels = await page.locator("svg.small").evaluateAll((svgs) =>
+      svgs.map((svg) => {
+        const label = [...svg.querySelectorAll("text.label")].find((t) => t.textContent === "training loss (cross-entropy)");
+        const a = svg.getBoundingClientRect(), b = label?.getBoundingClientRect();
+        return b ? b.left >= a.left && b.right <= a.left + 0.15 * a.width && b.height > 40 : false;
+      }),
+    );
+    expect(labels).toEqual([true, true, true, true]);
+    mkdirSync(join(ROOT, "artifacts"), { recursive: true });
+    await page.screenshot({ path: SEEDS_SCREENSHOT, fullPage: true });
     await page.close();
   }, 60_000);
 });

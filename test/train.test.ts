@@ -72,10 +72,28 @@ describe("syncbn train", () => {
     expect(summary.testAccuracy).toBeGreaterThanOrEqual(0);
     expect(summary.testAccuracy).toBeLessThanOrEqual(1);
     expect([summary.steps, summary.workers, summary.perWorkerBatch]).toEqual([12, 2, 8]);
+    for (const k of ["waitOtherRanksMsPerStep", "roundTripMsPerStep", "startupSeconds", "finalTrainLoss"]) expect(typeof summary[k], k).toBe("number");
     const lines = readFileSync(join(out, "metrics.jsonl"), "utf8").trim().split("\n").map((l) => JSON.parse(l));
-    expect(lines.filter((l) => l.type === "step")).toHaveLength(12);
-    expect(lines.filter((l) => l.type === "eval").map((l) => l.step)).toEqual([6, 12]);
+    // One numbering: step = steps completed (1-based), epoch 1-based, in step and eval lines alike.
+    expect(lines[0]).toMatchObject({ type: "start", step: 0, workers: 2 });
+    expect(lines[0].startupSeconds).toBe(summary.startupSeconds);
+    const steps = lines.filter((l) => l.type === "step");
+    expect(steps.map((l) => l.step)).toEqual(Array.from({ length: 12 }, (_, i) => i + 1));
+    expect(steps.every((l) => l.epoch === 1)).toBe(true);
+    expect(lines.filter((l) => l.type === "eval").map((l) => [l.step, l.epoch])).toEqual([[6, 1], [12, 1]]);
+    // Each eval line follows the line of the step it evaluated.
+    expect(lines[lines.findIndex((l) => l.type === "eval") - 1]).toMatchObject({ type: "step", step: 6 });
+    // Every step but the last has its time in sync rounds, split into waiting for other ranks and the round trip.
+    for (const l of steps.slice(0, -1)) {
+      expect(l.syncWaitMs).toBeGreaterThanOrEqual(0);
+      expect(l.waitOtherRanksMs).toBeGreaterThanOrEqual(0);
+      expect(l.roundTripMs).toBeCloseTo(Math.max(0, l.syncWaitMs - l.waitOtherRanksMs), 6);
+    }
+    expect(steps[11].syncWaitMs).toBeNull();
     expect(r.stdout).toMatch(/test accuracy \d+\.\d+%/);
+    expect(r.stdout).toMatch(/last-batch train loss \d+\.\d+ \(step 12, not smoothed\)/);
+    expect(r.stdout).toMatch(/in sync rounds [\d.]+ ms\/step: waiting for other ranks [\d.]+ ms \(.*includes CPU contention when workers share cores\), round trip [\d.]+ ms/);
+    expect(r.stdout).toMatch(/step 12\/12 epoch 1\/1 · loss \(avg 12 steps\) \d+\.\d+ .*elapsed, ETA 0:00/);
   });
 
   it("resumes from a checkpoint and ends bit-identical to an uninterrupted run", async () => {

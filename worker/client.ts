@@ -102,8 +102,13 @@ export class CoordinatorClient {
   private failure: SyncbnError | null = null;
   private closing = false;
   private resync: Resync | null = null;
-  /** Total time spent between sending a contribution and receiving its result. */
+  /**
+   * Total time spent between sending a contribution and receiving its result,
+   * except in the first round: that one also waits for every other worker to
+   * start (processes, data, connections), which is start-up, kept in startupWaitMs.
+   */
   waitMs = 0;
+  startupWaitMs: number | null = null;
   /** Called before each contribution is sent (fault injection in tests; see cli/env.ts SYNCBN_FAULT). */
   beforeSend: ((step: number, phase: Phase, layer: number) => void) | null = null;
 
@@ -325,7 +330,9 @@ export class CoordinatorClient {
     const p = this.pending.get(key);
     if (!p) return; // a result for a round this worker already gave up on
     this.pending.delete(key);
-    this.waitMs += performance.now() - p.sent;
+    const waited = performance.now() - p.sent;
+    if (this.startupWaitMs === null) this.startupWaitMs = waited;
+    else this.waitMs += waited;
     if (p.frame) releaseEncoded(p.frame);
     p.resolve(msg);
   }

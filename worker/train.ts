@@ -133,6 +133,7 @@ export async function trainWorker(run: WorkerRun): Promise<void> {
     const trainStep = async (): Promise<void> => {
       const t0 = performance.now();
       const waitBefore = client.waitMs;
+      const roundsBefore = waitBefore + (client.startupWaitMs ?? 0);
       const logits = await model.forward(x, s.batch, true);
       // The loss is the mean over the global batch of the ranks still in the run.
       const lr = loss.forward(logits, labels, s.batch, active.length * s.batch);
@@ -148,7 +149,8 @@ export async function trainWorker(run: WorkerRun): Promise<void> {
       const checksum = s.checksumEvery > 0 && step % s.checksumEvery === 0 ? model.checksum() : undefined;
       const summed = await client.round(step, "grad", -1, s.batch, grads, extra, checksum);
       lastWaitMs = client.waitMs - waitBefore;
-      lastComputeMs = performance.now() - t0 - lastWaitMs;
+      // The run's first round (start-up, client.startupWaitMs) is neither waiting nor compute.
+      lastComputeMs = performance.now() - t0 - (client.waitMs + (client.startupWaitMs ?? 0) - roundsBefore);
       model.unpackGrads(summed.data as Float32Array);
       opt.step();
     };
