@@ -6,6 +6,7 @@ import { Command, InvalidArgumentError, Option } from "commander";
 import { DEFAULT_MAX_PAYLOAD, WIRES, startCoordinatorServer, type Wire } from "../coordinator/server.js";
 import { ErrorCode, SyncbnError } from "../shared/errors.js";
 import { CoordinatorClient } from "../worker/client.js";
+import { parseModelKind, type ModelKind } from "../worker/nn/model.js";
 import { DEFAULT_SETTINGS, conventionsOf, validateSettings, type TrainSettings } from "../worker/settings.js";
 import { trainWorker } from "../worker/train.js";
 import { PIN_MODES, type PinMode } from "./affinity.js";
@@ -35,7 +36,7 @@ function addTrainFlags(cmd: Command): Command {
   return cmd
     .option("--batch <n>", "samples per worker per step", intArg("--batch", 1), D.batch)
     .option("--norm <mode>", "sync | local | group:K | ghost:G | renorm | groupnorm:G | none", D.norm)
-    .addOption(new Option("--model <kind>", "reference model").choices(["mlp", "cnn"]).default(D.model))
+    .option("--model <kind>", "mlp | cnn | resnet:N (resnet:3 = ResNet-20)", parseModelKind, D.model)
     .option("--data <spec>", "synthetic | fashion-mnist | DIR (folder of IDX files)", D.data)
     .option("--epochs <n>", "epochs to train (ignored with --steps)", intArg("--epochs", 1), D.epochs)
     .option("--steps <n>", "total training steps (overrides --epochs)", intArg("--steps", 1))
@@ -65,7 +66,7 @@ function addTrainFlags(cmd: Command): Command {
 interface TrainFlags {
   batch: number;
   norm: string;
-  model: "mlp" | "cnn";
+  model: ModelKind;
   data: string;
   epochs: number;
   steps?: number;

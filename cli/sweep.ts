@@ -11,7 +11,7 @@ import { Command, InvalidArgumentError, Option } from "commander";
 import { ErrorCode, SyncbnError } from "../shared/errors.js";
 import { DEFAULT_FASHION_MNIST_DIR, FASHION_MNIST_DIR_ENV } from "../worker/data/dataset.js";
 import { SYNTHETIC_DEFAULT_TEST, SYNTHETIC_DEFAULT_TRAIN } from "../worker/data/synthetic.js";
-import { MODEL_KINDS, type ModelKind } from "../worker/nn/model.js";
+import { parseModelKind, type ModelKind } from "../worker/nn/model.js";
 import { DEFAULT_SETTINGS } from "../worker/settings.js";
 import { intArg, numArg } from "./commands.js";
 import { readEnv } from "./env.js";
@@ -425,7 +425,7 @@ export function registerSweepCommand(program: Command): void {
     .addOption(new Option("--batches <list>", "per-worker batches").argParser(listArg("--batches", intItem("--batches", 1))).default(D.batches, D.batches.join(",")))
     .addOption(new Option("--norms <list>", "norm modes: sync, local, group:K, ghost:G, renorm, groupnorm:G, none").argParser(listArg("--norms", (s) => s)).default(D.norms, D.norms.join(",")))
     .addOption(new Option("--seeds <list>", "seeds, e.g. 1,2,3").argParser(listArg("--seeds", intItem("--seeds", 0))).default(D.seeds, D.seeds.join(",")))
-    .addOption(new Option("--model <kind>", "reference model").choices([...MODEL_KINDS]).default(D.model))
+    .option("--model <kind>", "mlp | cnn | resnet:N (resnet:3 = ResNet-20)", parseModelKind, D.model)
     .option("--data <spec>", "synthetic | fashion-mnist | DIR (folder of IDX files)", D.data)
     .option("--epochs <n>", "epochs per run (every run sees the same samples)", intArg("--epochs", 1), D.epochs)
     .option("--steps <n>", "fixed steps per run instead (quick checks; bigger batches then see more samples)", intArg("--steps", 1))
