@@ -9,6 +9,7 @@ import { ErrorCode, SyncbnError } from "../shared/errors.js";
 import { refusalLogger } from "../coordinator/admission.js";
 import { DEFAULT_HELLO_TIMEOUT_MS, MAX_HELLO_TIMEOUT_MS } from "../coordinator/pending.js";
 import { CoordinatorClient } from "../worker/client.js";
+import { parseModelKind, type ModelKind } from "../worker/nn/model.js";
 import { DEFAULT_SETTINGS, conventionsOf, validateSettings, type TrainSettings } from "../worker/settings.js";
 import { trainWorker } from "../worker/train.js";
 import { readEnv } from "./env.js";

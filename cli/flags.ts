@@ -5,7 +5,7 @@
 
 import { InvalidArgumentError, Option, type Command } from "commander";
 import { WIRES, type Wire } from "../coordinator/server.js";
-import { MODEL_KINDS, type ModelKind } from "../worker/nn/model.js";
+import { parseModelKind, type ModelKind } from "../worker/nn/model.js";
 import { BN_STYLE_DEFAULTS, DEFAULT_SETTINGS, MAX_BATCH, MAX_SYNTHETIC_SAMPLES, MAX_WORKERS, type TrainSettings } from "../worker/settings.js";
 import type { MomentumStyle } from "../shared/config.js";
 import { ErrorCode, SyncbnError } from "../shared/errors.js";
@@ -122,6 +122,15 @@ export interface RunFlagDefaults {
 
 const TRAIN_DEFAULTS: RunFlagDefaults = { model: D.model, renormWarmup: { steps: D.renormWarmup }, trainSize: "all" };
 
+/** --model: mlp, cnn or resnet:N; the model's own parser words the refusal. */
+function modelArg(v: string): ModelKind {
+  try {
+    return parseModelKind(v);
+  } catch (e) {
+    throw new InvalidArgumentError(e instanceof SyncbnError ? e.detail : String(e));
+  }
+}
+
 /**
  * The run-setting flags of train, worker and sweep (everything that decides a
  * result except the norm mode, batch, learning rate and seed, which sweep takes as
@@ -129,7 +138,7 @@ const TRAIN_DEFAULTS: RunFlagDefaults = { model: D.model, renormWarmup: { steps:
  */
 export function addRunFlags(cmd: Command, d: RunFlagDefaults = TRAIN_DEFAULTS): Command {
   return cmd
-    .addOption(new Option("--model <kind>", "reference model").choices([...MODEL_KINDS]).default(d.model))
+    .option("--model <kind>", "mlp | cnn | resnet:N (resnet:3 = ResNet-20)", modelArg, d.model)
     .option("--data <spec>", "synthetic | fashion-mnist | DIR (folder of IDX files)", D.data)
     .option("--epochs <n>", `epochs to train (1..${MAX_EPOCHS}; ignored with --steps)`, intArg("--epochs", 1, MAX_EPOCHS), D.epochs)
     .option("--steps <n>", `total training steps (1..${MAX_STEPS}; overrides --epochs)`, intArg("--steps", 1, MAX_STEPS))

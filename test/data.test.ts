@@ -371,13 +371,53 @@ describe("IDX files", () => {
     expect(err.message).toContain(`${file}: label 12 at index 1 is not a class 0..9`);
   });
 
-  it("reports images that are not 28×28", async () => {
+  it("refuses a folder whose train and test images differ in shape, naming both", async () => {
     const dir = await freshDir();
     const train = fakeSplit(2, 32, 32);
     const test = fakeSplit(2);
     await writeFolder(dir, { trainImages: train.images, trainLabels: train.labels, testImages: test.images, testLabels: test.labels }, { images: true, labels: true });
     const err = await dataErrorOf(loadDataset(dir, { seed: 0 }));
-    expect(err.message).toContain("train-images-idx3-ubyte.gz: images are 32×32");
+    expect(err.message).toContain("train images are 1×32×32");
+    expect(err.message).toContain("test images are 1×28×28");
+  });
+
+  it("loads 3-d IDX images of any size as (1, H, W), as the header says", async () => {
+    const dir = await freshDir();
+    const train = fakeSplit(4, 12, 10);
+    const test = fakeSplit(3, 12, 10);
+    await writeFolder(dir, { trainImages: train.images, trainLabels: train.labels, testImages: test.images, testLabels: test.labels }, { images: false, labels: true });
+    const { train: ds, test: ts } = await loadDataset(dir, { seed: 0 });
+    expect(ds.sampleShape).toEqual([1, 12, 10]);
+    expect(ts.sampleShape).toEqual([1, 12, 10]);
+    expect(ds.images.length).toBe(4 * 120);
+    // Pixel j of image i is (i·7 + j) mod 256: image 2's pixel 119 ends the buffer's third image.
+    expect(ds.images[2 * 120 + 119]).toBeCloseTo(((2 * 7 + 119) % 256 / 255 - FASHION_MNIST_MEAN) / FASHION_MNIST_STD, 5);
+    const out = new Float32Array(2 * 120);
+    const labels = new Uint8Array(2);
+    gatherBatch(out, labels, ds, [3, 1], 0, 2);
+    expect(Array.from(out.subarray(0, 120))).toEqual(Array.from(ds.images.subarray(3 * 120, 4 * 120)));
+    expect(Array.from(labels)).toEqual([3, 1]);
+  });
+
+  it("loads 4-d IDX images (N, C, H, W) from …-idx4-ubyte files as (C, H, W), channel-major like the file", async () => {
+    const dir = await freshDir();
+    const [c, h, w] = [3, 5, 4];
+    const per = c * h * w;
+    const split = (count: number): { images: Uint8Array; labels: Uint8Array } => ({
+      images: idxBytes(IDX_IMAGES_MAGIC + 1, [count, c, h, w], Uint8Array.from({ length: count * per }, (_, i) => i % 251)),
+      labels: idxBytes(IDX_LABELS_MAGIC, [count], Uint8Array.from({ length: count }, (_, i) => (i * 3) % 10)),
+    });
+    const [train, test] = [split(5), split(2)];
+    await writeFile(join(dir, "train-images-idx4-ubyte"), train.images);
+    await writeFile(join(dir, "t10k-images-idx4-ubyte.gz"), gzipSync(test.images));
+    await writeFile(join(dir, "train-labels-idx1-ubyte"), train.labels);
+    await writeFile(join(dir, "t10k-labels-idx1-ubyte"), test.labels);
+    const { train: ds, test: ts } = await loadDataset(dir, { seed: 0 });
+    expect(ds.sampleShape).toEqual([3, 5, 4]);
+    expect(ts.count).toBe(2);
+    const at = (i: number, ch: number, y: number, x: number): number => ds.images[i * per + (ch * h + y) * w + x]!;
+    expect(at(4, 2, 3, 1)).toBeCloseTo((((4 * per + (2 * h + 3) * w + 1) % 251) / 255 - FASHION_MNIST_MEAN) / FASHION_MNIST_STD, 5);
+    expect(Array.from(ds.labels)).toEqual([0, 3, 6, 9, 2]);
   });
 
   it("reports a missing file with both names it looked for", async () => {

@@ -13,7 +13,7 @@
 //   layer normalized with the batch's own statistics); that needs a fwd round per
 //   layer and batch in sync mode, and at 1 sample per worker a train-mode pass
 //   would zero every (N, C) feature. Cost: at most L forwards per batch (L = norm
-//   layers, 2 or 3 here), only before evaluations.
+//   layers: 2 or 3 for mlp and cnn, 6N + 3 for resnet:N), only before evaluations.
 // - Population mean and variance pool every collected value with Chan's merge:
 //   the exact mean and variance of all n values, however they were split into
 //   batches and workers. fvcore averages the per-batch (unbiased) variances: right
@@ -32,17 +32,11 @@ import { emptyMoments, localMoments, mergeMoments, type Moments } from "../share
 import type { CoordinatorClient } from "./client.js";
 import { gatherBatch, type Dataset } from "./data/dataset.js";
 import type { RunningStatsLayer } from "./nn/batchnorm.js";
-import type { Layer } from "./nn/layer.js";
 import type { Model } from "./nn/model.js";
 import type { TrainSettings } from "./settings.js";
 
 /** Seed stream of the PreciseBN batch order (worker/train.ts uses 1 for init, 2 for shuffling). */
 const SEED_PRECISE = 3;
-
-async function run(layer: Layer, x: Float32Array, n: number): Promise<Float32Array> {
-  const out = layer.forward(x, n, false);
-  return out instanceof Promise ? await out : out;
-}
 
 /**
  * This worker's pooled input moments of every running-stats layer over `batches`
@@ -58,7 +52,6 @@ export async function collectMoments(
   unbiased: boolean,
 ): Promise<Moments[]> {
   const statLayers = model.bnLayers;
-  const positions = statLayers.map((l) => model.layers.indexOf(l));
   const pooled = statLayers.map((l) => emptyMoments(l.channels));
   const batch = statLayers.map((l) => emptyMoments(l.channels));
   const x = new Float32Array(batchSize * inputSize); // (B, ...inShape)
@@ -66,8 +59,7 @@ export async function collectMoments(
     const target = statLayers[p]!;
     for (let b = 0; b < batches; b++) {
       fill(x, b);
-      let h: Float32Array = x;
-      for (let i = 0; i < positions[p]!; i++) h = await run(model.layers[i]!, h, batchSize);
+      const h = await model.inputOf(target, x, batchSize);
       const m = localMoments(batch[p]!, h, batchSize, target.channels, target.spatial);
       mergeMoments(pooled[p]!, m.count, m.mean, m.m2);
     }

@@ -4,7 +4,7 @@
 
 import { parseNorm, statsGroupSize, validateConventions, type MomentumStyle, type RunConventions } from "../shared/config.js";
 import { ErrorCode, SyncbnError } from "../shared/errors.js";
-import { MODEL_KINDS, type ModelKind } from "./nn/model.js";
+import { normChannels, parseModelKind, type ModelKind } from "./nn/model.js";
 
 /** Largest worker count: the coordinator keeps per-rank state, and a local run starts W processes. */
 export const MAX_WORKERS = 1024;
@@ -86,9 +86,6 @@ export const BN_STYLE_DEFAULTS: Record<MomentumStyle, { momentum: number; eps: n
   keras: { momentum: 0.99, eps: 1e-3 },
 };
 
-/** Channel counts of the norm layers of each reference model (DESIGN.md §7). */
-const NORM_CHANNELS: Record<string, number[]> = { mlp: [256, 128], cnn: [16, 32, 64] };
-
 function divisorsOfAll(values: number[]): number[] {
   const out: number[] = [];
   for (let d = 1; d <= Math.min(...values); d++) if (values.every((v) => v % d === 0)) out.push(d);
@@ -100,14 +97,14 @@ export function validateSettings(s: TrainSettings, worldSize: number): void {
   const bad = (msg: string): never => {
     throw new SyncbnError(ErrorCode.BadConfig, msg);
   };
-  if (!MODEL_KINDS.includes(s.model)) bad(`--model must be one of ${MODEL_KINDS.join(", ")}, got "${s.model}"`);
+  parseModelKind(s.model);
   const mode = parseNorm(s.norm);
   statsGroupSize(mode, worldSize);
   if (mode.kind === "ghost" && s.batch % mode.ghostBatch !== 0) {
     bad(`--norm ghost:${mode.ghostBatch} needs G to divide the per-worker batch ${s.batch}`);
   }
   if (mode.kind === "groupnorm") {
-    const channels = NORM_CHANNELS[s.model] ?? [];
+    const channels = [...new Set(normChannels(s.model))];
     const ok = channels.filter((c) => c % mode.groups === 0).length === channels.length;
     if (!ok) {
       const common = channels.length ? divisorsOfAll(channels) : [];

@@ -82,7 +82,7 @@ export async function trainWorker(run: WorkerRun): Promise<void> {
   }
 
   const per = data.train.images.length / data.train.count;
-  const x = new Float32Array(s.batch * per); // (B, 1, 28, 28)
+  const x = new Float32Array(s.batch * per); // (B, C, H, W)
   const labels = new Uint8Array(s.batch); // (B)
   const grads = new Float32Array(model.gradSize);
   const extra = new Float64Array(GradExtra.length);

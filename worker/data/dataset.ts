@@ -12,10 +12,11 @@ import { SYNTHETIC_DEFAULT_TEST, SYNTHETIC_DEFAULT_TRAIN, generateSynthetic } fr
 export interface Dataset {
   /** e.g. "synthetic/train", "fashion-mnist/test". */
   name: string;
-  images: Float32Array; // (N, 1, 28, 28), normalized (see loadDataset)
+  images: Float32Array; // (N, C, H, W), normalized (see loadDataset)
   labels: Uint8Array; // (N), each < classes
   count: number; // N
-  sampleShape: [1, 28, 28];
+  /** (C, H, W) of one sample: synthetic 1×28×28, an IDX folder what its header says. */
+  sampleShape: [number, number, number];
   classes: number;
 }
 
@@ -58,8 +59,6 @@ export function fashionMnistDirFromEnv(env: Readonly<Record<string, string | und
 export const FASHION_MNIST_MEAN = 0.286;
 export const FASHION_MNIST_STD = 0.353;
 
-const SIDE = 28;
-const PIXELS = SIDE * SIDE;
 const CLASSES = 10;
 
 function checkSize(what: string, size: number | undefined, available: number, source: string): number {
@@ -73,32 +72,22 @@ function checkSize(what: string, size: number | undefined, available: number, so
   return size;
 }
 
-function checkImageShape(split: IdxSplit): void {
-  const { images } = split;
-  if (images.rows !== SIDE || images.cols !== SIDE) {
-    throw new SyncbnError(
-      ErrorCode.Data,
-      `${images.file}: images are ${images.rows}×${images.cols}, syncbn's models take 28×28 (MNIST-sized) images`,
-    );
-  }
-}
-
 /** The first `size` samples of an IDX split as a normalized Dataset. */
 function idxToDataset(split: IdxSplit, size: number, name: string): Dataset {
   const { images, labels } = split;
-  checkImageShape(split);
+  const per = images.channels * images.rows * images.cols;
   // 256-entry lookup table: one load per pixel instead of a divide and a multiply.
   const table = new Float32Array(256);
   for (let v = 0; v < 256; v++) table[v] = (v / 255 - FASHION_MNIST_MEAN) / FASHION_MNIST_STD;
-  const out = new Float32Array(size * PIXELS); // (N, 1, 28, 28)
-  const pixels = images.pixels; // (N, 28, 28), 0..255
+  const out = new Float32Array(size * per); // (N, C, H, W)
+  const pixels = images.pixels; // (N, C, H, W), 0..255
   for (let i = 0; i < out.length; i++) out[i] = table[pixels[i]!]!;
   return {
     name,
     images: out,
     labels: labels.labels.slice(0, size),
     count: size,
-    sampleShape: [1, SIDE, SIDE],
+    sampleShape: [images.channels, images.rows, images.cols],
     classes: CLASSES,
   };
 }
@@ -111,10 +100,24 @@ async function isDirectory(path: string): Promise<boolean> {
   }
 }
 
+/** The sizes of a folder's two splits after --train-size/--test-size; both splits must have one image shape. */
+function checkSplits(dir: string, trainSplit: IdxSplit, testSplit: IdxSplit, opts: LoadOptions): { train: number; test: number } {
+  const shapeOf = (s: IdxSplit): string => `${s.images.channels}×${s.images.rows}×${s.images.cols}`;
+  if (shapeOf(trainSplit) !== shapeOf(testSplit)) {
+    throw new SyncbnError(
+      ErrorCode.Data,
+      `${dir}: train images are ${shapeOf(trainSplit)} (${trainSplit.images.file}) but test images are ${shapeOf(testSplit)} (${testSplit.images.file}); both splits must have one shape`,
+    );
+  }
+  return {
+    train: checkSize("--train-size", opts.trainSize, trainSplit.images.count, `${dir} (train)`),
+    test: checkSize("--test-size", opts.testSize, testSplit.images.count, `${dir} (t10k)`),
+  };
+}
+
 async function loadIdxFolder(dir: string, label: string, opts: LoadOptions): Promise<LoadedData> {
   const [trainSplit, testSplit] = await Promise.all([readIdxSplit(dir, "train", CLASSES), readIdxSplit(dir, "t10k", CLASSES)]);
-  const trainSize = checkSize("--train-size", opts.trainSize, trainSplit.images.count, `${dir} (train)`);
-  const testSize = checkSize("--test-size", opts.testSize, testSplit.images.count, `${dir} (t10k)`);
+  const { train: trainSize, test: testSize } = checkSplits(dir, trainSplit, testSplit, opts);
   const train = idxToDataset(trainSplit, trainSize, `${label}/train`);
   const test = idxToDataset(testSplit, testSize, `${label}/test`);
   return { train, test, source: `${label} from ${dir}: ${trainSize} train / ${testSize} test` };
@@ -151,7 +154,8 @@ async function idxFolderOf(spec: string, opts: LoadOptions): Promise<{ dir: stri
  * - "synthetic": generated from opts.seed (see synthetic.ts), already standardized.
  * - "fashion-mnist": IDX files in opts.fashionMnistDir (default
  *   /usr/share/datasets/fashion-mnist), pixels mapped to (v/255 − 0.2860)/0.3530.
- * - anything else: a folder holding the four (Fashion-)MNIST IDX files, same mapping.
+ * - anything else: a folder holding the four (Fashion-)MNIST IDX files, same mapping;
+ *   images of any size, (N, H, W) or (N, C, H, W), as their headers say.
  * trainSize/testSize take the first samples of each split. Missing or malformed
  * data is a SyncbnError(Data) that names the path and what to do.
  */
@@ -179,28 +183,24 @@ export async function probeDataset(spec: string, opts: LoadOptions): Promise<{ t
   }
   const { dir } = await idxFolderOf(spec, opts);
   const [trainSplit, testSplit] = await Promise.all([readIdxSplit(dir, "train", CLASSES), readIdxSplit(dir, "t10k", CLASSES)]);
-  checkImageShape(trainSplit);
-  checkImageShape(testSplit);
-  return {
-    train: checkSize("--train-size", opts.trainSize, trainSplit.images.count, `${dir} (train)`),
-    test: checkSize("--test-size", opts.testSize, testSplit.images.count, `${dir} (t10k)`),
-  };
+  return checkSplits(dir, trainSplit, testSplit, opts);
 }
 
 /**
- * Copies samples indices[from .. from+n) of ds into out (n, 1, 28, 28) and
- * outLabels (n). Allocates nothing; cost n·784 float copies. Misuse (buffers too
+ * Copies samples indices[from .. from+n) of ds into out (n, C, H, W) and
+ * outLabels (n). Allocates nothing; cost n·C·H·W float copies. Misuse (buffers too
  * small, range or index out of bounds) throws a RangeError at once.
  */
 export function gatherBatch(
-  out: Float32Array, // (≥n, 1, 28, 28)
+  out: Float32Array, // (≥n, C, H, W)
   outLabels: Uint8Array, // (≥n)
   ds: Dataset,
   indices: ArrayLike<number>, // sample indices into ds, e.g. a shuffled permutation
   from: number,
   n: number,
 ): void {
-  const per = PIXELS;
+  const [c, h, w] = ds.sampleShape;
+  const per = c * h * w;
   if (out.length < n * per || outLabels.length < n) {
     throw new RangeError(`gatherBatch: buffers hold ${out.length / per} images / ${outLabels.length} labels, batch needs ${n}`);
   }

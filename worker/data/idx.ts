@@ -2,7 +2,8 @@
 // train-labels-idx1-ubyte, t10k-… , each plain or gzipped (detected by the 1f 8b
 // magic, not by the name). Checks every header field against the byte length and
 // names the file and the problem when anything is off. Not a general IDX library:
-// unsigned-byte data only (type 0x08), 3-d images and 1-d labels.
+// unsigned-byte data only (type 0x08), images (N, H, W) or (N, C, H, W) of any
+// size, 1-d labels.
 
 import { access, readFile } from "node:fs/promises";
 import { join } from "node:path";
@@ -11,15 +12,19 @@ import { ErrorCode, SyncbnError } from "../../shared/errors.js";
 
 /** IDX magic = 0x00 0x00 <type> <ndims>; type 0x08 = unsigned byte. */
 export const IDX_IMAGES_MAGIC = 0x00000803;
+/** Images with a channel axis, (N, C, H, W). */
+export const IDX_IMAGES4_MAGIC = 0x00000804;
 export const IDX_LABELS_MAGIC = 0x00000801;
 const IDX_TYPE_UBYTE = 0x08;
 
 export interface IdxImages {
   file: string;
   count: number;
+  /** 1 for a 3-d (N, H, W) file. */
+  channels: number;
   rows: number;
   cols: number;
-  pixels: Uint8Array; // (count, rows, cols), raw 0..255
+  pixels: Uint8Array; // (count, channels, rows, cols), raw 0..255
 }
 
 export interface IdxLabels {
@@ -81,7 +86,7 @@ function parseIdx(
   const magic = view.getUint32(0, false); // IDX is big-endian throughout
   if (magic !== expectedMagic) {
     const other =
-      magic === IDX_LABELS_MAGIC ? " (that is an IDX labels file)" : magic === IDX_IMAGES_MAGIC ? " (that is an IDX images file)" : "";
+      magic === IDX_LABELS_MAGIC ? " (that is an IDX labels file)" : magic === IDX_IMAGES_MAGIC || magic === IDX_IMAGES4_MAGIC ? " (that is an IDX images file)" : "";
     const typeNote = bytes[0] === 0 && bytes[1] === 0 && bytes[2] !== IDX_TYPE_UBYTE ? `; only unsigned-byte data (type 0x08) is supported` : "";
     throw dataError(file, `bad magic ${hex32(magic)}${other}, expected ${hex32(expectedMagic)} for ${what}${typeNote}`);
   }
@@ -109,9 +114,13 @@ function parseIdx(
 /** Parses the contents (plain or gzipped) of an images file. */
 export function parseIdxImages(raw: Uint8Array, file: string): IdxImages {
   const gz = isGzip(raw);
-  const { dims, payload } = parseIdx(decompressIdx(raw, file), file, IDX_IMAGES_MAGIC, "an IDX images file", gz);
-  const [count, rows, cols] = dims as [number, number, number];
-  return { file, count, rows, cols, pixels: payload };
+  const bytes = decompressIdx(raw, file);
+  // The 4th magic byte is the number of dimensions: 3 (N, H, W) or 4 (N, C, H, W).
+  const magic = bytes.length >= 4 && bytes[0] === 0 && bytes[1] === 0 && bytes[2] === IDX_TYPE_UBYTE && bytes[3] === 4 ? IDX_IMAGES4_MAGIC : IDX_IMAGES_MAGIC;
+  const { dims, payload } = parseIdx(bytes, file, magic, "an IDX images file", gz);
+  const [count, channels, rows, cols] = dims.length === 4 ? (dims as [number, number, number, number]) : [dims[0]!, 1, dims[1]!, dims[2]!];
+  if (channels < 1 || rows < 1 || cols < 1) throw dataError(file, `images of ${channels}×${rows}×${cols} pixels: every dimension must be at least 1`);
+  return { file, count, channels, rows, cols, pixels: payload };
 }
 
 /** Parses the contents (plain or gzipped) of a labels file; every label must be < classes. */
@@ -166,10 +175,17 @@ export async function findIdxFile(dir: string, baseName: string): Promise<string
   );
 }
 
-/** Reads `<prefix>-images-idx3-ubyte(.gz)` and `<prefix>-labels-idx1-ubyte(.gz)` from dir; prefix "train" or "t10k". */
+/**
+ * Reads `<prefix>-images-idx3-ubyte(.gz)` (or, when there is none, `…-idx4-ubyte(.gz)`)
+ * and `<prefix>-labels-idx1-ubyte(.gz)` from dir; prefix "train" or "t10k".
+ */
 export async function readIdxSplit(dir: string, prefix: string, classes = 10): Promise<IdxSplit> {
+  const idx4 = `${prefix}-images-idx4-ubyte`;
   const [imagesFile, labelsFile] = await Promise.all([
-    findIdxFile(dir, `${prefix}-images-idx3-ubyte`),
+    findIdxFile(dir, `${prefix}-images-idx3-ubyte`).catch(async (e: unknown) => {
+      if (await exists(join(dir, `${idx4}.gz`)) || await exists(join(dir, idx4))) return findIdxFile(dir, idx4);
+      throw e;
+    }),
     findIdxFile(dir, `${prefix}-labels-idx1-ubyte`),
   ]);
   const [images, labels] = await Promise.all([readIdxImages(imagesFile), readIdxLabels(labelsFile, classes)]);

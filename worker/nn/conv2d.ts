@@ -1,5 +1,5 @@
 // 2-D convolution over NCHW batches, weights (cout, cin, k, k), square kernel,
-// symmetric zero padding, PyTorch default init. Two paths behind one layer: the
+// symmetric zero padding, with or without bias, PyTorch default init. Two paths behind one layer: the
 // WebAssembly SIMD one (kernels/conv-wasm.ts, default) and its plain TypeScript
 // twin here (im2col + row-update matmul per sample); a naive direct-convolution
 // twin of both is kept for tests. Not dilated, grouped or transposed convolution.
@@ -347,6 +347,7 @@ export class Conv2d implements Layer {
   readonly outShape: readonly number[];
   readonly geometry: ConvGeometry;
   readonly weight: Param; // (cout, cin, k, k) = (cout, R) with R = cin·k·k
+  /** (cout); without bias (`hasBias` false) zeros that are not a param and whose grad is scratch. */
   readonly bias: Param; // (cout)
   private readonly kernel: ConvKernel;
   private savedN = -1;
@@ -357,6 +358,7 @@ export class Conv2d implements Layer {
     cin: number, cout: number, kernel: number, stride: number, padding: number, inH: number, inW: number,
     rng: Rng,
     readonly backend: KernelBackend = kernelBackend(),
+    readonly hasBias = true,
   ) {
     const g = convGeometry(name, cin, cout, kernel, stride, padding, inH, inW);
     this.geometry = g;
@@ -365,14 +367,15 @@ export class Conv2d implements Layer {
     const rows = cin * kernel * kernel;
     const w = new Float32Array(cout * rows);
     const b = new Float32Array(cout);
-    initFanInUniform(w, b, rows, rng);
-    this.weight = { name: `${name}.weight`, value: w, grad: new Float32Array(w.length) };
-    this.bias = { name: `${name}.bias`, value: b, grad: new Float32Array(b.length) };
+    // Without bias PyTorch draws the weight only: the bias stays zero and takes no numbers from the stream.
+    initFanInUniform(w, hasBias ? b : new Float32Array(0), rows, rng);
+    this.weight = { name: `${name}.weight`, value: w, grad: new Float32Array(w.length), shape: [cout, cin, kernel, kernel] };
+    this.bias = { name: `${name}.bias`, value: b, grad: new Float32Array(b.length), shape: [cout] };
     this.kernel = backend === "wasm" ? new ConvWasm(g) : new ConvJs(g);
   }
 
   params(): Param[] {
-    return [this.weight, this.bias];
+    return this.hasBias ? [this.weight, this.bias] : [this.weight];
   }
 
   forward(x: Float32Array, n: number, train: boolean): Float32Array {

@@ -46,8 +46,8 @@ export class GroupNorm implements Layer {
       );
     }
     this.groupChannels = c / groups;
-    this.gamma = { name: `${name}.weight`, value: new Float32Array(c).fill(1), grad: new Float32Array(c) };
-    this.beta = { name: `${name}.bias`, value: new Float32Array(c), grad: new Float32Array(c) };
+    this.gamma = { name: `${name}.weight`, value: new Float32Array(c).fill(1), grad: new Float32Array(c), shape: [c] };
+    this.beta = { name: `${name}.bias`, value: new Float32Array(c), grad: new Float32Array(c), shape: [c] };
     this.gradGamma = new Float64Array(c);
     this.gradBeta = new Float64Array(c);
     const per = sizeOf(shape);

@@ -8,6 +8,8 @@ export interface Param {
   readonly name: string;
   readonly value: Float32Array;
   readonly grad: Float32Array;
+  /** PyTorch's shape of the tensor (e.g. [cout, cin, k, k]); [length] when absent. */
+  readonly shape?: readonly number[];
   /** false for BN's γ/β if the user excludes them from weight decay; default true. */
   readonly decay?: boolean;
 }

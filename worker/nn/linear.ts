@@ -138,8 +138,8 @@ export class Linear implements Layer {
     const w = new Float32Array(outFeatures * inFeatures);
     const b = new Float32Array(outFeatures);
     initFanInUniform(w, b, inFeatures, rng);
-    this.weight = { name: `${name}.weight`, value: w, grad: new Float32Array(w.length) };
-    this.bias = { name: `${name}.bias`, value: b, grad: new Float32Array(b.length) };
+    this.weight = { name: `${name}.weight`, value: w, grad: new Float32Array(w.length), shape: [outFeatures, inFeatures] };
+    this.bias = { name: `${name}.bias`, value: b, grad: new Float32Array(b.length), shape: [outFeatures] };
     this.kernel = backend === "wasm" ? new LinearWasm(inFeatures, outFeatures) : new LinearJs(inFeatures, outFeatures);
   }
 

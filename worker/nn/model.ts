@@ -1,6 +1,8 @@
-// The reference models of DESIGN.md §7 (mlp, cnn) as a sequence of layers with a
-// normalization layer of the chosen mode wherever the design puts BN, plus the
-// flat views the data-parallel step needs (all grads as one vector, a checksum).
+// The models a run trains, as graphs (graph.ts): the reference mlp and cnn of
+// DESIGN.md §7 and the CIFAR-style ResNet (resnet.ts), with the norm layer of the
+// chosen mode wherever the design puts BN; plus the flat views the data-parallel
+// step needs (all grads as one vector, a checksum) and the tensors by their
+// PyTorch state_dict names. Not a model zoo: the three families of the README.
 
 import { ErrorCode, SyncbnError } from "../../shared/errors.js";
 import type { BnConventions, NormMode } from "../../shared/config.js";
@@ -9,15 +11,36 @@ import { BatchNorm, isRunningStatsLayer, type BnSync, type RunningStatsLayer } f
 import { Conv2d } from "./conv2d.js";
 import { Flatten } from "./flatten.js";
 import { GhostBatchNorm } from "./ghost.js";
+import { GraphBuilder, LayerOp, type Graph, type Value } from "./graph.js";
 import { GroupNorm } from "./groupnorm.js";
 import { sizeOf, type Layer, type Param } from "./layer.js";
 import { Linear } from "./linear.js";
 import { MaxPool2d } from "./maxpool.js";
 import { ReLU } from "./relu.js";
 import { BatchRenorm, type RenormOptions } from "./renorm.js";
+import { buildResnet, RESNET_MAX_BLOCKS, resnetNormChannels } from "./resnet.js";
 
-export type ModelKind = "mlp" | "cnn";
+/** `mlp`, `cnn`, or `resnet:N` (N BasicBlocks per stage). */
+export type ModelKind = "mlp" | "cnn" | `resnet:${number}`;
+/** The kinds without a parameter; `resnet:N` is the third family. */
 export const MODEL_KINDS: readonly ModelKind[] = ["mlp", "cnn"];
+export const MODEL_KINDS_HELP = "mlp, cnn or resnet:N";
+
+/** The kind named by a --model value, or a one-line BadConfig error saying what is accepted. */
+export function parseModelKind(s: string): ModelKind {
+  if (s === "mlp" || s === "cnn") return s;
+  const m = /^resnet:(\d+)$/.exec(s);
+  const n = m ? Number(m[1]) : NaN;
+  if (Number.isInteger(n) && n >= 1 && n <= RESNET_MAX_BLOCKS) return `resnet:${n}`;
+  throw new SyncbnError(ErrorCode.BadConfig, `--model must be mlp, cnn or resnet:N with N in 1..${RESNET_MAX_BLOCKS} (resnet:3 is ResNet-20), got "${s}"`);
+}
+
+/** Channel counts of every norm layer of a model kind, in forward order (for --norm groupnorm:G checks). */
+export function normChannels(kind: ModelKind): number[] {
+  if (kind === "mlp") return [256, 128];
+  if (kind === "cnn") return [16, 32, 64];
+  return resnetNormChannels(Number(kind.slice("resnet:".length)));
+}
 
 export interface ModelOptions {
   kind: ModelKind;
@@ -34,8 +57,17 @@ export interface ModelOptions {
   renorm?: RenormOptions;
 }
 
+/** One tensor of the model under its PyTorch state_dict name, in state_dict order. */
+export type NamedTensor =
+  | { readonly kind: "param"; readonly name: string; readonly shape: readonly number[]; readonly param: Param }
+  | { readonly kind: "running_mean" | "running_var"; readonly name: string; readonly shape: readonly number[]; readonly value: Float64Array; readonly layer: RunningStatsLayer }
+  /** An int64 scalar in PyTorch; read and set `layer.tracked`. */
+  | { readonly kind: "num_batches_tracked"; readonly name: string; readonly shape: readonly number[]; readonly layer: RunningStatsLayer };
+
 export class Model {
   readonly params: Param[];
+  /** Every one-input layer of the graph, in execution order (Add joins are not layers). */
+  readonly layers: Layer[];
   /**
    * The norm layers with running statistics (BN, ghost BN, renorm; not GroupNorm),
    * in forward order: what checkpoints, the rank-0 broadcast and PreciseBN handle.
@@ -45,30 +77,49 @@ export class Model {
 
   constructor(
     readonly kind: ModelKind,
-    readonly layers: Layer[],
+    readonly graph: Graph,
   ) {
-    this.params = layers.flatMap((l) => l.params());
-    this.bnLayers = layers.filter(isRunningStatsLayer);
+    const ops = graph.ops;
+    this.params = ops.flatMap((op) => op.params());
+    this.layers = ops.flatMap((op) => (op instanceof LayerOp ? [op.layer] : []));
+    this.bnLayers = this.layers.filter(isRunningStatsLayer);
     this.gradSize = this.params.reduce((a, p) => a + p.grad.length, 0);
   }
 
-  /** x: (n, ...inShape) → logits (n, classes). Awaits only where a layer is async. */
-  async forward(x: Float32Array, n: number, train: boolean): Promise<Float32Array> {
-    let h = x;
-    for (const layer of this.layers) {
-      const out = layer.forward(h, n, train);
-      h = out instanceof Promise ? await out : out;
-    }
-    return h;
+  /** x: (n, ...inShape) → logits (n, classes). Awaits only where an op is async. */
+  forward(x: Float32Array, n: number, train: boolean): Promise<Float32Array> {
+    return this.graph.forward(x, n, train);
   }
 
   /** dlogits: (n, classes); fills every param's grad with this worker's share. */
-  async backward(dlogits: Float32Array, n: number): Promise<void> {
-    let g = dlogits;
-    for (let i = this.layers.length - 1; i >= 0; i--) {
-      const out = this.layers[i]!.backward(g, n);
-      g = out instanceof Promise ? await out : out;
+  backward(dlogits: Float32Array, n: number): Promise<void> {
+    return this.graph.backward(dlogits, n);
+  }
+
+  /** Eval-mode forward of x (n, ...inShape) up to `layer`: its input (n, ...layer.inShape), a view the graph owns. */
+  inputOf(layer: Layer, x: Float32Array, n: number): Promise<Float32Array> {
+    const op = this.graph.ops.find((o) => o instanceof LayerOp && o.layer === layer);
+    if (!op) throw new RangeError(`model: ${layer.name} is not a layer of this model`);
+    return this.graph.forward(x, n, false, op);
+  }
+
+  /**
+   * Parameters and running-stat buffers by state_dict name, in state_dict order
+   * (module registration order = graph order; per module its params, then
+   * running_mean, running_var, num_batches_tracked).
+   */
+  namedTensors(): NamedTensor[] {
+    const out: NamedTensor[] = [];
+    for (const layer of this.layers) {
+      for (const p of layer.params()) out.push({ kind: "param", name: p.name, shape: p.shape ?? [p.value.length], param: p });
+      if (isRunningStatsLayer(layer)) {
+        const c = [layer.channels];
+        out.push({ kind: "running_mean", name: `${layer.name}.running_mean`, shape: c, value: layer.runningMean, layer });
+        out.push({ kind: "running_var", name: `${layer.name}.running_var`, shape: c, value: layer.runningVar, layer });
+        out.push({ kind: "num_batches_tracked", name: `${layer.name}.num_batches_tracked`, shape: [], layer });
+      }
     }
+    return out;
   }
 
   /** Copies every param's grad into flat (gradSize), params order. */
@@ -100,53 +151,53 @@ export class Model {
   }
 }
 
+/** Appends the run's norm layer for a (C) or (C, H, W) value, or returns the value for `none`. */
+export type NormFactory = (g: GraphBuilder, name: string, v: Value) => Value;
+
 export function buildModel(o: ModelOptions): Model {
   const rng = new Rng(o.seed);
   let bnIndex = 0;
-  const layers: Layer[] = [];
-  /** Append the norm layer of the run's mode for a (C) or (C, H, W) activation. */
-  const norm = (name: string, shape: number[]): void => {
-    const l = makeNorm(name, bnIndex, shape, o);
-    if (l) {
-      layers.push(l);
-      bnIndex++;
-    }
+  const norm: NormFactory = (g, name, v) => {
+    const l = makeNorm(name, bnIndex, [...v.shape], o);
+    if (!l) return v;
+    bnIndex++;
+    return g.layer(l, v);
   };
+  const g = new GraphBuilder(o.inShape);
   if (o.kind === "mlp") {
     const inF = sizeOf(o.inShape);
-    layers.push(new Flatten("flatten", o.inShape));
-    layers.push(new Linear("fc1", inF, 256, rng));
-    norm("bn1", [256]);
-    layers.push(new ReLU("relu1", [256]));
-    layers.push(new Linear("fc2", 256, 128, rng));
-    norm("bn2", [128]);
-    layers.push(new ReLU("relu2", [128]));
-    layers.push(new Linear("fc3", 128, o.classes, rng));
-    return new Model("mlp", layers);
+    let h = g.layer(new Flatten("flatten", o.inShape), g.input);
+    h = g.layer(new Linear("fc1", inF, 256, rng), h);
+    h = g.layer(new ReLU("relu1", [256]), norm(g, "bn1", h));
+    h = g.layer(new Linear("fc2", 256, 128, rng), h);
+    h = g.layer(new ReLU("relu2", [128]), norm(g, "bn2", h));
+    h = g.layer(new Linear("fc3", 128, o.classes, rng), h);
+    return new Model("mlp", g.finish(h));
   }
   if (o.kind === "cnn") {
     const [cin, h, w] = o.inShape as [number, number, number];
-    if (o.inShape.length !== 3 || h % 4 !== 0 || w % 4 !== 0) {
-      throw new SyncbnError(ErrorCode.BadConfig, `cnn needs (C, H, W) input with H, W divisible by 4, got ${o.inShape.join("×")}`);
+    if (o.inShape.length !== 3 || !(h >= 4 && w >= 4)) {
+      throw new SyncbnError(ErrorCode.BadConfig, `--model cnn needs images of at least 4×4 pixels (two 2×2 poolings), got ${o.inShape.join("×")}`);
     }
-    layers.push(new Conv2d("conv1", cin, 16, 3, 1, 1, h, w, rng));
-    norm("bn1", [16, h, w]);
-    layers.push(new ReLU("relu1", [16, h, w]));
-    layers.push(new MaxPool2d("pool1", 16, h, w, 2, 2));
-    const h2 = h / 2, w2 = w / 2;
-    layers.push(new Conv2d("conv2", 16, 32, 3, 1, 1, h2, w2, rng));
-    norm("bn2", [32, h2, w2]);
-    layers.push(new ReLU("relu2", [32, h2, w2]));
-    layers.push(new MaxPool2d("pool2", 32, h2, w2, 2, 2));
-    const flat = 32 * (h2 / 2) * (w2 / 2);
-    layers.push(new Flatten("flatten", [32, h2 / 2, w2 / 2]));
-    layers.push(new Linear("fc1", flat, 64, rng));
-    norm("bn3", [64]);
-    layers.push(new ReLU("relu3", [64]));
-    layers.push(new Linear("fc2", 64, o.classes, rng));
-    return new Model("cnn", layers);
+    let v = g.layer(new Conv2d("conv1", cin, 16, 3, 1, 1, h, w, rng), g.input);
+    v = g.layer(new ReLU("relu1", [16, h, w]), norm(g, "bn1", v));
+    v = g.layer(new MaxPool2d("pool1", 16, h, w, 2, 2), v);
+    const [, h2, w2] = v.shape as [number, number, number];
+    v = g.layer(new Conv2d("conv2", 16, 32, 3, 1, 1, h2, w2, rng), v);
+    v = g.layer(new ReLU("relu2", [32, h2, w2]), norm(g, "bn2", v));
+    v = g.layer(new MaxPool2d("pool2", 32, h2, w2, 2, 2), v);
+    const flat = sizeOf(v.shape);
+    v = g.layer(new Flatten("flatten", v.shape), v);
+    v = g.layer(new Linear("fc1", flat, 64, rng), v);
+    v = g.layer(new ReLU("relu3", [64]), norm(g, "bn3", v));
+    v = g.layer(new Linear("fc2", 64, o.classes, rng), v);
+    return new Model("cnn", g.finish(v));
   }
-  throw new SyncbnError(ErrorCode.BadConfig, `unknown --model "${String(o.kind)}"; use mlp or cnn`);
+  const blocks = Number(String(o.kind).slice("resnet:".length));
+  if (!String(o.kind).startsWith("resnet:") || !Number.isInteger(blocks) || blocks < 1) {
+    throw new SyncbnError(ErrorCode.BadConfig, `unknown --model "${String(o.kind)}"; use ${MODEL_KINDS_HELP}`);
+  }
+  return new Model(o.kind, buildResnet(g, blocks, o.classes, rng, norm));
 }
 
 /**

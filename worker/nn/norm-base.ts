@@ -57,8 +57,8 @@ export abstract class RunningStatsNorm implements RunningStatsLayer {
     this.channels = shape[0]!;
     this.spatial = sizeOf(shape.slice(1));
     const c = this.channels;
-    this.gamma = { name: `${name}.weight`, value: new Float32Array(c).fill(1), grad: new Float32Array(c) };
-    this.beta = { name: `${name}.bias`, value: new Float32Array(c), grad: new Float32Array(c) };
+    this.gamma = { name: `${name}.weight`, value: new Float32Array(c).fill(1), grad: new Float32Array(c), shape: [c] };
+    this.beta = { name: `${name}.bias`, value: new Float32Array(c), grad: new Float32Array(c), shape: [c] };
     this.runningMean = new Float64Array(c);
     this.runningVar = new Float64Array(c).fill(1);
     const per = sizeOf(shape);
