@@ -8,6 +8,7 @@ import { ErrorCode, SyncbnError } from "../shared/errors.js";
 import { CoordinatorClient } from "../worker/client.js";
 import { DEFAULT_SETTINGS, conventionsOf, validateSettings, type TrainSettings } from "../worker/settings.js";
 import { trainWorker } from "../worker/train.js";
+import { INIT_AND_RESUME, readInitFile } from "../worker/weights.js";
 import { PIN_MODES, type PinMode } from "./affinity.js";
 import { readEnv } from "./env.js";
 import { RunMonitor, formatSummary } from "./monitor.js";
@@ -59,6 +60,8 @@ function addTrainFlags(cmd: Command): Command {
     .option("--checksum-every <n>", "compare replicas' parameter checksums every K steps (0: never)", intArg("--checksum-every", 0), D.checksumEvery)
     .option("--checkpoint-every <n>", "also write a checkpoint every N steps (0: only at the end)", intArg("--checkpoint-every", 0), 0)
     .option("--resume <file>", "continue from a checkpoint written by an earlier run")
+    .option("--init <file>", "start from the weights (and running statistics) of a safetensors file, e.g. one PyTorch saved")
+    .addOption(new Option("--shuffle <on|off>", "off: no shuffling, rank k's t-th batch holds samples k + W·(t·B + j), as PyTorch's DistributedSampler(shuffle=False)").choices(["on", "off"]).default(D.shuffle))
     .option("--round-timeout <ms>", "deadline of every sync round", intArg("--round-timeout", 100), 60_000);
 }
 
@@ -89,6 +92,8 @@ interface TrainFlags {
   renormWarmup: number;
   checkpointEvery: number;
   resume?: string;
+  init?: string;
+  shuffle: "on" | "off";
   roundTimeout: number;
 }
 
@@ -123,6 +128,7 @@ function settingsFromFlags(f: TrainFlags): TrainSettings {
     renormRMax: f.renormRmax,
     renormDMax: f.renormDmax,
     renormWarmup: f.renormWarmup,
+    shuffle: f.shuffle,
   };
 }
 
@@ -172,6 +178,7 @@ export function registerTrainCommands(program: Command): void {
       outDir: f.out ?? defaultOutDir(),
       checkpointEvery: f.checkpointEvery,
       resume: f.resume ?? null,
+      init: f.init ?? null,
       roundTimeoutMs: f.roundTimeout,
       onWorkerLoss: f.onWorkerLoss,
       transport: f.transport,
@@ -214,6 +221,9 @@ export function registerTrainCommands(program: Command): void {
     if (rank >= world) throw new SyncbnError(ErrorCode.BadConfig, `--rank ${rank} is outside 0..${world - 1} for --world ${world}`);
     const settings = f.settingsJson ? (JSON.parse(f.settingsJson) as TrainSettings) : settingsFromFlags(f);
     validateSettings(settings, world);
+    if (f.init && f.resume) throw new SyncbnError(ErrorCode.BadConfig, INIT_AND_RESUME);
+    // A bad file is refused before connecting; whether it fits the model is checked once the data is loaded.
+    if (f.init) readInitFile(f.init);
     const client = await CoordinatorClient.connect({
       url,
       rank,
@@ -243,6 +253,7 @@ export function registerTrainCommands(program: Command): void {
         outDir: f.out ?? null,
         checkpointEvery: f.checkpointEvery,
         resume: f.resume ?? null,
+        init: f.init ?? null,
         fashionMnistDir: env.fashionMnistDir,
         midCheckpointWrite: (step) => {
           if (fault && fault.rank === rank && fault.phase === "checkpoint" && fault.step === step) process.kill(process.pid, "SIGKILL");
