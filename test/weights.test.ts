@@ -221,6 +221,14 @@ describe("syncbn train --init refusals", () => {
     expect(r.stderr).toMatch(/SYNCBN_ERR_BAD_CONFIG: --init .*cut\.safetensors: not a valid safetensors file: .*run(s)? past/);
   });
 
+  it("refuses to resume a shuffled run with --shuffle off: the sample order would not continue", async () => {
+    const out = tmp("sh");
+    expect((await runCli([...base, "--out", out])).code).toBe(0);
+    const r = await runCli([...base, "--steps", "2", "--shuffle", "off", "--resume", join(out, "checkpoint.bin"), "--out", tmp("sh2")]);
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toMatch(/--shuffle was "on", now "off"/);
+  });
+
   it("refuses --init together with --resume, saying how they differ", async () => {
     const r = await runCli([...base, "--init", "a.safetensors", "--resume", "b.bin", "--out", tmp("o")]);
     expect(r.code).toBe(2);
