@@ -135,6 +135,16 @@ def rank_indices(rank, step):
     return [rank + WORKERS * (step * BATCH + j) for j in range(BATCH)]
 
 
+def check_order_is_pytorchs():
+    """rank_indices is what DistributedSampler(shuffle=False, drop_last=True) + DataLoader(drop_last=True) yields."""
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    for rank in range(WORKERS):
+        sampler = DistributedSampler(range(TRAIN), num_replicas=WORKERS, rank=rank, shuffle=False, drop_last=True)
+        batches = [b.tolist() for b in DataLoader(range(TRAIN), batch_size=BATCH, sampler=sampler, drop_last=True)]
+        assert batches[:STEPS] == [rank_indices(rank, t) for t in range(STEPS)], (rank, batches[:STEPS])
+
+
 # ---- training ---------------------------------------------------------------------
 def bn_modules(model):
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
@@ -205,6 +215,7 @@ def make_fixture(name, make_model, init_dtype, params_only, x, y):
 
 if __name__ == "__main__":
     torch.set_default_dtype(torch.float64)
+    check_order_is_pytorchs()
     x, y = make_data(np.random.default_rng(12))
     # cnn: parameters only, as float16 (the running statistics start at PyTorch's 0 and 1; F16 is read and widened).
     make_fixture("cnn", Cnn, np.float16, True, x, y)
