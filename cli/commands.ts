@@ -12,6 +12,7 @@ import { CoordinatorClient } from "../worker/client.js";
 import { parseModelKind, type ModelKind } from "../worker/nn/model.js";
 import { DEFAULT_SETTINGS, conventionsOf, validateSettings, type TrainSettings } from "../worker/settings.js";
 import { trainWorker } from "../worker/train.js";
+import { INIT_AND_RESUME, readInitFile } from "../worker/weights.js";
 import { readEnv } from "./env.js";
 import {
   LR_RANGE,
@@ -58,7 +59,8 @@ function addTrainFlags(cmd: Command): Command {
     .option("--lr <x>", `SGD learning rate, in ${rangeText(LR_RANGE)}`, numArg("--lr", LR_RANGE), D.lr)
     .option("--seed <n>", `seed for init, shuffling and synthetic data (0..${MAX_SEED})`, intArg("--seed", 0, MAX_SEED), D.seed)
     .option("--checkpoint-every <n>", `also write a checkpoint every N steps (0..${MAX_STEPS}; 0: only at the end)`, intArg("--checkpoint-every", 0, MAX_STEPS), 0)
-    .option("--resume <file>", "continue from a checkpoint written by an earlier run");
+    .option("--resume <file>", "continue from a checkpoint written by an earlier run")
+    .option("--init <file>", "start from the weights (and running statistics) of a safetensors file, e.g. one PyTorch saved");
 }
 
 interface TrainFlags extends RunFlags {
@@ -68,6 +70,7 @@ interface TrainFlags extends RunFlags {
   seed: number;
   checkpointEvery: number;
   resume?: string;
+  init?: string;
 }
 
 function settingsFromFlags(f: TrainFlags): TrainSettings {
@@ -121,6 +124,7 @@ export function registerTrainCommands(program: Command): void {
       outDir: f.out ?? defaultOutDir(),
       checkpointEvery: f.checkpointEvery,
       resume: f.resume ?? null,
+      init: f.init ?? null,
       roundTimeoutMs: f.roundTimeout,
       onWorkerLoss: f.onWorkerLoss,
       transport: f.transport,
@@ -172,6 +176,9 @@ export function registerTrainCommands(program: Command): void {
     if (!f.settingsJson) await checkRunData(settings, world, env.fashionMnistDir);
     // Created (or refused) now, not when the final checkpoint is due.
     if (f.out !== undefined) prepareOutDir(f.out);
+    if (f.init && f.resume) throw new SyncbnError(ErrorCode.BadConfig, INIT_AND_RESUME);
+    // A bad file is refused before connecting; whether it fits the model is checked once the data is loaded.
+    if (f.init) readInitFile(f.init);
     const client = await CoordinatorClient.connect({
       url,
       rank,
@@ -201,6 +208,7 @@ export function registerTrainCommands(program: Command): void {
         outDir: f.out ?? null,
         checkpointEvery: f.checkpointEvery,
         resume: f.resume ?? null,
+        init: f.init ?? null,
         fashionMnistDir: env.fashionMnistDir,
         midCheckpointWrite: (step) => {
           if (fault && fault.rank === rank && fault.phase === "checkpoint" && fault.step === step) process.kill(process.pid, "SIGKILL");

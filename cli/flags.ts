@@ -140,6 +140,7 @@ export function addRunFlags(cmd: Command, d: RunFlagDefaults = TRAIN_DEFAULTS): 
   return cmd
     .option("--model <kind>", "mlp | cnn | resnet:N (resnet:3 = ResNet-20)", modelArg, d.model)
     .option("--data <spec>", "synthetic | fashion-mnist | DIR (folder of IDX files)", D.data)
+    .addOption(new Option("--shuffle <on|off>", "off: no shuffling, rank k's t-th batch holds samples k + W·(t·B + j), as PyTorch's DistributedSampler(shuffle=False)").choices(["on", "off"]).default(D.shuffle))
     .option("--epochs <n>", `epochs to train (1..${MAX_EPOCHS}; ignored with --steps)`, intArg("--epochs", 1, MAX_EPOCHS), D.epochs)
     .option("--steps <n>", `total training steps (1..${MAX_STEPS}; overrides --epochs)`, intArg("--steps", 1, MAX_STEPS))
     .option("--momentum <x>", "SGD momentum, in [0, 1)", numArg("--momentum", { min: 0, max: 1, highOpen: true }), D.momentum)
@@ -184,6 +185,7 @@ export function addLaunchFlags(cmd: Command): Command {
 export interface RunFlags {
   model: ModelKind;
   data: string;
+  shuffle: "on" | "off";
   epochs: number;
   steps?: number;
   momentum: number;
@@ -228,6 +230,7 @@ export function runSettingsFromFlags(f: RunFlags): TrainSettings {
     ...DEFAULT_SETTINGS,
     model: f.model,
     data: f.data,
+    shuffle: f.shuffle,
     steps: f.steps ?? null,
     epochs: f.epochs,
     momentum: f.momentum,

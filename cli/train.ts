@@ -12,6 +12,7 @@ import { startThreadCoordinator, type ThreadCoordinator } from "../coordinator/t
 import { ErrorCode, SyncbnError } from "../shared/errors.js";
 import { readCheckpoint, type Checkpoint } from "../worker/checkpoint.js";
 import { conventionsOf, validateSettings, type TrainSettings } from "../worker/settings.js";
+import { INIT_AND_RESUME, checkInitUpFront } from "../worker/weights.js";
 import { RunMonitor, formatSummary, type RunSummary } from "./monitor.js";
 import { readEnv } from "./env.js";
 import { pinProcess, workerPinning, type PinMode } from "./affinity.js";
@@ -28,6 +29,8 @@ export interface TrainOptions {
   outDir: string;
   checkpointEvery: number;
   resume: string | null;
+  /** --init: safetensors weights to start from (checked here, before anything starts). */
+  init?: string | null;
   roundTimeoutMs: number;
   /** Default "abort"; "continue" drops lost workers and goes on (elastic). */
   onWorkerLoss?: "abort" | "continue";
@@ -82,6 +85,8 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
   const s = o.settings;
   validateSettings(s, o.workers);
   await checkRunData(s, o.workers, readEnv({ ...process.env, ...o.workerEnv }).fashionMnistDir);
+  if (o.init && o.resume) throw new SyncbnError(ErrorCode.BadConfig, INIT_AND_RESUME);
+  const initial = o.init ? await checkInitUpFront(o.init, s, readEnv({ ...process.env, ...o.workerEnv }).fashionMnistDir) : null;
   prepareOutDir(o.outDir);
   // A fresh random token per run unless the user set one; it is never printed or written.
   const token = o.token ?? randomBytes(16).toString("hex");
@@ -104,6 +109,11 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
   let outputFailure: SyncbnError | null = null;
   let wake: () => void = () => {};
   const woken = new Promise<void>((r) => (wake = r));
+  if (initial) {
+    // The coordinator's copy of the running statistics starts where the workers' do.
+    initial.model.bnLayers.forEach((l, i) => server.coordinator.runningStats.set(i, { mean: l.runningMean, var: l.runningVar, tracked: l.tracked }));
+    o.print(`starting from the weights in ${o.init}`);
+  }
   const monitor = new RunMonitor({
     worldSize: o.workers,
     perWorkerBatch: s.batch,
@@ -160,6 +170,7 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
     String(o.roundTimeoutMs),
   ];
   if (o.resume) args.push("--resume", o.resume);
+  if (o.init) args.push("--init", o.init);
   // The token goes through the environment, not argv, so `ps` does not show it.
   const env = { ...process.env, ...o.workerEnv, SYNCBN_TOKEN: token };
   const procs = Array.from({ length: o.workers }, (_, rank) =>
@@ -173,6 +184,7 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
           outDir: o.outDir,
           checkpointEvery: o.checkpointEvery,
           resume: o.resume,
+          init: o.init ?? null,
           roundTimeoutMs: workerRoundTimeout(o.roundTimeoutMs), // as the worker command sets it
           fashionMnistDir: readEnv(env).fashionMnistDir,
         })

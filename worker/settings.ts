@@ -47,6 +47,8 @@ export interface TrainSettings {
   renormDMax: number;
   /** Batch renorm: steps over which the clips relax linearly from (1, 0) to (rMax, dMax). */
   renormWarmup: number;
+  /** on: a fresh permutation per epoch; off: file order, as DistributedSampler(shuffle=False) (data/order.ts). */
+  shuffle: "on" | "off";
 }
 
 export const DEFAULT_SETTINGS: TrainSettings = {
@@ -74,6 +76,7 @@ export const DEFAULT_SETTINGS: TrainSettings = {
   renormRMax: 3,
   renormDMax: 5,
   renormWarmup: 500,
+  shuffle: "on",
 };
 
 /**
@@ -139,6 +142,7 @@ export function validateSettings(s: TrainSettings, worldSize: number): void {
   if (!(s.renormRMax >= 1)) bad(`--renorm-rmax must be ≥ 1, got ${s.renormRMax}`);
   if (!(s.renormDMax >= 0)) bad(`--renorm-dmax must be ≥ 0, got ${s.renormDMax}`);
   if (!Number.isInteger(s.renormWarmup) || s.renormWarmup < 0) bad(`--renorm-warmup must be an integer ≥ 0, got ${s.renormWarmup}`);
+  if (s.shuffle !== "on" && s.shuffle !== "off") bad(`--shuffle must be on or off, got "${String(s.shuffle)}"`);
   validateConventions(conventionsOf(s));
 }
 

@@ -18,6 +18,7 @@ export interface ThreadWorkerData {
   outDir: string | null;
   checkpointEvery: number;
   resume: string | null;
+  init?: string | null;
   roundTimeoutMs: number;
   fashionMnistDir?: string;
 }
@@ -33,6 +34,7 @@ async function main(d: ThreadWorkerData): Promise<void> {
       outDir: d.outDir,
       checkpointEvery: d.checkpointEvery,
       resume: d.resume,
+      init: d.init,
       fashionMnistDir: d.fashionMnistDir,
     });
     await client.bye();

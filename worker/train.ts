@@ -18,6 +18,8 @@ import { buildModel, type Model } from "./nn/model.js";
 import { SGD } from "./nn/sgd.js";
 import { conventionsOf, stepsPerEpoch, type TrainSettings } from "./settings.js";
 import { RoundSync } from "./sync.js";
+import { unshuffledOrder } from "./data/order.js";
+import { loadInit, readInitFile, writeWeights } from "./weights.js";
 
 export interface WorkerRun {
   settings: TrainSettings;
@@ -28,6 +30,8 @@ export interface WorkerRun {
   outDir: string | null;
   checkpointEvery: number;
   resume: string | null;
+  /** --init: a safetensors file whose weights (and running statistics) the model starts from. */
+  init?: string | null;
   fashionMnistDir?: string;
   /** Fault injection (tests): runs halfway through writing the checkpoint after `step` steps. */
   midCheckpointWrite?: (step: number) => void;
@@ -79,6 +83,8 @@ export async function trainWorker(run: WorkerRun): Promise<void> {
     }
     loadCheckpoint(ck, model, opt);
     startStep = ck.header.step;
+  } else if (run.init) {
+    loadInit(model, readInitFile(run.init), run.init, `--model ${s.model} --norm ${s.norm}`);
   }
 
   const per = data.train.images.length / data.train.count;
@@ -123,7 +129,9 @@ export async function trainWorker(run: WorkerRun): Promise<void> {
   for (let step = startStep; step < totalSteps; step++) {
     const epoch = Math.floor(step / spe);
     if (epoch !== permEpoch) {
-      perm = new Rng(deriveSeed(s.seed, SEED_SHUFFLE, epoch)).shuffle(Uint32Array.from({ length: data.train.count }, (_, i) => i));
+      perm = s.shuffle === "off"
+        ? unshuffledOrder(data.train.count, worldSize, s.batch)
+        : new Rng(deriveSeed(s.seed, SEED_SHUFFLE, epoch)).shuffle(Uint32Array.from({ length: data.train.count }, (_, i) => i));
       permEpoch = epoch;
     }
     const offset = (step % spe) * worldSize * s.batch + rank * s.batch;
@@ -172,6 +180,7 @@ export async function trainWorker(run: WorkerRun): Promise<void> {
     }
     if (rank === active[0] && run.outDir && (done === totalSteps || (run.checkpointEvery > 0 && done % run.checkpointEvery === 0))) {
       writeCheckpoint(join(run.outDir, "checkpoint.bin"), makeCheckpoint(model, opt, done, s, conv.training, worldSize), () => run.midCheckpointWrite?.(done));
+      writeWeights(join(run.outDir, "weights.safetensors"), model, { norm: s.norm, step: done });
     }
   }
 }
@@ -208,7 +217,8 @@ function checkCheckpointFits(ck: Checkpoint, model: Model, training: string, nor
   const a = JSON.parse(h.training) as Record<string, unknown>;
   const b = JSON.parse(training) as Record<string, unknown>;
   // Batch, seed and data define the sample order: resuming with others would not continue the same run.
-  for (const k of ["batch", "seed", "data", "trainSize"]) {
+  a.shuffle ??= "on"; // checkpoints from before --shuffle were shuffled
+  for (const k of ["batch", "seed", "data", "trainSize", "shuffle"]) {
     if (JSON.stringify(a[k]) !== JSON.stringify(b[k])) bad(`--${k} was ${JSON.stringify(a[k])}, now ${JSON.stringify(b[k])}`);
   }
 }

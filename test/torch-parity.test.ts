@@ -1,0 +1,105 @@
+// Proof against PyTorch: `syncbn train --init … --shuffle off` with W workers × B
+// ends within 1e-4 (relative, per tensor) of PyTorch training the same model
+// from the same weights in float64 as one global batch, for `--norm sync` and
+// `--norm local`, on every tensor of weights.safetensors. The fixtures come from
+// scripts/make-torch-fixtures.py (run by hand with PyTorch); no PyTorch needed here.
+
+import { mkdtempSync, readFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { describe, expect, it } from "vitest";
+import { MODEL_KINDS } from "../worker/nn/model.js";
+import { floatValues, integerValues, readSafetensors } from "../worker/safetensors.js";
+import { ROOT, runCli } from "./helpers.js";
+
+const FIXTURES = join(ROOT, "test", "fixtures", "torch");
+
+interface FixtureSettings {
+  workers: number;
+  batch: number;
+  steps: number;
+  lr: number;
+  momentum: number;
+  weightDecay: number;
+  bnEps: number;
+  bnMomentum: number;
+  trainSize: number;
+  testSize: number;
+}
+
+/** Every tensor of a safetensors file as float64 values (counts included). */
+function tensors(path: string): Map<string, { shape: number[]; values: Float64Array }> {
+  const out = new Map<string, { shape: number[]; values: Float64Array }>();
+  for (const [name, t] of readSafetensors(path).tensors) {
+    const values = floatValues(t) ?? Float64Array.from(integerValues(t)!.map(Number));
+    out.set(name, { shape: t.shape, values });
+  }
+  return out;
+}
+
+/** max|a−b| / max|b| over a tensor (scale-aware; exact 0 stays 0). */
+function relDiff(a: Float64Array, b: Float64Array): number {
+  let num = 0, den = 0;
+  for (let i = 0; i < b.length; i++) {
+    num = Math.max(num, Math.abs(a[i]! - b[i]!));
+    den = Math.max(den, Math.abs(b[i]!));
+  }
+  return den === 0 ? num : num / den;
+}
+
+/** Trains the fixture's model with syncbn and returns the worst tensor against PyTorch's expected weights. */
+async function compare(fixture: string, model: string, norm: "sync" | "local"): Promise<{ worst: { name: string; diff: number }; names: string[] }> {
+  const dir = join(FIXTURES, fixture);
+  const s = JSON.parse(readFileSync(join(dir, "settings.json"), "utf8")) as FixtureSettings;
+  const out = mkdtempSync(join(tmpdir(), `syncbn-parity-${fixture}-${norm}-`));
+  const r = await runCli(
+    [
+      "train", "--model", model, "--norm", norm, "--data", join(FIXTURES, "data"), "--init", join(dir, "init.safetensors"), "--shuffle", "off",
+      "--workers", String(s.workers), "--batch", String(s.batch), "--steps", String(s.steps), "--lr", String(s.lr), "--momentum", String(s.momentum),
+      "--weight-decay", String(s.weightDecay), "--bn-eps", String(s.bnEps), "--bn-momentum", String(s.bnMomentum), "--out", out,
+    ],
+    { timeoutMs: 240_000 },
+  );
+  expect(r.code, r.stderr).toBe(0);
+  const ours = tensors(join(out, "weights.safetensors"));
+  const theirs = tensors(join(dir, `expected-${norm}.safetensors`));
+  expect([...ours.keys()].sort()).toEqual([...theirs.keys()].sort());
+  let worst = { name: "", diff: 0 };
+  for (const [name, t] of theirs) {
+    const o = ours.get(name)!;
+    expect(o.shape, name).toEqual(t.shape);
+    const d = relDiff(o.values, t.values);
+    if (d > worst.diff) worst = { name, diff: d };
+  }
+  console.log(`${fixture} --norm ${norm}: ${theirs.size} tensors, worst ${worst.name} at ${worst.diff.toExponential(2)} relative`);
+  return { worst, names: [...theirs.keys()] };
+}
+
+describe("syncbn against PyTorch, trained from the same safetensors weights", () => {
+  it("keeps sync and local fixtures apart: the two modes end more than 1e-3 apart, so 1e-4 tells them apart", () => {
+    for (const fixture of ["cnn", "resnet1"]) {
+      const sync = tensors(join(FIXTURES, fixture, "expected-sync.safetensors"));
+      const local = tensors(join(FIXTURES, fixture, "expected-local.safetensors"));
+      const worst = Math.max(...[...sync].map(([n, t]) => relDiff(local.get(n)!.values, t.values)));
+      expect(worst, fixture).toBeGreaterThan(1e-3);
+    }
+  });
+
+  for (const norm of ["sync", "local"] as const) {
+    it(`ends cnn within 1e-4 of PyTorch on every tensor, 4 workers × 4 with --norm ${norm}`, async () => {
+      const { worst, names } = await compare("cnn", "cnn", norm);
+      expect(names).toHaveLength(23);
+      expect(worst.diff, worst.name).toBeLessThan(1e-4);
+    }, 300_000);
+  }
+
+  // resnet:N arrives with the graph runtime; until then this proof cannot run (its fixtures are ready).
+  const hasResnet = (MODEL_KINDS as readonly string[]).some((k) => k.startsWith("resnet"));
+  if (!hasResnet) console.warn("torch-parity: skipping the resnet:1 comparison: this build has no --model resnet:N (models: " + MODEL_KINDS.join(", ") + ")");
+  for (const norm of ["sync", "local"] as const) {
+    it.skipIf(!hasResnet)(`ends resnet:1 within 1e-4 of PyTorch on every tensor, 4 workers × 4 with --norm ${norm}`, async () => {
+      const { worst } = await compare("resnet1", "resnet:1", norm);
+      expect(worst.diff, worst.name).toBeLessThan(1e-4);
+    }, 300_000);
+  }
+});

@@ -1,0 +1,175 @@
+// A model's weights as PyTorch names them (its state_dict), out to
+// `weights.safetensors` and in from `--init FILE.safetensors`. stateDict() is the
+// one place that knows the names; the file format itself is safetensors.ts.
+// Not a checkpoint: no optimizer state, no step (see checkpoint.ts for resuming).
+
+import { parseNorm } from "../shared/config.js";
+import { ErrorCode, SyncbnError } from "../shared/errors.js";
+import { loadDataset } from "./data/dataset.js";
+import { Conv2d } from "./nn/conv2d.js";
+import { isRunningStatsLayer } from "./nn/batchnorm.js";
+import { Linear } from "./nn/linear.js";
+import { buildModel, type Model } from "./nn/model.js";
+import {
+  float32Tensor,
+  floatValues,
+  int64Scalar,
+  integerValues,
+  readSafetensors,
+  writeSafetensors,
+  type SafetensorsFile,
+  type TensorBytes,
+} from "./safetensors.js";
+import { conventionsOf, type TrainSettings } from "./settings.js";
+
+/**
+ * One entry of the state_dict, bound to the model's live storage. "float":
+ * parameters (float32) and running statistics (kept in float64, saved as float32);
+ * "count": num_batches_tracked (int64, a 0-d tensor in PyTorch).
+ */
+export type StateEntry =
+  | { name: string; shape: number[]; buffer: boolean; kind: "float"; values: Float32Array | Float64Array }
+  | { name: string; shape: number[]; buffer: true; kind: "count"; get(): number; set(n: number): void };
+
+/**
+ * The model's state_dict in PyTorch's order: per layer, in forward order, its
+ * parameters (weight, bias) then, for norm layers with running statistics, the
+ * buffers running_mean, running_var, num_batches_tracked. The names are those
+ * of a PyTorch nn.Module whose attributes carry the layer names (README lists
+ * them per model); Linear weights are (out, in), Conv2d weights (out, in, k, k).
+ */
+export function stateDict(model: Model): StateEntry[] {
+  const out: StateEntry[] = [];
+  for (const layer of model.layers) {
+    for (const p of layer.params()) {
+      let shape = [p.value.length];
+      if (layer instanceof Conv2d && p === layer.weight) {
+        const g = layer.geometry;
+        shape = [g.cout, g.cin, g.kernel, g.kernel];
+      } else if (layer instanceof Linear && p === layer.weight) {
+        shape = [layer.outFeatures, layer.inFeatures];
+      }
+      out.push({ name: p.name, shape, buffer: false, kind: "float", values: p.value });
+    }
+    if (isRunningStatsLayer(layer)) {
+      const c = [layer.channels];
+      out.push({ name: `${layer.name}.running_mean`, shape: c, buffer: true, kind: "float", values: layer.runningMean });
+      out.push({ name: `${layer.name}.running_var`, shape: c, buffer: true, kind: "float", values: layer.runningVar });
+      out.push({
+        name: `${layer.name}.num_batches_tracked`,
+        shape: [],
+        buffer: true,
+        kind: "count",
+        get: () => layer.tracked,
+        set: (n) => (layer.tracked = n),
+      });
+    }
+  }
+  return out;
+}
+
+/** The state_dict as safetensors tensors: float32 for parameters and statistics, int64 for counts. */
+export function stateTensors(model: Model): Map<string, TensorBytes> {
+  const m = new Map<string, TensorBytes>();
+  for (const e of stateDict(model)) m.set(e.name, e.kind === "float" ? float32Tensor(e.shape, e.values) : int64Scalar(e.get()));
+  return m;
+}
+
+/** Writes `weights.safetensors` atomically; metadata says which model and step it is. */
+export function writeWeights(path: string, model: Model, meta: { norm: string; step: number }): void {
+  writeSafetensors(path, stateTensors(model), { format: "pt", model: model.kind, norm: meta.norm, step: String(meta.step) });
+}
+
+/** Reads an --init file; any problem with the file is one BadConfig line naming it (a flag's value, exit 2). */
+export function readInitFile(file: string): SafetensorsFile {
+  try {
+    return readSafetensors(file);
+  } catch (e) {
+    if (e instanceof SyncbnError && e.code === ErrorCode.Data) throw new SyncbnError(ErrorCode.BadConfig, `--init ${e.detail}`);
+    throw e;
+  }
+}
+
+export const INIT_AND_RESUME =
+  "--init and --resume both given: --resume continues a run (weights, optimizer state, step), --init starts a new one from weights; pass one";
+
+const shapeText = (s: readonly number[]): string => (s.length === 0 ? "scalar" : s.join("×"));
+
+/**
+ * Checks that `init` fits the model exactly (PyTorch's load_state_dict(strict=True)),
+ * then copies it in; throws one BadConfig line naming every missing, extra,
+ * misshaped or unusable tensor, and copies nothing unless all fit. Parameters are
+ * required; the running statistics (running_mean, running_var,
+ * num_batches_tracked) are loaded when the file has them, and then must all be there.
+ */
+export function loadInit(model: Model, init: SafetensorsFile, file: string, what: string): void {
+  const entries = stateDict(model);
+  const known = new Set(entries.map((e) => e.name));
+  const hasBuffers = entries.some((e) => e.buffer && init.tensors.has(e.name));
+  const missing: string[] = [];
+  const misshaped: string[] = [];
+  const unusable: string[] = [];
+  const apply: (() => void)[] = [];
+  for (const e of entries) {
+    const t = init.tensors.get(e.name);
+    if (!t) {
+      if (!e.buffer || hasBuffers) missing.push(e.name);
+      continue;
+    }
+    if (t.shape.length !== e.shape.length || t.shape.some((d, i) => d !== e.shape[i])) {
+      misshaped.push(`${e.name} (file ${shapeText(t.shape)}, model ${shapeText(e.shape)})`);
+      continue;
+    }
+    if (e.kind === "float") {
+      const v = floatValues(t);
+      if (!v) {
+        unusable.push(`${e.name} has dtype ${t.dtype}, not F32, F64, F16 or BF16`);
+        continue;
+      }
+      const bad = v.findIndex((x) => !Number.isFinite(x));
+      if (bad >= 0) unusable.push(`${e.name}[${bad}] is ${v[bad]}`);
+      else if (e.name.endsWith(".running_var") && v.some((x) => x < 0)) unusable.push(`${e.name} has a negative variance`);
+      else apply.push(() => e.values.set(v));
+    } else {
+      const v = integerValues(t);
+      if (!v) unusable.push(`${e.name} has dtype ${t.dtype}, not an integer type`);
+      else if (v[0]! < 0n || v[0]! > BigInt(Number.MAX_SAFE_INTEGER)) unusable.push(`${e.name} is ${v[0]}`);
+      else apply.push(() => e.set(Number(v[0]!)));
+    }
+  }
+  const extra = [...init.tensors.keys()].filter((n) => !known.has(n));
+  const problems = [
+    missing.length ? `missing ${missing.join(", ")}` : "",
+    extra.length ? `extra ${extra.join(", ")}` : "",
+    misshaped.length ? `misshaped ${misshaped.join(", ")}` : "",
+    unusable.length ? `unusable ${unusable.join("; ")}` : "",
+  ].filter(Boolean);
+  if (problems.length > 0) {
+    throw new SyncbnError(ErrorCode.BadConfig, `--init ${file} does not fit ${what}: ${problems.join("; ")}. Save the model's full state_dict (names in the README)`);
+  }
+  for (const f of apply) f();
+}
+
+/**
+ * The launcher's up-front check of `--init` (before any process starts): reads the
+ * file and fits it to the model these settings build, whose input shape and class
+ * count come from one sample of the data. Returns the file and that model (its
+ * norm layers give the running statistics' layer order).
+ */
+export async function checkInitUpFront(file: string, s: TrainSettings, fashionMnistDir?: string): Promise<{ init: SafetensorsFile; model: Model }> {
+  const init = readInitFile(file);
+  const probe = await loadDataset(s.data, { seed: s.seed, trainSize: 1, testSize: 1, fashionMnistDir });
+  // The same model worker/train.ts builds, without a collective: only names and shapes matter here.
+  const model = buildModel({
+    kind: s.model,
+    inShape: probe.train.sampleShape,
+    classes: probe.train.classes,
+    norm: parseNorm(s.norm),
+    conventions: conventionsOf(s),
+    sync: null,
+    seed: s.seed,
+    renorm: { rMax: s.renormRMax, dMax: s.renormDMax, warmup: s.renormWarmup, clock: null },
+  });
+  loadInit(model, init, file, `--model ${s.model} --norm ${s.norm}`);
+  return { init, model };
+}
