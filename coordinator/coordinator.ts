@@ -64,6 +64,25 @@ export interface RoundEvent {
   extra: Float64Array | undefined;
 }
 
+/** A completed round as observers see it, after its result was sent: read-only, valid during the call only (parts reuse frames). */
+export interface CompletedRound {
+  readonly step: number;
+  readonly phase: Phase;
+  readonly layer: number;
+  readonly members: readonly number[];
+  /** Contributions by member position. */
+  readonly parts: readonly (Contribution | null)[];
+  /** performance.now() at which the round would have failed: opened at deadline − roundTimeoutMs. */
+  readonly deadline: number;
+}
+
+/** Read-only watchers (BN spread, dashboard): they see rounds after the result went out and cannot change the run. */
+export interface RoundObserver {
+  afterRound(round: CompletedRound, result: RoundResult): void;
+  /** The rank said bye (finished normally). */
+  rankFinished?(rank: number): void;
+}
+
 export interface CoordinatorEvents {
   onJoin?(rank: number): void;
   onRound?(ev: RoundEvent): void;
@@ -123,6 +142,7 @@ export class Coordinator {
   readonly lostWorkers: { rank: number; step: number; reason: string }[] = [];
   readonly runningStats: RunningStatsTable;
   events: CoordinatorEvents = {};
+  readonly observers: RoundObserver[] = [];
 
   constructor(opts: CoordinatorOptions) {
     if (!Number.isInteger(opts.worldSize) || opts.worldSize < 1) {
@@ -181,6 +201,7 @@ export class Coordinator {
     const type = (msg as { type?: unknown } | null)?.type;
     if (type === "bye") {
       this.finished.add(rank);
+      for (const o of this.observers) o.rankFinished?.(rank);
       if ([...this.active].every((r) => this.finished.has(r))) this.events.onDone?.();
       return;
     }
@@ -402,6 +423,7 @@ export class Coordinator {
     for (const r of round.members) this.peers[r]?.send(reduced.frame);
     // data and extra are views of the sent frame, reused once the sends completed: valid during the call only.
     this.events.onRound?.({ step: round.step, phase: round.phase, layer: round.layer, count: result.count, data: result.data, extra: result.extra });
+    for (const o of this.observers) o.afterRound(round, result);
   }
 
   private expire(id: string): void {
