@@ -12,6 +12,8 @@ import { PIN_MODES, type PinMode } from "./affinity.js";
 import { readEnv } from "./env.js";
 import { RunMonitor, formatSummary } from "./monitor.js";
 import { runTrain } from "./train.js";
+import { checkDashboardBind, parseDashboardSpec } from "../coordinator/dashboard.js";
+import { attachLiveViews } from "./live.js";
 
 export function intArg(flag: string, min: number) {
   return (v: string): number => {
@@ -138,6 +140,8 @@ function wireOption(what = "how workers and the coordinator talk"): Option {
     .default("ws");
 }
 
+const DASHBOARD_HELP = "serve a live, read-only dashboard of the run at [HOST:]PORT (HOST default 127.0.0.1; off loopback it needs the run token)";
+
 export function registerTrainCommands(program: Command): void {
   const env = readEnv();
   addTrainFlags(
@@ -157,8 +161,9 @@ export function registerTrainCommands(program: Command): void {
           .choices([...PIN_MODES])
           .default("auto"),
       )
-      .option("--out <dir>", "folder for metrics.jsonl, summary.json and checkpoint.bin (default runs/<time>)"),
-  ).action(async (f: TrainFlags & { workers: number; out?: string; onWorkerLoss: "abort" | "continue"; transport: "process" | "thread"; wire: Wire; pinCpus: PinMode }) => {
+      .option("--out <dir>", "folder for metrics.jsonl, summary.json and checkpoint.bin (default runs/<time>)")
+      .option("--dashboard <[host:]port>", DASHBOARD_HELP, parseDashboardSpec),
+  ).action(async (f: TrainFlags & { workers: number; out?: string; onWorkerLoss: "abort" | "continue"; transport: "process" | "thread"; wire: Wire; pinCpus: PinMode; dashboard?: { host: string; port: number } }) => {
     if (f.transport === "thread" && f.wire !== "ws") {
       throw new SyncbnError(ErrorCode.BadConfig, "--wire applies to worker processes; --transport thread talks over MessagePorts (drop --wire, or use --transport process)");
     }
@@ -177,6 +182,7 @@ export function registerTrainCommands(program: Command): void {
       transport: f.transport,
       wire: f.wire,
       pinCpus: f.pinCpus,
+      dashboard: f.dashboard ?? null,
       token: env.token,
       tty,
       print: (l) => console.log(l),
@@ -266,9 +272,11 @@ export function registerTrainCommands(program: Command): void {
     .addOption(new Option("--on-worker-loss <policy>", "abort the run, or continue without the lost worker (elastic)").choices(["abort", "continue"]).default("abort"))
     .addOption(wireOption())
     .option("--out <dir>", "folder for metrics.jsonl and summary.json")
-    .action(async (f: { world?: number; host?: string; port?: number; token?: string; roundTimeout: number; onWorkerLoss: "abort" | "continue"; out?: string; wire: Wire }) => {
+    .option("--dashboard <[host:]port>", DASHBOARD_HELP, parseDashboardSpec)
+    .action(async (f: { world?: number; host?: string; port?: number; token?: string; roundTimeout: number; onWorkerLoss: "abort" | "continue"; out?: string; wire: Wire; dashboard?: { host: string; port: number } }) => {
       const world = f.world ?? env.worldSize;
       if (world === undefined) throw new SyncbnError(ErrorCode.BadConfig, "coordinator needs --world (or WORLD_SIZE)");
+      if (f.dashboard) checkDashboardBind(f.dashboard.host, f.token ?? env.token ?? "");
       const server = await startCoordinatorServer({
         host: f.host ?? env.masterAddr ?? "127.0.0.1",
         port: f.port ?? env.masterPort ?? 29500,
@@ -282,6 +290,11 @@ export function registerTrainCommands(program: Command): void {
       });
       console.log(`syncbn coordinator listening on ${server.url} for ${world} workers`);
       let monitor: RunMonitor | null = null;
+      const live = await attachLiveViews(server.coordinator, () => monitor, { dashboard: f.dashboard ?? null, token: f.token ?? env.token ?? "", roundTimeoutMs: f.roundTimeout }).catch(async (e: unknown) => {
+        await server.close();
+        throw e;
+      });
+      if (live.url) console.log(`dashboard: ${live.url} (read-only)`);
       const outcome = await new Promise<SyncbnError | null>((resolve) => {
         server.coordinator.events.onJoin = (rank) => {
           console.log(`worker rank ${rank} joined`);
@@ -311,6 +324,7 @@ export function registerTrainCommands(program: Command): void {
         server.coordinator.events.onFailed = (e) => resolve(e);
         process.once("SIGINT", () => resolve(new SyncbnError(ErrorCode.Aborted, "interrupted")));
       });
+      await live.close();
       await server.close();
       if (outcome) throw outcome;
       const m = monitor as RunMonitor | null;

@@ -105,6 +105,11 @@ export class RunMonitor {
     };
   }
 
+  /** One more line of metrics.jsonl from another view of the run (e.g. `{"type":"bn"}`, cli/live.ts). */
+  record(obj: object): void {
+    this.write(obj);
+  }
+
   private write(obj: object): void {
     if (this.metricsPath) appendFileSync(this.metricsPath, `${JSON.stringify(obj)}\n`);
   }

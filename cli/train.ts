@@ -16,6 +16,8 @@ import { readEnv } from "./env.js";
 import { pinProcess, workerPinning, type PinMode } from "./affinity.js";
 import { forkWorker, killAll, type WorkerProcess } from "./procs.js";
 import { startThreadWorker } from "./threads.js";
+import { attachLiveViews } from "./live.js";
+import { checkDashboardBind } from "../coordinator/dashboard.js";
 
 export interface TrainOptions {
   settings: TrainSettings;
@@ -43,6 +45,10 @@ export interface TrainOptions {
   wire?: Wire;
   /** Pin worker processes to CPUs round-robin (cli/affinity.ts; default "auto"). */
   pinCpus?: PinMode;
+  /** Serve the live dashboard there (default: none); off loopback it needs `token`. */
+  dashboard?: { host: string; port: number } | null;
+  /** Where the dashboard's URL goes (default: print it). */
+  onDashboard?(url: string): void;
 }
 
 export interface TrainResult {
@@ -74,6 +80,7 @@ function pinWorkers(procs: readonly WorkerProcess[], cpus: readonly number[], pr
 export async function runTrain(o: TrainOptions): Promise<TrainResult> {
   const s = o.settings;
   validateSettings(s, o.workers);
+  if (o.dashboard) checkDashboardBind(o.dashboard.host, o.token ?? "");
   mkdirSync(o.outDir, { recursive: true });
   // A fresh random token per run unless the user set one; it is never printed or written.
   const token = o.token ?? randomBytes(16).toString("hex");
@@ -109,6 +116,11 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
     status: o.status,
   });
   monitor.attach(server.coordinator);
+  const live = await attachLiveViews(server.coordinator, () => monitor, { dashboard: o.dashboard ?? null, token: o.token ?? "", roundTimeoutMs: o.roundTimeoutMs }).catch(async (e: unknown) => {
+    await server.close();
+    throw e;
+  });
+  if (live.url) (o.onDashboard ?? ((url: string) => o.print(`dashboard: ${url} (read-only; Ctrl-C stops the run as usual)`)))(live.url);
   o.print(`syncbn train: ${o.workers} workers × ${s.batch} samples, --model ${s.model} --norm ${s.norm} --data ${s.data}; coordinator ${server.url}; output in ${o.outDir}`);
 
   let coordFailure: SyncbnError | null = null;
@@ -210,6 +222,7 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
     process.off("SIGINT", onSigint);
     process.off("SIGTERM", onSigint);
     await killAll(procs);
+    await live.close();
     await server.close();
   }
 }
