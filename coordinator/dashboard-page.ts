@@ -37,7 +37,7 @@ svg text{font-size:10px;fill:var(--muted)}svg .ax{stroke:#c9cedb}svg .grid{strok
 <header><h1>syncbn · live</h1><span id="runline">connecting…</span><span id="state" class="pill">…</span><span id="conn"></span></header>
 <main>
 <section class="card w12"><h2>Workers</h2>
-<table id="ranks"><thead><tr><th>rank</th><th>status</th><th>step</th><th>samples/s</th><th>compute ms</th><th>wait in rounds ms</th><th style="text-align:left">step time <span class="legend"><i style="background:var(--accent)"></i>compute<i style="background:#f08c00"></i>waiting</span></th></tr></thead><tbody></tbody></table>
+<table id="ranks"><thead><tr><th>rank</th><th style="text-align:left">status</th><th>step</th><th>samples/s</th><th>compute ms</th><th>wait in rounds ms</th><th style="text-align:left">step time <span class="legend"><i style="background:var(--accent)"></i>compute<i style="background:#f08c00"></i>waiting</span></th></tr></thead><tbody></tbody></table>
 <p class="note">Per worker, its own report of its last step: time computing and time blocked in synchronization rounds. Steps are numbered from 0, as in metrics.jsonl.</p></section>
 <section class="card w6"><h2>Training loss</h2><div id="loss-latest" class="big"></div><div id="loss-chart"></div></section>
 <section class="card w6"><h2>Test accuracy</h2><div id="acc-latest" class="big"></div><div id="acc-chart"></div></section>
@@ -81,6 +81,7 @@ function chart(lines, o) {
   for (const l of lines) {
     let d = "", pen = false;
     for (const p of l.pts) { if (p[1] === null || !isFinite(p[1])) { pen = false; continue; } d += (pen ? "L" : "M") + X(p[0]).toFixed(1) + " " + Y(p[1]).toFixed(1); pen = true; }
+    if (l.dots) for (const p of l.pts) if (p[1] !== null && isFinite(p[1])) s += '<circle cx="' + X(p[0]).toFixed(1) + '" cy="' + Y(p[1]).toFixed(1) + '" r="3" fill="' + l.color + '"/>';
     if (d) s += '<path class="' + (l.cls || "") + '" d="' + d + '" fill="none" stroke="' + l.color + '" stroke-width="' + (l.width || 1.5) + '"' + (l.dash ? ' stroke-dasharray="' + l.dash + '"' : "") + (l.opacity ? ' stroke-opacity="' + l.opacity + '"' : "") + '/>';
   }
   return s + "</svg>";
@@ -94,14 +95,14 @@ function render() {
   const st = $("#state"); st.textContent = m.state; st.className = "pill st-" + m.state;
   $("#ranks tbody").innerHTML = m.ranks.map((r) => {
     const busy = (r.computeMs || 0) + (r.waitMs || 0), cw = busy ? 100 * r.computeMs / busy : 0;
-    return '<tr data-rank="' + r.rank + '" data-status="' + r.status + '"><td class="rank"><i class="sw" style="background:' + RANK_COLORS[r.rank % 10] + '"></i><b>rank ' + r.rank + '</b></td><td class="status"><span class="pill st-' + r.status + '">' + r.status + '</span>' + (r.error ? '<div class="err">' + esc(r.error) + '</div>' : "") + '</td><td class="step">' + (r.step === null ? "–" : r.step) + '</td><td>' + fmt(r.samplesPerSecond, 0) + '</td><td>' + fmt(r.computeMs, 2) + '</td><td>' + fmt(r.waitMs, 2) + '</td><td style="text-align:left">' + (busy ? '<span class="split"><span class="c" style="width:' + cw + '%"></span><span class="w" style="width:' + (100 - cw) + '%"></span></span> ' + fmt(busy, 1) + ' ms' : "") + '</td></tr>';
+    return '<tr data-rank="' + r.rank + '" data-status="' + r.status + '"><td class="rank"><i class="sw" style="background:' + RANK_COLORS[r.rank % 10] + '"></i><b>rank ' + r.rank + '</b></td><td class="status" style="text-align:left"><span class="pill st-' + r.status + '">' + r.status + '</span>' + (r.error ? '<div class="err">' + esc(r.error) + '</div>' : "") + '</td><td class="step">' + (r.step === null ? "–" : r.step) + '</td><td>' + fmt(r.samplesPerSecond, 0) + '</td><td>' + fmt(r.computeMs, 2) + '</td><td>' + fmt(r.waitMs, 2) + '</td><td style="text-align:left">' + (busy ? '<span class="split"><span class="c" style="width:' + cw + '%"></span><span class="w" style="width:' + (100 - cw) + '%"></span></span> ' + fmt(busy, 1) + ' ms' : "") + '</td></tr>';
   }).join("");
   const lastLoss = S.loss[S.loss.length - 1];
   $("#loss-latest").innerHTML = lastLoss ? '<span id="loss-value">' + fmt(lastLoss[1], 4) + '</span> <span class="legend">at step <span id="loss-step">' + lastLoss[0] + '</span></span>' : "–";
   $("#loss-chart").innerHTML = chart([{ pts: S.loss, color: "#4263eb", width: 1, opacity: 0.35 }, { pts: smooth(S.loss), color: "#4263eb", width: 2 }], { ylabel: "loss (global batch; bold: moving average)", cls: "loss" });
   const lastAcc = S.accuracy[S.accuracy.length - 1];
   $("#acc-latest").innerHTML = lastAcc ? fmt(100 * lastAcc[1], 2) + '% <span class="legend">after step ' + lastAcc[0] + '</span>' : '<span class="legend">no evaluation yet (every epoch end, or --eval-every N)</span>';
-  $("#acc-chart").innerHTML = chart([{ pts: S.accuracy.map((p) => [p[0], 100 * p[1]]), color: "#2b8a3e", width: 2 }], { ylabel: "test accuracy %", h: 150 });
+  $("#acc-chart").innerHTML = chart([{ pts: S.accuracy.map((p) => [p[0], 100 * p[1]]), color: "#2b8a3e", width: 2, dots: true }], { ylabel: "test accuracy %", h: 150 });
   $("#latency tbody").innerHTML = Object.entries(m.latency).map(([ph, p]) => '<tr data-phase="' + ph + '"><td>' + ph + '</td><td>' + p.rounds + '</td><td>' + fmt(p.p50, 3) + '</td><td>' + fmt(p.p90, 3) + '</td><td>' + fmt(p.p99, 3) + '</td></tr>').join("");
   $("#sync-share").innerHTML = m.syncShare === null ? "" : '<span id="sync-share-value">' + fmt(100 * m.syncShare, 1) + '%</span> <span class="legend">of the workers\\' step time is waiting in synchronization rounds</span>';
   $("#settings").innerHTML = Object.entries(run.settings).map(([k, v]) => '<div><span>' + esc(k) + '</span><b>' + esc(v === null ? "–" : v) + '</b></div>').join("");
