@@ -30,6 +30,8 @@ import {
   type SweepGrid,
 } from "./sweep-grid.js";
 import { runTrain } from "./train.js";
+import { checkDashboardBind, parseDashboardSpec } from "../coordinator/dashboard.js";
+import { BnSpreadAccumulator, type BnLayerSpread } from "./report-bn.js";
 
 /** Fixed, so that running the same `syncbn sweep` command again resumes. */
 export const DEFAULT_SWEEP_OUT = "runs/sweep";
@@ -97,13 +99,14 @@ function readJson<T>(path: string): T | null {
 }
 
 /** Training loss per step and mean reported sync wait, from a run's metrics.jsonl. */
-function readMetrics(dir: string): { loss: number[]; waitMsPerStep: number | null } {
+function readMetrics(dir: string): { loss: number[]; waitMsPerStep: number | null; bn: BnLayerSpread[] } {
   let text = "";
   try {
     text = readFileSync(join(dir, "metrics.jsonl"), "utf8");
   } catch {
-    return { loss: [], waitMsPerStep: null };
+    return { loss: [], waitMsPerStep: null, bn: [] };
   }
+  const bn = new BnSpreadAccumulator();
   const loss: number[] = [];
   let waitSum = 0;
   let waitCount = 0;
@@ -115,6 +118,7 @@ function readMetrics(dir: string): { loss: number[]; waitMsPerStep: number | nul
     } catch {
       continue; // a line cut by an interruption
     }
+    bn.add(m);
     if (m.type !== "step") continue;
     if (typeof m.loss === "number") loss.push(m.loss);
     if (typeof m.syncWaitMs === "number") {
@@ -122,7 +126,7 @@ function readMetrics(dir: string): { loss: number[]; waitMsPerStep: number | nul
       waitCount++;
     }
   }
-  return { loss, waitMsPerStep: waitCount ? waitSum / waitCount : null };
+  return { loss, waitMsPerStep: waitCount ? waitSum / waitCount : null, bn: bn.result() };
 }
 
 /** One run's result from its folder, or null if it has neither summary.json nor failure.json. */
@@ -143,6 +147,7 @@ function readRun(outDir: string, g: SweepGrid, norm: string, b: number, seed: nu
       steps: s.steps,
       failure: s.testAccuracy === null ? "finished without a test evaluation" : null,
       trainLoss: m.loss,
+      bn: m.bn,
     };
   }
   const f = readJson<FailureFile>(join(dir, "failure.json"));
@@ -160,6 +165,10 @@ export interface SweepOptions {
   print(line: string): void;
   /** Rewrite the current terminal line (TTY only). */
   status(line: string): void;
+  /** Serve each run's live dashboard there in turn (cli/live.ts); null: none. */
+  dashboard?: { host: string; port: number } | null;
+  /** The user's run token (needed for a dashboard off loopback). */
+  token?: string;
 }
 
 /** A missing data folder would fail every run the same way: say so once, up front. */
@@ -284,6 +293,7 @@ export async function runSweep(o: SweepOptions): Promise<SweepResult> {
   const eta = new Eta();
   const started = performance.now();
   let lastDraw = 0;
+  let lastDashboard = "";
   try {
     for (let i = 0; i < N && !interrupted; i++) {
       const c = combos[i]!;
@@ -333,6 +343,12 @@ export async function runSweep(o: SweepOptions): Promise<SweepResult> {
         checkpointEvery: 0,
         resume: null,
         roundTimeoutMs: o.roundTimeoutMs,
+        dashboard: o.dashboard ?? null,
+        token: o.token,
+        onDashboard: (url) => {
+          if (url !== lastDashboard) o.print(`dashboard of the run in progress: ${url}`);
+          lastDashboard = url;
+        },
         // tty: the run reports every step through status(), which feeds our bar.
         tty: true,
         print: () => {},
@@ -439,8 +455,10 @@ export function registerSweepCommand(program: Command): void {
     .option("--renorm-warmup-fraction <x>", "batch renorm: relax the r/d clips over this fraction of each run's steps", numArg("--renorm-warmup-fraction"), D.renormWarmupFraction)
     .option("--out <dir>", "sweep folder; re-running with the same folder and grid resumes", DEFAULT_SWEEP_OUT)
     .option("--round-timeout <ms>", "deadline of every sync round", intArg("--round-timeout", 100), 60_000)
-    .action(async (f: SweepFlags) => {
+    .option("--dashboard <[host:]port>", "serve the live dashboard of the run in progress at [HOST:]PORT (each run in turn; off loopback it needs SYNCBN_TOKEN)", parseDashboardSpec)
+    .action(async (f: SweepFlags & { dashboard?: { host: string; port: number } }) => {
       const env = readEnv();
+      if (f.dashboard) checkDashboardBind(f.dashboard.host, env.token ?? "");
       const grid: SweepGrid = {
         workers: f.workers,
         norms: f.norms,
@@ -464,6 +482,8 @@ export function registerSweepCommand(program: Command): void {
         fashionMnistDir: env.fashionMnistDir,
         outDir: f.out,
         roundTimeoutMs: f.roundTimeout,
+        dashboard: f.dashboard ?? null,
+        token: env.token,
         tty,
         print: (l) => console.log(l),
         status: (l) => process.stdout.write(`\r\x1b[2K${l}`),
