@@ -28,9 +28,12 @@ export interface LiveViews {
 }
 
 /** Why a norm mode gives the coordinator no BN statistics to compare, or null if it does. */
-export function bnNote(norm: string): string | null {
-  const kind = parseNorm(norm).kind;
-  if (kind === "sync" || kind === "group") return null;
+export function bnNote(norm: string, worldSize = 2): string | null {
+  const mode = parseNorm(norm);
+  const kind = mode.kind;
+  // Groups of one worker (group:1, or sync with one worker) normalize locally: workers send no BN rounds.
+  if ((kind === "sync" && worldSize > 1) || (kind === "group" && mode.groupSize > 1)) return null;
+  if (kind === "sync" || kind === "group") return `--norm ${norm} with ${kind === "sync" ? "one worker" : "groups of one worker"}: every BN layer normalizes with its own batch, so no statistics reach the coordinator and there is no spread to show.`;
   if (kind === "groupnorm" || kind === "none") return `--norm ${norm} has no batch normalization: there are no batch statistics to compare.`;
   return `--norm ${norm}: each worker normalizes with statistics of its own batch and sends none to the coordinator, so the coordinator cannot show their spread here. Run --norm sync (or group:K) to see how far each worker's statistics are from the global batch's.`;
 }
@@ -42,7 +45,7 @@ function describeRun(c: Coordinator): DashboardRun {
   const settings: DashboardRun["settings"] = { workers: c.worldSize, norm: conv.norm, ...t, bnEps: conv.eps, bnMomentum: conv.momentum, bnMomentumStyle: conv.momentumStyle, unbiasedRunningVar: conv.unbiasedRunningVar };
   for (const [k, v] of Object.entries(settings)) if (typeof v === "object" && v !== null) settings[k] = JSON.stringify(v);
   const title = `${t.model ?? "?"} · --norm ${conv.norm} · ${c.worldSize} workers × ${t.batch ?? "?"} · ${t.data ?? "?"}`;
-  return { title, settings, bnNote: bnNote(conv.norm) };
+  return { title, settings, bnNote: bnNote(conv.norm, c.worldSize) };
 }
 
 /** Attach the BN-spread tracker (always) and the dashboard (when asked); call before workers start. */

@@ -103,7 +103,7 @@ export function bnSection(rows: readonly SweepRunResult[], info: SweepReportInfo
     const runs = rows.filter((r) => r.norm === norm);
     const dev = grid(runs, info.batches, "meanDev");
     if (dev.size === 0) {
-      without.push(`<li><code>${esc(norm)}</code>: ${esc(bnNote(norm) ?? "no bn lines in these runs' metrics.jsonl")}</li>`);
+      without.push(`<li><code>${esc(norm)}</code>: ${esc(bnNote(norm, info.workers) ?? "no bn lines in these runs' metrics.jsonl")}</li>`);
       continue;
     }
     const lv = grid(runs, info.batches, "logVar");
