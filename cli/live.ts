@@ -3,11 +3,10 @@
 // dashboard state and its HTTP server. Used by `train`, `coordinator` and `sweep`;
 // the views only observe the run.
 
-import { BN_SPREAD_EVERY, BnSpreadTracker } from "../coordinator/bn-spread.js";
+import { BN_SPREAD_EVERY, BnSpreadTracker, bnNote } from "../coordinator/bn-spread.js";
 import type { Coordinator } from "../coordinator/coordinator.js";
 import { startDashboard, type DashboardServer } from "../coordinator/dashboard.js";
 import { DashboardState, type DashboardRun } from "../coordinator/dashboard-state.js";
-import { parseNorm } from "../shared/config.js";
 import type { RunMonitor } from "./monitor.js";
 
 export interface LiveOptions {
@@ -25,17 +24,6 @@ export interface LiveViews {
   url: string | null;
   server: DashboardServer | null;
   close(): Promise<void>;
-}
-
-/** Why a norm mode gives the coordinator no BN statistics to compare, or null if it does. */
-export function bnNote(norm: string, worldSize = 2): string | null {
-  const mode = parseNorm(norm);
-  const kind = mode.kind;
-  // Groups of one worker (group:1, or sync with one worker) normalize locally: workers send no BN rounds.
-  if ((kind === "sync" && worldSize > 1) || (kind === "group" && mode.groupSize > 1)) return null;
-  if (kind === "sync" || kind === "group") return `--norm ${norm} with ${kind === "sync" ? "one worker" : "groups of one worker"}: every BN layer normalizes with its own batch, so no statistics reach the coordinator and there is no spread to show.`;
-  if (kind === "groupnorm" || kind === "none") return `--norm ${norm} has no batch normalization: there are no batch statistics to compare.`;
-  return `--norm ${norm}: each worker normalizes with statistics of its own batch and sends none to the coordinator, so the coordinator cannot show their spread here. Run --norm sync (or group:K) to see how far each worker's statistics are from the global batch's.`;
 }
 
 function describeRun(c: Coordinator): DashboardRun {

@@ -3,7 +3,7 @@
 // sampled steps of |μ_k − μ|/σ and ln(σ_k²/σ²) per layer against the per-worker
 // batch, as one small SVG and one table per mode. Not the live dashboard.
 
-import { bnNote } from "./live.js";
+import { bnNote } from "../coordinator/bn-spread.js";
 import { esc } from "./report-charts.js";
 import type { SweepReportInfo, SweepRunResult } from "./report.js";
 

@@ -3,6 +3,7 @@
 // receives, and a round observer that samples every N-th step off the round's
 // critical path. Not the reduction itself (reduce.ts) and not a display.
 
+import { parseNorm } from "../shared/config.js";
 import type { Contribution } from "../shared/protocol.js";
 import type { CompletedRound, Coordinator, RoundObserver } from "./coordinator.js";
 
@@ -115,6 +116,17 @@ export function layerSpread(
     runningMeanGap: gap ? gap.meanGap : null,
     runningLogVar: gap ? gap.logVar : null,
   };
+}
+
+/** Why a norm mode gives the coordinator no BN statistics to compare, or null if it does. */
+export function bnNote(norm: string, worldSize = 2): string | null {
+  const mode = parseNorm(norm);
+  const kind = mode.kind;
+  // Groups of one worker (group:1, or sync with one worker) normalize locally: workers send no BN rounds.
+  if ((kind === "sync" && worldSize > 1) || (kind === "group" && mode.groupSize > 1)) return null;
+  if (kind === "sync" || kind === "group") return `--norm ${norm} with ${kind === "sync" ? "one worker" : "groups of one worker"}: every BN layer normalizes with its own batch, so no statistics reach the coordinator and there is no spread to show.`;
+  if (kind === "groupnorm" || kind === "none") return `--norm ${norm} has no batch normalization: there are no batch statistics to compare.`;
+  return `--norm ${norm}: each worker normalizes with statistics of its own batch and sends none to the coordinator, so the coordinator cannot show their spread here. Run --norm sync (or group:K) to see how far each worker's statistics are from the global batch's.`;
 }
 
 /** Default sampling: the spread of every BN layer at steps 0, N, 2N, … */
