@@ -5,8 +5,72 @@
 
 import { get, type ClientRequest } from "node:http";
 import { pathToFileURL } from "node:url";
+import { BnSpreadTracker } from "../coordinator/bn-spread.js";
+import { Coordinator, type Peer } from "../coordinator/coordinator.js";
+import { startDashboard } from "../coordinator/dashboard.js";
+import { DashboardState } from "../coordinator/dashboard-state.js";
+import { encode } from "../shared/codec.js";
+import { GradExtra, PROTOCOL_VERSION } from "../shared/protocol.js";
 import { fmt, loadLine, machineLine, percentile, spread, table } from "./stats.js";
 import { trainOnce } from "./train-run.js";
+
+/**
+ * The coordinator's own work per step, in one process, without workers: a real
+ * Coordinator fed pre-encoded contributions (4 ranks, the cnn's BN layers of 16,
+ * 32, 64 and 128 channels, a 2,000-value gradient round) through in-memory peers,
+ * with no observer, with the BN-spread tracker only (always on), and with tracker +
+ * dashboard + one open event stream. Blocks of steps alternate; CPU µs per step (process.cpuUsage: less moved by other processes than wall time). Frames are encoded before the timing: what is timed is the coordinator's decode, checks, reduction and observers.
+ */
+export async function coordinatorCost(steps: number, blocks: number): Promise<{ none: number[]; tracker: number[]; dashboard: number[] }> {
+  const W = 4;
+  const CHANNELS = [16, 32, 64, 128];
+  const conv = { eps: 1e-5, momentum: 0.1, momentumStyle: "torch" as const, unbiasedRunningVar: true, norm: "sync", training: "" };
+  const peer = (label: string): Peer => ({ label, send: () => {}, close: () => {} });
+  const extra = new Float64Array(GradExtra.length);
+  extra[GradExtra.count] = 8;
+  const out = { none: [] as number[], tracker: [] as number[], dashboard: [] as number[] };
+  let stepBase = 0;
+  for (let b = 0; b < blocks; b++) {
+    for (const kind of ["none", "tracker", "dashboard"] as const) {
+      const coord = new Coordinator({ worldSize: W, token: "t", conventions: conv, roundTimeoutMs: 60_000 });
+      const peers = Array.from({ length: W }, (_, r) => peer(`p${r}`));
+      peers.forEach((p, rank) => coord.receive(p, encode({ type: "hello", version: PROTOCOL_VERSION, rank, worldSize: W, token: "t", conventions: conv })));
+      let close = async (): Promise<void> => {};
+      let stream: ClientRequest | null = null;
+      if (kind !== "none") {
+        const state = kind === "dashboard" ? new DashboardState(coord, 60_000, () => ({ title: "bench", settings: {}, bnNote: null })) : null;
+        coord.observers.push(new BnSpreadTracker(coord, (r) => state?.addBn(r)));
+        if (state) {
+          coord.observers.push(state);
+          const server = await startDashboard({ host: "127.0.0.1", port: 0, token: "", state });
+          stream = get(`${server.url}events`, (res) => res.resume());
+          close = () => server.close();
+        }
+      }
+            const frames = (step: number): Uint8Array[][] =>
+        peers.map((_, r) => [
+          ...CHANNELS.map((c, layer) => encode({ type: "contrib", step, phase: "fwd", layer, count: 8 * 64, data: Float64Array.from({ length: 2 * c }, (_, i) => (i < c ? r + i * 1e-3 : 500 + i)) })),
+          ...CHANNELS.map((c, layer) => encode({ type: "contrib", step, phase: "bwd", layer: CHANNELS.length - 1 - layer, count: 8 * 64, data: new Float64Array(2 * CHANNELS[CHANNELS.length - 1 - layer]!) })),
+          encode({ type: "contrib", step, phase: "grad", layer: -1, count: 8, data: new Float32Array(2_000), extra }),
+        ]);
+      const all = Array.from({ length: steps }, (_, s) => frames(stepBase + s));
+      const t0 = process.cpuUsage();
+      for (let s = 0; s < steps; s++) {
+        const f = all[s]!;
+        for (let k = 0; k < f[0]!.length; k++) for (let r = 0; r < W; r++) coord.receive(peers[r]!, f[r]![k]!);
+        if (s % 50 === 49) await new Promise((res) => setImmediate(res)); // let the sampled spread and the stream run
+      }
+      const used = process.cpuUsage(t0);
+      out[kind].push((used.user + used.system) / steps);
+      stepBase += steps;
+      if (coord.failed) throw new Error(`bench coordinator failed: ${coord.failed.message}`);
+      (stream as ClientRequest | null)?.destroy();
+      await close();
+      coord.shutdown("bench over");
+    }
+  }
+  return out;
+}
 
 export interface DashboardBenchOptions {
   workers: number;
@@ -50,7 +114,21 @@ export async function runDashboardBench(o: DashboardBenchOptions = { ...DEFAULT_
   const on = spread(acc.on);
   const off = spread(acc.off);
   const ratio = on.median / off.median;
+  await coordinatorCost(200, 1); // warm-up: JIT, first allocations
+  const cost = await coordinatorCost(1000, 5);
+  const med = (v: number[]): number => percentile(v, 0.5);
   return [
+    `The coordinator's own work per step, in one process (a real Coordinator, 4 in-memory ranks, BN layers of 16/32/64/128 channels, a 2,000-value gradient round, frames encoded beforehand; 5 alternating blocks of 1000 steps after a warm-up block): CPU µs per step of this process, median of blocks.`,
+    "",
+    ...table(
+      ["observers", "CPU µs/step (median; blocks)", "added vs none"],
+      [
+        ["none", `${fmt(med(cost.none), 0)} (${cost.none.map((v) => fmt(v, 0)).join(", ")})`, ""],
+        ["BN spread every 10 steps (always on)", `${fmt(med(cost.tracker), 0)} (${cost.tracker.map((v) => fmt(v, 0)).join(", ")})`, `${fmt(med(cost.tracker) - med(cost.none), 0)} µs`],
+        ["+ dashboard and one open event stream", `${fmt(med(cost.dashboard), 0)} (${cost.dashboard.map((v) => fmt(v, 0)).join(", ")})`, `${fmt(med(cost.dashboard) - med(cost.none), 0)} µs`],
+      ],
+    ),
+    "",
     `Reference \`cnn\`, ${o.workers} worker processes × ${o.batch}, --norm sync, ${o.steps} steps per run, ${o.repeats} runs each with \`--dashboard\` on (one event stream open, ${fmt(events / 1024, 0)} KiB received in all) and off, alternating. ms/step as in the training-step section. Goal: on ≤ ${DASHBOARD_TARGET} × off (within noise).`,
     "",
     ...table(
