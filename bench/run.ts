@@ -57,6 +57,7 @@ const step = await section("training step", () => runStepBench(stepOpts));
 const throughput = await section("throughput", () => runThroughputBench(throughputOpts));
 const heap = await section("heap", () => runHeapBench(heapOpts));
 const load = quick ? null : await section("load and soak", () => optionalSection("./load.js", "runLoadBench"));
+const dashboard = await section("dashboard on/off", () => optionalSection("./dashboard.js", "runDashboardBench"));
 
 const loadEnd = loadLine();
 const minutes = (Date.now() - started) / 60000;
@@ -124,13 +125,18 @@ const md = [
   ...failed(heap),
   "",
   ...(load?.value ? [load.value, ""] : load?.error ? ["## Load and soak", ...failed(load), ""] : []),
+  "## Live dashboard: step cost on and off",
+  "",
+  dashboard.value ?? "",
+  ...failed(dashboard),
+  "",
   "## Reproduce",
   "",
   "`npm run bench` (about 5 minutes; `node dist/bench/run.js --quick` for a short run). Sections alone: `node dist/bench/latency.js [--quick] [--worlds 2,4] [--channels 64] [--unpinned]`, " +
-    "`node dist/bench/step.js [--quick] [--transports process,process-tcp,thread]`, `node dist/bench/throughput.js`, `node dist/bench/heap.js`, `node dist/bench/kernels.js`.",
+    "`node dist/bench/step.js [--quick] [--transports process,process-tcp,thread]`, `node dist/bench/throughput.js`, `node dist/bench/heap.js`, `node dist/bench/kernels.js`, `node dist/bench/dashboard.js [--quick]`.",
   "",
 ];
 writeFileSync(RESULTS, md.join("\n"));
 log(`\n${md.join("\n")}`);
 log(`wrote ${RESULTS} (${fmt(minutes, 1)} min; load ${loadStart} → ${loadEnd}, ${loadavg()[0]! > c.length ? "machine busy" : "machine not saturated"})`);
-if ([latency, kernels, step, throughput, heap, load].some((s) => s?.error)) process.exitCode = 1;
+if ([latency, kernels, step, throughput, heap, load, dashboard].some((s) => s?.error)) process.exitCode = 1;

@@ -19,6 +19,8 @@ export interface TrainRunOptions {
   pinCpus?: "auto" | "on" | "off";
   /** Extra environment for worker processes (e.g. SYNCBN_FASHION_MNIST_DIR). */
   workerEnv?: NodeJS.ProcessEnv;
+  /** Serve the live dashboard (loopback, free port) and call back with its URL. */
+  dashboard?: (url: string) => void;
 }
 
 export interface TrainRun {
@@ -45,6 +47,7 @@ export async function trainOnce(o: TrainRunOptions): Promise<TrainRun> {
       wire: o.wire ?? "ws",
       pinCpus: o.pinCpus ?? "auto",
       workerEnv: o.workerEnv,
+      ...(o.dashboard ? { dashboard: { host: "127.0.0.1", port: 0 }, onDashboard: o.dashboard } : {}),
       tty: false,
       print: () => {},
       status: () => {},

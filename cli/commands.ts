@@ -41,6 +41,8 @@ import { checkRunData } from "./preflight.js";
 import { RunMonitor, formatSummary } from "./monitor.js";
 import { runTrain } from "./train.js";
 import { prepareOutDir } from "./out-dir.js";
+import { checkDashboardBind, parseDashboardSpec } from "../coordinator/dashboard.js";
+import { attachLiveViews } from "./live.js";
 
 const D = DEFAULT_SETTINGS;
 
@@ -102,6 +104,8 @@ function checkWorldSize(world: number): void {
   if (world < 1 || world > MAX_WORKERS) throw new SyncbnError(ErrorCode.BadConfig, `the number of workers must be in 1..${MAX_WORKERS}, got ${world} (from --workers/--world or WORLD_SIZE)`);
 }
 
+const DASHBOARD_HELP = "serve a live, read-only dashboard of the run at [HOST:]PORT (HOST default 127.0.0.1; off loopback it needs the run token)";
+
 export function registerTrainCommands(program: Command): void {
   const env = readEnv();
   addLaunchFlags(
@@ -112,9 +116,10 @@ export function registerTrainCommands(program: Command): void {
         .addOption(workersOption("number of worker processes", 4))
         .addOption(new Option("--on-worker-loss <policy>", "abort the run, or continue without the lost worker (elastic)").choices(["abort", "continue"]).default("abort"))
         .addOption(helloTimeoutOption())
-        .option("--out <dir>", "folder for metrics.jsonl, summary.json and checkpoint.bin (default runs/<time>)"),
+        .option("--out <dir>", "folder for metrics.jsonl, summary.json and checkpoint.bin (default runs/<time>)")
+        .option("--dashboard <[host:]port>", DASHBOARD_HELP, parseDashboardSpec),
     ),
-  ).action(async (f: TrainFlags & LaunchFlags & { workers: number; out?: string; onWorkerLoss: "abort" | "continue"; helloTimeout: number }) => {
+  ).action(async (f: TrainFlags & LaunchFlags & { workers: number; out?: string; onWorkerLoss: "abort" | "continue"; helloTimeout: number; dashboard?: { host: string; port: number } }) => {
     checkLaunchFlags(f);
     const settings = await resolveSettings(f, f.workers, env.fashionMnistDir);
     const tty = Boolean(process.stdout.isTTY) && !env.isCI;
@@ -131,6 +136,7 @@ export function registerTrainCommands(program: Command): void {
       wire: f.wire,
       pinCpus: f.pinCpus,
       helloTimeoutMs: f.helloTimeout,
+      dashboard: f.dashboard ?? null,
       token: env.token,
       tty,
       print: (l) => console.log(l),
@@ -233,13 +239,15 @@ export function registerTrainCommands(program: Command): void {
     .addOption(wireOption())
     .addOption(helloTimeoutOption())
     .option("--out <dir>", "folder for metrics.jsonl and summary.json")
-    .action(async (f: { workers?: number; host?: string; port?: number; token?: string; roundTimeout: number; onWorkerLoss: "abort" | "continue"; out?: string; wire: Wire; helloTimeout: number }) => {
+    .option("--dashboard <[host:]port>", DASHBOARD_HELP, parseDashboardSpec)
+    .action(async (f: { workers?: number; host?: string; port?: number; token?: string; roundTimeout: number; onWorkerLoss: "abort" | "continue"; out?: string; wire: Wire; helloTimeout: number; dashboard?: { host: string; port: number } }) => {
       const world = f.workers ?? env.worldSize;
       if (world === undefined) throw new SyncbnError(ErrorCode.BadConfig, "coordinator needs --workers (alias --world; or WORLD_SIZE)");
       checkWorldSize(world);
       const port = f.port ?? env.masterPort ?? 29500;
       if (port > 65535) throw new SyncbnError(ErrorCode.BadConfig, `MASTER_PORT must be a port in 0..65535, got ${port}`);
       if (f.out !== undefined) prepareOutDir(f.out);
+      if (f.dashboard) checkDashboardBind(f.dashboard.host, f.token ?? env.token ?? "");
       const server = await startCoordinatorServer({
         host: f.host ?? env.masterAddr ?? "127.0.0.1",
         port,
@@ -255,6 +263,11 @@ export function registerTrainCommands(program: Command): void {
       server.coordinator.events.onRefused = refusalLogger((l) => console.error(l));
       console.log(`syncbn coordinator listening on ${server.url} for ${world} workers`);
       let monitor: RunMonitor | null = null;
+      const live = await attachLiveViews(server.coordinator, () => monitor, { dashboard: f.dashboard ?? null, token: f.token ?? env.token ?? "", roundTimeoutMs: f.roundTimeout }).catch(async (e: unknown) => {
+        await server.close();
+        throw e;
+      });
+      if (live.url) console.log(`dashboard: ${live.url} (read-only)`);
       const outcome = await new Promise<SyncbnError | null>((resolve) => {
         server.coordinator.events.onJoin = (rank) => {
           console.log(`worker rank ${rank} joined`);
@@ -285,6 +298,7 @@ export function registerTrainCommands(program: Command): void {
         server.coordinator.events.onFailed = (e) => resolve(e);
         process.once("SIGINT", () => resolve(new SyncbnError(ErrorCode.Aborted, "interrupted")));
       });
+      await live.close();
       await server.close();
       // A failed run keeps its last step's line too.
       (monitor as RunMonitor | null)?.flush();

@@ -77,10 +77,9 @@ export function median(values: readonly number[]): number | null {
 
 /** One step line of metrics.jsonl (see the README's outputs). */
 /** One metrics.jsonl line: its type and the step it belongs to, then its fields. */
-type MetricsLine = { type: string; step: number; [field: string]: unknown };
+type MetricsLine = { readonly type: string; readonly step: number };
 
 interface StepLine {
-  [field: string]: unknown;
   type: "step";
   step: number;
   epoch: number;
@@ -162,7 +161,12 @@ export class RunMonitor {
     };
   }
 
-  private write(obj: MetricsLine): void {
+  /** One more line of metrics.jsonl from another view of the run (e.g. `{"type":"bn"}`, cli/live.ts). */
+  record<T extends MetricsLine>(obj: T): void {
+    this.write(obj);
+  }
+
+  private write<T extends MetricsLine>(obj: T): void {
     const path = this.metricsPath;
     if (!path || this.metricsFailure) return;
     const line = `${JSON.stringify(obj)}\n`;
@@ -192,7 +196,7 @@ export class RunMonitor {
   }
 
   /** Writes now, or behind the step line still waiting for its timing. */
-  private writeInOrder(obj: MetricsLine): void {
+  private writeInOrder<T extends MetricsLine>(obj: T): void {
     if (this.pendingStep) this.queued.push(obj);
     else this.write(obj);
   }

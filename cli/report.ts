@@ -5,6 +5,7 @@
 // figures themselves are drawn in report-charts.ts.
 
 import { accuracyPlot, cellText, esc, lossPlots, modeColors } from "./report-charts.js";
+import { bnSection, type BnLayerSpread } from "./report-bn.js";
 
 // Part of this module's API before the figures moved out; sweep.test.ts imports smoothCurve from here.
 export { accuracyPlot, lossPlots, modeColors, smoothCurve } from "./report-charts.js";
@@ -26,6 +27,8 @@ export interface SweepRunResult {
   failure: string | null;
   /** Training loss (mean over the global batch) per step, in step order; empty when unknown. */
   trainLoss: number[];
+  /** Per-BN-layer spread of local vs global statistics from metrics.jsonl (cli/report-bn.ts); absent/empty when none. */
+  bn?: BnLayerSpread[];
 }
 
 export interface SweepReportInfo {
@@ -293,6 +296,7 @@ ${accuracyPlot(cells, info, colors)}
 ${lossPlots(rows, info)}
 <p class="caption">Training loss (cross-entropy, mean over the global batch), moving average over 1/20 of each run${info.seeds.length > 1 ? `, mean over seeds ${esc(info.seeds.join(", "))}; the shaded band spans the smallest to the largest seed's curve (min to max)` : ` (seed ${esc(info.seeds.join(", "))})`}; x is samples seen, so runs with different batches line up by data consumed.</p>
 </section>
+${bnSection(rows, info)}
 <section class="card">
 <h2 style="margin-top:0">Results</h2>
 ${resultsTable(cells, info)}

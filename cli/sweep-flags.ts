@@ -4,6 +4,7 @@
 
 import { Command, InvalidArgumentError, Option } from "commander";
 import { ErrorCode, SyncbnError } from "../shared/errors.js";
+import { checkDashboardBind, parseDashboardSpec } from "../coordinator/dashboard.js";
 import { readEnv } from "./env.js";
 import {
   LR_RANGE,
@@ -101,7 +102,8 @@ export function registerSweepCommand(program: Command): void {
     .option("--lr-ref-batch <n>", `reference global batch of the linear scaling rule (1..${MAX_LR_REF_BATCH})`, intArg("--lr-ref-batch", 1, MAX_LR_REF_BATCH), D.lrRefBatch)
     .option("--lr <x>", "one learning rate for every run instead (no scaling; not with --base-lr)", numArg("--lr", LR_RANGE))
     .option("--all-data", "train on the whole training set (instead of the default --train-size)")
-    .option("--out <dir>", "sweep folder; re-running with the same folder and grid resumes", DEFAULT_SWEEP_OUT);
+    .option("--out <dir>", "sweep folder; re-running with the same folder and grid resumes", DEFAULT_SWEEP_OUT)
+    .option("--dashboard <[host:]port>", "serve the live dashboard of the run in progress at [HOST:]PORT (each run in turn; off loopback it needs SYNCBN_TOKEN)", parseDashboardSpec);
   // The sweep's own defaults where they differ from train's (DEFAULT_GRID says why).
   addLaunchFlags(
     addRunFlags(cmd, {
@@ -110,12 +112,13 @@ export function registerSweepCommand(program: Command): void {
       trainSize: `${D.trainSize}, or all with --all-data`,
     }),
   );
-  cmd.action(async (f: SweepFlags) => {
+  cmd.action(async (f: SweepFlags & { dashboard?: { host: string; port: number } }) => {
     if (f.lr !== undefined && cmd.getOptionValueSource("baseLr") === "cli") {
       throw new SyncbnError(ErrorCode.BadConfig, "--lr (one rate for every run) and --base-lr (scaled with the global batch) exclude each other; give one");
     }
     checkLaunchFlags(f);
     const env = readEnv();
+    if (f.dashboard) checkDashboardBind(f.dashboard.host, env.token ?? "");
     const tty = Boolean(process.stdout.isTTY) && !env.isCI;
     await runSweep({
       grid: gridFromFlags(f),
@@ -123,6 +126,8 @@ export function registerSweepCommand(program: Command): void {
       outDir: f.out,
       roundTimeoutMs: f.roundTimeout,
       launch: { transport: f.transport, wire: f.wire, pinCpus: f.pinCpus },
+      dashboard: f.dashboard ?? null,
+      token: env.token,
       tty,
       print: (l) => console.log(l),
       status: (l) => process.stdout.write(`\r\x1b[2K${l}`),

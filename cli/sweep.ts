@@ -27,6 +27,7 @@ import {
 } from "./sweep-grid.js";
 import { checkFinishedRuns, claimOutDir, commandLine, planOutDir, readJson, syncbnVersion, type SweepFile } from "./sweep-folder.js";
 import { runTrain, type TrainOptions } from "./train.js";
+import { BnSpreadAccumulator, type BnLayerSpread } from "./report-bn.js";
 
 /** Fixed, so that running the same `syncbn sweep` command again resumes. */
 export const DEFAULT_SWEEP_OUT = "runs/sweep";
@@ -47,14 +48,15 @@ export function failureReason(lines: readonly string[]): string {
 const DETERMINISTIC = /SYNCBN_ERR_(SINGLE_VALUE|BAD_CONFIG)/;
 
 
-/** Training loss per step and mean time in sync rounds per step (steps that report it), from a run's metrics.jsonl. */
-function readMetrics(dir: string): { loss: number[]; waitMsPerStep: number | null } {
+/** Training loss per step, mean time in sync rounds per step (steps that report it) and the BN spread, from a run's metrics.jsonl. */
+function readMetrics(dir: string): { loss: number[]; waitMsPerStep: number | null; bn: BnLayerSpread[] } {
   let text = "";
   try {
     text = readFileSync(join(dir, "metrics.jsonl"), "utf8");
   } catch {
-    return { loss: [], waitMsPerStep: null };
+    return { loss: [], waitMsPerStep: null, bn: [] };
   }
+  const bn = new BnSpreadAccumulator();
   const loss: number[] = [];
   let waitSum = 0;
   let waitCount = 0;
@@ -66,6 +68,7 @@ function readMetrics(dir: string): { loss: number[]; waitMsPerStep: number | nul
     } catch {
       continue; // a line cut by an interruption
     }
+    bn.add(m);
     if (m.type !== "step") continue;
     if (typeof m.loss === "number") loss.push(m.loss);
     if (typeof m.syncWaitMs === "number") {
@@ -73,7 +76,7 @@ function readMetrics(dir: string): { loss: number[]; waitMsPerStep: number | nul
       waitCount++;
     }
   }
-  return { loss, waitMsPerStep: waitCount ? waitSum / waitCount : null };
+  return { loss, waitMsPerStep: waitCount ? waitSum / waitCount : null, bn: bn.result() };
 }
 
 /** One run's result from its folder, or null if it has neither summary.json nor failure.json. */
@@ -94,6 +97,7 @@ function readRun(outDir: string, g: SweepGrid, norm: string, b: number, seed: nu
       steps: s.steps,
       failure: s.testAccuracy === null ? "finished without a test evaluation" : null,
       trainLoss: m.loss,
+      bn: m.bn,
     };
   }
   const f = readJson<FailureFile>(join(dir, "failure.json"));
@@ -115,6 +119,10 @@ export interface SweepOptions {
   print(line: string): void;
   /** Rewrite the current terminal line (TTY only). */
   status(line: string): void;
+  /** Serve each run's live dashboard there in turn (cli/live.ts); null: none. */
+  dashboard?: { host: string; port: number } | null;
+  /** The user's run token (needed for a dashboard off loopback). */
+  token?: string;
 }
 
 export interface SweepResult {
@@ -236,6 +244,7 @@ export async function runSweep(o: SweepOptions): Promise<SweepResult> {
   const eta = new Eta();
   const started = performance.now();
   let lastDraw = 0;
+  let lastDashboard = "";
   try {
     for (let i = 0; i < N && !interrupted; i++) {
       const c = combos[i]!;
@@ -291,6 +300,12 @@ export async function runSweep(o: SweepOptions): Promise<SweepResult> {
         checkpointEvery: 0,
         resume: null,
         roundTimeoutMs: o.roundTimeoutMs,
+        dashboard: o.dashboard ?? null,
+        token: o.token,
+        onDashboard: (url) => {
+          if (url !== lastDashboard) o.print(`dashboard of the run in progress: ${url}`);
+          lastDashboard = url;
+        },
         // tty: the run reports every step through status(), which feeds our bar.
         tty: true,
         print: () => {},

@@ -22,6 +22,8 @@ import { checkRunData } from "./preflight.js";
 import { workerRoundTimeout } from "./flags.js";
 import { prepareOutDir } from "./out-dir.js";
 import { checkResume } from "./resume-check.js";
+import { attachLiveViews } from "./live.js";
+import { checkDashboardBind } from "../coordinator/dashboard.js";
 
 export interface TrainOptions {
   settings: TrainSettings;
@@ -53,6 +55,10 @@ export interface TrainOptions {
   pinCpus?: PinMode;
   /** Process transport: a connection must get its hello accepted this soon (coordinator/pending.ts). */
   helloTimeoutMs?: number;
+  /** Serve the live dashboard there (default: none); off loopback it needs `token`. */
+  dashboard?: { host: string; port: number } | null;
+  /** Where the dashboard's URL goes (default: print it). */
+  onDashboard?(url: string): void;
 }
 
 export interface TrainResult {
@@ -87,6 +93,7 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
   await checkRunData(s, o.workers, readEnv({ ...process.env, ...o.workerEnv }).fashionMnistDir);
   if (o.init && o.resume) throw new SyncbnError(ErrorCode.BadConfig, INIT_AND_RESUME);
   const initial = o.init ? await checkInitUpFront(o.init, s, readEnv({ ...process.env, ...o.workerEnv }).fashionMnistDir) : null;
+  if (o.dashboard) checkDashboardBind(o.dashboard.host, o.token ?? "");
   prepareOutDir(o.outDir);
   // A fresh random token per run unless the user set one; it is never printed or written.
   const token = o.token ?? randomBytes(16).toString("hex");
@@ -136,6 +143,11 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
     },
   });
   monitor.attach(server.coordinator);
+  const live = await attachLiveViews(server.coordinator, () => monitor, { dashboard: o.dashboard ?? null, token: o.token ?? "", roundTimeoutMs: o.roundTimeoutMs }).catch(async (e: unknown) => {
+    await server.close();
+    throw e;
+  });
+  if (live.url) (o.onDashboard ?? ((url: string) => o.print(`dashboard: ${url} (read-only; Ctrl-C stops the run as usual)`)))(live.url);
   o.print(`syncbn train: ${o.workers} workers × ${s.batch} samples, --model ${s.model} --norm ${s.norm} --data ${s.data}; coordinator ${server.url}; output in ${o.outDir}`);
 
   let coordFailure: SyncbnError | null = null;
@@ -271,6 +283,7 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
     process.off("SIGINT", onSigint);
     process.off("SIGTERM", onSigint);
     await killAll(procs);
+    await live.close();
     await server.close();
   }
 }

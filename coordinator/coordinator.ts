@@ -73,6 +73,25 @@ export interface RoundEvent {
   waitOtherRanksMs?: number;
 }
 
+/** A completed round as observers see it, after its result was sent: read-only, valid during the call only (parts reuse frames). */
+export interface CompletedRound {
+  readonly step: number;
+  readonly phase: Phase;
+  readonly layer: number;
+  readonly members: readonly number[];
+  /** Contributions by member position. */
+  readonly parts: readonly (Contribution | null)[];
+  /** performance.now() at which the round would have failed: opened at deadline − roundTimeoutMs. */
+  readonly deadline: number;
+}
+
+/** Read-only watchers (BN spread, dashboard): they see rounds after the result went out and cannot change the run. */
+export interface RoundObserver {
+  afterRound(round: CompletedRound, result: RoundResult): void;
+  /** The rank said bye (finished normally). */
+  rankFinished?(rank: number): void;
+}
+
 export interface CoordinatorEvents {
   onJoin?(rank: number): void;
   /** A hello was refused (the peer has been told why); for the log. */
@@ -141,6 +160,7 @@ export class Coordinator {
   private readonly hellos: HelloRecords;
   readonly runningStats: RunningStatsTable;
   events: CoordinatorEvents = {};
+  readonly observers: RoundObserver[] = [];
 
   constructor(opts: CoordinatorOptions) {
     if (!Number.isInteger(opts.worldSize) || opts.worldSize < 1) {
@@ -200,6 +220,7 @@ export class Coordinator {
     const type = (msg as { type?: unknown } | null)?.type;
     if (type === "bye") {
       this.finished.add(rank);
+      for (const o of this.observers) o.rankFinished?.(rank);
       if ([...this.active].every((r) => this.finished.has(r))) this.events.onDone?.();
       return;
     }
@@ -458,6 +479,7 @@ export class Coordinator {
     }
     // data and extra are views of the sent frame, reused once the sends completed: valid during the call only.
     this.events.onRound?.({ step: round.step, phase: round.phase, layer: round.layer, count: result.count, data: result.data, extra: result.extra, waitOtherRanksMs });
+    for (const o of this.observers) o.afterRound(round, result);
   }
 
   private expire(id: string): void {
