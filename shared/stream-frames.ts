@@ -87,7 +87,7 @@ export class StreamFrameReader {
   /**
    * push() for a transport: the reason the stream must be dropped (a malformed or
    * oversized unit, or a buffer that could not be allocated), or null when the
-   * chunk was taken. An allocation failure drops this connection, never the process.
+   * chunk was taken. An allocation failure drops this connection, never the whole coordinator.
    */
   feed(chunk: Uint8Array): string | null {
     try {
