@@ -10,7 +10,7 @@ import type { Coordinator, RoundEvent } from "../coordinator/coordinator.js";
 import { GradExtra, SumRound } from "../shared/protocol.js";
 import { parseNorm } from "../shared/config.js";
 import { describeEvalStatistics } from "../worker/evaluate.js";
-import { reasonOf } from "../worker/checkpoint.js";
+import { reasonOf, writeFileAtomic } from "../worker/atomic-file.js";
 import { ErrorCode, SyncbnError } from "../shared/errors.js";
 
 export interface RunSummary {
@@ -175,7 +175,7 @@ export class RunMonitor {
         appendFileSync(path, line);
       } else {
         // `syncbn coordinator` is not told of a resume: its first step says it.
-        const from = this.o.startStep > 0 ? this.o.startStep : obj.type === "step" ? obj.step : 0;
+        const from = this.o.startStep > 0 ? this.o.startStep : obj.type === "start" ? obj.step : obj.type === "step" ? obj.step - 1 : 0;
         const kept = from > 0 ? linesBefore(path, from) : "";
         const resumed = from > 0 ? `${JSON.stringify({ type: "resume", step: from, checkpoint: this.o.resumedFrom ?? null })}\n` : "";
         replaceFile(path, kept + resumed + line);
@@ -213,7 +213,8 @@ export class RunMonitor {
       // The first completed round: every worker is up, has its data and is connected.
       this.trainingFrom = performance.now();
       this.startupSeconds = (this.trainingFrom - this.started) / 1000;
-      this.write({ type: "start", step: this.o.startStep, workers: this.o.worldSize, startupSeconds: this.startupSeconds });
+      // ev.step counts the steps completed before this round: the checkpoint's step on a resume, also for `syncbn coordinator`, which is not told.
+      this.write({ type: "start", step: this.o.startStep > 0 ? this.o.startStep : ev.step, workers: this.o.worldSize, startupSeconds: this.startupSeconds });
     }
     if (ev.phase === "grad" && ev.extra) this.onStep(ev.step, ev.extra, ev.waitOtherRanksMs ?? null);
     else if (ev.phase === "sum" && ev.layer === SumRound.Eval) this.onEval(ev.step, ev.data as Float64Array);
@@ -365,18 +366,7 @@ export class RunMonitor {
 
 /** Writes a temp file and renames it over `path`: a failed write leaves the old file whole. */
 function replaceFile(path: string, text: string): void {
-  const tmp = `${path}.tmp-${process.pid}`;
-  try {
-    writeFileSync(tmp, text);
-    renameSync(tmp, path);
-  } catch (e) {
-    try {
-      unlinkSync(tmp);
-    } catch {
-      // not created
-    }
-    throw e;
-  }
+  writeFileAtomic(path, Buffer.from(text, "utf8"));
 }
 
 /**
@@ -396,7 +386,8 @@ function linesBefore(path: string, step: number): string {
     try {
       const o = JSON.parse(l) as { type?: unknown; step?: unknown };
       if (typeof o.step !== "number") return true;
-      return o.type === "eval" || o.type === "resume" ? o.step <= step : o.step < step;
+      // Every line counts steps completed: the checkpoint's step and those before it stay.
+      return o.step <= step;
     } catch {
       return false; // a line cut short by a full disk
     }

@@ -5,7 +5,7 @@
 import { closeSync, existsSync, mkdirSync, openSync, statSync, unlinkSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { ErrorCode, SyncbnError } from "../shared/errors.js";
-import { reasonOf } from "../worker/checkpoint.js";
+import { reasonOf } from "../worker/atomic-file.js";
 
 /** Creates `dir` if missing and proves it writable; throws a one-line BadConfig error naming `flag` otherwise. */
 export function prepareOutDir(dir: string, flag = "--out"): void {

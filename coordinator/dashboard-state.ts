@@ -106,26 +106,28 @@ export class DashboardState implements RoundObserver {
     let ring = this.spans.get(round.phase);
     if (!ring) this.spans.set(round.phase, (ring = new Ring()));
     ring.add(performance.now() - opened);
+    // Steps as metrics.jsonl counts them: completed steps, the first is 1 (round.step counts from 0).
+    const done = round.step + 1;
     if (round.phase === "grad" && result.extra) {
       round.members.forEach((rank, i) => {
         const e = round.parts[i]?.extra;
         if (!e) return;
         const t = this.timings[rank] ?? (this.timings[rank] = { step: 0, samples: 0, computeMs: 0, waitMs: 0 });
-        t.step = round.step;
+        t.step = done;
         t.samples = e[GradExtra.count]!;
         t.computeMs = e[GradExtra.computeMs]!;
         t.waitMs = e[GradExtra.syncWaitMs]!;
       });
       const x = result.extra;
       const count = x[GradExtra.count]!;
-      this.lastStep = round.step;
+      this.lastStep = done;
       this.lastLoss = x[GradExtra.lossSum]! / count;
       // Every worker sends the same total; the round summed them.
       this.totalSteps ??= x[GradExtra.totalSteps]! / round.members.length;
-      this.loss.add([round.step, this.lastLoss]);
+      this.loss.add([done, this.lastLoss]);
     } else if (round.phase === "sum" && round.layer === SumRound.Eval) {
       const d = result.data;
-      this.accuracy.add([round.step, d[1]! / d[2]!]);
+      this.accuracy.add([done, d[1]! / d[2]!]);
     }
   }
 

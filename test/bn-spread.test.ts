@@ -95,7 +95,7 @@ describe("BnSpreadTracker on a real Coordinator", () => {
     }
     await new Promise((r) => setImmediate(r));
     expect(coord.failed).toBeNull();
-    expect(records.map((r) => r.step)).toEqual([0, 2]);
+    expect(records.map((r) => r.step)).toEqual([1, 2]);
     const dev = (2 / Math.sqrt(5.01) + 1 / Math.sqrt(1.01)) / 2;
     for (const r of records) {
       expect(r.n).toEqual([2, 2]);

@@ -60,7 +60,7 @@ describe("usage errors are one line and exit 2", () => {
     await refused(["train", "--workers", "0"], /--workers must be an integer in 1\.\.1024, got "0"; see syncbn train --help/);
     await refused(["train", "--lr", "abc"], /--lr must be a number in \(0, 100\], got "abc"/);
     await refused(["train", "--bogus"], /unknown option '--bogus'; see syncbn train --help/);
-    await refused(["train", "--model", "resnet18"], /--model "resnet18" is invalid: allowed choices are mlp, cnn/);
+    await refused(["train", "--model", "resnet18"], /--model must be mlp, cnn or resnet:N with N in 1\.\.\d+ \(resnet:3 is ResNet-20\), got "resnet18"/);
     await refused(["worker", "--rank"], /option '--rank <r>' argument missing; see syncbn worker --help/);
     await refused(["conformance"], /missing required argument 'dir'; see syncbn conformance --help/);
     await refused(["frobnicate"], /unknown command 'frobnicate'; see syncbn --help/);
@@ -95,7 +95,7 @@ describe("usage errors are one line and exit 2", () => {
     await refused(["train", "--data", join(TMP, "no-such-folder")], /SYNCBN_ERR_DATA: --data .*no-such-folder: not "synthetic" or "fashion-mnist", and no folder at/);
     const empty = join(TMP, "empty");
     mkdirSync(empty);
-    await refused(["train", "--data", empty], /SYNCBN_ERR_DATA: .*empty: no train-images-idx3-ubyte\(\.gz\)/);
+    await refused(["train", "--data", empty], /SYNCBN_ERR_DATA: .*empty: no train-(images-idx3|labels-idx1)-ubyte\(\.gz\)/);
     const ok = idxFolder("tiny", 40, 20);
     const truncated = idxFolder("truncated", 40, 20);
     const images = idx(0x803, [40, 28, 28], () => 0);

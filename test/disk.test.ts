@@ -70,7 +70,7 @@ describe("a full disk", () => {
   it("keeps the previous checkpoint valid and resumable when the next one does not fit, and fails with SYNCBN_ERR_CHECKPOINT naming the file and ENOSPC", async (ctx) => {
     needMount(ctx);
     // room for one checkpoint and the metrics, not for a second checkpoint beside it
-    const disk = mountTmpfs("size=2600k");
+    const disk = mountTmpfs("size=3600k");
     const args = ["--workers", "2", ...SMALL];
     const first = await runCli(["train", ...args, "--steps", "20", "--out", disk], { timeoutMs: 90_000 });
     expect(first.code, first.stderr).toBe(0);

@@ -2,7 +2,7 @@
 // members waited for a round's last contribution, and the monitor's
 // metrics.jsonl lines (numbering, start-up, the timing split), progress line and summary
 // fed with the round events a real run produces.
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, afterEach, describe, expect, it } from "vitest";
@@ -62,6 +62,7 @@ function gradExtra(W: number, batch: number, lossPerSample: number, syncWaitMs: 
 describe("RunMonitor", () => {
   it("numbers steps and epochs from 1 in step and eval lines alike, writes start-up apart, and splits each step's time in sync rounds", () => {
     const out = join(TMP, "run");
+    mkdirSync(out, { recursive: true });
     const printed: string[] = [];
     const W = 2, B = 4;
     const m = new RunMonitor({ worldSize: W, perWorkerBatch: B, norm: "sync", model: "mlp", data: "synthetic", outDir: out, totalSteps: null, stepsPerEpoch: null, startStep: 0, tty: false, print: (l) => printed.push(l), status: () => {} });
@@ -108,6 +109,7 @@ describe("RunMonitor", () => {
 
   it("writes a step line still waiting for its timing when the run stops, so a failed run keeps its history", () => {
     const out = join(TMP, "stopped");
+    mkdirSync(out, { recursive: true });
     const m = new RunMonitor({ worldSize: 1, perWorkerBatch: 2, norm: "sync", model: "mlp", data: "synthetic", outDir: out, totalSteps: null, stepsPerEpoch: null, startStep: 4, tty: false, print: () => {}, status: () => {} });
     m.onRound({ step: 4, phase: "grad", layer: -1, count: 2, data: new Float32Array(1), extra: gradExtra(1, 2, 0.7, 0, 10, 5) });
     expect(readFileSync(join(out, "metrics.jsonl"), "utf8").trim().split("\n")).toHaveLength(1); // the start line

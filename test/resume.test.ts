@@ -110,19 +110,19 @@ describe("resume", () => {
   it("appends to metrics.jsonl on resume: keeps every line before the checkpoint's step, drops the crashed run's later ones, each step once", async () => {
     const out = tmp("history");
     const args = ["--workers", "2", "--checkpoint-every", "4", ...SMALL];
-    // checkpoint after step 4, then killed in step 6: metrics hold steps 0..5
+    // checkpoint after step 4, then killed in the 7th step: metrics hold steps 1..6
     const crashed = await runCli(["train", ...args, "--steps", "10", "--out", out], { env: { SYNCBN_FAULT: "0:6:grad" }, timeoutMs: 60_000 });
     expect(crashed.code).toBe(1);
     const parse = (text: string): { type: string; step: number }[] => text.trim().split("\n").map((l) => JSON.parse(l));
     const old = parse(readFileSync(join(out, "metrics.jsonl"), "utf8"));
-    expect(old.filter((l) => l.type === "step").map((l) => l.step)).toEqual([0, 1, 2, 3, 4, 5]);
+    expect(old.filter((l) => l.type === "step").map((l) => l.step)).toEqual([1, 2, 3, 4, 5, 6]);
     const r = await runCli(["train", ...args, "--steps", "10", "--resume", join(out, "checkpoint.bin"), "--out", out], { timeoutMs: 60_000 });
     expect(r.code, r.stderr).toBe(0);
     const lines = parse(readFileSync(join(out, "metrics.jsonl"), "utf8"));
-    expect(lines.filter((l) => l.type === "step").map((l) => l.step)).toEqual([0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
-    // the lines before the checkpoint are the old ones, byte for byte; then a resume marker
-    expect(lines.slice(0, 4)).toEqual(old.slice(0, 4));
-    expect(lines[4]).toEqual({ type: "resume", step: 4, checkpoint: join(out, "checkpoint.bin") });
+    expect(lines.filter((l) => l.type === "step").map((l) => l.step)).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+    // the lines up to the checkpoint's step are the old ones (start line, steps 1..4); then a resume marker
+    expect(lines.slice(0, 5)).toEqual(old.slice(0, 5));
+    expect(lines[5]).toEqual({ type: "resume", step: 4, checkpoint: join(out, "checkpoint.bin") });
   });
 
   it("keeps `syncbn coordinator --out` metrics history when its workers resume (the coordinator learns the step from the first round)", async () => {
@@ -143,7 +143,7 @@ describe("resume", () => {
     await session("3", []);
     await session("6", ["--resume", join(ckDir, "checkpoint.bin")]);
     const lines = readFileSync(join(out, "metrics.jsonl"), "utf8").trim().split("\n").map((l) => JSON.parse(l) as { type: string; step: number });
-    expect(lines.filter((l) => l.type === "step").map((l) => l.step)).toEqual([0, 1, 2, 3, 4, 5]);
+    expect(lines.filter((l) => l.type === "step").map((l) => l.step)).toEqual([1, 2, 3, 4, 5, 6]);
     expect(lines.find((l) => l.type === "resume")).toEqual({ type: "resume", step: 3, checkpoint: null });
   });
 });

@@ -8,7 +8,6 @@ import { mkdtempSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { MODEL_KINDS } from "../worker/nn/model.js";
 import { floatValues, integerValues, readSafetensors } from "../worker/safetensors.js";
 import { ROOT, runCli } from "./helpers.js";
 
@@ -93,11 +92,8 @@ describe("syncbn against PyTorch, trained from the same safetensors weights", ()
     }, 300_000);
   }
 
-  // resnet:N arrives with the graph runtime; until then this proof cannot run (its fixtures are ready).
-  const hasResnet = (MODEL_KINDS as readonly string[]).some((k) => k.startsWith("resnet"));
-  if (!hasResnet) console.warn("torch-parity: skipping the resnet:1 comparison: this build has no --model resnet:N (models: " + MODEL_KINDS.join(", ") + ")");
   for (const norm of ["sync", "local"] as const) {
-    it.skipIf(!hasResnet)(`ends resnet:1 within 1e-4 of PyTorch on every tensor, 4 workers × 4 with --norm ${norm}`, async () => {
+    it(`ends resnet:1 within 1e-4 of PyTorch on every tensor, 4 workers × 4 with --norm ${norm}`, async () => {
       const { worst } = await compare("resnet1", "resnet:1", norm);
       expect(worst.diff, worst.name).toBeLessThan(1e-4);
     }, 300_000);

@@ -11,7 +11,8 @@
 //   SHA-256 of everything before (32 bytes)
 
 import { createHash } from "node:crypto";
-import { closeSync, fsyncSync, openSync, readFileSync, readdirSync, renameSync, writeSync, unlinkSync } from "node:fs";
+import { readFileSync, readdirSync, unlinkSync } from "node:fs";
+import { reasonOf, writeFileAtomic } from "./atomic-file.js";
 import { basename, dirname, join } from "node:path";
 import { ErrorCode, SyncbnError } from "../shared/errors.js";
 
@@ -142,75 +143,11 @@ function headerProblem(h: unknown): string | null {
 export function writeCheckpoint(path: string, ck: Checkpoint, midWrite?: () => void): void {
   const bytes = encodeCheckpoint(ck);
   removeStaleTemps(path);
-  const tmp = `${path}.tmp-${process.pid}`;
-  const fail = (e: unknown): never => {
-    try {
-      unlinkSync(tmp);
-    } catch {
-      // not created, or already gone
-    }
+  try {
+    writeFileAtomic(path, bytes, midWrite);
+  } catch (e) {
     throw new SyncbnError(ErrorCode.Checkpoint, `cannot write checkpoint ${path} (${reasonOf(e)}); the previous checkpoint there, if any, is untouched`);
-  };
-  let fd: number;
-  try {
-    fd = openSync(tmp, "w");
-  } catch (e) {
-    return fail(e);
   }
-  try {
-    const half = bytes.length >> 1;
-    writeAll(fd, bytes, 0, half);
-    midWrite?.();
-    writeAll(fd, bytes, half, bytes.length);
-    fsyncSync(fd);
-    closeSync(fd);
-  } catch (e) {
-    try {
-      closeSync(fd);
-    } catch {
-      // already closed
-    }
-    fail(e);
-  }
-  try {
-    renameSync(tmp, path);
-  } catch (e) {
-    fail(e);
-  }
-  syncFolder(dirname(path), path);
-}
-
-/** Writes bytes[from, to) whole: writeSync may write fewer bytes than asked (full disk), so loop until done or an error. */
-function writeAll(fd: number, bytes: Buffer, from: number, to: number): void {
-  let at = from;
-  while (at < to) {
-    const n = writeSync(fd, bytes, at, to - at);
-    if (n <= 0) throw new Error(`short write: ${at - from} of ${to - from} bytes written (disk full?)`);
-    at += n;
-  }
-}
-
-/** fsync of the folder, so the rename itself survives a crash. Filesystems that cannot fsync a folder (EINVAL) are let be. */
-function syncFolder(dir: string, path: string): void {
-  let fd: number | null = null;
-  try {
-    fd = openSync(dir, "r");
-    fsyncSync(fd);
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    if (code !== "EINVAL" && code !== "ENOTSUP" && code !== "EISDIR") {
-      throw new SyncbnError(ErrorCode.Checkpoint, `checkpoint ${path} was written, but its folder could not be synced to disk (${reasonOf(e)})`);
-    }
-  } finally {
-    if (fd !== null) closeSync(fd);
-  }
-}
-
-/** "ENOSPC: no space left on device" from a Node error, or its message. */
-export function reasonOf(e: unknown): string {
-  const message = (e as Error | undefined)?.message ?? String(e);
-  const m = /^(E[A-Z]+): ([^,]*)/.exec(message);
-  return m ? `${m[1]}: ${m[2]}` : message;
 }
 
 /** Temp files left by a writer that died mid-write. */

@@ -4,7 +4,8 @@
 // space-padded to a multiple of 8 | the byte buffer, tensors little-endian, row-major.
 // Not a tensor library: it moves named byte ranges; weights.ts maps them to a model.
 
-import { closeSync, fsyncSync, openSync, readFileSync, renameSync, unlinkSync, writeSync } from "node:fs";
+import { readFileSync } from "node:fs";
+import { reasonOf, writeFileAtomic } from "./atomic-file.js";
 import { ErrorCode, SyncbnError } from "../shared/errors.js";
 
 /** Every dtype of the format, with its element size in bytes, in the format's own order. */
@@ -161,26 +162,12 @@ export function readSafetensors(path: string): SafetensorsFile {
   return decodeSafetensors(bytes, path);
 }
 
-/** Writes atomically (temp file, fsync, rename): a reader sees the old file or the whole new one. */
+/** Writes atomically (worker/atomic-file.ts): a reader sees the old file or the whole new one. */
 export function writeSafetensors(path: string, tensors: ReadonlyMap<string, TensorBytes>, metadata: Record<string, string> = {}): void {
-  const bytes = encodeSafetensors(tensors, metadata);
-  const tmp = `${path}.tmp-${process.pid}`;
   try {
-    const fd = openSync(tmp, "w");
-    try {
-      writeSync(fd, bytes);
-      fsyncSync(fd);
-    } finally {
-      closeSync(fd);
-    }
-    renameSync(tmp, path);
+    writeFileAtomic(path, encodeSafetensors(tensors, metadata));
   } catch (e) {
-    try {
-      unlinkSync(tmp);
-    } catch {
-      // never created, or already renamed
-    }
-    throw new SyncbnError(ErrorCode.Checkpoint, `cannot write ${path}: ${(e as Error).message}`);
+    throw new SyncbnError(ErrorCode.Checkpoint, `cannot write ${path} (${reasonOf(e)}); the previous file there, if any, is untouched`);
   }
 }
 

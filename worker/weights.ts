@@ -6,9 +6,6 @@
 import { parseNorm } from "../shared/config.js";
 import { ErrorCode, SyncbnError } from "../shared/errors.js";
 import { loadDataset } from "./data/dataset.js";
-import { Conv2d } from "./nn/conv2d.js";
-import { isRunningStatsLayer } from "./nn/batchnorm.js";
-import { Linear } from "./nn/linear.js";
 import { buildModel, type Model } from "./nn/model.js";
 import {
   float32Tensor,
@@ -32,40 +29,20 @@ export type StateEntry =
   | { name: string; shape: number[]; buffer: true; kind: "count"; get(): number; set(n: number): void };
 
 /**
- * The model's state_dict in PyTorch's order: per layer, in forward order, its
- * parameters (weight, bias) then, for norm layers with running statistics, the
- * buffers running_mean, running_var, num_batches_tracked. The names are those
- * of a PyTorch nn.Module whose attributes carry the layer names (README lists
- * them per model); Linear weights are (out, in), Conv2d weights (out, in, k, k).
+ * The model's state_dict (Model.namedTensors(), the one place that names them)
+ * bound to its live storage: parameters, then per norm layer with running
+ * statistics running_mean, running_var, num_batches_tracked.
  */
 export function stateDict(model: Model): StateEntry[] {
-  const out: StateEntry[] = [];
-  for (const layer of model.layers) {
-    for (const p of layer.params()) {
-      let shape = [p.value.length];
-      if (layer instanceof Conv2d && p === layer.weight) {
-        const g = layer.geometry;
-        shape = [g.cout, g.cin, g.kernel, g.kernel];
-      } else if (layer instanceof Linear && p === layer.weight) {
-        shape = [layer.outFeatures, layer.inFeatures];
-      }
-      out.push({ name: p.name, shape, buffer: false, kind: "float", values: p.value });
+  return model.namedTensors().map((t): StateEntry => {
+    const shape = [...t.shape];
+    if (t.kind === "param") return { name: t.name, shape, buffer: false, kind: "float", values: t.param.value };
+    if (t.kind === "num_batches_tracked") {
+      const layer = t.layer;
+      return { name: t.name, shape, buffer: true, kind: "count", get: () => layer.tracked, set: (n) => (layer.tracked = n) };
     }
-    if (isRunningStatsLayer(layer)) {
-      const c = [layer.channels];
-      out.push({ name: `${layer.name}.running_mean`, shape: c, buffer: true, kind: "float", values: layer.runningMean });
-      out.push({ name: `${layer.name}.running_var`, shape: c, buffer: true, kind: "float", values: layer.runningVar });
-      out.push({
-        name: `${layer.name}.num_batches_tracked`,
-        shape: [],
-        buffer: true,
-        kind: "count",
-        get: () => layer.tracked,
-        set: (n) => (layer.tracked = n),
-      });
-    }
-  }
-  return out;
+    return { name: t.name, shape, buffer: true, kind: "float", values: t.value };
+  });
 }
 
 /** The state_dict as safetensors tensors: float32 for parameters and statistics, int64 for counts. */
