@@ -102,11 +102,11 @@ describe("BnSpreadTracker on a real Coordinator", () => {
       expect(r.meanDev[0]).toBeCloseTo(dev, 12);
       expect(r.meanDev[1]).toBeCloseTo(dev, 12);
     }
-    // Step 0: the initial running statistics (mean 0, var 1), as in the hand case above.
+    // Step 1 (the first round): the initial running statistics (mean 0, var 1), as in the hand case above.
     expect(records[0]!.runningMeanGap).toBeCloseTo((4 / Math.sqrt(5.01) + 1 / Math.sqrt(1.01)) / 2, 12);
-    // Step 2: after two torch-style updates (momentum 0.1, unbiased var 4/3·σ²) from steps 0 and 1.
-    const m = [0.19 * 4, 0.19 * 1];
-    const v = [0.81 + 0.19 * (20 / 3), 0.81 + 0.19 * (4 / 3)];
+    // Step 2 (the second round): after one torch-style update (momentum 0.1, unbiased var 4/3·σ²) from the first.
+    const m = [0.1 * 4, 0.1 * 1];
+    const v = [0.9 + 0.1 * (20 / 3), 0.9 + 0.1 * (4 / 3)];
     expect(records[1]!.runningMeanGap).toBeCloseTo((Math.abs(m[0]! - 4) / Math.sqrt(5.01) + Math.abs(m[1]! - 1) / Math.sqrt(1.01)) / 2, 12);
     expect(records[1]!.runningLogVar).toBeCloseTo((Math.log((v[0]! + EPS) / 5.01) + Math.log((v[1]! + EPS) / 1.01)) / 2, 12);
     coord.shutdown("test over");

@@ -112,11 +112,11 @@ describe("RunMonitor", () => {
     mkdirSync(out, { recursive: true });
     const m = new RunMonitor({ worldSize: 1, perWorkerBatch: 2, norm: "sync", model: "mlp", data: "synthetic", outDir: out, totalSteps: null, stepsPerEpoch: null, startStep: 4, tty: false, print: () => {}, status: () => {} });
     m.onRound({ step: 4, phase: "grad", layer: -1, count: 2, data: new Float32Array(1), extra: gradExtra(1, 2, 0.7, 0, 10, 5) });
-    expect(readFileSync(join(out, "metrics.jsonl"), "utf8").trim().split("\n")).toHaveLength(1); // the start line
+    expect(readFileSync(join(out, "metrics.jsonl"), "utf8").trim().split("\n")).toHaveLength(2); // the resume and start lines
     m.flush();
     const lines = readFileSync(join(out, "metrics.jsonl"), "utf8").trim().split("\n").map((l) => JSON.parse(l) as Record<string, unknown>);
     // Resumed after 4 steps: the start line says so, and the first step line is step 5 of epoch 1.
-    expect(lines).toMatchObject([{ type: "start", step: 4 }, { type: "step", step: 5, epoch: 1, loss: 0.7, syncWaitMs: null }]);
+    expect(lines).toMatchObject([{ type: "resume", step: 4 }, { type: "start", step: 4 }, { type: "step", step: 5, epoch: 1, loss: 0.7, syncWaitMs: null }]);
   });
 
   it("formats durations as m:ss, and h:mm:ss past an hour", () => {
