@@ -6,7 +6,7 @@
 import { get, type ClientRequest } from "node:http";
 import { pathToFileURL } from "node:url";
 import { BnSpreadTracker } from "../coordinator/bn-spread.js";
-import { Coordinator, type Peer } from "../coordinator/coordinator.js";
+import { Coordinator, type Peer, type RoundObserver } from "../coordinator/coordinator.js";
 import { startDashboard } from "../coordinator/dashboard.js";
 import { DashboardState } from "../coordinator/dashboard-state.js";
 import { encode } from "../shared/codec.js";
@@ -21,14 +21,23 @@ import { trainOnce } from "./train-run.js";
  * with no observer, with the BN-spread tracker only (always on), and with tracker +
  * dashboard + one open event stream. Blocks of steps alternate; CPU µs per step (process.cpuUsage: less moved by other processes than wall time). Frames are encoded before the timing: what is timed is the coordinator's decode, checks, reduction and observers.
  */
-export async function coordinatorCost(steps: number, blocks: number): Promise<{ none: number[]; tracker: number[]; dashboard: number[] }> {
+export async function coordinatorCost(steps: number, blocks: number): Promise<{ none: number[]; tracker: number[]; dashboard: number[]; insideUs: number[]; tickUs: number }> {
   const W = 4;
   const CHANNELS = [16, 32, 64, 128];
   const conv = { eps: 1e-5, momentum: 0.1, momentumStyle: "torch" as const, unbiasedRunningVar: true, norm: "sync", training: "" };
   const peer = (label: string): Peer => ({ label, send: () => {}, close: () => {} });
   const extra = new Float64Array(GradExtra.length);
   extra[GradExtra.count] = 8;
-  const out = { none: [] as number[], tracker: [] as number[], dashboard: [] as number[] };
+  const out = { none: [] as number[], tracker: [] as number[], dashboard: [] as number[], insideUs: [] as number[], tickUs: 0 };
+  let inside = 0;
+  /** Times the calls the coordinator makes into an observer on the round's path. */
+  const timed = (o: RoundObserver): RoundObserver => ({
+    afterRound: (r, res) => {
+      const t = performance.now();
+      o.afterRound(r, res);
+      inside += performance.now() - t;
+    },
+  });
   let stepBase = 0;
   for (let b = 0; b < blocks; b++) {
     for (const kind of ["none", "tracker", "dashboard"] as const) {
@@ -37,23 +46,26 @@ export async function coordinatorCost(steps: number, blocks: number): Promise<{ 
       peers.forEach((p, rank) => coord.receive(p, encode({ type: "hello", version: PROTOCOL_VERSION, rank, worldSize: W, token: "t", conventions: conv })));
       let close = async (): Promise<void> => {};
       let stream: ClientRequest | null = null;
+      let dashState: DashboardState | null = null;
       if (kind !== "none") {
         const state = kind === "dashboard" ? new DashboardState(coord, 60_000, () => ({ title: "bench", settings: {}, bnNote: null })) : null;
-        coord.observers.push(new BnSpreadTracker(coord, (r) => state?.addBn(r)));
+        dashState = state;
+        coord.observers.push(timed(new BnSpreadTracker(coord, (r) => state?.addBn(r))));
         if (state) {
-          coord.observers.push(state);
+          coord.observers.push(timed(state));
           const server = await startDashboard({ host: "127.0.0.1", port: 0, token: "", state });
           stream = get(`${server.url}events`, (res) => res.resume());
           close = () => server.close();
         }
       }
-            const frames = (step: number): Uint8Array[][] =>
+      const frames = (step: number): Uint8Array[][] =>
         peers.map((_, r) => [
           ...CHANNELS.map((c, layer) => encode({ type: "contrib", step, phase: "fwd", layer, count: 8 * 64, data: Float64Array.from({ length: 2 * c }, (_, i) => (i < c ? r + i * 1e-3 : 500 + i)) })),
           ...CHANNELS.map((c, layer) => encode({ type: "contrib", step, phase: "bwd", layer: CHANNELS.length - 1 - layer, count: 8 * 64, data: new Float64Array(2 * CHANNELS[CHANNELS.length - 1 - layer]!) })),
           encode({ type: "contrib", step, phase: "grad", layer: -1, count: 8, data: new Float32Array(2_000), extra }),
         ]);
       const all = Array.from({ length: steps }, (_, s) => frames(stepBase + s));
+      inside = 0;
       const t0 = process.cpuUsage();
       for (let s = 0; s < steps; s++) {
         const f = all[s]!;
@@ -62,6 +74,13 @@ export async function coordinatorCost(steps: number, blocks: number): Promise<{ 
       }
       const used = process.cpuUsage(t0);
       out[kind].push((used.user + used.system) / steps);
+      if (dashState) {
+        out.insideUs.push((inside * 1000) / steps);
+        // A tick's main work (twice a second): the summary as JSON; the appended points are a few numbers.
+        const t = performance.now();
+        for (let i = 0; i < 100; i++) JSON.stringify(dashState.summary());
+        out.tickUs = ((performance.now() - t) * 1000) / 100;
+      }
       stepBase += steps;
       if (coord.failed) throw new Error(`bench coordinator failed: ${coord.failed.message}`);
       (stream as ClientRequest | null)?.destroy();
@@ -128,6 +147,8 @@ export async function runDashboardBench(o: DashboardBenchOptions = { ...DEFAULT_
         ["+ dashboard and one open event stream", `${fmt(med(cost.dashboard), 0)} (${cost.dashboard.map((v) => fmt(v, 0)).join(", ")})`, `${fmt(med(cost.dashboard) - med(cost.none), 0)} µs`],
       ],
     ),
+    "",
+    `Timed directly: the observers' calls on the round path (BN-spread copies on sampled steps, the dashboard's per-round bookkeeping) take ${fmt(med(cost.insideUs), 1)} µs per step (median of blocks: ${cost.insideUs.map((v) => fmt(v, 1)).join(", ")}); a dashboard tick's summary JSON takes ${fmt(cost.tickUs, 0)} µs, twice a second. The block-to-block spread of the whole coordinator's CPU per step above is larger than either: the "added" column is noise around these.`,
     "",
     `Reference \`cnn\`, ${o.workers} worker processes × ${o.batch}, --norm sync, ${o.steps} steps per run, ${o.repeats} runs each with \`--dashboard\` on (one event stream open, ${fmt(events / 1024, 0)} KiB received in all) and off, alternating. ms/step as in the training-step section. Goal: on ≤ ${DASHBOARD_TARGET} × off (within noise).`,
     "",
