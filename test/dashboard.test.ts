@@ -100,8 +100,8 @@ describe("dashboard history", () => {
     expect(Math.max(...sizes.slice(1))).toBeLessThan(1.3 * sizes[1]!);
     const ranks = state.ranks();
     expect(ranks.map((r) => [r.rank, r.status, r.step, r.samplesPerSecond])).toEqual([
-      [0, "running", 9999, 1000],
-      [1, "running", 9999, 1000],
+      [0, "running", 10_000, 1000], // steps completed, as metrics.jsonl counts them
+      [1, "running", 10_000, 1000],
     ]);
     const r = await stream;
     expect(r.status).toBe(200);
