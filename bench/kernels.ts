@@ -88,16 +88,19 @@ interface LayerCase {
   outSize: number;
 }
 
-/** The reference cnn's conv and linear layers (DESIGN.md §7) at one per-worker batch. */
+/** The reference cnn's conv and linear layers (DESIGN.md §7), and resnet:N's strided ones, at one per-worker batch. */
 function layerCases(batch: number): LayerCase[] {
-  const conv = (label: string, cin: number, cout: number, hw: number): LayerCase => ({
-    label: `${label} 3×3 ${cin}→${cout} pad 1 on ${hw}×${hw}`,
-    batch,
-    flops: 6 * batch * cout * cin * 9 * hw * hw,
-    build: (b) => new Conv2d(label, cin, cout, 3, 1, 1, hw, hw, new Rng(1), b),
-    inSize: cin * hw * hw,
-    outSize: cout * hw * hw,
-  });
+  const conv = (label: string, cin: number, cout: number, hw: number, k = 3, stride = 1): LayerCase => {
+    const out = Math.floor((hw + 2 * ((k - 1) / 2) - k) / stride) + 1;
+    return {
+      label: `${label} ${k}×${k} ${cin}→${cout}${stride > 1 ? ` stride ${stride}` : ""} pad ${(k - 1) / 2} on ${hw}×${hw}`,
+      batch,
+      flops: 6 * batch * cout * cin * k * k * out * out,
+      build: (b) => new Conv2d(label, cin, cout, k, stride, (k - 1) / 2, hw, hw, new Rng(1), b, stride === 1),
+      inSize: cin * hw * hw,
+      outSize: cout * out * out,
+    };
+  };
   const linear = (label: string, inF: number, outF: number): LayerCase => ({
     label: `${label} linear ${inF}→${outF}`,
     batch,
@@ -106,7 +109,10 @@ function layerCases(batch: number): LayerCase[] {
     inSize: inF,
     outSize: outF,
   });
-  return [conv("conv1", 1, 16, 28), conv("conv2", 16, 32, 14), linear("fc1", 32 * 7 * 7, 64), linear("fc2", 64, 10)];
+  return [
+    conv("conv1", 1, 16, 28), conv("conv2", 16, 32, 14), linear("fc1", 32 * 7 * 7, 64), linear("fc2", 64, 10),
+    conv("resnet layer2.0.conv1", 16, 32, 28, 3, 2), conv("resnet layer2.0.downsample", 16, 32, 28, 1, 2), conv("resnet layer3.0.downsample", 32, 64, 14, 1, 2),
+  ];
 }
 
 /** BN forward + backward over (N, C, H, W) with the math of worker/nn/batchnorm.ts (local statistics). */

@@ -64,12 +64,15 @@ describe("mlp and cnn as graphs", () => {
 });
 
 describe("resnet:N runs", () => {
-  it("gives 4 workers × 2 samples with sync BN the parameters and running stats of 1 worker × 8 after 20 steps on resnet:2", async () => {
-    const small = ["--model", "resnet:2", "--steps", "20", "--data", "synthetic", "--train-size", "320", "--test-size", "16", "--seed", "5", "--lr", "0.02"];
+  it("gives 4 workers × 4 samples with sync BN the parameters and running stats of 1 worker × 16 after 20 steps on resnet:2", async () => {
+    // Momentum 0: at lr 0.02 with momentum 0.9 this net amplifies float32 rounding so fast that
+    // even the JS and WASM kernels on one worker part by 1e-3 within two steps (measured); the
+    // identity itself holds to 1e-7 at step 1 either way.
+    const small = ["--model", "resnet:2", "--steps", "20", "--data", "synthetic", "--train-size", "640", "--test-size", "16", "--seed", "5", "--lr", "0.02", "--momentum", "0"];
     const a = tmp("r4"), b = tmp("r1"), c = tmp("r4local");
-    const ra = await runCli(["train", "--workers", "4", "--batch", "2", "--norm", "sync", "--out", a, ...small], { timeoutMs: 300_000 });
+    const ra = await runCli(["train", "--workers", "4", "--batch", "4", "--norm", "sync", "--out", a, ...small], { timeoutMs: 300_000 });
     expect(ra.code, ra.stderr).toBe(0);
-    const rb = await runCli(["train", "--workers", "1", "--batch", "8", "--norm", "sync", "--out", b, ...small], { timeoutMs: 300_000 });
+    const rb = await runCli(["train", "--workers", "1", "--batch", "16", "--norm", "sync", "--out", b, ...small], { timeoutMs: 300_000 });
     expect(rb.code, rb.stderr).toBe(0);
     const ca = readCheckpoint(join(a, "checkpoint.bin"));
     const cb = readCheckpoint(join(b, "checkpoint.bin"));
@@ -77,8 +80,8 @@ describe("resnet:N runs", () => {
     expect(ca.bn.length).toBe(15);
     const worst = worstDiff(ca, cb);
     expect(worst.diff, `worst tensor ${worst.name}`).toBeLessThan(1e-4);
-    // …and not trivially: local BN on 2-sample slices ends elsewhere.
-    const rc = await runCli(["train", "--workers", "4", "--batch", "2", "--norm", "local", "--out", c, ...small], { timeoutMs: 300_000 });
+    // …and not trivially: local BN on 4-sample slices ends elsewhere.
+    const rc = await runCli(["train", "--workers", "4", "--batch", "4", "--norm", "local", "--out", c, ...small], { timeoutMs: 300_000 });
     expect(rc.code, rc.stderr).toBe(0);
     expect(worstDiff(readCheckpoint(join(c, "checkpoint.bin")), cb).diff).toBeGreaterThan(1e-3);
   }, 600_000);

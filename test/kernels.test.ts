@@ -145,6 +145,9 @@ const convCases: ConvCase[] = [
   { label: "k=5 stride 1 padding 0, 13 output channels", n: 2, cin: 2, cout: 13, k: 5, stride: 1, padding: 0, h: 9, w: 9 },
   { label: "k=4 stride 1 padding 3 (rows entirely in the padding)", n: 2, cin: 2, cout: 3, k: 4, stride: 1, padding: 3, h: 3, w: 4 },
   { label: "k=2 stride 3 padding 1 (stride larger than the kernel)", n: 2, cin: 2, cout: 6, k: 2, stride: 3, padding: 1, h: 7, w: 5 },
+  { label: "k=1 stride 2 (resnet's 16→32 shortcut, 28×28) at batch 4", n: 4, cin: 16, cout: 32, k: 1, stride: 2, padding: 0, h: 28, w: 28 },
+  { label: "k=1 stride 2 on odd sizes with odd channels", n: 3, cin: 5, cout: 7, k: 1, stride: 2, padding: 0, h: 9, w: 7 },
+  { label: "k=3 stride 2 padding 1 (resnet's 32→64 first block, 14×14) at batch 2", n: 2, cin: 32, cout: 64, k: 3, stride: 2, padding: 1, h: 14, w: 14 },
 ];
 
 /** The same layer on both backends, same seed, so the same weights. */

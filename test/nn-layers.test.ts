@@ -138,6 +138,8 @@ interface ConvCase {
 
 const convCases: ConvCase[] = [
   { label: "k=1 stride 1 padding 0", n: 2, cin: 3, cout: 5, k: 1, stride: 1, padding: 0, h: 6, w: 7 },
+  { label: "k=1 stride 2 padding 0 on odd sizes (resnet's shortcut)", n: 2, cin: 4, cout: 6, k: 1, stride: 2, padding: 0, h: 7, w: 5 },
+  { label: "k=3 stride 2 padding 1 on odd sizes (resnet's first block of a stage)", n: 2, cin: 3, cout: 4, k: 3, stride: 2, padding: 1, h: 7, w: 9 },
   { label: "k=3 stride 1 padding 1 (the cnn's conv2 shape)", n: 2, cin: 16, cout: 32, k: 3, stride: 1, padding: 1, h: 14, w: 14 },
   { label: "k=3 stride 1 padding 1 with one input channel", n: 3, cin: 1, cout: 16, k: 3, stride: 1, padding: 1, h: 9, w: 8 },
   { label: "k=5 stride 2 padding 2", n: 2, cin: 3, cout: 4, k: 5, stride: 2, padding: 2, h: 11, w: 9 },
