@@ -199,6 +199,7 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
           init: o.init ?? null,
           roundTimeoutMs: workerRoundTimeout(o.roundTimeoutMs), // as the worker command sets it
           fashionMnistDir: readEnv(env).fashionMnistDir,
+          kernels: readEnv(env).kernels,
         })
       : forkWorker(WORKER_SCRIPT, [...args, "--rank", String(rank)], rank, { env }),
   );

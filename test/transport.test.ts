@@ -75,4 +75,19 @@ describe("--transport thread, --wire tcp and --pin-cpus", () => {
     expect(r.stderr).toMatch(/worker rank \d exited with code 1/);
     expect(r.stderr).toMatch(/rank \d: syncbn: SYNCBN_ERR_SINGLE_VALUE: \[rank \d/);
   });
+
+  it("uses the kernels SYNCBN_KERNELS names in worker threads too: js threads match js processes bit for bit", async () => {
+    const cnn = ["train", "--model", "cnn", "--data", "synthetic", "--train-size", "64", "--test-size", "16", "--steps", "2", "--workers", "2", "--batch", "4"];
+    const dirs = { procJs: tmp("k-proc-js"), threadJs: tmp("k-thread-js"), threadWasm: tmp("k-thread-wasm") };
+    const runs = await Promise.all([
+      runCli([...cnn, "--out", dirs.procJs, "--transport", "process"], { timeoutMs: 90_000, env: { SYNCBN_KERNELS: "js" } }),
+      runCli([...cnn, "--out", dirs.threadJs, "--transport", "thread"], { timeoutMs: 90_000, env: { SYNCBN_KERNELS: "js" } }),
+      runCli([...cnn, "--out", dirs.threadWasm, "--transport", "thread"], { timeoutMs: 90_000, env: { SYNCBN_KERNELS: "wasm" } }),
+    ]);
+    for (const r of runs) expect(r.code, r.stderr).toBe(0);
+    const weights = (d: string): Buffer => readFileSync(join(d, "weights.safetensors"));
+    expect(weights(dirs.threadJs).equals(weights(dirs.procJs)), "js threads differ from js processes").toBe(true);
+    // The two backends round differently on this run, so a thread that ignored the setting would be seen.
+    expect(weights(dirs.threadWasm).equals(weights(dirs.threadJs)), "wasm and js threads ended bit-identical").toBe(false);
+  });
 });

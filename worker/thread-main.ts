@@ -4,6 +4,7 @@
 // `syncbn:` line on its stderr, as a worker process would.
 
 import { workerData, type MessagePort } from "node:worker_threads";
+import { setKernelBackend, type KernelBackend } from "./nn/kernels/backend.js";
 import type { TrainSettings } from "./settings.js";
 import { connectOverPort } from "./port-link.js";
 import { trainWorker } from "./train.js";
@@ -21,9 +22,12 @@ export interface ThreadWorkerData {
   init?: string | null;
   roundTimeoutMs: number;
   fashionMnistDir?: string;
+  /** SYNCBN_KERNELS as the launcher read it: a thread has its own module state, so it is passed, not inherited. */
+  kernels?: KernelBackend;
 }
 
 async function main(d: ThreadWorkerData): Promise<void> {
+  if (d.kernels) setKernelBackend(d.kernels);
   const client = await connectOverPort(d);
   try {
     await trainWorker({
