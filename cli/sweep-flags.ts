@@ -83,6 +83,7 @@ export function gridFromFlags(f: SweepFlags): SweepGrid {
     evalStats: run.evalStats,
     preciseBatches: run.preciseBatches,
     checksumEvery: run.checksumEvery,
+    shuffle: run.shuffle,
   };
 }
 

@@ -47,6 +47,8 @@ export interface SweepGrid {
   evalStats: TrainSettings["evalStats"];
   preciseBatches: number;
   checksumEvery: number;
+  /** --shuffle (a folder made before the flag reads DEFAULT_GRID's "on"). */
+  shuffle: "on" | "off";
 }
 
 /**
@@ -89,6 +91,7 @@ export const DEFAULT_GRID: SweepGrid = {
   evalStats: DEFAULT_SETTINGS.evalStats,
   preciseBatches: DEFAULT_SETTINGS.preciseBatches,
   checksumEvery: DEFAULT_SETTINGS.checksumEvery,
+  shuffle: "on",
 };
 
 export function lrFor(g: SweepGrid, perWorkerBatch: number): number {
@@ -142,6 +145,7 @@ export function settingsFor(g: SweepGrid, norm: string, perWorkerBatch: number, 
     evalStats: g.evalStats,
     preciseBatches: g.preciseBatches,
     checksumEvery: g.checksumEvery,
+    shuffle: g.shuffle,
   };
 }
 
