@@ -91,11 +91,11 @@ describe("hostile client during a real run", () => {
     const calm = tmp("calm");
     const attacked = tmp("attacked");
     const env = { SYNCBN_TOKEN: TOKEN };
-    const calmRun = runCli([...RUN, "--out", calm], { env, timeoutMs: 180_000 });
-    const run = startCli([...RUN, "--out", attacked], { env, timeoutMs: 180_000 });
-    await waitForOutput(run, (o) => /coordinator ws:\/\/127\.0\.0\.1:\d+/.test(o), 20_000);
+    const calmRun = runCli([...RUN, "--out", calm], { env, timeoutMs: 420_000 });
+    const run = startCli([...RUN, "--out", attacked], { env, timeoutMs: 420_000 });
+    await waitForOutput(run, (o) => /coordinator ws:\/\/127\.0\.0\.1:\d+/.test(o), 60_000);
     const url = /coordinator (ws:\/\/127\.0\.0\.1:\d+)/.exec(run.stdout())![1]!;
-    await waitForOutput(run, (o) => /step \d+/.test(o), 30_000);
+    await waitForOutput(run, (o) => /step \d+/.test(o), 90_000);
     const result = await fuzz(url, 10_000, 42);
     // the whole attack happened while the run was in progress
     expect(run.child.exitCode).toBeNull();
@@ -116,5 +116,5 @@ describe("hostile client during a real run", () => {
     // the token never shows up in output, metrics or summary
     const written = readdirSync(attacked).filter((f) => f.endsWith(".json") || f.endsWith(".jsonl")).map((f) => readFileSync(join(attacked, f), "utf8"));
     for (const text of [r.stdout, r.stderr, ...written]) expect(text).not.toContain(TOKEN);
-  }, 240_000);
+  }, 480_000);
 });
