@@ -1,6 +1,6 @@
 // `npm run bench`: every benchmark of issue 5 in one bounded run — round latency
 // against the raw TCP floor, kernels (bench/kernels.ts, when present), training
-// step sync vs local, Fashion-MNIST throughput, heap growth, load and soak
+// step sync vs local, resnet:3 sync vs local and against PyTorch (bench/resnet.ts), Fashion-MNIST throughput, heap growth, load and soak
 // (bench/load.ts, when present) — printed as it goes and written to
 // bench/results.md with the machine, the load and a PASS/MISS line per target.
 // A benchmark reports; it never fails on a time. `--quick` shrinks every section.
@@ -11,6 +11,7 @@ import { fileURLToPath } from "node:url";
 import { DEFAULT_HEAP, heapMarkdown, runHeapBench, type HeapOptions, type HeapResult } from "./heap.js";
 import { DEFAULT_LATENCY, LATENCY_TARGET, latencyMarkdown, runLatencyBench, type LatencyOptions, type LatencyRow } from "./latency.js";
 import { fmt, loadLine, machineLine, table, verdict } from "./stats.js";
+import { DEFAULT_RESNET, resnetMarkdown, resnetTargets, runResnetBench, type ResnetOptions, type ResnetResult } from "./resnet.js";
 import { DEFAULT_STEP, STEP_TARGET, TRANSPORT_LABEL, runStepBench, stepMarkdown, type StepOptions, type StepRow } from "./step.js";
 import { DEFAULT_THROUGHPUT, runThroughputBench, throughputMarkdown, type ThroughputOptions, type ThroughputRow } from "./throughput.js";
 
@@ -22,6 +23,7 @@ const RESULTS = fileURLToPath(new URL("../../bench/results.md", import.meta.url)
 const latencyOpts: LatencyOptions = { ...DEFAULT_LATENCY, log, ...(quick ? { warmup: 2000, blocks: 3, roundsPerBlock: 300 } : {}) };
 const stepOpts: StepOptions = { ...DEFAULT_STEP, log, ...(quick ? { steps: 60, repeats: 1, diagnostics: [] } : {}) };
 const throughputOpts: ThroughputOptions = { ...DEFAULT_THROUGHPUT, log, ...(quick ? { steps: 60 } : {}) };
+const resnetOpts: ResnetOptions = { ...DEFAULT_RESNET, log, ...(quick ? { steps: 20, repeats: 1, singleSteps: 15 } : {}) };
 const heapOpts: HeapOptions = { ...DEFAULT_HEAP, log, ...(quick ? { from: 50, to: 250 } : {}) };
 
 /** Runs one section; a crash is reported in the results instead of ending the run. */
@@ -54,6 +56,7 @@ const loadStart = loadLine();
 const latency = await section("round latency", () => runLatencyBench(latencyOpts));
 const kernels = await section("kernels", () => optionalSection("./kernels.js", "runKernelBench"));
 const step = await section("training step", () => runStepBench(stepOpts));
+const resnet = await section("resnet:3 (and PyTorch)", () => runResnetBench(resnetOpts));
 const throughput = await section("throughput", () => runThroughputBench(throughputOpts));
 const heap = await section("heap", () => runHeapBench(heapOpts));
 const load = quick ? null : await section("load and soak", () => optionalSection("./load.js", "runLoadBench"));
@@ -73,6 +76,8 @@ function targetRows(): string[][] {
     rows.push([`sync ≤ ${STEP_TARGET} × local, 4 workers × 8 (${TRANSPORT_LABEL[r.transport]})`, `${fmt(r.overhead, 2)} × (${fmt(r.sync.median, 1)} vs ${fmt(r.local.median, 1)} ms/step)`, verdict(r.overhead <= STEP_TARGET)]);
   }
   if (!step.value) rows.push([`sync ≤ ${STEP_TARGET} × local`, "not measured (section failed)", "MISS"]);
+  if (resnet.value) rows.push(...resnetTargets(resnet.value as ResnetResult));
+  else rows.push(["resnet:3 sync vs local, against PyTorch", "not measured (section failed)", "MISS"]);
   const h = heap.value as HeapResult | null;
   if (h) {
     const perStep = Math.max(...h.reports.map((w) => Math.abs(w.heapAfter - w.heapBefore))) / (heapOpts.to - heapOpts.from);
@@ -97,7 +102,7 @@ const md = [
   "",
   "## Targets",
   "",
-  ...table(["target (issue 5)", "measured (medians)", "verdict"], targetRows()),
+  ...table(["target (issues 5 and 12)", "measured (medians)", "verdict"], targetRows()),
   "",
   "## 1. Round latency",
   "",
@@ -113,6 +118,11 @@ const md = [
   "",
   ...(step.value ? stepMarkdown(step.value, stepOpts) : []),
   ...failed(step),
+  "",
+  "## 3b. resnet:3: sync vs local, and against PyTorch",
+  "",
+  ...(resnet.value ? resnetMarkdown(resnet.value as ResnetResult, resnetOpts) : []),
+  ...failed(resnet),
   "",
   "## 4. Throughput on Fashion-MNIST",
   "",
@@ -133,10 +143,10 @@ const md = [
   "## Reproduce",
   "",
   "`npm run bench` (about 5 minutes; `node dist/bench/run.js --quick` for a short run). Sections alone: `node dist/bench/latency.js [--quick] [--worlds 2,4] [--channels 64] [--unpinned]`, " +
-    "`node dist/bench/step.js [--quick] [--transports process,process-tcp,thread]`, `node dist/bench/throughput.js`, `node dist/bench/heap.js`, `node dist/bench/kernels.js`, `node dist/bench/dashboard.js [--quick]`.",
+    "`node dist/bench/step.js [--quick] [--transports process,process-tcp,thread]`, `node dist/bench/resnet.js [--quick]` (runs `bench/torch_resnet.py` with /usr/bin/python3 when it has torch), `node dist/bench/throughput.js`, `node dist/bench/heap.js`, `node dist/bench/kernels.js`, `node dist/bench/dashboard.js [--quick]`.",
   "",
 ];
 writeFileSync(RESULTS, md.join("\n"));
 log(`\n${md.join("\n")}`);
 log(`wrote ${RESULTS} (${fmt(minutes, 1)} min; load ${loadStart} → ${loadEnd}, ${loadavg()[0]! > c.length ? "machine busy" : "machine not saturated"})`);
-if ([latency, kernels, step, throughput, heap, load, dashboard].some((s) => s?.error)) process.exitCode = 1;
+if ([latency, kernels, step, resnet, throughput, heap, load, dashboard].some((s) => s?.error)) process.exitCode = 1;

@@ -5,7 +5,7 @@
 # PyTorch's SyncBatchNorm is against plain BN (ms/step, runs interleaved), and
 # BN forward+backward on (32, 64, 16, 16) with one thread (elements/s).
 # Not a test; prints progress on stderr and one JSON object on stdout.
-# Usage: python3 bench/torch_resnet.py [--quick]
+# Usage: python3 bench/torch_resnet.py [--quick] [--part bn,single,ddp] [--steps N] [--repeats R]
 
 import json
 import os
@@ -203,16 +203,25 @@ def bench_bn(reps):
     return {"shape": list(shape), "threads": 1, "ms": med, "elements_per_s": n / (med / 1000)}
 
 
+def arg(name, default):
+    return int(sys.argv[sys.argv.index(name) + 1]) if name in sys.argv else default
+
+
 def main():
     quick = "--quick" in sys.argv
+    parts = sys.argv[sys.argv.index("--part") + 1].split(",") if "--part" in sys.argv else ["bn", "single", "ddp"]
+    steps, repeats = arg("--steps", 10 if quick else 20), arg("--repeats", 2 if quick else 4)
     out = {"torch": torch.__version__, "load": list(os.getloadavg())}
     t0 = time.time()
-    out["bn"] = bench_bn(20 if quick else 60)
-    print(f"torch BN fwd+bwd: {out['bn']['elements_per_s'] / 1e6:.1f} M elements/s", file=sys.stderr)
-    out["single"] = bench_single(10 if quick else 20, 1 if quick else 3)
-    print(f"torch 1×32: {out['single']['samples_per_s']:.0f} samples/s", file=sys.stderr)
-    out["ddp"] = bench_ddp(10 if quick else 20, 2 if quick else 4)
-    print(f"torch DDP 4×8: sync {out['ddp']['sync_ms']:.1f} ms, local {out['ddp']['local_ms']:.1f} ms", file=sys.stderr)
+    if "bn" in parts:
+        out["bn"] = bench_bn(20 if quick else 60)
+        print(f"torch BN fwd+bwd: {out['bn']['elements_per_s'] / 1e6:.1f} M elements/s", file=sys.stderr)
+    if "single" in parts:
+        out["single"] = bench_single(steps, repeats)
+        print(f"torch 1×32: {out['single']['samples_per_s']:.0f} samples/s", file=sys.stderr)
+    if "ddp" in parts:
+        out["ddp"] = bench_ddp(steps, repeats)
+        print(f"torch DDP 4×8: sync {out['ddp']['sync_ms']:.1f} ms, local {out['ddp']['local_ms']:.1f} ms", file=sys.stderr)
     out["seconds"] = time.time() - t0
     out["load_end"] = list(os.getloadavg())
     print(json.dumps(out))
