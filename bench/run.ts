@@ -53,10 +53,11 @@ async function optionalSection(file: string, exportName: string): Promise<string
 log(`syncbn bench${quick ? " (quick)" : ""}: ${machineLine()}`);
 const loadStart = loadLine();
 
+// resnet:3 first: its PyTorch comparison is the longest and the most load-sensitive section.
+const resnet = await section("resnet:3 (and PyTorch)", () => runResnetBench(resnetOpts));
 const latency = await section("round latency", () => runLatencyBench(latencyOpts));
 const kernels = await section("kernels", () => optionalSection("./kernels.js", "runKernelBench"));
 const step = await section("training step", () => runStepBench(stepOpts));
-const resnet = await section("resnet:3 (and PyTorch)", () => runResnetBench(resnetOpts));
 const throughput = await section("throughput", () => runThroughputBench(throughputOpts));
 const heap = await section("heap", () => runHeapBench(heapOpts));
 const load = quick ? null : await section("load and soak", () => optionalSection("./load.js", "runLoadBench"));
