@@ -30,7 +30,7 @@ export interface ResnetOptions {
 }
 
 export const DEFAULT_RESNET: Omit<ResnetOptions, "log"> = {
-  blocks: 3, workers: 4, batch: 8, steps: 40, repeats: 2, singleBatch: 32, singleSteps: 30, python: "/usr/bin/python3",
+  blocks: 3, workers: 4, batch: 8, steps: 30, repeats: 2, singleBatch: 32, singleSteps: 20, python: "/usr/bin/python3",
 };
 
 export const RESNET_SYNC_TARGET = 1.2;
@@ -123,7 +123,7 @@ export async function runResnetBench(o: ResnetOptions): Promise<ResnetResult> {
     single.push((o.singleBatch / percentile(s.stepMs, 0.5)) * 1000);
     o.log(`resnet ${model} 1×${o.singleBatch} run ${i + 1}: ${fmt(single.at(-1)!, 0)} samples/s (load ${loadLine()})`);
     if (torch) {
-      const t = runTorch(o, "single", 15, 1);
+      const t = runTorch(o, "single", 10, 1);
       torch.single.push(t.single!.samples_per_s);
       o.log(`resnet torch 1×32 (2 threads) run ${i + 1}: ${fmt(t.single!.samples_per_s, 0)} samples/s`);
     }
