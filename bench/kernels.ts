@@ -1,6 +1,6 @@
 // Kernel benchmark (issue 5 §2): BN forward+backward for (32, 64, 16, 16) in
 // elements/s with the shared/stats.ts math the BN layer runs, and the reference
-// cnn's conv 3×3 and linear layers, forward+backward through the layer (copies,
+// cnn's conv 3×3 and linear layers and resnet:3's convs (stride 2, 1×1), forward+backward through the layer (copies,
 // im2col and bias included) in GFLOP/s, on the JS and WASM kernels. Not a test:
 // it reports and never fails on a time. Standalone: node dist/bench/kernels.js [--quick].
 
@@ -31,7 +31,7 @@ export const DEFAULT_KERNEL_BENCH: Omit<KernelBenchOptions, "log"> = { reps: 30,
 export const GFLOPS_TARGET = 10;
 
 /** Throughput in work units per second over the runs: median, and p90 of the run time (the slow tail). */
-interface Rate {
+export interface Rate {
   median: number;
   p90: number;
   /** Median by process CPU time: what one core did while it ran, whatever else shared the machine. */
@@ -42,7 +42,7 @@ interface Rate {
  * Rates of each call over o.reps runs. The calls (one per backend) run
  * interleaved, run by run, so a change in machine load hits them alike.
  */
-function measure(calls: readonly (() => void)[], workPerCall: number, o: Omit<KernelBenchOptions, "log">): Rate[] {
+export function measure(calls: readonly (() => void)[], workPerCall: number, o: Omit<KernelBenchOptions, "log">): Rate[] {
   const inner = calls.map((call) => {
     const t0 = performance.now();
     let done = 0;
@@ -115,6 +115,30 @@ function layerCases(batch: number): LayerCase[] {
   ];
 }
 
+/** resnet:3's conv shapes on 1×28×28 (worker/nn/resnet.ts: no bias, pad (k−1)/2): 3×3 stride 1 and 2, the stride-2 1×1 shortcuts, and a stride-1 1×1. */
+function resnetCases(batch: number): LayerCase[] {
+  const conv = (label: string, cin: number, cout: number, k: number, stride: number, hw: number): LayerCase => {
+    const pad = (k - 1) / 2;
+    const out = Math.floor((hw + 2 * pad - k) / stride) + 1;
+    return {
+      label: `resnet ${label} ${k}×${k} s${stride} ${cin}→${cout} on ${hw}×${hw} → ${out}×${out}`,
+      batch,
+      flops: 6 * batch * cout * cin * k * k * out * out,
+      build: (b) => new Conv2d(label, cin, cout, k, stride, pad, hw, hw, new Rng(1), b, false),
+      inSize: cin * hw * hw,
+      outSize: cout * out * out,
+    };
+  };
+  return [
+    conv("layer1.conv", 16, 16, 3, 1, 28),
+    conv("layer2.0.conv1", 16, 32, 3, 2, 28),
+    conv("layer2.0.downsample", 16, 32, 1, 2, 28),
+    conv("layer3.0.conv1", 32, 64, 3, 2, 14),
+    conv("layer3.0.downsample", 32, 64, 1, 2, 14),
+    conv("1×1 (not in resnet:3)", 32, 64, 1, 1, 14),
+  ];
+}
+
 /** BN forward + backward over (N, C, H, W) with the math of worker/nn/batchnorm.ts (local statistics). */
 function bnCall(n: number, c: number, s: number): () => void {
   const rng = new Rng(3);
@@ -147,7 +171,7 @@ export async function runKernelBench(options: Partial<KernelBenchOptions> = {}):
 
   const rows: string[][] = [];
   for (const batch of o.batches) {
-    for (const c of layerCases(batch)) {
+    for (const c of [...layerCases(batch), ...resnetCases(batch)]) {
       const rng = new Rng(2);
       const x = normals(rng, batch * c.inSize), dy = normals(rng, batch * c.outSize);
       const calls = backends.map((b) => {
@@ -181,7 +205,7 @@ export async function runKernelBench(options: Partial<KernelBenchOptions> = {}):
       `median ${fmt(bn.median / 1e6, 1)} M elements/s, p90 ${fmt(bn.p90 / 1e6, 1)} M elements/s, CPU-time median ${fmt(bn.cpuMedian / 1e6, 1)} M elements/s.`,
     "",
     ...table(
-      ["layer (reference cnn)", "batch", "JS median GFLOP/s", "JS p90", "JS CPU-time median", "WASM median GFLOP/s", "WASM p90", "WASM CPU-time median", "WASM / JS (medians)", `WASM ≥ ${GFLOPS_TARGET}`],
+      ["layer (reference cnn, then resnet:3)", "batch", "JS median GFLOP/s", "JS p90", "JS CPU-time median", "WASM median GFLOP/s", "WASM p90", "WASM CPU-time median", "WASM / JS (medians)", `WASM ≥ ${GFLOPS_TARGET}`],
       rows,
     ),
   ].join("\n");
