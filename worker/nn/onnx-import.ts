@@ -9,6 +9,7 @@
 // as ESM on Node 20. No hand-rolled protobuf parsing here.
 
 import { createHash } from "node:crypto";
+import { readFileSync } from "node:fs";
 import { fromBinary } from "@bufbuild/protobuf";
 import { ModelProtoSchema, type AttributeProto, type ModelProto, type NodeProto, type TensorProto } from "onnx-buf";
 import { ErrorCode, SyncbnError } from "../../shared/errors.js";
@@ -34,6 +35,21 @@ export const EXPORT_LINE =
 /** A 16-hex-digit SHA-256 prefix of the file: equal iff the graphs (and initial weights) agree. */
 export function onnxHash(bytes: Uint8Array): string {
   return createHash("sha256").update(bytes).digest("hex").slice(0, 16);
+}
+
+const fileHashes = new Map<string, string>();
+/** onnxHash of the file at path (read once per process), or "unreadable" (the import then refuses it with the reason). */
+export function onnxFileHash(path: string): string {
+  let h = fileHashes.get(path);
+  if (h === undefined) {
+    try {
+      h = onnxHash(readFileSync(path));
+    } catch {
+      h = "unreadable";
+    }
+    fileHashes.set(path, h);
+  }
+  return h;
 }
 
 /** Appends the run's norm layer (index = its order among BN nodes) with the node's eps, or returns v for `none`. */
