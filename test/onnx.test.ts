@@ -8,7 +8,7 @@ import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
-import { AttributeProtoSchema, ModelProtoSchema, NodeProtoSchema, ValueInfoProtoSchema } from "onnx-buf";
+import { ModelProtoSchema, ValueInfoProtoSchema } from "onnx-buf";
 import { describe, expect, it } from "vitest";
 import { floatValues, integerValues, readSafetensors } from "../worker/safetensors.js";
 import { ROOT, runCli } from "./helpers.js";
@@ -69,4 +69,95 @@ describe("--model model.onnx against PyTorch, from the same initial weights", ()
     expect([...a.keys()].sort()).toEqual([...b.keys()].sort());
     for (const [name, t] of b) expect(Buffer.from(a.get(name)!.data).equals(Buffer.from(t.data)), name).toBe(true);
   }, 300_000);
+});
+
+type ModelProto = ReturnType<typeof fromBinary<typeof ModelProtoSchema>>;
+
+/** The resproj (or mlp) fixture decoded, edited by `edit`, re-encoded to a temporary model.onnx. */
+function edited(fixture: string, edit: (m: ModelProto) => void): string {
+  const m = fromBinary(ModelProtoSchema, readFileSync(join(FIXTURES, fixture, "model.onnx")));
+  edit(m);
+  return writeModel(toBinary(ModelProtoSchema, m));
+}
+
+function writeModel(bytes: Uint8Array): string {
+  const path = join(mkdtempSync(join(tmpdir(), "syncbn-onnx-bad-")), "model.onnx");
+  writeFileSync(path, bytes);
+  return path;
+}
+
+/** Runs `syncbn train` on the model; expects exit 2 before any worker started, and returns stderr. */
+async function refused(model: string, norm = "sync"): Promise<string> {
+  const out = mkdtempSync(join(tmpdir(), "syncbn-onnx-refused-"));
+  const r = await runCli(["train", "--model", model, "--norm", norm, "--data", DATA, "--workers", "2", "--batch", "4", "--steps", "1", "--out", out], { timeoutMs: 120_000 });
+  expect(r.code, r.stderr).toBe(2);
+  expect(r.stderr).not.toMatch(/rank \d/);
+  return r.stderr;
+}
+
+const node = (m: ModelProto, opType: string) => m.graph!.node.find((n) => n.opType === opType)!;
+
+describe("--model model.onnx refuses what it cannot train, one line per problem, before any worker starts", () => {
+  it("refuses an eval-mode export (no BatchNormalization) under a BN mode, showing the training-mode export line", async () => {
+    const path = edited("resproj", (m) => {
+      for (const n of m.graph!.node.filter((x) => x.opType === "BatchNormalization")) {
+        n.opType = "Identity";
+        n.input = [n.input[0]!];
+        n.output = [n.output[0]!];
+        n.attribute = [];
+      }
+    });
+    const err = await refused(path, "sync");
+    expect(err).toMatch(/no BatchNormalization node/);
+    expect(err).toContain("training=torch.onnx.TrainingMode.TRAINING, do_constant_folding=False");
+  }, 150_000);
+
+  it("refuses an unsupported op by node name and op type, with the supported-op list", async () => {
+    const path = edited("resproj", (m) => void (node(m, "Relu").opType = "Sigmoid"));
+    const err = await refused(path);
+    expect(err).toMatch(/node "\/Relu" \(Sigmoid\): unsupported op; supported ops: Conv, BatchNormalization/);
+  }, 150_000);
+
+  it("refuses a dilated convolution and a grouped one, one line each", async () => {
+    const path = edited("resproj", (m) => {
+      const convs = m.graph!.node.filter((n) => n.opType === "Conv");
+      convs[0]!.attribute.find((a) => a.name === "dilations")!.ints = [2n, 2n];
+      convs[1]!.attribute.find((a) => a.name === "group")!.i = 2n;
+    });
+    const err = await refused(path);
+    expect(err).toMatch(/node "\/conv1\/Conv" \(Conv\): dilation 2×2 is not supported/);
+    expect(err).toMatch(/node "\/conv2\/Conv" \(Conv\): group 2 is not supported/);
+  }, 150_000);
+
+  it("refuses a truncated file and a file that is not ONNX", async () => {
+    const bytes = readFileSync(join(FIXTURES, "resproj", "model.onnx"));
+    expect(await refused(writeModel(bytes.subarray(0, bytes.length - 1000)))).toMatch(/truncated ONNX file|not an ONNX file/);
+    expect(await refused(writeModel(Buffer.from("name,label\nshirt,6\n")))).toMatch(/not an ONNX file/);
+  }, 150_000);
+
+  it("refuses a graph with two inputs", async () => {
+    const path = edited("resproj", (m) => {
+      m.graph!.input.push(create(ValueInfoProtoSchema, { ...m.graph!.input[0]!, name: "mask" }));
+    });
+    expect(await refused(path)).toMatch(/the graph has 2 inputs \(x, mask\)/);
+  }, 150_000);
+
+  it("refuses an input shape and a class count that do not match the data, with both shapes", async () => {
+    const path = edited("resproj", (m) => {
+      const dims = (v: (typeof m.graph)["input"][number]) => (v.type!.value as { value: { shape: { dim: { value: { case: string; value: bigint } }[] } } }).value.shape.dim;
+      dims(m.graph!.input[0]!)[1]!.value = { case: "dimValue", value: 3n };
+      dims(m.graph!.output[0]!)[1]!.value = { case: "dimValue", value: 5n };
+    });
+    const err = await refused(path);
+    expect(err).toMatch(/input is \(3, 28, 28\) per sample but the data's samples are \(1, 28, 28\)/);
+    expect(err).toMatch(/output is \(5\) per sample but the data has 10 classes/);
+  }, 150_000);
+
+  it("refuses a reshape whose shape does not fold to a flatten", async () => {
+    const path = edited("mlp", (m) => {
+      const gather = node(m, "Gather");
+      gather.input = [gather.input[0]!, "x"]; // indices from the data: not a constant
+    });
+    expect(await refused(path)).toMatch(/node "\/Gather" \(Gather\): .*does not fold/);
+  }, 150_000);
 });

@@ -67,9 +67,15 @@ type Sym =
   | { k: "act"; v: Value }
   | { k: "pad"; v: Value; pads: number[] }
   | { k: "matmul"; v: Value; w: Float32Array; inF: number; outF: number; node: string }
-  | { k: "const"; dims: number[]; data: (number | "n")[]; floats: Float32Array | null; name: string };
+  | { k: "const"; dims: number[]; data: (number | "n")[]; floats: Float32Array | null; name: string }
+  /** The output of a node already refused: whatever reads it is skipped, not refused again. */
+  | { k: "refused" };
 
 const FLOAT = 1;
+const KNOWN_OPS = new Set([
+  "Conv", "BatchNormalization", "Relu", "MaxPool", "AveragePool", "GlobalAveragePool", "ReduceMean", "Add", "Flatten", "Gemm", "MatMul", "Identity",
+  "Constant", "Pad", "Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Reshape", "Slice", "Cast", "ConstantOfShape",
+]);
 
 /** Decodes the model, or a one-line refusal for bytes that are not ONNX or are cut short. */
 export function decodeOnnx(bytes: Uint8Array, path: string): ModelProto {
@@ -176,6 +182,20 @@ export function importOnnx(m: ModelProto, path: string, inShape: readonly number
   if (bnCount === 0 && !normIsNone) {
     bad(null, `the graph has no BatchNormalization node (an eval-mode export folds BN into the convolutions); export in training mode: ${EXPORT_LINE}`);
   }
+  // Op types and attribute values first, over every node: each problem gets its own line.
+  for (const node of graphProto.node) {
+    if (!KNOWN_OPS.has(node.opType) || node.domain !== "") bad(node, `unsupported op; supported ops: ${SUPPORTED_OPS}`);
+    else if (node.opType === "Conv" || node.opType === "MaxPool" || node.opType === "AveragePool") {
+      const dil = ints(node, "dilations", [1, 1]);
+      if (dil.some((d) => d !== 1)) bad(node, `dilation ${dil.join("×")} is not supported (dilation 1 only)`);
+      if (int(node, "group", 1) !== 1) bad(node, `group ${int(node, "group", 1)} is not supported (groups=1 only)`);
+      if (int(node, "ceil_mode", 0) !== 0) bad(node, "ceil_mode=1 is not supported");
+      const autoPad = attr(node, "auto_pad");
+      if (autoPad && new TextDecoder().decode(autoPad.s) !== "NOTSET") bad(node, "auto_pad is not supported (explicit pads only)");
+    } else if (node.opType === "Gemm" && (int(node, "transB", 0) !== 1 || int(node, "transA", 0) !== 0 || float(node, "alpha", 1) !== 1 || float(node, "beta", 1) !== 1)) {
+      bad(node, "only Gemm with transB=1, transA=0, alpha=beta=1 (nn.Linear) is supported");
+    }
+  }
   if (problems.length > 0) throw new SyncbnError(ErrorCode.BadConfig, problems.join("\n"));
 
   const g = new GraphBuilder(inShape);
@@ -220,6 +240,10 @@ export function importOnnx(m: ModelProto, path: string, inShape: readonly number
     const out = node.output[0] ?? "";
     const set = (s: Sym): void => void syms.set(out, s);
     const before = problems.length;
+    if (node.input.some((i) => syms.get(i)?.k === "refused")) {
+      for (const o of node.output) syms.set(o, { k: "refused" });
+      continue;
+    }
     try {
       switch (node.opType) {
         case "Identity": {
@@ -408,6 +432,7 @@ export function importOnnx(m: ModelProto, path: string, inShape: readonly number
     } catch (e) {
       bad(node, (e as Error).message.split("\n")[0]!);
     }
+    if (problems.length > before) for (const o of node.output) syms.set(o, { k: "refused" });
   }
   const last = syms.get(graphProto.output[0]?.name ?? "");
   if (problems.length === 0 && last?.k !== "act") bad(null, `the output "${graphProto.output[0]?.name}" is not computed by supported ops; supported ops: ${SUPPORTED_OPS}`);
