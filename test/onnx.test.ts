@@ -4,14 +4,14 @@
 // exported resnet:1 trains bit for bit like the built-in one; and every refusal is
 // one line naming the problem, before any worker starts.
 
-import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { copyFileSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { ModelProtoSchema, ValueInfoProtoSchema } from "onnx-buf";
 import { describe, expect, it } from "vitest";
 import { floatValues, integerValues, readSafetensors } from "../worker/safetensors.js";
-import { ROOT, runCli } from "./helpers.js";
+import { ROOT, runCli, startCli, waitForOutput } from "./helpers.js";
 
 const FIXTURES = join(ROOT, "test", "fixtures", "onnx");
 const DATA = join(ROOT, "test", "fixtures", "torch", "data");
@@ -131,8 +131,8 @@ describe("--model model.onnx refuses what it cannot train, one line per problem,
 
   it("refuses a truncated file and a file that is not ONNX", async () => {
     const bytes = readFileSync(join(FIXTURES, "resproj", "model.onnx"));
-    expect(await refused(writeModel(bytes.subarray(0, bytes.length - 1000)))).toMatch(/truncated ONNX file|not an ONNX file/);
-    expect(await refused(writeModel(Buffer.from("name,label\nshirt,6\n")))).toMatch(/not an ONNX file/);
+    expect(await refused(writeModel(bytes.subarray(0, bytes.length - 1000)))).toMatch(/model\.onnx: truncated ONNX file \(premature EOF\)/);
+    expect(await refused(writeModel(Buffer.from("name,label\nshirt,6\n")))).toMatch(/model\.onnx: not an ONNX file \(illegal tag/);
   }, 150_000);
 
   it("refuses a graph with two inputs", async () => {
@@ -159,5 +159,33 @@ describe("--model model.onnx refuses what it cannot train, one line per problem,
       gather.input = [gather.input[0]!, "x"]; // indices from the data: not a constant
     });
     expect(await refused(path)).toMatch(/node "\/Gather" \(Gather\): .*does not fold/);
+  }, 150_000);
+});
+
+describe("--model model.onnx across hosts", () => {
+  it("refuses a worker whose model file differs (by its hash, SYNCBN_ERR_CONVENTIONS naming model) and admits the same bytes under another path", async () => {
+    const coord = startCli(["coordinator", "--world", "2", "--port", "0", "--token", "tok", "--round-timeout", "60000"], { timeoutMs: 120_000 });
+    const procs = [coord];
+    try {
+      await waitForOutput(coord, (o) => /listening on ws:\/\/\S+/.test(o), 15_000);
+      const url = /listening on (ws:\/\/\S+)/.exec(coord.stdout())![1]!;
+      const worker = (rank: number, model: string) =>
+        startCli(["worker", "--coordinator", url, "--rank", String(rank), "--world", "2", "--token", "tok", "--model", model, "--data", DATA, "--batch", "4", "--steps", "1"], { timeoutMs: 120_000 });
+      const here = join(mkdtempSync(join(tmpdir(), "syncbn-onnx-hostB-")), "copy.onnx");
+      copyFileSync(join(FIXTURES, "resproj", "model.onnx"), here);
+      const w0 = worker(0, join(FIXTURES, "resproj", "model.onnx"));
+      procs.push(w0);
+      await waitForOutput(coord, (o) => /worker rank 0 joined/.test(o), 30_000);
+      const odd = await worker(1, join(FIXTURES, "vgg", "model.onnx")).done;
+      expect(odd.code).toBe(1);
+      expect(odd.stderr).toMatch(/SYNCBN_ERR_CONVENTIONS: \[rank 1\] .*model: run has "onnx sha256:[0-9a-f]{16}\.onnx", worker has "onnx sha256:[0-9a-f]{16}\.onnx"/);
+      const w1 = worker(1, here);
+      procs.push(w1);
+      const [r0, r1] = await Promise.all([w0.done, w1.done]);
+      expect(r0.code, r0.stderr).toBe(0);
+      expect(r1.code, r1.stderr).toBe(0);
+    } finally {
+      for (const p of procs) p.child.kill("SIGKILL");
+    }
   }, 150_000);
 });
