@@ -189,3 +189,23 @@ describe("--model model.onnx across hosts", () => {
     }
   }, 150_000);
 });
+
+describe("--model model.onnx checkpoints", () => {
+  it("resumes an imported model from its checkpoint bit for bit like the uninterrupted run", async () => {
+    const model = join(FIXTURES, "resproj", "model.onnx");
+    const args = ["--model", model, "--norm", "sync", "--data", DATA, "--workers", "2", "--batch", "4", "--shuffle", "off", "--checkpoint-every", "2"];
+    const straight = mkdtempSync(join(tmpdir(), "syncbn-onnx-straight-"));
+    const cut = mkdtempSync(join(tmpdir(), "syncbn-onnx-cut-"));
+    const a = await runCli(["train", ...args, "--steps", "4", "--out", straight], { timeoutMs: 120_000 });
+    expect(a.code, a.stderr).toBe(0);
+    const b1 = await runCli(["train", ...args, "--steps", "2", "--out", cut], { timeoutMs: 120_000 });
+    expect(b1.code, b1.stderr).toBe(0);
+    const b2 = await runCli(["train", ...args, "--steps", "4", "--resume", join(cut, "checkpoint.bin"), "--out", cut], { timeoutMs: 120_000 });
+    expect(b2.code, b2.stderr).toBe(0);
+    const x = readSafetensors(join(straight, "weights.safetensors")).tensors;
+    const y = readSafetensors(join(cut, "weights.safetensors")).tensors;
+    expect([...y.keys()].sort()).toEqual([...x.keys()].sort());
+    expect(x.has("proj.1.running_var")).toBe(true);
+    for (const [name, t] of x) expect(Buffer.from(y.get(name)!.data).equals(Buffer.from(t.data)), name).toBe(true);
+  }, 300_000);
+});

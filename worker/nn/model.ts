@@ -40,7 +40,7 @@ export function parseModelKind(s: string): ModelKind {
   const m = /^resnet:(\d+)$/.exec(s);
   const n = m ? Number(m[1]) : NaN;
   if (Number.isInteger(n) && n >= 1 && n <= RESNET_MAX_BLOCKS) return `resnet:${n}`;
-  throw new SyncbnError(ErrorCode.BadConfig, `--model must be mlp, cnn, a PyTorch export PATH.onnx or resnet:N with N in 1..${RESNET_MAX_BLOCKS} (resnet:3 is ResNet-20), got "${s}"`);
+  throw new SyncbnError(ErrorCode.BadConfig, `--model must be mlp, cnn or resnet:N with N in 1..${RESNET_MAX_BLOCKS} (resnet:3 is ResNet-20), or a PyTorch export PATH.onnx, got "${s}"`);
 }
 
 /** Channel counts of every norm layer of a model kind, in forward order (for --norm groupnorm:G checks; none known for ONNX before import). */
