@@ -112,6 +112,21 @@ describe("--model model.onnx refuses what it cannot train, one line per problem,
     expect(err).toContain("training=torch.onnx.TrainingMode.TRAINING, do_constant_folding=False");
   }, 150_000);
 
+  it("trains a graph without BatchNormalization under --norm none", async () => {
+    const path = edited("resproj", (m) => {
+      for (const n of m.graph!.node.filter((x) => x.opType === "BatchNormalization")) {
+        n.opType = "Identity";
+        n.input = [n.input[0]!];
+        n.output = [n.output[0]!];
+        n.attribute = [];
+      }
+    });
+    const out = mkdtempSync(join(tmpdir(), "syncbn-onnx-none-"));
+    const r = await runCli(["train", "--model", path, "--norm", "none", "--data", DATA, "--workers", "2", "--batch", "4", "--steps", "1", "--out", out], { timeoutMs: 120_000 });
+    expect(r.code, r.stderr).toBe(0);
+    expect([...readSafetensors(join(out, "weights.safetensors")).tensors.keys()].sort()).toEqual(["conv1.weight", "conv2.weight", "conv3.weight", "fc.bias", "fc.weight", "proj.0.weight"]);
+  }, 150_000);
+
   it("refuses an unsupported op by node name and op type, with the supported-op list", async () => {
     const path = edited("resproj", (m) => void (node(m, "Relu").opType = "Sigmoid"));
     const err = await refused(path);

@@ -1,12 +1,8 @@
-// The ONNX importer: a PyTorch training-mode export (README "Your own PyTorch model")
-// turned into a graph of the runtime's existing ops through the GraphBuilder, with
-// every BatchNormalization as the run's norm layer, and the initializers as the
-// starting tensors under their state_dict names. An adapter beside the runtime:
-// it never reaches into ops, and refuses (one line per problem) what it cannot map.
-//
-// Parsing uses onnx-buf, a generated ONNX schema on @bufbuild/protobuf (it decodes
-// PyTorch 1.13's exports correctly); the older `onnx-proto` package fails to load
-// as ESM on Node 20. No hand-rolled protobuf parsing here.
+// The ONNX importer: a PyTorch training-mode export turned into a graph of the
+// runtime's existing ops via the GraphBuilder (BatchNormalization → the run's norm
+// layer; initializers → starting tensors by state_dict name). An adapter: it never
+// reaches into ops, and refuses what it cannot map, one line per problem. Parsed
+// with onnx-buf (generated schema on @bufbuild/protobuf; `onnx-proto` fails as ESM on Node 20).
 
 import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
