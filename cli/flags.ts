@@ -122,7 +122,7 @@ export interface RunFlagDefaults {
 
 const TRAIN_DEFAULTS: RunFlagDefaults = { model: D.model, renormWarmup: { steps: D.renormWarmup }, trainSize: "all" };
 
-/** --model: mlp, cnn or resnet:N; the model's own parser words the refusal. */
+/** --model: mlp, cnn, resnet:N or PATH.onnx; the model's own parser words the refusal. */
 function modelArg(v: string): ModelKind {
   try {
     return parseModelKind(v);

@@ -4,12 +4,14 @@
 // training set. A problem found here is a refusal: one line, exit 2 (main.ts).
 // Not the checkpoint checks of --resume, nor the settings' own validation.
 
+import { parseNorm, TORCH_CONVENTIONS } from "../shared/config.js";
 import { SyncbnError } from "../shared/errors.js";
 import { probeDataset } from "../worker/data/dataset.js";
+import { buildModel, isOnnxKind } from "../worker/nn/model.js";
 import { stepsPerEpoch, type TrainSettings } from "../worker/settings.js";
 
 // One probe per data source and sizes in this process: a sweep checks its data once, not per run.
-const probes = new Map<string, Promise<{ train: number; test: number }>>();
+const probes = new Map<string, Promise<{ train: number; test: number; sampleShape: [number, number, number]; classes: number }>>();
 
 export interface RunDataPlan {
   /** Training / test samples the run will use. */
@@ -29,6 +31,11 @@ export async function checkRunData(s: TrainSettings, workers: number, fashionMni
       probes.set(key, probe);
     }
     const counts = await probe;
+    // An ONNX model is imported here once against the data's shape: its refusals come before any worker starts.
+    if (isOnnxKind(s.model)) {
+      const renorm = { rMax: s.renormRMax, dMax: s.renormDMax, warmup: s.renormWarmup, clock: null };
+      buildModel({ kind: s.model, inShape: counts.sampleShape, classes: counts.classes, norm: parseNorm(s.norm), conventions: { ...TORCH_CONVENTIONS, eps: s.bnEps }, sync: null, seed: s.seed, renorm });
+    }
     // The training loop takes W·B samples per step and drops the remainder of an epoch.
     const perEpoch = stepsPerEpoch(counts.train, workers, s.batch);
     return { ...counts, totalSteps: s.steps ?? s.epochs * perEpoch };

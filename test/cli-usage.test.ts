@@ -60,7 +60,7 @@ describe("usage errors are one line and exit 2", () => {
     await refused(["train", "--workers", "0"], /--workers must be an integer in 1\.\.1024, got "0"; see syncbn train --help/);
     await refused(["train", "--lr", "abc"], /--lr must be a number in \(0, 100\], got "abc"/);
     await refused(["train", "--bogus"], /unknown option '--bogus'; see syncbn train --help/);
-    await refused(["train", "--model", "resnet18"], /--model must be mlp, cnn or resnet:N with N in 1\.\.\d+ \(resnet:3 is ResNet-20\), got "resnet18"/);
+    await refused(["train", "--model", "resnet18"], /--model must be mlp, cnn or resnet:N with N in 1\.\.\d+ \(resnet:3 is ResNet-20\), or a PyTorch export PATH\.onnx, got "resnet18"/);
     await refused(["worker", "--rank"], /option '--rank <r>' argument missing; see syncbn worker --help/);
     await refused(["conformance"], /missing required argument 'dir'; see syncbn conformance --help/);
     await refused(["frobnicate"], /unknown command 'frobnicate'; see syncbn --help/);

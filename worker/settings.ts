@@ -1,10 +1,12 @@
 // Training settings every worker of a run must share, their defaults and
 // validation, and their canonical JSON (sent in the hello so the coordinator can
-// refuse a worker started with different flags). No I/O.
+// refuse a worker started with different flags). No I/O, except reading an ONNX
+// --model once to put the hash of its bytes, not its path, in the canonical JSON.
 
 import { parseNorm, statsGroupSize, validateConventions, type MomentumStyle, type RunConventions } from "../shared/config.js";
 import { ErrorCode, SyncbnError } from "../shared/errors.js";
-import { normChannels, parseModelKind, type ModelKind } from "./nn/model.js";
+import { isOnnxKind, normChannels, parseModelKind, type ModelKind } from "./nn/model.js";
+import { onnxFileHash } from "./nn/onnx-import.js";
 
 /** Largest worker count: the coordinator keeps per-rank state, and a local run starts W processes. */
 export const MAX_WORKERS = 1024;
@@ -148,6 +150,8 @@ export function validateSettings(s: TrainSettings, worldSize: number): void {
 
 export function conventionsOf(s: TrainSettings): RunConventions {
   const { norm, bnEps, bnMomentum, bnMomentumStyle, unbiasedRunningVar, ...rest } = s;
+  // Workers on other hosts name their copy of the model by their own path: the bytes must agree, not the paths.
+  if (isOnnxKind(rest.model)) rest.model = `onnx sha256:${onnxFileHash(rest.model)}.onnx`;
   // Sorted keys: the same settings always give the same string.
   const training = JSON.stringify(Object.fromEntries(Object.entries(rest).sort(([a], [b]) => a.localeCompare(b))));
   return { eps: bnEps, momentum: bnMomentum, momentumStyle: bnMomentumStyle, unbiasedRunningVar, norm, training };

@@ -177,13 +177,14 @@ export async function loadDataset(spec: string, opts: LoadOptions): Promise<Load
  * (folder, files, IDX headers against byte lengths, labels, image size, sizes).
  * Reads and gunzips the files (~0.3 s for Fashion-MNIST); keeps nothing.
  */
-export async function probeDataset(spec: string, opts: LoadOptions): Promise<{ train: number; test: number }> {
+export async function probeDataset(spec: string, opts: LoadOptions): Promise<{ train: number; test: number; sampleShape: [number, number, number]; classes: number }> {
   if (spec === "synthetic") {
-    return { train: opts.trainSize ?? SYNTHETIC_DEFAULT_TRAIN, test: opts.testSize ?? SYNTHETIC_DEFAULT_TEST };
+    return { train: opts.trainSize ?? SYNTHETIC_DEFAULT_TRAIN, test: opts.testSize ?? SYNTHETIC_DEFAULT_TEST, sampleShape: [1, 28, 28], classes: CLASSES };
   }
   const { dir } = await idxFolderOf(spec, opts);
   const [trainSplit, testSplit] = await Promise.all([readIdxSplit(dir, "train", CLASSES), readIdxSplit(dir, "t10k", CLASSES)]);
-  return checkSplits(dir, trainSplit, testSplit, opts);
+  const sampleShape: [number, number, number] = [trainSplit.images.channels, trainSplit.images.rows, trainSplit.images.cols];
+  return { ...checkSplits(dir, trainSplit, testSplit, opts), sampleShape, classes: CLASSES };
 }
 
 /**

@@ -4,6 +4,7 @@
 // step needs (all grads as one vector, a checksum) and the tensors by their
 // PyTorch state_dict names. Not a model zoo: the three families of the README.
 
+import { readFileSync } from "node:fs";
 import { ErrorCode, SyncbnError } from "../../shared/errors.js";
 import type { BnConventions, NormMode } from "../../shared/config.js";
 import { Rng } from "../../shared/rng.js";
@@ -16,27 +17,35 @@ import { GroupNorm } from "./groupnorm.js";
 import { sizeOf, type Layer, type Param } from "./layer.js";
 import { Linear } from "./linear.js";
 import { MaxPool2d } from "./maxpool.js";
+import { decodeOnnx, importOnnx } from "./onnx-import.js";
 import { ReLU } from "./relu.js";
 import { BatchRenorm, type RenormOptions } from "./renorm.js";
 import { buildResnet, RESNET_MAX_BLOCKS, resnetNormChannels } from "./resnet.js";
 
-/** `mlp`, `cnn`, or `resnet:N` (N BasicBlocks per stage). */
-export type ModelKind = "mlp" | "cnn" | `resnet:${number}`;
+/** `mlp`, `cnn`, `resnet:N` (N BasicBlocks per stage), or the path of an ONNX export (onnx-import.ts). */
+export type ModelKind = "mlp" | "cnn" | `resnet:${number}` | `${string}.onnx`;
 /** The kinds without a parameter; `resnet:N` is the third family. */
 export const MODEL_KINDS: readonly ModelKind[] = ["mlp", "cnn"];
-export const MODEL_KINDS_HELP = "mlp, cnn or resnet:N";
+export const MODEL_KINDS_HELP = "mlp, cnn, resnet:N or PATH.onnx";
+
+/** Whether the kind is an ONNX file the workers import. */
+export function isOnnxKind(kind: ModelKind): kind is `${string}.onnx` {
+  return kind.endsWith(".onnx");
+}
 
 /** The kind named by a --model value, or a one-line BadConfig error saying what is accepted. */
 export function parseModelKind(s: string): ModelKind {
   if (s === "mlp" || s === "cnn") return s;
+  if (s.endsWith(".onnx")) return s as `${string}.onnx`;
   const m = /^resnet:(\d+)$/.exec(s);
   const n = m ? Number(m[1]) : NaN;
   if (Number.isInteger(n) && n >= 1 && n <= RESNET_MAX_BLOCKS) return `resnet:${n}`;
-  throw new SyncbnError(ErrorCode.BadConfig, `--model must be mlp, cnn or resnet:N with N in 1..${RESNET_MAX_BLOCKS} (resnet:3 is ResNet-20), got "${s}"`);
+  throw new SyncbnError(ErrorCode.BadConfig, `--model must be mlp, cnn or resnet:N with N in 1..${RESNET_MAX_BLOCKS} (resnet:3 is ResNet-20), or a PyTorch export PATH.onnx, got "${s}"`);
 }
 
-/** Channel counts of every norm layer of a model kind, in forward order (for --norm groupnorm:G checks). */
+/** Channel counts of every norm layer of a model kind, in forward order (for --norm groupnorm:G checks; none known for ONNX before import). */
 export function normChannels(kind: ModelKind): number[] {
+  if (isOnnxKind(kind)) return [];
   if (kind === "mlp") return [256, 128];
   if (kind === "cnn") return [16, 32, 64];
   return resnetNormChannels(Number(kind.slice("resnet:".length)));
@@ -155,6 +164,7 @@ export class Model {
 export type NormFactory = (g: GraphBuilder, name: string, v: Value) => Value;
 
 export function buildModel(o: ModelOptions): Model {
+  if (isOnnxKind(o.kind)) return buildOnnxModel(o.kind, o);
   const rng = new Rng(o.seed);
   let bnIndex = 0;
   const norm: NormFactory = (g, name, v) => {
@@ -198,6 +208,37 @@ export function buildModel(o: ModelOptions): Model {
     throw new SyncbnError(ErrorCode.BadConfig, `unknown --model "${String(o.kind)}"; use ${MODEL_KINDS_HELP}`);
   }
   return new Model(o.kind, buildResnet(g, blocks, o.classes, rng, norm));
+}
+
+/**
+ * The model of an ONNX file (onnx-import.ts), its tensors set to the file's
+ * initializers (state_dict names); BN eps from each node unless it is the float32
+ * rounding of the run's eps (then the run's, bit for bit as the built-in models).
+ */
+function buildOnnxModel(path: `${string}.onnx`, o: ModelOptions): Model {
+  let bytes: Uint8Array;
+  try {
+    bytes = readFileSync(path);
+  } catch (e) {
+    throw new SyncbnError(ErrorCode.BadConfig, `--model ${path}: cannot read it (${(e as NodeJS.ErrnoException).code ?? String(e)}); give the path of a torch.onnx.export file`);
+  }
+  let bnIndex = 0;
+  const imported = importOnnx(decodeOnnx(bytes, path), path, o.inShape, o.classes, o.norm.kind === "none", (g, name, v, eps) => {
+    const runEps = Math.fround(o.conventions.eps) === Math.fround(eps) ? o.conventions.eps : eps;
+    const l = makeNorm(name, bnIndex, [...v.shape], { ...o, conventions: { ...o.conventions, eps: runEps } });
+    if (!l) return v;
+    bnIndex++;
+    return g.layer(l, v);
+  });
+  const model = new Model(path, imported.graph);
+  for (const t of model.namedTensors()) {
+    const init = imported.initial.get(t.name);
+    if (!init || t.kind === "num_batches_tracked") continue;
+    const dst = t.kind === "param" ? t.param.value : t.value;
+    if (init.length !== dst.length) throw new SyncbnError(ErrorCode.BadConfig, `--model ${path}: initializer ${t.name} has ${init.length} values, the layer needs ${dst.length}`);
+    dst.set(init);
+  }
+  return model;
 }
 
 /**

@@ -1,0 +1,74 @@
+// Constant folding for the ONNX importer (onnx-import.ts): the integer shape
+// arithmetic PyTorch emits for x.view(n, -1) (Shape, Gather, Unsqueeze, Concat,
+// Slice, Cast, ConstantOfShape), with "n" standing for the batch size. Not a general
+// evaluator: anything else is refused with the node's name and op type.
+
+import type { NodeProto } from "onnx-buf";
+import { attr, int, SUPPORTED_OPS, tensorInts, type Sym } from "./onnx-import.js";
+
+/** Constant folding of the integer shape arithmetic PyTorch emits for x.view(n, -1); "n" is the batch size. */
+export function foldShape(node: NodeProto, syms: Map<string, Sym>, bad: (node: NodeProto, what: string) => void): void {
+  const ins = node.input.map((i) => syms.get(i));
+  const c = (i: number): Extract<Sym, { k: "const" }> | null => (ins[i]?.k === "const" ? (ins[i] as Extract<Sym, { k: "const" }>) : null);
+  const out = (dims: number[], data: (number | "n")[]): void => void syms.set(node.output[0]!, { k: "const", dims, data, floats: null, name: node.output[0]! });
+  const idx = (i: number, len: number): number => (i < 0 ? i + len : i);
+  switch (node.opType) {
+    case "Shape": {
+      const s = ins[0];
+      if (s?.k === "act") return out([s.v.shape.length + 1], ["n", ...s.v.shape]);
+      if (s?.k === "const") return out([s.dims.length], s.dims);
+      break;
+    }
+    case "Gather": {
+      const data = c(0);
+      const ix = c(1);
+      if (data && ix && data.dims.length === 1 && int(node, "axis", 0) === 0) {
+        const picked = ix.data.map((i) => data.data[idx(Number(i), data.data.length)]!);
+        return out(ix.dims, picked);
+      }
+      break;
+    }
+    case "Unsqueeze":
+    case "Cast":
+    case "Squeeze": {
+      const data = c(0);
+      if (data && data.data.length <= 1 && node.opType !== "Cast") return out([1], data.data);
+      if (data && node.opType === "Cast") return out(data.dims, data.data);
+      break;
+    }
+    case "Concat": {
+      const parts = node.input.map((_, i) => c(i));
+      if (parts.every((p) => p !== null)) {
+        const data = parts.flatMap((p) => p!.data);
+        return out([data.length], data);
+      }
+      break;
+    }
+    case "Slice": {
+      const data = c(0);
+      const starts = c(1);
+      const ends = c(2);
+      if (data && starts && ends && data.dims.length === 1 && (node.input.length < 4 || c(3)?.data.every((a) => a === 0))) {
+        const len = data.data.length;
+        const s = Math.max(0, Math.min(len, idx(Number(starts.data[0]), len)));
+        const e = Math.max(0, Math.min(len, idx(Number(ends.data[0]), len)));
+        return out([Math.max(0, e - s)], data.data.slice(s, e));
+      }
+      break;
+    }
+    case "ConstantOfShape": {
+      const shape = c(0);
+      const v = attr(node, "value")?.t;
+      const fill = v ? (tensorInts(v)?.[0] ?? 0) : 0;
+      if (shape && shape.data.every((d) => typeof d === "number")) {
+        const dims = shape.data as number[];
+        return out(dims, new Array<number>(dims.reduce((a, d) => a * d, 1)).fill(fill));
+      }
+      break;
+    }
+    default:
+      bad(node, `unsupported op; supported ops: ${SUPPORTED_OPS}`);
+      return;
+  }
+  bad(node, `a shape computation that does not fold to constants (dynamic shapes are not supported); supported ops: ${SUPPORTED_OPS}`);
+}
