@@ -38,7 +38,7 @@ svg text{font-size:10px;fill:var(--muted)}svg .ax{stroke:#c9cedb}svg .grid{strok
 <main>
 <section class="card w12"><h2>Workers</h2>
 <table id="ranks"><thead><tr><th>rank</th><th style="text-align:left">status</th><th>step</th><th>samples/s</th><th>compute ms</th><th>wait in rounds ms</th><th style="text-align:left">step time <span class="legend"><i style="background:var(--accent)"></i>compute<i style="background:#f08c00"></i>waiting</span></th></tr></thead><tbody></tbody></table>
-<p class="note">Per worker, its own report of its last step: time computing and time blocked in synchronization rounds. Steps are numbered from 0, as in metrics.jsonl.</p></section>
+<p class="note">Per worker, its own report of its last step: time computing and time blocked in synchronization rounds. Steps count the steps completed (the first is 1), as in metrics.jsonl.</p></section>
 <section class="card w6"><h2>Training loss</h2><div id="loss-latest" class="big"></div><div id="loss-chart"></div></section>
 <section class="card w6"><h2>Test accuracy</h2><div id="acc-latest" class="big"></div><div id="acc-chart"></div></section>
 <section class="card w12" id="bn-panel"><h2>BN statistics: each rank's batch against the global batch</h2>
