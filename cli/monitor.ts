@@ -370,9 +370,9 @@ function replaceFile(path: string, text: string): void {
 }
 
 /**
- * The lines of an earlier metrics.jsonl that a run resumed at `step` keeps: steps
- * (0-based) below it, evaluations (counted in steps done) up to it, lines without
- * a step; a line cut short is dropped, a missing file keeps nothing.
+ * The lines of an earlier metrics.jsonl that a run resumed at `step` keeps: every
+ * line of a step up to it (all lines count completed steps), lines without a step;
+ * a line cut short is dropped, a missing file keeps nothing.
  */
 function linesBefore(path: string, step: number): string {
   let text: string;
