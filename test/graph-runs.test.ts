@@ -8,6 +8,7 @@ import { createHash } from "node:crypto";
 import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { relDiff } from "./compare.js";
 import { describe, expect, it } from "vitest";
 import { readCheckpoint, type Checkpoint } from "../worker/checkpoint.js";
 import { ROOT, runCli } from "./helpers.js";
@@ -29,14 +30,6 @@ function payloadHash(file: string): string {
   return createHash("sha256").update(b.subarray(16 + hlen, b.length - 32)).digest("hex");
 }
 
-function relDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let num = 0, den = 0;
-  for (let i = 0; i < b.length; i++) {
-    num = Math.max(num, Math.abs(a[i]! - b[i]!));
-    den = Math.max(den, Math.abs(b[i]!));
-  }
-  return den === 0 ? num : num / den;
-}
 
 /** The tensor with the largest relative difference, params and running statistics alike. */
 function worstDiff(a: Checkpoint, b: Checkpoint): { name: string; diff: number } {

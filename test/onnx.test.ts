@@ -9,8 +9,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { ModelProtoSchema, ValueInfoProtoSchema } from "onnx-buf";
+import { relDiff, safetensorsValues } from "./compare.js";
 import { describe, expect, it } from "vitest";
-import { floatValues, integerValues, readSafetensors } from "../worker/safetensors.js";
+import { readSafetensors } from "../worker/safetensors.js";
 import { ROOT, runCli, startCli, waitForOutput } from "./helpers.js";
 
 const FIXTURES = join(ROOT, "test", "fixtures", "onnx");
@@ -18,22 +19,7 @@ const DATA = join(ROOT, "test", "fixtures", "torch", "data");
 /** The training settings make-torch-fixtures.py (and so make-onnx-fixtures.py) uses. */
 const SETTINGS = ["--workers", "4", "--batch", "4", "--steps", "3", "--lr", "0.05", "--momentum", "0.9", "--weight-decay", "5e-4", "--bn-eps", "1e-5", "--bn-momentum", "0.1"];
 
-function tensors(path: string): Map<string, { shape: number[]; values: Float64Array }> {
-  const out = new Map<string, { shape: number[]; values: Float64Array }>();
-  for (const [name, t] of readSafetensors(path).tensors) {
-    out.set(name, { shape: t.shape, values: floatValues(t) ?? Float64Array.from(integerValues(t)!.map(Number)) });
-  }
-  return out;
-}
 
-function relDiff(a: Float64Array, b: Float64Array): number {
-  let num = 0, den = 0;
-  for (let i = 0; i < b.length; i++) {
-    num = Math.max(num, Math.abs(a[i]! - b[i]!));
-    den = Math.max(den, Math.abs(b[i]!));
-  }
-  return den === 0 ? num : num / den;
-}
 
 async function train(model: string, norm: string, init: string, extra: string[] = []): Promise<string> {
   const out = mkdtempSync(join(tmpdir(), "syncbn-onnx-"));
@@ -47,8 +33,8 @@ describe("--model model.onnx against PyTorch, from the same initial weights", ()
     for (const norm of ["sync", "local"] as const) {
       it(`ends the exported ${fixture} within 1e-4 of PyTorch on every tensor, 4 workers × 4 with --norm ${norm}`, async () => {
         const dir = join(FIXTURES, fixture);
-        const ours = tensors(await train(join(dir, "model.onnx"), norm, join(dir, "init.safetensors")));
-        const theirs = tensors(join(dir, `expected-${norm}.safetensors`));
+        const ours = safetensorsValues(await train(join(dir, "model.onnx"), norm, join(dir, "init.safetensors")));
+        const theirs = safetensorsValues(join(dir, `expected-${norm}.safetensors`));
         expect([...ours.keys()].sort()).toEqual([...theirs.keys()].sort());
         let worst = { name: "", diff: 0 };
         for (const [name, t] of theirs) {

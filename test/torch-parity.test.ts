@@ -12,8 +12,8 @@
 import { mkdtempSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { relDiff, safetensorsValues } from "./compare.js";
 import { describe, expect, it } from "vitest";
-import { floatValues, integerValues, readSafetensors } from "../worker/safetensors.js";
 import { ROOT, runCli } from "./helpers.js";
 
 const FIXTURES = join(ROOT, "test", "fixtures", "torch");
@@ -31,25 +31,7 @@ interface FixtureSettings {
   testSize: number;
 }
 
-/** Every tensor of a safetensors file as float64 values (counts included). */
-function tensors(path: string): Map<string, { shape: number[]; values: Float64Array }> {
-  const out = new Map<string, { shape: number[]; values: Float64Array }>();
-  for (const [name, t] of readSafetensors(path).tensors) {
-    const values = floatValues(t) ?? Float64Array.from(integerValues(t)!.map(Number));
-    out.set(name, { shape: t.shape, values });
-  }
-  return out;
-}
 
-/** max|a−b| / max|b| over a tensor (scale-aware; exact 0 stays 0). */
-function relDiff(a: Float64Array, b: Float64Array): number {
-  let num = 0, den = 0;
-  for (let i = 0; i < b.length; i++) {
-    num = Math.max(num, Math.abs(a[i]! - b[i]!));
-    den = Math.max(den, Math.abs(b[i]!));
-  }
-  return den === 0 ? num : num / den;
-}
 
 /** Trains the fixture's model with syncbn and returns the worst tensor against PyTorch's expected weights. */
 async function compare(fixture: string, model: string, norm: "sync" | "local"): Promise<{ worst: { name: string; diff: number }; names: string[] }> {
@@ -65,8 +47,8 @@ async function compare(fixture: string, model: string, norm: "sync" | "local"): 
     { timeoutMs: 240_000, env: { SYNCBN_KERNELS: "js" } },
   );
   expect(r.code, r.stderr).toBe(0);
-  const ours = tensors(join(out, "weights.safetensors"));
-  const theirs = tensors(join(dir, `expected-${norm}.safetensors`));
+  const ours = safetensorsValues(join(out, "weights.safetensors"));
+  const theirs = safetensorsValues(join(dir, `expected-${norm}.safetensors`));
   expect([...ours.keys()].sort()).toEqual([...theirs.keys()].sort());
   let worst = { name: "", diff: 0 };
   for (const [name, t] of theirs) {
@@ -82,8 +64,8 @@ async function compare(fixture: string, model: string, norm: "sync" | "local"): 
 describe("syncbn against PyTorch, trained from the same safetensors weights", () => {
   it("keeps sync and local fixtures apart: the two modes end more than 1e-3 apart, so 1e-4 tells them apart", () => {
     for (const fixture of ["cnn", "resnet1"]) {
-      const sync = tensors(join(FIXTURES, fixture, "expected-sync.safetensors"));
-      const local = tensors(join(FIXTURES, fixture, "expected-local.safetensors"));
+      const sync = safetensorsValues(join(FIXTURES, fixture, "expected-sync.safetensors"));
+      const local = safetensorsValues(join(FIXTURES, fixture, "expected-local.safetensors"));
       const worst = Math.max(...[...sync].map(([n, t]) => relDiff(local.get(n)!.values, t.values)));
       expect(worst, fixture).toBeGreaterThan(1e-3);
     }

@@ -4,22 +4,13 @@ import { mkdtempSync, readFileSync, existsSync } from "node:fs";
 import { execFileSync } from "node:child_process";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { relDiff } from "./compare.js";
 import { describe, expect, it } from "vitest";
 import { readCheckpoint, type Checkpoint } from "../worker/checkpoint.js";
 import { runCli, startCli, waitForOutput } from "./helpers.js";
 
 const tmp = (p: string): string => mkdtempSync(join(tmpdir(), `syncbn-${p}-`));
 
-/** Largest relative difference over a tensor: max|a−b| / max|b| (scale-aware, robust near zero). */
-function relDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let num = 0;
-  let den = 0;
-  for (let i = 0; i < b.length; i++) {
-    num = Math.max(num, Math.abs(a[i]! - b[i]!));
-    den = Math.max(den, Math.abs(b[i]!));
-  }
-  return den === 0 ? num : num / den;
-}
 
 function worstDiff(a: Checkpoint, b: Checkpoint): { name: string; diff: number } {
   let worst = { name: "", diff: 0 };
