@@ -104,8 +104,17 @@ describe.skipIf(!haveChromium)("the live dashboard in headless Chromium", () => 
     const shown = await page.locator("#bn-table tbody tr").evaluateAll((trs) =>
       trs.map((tr) => Object.fromEntries([...tr.querySelectorAll("[data-field]")].map((td) => [td.getAttribute("data-field"), td.textContent]))),
     );
-    const loss = { value: await page.locator("#loss-value").textContent(), step: Number(await page.locator("#loss-step").textContent()) };
-    const metrics = readFileSync(join(TMP, "run", "metrics.jsonl"), "utf8").split("\n").filter(Boolean).map((l) => JSON.parse(l) as { type: string; step: number; loss?: number } & Partial<BnLine>);
+    // Value and step read in one evaluation: the page may redraw between two reads.
+    const loss = await page.evaluate(() => ({ value: document.querySelector("#loss-value")?.textContent, step: Number(document.querySelector("#loss-step")?.textContent) }));
+    // The launcher writes metrics.jsonl as the lines reach it: wait (bounded) for the step shown.
+    type Line = { type: string; step: number; loss?: number } & Partial<BnLine>;
+    const readMetrics = (): Line[] => ((t) => t.slice(0, t.lastIndexOf("\n")))(readFileSync(join(TMP, "run", "metrics.jsonl"), "utf8")).split("\n").filter(Boolean).map((l) => JSON.parse(l) as Line);
+    const deadline = Date.now() + 30_000;
+    let metrics = readMetrics();
+    while (!metrics.some((m) => m.type === "step" && m.step >= loss.step) && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 200));
+      metrics = readMetrics();
+    }
     for (const [layer, row] of shown.entries()) {
       const line = metrics.find((m) => m.type === "bn" && m.layer === layer && m.step === Number(row.step));
       expect(line, `metrics.jsonl has the bn line of layer ${layer} at step ${row.step}`).toBeDefined();
