@@ -10,10 +10,6 @@ import {
   checkTrainingCount,
   emptyMoments,
   inverseStd,
-  localGradSums,
-  localMoments,
-  normalizeBackward,
-  normalizeForward,
   updateRunningStats,
   type Moments,
 } from "../../shared/stats.js";
@@ -41,7 +37,8 @@ export class BatchNorm extends RunningStatsNorm {
   private readonly moments: Moments;
   private readonly invStd: Float64Array; // (C)
   private readonly gradSums: Float64Array; // (2C): [Σdy, Σdy·xhat]
-  private lastXhat: Float32Array | null = null;
+  /** Batch size of the last training forward (its xhat is kept for backward); -1: none yet. */
+  private lastTrainN = -1;
 
   constructor(
     name: string,
@@ -65,8 +62,9 @@ export class BatchNorm extends RunningStatsNorm {
 
   forward(x: Float32Array, n: number, train: boolean): Float32Array | Promise<Float32Array> {
     if (!train) return this.forwardEval(x, n);
+    x = this.passes.stageInput(x, n);
     const y = this.y.view(n);
-    localMoments(this.moments, x, n, this.channels, this.spatial);
+    this.passes.localMoments(this.moments, x, n, this.channels, this.spatial);
     if (!this.sync) {
       biasedVariance(this.batchVar, this.moments);
       return this.finishForward(y, x, n, this.moments.count, this.moments.mean, this.batchVar);
@@ -89,18 +87,17 @@ export class BatchNorm extends RunningStatsNorm {
     if (mean !== this.batchMean) this.batchMean.set(mean);
     if (variance !== this.batchVar) this.batchVar.set(variance);
     const xhat = this.xhat.view(n);
-    this.lastXhat = xhat;
+    this.lastTrainN = n;
     if (count === 0) return y; // nothing anywhere: no normalization, no running-stat update
     inverseStd(this.invStd, this.batchVar, this.conventions.eps);
-    normalizeForward(y, xhat, x, this.batchMean, this.invStd, this.gamma.value, this.beta.value, n, this.channels, this.spatial);
+    this.passes.normalizeForward(y, xhat, x, this.batchMean, this.invStd, this.gamma.value, this.beta.value, n, this.channels, this.spatial);
     this.tracked++;
     updateRunningStats(this.runningMean, this.runningVar, this.batchMean, this.batchVar, count, this.conventions, this.tracked);
     return y;
   }
 
   backward(dy: Float32Array, n: number): Float32Array | Promise<Float32Array> {
-    const xhat = this.lastXhat;
-    if (!xhat || xhat.length !== n * this.channels * this.spatial) {
+    if (this.lastTrainN !== n) {
       throw new SyncbnError(ErrorCode.BadConfig, `${this.name}: backward without a matching training forward (batch ${n})`, {
         rank: (this.sync ?? this.where)?.rank,
         step: (this.sync ?? this.where)?.step,
@@ -108,8 +105,10 @@ export class BatchNorm extends RunningStatsNorm {
         phase: "bwd",
       });
     }
+    const xhat = this.xhat.view(n);
+    dy = this.passes.stageGrad(dy, n);
     const c = this.channels;
-    const local = localGradSums(this.gradSums, dy, xhat, n, c, this.spatial);
+    const local = this.passes.localGradSums(this.gradSums, dy, xhat, n, c, this.spatial);
     // This worker's share of dβ = Σdy and dγ = Σdy·xhat; the gradient round sums them.
     for (let ch = 0; ch < c; ch++) {
       this.beta.grad[ch] = local[ch]!;
@@ -135,6 +134,6 @@ export class BatchNorm extends RunningStatsNorm {
     count: number,
   ): void {
     if (count === 0) return;
-    normalizeBackward(dx, dy, xhat, sums, count, this.invStd, this.gamma.value, n, this.channels, this.spatial);
+    this.passes.normalizeBackward(dx, dy, xhat, sums, count, this.invStd, this.gamma.value, n, this.channels, this.spatial);
   }
 }

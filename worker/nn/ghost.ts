@@ -10,10 +10,6 @@ import {
   biasedVariance,
   emptyMoments,
   inverseStd,
-  localGradSums,
-  localMoments,
-  normalizeBackward,
-  normalizeForward,
   updateRunningStats,
   type Moments,
 } from "../../shared/stats.js";
@@ -100,6 +96,7 @@ export class GhostBatchNorm extends RunningStatsNorm {
   forward(x: Float32Array, n: number, train: boolean): Float32Array {
     const c = this.channels;
     const s = this.spatial;
+    x = this.passes.stageInput(x, n);
     const y = this.y.view(n);
     if (!train) {
       this.savedN = -1;
@@ -121,10 +118,10 @@ export class GhostBatchNorm extends RunningStatsNorm {
     // ghost batch (moments), one more to normalize: the same shared math as BN, so
     // one ghost batch (G = batch) is bit-identical to local BN.
     for (let j = 0; j < k; j++) {
-      const m = localMoments(this.ghostMoments[j]!, xs[j]!, g, c, s);
+      const m = this.passes.localMoments(this.ghostMoments[j]!, xs[j]!, g, c, s);
       biasedVariance(this.variance, m);
       inverseStd(this.ghostInvStd[j]!, this.variance, this.conventions.eps);
-      normalizeForward(ys[j]!, xhats[j]!, xs[j]!, m.mean, this.ghostInvStd[j]!, this.gamma.value, this.beta.value, g, c, s);
+      this.passes.normalizeForward(ys[j]!, xhats[j]!, xs[j]!, m.mean, this.ghostInvStd[j]!, this.gamma.value, this.beta.value, g, c, s);
       for (let ch = 0; ch < c; ch++) {
         this.meanOfMeans[ch]! += m.mean[ch]!;
         this.meanOfVars[ch]! += this.variance[ch]!;
@@ -151,6 +148,7 @@ export class GhostBatchNorm extends RunningStatsNorm {
     const g = this.ghostBatch;
     const k = n / g;
     const chunk = g * c * s;
+    dy = this.passes.stageGrad(dy, n);
     const dx = this.dx.view(n);
     const dys = this.dyChunks.of(dy, chunk, k);
     const dxs = this.dxChunks.of(dx, chunk, k);
@@ -160,9 +158,9 @@ export class GhostBatchNorm extends RunningStatsNorm {
     // Each ghost batch is its own BN: dx from its own sums and count; dγ, dβ add up
     // (in float64, rounded to float32 once).
     for (let j = 0; j < k; j++) {
-      const sums = localGradSums(this.gradSums, dys[j]!, xhats[j]!, g, c, s);
+      const sums = this.passes.localGradSums(this.gradSums, dys[j]!, xhats[j]!, g, c, s);
       for (let i = 0; i < 2 * c; i++) totals[i]! += sums[i]!;
-      normalizeBackward(dxs[j]!, dys[j]!, xhats[j]!, sums, g * s, this.ghostInvStd[j]!, this.gamma.value, g, c, s);
+      this.passes.normalizeBackward(dxs[j]!, dys[j]!, xhats[j]!, sums, g * s, this.ghostInvStd[j]!, this.gamma.value, g, c, s);
     }
     for (let ch = 0; ch < c; ch++) {
       this.beta.grad[ch] = totals[ch]!;

@@ -5,8 +5,9 @@
 
 import type { BnConventions } from "../../shared/config.js";
 import { ErrorCode, SyncbnError } from "../../shared/errors.js";
-import { normalizeEval } from "../../shared/stats.js";
-import { BatchBuffer, sizeOf, type Layer, type Param } from "./layer.js";
+import { kernelBackend } from "./kernels/backend.js";
+import { normPasses, type BatchView, type NormPasses } from "./kernels/norm-passes.js";
+import { sizeOf, type Layer, type Param } from "./layer.js";
 
 /**
  * A normalization layer that keeps running statistics for eval mode.
@@ -39,9 +40,11 @@ export abstract class RunningStatsNorm implements RunningStatsLayer {
   readonly runningMean: Float64Array; // (C), starts at 0
   readonly runningVar: Float64Array; // (C), starts at 1
   tracked = 0;
-  protected readonly y: BatchBuffer; // (N, C, S)
-  protected readonly xhat: BatchBuffer; // (N, C, S)
-  protected readonly dx: BatchBuffer; // (N, C, S)
+  /** The passes over the data, TypeScript or WebAssembly (SYNCBN_KERNELS), and the buffers they use. */
+  protected readonly passes: NormPasses;
+  protected readonly y: BatchView; // (N, C, S)
+  protected readonly xhat: BatchView; // (N, C, S)
+  protected readonly dx: BatchView; // (N, C, S)
   /** Batch size of the last training forward; -1 after an eval forward (backward needs a training forward). */
   protected savedN = -1;
 
@@ -61,10 +64,10 @@ export abstract class RunningStatsNorm implements RunningStatsLayer {
     this.beta = { name: `${name}.bias`, value: new Float32Array(c), grad: new Float32Array(c), shape: [c] };
     this.runningMean = new Float64Array(c);
     this.runningVar = new Float64Array(c).fill(1);
-    const per = sizeOf(shape);
-    this.y = new BatchBuffer(per);
-    this.xhat = new BatchBuffer(per);
-    this.dx = new BatchBuffer(per);
+    this.passes = normPasses(kernelBackend(), sizeOf(shape), c);
+    this.y = this.passes.y;
+    this.xhat = this.passes.xhat;
+    this.dx = this.passes.dx;
   }
 
   params(): Param[] {
@@ -73,8 +76,9 @@ export abstract class RunningStatsNorm implements RunningStatsLayer {
 
   /** Eval mode: y = γ·(x − running mean)/sqrt(running var + eps) + β; no statistics, no network. */
   protected forwardEval(x: Float32Array, n: number): Float32Array {
+    const xs = this.passes.stageInput(x, n);
     const y = this.y.view(n);
-    normalizeEval(y, x, this.runningMean, this.runningVar, this.gamma.value, this.beta.value, this.conventions.eps, n, this.channels, this.spatial);
+    this.passes.normalizeEval(y, xs, this.runningMean, this.runningVar, this.gamma.value, this.beta.value, this.conventions.eps, n, this.channels, this.spatial);
     return y;
   }
 

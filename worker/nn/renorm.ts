@@ -11,10 +11,6 @@ import {
   checkTrainingCount,
   emptyMoments,
   inverseStd,
-  localGradSums,
-  localMoments,
-  normalizeBackward,
-  normalizeForward,
   updateRunningStats,
   type Moments,
 } from "../../shared/stats.js";
@@ -98,12 +94,13 @@ export class BatchRenorm extends RunningStatsNorm {
   forward(x: Float32Array, n: number, train: boolean): Float32Array {
     const c = this.channels;
     const s = this.spatial;
+    x = this.passes.stageInput(x, n);
     const y = this.y.view(n);
     if (!train) {
       this.savedN = -1;
       return this.forwardEval(x, n);
     }
-    const m = localMoments(this.moments, x, n, c, s);
+    const m = this.passes.localMoments(this.moments, x, n, c, s);
     if (m.count === 1) checkTrainingCount(m.count, c, { step: this.step, layer: this.layerIndex, phase: "fwd" });
     this.count = m.count;
     this.savedN = n;
@@ -130,7 +127,7 @@ export class BatchRenorm extends RunningStatsNorm {
       this.betaEff[ch] = g * d + this.beta.value[ch]!;
     }
     // With r = 1, d = 0 the effective affine is exactly (γ, β): bit-identical to local BN.
-    normalizeForward(y, xhat, x, m.mean, this.invStd, this.gammaEff, this.betaEff, n, c, s);
+    this.passes.normalizeForward(y, xhat, x, m.mean, this.invStd, this.gammaEff, this.betaEff, n, c, s);
     this.tracked++;
     updateRunningStats(this.runningMean, this.runningVar, m.mean, this.batchVar, m.count, this.conventions, this.tracked);
     return y;
@@ -145,15 +142,16 @@ export class BatchRenorm extends RunningStatsNorm {
     this.requireTrainingForward(n);
     const c = this.channels;
     const s = this.spatial;
+    dy = this.passes.stageGrad(dy, n);
     const dx = this.dx.view(n);
     const xhat = this.xhat.view(n);
-    const sums = localGradSums(this.gradSums, dy, xhat, n, c, s);
+    const sums = this.passes.localGradSums(this.gradSums, dy, xhat, n, c, s);
     for (let ch = 0; ch < c; ch++) {
       this.beta.grad[ch] = sums[ch]!;
       this.gamma.grad[ch] = this.lastR[ch]! * sums[c + ch]! + this.lastD[ch]! * sums[ch]!;
     }
     if (this.count === 0) return dx;
-    normalizeBackward(dx, dy, xhat, sums, this.count, this.invStd, this.gammaEff, n, c, s);
+    this.passes.normalizeBackward(dx, dy, xhat, sums, this.count, this.invStd, this.gammaEff, n, c, s);
     return dx;
   }
 }

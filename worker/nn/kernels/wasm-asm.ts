@@ -4,8 +4,8 @@
 // plain TS code, and `npm run build` needs no toolchain besides tsc).
 // Not a general toolkit: no tables, globals, data segments or multi-value blocks.
 
-export type ValType = "i32" | "f32" | "v128";
-const VALTYPE: Record<ValType, number> = { i32: 0x7f, f32: 0x7d, v128: 0x7b };
+export type ValType = "i32" | "f32" | "f64" | "v128";
+const VALTYPE: Record<ValType, number> = { i32: 0x7f, f32: 0x7d, f64: 0x7c, v128: 0x7b };
 
 /** A local (parameters included), by index. */
 export interface Local {
@@ -112,6 +112,12 @@ export class Func {
     return this;
   }
 
+  f64(v: number): this {
+    this.code.push(0x44);
+    this.code.push(...new Uint8Array(new Float64Array([v]).buffer));
+    return this;
+  }
+
   // ---- i32 arithmetic and comparisons ----------------------------------------
 
   private op(...bytes: number[]): this { this.code.push(...bytes); return this; }
@@ -147,6 +153,13 @@ export class Func {
   f32Store(offset = 0): this { this.code.push(0x38); return this.memarg(2, offset); }
   f32Add(): this { return this.op(0x92); }
   f32Mul(): this { return this.op(0x94); }
+  f64Load(offset = 0): this { this.code.push(0x2b); return this.memarg(3, offset); }
+  f64Store(offset = 0): this { this.code.push(0x39); return this.memarg(3, offset); }
+  f64Add(): this { return this.op(0xa0); }
+  f64Sub(): this { return this.op(0xa1); }
+  f64Mul(): this { return this.op(0xa2); }
+  f64PromoteF32(): this { return this.op(0xbb); }
+  f32DemoteF64(): this { return this.op(0xb6); }
   /** memory.fill(dest, byte value, byte length). */
   memoryFill(): this { return this.op(0xfc, 0x0b, 0x00); }
 
@@ -157,6 +170,10 @@ export class Func {
   v128Store(offset = 0): this { return this.simd(0x0b).memarg(0, offset); }
   /** Loads one f32 and splats it to all four lanes. */
   v128Load32Splat(offset = 0): this { return this.simd(0x09).memarg(2, offset); }
+  /** Loads one f64 and splats it to both lanes. */
+  v128Load64Splat(offset = 0): this { return this.simd(0x0a).memarg(3, offset); }
+  /** Loads 8 bytes (two f32) into the low half, zeroing the high half. */
+  v128Load64Zero(offset = 0): this { return this.simd(0x5d).memarg(3, offset); }
   v128Store32Lane(lane: number, offset = 0): this { this.simd(0x5a).memarg(2, offset); this.code.push(lane); return this; }
   v128Store64Lane(lane: number, offset = 0): this { this.simd(0x5b).memarg(0, offset); this.code.push(lane); return this; }
   v128Zero(): this { return this.v128Const(new Array<number>(16).fill(0)); }
@@ -172,6 +189,14 @@ export class Func {
   f32x4ExtractLane(lane: number): this { this.simd(0x1f); this.code.push(lane); return this; }
   f32x4Add(): this { return this.simd(0xe4); }
   f32x4Mul(): this { return this.simd(0xe6); }
+  f64x2ExtractLane(lane: number): this { this.simd(0x21); this.code.push(lane); return this; }
+  f64x2Add(): this { return this.simd(0xf0); }
+  f64x2Sub(): this { return this.simd(0xf1); }
+  f64x2Mul(): this { return this.simd(0xf2); }
+  /** Lanes 0, 1 of an f32x4 widened (exactly) to f64x2. */
+  f64x2PromoteLowF32x4(): this { return this.simd(0x5f); }
+  /** f64x2 rounded (to nearest, ties to even) into lanes 0, 1 of an f32x4; lanes 2, 3 zero. */
+  f32x4DemoteF64x2Zero(): this { return this.simd(0x5e); }
 
   /** The code-section entry: size, local declarations, body, end. */
   encode(): number[] {

@@ -1,9 +1,11 @@
 // The WebAssembly SIMD128 kernels, written as TypeScript that emits them: a
 // register-blocked f32x4 GEMM in three operand layouts, im2col/col2im and row
 // sums. Every function takes float-element offsets into the one imported
-// memory; no allocation, no bounds beyond the caller's layout (see Arena).
+// memory; no allocation, no bounds beyond the caller's layout (see Arena). BN's
+// passes over the data are in norm-kernels.ts, assembled into the same module.
 // Not a BLAS: no packing, no threads, and only the layouts the layers use.
 
+import { normKernels, type NormKernelExports } from "./norm-kernels.js";
 import { assembleModule, Func, type Label, type Local } from "./wasm-asm.js";
 
 /**
@@ -369,7 +371,7 @@ function im2colLike(name: string, adjoint: boolean): Func {
   return f;
 }
 
-export interface KernelExports {
+export interface KernelExports extends NormKernelExports {
   gemm_nn(c: number, ldc: number, a: number, lda: number, b: number, ldb: number, m: number, n: number, k: number, accumulate: number): void;
   gemm_tn(c: number, ldc: number, a: number, lda: number, b: number, ldb: number, m: number, n: number, k: number, accumulate: number): void;
   im2col(cols: number, x: number, cin: number, inH: number, inW: number, k: number, stride: number, pad: number, outH: number, outW: number): void;
@@ -387,5 +389,6 @@ export function kernelModuleBytes(): Uint8Array {
     rowSums(),
     im2colLike("im2col", false),
     im2colLike("col2im_add", true),
+    ...normKernels(),
   ]);
 }

@@ -1,0 +1,157 @@
+// A normalization layer's passes over the data in WebAssembly SIMD (norm-kernels.ts),
+// in the layer's own wasm memory, with shared/stats.ts's signatures and contract:
+// the elementwise passes give its results bit for bit; the sums are float64 in
+// another order (two lanes, four accumulators per row; test/norm-kernels.test.ts).
+// Not the math between the passes: per-channel constants come from the same TS lines.
+
+import type { Moments } from "../../../shared/stats.js";
+import { WasmArena } from "./arena.js";
+import type { BatchView, NormPasses } from "./norm-passes.js";
+
+/** Float offsets; per-channel regions hold C float64 (2C floats), sums 2C float64. */
+interface NormRegions {
+  mean: number;
+  m2: number;
+  k1: number;
+  k2: number;
+  k3: number;
+  k4: number;
+  sums: number;
+  /** (N, C, S); first of the batch-sized regions, so its offset and contents survive growth. */
+  xhat: number;
+  /** (N, C, S): staged x, then y over it. */
+  y: number;
+  /** (N, C, S): staged dy, then dx over it. */
+  dx: number;
+}
+
+export class NormWasm implements NormPasses {
+  readonly backend = "wasm";
+  readonly y: BatchView;
+  readonly xhat: BatchView;
+  readonly dx: BatchView;
+  private readonly arena = new WasmArena();
+  private at!: NormRegions;
+  private f64!: Float64Array;
+  private capacity = -1;
+  private readonly views = { y: new Map<number, Float32Array>(), xhat: new Map<number, Float32Array>(), dx: new Map<number, Float32Array>() };
+
+  constructor(private readonly perSample: number, private readonly channels: number) {
+    this.reserve(1);
+    this.y = { view: (n) => this.view("y", n) };
+    this.xhat = { view: (n) => this.view("xhat", n) };
+    this.dx = { view: (n) => this.view("dx", n) };
+  }
+
+  private reserve(n: number): void {
+    if (n <= this.capacity) return;
+    const c2 = 2 * this.channels, len = n * this.perSample;
+    this.at = this.arena.layout({
+      mean: c2, m2: c2, k1: c2, k2: c2, k3: c2, k4: c2, sums: 2 * c2, xhat: len, y: len, dx: len,
+    });
+    this.f64 = new Float64Array(this.arena.f32.buffer);
+    this.capacity = n;
+    for (const m of Object.values(this.views)) m.clear();
+  }
+
+  private view(which: "y" | "xhat" | "dx", n: number): Float32Array {
+    this.reserve(n);
+    return this.arena.cachedView(this.views[which], this.at[which], n * this.perSample, n);
+  }
+
+  stageInput(x: Float32Array, n: number): Float32Array {
+    const y = this.view("y", n);
+    if (x !== y) y.set(x.length === y.length ? x : x.subarray(0, y.length));
+    return y;
+  }
+
+  stageGrad(dy: Float32Array, n: number): Float32Array {
+    const dx = this.view("dx", n);
+    if (dy !== dx) dx.set(dy.length === dx.length ? dy : dy.subarray(0, dx.length));
+    return dx;
+  }
+
+  /** Float offset of a view of this memory; anything else is a caller's bug. */
+  private at32(a: Float32Array, what: string): number {
+    if (a.buffer !== this.arena.f32.buffer) {
+      throw new RangeError(`NormWasm: ${what} is not a view of this layer's WebAssembly memory (stage it, or take it from y/xhat/dx)`);
+    }
+    return a.byteOffset >>> 2;
+  }
+
+  /** Copies C values into the float64 region at float offset off. */
+  private put(off: number, values: ArrayLike<number>, c: number): void {
+    const f64 = this.f64, o = off >>> 1;
+    for (let ch = 0; ch < c; ch++) f64[o + ch] = values[ch]!;
+  }
+
+  localMoments(out: Moments, x: Float32Array, n: number, c: number, s: number): Moments {
+    const { mean, m2 } = out;
+    const count = n * s;
+    out.count = count;
+    if (count === 0) {
+      mean.fill(0);
+      m2.fill(0);
+      return out;
+    }
+    const at = this.at, k = this.arena.kernels, f64 = this.f64;
+    const xo = this.at32(x, "x");
+    k.bn_sum(at.mean, xo, n, c, s);
+    const mo = at.mean >>> 1, m2o = at.m2 >>> 1;
+    for (let ch = 0; ch < c; ch++) {
+      mean[ch] = f64[mo + ch]! / count;
+      f64[mo + ch] = mean[ch]!;
+    }
+    k.bn_sqdev(at.m2, xo, at.mean, n, c, s);
+    for (let ch = 0; ch < c; ch++) m2[ch] = f64[m2o + ch]!;
+    return out;
+  }
+
+  normalizeForward(
+    y: Float32Array, xhat: Float32Array, x: Float32Array, mean: Float64Array, invStd: Float64Array,
+    gamma: Float32Array, beta: Float32Array, n: number, c: number, s: number,
+  ): void {
+    const at = this.at;
+    const yo = this.at32(y, "y"), ho = this.at32(xhat, "xhat"), xo = this.at32(x, "x");
+    this.put(at.k1, mean, c);
+    this.put(at.k2, invStd, c);
+    this.put(at.k3, gamma, c);
+    this.put(at.k4, beta, c);
+    this.arena.kernels.bn_normalize(yo, ho, xo, at.k1, at.k2, at.k3, at.k4, n, c, s);
+  }
+
+  localGradSums(out: Float64Array, dy: Float32Array, xhat: Float32Array, n: number, c: number, s: number): Float64Array {
+    const at = this.at;
+    this.arena.kernels.bn_grad_sums(at.sums, this.at32(dy, "dy"), this.at32(xhat, "xhat"), n, c, s);
+    const f64 = this.f64, o = at.sums >>> 1;
+    for (let i = 0; i < 2 * c; i++) out[i] = f64[o + i]!;
+    return out;
+  }
+
+  normalizeBackward(
+    dx: Float32Array, dy: Float32Array, xhat: Float32Array, globalSums: Float64Array, globalCount: number,
+    invStd: Float64Array, gamma: Float32Array, n: number, c: number, s: number,
+  ): void {
+    const at = this.at, f64 = this.f64;
+    const k1 = at.k1 >>> 1, k2 = at.k2 >>> 1, k3 = at.k3 >>> 1;
+    // The per-channel constants exactly as normalizeBackward computes them.
+    for (let ch = 0; ch < c; ch++) {
+      f64[k1 + ch] = gamma[ch]! * invStd[ch]!;
+      f64[k2 + ch] = globalSums[ch]! / globalCount;
+      f64[k3 + ch] = globalSums[c + ch]! / globalCount;
+    }
+    this.arena.kernels.bn_dx(this.at32(dx, "dx"), this.at32(dy, "dy"), this.at32(xhat, "xhat"), at.k1, at.k2, at.k3, n, c, s);
+  }
+
+  normalizeEval(
+    y: Float32Array, x: Float32Array, runningMean: Float64Array, runningVar: Float64Array,
+    gamma: Float32Array, beta: Float32Array, eps: number, n: number, c: number, s: number,
+  ): void {
+    const at = this.at, f64 = this.f64;
+    const k2 = at.k2 >>> 1;
+    this.put(at.k1, runningMean, c);
+    for (let ch = 0; ch < c; ch++) f64[k2 + ch] = gamma[ch]! / Math.sqrt(runningVar[ch]! + eps);
+    this.put(at.k3, beta, c);
+    this.arena.kernels.bn_affine(this.at32(y, "y"), this.at32(x, "x"), at.k1, at.k2, at.k3, n, c, s);
+  }
+}
