@@ -2,11 +2,16 @@
 // in the layer's own wasm memory, with shared/stats.ts's signatures and contract:
 // the elementwise passes give its results bit for bit; the sums are float64 in
 // another order (two lanes, four accumulators per row; test/norm-kernels.test.ts).
-// Not the math between the passes: per-channel constants come from the same TS lines.
+// Staging x or dy is deferred to the first pass, which copies and reads it a block
+// at a time while the block is in cache (the passes are memory-bound: ~2 MB per
+// pass for (32, 64, 16, 16), beyond L2). Not the math between the passes.
 
 import type { Moments } from "../../../shared/stats.js";
 import { WasmArena } from "./arena.js";
 import type { BatchView, NormPasses } from "./norm-passes.js";
+
+/** Floats per staging block: 64 KB, well inside L2 beside the other streams of a pass. */
+const BLOCK_FLOATS = 16384;
 
 /** Float offsets; per-channel regions hold C float64 (2C floats), sums 2C float64. */
 interface NormRegions {
@@ -35,8 +40,15 @@ export class NormWasm implements NormPasses {
   private f64!: Float64Array;
   private capacity = -1;
   private readonly views = { y: new Map<number, Float32Array>(), xhat: new Map<number, Float32Array>(), dx: new Map<number, Float32Array>() };
+  /** A staged input (x into y's buffer, or dy into dx's) not copied yet: the next pass copies it. */
+  private pending: { src: Float32Array; dst: Float32Array; n: number } | null = null;
+  /** Blocks of the last source staged, cached so a fixed source allocates no views per step. */
+  private blockSrc: Float32Array | null = null;
+  private blockViews: Float32Array[] = [];
+  private readonly blockSamples: number;
 
   constructor(private readonly perSample: number, private readonly channels: number) {
+    this.blockSamples = Math.max(1, Math.floor(BLOCK_FLOATS / Math.max(1, perSample)));
     this.reserve(1);
     this.y = { view: (n) => this.view("y", n) };
     this.xhat = { view: (n) => this.view("xhat", n) };
@@ -59,16 +71,57 @@ export class NormWasm implements NormPasses {
     return this.arena.cachedView(this.views[which], this.at[which], n * this.perSample, n);
   }
 
+  /** y's buffer, which will hold x when the next pass runs (it copies x then). */
   stageInput(x: Float32Array, n: number): Float32Array {
-    const y = this.view("y", n);
-    if (x !== y) y.set(x.length === y.length ? x : x.subarray(0, y.length));
-    return y;
+    return this.stage(x, this.view("y", n), n);
   }
 
+  /** dx's buffer, which will hold dy when the next pass runs. */
   stageGrad(dy: Float32Array, n: number): Float32Array {
-    const dx = this.view("dx", n);
-    if (dy !== dx) dx.set(dy.length === dx.length ? dy : dy.subarray(0, dx.length));
-    return dx;
+    return this.stage(dy, this.view("dx", n), n);
+  }
+
+  private stage(src: Float32Array, dst: Float32Array, n: number): Float32Array {
+    this.flush();
+    if (src.length < dst.length) throw new RangeError(`NormWasm: ${src.length} values staged for ${n} samples of ${this.perSample}`);
+    if (src !== dst) this.pending = { src, dst, n };
+    return dst;
+  }
+
+  /**
+   * Copies the pending staged input a block of samples at a time, calling
+   * `pass(i0, nb)` on each block right after its copy (while it is in cache).
+   * With `target` not the staged view, only copies. Returns whether `pass` ran.
+   */
+  private consume(target: Float32Array | null, pass: (i0: number, nb: number) => void): boolean {
+    const p = this.pending;
+    if (!p) return false;
+    this.pending = null;
+    const fused = target === p.dst;
+    const per = this.perSample, b = this.blockSamples, off = p.dst.byteOffset >>> 2;
+    if (!fused) {
+      this.arena.f32.set(p.src.length === p.dst.length ? p.src : p.src.subarray(0, p.dst.length), off);
+      return false;
+    }
+    if (p.src !== this.blockSrc) {
+      this.blockSrc = p.src;
+      this.blockViews = [];
+    }
+    for (let i0 = 0, blk = 0; i0 < p.n; i0 += b, blk++) {
+      const nb = Math.min(b, p.n - i0);
+      let v = this.blockViews[blk];
+      if (!v || v.length !== nb * per) {
+        v = p.src.subarray(i0 * per, (i0 + nb) * per);
+        this.blockViews[blk] = v;
+      }
+      this.arena.f32.set(v, off + i0 * per);
+      pass(i0, nb);
+    }
+    return true;
+  }
+
+  private flush(): void {
+    this.consume(null, () => {});
   }
 
   /** Float offset of a view of this memory; anything else is a caller's bug. */
@@ -96,8 +149,11 @@ export class NormWasm implements NormPasses {
     }
     const at = this.at, k = this.arena.kernels, f64 = this.f64;
     const xo = this.at32(x, "x");
-    k.bn_sum(at.mean, xo, n, c, s);
     const mo = at.mean >>> 1, m2o = at.m2 >>> 1;
+    f64.fill(0, mo, mo + c);
+    f64.fill(0, m2o, m2o + c);
+    const per = c * s;
+    if (!this.consume(x, (i0, nb) => k.bn_sum(at.mean, xo + i0 * per, nb, c, s))) k.bn_sum(at.mean, xo, n, c, s);
     for (let ch = 0; ch < c; ch++) {
       mean[ch] = f64[mo + ch]! / count;
       f64[mo + ch] = mean[ch]!;
@@ -112,6 +168,7 @@ export class NormWasm implements NormPasses {
     gamma: Float32Array, beta: Float32Array, n: number, c: number, s: number,
   ): void {
     const at = this.at;
+    this.flush();
     const yo = this.at32(y, "y"), ho = this.at32(xhat, "xhat"), xo = this.at32(x, "x");
     this.put(at.k1, mean, c);
     this.put(at.k2, invStd, c);
@@ -121,9 +178,12 @@ export class NormWasm implements NormPasses {
   }
 
   localGradSums(out: Float64Array, dy: Float32Array, xhat: Float32Array, n: number, c: number, s: number): Float64Array {
-    const at = this.at;
-    this.arena.kernels.bn_grad_sums(at.sums, this.at32(dy, "dy"), this.at32(xhat, "xhat"), n, c, s);
-    const f64 = this.f64, o = at.sums >>> 1;
+    const at = this.at, k = this.arena.kernels, f64 = this.f64, o = at.sums >>> 1;
+    const dyo = this.at32(dy, "dy"), ho = this.at32(xhat, "xhat"), per = c * s;
+    f64.fill(0, o, o + 2 * c);
+    if (!this.consume(dy, (i0, nb) => k.bn_grad_sums(at.sums, dyo + i0 * per, ho + i0 * per, nb, c, s))) {
+      k.bn_grad_sums(at.sums, dyo, ho, n, c, s);
+    }
     for (let i = 0; i < 2 * c; i++) out[i] = f64[o + i]!;
     return out;
   }
@@ -133,6 +193,7 @@ export class NormWasm implements NormPasses {
     invStd: Float64Array, gamma: Float32Array, n: number, c: number, s: number,
   ): void {
     const at = this.at, f64 = this.f64;
+    this.flush();
     const k1 = at.k1 >>> 1, k2 = at.k2 >>> 1, k3 = at.k3 >>> 1;
     // The per-channel constants exactly as normalizeBackward computes them.
     for (let ch = 0; ch < c; ch++) {
@@ -147,11 +208,14 @@ export class NormWasm implements NormPasses {
     y: Float32Array, x: Float32Array, runningMean: Float64Array, runningVar: Float64Array,
     gamma: Float32Array, beta: Float32Array, eps: number, n: number, c: number, s: number,
   ): void {
-    const at = this.at, f64 = this.f64;
+    const at = this.at, f64 = this.f64, k = this.arena.kernels;
     const k2 = at.k2 >>> 1;
     this.put(at.k1, runningMean, c);
     for (let ch = 0; ch < c; ch++) f64[k2 + ch] = gamma[ch]! / Math.sqrt(runningVar[ch]! + eps);
     this.put(at.k3, beta, c);
-    this.arena.kernels.bn_affine(this.at32(y, "y"), this.at32(x, "x"), at.k1, at.k2, at.k3, n, c, s);
+    const yo = this.at32(y, "y"), xo = this.at32(x, "x"), per = c * s;
+    if (!this.consume(x, (i0, nb) => k.bn_affine(yo + i0 * per, xo + i0 * per, at.k1, at.k2, at.k3, nb, c, s))) {
+      k.bn_affine(yo, xo, at.k1, at.k2, at.k3, n, c, s);
+    }
   }
 }
