@@ -100,41 +100,6 @@ function storeOne(f: Func, ptr: Local, value: () => void): void {
   f.f32DemoteF64().f32Store();
 }
 
-/** A float64 sum per row kept in four f64x2 accumulators and a scalar (the tail); `end` adds it to dst[ch]. */
-class RowSum {
-  readonly acc: Local[];
-  readonly tail: Local;
-  constructor(private readonly f: Func) {
-    this.acc = Array.from({ length: 4 }, () => f.local("v128"));
-    this.tail = f.local("f64");
-  }
-  clear(): void {
-    for (const a of this.acc) this.f.v128Zero().set(a);
-    this.f.f64(0).set(this.tail);
-  }
-  /** acc[slot] += the f64x2 `value` leaves on the stack. */
-  addPair(slot: number, value: () => void): void {
-    this.f.get(this.acc[slot]!);
-    value();
-    this.f.f64x2Add().set(this.acc[slot]!);
-  }
-  addOne(value: () => void): void {
-    this.f.get(this.tail);
-    value();
-    this.f.f64Add().set(this.tail);
-  }
-  /** dst[ch] += ((acc0 + acc1) + (acc2 + acc3)) summed over lanes, plus the tail; dst a byte address. */
-  flushTo(dst: Local, ch8: Local): void {
-    const f = this.f;
-    const [a0, a1, a2, a3] = this.acc as [Local, Local, Local, Local];
-    f.get(a0).get(a1).f64x2Add().get(a2).get(a3).f64x2Add().f64x2Add().set(a0);
-    f.get(dst).get(ch8).add();
-    f.get(dst).get(ch8).add().f64Load();
-    f.get(a0).f64x2ExtractLane(0).get(a0).f64x2ExtractLane(1).f64Add().get(this.tail).f64Add();
-    f.f64Add().f64Store();
-  }
-}
-
 /** Per-channel float64 constant, as a splat (for pairs) and a scalar (for the tail). */
 class ChannelConst {
   readonly v: Local;
@@ -149,65 +114,170 @@ class ChannelConst {
   }
 }
 
-/** bn_sum(dst, x, n, c, s): dst[ch] += Σ_{i,j} x[i, ch, j] in float64 (dst: C doubles). */
+/** Row pairs per group of a reduction: 4 pairs = 8 rows summed at once, 4 (or 8) independent add chains. */
+const PAIRS = 2;
+const LOW_HALVES = [0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23];
+const HIGH_HALVES = [8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31];
+
+/**
+ * A per-row float64 reduction whose order is the TypeScript twin's exactly: each
+ * row (i, ch) is summed from 0, element after element, then added to dst[o][ch]
+ * in row order. The SIMD lanes hold two ROWS, not two parts of one row: rows are
+ * taken 8 at a time, the two floats [j, j+1] of each are widened, and the pair of
+ * rows is interleaved into [row a at j, row b at j] then [.., at j+1], so every
+ * lane adds its own row's values in order. Bit for bit the twin's sums.
+ *
+ * `terms(load, mu, out)` sets out[o] to the f64x2 terms of output o for two
+ * consecutive elements of one row (`load(st)` pushes them for stream st widened;
+ * `mu` its row's mean splat, when `withMean`); `term1` the same for one element.
+ */
+function reduceRows(
+  name: string, streams: number, outputs: number, withMean: boolean,
+  terms: Terms,
+  term1: Terms,
+): Func {
+  const { f, ptr, n, c, s } = kernel(name, 1 + streams + (withMean ? 1 : 0));
+  const dst = ptr[0]!, src = ptr.slice(1, 1 + streams), mean = withMean ? ptr[1 + streams]! : null;
+  const rows = 2 * PAIRS;
+  const rowBytes = f.local("i32"), c8 = f.local("i32"), ch8 = f.local("i32"), left = f.local("i32"), remaining = f.local("i32");
+  const dsts = Array.from({ length: outputs }, () => f.local("i32"));
+  const rp = src.map(() => Array.from({ length: rows }, () => f.local("i32"))); // row pointers per stream
+  const chOf = Array.from({ length: rows }, () => f.local("i32"));
+  const mus = withMean ? Array.from({ length: rows }, () => f.local("v128")) : [];
+  const musOne = withMean ? Array.from({ length: rows }, () => f.local("f64")) : [];
+  const acc = Array.from({ length: outputs }, () => Array.from({ length: PAIRS }, () => f.local("v128")));
+  const ta = Array.from({ length: outputs }, () => f.local("v128"));
+  const tb = Array.from({ length: outputs }, () => f.local("v128"));
+  const one = Array.from({ length: outputs }, () => f.local("f64"));
+  const tail = Array.from({ length: outputs }, () => f.local("f64"));
+
+  f.get(s).i32(2).shl().set(rowBytes);
+  f.get(c).i32(3).shl().set(c8);
+  for (let o = 0; o < outputs; o++) f.get(dst).get(c8).i32(o).mul().add().set(dsts[o]!);
+  f.get(n).get(c).mul().set(remaining);
+  f.i32(0).set(ch8);
+  src.forEach((l, st) => f.get(l).set(rp[st]![0]!));
+  const nextChannel = (): void => {
+    f.inc(ch8, 8);
+    f.get(ch8).get(c8).geS();
+    f.ifElse(() => { f.i32(0).set(ch8); });
+  };
+  const loadRow1 = (k: number) => (st: number): void => { f.get(rp[st]![k]!).f32Load().f64PromoteF32(); };
+  /** dst[o][channel of row k] += value on the stack (f64). */
+  const addToDst = (o: number, k: number, value: () => void): void => {
+    f.get(dsts[o]!).get(chOf[k]!).add();
+    f.get(dsts[o]!).get(chOf[k]!).add().f64Load();
+    value();
+    f.f64Add().f64Store();
+  };
+
+  // Groups of 8 rows.
+  f.block((done) => f.loop((top) => {
+    f.get(remaining).i32(rows).ltS().brIf(done);
+    for (let st = 0; st < streams; st++) {
+      for (let k = 1; k < rows; k++) f.get(rp[st]![k - 1]!).get(rowBytes).add().set(rp[st]![k]!);
+    }
+    for (let k = 0; k < rows; k++) {
+      f.get(ch8).set(chOf[k]!);
+      if (mean) {
+        f.get(mean).get(ch8).add().v128Load64Splat().set(mus[k]!);
+        f.get(mean).get(ch8).add().f64Load().set(musOne[k]!);
+      }
+      nextChannel();
+    }
+    for (const a of acc) for (const v of a) f.v128Zero().set(v);
+    f.get(s).set(left);
+    /** Columns [j, j + 2) at byte offset off from the row pointers, into every pair's accumulators. */
+    const columnPair = (off: number): void => {
+      for (let g = 0; g < PAIRS; g++) {
+        const pair = (k: number, out: readonly Local[]): void => {
+          terms(f, (st) => { f.get(rp[st]![k]!).v128Load64Zero(off).f64x2PromoteLowF32x4(); }, mean ? mus[k]! : null, out);
+        };
+        pair(2 * g, ta);
+        pair(2 * g + 1, tb);
+        for (let o = 0; o < outputs; o++) {
+          const av = acc[o]![g]!;
+          f.get(av).get(ta[o]!).get(tb[o]!).i8x16Shuffle(LOW_HALVES).f64x2Add();
+          f.get(ta[o]!).get(tb[o]!).i8x16Shuffle(HIGH_HALVES).f64x2Add().set(av);
+        }
+      }
+    };
+    f.block((cols) => f.loop((next) => {
+      f.get(left).i32(4).ltS().brIf(cols);
+      columnPair(0);
+      columnPair(8);
+      for (const r of rp) for (const l of r) f.inc(l, 16);
+      f.inc(left, -4).br(next);
+    }));
+    f.get(left).i32(2).geS();
+    f.ifElse(() => {
+      columnPair(0);
+      for (const r of rp) for (const l of r) f.inc(l, 8);
+      f.inc(left, -2);
+    });
+    // Each row's total (its lane), plus its last element when S is odd, into dst in row order.
+    for (let k = 0; k < rows; k++) {
+      for (let o = 0; o < outputs; o++) f.get(acc[o]![k >> 1]!).f64x2ExtractLane(k & 1).set(one[o]!);
+      f.get(left);
+      f.ifElse(() => {
+        term1(f, loadRow1(k), mean ? musOne[k]! : null, tail);
+        for (let o = 0; o < outputs; o++) f.get(one[o]!).get(tail[o]!).f64Add().set(one[o]!);
+      });
+      for (let o = 0; o < outputs; o++) addToDst(o, k, () => f.get(one[o]!));
+    }
+    // Row 0 of the next group: the row after the last, whose pointer moved S floats (minus the odd tail).
+    for (let st = 0; st < streams; st++) {
+      f.get(rp[st]![rows - 1]!).get(left).i32(2).shl().add().set(rp[st]![0]!);
+    }
+    f.inc(remaining, -rows).br(top);
+  }));
+  // Up to 7 rows left: one at a time, scalar, the same order.
+  f.block((done) => f.loop((top) => {
+    f.get(remaining).eqz().brIf(done);
+    f.get(ch8).set(chOf[0]!);
+    if (mean) f.get(mean).get(ch8).add().f64Load().set(musOne[0]!);
+    for (let o = 0; o < outputs; o++) f.f64(0).set(one[o]!);
+    f.get(s).set(left);
+    f.block((end) => f.loop((next) => {
+      f.get(left).eqz().brIf(end);
+      term1(f, loadRow1(0), mean ? musOne[0]! : null, tail);
+      for (let o = 0; o < outputs; o++) f.get(one[o]!).get(tail[o]!).f64Add().set(one[o]!);
+      for (const r of rp) f.inc(r[0]!, 4);
+      f.inc(left, -1).br(next);
+    }));
+    for (let o = 0; o < outputs; o++) addToDst(o, 0, () => f.get(one[o]!));
+    nextChannel();
+    f.inc(remaining, -1).br(top);
+  }));
+  return f;
+}
+
+/**
+ * Sets out[o] to output o's term(s) of a row's next element(s): `load(st)` pushes
+ * stream st's values widened (f64x2 for two elements, f64 for one), `mu` is the
+ * row's mean in the same shape (null without one).
+ */
+type Terms = (f: Func, load: (st: number) => void, mu: Local | null, out: readonly Local[]) => void;
+
+/** bn_sum(dst, x, n, c, s): dst[ch] += Σ_{i,j} x[i, ch, j] in float64, the twin's order (dst: C doubles). */
 function bnSum(): Func {
-  const { f, ptr, n, c, s } = kernel("bn_sum", 2);
-  const [dst, x] = ptr as [Local, Local];
-  const sum = new RowSum(f);
-  rowLoop(f, [x], n, c, s, {
-    begin: () => sum.clear(),
-    pair: (off, k) => sum.addPair(k, () => loadPair(f, x, off)),
-    single: () => sum.addOne(() => loadOne(f, x)),
-    end: (ch8) => sum.flushTo(dst, ch8),
-  });
-  return f;
+  const term: Terms = (f, load, _mu, out) => { load(0); f.set(out[0]!); };
+  return reduceRows("bn_sum", 1, 1, false, term, term);
 }
 
-/** bn_sqdev(dst, x, mean, n, c, s): dst[ch] += Σ (x − mean[ch])² in float64, the second moments pass. */
+/** bn_sqdev(dst, x, mean, n, c, s): dst[ch] += Σ (x − mean[ch])², the second moments pass, the twin's order. */
 function bnSqdev(): Func {
-  const { f, ptr, n, c, s } = kernel("bn_sqdev", 3);
-  const [dst, x, mean] = ptr as [Local, Local, Local];
-  const sum = new RowSum(f);
-  const mu = new ChannelConst(f, mean);
-  const d = f.local("v128"), d1 = f.local("f64");
-  rowLoop(f, [x], n, c, s, {
-    begin: (ch8) => { sum.clear(); mu.load(ch8); },
-    pair: (off, k) => sum.addPair(k, () => {
-      loadPair(f, x, off);
-      f.get(mu.v).f64x2Sub().tee(d).get(d).f64x2Mul();
-    }),
-    single: () => sum.addOne(() => {
-      loadOne(f, x);
-      f.get(mu.s).f64Sub().tee(d1).get(d1).f64Mul();
-    }),
-    end: (ch8) => sum.flushTo(dst, ch8),
-  });
-  return f;
+  return reduceRows("bn_sqdev", 1, 1, true,
+    (f, load, mu, out) => { load(0); f.get(mu!).f64x2Sub().tee(out[0]!).get(out[0]!).f64x2Mul().set(out[0]!); },
+    (f, load, mu, out) => { load(0); f.get(mu!).f64Sub().tee(out[0]!).get(out[0]!).f64Mul().set(out[0]!); });
 }
 
-/** bn_grad_sums(dst, dy, xhat, n, c, s): dst[ch] += Σdy, dst[C + ch] += Σdy·xhat in float64 (dst: 2C doubles). */
+/** bn_grad_sums(dst, dy, xhat, n, c, s): dst[ch] += Σdy, dst[C + ch] += Σdy·xhat, the twin's order (dst: 2C doubles). */
 function bnGradSums(): Func {
-  const { f, ptr, n, c, s } = kernel("bn_grad_sums", 3);
-  const [dst, dy, xhat] = ptr as [Local, Local, Local];
-  const dst2 = f.local("i32");
-  const s1 = new RowSum(f), s2 = new RowSum(f);
-  const g = f.local("v128"), g1 = f.local("f64");
-  f.get(dst).get(c).i32(3).shl().add().set(dst2);
-  rowLoop(f, [dy, xhat], n, c, s, {
-    begin: () => { s1.clear(); s2.clear(); },
-    pair: (off, k) => {
-      s1.addPair(k, () => { loadPair(f, dy, off); f.tee(g); });
-      s2.addPair(k, () => { f.get(g); loadPair(f, xhat, off); f.f64x2Mul(); });
-    },
-    single: () => {
-      s1.addOne(() => { loadOne(f, dy); f.tee(g1); });
-      s2.addOne(() => { f.get(g1); loadOne(f, xhat); f.f64Mul(); });
-    },
-    end: (ch8) => { s1.flushTo(dst, ch8); s2.flushTo(dst2, ch8); },
-  });
-  return f;
+  return reduceRows("bn_grad_sums", 2, 2, false,
+    (f, load, _mu, out) => { load(0); f.tee(out[0]!); load(1); f.f64x2Mul().set(out[1]!); },
+    (f, load, _mu, out) => { load(0); f.tee(out[0]!); load(1); f.f64Mul().set(out[1]!); });
 }
-
 /**
  * bn_normalize(y, xhat, x, mean, invStd, gamma, beta, n, c, s): h = (x − mean)·invStd,
  * xhat = h, y = gamma·h + beta (per-channel arrays float64). y may be x (in place).

@@ -185,6 +185,13 @@ export class Func {
     return this;
   }
   v128And(): this { return this.simd(0x4e); }
+  /** i8x16.shuffle of the two vectors on the stack: result byte i = byte lanes[i] of (a ‖ b). */
+  i8x16Shuffle(lanes: readonly number[]): this {
+    if (lanes.length !== 16) throw new Error(`${this.name}: i8x16.shuffle needs 16 lane indices`);
+    this.simd(0x0d);
+    this.code.push(...lanes);
+    return this;
+  }
   f32x4Splat(): this { return this.simd(0x13); }
   f32x4ExtractLane(lane: number): this { this.simd(0x1f); this.code.push(lane); return this; }
   f32x4Add(): this { return this.simd(0xe4); }
