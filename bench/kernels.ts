@@ -1,16 +1,15 @@
 // Kernel benchmark (issue 5 §2): BN forward+backward for (32, 64, 16, 16) in
-// elements/s with the shared/stats.ts math the BN layer runs, and the reference
+// elements/s through the BN layer on its WebAssembly passes and on their TypeScript
+// twins (shared/stats.ts), interleaved in the same run, and the reference
 // cnn's conv 3×3 and linear layers and resnet:3's convs (stride 2, 1×1), forward+backward through the layer (copies,
 // im2col and bias included) in GFLOP/s, on the JS and WASM kernels. Not a test:
 // it reports and never fails on a time. Standalone: node dist/bench/kernels.js [--quick].
 
 import { pathToFileURL } from "node:url";
-import {
-  biasedVariance, emptyMoments, inverseStd, localGradSums, localMoments, normalizeBackward, normalizeForward,
-} from "../shared/stats.js";
 import { Rng } from "../shared/rng.js";
+import { BatchNorm } from "../worker/nn/batchnorm.js";
 import { Conv2d } from "../worker/nn/conv2d.js";
-import { wasmKernelModule, type KernelBackend } from "../worker/nn/kernels/backend.js";
+import { kernelBackend, setKernelBackend, wasmKernelModule, type KernelBackend } from "../worker/nn/kernels/backend.js";
 import { Linear } from "../worker/nn/linear.js";
 import { fmt, loadLine, machineLine, percentile, table, verdict } from "./stats.js";
 
@@ -139,21 +138,21 @@ function resnetCases(batch: number): LayerCase[] {
   ];
 }
 
-/** BN forward + backward over (N, C, H, W) with the math of worker/nn/batchnorm.ts (local statistics). */
-function bnCall(n: number, c: number, s: number): () => void {
+/**
+ * BN forward + backward over (N, C, H, W) through the BatchNorm layer (local
+ * statistics, no collective) on one backend: staging, moments, normalize, grad
+ * sums, dx and the running statistics, as a training step runs them.
+ */
+export function bnLayerCall(backend: KernelBackend, n: number, c: number, h: number, w: number): () => void {
+  const before = kernelBackend();
+  setKernelBackend(backend);
+  const bn = new BatchNorm("bn", 0, [c, h, w], { eps: 1e-5, momentum: 0.1, momentumStyle: "torch", unbiasedRunningVar: true }, null);
+  setKernelBackend(before);
   const rng = new Rng(3);
-  const x = normals(rng, n * c * s), dy = normals(rng, n * c * s);
-  const y = new Float32Array(x.length), xhat = new Float32Array(x.length), dx = new Float32Array(x.length);
-  const gamma = new Float32Array(c).fill(1), beta = new Float32Array(c);
-  const moments = emptyMoments(c);
-  const variance = new Float64Array(c), invStd = new Float64Array(c), sums = new Float64Array(2 * c);
+  const x = normals(rng, n * c * h * w), dy = normals(rng, n * c * h * w);
   return () => {
-    localMoments(moments, x, n, c, s);
-    biasedVariance(variance, moments);
-    inverseStd(invStd, variance, 1e-5);
-    normalizeForward(y, xhat, x, moments.mean, invStd, gamma, beta, n, c, s);
-    localGradSums(sums, dy, xhat, n, c, s);
-    normalizeBackward(dx, dy, xhat, sums, moments.count, invStd, gamma, n, c, s);
+    void bn.forward(x, n, true);
+    void bn.backward(dy, n);
   };
 }
 
@@ -165,8 +164,9 @@ export async function runKernelBench(options: Partial<KernelBenchOptions> = {}):
 
   const bnShape = [32, 64, 16, 16] as const;
   const bnElements = bnShape[0] * bnShape[1] * bnShape[2] * bnShape[3];
-  const [bn] = measure([bnCall(bnShape[0], bnShape[1], bnShape[2] * bnShape[3])], bnElements, o) as [Rate];
-  o.log(`BN (32, 64, 16, 16) fwd+bwd: ${fmt(bn.median / 1e6, 1)} M elements/s (p90 ${fmt(bn.p90 / 1e6, 1)})`);
+  const [bnJs, bnWasm] = measure(backends.map((b) => bnLayerCall(b, ...bnShape)), bnElements, o) as [Rate, Rate | undefined];
+  const mEl = (r: Rate | undefined, k: keyof Rate): string => (r ? fmt(r[k] / 1e6, 1) : "n/a");
+  o.log(`BN (32, 64, 16, 16) fwd+bwd: WASM ${mEl(bnWasm, "median")} M elements/s, TS twin ${mEl(bnJs, "median")} (CPU time: ${mEl(bnWasm, "cpuMedian")}, ${mEl(bnJs, "cpuMedian")})`);
   await new Promise((r) => setImmediate(r));
 
   const rows: string[][] = [];
@@ -201,8 +201,10 @@ export async function runKernelBench(options: Partial<KernelBenchOptions> = {}):
       `"CPU-time median" divides by the process's CPU time instead of wall time, so time slices lost to other processes on a shared machine do not count. ` +
       `Machine: ${machineLine()}; load (1/5/15 min) ${loadBefore} before, ${loadLine()} after.${backends.length === 1 ? " WebAssembly SIMD unavailable: JS only." : ""}`,
     "",
-    `BN forward + backward, (N, C, H, W) = (32, 64, 16, 16), shared/stats.ts (two-pass float64 moments, normalize, grad sums, dx): ` +
-      `median ${fmt(bn.median / 1e6, 1)} M elements/s, p90 ${fmt(bn.p90 / 1e6, 1)} M elements/s, CPU-time median ${fmt(bn.cpuMedian / 1e6, 1)} M elements/s.`,
+    `BN forward + backward, (N, C, H, W) = (32, 64, 16, 16), through the BatchNorm layer (local statistics: staging, two-pass float64 moments, normalize, grad sums, dx), ` +
+      `WebAssembly SIMD passes: median ${mEl(bnWasm, "median")} M elements/s, p90 ${mEl(bnWasm, "p90")}, CPU-time median ${mEl(bnWasm, "cpuMedian")}; ` +
+      `their TypeScript twins (shared/stats.ts, the same bits), in the same run: median ${mEl(bnJs, "median")}, p90 ${mEl(bnJs, "p90")}, CPU-time median ${mEl(bnJs, "cpuMedian")}` +
+      `${bnWasm ? ` (WASM / TS ${fmt(bnWasm.median / bnJs.median, 1)}×)` : ""}. PyTorch's BatchNorm2d on the same shape: section 3b.`,
     "",
     ...table(
       ["layer (reference cnn, then resnet:3)", "batch", "JS median GFLOP/s", "JS p90", "JS CPU-time median", "WASM median GFLOP/s", "WASM p90", "WASM CPU-time median", "WASM / JS (medians)", `WASM ≥ ${GFLOPS_TARGET}`],

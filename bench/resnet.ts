@@ -1,16 +1,16 @@
 // resnet:3 benchmark (issue 12, Speed): on Fashion-MNIST-shaped synthetic input,
 // ms/step of 4 workers × 8 with --norm sync and local (42 rounds per step), samples/s
-// of 1 worker × 32, and the BN layer's forward+backward on (32, 64, 16, 16) — each
-// beside PyTorch's (bench/torch_resnet.py), ours and theirs interleaved run by run.
+// of 1 worker × 32, and the BN layer's forward+backward on (32, 64, 16, 16) (on the
+// WebAssembly passes and on their TypeScript twins) — each beside PyTorch's
+// (bench/torch_resnet.py), ours and theirs interleaved run by run.
 // Not a test: it reports, never fails on a time. Standalone: node dist/bench/resnet.js [--quick].
 
 import { spawnSync } from "node:child_process";
 import { existsSync } from "node:fs";
 import { fileURLToPath, pathToFileURL } from "node:url";
-import { Rng } from "../shared/rng.js";
-import { BatchNorm } from "../worker/nn/batchnorm.js";
+import { wasmKernelModule } from "../worker/nn/kernels/backend.js";
 import { resnetNormChannels } from "../worker/nn/resnet.js";
-import { measure, type Rate } from "./kernels.js";
+import { bnLayerCall, measure, type Rate } from "./kernels.js";
 import { fmt, loadLine, machineLine, percentile, spread, table, verdict, type Spread } from "./stats.js";
 import { trainOnce } from "./train-run.js";
 
@@ -49,8 +49,10 @@ export interface ResnetResult {
   syncWait: number;
   /** 1 worker × singleBatch, samples/s at the median step, per run. */
   single: number[];
-  /** Our BN layer, local mode, elements/s (median over runs; one value per round). */
+  /** Our BN layer, local mode, default kernels (WebAssembly), elements/s (one value per round). */
   bn: Rate[];
+  /** The same layer on the TypeScript twins, interleaved with `bn` (the floor of the same run). */
+  bnJs: Rate[];
   /** null: PyTorch not run; torchSkipped says why. */
   torch: { ddp: TorchDdp[]; single: number[]; bn: number[] } | null;
   torchSkipped: string | null;
@@ -63,7 +65,7 @@ export function torchMissing(python: string): string | null {
   if (!existsSync(python)) return `${python} not found`;
   if (!existsSync(TORCH_SCRIPT)) return `${TORCH_SCRIPT} not found`;
   const r = spawnSync(python, ["-c", "import torch"], { encoding: "utf8", timeout: 120_000 });
-  if (r.status !== 0) return `${python} has no torch (${(r.stderr || r.error?.message || "").trim().split("\n").pop()}); apt-get install python3-torch`;
+  if (r.status !== 0) return `PyTorch not installed: ${python} has no torch (${(r.stderr || r.error?.message || "").trim().split("\n").pop()}); apt-get install python3-torch`;
   return null;
 }
 
@@ -75,18 +77,13 @@ function runTorch(o: ResnetOptions, part: string, steps: number, repeats: number
   return JSON.parse(r.stdout.trim().split("\n").pop() ?? "{}") as TorchRun;
 }
 
-/** Our BN layer (local mode, no collective) forward+backward on BN_SHAPE: one Rate. */
-function bnLayerRate(): Rate {
+/** Our BN layer (local mode, no collective) forward+backward on BN_SHAPE, on the WebAssembly passes and on the TypeScript twins, interleaved. */
+function bnLayerRates(): { wasm: Rate; js: Rate } {
   const [n, c, h, w] = BN_SHAPE;
-  const bn = new BatchNorm("bn", 0, [c, h, w], { eps: 1e-5, momentum: 0.1, momentumStyle: "torch", unbiasedRunningVar: true }, null);
-  const rng = new Rng(3);
-  const x = new Float32Array(n * c * h * w).map(() => rng.normal());
-  const dy = new Float32Array(x.length).map(() => rng.normal());
-  const call = (): void => {
-    bn.forward(x, n, true);
-    bn.backward(dy, n);
-  };
-  return measure([call], x.length, { reps: 20, warmupMs: 300, minRunMs: 20, batches: [] })[0]!;
+  const calls = [bnLayerCall("js", n, c, h, w)];
+  if (wasmKernelModule() !== null) calls.push(bnLayerCall("wasm", n, c, h, w));
+  const [js, wasm] = measure(calls, n * c * h * w, { reps: 20, warmupMs: 300, minRunMs: 20, batches: [] }) as [Rate, Rate | undefined];
+  return { wasm: wasm ?? js, js };
 }
 
 export async function runResnetBench(o: ResnetOptions): Promise<ResnetResult> {
@@ -97,6 +94,7 @@ export async function runResnetBench(o: ResnetOptions): Promise<ResnetResult> {
   const acc = { sync: [] as number[], local: [] as number[], syncRuns: [] as number[], localRuns: [] as number[], wait: [] as number[] };
   const single: number[] = [];
   const bn: Rate[] = [];
+  const bnJs: Rate[] = [];
   const torch = torchSkipped ? null : { ddp: [] as TorchDdp[], single: [] as number[], bn: [] as number[] };
   for (let i = 0; i < o.repeats; i++) {
     for (const norm of i % 2 === 0 ? (["sync", "local"] as const) : (["local", "sync"] as const)) {
@@ -127,8 +125,10 @@ export async function runResnetBench(o: ResnetOptions): Promise<ResnetResult> {
       torch.single.push(t.single!.samples_per_s);
       o.log(`resnet torch 1×32 (2 threads) run ${i + 1}: ${fmt(t.single!.samples_per_s, 0)} samples/s`);
     }
-    bn.push(bnLayerRate());
-    o.log(`resnet BN layer (32, 64, 16, 16) fwd+bwd run ${i + 1}: ${fmt(bn.at(-1)!.median / 1e6, 1)} M elements/s`);
+    const rates = bnLayerRates();
+    bn.push(rates.wasm);
+    bnJs.push(rates.js);
+    o.log(`resnet BN layer (32, 64, 16, 16) fwd+bwd run ${i + 1}: ${fmt(rates.wasm.median / 1e6, 1)} M elements/s (TS twin ${fmt(rates.js.median / 1e6, 1)})`);
     if (torch) {
       const t = runTorch(o, "bn", 1, 1);
       torch.bn.push(t.bn!.elements_per_s);
@@ -137,7 +137,7 @@ export async function runResnetBench(o: ResnetOptions): Promise<ResnetResult> {
   }
   return {
     sync: spread(acc.sync), local: spread(acc.local), syncRuns: acc.syncRuns, localRuns: acc.localRuns,
-    syncWait: percentile(acc.wait, 0.5), single, bn, torch, torchSkipped, loadStart, loadEnd: loadLine(),
+    syncWait: percentile(acc.wait, 0.5), single, bn, bnJs, torch, torchSkipped, loadStart, loadEnd: loadLine(),
   };
 }
 
@@ -148,6 +148,8 @@ export function resnetTargets(r: ResnetResult): string[][] {
   const ratio = r.sync.median / r.local.median;
   const rows = [[`resnet:3 sync ≤ ${RESNET_SYNC_TARGET} × local, 4 workers × 8`, `${fmt(ratio, 2)} × (${fmt(r.sync.median, 1)} vs ${fmt(r.local.median, 1)} ms/step)`, verdict(ratio <= RESNET_SYNC_TARGET)]];
   const t = r.torch;
+  const oursBnMed = med(r.bn.map((b) => b.median)), twinBn = med(r.bnJs.map((b) => b.median));
+  rows.push(["BN fwd+bwd (32, 64, 16, 16): WebAssembly passes against their TypeScript twins, same run", `${fmt(oursBnMed / twinBn, 2)} × (${fmt(oursBnMed / 1e6, 1)} vs ${fmt(twinBn / 1e6, 1)} M elements/s)`, verdict(oursBnMed >= twinBn)]);
   if (!t) return [...rows, ["resnet:3 against PyTorch", `not run: ${r.torchSkipped}`, "n/a"]];
   const tSync = med(t.ddp.map((d) => d.sync_ms));
   const ours1 = med(r.single), torch1 = med(t.single);
@@ -168,7 +170,7 @@ export function resnetMarkdown(r: ResnetResult, o: Omit<ResnetOptions, "log">): 
     `\`resnet:${o.blocks}\` on synthetic Fashion-MNIST-shaped input (1×28×28), worker processes (ws, --pin-cpus auto). ` +
       `${o.workers} workers × ${o.batch}: ${o.steps} steps per run (5 warm-up steps not counted), ${o.repeats} runs per mode, sync and local alternating; ` +
       `sync BN makes ${rounds} rounds per step (${rounds / 2} BN layers × forward and backward) plus the gradient round. ` +
-      `1 worker × ${o.singleBatch}: --norm local, ${o.singleSteps} steps per run. BN: our BatchNorm layer (worker/nn/batchnorm.ts, local mode) forward+backward on (32, 64, 16, 16), in this process. ` +
+      `1 worker × ${o.singleBatch}: --norm local, ${o.singleSteps} steps per run. BN: our BatchNorm layer (worker/nn/batchnorm.ts, local mode) forward+backward on (32, 64, 16, 16), in this process, on the WebAssembly passes (the default) and on their TypeScript twins, interleaved. ` +
       `PyTorch (bench/torch_resnet.py; ${t ? "run" : `not run: ${r.torchSkipped}`}): the same module; one process with 2 threads × 32; DDP 4 processes × 8, gloo on 127.0.0.1, 1 thread each, ` +
       `sync BN as an autograd Function with SyncBatchNorm's all_reduces (Σx, Σx², n forward; Σdy, Σdy·x̂ backward) against plain BatchNorm2d; BatchNorm2d fwd+bwd with 1 thread. ` +
       `Every PyTorch measurement runs between two of ours (same round), so load drift hits both. Load (1/5/15 min) ${r.loadStart} at start, ${r.loadEnd} at end.`,
@@ -183,6 +185,8 @@ export function resnetMarkdown(r: ResnetResult, o: Omit<ResnetOptions, "log">): 
         ["sync / local", fmt(r.sync.median / r.local.median, 2), fmt(tMed((d) => d.sync_ms) / tMed((d) => d.local_ms), 2), "—", `wait in rounds (sync, median per step): ${fmt(r.syncWait, 1)} ms`],
         [`1 × ${o.singleBatch}, samples/s`, fmt(med(r.single), 0), t ? fmt(med(t.single), 0) : "n/a", t ? fmt(med(r.single) / med(t.single), 2) : "n/a",
           `${r.single.map((v) => fmt(v, 0)).join(", ")}; ${t ? t.single.map((v) => fmt(v, 0)).join(", ") : "—"}`],
+        ["BN fwd+bwd (32, 64, 16, 16), TypeScript twins (SYNCBN_KERNELS=js), M elements/s", fmt(med(r.bnJs.map((b) => b.median)) / 1e6, 1), t ? fmt(med(t.bn) / 1e6, 1) : "n/a",
+          t ? fmt(med(r.bnJs.map((b) => b.median)) / med(t.bn), 2) : "n/a", `${r.bnJs.map((b) => fmt(b.median / 1e6, 1)).join(", ")}; —`],
         ["BN fwd+bwd (32, 64, 16, 16), M elements/s", fmt(med(r.bn.map((b) => b.median)) / 1e6, 1), t ? fmt(med(t.bn) / 1e6, 1) : "n/a", t ? fmt(med(r.bn.map((b) => b.median)) / med(t.bn), 2) : "n/a",
           `${r.bn.map((b) => fmt(b.median / 1e6, 1)).join(", ")}; ${t ? t.bn.map((v) => fmt(v / 1e6, 1)).join(", ") : "—"}`],
       ],

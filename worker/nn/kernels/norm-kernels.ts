@@ -114,8 +114,12 @@ class ChannelConst {
   }
 }
 
-/** Row pairs per group of a reduction: 4 pairs = 8 rows summed at once, 4 (or 8) independent add chains. */
-const PAIRS = 2;
+/**
+ * Row pairs per group of a reduction: 4 (8 rows, 4 add chains) for one stream,
+ * 2 (4 rows, 2 chains per output) for grad sums, whose 2 streams × 8 row pointers
+ * would not fit the registers.
+ */
+const pairsFor = (streams: number): number => (streams === 1 ? 4 : 2);
 const LOW_HALVES = [0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23];
 const HIGH_HALVES = [8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31];
 
@@ -123,7 +127,7 @@ const HIGH_HALVES = [8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 3
  * A per-row float64 reduction whose order is the TypeScript twin's exactly: each
  * row (i, ch) is summed from 0, element after element, then added to dst[o][ch]
  * in row order. The SIMD lanes hold two ROWS, not two parts of one row: rows are
- * taken 8 at a time, the two floats [j, j+1] of each are widened, and the pair of
+ * taken 8 (or 4) at a time, the two floats [j, j+1] of each are widened, and the pair of
  * rows is interleaved into [row a at j, row b at j] then [.., at j+1], so every
  * lane adds its own row's values in order. Bit for bit the twin's sums.
  *
@@ -138,6 +142,7 @@ function reduceRows(
 ): Func {
   const { f, ptr, n, c, s } = kernel(name, 1 + streams + (withMean ? 1 : 0));
   const dst = ptr[0]!, src = ptr.slice(1, 1 + streams), mean = withMean ? ptr[1 + streams]! : null;
+  const PAIRS = pairsFor(streams);
   const rows = 2 * PAIRS;
   const rowBytes = f.local("i32"), c8 = f.local("i32"), ch8 = f.local("i32"), left = f.local("i32"), remaining = f.local("i32");
   const dsts = Array.from({ length: outputs }, () => f.local("i32"));
@@ -171,7 +176,7 @@ function reduceRows(
     f.f64Add().f64Store();
   };
 
-  // Groups of 8 rows.
+  // Groups of `rows` rows.
   f.block((done) => f.loop((top) => {
     f.get(remaining).i32(rows).ltS().brIf(done);
     for (let st = 0; st < streams; st++) {
@@ -231,7 +236,7 @@ function reduceRows(
     }
     f.inc(remaining, -rows).br(top);
   }));
-  // Up to 7 rows left: one at a time, scalar, the same order.
+  // Fewer than `rows` rows left: one at a time, scalar, the same order.
   f.block((done) => f.loop((top) => {
     f.get(remaining).eqz().brIf(done);
     f.get(ch8).set(chOf[0]!);
