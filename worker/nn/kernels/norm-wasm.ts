@@ -10,6 +10,13 @@ import type { Moments } from "../../../shared/stats.js";
 import { WasmArena } from "./arena.js";
 import type { BatchView, NormPasses } from "./norm-passes.js";
 
+/** An input staged but not copied yet: src goes to dst (n samples). */
+interface Pending {
+  src: Float32Array;
+  dst: Float32Array;
+  n: number;
+}
+
 /** Floats per staging block: 64 KB, well inside L2 beside the other streams of a pass. */
 const BLOCK_FLOATS = 16384;
 
@@ -41,7 +48,7 @@ export class NormWasm implements NormPasses {
   private capacity = -1;
   private readonly views = { y: new Map<number, Float32Array>(), xhat: new Map<number, Float32Array>(), dx: new Map<number, Float32Array>() };
   /** A staged input (x into y's buffer, or dy into dx's) not copied yet: the next pass copies it. */
-  private pending: { src: Float32Array; dst: Float32Array; n: number } | null = null;
+  private pending: Pending | null = null;
   /** Blocks of the last source staged, cached so a fixed source allocates no views per step. */
   private blockSrc: Float32Array | null = null;
   private blockViews: Float32Array[] = [];
@@ -89,39 +96,38 @@ export class NormWasm implements NormPasses {
   }
 
   /**
-   * Copies the pending staged input a block of samples at a time, calling
-   * `pass(i0, nb)` on each block right after its copy (while it is in cache).
-   * With `target` not the staged view, only copies. Returns whether `pass` ran.
+   * The pending staged input if `target` is where it goes: the caller then copies
+   * it block by block (copyBlock), each block just before its pass reads it.
+   * Otherwise copies any pending input whole and returns null.
    */
-  private consume(target: Float32Array | null, pass: (i0: number, nb: number) => void): boolean {
+  private takePending(target: Float32Array | null): Pending | null {
     const p = this.pending;
-    if (!p) return false;
+    if (!p) return null;
     this.pending = null;
-    const fused = target === p.dst;
-    const per = this.perSample, b = this.blockSamples, off = p.dst.byteOffset >>> 2;
-    if (!fused) {
-      this.arena.f32.set(p.src.length === p.dst.length ? p.src : p.src.subarray(0, p.dst.length), off);
-      return false;
-    }
-    if (p.src !== this.blockSrc) {
-      this.blockSrc = p.src;
-      this.blockViews = [];
-    }
-    for (let i0 = 0, blk = 0; i0 < p.n; i0 += b, blk++) {
-      const nb = Math.min(b, p.n - i0);
-      let v = this.blockViews[blk];
-      if (!v || v.length !== nb * per) {
-        v = p.src.subarray(i0 * per, (i0 + nb) * per);
-        this.blockViews[blk] = v;
+    if (target === p.dst) {
+      if (p.src !== this.blockSrc) {
+        this.blockSrc = p.src;
+        this.blockViews = [];
       }
-      this.arena.f32.set(v, off + i0 * per);
-      pass(i0, nb);
+      return p;
     }
-    return true;
+    this.arena.f32.set(p.src.length === p.dst.length ? p.src : p.src.subarray(0, p.dst.length), p.dst.byteOffset >>> 2);
+    return null;
+  }
+
+  /** Copies samples [i0, i0 + nb) (block number blk) of a pending input; the block views are cached per source. */
+  private copyBlock(p: Pending, blk: number, i0: number, nb: number): void {
+    const per = this.perSample;
+    let v = this.blockViews[blk];
+    if (!v || v.length !== nb * per) {
+      v = p.src.subarray(i0 * per, (i0 + nb) * per);
+      this.blockViews[blk] = v;
+    }
+    this.arena.f32.set(v, (p.dst.byteOffset >>> 2) + i0 * per);
   }
 
   private flush(): void {
-    this.consume(null, () => {});
+    this.takePending(null);
   }
 
   /** Float offset of a view of this memory; anything else is a caller's bug. */
@@ -152,8 +158,13 @@ export class NormWasm implements NormPasses {
     const mo = at.mean >>> 1, m2o = at.m2 >>> 1;
     f64.fill(0, mo, mo + c);
     f64.fill(0, m2o, m2o + c);
-    const per = c * s;
-    if (!this.consume(x, (i0, nb) => k.bn_sum(at.mean, xo + i0 * per, nb, c, s))) k.bn_sum(at.mean, xo, n, c, s);
+    const p = this.takePending(x), per = c * s, b = this.blockSamples;
+    if (!p) k.bn_sum(at.mean, xo, n, c, s);
+    for (let i0 = 0, blk = 0; p && i0 < n; i0 += b, blk++) {
+      const nb = Math.min(b, n - i0);
+      this.copyBlock(p, blk, i0, nb);
+      k.bn_sum(at.mean, xo + i0 * per, nb, c, s);
+    }
     for (let ch = 0; ch < c; ch++) {
       mean[ch] = f64[mo + ch]! / count;
       f64[mo + ch] = mean[ch]!;
@@ -181,8 +192,12 @@ export class NormWasm implements NormPasses {
     const at = this.at, k = this.arena.kernels, f64 = this.f64, o = at.sums >>> 1;
     const dyo = this.at32(dy, "dy"), ho = this.at32(xhat, "xhat"), per = c * s;
     f64.fill(0, o, o + 2 * c);
-    if (!this.consume(dy, (i0, nb) => k.bn_grad_sums(at.sums, dyo + i0 * per, ho + i0 * per, nb, c, s))) {
-      k.bn_grad_sums(at.sums, dyo, ho, n, c, s);
+    const p = this.takePending(dy), b = this.blockSamples;
+    if (!p) k.bn_grad_sums(at.sums, dyo, ho, n, c, s);
+    for (let i0 = 0, blk = 0; p && i0 < n; i0 += b, blk++) {
+      const nb = Math.min(b, n - i0);
+      this.copyBlock(p, blk, i0, nb);
+      k.bn_grad_sums(at.sums, dyo + i0 * per, ho + i0 * per, nb, c, s);
     }
     for (let i = 0; i < 2 * c; i++) out[i] = f64[o + i]!;
     return out;
@@ -214,8 +229,12 @@ export class NormWasm implements NormPasses {
     for (let ch = 0; ch < c; ch++) f64[k2 + ch] = gamma[ch]! / Math.sqrt(runningVar[ch]! + eps);
     this.put(at.k3, beta, c);
     const yo = this.at32(y, "y"), xo = this.at32(x, "x"), per = c * s;
-    if (!this.consume(x, (i0, nb) => k.bn_affine(yo + i0 * per, xo + i0 * per, at.k1, at.k2, at.k3, nb, c, s))) {
-      k.bn_affine(yo, xo, at.k1, at.k2, at.k3, n, c, s);
+    const p = this.takePending(x), b = this.blockSamples;
+    if (!p) k.bn_affine(yo, xo, at.k1, at.k2, at.k3, n, c, s);
+    for (let i0 = 0, blk = 0; p && i0 < n; i0 += b, blk++) {
+      const nb = Math.min(b, n - i0);
+      this.copyBlock(p, blk, i0, nb);
+      k.bn_affine(yo + i0 * per, xo + i0 * per, at.k1, at.k2, at.k3, nb, c, s);
     }
   }
 }
