@@ -13,6 +13,7 @@ import { BatchNorm } from "../worker/nn/batchnorm.js";
 import { GhostBatchNorm } from "../worker/nn/ghost.js";
 import { kernelBackend, setKernelBackend } from "../worker/nn/kernels/backend.js";
 import { NormWasm } from "../worker/nn/kernels/norm-wasm.js";
+import { GroupNorm } from "../worker/nn/groupnorm.js";
 import { BatchRenorm } from "../worker/nn/renorm.js";
 
 const CONV: BnConventions = { eps: 1e-5, momentum: 0.1, momentumStyle: "torch", unbiasedRunningVar: true };
@@ -162,6 +163,26 @@ describe("norm layers on the WebAssembly passes", () => {
         same("dγ", wasm.gamma.grad, js.gamma.grad);
         same("running var", wasm.runningVar, js.runningVar);
       }
+    }
+  });
+
+  it.each([
+    { c: 8, h: 5, w: 5, groups: 4, n: 3 }, { c: 6, h: 7, w: 7, groups: 3, n: 5 }, { c: 16, h: 1, w: 1, groups: 4, n: 9 }, { c: 4, h: 3, w: 1, groups: 1, n: 2 },
+  ])("runs GroupNorm bit for bit like its loops on C = $c, H×W = $h×$w, G = $groups, batch $n, eval included", ({ c, h, w, groups, n }) => {
+    const shape = h * w === 1 ? [c] : [c, h, w];
+    const { js, wasm } = both(() => new GroupNorm("gn", shape, groups, 1e-5));
+    const rng = new Rng(7 + c + groups);
+    for (let step = 0; step < 2; step++) {
+      js.gamma.value.set(normals(rng, c, 0.3, 1));
+      wasm.gamma.value.set(js.gamma.value);
+      js.beta.value.set(normals(rng, c, 0.2));
+      wasm.beta.value.set(js.beta.value);
+      const x = normals(rng, n * c * h * w, 2, step), dy = normals(rng, n * c * h * w);
+      same("eval y", wasm.forward(x, n, false), js.forward(x, n, false));
+      same("y", wasm.forward(x, n, true), js.forward(x, n, true));
+      same("dx", wasm.backward(dy, n), js.backward(dy, n));
+      same("dγ", wasm.gamma.grad, js.gamma.grad);
+      same("dβ", wasm.beta.grad, js.beta.grad);
     }
   });
 });

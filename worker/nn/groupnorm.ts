@@ -1,11 +1,13 @@
-// Group normalization (Wu & He 2018; PyTorch nn.GroupNorm(G, C)): per sample, the
-// C channels are split into G groups of C/G consecutive channels, each group
-// normalized over its channels × H·W with its own mean and variance, then a
-// per-channel affine γ, β. Batch-independent: the same in training and eval, no
-// running statistics and no rounds. Not BN; for (N, C) input, groups over features.
+// Group normalization (Wu & He 2018; PyTorch nn.GroupNorm(G, C)): per sample, the C
+// channels split into G groups of C/G consecutive channels, each normalized over its
+// channels × H·W, then a per-channel affine γ, β; the same in training and eval. The
+// loops here are the reference; kernels/groupnorm-wasm.ts runs them in WebAssembly
+// SIMD (the default), bit for bit. Not BN: no running statistics, no rounds.
 
 import { ErrorCode, SyncbnError } from "../../shared/errors.js";
 import { divisors } from "../../shared/config.js";
+import { kernelBackend } from "./kernels/backend.js";
+import { GroupNormWasm } from "./kernels/groupnorm-wasm.js";
 import { BatchBuffer, sizeOf, type Layer, type Param } from "./layer.js";
 
 export class GroupNorm implements Layer {
@@ -26,6 +28,8 @@ export class GroupNorm implements Layer {
   private readonly xhat: BatchBuffer; // (N, C, S)
   private readonly dx: BatchBuffer; // (N, C, S)
   private savedN = -1;
+  /** The WebAssembly SIMD passes (SYNCBN_KERNELS=wasm, the default), or null for the loops below (the reference). */
+  private readonly wasm: GroupNormWasm | null;
 
   constructor(
     readonly name: string,
@@ -50,6 +54,7 @@ export class GroupNorm implements Layer {
     this.beta = { name: `${name}.bias`, value: new Float32Array(c), grad: new Float32Array(c), shape: [c] };
     this.gradGamma = new Float64Array(c);
     this.gradBeta = new Float64Array(c);
+    this.wasm = kernelBackend() === "wasm" ? new GroupNormWasm(c, this.spatial, groups) : null;
     const per = sizeOf(shape);
     this.y = new BatchBuffer(per);
     this.xhat = new BatchBuffer(per);
@@ -71,6 +76,10 @@ export class GroupNorm implements Layer {
     const G = this.groups;
     const cg = this.groupChannels;
     const m = cg * s;
+    if (this.wasm) {
+      this.savedN = train ? n : -1;
+      return this.wasm.forward(x, n, this.gamma.value, this.beta.value, this.eps);
+    }
     if (this.groupInvStd.length < n * G) {
       this.groupInvStd = new Float64Array(n * G);
     }
@@ -122,6 +131,14 @@ export class GroupNorm implements Layer {
     const G = this.groups;
     const cg = this.groupChannels;
     const m = cg * s;
+    if (this.wasm) {
+      const dx = this.wasm.backward(dy, n, this.gamma.value, this.gradGamma, this.gradBeta);
+      for (let ch = 0; ch < c; ch++) {
+        this.gamma.grad[ch] = this.gradGamma[ch]!;
+        this.beta.grad[ch] = this.gradBeta[ch]!;
+      }
+      return dx;
+    }
     const xhat = this.xhat.view(n);
     const dx = this.dx.view(n);
     const gamma = this.gamma.value;

@@ -307,23 +307,32 @@ function bnNormalize(): Func {
   return f;
 }
 
-/** bn_dx(dx, dy, xhat, k, a, b, n, c, s): dx = k·((dy − a) − xhat·b) per channel; dx may be dy. */
-function bnDx(): Func {
-  const { f, ptr, n, c, s } = kernel("bn_dx", 6);
-  const [dx, dy, xhat, k, a, b] = ptr as [Local, Local, Local, Local, Local, Local];
+/**
+ * bn_dx(dx, dy, xhat, k, a, b, n, c, s): dx = k·((dy − a) − xhat·b) per channel; dx may be dy.
+ * gn_dx(dx, dy, xhat, k, g, a, b, n, c, s): dx = k·((g·dy − a) − xhat·b), GroupNorm's (g = γ of the row's channel).
+ */
+function bnDx(scaled: boolean): Func {
+  const { f, ptr, n, c, s } = kernel(scaled ? "gn_dx" : "bn_dx", scaled ? 7 : 6);
+  const [dx, dy, xhat, k, ...rest] = ptr as [Local, Local, Local, Local, ...Local[]];
+  const [g, a, b] = (scaled ? rest : [null, ...rest]) as [Local | null, Local, Local];
   const kc = new ChannelConst(f, k), ac = new ChannelConst(f, a), bc = new ChannelConst(f, b);
+  const gc = g ? new ChannelConst(f, g) : null;
   rowLoop(f, [dx, dy, xhat], n, c, s, {
-    begin: (ch8) => { kc.load(ch8); ac.load(ch8); bc.load(ch8); },
+    begin: (ch8) => { kc.load(ch8); ac.load(ch8); bc.load(ch8); gc?.load(ch8); },
     pair: (off) => storePair(f, dx, off, () => {
       f.get(kc.v);
+      if (gc) f.get(gc.v);
       loadPair(f, dy, off);
+      if (gc) f.f64x2Mul();
       f.get(ac.v).f64x2Sub();
       loadPair(f, xhat, off);
       f.get(bc.v).f64x2Mul().f64x2Sub().f64x2Mul();
     }),
     single: () => storeOne(f, dx, () => {
       f.get(kc.s);
+      if (gc) f.get(gc.s);
       loadOne(f, dy);
+      if (gc) f.f64Mul();
       f.get(ac.s).f64Sub();
       loadOne(f, xhat);
       f.get(bc.s).f64Mul().f64Sub().f64Mul();
@@ -360,9 +369,10 @@ export interface NormKernelExports {
   bn_grad_sums(dst: number, dy: number, xhat: number, n: number, c: number, s: number): void;
   bn_normalize(y: number, xhat: number, x: number, mean: number, invStd: number, gamma: number, beta: number, n: number, c: number, s: number): void;
   bn_dx(dx: number, dy: number, xhat: number, k: number, a: number, b: number, n: number, c: number, s: number): void;
+  gn_dx(dx: number, dy: number, xhat: number, k: number, g: number, a: number, b: number, n: number, c: number, s: number): void;
   bn_affine(y: number, x: number, mean: number, k: number, b: number, n: number, c: number, s: number): void;
 }
 
 export function normKernels(): Func[] {
-  return [bnSum(), bnSqdev(), bnGradSums(), bnNormalize(), bnDx(), bnAffine()];
+  return [bnSum(), bnSqdev(), bnGradSums(), bnNormalize(), bnDx(false), bnDx(true), bnAffine()];
 }
