@@ -1,6 +1,6 @@
-// Which kernels the conv and linear layers use: "wasm" (WebAssembly SIMD128, the
-// default) or "js" (the plain TypeScript reference twins). Set once at startup
-// from the SYNCBN_KERNELS setting (cli/env.ts); a layer reads it when built.
+// Which kernels the conv, linear and normalization layers use: "wasm" (WebAssembly
+// SIMD128, the default) or "js" (the plain TypeScript reference twins). Set once at
+// startup from the SYNCBN_KERNELS setting (cli/env.ts); a layer reads it when built.
 // Not a registry of kernels: the layers pick their own path from this one flag.
 
 import { kernelModuleBytes } from "./wasm-kernels.js";
