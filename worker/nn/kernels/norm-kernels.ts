@@ -131,9 +131,9 @@ const HIGH_HALVES = [8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 3
  * rows is interleaved into [row a at j, row b at j] then [.., at j+1], so every
  * lane adds its own row's values in order. Bit for bit the twin's sums.
  *
- * `terms(load, mu, out)` sets out[o] to the f64x2 terms of output o for two
- * consecutive elements of one row (`load(st)` pushes them for stream st widened;
- * `mu` its row's mean splat, when `withMean`); `term1` the same for one element.
+ * `terms` gives the f64x2 terms of two consecutive elements of one row, `term1`
+ * of one element (see Terms). Cost per element ≈ the lane-split sum's plus one
+ * shuffle per two (measured: 0.15 against 0.10 ms for Σx over 2 MB).
  */
 function reduceRows(
   name: string, streams: number, outputs: number, withMean: boolean,
