@@ -1,9 +1,8 @@
-// Tests for BN's WebAssembly SIMD passes (worker/nn/kernels/norm-wasm.ts) against
-// their TypeScript twins in shared/stats.ts, bit for bit: the elementwise passes
-// (normalize, dx, eval) and the float64 sums (moments, Σdy, Σdy·x̂), which add each
-// row in the twin's order, on shapes with S = 1, 3, 7, 13, 49, 256 and row counts
-// that are not multiples of the kernels' row groups; then the norm layers on both
-// backends, step after step. Not a benchmark: see bench/kernels.ts.
+// Tests for the norm layers' WebAssembly SIMD passes (worker/nn/kernels/norm-wasm.ts,
+// groupnorm-wasm.ts) against their TypeScript twins, bit for bit: elementwise passes
+// and float64 sums (added in the twin's order) on S = 1, 2, 3, 5, 7, 13, 49, 256 and
+// row counts off the kernels' row groups; then BN, ghost, renorm and GroupNorm layers
+// on both backends, step after step. Not a benchmark: see bench/kernels.ts.
 
 import { afterEach, describe, expect, it } from "vitest";
 import type { BnConventions } from "../shared/config.js";

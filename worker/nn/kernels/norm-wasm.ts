@@ -1,10 +1,8 @@
 // A normalization layer's passes over the data in WebAssembly SIMD (norm-kernels.ts),
-// in the layer's own wasm memory, with shared/stats.ts's signatures and contract:
-// the elementwise passes give its results bit for bit; the sums are float64 in
-// another order (two lanes, four accumulators per row; test/norm-kernels.test.ts).
-// Staging x or dy is deferred to the first pass, which copies and reads it a block
-// at a time while the block is in cache (the passes are memory-bound: ~2 MB per
-// pass for (32, 64, 16, 16), beyond L2). Not the math between the passes.
+// in the layer's own wasm memory, with shared/stats.ts's signatures and results, bit
+// for bit (test/norm-kernels.test.ts). Staging x or dy is deferred to the first pass,
+// which copies and reads it a 64 KB block at a time while the block is in cache.
+// Not the math between the passes (invStd, merges, running stats: shared/stats.ts).
 
 import type { Moments } from "../../../shared/stats.js";
 import { WasmArena } from "./arena.js";
