@@ -17,8 +17,8 @@ export interface BatchView {
 }
 
 /**
- * The passes, with the signatures (and, for the elementwise ones, the results bit
- * for bit) of shared/stats.ts. Arrays given to the WebAssembly passes must be views
+ * The passes, with the signatures and the results (bit for bit) of shared/stats.ts.
+ * Arrays given to the WebAssembly passes must be views
  * of their buffers: the layer stages x and dy first and takes y, xhat, dx from here.
  */
 export interface NormPasses {
