@@ -167,10 +167,11 @@ export async function trainWorker(run: WorkerRun): Promise<void> {
       extra[GradExtra.lossSum] = lr.lossSum;
       extra[GradExtra.correct] = lr.correct;
       extra[GradExtra.count] = n;
-      extra[GradExtra.syncWaitMs] = lastWaitMs;
-      extra[GradExtra.computeMs] = lastComputeMs;
-      extra[GradExtra.totalSteps] = totalSteps;
-      extra[GradExtra.stepsPerEpoch] = spe;
+      // Every extra is "per rank, summed over ranks" (the monitor divides by W): a block counts R times.
+      extra[GradExtra.syncWaitMs] = lastWaitMs * blockSize;
+      extra[GradExtra.computeMs] = lastComputeMs * blockSize;
+      extra[GradExtra.totalSteps] = totalSteps * blockSize;
+      extra[GradExtra.stepsPerEpoch] = spe * blockSize;
       const checksum = s.checksumEvery > 0 && step % s.checksumEvery === 0 ? model.checksum() : undefined;
       // One contribution for the block: its R ranks' gradients are already summed by the one backward.
       const summed = await client.round(step, "grad", -1, n, grads, extra, checksum);
