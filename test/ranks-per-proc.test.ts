@@ -9,7 +9,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { relDiff, safetensorsValues } from "./compare.js";
-import { runCli } from "./helpers.js";
+import { FIXTURE_CASES, runCli } from "./helpers.js";
 
 const MODES = ["sync", "local", "ghost:2", "group:2", "renorm", "groupnorm:4", "none"] as const;
 
@@ -97,6 +97,18 @@ describe("several ranks per worker process", () => {
     expect(summary).toMatchObject({ steps: 20, globalBatch: 512, processes: 2 });
     expect(Number.isFinite(summary.finalTrainLoss)).toBe(true);
   }, 320_000);
+});
+
+describe("the PyTorch conformance cases with ranks packed into fewer processes", () => {
+  for (const perProc of [2, 4]) {
+    it(`passes every case with ${perProc} ranks per worker process`, async () => {
+      const r = await runCli(["conformance", FIXTURE_CASES, "--ranks-per-proc", String(perProc)], { timeoutMs: 240_000 });
+      expect(r.code, r.stdout + r.stderr).toBe(0);
+      expect(r.stdout).toMatch(/\b15 passed, 0 failed/);
+      // Cases with even slices run in blocks of R; 8 one-sample ranks need 8 / R processes.
+      expect(r.stdout).toContain(`PASS fc-8workers-one-sample-each (8 ranks in ${8 / perProc} processes)`);
+    }, 300_000);
+  }
 });
 
 describe("--ranks-per-proc refusals", () => {

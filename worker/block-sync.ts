@@ -116,6 +116,11 @@ export class BlockSync {
     }
     // Every rank of the block has the same count (the same per-rank batch): the round's `count`.
     const count = b.counts[0]!;
+    if (b.counts.some((n) => n !== count)) {
+      const e = new SyncbnError(ErrorCode.BadConfig, `layer ${layer}: the ranks of a block that sends rounds must have equal batches, got counts ${Array.from(b.counts).join(", ")}`, { rank: this.ranks(), step: this.clock.step, layer, phase: "fwd" });
+      for (const w of waiters) w.reject(e);
+      return;
+    }
     this.client.roundInto(b.fwdResult, this.clock.step, "fwd", layer, count, b.payload).then(
       (r) => {
         let m = b.moments[0]!;
