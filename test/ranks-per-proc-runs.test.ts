@@ -43,6 +43,21 @@ describe("rank blocks through checkpoints and lost processes", () => {
     expect(r.stdout).toContain("resuming from");
   }, 300_000);
 
+  it("evaluates with PreciseBN statistics of rank 0's group the same with 2 ranks per process as with 1", async () => {
+    const args = ["--workers", "4", "--norm", "group:2", "--eval-stats", "precise", "--precise-batches", "3", ...SMALL];
+    const evals = await Promise.all(
+      ["1", "2"].map(async (perProc) => {
+        const out = tmp(`precise-${perProc}`);
+        const r = await runCli(["train", ...args, "--ranks-per-proc", perProc, "--steps", "6", "--out", out], { timeoutMs: 120_000 });
+        expect(r.code, r.stderr).toBe(0);
+        return JSON.parse(readFileSync(join(out, "summary.json"), "utf8")) as { testLoss: number; testAccuracy: number };
+      }),
+    );
+    // The statistics are the same; the weights differ by float32 rounding only.
+    expect(Math.abs(evals[1]!.testLoss - evals[0]!.testLoss)).toBeLessThan(1e-4 * Math.abs(evals[0]!.testLoss));
+    expect(evals[1]!.testAccuracy).toBe(evals[0]!.testAccuracy);
+  }, 300_000);
+
   it("stops the run naming every rank of a killed process", async () => {
     const r = await runCli(["train", "--workers", "6", "--ranks-per-proc", "2", "--steps", "400", "--out", tmp("kill"), ...SMALL], {
       env: { SYNCBN_FAULT: "3:4:bwd" },
