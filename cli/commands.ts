@@ -284,6 +284,8 @@ export function registerTrainCommands(program: Command): void {
             const t = JSON.parse(conv.training || "{}") as Partial<TrainSettings>;
             monitor = new RunMonitor({
               worldSize: world,
+              // Ranks per process as the first process to join hosts them (hand-started workers may pack differently).
+              ranksPerProc: server.coordinator.blockOf(rank).size,
               perWorkerBatch: t.batch ?? 0,
               norm: conv.norm,
               model: t.model ?? "?",
