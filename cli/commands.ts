@@ -43,6 +43,7 @@ import { runTrain } from "./train.js";
 import { prepareOutDir } from "./out-dir.js";
 import { checkDashboardBind, parseDashboardSpec } from "../coordinator/dashboard.js";
 import { attachLiveViews } from "./live.js";
+import { checkWorkerBlock } from "./blocks.js";
 
 const D = DEFAULT_SETTINGS;
 
@@ -135,6 +136,7 @@ export function registerTrainCommands(program: Command): void {
       transport: f.transport,
       wire: f.wire,
       pinCpus: f.pinCpus,
+      ranksPerProc: f.ranksPerProc,
       helloTimeoutMs: f.helloTimeout,
       dashboard: f.dashboard ?? null,
       token: env.token,
@@ -155,13 +157,14 @@ export function registerTrainCommands(program: Command): void {
       .description("run one worker of a run whose coordinator is elsewhere (multi-host, torchrun/Slurm conventions)")
       .option("--coordinator <url>", "ws://HOST:PORT, or tcp://HOST:PORT for a coordinator on --wire tcp (default from MASTER_ADDR/MASTER_PORT and --wire)")
       .addOption(wireOption("the wire of the URL built from MASTER_ADDR/MASTER_PORT"))
-      .option("--rank <r>", `this worker's rank (0..${MAX_WORKERS - 1}; default $RANK)`, intArg("--rank", 0, MAX_WORKERS - 1))
+      .option("--rank <r>", `this worker's rank, the first of its block with --ranks-per-proc (0..${MAX_WORKERS - 1}; default $RANK)`, intArg("--rank", 0, MAX_WORKERS - 1))
+      .option("--ranks-per-proc <R>", `host ranks RANK..RANK+R-1 in this process (1..${MAX_WORKERS})`, intArg("--ranks-per-proc", 1, MAX_WORKERS), 1)
       .addOption(workersOption("number of workers (default $WORLD_SIZE)"))
       .option("--token <t>", "the run token (default $SYNCBN_TOKEN)")
       .option("--out <dir>", "folder for checkpoints (rank 0 writes them)")
       .option("--connect-timeout <ms>", `keep retrying the coordinator this long (${MIN_TIMEOUT_MS}..${MAX_TIMER_MS})`, intArg("--connect-timeout", MIN_TIMEOUT_MS, MAX_TIMER_MS), 60_000)
       .addOption(new Option("--settings-json <json>").hideHelp()),
-  ).action(async (f: TrainFlags & { coordinator?: string; rank?: number; workers?: number; token?: string; out?: string; connectTimeout: number; settingsJson?: string; wire: Wire }) => {
+  ).action(async (f: TrainFlags & { coordinator?: string; rank?: number; ranksPerProc: number; workers?: number; token?: string; out?: string; connectTimeout: number; settingsJson?: string; wire: Wire }) => {
     const rank = f.rank ?? env.rank;
     const world = f.workers ?? env.worldSize;
     if (!f.coordinator && env.masterPort !== undefined && env.masterPort > 65535) {
@@ -178,6 +181,7 @@ export function registerTrainCommands(program: Command): void {
     if (rank >= world) throw new SyncbnError(ErrorCode.BadConfig, `--rank ${rank} is outside 0..${world - 1} for --workers ${world}`);
     const settings = f.settingsJson ? (JSON.parse(f.settingsJson) as TrainSettings) : await resolveSettings(f, world, env.fashionMnistDir);
     validateSettings(settings, world);
+    checkWorkerBlock(rank, f.ranksPerProc, world, settings.norm);
     // A worker started by hand checks its data before it connects; the launcher's workers were checked by the launcher.
     if (!f.settingsJson) await checkRunData(settings, world, env.fashionMnistDir);
     // Created (or refused) now, not when the final checkpoint is due.
@@ -188,6 +192,7 @@ export function registerTrainCommands(program: Command): void {
     const client = await CoordinatorClient.connect({
       url,
       rank,
+      ranks: f.ranksPerProc,
       worldSize: world,
       token: f.token ?? env.token ?? "",
       conventions: conventionsOf(settings),
@@ -196,7 +201,9 @@ export function registerTrainCommands(program: Command): void {
       maxPayload: DEFAULT_MAX_PAYLOAD,
     });
     const fault = env.fault;
-    if (fault && fault.rank === rank) {
+    // The fault hits the process hosting its rank.
+    const mine = (r: number): boolean => r >= rank && r < rank + f.ranksPerProc;
+    if (fault && mine(fault.rank)) {
       client.beforeSend = (step, phase) => {
         if (step === fault.step && phase === fault.phase) {
           // The time lets tests measure how fast the others stop.
@@ -210,6 +217,7 @@ export function registerTrainCommands(program: Command): void {
         settings,
         client,
         rank,
+        ranks: f.ranksPerProc,
         worldSize: world,
         outDir: f.out ?? null,
         checkpointEvery: f.checkpointEvery,
@@ -217,7 +225,7 @@ export function registerTrainCommands(program: Command): void {
         init: f.init ?? null,
         fashionMnistDir: env.fashionMnistDir,
         midCheckpointWrite: (step) => {
-          if (fault && fault.rank === rank && fault.phase === "checkpoint" && fault.step === step) process.kill(process.pid, "SIGKILL");
+          if (fault && mine(fault.rank) && fault.phase === "checkpoint" && fault.step === step) process.kill(process.pid, "SIGKILL");
         },
       });
       await client.bye();
@@ -276,6 +284,8 @@ export function registerTrainCommands(program: Command): void {
             const t = JSON.parse(conv.training || "{}") as Partial<TrainSettings>;
             monitor = new RunMonitor({
               worldSize: world,
+              // Ranks per process as the first process to join hosts them (hand-started workers may pack differently).
+              ranksPerProc: server.coordinator.blockOf(rank).size,
               perWorkerBatch: t.batch ?? 0,
               norm: conv.norm,
               model: t.model ?? "?",

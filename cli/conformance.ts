@@ -1,6 +1,7 @@
 // `syncbn conformance DIR...`: runs every case of the PyTorch-computed sync-BN
 // suites in the given folders through a real coordinator and W real worker
-// processes over WebSocket on 127.0.0.1, and compares against the expected values
+// processes over WebSocket on 127.0.0.1 (or the W ranks packed into fewer
+// processes, --ranks-per-proc), and compares against the expected values
 // (see conformance-case.ts; the format is DESIGN.md §10).
 
 import { randomBytes } from "node:crypto";
@@ -16,6 +17,13 @@ export interface ConformanceOptions {
   dump?: string;
   /** Per-case deadline, and the coordinator's round deadline. */
   timeoutMs: number;
+  /**
+   * Ranks per worker process (default 1). A case whose ranks in one block have
+   * unequal slices in some step runs all its ranks in one process instead (a block
+   * that sends rounds needs equal per-rank batches; one holding the whole world
+   * merges locally, any slices).
+   */
+  ranksPerProc?: number;
   print(line: string): void;
 }
 
@@ -47,7 +55,7 @@ export async function runConformance(dirs: readonly string[], opts: ConformanceO
     try {
       const c = loadCase(path);
       name = c.name;
-      const dump = await runCase(path, opts.timeoutMs);
+      const { dump, packing } = await runCase(path, opts.timeoutMs, opts.ranksPerProc ?? 1);
       if (opts.dump) writeFileSync(join(opts.dump, `${c.name}.json`), JSON.stringify(dump));
       const m = compareCase(c, dump);
       if (m) {
@@ -55,7 +63,7 @@ export async function runConformance(dirs: readonly string[], opts: ConformanceO
         opts.print(`FAIL ${name}: ${m.field} max abs err ${m.maxAbsErr.toExponential(3)} at index ${m.index}`);
       } else {
         passed++;
-        opts.print(`PASS ${name}`);
+        opts.print(`PASS ${name}${packing}`);
       }
     } catch (e) {
       failed++;
@@ -66,9 +74,21 @@ export async function runConformance(dirs: readonly string[], opts: ConformanceO
   return { passed, failed };
 }
 
-async function runCase(path: string, timeoutMs: number): Promise<CaseDump> {
+/** Blocks [first, first+size) of the case's ranks: R per process, or all in one when a block's slices differ. */
+function caseBlocks(c: ReturnType<typeof loadCase>, perProc: number): { first: number; size: number }[] {
+  const w = c.steps[0]!.workers.length;
+  const r = Math.min(perProc, w);
+  const blocks: { first: number; size: number }[] = [];
+  for (let first = 0; first < w; first += r) blocks.push({ first, size: Math.min(r, w - first) });
+  const even = blocks.every((b) => b.size === w || c.steps.every((s) => s.workers.slice(b.first, b.first + b.size).every((x) => x.shape[0] === s.workers[b.first]!.shape[0])));
+  return even ? blocks : [{ first: 0, size: w }];
+}
+
+async function runCase(path: string, timeoutMs: number, perProc: number): Promise<{ dump: CaseDump; packing: string }> {
   const c = loadCase(path);
   const worldSize = c.steps[0]!.workers.length;
+  const blocks = caseBlocks(c, perProc);
+  const packing = perProc > 1 ? ` (${worldSize} rank${worldSize === 1 ? "" : "s"} in ${blocks.length} process${blocks.length === 1 ? "" : "es"})` : "";
   const token = randomBytes(16).toString("hex");
   const server = await startCoordinatorServer({
     host: "127.0.0.1",
@@ -80,25 +100,24 @@ async function runCase(path: string, timeoutMs: number): Promise<CaseDump> {
     maxPayload: DEFAULT_MAX_PAYLOAD,
   });
   const script = new URL("./conformance-worker.js", import.meta.url);
-  const procs = Array.from({ length: worldSize }, (_, rank) =>
-    forkWorker(script, [path, String(rank), server.url, token, String(timeoutMs)], rank, { env: { ...process.env } }),
-  );
+  const procs = blocks.map(({ first, size }) => forkWorker(script, [path, String(first), server.url, token, String(timeoutMs), String(size)], first, { env: { ...process.env } }));
   try {
     const deadline = new Promise<never>((_, reject) =>
       setTimeout(() => reject(new SyncbnError(ErrorCode.Timeout, `case did not finish within ${timeoutMs} ms`)), timeoutMs).unref(),
     );
     const exits = await Promise.race([Promise.all(procs.map((p) => p.exited)), deadline]);
     const reports: WorkerReport[] = [];
-    for (const p of procs) {
-      const exit = exits[p.rank]!;
-      const report = p.messages.find((m): m is WorkerReport => (m as WorkerReport)?.type === "report");
+    for (const [i, p] of procs.entries()) {
+      const exit = exits[i]!;
+      // One report per rank the process hosts.
+      const report = p.messages.find((m): m is WorkerReport[] => Array.isArray(m) && (m as WorkerReport[])[0]?.type === "report");
       if (exit.code !== 0 || !report) {
         const why = p.stderrTail().filter((l) => l.trim()).slice(-3).join(" | ") || `exit code ${exit.code ?? exit.signal}`;
-        throw new Error(`worker rank ${p.rank} failed: ${why}`);
+        throw new Error(`worker rank${blocks[i]!.size > 1 ? `s ${p.rank}..${p.rank + blocks[i]!.size - 1}` : ` ${p.rank}`} failed: ${why}`);
       }
-      reports.push(report);
+      reports.push(...report);
     }
-    return toDump(c.name, reports, server.coordinator.runningStats.layers.get(0));
+    return { dump: toDump(c.name, reports, server.coordinator.runningStats.layers.get(0)), packing };
   } finally {
     await killAll(procs);
     await server.close();

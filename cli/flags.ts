@@ -10,6 +10,7 @@ import { BN_STYLE_DEFAULTS, DEFAULT_SETTINGS, MAX_BATCH, MAX_SYNTHETIC_SAMPLES, 
 import type { MomentumStyle } from "../shared/config.js";
 import { ErrorCode, SyncbnError } from "../shared/errors.js";
 import { PIN_MODES, type PinMode } from "./affinity.js";
+import { RANKS_PER_PROC_HELP, parseRanksPerProc, type RanksPerProc } from "./blocks.js";
 
 /** Node's timer maximum (a longer delay fires at once, with a TimeoutOverflowWarning). */
 export const MAX_TIMER_MS = 2 ** 31 - 1;
@@ -179,7 +180,8 @@ export function addLaunchFlags(cmd: Command): Command {
       new Option("--pin-cpus <mode>", "pin worker processes to CPUs round-robin (Linux, taskset): auto pins when it keeps the cores balanced (W ≤ CPUs or a multiple of them)")
         .choices([...PIN_MODES])
         .default("auto"),
-    );
+    )
+    .addOption(new Option("--ranks-per-proc <R|auto>", RANKS_PER_PROC_HELP).argParser(parseRanksPerProc));
 }
 
 export interface RunFlags {
@@ -211,6 +213,8 @@ export interface LaunchFlags {
   transport: "process" | "thread";
   wire: Wire;
   pinCpus: PinMode;
+  /** Absent: the default of cli/blocks.ts (1 up to 8 ranks, auto above). */
+  ranksPerProc?: RanksPerProc;
 }
 
 /** The launch flags that do not go together. */

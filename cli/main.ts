@@ -11,7 +11,7 @@ import { registerTrainCommands } from "./commands.js";
 import { readEnv } from "./env.js";
 import { setKernelBackend } from "../worker/nn/kernels/backend.js";
 import { registerSweepCommand } from "./sweep-flags.js";
-import { MAX_TIMER_MS, MIN_TIMEOUT_MS, intArg } from "./flags.js";
+import { MAX_TIMER_MS, MAX_WORKERS, MIN_TIMEOUT_MS, intArg } from "./flags.js";
 
 
 // SYNCBN_KERNELS=js|wasm picks the conv/linear kernels; worker processes inherit it.
@@ -43,8 +43,9 @@ program
   .argument("<dir...>", "folders of case *.json files (the repository's: test/fixtures/conformance)")
   .option("--dump <out>", "write what was computed to OUT/<name>.json")
   .option("--timeout <ms>", `deadline per case and per round (${MIN_TIMEOUT_MS}..${MAX_TIMER_MS})`, intArg("--timeout", MIN_TIMEOUT_MS, MAX_TIMER_MS), 60_000)
-  .action(async (dirs: string[], o: { dump?: string; timeout: number }) => {
-    const { failed } = await runConformance(dirs, { dump: o.dump, timeoutMs: o.timeout, print: (l) => console.log(l) });
+  .option("--ranks-per-proc <R>", "pack each case's W ranks R to a worker process (all W in one when a block's slices differ)", intArg("--ranks-per-proc", 1, MAX_WORKERS), 1)
+  .action(async (dirs: string[], o: { dump?: string; timeout: number; ranksPerProc: number }) => {
+    const { failed } = await runConformance(dirs, { dump: o.dump, timeoutMs: o.timeout, ranksPerProc: o.ranksPerProc, print: (l) => console.log(l) });
     process.exitCode = failed > 0 ? 1 : 0;
   });
 

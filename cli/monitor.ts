@@ -42,10 +42,16 @@ export interface RunSummary {
   /** Elastic mode: workers dropped during the run, and the step (counted from 1, as the log prints it) during which each was lost; the others redid it without them. */
   workersLost: { rank: number; step: number; reason: string }[];
   workersAtEnd: number;
+  /** Ranks (= workers), the worker processes hosting them, and ranks per process (--ranks-per-proc). */
+  ranks: number;
+  processes: number;
+  ranksPerProcess: number;
 }
 
 export interface MonitorOptions {
   worldSize: number;
+  /** Ranks per worker process (default 1). */
+  ranksPerProc?: number;
   perWorkerBatch: number;
   norm: string;
   model: string;
@@ -214,7 +220,7 @@ export class RunMonitor {
       this.trainingFrom = performance.now();
       this.startupSeconds = (this.trainingFrom - this.started) / 1000;
       // ev.step counts the steps completed before this round: the checkpoint's step on a resume, also for `syncbn coordinator`, which is not told.
-      this.write({ type: "start", step: this.o.startStep > 0 ? this.o.startStep : ev.step, workers: this.o.worldSize, startupSeconds: this.startupSeconds });
+      this.write({ type: "start", step: this.o.startStep > 0 ? this.o.startStep : ev.step, workers: this.o.worldSize, ...this.layout(), startupSeconds: this.startupSeconds });
     }
     if (ev.phase === "grad" && ev.extra) this.onStep(ev.step, ev.extra, ev.waitOtherRanksMs ?? null);
     else if (ev.phase === "sum" && ev.layer === SumRound.Eval) this.onEval(ev.step, ev.data as Float64Array);
@@ -349,7 +355,14 @@ export class RunMonitor {
       evals: this.evals,
       workersLost: this.lost,
       workersAtEnd: this.o.worldSize - this.lost.length,
+      ...this.layout(),
     };
+  }
+
+  /** Ranks, processes and ranks per process, for the start line and the summary. */
+  private layout(): { ranks: number; processes: number; ranksPerProcess: number } {
+    const r = this.o.ranksPerProc ?? 1;
+    return { ranks: this.o.worldSize, processes: Math.ceil(this.o.worldSize / r), ranksPerProcess: r };
   }
 
   /** Replaces summary.json atomically; on failure (disk full, …) the previous one stays and a SyncbnError says why. */
@@ -399,7 +412,7 @@ export function formatSummary(s: RunSummary): string[] {
   const pct = (v: number | null): string => (v === null ? "n/a" : `${(100 * v).toFixed(2)}%`);
   const num = (v: number | null, d = 1): string => (v === null ? "n/a" : v.toFixed(d));
   return [
-    `done: ${s.model}, --norm ${s.norm}, ${s.workers} workers × ${s.perWorkerBatch} samples (global batch ${s.globalBatch}), ${s.steps} steps (${num(s.epochs, 2)} epochs) on ${s.data}`,
+    `done: ${s.model}, --norm ${s.norm}, ${s.workers} ${s.ranksPerProcess > 1 ? `ranks on ${s.processes} processes` : "workers"} × ${s.perWorkerBatch} samples (global batch ${s.globalBatch}), ${s.steps} steps (${num(s.epochs, 2)} epochs) on ${s.data}`,
     `  test accuracy ${pct(s.testAccuracy)}, test loss ${num(s.testLoss, 4)}, last-batch train loss ${num(s.finalTrainLoss, 4)} (step ${s.steps}, not smoothed)`,
     `  ${num(s.msPerStep)} ms/step (median); ${num(s.samplesPerSecond, 0)} samples/s; start-up ${num(s.startupSeconds)} s (processes, data, connections); wall ${num(s.wallSeconds)} s`,
     `  in sync rounds ${num(s.syncWaitMsPerStep, 2)} ms/step: waiting for other ranks ${num(s.waitOtherRanksMsPerStep, 2)} ms (the slowest rank's compute; includes CPU contention when workers share cores), round trip ${num(s.roundTripMsPerStep, 2)} ms (wire, coordinator, scheduling)`,

@@ -12,7 +12,10 @@ export interface WorkerHandle {
 }
 
 export interface WorkerProcess {
+  /** The (first) rank it hosts. */
   rank: number;
+  /** How many consecutive ranks from `rank` it hosts (absent: 1). */
+  ranks?: number;
   child: WorkerHandle;
   /** OS process id (undefined for a worker thread, or a process that failed to spawn). */
   pid?: number;

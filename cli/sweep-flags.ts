@@ -2,6 +2,7 @@
 // learning-rate rule, and the run and launch flags it shares with `train`
 // (cli/flags.ts), turned into a SweepGrid for runSweep. Flag parsing only.
 
+import { resolveRanksPerProc } from "./blocks.js";
 import { Command, InvalidArgumentError, Option } from "commander";
 import { ErrorCode, SyncbnError } from "../shared/errors.js";
 import { checkDashboardBind, parseDashboardSpec } from "../coordinator/dashboard.js";
@@ -121,12 +122,15 @@ export function registerSweepCommand(program: Command): void {
     const env = readEnv();
     if (f.dashboard) checkDashboardBind(f.dashboard.host, env.token ?? "");
     const tty = Boolean(process.stdout.isTTY) && !env.isCI;
+    const grid = gridFromFlags(f);
+    // An explicit --ranks-per-proc that splits a group of some --norms mode is refused before the first run.
+    if (f.ranksPerProc !== undefined) for (const norm of grid.norms) resolveRanksPerProc(f.ranksPerProc, grid.workers, norm);
     await runSweep({
-      grid: gridFromFlags(f),
+      grid,
       fashionMnistDir: env.fashionMnistDir,
       outDir: f.out,
       roundTimeoutMs: f.roundTimeout,
-      launch: { transport: f.transport, wire: f.wire, pinCpus: f.pinCpus },
+      launch: { transport: f.transport, wire: f.wire, pinCpus: f.pinCpus, ranksPerProc: f.ranksPerProc },
       dashboard: f.dashboard ?? null,
       token: env.token,
       tty,

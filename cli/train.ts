@@ -24,6 +24,7 @@ import { prepareOutDir } from "./out-dir.js";
 import { checkResume } from "./resume-check.js";
 import { attachLiveViews } from "./live.js";
 import { checkDashboardBind } from "../coordinator/dashboard.js";
+import { describeBlocks, rankBlocks, resolveRanksPerProc, type RanksPerProc } from "./blocks.js";
 
 export interface TrainOptions {
   settings: TrainSettings;
@@ -51,6 +52,8 @@ export interface TrainOptions {
   transport?: "process" | "thread";
   /** Wire of the process transport (default ws). */
   wire?: Wire;
+  /** Ranks per worker process (cli/blocks.ts; default 1 up to 8 ranks, auto above). */
+  ranksPerProc?: RanksPerProc;
   /** Pin worker processes to CPUs round-robin (cli/affinity.ts; default "auto"). */
   pinCpus?: PinMode;
   /** Process transport: a connection must get its hello accepted this soon (coordinator/pending.ts). */
@@ -76,12 +79,12 @@ const WORKER_SCRIPT = new URL("./main.js", import.meta.url);
 function pinWorkers(procs: readonly WorkerProcess[], cpus: readonly number[], print: (line: string) => void): void {
   let pinned = 0;
   try {
-    for (const p of procs) {
+    for (const [i, p] of procs.entries()) {
       if (p.pid === undefined) continue;
-      pinProcess(p.pid, cpus[p.rank]!);
+      pinProcess(p.pid, cpus[i]!);
       pinned++;
     }
-    print(`worker processes pinned to CPUs ${cpus.join(", ")} by rank (--pin-cpus off lets the OS place them)`);
+    print(`worker processes pinned to CPUs ${cpus.join(", ")} ${procs.length > 0 && procs[procs.length - 1]!.rank !== procs.length - 1 ? "by process" : "by rank"} (--pin-cpus off lets the OS place them)`);
   } catch (e) {
     print(`could not pin worker processes to CPUs (${(e as Error).message}); ${pinned === 0 ? "running unpinned" : `ranks after the first ${pinned} run unpinned`}`);
   }
@@ -90,6 +93,9 @@ function pinWorkers(procs: readonly WorkerProcess[], cpus: readonly number[], pr
 export async function runTrain(o: TrainOptions): Promise<TrainResult> {
   const s = o.settings;
   validateSettings(s, o.workers);
+  // Ranks packed into processes (blocks of consecutive ranks); refused here when a block would split a group.
+  const perProc = resolveRanksPerProc(o.ranksPerProc, o.workers, s.norm);
+  const blocks = rankBlocks(o.workers, perProc);
   await checkRunData(s, o.workers, readEnv({ ...process.env, ...o.workerEnv }).fashionMnistDir);
   if (o.init && o.resume) throw new SyncbnError(ErrorCode.BadConfig, INIT_AND_RESUME);
   const initial = o.init ? await checkInitUpFront(o.init, s, readEnv({ ...process.env, ...o.workerEnv }).fashionMnistDir) : null;
@@ -101,7 +107,7 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
   const resumed = o.resume ? readResume(o.resume, s, o.workers) : null;
   const threads = o.transport === "thread";
   // Planned (and "on" checked) before anything starts: a refusal leaves nothing behind.
-  const pinning = threads ? null : workerPinning(o.pinCpus ?? "auto", o.workers);
+  const pinning = threads ? null : workerPinning(o.pinCpus ?? "auto", blocks.length);
   const coordOptions = { worldSize: o.workers, token, conventions: conventionsOf(s), roundTimeoutMs: o.roundTimeoutMs, onWorkerLoss: o.onWorkerLoss };
   const server: { coordinator: Coordinator; url: string; close(): Promise<void> } = threads
     ? startThreadCoordinator(coordOptions)
@@ -123,6 +129,7 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
   }
   const monitor = new RunMonitor({
     worldSize: o.workers,
+    ranksPerProc: perProc,
     perWorkerBatch: s.batch,
     norm: s.norm,
     model: s.model,
@@ -148,7 +155,7 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
     throw e;
   });
   if (live.url) (o.onDashboard ?? ((url: string) => o.print(`dashboard: ${url} (read-only; Ctrl-C stops the run as usual)`)))(live.url);
-  o.print(`syncbn train: ${o.workers} workers × ${s.batch} samples, --model ${s.model} --norm ${s.norm} --data ${s.data}; coordinator ${server.url}; output in ${o.outDir}`);
+  o.print(`syncbn train: ${describeBlocks(o.workers, perProc)} × ${s.batch} samples, --model ${s.model} --norm ${s.norm} --data ${s.data}; coordinator ${server.url}; output in ${o.outDir}`);
 
   let coordFailure: SyncbnError | null = null;
   let coordDone = false;
@@ -185,11 +192,12 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
   if (o.init) args.push("--init", o.init);
   // The token goes through the environment, not argv, so `ps` does not show it.
   const env = { ...process.env, ...o.workerEnv, SYNCBN_TOKEN: token };
-  const procs = Array.from({ length: o.workers }, (_, rank) =>
+  const procs = blocks.map(({ first: rank, size }) =>
     threads
       ? startThreadWorker({
           port: (server as ThreadCoordinator).connect(`thread ${rank}`),
           rank,
+          ranks: size,
           worldSize: o.workers,
           token,
           settings: s,
@@ -201,8 +209,11 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
           fashionMnistDir: readEnv(env).fashionMnistDir,
           kernels: readEnv(env).kernels,
         })
-      : forkWorker(WORKER_SCRIPT, [...args, "--rank", String(rank)], rank, { env }),
+      : forkWorker(WORKER_SCRIPT, [...args, "--rank", String(rank), ...(size > 1 ? ["--ranks-per-proc", String(size)] : [])], rank, { env }),
   );
+  procs.forEach((p, i) => (p.ranks = blocks[i]!.size));
+  /** The process (or thread) hosting a rank. */
+  const procOf = (rank: number): WorkerProcess | undefined => procs[Math.floor(rank / perProc)];
   if (pinning) pinWorkers(procs, pinning, o.print);
   // Elastic mode: a lost worker is dropped by the coordinator; make sure a frozen one is really gone.
   const monitorOnLost = server.coordinator.events.onWorkersLost;
@@ -210,7 +221,7 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
     monitorOnLost?.(ranks, step, reason);
     // A moment's grace: one that disconnected on an error of its own is printing it (the root cause, e.g. a full disk).
     for (const r of ranks) {
-      const p = procs[r];
+      const p = procOf(r);
       if (!p) continue;
       setTimeout(() => {
         if (p.child.exitCode === null && p.child.signalCode === null) p.child.kill("SIGKILL");
@@ -263,7 +274,7 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
         ...(allLost ? [`every worker was lost (ranks ${server.coordinator.lostWorkers.map((l) => l.rank).join(", ")}); --on-worker-loss continue needs at least one to finish`] : []),
         ...(outputFailure ? [(outputFailure as SyncbnError).message] : []),
         ...(finalCheck ? [finalCheck] : []),
-        ...(firstBadExit || coordFailure ? rootCause(procs, firstBadExit, coordFailure) : badExits(procs)),
+        ...(firstBadExit || coordFailure ? rootCause(procs, procOf, firstBadExit, coordFailure) : badExits(procs)),
       ];
       await killAll(procs);
       if (o.tty) o.status("");
@@ -325,12 +336,18 @@ function checkFinalCheckpoint(outDir: string, steps: number, coordDone: boolean)
   }
 }
 
+/** "rank 3", or "ranks 4..7" for a process hosting a block. */
+function whoIs(p: WorkerProcess): string {
+  const size = p.ranks ?? 1;
+  return size === 1 ? `rank ${p.rank}` : `ranks ${p.rank}..${p.rank + size - 1}`;
+}
+
 /** Each worker that exited abnormally, with its last error lines. */
 function badExits(procs: WorkerProcess[]): string[] {
   return procs
     .filter((p) => p.child.signalCode !== null || (p.child.exitCode !== null && p.child.exitCode !== 0))
     .flatMap((p) => [
-      `worker rank ${p.rank} ${p.child.signalCode ? `was killed by ${p.child.signalCode}` : `exited with code ${p.child.exitCode}`}`,
+      `worker ${whoIs(p)} ${p.child.signalCode ? `was killed by ${p.child.signalCode}` : `exited with code ${p.child.exitCode}`}`,
       ...p.stderrTail().filter((l) => l.trim()).slice(-6).map((l) => `  rank ${p.rank}: ${l}`),
     ]);
 }
@@ -341,13 +358,14 @@ function badExits(procs: WorkerProcess[]): string[] {
  */
 function rootCause(
   procs: WorkerProcess[],
+  procOf: (rank: number) => WorkerProcess | undefined,
   firstBadExit: { proc: WorkerProcess; code: number | null; signal: string | null } | null,
   coord: SyncbnError | null,
 ): string[] {
   const lines: string[] = [];
   const named = coord?.context.rank;
   const namedRanks = named === undefined ? [] : typeof named === "number" ? [named] : [...named];
-  const culprits = namedRanks.length > 0 ? namedRanks.map((r) => procs[r]!).filter(Boolean) : firstBadExit ? [firstBadExit.proc] : [];
+  const culprits = namedRanks.length > 0 ? [...new Set(namedRanks.map((r) => procOf(r)!).filter(Boolean))] : firstBadExit ? [firstBadExit.proc] : [];
   const ctx = coord?.context;
   const where = ctx
     ? [ctx.step !== undefined ? `step ${ctx.step}` : "", ctx.phase ? `phase ${ctx.phase}` : "", ctx.layer !== undefined && ctx.layer >= 0 ? `layer ${ctx.layer}` : ""].filter(Boolean).join(", ")
@@ -361,7 +379,7 @@ function rootCause(
         : coord?.code === ErrorCode.Timeout
           ? "stopped responding (frozen or overloaded) and was killed"
           : "lost its connection";
-    lines.push(`worker rank ${p.rank} ${status}${where ? ` (${where})` : ""}`);
+    lines.push(`worker ${whoIs(p)} ${status}${where ? ` (${where})` : ""}`);
     const tail = p.stderrTail().filter((l) => l.trim());
     if (tail.length) lines.push(...tail.slice(-6).map((l) => `  rank ${p.rank}: ${l}`));
   }

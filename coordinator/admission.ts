@@ -10,37 +10,52 @@ export interface AdmissionState {
   /** Required token; "" accepts any. */
   token: string;
   worldSize: number;
-  /** Whether hello.rank is held by a connected (or finished) worker. */
-  rankTaken: boolean;
-  /** Elastic mode: hello.rank was lost and the run went on without it. */
-  dropped: boolean;
+  /** Ranks of the hello's block held by a connected (or finished) worker. */
+  taken: readonly number[];
+  /** Elastic mode: ranks of the block that were lost and the run went on without. */
+  dropped: readonly number[];
+}
+
+/** The ranks a hello claims: [rank, rank + ranks). */
+export function helloRanks(hello: Hello): number[] {
+  return Array.from({ length: hello.ranks ?? 1 }, (_, k) => hello.rank + k);
+}
+
+/** "rank 3" or "ranks 4–7": how messages name a block of ranks. */
+export function describeRanks(first: number, size: number): string {
+  return size === 1 ? `rank ${first}` : `ranks ${first}–${first + size - 1}`;
 }
 
 /** The reason to refuse this hello, or null to go on. */
 export function admissionProblem(hello: Hello, run: AdmissionState): SyncbnError | null {
-  const ctx = { rank: hello.rank };
+  const size = hello.ranks ?? 1;
+  const ctx = { rank: size === 1 ? hello.rank : helloRanks(hello) };
   if (hello.version !== PROTOCOL_VERSION) {
     return new SyncbnError(ErrorCode.Version, `protocol version ${hello.version} differs from the coordinator's ${PROTOCOL_VERSION}; run the same syncbn version everywhere`, ctx);
   }
   if (run.token !== "" && hello.token !== run.token) {
     return new SyncbnError(ErrorCode.Token, "wrong run token; pass the coordinator's --token (or SYNCBN_TOKEN)", ctx);
   }
-  if (hello.worldSize !== run.worldSize || hello.rank >= run.worldSize) {
+  if (hello.worldSize !== run.worldSize || hello.rank + size > run.worldSize) {
     return new SyncbnError(
       ErrorCode.Rank,
-      `worker says rank ${hello.rank} of world size ${hello.worldSize}, but the coordinator runs world size ${run.worldSize} (ranks 0..${run.worldSize - 1})`,
+      `worker says ${describeRanks(hello.rank, size)} of world size ${hello.worldSize}, but the coordinator runs world size ${run.worldSize} (ranks 0..${run.worldSize - 1})`,
       ctx,
     );
   }
-  if (run.dropped) {
+  if (run.dropped.length > 0) {
     return new SyncbnError(
       ErrorCode.WorkerLost,
-      `rank ${hello.rank} was lost and the run went on without it (--on-worker-loss continue); rejoining a run is not supported: start a new run, or --resume from its checkpoint`,
+      `rank ${run.dropped.join(", ")} was lost and the run went on without it (--on-worker-loss continue); rejoining a run is not supported: start a new run, or --resume from its checkpoint`,
       ctx,
     );
   }
-  if (run.rankTaken) {
-    return new SyncbnError(ErrorCode.DuplicateRank, `rank ${hello.rank} is already taken by another worker; give every worker a distinct --rank`, ctx);
+  if (run.taken.length > 0) {
+    return new SyncbnError(
+      ErrorCode.DuplicateRank,
+      `rank ${run.taken.join(", ")} ${run.taken.length === 1 ? "is" : "are"} already taken by another worker; give every worker process a distinct block of ranks (--rank, --ranks-per-proc)`,
+      ctx,
+    );
   }
   return null;
 }

@@ -25,7 +25,7 @@ import {
 } from "../shared/protocol.js";
 import { RunningStatsTable } from "./running-stats.js";
 import { reduceRound, type ReducedRound } from "./reduce.js";
-import { HelloRecords, admissionProblem, type HelloRefusal } from "./admission.js";
+import { HelloRecords, admissionProblem, describeRanks, helloRanks, type HelloRefusal } from "./admission.js";
 import { orderProblem, otherRoundOpenProblem, shapeProblem, type RoundKey } from "./contribution-checks.js";
 import { ScopeTable } from "./scopes.js";
 
@@ -85,7 +85,11 @@ export interface CompletedRound {
   readonly deadline: number;
 }
 
-/** Read-only watchers (BN spread, dashboard): they see rounds after the result went out and cannot change the run. */
+/**
+ * Read-only watchers (BN spread, dashboard): they see rounds after the result went out and cannot change the run.
+ * In grad and sum rounds a process hosting several ranks sends one part for all of them: it sits at the
+ * position of its first rank, the positions of its other ranks are null (see Coordinator.blockOf).
+ */
 export interface RoundObserver {
   afterRound(round: CompletedRound, result: RoundResult): void;
   /** The rank said bye (finished normally). */
@@ -104,6 +108,12 @@ export interface CoordinatorEvents {
   /** Elastic mode: ranks were dropped; the others redo from `step`. */
   onWorkersLost?(ranks: number[], step: number, reason: string): void;
 }
+
+/**
+ * Fills the slots of a block's other ranks in a grad or sum round: their process
+ * sent one contribution for all of them, at the first rank's slot. Never reduced.
+ */
+const COVERED: Contribution = Object.freeze({ type: "contrib", step: 0, phase: "sum", layer: 0, count: 0, data: new Float64Array(0) }) as Contribution;
 
 interface OpenRound {
   scope: string;
@@ -133,8 +143,12 @@ export class Coordinator {
   private groupSize = 1;
   /** Whether the norm mode has BN rounds at all (sync, group:K). */
   private bnRounds = false;
+  /** By rank: the connection of the process hosting it (one peer serves all ranks of its block). */
   private readonly peers: (Peer | null)[];
+  /** Peer → the first rank of its block. */
   private readonly byPeer = new Map<Peer, number>();
+  /** By rank: the first rank and size of the block of the process that hosts (or hosted) it; size 1 until it joins. */
+  private readonly blocks: { first: number; size: number }[];
   private readonly finished = new Set<number>();
   /** Last contribution key per rank, for the monotonic-order check. */
   private readonly lastKey: (RoundKey | null)[];
@@ -169,6 +183,7 @@ export class Coordinator {
     this.opts = opts;
     this.worldSize = opts.worldSize;
     this.peers = new Array<Peer | null>(opts.worldSize).fill(null);
+    this.blocks = Array.from({ length: opts.worldSize }, (_, r) => ({ first: r, size: 1 }));
     this.lastKey = new Array(opts.worldSize).fill(null);
     this.hellos = new HelloRecords(opts.worldSize);
     for (let r = 0; r < opts.worldSize; r++) this.active.add(r);
@@ -184,6 +199,22 @@ export class Coordinator {
 
   get runConventions(): RunConventions | null {
     return this.conventions;
+  }
+
+  /** The block of consecutive ranks one process hosts that `rank` belongs to ({rank, 1} until it joins). */
+  blockOf(rank: number): { readonly first: number; readonly size: number } {
+    return this.blocks[rank] ?? { first: rank, size: 1 };
+  }
+
+  /** The ranks of the block that starts at `first`. */
+  private ranksFrom(first: number): number[] {
+    const size = this.blocks[first]!.size;
+    return Array.from({ length: size }, (_, k) => first + k);
+  }
+
+  /** One rank as a number, a block of several as their list: the `rank` of an error context. */
+  private who(first: number): number | number[] {
+    return this.blocks[first]!.size === 1 ? first : this.ranksFrom(first);
   }
 
   /** Ranks currently connected and admitted. */
@@ -219,18 +250,20 @@ export class Coordinator {
     }
     const type = (msg as { type?: unknown } | null)?.type;
     if (type === "bye") {
-      this.finished.add(rank);
-      for (const o of this.observers) o.rankFinished?.(rank);
+      for (const r of this.ranksFrom(rank)) {
+        this.finished.add(r);
+        for (const o of this.observers) o.rankFinished?.(r);
+      }
       if ([...this.active].every((r) => this.finished.has(r))) this.events.onDone?.();
       return;
     }
     if (type === "resync-ack") {
-      if ((msg as { generation?: unknown }).generation === this.generation) this.awaitingAck.delete(rank);
+      if ((msg as { generation?: unknown }).generation === this.generation) for (const r of this.ranksFrom(rank)) this.awaitingAck.delete(r);
       return;
     }
     const problem = checkContribution(msg);
     if (problem !== null) {
-      this.failRun(new SyncbnError(ErrorCode.BadMessage, `malformed message from a worker: ${problem}`, { rank }));
+      this.failRun(new SyncbnError(ErrorCode.BadMessage, `malformed message from a worker: ${problem}`, { rank: this.who(rank) }));
       return;
     }
     this.contribute(rank, msg as Contribution);
@@ -241,18 +274,20 @@ export class Coordinator {
     const rank = this.byPeer.get(peer);
     if (rank === undefined) return;
     this.byPeer.delete(peer);
-    this.peers[rank] = null;
-    if (this.finished.has(rank) || this.failure || !this.active.has(rank)) return;
+    const ranks = this.ranksFrom(rank);
+    for (const r of ranks) this.peers[r] = null;
+    if (ranks.every((r) => this.finished.has(r)) || this.failure || !this.active.has(rank)) return;
     if (this.opts.onWorkerLoss === "continue") {
-      this.loseWorkers([rank], `disconnected (${detail})`);
+      this.loseWorkers(ranks, `disconnected (${detail})`);
       return;
     }
     const where = this.pendingFor(rank);
+    const size = ranks.length;
     this.failRun(
       new SyncbnError(
         ErrorCode.WorkerLost,
-        `worker disconnected (${detail})${where ? ` while the run waited in ${where.text}` : ""}; stopping all workers`,
-        { rank, ...(where ? { step: where.step, layer: where.layer, phase: where.phase } : {}) },
+        `worker ${size > 1 ? `process of ${describeRanks(rank, size)} ` : ""}disconnected (${detail})${where ? ` while the run waited in ${where.text}` : ""}; stopping all workers`,
+        { rank: this.who(rank), ...(where ? { step: where.step, layer: where.layer, phase: where.phase } : {}) },
       ),
     );
   }
@@ -285,12 +320,14 @@ export class Coordinator {
       return;
     }
     const hello = msg as Hello;
-    const ctx = { rank: hello.rank };
+    const claimed = helloRanks(hello).filter((r) => r < this.worldSize);
+    const size = hello.ranks ?? 1;
+    const ctx = { rank: size === 1 ? hello.rank : helloRanks(hello) };
     const refusal = admissionProblem(hello, {
       token: this.opts.token,
       worldSize: this.worldSize,
-      rankTaken: hello.rank < this.worldSize && (this.peers[hello.rank] !== null || this.finished.has(hello.rank)),
-      dropped: this.lostWorkers.some((l) => l.rank === hello.rank),
+      taken: claimed.filter((r) => this.peers[r] !== null || this.finished.has(r)),
+      dropped: claimed.filter((r) => this.lostWorkers.some((l) => l.rank === r)),
     });
     if (refusal) {
       this.refuseHello(peer, hello.rank, refusal);
@@ -320,11 +357,15 @@ export class Coordinator {
       this.refuseHello(peer, hello.rank, new SyncbnError(ErrorCode.BadConfig, (e as Error).message, ctx));
       return;
     }
-    this.peers[hello.rank] = peer;
+    const block = { first: hello.rank, size };
+    for (const r of claimed) {
+      this.peers[r] = peer;
+      this.blocks[r] = block;
+      this.hellos.joined(r);
+    }
     this.byPeer.set(peer, hello.rank);
-    this.hellos.joined(hello.rank);
-    peer.send(encode({ type: "welcome", version: PROTOCOL_VERSION, rank: hello.rank, worldSize: this.worldSize }));
-    this.events.onJoin?.(hello.rank);
+    peer.send(encode({ type: "welcome", version: PROTOCOL_VERSION, rank: hello.rank, ranks: size, worldSize: this.worldSize }));
+    for (const r of claimed) this.events.onJoin?.(r);
   }
 
   /** Refuses a connection at its hello, recorded for the deadline messages and reported for the log. */
@@ -335,6 +376,11 @@ export class Coordinator {
     this.refuse(peer, err);
   }
 
+  /**
+   * A contribution of the process whose block starts at `rank`: fwd/bwd data holds
+   * one segment per rank of the block, each placed as that rank's part; a grad or
+   * sum contribution stands for the whole block (its other slots are COVERED).
+   */
   private contribute(rank: number, c: Contribution): void {
     if (this.failure) return; // the error was already sent to everyone
     if (this.awaitingAck.has(rank) || !this.active.has(rank)) return; // sent before it learned of the resync: void
@@ -344,19 +390,35 @@ export class Coordinator {
       this.failRun(outOfOrder);
       return;
     }
-    const key = this.lastKey[rank];
-    if (key) {
-      key.step = c.step;
-      key.phase = c.phase;
-      key.layer = c.layer;
-    } else {
-      this.lastKey[rank] = { step: c.step, phase: c.phase, layer: c.layer };
+    const size = this.blocks[rank]!.size;
+    for (let r = rank; r < rank + size; r++) {
+      const key = this.lastKey[r];
+      if (key) {
+        key.step = c.step;
+        key.phase = c.phase;
+        key.layer = c.layer;
+      } else {
+        this.lastKey[r] = { step: c.step, phase: c.phase, layer: c.layer };
+      }
     }
-    if ((c.phase === "fwd" || c.phase === "bwd") && !this.bnRounds) {
-      this.failRun(new SyncbnError(ErrorCode.RoundKey, `norm mode ${this.conventions?.norm} has no BN rounds, but a worker sent one`, { rank, step: c.step, layer: c.layer, phase: c.phase }));
+    const bn = c.phase === "fwd" || c.phase === "bwd";
+    const ctx = { rank: this.who(rank), step: c.step, layer: c.layer, phase: c.phase };
+    if (bn && !this.bnRounds) {
+      this.failRun(new SyncbnError(ErrorCode.RoundKey, `norm mode ${this.conventions?.norm} has no BN rounds, but a worker sent one`, ctx));
       return;
     }
     const { scope, members } = this.scopes.scopeOf(rank, c.phase);
+    if (bn && size > 1) {
+      const segment = c.data.length / size;
+      if (this.scopes.scopeOf(rank + size - 1, c.phase).scope !== scope) {
+        this.failRun(new SyncbnError(ErrorCode.BadMessage, `the process of ${describeRanks(rank, size)} sent a BN round, but its ranks lie in more than one statistics group; a process sends BN rounds only for ranks of one group`, ctx));
+        return;
+      }
+      if (!Number.isInteger(segment) || segment % 2 !== 0) {
+        this.failRun(new SyncbnError(ErrorCode.BadMessage, `the process of ${describeRanks(rank, size)} sent ${c.data.length} values in a ${c.phase} round: expected ${size} segments of 2·C`, ctx));
+        return;
+      }
+    }
     // Every member awaits each result before its next round, so a scope has at most one
     // open round: open rounds are keyed by scope alone.
     const id = scope;
@@ -367,17 +429,20 @@ export class Coordinator {
       return;
     }
     round ??= this.openRound(id, scope, members, c);
-    const problem = shapeProblem(rank, c, round.first, this.layerChannels.get(c.layer));
+    const own = bn && size > 1 ? segmentOf(c, 0, size) : c;
+    const problem = shapeProblem(rank, own, round.first, this.layerChannels.get(c.layer));
     if (problem) {
       this.failRun(problem);
       return;
     }
+    // A block's ranks are consecutive and active together, so they sit at consecutive member positions.
     const pos = members.indexOf(rank);
-    round.parts[pos] = c;
-    round.first ??= c;
-    round.arrived++;
+    round.parts[pos] = own;
+    for (let k = 1; k < size; k++) round.parts[pos + k] = bn ? segmentOf(c, k, size) : COVERED;
+    round.first ??= own;
+    round.arrived += size;
     const now = performance.now();
-    round.arrivalSum += now;
+    round.arrivalSum += size * now;
     if (round.arrived === members.length) {
       if (round.phase !== "sum") this.countWaiting(round, now);
       this.complete(id, round);
@@ -442,10 +507,18 @@ export class Coordinator {
 
   private complete(id: string, round: OpenRound): void {
     this.open.delete(id);
-    const parts = round.parts as Contribution[];
+    let parts = round.parts as Contribution[];
+    let members = round.members;
+    let observed: CompletedRound = round;
+    if (parts.includes(COVERED)) {
+      // One contribution per process: reduce those, and show observers null at the covered slots.
+      members = members.filter((_, i) => parts[i] !== COVERED);
+      observed = { ...round, parts: parts.map((p) => (p === COVERED ? null : p)) };
+      parts = parts.filter((p) => p !== COVERED);
+    }
     let reduced: ReducedRound;
     try {
-      reduced = reduceRound(round.step, round.phase, round.layer, parts, round.members);
+      reduced = reduceRound(round.step, round.phase, round.layer, parts, members);
     } catch (e) {
       this.failRun(isSyncbnError(e) ? e : new SyncbnError(ErrorCode.BadMessage, String(e), { step: round.step, layer: round.layer, phase: round.phase }));
       return;
@@ -471,7 +544,13 @@ export class Coordinator {
       this.runningStats.commit();
       this.lastCompletedGradStep = round.step;
     }
-    for (const r of round.members) this.peers[r]?.send(reduced.frame);
+    // Once per process: a block's ranks are consecutive members sharing one peer.
+    let sentTo: Peer | null = null;
+    for (const r of round.members) {
+      const p = this.peers[r];
+      if (p && p !== sentTo) p.send(reduced.frame);
+      sentTo = p ?? sentTo;
+    }
     let waitOtherRanksMs: number | undefined;
     if (round.phase === "grad") {
       waitOtherRanksMs = this.stepWaitOtherRanksMs;
@@ -479,7 +558,7 @@ export class Coordinator {
     }
     // data and extra are views of the sent frame, reused once the sends completed: valid during the call only.
     this.events.onRound?.({ step: round.step, phase: round.phase, layer: round.layer, count: result.count, data: result.data, extra: result.extra, waitOtherRanksMs });
-    for (const o of this.observers) o.afterRound(round, result);
+    for (const o of this.observers) o.afterRound(observed, result);
   }
 
   private expire(id: string): void {
@@ -487,7 +566,7 @@ export class Coordinator {
     if (!round || this.failure) return;
     const missing = round.members.filter((_, i) => round.parts[i] === null);
     if (this.opts.onWorkerLoss === "continue") {
-      for (const r of missing) this.peers[r]?.close(CLOSE_ERROR, "missed a round deadline");
+      for (const p of new Set(missing.map((r) => this.peers[r]))) p?.close(CLOSE_ERROR, "missed a round deadline");
       const never = this.hellos.neverJoined(missing);
       this.loseWorkers(missing, `missed the ${this.opts.roundTimeoutMs} ms deadline of ${describeRound(round.step, round.phase, round.layer)}${never ? ` (${never})` : ""}`);
       return;
@@ -533,7 +612,7 @@ export class Coordinator {
     const active = [...this.active].sort((a, b) => a - b);
     for (const r of active) this.awaitingAck.add(r);
     const bytes = encode({ type: "resync", generation: this.generation, active, step, lost: ranks });
-    for (const r of active) this.peers[r]?.send(bytes);
+    for (const p of new Set(active.map((r) => this.peers[r]))) p?.send(bytes);
     this.events.onWorkersLost?.(ranks, step, reason);
     if (active.every((r) => this.finished.has(r))) this.events.onDone?.();
   }
@@ -545,7 +624,7 @@ export class Coordinator {
     this.deadlineTimer = null;
     this.open.clear();
     const bytes = encode(toErrorMessage(err));
-    for (const p of this.peers) {
+    for (const p of new Set(this.peers)) {
       if (!p) continue;
       try {
         p.send(bytes);
@@ -555,6 +634,12 @@ export class Coordinator {
     }
     this.events.onFailed?.(err);
   }
+}
+
+/** Rank k's segment of a block's fwd/bwd contribution: a view, as that rank would have sent it. */
+function segmentOf(c: Contribution, k: number, size: number): Contribution {
+  const len = c.data.length / size;
+  return { type: "contrib", step: c.step, phase: c.phase, layer: c.layer, count: c.count, data: c.data.subarray(k * len, (k + 1) * len) };
 }
 
 export function toErrorMessage(err: SyncbnError): ErrorMessage {

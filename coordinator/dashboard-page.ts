@@ -91,11 +91,11 @@ function render() {
   const m = S.summary; if (!m) return;
   const run = m.run;
   document.title = "syncbn · live · " + run.title;
-  $("#runline").textContent = run.title + (m.step !== null ? " · " + (m.step + 1) + (m.totalSteps ? " / " + m.totalSteps : "") + " steps" : "") + " · " + Math.round(m.elapsedSeconds) + " s";
+  $("#runline").textContent = run.title + (m.step !== null ? " · " + m.step + (m.totalSteps ? " / " + m.totalSteps : "") + " steps" : "") + " · " + Math.round(m.elapsedSeconds) + " s";
   const st = $("#state"); st.textContent = m.state; st.className = "pill st-" + m.state;
   $("#ranks tbody").innerHTML = m.ranks.map((r) => {
     const busy = (r.computeMs || 0) + (r.waitMs || 0), cw = busy ? 100 * r.computeMs / busy : 0;
-    return '<tr data-rank="' + r.rank + '" data-status="' + r.status + '"><td class="rank"><i class="sw" style="background:' + RANK_COLORS[r.rank % 10] + '"></i><b>rank ' + r.rank + '</b></td><td class="status" style="text-align:left"><span class="pill st-' + r.status + '">' + r.status + '</span>' + (r.error ? '<div class="err">' + esc(r.error) + '</div>' : "") + '</td><td class="step">' + (r.step === null ? "–" : r.step) + '</td><td>' + fmt(r.samplesPerSecond, 0) + '</td><td>' + fmt(r.computeMs, 2) + '</td><td>' + fmt(r.waitMs, 2) + '</td><td style="text-align:left">' + (busy ? '<span class="split"><span class="c" style="width:' + cw + '%"></span><span class="w" style="width:' + (100 - cw) + '%"></span></span> ' + fmt(busy, 1) + ' ms' : "") + '</td></tr>';
+    return '<tr data-rank="' + r.rank + '" data-status="' + r.status + '"><td class="rank"><i class="sw" style="background:' + RANK_COLORS[r.rank % 10] + '"></i><b>' + (r.ranks > 1 ? "ranks " + r.rank + "–" + (r.rank + r.ranks - 1) : "rank " + r.rank) + '</b></td><td class="status" style="text-align:left"><span class="pill st-' + r.status + '">' + r.status + '</span>' + (r.error ? '<div class="err">' + esc(r.error) + '</div>' : "") + '</td><td class="step">' + (r.step === null ? "–" : r.step) + '</td><td>' + fmt(r.samplesPerSecond, 0) + '</td><td>' + fmt(r.computeMs, 2) + '</td><td>' + fmt(r.waitMs, 2) + '</td><td style="text-align:left">' + (busy ? '<span class="split"><span class="c" style="width:' + cw + '%"></span><span class="w" style="width:' + (100 - cw) + '%"></span></span> ' + fmt(busy, 1) + ' ms' : "") + '</td></tr>';
   }).join("");
   const lastLoss = S.loss[S.loss.length - 1];
   $("#loss-latest").innerHTML = lastLoss ? '<span id="loss-value">' + fmt(lastLoss[1], 4) + '</span> <span class="legend">at step <span id="loss-step">' + lastLoss[0] + '</span></span>' : "–";

@@ -50,8 +50,12 @@ class Ring {
   }
 }
 
+/** One row per worker process: a rank, or the block of consecutive ranks one process hosts. */
 export interface RankView {
+  /** The (first) rank. */
   rank: number;
+  /** How many ranks the process hosts (1 unless --ranks-per-proc). */
+  ranks: number;
   status: "waiting" | "running" | "finished" | "lost" | "stopped";
   /** Why a lost rank was lost (the coordinator's reason or error). */
   error: string | null;
@@ -111,18 +115,20 @@ export class DashboardState implements RoundObserver {
     if (round.phase === "grad" && result.extra) {
       round.members.forEach((rank, i) => {
         const e = round.parts[i]?.extra;
-        if (!e) return;
+        if (!e) return; // a block's other ranks: its process sent one part, at its first rank
+        // A process of R ranks reports its times × R (per rank, summed over its ranks): its own time is / R.
+        const size = this.coordinator.blockOf(rank).size;
         const t = this.timings[rank] ?? (this.timings[rank] = { step: 0, samples: 0, computeMs: 0, waitMs: 0 });
         t.step = done;
         t.samples = e[GradExtra.count]!;
-        t.computeMs = e[GradExtra.computeMs]!;
-        t.waitMs = e[GradExtra.syncWaitMs]!;
+        t.computeMs = e[GradExtra.computeMs]! / size;
+        t.waitMs = e[GradExtra.syncWaitMs]! / size;
       });
       const x = result.extra;
       const count = x[GradExtra.count]!;
       this.lastStep = done;
       this.lastLoss = x[GradExtra.lossSum]! / count;
-      // Every worker sends the same total; the round summed them.
+      // Every rank reports the same total (a process of R ranks R times); the round summed them.
       this.totalSteps ??= x[GradExtra.totalSteps]! / round.members.length;
       this.loss.add([done, this.lastLoss]);
     } else if (round.phase === "sum" && round.layer === SumRound.Eval) {
@@ -148,7 +154,10 @@ export class DashboardState implements RoundObserver {
     const failure = c.failed;
     const named = failure?.context.rank;
     const blamed = new Set(named === undefined ? [] : typeof named === "number" ? [named] : named);
-    return this.timings.map((t, rank) => {
+    const rows: RankView[] = [];
+    for (let rank = 0; rank < c.worldSize; rank += c.blockOf(rank).size) {
+      const size = c.blockOf(rank).size;
+      const t = this.timings[rank] ?? null;
       const lost = c.lostWorkers.find((l) => l.rank === rank);
       let status: RankView["status"] = "waiting";
       let error: string | null = null;
@@ -158,8 +167,9 @@ export class DashboardState implements RoundObserver {
       else if (failure) [status, error] = ["stopped", `${failure.code}: ${failure.message}`];
       else if (connected.has(rank)) status = "running";
       const busy = t ? t.computeMs + t.waitMs : 0;
-      return {
+      rows.push({
         rank,
+        ranks: size,
         status,
         error,
         step: t?.step ?? null,
@@ -167,8 +177,9 @@ export class DashboardState implements RoundObserver {
         computeMs: t?.computeMs ?? null,
         waitMs: t?.waitMs ?? null,
         samplesPerSecond: t && busy > 0 ? (t.samples / busy) * 1000 : null,
-      };
-    });
+      });
+    }
+    return rows;
   }
 
   /** Everything but the histories: small, sent at every tick. */

@@ -5,7 +5,8 @@
 import type { RunConventions } from "./config.js";
 
 // 2: contributions and results travel as binary frames (shared/codec.ts), not msgpack.
-export const PROTOCOL_VERSION = 2;
+// 3: a worker process may host a block of consecutive ranks (Hello.ranks).
+export const PROTOCOL_VERSION = 3;
 
 /**
  * Phases of a round. fwd: BN moments (Chan merge within the stats group);
@@ -20,7 +21,10 @@ export const PHASES: readonly Phase[] = ["fwd", "bwd", "grad", "sum"];
 export interface Hello {
   type: "hello";
   version: number;
+  /** The first rank of the process's block [rank, rank + ranks). */
   rank: number;
+  /** How many consecutive ranks the process hosts; absent = 1. */
+  ranks?: number;
   worldSize: number;
   token: string;
   conventions: RunConventions;
@@ -31,13 +35,18 @@ export interface Welcome {
   type: "welcome";
   version: number;
   rank: number;
+  ranks: number;
   worldSize: number;
 }
 
 /**
- * Worker → coordinator, one worker's part of round (step, phase, layer).
+ * Worker → coordinator, one worker process's part of round (step, phase, layer).
  * fwd: count = local element count per channel, data = [mean(C), M2(C)].
  * bwd: count = local element count, data = [Σdy(C), Σdy·xhat(C)].
+ * A process hosting a block of R ranks sends fwd/bwd data as R such segments in
+ * rank order (count = the count of one rank, the same for all R), which the
+ * coordinator reduces as R ranks' parts; grad and sum contributions are one per
+ * process, summed over its ranks (count = their total).
  * grad: data = summed gradients (Float32Array), extra = metric sums (Float64Array),
  *   checksum = parameter checksum when the coordinator asked for one (every K steps).
  * sum: data = Float64Array summed elementwise.
@@ -130,6 +139,7 @@ export function checkHello(v: unknown): string | null {
   if (!isObject(v) || v.type !== "hello") return "first message must be a hello";
   if (!isNonNegInt(v.version)) return "hello.version must be a non-negative integer";
   if (!isNonNegInt(v.rank)) return "hello.rank must be a non-negative integer";
+  if (v.ranks !== undefined && (!isNonNegInt(v.ranks) || v.ranks < 1)) return "hello.ranks must be a positive integer";
   if (!isNonNegInt(v.worldSize) || v.worldSize < 1) return "hello.worldSize must be a positive integer";
   if (typeof v.token !== "string") return "hello.token must be a string";
   if (!isConventions(v.conventions)) return "hello.conventions must hold eps, momentum, momentumStyle, unbiasedRunningVar, norm, training";

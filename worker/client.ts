@@ -22,7 +22,10 @@ import { openTcpLink } from "./tcp-link.js";
 
 export interface ClientOptions {
   url: string;
+  /** The first rank of the block this process hosts. */
   rank: number;
+  /** How many consecutive ranks this process hosts (default 1). */
+  ranks?: number;
   worldSize: number;
   token: string;
   conventions: RunConventions;
@@ -31,6 +34,12 @@ export interface ClientOptions {
   /** A round with no result after this long fails (set above the coordinator's deadline). */
   roundTimeoutMs: number;
   maxPayload: number;
+}
+
+/** This process's rank, or the list of the ranks of its block: the `rank` of its errors. */
+export function whoOf(opts: Pick<ClientOptions, "rank" | "ranks">): number | number[] {
+  const size = opts.ranks ?? 1;
+  return size === 1 ? opts.rank : Array.from({ length: size }, (_, k) => opts.rank + k);
 }
 
 /**
@@ -128,7 +137,7 @@ export class CoordinatorClient {
       this.fail(
         this.failure ??
           new SyncbnError(ErrorCode.CoordinatorLost, `connection to the coordinator at ${link.label} closed (${detail}); the coordinator died or stopped the run`, {
-            rank: opts.rank,
+            rank: whoOf(opts),
           }),
       );
     };
@@ -149,7 +158,7 @@ export class CoordinatorClient {
         throw new SyncbnError(
           ErrorCode.CoordinatorLost,
           `could not reach the coordinator at ${opts.url} within ${opts.connectTimeoutMs} ms (${lastError}); is it running, and is the address right?`,
-          { rank: opts.rank },
+          { rank: whoOf(opts) },
         );
       }
       await new Promise((r) => setTimeout(r, 200));
@@ -165,7 +174,7 @@ export class CoordinatorClient {
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         link.terminate();
-        reject(new SyncbnError(ErrorCode.CoordinatorLost, `no answer to hello within ${timeoutMs} ms`, { rank: opts.rank }));
+        reject(new SyncbnError(ErrorCode.CoordinatorLost, `no answer to hello within ${timeoutMs} ms`, { rank: whoOf(opts) }));
       }, timeoutMs);
       const done = (): void => {
         clearTimeout(timer);
@@ -178,21 +187,26 @@ export class CoordinatorClient {
         if (msg && msg.type === "welcome") resolve(new CoordinatorClient(link, opts));
         else {
           link.terminate();
-          reject(msg && msg.type === "error" ? errorFromMessage(msg) : new SyncbnError(ErrorCode.BadMessage, "coordinator answered hello with an unexpected message", { rank: opts.rank }));
+          reject(msg && msg.type === "error" ? errorFromMessage(msg) : new SyncbnError(ErrorCode.BadMessage, "coordinator answered hello with an unexpected message", { rank: whoOf(opts) }));
         }
       };
       link.onClose = (detail) => {
         done();
-        reject(new SyncbnError(ErrorCode.CoordinatorLost, `coordinator closed the connection during the handshake (${detail})`, { rank: opts.rank }));
+        reject(new SyncbnError(ErrorCode.CoordinatorLost, `coordinator closed the connection during the handshake (${detail})`, { rank: whoOf(opts) }));
       };
       link.send(
-        encode({ type: "hello", version: PROTOCOL_VERSION, rank: opts.rank, worldSize: opts.worldSize, token: opts.token, conventions: opts.conventions }),
+        encode({ type: "hello", version: PROTOCOL_VERSION, rank: opts.rank, ranks: opts.ranks ?? 1, worldSize: opts.worldSize, token: opts.token, conventions: opts.conventions }),
       );
     });
   }
 
   get rank(): number {
     return this.opts.rank;
+  }
+
+  /** How many consecutive ranks, from `rank`, this process hosts. */
+  get ranks(): number {
+    return this.opts.ranks ?? 1;
   }
 
   /** Contribute to round (step, phase, layer) and wait for its reduced result. */
@@ -227,7 +241,7 @@ export class CoordinatorClient {
     if (this.resync) return Promise.reject(new ResyncSignal(this.resync));
     this.beforeSend?.(step, phase, layer);
     if (!Number.isInteger(layer) || layer < -1 || layer > MAX_KEY_LAYER) {
-      return Promise.reject(new SyncbnError(ErrorCode.BadConfig, `round layer id ${layer} is outside -1..${MAX_KEY_LAYER}`, { rank: this.opts.rank, step, phase }));
+      return Promise.reject(new SyncbnError(ErrorCode.BadConfig, `round layer id ${layer} is outside -1..${MAX_KEY_LAYER}`, { rank: whoOf(this.opts), step, phase }));
     }
     const key = roundKey(step, phase, layer);
     const sent = performance.now();
@@ -264,7 +278,7 @@ export class CoordinatorClient {
         new SyncbnError(
           ErrorCode.Timeout,
           `no result for ${describeRound(p.step, p.phase, p.layer)} from the coordinator within ${this.opts.roundTimeoutMs} ms`,
-          { rank: this.opts.rank, step: p.step, layer: p.layer, phase: p.phase },
+          { rank: whoOf(this.opts), step: p.step, layer: p.layer, phase: p.phase },
         ),
       );
     }
@@ -311,7 +325,7 @@ export class CoordinatorClient {
     const frameKey = frameRoundKey(bytes);
     const msg = safeDecode(bytes, frameKey === null ? undefined : this.pending.get(frameKey)?.into);
     if (!msg) {
-      this.fail(new SyncbnError(ErrorCode.BadMessage, "undecodable or invalid message from the coordinator", { rank: this.opts.rank }));
+      this.fail(new SyncbnError(ErrorCode.BadMessage, "undecodable or invalid message from the coordinator", { rank: whoOf(this.opts) }));
       this.link.terminate();
       return;
     }

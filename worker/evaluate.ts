@@ -18,8 +18,10 @@ export interface EvalContext {
   test: Dataset;
   settings: TrainSettings;
   client: CoordinatorClient;
-  /** Position among the ranks still in the run, and their number (elastic mode may drop ranks). */
+  /** Position among the ranks still in the run of the process's first rank, and their number (elastic mode may drop ranks). */
   rank: number;
+  /** Ranks of the process's block (positions rank..rank+ranks−1); default 1. */
+  ranks?: number;
   worldSize: number;
   /** The last completed step: the `step` of the eval rounds. */
   step: number;
@@ -68,8 +70,9 @@ export async function evaluate(ctx: EvalContext): Promise<void> {
     }
     const per = test.images.length / test.count;
     const shard = Math.ceil(test.count / worldSize);
+    // A block evaluates the contiguous union of its ranks' shards.
     const from = Math.min(test.count, rank * shard);
-    const to = Math.min(test.count, from + shard);
+    const to = Math.min(test.count, from + shard * (ctx.ranks ?? 1));
     const loss = new SoftmaxCrossEntropy(test.classes);
     let lossSum = 0;
     let correct = 0;
@@ -95,6 +98,7 @@ async function broadcastRank0Stats(ctx: EvalContext): Promise<void> {
   const size = model.bnLayers.reduce((a, l) => a + 2 * l.channels, 0);
   const buf = new Float64Array(size); // [mean(C), var(C)] per BN layer; zeros from ranks > 0
   if (rank === 0) {
+    // The process of position 0: its layers' statistics are its first rank's.
     let off = 0;
     for (const l of model.bnLayers) {
       buf.set(l.runningMean, off);
@@ -109,4 +113,5 @@ async function broadcastRank0Stats(ctx: EvalContext): Promise<void> {
     l.runningVar.set(r.subarray(off + l.channels, off + 2 * l.channels));
     off += 2 * l.channels;
   }
+  model.spreadRank0Stats();
 }

@@ -9,7 +9,10 @@ import { conventionsOf, type TrainSettings } from "./settings.js";
 /** What a worker thread needs to join the in-process coordinator. */
 export interface PortJoin {
   port: MessagePort;
+  /** The first rank of the thread's block. */
   rank: number;
+  /** Ranks of the block (default 1). */
+  ranks?: number;
   worldSize: number;
   token: string;
   settings: TrainSettings;
@@ -21,6 +24,7 @@ export function connectOverPort(d: PortJoin): Promise<CoordinatorClient> {
   return CoordinatorClient.overLink(portLink(d.port), {
     url: "in-process",
     rank: d.rank,
+    ranks: d.ranks ?? 1,
     worldSize: d.worldSize,
     token: d.token,
     conventions: conventionsOf(d.settings),

@@ -133,8 +133,10 @@ export interface PreciseContext {
   train: Dataset;
   settings: TrainSettings;
   client: CoordinatorClient;
-  /** Position among the ranks in the run, and their number (elastic mode may have dropped some). */
+  /** Position among the ranks in the run of the process's first rank, and their number (elastic mode may have dropped some). */
   rank: number;
+  /** Ranks of the process's block (positions rank..rank+ranks−1); default 1. */
+  ranks?: number;
   worldSize: number;
   /** The eval's step: the key of the sum round and the seed of the batch order. */
   step: number;
@@ -152,18 +154,23 @@ export async function applyPreciseStats(ctx: PreciseContext): Promise<void> {
   const size = slotSize(layers);
   const payload = new Float64Array(members * size); // members × [count, mean(C), M2(C)] per layer
   let collected = 0;
+  // A block collects for each of its ranks in the group in turn, one slot each: a collection
+  // depends only on the weights and the batches (each pass uses the statistics the earlier passes set).
+  const blockEnd = Math.min(members, rank + (ctx.ranks ?? 1));
   if (rank < members) {
     const per = train.images.length / train.count;
     const chunks = Math.floor(train.count / s.batch); // disjoint batches per pass over the permutation
     const perm = new Rng(deriveSeed(s.seed, SEED_PRECISE, step)).shuffle(Uint32Array.from({ length: train.count }, (_, i) => i));
     const labels = new Uint8Array(s.batch);
-    const fill = (x: Float32Array, b: number): void => {
-      const chunk = (b * members + rank) % chunks;
-      gatherBatch(x, labels, train, perm, chunk * s.batch, s.batch);
-    };
-    const moments = await collectMoments(model, s.preciseBatches, s.batch, fill, per, s.unbiasedRunningVar);
-    packSlot(payload, rank * size, moments);
-    collected = s.preciseBatches * s.batch;
+    for (let q = rank; q < blockEnd; q++) {
+      const fill = (x: Float32Array, b: number): void => {
+        const chunk = (b * members + q) % chunks;
+        gatherBatch(x, labels, train, perm, chunk * s.batch, s.batch);
+      };
+      const moments = await collectMoments(model, s.preciseBatches, s.batch, fill, per, s.unbiasedRunningVar);
+      packSlot(payload, q * size, moments);
+      collected += s.preciseBatches * s.batch;
+    }
   }
   const r = await client.round(step, "sum", SumRound.PreciseStats, collected, payload);
   const merged = mergeSlots(r.data as Float64Array, members, layers);

@@ -12,7 +12,10 @@ import { trainWorker } from "./train.js";
 /** What the launcher (cli/threads.ts) passes to each thread. */
 export interface ThreadWorkerData {
   port: MessagePort;
+  /** The first rank of the thread's block. */
   rank: number;
+  /** Ranks of the block (default 1). */
+  ranks?: number;
   worldSize: number;
   token: string;
   settings: TrainSettings;
@@ -34,6 +37,7 @@ async function main(d: ThreadWorkerData): Promise<void> {
       settings: d.settings,
       client,
       rank: d.rank,
+      ranks: d.ranks,
       worldSize: d.worldSize,
       outDir: d.outDir,
       checkpointEvery: d.checkpointEvery,

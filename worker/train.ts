@@ -1,7 +1,8 @@
-// One worker's data-parallel training loop: its shard of every global batch,
-// forward/backward through the model (sync BN rounds inside), one gradient round
-// per step, the identical SGD update on every replica, evaluation on its shard of
-// the test set, and checkpoints (rank 0). Talks to the coordinator only.
+// One worker process's data-parallel training loop: the shard of every global
+// batch of its rank block [rank, rank+ranks) (one rank by default), forward/backward
+// through the model (sync BN rounds inside), one gradient round per step, the
+// identical SGD update on every replica, evaluation on its shard of the test set,
+// and checkpoints (the lowest rank). Talks to the coordinator only.
 
 import { join } from "node:path";
 import { parseNorm, statsGroupSize } from "../shared/config.js";
@@ -18,13 +19,17 @@ import { buildModel, type Model } from "./nn/model.js";
 import { SGD } from "./nn/sgd.js";
 import { conventionsOf, stepsPerEpoch, type TrainSettings } from "./settings.js";
 import { RoundSync } from "./sync.js";
+import { BlockSync } from "./block-sync.js";
 import { unshuffledOrder } from "./data/order.js";
 import { loadInit, readInitFile, writeWeights } from "./weights.js";
 
 export interface WorkerRun {
   settings: TrainSettings;
   client: CoordinatorClient;
+  /** The first rank of the process's block. */
   rank: number;
+  /** How many consecutive ranks the process hosts (default 1: today's one rank per process). */
+  ranks?: number;
   worldSize: number;
   /** Folder for checkpoints (rank 0 writes); null = none. */
   outDir: string | null;
@@ -52,8 +57,13 @@ export async function trainWorker(run: WorkerRun): Promise<void> {
     fashionMnistDir: run.fashionMnistDir,
   });
   const sync = new RoundSync(client);
+  const blockSize = run.ranks ?? 1;
+  const groupSize = statsGroupSize(mode, worldSize);
   // One worker per statistics group: plain BN, no rounds (PyTorch's fallback too).
-  const bnSync = statsGroupSize(mode, worldSize) > 1 ? sync : null;
+  const bnSync = groupSize > 1 ? sync : null;
+  // A block of R > 1 ranks: R copies of every norm layer, each with its rank's collective.
+  const blockSync = blockSize > 1 && groupSize > 1 ? new BlockSync(client, rank, blockSize, groupSize, sync) : null;
+  const block = blockSize > 1 ? { first: rank, syncs: blockSync ? blockSync.facades : new Array<null>(blockSize).fill(null) } : undefined;
   const model = buildModel({
     kind: s.model,
     inShape: data.train.sampleShape,
@@ -65,6 +75,7 @@ export async function trainWorker(run: WorkerRun): Promise<void> {
     seed: deriveSeed(s.seed, SEED_INIT),
     // Batch renorm's clip schedule reads the step from the RoundSync the loop sets below.
     renorm: { rMax: s.renormRMax, dMax: s.renormDMax, warmup: s.renormWarmup, clock: sync },
+    block,
   });
   const opt = new SGD(model.params, { lr: s.lr, momentum: s.momentum, weightDecay: s.weightDecay });
   const loss = new SoftmaxCrossEntropy(data.train.classes);
@@ -86,10 +97,14 @@ export async function trainWorker(run: WorkerRun): Promise<void> {
   } else if (run.init) {
     loadInit(model, readInitFile(run.init), run.init, `--model ${s.model} --norm ${s.norm}`);
   }
+  // Checkpoint and --init set rank r0's statistics; every rank starts from them, as with one rank per process.
+  model.spreadRank0Stats();
 
   const per = data.train.images.length / data.train.count;
-  const x = new Float32Array(s.batch * per); // (B, C, H, W)
-  const labels = new Uint8Array(s.batch); // (B)
+  // The block's ranks run as one batch: rank rank+k's B samples are the k-th slice.
+  const n = blockSize * s.batch;
+  const x = new Float32Array(n * per); // (R·B, C, H, W)
+  const labels = new Uint8Array(n); // (R·B)
   const grads = new Float32Array(model.gradSize);
   const extra = new Float64Array(GradExtra.length);
   let perm: Uint32Array | null = null;
@@ -98,15 +113,17 @@ export async function trainWorker(run: WorkerRun): Promise<void> {
   let lastComputeMs = 0;
   // Elastic mode: ranks still in the run. A lost rank's slot of each global batch is dropped.
   let active = Array.from({ length: worldSize }, (_, r) => r);
-  const saved = model.bnLayers.map((l) => ({ mean: new Float64Array(l.channels), var: new Float64Array(l.channels), tracked: 0 }));
+  // Every rank's own statistics (R copies per layer in a block).
+  const statLayers = model.statsCopies();
+  const saved = statLayers.map((l) => ({ mean: new Float64Array(l.channels), var: new Float64Array(l.channels), tracked: 0 }));
   const saveRunningStats = (): void =>
-    model.bnLayers.forEach((l, i) => {
+    statLayers.forEach((l, i) => {
       saved[i]!.mean.set(l.runningMean);
       saved[i]!.var.set(l.runningVar);
       saved[i]!.tracked = l.tracked;
     });
   const restoreRunningStats = (): void =>
-    model.bnLayers.forEach((l, i) => {
+    statLayers.forEach((l, i) => {
       l.runningMean.set(saved[i]!.mean);
       l.runningVar.set(saved[i]!.var);
       l.tracked = saved[i]!.tracked;
@@ -135,27 +152,29 @@ export async function trainWorker(run: WorkerRun): Promise<void> {
       permEpoch = epoch;
     }
     const offset = (step % spe) * worldSize * s.batch + rank * s.batch;
-    gatherBatch(x, labels, data.train, perm!, offset, s.batch);
+    gatherBatch(x, labels, data.train, perm!, offset, n);
     sync.step = step;
     saveRunningStats();
     const trainStep = async (): Promise<void> => {
       const t0 = performance.now();
       const waitBefore = client.waitMs;
       const roundsBefore = waitBefore + (client.startupWaitMs ?? 0);
-      const logits = await model.forward(x, s.batch, true);
+      const logits = await model.forward(x, n, true);
       // The loss is the mean over the global batch of the ranks still in the run.
-      const lr = loss.forward(logits, labels, s.batch, active.length * s.batch);
-      await model.backward(loss.backward(s.batch), s.batch);
+      const lr = loss.forward(logits, labels, n, active.length * s.batch);
+      await model.backward(loss.backward(n), n);
       model.packGrads(grads);
       extra[GradExtra.lossSum] = lr.lossSum;
       extra[GradExtra.correct] = lr.correct;
-      extra[GradExtra.count] = s.batch;
-      extra[GradExtra.syncWaitMs] = lastWaitMs;
-      extra[GradExtra.computeMs] = lastComputeMs;
-      extra[GradExtra.totalSteps] = totalSteps;
-      extra[GradExtra.stepsPerEpoch] = spe;
+      extra[GradExtra.count] = n;
+      // Every extra is "per rank, summed over ranks" (the monitor divides by W): a block counts R times.
+      extra[GradExtra.syncWaitMs] = lastWaitMs * blockSize;
+      extra[GradExtra.computeMs] = lastComputeMs * blockSize;
+      extra[GradExtra.totalSteps] = totalSteps * blockSize;
+      extra[GradExtra.stepsPerEpoch] = spe * blockSize;
       const checksum = s.checksumEvery > 0 && step % s.checksumEvery === 0 ? model.checksum() : undefined;
-      const summed = await client.round(step, "grad", -1, s.batch, grads, extra, checksum);
+      // One contribution for the block: its R ranks' gradients are already summed by the one backward.
+      const summed = await client.round(step, "grad", -1, n, grads, extra, checksum);
       lastWaitMs = client.waitMs - waitBefore;
       // The run's first round (start-up, client.startupWaitMs) is neither waiting nor compute.
       lastComputeMs = performance.now() - t0 - (client.waitMs + (client.startupWaitMs ?? 0) - roundsBefore);
@@ -174,7 +193,7 @@ export async function trainWorker(run: WorkerRun): Promise<void> {
     if (epochEnd || (s.evalEvery > 0 && done % s.evalEvery === 0)) {
       // Eval shards the test set over the ranks still in the run; a resync redoes the whole evaluation.
       await untilStable(
-        () => evaluate({ model, train: data.train, test: data.test, settings: s, client, rank: active.indexOf(rank), worldSize: active.length, step }),
+        () => evaluate({ model, train: data.train, test: data.test, settings: s, client, rank: active.indexOf(rank), ranks: blockSize, worldSize: active.length, step }),
         () => {},
       );
     }

@@ -21,6 +21,8 @@ import { decodeOnnx, importOnnx } from "./onnx-import.js";
 import { ReLU } from "./relu.js";
 import { BatchRenorm, type RenormOptions } from "./renorm.js";
 import { buildResnet, RESNET_MAX_BLOCKS, resnetNormChannels } from "./resnet.js";
+import { SegmentedNorm } from "./segmented.js";
+import type { RunningStatsNorm } from "./norm-base.js";
 
 /** `mlp`, `cnn`, `resnet:N` (N BasicBlocks per stage), or the path of an ONNX export (onnx-import.ts). */
 export type ModelKind = "mlp" | "cnn" | `resnet:${number}` | `${string}.onnx`;
@@ -64,6 +66,12 @@ export interface ModelOptions {
   seed: number;
   /** Batch renorm clips, warm-up and step clock; required for --norm renorm. */
   renorm?: RenormOptions;
+  /**
+   * A process hosting R > 1 consecutive ranks: every norm layer with running
+   * statistics becomes a SegmentedNorm of R copies, copy k with syncs[k] (rank
+   * first+k's collective; null entries for modes without rounds). Absent: R = 1.
+   */
+  block?: { first: number; syncs: readonly (BnSync | null)[] };
 }
 
 /** One tensor of the model under its PyTorch state_dict name, in state_dict order. */
@@ -129,6 +137,20 @@ export class Model {
       }
     }
     return out;
+  }
+
+  /**
+   * Every rank's copy of every running-stats layer: the layers themselves, or the
+   * R copies of each SegmentedNorm (a process hosting R ranks). For saving and
+   * restoring each rank's own statistics (elastic redo of a step).
+   */
+  statsCopies(): RunningStatsLayer[] {
+    return this.bnLayers.flatMap((l) => (l instanceof SegmentedNorm ? [...l.copies] : [l]));
+  }
+
+  /** After the layers' (rank r0's) running statistics were set for every rank: copy them to the other ranks of the block. */
+  spreadRank0Stats(): void {
+    for (const l of this.bnLayers) if (l instanceof SegmentedNorm) l.spreadRank0Stats();
   }
 
   /** Copies every param's grad into flat (gradSize), params order. */
@@ -246,6 +268,18 @@ function buildOnnxModel(path: `${string}.onnx`, o: ModelOptions): Model {
  * activation, or null for `none`. bnIndex is the layer id of its rounds.
  */
 function makeNorm(name: string, bnIndex: number, shape: number[], o: ModelOptions): Layer | null {
+  const block = o.block;
+  if (!block || block.syncs.length < 2 || o.norm.kind === "none" || o.norm.kind === "groupnorm") return makeRankNorm(name, bnIndex, shape, o);
+  // One copy per rank of the block, each with that rank's collective and place in error messages.
+  const copies = block.syncs.map((sync, k) => {
+    const where = { rank: block.first + k, get step() { return o.where?.step ?? 0; } };
+    return makeRankNorm(name, bnIndex, shape, { ...o, sync, where }) as RunningStatsNorm;
+  });
+  return new SegmentedNorm(copies);
+}
+
+/** The norm layer of one rank. */
+function makeRankNorm(name: string, bnIndex: number, shape: number[], o: ModelOptions): Layer | null {
   const mode = o.norm;
   switch (mode.kind) {
     case "none":
