@@ -12,7 +12,7 @@ export interface EnvSettings {
   masterPort?: number;
   token?: string;
   fashionMnistDir?: string;
-  /** SYNCBN_KERNELS: conv/linear kernels, "wasm" (default) or "js"; for setKernelBackend. */
+  /** SYNCBN_KERNELS: conv/linear kernels and the norm layers' passes, "wasm" (default) or "js"; for setKernelBackend. */
   kernels?: KernelBackend;
   isCI: boolean;
   /**
