@@ -8,6 +8,7 @@
 import { beginResult } from "../shared/codec.js";
 import { ErrorCode, SyncbnError } from "../shared/errors.js";
 import type { Contribution, Phase, RoundResult } from "../shared/protocol.js";
+import { chanMergeStep, finishMerge } from "../shared/stats.js";
 
 /** A reduced round: the result (its data and extra are views of `frame`) and its encoded frame. */
 export interface ReducedRound {
@@ -66,30 +67,10 @@ export function reduceRound(
  * (M2 accumulates in the second half, then becomes M2/n).
  */
 function mergeMomentsInto(out: Float64Array, parts: readonly Contribution[]): number {
-  const c = out.length / 2;
-  let countA = 0;
-  for (const p of parts) {
-    const countB = p.count;
-    if (countB === 0) continue; // an empty side contributes nothing
-    const d = p.data as Float64Array; // [mean(C), M2(C)]
-    const total = countA + countB;
-    if (countA === 0) {
-      out.set(d);
-    } else {
-      const wB = countB / total;
-      const cross = (countA * countB) / total;
-      for (let ch = 0; ch < c; ch++) {
-        const mean = out[ch]!;
-        const delta = d[ch]! - mean;
-        out[ch] = mean + delta * wB;
-        out[c + ch] = out[c + ch]! + d[c + ch]! + delta * delta * cross;
-      }
-    }
-    countA = total;
-  }
-  if (countA === 0) out.fill(0); // every side empty: nothing was written (the frame is reused memory)
-  else for (let ch = c; ch < 2 * c; ch++) out[ch] = out[ch]! / countA;
-  return countA;
+  let count = 0;
+  for (const p of parts) count = chanMergeStep(out, count, p.data as Float64Array, p.count); // [mean(C), M2(C)]
+  finishMerge(out, count); // every side empty: zeros (the frame is reused memory)
+  return count;
 }
 
 function addF64(sum: Float64Array, a: Float64Array): void {

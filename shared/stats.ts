@@ -86,6 +86,38 @@ export function mergeMoments(acc: Moments, countB: number, meanB: Float64Array, 
   acc.count = total;
 }
 
+/**
+ * One step of the rank-order Chan merge in place, as the coordinator's rounds and a
+ * process merging its own ranks both run it: out = [mean(C), M2(C)] over countA
+ * values ∪ part = [mean(C), M2(C)] over countB; returns the new count. Start with
+ * countA = 0 (out is then overwritten) and end with finishMerge.
+ */
+export function chanMergeStep(out: Float64Array, countA: number, part: Float64Array, countB: number): number {
+  if (countB === 0) return countA; // an empty side contributes nothing
+  const c = out.length / 2;
+  const total = countA + countB;
+  if (countA === 0) {
+    out.set(part);
+  } else {
+    const wB = countB / total;
+    const cross = (countA * countB) / total;
+    for (let ch = 0; ch < c; ch++) {
+      const mean = out[ch]!;
+      const delta = part[ch]! - mean;
+      out[ch] = mean + delta * wB;
+      out[c + ch] = out[c + ch]! + part[c + ch]! + delta * delta * cross;
+    }
+  }
+  return total;
+}
+
+/** Ends a chanMergeStep merge: out's M2 half becomes the biased variance M2/n; all zeros when nothing was merged. */
+export function finishMerge(out: Float64Array, count: number): void {
+  const c = out.length / 2;
+  if (count === 0) out.fill(0);
+  else for (let ch = c; ch < 2 * c; ch++) out[ch] = out[ch]! / count;
+}
+
 /** Biased variance M2/n into out (the variance BN normalizes with). */
 export function biasedVariance(out: Float64Array, m: Moments): Float64Array {
   for (let ch = 0; ch < out.length; ch++) out[ch] = m.count > 0 ? m.m2[ch]! / m.count : 0;

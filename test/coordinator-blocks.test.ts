@@ -4,31 +4,14 @@
 // process, every result goes once to each process, and a lost process loses
 // all of its ranks, named in the error.
 import { afterEach, describe, expect, it } from "vitest";
-import { Coordinator, type CompletedRound, type Peer } from "../coordinator/coordinator.js";
-import { decode, encode } from "../shared/codec.js";
+import { Coordinator, type CompletedRound } from "../coordinator/coordinator.js";
+import { MemPeer } from "./mem-peer.js";
+import { encode } from "../shared/codec.js";
 import type { RunConventions } from "../shared/config.js";
 import { ErrorCode } from "../shared/errors.js";
-import { PROTOCOL_VERSION, type Contribution, type ServerMessage } from "../shared/protocol.js";
+import { PROTOCOL_VERSION, type Contribution } from "../shared/protocol.js";
 
 const CONV: RunConventions = { eps: 1e-5, momentum: 0.1, momentumStyle: "torch", unbiasedRunningVar: true, norm: "sync", training: "" };
-
-class MemPeer implements Peer {
-  readonly received: ServerMessage[] = [];
-  closed: { code: number; reason: string } | null = null;
-  constructor(readonly label: string) {}
-  send(bytes: Uint8Array): void {
-    this.received.push(decode(bytes) as ServerMessage);
-  }
-  close(code: number, reason: string): void {
-    this.closed = { code, reason };
-  }
-  results(): Extract<ServerMessage, { type: "result" }>[] {
-    return this.received.filter((m): m is Extract<ServerMessage, { type: "result" }> => m.type === "result");
-  }
-  errors(): Extract<ServerMessage, { type: "error" }>[] {
-    return this.received.filter((m): m is Extract<ServerMessage, { type: "error" }> => m.type === "error");
-  }
-}
 
 const live: Coordinator[] = [];
 afterEach(() => {

@@ -1,31 +1,14 @@
 // The coordinator's logic driven without sockets: in-memory peers feed it bytes
 // and record what it sends back.
 import { afterEach, describe, expect, it } from "vitest";
-import { Coordinator, type Peer } from "../coordinator/coordinator.js";
-import { decode, encode } from "../shared/codec.js";
+import { Coordinator } from "../coordinator/coordinator.js";
+import { MemPeer } from "./mem-peer.js";
+import { encode } from "../shared/codec.js";
 import type { RunConventions } from "../shared/config.js";
 import { ErrorCode } from "../shared/errors.js";
-import { PROTOCOL_VERSION, type Contribution, type ServerMessage } from "../shared/protocol.js";
+import { PROTOCOL_VERSION, type Contribution } from "../shared/protocol.js";
 
 const CONV: RunConventions = { eps: 1e-5, momentum: 0.1, momentumStyle: "torch", unbiasedRunningVar: true, norm: "sync", training: "" };
-
-class MemPeer implements Peer {
-  readonly received: ServerMessage[] = [];
-  closed: { code: number; reason: string } | null = null;
-  constructor(readonly label: string) {}
-  send(bytes: Uint8Array): void {
-    this.received.push(decode(bytes) as ServerMessage);
-  }
-  close(code: number, reason: string): void {
-    this.closed = { code, reason };
-  }
-  last(): ServerMessage | undefined {
-    return this.received[this.received.length - 1];
-  }
-  errors(): Extract<ServerMessage, { type: "error" }>[] {
-    return this.received.filter((m): m is Extract<ServerMessage, { type: "error" }> => m.type === "error");
-  }
-}
 
 const live: Coordinator[] = [];
 afterEach(() => {

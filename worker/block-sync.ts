@@ -6,7 +6,7 @@
 // one group) and hands the one result to every copy. Not used for R = 1.
 
 import { ErrorCode, SyncbnError } from "../shared/errors.js";
-import type { Moments } from "../shared/stats.js";
+import { chanMergeStep, finishMerge, type Moments } from "../shared/stats.js";
 import type { CoordinatorClient } from "./client.js";
 import type { BnSync } from "./nn/batchnorm.js";
 
@@ -188,32 +188,13 @@ export class BlockSync {
 /**
  * Chan merge of ranks [from, from+n) of payload (per rank [mean(C), M2(C)], counts)
  * in rank order into out = [mean(C), biased var(C)]; returns the group count. The
- * arithmetic of coordinator/reduce.ts mergeMomentsInto, operation for operation,
- * so a group merged here is bit-identical to one the coordinator merges.
+ * coordinator's steps (shared/stats.ts chanMergeStep, finishMerge), so a group merged
+ * here is bit-identical to one the coordinator merges.
  */
 export function mergeMomentsInto(out: Float64Array, payload: Float64Array, counts: Float64Array, from: number, n: number): number {
-  const c = out.length / 2;
-  let countA = 0;
-  for (let r = from; r < from + n; r++) {
-    const countB = counts[r]!;
-    if (countB === 0) continue;
-    const d = payload.subarray(r * 2 * c, (r + 1) * 2 * c); // [mean(C), M2(C)]
-    const total = countA + countB;
-    if (countA === 0) {
-      out.set(d);
-    } else {
-      const wB = countB / total;
-      const cross = (countA * countB) / total;
-      for (let ch = 0; ch < c; ch++) {
-        const mean = out[ch]!;
-        const delta = d[ch]! - mean;
-        out[ch] = mean + delta * wB;
-        out[c + ch] = out[c + ch]! + d[c + ch]! + delta * delta * cross;
-      }
-    }
-    countA = total;
-  }
-  if (countA === 0) out.fill(0);
-  else for (let ch = c; ch < 2 * c; ch++) out[ch] = out[ch]! / countA;
-  return countA;
+  const w = out.length;
+  let count = 0;
+  for (let r = from; r < from + n; r++) count = chanMergeStep(out, count, payload.subarray(r * w, (r + 1) * w), counts[r]!);
+  finishMerge(out, count);
+  return count;
 }
