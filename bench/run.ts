@@ -16,6 +16,8 @@ import { DEFAULT_STEP, STEP_TARGET, TRANSPORT_LABEL, runStepBench, stepMarkdown,
 import { DEFAULT_THROUGHPUT, runThroughputBench, throughputMarkdown, type ThroughputOptions, type ThroughputRow } from "./throughput.js";
 
 const quick = process.argv.includes("--quick");
+// Before the first flush(): render() reads it, and a const is not there before its line runs.
+const c = cpus();
 const log = (l: string): void => console.log(l);
 const started = Date.now();
 const RESULTS = fileURLToPath(new URL("../../bench/results.md", import.meta.url));
@@ -118,7 +120,6 @@ function failed(s: Done<unknown>): string[] {
   return s.error ? ["", "Section failed:", "", "```", s.error, "```"] : [];
 }
 
-const c = cpus();
 
 function render(final: boolean): string[] {
 const loadEnd = loadLine();
