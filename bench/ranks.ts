@@ -1,78 +1,175 @@
-// Simulating many devices: samples/s and peak memory (summed RSS of every process
-// of the run) of `syncbn train` with W ranks × 2 samples packed into processes
-// (--ranks-per-proc auto, and one process), against one process training the same
-// global batch. Real CLI runs in their own process group. Reports; never fails on a time.
-// node dist/bench/ranks.js [--quick]   (writes bench/ranks-results.md)
+// Simulating many devices (issue 13): `syncbn train` runs with W ranks of 2
+// samples packed into few processes (--ranks-per-proc auto, or all in one), against
+// the same global batch in one process (--workers 1 --batch 2W) measured in the same
+// run; peak memory of the whole process tree (launcher, coordinator, workers)
+// sampled from /proc. Spawns the real CLI; reports, never fails on a time.
+// Alone: `npm run bench:ranks` (node dist/bench/ranks.js [--quick]), which also
+// writes bench/ranks-results.md; `npm run bench` runs it as one section.
 
-import { spawn, execFileSync } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { loadavg, tmpdir } from "node:os";
+import { spawn } from "node:child_process";
+import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { cpus, tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { fmt, loadLine, machineLine, table, verdict } from "./stats.js";
 
 const CLI = fileURLToPath(new URL("../cli/main.js", import.meta.url));
-const RESULTS = fileURLToPath(new URL("../../bench/ranks-results.md", import.meta.url));
-const quick = process.argv.includes("--quick");
-const STEPS = quick ? 40 : 200;
 
-interface Measured {
+export interface RanksOptions {
+  steps: number;
+  /** Worlds of the mlp table (ranks × 2 samples, --ranks-per-proc auto). */
+  worlds: number[];
+  /** Worlds also run with one process per rank, for the contrast (costly: W processes). */
+  onePerProcess: number[];
+  log: (line: string) => void;
+}
+
+export const DEFAULT_RANKS: RanksOptions = { steps: 200, worlds: [8, 32, 64, 256], onePerProcess: [8, 32], log: () => {} };
+
+export interface RanksRun {
   label: string;
-  samplesPerSecond: number | null;
+  samplesPerSecond: number;
+  msPerStep: number;
+  peakMiB: number;
   processes: number;
-  ranksPerProcess: number;
-  peakGb: number;
 }
 
-/** Summed RSS (kB) of every process in group `pgid`. */
-function groupRssKb(pgid: number): number {
-  try {
-    const out = execFileSync("ps", ["-eo", "pgid=,rss="], { encoding: "utf8" });
-    let kb = 0;
-    for (const line of out.split("\n")) {
-      const [g, rss] = line.trim().split(/\s+/);
-      if (Number(g) === pgid) kb += Number(rss);
+/** Sum of VmRSS over `root` and its descendants, MiB (Linux /proc). */
+function treeRssMiB(root: number): { mib: number; processes: number } {
+  const children = new Map<number, number[]>();
+  const rss = new Map<number, number>();
+  for (const d of readdirSync("/proc")) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      const status = readFileSync(`/proc/${d}/status`, "utf8");
+      const ppid = Number(/PPid:\s+(\d+)/.exec(status)?.[1]);
+      const kb = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0);
+      rss.set(Number(d), kb);
+      const list = children.get(ppid) ?? [];
+      list.push(Number(d));
+      children.set(ppid, list);
+    } catch {
+      // gone while we looked
     }
-    return kb;
-  } catch {
-    return 0;
   }
+  let kb = 0;
+  let processes = 0;
+  const stack = [root];
+  while (stack.length > 0) {
+    const p = stack.pop()!;
+    kb += rss.get(p) ?? 0;
+    processes++;
+    stack.push(...(children.get(p) ?? []));
+  }
+  return { mib: kb / 1024, processes };
 }
 
-async function run(label: string, args: string[]): Promise<Measured> {
-  const out = mkdtempSync(join(tmpdir(), "syncbn-bench-ranks-"));
+/** One `syncbn train` run: its summary's samples/s and ms/step, and the peak RSS of its process tree. */
+export async function trainMeasured(label: string, args: string[]): Promise<RanksRun> {
+  const out = mkdtempSync(join(tmpdir(), "syncbn-ranks-"));
   try {
-    const child = spawn(process.execPath, [CLI, "train", ...args, "--steps", String(STEPS), "--out", join(out, "run")], { detached: true, stdio: "ignore", env: { ...process.env, CI: "true" } });
+    const child = spawn(process.execPath, [CLI, "train", ...args, "--out", out], { stdio: ["ignore", "ignore", "pipe"] });
+    let stderr = "";
+    child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
     let peak = 0;
-    const timer = setInterval(() => (peak = Math.max(peak, groupRssKb(child.pid!))), 200);
-    const code = await new Promise<number | null>((r) => child.once("exit", r));
+    let processes = 0;
+    const timer = setInterval(() => {
+      const t = treeRssMiB(child.pid!);
+      peak = Math.max(peak, t.mib);
+      processes = Math.max(processes, t.processes);
+    }, 100);
+    const code = await new Promise<number | null>((resolve) => child.on("exit", resolve));
     clearInterval(timer);
-    if (code !== 0) return { label: `${label} (failed, exit ${code})`, samplesPerSecond: null, processes: 0, ranksPerProcess: 0, peakGb: peak / 1048576 };
-    const s = JSON.parse(readFileSync(join(out, "run", "summary.json"), "utf8")) as { samplesPerSecond: number | null; processes: number; ranksPerProcess: number };
-    return { label, samplesPerSecond: s.samplesPerSecond, processes: s.processes, ranksPerProcess: s.ranksPerProcess, peakGb: peak / 1048576 };
+    if (code !== 0) throw new Error(`${label}: syncbn train ${args.join(" ")} exited ${code}: ${stderr.trim().split("\n").slice(-3).join(" / ")}`);
+    const s = JSON.parse(readFileSync(join(out, "summary.json"), "utf8")) as { samplesPerSecond: number; msPerStep: number };
+    return { label, samplesPerSecond: s.samplesPerSecond, msPerStep: s.msPerStep, peakMiB: peak, processes };
   } finally {
     rmSync(out, { recursive: true, force: true });
   }
 }
 
-const rows: Measured[] = [];
-const lines: string[] = [];
-const loadStart = loadavg().map((l) => l.toFixed(1)).join(" / ");
-const mlp = ["--model", "mlp", "--batch", "2", "--pin-cpus", "off"];
-for (const w of quick ? [8, 64] : [8, 32, 64, 256]) {
-  rows.push(await run(`mlp, ${w} ranks × 2, sync, auto`, ["--workers", String(w), "--norm", "sync", "--ranks-per-proc", "auto", ...mlp]));
-  if (w >= 64) rows.push(await run(`mlp, ${w} ranks × 2, sync, one process`, ["--workers", String(w), "--norm", "sync", "--ranks-per-proc", String(w), ...mlp]));
+export interface RanksResult {
+  steps: number;
+  /** mlp, 2 samples per rank, sync, by W: --ranks-per-proc auto, all W in one process, one process per rank. */
+  worlds: { world: number; packed: RanksRun; oneProcess: RanksRun; onePerProcess: RanksRun | null }[];
+  /** The same global batch in one process, W = 64: sync against --workers 1 --batch 128; local against ghost:2. */
+  sync64: { packed: RanksRun; oneProcess: RanksRun; single: RanksRun };
+  local64: { packed: RanksRun; single: RanksRun };
+  /** cnn, 32 ranks × 2, packed: sync and local. */
+  cnn32: { sync: RanksRun; local: RanksRun };
 }
-rows.push(await run("mlp, one process, --batch 128, sync (the global batch of 64 × 2)", ["--workers", "1", "--batch", "128", "--model", "mlp", "--norm", "sync"]));
-rows.push(await run("mlp, 64 ranks × 2, local, auto", ["--workers", "64", "--norm", "local", "--ranks-per-proc", "auto", ...mlp]));
-rows.push(await run("mlp, one process, --batch 128, ghost:2 (the same statistics)", ["--workers", "1", "--batch", "128", "--model", "mlp", "--norm", "ghost:2"]));
-const cnn = ["--model", "cnn", "--batch", "2", "--pin-cpus", "off", "--ranks-per-proc", "auto"];
-rows.push(await run("cnn, 32 ranks × 2, sync, auto", ["--workers", "32", "--norm", "sync", ...cnn]));
-rows.push(await run("cnn, 32 ranks × 2, local, auto", ["--workers", "32", "--norm", "local", ...cnn]));
 
-lines.push("# Simulating many devices (bench/ranks.ts)", "");
-lines.push(`${STEPS} steps per run; load average (1/5/15 min) at start ${loadStart}, at end ${loadavg().map((l) => l.toFixed(1)).join(" / ")}. Peak memory: summed RSS of every process of the run, sampled every 200 ms.`, "");
-lines.push("| run | processes × ranks | samples/s | peak memory |", "|---|---|---|---|");
-for (const r of rows) lines.push(`| ${r.label} | ${r.processes} × ${r.ranksPerProcess} | ${r.samplesPerSecond === null ? "–" : Math.round(r.samplesPerSecond).toLocaleString("en-US")} | ${r.peakGb.toFixed(2)} GB |`);
-const text = `${lines.join("\n")}\n`;
-writeFileSync(RESULTS, text);
-process.stdout.write(text);
+export async function runRanksBench(o: RanksOptions): Promise<RanksResult> {
+  const steps = ["--steps", String(o.steps), "--eval-every", "0"];
+  const show = (r: RanksRun): RanksRun => {
+    o.log(`  ${r.label}: ${fmt(r.samplesPerSecond, 0)} samples/s, ${fmt(r.msPerStep, 2)} ms/step, peak ${fmt(r.peakMiB, 0)} MiB over ${r.processes} processes`);
+    return r;
+  };
+  const run = async (label: string, args: string[]): Promise<RanksRun> => show(await trainMeasured(label, [...args, ...steps]));
+  const mlp = (w: number, norm: string, rpp: string): string[] => ["--model", "mlp", "--workers", String(w), "--batch", "2", "--norm", norm, "--ranks-per-proc", rpp];
+  const single = (norm: string, batch: number, model = "mlp"): string[] => ["--model", model, "--workers", "1", "--batch", String(batch), "--norm", norm];
+
+  const sync64 = {
+    packed: await run("mlp 64 ranks × 2, sync, --ranks-per-proc auto", mlp(64, "sync", "auto")),
+    oneProcess: await run("mlp 64 ranks × 2, sync, all in one process", mlp(64, "sync", "64")),
+    single: await run("mlp 1 worker × 128, sync", single("sync", 128)),
+  };
+  const local64 = { packed: await run("mlp 64 ranks × 2, local, --ranks-per-proc auto", mlp(64, "local", "auto")), single: await run("mlp 1 worker × 128, ghost:2", single("ghost:2", 128)) };
+  const worlds: RanksResult["worlds"] = [];
+  for (const w of o.worlds) {
+    const packed = w === 64 ? sync64.packed : await run(`mlp ${w} ranks × 2, sync, --ranks-per-proc auto`, mlp(w, "sync", "auto"));
+    const oneProcess = w === 64 ? sync64.oneProcess : await run(`mlp ${w} ranks × 2, sync, all in one process`, mlp(w, "sync", String(w)));
+    const one = o.onePerProcess.includes(w) ? await run(`mlp ${w} ranks × 2, sync, one process per rank`, mlp(w, "sync", "1")) : null;
+    worlds.push({ world: w, packed, oneProcess, onePerProcess: one });
+  }
+  const cnn = (norm: string): string[] => ["--model", "cnn", "--workers", "32", "--batch", "2", "--norm", norm, "--ranks-per-proc", "auto"];
+  const cnn32 = { sync: await run("cnn 32 ranks × 2, sync, --ranks-per-proc auto", cnn("sync")), local: await run("cnn 32 ranks × 2, local, --ranks-per-proc auto", cnn("local")) };
+  return { steps: o.steps, worlds, sync64, local64, cnn32 };
+}
+
+export function ranksMarkdown(r: RanksResult): string[] {
+  const ratioSync = r.sync64.packed.samplesPerSecond / r.sync64.single.samplesPerSecond;
+  const ratioOne = r.sync64.oneProcess.samplesPerSecond / r.sync64.single.samplesPerSecond;
+  const ratioLocal = r.local64.packed.samplesPerSecond / r.local64.single.samplesPerSecond;
+  const mem64 = r.sync64.packed.peakMiB / 1024;
+  const mib = (x: RanksRun): string => `${fmt(x.peakMiB, 0)} MiB (${x.processes} processes)`;
+  return [
+    `mlp, 2 samples per rank, ${r.steps}-step runs of \`syncbn train\`; \`--ranks-per-proc auto\` packs the ranks into ≤ ${cpus().length} worker processes, \`--ranks-per-proc W\` puts all of them in one (no statistics rounds). Peak memory is the sum of RSS over the whole process tree (launcher with its coordinator, and every worker).`,
+    "",
+    ...table(
+      ["ranks W", "auto: samples/s", "auto: peak memory", "one process: samples/s", "one process: peak memory", "one process per rank: samples/s", "one process per rank: peak memory"],
+      r.worlds.map((w) => [
+        String(w.world),
+        fmt(w.packed.samplesPerSecond, 0),
+        mib(w.packed),
+        fmt(w.oneProcess.samplesPerSecond, 0),
+        mib(w.oneProcess),
+        w.onePerProcess ? fmt(w.onePerProcess.samplesPerSecond, 0) : "not run (W processes)",
+        w.onePerProcess ? mib(w.onePerProcess) : "",
+      ]),
+    ),
+    "",
+    ...table(
+      ["figure", "value", "goal (issue 13)", ""],
+      [
+        ["64 ranks × 2, sync, auto / 1 worker × 128 sync (samples/s)", `${fmt(r.sync64.packed.samplesPerSecond, 0)} / ${fmt(r.sync64.single.samplesPerSecond, 0)} = ${fmt(ratioSync, 2)}×`, "≥ 0.7×", verdict(ratioSync >= 0.7)],
+        ["64 ranks × 2, sync, one process / 1 worker × 128 sync (samples/s)", `${fmt(r.sync64.oneProcess.samplesPerSecond, 0)} / ${fmt(r.sync64.single.samplesPerSecond, 0)} = ${fmt(ratioOne, 2)}×`, "≥ 0.7×", verdict(ratioOne >= 0.7)],
+        ["64 ranks × 2, local, packed / 1 worker × 128 ghost:2 (samples/s)", `${fmt(r.local64.packed.samplesPerSecond, 0)} / ${fmt(r.local64.single.samplesPerSecond, 0)} = ${fmt(ratioLocal, 2)}×`, "≥ 0.7×", verdict(ratioLocal >= 0.7)],
+        ["64 ranks, peak memory of the whole run", `${fmt(mem64, 2)} GiB`, "≤ 1.5 GB", verdict(r.sync64.packed.peakMiB * 1048576 <= 1.5e9)],
+        ["cnn 32 ranks × 2, packed: sync / local (ms/step)", `${fmt(r.cnn32.sync.msPerStep, 2)} / ${fmt(r.cnn32.local.msPerStep, 2)} = ${fmt(r.cnn32.sync.msPerStep / r.cnn32.local.msPerStep, 2)}×; ${fmt(r.cnn32.sync.samplesPerSecond, 0)} samples/s sync`, "reported", ""],
+      ],
+    ),
+  ];
+}
+
+// Run alone: `node dist/bench/ranks.js [--quick]`.
+if (process.argv[1] === fileURLToPath(import.meta.url)) {
+  const quick = process.argv.includes("--quick");
+  const log = (l: string): void => console.log(l);
+  log(`ranks per process: ${machineLine()}, load ${loadLine()}`);
+  const r = await runRanksBench({ ...DEFAULT_RANKS, log, ...(quick ? { steps: 60, worlds: [8, 64, 256], onePerProcess: [8] } : {}) });
+  const md = [`# Simulating many devices (bench/ranks.ts)`, "", `${machineLine()}; ${new Date().toISOString()}; load at end ${loadLine()}.`, "", ...ranksMarkdown(r), ""];
+  writeFileSync(fileURLToPath(new URL("../../bench/ranks-results.md", import.meta.url)), md.join("\n"));
+  log("");
+  for (const l of md) log(l);
+}

@@ -11,6 +11,7 @@ import { fileURLToPath } from "node:url";
 import { DEFAULT_HEAP, heapMarkdown, runHeapBench, type HeapOptions, type HeapResult } from "./heap.js";
 import { DEFAULT_LATENCY, LATENCY_TARGET, latencyMarkdown, runLatencyBench, type LatencyOptions, type LatencyRow } from "./latency.js";
 import { fmt, loadLine, machineLine, table, verdict } from "./stats.js";
+import { DEFAULT_RANKS, ranksMarkdown, runRanksBench, type RanksOptions, type RanksResult } from "./ranks.js";
 import { DEFAULT_RESNET, resnetMarkdown, resnetTargets, runResnetBench, type ResnetOptions, type ResnetResult } from "./resnet.js";
 import { DEFAULT_STEP, STEP_TARGET, TRANSPORT_LABEL, runStepBench, stepMarkdown, type StepOptions, type StepRow } from "./step.js";
 import { DEFAULT_THROUGHPUT, runThroughputBench, throughputMarkdown, type ThroughputOptions, type ThroughputRow } from "./throughput.js";
@@ -26,6 +27,7 @@ const latencyOpts: LatencyOptions = { ...DEFAULT_LATENCY, log, ...(quick ? { war
 const stepOpts: StepOptions = { ...DEFAULT_STEP, log, ...(quick ? { steps: 60, repeats: 1, diagnostics: [] } : {}) };
 const throughputOpts: ThroughputOptions = { ...DEFAULT_THROUGHPUT, log, ...(quick ? { steps: 60 } : {}) };
 const resnetOpts: ResnetOptions = { ...DEFAULT_RESNET, log, ...(quick ? { steps: 20, repeats: 1, singleSteps: 15 } : {}) };
+const ranksOpts: RanksOptions = { ...DEFAULT_RANKS, log, ...(quick ? { steps: 60, worlds: [8, 64, 256], onePerProcess: [8] } : {}) };
 const heapOpts: HeapOptions = { ...DEFAULT_HEAP, log, ...(quick ? { from: 50, to: 250 } : {}) };
 
 /** Runs one section; a crash is reported in the results instead of ending the run. */
@@ -65,6 +67,7 @@ log(`syncbn bench${quick ? " (quick)" : ""}: ${machineLine()}`);
 const loadStart = loadLine();
 
 let resnet = notRun<ResnetResult>(), latency = notRun<LatencyRow[]>(), kernels = notRun<string | null>(), step = notRun<StepRow[]>();
+let ranks = notRun<RanksResult>();
 let throughput = notRun<ThroughputRow[] | null>(), heap = notRun<HeapResult>(), dashboard = notRun<string | null>();
 let load: Done<string | null> | null = quick ? null : notRun<string | null>();
 const flush = (final: boolean): void => writeFileSync(RESULTS, render(final).join("\n"));
@@ -79,6 +82,8 @@ flush(false);
 step = await section("training step", () => runStepBench(stepOpts));
 flush(false);
 throughput = await section("throughput", () => runThroughputBench(throughputOpts));
+flush(false);
+ranks = await section("ranks per process", () => runRanksBench(ranksOpts));
 flush(false);
 heap = await section("heap", () => runHeapBench(heapOpts));
 flush(false);
@@ -160,6 +165,11 @@ return [
   ...(throughput.ran && (throughput.value !== null || !throughput.error) ? throughputMarkdown(throughput.value as ThroughputRow[] | null, throughputOpts) : []),
   ...failed(throughput),
   "",
+  "## 4b. Simulating many devices: ranks per process",
+  "",
+  ...(ranks.value ? ranksMarkdown(ranks.value) : []),
+  ...failed(ranks),
+  "",
   "## 5. Heap in the steady-state step loop",
   "",
   ...(heap.value ? heapMarkdown(heap.value, heapOpts) : []),
@@ -174,7 +184,7 @@ return [
   "## Reproduce",
   "",
   "`npm run bench` (about 5 minutes; `node dist/bench/run.js --quick` for a short run). Sections alone: `node dist/bench/latency.js [--quick] [--worlds 2,4] [--channels 64] [--unpinned]`, " +
-    "`node dist/bench/step.js [--quick] [--transports process,process-tcp,thread]`, `node dist/bench/resnet.js [--quick]` (runs `bench/torch_resnet.py` with /usr/bin/python3 when it has torch), `node dist/bench/throughput.js`, `node dist/bench/heap.js`, `node dist/bench/kernels.js`, `node dist/bench/dashboard.js [--quick]`.",
+    "`node dist/bench/step.js [--quick] [--transports process,process-tcp,thread]`, `node dist/bench/resnet.js [--quick]` (runs `bench/torch_resnet.py` with /usr/bin/python3 when it has torch), `node dist/bench/throughput.js`, `node dist/bench/ranks.js [--quick]`, `node dist/bench/heap.js`, `node dist/bench/kernels.js`, `node dist/bench/dashboard.js [--quick]`.",
   "",
 ];
 }
@@ -182,4 +192,4 @@ const md = render(true);
 writeFileSync(RESULTS, md.join("\n"));
 log(`\n${md.join("\n")}`);
 log(`wrote ${RESULTS} (${fmt((Date.now() - started) / 60000, 1)} min; load ${loadStart} → ${loadLine()}, ${loadavg()[0]! > c.length ? "machine busy" : "machine not saturated"})`);
-if ([latency, kernels, step, resnet, throughput, heap, load, dashboard].some((s) => s?.error)) process.exitCode = 1;
+if ([latency, kernels, step, resnet, throughput, ranks, heap, load, dashboard].some((s) => s?.error)) process.exitCode = 1;
