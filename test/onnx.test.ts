@@ -83,30 +83,26 @@ async function refused(model: string, norm = "sync"): Promise<string> {
 
 const node = (m: ModelProto, opType: string) => m.graph!.node.find((n) => n.opType === opType)!;
 
+/** What an eval-mode export leaves of BN: every BatchNormalization becomes an Identity of its input. */
+function withoutBatchNorm(m: ModelProto): void {
+  for (const n of m.graph!.node.filter((x) => x.opType === "BatchNormalization")) {
+    n.opType = "Identity";
+    n.input = [n.input[0]!];
+    n.output = [n.output[0]!];
+    n.attribute = [];
+  }
+}
+
 describe("--model model.onnx refuses what it cannot train, one line per problem, before any worker starts", () => {
   it("refuses an eval-mode export (no BatchNormalization) under a BN mode, showing the training-mode export line", async () => {
-    const path = edited("resproj", (m) => {
-      for (const n of m.graph!.node.filter((x) => x.opType === "BatchNormalization")) {
-        n.opType = "Identity";
-        n.input = [n.input[0]!];
-        n.output = [n.output[0]!];
-        n.attribute = [];
-      }
-    });
+    const path = edited("resproj", withoutBatchNorm);
     const err = await refused(path, "sync");
     expect(err).toMatch(/no BatchNormalization node/);
     expect(err).toContain("training=torch.onnx.TrainingMode.TRAINING, do_constant_folding=False");
   }, 150_000);
 
   it("trains a graph without BatchNormalization under --norm none", async () => {
-    const path = edited("resproj", (m) => {
-      for (const n of m.graph!.node.filter((x) => x.opType === "BatchNormalization")) {
-        n.opType = "Identity";
-        n.input = [n.input[0]!];
-        n.output = [n.output[0]!];
-        n.attribute = [];
-      }
-    });
+    const path = edited("resproj", withoutBatchNorm);
     const out = mkdtempSync(join(tmpdir(), "syncbn-onnx-none-"));
     const r = await runCli(["train", "--model", path, "--norm", "none", "--data", DATA, "--workers", "2", "--batch", "4", "--steps", "1", "--out", out], { timeoutMs: 120_000 });
     expect(r.code, r.stderr).toBe(0);
