@@ -63,7 +63,7 @@ async function main(): Promise<WorkerReport[]> {
     const slices = bns.map((_, k) => c.steps[i]!.workers[first + k]!);
     const ys = await Promise.all(bns.map((bn, k) => bn.forward(Float32Array.from(slices[k]!.x), slices[k]!.shape[0]!, true)));
     const dxs = await Promise.all(bns.map((bn, k) => bn.backward(Float32Array.from(slices[k]!.dy), slices[k]!.shape[0]!)));
-    // The data-parallel gradient round: one share per process, its ranks' dγ, dβ summed in float64 and rounded once.
+    // The data-parallel gradient round: one share per process, its ranks' dγ, dβ summed in float64 (the coordinator adds the shares and rounds once).
     grads64.fill(0);
     for (const bn of bns) {
       for (let ch = 0; ch < chans; ch++) {
@@ -72,7 +72,7 @@ async function main(): Promise<WorkerReport[]> {
       }
     }
     const n = slices.reduce((a, w) => a + w.shape[0]!, 0);
-    const g = (await client.round(i, "grad", -1, n, Float32Array.from(grads64))).data;
+    const g = (await client.round(i, "grad", -1, n, grads64)).data;
     bns.forEach((bn, k) =>
       reports[k]!.steps.push({
         y: Array.from(ys[k]!),

@@ -47,7 +47,9 @@ export interface Welcome {
  * rank order (count = the count of one rank, the same for all R), which the
  * coordinator reduces as R ranks' parts; grad and sum contributions are one per
  * process, summed over its ranks (count = their total).
- * grad: data = summed gradients (Float32Array), extra = metric sums (Float64Array),
+ * grad: data = summed gradients: Float32Array from one rank; from a block, Float64Array
+ *   (each rank's float32 gradients summed in float64, so the coordinator's float64 sum
+ *   is that of R processes); extra = metric sums (Float64Array),
  *   checksum = parameter checksum when the coordinator asked for one (every K steps).
  * sum: data = Float64Array summed elementwise.
  */
@@ -158,7 +160,8 @@ export function checkContribution(v: unknown): string | null {
   }
   if (!isNonNegInt(v.count)) return "contrib.count must be a non-negative integer";
   if (v.phase === "grad") {
-    if (!(v.data instanceof Float32Array)) return "contrib.data must be a Float32Array in a grad round";
+    // float32 from one rank, float64 from a block of ranks (its ranks' float32 grads summed).
+    if (!(v.data instanceof Float32Array || v.data instanceof Float64Array)) return "contrib.data must be a Float32Array or Float64Array in a grad round";
   } else if (!(v.data instanceof Float64Array)) {
     return `contrib.data must be a Float64Array in a ${v.phase} round`;
   }

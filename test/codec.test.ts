@@ -118,12 +118,14 @@ describe("protocol guards", () => {
     expect(checkHello("hello")).toMatch(/hello/);
   });
 
-  it("requires float64 statistics in BN rounds and float32 gradients in grad rounds", () => {
+  it("requires float64 statistics in BN rounds and float32 (one rank) or float64 (a block of ranks) gradients in grad rounds", () => {
     const base = { type: "contrib", step: 0, layer: 0, count: 3 };
     expect(checkContribution({ ...base, phase: "fwd", data: new Float64Array(4) })).toBeNull();
     expect(checkContribution({ ...base, phase: "fwd", data: new Float32Array(4) })).toMatch(/Float64Array/);
     expect(checkContribution({ ...base, phase: "fwd", data: new Float64Array(3) })).toMatch(/2·C/);
-    expect(checkContribution({ ...base, phase: "grad", data: new Float64Array(4) })).toMatch(/Float32Array/);
+    expect(checkContribution({ ...base, phase: "grad", data: new Float32Array(4) })).toBeNull();
+    expect(checkContribution({ ...base, phase: "grad", data: new Float64Array(4) })).toBeNull();
+    expect(checkContribution({ ...base, phase: "grad", data: new Uint8Array(4) })).toMatch(/Float32Array or Float64Array/);
     expect(checkContribution({ ...base, phase: "nope", data: new Float64Array(4) })).toMatch(/phase/);
     expect(checkContribution({ ...base, phase: "bwd", count: 1.5, data: new Float64Array(4) })).toMatch(/count/);
   });

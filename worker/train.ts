@@ -105,7 +105,8 @@ export async function trainWorker(run: WorkerRun): Promise<void> {
   const n = blockSize * s.batch;
   const x = new Float32Array(n * per); // (R·B, C, H, W)
   const labels = new Uint8Array(n); // (R·B)
-  const grads = new Float32Array(model.gradSize);
+  // A rank block sends its ranks' gradients summed in float64 (Param.grad64); one rank sends float32.
+  const grads = blockSize > 1 ? new Float64Array(model.gradSize) : new Float32Array(model.gradSize);
   const extra = new Float64Array(GradExtra.length);
   let perm: Uint32Array | null = null;
   let permEpoch = -1;
@@ -173,7 +174,7 @@ export async function trainWorker(run: WorkerRun): Promise<void> {
       extra[GradExtra.totalSteps] = totalSteps * blockSize;
       extra[GradExtra.stepsPerEpoch] = spe * blockSize;
       const checksum = s.checksumEvery > 0 && step % s.checksumEvery === 0 ? model.checksum() : undefined;
-      // One contribution for the block: its R ranks' gradients are already summed by the one backward.
+      // One contribution for the block: its R ranks' own gradients, summed by the backward.
       const summed = await client.round(step, "grad", -1, n, grads, extra, checksum);
       lastWaitMs = client.waitMs - waitBefore;
       // The run's first round (start-up, client.startupWaitMs) is neither waiting nor compute.

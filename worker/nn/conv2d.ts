@@ -7,8 +7,8 @@
 import type { Rng } from "../../shared/rng.js";
 import { kernelBackend, type KernelBackend } from "./kernels/backend.js";
 import { ConvWasm } from "./kernels/conv-wasm.js";
-import { BatchBuffer, type Layer, type Param } from "./layer.js";
-import { initFanInUniform, requireInt, requireLength } from "./linear.js";
+import { addToSum, BatchBuffer, segmentLength, type Layer, type Param, type RankSegments } from "./layer.js";
+import { initFanInUniform, rankSegments, requireInt, requireLength } from "./linear.js";
 
 /** Arrays the naive twins accept: float32 for the product, float64 for test references. */
 export type Floats = Float32Array | Float64Array;
@@ -266,8 +266,11 @@ export function conv2dBackwardNaive(
 export interface ConvKernel {
   /** y (n, cout, outH, outW) = conv(x, w) + b; train keeps what backward needs. */
   forward(x: Float32Array, n: number, train: boolean, w: Float32Array, b: Float32Array): Float32Array;
-  /** For the last training forward of n samples: overwrites dw, db; returns dx (n, cin, inH, inW). */
-  backward(dy: Float32Array, n: number, w: Float32Array, dw: Float32Array, db: Float32Array): Float32Array;
+  /**
+   * For the last training forward of n samples: overwrites dw, db; returns dx (n, cin, inH, inW).
+   * With seg (a rank block): dw, db per rank segment, summed into seg; dw, db its rounding.
+   */
+  backward(dy: Float32Array, n: number, w: Float32Array, dw: Float32Array, db: Float32Array, seg: RankSegments | null): Float32Array;
 }
 
 /** The plain TypeScript path: the reference twin of ConvWasm. */
@@ -310,34 +313,49 @@ export class ConvJs implements ConvKernel {
 
   /**
    * Per sample: dW += dy·colsᵀ, dcols = Wᵀ·dy, dx = col2im(dcols); db = Σ dy.
-   * 4·n·cout·R·outH·outW flops plus an im2col per sample.
+   * 4·n·cout·R·outH·outW flops plus an im2col per sample. With rank segments, dW
+   * and db per segment as a batch of its samples alone, added into seg in float64.
    */
-  backward(dy: Float32Array, n: number, w: Float32Array, dw: Float32Array, db: Float32Array): Float32Array {
+  backward(dy: Float32Array, n: number, w: Float32Array, dw: Float32Array, db: Float32Array, seg: RankSegments | null): Float32Array {
     const g = this.g;
     const inSize = g.cin * g.inH * g.inW;
     const plane = g.outH * g.outW;
     const rows = g.cin * g.kernel * g.kernel;
     const x = this.xSaved.view(n);
     const dx = this.dx.view(n);
+    const b = segmentLength("conv", n, seg);
     dx.fill(0);
-    this.dwSum.fill(0);
-    for (let co = 0; co < g.cout; co++) {
-      let s = 0;
-      for (let i = 0; i < n; i++) {
-        const off = (i * g.cout + co) * plane;
-        for (let j = 0; j < plane; j++) s += dy[off + j];
+    seg?.dw.fill(0);
+    seg?.db.fill(0);
+    for (let r = 0; r < (seg?.count ?? 1); r++) {
+      const first = r * b, end = first + b;
+      this.dwSum.fill(0);
+      for (let co = 0; co < g.cout; co++) {
+        let s = 0;
+        for (let i = first; i < end; i++) {
+          const off = (i * g.cout + co) * plane;
+          for (let j = 0; j < plane; j++) s += dy[off + j];
+        }
+        db[co] = s;
       }
-      db[co] = s;
+      for (let i = first; i < end; i++) {
+        const dyOff = i * g.cout * plane;
+        im2col(this.cols, x, i * inSize, g);
+        gemmNTAcc(this.dwSum, dy, dyOff, this.cols, g.cout, rows, plane);
+        this.dcols.fill(0);
+        gemmAcc(this.dcols, 0, w, 0, 1, rows, dy, dyOff, rows, g.cout, plane);
+        col2imAdd(dx, i * inSize, this.dcols, g);
+      }
+      for (let t = 0; t < dw.length; t++) dw[t] = this.dwSum[t];
+      if (seg) {
+        addToSum(seg.dw, dw);
+        addToSum(seg.db, db);
+      }
     }
-    for (let i = 0; i < n; i++) {
-      const dyOff = i * g.cout * plane;
-      im2col(this.cols, x, i * inSize, g);
-      gemmNTAcc(this.dwSum, dy, dyOff, this.cols, g.cout, rows, plane);
-      this.dcols.fill(0);
-      gemmAcc(this.dcols, 0, w, 0, 1, rows, dy, dyOff, rows, g.cout, plane);
-      col2imAdd(dx, i * inSize, this.dcols, g);
+    if (seg) {
+      dw.set(seg.dw);
+      db.set(seg.db);
     }
-    for (let t = 0; t < dw.length; t++) dw[t] = this.dwSum[t];
     return dx;
   }
 }
@@ -351,6 +369,7 @@ export class Conv2d implements Layer {
   readonly bias: Param; // (cout)
   private readonly kernel: ConvKernel;
   private savedN = -1;
+  private segments: RankSegments | null = null;
 
   /** `backend` defaults to the process-wide choice (kernels/backend.ts). */
   constructor(
@@ -392,6 +411,10 @@ export class Conv2d implements Layer {
     }
     const g = this.geometry;
     requireLength(this.name, "dy", dy, n * g.cout * g.outH * g.outW);
-    return this.kernel.backward(dy, n, this.weight.value, this.weight.grad, this.bias.grad);
+    return this.kernel.backward(dy, n, this.weight.value, this.weight.grad, this.bias.grad, this.segments);
+  }
+
+  setRankSegments(r: number): void {
+    this.segments = r > 1 ? rankSegments(r, this.weight, this.bias) : null;
   }
 }

@@ -8,7 +8,8 @@ import { ErrorCode, SyncbnError } from "../../shared/errors.js";
 import { divisors } from "../../shared/config.js";
 import { kernelBackend } from "./kernels/backend.js";
 import { GroupNormWasm } from "./kernels/groupnorm-wasm.js";
-import { BatchBuffer, sizeOf, type Layer, type Param } from "./layer.js";
+import { BatchBuffer, flushSegment, segmentLength, sizeOf, type Layer, type Param, type RankSegments } from "./layer.js";
+import { rankSegments } from "./linear.js";
 
 export class GroupNorm implements Layer {
   readonly inShape: readonly number[];
@@ -28,6 +29,7 @@ export class GroupNorm implements Layer {
   private readonly xhat: BatchBuffer; // (N, C, S)
   private readonly dx: BatchBuffer; // (N, C, S)
   private savedN = -1;
+  private segments: RankSegments | null = null;
   /** The WebAssembly SIMD passes (SYNCBN_KERNELS=wasm, the default), or null for the loops below (the reference). */
   private readonly wasm: GroupNormWasm | null;
 
@@ -120,7 +122,7 @@ export class GroupNorm implements Layer {
   /**
    * With g = γ_c·dy per element and means over the group's m values:
    * dx = invStd·(g − mean(g) − xhat·mean(g·xhat)); dγ_c = Σ dy·xhat, dβ_c = Σ dy
-   * over samples and positions.
+   * over samples and positions (with rank segments: per segment, summed into them).
    */
   backward(dy: Float32Array, n: number): Float32Array {
     if (n !== this.savedN) {
@@ -131,12 +133,13 @@ export class GroupNorm implements Layer {
     const G = this.groups;
     const cg = this.groupChannels;
     const m = cg * s;
+    const seg = this.segments;
+    const b = segmentLength(this.name, n, seg);
+    seg?.dw.fill(0);
+    seg?.db.fill(0);
     if (this.wasm) {
-      const dx = this.wasm.backward(dy, n, this.gamma.value, this.gradGamma, this.gradBeta);
-      for (let ch = 0; ch < c; ch++) {
-        this.gamma.grad[ch] = this.gradGamma[ch]!;
-        this.beta.grad[ch] = this.gradBeta[ch]!;
-      }
+      const dx = this.wasm.backward(dy, n, this.gamma.value, this.gradGamma, this.gradBeta, b, seg);
+      this.setGrads();
       return dx;
     }
     const xhat = this.xhat.view(n);
@@ -145,6 +148,7 @@ export class GroupNorm implements Layer {
     this.gradGamma.fill(0);
     this.gradBeta.fill(0);
     for (let i = 0; i < n; i++) {
+      if (seg && i > 0 && i % b === 0) flushSegment(seg, this.gradGamma, this.gradBeta);
       for (let g = 0; g < G; g++) {
         const base = (i * c + g * cg) * s;
         let sumG = 0;
@@ -177,10 +181,23 @@ export class GroupNorm implements Layer {
         }
       }
     }
-    for (let ch = 0; ch < c; ch++) {
-      this.gamma.grad[ch] = this.gradGamma[ch]!;
-      this.beta.grad[ch] = this.gradBeta[ch]!;
-    }
+    this.setGrads();
     return dx;
+  }
+
+  setRankSegments(r: number): void {
+    this.segments = r > 1 ? rankSegments(r, this.gamma, this.beta) : null;
+  }
+
+  /** γ, β grads ← the float64 sums (of the last rank segment flushed first into the block's sums). */
+  private setGrads(): void {
+    const seg = this.segments;
+    if (seg && this.savedN > 0) flushSegment(seg, this.gradGamma, this.gradBeta);
+    const g = seg ? seg.dw : this.gradGamma;
+    const bt = seg ? seg.db : this.gradBeta;
+    for (let ch = 0; ch < this.channels; ch++) {
+      this.gamma.grad[ch] = g[ch]!;
+      this.beta.grad[ch] = bt[ch]!;
+    }
   }
 }

@@ -12,6 +12,13 @@ export interface Param {
   readonly shape?: readonly number[];
   /** false for BN's γ/β if the user excludes them from weight decay; default true. */
   readonly decay?: boolean;
+  /**
+   * Only in a process hosting R > 1 ranks (Layer.setRankSegments): Σ over the R
+   * ranks, in rank order and in float64, of the float32 grad each rank computes
+   * from its own B samples alone. The block sends this to the gradient round, so
+   * the coordinator's sum is the one of R processes; `grad` holds it rounded.
+   */
+  grad64?: Float64Array;
 }
 
 export interface Layer {
@@ -32,6 +39,43 @@ export interface Layer {
    * accumulate into) the param grads. Returns dx: (n, ...inShape), a layer-owned view.
    */
   backward(dy: Float32Array, n: number): Float32Array | Promise<Float32Array>;
+  /**
+   * Layers whose param grads sum over samples: from now on a training batch is R
+   * equal rank segments and the grads are per rank, summed into Param.grad64.
+   */
+  setRankSegments?(r: number): void;
+}
+
+/** A kernel's view of Param.grad64 for a rank block: `count` segments; dw, db the float64 sums. */
+export interface RankSegments {
+  readonly count: number;
+  readonly dw: Float64Array;
+  readonly db: Float64Array;
+}
+
+/** sum[i] += a[i]: one rank's float32 grad into its block's float64 sum. */
+export function addToSum(sum: Float64Array, a: ArrayLike<number>): void {
+  for (let i = 0; i < sum.length; i++) sum[i]! += a[i]!;
+}
+
+/**
+ * The end of one rank segment of float64 per-channel sums (a norm layer's dγ, dβ):
+ * rounded as that rank's float32 grads, added into seg; the sums restart at zero.
+ */
+export function flushSegment(seg: RankSegments, gradGamma: Float64Array, gradBeta: Float64Array): void {
+  for (let ch = 0; ch < gradGamma.length; ch++) {
+    seg.dw[ch]! += Math.fround(gradGamma[ch]!);
+    seg.db[ch]! += Math.fround(gradBeta[ch]!);
+  }
+  gradGamma.fill(0);
+  gradBeta.fill(0);
+}
+
+/** Samples per rank segment of a training batch of n (1 segment when seg is null); throws if they do not divide. */
+export function segmentLength(layer: string, n: number, seg: RankSegments | null): number {
+  const r = seg?.count ?? 1;
+  if (n % r !== 0) throw new RangeError(`layer ${layer}: a batch of ${n} samples does not split into ${r} rank segments`);
+  return n / r;
 }
 
 export function sizeOf(shape: readonly number[]): number {

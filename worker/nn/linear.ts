@@ -8,7 +8,7 @@ import { ErrorCode, SyncbnError } from "../../shared/errors.js";
 import type { Rng } from "../../shared/rng.js";
 import { kernelBackend, type KernelBackend } from "./kernels/backend.js";
 import { LinearWasm } from "./kernels/linear-wasm.js";
-import { BatchBuffer, type Layer, type Param } from "./layer.js";
+import { addToSum, BatchBuffer, segmentLength, type Layer, type Param, type RankSegments } from "./layer.js";
 
 /**
  * PyTorch's default init for Linear and Conv: kaiming_uniform_(a=√5) gives
@@ -19,6 +19,13 @@ export function initFanInUniform(weight: Float32Array, bias: Float32Array, fanIn
   const bound = fanIn > 0 ? 1 / Math.sqrt(fanIn) : 0;
   for (let i = 0; i < weight.length; i++) weight[i] = rng.uniform(-bound, bound);
   for (let i = 0; i < bias.length; i++) bias[i] = rng.uniform(-bound, bound);
+}
+
+/** Param.grad64 of weight and bias for a block of r ranks, and the kernels' view of them. */
+export function rankSegments(r: number, weight: Param, bias: Param): RankSegments {
+  weight.grad64 = new Float64Array(weight.grad.length);
+  bias.grad64 = new Float64Array(bias.grad.length);
+  return { count: r, dw: weight.grad64, db: bias.grad64 };
 }
 
 /** Throws BadConfig unless v is an integer ≥ min; `what` names it for the message. */
@@ -56,8 +63,11 @@ export function dot(a: Float32Array, aOff: number, b: Float32Array, bOff: number
 export interface LinearKernel {
   /** y (n, out) = x·Wᵀ + b; train keeps x for backward. */
   forward(x: Float32Array, n: number, train: boolean, w: Float32Array, b: Float32Array): Float32Array;
-  /** For the last training forward of n samples: overwrites dw, db; returns dx (n, in). */
-  backward(dy: Float32Array, n: number, w: Float32Array, dw: Float32Array, db: Float32Array): Float32Array;
+  /**
+   * For the last training forward of n samples: overwrites dw, db; returns dx (n, in).
+   * With seg (a rank block): dw, db per rank segment, summed into seg; dw, db its rounding.
+   */
+  backward(dy: Float32Array, n: number, w: Float32Array, dw: Float32Array, db: Float32Array, seg: RankSegments | null): Float32Array;
 }
 
 /** The plain TypeScript path: the reference twin of LinearWasm. */
@@ -87,29 +97,45 @@ export class LinearJs implements LinearKernel {
 
   /**
    * dW = dyᵀ·x, db = Σ_i dy_i, dx = dy·W: 2·n·out·in multiply-adds, all in
-   * row-update (ikj) order so the inner loop runs along contiguous rows.
+   * row-update (ikj) order so the inner loop runs along contiguous rows. With
+   * rank segments, dW and db per segment as a batch of its samples alone, added
+   * into seg in float64.
    */
-  backward(dy: Float32Array, n: number, w: Float32Array, dw: Float32Array, db: Float32Array): Float32Array {
+  backward(dy: Float32Array, n: number, w: Float32Array, dw: Float32Array, db: Float32Array, seg: RankSegments | null): Float32Array {
     const inF = this.inF, outF = this.outF;
     const x = this.xSaved.view(n);
     const dx = this.dx.view(n);
-    dw.fill(0);
+    const b = segmentLength("linear", n, seg);
     dx.fill(0);
-    for (let o = 0; o < outF; o++) {
-      let s = 0;
-      for (let i = 0; i < n; i++) s += dy[i * outF + o];
-      db[o] = s;
-    }
-    for (let i = 0; i < n; i++) {
-      const xOff = i * inF, dyOff = i * outF;
+    seg?.dw.fill(0);
+    seg?.db.fill(0);
+    for (let r = 0; r < (seg?.count ?? 1); r++) {
+      const first = r * b, end = first + b;
+      dw.fill(0);
       for (let o = 0; o < outF; o++) {
-        const g = dy[dyOff + o];
-        const wOff = o * inF;
-        for (let k = 0; k < inF; k++) {
-          dw[wOff + k] += g * x[xOff + k];
-          dx[xOff + k] += g * w[wOff + k];
+        let s = 0;
+        for (let i = first; i < end; i++) s += dy[i * outF + o];
+        db[o] = s;
+      }
+      for (let i = first; i < end; i++) {
+        const xOff = i * inF, dyOff = i * outF;
+        for (let o = 0; o < outF; o++) {
+          const g = dy[dyOff + o];
+          const wOff = o * inF;
+          for (let k = 0; k < inF; k++) {
+            dw[wOff + k] += g * x[xOff + k];
+            dx[xOff + k] += g * w[wOff + k];
+          }
         }
       }
+      if (seg) {
+        addToSum(seg.dw, dw);
+        addToSum(seg.db, db);
+      }
+    }
+    if (seg) {
+      dw.set(seg.dw);
+      db.set(seg.db);
     }
     return dx;
   }
@@ -122,6 +148,7 @@ export class Linear implements Layer {
   readonly bias: Param; // (out)
   private readonly kernel: LinearKernel;
   private savedN = -1;
+  private segments: RankSegments | null = null;
 
   /** `backend` defaults to the process-wide choice (kernels/backend.ts). */
   constructor(
@@ -159,6 +186,10 @@ export class Linear implements Layer {
       throw new RangeError(`layer ${this.name}: backward for ${n} samples after a training forward of ${this.savedN}`);
     }
     requireLength(this.name, "dy", dy, n * this.outFeatures);
-    return this.kernel.backward(dy, n, this.weight.value, this.weight.grad, this.bias.grad);
+    return this.kernel.backward(dy, n, this.weight.value, this.weight.grad, this.bias.grad, this.segments);
+  }
+
+  setRankSegments(r: number): void {
+    this.segments = r > 1 ? rankSegments(r, this.weight, this.bias) : null;
   }
 }

@@ -153,11 +153,23 @@ export class Model {
     for (const l of this.bnLayers) if (l instanceof SegmentedNorm) l.spreadRank0Stats();
   }
 
-  /** Copies every param's grad into flat (gradSize), params order. */
-  packGrads(flat: Float32Array): void {
+  /**
+   * A process hosting R > 1 ranks: every layer with params computes their grads
+   * per rank segment of the batch and sums them in float64 (Param.grad64), so the
+   * block's gradient contribution is the one R processes would send, summed.
+   */
+  setRankSegments(r: number): void {
+    for (const l of this.layers) l.setRankSegments?.(r);
+    const missing = this.params.filter((p) => p.grad64 === undefined).map((p) => p.name);
+    if (missing.length > 0) throw new RangeError(`model: no per-rank gradients for ${missing.join(", ")}`);
+  }
+
+  /** Copies every param's grad into flat (gradSize), params order; a Float64Array takes the per-rank sums (grad64) of a rank block. */
+  packGrads(flat: Float32Array | Float64Array): void {
+    const wide = flat instanceof Float64Array;
     let off = 0;
     for (const p of this.params) {
-      flat.set(p.grad, off);
+      flat.set(wide ? p.grad64 ?? p.grad : p.grad, off);
       off += p.grad.length;
     }
   }
@@ -186,7 +198,14 @@ export class Model {
 export type NormFactory = (g: GraphBuilder, name: string, v: Value) => Value;
 
 export function buildModel(o: ModelOptions): Model {
-  if (isOnnxKind(o.kind)) return buildOnnxModel(o.kind, o);
+  const model = isOnnxKind(o.kind) ? buildOnnxModel(o.kind, o) : buildBuiltIn(o);
+  const r = o.block?.syncs.length ?? 1;
+  if (r > 1) model.setRankSegments(r);
+  return model;
+}
+
+/** mlp, cnn or resnet:N. */
+function buildBuiltIn(o: ModelOptions): Model {
   const rng = new Rng(o.seed);
   let bnIndex = 0;
   const norm: NormFactory = (g, name, v) => {

@@ -11,7 +11,7 @@ import type { RunningStatsLayer, RunningStatsNorm } from "./norm-base.js";
 /**
  * The block's R copies behind one layer. γ/β of copy 0 are the layer's only
  * params (copied into the others before every training forward; their grads
- * summed over copies in float64 and rounded once after backward). Copy 0's
+ * summed over copies in float64 (Param.grad64) and rounded once after backward). Copy 0's
  * running statistics are the layer's: rank r0's, what eval, checkpoints and
  * weights use, as rank r0's are with one rank per process.
  */
@@ -41,6 +41,9 @@ export class SegmentedNorm implements RunningStatsLayer {
     this.y = new BatchBuffer(per);
     this.dx = new BatchBuffer(per);
     this.gradSum = new Float64Array(2 * this.channels);
+    // What the block sends to the gradient round: the R ranks' own dγ, dβ summed in float64.
+    c0.gamma.grad64 = this.gradSum.subarray(0, this.channels);
+    c0.beta.grad64 = this.gradSum.subarray(this.channels);
     this.pendingY = new Array<Float32Array | Promise<Float32Array>>(copies.length);
     this.pendingDx = new Array<Float32Array | Promise<Float32Array>>(copies.length);
   }

@@ -4,6 +4,7 @@
 // and picks this or the JS path.
 
 import type { ConvGeometry, ConvKernel } from "../conv2d.js";
+import { addToSum, segmentLength, type RankSegments } from "../layer.js";
 import { WasmArena } from "./arena.js";
 
 /** Float offsets of the regions, for a capacity of N samples; R = cin·k·k, P = outH·outW. */
@@ -80,29 +81,50 @@ export class ConvWasm implements ConvKernel {
 
   /**
    * Per sample: dW += dy·colsᵀ, dcols = Wᵀ·dy, dx = col2im(dcols); db = Σ dy
-   * (per-row float32 sums, added up in float64). 4·n·cout·R·P flops.
+   * (per-row float32 sums, added up in float64). 4·n·cout·R·P flops. With rank
+   * segments, dW and db restart at each segment's first sample and are added into
+   * seg in float64 at its last, so each is what its samples alone give.
    */
-  backward(dy: Float32Array, n: number, w: Float32Array, dw: Float32Array, db: Float32Array): Float32Array {
+  backward(dy: Float32Array, n: number, w: Float32Array, dw: Float32Array, db: Float32Array, seg: RankSegments | null): Float32Array {
     const { cin, cout, kernel, stride, padding, inH, inW, outH, outW } = this.g;
     const R = this.rows, P = this.plane, k = this.arena.kernels, at = this.at;
     const f32 = this.arena.f32;
+    const b = segmentLength("conv", n, seg);
     f32.set(w, at.w);
     this.arena.copyIn(dy, n * cout * P, at.dy);
     k.row_sums(at.dySums, at.dy, n * cout, P);
-    for (let co = 0; co < cout; co++) {
-      let s = 0;
-      for (let i = 0; i < n; i++) s += f32[at.dySums + i * cout + co]!;
-      db[co] = s;
-    }
     f32.fill(0, at.xdx, at.xdx + n * this.inSize);
+    seg?.dw.fill(0);
+    seg?.db.fill(0);
     for (let i = 0; i < n; i++) {
       const dyi = at.dy + i * cout * P;
-      k.gemm_nt(at.dw, R, dyi, P, at.cols + i * R * P, P, cout, R, P, i > 0 ? 1 : 0);
+      k.gemm_nt(at.dw, R, dyi, P, at.cols + i * R * P, P, cout, R, P, i % b > 0 ? 1 : 0);
       k.gemm_tn(at.dcols, P, at.w, R, dyi, P, R, P, cout, 0);
       k.col2im_add(at.dcols, at.xdx + i * this.inSize, cin, inH, inW, kernel, stride, padding, outH, outW);
+      if (seg && i % b === b - 1) {
+        this.sumBias(db, i + 1 - b, b);
+        addToSum(seg.dw, this.dwView);
+        addToSum(seg.db, db);
+      }
     }
-    if (n === 0) dw.fill(0);
-    else dw.set(this.dwView);
+    if (seg) {
+      dw.set(seg.dw);
+      db.set(seg.db);
+    } else {
+      this.sumBias(db, 0, n);
+      if (n === 0) dw.fill(0);
+      else dw.set(this.dwView);
+    }
     return this.arena.cachedView(this.dxViews, at.xdx, n * this.inSize, n);
+  }
+
+  /** db[co] ← Σ over samples first..first+count−1 of their per-row sums, in float64. */
+  private sumBias(db: Float32Array, first: number, count: number): void {
+    const cout = this.g.cout, f32 = this.arena.f32, sums = this.at.dySums;
+    for (let co = 0; co < cout; co++) {
+      let s = 0;
+      for (let i = first; i < first + count; i++) s += f32[sums + i * cout + co]!;
+      db[co] = s;
+    }
   }
 }

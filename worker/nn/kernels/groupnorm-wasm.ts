@@ -4,6 +4,7 @@
 // value is the TypeScript path's (groupnorm.ts) bit for bit. Not a layer: GroupNorm
 // owns γ, β and picks this or its own loops.
 
+import { flushSegment, type RankSegments } from "../layer.js";
 import { WasmArena } from "./arena.js";
 
 /** Float offsets; per-row float64 regions take 2 floats a row. */
@@ -80,8 +81,12 @@ export class GroupNormWasm {
     return y;
   }
 
-  /** dx (a view of this memory) for the last forward; dγ, dβ (float64, C) summed over samples. */
-  backward(dy: Float32Array, n: number, gamma: Float32Array, gradGamma: Float64Array, gradBeta: Float64Array): Float32Array {
+  /**
+   * dx (a view of this memory) for the last forward; dγ, dβ (float64, C) summed over
+   * samples. With seg: every `segment` samples the sums so far go into seg and restart
+   * (the caller flushes the last segment).
+   */
+  backward(dy: Float32Array, n: number, gamma: Float32Array, gradGamma: Float64Array, gradBeta: Float64Array, segment: number, seg: RankSegments | null): Float32Array {
     const c = this.channels, s = this.spatial, G = this.groups, cg = c / G, m = cg * s;
     const at = this.at, f64 = this.f64, k = this.arena.kernels;
     const dx = this.view("dx", n);
@@ -93,6 +98,7 @@ export class GroupNormWasm {
     gradGamma.fill(0);
     gradBeta.fill(0);
     for (let r = 0; r < n * G; r++) {
+      if (seg && r > 0 && r % (segment * G) === 0) flushSegment(seg, gradGamma, gradBeta);
       let sumG = 0;
       let sumGXhat = 0;
       for (let ch = 0; ch < cg; ch++) {

@@ -4,6 +4,7 @@
 // Not a layer: Linear owns the params and picks this or the JS path.
 
 import type { LinearKernel } from "../linear.js";
+import { addToSum, segmentLength, type RankSegments } from "../layer.js";
 import { WasmArena } from "./arena.js";
 
 /** Float offsets of the regions, for a capacity of N samples. */
@@ -61,19 +62,38 @@ export class LinearWasm implements LinearKernel {
     return y;
   }
 
-  /** dx = dy·W and dW = dyᵀ·x (2·n·out·in flops each), db = Σ dy in float64. */
-  backward(dy: Float32Array, n: number, w: Float32Array, dw: Float32Array, db: Float32Array): Float32Array {
+  /**
+   * dx = dy·W and dW = dyᵀ·x (2·n·out·in flops each), db = Σ dy in float64. With
+   * rank segments, dW and db per segment as a batch of its samples alone (one GEMM
+   * each), added into seg in float64.
+   */
+  backward(dy: Float32Array, n: number, w: Float32Array, dw: Float32Array, db: Float32Array, seg: RankSegments | null): Float32Array {
     const inF = this.inF, outF = this.outF, at = this.at, k = this.arena.kernels;
-    for (let o = 0; o < outF; o++) {
-      let s = 0;
-      for (let i = 0; i < n; i++) s += dy[i * outF + o]!;
-      db[o] = s;
-    }
+    const b = segmentLength("linear", n, seg);
     this.arena.f32.set(w, at.w);
     this.arena.copyIn(dy, n * outF, at.dy);
     k.gemm_nn(at.dx, inF, at.dy, outF, at.w, inF, n, inF, outF, 0);
-    k.gemm_tn(at.dw, inF, at.dy, outF, at.x, inF, outF, inF, n, 0);
-    dw.set(this.dwView);
+    seg?.dw.fill(0);
+    seg?.db.fill(0);
+    for (let r = 0; r < (seg?.count ?? 1); r++) {
+      const first = r * b;
+      for (let o = 0; o < outF; o++) {
+        let s = 0;
+        for (let i = first; i < first + b; i++) s += dy[i * outF + o]!;
+        db[o] = s;
+      }
+      k.gemm_tn(at.dw, inF, at.dy + first * outF, outF, at.x + first * inF, inF, outF, inF, b, 0);
+      if (seg) {
+        addToSum(seg.dw, this.dwView);
+        addToSum(seg.db, db);
+      }
+    }
+    if (seg) {
+      dw.set(seg.dw);
+      db.set(seg.db);
+    } else {
+      dw.set(this.dwView);
+    }
     return this.arena.cachedView(this.dxViews, at.dx, n * inF, n);
   }
 }
