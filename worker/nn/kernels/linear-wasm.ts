@@ -15,6 +15,7 @@ interface LinearRegions {
   dy: number; // (N, out)
   dx: number; // (N, in); also stages an eval forward's input
   dw: number; // (out, in)
+  dw64: number; // (out, in) float64 (2 floats each): a rank block's Σ of its ranks' dW
 }
 
 export class LinearWasm implements LinearKernel {
@@ -25,6 +26,7 @@ export class LinearWasm implements LinearKernel {
   private savedN = 0;
   /** Views of this layout: dW, and the outputs handed out per batch size. */
   private dwView!: Float32Array;
+  private dw64View!: Float64Array;
   private readonly yViews = new Map<number, Float32Array>();
   private readonly dxViews = new Map<number, Float32Array>();
 
@@ -37,12 +39,13 @@ export class LinearWasm implements LinearKernel {
     const inF = this.inF, outF = this.outF;
     const oldX = this.at?.x ?? 0;
     this.at = this.arena.layout({
-      w: outF * inF, x: n * inF, y: n * outF, dy: n * outF, dx: n * inF, dw: outF * inF,
+      w: outF * inF, x: n * inF, y: n * outF, dy: n * outF, dx: n * inF, dw: outF * inF, dw64: 2 * outF * inF,
     });
     // The last training input survives: an eval forward may come before backward.
     this.arena.f32.copyWithin(this.at.x, oldX, oldX + this.savedN * inF);
     this.capacity = n;
     this.dwView = this.arena.f32.subarray(this.at.dw, this.at.dw + outF * inF);
+    this.dw64View = new Float64Array(this.arena.f32.buffer, this.at.dw64 * 4, outF * inF);
     this.yViews.clear();
     this.dxViews.clear();
   }
@@ -65,7 +68,7 @@ export class LinearWasm implements LinearKernel {
   /**
    * dx = dy·W and dW = dyᵀ·x (2·n·out·in flops each), db = Σ dy in float64. With
    * rank segments, dW and db per segment as a batch of its samples alone (one GEMM
-   * each), added into seg in float64.
+   * each), added into seg in float64 (dW in this memory, add_f32_f64).
    */
   backward(dy: Float32Array, n: number, w: Float32Array, dw: Float32Array, db: Float32Array, seg: RankSegments | null): Float32Array {
     const inF = this.inF, outF = this.outF, at = this.at, k = this.arena.kernels;
@@ -73,8 +76,8 @@ export class LinearWasm implements LinearKernel {
     this.arena.f32.set(w, at.w);
     this.arena.copyIn(dy, n * outF, at.dy);
     k.gemm_nn(at.dx, inF, at.dy, outF, at.w, inF, n, inF, outF, 0);
-    seg?.dw.fill(0);
     seg?.db.fill(0);
+    if (seg) this.dw64View.fill(0);
     for (let r = 0; r < (seg?.count ?? 1); r++) {
       const first = r * b;
       for (let o = 0; o < outF; o++) {
@@ -84,11 +87,12 @@ export class LinearWasm implements LinearKernel {
       }
       k.gemm_tn(at.dw, inF, at.dy + first * outF, outF, at.x + first * inF, inF, outF, inF, b, 0);
       if (seg) {
-        addToSum(seg.dw, this.dwView);
+        k.add_f32_f64(at.dw64, at.dw, outF * inF);
         addToSum(seg.db, db);
       }
     }
     if (seg) {
+      seg.dw.set(this.dw64View);
       dw.set(seg.dw);
       db.set(seg.db);
     } else {

@@ -371,7 +371,40 @@ function im2colLike(name: string, adjoint: boolean): Func {
   return f;
 }
 
+/**
+ * add_f32_f64: dst[i] += src[i] for i < len, dst float64 (8-byte aligned), src
+ * float32, both given as float offsets. The widening is exact and each add is one
+ * IEEE float64 add, so the sums are the plain loop's bit for bit: two lanes at a
+ * time, then the odd last one. A rank block's per-rank dW into its float64 sum.
+ */
+function addF32ToF64(): Func {
+  const f = new Func("add_f32_f64", ["i32", "i32", "i32"]);
+  const [dst, src, len] = f.params as [Local, Local, Local];
+  const end = f.local("i32"), pairsEnd = f.local("i32");
+  f.get(dst).i32(2).shl().set(dst);
+  f.get(src).i32(2).shl().set(src);
+  f.get(src).get(len).i32(2).shl().add().set(end);
+  f.get(src).get(len).i32(-2).and().i32(2).shl().add().set(pairsEnd);
+  f.block((done) => f.loop((top) => {
+    f.get(src).get(pairsEnd).geS().brIf(done);
+    f.get(dst);
+    f.get(dst).v128Load().get(src).v128Load64Zero().f64x2PromoteLowF32x4().f64x2Add();
+    f.v128Store();
+    f.inc(src, 8);
+    f.inc(dst, 16);
+    f.br(top);
+  }));
+  f.block((done) => {
+    f.get(src).get(end).geS().brIf(done);
+    f.get(dst);
+    f.get(dst).f64Load().get(src).f32Load().f64PromoteF32().f64Add();
+    f.f64Store();
+  });
+  return f;
+}
+
 export interface KernelExports extends NormKernelExports {
+  add_f32_f64(dst: number, src: number, len: number): void;
   gemm_nn(c: number, ldc: number, a: number, lda: number, b: number, ldb: number, m: number, n: number, k: number, accumulate: number): void;
   gemm_tn(c: number, ldc: number, a: number, lda: number, b: number, ldb: number, m: number, n: number, k: number, accumulate: number): void;
   im2col(cols: number, x: number, cin: number, inH: number, inW: number, k: number, stride: number, pad: number, outH: number, outW: number): void;
@@ -387,6 +420,7 @@ export function kernelModuleBytes(): Uint8Array {
     gemm("gemm_tn", true),
     gemmNT(),
     rowSums(),
+    addF32ToF64(),
     im2colLike("im2col", false),
     im2colLike("col2im_add", true),
     ...normKernels(),
