@@ -6,6 +6,7 @@ import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { runTrain } from "../cli/train.js";
+import type { RanksPerProc } from "../cli/blocks.js";
 import type { RunSummary } from "../cli/monitor.js";
 import { DEFAULT_SETTINGS, type TrainSettings } from "../worker/settings.js";
 
@@ -19,6 +20,8 @@ export interface TrainRunOptions {
   pinCpus?: "auto" | "on" | "off";
   /** Extra environment for worker processes (e.g. SYNCBN_FASHION_MNIST_DIR). */
   workerEnv?: NodeJS.ProcessEnv;
+  /** --ranks-per-proc (default: the CLI's). */
+  ranksPerProc?: RanksPerProc;
   /** Serve the live dashboard (loopback, free port) and call back with its URL. */
   dashboard?: (url: string) => void;
 }
@@ -47,6 +50,7 @@ export async function trainOnce(o: TrainRunOptions): Promise<TrainRun> {
       wire: o.wire ?? "ws",
       pinCpus: o.pinCpus ?? "auto",
       workerEnv: o.workerEnv,
+      ...(o.ranksPerProc !== undefined ? { ranksPerProc: o.ranksPerProc } : {}),
       ...(o.dashboard ? { dashboard: { host: "127.0.0.1", port: 0 }, onDashboard: o.dashboard } : {}),
       tty: false,
       print: () => {},

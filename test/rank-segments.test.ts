@@ -52,6 +52,42 @@ const cases: Case[] = [
   },
 ];
 
+/** One backward of `make()` over R·B samples with R rank segments against R layers alone on B each: dx, grad64 and grad bit for bit. */
+async function expectBlockEqualsRanks(make: () => Layer, r: number, b: number): Promise<void> {
+  const probe = make();
+  const inLen = probe.inShape.reduce((x, d) => x * d, 1);
+  const outLen = probe.outShape.reduce((x, d) => x * d, 1);
+  const rng = new Rng(99);
+  const x = normals(rng, r * b * inLen);
+  const dy = normals(rng, r * b * outLen);
+
+  // R layers alone, one per rank, each on its B samples.
+  const want = probe.params().map((p) => new Float64Array(p.grad.length));
+  const wantDx: number[] = [];
+  for (let k = 0; k < r; k++) {
+    const alone = make();
+    await alone.forward(x.subarray(k * b * inLen, (k + 1) * b * inLen), b, true);
+    wantDx.push(...(await alone.backward(dy.subarray(k * b * outLen, (k + 1) * b * outLen), b)));
+    alone.params().forEach((p, i) => {
+      for (let j = 0; j < p.grad.length; j++) want[i]![j]! += p.grad[j]!;
+    });
+  }
+
+  const block = make();
+  block.setRankSegments!(r);
+  await block.forward(x, r * b, true);
+  const dx = await block.backward(dy, r * b);
+  expect(differing(dx, wantDx), "dx").toEqual([]);
+  block.params().forEach((p, i) => {
+    expect(differing(p.grad64!, want[i]!), `${p.name} grad64`).toEqual([]);
+    expect(differing(p.grad, Float32Array.from(want[i]!)), `${p.name} grad`).toEqual([]);
+  });
+  // A second step reuses the sums: they restart, not accumulate.
+  await block.forward(x, r * b, true);
+  await block.backward(dy, r * b);
+  block.params().forEach((p, i) => expect(differing(p.grad64!, want[i]!), `${p.name} grad64, second step`).toEqual([]));
+}
+
 describe("per-rank gradients of a rank block", () => {
   afterEach(() => setKernelBackend("wasm"));
 
@@ -59,41 +95,20 @@ describe("per-rank gradients of a rank block", () => {
     for (const c of cases) {
       it(`gives ${c.label} (${backend} kernels) the R ranks' own grads summed in float64 and their dx, bit for bit`, async () => {
         setKernelBackend(backend);
-        const probe = c.make();
-        const inLen = probe.inShape.reduce((a, d) => a * d, 1);
-        const outLen = probe.outShape.reduce((a, d) => a * d, 1);
-        const rng = new Rng(99);
-        const x = normals(rng, R * B * inLen);
-        const dy = normals(rng, R * B * outLen);
-
-        // R layers alone, one per rank, each on its B samples.
-        const want = probe.params().map((p) => new Float64Array(p.grad.length));
-        const wantDx: number[] = [];
-        for (let k = 0; k < R; k++) {
-          const alone = c.make();
-          await alone.forward(x.subarray(k * B * inLen, (k + 1) * B * inLen), B, true);
-          wantDx.push(...(await alone.backward(dy.subarray(k * B * outLen, (k + 1) * B * outLen), B)));
-          alone.params().forEach((p, i) => {
-            for (let j = 0; j < p.grad.length; j++) want[i]![j]! += p.grad[j]!;
-          });
-        }
-
-        const block = c.make();
-        block.setRankSegments!(R);
-        await block.forward(x, R * B, true);
-        const dx = await block.backward(dy, R * B);
-        expect(differing(dx, wantDx), "dx").toEqual([]);
-        block.params().forEach((p, i) => {
-          expect(differing(p.grad64!, want[i]!), `${p.name} grad64`).toEqual([]);
-          expect(differing(p.grad, Float32Array.from(want[i]!)), `${p.name} grad`).toEqual([]);
-        });
-        // A second step reuses the sums: they restart, not accumulate.
-        await block.forward(x, R * B, true);
-        await block.backward(dy, R * B);
-        block.params().forEach((p, i) => expect(differing(p.grad64!, want[i]!), `${p.name} grad64, second step`).toEqual([]));
+        await expectBlockEqualsRanks(c.make, R, B);
       });
     }
   }
+
+  // gemm_tn_seg: whole 4 × 8 blocks, edge rows and columns, one sample per rank, one rank.
+  it.each([
+    { inF: 64, outF: 32, r: 8, b: 1 },
+    { inF: 37, outF: 9, r: 2, b: 7 },
+    { inF: 16, outF: 5, r: 5, b: 3 },
+    { inF: 784, outF: 256, r: 32, b: 2 },
+  ])("gives Linear $inF → $outF with $r ranks of $b samples on WebAssembly the ranks' own dW summed in float64", async ({ inF, outF, r, b }) => {
+    await expectBlockEqualsRanks(() => new Linear("fc", inF, outF, new Rng(21)), r, b);
+  });
 
   it("refuses a batch that does not split into the R rank segments", async () => {
     const l = new Linear("fc", 3, 2, new Rng(1));

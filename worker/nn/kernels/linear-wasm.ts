@@ -67,8 +67,8 @@ export class LinearWasm implements LinearKernel {
 
   /**
    * dx = dy·W and dW = dyᵀ·x (2·n·out·in flops each), db = Σ dy in float64. With
-   * rank segments, dW and db per segment as a batch of its samples alone (one GEMM
-   * each), added into seg in float64 (dW in this memory, add_f32_f64).
+   * rank segments, dW and db per segment as a batch of its samples alone, added
+   * into seg in float64 (dW: gemm_tn_seg, the R products summed in one pass).
    */
   backward(dy: Float32Array, n: number, w: Float32Array, dw: Float32Array, db: Float32Array, seg: RankSegments | null): Float32Array {
     const inF = this.inF, outF = this.outF, at = this.at, k = this.arena.kernels;
@@ -77,7 +77,6 @@ export class LinearWasm implements LinearKernel {
     this.arena.copyIn(dy, n * outF, at.dy);
     k.gemm_nn(at.dx, inF, at.dy, outF, at.w, inF, n, inF, outF, 0);
     seg?.db.fill(0);
-    if (seg) this.dw64View.fill(0);
     for (let r = 0; r < (seg?.count ?? 1); r++) {
       const first = r * b;
       for (let o = 0; o < outF; o++) {
@@ -85,17 +84,15 @@ export class LinearWasm implements LinearKernel {
         for (let i = first; i < first + b; i++) s += dy[i * outF + o]!;
         db[o] = s;
       }
-      k.gemm_tn(at.dw, inF, at.dy + first * outF, outF, at.x + first * inF, inF, outF, inF, b, 0);
-      if (seg) {
-        k.add_f32_f64(at.dw64, at.dw, outF * inF);
-        addToSum(seg.db, db);
-      }
+      if (seg) addToSum(seg.db, db);
     }
     if (seg) {
+      k.gemm_tn_seg(at.dw64, inF, at.dy, outF, at.x, inF, outF, inF, n, b);
       seg.dw.set(this.dw64View);
       dw.set(seg.dw);
       db.set(seg.db);
     } else {
+      k.gemm_tn(at.dw, inF, at.dy, outF, at.x, inF, outF, inF, n, 0);
       dw.set(this.dwView);
     }
     return this.arena.cachedView(this.dxViews, at.dx, n * inF, n);

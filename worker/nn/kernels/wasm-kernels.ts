@@ -372,39 +372,101 @@ function im2colLike(name: string, adjoint: boolean): Func {
 }
 
 /**
- * add_f32_f64: dst[i] += src[i] for i < len, dst float64 (8-byte aligned), src
- * float32, both given as float offsets. The widening is exact and each add is one
- * IEEE float64 add, so the sums are the plain loop's bit for bit: two lanes at a
- * time, then the odd last one. A rank block's per-rank dW into its float64 sum.
+ * gemm_tn_seg: C64[i, j] = Σ_s f64(Σ_{t ∈ segment s} A[t·lda + i]·B[t·ldb + j]) for
+ * k = segments·seg: the transposed-A product of each segment of `seg` consecutive t,
+ * summed in float32 in t order exactly as gemm_tn (accumulate 0) sums a k = seg
+ * product, widened (exactly) to float64 and added up in segment order. C64 is
+ * float64 with row stride ldc in f64 elements; offsets are in floats. A rank
+ * block's dW = Σ_r dyᵣᵀ·xᵣ in one pass, bit for bit R gemm_tn calls summed in
+ * float64. The 4 × 8 block of gemm keeps its 8 float32 accumulators; the 16
+ * float64 sums are touched once per segment.
  */
-function addF32ToF64(): Func {
-  const f = new Func("add_f32_f64", ["i32", "i32", "i32"]);
-  const [dst, src, len] = f.params as [Local, Local, Local];
-  const end = f.local("i32"), pairsEnd = f.local("i32");
-  f.get(dst).i32(2).shl().set(dst);
-  f.get(src).i32(2).shl().set(src);
-  f.get(src).get(len).i32(2).shl().add().set(end);
-  f.get(src).get(len).i32(-2).and().i32(2).shl().add().set(pairsEnd);
-  f.block((done) => f.loop((top) => {
-    f.get(src).get(pairsEnd).geS().brIf(done);
-    f.get(dst);
-    f.get(dst).v128Load().get(src).v128Load64Zero().f64x2PromoteLowF32x4().f64x2Add();
-    f.v128Store();
-    f.inc(src, 8);
-    f.inc(dst, 16);
-    f.br(top);
+function gemmTNSeg(): Func {
+  const f = new Func("gemm_tn_seg", ["i32", "i32", "i32", "i32", "i32", "i32", "i32", "i32", "i32", "i32"]);
+  const [c, ldc, a, lda, b, ldb, m, n, k, seg] = f.params as [Local, Local, Local, Local, Local, Local, Local, Local, Local, Local];
+  const i0 = f.local("i32"), j0 = f.local("i32"), t = f.local("i32"), u = f.local("i32"), rem = f.local("i32");
+  const pa = f.local("i32"), pb = f.local("i32");
+  const pc = Array.from({ length: MR }, () => f.local("i32"));
+  const acc = Array.from({ length: MR }, () => Array.from({ length: NV }, () => f.local("v128")));
+  const wide = Array.from({ length: MR }, () => Array.from({ length: 2 * NV }, () => f.local("v128")));
+  const bv = Array.from({ length: NV }, () => f.local("v128"));
+  const av = f.local("v128");
+  const HIGH_HALF = [8, 9, 10, 11, 12, 13, 14, 15, 8, 9, 10, 11, 12, 13, 14, 15];
+
+  f.get(c).i32(2).shl().set(c);
+  f.get(ldc).i32(3).shl().set(ldc);
+  for (const l of [a, b, lda, ldb]) f.get(l).i32(2).shl().set(l);
+
+  const block = (rows: number): void => {
+    f.i32(0).set(j0);
+    f.block((done) => f.loop((next) => {
+      f.get(j0).get(n).geS().brIf(done);
+      f.get(c).get(i0).get(ldc).mul().add().get(j0).i32(3).shl().add().set(pc[0]!);
+      for (let r = 1; r < rows; r++) f.get(pc[r - 1]!).get(ldc).add().set(pc[r]!);
+      f.get(a).get(i0).i32(2).shl().add().set(pa);
+      f.get(b).get(j0).i32(2).shl().add().set(pb);
+      for (let r = 0; r < rows; r++) for (let q = 0; q < 2 * NV; q++) f.v128Zero().set(wide[r]![q]!);
+      f.get(k).set(t);
+      f.block((end) => f.loop((segment) => {
+        f.get(t).i32(0).leS().brIf(end);
+        for (let r = 0; r < rows; r++) for (let v = 0; v < NV; v++) f.v128Zero().set(acc[r]![v]!);
+        f.get(seg).set(u);
+        f.block((segEnd) => f.loop((top) => {
+          f.get(u).eqz().brIf(segEnd);
+          for (let v = 0; v < NV; v++) f.get(pb).v128Load(16 * v).set(bv[v]!);
+          f.inc(pb, ldb);
+          for (let r = 0; r < rows; r++) {
+            f.get(pa).v128Load32Splat(4 * r).set(av);
+            for (let v = 0; v < NV; v++) f.get(acc[r]![v]!).get(av).get(bv[v]!).f32x4Mul().f32x4Add().set(acc[r]![v]!);
+          }
+          f.inc(pa, lda);
+          f.inc(u, -1);
+          f.br(top);
+        }));
+        for (let r = 0; r < rows; r++) {
+          for (let v = 0; v < NV; v++) {
+            const lo = wide[r]![2 * v]!, hi = wide[r]![2 * v + 1]!, x = acc[r]![v]!;
+            f.get(lo).get(x).f64x2PromoteLowF32x4().f64x2Add().set(lo);
+            f.get(hi).get(x).get(x).i8x16Shuffle(HIGH_HALF).f64x2PromoteLowF32x4().f64x2Add().set(hi);
+          }
+        }
+        f.get(t).get(seg).sub().set(t);
+        f.br(segment);
+      }));
+      // Store the valid columns: f64 vector q holds columns j0 + 2q, j0 + 2q + 1.
+      f.get(n).get(j0).sub().set(rem);
+      for (let r = 0; r < rows; r++) {
+        for (let q = 0; q < 2 * NV; q++) {
+          f.get(rem).i32(2 * q + 2).geS();
+          f.ifElse(() => { f.get(pc[r]!).get(wide[r]![q]!).v128Store(16 * q); }, () => {
+            f.get(rem).i32(2 * q + 1).sub().eqz();
+            f.ifElse(() => { f.get(pc[r]!).i32(16 * q).add().get(wide[r]![q]!).v128Store64Lane(0); });
+          });
+        }
+      }
+      f.inc(j0, NR);
+      f.br(next);
+    }));
+  };
+
+  f.i32(0).set(i0);
+  f.block((done) => f.loop((next) => {
+    f.get(i0).i32(MR).add().get(m).gtS().brIf(done);
+    block(MR);
+    f.inc(i0, MR);
+    f.br(next);
   }));
-  f.block((done) => {
-    f.get(src).get(end).geS().brIf(done);
-    f.get(dst);
-    f.get(dst).f64Load().get(src).f32Load().f64PromoteF32().f64Add();
-    f.f64Store();
-  });
+  f.block((done) => f.loop((next) => {
+    f.get(i0).get(m).geS().brIf(done);
+    block(1);
+    f.inc(i0, 1);
+    f.br(next);
+  }));
   return f;
 }
 
 export interface KernelExports extends NormKernelExports {
-  add_f32_f64(dst: number, src: number, len: number): void;
+  gemm_tn_seg(c64: number, ldc: number, a: number, lda: number, b: number, ldb: number, m: number, n: number, k: number, seg: number): void;
   gemm_nn(c: number, ldc: number, a: number, lda: number, b: number, ldb: number, m: number, n: number, k: number, accumulate: number): void;
   gemm_tn(c: number, ldc: number, a: number, lda: number, b: number, ldb: number, m: number, n: number, k: number, accumulate: number): void;
   im2col(cols: number, x: number, cin: number, inH: number, inW: number, k: number, stride: number, pad: number, outH: number, outW: number): void;
@@ -420,7 +482,7 @@ export function kernelModuleBytes(): Uint8Array {
     gemm("gemm_tn", true),
     gemmNT(),
     rowSums(),
-    addF32ToF64(),
+    gemmTNSeg(),
     im2colLike("im2col", false),
     im2colLike("col2im_add", true),
     ...normKernels(),
