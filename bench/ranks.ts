@@ -95,6 +95,8 @@ export interface RanksResult {
   /** The same global batch in one process, W = 64: sync against --workers 1 --batch 128; local against ghost:2. */
   sync64: { packed: RanksRun; oneProcess: RanksRun; single: RanksRun };
   local64: { packed: RanksRun; single: RanksRun };
+  /** The same with --transport thread (workers as threads of one process, as the issue's own figures were measured). */
+  thread64: { sync: RanksRun; syncSingle: RanksRun; local: RanksRun; localSingle: RanksRun };
   /** cnn, 32 ranks × 2, packed: sync and local. */
   cnn32: { sync: RanksRun; local: RanksRun };
 }
@@ -115,6 +117,13 @@ export async function runRanksBench(o: RanksOptions): Promise<RanksResult> {
     single: await run("mlp 1 worker × 128, sync", single("sync", 128)),
   };
   const local64 = { packed: await run("mlp 64 ranks × 2, local, --ranks-per-proc auto", mlp(64, "local", "auto")), single: await run("mlp 1 worker × 128, ghost:2", single("ghost:2", 128)) };
+  const thread = ["--transport", "thread"];
+  const thread64 = {
+    sync: await run("mlp 64 ranks × 2, sync, --ranks-per-proc auto, threads", [...mlp(64, "sync", "auto"), ...thread]),
+    syncSingle: await run("mlp 1 worker × 128, sync, thread", [...single("sync", 128), ...thread]),
+    local: await run("mlp 64 ranks × 2, local, --ranks-per-proc auto, threads", [...mlp(64, "local", "auto"), ...thread]),
+    localSingle: await run("mlp 1 worker × 128, ghost:2, thread", [...single("ghost:2", 128), ...thread]),
+  };
   const worlds: RanksResult["worlds"] = [];
   for (const w of o.worlds) {
     const packed = w === 64 ? sync64.packed : await run(`mlp ${w} ranks × 2, sync, --ranks-per-proc auto`, mlp(w, "sync", "auto"));
@@ -124,7 +133,7 @@ export async function runRanksBench(o: RanksOptions): Promise<RanksResult> {
   }
   const cnn = (norm: string): string[] => ["--model", "cnn", "--workers", "32", "--batch", "2", "--norm", norm, "--ranks-per-proc", "auto"];
   const cnn32 = { sync: await run("cnn 32 ranks × 2, sync, --ranks-per-proc auto", cnn("sync")), local: await run("cnn 32 ranks × 2, local, --ranks-per-proc auto", cnn("local")) };
-  return { steps: o.steps, worlds, sync64, local64, cnn32 };
+  return { steps: o.steps, worlds, sync64, local64, thread64, cnn32 };
 }
 
 export function ranksMarkdown(r: RanksResult): string[] {
@@ -132,9 +141,12 @@ export function ranksMarkdown(r: RanksResult): string[] {
   const ratioOne = r.sync64.oneProcess.samplesPerSecond / r.sync64.single.samplesPerSecond;
   const ratioLocal = r.local64.packed.samplesPerSecond / r.local64.single.samplesPerSecond;
   const mem64 = r.sync64.packed.peakMiB / 1024;
+  const t = r.thread64;
+  const ratioThreadSync = t.sync.samplesPerSecond / t.syncSingle.samplesPerSecond;
+  const ratioThreadLocal = t.local.samplesPerSecond / t.localSingle.samplesPerSecond;
   const mib = (x: RanksRun): string => `${fmt(x.peakMiB, 0)} MiB (${x.processes} processes)`;
   return [
-    `mlp, 2 samples per rank, ${r.steps}-step runs of \`syncbn train\`; \`--ranks-per-proc auto\` packs the ranks into ≤ ${cpus().length} worker processes, \`--ranks-per-proc W\` puts all of them in one (no statistics rounds). Peak memory is the sum of RSS over the whole process tree (launcher with its coordinator, and every worker).`,
+    `mlp, 2 samples per rank, ${r.steps}-step runs of \`syncbn train\`; \`--ranks-per-proc auto\` packs the ranks into ≤ ${cpus().length} worker processes, \`--ranks-per-proc W\` puts all of them in one (no statistics rounds); "threads" rows run the workers as threads (\`--transport thread\`), baseline included. Peak memory is the sum of RSS over the whole process tree (launcher with its coordinator, and every worker).`,
     "",
     ...table(
       ["ranks W", "auto: samples/s", "auto: peak memory", "one process: samples/s", "one process: peak memory", "one process per rank: samples/s", "one process per rank: peak memory"],
@@ -155,6 +167,8 @@ export function ranksMarkdown(r: RanksResult): string[] {
         ["64 ranks × 2, sync, auto / 1 worker × 128 sync (samples/s)", `${fmt(r.sync64.packed.samplesPerSecond, 0)} / ${fmt(r.sync64.single.samplesPerSecond, 0)} = ${fmt(ratioSync, 2)}×`, "≥ 0.7×", verdict(ratioSync >= 0.7)],
         ["64 ranks × 2, sync, one process / 1 worker × 128 sync (samples/s)", `${fmt(r.sync64.oneProcess.samplesPerSecond, 0)} / ${fmt(r.sync64.single.samplesPerSecond, 0)} = ${fmt(ratioOne, 2)}×`, "≥ 0.7×", verdict(ratioOne >= 0.7)],
         ["64 ranks × 2, local, packed / 1 worker × 128 ghost:2 (samples/s)", `${fmt(r.local64.packed.samplesPerSecond, 0)} / ${fmt(r.local64.single.samplesPerSecond, 0)} = ${fmt(ratioLocal, 2)}×`, "≥ 0.7×", verdict(ratioLocal >= 0.7)],
+        ["threads: 64 ranks × 2, sync, auto / 1 worker × 128 sync (samples/s)", `${fmt(t.sync.samplesPerSecond, 0)} / ${fmt(t.syncSingle.samplesPerSecond, 0)} = ${fmt(ratioThreadSync, 2)}×`, "≥ 0.7×", verdict(ratioThreadSync >= 0.7)],
+        ["threads: 64 ranks × 2, local, auto / 1 worker × 128 ghost:2 (samples/s)", `${fmt(t.local.samplesPerSecond, 0)} / ${fmt(t.localSingle.samplesPerSecond, 0)} = ${fmt(ratioThreadLocal, 2)}×`, "≥ 0.7×", verdict(ratioThreadLocal >= 0.7)],
         ["64 ranks, peak memory of the whole run", `${fmt(mem64, 2)} GiB`, "≤ 1.5 GB", verdict(r.sync64.packed.peakMiB * 1048576 <= 1.5e9)],
         ["cnn 32 ranks × 2, packed: sync / local (ms/step)", `${fmt(r.cnn32.sync.msPerStep, 2)} / ${fmt(r.cnn32.local.msPerStep, 2)} = ${fmt(r.cnn32.sync.msPerStep / r.cnn32.local.msPerStep, 2)}×; ${fmt(r.cnn32.sync.samplesPerSecond, 0)} samples/s sync`, "reported", ""],
       ],
