@@ -21,10 +21,12 @@ export interface RanksOptions {
   worlds: number[];
   /** Worlds also run with one process per rank, for the contrast (costly: W processes). */
   onePerProcess: number[];
+  /** Runs of each 64-rank comparison (packed and its one-process baseline alternating); the median run counts. */
+  repeats: number;
   log: (line: string) => void;
 }
 
-export const DEFAULT_RANKS: RanksOptions = { steps: 200, worlds: [8, 32, 64, 256], onePerProcess: [8, 32], log: () => {} };
+export const DEFAULT_RANKS: RanksOptions = { steps: 200, worlds: [8, 32, 64, 256], onePerProcess: [8, 32], repeats: 3, log: () => {} };
 
 export interface RanksRun {
   label: string;
@@ -88,8 +90,14 @@ export async function trainMeasured(label: string, args: string[]): Promise<Rank
   }
 }
 
+/** The run with the median samples/s (the upper median of an even count). */
+function medianRun(runs: readonly RanksRun[]): RanksRun {
+  return [...runs].sort((x, y) => x.samplesPerSecond - y.samplesPerSecond)[Math.floor(runs.length / 2)]!;
+}
+
 export interface RanksResult {
   steps: number;
+  repeats: number;
   /** mlp, 2 samples per rank, sync, by W: --ranks-per-proc auto, all W in one process, one process per rank. */
   worlds: { world: number; packed: RanksRun; oneProcess: RanksRun; onePerProcess: RanksRun | null }[];
   /** The same global batch in one process, W = 64: sync against --workers 1 --batch 128; local against ghost:2. */
@@ -111,19 +119,22 @@ export async function runRanksBench(o: RanksOptions): Promise<RanksResult> {
   const mlp = (w: number, norm: string, rpp: string): string[] => ["--model", "mlp", "--workers", String(w), "--batch", "2", "--norm", norm, "--ranks-per-proc", rpp];
   const single = (norm: string, batch: number, model = "mlp"): string[] => ["--model", model, "--workers", "1", "--batch", String(batch), "--norm", norm];
 
-  const sync64 = {
-    packed: await run("mlp 64 ranks × 2, sync, --ranks-per-proc auto", mlp(64, "sync", "auto")),
-    oneProcess: await run("mlp 64 ranks × 2, sync, all in one process", mlp(64, "sync", "64")),
-    single: await run("mlp 1 worker × 128, sync", single("sync", 128)),
+  /** The pair's runs alternating (which goes first swaps each round), `repeats` of each; the median run of each. */
+  const pair = async (a: [string, string[]], b: [string, string[]]): Promise<[RanksRun, RanksRun]> => {
+    const ra: RanksRun[] = [], rb: RanksRun[] = [];
+    for (let i = 0; i < o.repeats; i++) {
+      if (i % 2 === 0) { ra.push(await run(...a)); rb.push(await run(...b)); } else { rb.push(await run(...b)); ra.push(await run(...a)); }
+    }
+    return [medianRun(ra), medianRun(rb)];
   };
-  const local64 = { packed: await run("mlp 64 ranks × 2, local, --ranks-per-proc auto", mlp(64, "local", "auto")), single: await run("mlp 1 worker × 128, ghost:2", single("ghost:2", 128)) };
   const thread = ["--transport", "thread"];
-  const thread64 = {
-    sync: await run("mlp 64 ranks × 2, sync, --ranks-per-proc auto, threads", [...mlp(64, "sync", "auto"), ...thread]),
-    syncSingle: await run("mlp 1 worker × 128, sync, thread", [...single("sync", 128), ...thread]),
-    local: await run("mlp 64 ranks × 2, local, --ranks-per-proc auto, threads", [...mlp(64, "local", "auto"), ...thread]),
-    localSingle: await run("mlp 1 worker × 128, ghost:2, thread", [...single("ghost:2", 128), ...thread]),
-  };
+  const [syncPacked, syncSingle] = await pair(["mlp 64 ranks × 2, sync, --ranks-per-proc auto", mlp(64, "sync", "auto")], ["mlp 1 worker × 128, sync", single("sync", 128)]);
+  const sync64 = { packed: syncPacked, oneProcess: await run("mlp 64 ranks × 2, sync, all in one process", mlp(64, "sync", "64")), single: syncSingle };
+  const [localPacked, localSingle] = await pair(["mlp 64 ranks × 2, local, --ranks-per-proc auto", mlp(64, "local", "auto")], ["mlp 1 worker × 128, ghost:2", single("ghost:2", 128)]);
+  const local64 = { packed: localPacked, single: localSingle };
+  const [tSync, tSyncSingle] = await pair(["mlp 64 ranks × 2, sync, --ranks-per-proc auto, threads", [...mlp(64, "sync", "auto"), ...thread]], ["mlp 1 worker × 128, sync, thread", [...single("sync", 128), ...thread]]);
+  const [tLocal, tLocalSingle] = await pair(["mlp 64 ranks × 2, local, --ranks-per-proc auto, threads", [...mlp(64, "local", "auto"), ...thread]], ["mlp 1 worker × 128, ghost:2, thread", [...single("ghost:2", 128), ...thread]]);
+  const thread64 = { sync: tSync, syncSingle: tSyncSingle, local: tLocal, localSingle: tLocalSingle };
   const worlds: RanksResult["worlds"] = [];
   for (const w of o.worlds) {
     const packed = w === 64 ? sync64.packed : await run(`mlp ${w} ranks × 2, sync, --ranks-per-proc auto`, mlp(w, "sync", "auto"));
@@ -133,7 +144,7 @@ export async function runRanksBench(o: RanksOptions): Promise<RanksResult> {
   }
   const cnn = (norm: string): string[] => ["--model", "cnn", "--workers", "32", "--batch", "2", "--norm", norm, "--ranks-per-proc", "auto"];
   const cnn32 = { sync: await run("cnn 32 ranks × 2, sync, --ranks-per-proc auto", cnn("sync")), local: await run("cnn 32 ranks × 2, local, --ranks-per-proc auto", cnn("local")) };
-  return { steps: o.steps, worlds, sync64, local64, thread64, cnn32 };
+  return { steps: o.steps, repeats: o.repeats, worlds, sync64, local64, thread64, cnn32 };
 }
 
 export function ranksMarkdown(r: RanksResult): string[] {
@@ -146,7 +157,7 @@ export function ranksMarkdown(r: RanksResult): string[] {
   const ratioThreadLocal = t.local.samplesPerSecond / t.localSingle.samplesPerSecond;
   const mib = (x: RanksRun): string => `${fmt(x.peakMiB, 0)} MiB (${x.processes} processes)`;
   return [
-    `mlp, 2 samples per rank, ${r.steps}-step runs of \`syncbn train\`; \`--ranks-per-proc auto\` packs the ranks into ≤ ${cpus().length} worker processes, \`--ranks-per-proc W\` puts all of them in one (no statistics rounds); "threads" rows run the workers as threads (\`--transport thread\`), baseline included. Peak memory is the sum of RSS over the whole process tree (launcher with its coordinator, and every worker).`,
+    `mlp, 2 samples per rank, ${r.steps}-step runs of \`syncbn train\`; each 64-rank comparison is the median of ${r.repeats} runs of each side, alternating; \`--ranks-per-proc auto\` packs the ranks into ≤ ${cpus().length} worker processes, \`--ranks-per-proc W\` puts all of them in one (no statistics rounds); "threads" rows run the workers as threads (\`--transport thread\`), baseline included. Peak memory is the sum of RSS over the whole process tree (launcher with its coordinator, and every worker).`,
     "",
     ...table(
       ["ranks W", "auto: samples/s", "auto: peak memory", "one process: samples/s", "one process: peak memory", "one process per rank: samples/s", "one process per rank: peak memory"],
@@ -181,7 +192,7 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
   const quick = process.argv.includes("--quick");
   const log = (l: string): void => console.log(l);
   log(`ranks per process: ${machineLine()}, load ${loadLine()}`);
-  const r = await runRanksBench({ ...DEFAULT_RANKS, log, ...(quick ? { steps: 60, worlds: [8, 64, 256], onePerProcess: [8] } : {}) });
+  const r = await runRanksBench({ ...DEFAULT_RANKS, log, ...(quick ? { steps: 60, worlds: [8, 64, 256], onePerProcess: [8], repeats: 1 } : {}) });
   const md = [`# Simulating many devices (bench/ranks.ts)`, "", `${machineLine()}; ${new Date().toISOString()}; load at end ${loadLine()}.`, "", ...ranksMarkdown(r), ""];
   writeFileSync(fileURLToPath(new URL("../../bench/ranks-results.md", import.meta.url)), md.join("\n"));
   log("");
