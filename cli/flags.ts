@@ -111,6 +111,9 @@ export function wireOption(what = "how workers and the coordinator talk"): Optio
 }
 
 const D = DEFAULT_SETTINGS;
+
+const RANK_GRADS_HELP =
+  "with several ranks per process: exact computes each rank's weight gradients as that rank alone would and sums them in float64, bit-identical to one rank per process; fused computes those of the process's samples in one GEMM per layer (float32: faster, differs by float32 rounding)";
 const K = BN_STYLE_DEFAULTS;
 
 /** The defaults of the run flags that differ between train and sweep. */
@@ -142,6 +145,7 @@ export function addRunFlags(cmd: Command, d: RunFlagDefaults = TRAIN_DEFAULTS): 
     .option("--model <kind>", "mlp | cnn | resnet:N (resnet:3 = ResNet-20)", modelArg, d.model)
     .option("--data <spec>", "synthetic | fashion-mnist | DIR (folder of IDX files)", D.data)
     .addOption(new Option("--shuffle <on|off>", "off: no shuffling, rank k's t-th batch holds samples k + W·(t·B + j), as PyTorch's DistributedSampler(shuffle=False)").choices(["on", "off"]).default(D.shuffle))
+    .addOption(new Option("--rank-grads <exact|fused>", RANK_GRADS_HELP).choices(["exact", "fused"]).default(D.rankGrads))
     .option("--epochs <n>", `epochs to train (1..${MAX_EPOCHS}; ignored with --steps)`, intArg("--epochs", 1, MAX_EPOCHS), D.epochs)
     .option("--steps <n>", `total training steps (1..${MAX_STEPS}; overrides --epochs)`, intArg("--steps", 1, MAX_STEPS))
     .option("--momentum <x>", "SGD momentum, in [0, 1)", numArg("--momentum", { min: 0, max: 1, highOpen: true }), D.momentum)
@@ -188,6 +192,7 @@ export interface RunFlags {
   model: ModelKind;
   data: string;
   shuffle: "on" | "off";
+  rankGrads: "fused" | "exact";
   epochs: number;
   steps?: number;
   momentum: number;
@@ -235,6 +240,7 @@ export function runSettingsFromFlags(f: RunFlags): TrainSettings {
     model: f.model,
     data: f.data,
     shuffle: f.shuffle,
+    rankGrads: f.rankGrads,
     steps: f.steps ?? null,
     epochs: f.epochs,
     momentum: f.momentum,

@@ -85,6 +85,7 @@ export function gridFromFlags(f: SweepFlags): SweepGrid {
     preciseBatches: run.preciseBatches,
     checksumEvery: run.checksumEvery,
     shuffle: run.shuffle,
+    rankGrads: run.rankGrads,
   };
 }
 

@@ -49,6 +49,8 @@ export interface SweepGrid {
   checksumEvery: number;
   /** --shuffle (a folder made before the flag reads DEFAULT_GRID's "on"). */
   shuffle: "on" | "off";
+  /** --rank-grads (a folder made before the flag reads DEFAULT_GRID's "exact", what it ran). */
+  rankGrads: "fused" | "exact";
 }
 
 /**
@@ -92,6 +94,7 @@ export const DEFAULT_GRID: SweepGrid = {
   preciseBatches: DEFAULT_SETTINGS.preciseBatches,
   checksumEvery: DEFAULT_SETTINGS.checksumEvery,
   shuffle: "on",
+  rankGrads: "exact",
 };
 
 export function lrFor(g: SweepGrid, perWorkerBatch: number): number {
@@ -146,6 +149,7 @@ export function settingsFor(g: SweepGrid, norm: string, perWorkerBatch: number, 
     preciseBatches: g.preciseBatches,
     checksumEvery: g.checksumEvery,
     shuffle: g.shuffle,
+    rankGrads: g.rankGrads,
   };
 }
 

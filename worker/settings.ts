@@ -51,6 +51,14 @@ export interface TrainSettings {
   renormWarmup: number;
   /** on: a fresh permutation per epoch; off: file order, as DistributedSampler(shuffle=False) (data/order.ts). */
   shuffle: "on" | "off";
+  /**
+   * A process hosting R > 1 ranks (--ranks-per-proc): exact computes each rank's
+   * weight gradients as that rank alone would and sums them in float64, bit-identical
+   * to one rank per process; fused computes those of its R·B samples in one GEMM per
+   * layer (float32, as one rank of R·B would; faster). Statistics are per rank either
+   * way. No effect with R = 1.
+   */
+  rankGrads: "fused" | "exact";
 }
 
 export const DEFAULT_SETTINGS: TrainSettings = {
@@ -79,6 +87,7 @@ export const DEFAULT_SETTINGS: TrainSettings = {
   renormDMax: 5,
   renormWarmup: 500,
   shuffle: "on",
+  rankGrads: "exact",
 };
 
 /**
@@ -145,6 +154,7 @@ export function validateSettings(s: TrainSettings, worldSize: number): void {
   if (!(s.renormDMax >= 0)) bad(`--renorm-dmax must be ≥ 0, got ${s.renormDMax}`);
   if (!Number.isInteger(s.renormWarmup) || s.renormWarmup < 0) bad(`--renorm-warmup must be an integer ≥ 0, got ${s.renormWarmup}`);
   if (s.shuffle !== "on" && s.shuffle !== "off") bad(`--shuffle must be on or off, got "${String(s.shuffle)}"`);
+  if (s.rankGrads !== "fused" && s.rankGrads !== "exact") bad(`--rank-grads must be fused or exact, got "${String(s.rankGrads)}"`);
   validateConventions(conventionsOf(s));
 }
 

@@ -63,7 +63,8 @@ export async function trainWorker(run: WorkerRun): Promise<void> {
   const bnSync = groupSize > 1 ? sync : null;
   // A block of R > 1 ranks: R copies of every norm layer, each with its rank's collective.
   const blockSync = blockSize > 1 && groupSize > 1 ? new BlockSync(client, rank, blockSize, groupSize, sync) : null;
-  const block = blockSize > 1 ? { first: rank, syncs: blockSync ? blockSync.facades : new Array<null>(blockSize).fill(null) } : undefined;
+  const exactGrads = s.rankGrads === "exact";
+  const block = blockSize > 1 ? { first: rank, syncs: blockSync ? blockSync.facades : new Array<null>(blockSize).fill(null), exactGrads } : undefined;
   const model = buildModel({
     kind: s.model,
     inShape: data.train.sampleShape,
@@ -105,8 +106,9 @@ export async function trainWorker(run: WorkerRun): Promise<void> {
   const n = blockSize * s.batch;
   const x = new Float32Array(n * per); // (R·B, C, H, W)
   const labels = new Uint8Array(n); // (R·B)
-  // A rank block sends its ranks' gradients summed in float64 (Param.grad64); one rank sends float32.
-  const grads = blockSize > 1 ? new Float64Array(model.gradSize) : new Float32Array(model.gradSize);
+  // A block with --rank-grads exact sends its ranks' gradients summed in float64 (Param.grad64);
+  // one rank, or a fused block (one GEMM over its R·B samples), sends float32.
+  const grads = blockSize > 1 && exactGrads ? new Float64Array(model.gradSize) : new Float32Array(model.gradSize);
   const extra = new Float64Array(GradExtra.length);
   let perm: Uint32Array | null = null;
   let permEpoch = -1;

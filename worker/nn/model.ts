@@ -71,7 +71,12 @@ export interface ModelOptions {
    * statistics becomes a SegmentedNorm of R copies, copy k with syncs[k] (rank
    * first+k's collective; null entries for modes without rounds). Absent: R = 1.
    */
-  block?: { first: number; syncs: readonly (BnSync | null)[] };
+  block?: {
+    first: number;
+    syncs: readonly (BnSync | null)[];
+    /** Per-rank weight gradients summed in float64 (--rank-grads exact); else one GEMM over the block's samples. */
+    exactGrads?: boolean;
+  };
 }
 
 /** One tensor of the model under its PyTorch state_dict name, in state_dict order. */
@@ -200,7 +205,7 @@ export type NormFactory = (g: GraphBuilder, name: string, v: Value) => Value;
 export function buildModel(o: ModelOptions): Model {
   const model = isOnnxKind(o.kind) ? buildOnnxModel(o.kind, o) : buildBuiltIn(o);
   const r = o.block?.syncs.length ?? 1;
-  if (r > 1) model.setRankSegments(r);
+  if (r > 1 && o.block?.exactGrads === true) model.setRankSegments(r);
   return model;
 }
 

@@ -15,7 +15,7 @@ interface LinearRegions {
   dy: number; // (N, out)
   dx: number; // (N, in); also stages an eval forward's input
   dw: number; // (out, in)
-  dw64: number; // (out, in) float64 (2 floats each): a rank block's Σ of its ranks' dW
+  dw64: number; // (out, in) float64 (2 floats each): a rank block's Σ of its ranks' dW; empty until a block needs it
 }
 
 export class LinearWasm implements LinearKernel {
@@ -26,7 +26,8 @@ export class LinearWasm implements LinearKernel {
   private savedN = 0;
   /** Views of this layout: dW, and the outputs handed out per batch size. */
   private dwView!: Float32Array;
-  private dw64View!: Float64Array;
+  /** Laid out only once a backward has rank segments (--rank-grads exact): 8 bytes per weight. */
+  private dw64View: Float64Array | null = null;
   private readonly yViews = new Map<number, Float32Array>();
   private readonly dxViews = new Map<number, Float32Array>();
 
@@ -34,18 +35,20 @@ export class LinearWasm implements LinearKernel {
     this.reserve(1);
   }
 
-  private reserve(n: number): void {
-    if (n <= this.capacity) return;
+  /** Lays the regions out for n samples (and the float64 dW region when `dw64`), if the current layout is short of either. */
+  private reserve(n: number, dw64 = this.dw64View !== null): void {
+    if (n <= this.capacity && dw64 === (this.dw64View !== null)) return;
+    n = Math.max(n, this.capacity);
     const inF = this.inF, outF = this.outF;
     const oldX = this.at?.x ?? 0;
     this.at = this.arena.layout({
-      w: outF * inF, x: n * inF, y: n * outF, dy: n * outF, dx: n * inF, dw: outF * inF, dw64: 2 * outF * inF,
+      w: outF * inF, x: n * inF, y: n * outF, dy: n * outF, dx: n * inF, dw: outF * inF, dw64: dw64 ? 2 * outF * inF : 0,
     });
     // The last training input survives: an eval forward may come before backward.
     this.arena.f32.copyWithin(this.at.x, oldX, oldX + this.savedN * inF);
     this.capacity = n;
     this.dwView = this.arena.f32.subarray(this.at.dw, this.at.dw + outF * inF);
-    this.dw64View = new Float64Array(this.arena.f32.buffer, this.at.dw64 * 4, outF * inF);
+    this.dw64View = dw64 ? new Float64Array(this.arena.f32.buffer, this.at.dw64 * 4, outF * inF) : null;
     this.yViews.clear();
     this.dxViews.clear();
   }
@@ -71,8 +74,9 @@ export class LinearWasm implements LinearKernel {
    * into seg in float64 (dW: gemm_tn_seg, the R products summed in one pass).
    */
   backward(dy: Float32Array, n: number, w: Float32Array, dw: Float32Array, db: Float32Array, seg: RankSegments | null): Float32Array {
-    const inF = this.inF, outF = this.outF, at = this.at, k = this.arena.kernels;
     const b = segmentLength("linear", n, seg);
+    if (seg) this.reserve(n, true); // the kept input x moves with the layout
+    const inF = this.inF, outF = this.outF, at = this.at, k = this.arena.kernels;
     this.arena.f32.set(w, at.w);
     this.arena.copyIn(dy, n * outF, at.dy);
     k.gemm_nn(at.dx, inF, at.dy, outF, at.w, inF, n, inF, outF, 0);
@@ -88,7 +92,7 @@ export class LinearWasm implements LinearKernel {
     }
     if (seg) {
       k.gemm_tn_seg(at.dw64, inF, at.dy, outF, at.x, inF, outF, inF, n, b);
-      seg.dw.set(this.dw64View);
+      seg.dw.set(this.dw64View!);
       dw.set(seg.dw);
       db.set(seg.db);
     } else {
