@@ -100,11 +100,15 @@ export interface RanksResult {
   repeats: number;
   /** mlp, 2 samples per rank, sync, by W: --ranks-per-proc auto, all W in one process, one process per rank. */
   worlds: { world: number; packed: RanksRun; oneProcess: RanksRun; onePerProcess: RanksRun | null }[];
-  /** The same global batch in one process, W = 64: sync against --workers 1 --batch 128; local against ghost:2. */
-  sync64: { packed: RanksRun; oneProcess: RanksRun; single: RanksRun; exact: RanksRun };
-  local64: { packed: RanksRun; single: RanksRun };
+  /**
+   * The same global batch in one process, W = 64: sync against --workers 1 --batch 128;
+   * local against ghost:2. packed: --ranks-per-proc auto with the default --rank-grads
+   * exact; fused: the same with --rank-grads fused.
+   */
+  sync64: { packed: RanksRun; fused: RanksRun; oneProcess: RanksRun; single: RanksRun };
+  local64: { packed: RanksRun; fused: RanksRun; single: RanksRun };
   /** The same with --transport thread (workers as threads of one process, as the issue's own figures were measured). */
-  thread64: { sync: RanksRun; syncSingle: RanksRun; local: RanksRun; localSingle: RanksRun };
+  thread64: { sync: RanksRun; syncFused: RanksRun; syncSingle: RanksRun; local: RanksRun; localFused: RanksRun; localSingle: RanksRun };
   /** cnn, 32 ranks × 2, packed: sync and local. */
   cnn32: { sync: RanksRun; local: RanksRun };
 }
@@ -119,27 +123,34 @@ export async function runRanksBench(o: RanksOptions): Promise<RanksResult> {
   const mlp = (w: number, norm: string, rpp: string): string[] => ["--model", "mlp", "--workers", String(w), "--batch", "2", "--norm", norm, "--ranks-per-proc", rpp];
   const single = (norm: string, batch: number, model = "mlp"): string[] => ["--model", model, "--workers", "1", "--batch", String(batch), "--norm", norm];
 
-  /** The pair's runs alternating (which goes first swaps each round), `repeats` of each; the median run of each. */
-  const pair = async (a: [string, string[]], b: [string, string[]]): Promise<[RanksRun, RanksRun]> => {
-    const ra: RanksRun[] = [], rb: RanksRun[] = [];
+  /** The runs in turn, `repeats` times, each round starting one later in the list (so none always goes first); the median run of each. */
+  const alternate = async (runs: [string, string[]][]): Promise<RanksRun[]> => {
+    const got: RanksRun[][] = runs.map(() => []);
     for (let i = 0; i < o.repeats; i++) {
-      if (i % 2 === 0) { ra.push(await run(...a)); rb.push(await run(...b)); } else { rb.push(await run(...b)); ra.push(await run(...a)); }
+      for (let j = 0; j < runs.length; j++) {
+        const k = (i + j) % runs.length;
+        got[k]!.push(await run(...runs[k]!));
+      }
     }
-    return [medianRun(ra), medianRun(rb)];
+    return got.map(medianRun);
+  };
+  /** W = 64 packed with the default --rank-grads exact, with fused, and the one-process baseline. */
+  const trio = async (norm: string, baseline: [string, string[]], extra: string[] = [], tag = ""): Promise<[RanksRun, RanksRun, RanksRun]> => {
+    const [exact, fused, base] = await alternate([
+      [`mlp 64 ranks × 2, ${norm}, --ranks-per-proc auto${tag}`, [...mlp(64, norm, "auto"), ...extra]],
+      [`mlp 64 ranks × 2, ${norm}, --ranks-per-proc auto, --rank-grads fused${tag}`, [...mlp(64, norm, "auto"), "--rank-grads", "fused", ...extra]],
+      [baseline[0] + tag, [...baseline[1], ...extra]],
+    ]);
+    return [exact!, fused!, base!];
   };
   const thread = ["--transport", "thread"];
-  const [syncPacked, syncSingle] = await pair(["mlp 64 ranks × 2, sync, --ranks-per-proc auto", mlp(64, "sync", "auto")], ["mlp 1 worker × 128, sync", single("sync", 128)]);
-  const sync64 = {
-    packed: syncPacked,
-    oneProcess: await run("mlp 64 ranks × 2, sync, all in one process", mlp(64, "sync", "64")),
-    single: syncSingle,
-    exact: await run("mlp 64 ranks × 2, sync, --ranks-per-proc auto, --rank-grads exact", [...mlp(64, "sync", "auto"), "--rank-grads", "exact"]),
-  };
-  const [localPacked, localSingle] = await pair(["mlp 64 ranks × 2, local, --ranks-per-proc auto", mlp(64, "local", "auto")], ["mlp 1 worker × 128, ghost:2", single("ghost:2", 128)]);
-  const local64 = { packed: localPacked, single: localSingle };
-  const [tSync, tSyncSingle] = await pair(["mlp 64 ranks × 2, sync, --ranks-per-proc auto, threads", [...mlp(64, "sync", "auto"), ...thread]], ["mlp 1 worker × 128, sync, thread", [...single("sync", 128), ...thread]]);
-  const [tLocal, tLocalSingle] = await pair(["mlp 64 ranks × 2, local, --ranks-per-proc auto, threads", [...mlp(64, "local", "auto"), ...thread]], ["mlp 1 worker × 128, ghost:2, thread", [...single("ghost:2", 128), ...thread]]);
-  const thread64 = { sync: tSync, syncSingle: tSyncSingle, local: tLocal, localSingle: tLocalSingle };
+  const [syncPacked, syncFused, syncSingle] = await trio("sync", ["mlp 1 worker × 128, sync", single("sync", 128)]);
+  const sync64 = { packed: syncPacked, fused: syncFused, oneProcess: await run("mlp 64 ranks × 2, sync, all in one process", mlp(64, "sync", "64")), single: syncSingle };
+  const [localPacked, localFused, localSingle] = await trio("local", ["mlp 1 worker × 128, ghost:2", single("ghost:2", 128)]);
+  const local64 = { packed: localPacked, fused: localFused, single: localSingle };
+  const [tSync, tSyncFused, tSyncSingle] = await trio("sync", ["mlp 1 worker × 128, sync", single("sync", 128)], thread, ", threads");
+  const [tLocal, tLocalFused, tLocalSingle] = await trio("local", ["mlp 1 worker × 128, ghost:2", single("ghost:2", 128)], thread, ", threads");
+  const thread64 = { sync: tSync, syncFused: tSyncFused, syncSingle: tSyncSingle, local: tLocal, localFused: tLocalFused, localSingle: tLocalSingle };
   const worlds: RanksResult["worlds"] = [];
   for (const w of o.worlds) {
     const packed = w === 64 ? sync64.packed : await run(`mlp ${w} ranks × 2, sync, --ranks-per-proc auto`, mlp(w, "sync", "auto"));
@@ -153,17 +164,16 @@ export async function runRanksBench(o: RanksOptions): Promise<RanksResult> {
 }
 
 export function ranksMarkdown(r: RanksResult): string[] {
-  const ratioSync = r.sync64.packed.samplesPerSecond / r.sync64.single.samplesPerSecond;
-  const ratioOne = r.sync64.oneProcess.samplesPerSecond / r.sync64.single.samplesPerSecond;
-  const ratioExact = r.sync64.exact.samplesPerSecond / r.sync64.single.samplesPerSecond;
-  const ratioLocal = r.local64.packed.samplesPerSecond / r.local64.single.samplesPerSecond;
   const mem64 = r.sync64.packed.peakMiB / 1024;
   const t = r.thread64;
-  const ratioThreadSync = t.sync.samplesPerSecond / t.syncSingle.samplesPerSecond;
-  const ratioThreadLocal = t.local.samplesPerSecond / t.localSingle.samplesPerSecond;
+  /** A goal row: `a` against `b` in samples/s, ≥ 0.7× (or only reported). */
+  const ratioRow = (what: string, a: RanksRun, b: RanksRun, goal = true): string[] => {
+    const x = a.samplesPerSecond / b.samplesPerSecond;
+    return [what, `${fmt(a.samplesPerSecond, 0)} / ${fmt(b.samplesPerSecond, 0)} = ${fmt(x, 2)}×`, goal ? "≥ 0.7×" : "reported", goal ? verdict(x >= 0.7) : ""];
+  };
   const mib = (x: RanksRun): string => `${fmt(x.peakMiB, 0)} MiB (${x.processes} processes)`;
   return [
-    `mlp, 2 samples per rank, ${r.steps}-step runs of \`syncbn train\` with the default \`--rank-grads fused\` unless a row says exact; each 64-rank comparison is the median of ${r.repeats} runs of each side, alternating; \`--ranks-per-proc auto\` packs the ranks into ≤ ${cpus().length} worker processes, \`--ranks-per-proc W\` puts all of them in one (no statistics rounds); "threads" rows run the workers as threads (\`--transport thread\`), baseline included. Peak memory is the sum of RSS over the whole process tree (launcher with its coordinator, and every worker).`,
+    `mlp, 2 samples per rank, ${r.steps}-step runs of \`syncbn train\` with the default \`--rank-grads exact\` unless a row says fused; each 64-rank comparison runs its three configurations (exact, fused, baseline) in turn, ${r.repeats} times, and reports the median run of each; \`--ranks-per-proc auto\` packs the ranks into ≤ ${cpus().length} worker processes, \`--ranks-per-proc W\` puts all of them in one (no statistics rounds); "threads" rows run the workers as threads (\`--transport thread\`), baseline included. Peak memory is the sum of RSS over the whole process tree (launcher with its coordinator, and every worker).`,
     "",
     ...table(
       ["ranks W", "auto: samples/s", "auto: peak memory", "one process: samples/s", "one process: peak memory", "one process per rank: samples/s", "one process per rank: peak memory"],
@@ -181,12 +191,15 @@ export function ranksMarkdown(r: RanksResult): string[] {
     ...table(
       ["figure", "value", "goal (issue 13)", ""],
       [
-        ["64 ranks × 2, sync, auto / 1 worker × 128 sync (samples/s)", `${fmt(r.sync64.packed.samplesPerSecond, 0)} / ${fmt(r.sync64.single.samplesPerSecond, 0)} = ${fmt(ratioSync, 2)}×`, "≥ 0.7×", verdict(ratioSync >= 0.7)],
-        ["64 ranks × 2, sync, one process / 1 worker × 128 sync (samples/s)", `${fmt(r.sync64.oneProcess.samplesPerSecond, 0)} / ${fmt(r.sync64.single.samplesPerSecond, 0)} = ${fmt(ratioOne, 2)}×`, "≥ 0.7×", verdict(ratioOne >= 0.7)],
-        ["64 ranks × 2, sync, auto, --rank-grads exact / 1 worker × 128 sync (samples/s; one run)", `${fmt(r.sync64.exact.samplesPerSecond, 0)} / ${fmt(r.sync64.single.samplesPerSecond, 0)} = ${fmt(ratioExact, 2)}×`, "reported", ""],
-        ["64 ranks × 2, local, packed / 1 worker × 128 ghost:2 (samples/s)", `${fmt(r.local64.packed.samplesPerSecond, 0)} / ${fmt(r.local64.single.samplesPerSecond, 0)} = ${fmt(ratioLocal, 2)}×`, "≥ 0.7×", verdict(ratioLocal >= 0.7)],
-        ["threads: 64 ranks × 2, sync, auto / 1 worker × 128 sync (samples/s)", `${fmt(t.sync.samplesPerSecond, 0)} / ${fmt(t.syncSingle.samplesPerSecond, 0)} = ${fmt(ratioThreadSync, 2)}×`, "≥ 0.7×", verdict(ratioThreadSync >= 0.7)],
-        ["threads: 64 ranks × 2, local, auto / 1 worker × 128 ghost:2 (samples/s)", `${fmt(t.local.samplesPerSecond, 0)} / ${fmt(t.localSingle.samplesPerSecond, 0)} = ${fmt(ratioThreadLocal, 2)}×`, "≥ 0.7×", verdict(ratioThreadLocal >= 0.7)],
+        ratioRow("64 ranks × 2, sync, auto, fused / 1 worker × 128 sync (samples/s)", r.sync64.fused, r.sync64.single),
+        ratioRow("64 ranks × 2, sync, auto, exact (default) / 1 worker × 128 sync (samples/s)", r.sync64.packed, r.sync64.single),
+        ratioRow("64 ranks × 2, sync, one process, exact / 1 worker × 128 sync (samples/s; one run)", r.sync64.oneProcess, r.sync64.single, false),
+        ratioRow("64 ranks × 2, local, auto, fused / 1 worker × 128 ghost:2 (samples/s)", r.local64.fused, r.local64.single),
+        ratioRow("64 ranks × 2, local, auto, exact (default) / 1 worker × 128 ghost:2 (samples/s)", r.local64.packed, r.local64.single),
+        ratioRow("threads: 64 ranks × 2, sync, auto, fused / 1 worker × 128 sync (samples/s)", t.syncFused, t.syncSingle),
+        ratioRow("threads: 64 ranks × 2, sync, auto, exact / 1 worker × 128 sync (samples/s)", t.sync, t.syncSingle),
+        ratioRow("threads: 64 ranks × 2, local, auto, fused / 1 worker × 128 ghost:2 (samples/s)", t.localFused, t.localSingle),
+        ratioRow("threads: 64 ranks × 2, local, auto, exact / 1 worker × 128 ghost:2 (samples/s)", t.local, t.localSingle),
         ["64 ranks, peak memory of the whole run", `${fmt(mem64, 2)} GiB`, "≤ 1.5 GB", verdict(r.sync64.packed.peakMiB * 1048576 <= 1.5e9)],
         ["cnn 32 ranks × 2, packed: sync / local (ms/step)", `${fmt(r.cnn32.sync.msPerStep, 2)} / ${fmt(r.cnn32.local.msPerStep, 2)} = ${fmt(r.cnn32.sync.msPerStep / r.cnn32.local.msPerStep, 2)}×; ${fmt(r.cnn32.sync.samplesPerSecond, 0)} samples/s sync`, "reported", ""],
       ],

@@ -68,6 +68,8 @@ export interface LinearKernel {
    * With seg (a rank block): dw, db per rank segment, summed into seg; dw, db its rounding.
    */
   backward(dy: Float32Array, n: number, w: Float32Array, dw: Float32Array, db: Float32Array, seg: RankSegments | null): Float32Array;
+  /** The layer became part of a rank block: lay out what per-segment grads need now, before any view of this step is handed out. */
+  enableSegments?(): void;
 }
 
 /** The plain TypeScript path: the reference twin of LinearWasm. */
@@ -191,5 +193,6 @@ export class Linear implements Layer {
 
   setRankSegments(r: number): void {
     this.segments = r > 1 ? rankSegments(r, this.weight, this.bias) : null;
+    if (this.segments) this.kernel.enableSegments?.();
   }
 }

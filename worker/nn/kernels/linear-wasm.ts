@@ -15,7 +15,7 @@ interface LinearRegions {
   dy: number; // (N, out)
   dx: number; // (N, in); also stages an eval forward's input
   dw: number; // (out, in)
-  dw64: number; // (out, in) float64 (2 floats each): a rank block's Σ of its ranks' dW; empty until a block needs it
+  dw64: number; // (out, in) float64 (2 floats each): a rank block's Σ of its ranks' dW; empty unless enableSegments()
 }
 
 export class LinearWasm implements LinearKernel {
@@ -26,7 +26,7 @@ export class LinearWasm implements LinearKernel {
   private savedN = 0;
   /** Views of this layout: dW, and the outputs handed out per batch size. */
   private dwView!: Float32Array;
-  /** Laid out only once a backward has rank segments (--rank-grads exact): 8 bytes per weight. */
+  /** Laid out only for a rank block with --rank-grads exact (enableSegments): 8 bytes per weight. */
   private dw64View: Float64Array | null = null;
   private readonly yViews = new Map<number, Float32Array>();
   private readonly dxViews = new Map<number, Float32Array>();
@@ -73,9 +73,14 @@ export class LinearWasm implements LinearKernel {
    * rank segments, dW and db per segment as a batch of its samples alone, added
    * into seg in float64 (dW: gemm_tn_seg, the R products summed in one pass).
    */
+  /** The float64 dW region of a rank block, laid out once, when the block is set up. */
+  enableSegments(): void {
+    this.reserve(this.capacity, true);
+  }
+
   backward(dy: Float32Array, n: number, w: Float32Array, dw: Float32Array, db: Float32Array, seg: RankSegments | null): Float32Array {
     const b = segmentLength("linear", n, seg);
-    if (seg) this.reserve(n, true); // the kept input x moves with the layout
+    if (seg && this.dw64View === null) throw new RangeError("linear: rank segments without enableSegments()");
     const inF = this.inF, outF = this.outF, at = this.at, k = this.arena.kernels;
     this.arena.f32.set(w, at.w);
     this.arena.copyIn(dy, n * outF, at.dy);
