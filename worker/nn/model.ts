@@ -159,9 +159,11 @@ export class Model {
   }
 
   /**
-   * A process hosting R > 1 ranks: every layer with params computes their grads
-   * per rank segment of the batch and sums them in float64 (Param.grad64), so the
-   * block's gradient contribution is the one R processes would send, summed.
+   * A process hosting R > 1 ranks with --rank-grads exact (buildModel): every layer
+   * with params computes their grads per rank segment of the batch and sums them in
+   * float64 (Param.grad64), so the block's gradient contribution is the one R
+   * processes would send, summed. Without it (fused) a block's grads are those of
+   * one batch of R·B samples.
    */
   setRankSegments(r: number): void {
     for (const l of this.layers) l.setRankSegments?.(r);

@@ -68,16 +68,16 @@ export class LinearWasm implements LinearKernel {
     return y;
   }
 
-  /**
-   * dx = dy·W and dW = dyᵀ·x (2·n·out·in flops each), db = Σ dy in float64. With
-   * rank segments, dW and db per segment as a batch of its samples alone, added
-   * into seg in float64 (dW: gemm_tn_seg, the R products summed in one pass).
-   */
   /** The float64 dW region of a rank block, laid out once, when the block is set up. */
   enableSegments(): void {
     this.reserve(this.capacity, true);
   }
 
+  /**
+   * dx = dy·W and dW = dyᵀ·x (2·n·out·in flops each), db = Σ dy in float64. With
+   * rank segments, dW and db per segment as a batch of its samples alone, added
+   * into seg in float64 (dW: gemm_tn_seg, the R products summed in one pass).
+   */
   backward(dy: Float32Array, n: number, w: Float32Array, dw: Float32Array, db: Float32Array, seg: RankSegments | null): Float32Array {
     const b = segmentLength("linear", n, seg);
     if (seg && this.dw64View === null) throw new RangeError("linear: rank segments without enableSegments()");
