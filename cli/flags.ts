@@ -6,7 +6,7 @@
 import { InvalidArgumentError, Option, type Command } from "commander";
 import { WIRES, type Wire } from "../coordinator/server.js";
 import { parseModelKind, type ModelKind } from "../worker/nn/model.js";
-import { BN_STYLE_DEFAULTS, DEFAULT_SETTINGS, MAX_BATCH, MAX_SYNTHETIC_SAMPLES, MAX_WORKERS, type TrainSettings } from "../worker/settings.js";
+import { BN_STYLE_DEFAULTS, DEFAULT_SETTINGS, MAX_BATCH, MAX_SYNTHETIC_SAMPLES, MAX_WORKERS, RANK_GRADS, type RankGrads, type TrainSettings } from "../worker/settings.js";
 import type { MomentumStyle } from "../shared/config.js";
 import { ErrorCode, SyncbnError } from "../shared/errors.js";
 import { PIN_MODES, type PinMode } from "./affinity.js";
@@ -145,7 +145,7 @@ export function addRunFlags(cmd: Command, d: RunFlagDefaults = TRAIN_DEFAULTS): 
     .option("--model <kind>", "mlp | cnn | resnet:N (resnet:3 = ResNet-20)", modelArg, d.model)
     .option("--data <spec>", "synthetic | fashion-mnist | DIR (folder of IDX files)", D.data)
     .addOption(new Option("--shuffle <on|off>", "off: no shuffling, rank k's t-th batch holds samples k + W·(t·B + j), as PyTorch's DistributedSampler(shuffle=False)").choices(["on", "off"]).default(D.shuffle))
-    .addOption(new Option("--rank-grads <exact|fused>", RANK_GRADS_HELP).choices(["exact", "fused"]).default(D.rankGrads))
+    .addOption(new Option("--rank-grads <exact|fused>", RANK_GRADS_HELP).choices([...RANK_GRADS]).default(D.rankGrads))
     .option("--epochs <n>", `epochs to train (1..${MAX_EPOCHS}; ignored with --steps)`, intArg("--epochs", 1, MAX_EPOCHS), D.epochs)
     .option("--steps <n>", `total training steps (1..${MAX_STEPS}; overrides --epochs)`, intArg("--steps", 1, MAX_STEPS))
     .option("--momentum <x>", "SGD momentum, in [0, 1)", numArg("--momentum", { min: 0, max: 1, highOpen: true }), D.momentum)
@@ -192,7 +192,7 @@ export interface RunFlags {
   model: ModelKind;
   data: string;
   shuffle: "on" | "off";
-  rankGrads: "fused" | "exact";
+  rankGrads: RankGrads;
   epochs: number;
   steps?: number;
   momentum: number;

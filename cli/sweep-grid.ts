@@ -6,7 +6,7 @@ import { parseNorm, statsGroupSize } from "../shared/config.js";
 import { ErrorCode, SyncbnError, isSyncbnError } from "../shared/errors.js";
 import { SYNTHETIC_DEFAULT_TRAIN } from "../worker/data/synthetic.js";
 import { buildModel, type ModelKind } from "../worker/nn/model.js";
-import { DEFAULT_SETTINGS, conventionsOf, validateSettings, type TrainSettings } from "../worker/settings.js";
+import { DEFAULT_SETTINGS, conventionsOf, validateSettings, type RankGrads, type TrainSettings } from "../worker/settings.js";
 
 /** Fashion-MNIST's training split size (the standard IDX files). */
 const FASHION_MNIST_TRAIN = 60000;
@@ -50,7 +50,7 @@ export interface SweepGrid {
   /** --shuffle (a folder made before the flag reads DEFAULT_GRID's "on"). */
   shuffle: "on" | "off";
   /** --rank-grads (a folder made before the flag reads DEFAULT_GRID's "exact", what it ran). */
-  rankGrads: "fused" | "exact";
+  rankGrads: RankGrads;
 }
 
 /**

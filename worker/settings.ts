@@ -15,6 +15,10 @@ export const MAX_BATCH = 4096;
 /** Synthetic samples per split: every worker generates and holds its own copy (3.1 KB per sample). */
 export const MAX_SYNTHETIC_SAMPLES = 100_000;
 
+/** How a process hosting several ranks computes their weight gradients (TrainSettings.rankGrads). */
+export const RANK_GRADS = ["exact", "fused"] as const;
+export type RankGrads = (typeof RANK_GRADS)[number];
+
 export interface TrainSettings {
   model: ModelKind;
   norm: string;
@@ -58,7 +62,7 @@ export interface TrainSettings {
    * layer (float32, as one rank of R·B would; faster). Statistics are per rank either
    * way. No effect with R = 1.
    */
-  rankGrads: "fused" | "exact";
+  rankGrads: RankGrads;
 }
 
 export const DEFAULT_SETTINGS: TrainSettings = {
@@ -154,7 +158,7 @@ export function validateSettings(s: TrainSettings, worldSize: number): void {
   if (!(s.renormDMax >= 0)) bad(`--renorm-dmax must be ≥ 0, got ${s.renormDMax}`);
   if (!Number.isInteger(s.renormWarmup) || s.renormWarmup < 0) bad(`--renorm-warmup must be an integer ≥ 0, got ${s.renormWarmup}`);
   if (s.shuffle !== "on" && s.shuffle !== "off") bad(`--shuffle must be on or off, got "${String(s.shuffle)}"`);
-  if (s.rankGrads !== "fused" && s.rankGrads !== "exact") bad(`--rank-grads must be fused or exact, got "${String(s.rankGrads)}"`);
+  if (!RANK_GRADS.includes(s.rankGrads)) bad(`--rank-grads must be ${RANK_GRADS.join(" or ")}, got "${String(s.rankGrads)}"`);
   validateConventions(conventionsOf(s));
 }
 
