@@ -11,6 +11,7 @@ import { WasmArena } from "../worker/nn/kernels/arena.js";
 import { kernelBackend, setKernelBackend } from "../worker/nn/kernels/backend.js";
 import { kernelModuleBytes } from "../worker/nn/kernels/wasm-kernels.js";
 import { Linear } from "../worker/nn/linear.js";
+import { ReLU } from "../worker/nn/relu.js";
 
 function normals(rng: Rng, len: number, scale = 1): Float32Array {
   const a = new Float32Array(len);
@@ -241,6 +242,38 @@ describe("Linear on WebAssembly", () => {
     expectClose("eval y", wasm.forward(big, 100, false), js.forward(big, 100, false));
     expectClose("dx", wasm.backward(dy, 3), js.backward(dy, 3));
     expectClose("dW", wasm.weight.grad, js.weight.grad);
+  });
+});
+
+describe("ReLU on WebAssembly", () => {
+  /** The raw bits of every element: NaN payloads and −0 compared exactly. */
+  const bits = (a: Float32Array): number[] => Array.from(new Uint32Array(a.buffer, a.byteOffset, a.length));
+  const specials = [0, -0, Number.NaN, -Number.NaN, Infinity, -Infinity, 1e-45, -1e-45, 3.4e38, -3.4e38];
+
+  it.each([1, 3, 4, 5, 7, 33])("gives the JS twin's y and dx bit for bit, special values included, for %i values per sample", (size) => {
+    const js = new ReLU("relu", [size], "js");
+    const wasm = new ReLU("relu", [size], "wasm");
+    const rng = new Rng(85 + size);
+    for (const n of [1, 2, 5, 3]) {
+      const x = normals(rng, n * size), dy = normals(rng, n * size);
+      specials.forEach((v, i) => { if (i < x.length) x[(i * 7) % x.length] = v; });
+      dy[0] = Number.NaN;
+      // A NaN with a payload and the sign bit set, as x86 makes 0/0.
+      new Uint32Array(x.buffer)[x.length - 1] = 0xffc00001;
+      expect(bits(wasm.forward(x, n, true)), `y, n=${n}`).toEqual(bits(js.forward(x, n, true)));
+      expect(bits(wasm.backward(dy, n)), `dx, n=${n}`).toEqual(bits(js.backward(dy, n)));
+    }
+  });
+
+  it("keeps its last training batch's mask through a smaller training forward that reuses its memory", () => {
+    const js = new ReLU("relu", [6], "js");
+    const wasm = new ReLU("relu", [6], "wasm");
+    const rng = new Rng(91);
+    const big = normals(rng, 4 * 6), small = normals(rng, 6), dy = normals(rng, 6);
+    js.forward(big, 4, true);
+    wasm.forward(big, 4, true);
+    expect(bits(wasm.forward(small, 1, true))).toEqual(bits(js.forward(small, 1, true)));
+    expect(bits(wasm.backward(dy, 1))).toEqual(bits(js.backward(dy, 1)));
   });
 });
 

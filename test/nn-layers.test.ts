@@ -238,18 +238,25 @@ describe.each(KERNEL_BACKENDS)("Conv2d (%s kernels)", (backend) => {
   });
 });
 
-describe("ReLU", () => {
+describe.each(KERNEL_BACKENDS)("ReLU (%s kernels)", (backend) => {
   it("has a dx that matches finite differences away from the kink", () => {
     const rng = new Rng(31);
     const x = normals(rng, 3 * 2 * 4).map((v) => (v >= 0 ? v + 0.1 : v - 0.1));
-    expectLayerGradsMatch(new ReLU("relu", [2, 4]), x, 3, rng);
+    expectLayerGradsMatch(new ReLU("relu", [2, 4], backend), x, 3, rng);
   });
 
   it("passes no gradient at exactly zero and propagates NaN, like PyTorch", () => {
-    const relu = new ReLU("relu", [3]);
+    const relu = new ReLU("relu", [3], backend);
     const y = relu.forward(new Float32Array([0, -1, Number.NaN]), 1, true);
     expect(Array.from(y)).toEqual([0, 0, Number.NaN]);
     expect(Array.from(relu.backward(new Float32Array([5, 5, 5]), 1))).toEqual([0, 0, 5]);
+  });
+
+  it("refuses a backward after an eval forward, which wrote over its mask", () => {
+    const relu = new ReLU("relu", [3], backend);
+    relu.forward(new Float32Array([1, -1, 2]), 1, true);
+    relu.forward(new Float32Array(6), 2, false);
+    expect(() => relu.backward(new Float32Array(3), 1)).toThrow(/backward for 1 samples after a training forward of -1/);
   });
 });
 

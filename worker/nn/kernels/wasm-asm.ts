@@ -185,6 +185,8 @@ export class Func {
     return this;
   }
   v128And(): this { return this.simd(0x4e); }
+  /** v128.andnot(a, b) = a & ~b. */
+  v128AndNot(): this { return this.simd(0x4f); }
   /** i8x16.shuffle of the two vectors on the stack: result byte i = byte lanes[i] of (a ‖ b). */
   i8x16Shuffle(lanes: readonly number[]): this {
     if (lanes.length !== 16) throw new Error(`${this.name}: i8x16.shuffle needs 16 lane indices`);
@@ -195,6 +197,8 @@ export class Func {
   f32x4Splat(): this { return this.simd(0x13); }
   f32x4ExtractLane(lane: number): this { this.simd(0x1f); this.code.push(lane); return this; }
   f32x4Add(): this { return this.simd(0xe4); }
+  /** Lane mask: all ones where a ≤ b (false when either is NaN). */
+  f32x4Le(): this { return this.simd(0x45); }
   f32x4Mul(): this { return this.simd(0xe6); }
   f64x2ExtractLane(lane: number): this { this.simd(0x21); this.code.push(lane); return this; }
   f64x2Add(): this { return this.simd(0xf0); }

@@ -288,6 +288,34 @@ function rowSums(): Func {
   return f;
 }
 
+/**
+ * relu:          y[i]  = x[i] ≤ 0 ? 0 : x[i]    (relu(y, x, len); y may be x)
+ * relu_backward: dx[i] = y[i] ≤ 0 ? 0 : dy[i]   (relu_backward(dx, dy, y, len); dx may be dy)
+ * As bit masks (a & ~(b ≤ 0)), so the kept values, NaN among them, pass bit for bit
+ * and −0 becomes +0, as in the TypeScript loops of relu.ts. Whole vectors: len is
+ * rounded up to a multiple of 4, into the slack every region has (see Arena).
+ */
+function relu(backward: boolean): Func {
+  const f = new Func(backward ? "relu_backward" : "relu", backward ? ["i32", "i32", "i32", "i32"] : ["i32", "i32", "i32"]);
+  const dst = f.params[0]!, src = f.params[1]!;
+  const mask = backward ? f.params[2]! : src;
+  const len = f.params[backward ? 3 : 2]!;
+  const end = f.local("i32");
+  for (const l of backward ? [dst, src, mask] : [dst, src]) f.get(l).i32(2).shl().set(l);
+  f.get(src).get(len).i32(3).add().i32(-4).and().i32(2).shl().add().set(end);
+  f.block((done) => f.loop((top) => {
+    f.get(src).get(end).geS().brIf(done);
+    f.get(dst).get(src).v128Load();
+    f.get(mask).v128Load().v128Zero().f32x4Le();
+    f.v128AndNot().v128Store();
+    f.inc(dst, 16);
+    f.inc(src, 16);
+    if (backward) f.inc(mask, 16);
+    f.br(top);
+  }));
+  return f;
+}
+
 /** Emits `for (l = from; l < to; l++) body`; `exit` leaves the loop. */
 function forRange(f: Func, l: Local, from: number | Local, to: Local, body: (exit: Label) => void): void {
   if (typeof from === "number") f.i32(from); else f.get(from);
@@ -473,6 +501,8 @@ export interface KernelExports extends NormKernelExports {
   col2im_add(cols: number, x: number, cin: number, inH: number, inW: number, k: number, stride: number, pad: number, outH: number, outW: number): void;
   gemm_nt(c: number, ldc: number, a: number, lda: number, b: number, ldb: number, m: number, n: number, k: number, accumulate: number): void;
   row_sums(dst: number, src: number, rows: number, len: number): void;
+  relu(y: number, x: number, len: number): void;
+  relu_backward(dx: number, dy: number, y: number, len: number): void;
 }
 
 /** The module's bytes; deterministic, a function of this file alone. */
@@ -485,6 +515,8 @@ export function kernelModuleBytes(): Uint8Array {
     gemmTNSeg(),
     im2colLike("im2col", false),
     im2colLike("col2im_add", true),
+    relu(false),
+    relu(true),
     ...normKernels(),
   ]);
 }
