@@ -49,6 +49,8 @@ export interface ResnetResult {
   syncWait: number;
   /** The same 4 ranks × 8 packed 2 per process (--ranks-per-proc 2: 2 processes on 2 cores), bit-identical results. */
   blocked: { sync: Spread; local: Spread };
+  /** The same packing on worker threads (--transport thread --ranks-per-proc 2: 2 threads in one process, the coordinator in its main thread). */
+  threaded: { sync: Spread; local: Spread };
   /** 1 worker × singleBatch, samples/s at the median step, per run. */
   single: number[];
   /** Our BN layer, local mode, default kernels (WebAssembly), elements/s (one value per round). */
@@ -95,6 +97,7 @@ export async function runResnetBench(o: ResnetOptions): Promise<ResnetResult> {
   if (torchSkipped) o.log(`resnet: PyTorch skipped: ${torchSkipped}`);
   const acc = { sync: [] as number[], local: [] as number[], syncRuns: [] as number[], localRuns: [] as number[], wait: [] as number[] };
   const blocked = { sync: [] as number[], local: [] as number[] };
+  const threaded = { sync: [] as number[], local: [] as number[] };
   const single: number[] = [];
   const bn: Rate[] = [];
   const bnJs: Rate[] = [];
@@ -110,14 +113,16 @@ export async function runResnetBench(o: ResnetOptions): Promise<ResnetResult> {
       acc[norm === "sync" ? "syncRuns" : "localRuns"].push(percentile(r.stepMs, 0.5));
       if (norm === "sync") acc.wait.push(...r.waitMs);
       o.log(`resnet ${model} ${o.workers}×${o.batch} ${norm} run ${i + 1}: ${fmt(percentile(r.stepMs, 0.5), 1)} ms/step median (load ${loadLine()})`);
-      const b = await trainOnce({
-        settings: { model, norm, data: "synthetic", batch: o.batch, steps: o.steps, trainSize: 2000, testSize: 100, seed: 1 },
-        workers: o.workers,
-        transport: "process",
-        ranksPerProc: 2,
-      });
-      blocked[norm].push(...b.stepMs);
-      o.log(`resnet ${model} ${o.workers}×${o.batch} ${norm}, 2 ranks per process, run ${i + 1}: ${fmt(percentile(b.stepMs, 0.5), 1)} ms/step median (load ${loadLine()})`);
+      for (const [transport, into, label] of [["process", blocked, "process"], ["thread", threaded, "worker thread"]] as const) {
+        const b = await trainOnce({
+          settings: { model, norm, data: "synthetic", batch: o.batch, steps: o.steps, trainSize: 2000, testSize: 100, seed: 1 },
+          workers: o.workers,
+          transport,
+          ranksPerProc: 2,
+        });
+        into[norm].push(...b.stepMs);
+        o.log(`resnet ${model} ${o.workers}×${o.batch} ${norm}, 2 ranks per ${label}, run ${i + 1}: ${fmt(percentile(b.stepMs, 0.5), 1)} ms/step median (load ${loadLine()})`);
+      }
     }
     if (torch) {
       const t = runTorch(o, "ddp", 10, 2);
@@ -148,7 +153,8 @@ export async function runResnetBench(o: ResnetOptions): Promise<ResnetResult> {
   }
   return {
     sync: spread(acc.sync), local: spread(acc.local), syncRuns: acc.syncRuns, localRuns: acc.localRuns,
-    syncWait: percentile(acc.wait, 0.5), blocked: { sync: spread(blocked.sync), local: spread(blocked.local) }, single, bn, bnJs, torch, torchSkipped, loadStart, loadEnd: loadLine(),
+    syncWait: percentile(acc.wait, 0.5), blocked: { sync: spread(blocked.sync), local: spread(blocked.local) },
+    threaded: { sync: spread(threaded.sync), local: spread(threaded.local) }, single, bn, bnJs, torch, torchSkipped, loadStart, loadEnd: loadLine(),
   };
 }
 
@@ -158,9 +164,11 @@ const med = (v: readonly number[]): number => percentile(v, 0.5);
 export function resnetTargets(r: ResnetResult): string[][] {
   const ratio = r.sync.median / r.local.median;
   const bRatio = r.blocked.sync.median / r.blocked.local.median;
+  const tRatio = r.threaded.sync.median / r.threaded.local.median;
   const rows = [
     [`resnet:3 sync ≤ ${RESNET_SYNC_TARGET} × local, 4 workers × 8, one process per rank`, `${fmt(ratio, 2)} × (${fmt(r.sync.median, 1)} vs ${fmt(r.local.median, 1)} ms/step)`, verdict(ratio <= RESNET_SYNC_TARGET)],
     [`resnet:3 sync ≤ ${RESNET_SYNC_TARGET} × local, 4 workers × 8, 2 ranks per process (same results bit for bit)`, `${fmt(bRatio, 2)} × (${fmt(r.blocked.sync.median, 1)} vs ${fmt(r.blocked.local.median, 1)} ms/step)`, verdict(bRatio <= RESNET_SYNC_TARGET)],
+    [`resnet:3 sync ≤ ${RESNET_SYNC_TARGET} × local, 4 workers × 8, 2 ranks per worker thread (--transport thread, same results bit for bit)`, `${fmt(tRatio, 2)} × (${fmt(r.threaded.sync.median, 1)} vs ${fmt(r.threaded.local.median, 1)} ms/step)`, verdict(tRatio <= RESNET_SYNC_TARGET)],
   ];
   const t = r.torch;
   const oursBnMed = med(r.bn.map((b) => b.median)), twinBn = med(r.bnJs.map((b) => b.median));
@@ -198,6 +206,7 @@ export function resnetMarkdown(r: ResnetResult, o: Omit<ResnetOptions, "log">): 
         [`${o.workers} × ${o.batch}, local BN, ms/step`, `${fmt(r.local.median, 1)} (p90 ${fmt(r.local.p90, 1)})`, fmt(tMed((d) => d.local_ms), 1), fmt(r.local.median / tMed((d) => d.local_ms), 2),
           `${r.localRuns.map((v) => fmt(v, 1)).join(", ")}; ${t ? t.ddp.map((d) => fmt(d.local_ms, 1)).join(", ") : "—"}`],
         [`${o.workers} × ${o.batch}, 2 ranks per process (2 processes), sync / local ms/step`, `${fmt(r.blocked.sync.median, 1)} / ${fmt(r.blocked.local.median, 1)} = ${fmt(r.blocked.sync.median / r.blocked.local.median, 2)}`, "—", fmt(r.blocked.sync.median / tMed((d) => d.sync_ms), 2), "—"],
+        [`${o.workers} × ${o.batch}, 2 ranks per worker thread (2 threads, --transport thread), sync / local ms/step`, `${fmt(r.threaded.sync.median, 1)} / ${fmt(r.threaded.local.median, 1)} = ${fmt(r.threaded.sync.median / r.threaded.local.median, 2)}`, "—", fmt(r.threaded.sync.median / tMed((d) => d.sync_ms), 2), "—"],
         ["sync / local", fmt(r.sync.median / r.local.median, 2), fmt(tMed((d) => d.sync_ms) / tMed((d) => d.local_ms), 2), "—", `wait in rounds (sync, median per step): ${fmt(r.syncWait, 1)} ms`],
         [`1 × ${o.singleBatch}, samples/s`, fmt(med(r.single), 0), t ? fmt(med(t.single), 0) : "n/a", t ? fmt(med(r.single) / med(t.single), 2) : "n/a",
           `${r.single.map((v) => fmt(v, 0)).join(", ")}; ${t ? t.single.map((v) => fmt(v, 0)).join(", ") : "—"}`],
