@@ -11,6 +11,7 @@ import { WasmArena } from "../worker/nn/kernels/arena.js";
 import { kernelBackend, setKernelBackend } from "../worker/nn/kernels/backend.js";
 import { kernelModuleBytes } from "../worker/nn/kernels/wasm-kernels.js";
 import { Linear } from "../worker/nn/linear.js";
+import { MaxPool2d } from "../worker/nn/maxpool.js";
 import { ReLU } from "../worker/nn/relu.js";
 
 function normals(rng: Rng, len: number, scale = 1): Float32Array {
@@ -274,6 +275,31 @@ describe("ReLU on WebAssembly", () => {
     wasm.forward(big, 4, true);
     expect(bits(wasm.forward(small, 1, true))).toEqual(bits(js.forward(small, 1, true)));
     expect(bits(wasm.backward(dy, 1))).toEqual(bits(js.backward(dy, 1)));
+  });
+});
+
+describe("MaxPool2d on WebAssembly", () => {
+  const bits = (a: Float32Array): number[] => Array.from(new Uint32Array(a.buffer, a.byteOffset, a.length));
+  const cases = [
+    { label: "the cnn's pool (k 2, s 2) on 16×28×28", c: 16, h: 28, w: 28, k: 2, s: 2 },
+    { label: "overlapping windows (k 3, s 2) on 3×7×9", c: 3, h: 7, w: 9, k: 3, s: 2 },
+    { label: "k 3, s 1 on 2×5×6", c: 2, h: 5, w: 6, k: 3, s: 1 },
+    { label: "odd size, floor (k 2, s 2) on 1×5×5", c: 1, h: 5, w: 5, k: 2, s: 2 },
+  ];
+
+  it.each(cases)("gives the JS twin's y and dx bit for bit for $label, with ties, NaN and ±Inf among the inputs", (c) => {
+    const js = new MaxPool2d("pool", c.c, c.h, c.w, c.k, c.s, "js");
+    const wasm = new MaxPool2d("pool", c.c, c.h, c.w, c.k, c.s, "wasm");
+    const rng = new Rng(95);
+    for (const n of [3, 1, 4]) {
+      // Rounded to a few values: many ties within windows.
+      const x = normals(rng, n * c.c * c.h * c.w).map((v) => Math.round(v * 2) / 2);
+      for (let i = 0; i < x.length; i += 37) x[i] = [Number.NaN, Infinity, -Infinity][(i / 37) % 3]!;
+      const yJs = js.forward(x, n, true), yWasm = wasm.forward(x, n, true);
+      expect(bits(yWasm), `y, n=${n}`).toEqual(bits(yJs));
+      const dy = normals(rng, yJs.length);
+      expect(bits(wasm.backward(dy, n)), `dx, n=${n}`).toEqual(bits(js.backward(dy, n)));
+    }
   });
 });
 

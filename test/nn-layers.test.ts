@@ -260,26 +260,36 @@ describe.each(KERNEL_BACKENDS)("ReLU (%s kernels)", (backend) => {
   });
 });
 
-describe("MaxPool2d", () => {
+describe.each(KERNEL_BACKENDS)("MaxPool2d (%s kernels)", (backend) => {
   it("has a dx that matches finite differences with overlapping windows (k=3 stride 2)", () => {
     const rng = new Rng(41);
     // Distinct values 0.05 apart: no window max changes under a ±0.01 step.
     const x = new Float32Array(2 * 2 * 7 * 7).map((_, i) => i * 0.05 - 4);
     rng.shuffle(x);
-    expectLayerGradsMatch(new MaxPool2d("pool", 2, 7, 7, 3, 2), x, 2, rng);
+    expectLayerGradsMatch(new MaxPool2d("pool", 2, 7, 7, 3, 2, backend), x, 2, rng);
   });
 
   it("sends the gradient to the first maximum in row-major window order on ties", () => {
-    const pool = new MaxPool2d("pool", 1, 2, 4);
+    const pool = new MaxPool2d("pool", 1, 2, 4, 2, 2, backend);
     // windows [[1, 3], [3, 2]] and [[7, 7], [7, 7]]
     const y = pool.forward(new Float32Array([1, 3, 7, 7, 3, 2, 7, 7]), 1, true);
     expect(Array.from(y)).toEqual([3, 7]);
     expect(Array.from(pool.backward(new Float32Array([10, 20]), 1))).toEqual([0, 10, 20, 0, 0, 0, 0, 0]);
   });
 
+  it("lets a NaN win its window, a later NaN over an earlier one, like PyTorch", () => {
+    const pool = new MaxPool2d("pool", 1, 2, 4, 2, 2, backend);
+    // windows [[NaN, 5], [1, NaN]] and [[-Inf, -Inf], [-Inf, -Inf]]
+    const y = pool.forward(new Float32Array([Number.NaN, 5, -Infinity, -Infinity, 1, Number.NaN, -Infinity, -Infinity]), 1, true);
+    expect(Array.from(y)).toEqual([Number.NaN, -Infinity]);
+    expect(Array.from(pool.backward(new Float32Array([10, 20]), 1))).toEqual([0, 0, 20, 0, 0, 10, 0, 0]);
+  });
+
   it("drops the last row and column of an odd-sized input (floor mode)", () => {
-    const pool = new MaxPool2d("pool", 3, 5, 5);
+    const pool = new MaxPool2d("pool", 3, 5, 5, 2, 2, backend);
     expect(pool.outShape).toEqual([3, 2, 2]);
+    const x = new Float32Array(3 * 25).map((_, i) => (i % 5 === 4 || Math.floor(i / 5) % 5 === 4 ? 100 : i));
+    expect(Math.max(...pool.forward(x, 1, false))).toBeLessThan(100);
   });
 });
 

@@ -1,10 +1,53 @@
 // Max pooling over NCHW, square window k, stride s, no padding, floor output size,
 // as PyTorch's MaxPool2d(k, s). Forward records each window's argmax; on ties the
-// first element in row-major window order wins, as in PyTorch. Not average pooling,
+// first element in row-major window order wins, as in PyTorch. Two paths, the same
+// results bit for bit: the TypeScript loops here (the reference, SYNCBN_KERNELS=js)
+// and WebAssembly kernels choosing with `select` (the default: the loops' compare
+// branch is unpredictable on real data, ~30 ns per window). Not average pooling,
 // not padded, not ceil_mode.
 
+import { WasmArena } from "./kernels/arena.js";
+import { kernelBackend, type KernelBackend } from "./kernels/backend.js";
 import { BatchBuffer, type Layer, type Param } from "./layer.js";
 import { requireInt, requireLength } from "./linear.js";
+
+/** The wasm path: x and dy staged, y, the argmax (i32) and dx in the layer's own memory. */
+class MaxPoolWasm {
+  private readonly arena = new WasmArena();
+  private capacity = 0;
+  private at!: { x: number; y: number; am: number; dy: number; dx: number };
+  private readonly yViews = new Map<number, Float32Array>();
+  private readonly dxViews = new Map<number, Float32Array>();
+
+  constructor(private readonly p: MaxPool2d) {}
+
+  /** Regions for n samples; contents are not kept (a forward writes y and am before a backward reads them). */
+  private reserve(n: number): void {
+    if (n <= this.capacity) return;
+    const inLen = n * this.p.channels * this.p.inH * this.p.inW, outLen = n * this.p.channels * this.p.outH * this.p.outW;
+    this.at = this.arena.layout({ x: inLen, y: outLen, am: outLen, dy: outLen, dx: inLen });
+    this.capacity = n;
+    this.yViews.clear();
+    this.dxViews.clear();
+  }
+
+  forward(x: Float32Array, n: number): Float32Array {
+    this.reserve(n);
+    const { channels, inH, inW, outH, outW, kernel, stride } = this.p;
+    const at = this.at;
+    this.arena.copyIn(x, n * channels * inH * inW, at.x);
+    this.arena.kernels.maxpool(at.y, at.am, at.x, n * channels, inH, inW, kernel, stride, outH, outW);
+    return this.arena.cachedView(this.yViews, at.y, n * channels * outH * outW, n);
+  }
+
+  backward(dy: Float32Array, n: number): Float32Array {
+    const { channels, inH, inW, outH, outW } = this.p;
+    const at = this.at, outLen = n * channels * outH * outW, inLen = n * channels * inH * inW;
+    this.arena.copyIn(dy, outLen, at.dy);
+    this.arena.kernels.maxpool_backward(at.dx, at.dy, at.am, outLen, inLen);
+    return this.arena.cachedView(this.dxViews, at.dx, inLen, n);
+  }
+}
 
 export class MaxPool2d implements Layer {
   readonly inShape: readonly number[];
@@ -16,6 +59,7 @@ export class MaxPool2d implements Layer {
   /** Flat index into x of each output's max; grown to the largest batch seen. */
   private argmax = new Int32Array(0); // (N, C, outH, outW)
   private savedN = -1;
+  private readonly wasm: MaxPoolWasm | null;
 
   constructor(
     readonly name: string,
@@ -24,6 +68,7 @@ export class MaxPool2d implements Layer {
     readonly inW: number,
     readonly kernel = 2,
     readonly stride = 2,
+    readonly backend: KernelBackend = kernelBackend(),
   ) {
     requireInt(name, "channels", channels, 1);
     requireInt(name, "kernel", kernel, 1);
@@ -36,6 +81,7 @@ export class MaxPool2d implements Layer {
     this.outShape = [channels, this.outH, this.outW];
     this.y = new BatchBuffer(channels * this.outH * this.outW);
     this.dx = new BatchBuffer(channels * inH * inW);
+    this.wasm = backend === "wasm" ? new MaxPoolWasm(this) : null;
   }
 
   params(): Param[] {
@@ -46,6 +92,10 @@ export class MaxPool2d implements Layer {
   forward(x: Float32Array, n: number, train: boolean): Float32Array {
     const { channels, inH, inW, outH, outW, kernel: k, stride: s } = this;
     requireLength(this.name, "x", x, n * channels * inH * inW);
+    if (this.wasm) {
+      this.savedN = train ? n : -1;
+      return this.wasm.forward(x, n);
+    }
     const y = this.y.view(n);
     const outLen = n * channels * outH * outW;
     if (this.argmax.length < outLen) this.argmax = new Int32Array(outLen);
@@ -86,6 +136,7 @@ export class MaxPool2d implements Layer {
     }
     const outLen = n * this.channels * this.outH * this.outW;
     requireLength(this.name, "dy", dy, outLen);
+    if (this.wasm) return this.wasm.backward(dy, n);
     const dx = this.dx.view(n);
     dx.fill(0);
     const argmax = this.argmax;

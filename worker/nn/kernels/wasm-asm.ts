@@ -131,6 +131,7 @@ export class Func {
   leS(): this { return this.op(0x4c); }
   geS(): this { return this.op(0x4e); }
   and(): this { return this.op(0x71); }
+  or(): this { return this.op(0x72); }
   select(): this { return this.op(0x1b); }
   drop(): this { return this.op(0x1a); }
 
@@ -152,6 +153,11 @@ export class Func {
   f32Load(offset = 0): this { this.code.push(0x2a); return this.memarg(2, offset); }
   f32Store(offset = 0): this { this.code.push(0x38); return this.memarg(2, offset); }
   f32Add(): this { return this.op(0x92); }
+  /** i32 1 where a ≠ b (true when either is NaN), else 0. */
+  f32Ne(): this { return this.op(0x5c); }
+  f32Gt(): this { return this.op(0x5e); }
+  i32Load(offset = 0): this { this.code.push(0x28); return this.memarg(2, offset); }
+  i32Store(offset = 0): this { this.code.push(0x36); return this.memarg(2, offset); }
   f32Mul(): this { return this.op(0x94); }
   f64Load(offset = 0): this { this.code.push(0x2b); return this.memarg(3, offset); }
   f64Store(offset = 0): this { this.code.push(0x39); return this.memarg(3, offset); }
@@ -185,6 +191,11 @@ export class Func {
     return this;
   }
   v128And(): this { return this.simd(0x4e); }
+  v128Or(): this { return this.simd(0x50); }
+  /** v128.bitselect(a, b, mask) = (a & mask) | (b & ~mask). */
+  v128Bitselect(): this { return this.simd(0x52); }
+  i32x4Splat(): this { return this.simd(0x11); }
+  i32x4Add(): this { return this.simd(0xae); }
   /** v128.andnot(a, b) = a & ~b. */
   v128AndNot(): this { return this.simd(0x4f); }
   /** i8x16.shuffle of the two vectors on the stack: result byte i = byte lanes[i] of (a ‖ b). */
@@ -197,6 +208,9 @@ export class Func {
   f32x4Splat(): this { return this.simd(0x13); }
   f32x4ExtractLane(lane: number): this { this.simd(0x1f); this.code.push(lane); return this; }
   f32x4Add(): this { return this.simd(0xe4); }
+  /** Lane masks: all ones where a ≠ b (true when either is NaN); where a > b (false for NaN). */
+  f32x4Ne(): this { return this.simd(0x42); }
+  f32x4Gt(): this { return this.simd(0x44); }
   /** Lane mask: all ones where a ≤ b (false when either is NaN). */
   f32x4Le(): this { return this.simd(0x45); }
   f32x4Mul(): this { return this.simd(0xe6); }
