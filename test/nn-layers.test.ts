@@ -252,6 +252,12 @@ describe.each(KERNEL_BACKENDS)("ReLU (%s kernels)", (backend) => {
     expect(Array.from(relu.backward(new Float32Array([5, 5, 5]), 1))).toEqual([0, 0, 5]);
   });
 
+  it("takes an empty batch: empty y and dx", () => {
+    const relu = new ReLU("relu", [3], backend);
+    expect(relu.forward(new Float32Array(0), 0, true).length).toBe(0);
+    expect(relu.backward(new Float32Array(0), 0).length).toBe(0);
+  });
+
   it("refuses a backward after an eval forward, which wrote over its mask", () => {
     const relu = new ReLU("relu", [3], backend);
     relu.forward(new Float32Array([1, -1, 2]), 1, true);
@@ -283,6 +289,12 @@ describe.each(KERNEL_BACKENDS)("MaxPool2d (%s kernels)", (backend) => {
     const y = pool.forward(new Float32Array([Number.NaN, 5, -Infinity, -Infinity, 1, Number.NaN, -Infinity, -Infinity]), 1, true);
     expect(Array.from(y)).toEqual([Number.NaN, -Infinity]);
     expect(Array.from(pool.backward(new Float32Array([10, 20]), 1))).toEqual([0, 0, 20, 0, 0, 10, 0, 0]);
+  });
+
+  it("takes an empty batch: empty y and dx", () => {
+    const pool = new MaxPool2d("pool", 2, 4, 4, 2, 2, backend);
+    expect(pool.forward(new Float32Array(0), 0, true).length).toBe(0);
+    expect(pool.backward(new Float32Array(0), 0).length).toBe(0);
   });
 
   it("drops the last row and column of an odd-sized input (floor mode)", () => {

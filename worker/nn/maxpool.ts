@@ -19,7 +19,9 @@ class MaxPoolWasm {
   private readonly yViews = new Map<number, Float32Array>();
   private readonly dxViews = new Map<number, Float32Array>();
 
-  constructor(private readonly p: MaxPool2d) {}
+  constructor(private readonly p: MaxPool2d) {
+    this.reserve(1); // an empty batch still gets (empty) views of a laid-out memory
+  }
 
   /** Regions for n samples; contents are not kept (a forward writes y and am before a backward reads them). */
   private reserve(n: number): void {
@@ -54,6 +56,7 @@ export class MaxPool2d implements Layer {
   readonly outShape: readonly number[];
   readonly outH: number;
   readonly outW: number;
+  /** The JS path's buffers (the wasm path keeps its own in its memory). */
   private readonly y: BatchBuffer; // (N, C, outH, outW)
   private readonly dx: BatchBuffer; // (N, C, inH, inW)
   /** Flat index into x of each output's max; grown to the largest batch seen. */

@@ -53,7 +53,9 @@ class ReluWasm implements ReluPasses {
   private readonly yViews = new Map<number, Float32Array>();
   private readonly dxViews = new Map<number, Float32Array>();
 
-  constructor(private readonly size: number) {}
+  constructor(private readonly size: number) {
+    this.reserve(1); // an empty batch still gets (empty) views of a laid-out memory
+  }
 
   /** Lays out y and dx for n samples (contents are not kept: a forward writes y before any backward reads it). */
   private reserve(n: number): void {
