@@ -7,6 +7,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { runTrain } from "../cli/train.js";
 import type { RanksPerProc } from "../cli/blocks.js";
+import type { Threads } from "../cli/flags.js";
 import type { RunSummary } from "../cli/monitor.js";
 import { DEFAULT_SETTINGS, type TrainSettings } from "../worker/settings.js";
 
@@ -22,6 +23,8 @@ export interface TrainRunOptions {
   workerEnv?: NodeJS.ProcessEnv;
   /** --ranks-per-proc (default: the CLI's). */
   ranksPerProc?: RanksPerProc;
+  /** --threads (default auto, as the CLI). */
+  threads?: Threads;
   /** Serve the live dashboard (loopback, free port) and call back with its URL. */
   dashboard?: (url: string) => void;
 }
@@ -49,6 +52,7 @@ export async function trainOnce(o: TrainRunOptions): Promise<TrainRun> {
       transport: o.transport,
       wire: o.wire ?? "ws",
       pinCpus: o.pinCpus ?? "auto",
+      threads: o.threads ?? "auto",
       workerEnv: o.workerEnv,
       ...(o.ranksPerProc !== undefined ? { ranksPerProc: o.ranksPerProc } : {}),
       ...(o.dashboard ? { dashboard: { host: "127.0.0.1", port: 0 }, onDashboard: o.dashboard } : {}),

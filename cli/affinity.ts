@@ -51,10 +51,10 @@ export function planPinning(mode: PinMode, workers: number, cpus: number[] | nul
   return Array.from({ length: workers }, (_, rank) => cpus[rank % cpus.length]!);
 }
 
-/** Restricts process `pid` to `cpu`; throws an Error saying why if it cannot. */
-export function pinProcess(pid: number, cpu: number): void {
+/** Restricts process `pid` (its threads started from now on too) to `cpu`, or to a set of CPUs; throws an Error saying why if it cannot. */
+export function pinProcess(pid: number, cpu: number | readonly number[]): void {
   try {
-    execFileSync("taskset", ["-p", "-c", String(cpu), String(pid)], { stdio: ["ignore", "ignore", "pipe"] });
+    execFileSync("taskset", ["-p", "-c", typeof cpu === "number" ? String(cpu) : cpu.join(","), String(pid)], { stdio: ["ignore", "ignore", "pipe"] });
   } catch (e) {
     const err = e as { code?: string; stderr?: Buffer };
     throw new Error(err.code === "ENOENT" ? "taskset (util-linux) is not installed" : (err.stderr?.toString().trim() || (e as Error).message));

@@ -137,6 +137,7 @@ export function registerTrainCommands(program: Command): void {
       wire: f.wire,
       pinCpus: f.pinCpus,
       ranksPerProc: f.ranksPerProc,
+      threads: f.threads,
       helloTimeoutMs: f.helloTimeout,
       dashboard: f.dashboard ?? null,
       token: env.token,

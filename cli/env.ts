@@ -14,6 +14,8 @@ export interface EnvSettings {
   fashionMnistDir?: string;
   /** SYNCBN_KERNELS: conv/linear kernels and the norm layers' passes, "wasm" (default) or "js"; for setKernelBackend. */
   kernels?: KernelBackend;
+  /** SYNCBN_THREADS: compute threads of each worker (1..MAX_THREADS), for setComputeThreads; the launcher sets it from --threads. */
+  threads?: number;
   isCI: boolean;
   /**
    * Fault injection for tests: SYNCBN_FAULT="RANK:STEP:PHASE[:ACTION]" makes that
@@ -40,6 +42,17 @@ function kernelsVar(env: NodeJS.ProcessEnv): KernelBackend | undefined {
   return backend;
 }
 
+/** The most compute threads a worker takes (--threads, SYNCBN_THREADS). */
+export const MAX_THREADS = 64;
+
+function threadsVar(env: NodeJS.ProcessEnv): number | undefined {
+  const v = env.SYNCBN_THREADS;
+  if (v === undefined || v === "") return undefined;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 1 || n > MAX_THREADS) throw new SyncbnError(ErrorCode.BadConfig, `SYNCBN_THREADS must be an integer in 1..${MAX_THREADS}, got "${v}"`);
+  return n;
+}
+
 export function readEnv(env: NodeJS.ProcessEnv = process.env): EnvSettings {
   return {
     rank: intVar("RANK", env) ?? intVar("SLURM_PROCID", env),
@@ -49,6 +62,7 @@ export function readEnv(env: NodeJS.ProcessEnv = process.env): EnvSettings {
     token: env.SYNCBN_TOKEN || undefined,
     fashionMnistDir: env.SYNCBN_FASHION_MNIST_DIR || undefined,
     kernels: kernelsVar(env),
+    threads: threadsVar(env),
     isCI: env.CI === "true" || env.CI === "1",
     fault: parseFault(env.SYNCBN_FAULT),
   };

@@ -11,6 +11,7 @@ import type { MomentumStyle } from "../shared/config.js";
 import { ErrorCode, SyncbnError } from "../shared/errors.js";
 import { PIN_MODES, type PinMode } from "./affinity.js";
 import { RANKS_PER_PROC_HELP, parseRanksPerProc, type RanksPerProc } from "./blocks.js";
+import { MAX_THREADS } from "./env.js";
 
 /** Node's timer maximum (a longer delay fires at once, with a TimeoutOverflowWarning). */
 export const MAX_TIMER_MS = 2 ** 31 - 1;
@@ -185,8 +186,21 @@ export function addLaunchFlags(cmd: Command): Command {
         .choices([...PIN_MODES])
         .default("auto"),
     )
-    .addOption(new Option("--ranks-per-proc <R|auto>", RANKS_PER_PROC_HELP).argParser(parseRanksPerProc));
+    .addOption(new Option("--ranks-per-proc <R|auto>", RANKS_PER_PROC_HELP).argParser(parseRanksPerProc))
+    .addOption(
+      new Option("--threads <n|auto>", `compute threads per worker (convolutions split over them; same results, bit for bit): 1..${MAX_THREADS}, or auto = CPUs ÷ workers, at least 1`)
+        .argParser(parseThreads)
+        .default("auto"),
+    );
 }
+
+/** commander argParser of --threads. */
+export function parseThreads(v: string): Threads {
+  if (v === "auto") return "auto";
+  return intArg("--threads", 1, MAX_THREADS)(v);
+}
+
+export type Threads = number | "auto";
 
 export interface RunFlags {
   model: ModelKind;
@@ -220,6 +234,7 @@ export interface LaunchFlags {
   pinCpus: PinMode;
   /** Absent: the default of cli/blocks.ts (1 up to 8 ranks, auto above). */
   ranksPerProc?: RanksPerProc;
+  threads: Threads;
 }
 
 /** The launch flags that do not go together. */

@@ -10,14 +10,17 @@ import { runConformance } from "./conformance.js";
 import { registerTrainCommands } from "./commands.js";
 import { readEnv } from "./env.js";
 import { setKernelBackend } from "../worker/nn/kernels/backend.js";
+import { setComputeThreads } from "../worker/nn/kernels/threads.js";
 import { registerSweepCommand } from "./sweep-flags.js";
 import { MAX_TIMER_MS, MAX_WORKERS, MIN_TIMEOUT_MS, intArg } from "./flags.js";
 
 
 // SYNCBN_KERNELS=js|wasm picks the conv/linear kernels; worker processes inherit it.
+// SYNCBN_THREADS=N gives this process N compute threads (the launcher sets it per worker from --threads).
 try {
-  const kernels = readEnv().kernels;
+  const { kernels, threads } = readEnv();
   if (kernels) setKernelBackend(kernels);
+  if (threads) setComputeThreads(threads);
 } catch (e) {
   console.error(`syncbn: ${(e as Error).message}`);
   process.exit(2);

@@ -131,7 +131,7 @@ export function registerSweepCommand(program: Command): void {
       fashionMnistDir: env.fashionMnistDir,
       outDir: f.out,
       roundTimeoutMs: f.roundTimeout,
-      launch: { transport: f.transport, wire: f.wire, pinCpus: f.pinCpus, ranksPerProc: f.ranksPerProc },
+      launch: { transport: f.transport, wire: f.wire, pinCpus: f.pinCpus, ranksPerProc: f.ranksPerProc, threads: f.threads },
       dashboard: f.dashboard ?? null,
       token: env.token,
       tty,

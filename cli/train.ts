@@ -4,6 +4,7 @@
 // everything. The training itself runs in the workers (worker/train.ts).
 
 import { randomBytes } from "node:crypto";
+import { availableParallelism } from "node:os";
 import { join } from "node:path";
 import type { Coordinator } from "../coordinator/coordinator.js";
 import { DEFAULT_MAX_PAYLOAD, startCoordinatorServer, type Wire } from "../coordinator/server.js";
@@ -14,12 +15,12 @@ import { readCheckpoint, type Checkpoint } from "../worker/checkpoint.js";
 import { conventionsOf, validateSettings, type TrainSettings } from "../worker/settings.js";
 import { INIT_AND_RESUME, checkInitUpFront } from "../worker/weights.js";
 import { RunMonitor, formatSummary, type RunSummary } from "./monitor.js";
-import { readEnv } from "./env.js";
+import { MAX_THREADS, readEnv } from "./env.js";
 import { pinProcess, workerPinning, type PinMode } from "./affinity.js";
 import { forkWorker, killAll, type WorkerProcess } from "./procs.js";
 import { startThreadWorker } from "./threads.js";
 import { checkRunData } from "./preflight.js";
-import { workerRoundTimeout } from "./flags.js";
+import { workerRoundTimeout, type Threads } from "./flags.js";
 import { prepareOutDir } from "./out-dir.js";
 import { checkResume } from "./resume-check.js";
 import { attachLiveViews } from "./live.js";
@@ -56,6 +57,8 @@ export interface TrainOptions {
   ranksPerProc?: RanksPerProc;
   /** Pin worker processes to CPUs round-robin (cli/affinity.ts; default "auto"). */
   pinCpus?: PinMode;
+  /** Compute threads per worker (worker/nn/kernels/threads.ts): N, or auto = CPUs ÷ worker processes (default 1 here; the CLI's default is auto). */
+  threads?: Threads;
   /** Process transport: a connection must get its hello accepted this soon (coordinator/pending.ts). */
   helloTimeoutMs?: number;
   /** Serve the live dashboard there (default: none); off loopback it needs `token`. */
@@ -75,19 +78,31 @@ export interface TrainResult {
 
 const WORKER_SCRIPT = new URL("./main.js", import.meta.url);
 
-/** Pins each worker process to its planned CPU; on a failure the ranks not yet pinned stay unpinned, said once. */
-function pinWorkers(procs: readonly WorkerProcess[], cpus: readonly number[], print: (line: string) => void): void {
+/**
+ * Pins each worker process to its planned CPUs (`perWorker` consecutive entries
+ * of `cpus` each: one per compute thread); on a failure the ranks not yet pinned
+ * stay unpinned, said once.
+ */
+function pinWorkers(procs: readonly WorkerProcess[], cpus: readonly number[], perWorker: number, print: (line: string) => void): void {
   let pinned = 0;
+  const sets = procs.map((_, i) => cpus.slice(i * perWorker, (i + 1) * perWorker));
   try {
     for (const [i, p] of procs.entries()) {
       if (p.pid === undefined) continue;
-      pinProcess(p.pid, cpus[i]!);
+      pinProcess(p.pid, sets[i]!);
       pinned++;
     }
-    print(`worker processes pinned to CPUs ${cpus.join(", ")} ${procs.length > 0 && procs[procs.length - 1]!.rank !== procs.length - 1 ? "by process" : "by rank"} (--pin-cpus off lets the OS place them)`);
+    print(`worker processes pinned to CPUs ${sets.map((s) => s.join("+")).join(", ")} ${procs.length > 0 && procs[procs.length - 1]!.rank !== procs.length - 1 ? "by process" : "by rank"} (--pin-cpus off lets the OS place them)`);
   } catch (e) {
     print(`could not pin worker processes to CPUs (${(e as Error).message}); ${pinned === 0 ? "running unpinned" : `ranks after the first ${pinned} run unpinned`}`);
   }
+}
+
+/** --threads: N as given, or auto = the CPUs shared out over the worker processes (or threads), at least 1. */
+export function resolveThreads(t: Threads | undefined, workers: number, cores = availableParallelism()): number {
+  if (t === undefined) return 1;
+  if (t === "auto") return Math.max(1, Math.min(MAX_THREADS, Math.floor(cores / workers)));
+  return t;
 }
 
 export async function runTrain(o: TrainOptions): Promise<TrainResult> {
@@ -96,6 +111,7 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
   // Ranks packed into processes (blocks of consecutive ranks); refused here when a block would split a group.
   const perProc = resolveRanksPerProc(o.ranksPerProc, o.workers, s.norm);
   const blocks = rankBlocks(o.workers, perProc);
+  const threadsPerWorker = resolveThreads(o.threads, blocks.length);
   await checkRunData(s, o.workers, readEnv({ ...process.env, ...o.workerEnv }).fashionMnistDir);
   if (o.init && o.resume) throw new SyncbnError(ErrorCode.BadConfig, INIT_AND_RESUME);
   const initial = o.init ? await checkInitUpFront(o.init, s, readEnv({ ...process.env, ...o.workerEnv }).fashionMnistDir) : null;
@@ -107,7 +123,8 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
   const resumed = o.resume ? readResume(o.resume, s, o.workers) : null;
   const threads = o.transport === "thread";
   // Planned (and "on" checked) before anything starts: a refusal leaves nothing behind.
-  const pinning = threads ? null : workerPinning(o.pinCpus ?? "auto", blocks.length);
+  // One CPU per compute thread of every worker process.
+  const pinning = threads ? null : workerPinning(o.pinCpus ?? "auto", blocks.length * threadsPerWorker);
   const coordOptions = { worldSize: o.workers, token, conventions: conventionsOf(s), roundTimeoutMs: o.roundTimeoutMs, onWorkerLoss: o.onWorkerLoss };
   const server: { coordinator: Coordinator; url: string; close(): Promise<void> } = threads
     ? startThreadCoordinator(coordOptions)
@@ -155,7 +172,7 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
     throw e;
   });
   if (live.url) (o.onDashboard ?? ((url: string) => o.print(`dashboard: ${url} (read-only; Ctrl-C stops the run as usual)`)))(live.url);
-  o.print(`syncbn train: ${describeBlocks(o.workers, perProc)} × ${s.batch} samples, --model ${s.model} --norm ${s.norm} --data ${s.data}; coordinator ${server.url}; output in ${o.outDir}`);
+  o.print(`syncbn train: ${describeBlocks(o.workers, perProc)}${threadsPerWorker > 1 ? ` (${threadsPerWorker} compute threads each)` : ""} × ${s.batch} samples, --model ${s.model} --norm ${s.norm} --data ${s.data}; coordinator ${server.url}; output in ${o.outDir}`);
 
   let coordFailure: SyncbnError | null = null;
   let coordDone = false;
@@ -191,7 +208,7 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
   if (o.resume) args.push("--resume", o.resume);
   if (o.init) args.push("--init", o.init);
   // The token goes through the environment, not argv, so `ps` does not show it.
-  const env = { ...process.env, ...o.workerEnv, SYNCBN_TOKEN: token };
+  const env = { ...process.env, ...o.workerEnv, SYNCBN_TOKEN: token, SYNCBN_THREADS: String(threadsPerWorker) };
   const procs = blocks.map(({ first: rank, size }) =>
     threads
       ? startThreadWorker({
@@ -208,13 +225,14 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
           roundTimeoutMs: workerRoundTimeout(o.roundTimeoutMs), // as the worker command sets it
           fashionMnistDir: readEnv(env).fashionMnistDir,
           kernels: readEnv(env).kernels,
+          threads: threadsPerWorker,
         })
       : forkWorker(WORKER_SCRIPT, [...args, "--rank", String(rank), ...(size > 1 ? ["--ranks-per-proc", String(size)] : [])], rank, { env }),
   );
   procs.forEach((p, i) => (p.ranks = blocks[i]!.size));
   /** The process (or thread) hosting a rank. */
   const procOf = (rank: number): WorkerProcess | undefined => procs[Math.floor(rank / perProc)];
-  if (pinning) pinWorkers(procs, pinning, o.print);
+  if (pinning) pinWorkers(procs, pinning, threadsPerWorker, o.print);
   // Elastic mode: a lost worker is dropped by the coordinator; make sure a frozen one is really gone.
   const monitorOnLost = server.coordinator.events.onWorkersLost;
   server.coordinator.events.onWorkersLost = (ranks, step, reason) => {

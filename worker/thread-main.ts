@@ -5,6 +5,7 @@
 
 import { workerData, type MessagePort } from "node:worker_threads";
 import { setKernelBackend, type KernelBackend } from "./nn/kernels/backend.js";
+import { setComputeThreads } from "./nn/kernels/threads.js";
 import type { TrainSettings } from "./settings.js";
 import { connectOverPort } from "./port-link.js";
 import { trainWorker } from "./train.js";
@@ -27,10 +28,13 @@ export interface ThreadWorkerData {
   fashionMnistDir?: string;
   /** SYNCBN_KERNELS as the launcher read it: a thread has its own module state, so it is passed, not inherited. */
   kernels?: KernelBackend;
+  /** Compute threads of this worker thread (--threads, resolved by the launcher). */
+  threads?: number;
 }
 
 async function main(d: ThreadWorkerData): Promise<void> {
   if (d.kernels) setKernelBackend(d.kernels);
+  if (d.threads) setComputeThreads(d.threads);
   const client = await connectOverPort(d);
   try {
     await trainWorker({

@@ -4,22 +4,25 @@
 // only through `f32` after `layout`, and cache them per layout.
 // Not an allocator: a layer owns its arena and lays out all its regions at once.
 
-import { wasmApi, wasmKernelModule, type WasmMemory } from "./backend.js";
+import { sharedKernelModule, wasmApi, wasmKernelModule, type WasmMemory } from "./backend.js";
+import { SHARED_MAX_PAGES } from "./wasm-asm.js";
 import { KERNEL_SLACK_FLOATS, type KernelExports } from "./wasm-kernels.js";
 
 const PAGE_BYTES = 65536;
 
 export class WasmArena {
   readonly kernels: KernelExports;
-  private readonly memory: WasmMemory;
+  /** Shared (a SharedArrayBuffer underneath) when built for compute threads: they run this module on it too. */
+  readonly memory: WasmMemory;
   /** Float view of the whole memory; replaced by every layout that grows it. */
   f32: Float32Array;
 
-  constructor() {
-    const module = wasmKernelModule();
+  /** `shared`: a shared memory that compute threads can run kernels on (see threads.ts); null module if unavailable. */
+  constructor(readonly shared = false) {
+    const module = shared ? sharedKernelModule() : wasmKernelModule();
     const api = wasmApi();
-    if (module === null || !api) throw new Error("WebAssembly SIMD kernels are unavailable in this runtime");
-    this.memory = new api.Memory({ initial: 1 });
+    if (module === null || !api) throw new Error(`WebAssembly SIMD kernels${shared ? " on shared memory" : ""} are unavailable in this runtime`);
+    this.memory = new api.Memory(shared ? { initial: 1, maximum: SHARED_MAX_PAGES, shared: true } : { initial: 1 });
     const instance = new api.Instance(module, { env: { memory: this.memory } });
     this.kernels = instance.exports as unknown as KernelExports;
     this.f32 = new Float32Array(this.memory.buffer);

@@ -20,12 +20,14 @@ export interface WasmModule {
 interface WasmApi {
   Module: new (bytes: Uint8Array) => WasmModule;
   Instance: new (module: WasmModule, imports: { env: { memory: WasmMemory } }) => { readonly exports: object };
-  Memory: new (descriptor: { initial: number }) => WasmMemory;
+  Memory: new (descriptor: { initial: number; maximum?: number; shared?: boolean }) => WasmMemory;
 }
 
 let requested: KernelBackend = "wasm";
 /** undefined: not compiled yet; null: this runtime cannot run it (reason in unavailableReason). */
 let compiled: WasmModule | null | undefined;
+/** The same for the shared-memory variant (compute threads). */
+let compiledShared: WasmModule | null | undefined;
 let unavailableReason = "";
 let noticePrinted = false;
 
@@ -50,6 +52,19 @@ export function wasmKernelModule(): WasmModule | null {
     }
   }
   return compiled;
+}
+
+/** The module importing a shared memory, or null where shared wasm memory (threads) is unavailable. */
+export function sharedKernelModule(): WasmModule | null {
+  if (compiledShared === undefined) {
+    const api = wasmApi();
+    try {
+      compiledShared = api && wasmKernelModule() !== null ? new api.Module(kernelModuleBytes(true)) : null;
+    } catch {
+      compiledShared = null;
+    }
+  }
+  return compiledShared;
 }
 
 /** The backend new layers use: the requested one, or "js" (with a one-time notice) if WASM cannot run. */

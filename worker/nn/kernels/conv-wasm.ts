@@ -6,6 +6,9 @@
 import type { ConvGeometry, ConvKernel } from "../conv2d.js";
 import { addToSum, segmentLength, type RankSegments } from "../layer.js";
 import { WasmArena } from "./arena.js";
+import { CONV_TASK_WORDS, convPart, KIND_BACKWARD, KIND_FORWARD, W } from "./conv-parts.js";
+import { computeThreads, registerMemory, runParts } from "./threads.js";
+import { KERNEL_SLACK_FLOATS } from "./wasm-kernels.js";
 
 /** Float offsets of the regions, for a capacity of N samples; R = cin·k·k, P = outH·outW. */
 interface ConvRegions {
@@ -15,12 +18,18 @@ interface ConvRegions {
   y: number; // (N, cout, P)
   dy: number; // (N, cout, P)
   dySums: number; // (N, cout): Σ over P of dy, per sample and channel
-  dcols: number; // (R, P), one sample; also the columns of an eval forward
+  dcols: number; // (R, P) per compute thread, one sample; also the columns of an eval forward
   dw: number; // (cout, R), summed over samples in float32
 }
 
 export class ConvWasm implements ConvKernel {
-  private readonly arena = new WasmArena();
+  /** Compute threads this layer's passes split over (threads.ts); 1: this thread alone. */
+  private readonly parts = computeThreads();
+  private readonly arena = new WasmArena(this.parts > 1);
+  /** The task words of the last pass (threads.ts), refilled per pass. */
+  private readonly task = new Int32Array(CONV_TASK_WORDS);
+  /** Floats between two compute threads' dcols scratch blocks. */
+  private readonly dcolsStride: number;
   private readonly rows: number; // R
   private readonly plane: number; // P
   private readonly inSize: number;
@@ -37,6 +46,10 @@ export class ConvWasm implements ConvKernel {
     this.rows = g.cin * g.kernel * g.kernel;
     this.plane = g.outH * g.outW;
     this.inSize = g.cin * g.inH * g.inW;
+    this.dcolsStride = Math.ceil((this.rows * this.plane + KERNEL_SLACK_FLOATS) / 4) * 4;
+    this.task[W.memory] = this.parts > 1 ? registerMemory(this.arena.memory) : 0;
+    this.task[W.parts] = this.parts;
+    for (const [key, v] of [["cin", g.cin], ["inH", g.inH], ["inW", g.inW], ["kernel", g.kernel], ["stride", g.stride], ["padding", g.padding], ["outH", g.outH], ["outW", g.outW], ["cout", g.cout]] as const) this.task[W[key]] = v;
     this.reserve(1);
   }
 
@@ -47,7 +60,7 @@ export class ConvWasm implements ConvKernel {
     const oldCols = this.at?.cols ?? 0;
     this.at = this.arena.layout({
       w: cout * R, xdx: n * this.inSize, cols: n * R * P, y: n * cout * P,
-      dy: n * cout * P, dySums: n * cout, dcols: R * P, dw: cout * R,
+      dy: n * cout * P, dySums: n * cout, dcols: this.dcolsStride * this.parts, dw: cout * R,
     });
     // Keep the last training forward's columns: an eval forward may come before its backward.
     this.arena.f32.copyWithin(this.at.cols, oldCols, oldCols + this.savedN * R * P);
@@ -63,20 +76,31 @@ export class ConvWasm implements ConvKernel {
    */
   forward(x: Float32Array, n: number, train: boolean, w: Float32Array, b: Float32Array): Float32Array {
     this.reserve(n);
-    const { cin, cout, kernel, stride, padding, inH, inW, outH, outW } = this.g;
-    const R = this.rows, P = this.plane, k = this.arena.kernels, at = this.at;
+    const cout = this.g.cout, P = this.plane, at = this.at;
     const f32 = this.arena.f32;
     f32.set(w, at.w);
     this.arena.copyIn(x, n * this.inSize, at.xdx);
     for (let i = 0; i < n; i++) {
-      const cols = train ? at.cols + i * R * P : at.dcols;
-      k.im2col(cols, at.xdx + i * this.inSize, cin, inH, inW, kernel, stride, padding, outH, outW);
       const y = at.y + i * cout * P;
       for (let co = 0; co < cout; co++) f32.fill(b[co]!, y + co * P, y + (co + 1) * P);
-      k.gemm_nn(y, P, at.w, R, cols, P, cout, P, R, 1);
     }
+    // Per sample: im2col, y += W·cols (see convPart), split over the compute threads.
+    this.run(KIND_FORWARD, n, train, "forward");
     if (train) this.savedN = n;
     return this.arena.cachedView(this.yViews, at.y, n * cout * P, n);
+  }
+
+  /** One pass of convPart over n samples: here alone, or here and on the compute threads. */
+  private run(kind: number, n: number, train: boolean, phase: string): void {
+    const t = this.task, at = this.at;
+    t[W.kind] = kind;
+    t[W.n] = n;
+    t[W.train] = train ? 1 : 0;
+    t[W.w] = at.w; t[W.xdx] = at.xdx; t[W.cols] = at.cols; t[W.y] = at.y; t[W.dy] = at.dy; t[W.dw] = at.dw;
+    t[W.dcols] = at.dcols; t[W.dcolsStride] = this.dcolsStride;
+    const k = this.arena.kernels;
+    if (this.parts === 1 || n === 0) convPart(k, t, 0);
+    else runParts(t, (p) => convPart(k, t, p), `a ${this.g.cin}→${this.g.cout} convolution's ${phase}`);
   }
 
   /**
@@ -94,27 +118,29 @@ export class ConvWasm implements ConvKernel {
     this.arena.copyIn(dy, n * cout * P, at.dy);
     k.row_sums(at.dySums, at.dy, n * cout, P);
     f32.fill(0, at.xdx, at.xdx + n * this.inSize);
-    seg?.dw.fill(0);
-    seg?.db.fill(0);
+    if (!seg) {
+      // dW and dx per sample (see convPart), split over the compute threads.
+      this.run(KIND_BACKWARD, n, true, "backward");
+      this.sumBias(db, 0, n);
+      if (n === 0) dw.fill(0);
+      else dw.set(this.dwView);
+      return this.arena.cachedView(this.dxViews, at.xdx, n * this.inSize, n);
+    }
+    seg.dw.fill(0);
+    seg.db.fill(0);
     for (let i = 0; i < n; i++) {
       const dyi = at.dy + i * cout * P;
       k.gemm_nt(at.dw, R, dyi, P, at.cols + i * R * P, P, cout, R, P, i % b > 0 ? 1 : 0);
       k.gemm_tn(at.dcols, P, at.w, R, dyi, P, R, P, cout, 0);
       k.col2im_add(at.dcols, at.xdx + i * this.inSize, cin, inH, inW, kernel, stride, padding, outH, outW);
-      if (seg && i % b === b - 1) {
+      if (i % b === b - 1) {
         this.sumBias(db, i + 1 - b, b);
         addToSum(seg.dw, this.dwView);
         addToSum(seg.db, db);
       }
     }
-    if (seg) {
-      dw.set(seg.dw);
-      db.set(seg.db);
-    } else {
-      this.sumBias(db, 0, n);
-      if (n === 0) dw.fill(0);
-      else dw.set(this.dwView);
-    }
+    dw.set(seg.dw);
+    db.set(seg.db);
     return this.arena.cachedView(this.dxViews, at.xdx, n * this.inSize, n);
   }
 

@@ -251,11 +251,15 @@ function section(out: number[], id: number, content: number[]): void {
   out.push(...content);
 }
 
+/** Pages (64 KiB) a shared memory may grow to: a shared memory must declare a maximum. 65536 = 4 GiB, wasm32's whole space. */
+export const SHARED_MAX_PAGES = 65536;
+
 /**
  * A module importing one memory as env.memory and exporting every function by
- * its name. All functions return nothing.
+ * its name. All functions return nothing. `shared`: the memory is imported as
+ * shared (threads), with a maximum of SHARED_MAX_PAGES.
  */
-export function assembleModule(funcs: readonly Func[]): Uint8Array {
+export function assembleModule(funcs: readonly Func[], shared = false): Uint8Array {
   const out = [0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00];
   const sigs: string[] = [];
   const typeIndex = funcs.map((f) => {
@@ -280,8 +284,9 @@ export function assembleModule(funcs: readonly Func[]): Uint8Array {
   uleb(imports, 1);
   name(imports, "env");
   name(imports, "memory");
-  imports.push(0x02, 0x00); // memory, limits without maximum
+  imports.push(0x02, shared ? 0x03 : 0x00); // memory; limits: shared with a maximum, or no maximum
   uleb(imports, 1);
+  if (shared) uleb(imports, SHARED_MAX_PAGES);
   section(out, 2, imports);
 
   const fns: number[] = [];

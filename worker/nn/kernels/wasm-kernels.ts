@@ -609,8 +609,8 @@ export interface KernelExports extends NormKernelExports {
   maxpool_backward(dx: number, dy: number, am: number, outLen: number, dxLen: number): void;
 }
 
-/** The module's bytes; deterministic, a function of this file alone. */
-export function kernelModuleBytes(): Uint8Array {
+/** The module's bytes; deterministic, a function of this file alone. `shared`: for a shared memory (compute threads). */
+export function kernelModuleBytes(shared = false): Uint8Array {
   return assembleModule([
     gemm("gemm_nn", false),
     gemm("gemm_tn", true),
@@ -624,5 +624,5 @@ export function kernelModuleBytes(): Uint8Array {
     maxPool(),
     maxPoolBackward(),
     ...normKernels(),
-  ]);
+  ], shared);
 }
