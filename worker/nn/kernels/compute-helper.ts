@@ -15,6 +15,7 @@ const api = wasmApi()!;
 const kernels = new Map<number, KernelExports>();
 const args = ctrl.subarray(CTRL.args);
 let seen = 0;
+Atomics.store(ctrl, CTRL.ready, 1);
 
 for (;;) {
   Atomics.wait(ctrl, CTRL.seq, seen);

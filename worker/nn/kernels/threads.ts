@@ -11,10 +11,12 @@ import { ErrorCode, SyncbnError } from "../../../shared/errors.js";
 import { sharedKernelModule, type WasmMemory } from "./backend.js";
 
 /** Control words of one helper (Int32Array over a SharedArrayBuffer). */
-export const CTRL = { seq: 0, done: 1, failed: 2, args: 8 } as const;
+export const CTRL = { seq: 0, done: 1, failed: 2, ready: 3, args: 8 } as const;
 export const CTRL_WORDS = 64;
 /** A helper that does not finish its part in this time is reported, not waited for forever. */
 export const PART_DEADLINE_MS = 300_000;
+/** A helper that has not started this long after it was asked to is reported. */
+export const START_DEADLINE_MS = 30_000;
 
 /** What a helper thread gets (compute-helper.ts). */
 export interface HelperData {
@@ -29,6 +31,7 @@ interface Helper {
   ctrl: Int32Array;
   port: MessagePort;
   seq: number;
+  startedAt: number;
 }
 
 /** Threads asked for; the helpers start when the first layer asks computeThreads(). */
@@ -71,7 +74,7 @@ function start(n: number): void {
     const worker = new Worker(script, { workerData: data, transferList: [port2], execArgv: [] });
     worker.unref();
     port1.unref();
-    helpers.push({ worker, ctrl: new Int32Array(ctrl), port: port1, seq: 0 });
+    helpers.push({ worker, ctrl: new Int32Array(ctrl), port: port1, seq: 0, startedAt: Date.now() });
   }
   parts = n;
 }
@@ -95,21 +98,33 @@ export function runParts(args: Int32Array, own: (part: number) => void, what: st
     Atomics.store(h.ctrl, CTRL.seq, h.seq);
     Atomics.notify(h.ctrl, CTRL.seq);
   }
-  own(0);
+  try {
+    own(0);
+  } finally {
+    // Even when this part failed: a helper must not be given new words while it still reads these.
+    helpers.forEach((h, i) => waitFor(h, i, what));
+  }
   helpers.forEach((h, i) => {
-    const deadline = Date.now() + PART_DEADLINE_MS;
-    for (;;) {
-      const done = Atomics.load(h.ctrl, CTRL.done);
-      if (done === h.seq) break;
-      const left = deadline - Date.now();
-      if (left <= 0) throw new SyncbnError(ErrorCode.Timeout, `compute thread ${i + 1} did not finish its part of ${what} within ${PART_DEADLINE_MS / 1000} s; run with --threads 1`);
-      Atomics.wait(h.ctrl, CTRL.done, done, left);
-    }
     if (Atomics.load(h.ctrl, CTRL.failed) !== 0) {
       const m = receiveMessageOnPort(h.port)?.message;
       throw new SyncbnError(ErrorCode.Aborted, `compute thread ${i + 1} failed in ${what}: ${typeof m === "string" ? m : "no message"}`);
     }
   });
+}
+
+/** Returns when helper i has done its part of the current task; throws past its deadline (or if it never started). */
+function waitFor(h: Helper, i: number, what: string): void {
+  const deadline = Date.now() + PART_DEADLINE_MS;
+  for (;;) {
+    const done = Atomics.load(h.ctrl, CTRL.done);
+    if (done === h.seq) return;
+    const now = Date.now();
+    if (Atomics.load(h.ctrl, CTRL.ready) === 0 && now - h.startedAt > START_DEADLINE_MS) {
+      throw new SyncbnError(ErrorCode.Aborted, `compute thread ${i + 1} did not start within ${START_DEADLINE_MS / 1000} s (in ${what}); run with --threads 1`);
+    }
+    if (now >= deadline) throw new SyncbnError(ErrorCode.Timeout, `compute thread ${i + 1} did not finish its part of ${what} within ${PART_DEADLINE_MS / 1000} s; run with --threads 1`);
+    Atomics.wait(h.ctrl, CTRL.done, done, Math.min(deadline - now, 1000));
+  }
 }
 
 /** The part [lo, hi) of 0..count−1 that part p of `of` takes: contiguous, sizes differing by at most one. */
