@@ -85,7 +85,8 @@ const WORKER_SCRIPT = new URL("./main.js", import.meta.url);
  */
 function pinWorkers(procs: readonly WorkerProcess[], cpus: readonly number[], perWorker: number, print: (line: string) => void): void {
   let pinned = 0;
-  const sets = procs.map((_, i) => cpus.slice(i * perWorker, (i + 1) * perWorker));
+  // More threads than CPUs wrap around: a CPU appears once in a set.
+  const sets = procs.map((_, i) => [...new Set(cpus.slice(i * perWorker, (i + 1) * perWorker))]);
   try {
     for (const [i, p] of procs.entries()) {
       if (p.pid === undefined) continue;
