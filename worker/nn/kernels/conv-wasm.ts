@@ -1,7 +1,9 @@
 // Conv2d's WebAssembly SIMD path: im2col, GEMM and col2im in the layer's own wasm
 // memory, with the same contract as the plain TypeScript path in conv2d.ts (its
-// reference twin, see test/kernels.test.ts). Not a layer: Conv2d owns the params
-// and picks this or the JS path.
+// reference twin, see test/kernels.test.ts). With compute threads (--threads) the
+// memory is shared and the per-sample work of a pass (conv-parts.ts) is split over
+// them, with the same bits. Not a layer: Conv2d owns the params and picks this or
+// the JS path.
 
 import type { ConvGeometry, ConvKernel } from "../conv2d.js";
 import { addToSum, segmentLength, type RankSegments } from "../layer.js";
@@ -72,7 +74,7 @@ export class ConvWasm implements ConvKernel {
 
   /**
    * Per sample: im2col, y = W·cols + b. 2·n·cout·R·P flops. Training keeps
-   * every sample's columns; an eval forward uses one scratch block instead.
+   * every sample's columns; an eval forward uses a scratch block per compute thread instead.
    */
   forward(x: Float32Array, n: number, train: boolean, w: Float32Array, b: Float32Array): Float32Array {
     this.reserve(n);
