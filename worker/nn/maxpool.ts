@@ -6,48 +6,34 @@
 // branch is unpredictable on real data, ~30 ns per window). Not average pooling,
 // not padded, not ceil_mode.
 
-import { WasmArena } from "./kernels/arena.js";
+import { BatchRegions } from "./kernels/arena.js";
 import { kernelBackend, type KernelBackend } from "./kernels/backend.js";
 import { BatchBuffer, type Layer, type Param } from "./layer.js";
 import { requireInt, requireLength } from "./linear.js";
 
 /** The wasm path: x and dy staged, y, the argmax (i32) and dx in the layer's own memory. */
 class MaxPoolWasm {
-  private readonly arena = new WasmArena();
-  private capacity = 0;
-  private at!: { x: number; y: number; am: number; dy: number; dx: number };
-  private readonly yViews = new Map<number, Float32Array>();
-  private readonly dxViews = new Map<number, Float32Array>();
+  private readonly r: BatchRegions<"x" | "y" | "am" | "dy" | "dx">;
 
   constructor(private readonly p: MaxPool2d) {
-    this.reserve(1); // an empty batch still gets (empty) views of a laid-out memory
-  }
-
-  /** Regions for n samples; contents are not kept (a forward writes y and am before a backward reads them). */
-  private reserve(n: number): void {
-    if (n <= this.capacity) return;
-    const inLen = n * this.p.channels * this.p.inH * this.p.inW, outLen = n * this.p.channels * this.p.outH * this.p.outW;
-    this.at = this.arena.layout({ x: inLen, y: outLen, am: outLen, dy: outLen, dx: inLen });
-    this.capacity = n;
-    this.yViews.clear();
-    this.dxViews.clear();
+    const inSize = p.channels * p.inH * p.inW, outSize = p.channels * p.outH * p.outW;
+    this.r = new BatchRegions({ x: inSize, y: outSize, am: outSize, dy: outSize, dx: inSize });
   }
 
   forward(x: Float32Array, n: number): Float32Array {
-    this.reserve(n);
     const { channels, inH, inW, outH, outW, kernel, stride } = this.p;
-    const at = this.at;
-    this.arena.copyIn(x, n * channels * inH * inW, at.x);
-    this.arena.kernels.maxpool(at.y, at.am, at.x, n * channels, inH, inW, kernel, stride, outH, outW);
-    return this.arena.cachedView(this.yViews, at.y, n * channels * outH * outW, n);
+    const at = this.r.at(n);
+    this.r.arena.copyIn(x, n * channels * inH * inW, at.x);
+    this.r.arena.kernels.maxpool(at.y, at.am, at.x, n * channels, inH, inW, kernel, stride, outH, outW);
+    return this.r.view("y", n);
   }
 
   backward(dy: Float32Array, n: number): Float32Array {
     const { channels, inH, inW, outH, outW } = this.p;
-    const at = this.at, outLen = n * channels * outH * outW, inLen = n * channels * inH * inW;
-    this.arena.copyIn(dy, outLen, at.dy);
-    this.arena.kernels.maxpool_backward(at.dx, at.dy, at.am, outLen, inLen);
-    return this.arena.cachedView(this.dxViews, at.dx, inLen, n);
+    const at = this.r.at(n), outLen = n * channels * outH * outW;
+    this.r.arena.copyIn(dy, outLen, at.dy);
+    this.r.arena.kernels.maxpool_backward(at.dx, at.dy, at.am, outLen, n * channels * inH * inW);
+    return this.r.view("dx", n);
   }
 }
 

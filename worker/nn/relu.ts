@@ -6,7 +6,7 @@
 // ReLU, and not in place: it owns its output.
 
 import { kernelBackend, type KernelBackend } from "./kernels/backend.js";
-import { WasmArena } from "./kernels/arena.js";
+import { BatchRegions } from "./kernels/arena.js";
 import { BatchBuffer, sizeOf, type Layer, type Param } from "./layer.js";
 import { requireLength } from "./linear.js";
 
@@ -47,38 +47,24 @@ class ReluJs implements ReluPasses {
 }
 
 class ReluWasm implements ReluPasses {
-  private readonly arena = new WasmArena();
-  private capacity = 0;
-  private at!: { y: number; dx: number };
-  private readonly yViews = new Map<number, Float32Array>();
-  private readonly dxViews = new Map<number, Float32Array>();
+  private readonly r: BatchRegions<"y" | "dx">;
 
   constructor(private readonly size: number) {
-    this.reserve(1); // an empty batch still gets (empty) views of a laid-out memory
-  }
-
-  /** Lays out y and dx for n samples (contents are not kept: a forward writes y before any backward reads it). */
-  private reserve(n: number): void {
-    if (n <= this.capacity) return;
-    this.at = this.arena.layout({ y: n * this.size, dx: n * this.size });
-    this.capacity = n;
-    this.yViews.clear();
-    this.dxViews.clear();
+    this.r = new BatchRegions({ y: size, dx: size });
   }
 
   forward(x: Float32Array, n: number): Float32Array {
-    this.reserve(n);
-    const len = n * this.size;
-    this.arena.copyIn(x, len, this.at.y);
-    this.arena.kernels.relu(this.at.y, this.at.y, len);
-    return this.arena.cachedView(this.yViews, this.at.y, len, n);
+    const at = this.r.at(n), len = n * this.size;
+    this.r.arena.copyIn(x, len, at.y);
+    this.r.arena.kernels.relu(at.y, at.y, len);
+    return this.r.view("y", n);
   }
 
   backward(dy: Float32Array, n: number): Float32Array {
-    const len = n * this.size;
-    this.arena.copyIn(dy, len, this.at.dx);
-    this.arena.kernels.relu_backward(this.at.dx, this.at.dx, this.at.y, len);
-    return this.arena.cachedView(this.dxViews, this.at.dx, len, n);
+    const at = this.r.at(n), len = n * this.size;
+    this.r.arena.copyIn(dy, len, at.dx);
+    this.r.arena.kernels.relu_backward(at.dx, at.dx, at.y, len);
+    return this.r.view("dx", n);
   }
 }
 

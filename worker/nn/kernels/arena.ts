@@ -67,3 +67,39 @@ export class WasmArena {
     this.f32.set(a.length === len ? a : a.subarray(0, len), off);
   }
 }
+
+/**
+ * An arena whose every region grows with the batch: per-sample float sizes, laid
+ * out anew (contents not kept) when a larger batch arrives, and views cached per
+ * batch size. The layout of the elementwise layers (ReLU, MaxPool); the conv,
+ * linear and norm kernels lay out regions of their own shapes on WasmArena.
+ */
+export class BatchRegions<K extends string> {
+  readonly arena = new WasmArena();
+  private capacity = 0;
+  private offsets!: Record<K, number>;
+  private readonly views = new Map<K, Map<number, Float32Array>>();
+
+  /** Laid out for one sample at once, so an empty batch still gets (empty) views. */
+  constructor(private readonly perSample: Record<K, number>) {
+    for (const key of Object.keys(perSample) as K[]) this.views.set(key, new Map());
+    this.at(1);
+  }
+
+  /** Float offsets of the regions for n samples, laying out anew when n is above the capacity. */
+  at(n: number): Record<K, number> {
+    if (n > this.capacity) {
+      const sizes = {} as Record<K, number>;
+      for (const key of Object.keys(this.perSample) as K[]) sizes[key] = n * this.perSample[key];
+      this.offsets = this.arena.layout(sizes);
+      this.capacity = n;
+      for (const cache of this.views.values()) cache.clear();
+    }
+    return this.offsets;
+  }
+
+  /** Region `key`'s first n samples (call after at(n) for this n or a larger one). */
+  view(key: K, n: number): Float32Array {
+    return this.arena.cachedView(this.views.get(key)!, this.offsets[key], n * this.perSample[key], n);
+  }
+}
