@@ -37,15 +37,15 @@ export function convPart(k: KernelExports, t: Int32Array, p: number): void {
     }
     return;
   }
-  // dW rows r0..r1−1 over every sample, in sample order; dx for this part's samples (x's region zeroed by the caller).
+  // dW rows r0..r1−1 over every sample, in sample order; dx for this part's samples (x's region zeroed by the
+  // caller). One loop, so a sample's dy is used for both while in cache (with one part: the one-thread order).
   const [r0, r1] = alignedPartRange(cout, p, parts, ROW_ALIGN);
-  if (r1 > r0) {
-    for (let i = 0; i < n; i++) {
-      k.gemm_nt(t[W.dw]! + r0 * R, R, t[W.dy]! + i * cout * P + r0 * P, P, t[W.cols]! + i * R * P, P, r1 - r0, R, P, i > 0 ? 1 : 0);
+  for (let i = 0; i < n; i++) {
+    const dyi = t[W.dy]! + i * cout * P;
+    if (r1 > r0) k.gemm_nt(t[W.dw]! + r0 * R, R, dyi + r0 * P, P, t[W.cols]! + i * R * P, P, r1 - r0, R, P, i > 0 ? 1 : 0);
+    if (i >= lo && i < hi) {
+      k.gemm_tn(dcols, P, t[W.w]!, R, dyi, P, R, P, cout, 0);
+      k.col2im_add(dcols, t[W.xdx]! + i * inSize, cin, inH, inW, kk, s, pad, outH, outW);
     }
-  }
-  for (let i = lo; i < hi; i++) {
-    k.gemm_tn(dcols, P, t[W.w]!, R, t[W.dy]! + i * cout * P, P, R, P, cout, 0);
-    k.col2im_add(dcols, t[W.xdx]! + i * inSize, cin, inH, inW, kk, s, pad, outH, outW);
   }
 }
