@@ -21,7 +21,8 @@ interface ConvRegions {
   dy: number; // (N, cout, P)
   dySums: number; // (N, cout): Σ over P of dy, per sample and channel
   dcols: number; // (R, P) per compute thread, one sample; also the columns of an eval forward
-  dw: number; // (cout, R), summed over samples in float32
+  dw: number; // (cout, R), one sample's product in float32
+  dw64: number; // (cout, R) float64 (2 floats each): Σ over samples of dw
 }
 
 export class ConvWasm implements ConvKernel {
@@ -39,8 +40,8 @@ export class ConvWasm implements ConvKernel {
   private at!: ConvRegions;
   /** Samples whose columns the last training forward kept (0: none). */
   private savedN = 0;
-  /** Views of this layout: dW, and the outputs handed out per batch size. */
-  private dwView!: Float32Array;
+  /** Views of this layout: the float64 dW sum, and the outputs handed out per batch size. */
+  private dw64View!: Float64Array;
   private readonly yViews = new Map<number, Float32Array>();
   private readonly dxViews = new Map<number, Float32Array>();
 
@@ -62,12 +63,12 @@ export class ConvWasm implements ConvKernel {
     const oldCols = this.at?.cols ?? 0;
     this.at = this.arena.layout({
       w: cout * R, xdx: n * this.inSize, cols: n * R * P, y: n * cout * P,
-      dy: n * cout * P, dySums: n * cout, dcols: this.dcolsStride * this.parts, dw: cout * R,
+      dy: n * cout * P, dySums: n * cout, dcols: this.dcolsStride * this.parts, dw: cout * R, dw64: 2 * cout * R,
     });
     // Keep the last training forward's columns: an eval forward may come before its backward.
     this.arena.f32.copyWithin(this.at.cols, oldCols, oldCols + this.savedN * R * P);
     this.capacity = n;
-    this.dwView = this.arena.f32.subarray(this.at.dw, this.at.dw + cout * R);
+    this.dw64View = new Float64Array(this.arena.f32.buffer, this.at.dw64 * 4, cout * R);
     this.yViews.clear();
     this.dxViews.clear();
   }
@@ -99,17 +100,19 @@ export class ConvWasm implements ConvKernel {
     t[W.n] = n;
     t[W.train] = train ? 1 : 0;
     t[W.w] = at.w; t[W.xdx] = at.xdx; t[W.cols] = at.cols; t[W.y] = at.y; t[W.dy] = at.dy; t[W.dw] = at.dw;
-    t[W.dcols] = at.dcols; t[W.dcolsStride] = this.dcolsStride;
+    t[W.dcols] = at.dcols; t[W.dcolsStride] = this.dcolsStride; t[W.dw64] = at.dw64;
     const k = this.arena.kernels;
     if (this.parts === 1 || n === 0) convPart(k, t, 0);
     else runParts(t, (p) => convPart(k, t, p), `a ${this.g.cin}→${this.g.cout} convolution's ${phase}`);
   }
 
   /**
-   * Per sample: dW += dy·colsᵀ, dcols = Wᵀ·dy, dx = col2im(dcols); db = Σ dy
-   * (per-row float32 sums, added up in float64). 4·n·cout·R·P flops. With rank
-   * segments, dW and db restart at each segment's first sample and are added into
-   * seg in float64 at its last, so each is what its samples alone give.
+   * Per sample: dW += dy·colsᵀ (each sample's product in float32, summed in
+   * float64), dcols = Wᵀ·dy, dx = col2im(dcols); db = Σ dy (per-row float32 sums,
+   * added up in float64). 4·n·cout·R·P flops. With rank segments, dW and db
+   * restart at each segment's first sample and, rounded to float32 as one rank's
+   * would be, are added into seg in float64 at its last, so each is what its
+   * samples alone give.
    */
   backward(dy: Float32Array, n: number, w: Float32Array, dw: Float32Array, db: Float32Array, seg: RankSegments | null): Float32Array {
     const { cin, cout, kernel, stride, padding, inH, inW, outH, outW } = this.g;
@@ -125,19 +128,21 @@ export class ConvWasm implements ConvKernel {
       this.run(KIND_BACKWARD, n, true, "backward");
       this.sumBias(db, 0, n);
       if (n === 0) dw.fill(0);
-      else dw.set(this.dwView);
+      else dw.set(this.dw64View);
       return this.arena.cachedView(this.dxViews, at.xdx, n * this.inSize, n);
     }
     seg.dw.fill(0);
     seg.db.fill(0);
     for (let i = 0; i < n; i++) {
       const dyi = at.dy + i * cout * P;
-      k.gemm_nt(at.dw, R, dyi, P, at.cols + i * R * P, P, cout, R, P, i % b > 0 ? 1 : 0);
+      k.gemm_nt(at.dw, R, dyi, P, at.cols + i * R * P, P, cout, R, P, 0);
+      k.add_f32_f64(at.dw64, at.dw, cout * R, i % b > 0 ? 1 : 0);
       k.gemm_tn(at.dcols, P, at.w, R, dyi, P, R, P, cout, 0);
       k.col2im_add(at.dcols, at.xdx + i * this.inSize, cin, inH, inW, kernel, stride, padding, outH, outW);
       if (i % b === b - 1) {
         this.sumBias(db, i + 1 - b, b);
-        addToSum(seg.dw, this.dwView);
+        dw.set(this.dw64View);
+        addToSum(seg.dw, dw);
         addToSum(seg.db, db);
       }
     }

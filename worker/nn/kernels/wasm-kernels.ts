@@ -595,7 +595,51 @@ function gemmTNSeg(): Func {
   return f;
 }
 
+/**
+ * add_f32_f64: dst64[i] (+)= f64(src[i]) for i < len; `accumulate` 0 overwrites.
+ * dst64 is float64 at a float offset (8-byte aligned), src float32. The widening
+ * is exact, so a sum of float32 partial products kept here rounds once per add
+ * in float64: what keeps a convolution's dW, summed over a batch of thousands of
+ * positions, at float64 accuracy (float32 sums drifted by 1e-3 at batch 64).
+ */
+function addF32F64(): Func {
+  const f = new Func("add_f32_f64", ["i32", "i32", "i32", "i32"]);
+  const [dst, src, len, accumulate] = f.params as [Local, Local, Local, Local];
+  const vecEnd = f.local("i32"), end = f.local("i32"), x = f.local("v128");
+  const HIGH_HALF = [8, 9, 10, 11, 12, 13, 14, 15, 8, 9, 10, 11, 12, 13, 14, 15];
+  f.get(dst).i32(2).shl().set(dst);
+  f.get(src).i32(2).shl().set(src);
+  f.get(src).get(len).i32(-4).and().i32(2).shl().add().set(vecEnd);
+  f.get(src).get(len).i32(2).shl().add().set(end);
+  f.block((done) => f.loop((top) => {
+    f.get(src).get(vecEnd).geS().brIf(done);
+    f.get(src).v128Load().set(x);
+    f.get(accumulate).eqz();
+    f.ifElse(() => {
+      f.get(dst).get(x).f64x2PromoteLowF32x4().v128Store();
+      f.get(dst).get(x).get(x).i8x16Shuffle(HIGH_HALF).f64x2PromoteLowF32x4().v128Store(16);
+    }, () => {
+      f.get(dst).get(dst).v128Load().get(x).f64x2PromoteLowF32x4().f64x2Add().v128Store();
+      f.get(dst).get(dst).v128Load(16).get(x).get(x).i8x16Shuffle(HIGH_HALF).f64x2PromoteLowF32x4().f64x2Add().v128Store(16);
+    });
+    f.inc(src, 16);
+    f.inc(dst, 32);
+    f.br(top);
+  }));
+  f.block((done) => f.loop((top) => {
+    f.get(src).get(end).geS().brIf(done);
+    f.get(accumulate).eqz();
+    f.ifElse(() => { f.get(dst).get(src).f32Load().f64PromoteF32().f64Store(); },
+      () => { f.get(dst).get(dst).f64Load().get(src).f32Load().f64PromoteF32().f64Add().f64Store(); });
+    f.inc(src, 4);
+    f.inc(dst, 8);
+    f.br(top);
+  }));
+  return f;
+}
+
 export interface KernelExports extends NormKernelExports {
+  add_f32_f64(dst64: number, src: number, len: number, accumulate: number): void;
   gemm_tn_seg(c64: number, ldc: number, a: number, lda: number, b: number, ldb: number, m: number, n: number, k: number, seg: number): void;
   gemm_nn(c: number, ldc: number, a: number, lda: number, b: number, ldb: number, m: number, n: number, k: number, accumulate: number): void;
   gemm_tn(c: number, ldc: number, a: number, lda: number, b: number, ldb: number, m: number, n: number, k: number, accumulate: number): void;
@@ -617,6 +661,7 @@ export function kernelModuleBytes(shared = false): Uint8Array {
     gemmNT(),
     rowSums(),
     gemmTNSeg(),
+    addF32F64(),
     im2colLike("im2col", false),
     im2colLike("col2im_add", true),
     relu(false),
