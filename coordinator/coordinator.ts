@@ -15,7 +15,6 @@ import { ErrorCode, SyncbnError, isSyncbnError } from "../shared/errors.js";
 import {
   PROTOCOL_VERSION,
   checkContribution,
-  checkHello,
   describeRound,
   type Contribution,
   type ErrorMessage,
@@ -25,7 +24,7 @@ import {
 } from "../shared/protocol.js";
 import { RunningStatsTable } from "./running-stats.js";
 import { reduceRound, type ReducedRound } from "./reduce.js";
-import { HelloRecords, admissionProblem, describeRanks, helloRanks, type HelloRefusal } from "./admission.js";
+import { HelloRecords, admissionProblem, checkedHello, describeRanks, helloRanks, type HelloRefusal } from "./admission.js";
 import { orderProblem, otherRoundOpenProblem, shapeProblem, type RoundKey } from "./contribution-checks.js";
 import { ScopeTable } from "./scopes.js";
 
@@ -314,18 +313,19 @@ export class Coordinator {
   }
 
   private admit(peer: Peer, msg: unknown): void {
-    const problem = checkHello(msg);
-    if (problem !== null) {
-      this.refuseHello(peer, null, new SyncbnError(ErrorCode.BadMessage, `${problem} (peer ${peer.label})`));
+    // Token and bounds before anything else: past this point the block lies in the world.
+    const checked = checkedHello(msg, { token: this.opts.token, worldSize: this.worldSize });
+    if (checked.refusal !== null) {
+      const claimedRank = (msg as { rank?: unknown } | null)?.rank;
+      const rank = checked.refusal.code !== ErrorCode.BadMessage && Number.isInteger(claimedRank) ? (claimedRank as number) : null;
+      this.refuseHello(peer, rank, withPeer(checked.refusal, peer));
       return;
     }
-    const hello = msg as Hello;
-    const claimed = helloRanks(hello).filter((r) => r < this.worldSize);
-    const size = hello.ranks ?? 1;
-    const ctx = { rank: size === 1 ? hello.rank : helloRanks(hello) };
+    const hello = checked.hello;
+    const claimed = helloRanks(hello);
+    const size = claimed.length;
+    const ctx = { rank: size === 1 ? hello.rank : claimed };
     const refusal = admissionProblem(hello, {
-      token: this.opts.token,
-      worldSize: this.worldSize,
       taken: claimed.filter((r) => this.peers[r] !== null || this.finished.has(r)),
       dropped: claimed.filter((r) => this.lostWorkers.some((l) => l.rank === r)),
     });
@@ -634,6 +634,11 @@ export class Coordinator {
     }
     this.events.onFailed?.(err);
   }
+}
+
+/** A malformed-hello refusal names the peer (its message says what was wrong, not who sent it). */
+function withPeer(err: SyncbnError, peer: Peer): SyncbnError {
+  return err.code === ErrorCode.BadMessage ? new SyncbnError(err.code, `${err.detail} (peer ${peer.label})`, err.context) : err;
 }
 
 /** Rank k's segment of a block's fwd/bwd contribution: a view, as that rank would have sent it. */
