@@ -1,17 +1,27 @@
 // The coordinator's network transports: a `ws` server (no compression, explicit
 // maxPayload; the default wire) or a raw-TCP listener (tcp-server.ts), each turning
 // connections into Peers of the socket-free Coordinator. Binds 127.0.0.1 by
-// default; refuses a non-loopback bind without a token. Connections not yet
-// admitted are held to pending.ts's limits on both wires.
+// default; refuses a non-loopback bind without a token, and a port in use in one
+// line. Connections not yet admitted are held to pending.ts's limits on both wires.
 
 import { createServer, type IncomingMessage } from "node:http";
 import { WebSocketServer, type WebSocket } from "ws";
 import type { AddressInfo, Socket } from "node:net";
 import { ErrorCode, SyncbnError } from "../shared/errors.js";
-import { Coordinator, type CoordinatorOptions, type Peer } from "./coordinator.js";
 import { noteSent } from "./frame-release.js";
 import { listenTcp } from "./tcp-server.js";
-import { DEFAULT_HELLO_TIMEOUT_MS, DEFAULT_MAX_PENDING, MAX_HELLO_TIMEOUT_MS, PRE_HELLO_MAX_BYTES, PendingConnections, type PendingLimits } from "./pending.js";
+import { encode } from "../shared/codec.js";
+import { Coordinator, toErrorMessage, type CoordinatorOptions, type Peer } from "./coordinator.js";
+import {
+  DEFAULT_HELLO_TIMEOUT_MS,
+  DEFAULT_MAX_PENDING,
+  DEFAULT_MAX_PENDING_PER_ADDRESS,
+  MAX_HELLO_TIMEOUT_MS,
+  PRE_HELLO_MAX_BYTES,
+  PendingConnections,
+  evictionDetail,
+  type PendingLimits,
+} from "./pending.js";
 
 /** ws: WebSocket (DESIGN.md §5.1, the default); tcp: the same messages on raw TCP, less work per message. */
 export type Wire = "ws" | "tcp";
@@ -27,8 +37,10 @@ export interface ServerOptions extends CoordinatorOptions {
   wire?: Wire;
   /** A connection whose hello is not accepted this long after it was accepted is closed (default 5 s). */
   helloTimeoutMs?: number;
-  /** Connections open but not yet admitted beyond this many are closed at once (default 64). */
+  /** At most this many connections open but not yet admitted (default 64); a newer one makes the oldest close (pending.ts). */
   maxPending?: number;
+  /** The same bound per remote address (default 8). */
+  maxPendingPerAddress?: number;
 }
 
 export const DEFAULT_MAX_PAYLOAD = 256 * 1024 * 1024;
@@ -54,12 +66,16 @@ export async function startCoordinatorServer(opts: ServerOptions): Promise<Coord
       `refusing to listen on ${opts.host} without a token: anyone who can reach it could join the run; pass --token (or set SYNCBN_TOKEN), or bind 127.0.0.1`,
     );
   }
-  const limits: PendingLimits = { helloTimeoutMs: opts.helloTimeoutMs ?? DEFAULT_HELLO_TIMEOUT_MS, maxPending: opts.maxPending ?? DEFAULT_MAX_PENDING };
+  const limits: PendingLimits = {
+    helloTimeoutMs: opts.helloTimeoutMs ?? DEFAULT_HELLO_TIMEOUT_MS,
+    maxPending: opts.maxPending ?? DEFAULT_MAX_PENDING,
+    maxPendingPerAddress: opts.maxPendingPerAddress ?? DEFAULT_MAX_PENDING_PER_ADDRESS,
+  };
   if (!Number.isInteger(limits.helloTimeoutMs) || limits.helloTimeoutMs < 1 || limits.helloTimeoutMs > MAX_HELLO_TIMEOUT_MS) {
     throw new SyncbnError(ErrorCode.BadConfig, `the hello timeout must be an integer from 1 to ${MAX_HELLO_TIMEOUT_MS} ms, got ${limits.helloTimeoutMs}`);
   }
-  if (!Number.isInteger(limits.maxPending) || limits.maxPending < 1) {
-    throw new SyncbnError(ErrorCode.BadConfig, `the pending-connection bound must be a positive integer, got ${limits.maxPending}`);
+  for (const bound of [limits.maxPending, limits.maxPendingPerAddress]) {
+    if (!Number.isInteger(bound) || bound! < 1) throw new SyncbnError(ErrorCode.BadConfig, `the pending-connection bounds must be positive integers, got ${bound}`);
   }
   const coordinator = new Coordinator(opts);
   const urlHost = opts.host.includes(":") && !opts.host.startsWith("[") ? `[${opts.host}]` : opts.host;
@@ -84,8 +100,16 @@ export async function startCoordinatorServer(opts: ServerOptions): Promise<Coord
   const pending = new PendingConnections(limits);
   const sockets = new Set<Socket>();
   const http = createServer();
+  const evicted = evictionDetail(limits);
+  /** Sockets evicted before their upgrade: an upgrade request still in flight on one is not served. */
+  const evictedRaw = new WeakSet<Socket>();
   http.on("connection", (sock: Socket) => {
-    if (!pending.accept(sock)) return;
+    // Not upgraded yet: the client's WebSocket sees an HTTP answer (worker/client.ts reads its body).
+    pending.accept(sock, () => {
+      evictedRaw.add(sock);
+      sock.end(`HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: ${Buffer.byteLength(evicted)}\r\n\r\n${evicted}`);
+      setTimeout(() => sock.destroy(), 1000).unref();
+    });
     sockets.add(sock);
     sock.once("close", () => sockets.delete(sock));
   });
@@ -102,6 +126,9 @@ export async function startCoordinatorServer(opts: ServerOptions): Promise<Coord
     maxPayload: Math.min(PRE_HELLO_MAX_BYTES, opts.maxPayload),
     clientTracking: true,
   });
+  // `ws` re-emits the HTTP server's errors (EADDRINUSE among them) on the WebSocketServer:
+  // without a listener there, a port in use is an uncaught exception, not the refusal below.
+  wss.on("error", () => {});
   await new Promise<void>((resolve, reject) => {
     http.once("listening", resolve);
     http.once("error", (e) =>
@@ -112,8 +139,10 @@ export async function startCoordinatorServer(opts: ServerOptions): Promise<Coord
   http.on("error", () => {
     // after listening, server errors surface per connection
   });
-  wss.on("error", () => {});
-  wss.on("connection", (ws, req) => attach(coordinator, ws, req, opts.maxPayload, pending));
+  wss.on("connection", (ws, req) => {
+    if (evictedRaw.has(req.socket)) ws.terminate();
+    else attach(coordinator, ws, req, opts.maxPayload, pending, evicted);
+  });
   const port = (http.address() as AddressInfo).port;
   return {
     coordinator,
@@ -152,9 +181,19 @@ function sendPooled(ws: WebSocket, bytes: Uint8Array): void {
   noteSent(bytes, ws.bufferedAmount === 0);
 }
 
-function attach(coordinator: Coordinator, ws: WebSocket, req: IncomingMessage, maxPayload: number, pending: PendingConnections): void {
+/** WebSocket close code "try again later": the reason an evicted, upgraded connection closes with. */
+const CLOSE_TRY_AGAIN = 1013;
+
+function attach(coordinator: Coordinator, ws: WebSocket, req: IncomingMessage, maxPayload: number, pending: PendingConnections, evicted: string): void {
   /** Set once the coordinator closed this peer: what it still sends is not read. */
   let closing = false;
+  // Upgraded: an evicted connection is told over WebSocket, as a retryable error the worker's handshake understands.
+  pending.progressed(req.socket, () => {
+    closing = true;
+    ws.send(encode(toErrorMessage(new SyncbnError(ErrorCode.CoordinatorLost, evicted))));
+    ws.close(CLOSE_TRY_AGAIN, "too many unauthenticated connections");
+    setTimeout(() => ws.terminate(), 1000).unref();
+  });
   const peer: Peer = {
     label: `${req.socket.remoteAddress}:${req.socket.remotePort}`,
     send: (bytes) => {

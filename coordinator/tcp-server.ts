@@ -7,9 +7,11 @@
 
 import { createServer, type Server, type Socket } from "node:net";
 import { StreamFrameReader, toStreamUnit } from "../shared/stream-frames.js";
-import type { Coordinator, Peer } from "./coordinator.js";
+import { encode } from "../shared/codec.js";
+import { ErrorCode, SyncbnError } from "../shared/errors.js";
+import { toErrorMessage, type Coordinator, type Peer } from "./coordinator.js";
 import { noteSent } from "./frame-release.js";
-import { PRE_HELLO_MAX_BYTES, PendingConnections, type PendingLimits } from "./pending.js";
+import { PRE_HELLO_MAX_BYTES, PendingConnections, evictionDetail, type PendingLimits } from "./pending.js";
 
 export interface TcpListener {
   port: number;
@@ -21,11 +23,11 @@ export interface TcpListener {
 export async function listenTcp(coordinator: Coordinator, host: string, port: number, maxPayload: number, limits: PendingLimits): Promise<TcpListener> {
   const sockets = new Set<Socket>();
   const pending = new PendingConnections(limits);
+  const evicted = encode(toErrorMessage(new SyncbnError(ErrorCode.CoordinatorLost, evictionDetail(limits))));
   const server: Server = createServer({ noDelay: true }, (sock) => {
-    if (!pending.accept(sock)) return;
     sockets.add(sock);
     sock.once("close", () => sockets.delete(sock));
-    attachSocket(coordinator, sock, maxPayload, pending);
+    attachSocket(coordinator, sock, maxPayload, pending, evicted);
   });
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
@@ -49,11 +51,17 @@ export async function listenTcp(coordinator: Coordinator, host: string, port: nu
   };
 }
 
-function attachSocket(coordinator: Coordinator, sock: Socket, maxPayload: number, pending: PendingConnections): void {
+function attachSocket(coordinator: Coordinator, sock: Socket, maxPayload: number, pending: PendingConnections, evicted: Uint8Array): void {
   const label = `${sock.remoteAddress}:${sock.remotePort}`;
   let closeDetail = "connection closed";
-  /** Set once the coordinator closed this peer: what it still sends is not read. */
+  /** Set once the coordinator closed this peer (or evicted it before its hello): what it still sends is not read. */
   let closing = false;
+  // The same answer whether or not it sent bytes yet: a retryable error the worker's handshake understands.
+  pending.accept(sock, () => {
+    closing = true;
+    sock.end(toStreamUnit(evicted));
+    setTimeout(() => sock.destroy(), 1000).unref();
+  });
   const peer: Peer = {
     label,
     send: (bytes) => {
@@ -79,7 +87,12 @@ function attachSocket(coordinator: Coordinator, sock: Socket, maxPayload: number
   const reader = new StreamFrameReader(Math.min(PRE_HELLO_MAX_BYTES, maxPayload), (bytes) => {
     if (!closing) coordinator.receive(peer, bytes);
   });
+  let spoke = false;
   sock.on("data", (chunk: Buffer) => {
+    if (!spoke) {
+      spoke = true;
+      pending.progressed(sock);
+    }
     const broken = reader.feed(chunk);
     if (broken === null) return;
     closeDetail = broken;

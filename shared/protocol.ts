@@ -136,15 +136,44 @@ function isConventions(v: unknown): v is RunConventions {
   );
 }
 
-/** Returns null if valid, else what is wrong (for the error sent back). */
-export function checkHello(v: unknown): string | null {
+/**
+ * Longest strings a hello may carry, far above any real one (a norm mode is a few
+ * characters; the training settings' JSON a few hundred): an unauthenticated peer's
+ * strings end up in refusal messages and logs. The whole message is also capped
+ * (64 KiB before the hello, coordinator/pending.ts).
+ */
+export const HELLO_MAX_CHARS = { token: 1024, norm: 64, training: 16 * 1024 } as const;
+
+/**
+ * What the coordinator tells a connection it closes before its hello to make room
+ * for a newer one (coordinator/pending.ts), as the detail of a
+ * SYNCBN_ERR_COORDINATOR_LOST error (a worker retries) or the body of an HTTP 503.
+ */
+export const TOO_MANY_PENDING = "the coordinator has too many unauthenticated connections";
+
+/** The part of a hello checked before its token is: an object of type hello with a string token of bounded length. */
+export function checkHelloEnvelope(v: unknown): string | null {
   if (!isObject(v) || v.type !== "hello") return "first message must be a hello";
+  if (typeof v.token !== "string") return "hello.token must be a string";
+  if (v.token.length > HELLO_MAX_CHARS.token) return `hello.token must be at most ${HELLO_MAX_CHARS.token} characters`;
+  return null;
+}
+
+/**
+ * Returns null if valid, else what is wrong (for the error sent back). Numbers are
+ * only checked to be integers here; their bounds by the world size are the
+ * coordinator's (coordinator/admission.ts).
+ */
+export function checkHello(v: unknown): string | null {
+  const envelope = checkHelloEnvelope(v);
+  if (envelope !== null || !isObject(v)) return envelope ?? "first message must be a hello";
   if (!isNonNegInt(v.version)) return "hello.version must be a non-negative integer";
   if (!isNonNegInt(v.rank)) return "hello.rank must be a non-negative integer";
   if (v.ranks !== undefined && (!isNonNegInt(v.ranks) || v.ranks < 1)) return "hello.ranks must be a positive integer";
   if (!isNonNegInt(v.worldSize) || v.worldSize < 1) return "hello.worldSize must be a positive integer";
-  if (typeof v.token !== "string") return "hello.token must be a string";
   if (!isConventions(v.conventions)) return "hello.conventions must hold eps, momentum, momentumStyle, unbiasedRunningVar, norm, training";
+  if (v.conventions.norm.length > HELLO_MAX_CHARS.norm) return `hello.conventions.norm must be at most ${HELLO_MAX_CHARS.norm} characters`;
+  if (v.conventions.training.length > HELLO_MAX_CHARS.training) return `hello.conventions.training must be at most ${HELLO_MAX_CHARS.training} characters`;
   return null;
 }
 

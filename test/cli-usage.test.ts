@@ -5,6 +5,7 @@
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { createServer, type AddressInfo } from "node:net";
 import { gzipSync } from "node:zlib";
 import { Command } from "commander";
 import { afterAll, describe, expect, it } from "vitest";
@@ -111,6 +112,24 @@ describe("usage errors are one line and exit 2", () => {
     await refused(["worker", "--rank", "0", "--world", "2", "--coordinator", "ws://127.0.0.1:9", "--data", truncated], /SYNCBN_ERR_DATA: .*truncated/);
     await refused(["sweep", "--workers", "2", "--data", ok, "--batches", "2,32", "--norms", "sync", "--train-size", "40"], /the training set \(40 samples\) is smaller than one global batch/);
   }, 180_000);
+
+  it("refuses a --port already in use in one line, exit 2, on either wire", async () => {
+    const taken = createServer();
+    await new Promise<void>((resolve) => taken.listen(0, "127.0.0.1", resolve));
+    const port = (taken.address() as AddressInfo).port;
+    try {
+      for (const wire of ["ws", "tcp"]) {
+        const r = await runCli(["coordinator", "--workers", "2", "--port", String(port), "--wire", wire], { timeoutMs: 60_000 });
+        expect(r.code, r.stderr).toBe(2);
+        expect(r.stderr.split("\n").filter((l) => l.trim() !== "")).toEqual([
+          `syncbn: SYNCBN_ERR_BAD_CONFIG: coordinator cannot listen on 127.0.0.1:${port}: listen EADDRINUSE: address already in use 127.0.0.1:${port}`,
+        ]);
+        expect(r.stdout).toBe("");
+      }
+    } finally {
+      await new Promise((resolve) => taken.close(resolve));
+    }
+  }, 60_000);
 
   it("refuses --lr and --base-lr together in sweep, and the old --renorm-warmup-fraction flag by name", async () => {
     await refused(["sweep", "--lr", "0.05", "--base-lr", "0.2"], /--lr \(one rate for every run\) and --base-lr \(scaled with the global batch\) exclude each other/);

@@ -6,17 +6,17 @@
 // in-process coordinator server: pre-hello cap, pending bound, allocation failure.
 import { randomBytes } from "node:crypto";
 import { mkdtempSync, readFileSync } from "node:fs";
-import { connect, type Socket } from "node:net";
+import { connect, createServer, type AddressInfo, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import WebSocket from "ws";
 import { afterEach, describe, expect, it } from "vitest";
 import { startCoordinatorServer, type CoordinatorServer } from "../coordinator/server.js";
-import { PRE_HELLO_MAX_BYTES } from "../coordinator/pending.js";
+import { DEFAULT_MAX_PENDING, DEFAULT_MAX_PENDING_PER_ADDRESS, PRE_HELLO_MAX_BYTES } from "../coordinator/pending.js";
 import { decode, encode } from "../shared/codec.js";
 import type { RunConventions } from "../shared/config.js";
 import { ErrorCode } from "../shared/errors.js";
-import { PROTOCOL_VERSION } from "../shared/protocol.js";
+import { PROTOCOL_VERSION, TOO_MANY_PENDING } from "../shared/protocol.js";
 import { toStreamUnit } from "../shared/stream-frames.js";
 import { readCheckpoint } from "../worker/checkpoint.js";
 import { CoordinatorClient } from "../worker/client.js";
@@ -36,11 +36,77 @@ function memoryMiB(pid: number): { rss: number; peak: number } {
   return { rss: kb("VmRSS"), peak: kb("VmHWM") };
 }
 
-function rawConnect(port: number): Promise<Socket> {
+/** A TCP connection to the coordinator, from `from` (any 127.x.y.z works on Linux loopback). */
+function rawConnect(port: number, from = "127.0.0.1"): Promise<Socket> {
   return new Promise((resolve, reject) => {
-    const sock = connect({ host: "127.0.0.1", port }, () => resolve(sock));
+    const sock = connect({ host: "127.0.0.1", port, localAddress: from }, () => resolve(sock));
     sock.once("error", reject);
   });
+}
+
+/** Everything the coordinator sends on a socket until it closes it (or `ms` pass). */
+function answerOf(sock: Socket, ms = 10_000): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  sock.on("data", (d: Buffer) => chunks.push(d));
+  return closedByServer(sock, ms).then(() => Buffer.concat(chunks));
+}
+
+/**
+ * `size` connections from one address that never send a byte, each reopened
+ * `reopenMs` after the coordinator closes it, until stop(). Bounded: stop() ends
+ * them all, and the caller stops it within seconds.
+ */
+function idleFlood(port: number, size: number, reopenMs: number): { opened: () => number; stop: () => Promise<void> } {
+  let opened = 0;
+  let stopped = false;
+  const live = new Set<Socket>();
+  const slot = async (): Promise<void> => {
+    while (!stopped) {
+      const sock = await rawConnect(port).catch(() => null);
+      if (sock === null) continue;
+      opened++;
+      live.add(sock);
+      await closedByServer(sock, 60_000);
+      live.delete(sock);
+      await new Promise((r) => setTimeout(r, reopenMs));
+    }
+  };
+  const slots = Array.from({ length: size }, slot);
+  return {
+    opened: () => opened,
+    stop: async () => {
+      stopped = true;
+      for (const sock of live) sock.destroy();
+      await Promise.all(slots);
+    },
+  };
+}
+
+/** A TCP relay to the coordinator that holds each client byte back `delayMs`: a worker whose hello is slow to arrive. */
+async function slowRelay(port: number, delayMs: number): Promise<{ port: number; close: () => Promise<void> }> {
+  const pairs = new Set<Socket>();
+  const relay = createServer((client) => {
+    const up = connect({ host: "127.0.0.1", port });
+    pairs.add(client).add(up);
+    client.on("data", (d: Buffer) => setTimeout(() => up.writable && up.write(d), delayMs));
+    up.on("data", (d: Buffer) => client.writable && client.write(d));
+    const end = (): void => {
+      client.destroy();
+      up.destroy();
+    };
+    for (const sock of [client, up]) {
+      sock.on("error", end);
+      sock.once("close", () => setTimeout(end, delayMs));
+    }
+  });
+  await new Promise<void>((resolve) => relay.listen(0, "127.0.0.1", resolve));
+  return {
+    port: (relay.address() as AddressInfo).port,
+    close: () => {
+      for (const sock of pairs) sock.destroy();
+      return new Promise((resolve) => relay.close(() => resolve()));
+    },
+  };
 }
 
 /** Resolves true when the coordinator closes the socket, false (and destroys it) after ms. */
@@ -61,14 +127,30 @@ function closedByServer(sock: Socket, ms: number): Promise<boolean> {
 }
 
 /** A raw socket that completed a WebSocket upgrade and has sent nothing since. */
-async function upgraded(port: number): Promise<Socket> {
-  const sock = await rawConnect(port);
+async function upgraded(port: number, from = "127.0.0.1"): Promise<Socket> {
+  const sock = await rawConnect(port, from);
   sock.write(
     `GET / HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ${randomBytes(16).toString("base64")}\r\nSec-WebSocket-Version: 13\r\n\r\n`,
   );
   const head = await new Promise<string>((resolve) => sock.once("data", (d: Buffer) => resolve(d.toString("latin1"))));
   expect(head).toMatch(/^HTTP\/1\.1 101/);
   return sock;
+}
+
+/** The unmasked frames a WebSocket server sent: opcode and payload each (lengths up to 64 KiB). */
+function wsFrames(bytes: Buffer): { opcode: number; payload: Buffer }[] {
+  const frames: { opcode: number; payload: Buffer }[] = [];
+  for (let at = 0; at + 2 <= bytes.length; ) {
+    let length = bytes[at + 1]! & 0x7f;
+    let start = at + 2;
+    if (length === 126) {
+      length = bytes.readUInt16BE(at + 2);
+      start += 2;
+    }
+    frames.push({ opcode: bytes[at]! & 0x0f, payload: bytes.subarray(start, start + length) });
+    at = start + length;
+  }
+  return frames;
 }
 
 /** A masked binary WebSocket frame header declaring `bytes` of payload (64-bit length). */
@@ -116,10 +198,11 @@ async function stream(sock: Socket, first: Uint8Array): Promise<boolean> {
 
 /** Every hostile pattern against one coordinator; the counts of connections the coordinator closed. */
 async function attack(wire: "ws" | "tcp", port: number): Promise<{ declared: number; streams: number; idle: number; idleTotal: number }> {
-  // 1. 20 connections that only declare a 256 MiB message.
+  // 1. 20 connections that only declare a 256 MiB message, each from its own address (one address may hold only 8 pending).
   const declared = await Promise.all(
-    Array.from({ length: 20 }, async () => {
-      const sock = wire === "tcp" ? await rawConnect(port) : await upgraded(port);
+    Array.from({ length: 20 }, async (_, i) => {
+      const from = `127.0.0.${10 + i}`;
+      const sock = wire === "tcp" ? await rawConnect(port, from) : await upgraded(port, from);
       sock.write(wire === "tcp" ? envelopeHeader(256 * MIB) : wsHeader(256 * MIB));
       return closedByServer(sock, 30_000);
     }),
@@ -130,16 +213,16 @@ async function attack(wire: "ws" | "tcp", port: number): Promise<{ declared: num
     const frameHeader = new Uint8Array(24).fill(0xff);
     frameHeader[0] = 0xc1; // a round frame whose header claims a huge payload
     streams = [
-      rawConnect(port).then((s) => stream(s, envelopeHeader(256 * MIB))),
-      rawConnect(port).then((s) => stream(s, frameHeader)),
+      rawConnect(port, "127.0.0.40").then((s) => stream(s, envelopeHeader(256 * MIB))),
+      rawConnect(port, "127.0.0.41").then((s) => stream(s, frameHeader)),
       // Under the pre-hello cap but not a hello: refused as a bad message, then closed.
-      rawConnect(port).then((s) => stream(s, envelopeHeader(60 * 1024))),
+      rawConnect(port, "127.0.0.42").then((s) => stream(s, envelopeHeader(60 * 1024))),
     ];
   } else {
     streams = [
-      upgraded(port).then((s) => stream(s, wsHeader(256 * MIB))),
+      upgraded(port, "127.0.0.40").then((s) => stream(s, wsHeader(256 * MIB))),
       // A fragmented message: each fragment small, the running total over the cap.
-      upgraded(port).then(async (s) => {
+      upgraded(port, "127.0.0.41").then(async (s) => {
         const closed = closedByServer(s, 60_000);
         const frag = randomBytes(16 * 1024);
         for (let i = 0; i < 64 && !s.destroyed; i++) s.write(Buffer.concat([wsHeader(frag.length, false), frag]));
@@ -218,7 +301,7 @@ describe("the limits on connections before their hello", () => {
   afterEach(async () => {
     for (const s of servers.splice(0)) await s.close();
   });
-  async function server(wire: "ws" | "tcp", o: { maxPayload?: number; helloTimeoutMs?: number; maxPending?: number } = {}): Promise<CoordinatorServer> {
+  async function server(wire: "ws" | "tcp", o: { maxPayload?: number; helloTimeoutMs?: number; maxPending?: number; maxPendingPerAddress?: number } = {}): Promise<CoordinatorServer> {
     const s = await startCoordinatorServer({ host: "127.0.0.1", port: 0, worldSize: 2, token: "tok", conventions: null, roundTimeoutMs: 10_000, maxPayload: 1 << 20, wire, ...o });
     servers.push(s);
     return s;
@@ -243,13 +326,13 @@ describe("the limits on connections before their hello", () => {
       await Promise.all([a.bye(), b.bye()]);
     });
 
-    it(`closes connections beyond the pending bound at once and silent ones at the hello deadline, and a worker still joins after (--wire ${wire})`, async () => {
+    it(`closes the oldest pending connection for each one beyond the pending bound and silent ones at the hello deadline, and a worker still joins after (--wire ${wire})`, async () => {
       const s = await server(wire, { maxPending: 4, helloTimeoutMs: 2000 });
       const socks: Socket[] = [];
       for (let i = 0; i < 10; i++) socks.push(await rawConnect(s.port));
       const closed = await Promise.all(socks.map((x) => closedByServer(x, 20_000)));
       expect(closed.every(Boolean)).toBe(true);
-      expect(s.pending.refusedOverBound).toBe(6);
+      expect(s.pending.evicted).toBe(6);
       expect(s.pending.timedOut).toBe(4);
       expect(s.pending.count).toBe(0);
       const [a, b] = await Promise.all([client(s.url, 0), client(s.url, 1)]);
@@ -260,6 +343,81 @@ describe("the limits on connections before their hello", () => {
       await Promise.all([a.bye(), b.bye()]);
     });
   }
+
+  for (const wire of ["ws", "tcp"] as const) {
+    it(`lets two real workers join and reduce while one address holds ${DEFAULT_MAX_PENDING} idle connections, reopening each as it closes (--wire ${wire})`, async () => {
+      const s = await server(wire);
+      const flood = idleFlood(s.port, DEFAULT_MAX_PENDING, 25);
+      try {
+        // Every slot open once, and reopened once more: the flood is churning through its address's bound.
+        while (flood.opened() < 2 * DEFAULT_MAX_PENDING) await new Promise((r) => setTimeout(r, 20));
+        const t0 = performance.now();
+        const [a, b] = await Promise.all([client(s.url, 0), client(s.url, 1)]);
+        console.log(`--wire ${wire}: two workers joined in ${(performance.now() - t0).toFixed(0)} ms under the flood (${s.pending.evicted} evictions so far)`);
+        const [ra] = await Promise.all([a.round(0, "fwd", 0, 2, Float64Array.of(1, 0.5)), b.round(0, "fwd", 0, 2, Float64Array.of(3, 0.5))]);
+        expect(Array.from(ra.data)).toEqual([2, 1.25]);
+        expect(s.pending.countFrom("127.0.0.1")).toBeLessThanOrEqual(DEFAULT_MAX_PENDING_PER_ADDRESS);
+        await Promise.all([a.bye(), b.bye()]);
+      } finally {
+        await flood.stop();
+      }
+      expect(s.coordinator.failed).toBeNull();
+    });
+
+    it(`tells a worker evicted before its hello that the coordinator has too many unauthenticated connections, not to check that it runs (--wire ${wire})`, async () => {
+      const s = await server(wire);
+      // The worker's bytes reach the coordinator 1 s late; meanwhile 8 newer silent connections from its address evict it.
+      const relay = await slowRelay(s.port, 1000);
+      const opener = setInterval(() => void rawConnect(s.port).then((x) => closedByServer(x, 10_000)).catch(() => {}), 20);
+      try {
+        const err = await CoordinatorClient.connect({
+          url: `${wire}://127.0.0.1:${relay.port}`,
+          rank: 0,
+          worldSize: 2,
+          token: "tok",
+          conventions: CONV,
+          connectTimeoutMs: 2500,
+          roundTimeoutMs: 10_000,
+          maxPayload: 1 << 20,
+        }).then(
+          () => null,
+          (e: unknown) => e as Error,
+        );
+        expect(err?.message).toMatch(new RegExp(`^SYNCBN_ERR_COORDINATOR_LOST: \\[rank 0\\] could not reach the coordinator at ${wire}://127\\.0\\.0\\.1:\\d+ within 2500 ms \\(${TOO_MANY_PENDING}: at most 8 from one address and 64 in all`));
+        expect(err?.message).not.toMatch(/is it running/);
+      } finally {
+        clearInterval(opener);
+        await relay.close();
+      }
+    });
+  }
+
+  it("keeps at most 8 pending connections per address and 64 in all, making room by closing the oldest silent one, then the oldest that spoke", async () => {
+    const s = await server("ws", { maxPending: 4, maxPendingPerAddress: 2 });
+    // Per address: a third connection from 127.0.0.2 closes its oldest, told by an HTTP 503 (no upgrade yet).
+    const [a1, a2] = [await rawConnect(s.port, "127.0.0.2"), await rawConnect(s.port, "127.0.0.2")];
+    const b1 = await rawConnect(s.port, "127.0.0.3");
+    const a1Answer = answerOf(a1);
+    const a3 = await rawConnect(s.port, "127.0.0.2");
+    expect((await a1Answer).toString()).toMatch(new RegExp(`^HTTP/1\\.1 503 [^]*\r\n\r\n${TOO_MANY_PENDING}: at most 2 from one address and 4 in all`));
+    expect([s.pending.countFrom("127.0.0.2"), s.pending.countFrom("127.0.0.3"), s.pending.evicted]).toEqual([2, 1, 1]);
+    // In all: c1 (upgraded, so it spoke) fills the bound; each newer one closes the oldest silent one, whatever its address.
+    const c1 = await upgraded(s.port, "127.0.0.4");
+    const c1Answer = answerOf(c1, 20_000);
+    const silent = [a2, b1, a3].map((x) => closedByServer(x, 5000));
+    const d = [await upgraded(s.port, "127.0.0.5"), await upgraded(s.port, "127.0.0.6"), await upgraded(s.port, "127.0.0.7")];
+    expect(await Promise.all(silent)).toEqual([true, true, true]);
+    expect([s.pending.count, s.pending.evicted, c1.destroyed]).toEqual([4, 4, false]);
+    // Only connections that spoke are left: the oldest of them goes, told over WebSocket (an error message, then close 1013).
+    d.push(await upgraded(s.port, "127.0.0.8"));
+    const frames = wsFrames(await c1Answer);
+    expect(frames.map((f) => f.opcode)).toEqual([0x2, 0x8]);
+    const message = decode(frames[0]!.payload) as { type: string; code: string; message: string };
+    expect(message).toMatchObject({ type: "error", code: ErrorCode.CoordinatorLost });
+    expect(message.message).toContain(`${TOO_MANY_PENDING}: at most 2 from one address and 4 in all`);
+    expect(frames[1]!.payload.readUInt16BE(0)).toBe(1013);
+    for (const x of d) x.destroy();
+  });
 
   it("refuses a --hello-timeout outside 100..600000 ms before anything starts, saying the range", async () => {
     for (const [flag, v] of [["coordinator", "50"], ["coordinator", "9999999"], ["train", "99"]] as const) {

@@ -9,6 +9,7 @@ import type { RunConventions } from "../shared/config.js";
 import { ErrorCode, SyncbnError, type ErrorContext } from "../shared/errors.js";
 import {
   PROTOCOL_VERSION,
+  TOO_MANY_PENDING,
   describeRound,
   isServerMessage,
   type Contribution,
@@ -146,20 +147,21 @@ export class CoordinatorClient {
   static async connect(opts: ClientOptions): Promise<CoordinatorClient> {
     const deadline = Date.now() + opts.connectTimeoutMs;
     let lastError = "";
+    /** Why the coordinator last closed an attempt before its hello to make room (coordinator/pending.ts), if it did. */
+    let lastEviction = "";
     for (;;) {
       try {
         const link = await openLink(opts, Math.max(100, deadline - Date.now()));
         return await CoordinatorClient.handshake(link, opts, Math.max(1000, deadline - Date.now()));
       } catch (e) {
         if (e instanceof SyncbnError && e.code !== ErrorCode.CoordinatorLost) throw e; // refused: retrying will not help
-        lastError = (e as Error).message;
+        lastError = e instanceof SyncbnError ? e.detail : (e as Error).message;
+        if (lastError.startsWith(TOO_MANY_PENDING)) lastEviction = lastError;
       }
       if (Date.now() >= deadline) {
-        throw new SyncbnError(
-          ErrorCode.CoordinatorLost,
-          `could not reach the coordinator at ${opts.url} within ${opts.connectTimeoutMs} ms (${lastError}); is it running, and is the address right?`,
-          { rank: whoOf(opts) },
-        );
+        // Evicted: it is running, but flooded; that is the cause even if a last, deadline-shortened attempt timed out.
+        const why = lastEviction === "" ? `${lastError}); is it running, and is the address right?` : lastEviction === lastError ? `${lastError})` : `${lastEviction}; last attempt: ${lastError})`;
+        throw new SyncbnError(ErrorCode.CoordinatorLost, `could not reach the coordinator at ${opts.url} within ${opts.connectTimeoutMs} ms (${why}`, { rank: whoOf(opts) });
       }
       await new Promise((r) => setTimeout(r, 200));
     }
@@ -394,6 +396,21 @@ function openSocket(opts: ClientOptions, timeoutMs: number): Promise<WebSocket> 
       resolve(ws);
     });
     ws.once("error", (e) => reject(new SyncbnError(ErrorCode.CoordinatorLost, e.message)));
+    // Any HTTP answer but the upgrade (the coordinator's 503 when it evicts a connection before its
+    // hello): its short body says why, and the connect loop retries.
+    ws.once("unexpected-response", (req, res) => {
+      let body = "";
+      res.setEncoding("utf8");
+      res.on("data", (chunk: string) => {
+        if (body.length < 1024) body += chunk;
+      });
+      res.on("error", () => {});
+      // "close" follows "end", and also comes when the answer breaks off.
+      res.once("close", () => {
+        req.destroy();
+        reject(new SyncbnError(ErrorCode.CoordinatorLost, body.trim() || `the coordinator answered HTTP ${res.statusCode} instead of a WebSocket upgrade`));
+      });
+    });
   });
 }
 
@@ -411,6 +428,6 @@ function wsLink(ws: WebSocket, url: string): Link {
     close: () => (ws.readyState === WebSocket.CLOSED ? Promise.resolve() : closeGracefully(ws, () => ws.close(1000, "done"), () => ws.terminate())),
   };
   ws.on("message", (data) => link.onMessage?.(data as Buffer));
-  ws.on("close", (code) => link.onClose?.(`code ${code}`));
+  ws.on("close", (code, reason) => link.onClose?.(`code ${code}${reason.length > 0 ? ` ${reason.toString()}` : ""}`));
   return link;
 }
