@@ -74,6 +74,34 @@ describe("resume", () => {
     }
   });
 
+  it("refuses values a valid SHA-256 cannot vouch for (negative running variance, NaN, a mean over float32) in one line naming tensor and index, exit 2", async () => {
+    const withValues = (edit: (c: Checkpoint) => void): Buffer => {
+      const copy: Checkpoint = {
+        header: ck.header,
+        params: ck.params.map((p) => Float32Array.from(p)),
+        momentum: ck.momentum.map((m) => Float32Array.from(m)),
+        bn: ck.bn.map((b) => ({ mean: Float64Array.from(b.mean), var: Float64Array.from(b.var) })),
+      };
+      edit(copy);
+      return encodeCheckpoint(copy);
+    };
+    const cases: [string, Buffer, RegExp][] = [
+      ["a negative running variance", withValues((c) => (c.bn[1]!.var[3] = -0.25)), /bn2\.running_var\[3\] is -0\.25: a running variance must be ≥ 0/],
+      ["a NaN parameter", withValues((c) => (c.params[0]![10] = NaN)), /fc1\.weight\[10\] is NaN/],
+      ["a running mean over float32", withValues((c) => (c.bn[0]!.mean[0] = 1e300)), /bn1\.running_mean\[0\] is 1e\+300, which overflows float32/],
+    ];
+    const dir = tmp("values");
+    for (const [what, bytes, message] of cases) {
+      const f = join(dir, `${cases.findIndex((c) => c[0] === what)}.bin`);
+      writeFileSync(f, bytes);
+      const r = await runCli(["train", "--workers", "1", "--steps", "4", "--resume", f, "--out", tmp("values-out"), ...SMALL], { timeoutMs: 60_000 });
+      expect(r.code, `${what}: ${r.stderr}`).toBe(2);
+      expect(r.stderr.trim().split("\n"), what).toHaveLength(1);
+      expect(r.stderr, what).toMatch(new RegExp(`^syncbn: SYNCBN_ERR_CHECKPOINT: ${f}: `));
+      expect(r.stderr, what).toMatch(message);
+    }
+  });
+
   it("refuses --steps at or below the checkpoint's step, saying the checkpoint's step, and leaves the run folder alone", async () => {
     const file = join(base, "checkpoint.bin");
     const before = ["metrics.jsonl", "summary.json", "checkpoint.bin"].map((f) => readFileSync(join(base, f)));

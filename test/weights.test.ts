@@ -106,6 +106,44 @@ describe("--init", () => {
   });
 });
 
+describe("--init values", () => {
+  /** An F64 tensor of the given shape and values. */
+  const f64 = (shape: number[], values: number[]): TensorBytes => {
+    const data = new Uint8Array(8 * values.length);
+    values.forEach((v, i) => new DataView(data.buffer).setFloat64(8 * i, v, true));
+    return { dtype: "F64", shape, data };
+  };
+
+  it("refuses an F64 value that float32 cannot hold (1e300) and a negative running variance, naming tensor and index", () => {
+    const file = stateTensors(model("mlp", "sync", 5));
+    const big = Array.from({ length: 10 }, () => 0.5);
+    big[4] = 1e300;
+    file.set("fc3.bias", f64([10], big));
+    const variance = Array.from({ length: 128 }, () => 1);
+    variance[7] = -2;
+    file.set("bn2.running_var", f64([128], variance));
+    const dst = model("mlp", "sync", 6);
+    const before = dst.params.map((p) => Float32Array.from(p.value));
+    expect(() => loadInit(dst, { tensors: file, metadata: {} }, "w.safetensors", "--model mlp --norm sync")).toThrow(
+      /unusable bn2\.running_var\[7\] is -2, a negative variance; fc3\.bias\[4\] is 1e\+300, which overflows float32/,
+    );
+    dst.params.forEach((p, i) => expect(p.value).toEqual(before[i]));
+  });
+
+  it("refuses the F64 1e300 in the launcher: one line, exit 2, before any worker starts", async () => {
+    const file = stateTensors(model("mlp", "sync", 5));
+    const big = Array.from({ length: 10 }, () => 0.5);
+    big[4] = 1e300;
+    file.set("fc3.bias", f64([10], big));
+    const path = join(tmp("init-f64"), "w.safetensors");
+    writeFileSync(path, encodeSafetensors(file));
+    const r = await runCli(["train", "--model", "mlp", "--init", path, "--workers", "2", "--batch", "4", "--steps", "1", "--train-size", "64", "--test-size", "16", "--out", tmp("init-f64-out")], { timeoutMs: 60_000 });
+    expect(r.code, r.stderr).toBe(2);
+    expect(r.stderr.trim().split("\n")).toHaveLength(1);
+    expect(r.stderr).toMatch(/SYNCBN_ERR_BAD_CONFIG: --init .*w\.safetensors does not fit --model mlp --norm sync: unusable fc3\.bias\[4\] is 1e\+300, which overflows float32/);
+  }, 90_000);
+});
+
 describe("--shuffle off sample order", () => {
   /** PyTorch: DistributedSampler(shuffle=False, drop_last=True) → DataLoader(batch_size=B, drop_last=True). */
   function torchOrder(count: number, world: number, batch: number, rank: number): number[][] {

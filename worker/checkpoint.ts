@@ -11,8 +11,9 @@
 //   SHA-256 of everything before (32 bytes)
 
 import { createHash } from "node:crypto";
-import { readFileSync, readdirSync, unlinkSync } from "node:fs";
+import { readdirSync, unlinkSync } from "node:fs";
 import { reasonOf, writeFileAtomic } from "./atomic-file.js";
+import { MAX_MODEL_FILE_BYTES, readInputFile } from "./input-file.js";
 import { basename, dirname, join } from "node:path";
 import { ErrorCode, SyncbnError } from "../shared/errors.js";
 
@@ -102,6 +103,20 @@ export function decodeCheckpoint(buf: Buffer, file: string): Checkpoint {
   const momentum = header.momentumBuffers.map((n) => take32(n));
   const bn = header.bn.map((b) => ({ mean: take64(b.channels), var: take64(b.channels) }));
   if (off !== body.length) bad(`payload longer than the header says (${body.length - off} extra bytes)`);
+  // A valid checksum proves only that the bytes are the writer's: a crafted or diverged file can still hold NaN or a negative variance.
+  const valueProblem = (name: string, a: Float32Array | Float64Array, isVariance: boolean): void => {
+    for (let i = 0; i < a.length; i++) {
+      const v = a[i]!;
+      if (!Number.isFinite(Math.fround(v))) bad(`${name}[${i}] is ${v}${Number.isFinite(v) ? ", which overflows float32" : ""}`);
+      if (isVariance && v < 0) bad(`${name}[${i}] is ${v}: a running variance must be ≥ 0`);
+    }
+  };
+  params.forEach((p, i) => valueProblem(header.params[i]!.name, p, false));
+  momentum.forEach((m, i) => valueProblem(`the momentum buffer of ${header.params[i]!.name}`, m, false));
+  bn.forEach((s, i) => {
+    valueProblem(`${header.bn[i]!.name}.running_mean`, s.mean, false);
+    valueProblem(`${header.bn[i]!.name}.running_var`, s.var, true);
+  });
   return { header, params, momentum, bn };
 }
 
@@ -174,7 +189,7 @@ function removeStaleTemps(path: string): void {
 export function readCheckpoint(path: string): Checkpoint {
   let buf: Buffer;
   try {
-    buf = readFileSync(path);
+    buf = readInputFile(path, MAX_MODEL_FILE_BYTES);
   } catch (e) {
     throw new SyncbnError(ErrorCode.Checkpoint, `cannot read checkpoint ${path}: ${(e as Error).message}`);
   }

@@ -4,8 +4,8 @@
 // space-padded to a multiple of 8 | the byte buffer, tensors little-endian, row-major.
 // Not a tensor library: it moves named byte ranges; weights.ts maps them to a model.
 
-import { readFileSync } from "node:fs";
 import { reasonOf, writeFileAtomic } from "./atomic-file.js";
+import { MAX_MODEL_FILE_BYTES, readInputFile } from "./input-file.js";
 import { ErrorCode, SyncbnError } from "../shared/errors.js";
 
 /** Every dtype of the format, with its element size in bytes, in the format's own order. */
@@ -152,10 +152,11 @@ export function decodeSafetensors(bytes: Uint8Array, file: string): SafetensorsF
   return { tensors, metadata };
 }
 
+/** Reads a regular file of at most MAX_MODEL_FILE_BYTES (input-file.ts) and decodes it. */
 export function readSafetensors(path: string): SafetensorsFile {
   let bytes: Buffer;
   try {
-    bytes = readFileSync(path);
+    bytes = readInputFile(path, MAX_MODEL_FILE_BYTES);
   } catch (e) {
     throw new SyncbnError(ErrorCode.Data, `cannot read ${path}: ${(e as Error).message}`);
   }
@@ -202,7 +203,7 @@ export function floatValues(t: TensorBytes): Float64Array | null {
 }
 
 /** IEEE 754 binary16 → number (exact). */
-function halfToNumber(h: number): number {
+export function halfToNumber(h: number): number {
   const sign = h & 0x8000 ? -1 : 1;
   const exp = (h >> 10) & 0x1f, frac = h & 0x3ff;
   if (exp === 0) return sign * frac * 2 ** -24;

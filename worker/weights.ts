@@ -103,9 +103,11 @@ export function loadInit(model: Model, init: SafetensorsFile, file: string, what
         unusable.push(`${e.name} has dtype ${t.dtype}, not F32, F64, F16 or BF16`);
         continue;
       }
-      const bad = v.findIndex((x) => !Number.isFinite(x));
-      if (bad >= 0) unusable.push(`${e.name}[${bad}] is ${v[bad]}`);
-      else if (e.name.endsWith(".running_var") && v.some((x) => x < 0)) unusable.push(`${e.name} has a negative variance`);
+      // Finite as float32, not only as read: an F64 1e300 would become +Inf in the model or in weights.safetensors.
+      const bad = v.findIndex((x) => !Number.isFinite(Math.fround(x)));
+      const negative = e.name.endsWith(".running_var") ? v.findIndex((x) => x < 0) : -1;
+      if (bad >= 0) unusable.push(`${e.name}[${bad}] is ${v[bad]}${Number.isFinite(v[bad]) ? ", which overflows float32" : ""}`);
+      else if (negative >= 0) unusable.push(`${e.name}[${negative}] is ${v[negative]}, a negative variance`);
       else apply.push(() => e.values.set(v));
     } else {
       const v = integerValues(t);

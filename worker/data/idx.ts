@@ -1,14 +1,16 @@
 // Reader for the IDX format of (Fashion-)MNIST: train-images-idx3-ubyte,
 // train-labels-idx1-ubyte, t10k-… , each plain or gzipped (detected by the 1f 8b
 // magic, not by the name). Checks every header field against the byte length and
-// names the file and the problem when anything is off. Not a general IDX library:
-// unsigned-byte data only (type 0x08), images (N, H, W) or (N, C, H, W) of any
-// size, 1-d labels.
+// names the file and the problem when anything is off; a gzip stream is inflated
+// only as far as its header says (MAX_IDX_BYTES at most). Not a general IDX
+// library: unsigned-byte data only (type 0x08), images (N, H, W) or (N, C, H, W)
+// of any size, 1-d labels.
 
-import { access, readFile } from "node:fs/promises";
+import { access } from "node:fs/promises";
 import { join } from "node:path";
-import { gunzipSync } from "node:zlib";
+import { createGunzip } from "node:zlib";
 import { ErrorCode, SyncbnError } from "../../shared/errors.js";
+import { readInputFile } from "../input-file.js";
 
 /** IDX magic = 0x00 0x00 <type> <ndims>; type 0x08 = unsigned byte. */
 export const IDX_IMAGES_MAGIC = 0x00000803;
@@ -16,6 +18,12 @@ export const IDX_IMAGES_MAGIC = 0x00000803;
 export const IDX_IMAGES4_MAGIC = 0x00000804;
 export const IDX_LABELS_MAGIC = 0x00000801;
 const IDX_TYPE_UBYTE = 0x08;
+/**
+ * The most bytes one IDX file may hold, header included, plain or after gunzip
+ * (256 MiB: 5× Fashion-MNIST's 47 MB training images, 1 GiB as float32 in every
+ * worker). The file on disk is held to the same bound.
+ */
+export const MAX_IDX_BYTES = 2 ** 28;
 
 export interface IdxImages {
   file: string;
@@ -52,19 +60,57 @@ export function isGzip(bytes: Uint8Array): boolean {
   return bytes.length >= 2 && bytes[0] === 0x1f && bytes[1] === 0x8b;
 }
 
-/** The IDX bytes of a file's contents: gunzipped if gzip, else as is (no copy). */
-export function decompressIdx(raw: Uint8Array, file: string): Uint8Array {
-  if (!isGzip(raw)) return raw;
-  try {
-    return gunzipSync(raw);
-  } catch (e) {
-    const reason = e instanceof Error ? e.message : String(e);
-    throw dataError(
-      file,
-      `truncated or corrupt gzip (${reason}); the download or copy is probably incomplete: ` +
-        `re-install the package or fetch the file again`,
-    );
-  }
+function gzipError(file: string, reason: string): SyncbnError {
+  return dataError(file, `truncated or corrupt gzip (${reason}); the download or copy is probably incomplete: re-install the package or fetch the file again`);
+}
+
+/**
+ * The IDX bytes of a gzip stream, inflated no further than its header says: once
+ * the header's dims are out, the stream is stopped past header + Π dims bytes (or
+ * at once past MAX_IDX_BYTES), so a small file cannot inflate to gigabytes. When
+ * the first bytes are not an IDX header the partial bytes come back and
+ * parseIdx names the bad magic.
+ */
+export function gunzipIdx(raw: Uint8Array, file: string): Promise<Uint8Array> {
+  return new Promise((resolve, reject) => {
+    const z = createGunzip();
+    const chunks: Buffer[] = [];
+    let have = 0;
+    let limit = -1; // header + payload bytes, once the header is out
+    let settled = false;
+    const finish = (err: SyncbnError | null): void => {
+      if (settled) return;
+      settled = true;
+      z.destroy();
+      if (err) reject(err);
+      else resolve(Buffer.concat(chunks, have));
+    };
+    z.on("data", (c: Buffer) => {
+      if (settled) return;
+      chunks.push(c);
+      have += c.length;
+      if (limit < 0 && have >= 4) {
+        const head = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, have);
+        const ndims = head[3]!;
+        if (head[0] !== 0 || head[1] !== 0 || head[2] !== IDX_TYPE_UBYTE || ndims < 1 || ndims > 4) return finish(null);
+        const headerBytes = 4 + 4 * ndims;
+        if (have < headerBytes) return;
+        const dims = Array.from({ length: ndims }, (_, d) => head.readUInt32BE(4 + 4 * d));
+        limit = headerBytes + dims.reduce((a, b) => a * b, 1);
+        if (limit > MAX_IDX_BYTES) return finish(overLimit(file, dims));
+      }
+      if (limit >= 0 && have > limit) {
+        finish(dataError(file, `wrong length: the header says ${limit} bytes in all, the gzip stream inflates to more (stopped at ${have}); the file is not what its header says`));
+      }
+    });
+    z.on("end", () => finish(null));
+    z.on("error", (e: Error) => finish(gzipError(file, e.message)));
+    z.end(raw);
+  });
+}
+
+function overLimit(file: string, dims: number[]): SyncbnError {
+  return dataError(file, `header says ${dims.join("×")} = ${dims.reduce((a, b) => a * b, 1)} bytes, over the limit of ${MAX_IDX_BYTES} bytes (256 MiB) for one IDX file`);
 }
 
 /**
@@ -99,6 +145,7 @@ function parseIdx(
   for (let d = 0; d < ndims; d++) dims.push(view.getUint32(4 + 4 * d, false));
   // Product in float64: exact below 2^53, far above any real IDX file.
   const expected = dims.reduce((a, b) => a * b, 1);
+  if (headerBytes + expected > MAX_IDX_BYTES) throw overLimit(file, dims);
   const have = bytes.length - headerBytes;
   const shape = dims.length === 1 ? `${dims[0]}` : `${dims.join("×")} = ${expected}`;
   const noun = ndims === 1 ? "labels" : "bytes of pixels";
@@ -111,10 +158,8 @@ function parseIdx(
   return { dims, payload: bytes.subarray(headerBytes) };
 }
 
-/** Parses the contents (plain or gzipped) of an images file. */
-export function parseIdxImages(raw: Uint8Array, file: string): IdxImages {
-  const gz = isGzip(raw);
-  const bytes = decompressIdx(raw, file);
+/** Parses the IDX bytes (already gunzipped; `gz` only words the errors) of an images file. */
+export function parseIdxImages(bytes: Uint8Array, file: string, gz = false): IdxImages {
   // The 4th magic byte is the number of dimensions: 3 (N, H, W) or 4 (N, C, H, W).
   const magic = bytes.length >= 4 && bytes[0] === 0 && bytes[1] === 0 && bytes[2] === IDX_TYPE_UBYTE && bytes[3] === 4 ? IDX_IMAGES4_MAGIC : IDX_IMAGES_MAGIC;
   const { dims, payload } = parseIdx(bytes, file, magic, "an IDX images file", gz);
@@ -123,10 +168,9 @@ export function parseIdxImages(raw: Uint8Array, file: string): IdxImages {
   return { file, count, channels, rows, cols, pixels: payload };
 }
 
-/** Parses the contents (plain or gzipped) of a labels file; every label must be < classes. */
-export function parseIdxLabels(raw: Uint8Array, file: string, classes = 10): IdxLabels {
-  const gz = isGzip(raw);
-  const { dims, payload } = parseIdx(decompressIdx(raw, file), file, IDX_LABELS_MAGIC, "an IDX labels file", gz);
+/** Parses the IDX bytes (already gunzipped) of a labels file; every label must be < classes. */
+export function parseIdxLabels(bytes: Uint8Array, file: string, classes = 10, gz = false): IdxLabels {
+  const { dims, payload } = parseIdx(bytes, file, IDX_LABELS_MAGIC, "an IDX labels file", gz);
   for (let i = 0; i < payload.length; i++) {
     if (payload[i]! >= classes) {
       throw dataError(file, `label ${payload[i]} at index ${i} is not a class 0..${classes - 1}`);
@@ -135,21 +179,26 @@ export function parseIdxLabels(raw: Uint8Array, file: string, classes = 10): Idx
   return { file, count: dims[0]!, labels: payload };
 }
 
-async function readBytes(file: string): Promise<Uint8Array> {
+/** The IDX bytes of a file, plain or gzipped: a regular file of at most MAX_IDX_BYTES, inflated within the same bound. */
+async function readIdxBytes(file: string): Promise<{ bytes: Uint8Array; gz: boolean }> {
+  let raw: Uint8Array;
   try {
-    return await readFile(file);
+    raw = readInputFile(file, MAX_IDX_BYTES);
   } catch (e) {
-    const reason = e instanceof Error ? e.message : String(e);
-    throw dataError(file, `cannot read (${reason})`);
+    throw dataError(file, `cannot read (${e instanceof Error ? e.message : String(e)})`);
   }
+  const gz = isGzip(raw);
+  return { bytes: gz ? await gunzipIdx(raw, file) : raw, gz };
 }
 
 export async function readIdxImages(file: string): Promise<IdxImages> {
-  return parseIdxImages(await readBytes(file), file);
+  const { bytes, gz } = await readIdxBytes(file);
+  return parseIdxImages(bytes, file, gz);
 }
 
 export async function readIdxLabels(file: string, classes = 10): Promise<IdxLabels> {
-  return parseIdxLabels(await readBytes(file), file, classes);
+  const { bytes, gz } = await readIdxBytes(file);
+  return parseIdxLabels(bytes, file, classes, gz);
 }
 
 async function exists(file: string): Promise<boolean> {

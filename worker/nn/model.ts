@@ -4,8 +4,8 @@
 // step needs (all grads as one vector, a checksum) and the tensors by their
 // PyTorch state_dict names. Not a model zoo: the three families of the README.
 
-import { readFileSync } from "node:fs";
 import { ErrorCode, SyncbnError } from "../../shared/errors.js";
+import { MAX_MODEL_FILE_BYTES, readInputFile } from "../input-file.js";
 import type { BnConventions, NormMode } from "../../shared/config.js";
 import { Rng } from "../../shared/rng.js";
 import { BatchNorm, isRunningStatsLayer, type BnSync, type RunningStatsLayer } from "./batchnorm.js";
@@ -266,9 +266,10 @@ function buildBuiltIn(o: ModelOptions): Model {
 function buildOnnxModel(path: `${string}.onnx`, o: ModelOptions): Model {
   let bytes: Uint8Array;
   try {
-    bytes = readFileSync(path);
+    bytes = readInputFile(path, MAX_MODEL_FILE_BYTES);
   } catch (e) {
-    throw new SyncbnError(ErrorCode.BadConfig, `--model ${path}: cannot read it (${(e as NodeJS.ErrnoException).code ?? String(e)}); give the path of a torch.onnx.export file`);
+    const err = e as NodeJS.ErrnoException;
+    throw new SyncbnError(ErrorCode.BadConfig, `--model ${path}: cannot read it (${err.code ?? err.message ?? String(e)}); give the path of a torch.onnx.export file`);
   }
   let bnIndex = 0;
   const imported = importOnnx(decodeOnnx(bytes, path), path, o.inShape, o.classes, o.norm.kind === "none", (g, name, v, eps) => {
@@ -280,8 +281,10 @@ function buildOnnxModel(path: `${string}.onnx`, o: ModelOptions): Model {
   });
   const model = new Model(path, imported.graph);
   for (const t of model.namedTensors()) {
+    if (t.kind === "num_batches_tracked") continue;
     const init = imported.initial.get(t.name);
-    if (!init || t.kind === "num_batches_tracked") continue;
+    // The importer sets every tensor from its constant; a gap would train from random values the file never had.
+    if (!init) throw new SyncbnError(ErrorCode.BadConfig, `--model ${path}: no initializer holds ${t.name}`);
     const dst = t.kind === "param" ? t.param.value : t.value;
     if (init.length !== dst.length) throw new SyncbnError(ErrorCode.BadConfig, `--model ${path}: initializer ${t.name} has ${init.length} values, the layer needs ${dst.length}`);
     dst.set(init);

@@ -1,16 +1,25 @@
 // Constant folding for the ONNX importer (onnx-import.ts): the integer shape
 // arithmetic PyTorch emits for x.view(n, -1) (Shape, Gather, Unsqueeze, Concat,
 // Slice, Cast, ConstantOfShape), with "n" standing for the batch size. Not a general
-// evaluator: anything else is refused with the node's name and op type.
+// evaluator: anything else is refused with the node's name and op type, and a
+// ConstantOfShape is held to MAX_FOLDED_ELEMENTS before its output is made.
 
 import type { NodeProto } from "onnx-buf";
-import { attr, int, SUPPORTED_OPS, tensorInts, type Sym } from "./onnx-import.js";
+import { attr, int, SUPPORTED_OPS, type Sym } from "./onnx-import.js";
+import { MAX_FOLDED_ELEMENTS, tensorInts } from "./onnx-tensor.js";
+
+/** A constant whose values are known (not too large, of a foldable type). */
+type Folded = Extract<Sym, { k: "const" }> & { data: (number | "n")[] };
+const INT64 = 7;
 
 /** Constant folding of the integer shape arithmetic PyTorch emits for x.view(n, -1); "n" is the batch size. */
 export function foldShape(node: NodeProto, syms: Map<string, Sym>, bad: (node: NodeProto, what: string) => void): void {
   const ins = node.input.map((i) => syms.get(i));
-  const c = (i: number): Extract<Sym, { k: "const" }> | null => (ins[i]?.k === "const" ? (ins[i] as Extract<Sym, { k: "const" }>) : null);
-  const out = (dims: number[], data: (number | "n")[]): void => void syms.set(node.output[0]!, { k: "const", dims, data, floats: null, name: node.output[0]! });
+  const c = (i: number): Folded | null => {
+    const s = ins[i];
+    return s?.k === "const" && s.data !== null ? (s as Folded) : null;
+  };
+  const out = (dims: number[], data: (number | "n")[]): void => void syms.set(node.output[0]!, { k: "const", dims, data, floats: null, name: node.output[0]!, dataType: INT64 });
   const idx = (i: number, len: number): number => (i < 0 ? i + len : i);
   switch (node.opType) {
     case "Shape": {
@@ -59,10 +68,16 @@ export function foldShape(node: NodeProto, syms: Map<string, Sym>, bad: (node: N
     case "ConstantOfShape": {
       const shape = c(0);
       const v = attr(node, "value")?.t;
-      const fill = v ? (tensorInts(v)?.[0] ?? 0) : 0;
+      const fill = v ? (tensorInts(v, `node "${node.name}" (ConstantOfShape) value`)?.[0] ?? 0) : 0;
       if (shape && shape.data.every((d) => typeof d === "number")) {
         const dims = shape.data as number[];
-        return out(dims, new Array<number>(dims.reduce((a, d) => a * d, 1)).fill(fill));
+        // Only shape vectors fold: a bound before the array is made, never after (one [1e8] would take gigabytes).
+        const count = dims.reduce((a, d) => a * d, 1);
+        if (dims.some((d) => !Number.isSafeInteger(d) || d < 0) || count > MAX_FOLDED_ELEMENTS) {
+          bad(node, `an output of dims [${dims.join(", ")}] is not supported (non-negative dims of at most ${MAX_FOLDED_ELEMENTS} elements: shape arithmetic only)`);
+          return;
+        }
+        return out(dims, new Array<number>(count).fill(fill));
       }
       break;
     }

@@ -5,17 +5,18 @@
 // with onnx-buf (generated schema on @bufbuild/protobuf; `onnx-proto` fails as ESM on Node 20).
 
 import { createHash } from "node:crypto";
-import { readFileSync } from "node:fs";
 import { fromBinary } from "@bufbuild/protobuf";
 import { ModelProtoSchema, type AttributeProto, type ModelProto, type NodeProto, type TensorProto } from "onnx-buf";
 import { ErrorCode, SyncbnError } from "../../shared/errors.js";
+import { MAX_MODEL_FILE_BYTES, readInputFile } from "../input-file.js";
 import { Rng } from "../../shared/rng.js";
 import { AvgPool2d, GlobalAvgPool } from "./avgpool.js";
-import { Conv2d } from "./conv2d.js";
+import { Conv2d, convGeometry } from "./conv2d.js";
 import { Flatten } from "./flatten.js";
 import { Add, GraphBuilder, type Graph, type Value } from "./graph.js";
 import { sizeOf } from "./layer.js";
 import { foldShape } from "./onnx-fold.js";
+import { FLOAT_TYPES, MAX_FOLDED_ELEMENTS, MAX_MODEL_ELEMENTS, MAX_VALUE_ELEMENTS, tensorElements, tensorFloats, tensorInts, TensorError, typeName } from "./onnx-tensor.js";
 import { Linear } from "./linear.js";
 import { MaxPool2d } from "./maxpool.js";
 import { ReLU } from "./relu.js";
@@ -40,7 +41,7 @@ export function onnxFileHash(path: string): string {
   let h = fileHashes.get(path);
   if (h === undefined) {
     try {
-      h = onnxHash(readFileSync(path));
+      h = onnxHash(readInputFile(path, MAX_MODEL_FILE_BYTES));
     } catch {
       h = "unreadable";
     }
@@ -59,16 +60,19 @@ export interface OnnxModel {
   batchNorms: number;
 }
 
-/** A per-sample activation, a pending zero pad, or a constant (ints may hold "n", the batch size). */
+/**
+ * A per-sample activation, a pending zero pad, or a constant (ints may hold "n", the
+ * batch size; data is null for a constant too large or of a type shape arithmetic
+ * does not fold; floats is null unless it is FLOAT, DOUBLE or FLOAT16).
+ */
 export type Sym =
   | { k: "act"; v: Value }
   | { k: "pad"; v: Value; pads: number[] }
   | { k: "matmul"; v: Value; w: Float32Array; inF: number; outF: number; node: string }
-  | { k: "const"; dims: number[]; data: (number | "n")[]; floats: Float32Array | null; name: string }
+  | { k: "const"; dims: number[]; data: (number | "n")[] | null; floats: Float32Array | null; name: string; dataType: number }
   /** The output of a node already refused: whatever reads it is skipped, not refused again. */
   | { k: "refused" };
 
-const FLOAT = 1;
 const KNOWN_OPS = new Set([
   "Conv", "BatchNormalization", "Relu", "MaxPool", "AveragePool", "GlobalAveragePool", "ReduceMean", "Add", "Flatten", "Gemm", "MatMul", "Identity",
   "Constant", "Pad", "Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Reshape", "Slice", "Cast", "ConstantOfShape",
@@ -89,39 +93,11 @@ export function decodeOnnx(bytes: Uint8Array, path: string): ModelProto {
   return m;
 }
 
-function tensorFloats(t: TensorProto): Float32Array | null {
-  if (t.dataType !== FLOAT) return null;
-  if (t.rawData.length > 0) {
-    // Copy first: raw_data sits at any byte offset of the file, and Float32Array views need 4-byte alignment.
-    const copy = new Uint8Array(t.rawData);
-    return new Float32Array(copy.buffer, 0, copy.length >> 2);
-  }
-  return Float32Array.from(t.floatData);
-}
-
-export function tensorInts(t: TensorProto): number[] | null {
-  const count = t.dims.reduce((a, d) => a * Number(d), 1);
-  if (t.dataType === 7) {
-    if (t.rawData.length > 0) {
-      const dv = new DataView(new Uint8Array(t.rawData).buffer);
-      return Array.from({ length: count }, (_, i) => Number(dv.getBigInt64(i * 8, true)));
-    }
-    return t.int64Data.map(Number);
-  }
-  if (t.dataType === 6) {
-    if (t.rawData.length > 0) {
-      const dv = new DataView(new Uint8Array(t.rawData).buffer);
-      return Array.from({ length: count }, (_, i) => dv.getInt32(i * 4, true));
-    }
-    return [...t.int32Data];
-  }
-  const f = tensorFloats(t);
-  return f ? Array.from(f) : null;
-}
-
-function constOf(t: TensorProto, name: string): Sym {
-  const floats = tensorFloats(t);
-  return { k: "const", dims: t.dims.map(Number), data: tensorInts(t) ?? [], floats, name };
+/** A constant's values, sizes checked (onnx-tensor.ts); throws TensorError naming `what`. */
+function constOf(t: TensorProto, name: string, what: string): Sym {
+  const floats = tensorFloats(t, what);
+  const data = floats ? (floats.length <= MAX_FOLDED_ELEMENTS ? Array.from(floats) : null) : tensorInts(t, what);
+  return { k: "const", dims: t.dims.map(Number), data, floats, name, dataType: t.dataType };
 }
 
 export function attr(node: NodeProto, name: string): AttributeProto | undefined {
@@ -193,18 +169,45 @@ export function importOnnx(m: ModelProto, path: string, inShape: readonly number
       bad(node, "only Gemm with transB=1, transA=0, alpha=beta=1 (nn.Linear) is supported");
     }
   }
+  // Sizes before values: every tensor's dims and the model's total are checked before anything is read or allocated.
+  let elements = 0;
+  const tensors = [
+    ...graphProto.initializer.map((t) => ({ t, what: `initializer "${t.name}"` })),
+    ...graphProto.node.flatMap((n) => (n.opType === "Constant" && attr(n, "value")?.t ? [{ t: attr(n, "value")!.t!, what: `node "${n.name}" (Constant) value` }] : [])),
+  ];
+  for (const { t, what } of tensors) {
+    try {
+      elements += tensorElements(t, what);
+    } catch (e) {
+      if (!(e instanceof TensorError)) throw e;
+      bad(null, e.message);
+    }
+  }
+  if (elements > MAX_MODEL_ELEMENTS) bad(null, `the initializers and constants hold ${elements} elements, over the limit of ${MAX_MODEL_ELEMENTS} per model`);
   if (problems.length > 0) throw new SyncbnError(ErrorCode.BadConfig, problems.join("\n"));
 
   const g = new GraphBuilder(inShape);
   const rng = new Rng(0); // the layers' own init is overwritten by the initializers
   const syms = new Map<string, Sym>();
-  for (const [name, t] of inits) syms.set(name, constOf(t, name));
-  syms.set(realInputs[0]!.name, { k: "act", v: g.input });
-  const initial = new Map<string, Float32Array>();
   for (const [name, t] of inits) {
-    const f = tensorFloats(t);
-    if (f) initial.set(name, f);
+    try {
+      syms.set(name, constOf(t, name, `initializer "${name}"`));
+    } catch (e) {
+      if (!(e instanceof TensorError)) throw e;
+      bad(null, e.message);
+      syms.set(name, { k: "refused" });
+    }
   }
+  syms.set(realInputs[0]!.name, { k: "act", v: g.input });
+  /** Every layer tensor by state_dict name, set from the constant the layer was built from: none is left at its random init. */
+  const initial = new Map<string, Float32Array>();
+  /** A constant's float32 values for a layer tensor, or a refusal naming it and its type. */
+  const floatsOf = (node: NodeProto, c: Extract<Sym, { k: "const" }>, role: string, length: number): Float32Array | null => {
+    if (!c.floats) bad(node, `${role} "${c.name}" is ${typeName(c.dataType)}; it must be ${FLOAT_TYPES}`);
+    else if (c.floats.length !== length) bad(node, `${role} "${c.name}" has ${c.floats.length} values (dims [${c.dims.join(", ")}]), the layer needs ${length}`);
+    else return c.floats;
+    return null;
+  };
 
   const act = (node: NodeProto, i: number): Value | null => {
     const s = syms.get(node.input[i] ?? "");
@@ -251,7 +254,7 @@ export function importOnnx(m: ModelProto, path: string, inShape: readonly number
         }
         case "Constant": {
           const t = attr(node, "value")?.t;
-          if (t) set(constOf(t, out));
+          if (t) set(constOf(t, out, `node "${node.name}" (Constant) value`));
           else bad(node, "only a tensor `value` is supported");
           break;
         }
@@ -263,8 +266,11 @@ export function importOnnx(m: ModelProto, path: string, inShape: readonly number
         case "Add": {
           const a = syms.get(node.input[0] ?? "");
           const b = syms.get(node.input[1] ?? "");
-          if (a?.k === "matmul" && b?.k === "const" && b.floats && b.floats.length === a.outF) {
+          if (a?.k === "matmul" && b?.k === "const") {
             const name = owner(b.name, ".bias");
+            const bias = floatsOf(node, b, "bias", a.outF);
+            if (!bias) break;
+            initial.set(`${name}.bias`, bias);
             const lin = new Linear(name, a.inF, a.outF, rng);
             const wt = new Float32Array(a.inF * a.outF); // ONNX holds W as (in, out); PyTorch as (out, in)
             for (let i = 0; i < a.inF; i++) for (let o = 0; o < a.outF; o++) wt[o * a.inF + i] = a.w[i * a.outF + o]!;
@@ -284,6 +290,10 @@ export function importOnnx(m: ModelProto, path: string, inShape: readonly number
           const sp = spatial(x.v, node);
           if (!sp) break;
           const [cin, h, wd] = sp;
+          if (w.dims.length !== 4) {
+            bad(node, `weight "${w.name}" has dims [${w.dims.join(", ")}]; a Conv weight is (cout, cin, k, k)`);
+            break;
+          }
           const k = ints(node, "kernel_shape", w.dims.slice(2));
           const strides = ints(node, "strides", [1, 1]);
           const pads = ints(node, "pads", [0, 0, 0, 0]).map((p, i) => p + x.pads[i]!);
@@ -291,15 +301,26 @@ export function importOnnx(m: ModelProto, path: string, inShape: readonly number
           if (int(node, "group", 1) !== 1) bad(node, `group ${int(node, "group", 1)} is not supported (groups=1 only)`);
           if (k[0] !== k[1] || strides[0] !== strides[1] || pads.some((p) => p !== pads[0])) bad(node, `only square kernels, equal strides and symmetric padding are supported (kernel ${k.join("×")}, strides ${strides.join("×")}, pads ${pads.join(",")})`);
           if (w.dims[1] !== cin) bad(node, `weight expects ${w.dims[1]} input channels, the input has ${cin}`);
+          if (k.length !== 2 || k[0] !== w.dims[2] || k[1] !== w.dims[3]) bad(node, `kernel_shape ${k.join("×")} is not the weight's ${w.dims.slice(2).join("×")}`);
           if (attr(node, "auto_pad") && new TextDecoder().decode(attr(node, "auto_pad")!.s) !== "NOTSET") bad(node, "auto_pad is not supported");
           if (problems.length > before) break;
           const name = owner(w.name, ".weight");
-          const hasBias = node.input.length > 2 && node.input[2] !== "";
-          if (hasBias) {
-            const b = cst(node, 2);
-            if (b && b.name !== `${name}.bias` && b.floats) initial.set(`${name}.bias`, b.floats);
+          const cout = w.dims[0]!;
+          const geo = convGeometry(name, cin, cout, k[0]!, strides[0]!, pads[0]!, h, wd);
+          // Padding can grow the output and its unrolled input past any bound: checked before the layer allocates them.
+          const plane = geo.outH * geo.outW;
+          if (Math.max(cout, cin * k[0]! * k[0]!) * plane > MAX_VALUE_ELEMENTS) {
+            bad(node, `output ${cout}×${geo.outH}×${geo.outW} (unrolled input ${cin * k[0]! * k[0]!}×${plane}) is over the limit of ${MAX_VALUE_ELEMENTS} elements per sample`);
+            break;
           }
-          const conv = new Conv2d(name, cin, w.dims[0]!, k[0]!, strides[0]!, pads[0]!, h, wd, rng, undefined, hasBias);
+          const weight = floatsOf(node, w, "weight", w.floats?.length ?? 0);
+          const hasBias = node.input.length > 2 && node.input[2] !== "";
+          const b = hasBias ? cst(node, 2) : null;
+          const bias = b ? floatsOf(node, b, "bias", cout) : null;
+          if (!weight || (hasBias && !bias)) break;
+          initial.set(`${name}.weight`, weight);
+          if (bias) initial.set(`${name}.bias`, bias);
+          const conv = new Conv2d(name, cin, cout, k[0]!, strides[0]!, pads[0]!, h, wd, rng, undefined, hasBias);
           set({ k: "act", v: g.layer(conv, x.v) });
           break;
         }
@@ -310,13 +331,20 @@ export function importOnnx(m: ModelProto, path: string, inShape: readonly number
           for (let i = 2; i < 5; i++) cst(node, i);
           if (problems.length > before) break;
           const name = owner(scale.name, ".weight");
-          // PyTorch's names: rename the running statistics to the norm layer's if they differ.
-          for (const [i, suffix] of [[2, ".bias"], [3, ".running_mean"], [4, ".running_var"]] as const) {
-            const f = initial.get(node.input[i]!);
-            if (f && node.input[i] !== name + suffix) initial.set(name + suffix, f);
-          }
+          const channels = v.shape[0]!;
+          // Under the norm layer's names (PyTorch's), whatever the initializers are called.
+          const stats = ([[1, ".weight"], [2, ".bias"], [3, ".running_mean"], [4, ".running_var"]] as const).map(([i, suffix]) => {
+            const f = floatsOf(node, cst(node, i)!, suffix.slice(1), channels);
+            if (f) initial.set(name + suffix, f);
+            return f;
+          });
+          const negative = stats[3]?.findIndex((x) => x < 0) ?? -1;
+          if (negative >= 0) bad(node, `running_var "${node.input[4]}"[${negative}] is ${stats[3]![negative]}; a variance must be ≥ 0`);
+          const eps = float(node, "epsilon", 1e-5);
+          if (!(Number.isFinite(eps) && eps > 0)) bad(node, `epsilon ${eps} must be a finite number > 0`);
+          if (problems.length > before) break;
           bnIndex++;
-          set({ k: "act", v: norm(g, name, v, float(node, "epsilon", 1e-5)) });
+          set({ k: "act", v: norm(g, name, v, eps) });
           break;
         }
         case "MaxPool":
@@ -344,8 +372,8 @@ export function importOnnx(m: ModelProto, path: string, inShape: readonly number
           const mode = attr(node, "mode") ? new TextDecoder().decode(attr(node, "mode")!.s) : "constant";
           const value = node.input.length > 2 && node.input[2] !== "" ? cst(node, 2) : null;
           if (!v || (node.input.length > 1 && !p)) break;
-          const pads = p ? p.data.map(Number) : ints(node, "pads", []);
-          if (mode !== "constant" || (value && value.data.some((d) => d !== 0))) bad(node, "only zero padding is supported");
+          const pads = p ? (p.data ?? []).map(Number) : ints(node, "pads", []);
+          if (mode !== "constant" || (value && (value.data === null || value.data.some((d) => d !== 0)))) bad(node, "only zero padding is supported");
           // (n, C, H, W) pads: [n0, c0, h0, w0, n1, c1, h1, w1]
           if (pads.length !== 8 || pads[0] !== 0 || pads[1] !== 0 || pads[4] !== 0 || pads[5] !== 0) bad(node, `only spatial padding of a (C, H, W) value is supported, got pads ${pads.join(",")}`);
           if (problems.length > before) break;
@@ -379,7 +407,7 @@ export function importOnnx(m: ModelProto, path: string, inShape: readonly number
           if (node.opType === "Reshape") {
             const shape = cst(node, 1);
             if (!shape) break;
-            const d = shape.data;
+            const d = shape.data ?? [];
             const size = sizeOf(v.shape);
             ok = d.length === 2 && (d[0] === "n" || d[0] === -1 || d[0] === 0) && (d[1] === -1 || d[1] === size) && !(d[0] === -1 && d[1] === -1);
           }
@@ -398,8 +426,8 @@ export function importOnnx(m: ModelProto, path: string, inShape: readonly number
             bad(node, "only Gemm with transB=1, transA=0, alpha=beta=1 (nn.Linear) is supported");
             break;
           }
-          if (v.shape.length !== 1 || w.dims[1] !== v.shape[0]) {
-            bad(node, `expects (${w.dims[1]}) features per sample, got (${v.shape.join(", ")})`);
+          if (v.shape.length !== 1 || w.dims.length !== 2 || w.dims[1] !== v.shape[0]) {
+            bad(node, `expects (${w.dims[1]}) features per sample, got (${v.shape.join(", ")}) (weight dims [${w.dims.join(", ")}])`);
             break;
           }
           const name = owner(w.name, ".weight");
@@ -408,19 +436,24 @@ export function importOnnx(m: ModelProto, path: string, inShape: readonly number
             bad(node, "a Gemm without bias is not supported (nn.Linear(bias=False))");
             break;
           }
-          if (b.name !== `${name}.bias` && b.floats) initial.set(`${name}.bias`, b.floats);
+          const weight = floatsOf(node, w, "weight", w.dims[0]! * w.dims[1]!);
+          const bias = floatsOf(node, b, "bias", w.dims[0]!);
+          if (!weight || !bias) break;
+          initial.set(`${name}.weight`, weight);
+          initial.set(`${name}.bias`, bias);
           set({ k: "act", v: g.layer(new Linear(name, w.dims[1]!, w.dims[0]!, rng), v) });
           break;
         }
         case "MatMul": {
           const v = act(node, 0);
           const w = cst(node, 1);
-          if (!v || !w || !w.floats) break;
+          if (!v || !w) break;
           if (v.shape.length !== 1 || w.dims.length !== 2 || w.dims[0] !== v.shape[0]) {
             bad(node, `expects (n, ${w.dims[0]}) × (${w.dims.join(", ")}), got (n, ${v.shape.join(", ")})`);
             break;
           }
-          set({ k: "matmul", v, w: w.floats, inF: w.dims[0]!, outF: w.dims[1]!, node: node.name });
+          const weight = floatsOf(node, w, "weight", w.dims[0]! * w.dims[1]!);
+          if (weight) set({ k: "matmul", v, w: weight, inF: w.dims[0]!, outF: w.dims[1]!, node: node.name });
           break;
         }
         default:
