@@ -12,6 +12,7 @@ import { CoordinatorClient } from "../worker/client.js";
 import { parseModelKind, type ModelKind } from "../worker/nn/model.js";
 import { DEFAULT_SETTINGS, conventionsOf, validateSettings, type TrainSettings } from "../worker/settings.js";
 import { trainWorker } from "../worker/train.js";
+import { readCheckpoint } from "../worker/checkpoint.js";
 import { INIT_AND_RESUME, readInitFile } from "../worker/weights.js";
 import { readEnv } from "./env.js";
 import {
@@ -40,7 +41,8 @@ import {
 import { checkRunData } from "./preflight.js";
 import { RunMonitor, formatSummary } from "./monitor.js";
 import { runTrain } from "./train.js";
-import { prepareOutDir } from "./out-dir.js";
+import { checkOutDir, prepareOutDir } from "./out-dir.js";
+import type { FolderIdentity } from "../worker/out-folder.js";
 import { checkDashboardBind, parseDashboardSpec } from "../coordinator/dashboard.js";
 import { attachLiveViews } from "./live.js";
 import { checkWorkerBlock } from "./blocks.js";
@@ -185,11 +187,12 @@ export function registerTrainCommands(program: Command): void {
     checkWorkerBlock(rank, f.ranksPerProc, world, settings.norm);
     // A worker started by hand checks its data before it connects; the launcher's workers were checked by the launcher.
     if (!f.settingsJson) await checkRunData(settings, world, env.fashionMnistDir);
-    // Created (or refused) now, not when the final checkpoint is due.
-    if (f.out !== undefined) prepareOutDir(f.out);
     if (f.init && f.resume) throw new SyncbnError(ErrorCode.BadConfig, INIT_AND_RESUME);
     // A bad file is refused before connecting; whether it fits the model is checked once the data is loaded.
     if (f.init) readInitFile(f.init);
+    if (f.resume) readCheckpoint(f.resume);
+    // Created (or refused) now, not when the final checkpoint is due; after the checks above, so a refused worker leaves no folder.
+    const outFolder = f.out !== undefined ? prepareOutDir(f.out) : undefined;
     const client = await CoordinatorClient.connect({
       url,
       rank,
@@ -221,6 +224,7 @@ export function registerTrainCommands(program: Command): void {
         ranks: f.ranksPerProc,
         worldSize: world,
         outDir: f.out ?? null,
+        outFolder,
         checkpointEvery: f.checkpointEvery,
         resume: f.resume ?? null,
         init: f.init ?? null,
@@ -255,8 +259,9 @@ export function registerTrainCommands(program: Command): void {
       checkWorldSize(world);
       const port = f.port ?? env.masterPort ?? 29500;
       if (port > 65535) throw new SyncbnError(ErrorCode.BadConfig, `MASTER_PORT must be a port in 0..65535, got ${port}`);
-      if (f.out !== undefined) prepareOutDir(f.out);
       if (f.dashboard) checkDashboardBind(f.dashboard.host, f.token ?? env.token ?? "");
+      // Refused before it listens; created only once its ports are taken (below), so a refused coordinator leaves no folder.
+      if (f.out !== undefined) checkOutDir(f.out);
       const server = await startCoordinatorServer({
         host: f.host ?? env.masterAddr ?? "127.0.0.1",
         port,
@@ -270,12 +275,20 @@ export function registerTrainCommands(program: Command): void {
         helloTimeoutMs: f.helloTimeout,
       });
       server.coordinator.events.onRefused = refusalLogger((l) => console.error(l));
-      console.log(`syncbn coordinator listening on ${server.url} for ${world} workers`);
       let monitor: RunMonitor | null = null;
       const live = await attachLiveViews(server.coordinator, () => monitor, { dashboard: f.dashboard ?? null, token: f.token ?? env.token ?? "", roundTimeoutMs: f.roundTimeout }).catch(async (e: unknown) => {
         await server.close();
         throw e;
       });
+      let outFolder: FolderIdentity | null = null;
+      try {
+        if (f.out !== undefined) outFolder = prepareOutDir(f.out);
+      } catch (e) {
+        await live.close();
+        await server.close();
+        throw e;
+      }
+      console.log(`syncbn coordinator listening on ${server.url} for ${world} workers`);
       if (live.url) console.log(`dashboard: ${live.url} (read-only)`);
       const outcome = await new Promise<SyncbnError | null>((resolve) => {
         server.coordinator.events.onJoin = (rank) => {
@@ -294,6 +307,7 @@ export function registerTrainCommands(program: Command): void {
               evalStats: t.evalStats,
               preciseBatches: t.preciseBatches,
               outDir: f.out ?? null,
+              outFolder,
               totalSteps: null,
               stepsPerEpoch: null,
               startStep: 0,

@@ -4,13 +4,14 @@
 // it never talks to workers. Numbering everywhere: `step` = steps completed
 // (the first step is 1), `epoch` = the 1-based epoch that step belongs to.
 
-import { appendFileSync, readFileSync, renameSync, unlinkSync, writeFileSync } from "node:fs";
-import { join } from "node:path";
+import { appendFileSync, closeSync, constants, fstatSync, openSync, readFileSync, renameSync, statSync, unlinkSync, writeFileSync } from "node:fs";
+import { dirname, join } from "node:path";
 import type { Coordinator, RoundEvent } from "../coordinator/coordinator.js";
 import { GradExtra, SumRound } from "../shared/protocol.js";
 import { parseNorm } from "../shared/config.js";
 import { describeEvalStatistics } from "../worker/evaluate.js";
 import { reasonOf, writeFileAtomic } from "../worker/atomic-file.js";
+import { checkFolderStill, type FolderIdentity } from "../worker/out-folder.js";
 import { ErrorCode, SyncbnError } from "../shared/errors.js";
 
 export interface RunSummary {
@@ -57,6 +58,8 @@ export interface MonitorOptions {
   model: string;
   data: string;
   outDir: string | null;
+  /** outDir as the run prepared it: every write first checks it is still that folder (not deleted or replaced). */
+  outFolder?: FolderIdentity | null;
   evalStats?: "ema" | "precise";
   preciseBatches?: number;
   /** Total steps and steps per epoch, when known up front (for the progress bar). */
@@ -137,6 +140,8 @@ export class RunMonitor {
   /** metrics.jsonl is replaced (fresh run) or trimmed to the resumed step at the first line, not before: a run refused at start leaves it alone. */
   private metricsStarted = false;
   private metricsFailure: SyncbnError | null = null;
+  /** The metrics.jsonl this run began (device, inode): appends go to it or fail, never to a file begun anew. */
+  private metricsFile: { dev: bigint; ino: bigint } | null = null;
 
   private readonly o: MonitorOptions;
 
@@ -177,21 +182,27 @@ export class RunMonitor {
     if (!path || this.metricsFailure) return;
     const line = `${JSON.stringify(obj)}\n`;
     try {
-      if (this.metricsStarted) {
-        appendFileSync(path, line);
+      if (this.o.outFolder) checkFolderStill(this.o.outFolder);
+      if (this.metricsStarted && this.metricsFile) {
+        appendToSame(path, line, this.metricsFile);
       } else {
         // `syncbn coordinator` is not told of a resume: its first step says it.
         const from = this.o.startStep > 0 ? this.o.startStep : obj.type === "start" ? obj.step : obj.type === "step" ? obj.step - 1 : 0;
         const kept = from > 0 ? linesBefore(path, from) : "";
         const resumed = from > 0 ? `${JSON.stringify({ type: "resume", step: from, checkpoint: this.o.resumedFrom ?? null })}\n` : "";
         replaceFile(path, kept + resumed + line);
+        const st = statSync(path, { bigint: true });
+        this.metricsFile = { dev: st.dev, ino: st.ino };
         this.metricsStarted = true;
       }
     } catch (e) {
-      this.metricsFailure = new SyncbnError(
-        ErrorCode.Output,
-        `cannot write ${path} (${reasonOf(e)}); the lines written before are kept; free some space or choose another --out, then resume from the last checkpoint`,
-      );
+      this.metricsFailure =
+        e instanceof SyncbnError
+          ? e
+          : new SyncbnError(
+              ErrorCode.Output,
+              `cannot write ${path} (${reasonOf(e)}); the lines written before are kept; free some space or choose another --out, then resume from the last checkpoint`,
+            );
       this.o.onFailure?.(this.metricsFailure);
     }
   }
@@ -369,6 +380,7 @@ export class RunMonitor {
   writeSummary(s: RunSummary): void {
     if (!this.o.outDir) return;
     const path = join(this.o.outDir, "summary.json");
+    if (this.o.outFolder) checkFolderStill(this.o.outFolder);
     try {
       replaceFile(path, `${JSON.stringify(s, null, 2)}\n`);
     } catch (e) {
@@ -380,6 +392,30 @@ export class RunMonitor {
 /** Writes a temp file and renames it over `path`: a failed write leaves the old file whole. */
 function replaceFile(path: string, text: string): void {
   writeFileAtomic(path, Buffer.from(text, "utf8"));
+}
+
+/**
+ * Appends `line` to the metrics.jsonl the run began, never creating one: a file
+ * deleted mid-run (rm -rf racing the run) is not begun again at a later step,
+ * and one replaced by another file is not written into.
+ */
+function appendToSame(path: string, line: string, began: { dev: bigint; ino: bigint }): void {
+  const gone = (what: string): SyncbnError =>
+    new SyncbnError(ErrorCode.Output, `cannot write ${path}: it was ${what} during the run (is the output folder ${dirname(path)} being deleted?); nothing more is written there and the run stops`);
+  let fd: number;
+  try {
+    fd = openSync(path, constants.O_WRONLY | constants.O_APPEND);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === "ENOENT") throw gone("deleted");
+    throw e;
+  }
+  try {
+    const st = fstatSync(fd, { bigint: true });
+    if (st.dev !== began.dev || st.ino !== began.ino) throw gone("replaced by another file");
+    appendFileSync(fd, line);
+  } finally {
+    closeSync(fd);
+  }
 }
 
 /**

@@ -1,13 +1,14 @@
 // What the launcher checks before it starts a coordinator or any worker: the data
 // a run names (folder, IDX files, their headers and sizes, via worker/data), its
 // --train-size/--test-size against the data set, and one global batch against the
-// training set. A problem found here is a refusal: one line, exit 2 (main.ts).
+// training set, and the model built once against the data's image shape (images
+// too small for --model cnn). A problem found here is a refusal: one line, exit 2 (main.ts).
 // Not the checkpoint checks of --resume, nor the settings' own validation.
 
 import { parseNorm, TORCH_CONVENTIONS } from "../shared/config.js";
-import { SyncbnError } from "../shared/errors.js";
+import { ErrorCode, SyncbnError } from "../shared/errors.js";
 import { probeDataset } from "../worker/data/dataset.js";
-import { buildModel, isOnnxKind } from "../worker/nn/model.js";
+import { buildModel } from "../worker/nn/model.js";
 import { stepsPerEpoch, type TrainSettings } from "../worker/settings.js";
 
 // One probe per data source and sizes in this process: a sweep checks its data once, not per run.
@@ -19,6 +20,9 @@ export interface RunDataPlan {
   test: number;
   /** Steps of the whole run: --steps, or epochs × steps per epoch. */
   totalSteps: number;
+  /** One sample's (C, H, W) and the number of classes, as the data holds them. */
+  sampleShape: [number, number, number];
+  classes: number;
 }
 
 /** Checks s's data for a run of `workers` workers; throws the one-line error that would otherwise stop the workers. */
@@ -31,10 +35,15 @@ export async function checkRunData(s: TrainSettings, workers: number, fashionMni
       probes.set(key, probe);
     }
     const counts = await probe;
-    // An ONNX model is imported here once against the data's shape: its refusals come before any worker starts.
-    if (isOnnxKind(s.model)) {
-      const renorm = { rMax: s.renormRMax, dMax: s.renormDMax, warmup: s.renormWarmup, clock: null };
+    // The model is built here once against the data's shape (an ONNX one imported): its refusals, e.g.
+    // images too small for cnn's two poolings, come before any worker starts, not as workers that exit.
+    const renorm = { rMax: s.renormRMax, dMax: s.renormDMax, warmup: s.renormWarmup, clock: null };
+    try {
       buildModel({ kind: s.model, inShape: counts.sampleShape, classes: counts.classes, norm: parseNorm(s.norm), conventions: { ...TORCH_CONVENTIONS, eps: s.bnEps }, sync: null, seed: s.seed, renorm });
+    } catch (e) {
+      // The model names itself and the minimum; the user also needs to know which data the images came from.
+      if (e instanceof SyncbnError && e.code === ErrorCode.BadConfig) throw new SyncbnError(e.code, `${e.detail} (the images of --data ${s.data})`, e.context);
+      throw e;
     }
     // The training loop takes W·B samples per step and drops the remainder of an epoch.
     const perEpoch = stepsPerEpoch(counts.train, workers, s.batch);

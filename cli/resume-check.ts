@@ -1,28 +1,30 @@
 // What `syncbn train --resume FILE` checks in the launcher, before the coordinator
 // or any worker starts: the checkpoint fits the flags (model, norm, batch, seed,
-// data, workers, parameter shapes) and leaves steps to train. A refusal is one
+// data, workers, parameter shapes for the data's image shape) and leaves steps to
+// train (--steps, or the steps --epochs makes of the data). A refusal is one
 // SYNCBN_ERR_CHECKPOINT line, exit 2. The workers check the fit again (worker/train.ts).
 
 import { parseNorm } from "../shared/config.js";
 import { ErrorCode, SyncbnError } from "../shared/errors.js";
 import type { Checkpoint } from "../worker/checkpoint.js";
+import type { RunDataPlan } from "./preflight.js";
 import { buildModel } from "../worker/nn/model.js";
 import { conventionsOf, type TrainSettings } from "../worker/settings.js";
-
-/** Every dataset syncbn reads is 1×28×28 in 10 classes (worker/data/dataset.ts): the shapes follow from model and norm. */
-const SAMPLE_SHAPE = [1, 28, 28];
-const CLASSES = 10;
 
 /** Training settings that fix the sample order: resuming with others would not continue the same run. */
 const ORDER_KEYS = ["batch", "seed", "data", "trainSize"] as const;
 
-export function checkResume(ck: Checkpoint, s: TrainSettings, workers: number, file: string): void {
+/** `plan`: the run's data as the launcher's preflight found it (image shape, classes, steps of the run). */
+export function checkResume(ck: Checkpoint, s: TrainSettings, workers: number, file: string, plan: Pick<RunDataPlan, "sampleShape" | "classes" | "totalSteps">): void {
   const h = ck.header;
   const bad = (what: string): never => {
     throw new SyncbnError(ErrorCode.Checkpoint, `${file} does not fit this run: ${what}`, {}, { beforeStart: true });
   };
   if (s.steps !== null && s.steps <= h.step) {
     bad(`it is at step ${h.step} and --steps ${s.steps} leaves nothing to train; give --steps above ${h.step}`);
+  }
+  if (s.steps === null && plan.totalSteps <= h.step) {
+    bad(`it is at step ${h.step} and --epochs ${s.epochs} makes ${plan.totalSteps} steps of this data: nothing to train; give --steps above ${h.step}, or more --epochs`);
   }
   if (h.model !== s.model) bad(`it holds a ${h.model}, this run trains a ${s.model} (--model)`);
   if (h.norm !== s.norm) bad(`it was trained with --norm ${h.norm}, this run uses ${s.norm}`);
@@ -35,8 +37,8 @@ export function checkResume(ck: Checkpoint, s: TrainSettings, workers: number, f
   // Same model and norm, yet other shapes: a crafted or foreign file. Building the model costs a few ms.
   const model = buildModel({
     kind: s.model,
-    inShape: SAMPLE_SHAPE,
-    classes: CLASSES,
+    inShape: plan.sampleShape,
+    classes: plan.classes,
     norm: parseNorm(s.norm),
     conventions: conventionsOf(s),
     sync: null,

@@ -11,6 +11,7 @@ import { join } from "node:path";
 import { ErrorCode, SyncbnError } from "../shared/errors.js";
 import { SYNTHETIC_DEFAULT_TEST, SYNTHETIC_DEFAULT_TRAIN } from "../worker/data/synthetic.js";
 import { checkRunData } from "./preflight.js";
+import { prepareOutDir } from "./out-dir.js";
 import type { RunSummary } from "./monitor.js";
 import { renderCsv, renderMarkdown, renderReportHtml, type SweepReportInfo, type SweepRunResult } from "./report.js";
 import {
@@ -221,6 +222,8 @@ export async function runSweep(o: SweepOptions): Promise<SweepResult> {
   // A data problem would fail every run the same way: say so once, before anything starts.
   for (const b of g.batches) await checkRunData(settingsFor(g, g.norms[0]!, b, g.seeds[0]!), g.workers, o.fashionMnistDir);
   checkFinishedRuns(o.outDir, g);
+  // The check `train` makes of its --out (a file there, a read-only disk: one line, exit 2); last, as it creates the folder.
+  prepareOutDir(o.outDir);
   const combos = combosOf(g);
   const N = combos.length;
   const count = (n: number, one: string, many = `${one}s`): string => `${n} ${n === 1 ? one : many}`;

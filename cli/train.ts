@@ -19,11 +19,12 @@ import { MAX_THREADS, readEnv } from "./env.js";
 import { pinProcess, workerPinning, type PinMode } from "./affinity.js";
 import { forkWorker, killAll, type WorkerProcess } from "./procs.js";
 import { startThreadWorker } from "./threads.js";
-import { checkRunData } from "./preflight.js";
+import { checkRunData, type RunDataPlan } from "./preflight.js";
 import { workerRoundTimeout, type Threads } from "./flags.js";
-import { prepareOutDir } from "./out-dir.js";
+import { checkOutDir, prepareOutDir } from "./out-dir.js";
 import { checkResume } from "./resume-check.js";
 import { attachLiveViews } from "./live.js";
+import type { FolderIdentity } from "../worker/out-folder.js";
 import { checkDashboardBind } from "../coordinator/dashboard.js";
 import { describeBlocks, rankBlocks, resolveRanksPerProc, type RanksPerProc } from "./blocks.js";
 
@@ -113,15 +114,16 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
   const perProc = resolveRanksPerProc(o.ranksPerProc, o.workers, s.norm);
   const blocks = rankBlocks(o.workers, perProc);
   const threadsPerWorker = resolveThreads(o.threads, blocks.length);
-  await checkRunData(s, o.workers, readEnv({ ...process.env, ...o.workerEnv }).fashionMnistDir);
+  const plan = await checkRunData(s, o.workers, readEnv({ ...process.env, ...o.workerEnv }).fashionMnistDir);
   if (o.init && o.resume) throw new SyncbnError(ErrorCode.BadConfig, INIT_AND_RESUME);
   const initial = o.init ? await checkInitUpFront(o.init, s, readEnv({ ...process.env, ...o.workerEnv }).fashionMnistDir) : null;
   if (o.dashboard) checkDashboardBind(o.dashboard.host, o.token ?? "");
-  prepareOutDir(o.outDir);
+  // A read-only or blocked --out is refused before a coordinator starts; the folder is created last (below).
+  checkOutDir(o.outDir);
   // A fresh random token per run unless the user set one; it is never printed or written.
   const token = o.token ?? randomBytes(16).toString("hex");
   // Read and checked before the coordinator starts: a bad file must not leave a listening server behind.
-  const resumed = o.resume ? readResume(o.resume, s, o.workers) : null;
+  const resumed = o.resume ? readResume(o.resume, s, o.workers, plan) : null;
   const threads = o.transport === "thread";
   // Planned (and "on" checked) before anything starts: a refusal leaves nothing behind.
   // One CPU per compute thread of every worker process.
@@ -131,6 +133,20 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
     ? startThreadCoordinator(coordOptions)
     : await startCoordinatorServer({ ...coordOptions, host: "127.0.0.1", port: 0, maxPayload: DEFAULT_MAX_PAYLOAD, wire: o.wire ?? "ws", helloTimeoutMs: o.helloTimeoutMs });
   server.coordinator.events.onRefused = refusalLogger((l) => process.stderr.write(`coordinator: ${l}\n`));
+  let monitorRef: RunMonitor | null = null;
+  const live = await attachLiveViews(server.coordinator, () => monitorRef, { dashboard: o.dashboard ?? null, token: o.token ?? "", roundTimeoutMs: o.roundTimeoutMs }).catch(async (e: unknown) => {
+    await server.close();
+    throw e;
+  });
+  let outFolder: FolderIdentity;
+  try {
+    // Last of the checks, because it creates the folder: a run refused before (a checkpoint that does not fit, a busy dashboard port) leaves none behind.
+    outFolder = prepareOutDir(o.outDir);
+  } catch (e) {
+    await live.close();
+    await server.close();
+    throw e;
+  }
   let startStep = 0;
   if (resumed) {
     startStep = resumed.header.step;
@@ -155,6 +171,7 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
     evalStats: s.evalStats,
     preciseBatches: s.preciseBatches,
     outDir: o.outDir,
+    outFolder,
     totalSteps: null,
     stepsPerEpoch: null,
     startStep,
@@ -168,10 +185,7 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
     },
   });
   monitor.attach(server.coordinator);
-  const live = await attachLiveViews(server.coordinator, () => monitor, { dashboard: o.dashboard ?? null, token: o.token ?? "", roundTimeoutMs: o.roundTimeoutMs }).catch(async (e: unknown) => {
-    await server.close();
-    throw e;
-  });
+  monitorRef = monitor;
   if (live.url) (o.onDashboard ?? ((url: string) => o.print(`dashboard: ${url} (read-only; Ctrl-C stops the run as usual)`)))(live.url);
   o.print(`syncbn train: ${describeBlocks(o.workers, perProc)}${threadsPerWorker > 1 ? ` (${threadsPerWorker} compute threads each)` : ""} × ${s.batch} samples, --model ${s.model} --norm ${s.norm} --data ${s.data}; coordinator ${server.url}; output in ${o.outDir}`);
 
@@ -326,7 +340,7 @@ const LOST_KILL_GRACE_MS = 500;
 const SETTLE_MS = 5_000;
 
 /** The checkpoint, read and checked against the flags, as a refusal before anything starts (exit 2). */
-function readResume(file: string, s: TrainSettings, workers: number): Checkpoint {
+function readResume(file: string, s: TrainSettings, workers: number, plan: RunDataPlan): Checkpoint {
   let ck: Checkpoint;
   try {
     ck = readCheckpoint(file);
@@ -334,7 +348,7 @@ function readResume(file: string, s: TrainSettings, workers: number): Checkpoint
     if (e instanceof SyncbnError) throw new SyncbnError(e.code, e.detail, e.context, { beforeStart: true });
     throw e;
   }
-  checkResume(ck, s, workers, file);
+  checkResume(ck, s, workers, file, plan);
   return ck;
 }
 

@@ -182,6 +182,16 @@ describe("--out that cannot be written", () => {
     expect(r.stderr).toMatch(/SYNCBN_ERR_BAD_CONFIG: --out .*run1 cannot be created \(EROFS: read-only file system\)/);
   });
 
+  it("refuses a read-only `syncbn sweep --out` in one line with exit 2, as train does, never a stack trace", async (ctx) => {
+    needMount(ctx);
+    const ro = mountTmpfs("ro");
+    const out = join(ro, "sweep");
+    const r = await runCli(["sweep", "--workers", "2", "--batches", "2", "--norms", "sync", "--model", "mlp", "--train-size", "64", "--test-size", "16", "--steps", "2", "--out", out], { timeoutMs: 30_000 });
+    expect(r.code, r.stdout + r.stderr).toBe(2);
+    noStackTrace(r.stderr);
+    expect(r.stderr.trim()).toBe(`syncbn: SYNCBN_ERR_BAD_CONFIG: --out ${out} cannot be created (EROFS: read-only file system); choose a writable folder`);
+  });
+
   it("creates a missing `syncbn worker --out` folder at start and writes the final checkpoint there", async () => {
     const out = join(tmp("worker-out"), "not", "yet");
     const coord = startCli(["coordinator", "--world", "1", "--port", "0", "--token", "t"], { timeoutMs: 60_000 });

@@ -22,6 +22,7 @@ import { RoundSync } from "./sync.js";
 import { BlockSync } from "./block-sync.js";
 import { unshuffledOrder } from "./data/order.js";
 import { loadInit, readInitFile, writeWeights } from "./weights.js";
+import { checkFolderStill, folderIdentity, type FolderIdentity } from "./out-folder.js";
 
 export interface WorkerRun {
   settings: TrainSettings;
@@ -33,6 +34,8 @@ export interface WorkerRun {
   worldSize: number;
   /** Folder for checkpoints (rank 0 writes); null = none. */
   outDir: string | null;
+  /** outDir's identity when it was prepared (default: taken as the run starts); checked before every write. */
+  outFolder?: FolderIdentity;
   checkpointEvery: number;
   resume: string | null;
   /** --init: a safetensors file whose weights (and running statistics) the model starts from. */
@@ -48,6 +51,7 @@ const SEED_SHUFFLE = 2;
 
 export async function trainWorker(run: WorkerRun): Promise<void> {
   const { settings: s, client, rank, worldSize } = run;
+  const outFolder = run.outDir ? (run.outFolder ?? outFolderAtStart(run.outDir, rank)) : null;
   const conv = conventionsOf(s);
   const mode = parseNorm(s.norm);
   const data = await loadDataset(s.data, {
@@ -201,9 +205,20 @@ export async function trainWorker(run: WorkerRun): Promise<void> {
       );
     }
     if (rank === active[0] && run.outDir && (done === totalSteps || (run.checkpointEvery > 0 && done % run.checkpointEvery === 0))) {
+      // A folder deleted or replaced mid-run gets no checkpoint: the run stops instead (worker/out-folder.ts).
+      if (outFolder) checkFolderStill(outFolder, { rank, step: done });
       writeCheckpoint(join(run.outDir, "checkpoint.bin"), makeCheckpoint(model, opt, done, s, conv.training, worldSize), () => run.midCheckpointWrite?.(done));
       writeWeights(join(run.outDir, "weights.safetensors"), model, { norm: s.norm, step: done });
     }
+  }
+}
+
+/** The identity of the run's output folder (prepared by the launcher); a folder already gone is an output error. */
+function outFolderAtStart(dir: string, rank: number): FolderIdentity {
+  try {
+    return folderIdentity(dir);
+  } catch (e) {
+    throw new SyncbnError(ErrorCode.Output, `the output folder ${dir} is gone (${(e as Error).message}); nothing is written there`, { rank });
   }
 }
 
