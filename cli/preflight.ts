@@ -19,6 +19,9 @@ export interface RunDataPlan {
   test: number;
   /** Steps of the whole run: --steps, or epochs × steps per epoch. */
   totalSteps: number;
+  /** (C, H, W) of a sample and the number of classes (CIFAR: 3×32×32, 10 or 100). */
+  sampleShape: [number, number, number];
+  classes: number;
 }
 
 /** Checks s's data for a run of `workers` workers; throws the one-line error that would otherwise stop the workers. */

@@ -9,14 +9,13 @@ import type { Checkpoint } from "../worker/checkpoint.js";
 import { buildModel } from "../worker/nn/model.js";
 import { conventionsOf, type TrainSettings } from "../worker/settings.js";
 
-/** Every dataset syncbn reads is 1×28×28 in 10 classes (worker/data/dataset.ts): the shapes follow from model and norm. */
-const SAMPLE_SHAPE = [1, 28, 28];
-const CLASSES = 10;
+/** The shapes follow from model, norm and the data's sample shape and classes (1×28×28 and 10 unless told: IDX and synthetic data). */
+const IDX_DATA = { sampleShape: [1, 28, 28] as [number, number, number], classes: 10 };
 
 /** Training settings that fix the sample order: resuming with others would not continue the same run. */
 const ORDER_KEYS = ["batch", "seed", "data", "trainSize"] as const;
 
-export function checkResume(ck: Checkpoint, s: TrainSettings, workers: number, file: string): void {
+export function checkResume(ck: Checkpoint, s: TrainSettings, workers: number, file: string, data = IDX_DATA): void {
   const h = ck.header;
   const bad = (what: string): never => {
     throw new SyncbnError(ErrorCode.Checkpoint, `${file} does not fit this run: ${what}`, {}, { beforeStart: true });
@@ -35,8 +34,8 @@ export function checkResume(ck: Checkpoint, s: TrainSettings, workers: number, f
   // Same model and norm, yet other shapes: a crafted or foreign file. Building the model costs a few ms.
   const model = buildModel({
     kind: s.model,
-    inShape: SAMPLE_SHAPE,
-    classes: CLASSES,
+    inShape: data.sampleShape,
+    classes: data.classes,
     norm: parseNorm(s.norm),
     conventions: conventionsOf(s),
     sync: null,

@@ -12,7 +12,7 @@ import { refusalLogger } from "../coordinator/admission.js";
 import { startThreadCoordinator, type ThreadCoordinator } from "../coordinator/threads.js";
 import { ErrorCode, SyncbnError } from "../shared/errors.js";
 import { readCheckpoint, type Checkpoint } from "../worker/checkpoint.js";
-import { conventionsOf, validateSettings, type TrainSettings } from "../worker/settings.js";
+import { conventionsOf, recipeProblems, validateSettings, type TrainSettings } from "../worker/settings.js";
 import { INIT_AND_RESUME, checkInitUpFront } from "../worker/weights.js";
 import { RunMonitor, formatSummary, type RunSummary } from "./monitor.js";
 import { MAX_THREADS, readEnv } from "./env.js";
@@ -113,7 +113,10 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
   const perProc = resolveRanksPerProc(o.ranksPerProc, o.workers, s.norm);
   const blocks = rankBlocks(o.workers, perProc);
   const threadsPerWorker = resolveThreads(o.threads, blocks.length);
-  await checkRunData(s, o.workers, readEnv({ ...process.env, ...o.workerEnv }).fashionMnistDir);
+  const plan = await checkRunData(s, o.workers, readEnv({ ...process.env, ...o.workerEnv }).fashionMnistDir);
+  // Milestones and warm-up given as percentages are steps only now that the run's length is known.
+  const recipe = recipeProblems(s, plan.totalSteps);
+  if (recipe.length) throw new SyncbnError(ErrorCode.BadConfig, recipe.join("; "), {}, { beforeStart: true });
   if (o.init && o.resume) throw new SyncbnError(ErrorCode.BadConfig, INIT_AND_RESUME);
   const initial = o.init ? await checkInitUpFront(o.init, s, readEnv({ ...process.env, ...o.workerEnv }).fashionMnistDir) : null;
   if (o.dashboard) checkDashboardBind(o.dashboard.host, o.token ?? "");
@@ -121,7 +124,7 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
   // A fresh random token per run unless the user set one; it is never printed or written.
   const token = o.token ?? randomBytes(16).toString("hex");
   // Read and checked before the coordinator starts: a bad file must not leave a listening server behind.
-  const resumed = o.resume ? readResume(o.resume, s, o.workers) : null;
+  const resumed = o.resume ? readResume(o.resume, s, o.workers, plan) : null;
   const threads = o.transport === "thread";
   // Planned (and "on" checked) before anything starts: a refusal leaves nothing behind.
   // One CPU per compute thread of every worker process.
@@ -326,7 +329,7 @@ const LOST_KILL_GRACE_MS = 500;
 const SETTLE_MS = 5_000;
 
 /** The checkpoint, read and checked against the flags, as a refusal before anything starts (exit 2). */
-function readResume(file: string, s: TrainSettings, workers: number): Checkpoint {
+function readResume(file: string, s: TrainSettings, workers: number, data: { sampleShape: [number, number, number]; classes: number }): Checkpoint {
   let ck: Checkpoint;
   try {
     ck = readCheckpoint(file);
@@ -334,7 +337,7 @@ function readResume(file: string, s: TrainSettings, workers: number): Checkpoint
     if (e instanceof SyncbnError) throw new SyncbnError(e.code, e.detail, e.context, { beforeStart: true });
     throw e;
   }
-  checkResume(ck, s, workers, file);
+  checkResume(ck, s, workers, file, data);
   return ck;
 }
 

@@ -228,7 +228,12 @@ export const GradExtra = {
   /** The run's total steps and steps per epoch (every worker sends the same value). */
   totalSteps: 5,
   stepsPerEpoch: 6,
-  length: 7,
+  /**
+   * The step's learning rate, sent only by the process hosting the lowest rank
+   * still in the run (the others send 0), so the sum is the rate itself, exactly.
+   */
+  lr: 7,
+  length: 8,
 } as const;
 
 /** The `layer` ids of sum rounds within a step, in the order workers run them. */
