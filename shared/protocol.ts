@@ -6,7 +6,8 @@ import type { RunConventions } from "./config.js";
 
 // 2: contributions and results travel as binary frames (shared/codec.ts), not msgpack.
 // 3: a worker process may host a block of consecutive ranks (Hello.ranks).
-export const PROTOCOL_VERSION = 3;
+// 4: the gradient round's extra carries the step's learning rate (GradExtra.lr).
+export const PROTOCOL_VERSION = 4;
 
 /**
  * Phases of a round. fwd: BN moments (Chan merge within the stats group);
