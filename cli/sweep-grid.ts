@@ -6,7 +6,7 @@ import { parseNorm, statsGroupSize } from "../shared/config.js";
 import { ErrorCode, SyncbnError, isSyncbnError } from "../shared/errors.js";
 import { SYNTHETIC_DEFAULT_TRAIN } from "../worker/data/synthetic.js";
 import { buildModel, type ModelKind } from "../worker/nn/model.js";
-import { DEFAULT_SETTINGS, conventionsOf, lrScheduleOf, validateSettings, type RankGrads, type TrainSettings } from "../worker/settings.js";
+import { DEFAULT_SETTINGS, conventionsOf, validateSettings, type RankGrads, type TrainSettings } from "../worker/settings.js";
 import { lrScheduleText } from "../worker/nn/lr-schedule.js";
 
 /** Fashion-MNIST's training split size (the standard IDX files). */
@@ -122,7 +122,7 @@ export function lrFor(g: SweepGrid, perWorkerBatch: number): number {
 
 export function lrRuleText(g: SweepGrid): string {
   const sgd = `SGD momentum ${g.momentum}${g.nesterov ? " (Nesterov)" : ""}, weight decay ${g.weightDecay}`;
-  const sched = g.lrSchedule === "constant" && "steps" in g.lrWarmup && g.lrWarmup.steps === 0 ? "" : `; per step: ${lrScheduleText(lrScheduleOf({ ...DEFAULT_SETTINGS, ...g }))}`;
+  const sched = g.lrSchedule === "constant" && "steps" in g.lrWarmup && g.lrWarmup.steps === 0 ? "" : `; per step: ${lrScheduleText({ kind: g.lrSchedule, milestones: g.lrMilestones, gamma: g.lrGamma, warmup: g.lrWarmup })}`;
   if (g.fixedLr !== null) return `fixed, lr = ${g.fixedLr} at every batch (--lr; no scaling)${sched} (${sgd})`;
   return `linear scaling, lr = ${g.lr} × global batch / ${g.lrRefBatch}${sched} (${sgd})`;
 }

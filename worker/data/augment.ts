@@ -24,15 +24,20 @@ export interface SampleDraw {
   flip: boolean;
 }
 
-/** The draws of dataset sample `index` in `epoch` (0-based). */
-export function drawFor(o: AugmentOptions, epoch: number, index: number): SampleDraw {
-  const rng = new Rng(deriveSeed(o.seed, SEED_AUGMENT, epoch, index));
+/** The draws of dataset sample `index` in `epoch` (0-based), into `out` (default: a new one) with `rng` reseeded. */
+export function drawFor(o: AugmentOptions, epoch: number, index: number, rng = new Rng(0), out: SampleDraw = { dy: 0, dx: 0, flip: false }): SampleDraw {
+  rng.reseed(deriveSeed(o.seed, SEED_AUGMENT, epoch, index));
   const span = 2 * o.pad + 1;
-  return { dy: rng.int(span), dx: rng.int(span), flip: rng.int(2) === 1 };
+  out.dy = rng.int(span);
+  out.dx = rng.int(span);
+  out.flip = rng.int(2) === 1;
+  return out;
 }
 
 export class Augmenter {
   private readonly scratch: Float32Array; // (C, H, W) of one sample
+  private readonly rng = new Rng(0);
+  private readonly draw: SampleDraw = { dy: 0, dx: 0, flip: false };
 
   constructor(readonly o: AugmentOptions, private readonly shape: readonly [number, number, number]) {
     this.scratch = new Float32Array(shape[0] * shape[1] * shape[2]);
@@ -42,7 +47,7 @@ export class Augmenter {
    * Augments in place the n samples of x (n, C, H, W) whose dataset indices are
    * indices[from .. from+n), in `epoch`. Padding is zeros of the normalized input
    * (the per-channel mean of the normalization), not raw black pixels. Cost: two
-   * passes over the batch, no allocation but one Rng per sample.
+   * passes over the batch (copy to scratch, write back), no allocation.
    */
   apply(x: Float32Array, indices: ArrayLike<number>, from: number, n: number, epoch: number): void {
     if (this.o.kind === "none") return;
@@ -51,7 +56,7 @@ export class Augmenter {
     const P = this.o.pad;
     const s = this.scratch;
     for (let b = 0; b < n; b++) {
-      const d = drawFor(this.o, epoch, indices[from + b]!);
+      const d = drawFor(this.o, epoch, indices[from + b]!, this.rng, this.draw);
       const base = b * per;
       s.set(x.subarray(base, base + per));
       // out(y, x) = in(y + dy − P, x' + dx − P), x' = W−1−x when flipped; 0 outside the image.
