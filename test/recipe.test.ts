@@ -204,6 +204,31 @@ async function refused(args: string[], re: RegExp): Promise<void> {
   expect(existsSync(out), what).toBe(false);
 }
 
+describe("the recipe in real runs", () => {
+  it("trains the same weights with the whole recipe as 1 worker × 8, 2 × 4 and 4 ranks packed in one process (sync BN, augmentation on)", async () => {
+    // 64 samples, 8 per step: 12 steps cross an epoch boundary (new crops and flips).
+    const common = ["train", "--transport", "thread", "--model", "mlp", "--norm", "sync", "--steps", "12", "--train-size", "64", "--test-size", "16", "--seed", "5", ...RECIPE_FLAGS];
+    const layouts: [string, string[]][] = [
+      ["1x8", ["--workers", "1", "--batch", "8"]],
+      ["2x4", ["--workers", "2", "--batch", "4"]],
+      ["4packed", ["--workers", "4", "--batch", "2", "--ranks-per-proc", "4"]],
+      ["1x8-plain", ["--workers", "1", "--batch", "8", "--augment", "none"]],
+    ];
+    const params = new Map<string, Float32Array[]>();
+    for (const [name, flags] of layouts) {
+      const out = join(TMP, `layout-${name}`);
+      const r = await runCli([...common, ...flags, "--out", out], { timeoutMs: 120_000 });
+      expect(r.code, `${name}: ${r.stderr}`).toBe(0);
+      params.set(name, readCheckpoint(join(out, "checkpoint.bin")).params);
+    }
+    const worst = (a: string, b: string): number => Math.max(...params.get(a)!.map((p, i) => relDiff(p, params.get(b)![i]!)));
+    expect(worst("2x4", "1x8")).toBeLessThan(1e-4);
+    expect(worst("4packed", "1x8")).toBeLessThan(1e-4);
+    // …and augmentation really changed the batches.
+    expect(worst("1x8-plain", "1x8")).toBeGreaterThan(1e-3);
+  }, 300_000);
+});
+
 describe("the recipe flags", () => {
   it("record every recipe setting in the run's settings and in the sweep grid, applied to every cell", () => {
     const s = runSettingsFromFlags(parseRunFlags(RECIPE_FLAGS));
