@@ -6,7 +6,8 @@
 import { InvalidArgumentError, Option, type Command } from "commander";
 import { WIRES, type Wire } from "../coordinator/server.js";
 import { parseModelKind, type ModelKind } from "../worker/nn/model.js";
-import { BN_STYLE_DEFAULTS, DEFAULT_SETTINGS, MAX_BATCH, MAX_SYNTHETIC_SAMPLES, MAX_WORKERS, RANK_GRADS, type RankGrads, type TrainSettings } from "../worker/settings.js";
+import { AUGMENTS, BN_STYLE_DEFAULTS, DEFAULT_SETTINGS, MAX_AUGMENT_PAD, MAX_BATCH, MAX_SYNTHETIC_SAMPLES, MAX_WORKERS, RANK_GRADS, type Augment, type RankGrads, type TrainSettings } from "../worker/settings.js";
+import { LR_SCHEDULES, type LrScheduleKind, type StepsOrPercent } from "../worker/nn/lr-schedule.js";
 import type { MomentumStyle } from "../shared/config.js";
 import { ErrorCode, SyncbnError } from "../shared/errors.js";
 import { PIN_MODES, type PinMode } from "./affinity.js";
@@ -63,7 +64,8 @@ export const LR_RANGE: NumRange = { min: 0, max: MAX_LR, lowOpen: true };
 /** --renorm-warmup: N steps, or P% of the run's steps (train and sweep alike). */
 export type Warmup = { steps: number } | { percent: number };
 
-export function warmupArg(v: string): Warmup {
+/** N steps or P% of the run's steps, or null when v is neither (or out of range). */
+function stepsOrPercent(v: string): Warmup | null {
   const m = /^\s*(\d+(?:\.\d+)?)\s*%\s*$/.exec(v);
   if (m) {
     const percent = Number(m[1]);
@@ -71,7 +73,28 @@ export function warmupArg(v: string): Warmup {
   } else if (/^\s*\d+\s*$/.test(v) && Number(v) <= MAX_STEPS) {
     return { steps: Number(v) };
   }
-  throw new InvalidArgumentError(`--renorm-warmup must be steps in 0..${MAX_STEPS} or a percentage of the run's steps in 0%..100%, got "${v}"`);
+  return null;
+}
+
+/** A commander parser of a steps-or-percentage flag (--renorm-warmup, --warmup). */
+export function stepsOrPercentArg(flag: string) {
+  return (v: string): Warmup => {
+    const w = stepsOrPercent(v);
+    if (w === null) throw new InvalidArgumentError(`${flag} must be steps in 0..${MAX_STEPS} or a percentage of the run's steps in 0%..100%, got "${v}"`);
+    return w;
+  };
+}
+
+export const warmupArg = stepsOrPercentArg("--renorm-warmup");
+
+/** --lr-milestones: a comma-separated list of steps or percentages of the run, increasing (checked with the run's length). */
+export function milestonesArg(v: string): StepsOrPercent[] {
+  const parts = v.split(",").map((p) => p.trim());
+  const out = parts.map(stepsOrPercent);
+  if (parts.length === 0 || out.some((m) => m === null)) {
+    throw new InvalidArgumentError(`--lr-milestones must be a comma-separated list of steps in 0..${MAX_STEPS} or percentages in 0%..100%, e.g. 50%,75% or 3000,4000, got "${v}"`);
+  }
+  return out as StepsOrPercent[];
 }
 
 export function warmupText(w: Warmup): string {
@@ -168,6 +191,18 @@ export function addRunFlags(cmd: Command, d: RunFlagDefaults = TRAIN_DEFAULTS): 
         .argParser(warmupArg)
         .default(d.renormWarmup, warmupText(d.renormWarmup)),
     )
+    .addOption(new Option("--lr-schedule <kind>", "learning rate per iteration: constant, step (MultiStepLR: ×--lr-gamma at each of --lr-milestones) or cosine (CosineAnnealingLR, T_max = the run's steps, eta_min 0)").choices([...LR_SCHEDULES]).default(D.lrSchedule))
+    .option("--lr-milestones <list>", "with --lr-schedule step: steps (or percentages of the run's steps) at which lr is multiplied by --lr-gamma, e.g. 50%,75%", milestonesArg)
+    .option("--lr-gamma <x>", "with --lr-schedule step: the factor at each milestone, in (0, 1]", numArg("--lr-gamma", { min: 0, max: 1, lowOpen: true }), D.lrGamma)
+    .addOption(
+      new Option("--warmup <n|p%>", "linear learning-rate warm-up over N steps (or P% of the run's steps): step t uses lr·min(1, (t+1)/N) times the schedule")
+        .argParser(stepsOrPercentArg("--warmup"))
+        .default(D.lrWarmup, warmupText(D.lrWarmup)),
+    )
+    .addOption(new Option("--augment <kind>", "training augmentation: none, or crop-flip (random crop after zero padding of --augment-pad, horizontal flip), drawn from --seed per (epoch, sample)").choices([...AUGMENTS]).default(D.augment))
+    .option("--augment-pad <n>", `crop-flip: zero padding on each side before the random crop (0..${MAX_AUGMENT_PAD})`, intArg("--augment-pad", 0, MAX_AUGMENT_PAD), D.augmentPad)
+    .option("--label-smoothing <x>", "cross-entropy label smoothing, in [0, 1) (F.cross_entropy(label_smoothing=x))", numArg("--label-smoothing", { min: 0, max: 1, highOpen: true }), D.labelSmoothing)
+    .option("--nesterov", "Nesterov momentum (torch.optim.SGD(nesterov=True)); needs --momentum > 0")
     .option("--checksum-every <n>", `compare replicas' parameter checksums every K steps (0..${MAX_STEPS}; 0: never)`, intArg("--checksum-every", 0, MAX_STEPS), D.checksumEvery)
     .addOption(roundTimeoutOption());
 }
@@ -226,6 +261,14 @@ export interface RunFlags {
   renormWarmup: Warmup;
   checksumEvery: number;
   roundTimeout: number;
+  lrSchedule: LrScheduleKind;
+  lrMilestones?: StepsOrPercent[];
+  lrGamma: number;
+  warmup: Warmup;
+  augment: Augment;
+  augmentPad: number;
+  labelSmoothing: number;
+  nesterov?: boolean;
 }
 
 export interface LaunchFlags {
@@ -275,5 +318,13 @@ export function runSettingsFromFlags(f: RunFlags): TrainSettings {
     renormDMax: f.renormDmax,
     renormWarmup: "steps" in f.renormWarmup ? f.renormWarmup.steps : DEFAULT_SETTINGS.renormWarmup,
     checksumEvery: f.checksumEvery,
+    lrSchedule: f.lrSchedule,
+    lrMilestones: f.lrMilestones ?? [],
+    lrGamma: f.lrGamma,
+    lrWarmup: f.warmup,
+    augment: f.augment,
+    augmentPad: f.augmentPad,
+    labelSmoothing: f.labelSmoothing,
+    nesterov: f.nesterov === true,
   };
 }

@@ -99,6 +99,8 @@ interface StepLine {
   waitOtherRanksMs: number | null;
   roundTripMs: number | null;
   samplesPerSecond: number | null;
+  /** The learning rate the step used (the schedule's, with warm-up). */
+  lr: number;
 }
 
 /** Steps whose loss the progress line averages. */
@@ -268,6 +270,7 @@ export class RunMonitor {
       waitOtherRanksMs: otherRanksSum === null ? null : otherRanksSum / W,
       roundTripMs: null,
       samplesPerSecond: ms ? (count / ms) * 1000 : null,
+      lr: extra[GradExtra.lr]!,
     };
     this.progress(step);
   }

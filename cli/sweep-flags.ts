@@ -86,6 +86,14 @@ export function gridFromFlags(f: SweepFlags): SweepGrid {
     checksumEvery: run.checksumEvery,
     shuffle: run.shuffle,
     rankGrads: run.rankGrads,
+    lrSchedule: run.lrSchedule,
+    lrMilestones: run.lrMilestones,
+    lrGamma: run.lrGamma,
+    lrWarmup: run.lrWarmup,
+    augment: run.augment,
+    augmentPad: run.augmentPad,
+    labelSmoothing: run.labelSmoothing,
+    nesterov: run.nesterov,
   };
 }
 

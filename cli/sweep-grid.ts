@@ -7,6 +7,7 @@ import { ErrorCode, SyncbnError, isSyncbnError } from "../shared/errors.js";
 import { SYNTHETIC_DEFAULT_TRAIN } from "../worker/data/synthetic.js";
 import { buildModel, type ModelKind } from "../worker/nn/model.js";
 import { DEFAULT_SETTINGS, conventionsOf, validateSettings, type RankGrads, type TrainSettings } from "../worker/settings.js";
+import { lrScheduleText } from "../worker/nn/lr-schedule.js";
 
 /** Fashion-MNIST's training split size (the standard IDX files). */
 const FASHION_MNIST_TRAIN = 60000;
@@ -51,6 +52,16 @@ export interface SweepGrid {
   shuffle: "on" | "off";
   /** --rank-grads (a folder made before the flag reads DEFAULT_GRID's "exact", what it ran). */
   rankGrads: RankGrads;
+  // The training recipe of every run (a folder made before these flags reads DEFAULT_GRID's, what it ran).
+  /** --lr-schedule, --lr-milestones (steps, or percentages of each run's steps), --lr-gamma, --warmup. */
+  lrSchedule: TrainSettings["lrSchedule"];
+  lrMilestones: TrainSettings["lrMilestones"];
+  lrGamma: number;
+  lrWarmup: TrainSettings["lrWarmup"];
+  augment: TrainSettings["augment"];
+  augmentPad: number;
+  labelSmoothing: number;
+  nesterov: boolean;
 }
 
 /**
@@ -95,6 +106,14 @@ export const DEFAULT_GRID: SweepGrid = {
   checksumEvery: DEFAULT_SETTINGS.checksumEvery,
   shuffle: "on",
   rankGrads: "exact",
+  lrSchedule: DEFAULT_SETTINGS.lrSchedule,
+  lrMilestones: DEFAULT_SETTINGS.lrMilestones,
+  lrGamma: DEFAULT_SETTINGS.lrGamma,
+  lrWarmup: DEFAULT_SETTINGS.lrWarmup,
+  augment: DEFAULT_SETTINGS.augment,
+  augmentPad: DEFAULT_SETTINGS.augmentPad,
+  labelSmoothing: DEFAULT_SETTINGS.labelSmoothing,
+  nesterov: DEFAULT_SETTINGS.nesterov,
 };
 
 export function lrFor(g: SweepGrid, perWorkerBatch: number): number {
@@ -102,8 +121,18 @@ export function lrFor(g: SweepGrid, perWorkerBatch: number): number {
 }
 
 export function lrRuleText(g: SweepGrid): string {
-  if (g.fixedLr !== null) return `fixed, lr = ${g.fixedLr} at every batch (--lr; no scaling) (SGD momentum ${g.momentum}, weight decay ${g.weightDecay})`;
-  return `linear scaling, lr = ${g.lr} × global batch / ${g.lrRefBatch} (SGD momentum ${g.momentum}, weight decay ${g.weightDecay})`;
+  const sgd = `SGD momentum ${g.momentum}${g.nesterov ? " (Nesterov)" : ""}, weight decay ${g.weightDecay}`;
+  const sched = g.lrSchedule === "constant" && "steps" in g.lrWarmup && g.lrWarmup.steps === 0 ? "" : `; per step: ${lrScheduleText({ kind: g.lrSchedule, milestones: g.lrMilestones, gamma: g.lrGamma, warmup: g.lrWarmup })}`;
+  if (g.fixedLr !== null) return `fixed, lr = ${g.fixedLr} at every batch (--lr; no scaling)${sched} (${sgd})`;
+  return `linear scaling, lr = ${g.lr} × global batch / ${g.lrRefBatch}${sched} (${sgd})`;
+}
+
+/** The recipe beyond SGD, for the report's header: "" when all defaults. */
+export function recipeText(g: SweepGrid): string {
+  const parts: string[] = [];
+  if (g.augment !== "none") parts.push(`augmentation ${g.augment} (pad ${g.augmentPad})`);
+  if (g.labelSmoothing > 0) parts.push(`label smoothing ${g.labelSmoothing}`);
+  return parts.join(", ");
 }
 
 /** Training samples per epoch when known without loading the data. */
@@ -150,6 +179,14 @@ export function settingsFor(g: SweepGrid, norm: string, perWorkerBatch: number, 
     checksumEvery: g.checksumEvery,
     shuffle: g.shuffle,
     rankGrads: g.rankGrads,
+    lrSchedule: g.lrSchedule,
+    lrMilestones: g.lrMilestones,
+    lrGamma: g.lrGamma,
+    lrWarmup: g.lrWarmup,
+    augment: g.augment,
+    augmentPad: g.augmentPad,
+    labelSmoothing: g.labelSmoothing,
+    nesterov: g.nesterov,
   };
 }
 

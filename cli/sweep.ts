@@ -10,6 +10,7 @@ import { cpus, platform, release } from "node:os";
 import { join } from "node:path";
 import { ErrorCode, SyncbnError } from "../shared/errors.js";
 import { SYNTHETIC_DEFAULT_TEST, SYNTHETIC_DEFAULT_TRAIN } from "../worker/data/synthetic.js";
+import { recipeProblems } from "../worker/settings.js";
 import { checkRunData } from "./preflight.js";
 import { prepareOutDir } from "./out-dir.js";
 import type { RunSummary } from "./monitor.js";
@@ -21,6 +22,7 @@ import {
   expectedSteps,
   lrFor,
   lrRuleText,
+  recipeText,
   runName,
   settingsFor,
   validateGrid,
@@ -180,6 +182,7 @@ export function reportInfo(g: SweepGrid, missingRuns: number, commands: readonly
     settings: [
       ["training / test samples", `${g.trainSize ?? (g.data === "synthetic" ? `${SYNTHETIC_DEFAULT_TRAIN} (all)` : "all")} / ${g.testSize ?? (g.data === "synthetic" ? `${SYNTHETIC_DEFAULT_TEST} (all)` : "all")}`],
       ["BN", `eps ${g.bnEps}, running-stat momentum ${g.bnMomentum ?? "null (cumulative)"} (${g.bnMomentumStyle} style), eval with ${g.evalStats} statistics (rank 0's in local, group:K, ghost:G and renorm modes)`],
+      ["training recipe", recipeText(g) || "no augmentation, no label smoothing"],
       ["batch renorm", `r_max ${g.renormRMax}, d_max ${g.renormDMax}, clips relaxed over ${g.renormWarmupSteps !== null ? `the first ${g.renormWarmupSteps} steps` : `the first ${Math.round(100 * (g.renormWarmupFraction ?? 0))}% of each run's steps`}`],
     ],
     date: new Date().toISOString().replace("T", " ").slice(0, 16) + " UTC",
@@ -220,7 +223,13 @@ export async function runSweep(o: SweepOptions): Promise<SweepResult> {
   const g = plan.grid;
   if (plan.additions) validateGrid(g);
   // A data problem would fail every run the same way: say so once, before anything starts.
-  for (const b of g.batches) await checkRunData(settingsFor(g, g.norms[0]!, b, g.seeds[0]!), g.workers, o.fashionMnistDir);
+  for (const b of g.batches) {
+    const s = settingsFor(g, g.norms[0]!, b, g.seeds[0]!);
+    const plan = await checkRunData(s, g.workers, o.fashionMnistDir);
+    // Percentage milestones fall on steps only per run: two may meet in a short run.
+    const recipe = recipeProblems(s, plan.totalSteps);
+    if (recipe.length) throw new SyncbnError(ErrorCode.BadConfig, `--batches ${b}: ${recipe.join("; ")}`, {}, { beforeStart: true });
+  }
   checkFinishedRuns(o.outDir, g);
   // The check `train` makes of its --out (a file there, a read-only disk: one line, exit 2); last, as it creates the folder.
   prepareOutDir(o.outDir);
@@ -233,6 +242,7 @@ export async function runSweep(o: SweepOptions): Promise<SweepResult> {
   );
   o.print(`  learning rate: ${lrRuleText(g)}: ${g.batches.map((b) => `batch ${b}/worker → lr ${Number(lrFor(g, b).toPrecision(3))}`).join(", ")}`);
   o.print(`  budget per run: ${budgetText(g)}; output in ${o.outDir}`);
+  if (recipeText(g)) o.print(`  recipe: ${recipeText(g)}`);
   if (g.norms.some((n) => n === "local" || n === "renorm" || n.startsWith("group:") || n.startsWith("ghost:"))) {
     o.print("  eval in local, group:K, ghost:G and renorm modes uses rank 0's running statistics (they differ per worker), as PyTorch DDP does");
   }

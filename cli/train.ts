@@ -12,7 +12,7 @@ import { refusalLogger } from "../coordinator/admission.js";
 import { startThreadCoordinator, type ThreadCoordinator } from "../coordinator/threads.js";
 import { ErrorCode, SyncbnError } from "../shared/errors.js";
 import { readCheckpoint, type Checkpoint } from "../worker/checkpoint.js";
-import { conventionsOf, validateSettings, type TrainSettings } from "../worker/settings.js";
+import { conventionsOf, recipeProblems, validateSettings, type TrainSettings } from "../worker/settings.js";
 import { INIT_AND_RESUME, checkInitUpFront } from "../worker/weights.js";
 import { RunMonitor, formatSummary, type RunSummary } from "./monitor.js";
 import { MAX_THREADS, readEnv } from "./env.js";
@@ -115,6 +115,9 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
   const blocks = rankBlocks(o.workers, perProc);
   const threadsPerWorker = resolveThreads(o.threads, blocks.length);
   const plan = await checkRunData(s, o.workers, readEnv({ ...process.env, ...o.workerEnv }).fashionMnistDir);
+  // Milestones and warm-up given as percentages are steps only now that the run's length is known.
+  const recipe = recipeProblems(s, plan.totalSteps);
+  if (recipe.length) throw new SyncbnError(ErrorCode.BadConfig, recipe.join("; "), {}, { beforeStart: true });
   if (o.init && o.resume) throw new SyncbnError(ErrorCode.BadConfig, INIT_AND_RESUME);
   const initial = o.init ? await checkInitUpFront(o.init, s, readEnv({ ...process.env, ...o.workerEnv }).fashionMnistDir) : null;
   if (o.dashboard) checkDashboardBind(o.dashboard.host, o.token ?? "");

@@ -94,6 +94,8 @@ export class DashboardState implements RoundObserver {
   private readonly spans = new Map<Phase, Ring>();
   private lastStep: number | null = null;
   private lastLoss: number | null = null;
+  /** The last step's learning rate (GradExtra.lr: the schedule's, with warm-up). */
+  private lastLr: number | null = null;
   private totalSteps: number | null = null;
   private readonly started = Date.now();
 
@@ -128,6 +130,7 @@ export class DashboardState implements RoundObserver {
       const count = x[GradExtra.count]!;
       this.lastStep = done;
       this.lastLoss = x[GradExtra.lossSum]! / count;
+      this.lastLr = x[GradExtra.lr] ?? null;
       // Every rank reports the same total (a process of R ranks R times); the round summed them.
       this.totalSteps ??= x[GradExtra.totalSteps]! / round.members.length;
       this.loss.add([done, this.lastLoss]);
@@ -200,6 +203,7 @@ export class DashboardState implements RoundObserver {
       step: this.lastStep,
       totalSteps: this.totalSteps,
       loss: this.lastLoss,
+      lr: this.lastLr,
       elapsedSeconds: (Date.now() - this.started) / 1000,
       state: f ? "failed" : ranks.every((r) => r.status === "finished" || r.status === "lost") && this.lastStep !== null ? "finished" : "running",
       failure: f ? `${f.code}: ${f.message}` : null,

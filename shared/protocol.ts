@@ -6,7 +6,8 @@ import type { RunConventions } from "./config.js";
 
 // 2: contributions and results travel as binary frames (shared/codec.ts), not msgpack.
 // 3: a worker process may host a block of consecutive ranks (Hello.ranks).
-export const PROTOCOL_VERSION = 3;
+// 4: the gradient round's extra carries the step's learning rate (GradExtra.lr).
+export const PROTOCOL_VERSION = 4;
 
 /**
  * Phases of a round. fwd: BN moments (Chan merge within the stats group);
@@ -257,7 +258,12 @@ export const GradExtra = {
   /** The run's total steps and steps per epoch (every worker sends the same value). */
   totalSteps: 5,
   stepsPerEpoch: 6,
-  length: 7,
+  /**
+   * The step's learning rate, sent only by the process hosting the lowest rank
+   * still in the run (the others send 0), so the sum is the rate itself, exactly.
+   */
+  lr: 7,
+  length: 8,
 } as const;
 
 /** The `layer` ids of sum rounds within a step, in the order workers run them. */

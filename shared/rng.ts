@@ -3,24 +3,27 @@
 // shuffles and the synthetic data set depend only on --seed. Not cryptographic.
 
 export class Rng {
-  private a: number;
-  private b: number;
-  private c: number;
-  private d: number;
+  private a = 0;
+  private b = 0;
+  private c = 0;
+  private d = 0;
 
   constructor(seed: number) {
+    this.reseed(seed);
+  }
+
+  /** Restarts the stream as `new Rng(seed)` would, without allocating (one per sample in a step loop). */
+  reseed(seed: number): this {
     let s = seed >>> 0;
-    const next = (): number => {
-      s = (s + 0x9e3779b9) >>> 0;
-      let z = s;
-      z = Math.imul(z ^ (z >>> 16), 0x85ebca6b) >>> 0;
-      z = Math.imul(z ^ (z >>> 13), 0xc2b2ae35) >>> 0;
-      return (z ^ (z >>> 16)) >>> 0;
-    };
-    this.a = next();
-    this.b = next();
-    this.c = next();
-    this.d = next();
+    s = (s + 0x9e3779b9) >>> 0;
+    this.a = splitmix32(s);
+    s = (s + 0x9e3779b9) >>> 0;
+    this.b = splitmix32(s);
+    s = (s + 0x9e3779b9) >>> 0;
+    this.c = splitmix32(s);
+    s = (s + 0x9e3779b9) >>> 0;
+    this.d = splitmix32(s);
+    return this;
   }
 
   /** Uniform 32-bit unsigned integer. */
@@ -71,6 +74,14 @@ export class Rng {
     }
     return a;
   }
+}
+
+/** splitmix32's output function of one state value. */
+function splitmix32(s: number): number {
+  let z = s;
+  z = Math.imul(z ^ (z >>> 16), 0x85ebca6b) >>> 0;
+  z = Math.imul(z ^ (z >>> 13), 0xc2b2ae35) >>> 0;
+  return (z ^ (z >>> 16)) >>> 0;
 }
 
 function rotl(x: number, k: number): number {

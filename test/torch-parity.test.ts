@@ -1,8 +1,10 @@
 // Proof against PyTorch: `syncbn train --init … --shuffle off` with W workers × B
 // ends within 1e-4 (relative, per tensor) of PyTorch training the same model
 // from the same weights in float64 as one global batch, for `--norm sync` and
-// `--norm local`, on every tensor of weights.safetensors. The fixtures come from
-// scripts/make-torch-fixtures.py (run by hand with PyTorch); no PyTorch needed here.
+// `--norm local`, on every tensor of weights.safetensors; and the mlp with the
+// training recipe of issue 24 (cosine + warm-up, Nesterov, label smoothing). The
+// fixtures come from scripts/make-torch-fixtures.py and make-recipe-fixtures.py
+// (run by hand with PyTorch); no PyTorch needed here.
 // It runs the reference kernels (SYNCBN_KERNELS=js): in PyTorch's float64 run of
 // resnet:1 --norm local one ReLU input is 2.5e-7 from 0, inside float32 rounding,
 // and the WebAssembly kernels' sums (another order, same float32 accuracy) put it
@@ -34,7 +36,7 @@ interface FixtureSettings {
 
 
 /** Trains the fixture's model with syncbn and returns the worst tensor against PyTorch's expected weights. */
-async function compare(fixture: string, model: string, norm: "sync" | "local"): Promise<{ worst: { name: string; diff: number }; names: string[] }> {
+async function compare(fixture: string, model: string, norm: "sync" | "local", recipeFlags: string[] = []): Promise<{ worst: { name: string; diff: number }; names: string[]; out: string }> {
   const dir = join(FIXTURES, fixture);
   const s = JSON.parse(readFileSync(join(dir, "settings.json"), "utf8")) as FixtureSettings;
   const out = mkdtempSync(join(tmpdir(), `syncbn-parity-${fixture}-${norm}-`));
@@ -43,6 +45,7 @@ async function compare(fixture: string, model: string, norm: "sync" | "local"): 
       "train", "--model", model, "--norm", norm, "--data", join(FIXTURES, "data"), "--init", join(dir, "init.safetensors"), "--shuffle", "off",
       "--workers", String(s.workers), "--batch", String(s.batch), "--steps", String(s.steps), "--lr", String(s.lr), "--momentum", String(s.momentum),
       "--weight-decay", String(s.weightDecay), "--bn-eps", String(s.bnEps), "--bn-momentum", String(s.bnMomentum), "--out", out,
+      ...recipeFlags,
     ],
     { timeoutMs: 240_000, env: { SYNCBN_KERNELS: "js" } },
   );
@@ -58,7 +61,7 @@ async function compare(fixture: string, model: string, norm: "sync" | "local"): 
     if (d > worst.diff) worst = { name, diff: d };
   }
   console.log(`${fixture} --norm ${norm}: ${theirs.size} tensors, worst ${worst.name} at ${worst.diff.toExponential(2)} relative`);
-  return { worst, names: [...theirs.keys()] };
+  return { worst, names: [...theirs.keys()], out };
 }
 
 describe("syncbn against PyTorch, trained from the same safetensors weights", () => {
@@ -78,6 +81,16 @@ describe("syncbn against PyTorch, trained from the same safetensors weights", ()
       expect(worst.diff, worst.name).toBeLessThan(1e-4);
     }, 300_000);
   }
+
+  it("ends mlp within 1e-4 of PyTorch with --lr-schedule cosine --warmup 2 --nesterov --label-smoothing 0.1, and logs PyTorch's rate of every step", async () => {
+    const s = JSON.parse(readFileSync(join(FIXTURES, "mlp-recipe", "settings.json"), "utf8")) as { lrs: number[] };
+    const flags = ["--lr-schedule", "cosine", "--warmup", "2", "--nesterov", "--label-smoothing", "0.1"];
+    const { worst, out } = await compare("mlp-recipe", "mlp", "sync", flags);
+    expect(worst.diff, worst.name).toBeLessThan(1e-4);
+    const lrs = readFileSync(join(out, "metrics.jsonl"), "utf8").split("\n").filter((l) => l.includes('"type":"step"')).map((l) => (JSON.parse(l) as { lr: number }).lr);
+    expect(lrs).toHaveLength(s.lrs.length);
+    lrs.forEach((lr, t) => expect(Math.abs(lr - s.lrs[t]!), `step ${t}`).toBeLessThanOrEqual(1e-12 * s.lrs[t]!));
+  }, 300_000);
 
   for (const norm of ["sync", "local"] as const) {
     it(`ends resnet:1 within 1e-4 of PyTorch on every tensor, 4 workers × 4 with --norm ${norm}`, async () => {

@@ -7,6 +7,7 @@ import { parseNorm, statsGroupSize, validateConventions, type MomentumStyle, typ
 import { ErrorCode, SyncbnError } from "../shared/errors.js";
 import { isOnnxKind, normChannels, parseModelKind, type ModelKind } from "./nn/model.js";
 import { onnxFileHash } from "./nn/onnx-import.js";
+import { LR_SCHEDULES, resolveSteps, type LrSchedule, type LrScheduleKind, type StepsOrPercent } from "./nn/lr-schedule.js";
 
 /** Largest worker count: the coordinator keeps per-rank state, and a local run starts W processes. */
 export const MAX_WORKERS = 1024;
@@ -17,6 +18,11 @@ export const MAX_SYNTHETIC_SAMPLES = 100_000;
 
 /** How a process hosting several ranks computes their weight gradients (TrainSettings.rankGrads). */
 export const RANK_GRADS = ["exact", "fused"] as const;
+/** --augment: none, or random crop (zero padding) and horizontal flip (data/augment.ts). */
+export const AUGMENTS = ["none", "crop-flip"] as const;
+export type Augment = (typeof AUGMENTS)[number];
+/** --augment-pad: beyond a quarter of a 32-pixel side a crop is mostly padding; 64 is a generous cap. */
+export const MAX_AUGMENT_PAD = 64;
 export type RankGrads = (typeof RANK_GRADS)[number];
 
 export interface TrainSettings {
@@ -63,6 +69,22 @@ export interface TrainSettings {
    * way. No effect with R = 1.
    */
   rankGrads: RankGrads;
+  /** Learning-rate schedule over iterations (nn/lr-schedule.ts); constant by default. */
+  lrSchedule: LrScheduleKind;
+  /** step: MultiStepLR milestones, in steps or percentages of the run's steps, increasing. */
+  lrMilestones: StepsOrPercent[];
+  /** step: factor applied at each milestone (MultiStepLR's gamma). */
+  lrGamma: number;
+  /** Linear warm-up of the learning rate (Goyal et al. 2017): steps, or a percentage of the run's steps. */
+  lrWarmup: StepsOrPercent;
+  /** Training-time augmentation, drawn from seed, epoch and sample index (data/augment.ts). */
+  augment: Augment;
+  /** crop-flip: zero padding on each side before the random crop. */
+  augmentPad: number;
+  /** Cross-entropy label smoothing ε in [0, 1), as F.cross_entropy(label_smoothing=ε). */
+  labelSmoothing: number;
+  /** Nesterov momentum, as torch.optim.SGD(nesterov=True); needs momentum > 0. */
+  nesterov: boolean;
 }
 
 export const DEFAULT_SETTINGS: TrainSettings = {
@@ -92,7 +114,55 @@ export const DEFAULT_SETTINGS: TrainSettings = {
   renormWarmup: 500,
   shuffle: "on",
   rankGrads: "exact",
+  lrSchedule: "constant",
+  lrMilestones: [],
+  lrGamma: 0.1,
+  lrWarmup: { steps: 0 },
+  augment: "none",
+  augmentPad: 4,
+  labelSmoothing: 0,
+  nesterov: false,
 };
+
+/** The learning-rate schedule of a run's settings. */
+export function lrScheduleOf(s: TrainSettings): LrSchedule {
+  return { kind: s.lrSchedule, milestones: s.lrMilestones, gamma: s.lrGamma, warmup: s.lrWarmup };
+}
+
+/**
+ * The recipe settings' own checks (schedule, warm-up, augmentation, label
+ * smoothing, Nesterov), one message per problem; totalSteps, when known, also
+ * checks milestones and warm-up against the run's length.
+ */
+export function recipeProblems(s: TrainSettings, totalSteps: number | null = null): string[] {
+  const out: string[] = [];
+  const stepsOk = (v: StepsOrPercent): boolean =>
+    "steps" in v ? Number.isInteger(v.steps) && v.steps >= 0 && v.steps <= 100_000_000 : v.percent >= 0 && v.percent <= 100;
+  if (!LR_SCHEDULES.includes(s.lrSchedule)) out.push(`--lr-schedule must be ${LR_SCHEDULES.join(", ")}, got "${String(s.lrSchedule)}"`);
+  if (!stepsOk(s.lrWarmup)) out.push(`--warmup must be steps in 0..100000000 or a percentage in 0%..100%`);
+  if (s.lrSchedule === "step") {
+    if (s.lrMilestones.length === 0) out.push("--lr-schedule step needs --lr-milestones (steps or percentages of the run, e.g. 50%,75%)");
+    if (!s.lrMilestones.every(stepsOk)) out.push("--lr-milestones items must be steps in 0..100000000 or percentages in 0%..100%");
+  } else if (s.lrMilestones.length > 0) {
+    out.push(`--lr-milestones applies to --lr-schedule step, not ${s.lrSchedule}`);
+  }
+  if (!(s.lrGamma > 0 && s.lrGamma <= 1)) out.push(`--lr-gamma must be a number in (0, 1], got ${s.lrGamma}`);
+  if (s.lrSchedule === "step") {
+    // Without the run's length only neighbours of one kind (steps, or percentages) compare.
+    const at = s.lrMilestones.map((m) => (totalSteps !== null ? resolveSteps(m, totalSteps) : "steps" in m ? m.steps : NaN));
+    const pct = s.lrMilestones.map((m) => ("percent" in m ? m.percent : NaN));
+    if (totalSteps === null && pct.some((p, i) => i > 0 && p <= pct[i - 1]!)) out.push(`--lr-milestones must increase, got ${pct.join("%, ")}%`);
+    if (at.some((m, i) => i > 0 && m <= at[i - 1]!)) {
+      out.push(totalSteps === null ? `--lr-milestones must increase, got ${at.join(", ")}` : `--lr-milestones must increase; they fall at steps ${at.join(", ")} of this run's ${totalSteps}`);
+    }
+  }
+  if (!AUGMENTS.includes(s.augment)) out.push(`--augment must be ${AUGMENTS.join(" or ")}, got "${String(s.augment)}"`);
+  if (!Number.isInteger(s.augmentPad) || s.augmentPad < 0 || s.augmentPad > MAX_AUGMENT_PAD) out.push(`--augment-pad must be an integer in 0..${MAX_AUGMENT_PAD}, got ${s.augmentPad}`);
+  if (!(s.labelSmoothing >= 0 && s.labelSmoothing < 1)) out.push(`--label-smoothing must be a number in [0, 1), got ${s.labelSmoothing}`);
+  if (typeof s.nesterov !== "boolean") out.push(`nesterov must be true or false`);
+  if (s.nesterov && !(s.momentum > 0)) out.push(`--nesterov needs --momentum > 0 (PyTorch's SGD refuses it too), got --momentum ${s.momentum}`);
+  return out;
+}
 
 /**
  * The BN defaults each --bn-momentum-style brings when --bn-momentum/--bn-eps are
@@ -159,6 +229,8 @@ export function validateSettings(s: TrainSettings, worldSize: number): void {
   if (!Number.isInteger(s.renormWarmup) || s.renormWarmup < 0) bad(`--renorm-warmup must be an integer ≥ 0, got ${s.renormWarmup}`);
   if (s.shuffle !== "on" && s.shuffle !== "off") bad(`--shuffle must be on or off, got "${String(s.shuffle)}"`);
   if (!RANK_GRADS.includes(s.rankGrads)) bad(`--rank-grads must be ${RANK_GRADS.join(" or ")}, got "${String(s.rankGrads)}"`);
+  const recipe = recipeProblems(s);
+  if (recipe.length) bad(recipe.join("; "));
   validateConventions(conventionsOf(s));
 }
 

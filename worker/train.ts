@@ -17,7 +17,9 @@ import { evaluate } from "./evaluate.js";
 import { SoftmaxCrossEntropy } from "./nn/loss.js";
 import { buildModel, type Model } from "./nn/model.js";
 import { SGD } from "./nn/sgd.js";
-import { conventionsOf, stepsPerEpoch, type TrainSettings } from "./settings.js";
+import { conventionsOf, lrScheduleOf, recipeProblems, stepsPerEpoch, type TrainSettings } from "./settings.js";
+import { lrAt } from "./nn/lr-schedule.js";
+import { Augmenter } from "./data/augment.js";
 import { RoundSync } from "./sync.js";
 import { BlockSync } from "./block-sync.js";
 import { unshuffledOrder } from "./data/order.js";
@@ -82,10 +84,15 @@ export async function trainWorker(run: WorkerRun): Promise<void> {
     renorm: { rMax: s.renormRMax, dMax: s.renormDMax, warmup: s.renormWarmup, clock: sync },
     block,
   });
-  const opt = new SGD(model.params, { lr: s.lr, momentum: s.momentum, weightDecay: s.weightDecay });
-  const loss = new SoftmaxCrossEntropy(data.train.classes);
+  const opt = new SGD(model.params, { lr: s.lr, momentum: s.momentum, weightDecay: s.weightDecay, nesterov: s.nesterov });
+  const loss = new SoftmaxCrossEntropy(data.train.classes, s.labelSmoothing);
   const spe = stepsPerEpoch(data.train.count, worldSize, s.batch);
   const totalSteps = s.steps ?? s.epochs * spe;
+  // Percentage milestones are only steps once the run's length is known: checked again here.
+  const recipe = recipeProblems(s, totalSteps);
+  if (recipe.length) throw new SyncbnError(ErrorCode.BadConfig, recipe.join("; "), { rank });
+  const schedule = lrScheduleOf(s);
+  const augmenter = new Augmenter({ kind: s.augment, pad: s.augmentPad, seed: s.seed }, data.train.sampleShape);
   let startStep = 0;
   if (run.resume) {
     const ck = readCheckpoint(run.resume);
@@ -160,6 +167,9 @@ export async function trainWorker(run: WorkerRun): Promise<void> {
     }
     const offset = (step % spe) * worldSize * s.batch + rank * s.batch;
     gatherBatch(x, labels, data.train, perm!, offset, n);
+    augmenter.apply(x, perm!, offset, n, epoch);
+    // Stepped per iteration: step t's rate is a function of t alone, so a resume continues the schedule.
+    opt.lr = lrAt(schedule, s.lr, step, totalSteps);
     sync.step = step;
     saveRunningStats();
     const trainStep = async (): Promise<void> => {
@@ -179,6 +189,7 @@ export async function trainWorker(run: WorkerRun): Promise<void> {
       extra[GradExtra.computeMs] = lastComputeMs * blockSize;
       extra[GradExtra.totalSteps] = totalSteps * blockSize;
       extra[GradExtra.stepsPerEpoch] = spe * blockSize;
+      extra[GradExtra.lr] = active[0]! >= rank && active[0]! < rank + blockSize ? opt.lr : 0;
       const checksum = s.checksumEvery > 0 && step % s.checksumEvery === 0 ? model.checksum() : undefined;
       // One contribution for the block: its R ranks' own gradients, summed by the backward.
       const summed = await client.round(step, "grad", -1, n, grads, extra, checksum);

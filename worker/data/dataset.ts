@@ -1,5 +1,6 @@
 // The data sets a worker trains on: the common Dataset type, loadDataset for
-// "synthetic", "fashion-mnist" or a folder of IDX files, and gatherBatch to copy a
+// "synthetic", "fashion-mnist", a folder of IDX files or of CIFAR-10/100's binary
+// files (cifar.ts), and gatherBatch to copy a
 // mini-batch into preallocated buffers. Not a sampler or shuffler (the training
 // loop owns the order), and reads no environment: the caller passes the folders.
 
@@ -7,6 +8,7 @@ import { stat } from "node:fs/promises";
 import { basename, resolve } from "node:path";
 import { ErrorCode, SyncbnError } from "../../shared/errors.js";
 import { readIdxSplit, type IdxSplit } from "./idx.js";
+import { CIFAR_LAYOUTS, CIFAR_SHAPE, detectCifar, normalizeCifar, readCifarSplit, type CifarKind } from "./cifar.js";
 import { SYNTHETIC_DEFAULT_TEST, SYNTHETIC_DEFAULT_TRAIN, generateSynthetic } from "./synthetic.js";
 
 export interface Dataset {
@@ -123,6 +125,33 @@ async function loadIdxFolder(dir: string, label: string, opts: LoadOptions): Pro
   return { train, test, source: `${label} from ${dir}: ${trainSize} train / ${testSize} test` };
 }
 
+async function readCifarFolder(dir: string, kind: CifarKind, opts: LoadOptions) {
+  const [train, test] = await Promise.all([readCifarSplit(dir, kind, "train"), readCifarSplit(dir, kind, "test")]);
+  const sizes = {
+    train: checkSize("--train-size", opts.trainSize, train.count, `${dir} (${kind} train)`),
+    test: checkSize("--test-size", opts.testSize, test.count, `${dir} (${kind} test)`),
+  };
+  return { train, test, sizes };
+}
+
+async function loadCifarFolder(dir: string, kind: CifarKind, opts: LoadOptions): Promise<LoadedData> {
+  const { train, test, sizes } = await readCifarFolder(dir, kind, opts);
+  const classes = CIFAR_LAYOUTS[kind].classes;
+  const dataset = (split: typeof train, size: number, name: string): Dataset => ({
+    name: `${kind}/${name}`,
+    images: normalizeCifar(split, size, kind),
+    labels: split.labels.slice(0, size),
+    count: size,
+    sampleShape: [...CIFAR_SHAPE],
+    classes,
+  });
+  return {
+    train: dataset(train, sizes.train, "train"),
+    test: dataset(test, sizes.test, "test"),
+    source: `${kind} (binary version) from ${dir}: ${sizes.train} train / ${sizes.test} test`,
+  };
+}
+
 /** The folder of IDX files a non-synthetic spec names, or a Data error saying what to do. */
 async function idxFolderOf(spec: string, opts: LoadOptions): Promise<{ dir: string; label: string }> {
   if (spec === "fashion-mnist") {
@@ -142,7 +171,7 @@ async function idxFolderOf(spec: string, opts: LoadOptions): Promise<{ dir: stri
     throw new SyncbnError(
       ErrorCode.Data,
       `--data ${spec}: not "synthetic" or "fashion-mnist", and no folder at ${dir}. ` +
-        `Pass a folder with train-images-idx3-ubyte(.gz) and the other three IDX files, ` +
+        `Pass a folder with train-images-idx3-ubyte(.gz) and the other three IDX files, or with CIFAR-10's or CIFAR-100's binary files, ` +
         `"fashion-mnist" (apt-get install dataset-fashion-mnist), or "synthetic"`,
     );
   }
@@ -154,7 +183,9 @@ async function idxFolderOf(spec: string, opts: LoadOptions): Promise<{ dir: stri
  * - "synthetic": generated from opts.seed (see synthetic.ts), already standardized.
  * - "fashion-mnist": IDX files in opts.fashionMnistDir (default
  *   /usr/share/datasets/fashion-mnist), pixels mapped to (v/255 − 0.2860)/0.3530.
- * - anything else: a folder holding the four (Fashion-)MNIST IDX files, same mapping;
+ * - anything else: a folder holding CIFAR-10's binary files (data_batch_1.bin …,
+ *   test_batch.bin) or CIFAR-100's (train.bin, test.bin), normalized per channel
+ *   (cifar.ts); else the four (Fashion-)MNIST IDX files, same mapping as above;
  *   images of any size, (N, H, W) or (N, C, H, W), as their headers say.
  * trainSize/testSize take the first samples of each split. Missing or malformed
  * data is a SyncbnError(Data) that names the path and what to do.
@@ -168,6 +199,8 @@ export async function loadDataset(spec: string, opts: LoadOptions): Promise<Load
     return { train, test, source: `synthetic (seed ${opts.seed}): ${train.count} train / ${test.count} test, generated in memory` };
   }
   const { dir, label } = await idxFolderOf(spec, opts);
+  const cifar = spec === "fashion-mnist" ? null : await detectCifar(dir);
+  if (cifar) return loadCifarFolder(dir, cifar, opts);
   return loadIdxFolder(dir, label, opts);
 }
 
@@ -182,6 +215,11 @@ export async function probeDataset(spec: string, opts: LoadOptions): Promise<{ t
     return { train: opts.trainSize ?? SYNTHETIC_DEFAULT_TRAIN, test: opts.testSize ?? SYNTHETIC_DEFAULT_TEST, sampleShape: [1, 28, 28], classes: CLASSES };
   }
   const { dir } = await idxFolderOf(spec, opts);
+  const cifar = spec === "fashion-mnist" ? null : await detectCifar(dir);
+  if (cifar) {
+    const { sizes } = await readCifarFolder(dir, cifar, opts);
+    return { ...sizes, sampleShape: [...CIFAR_SHAPE], classes: CIFAR_LAYOUTS[cifar].classes };
+  }
   const [trainSplit, testSplit] = await Promise.all([readIdxSplit(dir, "train", CLASSES), readIdxSplit(dir, "t10k", CLASSES)]);
   const sampleShape: [number, number, number] = [trainSplit.images.channels, trainSplit.images.rows, trainSplit.images.cols];
   return { ...checkSplits(dir, trainSplit, testSplit, opts), sampleShape, classes: CLASSES };

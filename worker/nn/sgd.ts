@@ -1,5 +1,5 @@
 // Stochastic gradient descent with momentum and L2 weight decay, PyTorch's
-// torch.optim.SGD semantics (dampening 0, not Nesterov). Allocation-free step.
+// torch.optim.SGD semantics (dampening 0, optionally Nesterov). Allocation-free step.
 // Not a gradient all-reduce: it reads each Param's grad as already summed.
 
 import { ErrorCode, SyncbnError } from "../../shared/errors.js";
@@ -10,6 +10,8 @@ export interface SgdOptions {
   momentum: number;
   /** L2 penalty added to the gradient; skipped for params with decay === false. */
   weightDecay: number;
+  /** torch.optim.SGD(nesterov=True): step along g + μ·buf instead of buf; needs momentum > 0. */
+  nesterov?: boolean;
 }
 
 export class SGD {
@@ -17,6 +19,7 @@ export class SGD {
   lr: number;
   readonly momentum: number;
   readonly weightDecay: number;
+  readonly nesterov: boolean;
   private readonly params: readonly Param[];
   /**
    * One momentum buffer per param. PyTorch sets buf = g on the first step; zeros
@@ -30,6 +33,10 @@ export class SGD {
         throw new SyncbnError(ErrorCode.BadConfig, `SGD ${key} must be a finite number >= 0, got ${v}`);
       }
     }
+    if (opts.nesterov && !(opts.momentum > 0)) {
+      throw new SyncbnError(ErrorCode.BadConfig, `SGD nesterov needs momentum > 0, got ${opts.momentum}`);
+    }
+    this.nesterov = opts.nesterov === true;
     this.params = [...params];
     this.lr = opts.lr;
     this.momentum = opts.momentum;
@@ -38,8 +45,9 @@ export class SGD {
   }
 
   /**
-   * Per element: g = grad + wd·p; buf = μ·buf + g; p −= lr·buf (with μ = 0:
-   * p −= lr·g, buffers untouched). Arithmetic in float64, stored to float32.
+   * Per element: g = grad + wd·p; buf = μ·buf + g; p −= lr·buf, or with Nesterov
+   * p −= lr·(g + μ·buf) (with μ = 0: p −= lr·g, buffers untouched). Arithmetic in
+   * float64, stored to float32.
    */
   step(): void {
     const lr = this.lr, mu = this.momentum;
@@ -49,6 +57,12 @@ export class SGD {
       const wd = param.decay === false ? 0 : this.weightDecay;
       if (mu === 0) {
         for (let i = 0; i < p.length; i++) p[i] -= lr * (grad[i] + wd * p[i]);
+      } else if (this.nesterov) {
+        for (let i = 0; i < p.length; i++) {
+          const g = grad[i] + wd * p[i];
+          buf[i] = mu * buf[i] + g;
+          p[i] -= lr * (g + mu * buf[i]); // PyTorch: g.add(buf, alpha=μ) with the float32 buffer
+        }
       } else {
         for (let i = 0; i < p.length; i++) {
           const b = mu * buf[i] + (grad[i] + wd * p[i]);
