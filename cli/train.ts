@@ -253,7 +253,7 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
     void p.exited.then(async ({ code, signal }) => {
       if (code === 0 && !signal) return;
       // Elastic: the coordinator notices the dead connection a moment after the exit; give it that moment.
-      if (elastic) await new Promise((r) => setTimeout(r, 1000));
+      if (elastic) await within(null, 1000);
       if (elastic && isLost(p.rank)) return;
       if (!firstBadExit) {
         firstBadExit = { proc: p, code, signal };
@@ -279,15 +279,15 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
     if (!firstBadExit && !coordFailure && !outputFailure) {
       await allExited;
       // Every process is gone; the coordinator sees the last closes (or byes) a moment later. Success is its word, not a count of exits.
-      await Promise.race([coordSettled, new Promise((r) => setTimeout(r, SETTLE_MS))]);
+      await within(coordSettled, SETTLE_MS);
       // Elastic mode waits a moment before it judges a bad exit: give that verdict its time too.
-      if (elastic && procs.some((p) => p.child.exitCode !== 0)) await new Promise((r) => setTimeout(r, 1100));
+      if (elastic && procs.some((p) => p.child.exitCode !== 0)) await within(null, 1100);
     }
     const allLost = elastic && server.coordinator.lostWorkers.length >= o.workers;
     const finalCheck = firstBadExit || coordFailure || outputFailure ? null : checkFinalCheckpoint(o.outDir, monitor.summary().steps, coordDone);
     if (firstBadExit || coordFailure || outputFailure || finalCheck) {
       // Let the other workers report and exit (they fail fast on the coordinator's error).
-      await Promise.race([allExited, new Promise((r) => setTimeout(r, 1500))]);
+      await within(allExited, 1500);
       // Read the processes' states before killing the survivors (a frozen one is "stopped responding", not "killed by us").
       const failure = [
         ...(allLost ? [`every worker was lost (ranks ${server.coordinator.lostWorkers.map((l) => l.rank).join(", ")}); --on-worker-loss continue needs at least one to finish`] : []),
@@ -316,6 +316,20 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
     await killAll(procs);
     await live.close();
     await server.close();
+  }
+}
+
+/**
+ * Waits for `p` (null: nothing) or `ms`, whichever comes first, and clears the
+ * timer: a pending timer keeps Node running, and a bare 5 s race timer here held
+ * every finished run open for 5 s after its summary.
+ */
+async function within(p: Promise<unknown> | null, ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    await Promise.race([...(p ? [p] : []), new Promise((r) => (timer = setTimeout(r, ms)))]);
+  } finally {
+    clearTimeout(timer);
   }
 }
 
