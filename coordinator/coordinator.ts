@@ -5,7 +5,7 @@
 
 import { decode, encode } from "../shared/codec.js";
 import {
-  diffConventions,
+  conventionsMismatch,
   parseNorm,
   statsGroupSize,
   validateConventions,
@@ -345,9 +345,9 @@ export class Coordinator {
         return;
       }
     } else {
-      const diff = diffConventions(this.conventions, hello.conventions);
-      if (diff.length > 0) {
-        this.refuseHello(peer, hello.rank, new SyncbnError(ErrorCode.Conventions, `BN conventions differ from the run's: ${diff.join("; ")}`, ctx));
+      const mismatch = conventionsMismatch(this.conventions, hello.conventions);
+      if (mismatch) {
+        this.refuseHello(peer, hello.rank, new SyncbnError(ErrorCode.Conventions, mismatch, ctx));
         return;
       }
     }
