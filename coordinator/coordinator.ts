@@ -20,6 +20,7 @@ import {
   type Contribution,
   type ErrorMessage,
   type Hello,
+  type OutDirNotice,
   type Phase,
   type RoundResult,
 } from "../shared/protocol.js";
@@ -54,6 +55,8 @@ export interface CoordinatorOptions {
    * redo the unfinished step without it (elastic).
    */
   onWorkerLoss?: "abort" | "continue";
+  /** Told to every worker in its welcome (protocol.ts Welcome.outDir). */
+  outDir?: OutDirNotice;
 }
 
 /** A completed round, for observers (launcher progress, tests). */
@@ -364,7 +367,7 @@ export class Coordinator {
       this.hellos.joined(r);
     }
     this.byPeer.set(peer, hello.rank);
-    peer.send(encode({ type: "welcome", version: PROTOCOL_VERSION, rank: hello.rank, ranks: size, worldSize: this.worldSize }));
+    peer.send(encode({ type: "welcome", version: PROTOCOL_VERSION, rank: hello.rank, ranks: size, worldSize: this.worldSize, ...(this.opts.outDir ? { outDir: this.opts.outDir } : {}) }));
     for (const r of claimed) this.events.onJoin?.(r);
   }
 
