@@ -24,6 +24,9 @@ import { workerRoundTimeout, type Threads } from "./flags.js";
 import { prepareOutDir } from "./out-dir.js";
 import { checkResume } from "./resume-check.js";
 import { attachLiveViews } from "./live.js";
+import { plural } from "./progress-line.js";
+import { runRecord } from "./run-record.js";
+import { isEvalProgress } from "../worker/eval-progress.js";
 import { checkDashboardBind } from "../coordinator/dashboard.js";
 import { describeBlocks, rankBlocks, resolveRanksPerProc, type RanksPerProc } from "./blocks.js";
 
@@ -41,6 +44,8 @@ export interface TrainOptions {
   tty: boolean;
   print(line: string): void;
   status(line: string): void;
+  /** The terminal's width, for fitting the progress line (undefined: not fitted). */
+  columns?(): number | undefined;
   /** Run token; default a random one. */
   token?: string;
   /** Extra environment for the workers (e.g. the Fashion-MNIST folder). */
@@ -162,6 +167,15 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
     tty: o.tty,
     print: o.print,
     status: o.status,
+    columns: o.columns,
+    run: runRecord(s, {
+      workers: o.workers,
+      ranksPerProcess: perProc,
+      threads: threadsPerWorker,
+      kernels: readEnv({ ...process.env, ...o.workerEnv }).kernels ?? "wasm",
+      transport: o.transport ?? "process",
+      wire: threads ? null : (o.wire ?? "ws"),
+    }),
     onFailure: (e) => {
       outputFailure ??= e;
       wake();
@@ -173,7 +187,7 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
     throw e;
   });
   if (live.url) (o.onDashboard ?? ((url: string) => o.print(`dashboard: ${url} (read-only; Ctrl-C stops the run as usual)`)))(live.url);
-  o.print(`syncbn train: ${describeBlocks(o.workers, perProc)}${threadsPerWorker > 1 ? ` (${threadsPerWorker} compute threads each)` : ""} × ${s.batch} samples, --model ${s.model} --norm ${s.norm} --data ${s.data}; coordinator ${server.url}; output in ${o.outDir}`);
+  o.print(`syncbn train: ${describeBlocks(o.workers, perProc)}${threadsPerWorker > 1 ? ` (${threadsPerWorker} compute threads each)` : ""} × ${plural(s.batch, "sample")}, --model ${s.model} --norm ${s.norm} --data ${s.data}; coordinator ${server.url}; output in ${o.outDir}`);
 
   let coordFailure: SyncbnError | null = null;
   let coordDone = false;
@@ -210,6 +224,10 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
   if (o.init) args.push("--init", o.init);
   // The token goes through the environment, not argv, so `ps` does not show it.
   const env = { ...process.env, ...o.workerEnv, SYNCBN_TOKEN: token, SYNCBN_THREADS: String(threadsPerWorker) };
+  // The lowest rank's worker reports evaluation progress (worker/eval-progress.ts).
+  const onWorkerMessage = (m: unknown): void => {
+    if (isEvalProgress(m)) monitor.evalProgress(m.step, m.done, m.total);
+  };
   const procs = blocks.map(({ first: rank, size }) =>
     threads
       ? startThreadWorker({
@@ -227,8 +245,8 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
           fashionMnistDir: readEnv(env).fashionMnistDir,
           kernels: readEnv(env).kernels,
           threads: threadsPerWorker,
-        })
-      : forkWorker(WORKER_SCRIPT, [...args, "--rank", String(rank), ...(size > 1 ? ["--ranks-per-proc", String(size)] : [])], rank, { env }),
+        }, onWorkerMessage)
+      : forkWorker(WORKER_SCRIPT, [...args, "--rank", String(rank), ...(size > 1 ? ["--ranks-per-proc", String(size)] : [])], rank, { env, onMessage: onWorkerMessage }),
   );
   procs.forEach((p, i) => (p.ranks = blocks[i]!.size));
   /** The process (or thread) hosting a rank. */
