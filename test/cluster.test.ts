@@ -1,12 +1,12 @@
 // Real coordinator and worker processes (the multi-host commands, on 127.0.0.1):
 // failures are reported fast and by name, intruders are refused.
 import { describe, expect, it } from "vitest";
-import { startCli, waitForOutput, type RunningCli } from "./helpers.js";
+import { scratchDir, startCli, waitForOutput, type RunningCli } from "./helpers.js";
 
 const TRAIN = ["--model", "mlp", "--data", "synthetic", "--train-size", "4000", "--test-size", "200", "--batch", "8", "--steps", "100000", "--checksum-every", "10"];
 
 async function startCoordinator(world: number, token: string, extra: string[] = []): Promise<{ proc: RunningCli; url: string }> {
-  const proc = startCli(["coordinator", "--world", String(world), "--port", "0", "--token", token, ...extra], { timeoutMs: 60_000 });
+  const proc = startCli(["coordinator", "--world", String(world), "--port", "0", "--token", token, ...extra], { timeoutMs: 60_000, cwd: scratchDir("coordinator") });
   await waitForOutput(proc, (o) => /listening on ws:\/\/\S+/.test(o), 15_000);
   const url = /listening on (ws:\/\/\S+)/.exec(proc.stdout())![1]!;
   return { proc, url };
