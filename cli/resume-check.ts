@@ -8,6 +8,7 @@ import { ErrorCode, SyncbnError } from "../shared/errors.js";
 import type { Checkpoint } from "../worker/checkpoint.js";
 import { buildModel } from "../worker/nn/model.js";
 import { conventionsOf, type TrainSettings } from "../worker/settings.js";
+import { plural } from "./progress-line.js";
 
 /** Every dataset syncbn reads is 1×28×28 in 10 classes (worker/data/dataset.ts): the shapes follow from model and norm. */
 const SAMPLE_SHAPE = [1, 28, 28];
@@ -26,7 +27,7 @@ export function checkResume(ck: Checkpoint, s: TrainSettings, workers: number, f
   }
   if (h.model !== s.model) bad(`it holds a ${h.model}, this run trains a ${s.model} (--model)`);
   if (h.norm !== s.norm) bad(`it was trained with --norm ${h.norm}, this run uses ${s.norm}`);
-  if (h.workers !== undefined && h.workers !== workers) bad(`it was trained by ${h.workers} workers, this run has ${workers} (--workers); the sample order depends on it`);
+  if (h.workers !== undefined && h.workers !== workers) bad(`it was trained by ${plural(h.workers, "worker")}, this run has ${workers} (--workers); the sample order depends on it`);
   const was = JSON.parse(h.training) as Record<string, unknown>;
   for (const k of ORDER_KEYS) {
     const flag = k === "trainSize" ? "train-size" : k;
