@@ -4,7 +4,9 @@
 // Used by bench/run.ts and, with bounded sizes, by test/load.test.ts.
 
 import { fork, spawn } from "node:child_process";
-import { readFileSync } from "node:fs";
+import { mkdtempSync, readFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import type { LoadClientReport } from "./load-client.js";
 
 export interface LoadOptions {
@@ -42,8 +44,10 @@ export function percentile(sorted: ArrayLike<number>, p: number): number {
 
 export async function runLoad(o: LoadOptions): Promise<LoadResult> {
   const token = "load-test";
+  // Its own temporary folder: a coordinator without --out writes runs/<time> in its working directory.
   const coord = spawn(process.execPath, [CLI.pathname, "coordinator", "--world", String(o.clients), "--port", "0", "--token", token, "--round-timeout", "60000"], {
     stdio: ["ignore", "pipe", "inherit"],
+    cwd: mkdtempSync(join(tmpdir(), "syncbn-load-")),
   });
   try {
     const url = await new Promise<string>((resolve, reject) => {

@@ -8,6 +8,7 @@ import { InvalidArgumentError } from "commander";
 import { parseNorm, statsGroupSize } from "../shared/config.js";
 import { ErrorCode, SyncbnError } from "../shared/errors.js";
 import { blockLayout } from "../worker/block-sync.js";
+import { plural } from "./progress-line.js";
 
 export type RanksPerProc = number | "auto";
 
@@ -78,6 +79,6 @@ export function checkWorkerBlock(first: number, size: number, world: number, nor
 /** For the start line: "16 ranks on 2 processes (8 ranks per process)". */
 export function describeBlocks(world: number, perProc: number): string {
   const procs = Math.ceil(world / perProc);
-  if (perProc === 1) return `${world} workers`;
+  if (perProc === 1) return plural(world, "worker");
   return `${world} ranks on ${procs} process${procs === 1 ? "" : "es"} (${perProc} ranks per process${world % perProc ? `, the last ${world % perProc}` : ""})`;
 }

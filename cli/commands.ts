@@ -3,7 +3,10 @@
 // with `sweep` are in flags.ts), and the actions. Flag parsing only; the work is
 // in train.ts, worker/ and coordinator/.
 
+import { hostname } from "node:os";
+import { resolve as resolvePath } from "node:path";
 import { Command, Option } from "commander";
+import type { RunConventions } from "../shared/config.js";
 import { DEFAULT_MAX_PAYLOAD, startCoordinatorServer, type Wire } from "../coordinator/server.js";
 import { ErrorCode, SyncbnError } from "../shared/errors.js";
 import { refusalLogger } from "../coordinator/admission.js";
@@ -46,6 +49,10 @@ import type { FolderIdentity } from "../worker/out-folder.js";
 import { checkDashboardBind, parseDashboardSpec } from "../coordinator/dashboard.js";
 import { attachLiveViews } from "./live.js";
 import { checkWorkerBlock } from "./blocks.js";
+import { evalProgressSender } from "../worker/eval-progress.js";
+import { plural } from "./progress-line.js";
+import { defaultOutDir, outputsLine, runRecord } from "./run-record.js";
+import { startWorkerView, workerOutDir } from "./worker-view.js";
 
 const D = DEFAULT_SETTINGS;
 
@@ -97,14 +104,24 @@ async function resolveSettings(f: TrainFlags, workers: number, fashionMnistDir: 
   return s;
 }
 
-function defaultOutDir(): string {
-  const t = new Date().toISOString().replace(/[-:]/g, "").replace("T", "-").slice(0, 15);
-  return `runs/${t}`;
-}
-
 /** A world size from a flag or WORLD_SIZE/SLURM_NTASKS, within the documented range. */
 function checkWorldSize(world: number): void {
   if (world < 1 || world > MAX_WORKERS) throw new SyncbnError(ErrorCode.BadConfig, `the number of workers must be in 1..${MAX_WORKERS}, got ${world} (from --workers/--world or WORLD_SIZE)`);
+}
+
+/** The settings a coordinator learns from the first hello: the training settings' JSON and the BN conventions beside it. */
+function settingsOfConventions(conv: RunConventions): Record<string, string | number | boolean | null> {
+  const training = JSON.parse(conv.training || "{}") as Record<string, unknown>;
+  const out: Record<string, string | number | boolean | null> = {};
+  for (const [k, v] of Object.entries(training)) if (v === null || ["string", "number", "boolean"].includes(typeof v)) out[k] = v as string | number | boolean | null;
+  return { ...out, norm: conv.norm, bnEps: conv.eps, bnMomentum: conv.momentum, bnMomentumStyle: conv.momentumStyle, unbiasedRunningVar: conv.unbiasedRunningVar };
+}
+
+const OUT_HELP = "folder for weights.safetensors, checkpoint.bin, metrics.jsonl and summary.json, created if missing (default runs/<time>)";
+
+/** Rewrites the terminal's current line: back to its start, the text, then clear what an older, longer line left. */
+function statusLine(text: string): void {
+  process.stdout.write(`\r${text}\x1b[K`);
 }
 
 const DASHBOARD_HELP = "serve a live, read-only dashboard of the run at [HOST:]PORT (HOST default 127.0.0.1; off loopback it needs the run token)";
@@ -119,17 +136,18 @@ export function registerTrainCommands(program: Command): void {
         .addOption(workersOption("number of worker processes", 4))
         .addOption(new Option("--on-worker-loss <policy>", "abort the run, or continue without the lost worker (elastic)").choices(["abort", "continue"]).default("abort"))
         .addOption(helloTimeoutOption())
-        .option("--out <dir>", "folder for metrics.jsonl, summary.json and checkpoint.bin (default runs/<time>)")
+        .option("--out <dir>", OUT_HELP)
         .option("--dashboard <[host:]port>", DASHBOARD_HELP, parseDashboardSpec),
     ),
   ).action(async (f: TrainFlags & LaunchFlags & { workers: number; out?: string; onWorkerLoss: "abort" | "continue"; helloTimeout: number; dashboard?: { host: string; port: number } }) => {
     checkLaunchFlags(f);
     const settings = await resolveSettings(f, f.workers, env.fashionMnistDir);
     const tty = Boolean(process.stdout.isTTY) && !env.isCI;
+    const outDir = f.out ?? defaultOutDir();
     const r = await runTrain({
       settings,
       workers: f.workers,
-      outDir: f.out ?? defaultOutDir(),
+      outDir,
       checkpointEvery: f.checkpointEvery,
       resume: f.resume ?? null,
       init: f.init ?? null,
@@ -145,13 +163,15 @@ export function registerTrainCommands(program: Command): void {
       token: env.token,
       tty,
       print: (l) => console.log(l),
-      status: (l) => process.stdout.write(`\r\x1b[2K${l}`),
+      status: statusLine,
+      columns: () => process.stdout.columns,
     });
     if (!r.ok) {
       console.error(r.interrupted ? "syncbn train interrupted:" : "syncbn train failed:");
       for (const l of r.failure) console.error(`  ${l}`);
       process.exitCode = r.interrupted ? 130 : 1;
     }
+    console.log(outputsLine(outDir));
   });
 
   addTrainFlags(
@@ -164,7 +184,7 @@ export function registerTrainCommands(program: Command): void {
       .option("--ranks-per-proc <R>", `host ranks RANK..RANK+R-1 in this process (1..${MAX_WORKERS})`, intArg("--ranks-per-proc", 1, MAX_WORKERS), 1)
       .addOption(workersOption("number of workers (default $WORLD_SIZE)"))
       .option("--token <t>", "the run token (default $SYNCBN_TOKEN)")
-      .option("--out <dir>", "folder for checkpoints (rank 0 writes them)")
+      .option("--out <dir>", "folder for weights.safetensors and checkpoint.bin (rank 0 writes them; default: the coordinator's folder when it runs on this host, else runs/<time>)")
       .option("--connect-timeout <ms>", `keep retrying the coordinator this long (${MIN_TIMEOUT_MS}..${MAX_TIMER_MS})`, intArg("--connect-timeout", MIN_TIMEOUT_MS, MAX_TIMER_MS), 60_000)
       .addOption(new Option("--settings-json <json>").hideHelp()),
   ).action(async (f: TrainFlags & { coordinator?: string; rank?: number; ranksPerProc: number; workers?: number; token?: string; out?: string; connectTimeout: number; settingsJson?: string; wire: Wire }) => {
@@ -204,6 +224,16 @@ export function registerTrainCommands(program: Command): void {
       roundTimeoutMs: workerRoundTimeout(f.roundTimeout),
       maxPayload: DEFAULT_MAX_PAYLOAD,
     });
+    // Started by `syncbn train` (an IPC channel to it): the launcher shows the run and gets eval progress. By hand: rank 0 shows it.
+    const launched = typeof process.send === "function";
+    let outDir: string | null;
+    try {
+      outDir = f.out ?? workerOutDir(client.coordinatorOutDir, rank);
+    } catch (e) {
+      await client.close();
+      throw e;
+    }
+    const view = launched || rank !== 0 ? null : startWorkerView(settings, world, f.ranksPerProc, Boolean(process.stdout.isTTY) && !env.isCI, statusLine);
     const fault = env.fault;
     // The fault hits the process hosting its rank.
     const mine = (r: number): boolean => r >= rank && r < rank + f.ranksPerProc;
@@ -223,7 +253,7 @@ export function registerTrainCommands(program: Command): void {
         rank,
         ranks: f.ranksPerProc,
         worldSize: world,
-        outDir: f.out ?? null,
+        outDir,
         outFolder,
         checkpointEvery: f.checkpointEvery,
         resume: f.resume ?? null,
@@ -232,12 +262,18 @@ export function registerTrainCommands(program: Command): void {
         midCheckpointWrite: (step) => {
           if (fault && mine(fault.rank) && fault.phase === "checkpoint" && fault.step === step) process.kill(process.pid, "SIGKILL");
         },
+        onEvalProgress: launched ? evalProgressSender((m) => process.send!(m)) : view?.onEvalProgress,
+        onResult: view?.onResult,
       });
       await client.bye();
     } catch (e) {
+      view?.end();
       await client.close();
       throw e;
     }
+    view?.end();
+    // The launcher prints the run's outputs line; a worker started by hand says what it wrote.
+    if (!launched) console.log(outputsLine(rank === 0 ? outDir : null, "none from this worker (rank 0 writes weights.safetensors and checkpoint.bin)"));
   });
 
   program
@@ -251,7 +287,7 @@ export function registerTrainCommands(program: Command): void {
     .addOption(new Option("--on-worker-loss <policy>", "abort the run, or continue without the lost worker (elastic)").choices(["abort", "continue"]).default("abort"))
     .addOption(wireOption())
     .addOption(helloTimeoutOption())
-    .option("--out <dir>", "folder for metrics.jsonl and summary.json")
+    .option("--out <dir>", "folder for metrics.jsonl and summary.json; workers started by hand on this host without --out write weights.safetensors and checkpoint.bin there too (default runs/<time>)")
     .option("--dashboard <[host:]port>", DASHBOARD_HELP, parseDashboardSpec)
     .action(async (f: { workers?: number; host?: string; port?: number; token?: string; roundTimeout: number; onWorkerLoss: "abort" | "continue"; out?: string; wire: Wire; helloTimeout: number; dashboard?: { host: string; port: number } }) => {
       const world = f.workers ?? env.worldSize;
@@ -262,6 +298,7 @@ export function registerTrainCommands(program: Command): void {
       if (f.dashboard) checkDashboardBind(f.dashboard.host, f.token ?? env.token ?? "");
       // Refused before it listens; created only once its ports are taken (below), so a refused coordinator leaves no folder.
       if (f.out !== undefined) checkOutDir(f.out);
+      const outDir = f.out ?? defaultOutDir();
       const server = await startCoordinatorServer({
         host: f.host ?? env.masterAddr ?? "127.0.0.1",
         port,
@@ -273,6 +310,7 @@ export function registerTrainCommands(program: Command): void {
         onWorkerLoss: f.onWorkerLoss,
         wire: f.wire,
         helloTimeoutMs: f.helloTimeout,
+        outDir: { host: hostname(), path: resolvePath(outDir) },
       });
       server.coordinator.events.onRefused = refusalLogger((l) => console.error(l));
       let monitor: RunMonitor | null = null;
@@ -282,13 +320,13 @@ export function registerTrainCommands(program: Command): void {
       });
       let outFolder: FolderIdentity | null = null;
       try {
-        if (f.out !== undefined) outFolder = prepareOutDir(f.out);
+        outFolder = prepareOutDir(outDir);
       } catch (e) {
         await live.close();
         await server.close();
         throw e;
       }
-      console.log(`syncbn coordinator listening on ${server.url} for ${world} workers`);
+      console.log(`syncbn coordinator listening on ${server.url} for ${plural(world, "worker")}; output in ${outDir}`);
       if (live.url) console.log(`dashboard: ${live.url} (read-only)`);
       const outcome = await new Promise<SyncbnError | null>((resolve) => {
         server.coordinator.events.onJoin = (rank) => {
@@ -306,7 +344,7 @@ export function registerTrainCommands(program: Command): void {
               data: t.data ?? "?",
               evalStats: t.evalStats,
               preciseBatches: t.preciseBatches,
-              outDir: f.out ?? null,
+              outDir,
               outFolder,
               totalSteps: null,
               stepsPerEpoch: null,
@@ -314,6 +352,8 @@ export function registerTrainCommands(program: Command): void {
               tty: false,
               print: (l) => console.log(l),
               status: () => {},
+              // What the first worker's hello says; the workers' threads and kernels are theirs, unknown here.
+              run: runRecord(settingsOfConventions(conv), { workers: world, ranksPerProcess: server.coordinator.blockOf(rank).size, threads: null, kernels: null, wire: f.wire }),
               onFailure: (e) => resolve(e),
             });
             monitor.attach(server.coordinator);
@@ -327,12 +367,16 @@ export function registerTrainCommands(program: Command): void {
       await server.close();
       // A failed run keeps its last step's line too.
       (monitor as RunMonitor | null)?.flush();
-      if (outcome) throw outcome;
+      if (outcome) {
+        console.log(outputsLine(outDir));
+        throw outcome;
+      }
       const m = monitor as RunMonitor | null;
       if (m) {
         const s = m.summary();
         m.writeSummary(s);
         for (const l of formatSummary(s)) console.log(l);
       }
+      console.log(outputsLine(outDir));
     });
 }

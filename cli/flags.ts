@@ -166,7 +166,7 @@ function modelArg(v: string): ModelKind {
  */
 export function addRunFlags(cmd: Command, d: RunFlagDefaults = TRAIN_DEFAULTS): Command {
   return cmd
-    .option("--model <kind>", "mlp | cnn | resnet:N (resnet:3 = ResNet-20)", modelArg, d.model)
+    .option("--model <kind>", "mlp | cnn | resnet:N (resnet:3 = ResNet-20) | PATH.onnx (your own model exported from PyTorch)", modelArg, d.model)
     .option("--data <spec>", "synthetic | fashion-mnist | DIR (folder of IDX files)", D.data)
     .addOption(new Option("--shuffle <on|off>", "off: no shuffling, rank k's t-th batch holds samples k + W·(t·B + j), as PyTorch's DistributedSampler(shuffle=False)").choices(["on", "off"]).default(D.shuffle))
     .addOption(new Option("--rank-grads <exact|fused>", RANK_GRADS_HELP).choices([...RANK_GRADS]).default(D.rankGrads))

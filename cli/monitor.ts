@@ -13,6 +13,8 @@ import { describeEvalStatistics } from "../worker/evaluate.js";
 import { reasonOf, writeFileAtomic } from "../worker/atomic-file.js";
 import { checkFolderStill, type FolderIdentity } from "../worker/out-folder.js";
 import { ErrorCode, SyncbnError } from "../shared/errors.js";
+import type { RunRecord } from "./run-record.js";
+import { evalProgressText, fitProgressLine, logThisStep, plural, progressBar, type ProgressField } from "./progress-line.js";
 
 export interface RunSummary {
   testAccuracy: number | null;
@@ -47,6 +49,10 @@ export interface RunSummary {
   ranks: number;
   processes: number;
   ranksPerProcess: number;
+  /** Every setting, the command line and the versions (cli/run-record.ts), when the monitor was given them. */
+  settings?: RunRecord["settings"];
+  command?: string;
+  versions?: RunRecord["versions"];
 }
 
 export interface MonitorOptions {
@@ -75,6 +81,10 @@ export interface MonitorOptions {
   print(line: string): void;
   /** Rewrite the current terminal line (TTY only). */
   status(line: string): void;
+  /** The run's settings, command line and versions: in the start line and the summary. */
+  run?: RunRecord;
+  /** The terminal's width, read at every update (it can be resized); undefined: do not fit. */
+  columns?(): number | undefined;
 }
 
 export function median(values: readonly number[]): number | null {
@@ -102,6 +112,9 @@ interface StepLine {
   /** The learning rate the step used (the schedule's, with warm-up). */
   lr: number;
 }
+
+/** Plain logs: the least time between two eval progress lines. */
+const EVAL_LOG_EVERY_MS = 5_000;
 
 /** Steps whose loss the progress line averages. */
 const PROGRESS_LOSS_STEPS = 20;
@@ -170,7 +183,7 @@ export class RunMonitor {
       for (const rank of ranks) this.lost.push({ rank, step: step + 1, reason });
       this.writeInOrder({ type: "worker-lost", ranks, step, reason });
       if (this.o.tty) this.o.status("");
-      this.o.print(`worker rank(s) ${ranks.join(", ")} ${reason}; continuing from step ${step + 1} with ${this.o.worldSize - this.lost.length} workers (--on-worker-loss continue)`);
+      this.o.print(`worker rank(s) ${ranks.join(", ")} ${reason}; continuing from step ${step + 1} with ${plural(this.o.worldSize - this.lost.length, "worker")} (--on-worker-loss continue)`);
     };
   }
 
@@ -233,7 +246,7 @@ export class RunMonitor {
       this.trainingFrom = performance.now();
       this.startupSeconds = (this.trainingFrom - this.started) / 1000;
       // ev.step counts the steps completed before this round: the checkpoint's step on a resume, also for `syncbn coordinator`, which is not told.
-      this.write({ type: "start", step: this.o.startStep > 0 ? this.o.startStep : ev.step, workers: this.o.worldSize, ...this.layout(), startupSeconds: this.startupSeconds });
+      this.write({ type: "start", step: this.o.startStep > 0 ? this.o.startStep : ev.step, workers: this.o.worldSize, ...this.layout(), startupSeconds: this.startupSeconds, ...this.o.run });
     }
     if (ev.phase === "grad" && ev.extra) this.onStep(ev.step, ev.extra, ev.waitOtherRanksMs ?? null);
     else if (ev.phase === "sum" && ev.layer === SumRound.Eval) this.onEval(ev.step, ev.data as Float64Array);
@@ -307,28 +320,39 @@ export class RunMonitor {
           "of which waiting for other ranks (their compute, and CPU time when workers share cores); the rest is the round trip",
       );
     }
-    const text =
-      `step ${step + 1}${total ? `/${total}` : ""}` +
-      ` epoch ${this.epochOf(step)}${epochs ? `/${epochs}` : ""}` +
-      ` · loss (avg ${this.recentLoss.length} step${this.recentLoss.length > 1 ? "s" : ""}) ${smooth.toFixed(4)}` +
-      (sps ? ` · ${Math.round(sps)} samples/s` : "") +
-      (wait !== null ? ` · sync ${wait.toFixed(1)} ms${others !== null ? ` (${Math.min(others, wait).toFixed(1)} other ranks)` : ""}` : "") +
-      ` · ${clock(elapsed)} elapsed` +
-      (eta !== null ? `, ETA ${clock(eta)}` : "");
+    const fields: ProgressField[] = [
+      ...(this.o.tty ? [{ text: progressBar(total ? (step + 1) / total : 0), keep: 6 }] : []),
+      { text: `step ${step + 1}${total ? `/${total}` : ""} epoch ${this.epochOf(step)}${epochs ? `/${epochs}` : ""}`, short: `step ${step + 1}${total ? `/${total}` : ""}`, keep: 0, glue: " " },
+      { text: `loss (avg ${plural(this.recentLoss.length, "step")}) ${smooth.toFixed(4)}`, short: `loss ${smooth.toFixed(4)}`, keep: 1 },
+      ...(sps ? [{ text: `${Math.round(sps)} samples/s`, keep: 3 }] : []),
+      ...(wait !== null ? [{ text: `sync ${wait.toFixed(1)} ms${others !== null ? ` (${Math.min(others, wait).toFixed(1)} other ranks)` : ""}`, short: `sync ${wait.toFixed(1)} ms`, keep: 5 }] : []),
+      { text: `${clock(elapsed)} elapsed${eta !== null ? `, ETA ${clock(eta)}` : ""}`, ...(eta !== null ? { short: `ETA ${clock(eta)}` } : {}), keep: 2 },
+    ];
     if (this.o.tty) {
-      const width = 24;
-      const frac = total ? (step + 1) / total : 0;
-      const filled = Math.round(frac * width);
-      this.o.status(`[${"#".repeat(filled)}${".".repeat(width - filled)}] ${text}`);
+      this.o.status(fitProgressLine(fields, this.o.columns?.()));
     } else {
-      // Plain logs: about 20 lines per run, and at least one every 10 s.
-      const every = total ? Math.max(1, Math.round(total / 20)) : 50;
+      // Plain logs: about 20 lines per run (the last step always), and at least one every 10 s.
       const now = performance.now();
-      if (step === this.o.startStep || (step + 1) % every === 0 || (total && step + 1 === total) || now - this.lastPrintAt > 10_000) {
-        if (step !== this.lastPrinted) this.o.print(text);
+      if (logThisStep(step + 1, total, this.o.startStep + 1) || now - this.lastPrintAt > 10_000) {
+        if (step !== this.lastPrinted) this.o.print(fitProgressLine(fields, undefined));
         this.lastPrinted = step;
         this.lastPrintAt = now;
       }
+    }
+  }
+
+  /**
+   * Evaluation under way after step `step`: `done` of `total` test samples (the
+   * lowest rank's pace). In place on a TTY; in a plain log at most one line per
+   * 5 s, so a long evaluation shows it is alive and a short one adds nothing.
+   */
+  evalProgress(step: number, done: number, total: number): void {
+    const text = evalProgressText(step, done, total);
+    if (this.o.tty) {
+      this.o.status(fitProgressLine([{ text, keep: 0 }], this.o.columns?.()));
+    } else if (performance.now() - this.lastPrintAt > EVAL_LOG_EVERY_MS) {
+      this.o.print(text);
+      this.lastPrintAt = performance.now();
     }
   }
 
@@ -338,7 +362,7 @@ export class RunMonitor {
     this.evals.push(e);
     this.writeInOrder({ type: "eval", ...e, testSamples: count });
     if (this.o.tty) this.o.status("");
-    this.o.print(`eval after step ${e.step} (epoch ${e.epoch}): test accuracy ${(100 * e.testAccuracy).toFixed(2)}%, test loss ${e.testLoss.toFixed(4)} (${count} samples)`);
+    this.o.print(`eval after step ${e.step} (epoch ${e.epoch}): test accuracy ${(100 * e.testAccuracy).toFixed(2)}%, test loss ${e.testLoss.toFixed(4)} (${plural(count, "sample")})`);
   }
 
   summary(): RunSummary {
@@ -370,6 +394,7 @@ export class RunMonitor {
       workersLost: this.lost,
       workersAtEnd: this.o.worldSize - this.lost.length,
       ...this.layout(),
+      ...this.o.run,
     };
   }
 
@@ -451,7 +476,7 @@ export function formatSummary(s: RunSummary): string[] {
   const pct = (v: number | null): string => (v === null ? "n/a" : `${(100 * v).toFixed(2)}%`);
   const num = (v: number | null, d = 1): string => (v === null ? "n/a" : v.toFixed(d));
   return [
-    `done: ${s.model}, --norm ${s.norm}, ${s.workers} ${s.ranksPerProcess > 1 ? `ranks on ${s.processes} processes` : "workers"} × ${s.perWorkerBatch} samples (global batch ${s.globalBatch}), ${s.steps} steps (${num(s.epochs, 2)} epochs) on ${s.data}`,
+    `done: ${s.model}, --norm ${s.norm}, ${s.ranksPerProcess > 1 ? `${plural(s.workers, "rank")} on ${plural(s.processes, "process", "processes")}` : plural(s.workers, "worker")} × ${plural(s.perWorkerBatch, "sample")} (global batch ${s.globalBatch}), ${plural(s.steps, "step")} (${num(s.epochs, 2)} epochs) on ${s.data}`,
     `  test accuracy ${pct(s.testAccuracy)}, test loss ${num(s.testLoss, 4)}, last-batch train loss ${num(s.finalTrainLoss, 4)} (step ${s.steps}, not smoothed)`,
     `  ${num(s.msPerStep)} ms/step (median); ${num(s.samplesPerSecond, 0)} samples/s; start-up ${num(s.startupSeconds)} s (processes, data, connections); wall ${num(s.wallSeconds)} s`,
     `  in sync rounds ${num(s.syncWaitMsPerStep, 2)} ms/step: waiting for other ranks ${num(s.waitOtherRanksMsPerStep, 2)} ms (the slowest rank's compute; includes CPU contention when workers share cores), round trip ${num(s.roundTripMsPerStep, 2)} ms (wire, coordinator, scheduling)`,

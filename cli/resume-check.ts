@@ -10,6 +10,7 @@ import type { Checkpoint } from "../worker/checkpoint.js";
 import type { RunDataPlan } from "./preflight.js";
 import { buildModel } from "../worker/nn/model.js";
 import { conventionsOf, type TrainSettings } from "../worker/settings.js";
+import { plural } from "./progress-line.js";
 
 /** Training settings that fix the sample order: resuming with others would not continue the same run. */
 const ORDER_KEYS = ["batch", "seed", "data", "trainSize"] as const;
@@ -28,7 +29,7 @@ export function checkResume(ck: Checkpoint, s: TrainSettings, workers: number, f
   }
   if (h.model !== s.model) bad(`it holds a ${h.model}, this run trains a ${s.model} (--model)`);
   if (h.norm !== s.norm) bad(`it was trained with --norm ${h.norm}, this run uses ${s.norm}`);
-  if (h.workers !== undefined && h.workers !== workers) bad(`it was trained by ${h.workers} workers, this run has ${workers} (--workers); the sample order depends on it`);
+  if (h.workers !== undefined && h.workers !== workers) bad(`it was trained by ${plural(h.workers, "worker")}, this run has ${workers} (--workers); the sample order depends on it`);
   const was = JSON.parse(h.training) as Record<string, unknown>;
   for (const k of ORDER_KEYS) {
     const flag = k === "trainSize" ? "train-size" : k;

@@ -5,7 +5,6 @@
 
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { ErrorCode, SyncbnError } from "../shared/errors.js";
 import type { RunSummary } from "./monitor.js";
 import { DEFAULT_GRID, combosOf, gridAdditions, sharedSettingDiffs, unionGrid, type SweepGrid } from "./sweep-grid.js";
@@ -91,15 +90,5 @@ export function checkFinishedRuns(outDir: string, g: SweepGrid): void {
   }
 }
 
-/** The sweep's own command line as typed (arguments quoted where the shell would need it). */
-export function commandLine(argv: readonly string[]): string {
-  const quote = (a: string): string => (/^[\w@%+=:,./-]+$/.test(a) ? a : `'${a.replace(/'/g, "'\\''")}'`);
-  return ["syncbn", ...argv.slice(2).map(quote)].join(" ");
-}
-
-/** This syncbn's version, from its package.json ("unknown" if that cannot be read). */
-export function syncbnVersion(): string {
-  // dist/cli/sweep.js and cli/sweep.ts both sit two levels below the package root.
-  const v = readJson<{ version?: unknown }>(fileURLToPath(new URL("../../package.json", import.meta.url)));
-  return typeof v?.version === "string" ? v.version : "unknown";
-}
+// The command line (token hidden) and version, shared with train's run record.
+export { commandLine, syncbnVersion } from "./run-record.js";

@@ -8,8 +8,9 @@ import type { WorkerProcess } from "./procs.js";
 
 const THREAD_SCRIPT = new URL("../worker/thread-main.js", import.meta.url);
 
-export function startThreadWorker(data: ThreadWorkerData): WorkerProcess {
+export function startThreadWorker(data: ThreadWorkerData, onMessage?: (m: unknown) => void): WorkerProcess {
   const worker = new Worker(THREAD_SCRIPT, { workerData: data, transferList: [data.port], stderr: true, execArgv: [] });
+  if (onMessage) worker.on("message", onMessage);
   const tail: string[] = [];
   let partial = "";
   worker.stderr.setEncoding("utf8");

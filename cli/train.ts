@@ -25,6 +25,9 @@ import { checkOutDir, prepareOutDir } from "./out-dir.js";
 import { checkResume } from "./resume-check.js";
 import { attachLiveViews } from "./live.js";
 import type { FolderIdentity } from "../worker/out-folder.js";
+import { plural } from "./progress-line.js";
+import { runRecord } from "./run-record.js";
+import { isEvalProgress } from "../worker/eval-progress.js";
 import { checkDashboardBind } from "../coordinator/dashboard.js";
 import { describeBlocks, rankBlocks, resolveRanksPerProc, type RanksPerProc } from "./blocks.js";
 
@@ -42,6 +45,8 @@ export interface TrainOptions {
   tty: boolean;
   print(line: string): void;
   status(line: string): void;
+  /** The terminal's width, for fitting the progress line (undefined: not fitted). */
+  columns?(): number | undefined;
   /** Run token; default a random one. */
   token?: string;
   /** Extra environment for the workers (e.g. the Fashion-MNIST folder). */
@@ -182,6 +187,15 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
     tty: o.tty,
     print: o.print,
     status: o.status,
+    columns: o.columns,
+    run: runRecord(s, {
+      workers: o.workers,
+      ranksPerProcess: perProc,
+      threads: threadsPerWorker,
+      kernels: readEnv({ ...process.env, ...o.workerEnv }).kernels ?? "wasm",
+      transport: o.transport ?? "process",
+      wire: threads ? null : (o.wire ?? "ws"),
+    }),
     onFailure: (e) => {
       outputFailure ??= e;
       wake();
@@ -190,7 +204,7 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
   monitor.attach(server.coordinator);
   monitorRef = monitor;
   if (live.url) (o.onDashboard ?? ((url: string) => o.print(`dashboard: ${url} (read-only; Ctrl-C stops the run as usual)`)))(live.url);
-  o.print(`syncbn train: ${describeBlocks(o.workers, perProc)}${threadsPerWorker > 1 ? ` (${threadsPerWorker} compute threads each)` : ""} × ${s.batch} samples, --model ${s.model} --norm ${s.norm} --data ${s.data}; coordinator ${server.url}; output in ${o.outDir}`);
+  o.print(`syncbn train: ${describeBlocks(o.workers, perProc)}${threadsPerWorker > 1 ? ` (${threadsPerWorker} compute threads each)` : ""} × ${plural(s.batch, "sample")}, --model ${s.model} --norm ${s.norm} --data ${s.data}; coordinator ${server.url}; output in ${o.outDir}`);
 
   let coordFailure: SyncbnError | null = null;
   let coordDone = false;
@@ -227,6 +241,10 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
   if (o.init) args.push("--init", o.init);
   // The token goes through the environment, not argv, so `ps` does not show it.
   const env = { ...process.env, ...o.workerEnv, SYNCBN_TOKEN: token, SYNCBN_THREADS: String(threadsPerWorker) };
+  // The lowest rank's worker reports evaluation progress (worker/eval-progress.ts).
+  const onWorkerMessage = (m: unknown): void => {
+    if (isEvalProgress(m)) monitor.evalProgress(m.step, m.done, m.total);
+  };
   const procs = blocks.map(({ first: rank, size }) =>
     threads
       ? startThreadWorker({
@@ -244,8 +262,8 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
           fashionMnistDir: readEnv(env).fashionMnistDir,
           kernels: readEnv(env).kernels,
           threads: threadsPerWorker,
-        })
-      : forkWorker(WORKER_SCRIPT, [...args, "--rank", String(rank), ...(size > 1 ? ["--ranks-per-proc", String(size)] : [])], rank, { env }),
+        }, onWorkerMessage)
+      : forkWorker(WORKER_SCRIPT, [...args, "--rank", String(rank), ...(size > 1 ? ["--ranks-per-proc", String(size)] : [])], rank, { env, onMessage: onWorkerMessage }),
   );
   procs.forEach((p, i) => (p.ranks = blocks[i]!.size));
   /** The process (or thread) hosting a rank. */
@@ -270,7 +288,7 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
     void p.exited.then(async ({ code, signal }) => {
       if (code === 0 && !signal) return;
       // Elastic: the coordinator notices the dead connection a moment after the exit; give it that moment.
-      if (elastic) await new Promise((r) => setTimeout(r, 1000));
+      if (elastic) await within(null, 1000);
       if (elastic && isLost(p.rank)) return;
       if (!firstBadExit) {
         firstBadExit = { proc: p, code, signal };
@@ -296,15 +314,15 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
     if (!firstBadExit && !coordFailure && !outputFailure) {
       await allExited;
       // Every process is gone; the coordinator sees the last closes (or byes) a moment later. Success is its word, not a count of exits.
-      await Promise.race([coordSettled, new Promise((r) => setTimeout(r, SETTLE_MS))]);
+      await within(coordSettled, SETTLE_MS);
       // Elastic mode waits a moment before it judges a bad exit: give that verdict its time too.
-      if (elastic && procs.some((p) => p.child.exitCode !== 0)) await new Promise((r) => setTimeout(r, 1100));
+      if (elastic && procs.some((p) => p.child.exitCode !== 0)) await within(null, 1100);
     }
     const allLost = elastic && server.coordinator.lostWorkers.length >= o.workers;
     const finalCheck = firstBadExit || coordFailure || outputFailure ? null : checkFinalCheckpoint(o.outDir, monitor.summary().steps, coordDone);
     if (firstBadExit || coordFailure || outputFailure || finalCheck) {
       // Let the other workers report and exit (they fail fast on the coordinator's error).
-      await Promise.race([allExited, new Promise((r) => setTimeout(r, 1500))]);
+      await within(allExited, 1500);
       // Read the processes' states before killing the survivors (a frozen one is "stopped responding", not "killed by us").
       const failure = [
         ...(allLost ? [`every worker was lost (ranks ${server.coordinator.lostWorkers.map((l) => l.rank).join(", ")}); --on-worker-loss continue needs at least one to finish`] : []),
@@ -333,6 +351,20 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
     await killAll(procs);
     await live.close();
     await server.close();
+  }
+}
+
+/**
+ * Waits for `p` (null: nothing) or `ms`, whichever comes first, and clears the
+ * timer: a pending timer keeps Node running, and a bare 5 s race timer here held
+ * every finished run open for 5 s after its summary.
+ */
+async function within(p: Promise<unknown> | null, ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    await Promise.race([...(p ? [p] : []), new Promise((r) => (timer = setTimeout(r, ms)))]);
+  } finally {
+    clearTimeout(timer);
   }
 }
 

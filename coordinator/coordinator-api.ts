@@ -5,7 +5,7 @@
 
 import type { RunConventions } from "../shared/config.js";
 import type { SyncbnError } from "../shared/errors.js";
-import type { Contribution, ErrorMessage, Phase, RoundResult } from "../shared/protocol.js";
+import type { Contribution, ErrorMessage, OutDirNotice, Phase, RoundResult } from "../shared/protocol.js";
 import type { HelloRefusal } from "./admission.js";
 
 /** One connected client as the coordinator sees it. */
@@ -33,6 +33,8 @@ export interface CoordinatorOptions {
    * redo the unfinished step without it (elastic).
    */
   onWorkerLoss?: "abort" | "continue";
+  /** Told to every worker in its welcome (protocol.ts Welcome.outDir). */
+  outDir?: OutDirNotice;
 }
 
 /** A completed round, for observers (launcher progress, tests). */

@@ -4,7 +4,7 @@
 // in coordinator.ts; the public types are coordinator-api.ts.
 
 import { decode, encode } from "../shared/codec.js";
-import { diffConventions, parseNorm, statsGroupSize, validateConventions, type RunConventions } from "../shared/config.js";
+import { conventionsMismatch, parseNorm, statsGroupSize, validateConventions, type RunConventions } from "../shared/config.js";
 import { ErrorCode, SyncbnError, isSyncbnError } from "../shared/errors.js";
 import { PROTOCOL_VERSION, checkContribution, type Contribution, type Phase } from "../shared/protocol.js";
 import { RunningStatsTable } from "./running-stats.js";
@@ -217,9 +217,9 @@ export abstract class Membership {
         return;
       }
     } else {
-      const diff = diffConventions(this.conventions, hello.conventions);
-      if (diff.length > 0) {
-        this.refuseHello(peer, hello.rank, new SyncbnError(ErrorCode.Conventions, `BN conventions differ from the run's: ${diff.join("; ")}`, ctx));
+      const mismatch = conventionsMismatch(this.conventions, hello.conventions);
+      if (mismatch) {
+        this.refuseHello(peer, hello.rank, new SyncbnError(ErrorCode.Conventions, mismatch, ctx));
         return;
       }
     }
@@ -236,7 +236,7 @@ export abstract class Membership {
       this.hellos.joined(r);
     }
     this.byPeer.set(peer, hello.rank);
-    peer.send(encode({ type: "welcome", version: PROTOCOL_VERSION, rank: hello.rank, ranks: size, worldSize: this.worldSize }));
+    peer.send(encode({ type: "welcome", version: PROTOCOL_VERSION, rank: hello.rank, ranks: size, worldSize: this.worldSize, ...(this.opts.outDir ? { outDir: this.opts.outDir } : {}) }));
     for (const r of claimed) this.events.onJoin?.(r);
   }
 

@@ -112,21 +112,33 @@ export function validateConventions(c: BnConventions): void {
   }
 }
 
-/** The fields where two runs' conventions differ, as "field: ours vs theirs" lines; empty if none. */
-export function diffConventions(ours: RunConventions, theirs: RunConventions): string[] {
+/** The BN-convention fields (eps, momentum, style, running var, norm) and the training settings (lr, batch, …) that differ. */
+function splitConventionsDiff(ours: RunConventions, theirs: RunConventions): { bn: string[]; training: string[] } {
   const keys: (keyof RunConventions)[] = ["eps", "momentum", "momentumStyle", "unbiasedRunningVar", "norm"];
-  const out: string[] = [];
+  const bn: string[] = [];
+  const training: string[] = [];
   for (const k of keys) {
-    if (!Object.is(ours[k], theirs[k])) out.push(`${k}: run has ${String(ours[k])}, worker has ${String(theirs[k])}`);
+    if (!Object.is(ours[k], theirs[k])) bn.push(`${k}: run has ${String(ours[k])}, worker has ${String(theirs[k])}`);
   }
   if (ours.training !== theirs.training) {
     const a = parseSettings(ours.training);
     const b = parseSettings(theirs.training);
     const fields = [...new Set([...Object.keys(a), ...Object.keys(b)])].filter((k) => JSON.stringify(a[k]) !== JSON.stringify(b[k]));
-    for (const k of fields) out.push(`${k}: run has ${JSON.stringify(a[k])}, worker has ${JSON.stringify(b[k])}`);
-    if (fields.length === 0) out.push("training settings differ");
+    for (const k of fields) training.push(`${k}: run has ${JSON.stringify(a[k])}, worker has ${JSON.stringify(b[k])}`);
+    if (fields.length === 0) training.push("the settings' text differs");
   }
-  return out;
+  return { bn, training };
+}
+
+/**
+ * Why a worker's hello does not fit the run, or null: "BN conventions differ" only
+ * when eps, momentum and the like do; a different --lr or --batch is a training
+ * setting, and saying "BN conventions" there sent people looking in the wrong place.
+ */
+export function conventionsMismatch(ours: RunConventions, theirs: RunConventions): string | null {
+  const d = splitConventionsDiff(ours, theirs);
+  const what = d.bn.length && d.training.length ? "BN conventions and training settings differ" : d.bn.length ? "BN conventions differ" : d.training.length ? "training settings differ" : null;
+  return what && `${what} from the run's: ${[...d.bn, ...d.training].join("; ")}`;
 }
 
 function parseSettings(text: string): Record<string, unknown> {

@@ -38,6 +38,18 @@ export interface Welcome {
   rank: number;
   ranks: number;
   worldSize: number;
+  /**
+   * The coordinator's output folder (absolute) and the host it is on, when it has
+   * one: a worker started by hand without --out on that same host writes there, so
+   * a run's checkpoint and weights land beside its summary.
+   */
+  outDir?: OutDirNotice;
+}
+
+/** Where a coordinator writes: its host name (os.hostname()) and absolute folder. */
+export interface OutDirNotice {
+  host: string;
+  path: string;
 }
 
 /**
@@ -201,6 +213,10 @@ export function checkContribution(v: unknown): string | null {
   if (v.extra !== undefined && !(v.extra instanceof Float64Array)) return "contrib.extra must be a Float64Array";
   if (v.checksum !== undefined && typeof v.checksum !== "number") return "contrib.checksum must be a number";
   return null;
+}
+
+export function isOutDirNotice(v: unknown): v is OutDirNotice {
+  return isObject(v) && typeof v.host === "string" && typeof v.path === "string" && v.path !== "";
 }
 
 export function isServerMessage(v: unknown): v is ServerMessage {

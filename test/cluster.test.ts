@@ -1,12 +1,12 @@
 // Real coordinator and worker processes (the multi-host commands, on 127.0.0.1):
 // failures are reported fast and by name, intruders are refused.
 import { describe, expect, it } from "vitest";
-import { startCli, waitForOutput, type RunningCli } from "./helpers.js";
+import { scratchDir, startCli, waitForOutput, type RunningCli } from "./helpers.js";
 
 const TRAIN = ["--model", "mlp", "--data", "synthetic", "--train-size", "4000", "--test-size", "200", "--batch", "8", "--steps", "100000", "--checksum-every", "10"];
 
 async function startCoordinator(world: number, token: string, extra: string[] = []): Promise<{ proc: RunningCli; url: string }> {
-  const proc = startCli(["coordinator", "--world", String(world), "--port", "0", "--token", token, ...extra], { timeoutMs: 60_000 });
+  const proc = startCli(["coordinator", "--world", String(world), "--port", "0", "--token", token, ...extra], { timeoutMs: 60_000, cwd: scratchDir("coordinator") });
   await waitForOutput(proc, (o) => /listening on ws:\/\/\S+/.test(o), 15_000);
   const url = /listening on (ws:\/\/\S+)/.exec(proc.stdout())![1]!;
   return { proc, url };
@@ -71,14 +71,14 @@ describe("coordinator and workers as separate processes", () => {
       odd = startWorker(url, 2, 3, "tok", ["--lr", "0.1"]);
       const refused = await odd.done;
       expect(refused.code).toBe(1);
-      expect(refused.stderr).toMatch(/SYNCBN_ERR_CONVENTIONS: \[rank 2\] BN conventions differ from the run's: lr: run has 0\.05, worker has 0\.1/);
+      expect(refused.stderr).toMatch(/SYNCBN_ERR_CONVENTIONS: \[rank 2\] training settings differ from the run's: lr: run has 0\.05, worker has 0\.1/);
       // The coordinator logs the refusal at once: rank, address, reason.
-      expect(coord.stderr()).toMatch(/refused a hello as rank 2 from 127\.0\.0\.1:\d+: SYNCBN_ERR_CONVENTIONS: \[rank 2\] BN conventions differ from the run's: lr: run has 0\.05, worker has 0\.1/);
+      expect(coord.stderr()).toMatch(/refused a hello as rank 2 from 127\.0\.0\.1:\d+: SYNCBN_ERR_CONVENTIONS: \[rank 2\] training settings differ from the run's: lr: run has 0\.05, worker has 0\.1/);
       // At the round deadline, everyone is told why rank 2 is missing.
       const [c, w0, w1] = await Promise.all([coord.done, good[0]!.done, good[1]!.done]);
       for (const r of [c, w0, w1]) {
         expect(r.code).not.toBe(0);
-        expect(r.stderr).toMatch(/SYNCBN_ERR_TIMEOUT: \[rank\(s\) 2, step 0, layer 0, phase fwd\] round deadline of 15000 ms passed without a contribution from rank\(s\) 2: rank 2 never joined: refused at hello \(from 127\.0\.0\.1:\d+\): BN conventions differ from the run's: lr: run has 0\.05, worker has 0\.1/);
+        expect(r.stderr).toMatch(/SYNCBN_ERR_TIMEOUT: \[rank\(s\) 2, step 0, layer 0, phase fwd\] round deadline of 15000 ms passed without a contribution from rank\(s\) 2: rank 2 never joined: refused at hello \(from 127\.0\.0\.1:\d+\): training settings differ from the run's: lr: run has 0\.05, worker has 0\.1/);
         expect(r.stderr).not.toMatch(/frozen, overloaded/);
       }
     } finally {

@@ -63,7 +63,7 @@ describe("--threads", () => {
   it.each(["cnn", "resnet:1"])("ends a %s run on the same bytes with 2 compute threads as with 1 (worker processes and worker threads)", async (model) => {
     const one = await train("1", model);
     const two = await train("2", model);
-    expect(two.stdout).toMatch(/1 workers \(2 compute threads each\)/);
+    expect(two.stdout).toMatch(/1 worker \(2 compute threads each\)/);
     expect(one.stdout).not.toMatch(/compute threads/);
     expect(weights(two.out).equals(weights(one.out))).toBe(true);
     const twoThreaded = await train("2", model, "thread");

@@ -91,6 +91,21 @@ describe("coordinator admission", () => {
     expect(t.errors()[0]!.message).toMatch(/lr: run has undefined, worker has 0.1/);
   });
 
+  it("says \"training settings differ\" for a different --lr, and keeps \"BN conventions differ\" for a different eps", () => {
+    const coord = new Coordinator({ worldSize: 3, token: "", conventions: { ...CONV, training: JSON.stringify({ lr: 0.05 }) }, roundTimeoutMs: 1000 });
+    live.push(coord);
+    const lr = new MemPeer("lr");
+    hello(coord, lr, 0, 3, "", "sync", { training: JSON.stringify({ lr: 0.1 }) });
+    expect(lr.errors()[0]!.message).toMatch(/training settings differ from the run's: lr: run has 0.05, worker has 0.1/);
+    expect(lr.errors()[0]!.message).not.toMatch(/BN conventions/);
+    const eps = new MemPeer("eps");
+    hello(coord, eps, 1, 3, "", "sync", { eps: 1e-3, training: JSON.stringify({ lr: 0.05 }) });
+    expect(eps.errors()[0]!.message).toMatch(/BN conventions differ from the run's: eps: run has 0.00001, worker has 0.001$/);
+    const both = new MemPeer("both");
+    hello(coord, both, 2, 3, "", "sync", { momentum: 0.2, training: JSON.stringify({ lr: 0.1 }) });
+    expect(both.errors()[0]!.message).toMatch(/BN conventions and training settings differ from the run's: momentum: run has 0.1, worker has 0.2; lr: run has 0.05, worker has 0.1/);
+  });
+
   it("adopts the first worker's conventions when started without any, then holds the others to them", () => {
     const coord = new Coordinator({ worldSize: 2, token: "", conventions: null, roundTimeoutMs: 1000 });
     live.push(coord);

@@ -10,7 +10,7 @@ import { DashboardState, MAX_POINTS, Series } from "../coordinator/dashboard-sta
 import { encode } from "../shared/codec.js";
 import type { RunConventions } from "../shared/config.js";
 import { GradExtra, PROTOCOL_VERSION } from "../shared/protocol.js";
-import { runCli, startCli, waitForOutput } from "./helpers.js";
+import { runCli, scratchDir, startCli, waitForOutput } from "./helpers.js";
 
 const CONV: RunConventions = { eps: 1e-5, momentum: 0.1, momentumStyle: "torch", unbiasedRunningVar: true, norm: "sync", training: JSON.stringify({ model: "mlp", batch: 4, data: "synthetic" }) };
 
@@ -164,7 +164,7 @@ describe("dashboard token rules (real CLI)", () => {
 
   it("off loopback asks for the token, trades it for a session cookie that is not the token, and never sends the token back", async () => {
     const TOKEN = `tok-${Math.random().toString(36).slice(2)}-secret`;
-    const p = startCli(["coordinator", "--world", "2", "--port", "0", "--dashboard", "0.0.0.0:0"], { env: { SYNCBN_TOKEN: TOKEN }, timeoutMs: 60_000 });
+    const p = startCli(["coordinator", "--world", "2", "--port", "0", "--dashboard", "0.0.0.0:0"], { env: { SYNCBN_TOKEN: TOKEN }, timeoutMs: 60_000, cwd: scratchDir("coordinator") });
     try {
       await waitForOutput(p, (o) => /dashboard: http:\/\/\S+/.test(o), 30_000);
       const url = /dashboard: (http:\/\/\S+)/.exec(p.stdout())![1]!;

@@ -9,7 +9,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it, type TestContext } from "vitest";
 import { readCheckpoint } from "../worker/checkpoint.js";
 import { RunMonitor } from "../cli/monitor.js";
-import { runCli, startCli, waitForOutput } from "./helpers.js";
+import { runCli, scratchDir, startCli, waitForOutput } from "./helpers.js";
 
 const tmp = (p: string): string => mkdtempSync(join(tmpdir(), `syncbn-${p}-`));
 // mlp: a 1.85 MB checkpoint
@@ -194,7 +194,7 @@ describe("--out that cannot be written", () => {
 
   it("creates a missing `syncbn worker --out` folder at start and writes the final checkpoint there", async () => {
     const out = join(tmp("worker-out"), "not", "yet");
-    const coord = startCli(["coordinator", "--world", "1", "--port", "0", "--token", "t"], { timeoutMs: 60_000 });
+    const coord = startCli(["coordinator", "--world", "1", "--port", "0", "--token", "t"], { timeoutMs: 60_000, cwd: scratchDir("coordinator") });
     try {
       await waitForOutput(coord, (o) => /listening on ws:\/\//.test(o), 15_000);
       const url = /listening on (ws:\/\/\S+)/.exec(coord.stdout())![1]!;

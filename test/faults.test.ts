@@ -5,7 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { readCheckpoint } from "../worker/checkpoint.js";
-import { runCli, startCli, waitForOutput } from "./helpers.js";
+import { runCli, scratchDir, startCli, waitForOutput } from "./helpers.js";
 
 const tmp = (p: string): string => mkdtempSync(join(tmpdir(), `syncbn-${p}-`));
 const SMALL = ["--data", "synthetic", "--train-size", "1024", "--test-size", "100", "--model", "mlp", "--batch", "8", "--seed", "5"];
@@ -45,7 +45,7 @@ describe("faults", () => {
   });
 
   it("makes every worker exit non-zero with a clear message when the coordinator is killed", async () => {
-    const coord = startCli(["coordinator", "--world", "2", "--port", "0", "--token", "t"], { timeoutMs: 60_000 });
+    const coord = startCli(["coordinator", "--world", "2", "--port", "0", "--token", "t"], { timeoutMs: 60_000, cwd: scratchDir("coordinator") });
     await waitForOutput(coord, (o) => /listening on ws:\/\//.test(o), 15_000);
     const url = /listening on (ws:\/\/\S+)/.exec(coord.stdout())![1]!;
     const workers = [0, 1].map((rank) =>

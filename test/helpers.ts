@@ -3,7 +3,8 @@
 // beside it). Tests run against dist/ (npm test builds first).
 
 import { spawn, type ChildProcess } from "node:child_process";
-import { existsSync } from "node:fs";
+import { existsSync, mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { fileURLToPath } from "node:url";
 import { dirname, join, resolve } from "node:path";
 
@@ -15,6 +16,14 @@ export const FIXTURE_CASES = join(ROOT, "test", "fixtures", "conformance");
 export const EXTRA_CASES = resolve(ROOT, "..", "shared", "conformance", "cases");
 
 if (!existsSync(CLI)) throw new Error(`${CLI} is missing: run "npm run build" (npm test does it) before the tests`);
+
+/**
+ * A fresh temporary folder, e.g. the working directory of a coordinator started
+ * without --out, whose default runs/<time> folder must not land in the repository.
+ */
+export function scratchDir(label: string): string {
+  return mkdtempSync(join(tmpdir(), `syncbn-${label}-`));
+}
 
 export interface CliResult {
   code: number | null;

@@ -12,7 +12,7 @@ import { ModelProtoSchema, ValueInfoProtoSchema } from "onnx-buf";
 import { relDiff, safetensorsValues } from "./compare.js";
 import { describe, expect, it } from "vitest";
 import { readSafetensors } from "../worker/safetensors.js";
-import { ROOT, runCli, startCli, waitForOutput } from "./helpers.js";
+import { ROOT, runCli, scratchDir, startCli, waitForOutput } from "./helpers.js";
 
 const FIXTURES = join(ROOT, "test", "fixtures", "onnx");
 const DATA = join(ROOT, "test", "fixtures", "torch", "data");
@@ -161,7 +161,7 @@ describe("--model model.onnx refuses what it cannot train, one line per problem,
 
 describe("--model model.onnx across hosts", () => {
   it("refuses a worker whose model file differs (by its hash, SYNCBN_ERR_CONVENTIONS naming model) and admits the same bytes under another path", async () => {
-    const coord = startCli(["coordinator", "--world", "2", "--port", "0", "--token", "tok", "--round-timeout", "60000"], { timeoutMs: 120_000 });
+    const coord = startCli(["coordinator", "--world", "2", "--port", "0", "--token", "tok", "--round-timeout", "60000"], { timeoutMs: 120_000, cwd: scratchDir("coordinator") });
     const procs = [coord];
     try {
       await waitForOutput(coord, (o) => /listening on ws:\/\/\S+/.test(o), 15_000);

@@ -122,7 +122,7 @@ describe("resume", () => {
       [["--train-size", "512"], "--train-size was 1024, now 512"],
       [["--norm", "local"], "it was trained with --norm sync, this run uses local"],
       [["--model", "cnn"], "it holds a mlp, this run trains a cnn (--model)"],
-      [["--workers", "2"], "it was trained by 1 workers, this run has 2 (--workers); the sample order depends on it"],
+      [["--workers", "2"], "it was trained by 1 worker, this run has 2 (--workers); the sample order depends on it"],
     ];
     const results = await Promise.all(
       cases.map(([flags]) => runCli(["train", "--workers", "1", "--steps", "4", ...SMALL, ...flags, "--resume", file, "--out", base], { timeoutMs: 60_000 })),

@@ -11,9 +11,11 @@ import {
   PROTOCOL_VERSION,
   TOO_MANY_PENDING,
   describeRound,
+  isOutDirNotice,
   isServerMessage,
   type Contribution,
   type ErrorMessage,
+  type OutDirNotice,
   type Phase,
   type Resync,
   type RoundResult,
@@ -131,6 +133,8 @@ export class CoordinatorClient {
   private constructor(
     private readonly link: Link,
     readonly opts: ClientOptions,
+    /** The coordinator's output folder, when its welcome named one. */
+    readonly coordinatorOutDir: OutDirNotice | null = null,
   ) {
     link.onMessage = (bytes) => this.linkOnMessage(bytes);
     link.onClose = (detail) => {
@@ -186,7 +190,7 @@ export class CoordinatorClient {
       link.onMessage = (bytes) => {
         done();
         const msg = safeDecode(bytes);
-        if (msg && msg.type === "welcome") resolve(new CoordinatorClient(link, opts));
+        if (msg && msg.type === "welcome") resolve(new CoordinatorClient(link, opts, isOutDirNotice(msg.outDir) ? msg.outDir : null));
         else {
           link.terminate();
           reject(msg && msg.type === "error" ? errorFromMessage(msg) : new SyncbnError(ErrorCode.BadMessage, "coordinator answered hello with an unexpected message", { rank: whoOf(opts) }));

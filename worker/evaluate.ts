@@ -4,7 +4,7 @@
 // (worker/precise.ts), which replace the running averages only for this eval.
 
 import { parseNorm, type NormMode } from "../shared/config.js";
-import { SumRound } from "../shared/protocol.js";
+import { SumRound, type RoundResult } from "../shared/protocol.js";
 import type { CoordinatorClient } from "./client.js";
 import type { Dataset } from "./data/dataset.js";
 import { SoftmaxCrossEntropy } from "./nn/loss.js";
@@ -25,6 +25,10 @@ export interface EvalContext {
   worldSize: number;
   /** The last completed step: the `step` of the eval rounds. */
   step: number;
+  /** After each eval batch: this shard's progress scaled to the whole test set (done of total samples, an estimate from this process's pace). */
+  onProgress?(done: number, total: number): void;
+  /** The eval round's summed result [lossSum, correct, count], for a worker that shows the run (hand-started rank 0). */
+  onResult?(result: RoundResult): void;
 }
 
 /** Modes whose running statistics differ per worker: every worker's own batches feed them. */
@@ -82,8 +86,10 @@ export async function evaluate(ctx: EvalContext): Promise<void> {
       const r = loss.forward(logits, test.labels.subarray(i, i + n), n, n);
       lossSum += r.lossSum;
       correct += r.correct;
+      ctx.onProgress?.(Math.round(((i + n - from) / (to - from)) * test.count), test.count);
     }
-    await client.round(step, "sum", SumRound.Eval, to - from, Float64Array.of(lossSum, correct, to - from));
+    const summed = await client.round(step, "sum", SumRound.Eval, to - from, Float64Array.of(lossSum, correct, to - from));
+    ctx.onResult?.(summed);
   } finally {
     saved.forEach((m, i) => {
       model.bnLayers[i]!.runningMean.set(m.mean);

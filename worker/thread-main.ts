@@ -3,7 +3,8 @@
 // over the MessagePort it was given. Errors end the thread with code 1 and a
 // `syncbn:` line on its stderr, as a worker process would.
 
-import { workerData, type MessagePort } from "node:worker_threads";
+import { parentPort, workerData, type MessagePort } from "node:worker_threads";
+import { evalProgressSender } from "./eval-progress.js";
 import { setKernelBackend, type KernelBackend } from "./nn/kernels/backend.js";
 import { setComputeThreads } from "./nn/kernels/threads.js";
 import type { TrainSettings } from "./settings.js";
@@ -48,6 +49,7 @@ async function main(d: ThreadWorkerData): Promise<void> {
       resume: d.resume,
       init: d.init,
       fashionMnistDir: d.fashionMnistDir,
+      onEvalProgress: evalProgressSender((m) => parentPort?.postMessage(m)),
     });
     await client.bye();
   } catch (e) {

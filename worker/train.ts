@@ -10,7 +10,7 @@ import { ErrorCode, SyncbnError } from "../shared/errors.js";
 import { GradExtra } from "../shared/protocol.js";
 import { Rng, deriveSeed } from "../shared/rng.js";
 import { ResyncSignal, type CoordinatorClient } from "./client.js";
-import type { Resync } from "../shared/protocol.js";
+import type { Resync, RoundResult } from "../shared/protocol.js";
 import { readCheckpoint, writeCheckpoint, type Checkpoint } from "./checkpoint.js";
 import { gatherBatch, loadDataset } from "./data/dataset.js";
 import { evaluate } from "./evaluate.js";
@@ -45,6 +45,10 @@ export interface WorkerRun {
   fashionMnistDir?: string;
   /** Fault injection (tests): runs halfway through writing the checkpoint after `step` steps. */
   midCheckpointWrite?: (step: number) => void;
+  /** Eval progress after step `step` (1-based: steps done), for the launcher's display or a hand-started rank 0's own. */
+  onEvalProgress?(step: number, done: number, total: number): void;
+  /** Every gradient and eval round's summed result (with the grad round's summed extra), for a worker that shows the run's progress itself. */
+  onResult?(result: RoundResult): void;
 }
 
 /** Seeds derived from --seed, one stream per purpose. */
@@ -196,6 +200,7 @@ export async function trainWorker(run: WorkerRun): Promise<void> {
       lastWaitMs = client.waitMs - waitBefore;
       // The run's first round (start-up, client.startupWaitMs) is neither waiting nor compute.
       lastComputeMs = performance.now() - t0 - (client.waitMs + (client.startupWaitMs ?? 0) - roundsBefore);
+      run.onResult?.(summed);
       model.unpackGrads(summed.data as Float32Array);
       opt.step();
     };
@@ -211,7 +216,21 @@ export async function trainWorker(run: WorkerRun): Promise<void> {
     if (epochEnd || (s.evalEvery > 0 && done % s.evalEvery === 0)) {
       // Eval shards the test set over the ranks still in the run; a resync redoes the whole evaluation.
       await untilStable(
-        () => evaluate({ model, train: data.train, test: data.test, settings: s, client, rank: active.indexOf(rank), ranks: blockSize, worldSize: active.length, step }),
+        () =>
+          evaluate({
+            model,
+            train: data.train,
+            test: data.test,
+            settings: s,
+            client,
+            rank: active.indexOf(rank),
+            ranks: blockSize,
+            worldSize: active.length,
+            step,
+            // The lowest rank's pace stands for the run's (every shard is the same size but the last).
+            onProgress: rank === active[0] && run.onEvalProgress ? (d, t) => run.onEvalProgress!(done, d, t) : undefined,
+            onResult: run.onResult,
+          }),
         () => {},
       );
     }
