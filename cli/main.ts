@@ -12,6 +12,7 @@ import { readEnv } from "./env.js";
 import { setKernelBackend } from "../worker/nn/kernels/backend.js";
 import { setComputeThreads } from "../worker/nn/kernels/threads.js";
 import { registerSweepCommand } from "./sweep-flags.js";
+import { registerLaunchCommand } from "./launch.js";
 import { MAX_TIMER_MS, MAX_WORKERS, MIN_TIMEOUT_MS, intArg } from "./flags.js";
 
 
@@ -39,6 +40,7 @@ program
 
 registerTrainCommands(program);
 registerSweepCommand(program);
+registerLaunchCommand(program);
 
 program
   .command("conformance")
