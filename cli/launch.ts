@@ -194,8 +194,9 @@ function failureLines(ranks: readonly Rank[], first: Rank | null, coord: SyncbnE
   const where = whereOf(coord);
   for (const r of culprits) {
     let status: string;
-    if (r.exit && !r.killedByUs) status = howEnded(r);
+    if (!r.joined && r.exit && !r.killedByUs) status = r.exit.code === 0 ? `exited with code 0 without joining the run: the script never called syncbn.torch.init_process_group()` : `${howEnded(r)} before it joined the run`;
     else if (!r.joined) status = NEVER_JOINED;
+    else if (r.exit && !r.killedByUs) status = howEnded(r);
     else if (coord?.code === ErrorCode.Timeout) status = "stopped responding (hung or too slow) and was killed";
     else status = r.exit ? "lost its connection and was stopped" : "lost its connection";
     lines.push(`rank ${r.rank} ${status}${where ? ` (the others were waiting in ${where})` : ""}`);
@@ -271,7 +272,6 @@ export async function runLaunch(o: LaunchOptions): Promise<LaunchResult> {
   for (const r of ranks) {
     void r.exited.then(({ code, signal }) => {
       if (code === 0 && !signal && r.joined) return;
-      if (code === 0 && !signal) extra.push(`rank ${r.rank} exited with code 0 but ${NEVER_JOINED}`);
       firstBad ??= r;
       wake();
     });

@@ -152,9 +152,9 @@ def init_process_group(conventions=None, env=None):
     conv["training"] = env.get("SYNCBN_TRAINING", "")
     round_timeout_s = (_env_int(env, "SYNCBN_ROUND_TIMEOUT_MS") or 60000) / 1000 + 5
     connect_timeout_s = (_env_int(env, "SYNCBN_CONNECT_TIMEOUT_MS") or 60000) / 1000
+    _install_exit_hooks()
     client = wire.Client.connect(url, rank, world, env.get("SYNCBN_TOKEN", ""), conv, connect_timeout_s, round_timeout_s)
     _group = ProcessGroup(client, rank, world, norm, group_size, conv)
-    _install_exit_hooks()
     return _group
 
 
@@ -223,6 +223,7 @@ class _SyncBatchNormFunction(torch.autograd.Function):
             mean_local = m2_local = torch.zeros(c, dtype=torch.float64)
         count, reduced = group.round_f64("fwd", bn.layer_index, n_local, torch.cat([mean_local, m2_local]))
         mean, var = reduced[:c].clone(), reduced[c:].clone()  # global mean, biased var (§3.2)
+        bn.batch_count, bn.batch_mean, bn.batch_var = count, mean, var
         invstd = (var + bn.eps).rsqrt()
         ctx.bn_layer, ctx.group, ctx.count, ctx.n_local = bn.layer_index, group, count, n_local
         ctx.save_for_backward(x, weight, mean, invstd)
@@ -302,9 +303,10 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         if not self.track_running_stats or self.running_mean is None:
             return
         f = self._factor()
-        v = var * (count / (count - 1)) if self.unbiased_running_var and count > 1 else var
+        scale = count / (count - 1) if self.unbiased_running_var and count > 1 else 1.0
+        # The operations of shared/stats.ts updateRunningStats, in its order: float64 buffers get its bits.
         self.running_mean.copy_(self.running_mean.to(torch.float64) * (1 - f) + mean * f)
-        self.running_var.copy_(self.running_var.to(torch.float64) * (1 - f) + v * f)
+        self.running_var.copy_(self.running_var.to(torch.float64) * (1 - f) + var * f * scale)
 
     def _plain(self, x, training):
         f = 0.0
@@ -347,11 +349,14 @@ def _check_layers(group):
         by_print.setdefault(g, []).append(r)
     common = max(by_print.values(), key=len)
     odd = [r for r in range(group.world_size) if r not in common]
+    if group.rank not in odd:
+        # The odd ranks stop; the rest go on to their next round, where the coordinator tells them which rank left.
+        return
     desc = "; ".join(f"rank{'s' if len(rs) > 1 else ''} {', '.join(map(str, rs))}: {g[0]} layers (fingerprint {g[1]:08x})" for g, rs in by_print.items())
-    listing = ", ".join(f"{b.qualified_name or '?'}({b.num_features})" for b in layers)
+    listing = ", ".join(f"{b.qualified_name or '?'} ({b.num_features} channels)" for b in layers)
     raise SyncbnError(
         "SYNCBN_ERR_SHAPE",
-        f"[rank {', '.join(map(str, odd))}] the ranks' BatchNorm layers differ ({desc}); this rank ({group.rank}) has {listing or 'none'}. Every rank must build the same model",
+        f"[rank {', '.join(map(str, odd))}] the ranks' BatchNorm layers differ ({desc}); this rank ({group.rank}) has {listing or 'none'}; every rank must build the same model",
         rank=odd,
     )
 
