@@ -34,14 +34,16 @@ describe.skipIf(optOut)("syncbn launch with PyTorch scripts", () => {
   });
 
   for (const norm of ["sync", "local", "group:2"]) {
-    it(`trains 4 ranks × 8 with --norm ${norm} to the state_dict of float64 PyTorch on each statistics group's batch, within 1e-4`, async () => {
+    it(`trains 4 ranks × 8 with --norm ${norm} to the state_dict of float64 PyTorch on each statistics group's batch, within 1e-4, with no rounds in eval`, async () => {
       requireTorch();
       const out = mkdtempSync(join(tmp, "parity-"));
       const r = await runCli(["launch", "--workers", "4", "--norm", norm, "--round-timeout", "20000", "--", PYTHON, PARITY], { env: { PARITY_OUT: out }, timeoutMs: 60_000 });
       expect(r.code, r.stderr).toBe(0);
       for (let rank = 0; rank < 4; rank++) {
         expect(r.stdout).toContain(`[rank ${rank}] rank ${rank} norm ${norm}: largest difference`);
-        const rep = JSON.parse(readFileSync(join(out, `rank${rank}.json`), "utf8")) as { diffs: Record<string, number> };
+        const rep = JSON.parse(readFileSync(join(out, `rank${rank}.json`), "utf8")) as { diffs: Record<string, number>; evalRounds: boolean; steps: number };
+        expect(rep.evalRounds, "eval mode must not communicate").toBe(false);
+        expect(rep.steps).toBe(5); // the round clock: step 0 holds the layer check, then one step per iteration
         // Every tensor of the state_dict (weights, running statistics, num_batches_tracked) and an eval output.
         expect(Object.keys(rep.diffs)).toContain("bn2.running_var");
         expect(Object.keys(rep.diffs)).toContain("bn1.num_batches_tracked");

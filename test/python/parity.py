@@ -60,7 +60,11 @@ def main():
         sbt.all_reduce_gradients(model, loss=loss.item(), batch_size=PER_RANK)
         opt.step()
     model.eval()
+    before = group.last
     eval_out = model(xs[0][:4])  # eval mode: running statistics, no rounds
+    eval_rounds = group.last != before
+    build().load_state_dict(model.state_dict())  # and the converted model's state loads back into the original
+    assert all(isinstance(m, sbt.SyncBatchNorm) for m in (model.bn1, model.bn2)) and model.bn1.momentum is None
 
     # The reference: one float64 plain-BN model per statistics group, on the group's whole batch.
     groups = world // k
@@ -86,7 +90,7 @@ def main():
         diffs[name] = float((t.double() - ref_state[name].double()).abs().max()) if t.numel() else 0.0
     diffs["eval_output"] = float((eval_out.double() - ref(xs[0][:4].double())).abs().max())
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
-        json.dump({"rank": rank, "norm": group.norm, "diffs": diffs, "steps": group.step}, f)
+        json.dump({"rank": rank, "norm": group.norm, "diffs": diffs, "steps": group.step, "evalRounds": eval_rounds}, f)
     print(f"rank {rank} norm {group.norm}: largest difference {max(diffs.values()):.3g}")
 
 
