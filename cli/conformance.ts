@@ -12,6 +12,9 @@ import { startCoordinatorServer, DEFAULT_MAX_PAYLOAD } from "../coordinator/serv
 import { caseConventions, compareCase, loadCase, type CaseDump } from "./conformance-case.js";
 import type { WorkerReport } from "./conformance-worker.js";
 import { forkWorker, killAll } from "./procs.js";
+import { spawn } from "node:child_process";
+import { delimiter } from "node:path";
+import { PYTHON_DIR } from "./launch.js";
 
 export interface ConformanceOptions {
   dump?: string;
@@ -24,6 +27,10 @@ export interface ConformanceOptions {
    * merges locally, any slices).
    */
   ranksPerProc?: number;
+  /** "ts" (default): the TypeScript worker; "python": python/syncbn's SyncBatchNorm on PyTorch, one process per rank, on the tcp wire. */
+  workersLang?: "ts" | "python";
+  /** The Python interpreter with torch, for workersLang "python" (default python3). */
+  python?: string;
   print(line: string): void;
 }
 
@@ -55,7 +62,7 @@ export async function runConformance(dirs: readonly string[], opts: ConformanceO
     try {
       const c = loadCase(path);
       name = c.name;
-      const { dump, packing } = await runCase(path, opts.timeoutMs, opts.ranksPerProc ?? 1);
+      const { dump, packing } = opts.workersLang === "python" ? await runPythonCase(path, opts.timeoutMs, opts.python ?? "python3") : await runCase(path, opts.timeoutMs, opts.ranksPerProc ?? 1);
       if (opts.dump) writeFileSync(join(opts.dump, `${c.name}.json`), JSON.stringify(dump));
       const m = compareCase(c, dump);
       if (m) {
@@ -152,4 +159,44 @@ function toDump(name: string, reports: WorkerReport[], coordStats: { mean: Float
     if (r.evalY.some((v, j) => !Object.is(v, r0.evalY[j]))) throw new Error(`rank ${r.rank}: eval output differs from rank 0's`);
   }
   return { name, steps, eval: { y: r0.evalY } };
+}
+
+/**
+ * A case on Python workers (python/syncbn/conformance.py): W processes of
+ * `PYTHON -m syncbn.conformance`, each printing its report as one JSON line.
+ */
+async function runPythonCase(path: string, timeoutMs: number, python: string): Promise<{ dump: CaseDump; packing: string }> {
+  const c = loadCase(path);
+  const worldSize = c.steps[0]!.workers.length;
+  const token = randomBytes(16).toString("hex");
+  const server = await startCoordinatorServer({ host: "127.0.0.1", port: 0, worldSize, token, conventions: caseConventions(c), roundTimeoutMs: timeoutMs, maxPayload: DEFAULT_MAX_PAYLOAD, wire: "tcp" });
+  const env = { ...process.env, PYTHONPATH: [PYTHON_DIR, process.env.PYTHONPATH].filter(Boolean).join(delimiter), OMP_NUM_THREADS: "1" };
+  const procs = Array.from({ length: worldSize }, (_, rank) => {
+    const child = spawn(python, ["-m", "syncbn.conformance", path, String(rank), server.url, token, String(timeoutMs)], { env, stdio: ["ignore", "pipe", "pipe"] });
+    let out = "";
+    let err = "";
+    child.stdout.on("data", (d: Buffer) => (out += d.toString()));
+    child.stderr.on("data", (d: Buffer) => (err += d.toString()));
+    const exited = new Promise<{ code: number | null; out: string; err: string }>((resolve) => {
+      child.once("error", (e) => resolve({ code: 127, out, err: `cannot start ${python}: ${e.message}` }));
+      child.once("close", (code) => resolve({ code, out, err }));
+    });
+    return { child, exited };
+  });
+  try {
+    const deadline = new Promise<never>((_, reject) => setTimeout(() => reject(new SyncbnError(ErrorCode.Timeout, `case did not finish within ${timeoutMs} ms`)), timeoutMs).unref());
+    const exits = await Promise.race([Promise.all(procs.map((p) => p.exited)), deadline]);
+    const reports: WorkerReport[] = exits.map((e, rank) => {
+      const line = e.out.trim().split("\n").pop() ?? "";
+      if (e.code !== 0 || !line.startsWith("{")) {
+        const why = e.err.split("\n").filter((l) => l.trim()).slice(-3).join(" | ") || `exit code ${e.code}`;
+        throw new Error(`python worker rank ${rank} failed: ${why}`);
+      }
+      return JSON.parse(line) as WorkerReport;
+    });
+    return { dump: toDump(c.name, reports, server.coordinator.runningStats.layers.get(0)), packing: " (python workers)" };
+  } finally {
+    for (const p of procs) if (p.child.exitCode === null && p.child.signalCode === null) p.child.kill("SIGKILL");
+    await server.close();
+  }
 }

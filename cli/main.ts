@@ -4,7 +4,7 @@
 // one line with its code, and the exit code says what kind it was (below).
 
 import { readFileSync } from "node:fs";
-import { Command, CommanderError } from "commander";
+import { Command, CommanderError, Option } from "commander";
 import { ErrorCode, isSyncbnError } from "../shared/errors.js";
 import { runConformance } from "./conformance.js";
 import { registerTrainCommands } from "./commands.js";
@@ -12,6 +12,7 @@ import { readEnv } from "./env.js";
 import { setKernelBackend } from "../worker/nn/kernels/backend.js";
 import { setComputeThreads } from "../worker/nn/kernels/threads.js";
 import { registerSweepCommand } from "./sweep-flags.js";
+import { registerLaunchCommand } from "./launch.js";
 import { MAX_TIMER_MS, MAX_WORKERS, MIN_TIMEOUT_MS, intArg } from "./flags.js";
 
 
@@ -39,6 +40,7 @@ program
 
 registerTrainCommands(program);
 registerSweepCommand(program);
+registerLaunchCommand(program);
 
 program
   .command("conformance")
@@ -47,8 +49,10 @@ program
   .option("--dump <out>", "write what was computed to OUT/<name>.json")
   .option("--timeout <ms>", `deadline per case and per round (${MIN_TIMEOUT_MS}..${MAX_TIMER_MS})`, intArg("--timeout", MIN_TIMEOUT_MS, MAX_TIMER_MS), 60_000)
   .option("--ranks-per-proc <R>", "pack each case's W ranks R to a worker process (all W in one when a block's slices differ)", intArg("--ranks-per-proc", 1, MAX_WORKERS), 1)
-  .action(async (dirs: string[], o: { dump?: string; timeout: number; ranksPerProc: number }) => {
-    const { failed } = await runConformance(dirs, { dump: o.dump, timeoutMs: o.timeout, ranksPerProc: o.ranksPerProc, print: (l) => console.log(l) });
+  .addOption(new Option("--workers-lang <lang>", "run the cases on the TypeScript workers, or on python/syncbn's SyncBatchNorm in PyTorch (one process per rank, tcp wire)").choices(["ts", "python"]).default("ts"))
+  .option("--python <path>", "the Python interpreter with torch, for --workers-lang python", "python3")
+  .action(async (dirs: string[], o: { dump?: string; timeout: number; ranksPerProc: number; workersLang: "ts" | "python"; python: string }) => {
+    const { failed } = await runConformance(dirs, { dump: o.dump, timeoutMs: o.timeout, ranksPerProc: o.ranksPerProc, workersLang: o.workersLang, python: o.python, print: (l) => console.log(l) });
     process.exitCode = failed > 0 ? 1 : 0;
   });
 
