@@ -413,8 +413,9 @@ def all_reduce_gradients(model, loss=None, batch_size=None):
     compute = (now - group._compute_since) - wait
     b = batch_size if batch_size is not None else 1
     loss_value = float(loss) if loss is not None else 0.0
-    # GradExtra (shared/protocol.ts): loss sum, correct, count, sync wait ms, compute ms, total steps, steps per epoch.
-    extra = torch.tensor([loss_value * b, 0.0, float(b), wait * 1000, compute * 1000, 0.0, 0.0], dtype=torch.float64)
+    # GradExtra (shared/protocol.ts): loss sum, correct, count, sync wait ms, compute ms, total steps, steps per epoch,
+    # learning rate (0: the script's optimizer holds it, not us).
+    extra = torch.tensor([loss_value * b, 0.0, float(b), wait * 1000, compute * 1000, 0.0, 0.0, 0.0], dtype=torch.float64)
     checksum = None
     if group.grad_rounds % _CHECKSUM_EVERY == 0:
         with torch.no_grad():

@@ -10,7 +10,7 @@ from urllib.parse import urlparse
 
 import msgpack
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 FRAME_MARKER = 0xC1
 ENVELOPE_MARKER = 0xC2
 PHASES = ("fwd", "bwd", "grad", "sum")
