@@ -9,57 +9,18 @@
 // WebAssembly kernels too (their conv dW, summed in float32 over the batch, once
 // ended 3e-2 away here; test/whole-run.test.ts holds both at larger sizes).
 
-import { mkdtempSync, readFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { relDiff, safetensorsValues } from "./compare.js";
 import { describe, expect, it } from "vitest";
-import { ROOT, runCli } from "./helpers.js";
+import { ROOT } from "./helpers.js";
+import { trainAgainstTorch } from "./torch-train.js";
 
 const FIXTURES = join(ROOT, "test", "fixtures", "torch");
 
-interface FixtureSettings {
-  workers: number;
-  batch: number;
-  steps: number;
-  lr: number;
-  momentum: number;
-  weightDecay: number;
-  bnEps: number;
-  bnMomentum: number;
-  trainSize: number;
-  testSize: number;
-}
-
-
-
 /** Trains the fixture's model with syncbn and returns the worst tensor against PyTorch's expected weights. */
-async function compare(fixture: string, model: string, norm: "sync" | "local", recipeFlags: string[] = [], kernels: "js" | "wasm" = "js"): Promise<{ worst: { name: string; diff: number }; names: string[]; out: string }> {
-  const dir = join(FIXTURES, fixture);
-  const s = JSON.parse(readFileSync(join(dir, "settings.json"), "utf8")) as FixtureSettings;
-  const out = mkdtempSync(join(tmpdir(), `syncbn-parity-${fixture}-${norm}-`));
-  const r = await runCli(
-    [
-      "train", "--model", model, "--norm", norm, "--data", join(FIXTURES, "data"), "--init", join(dir, "init.safetensors"), "--shuffle", "off",
-      "--workers", String(s.workers), "--batch", String(s.batch), "--steps", String(s.steps), "--lr", String(s.lr), "--momentum", String(s.momentum),
-      "--weight-decay", String(s.weightDecay), "--bn-eps", String(s.bnEps), "--bn-momentum", String(s.bnMomentum), "--out", out,
-      ...recipeFlags,
-    ],
-    { timeoutMs: 240_000, env: { SYNCBN_KERNELS: kernels } },
-  );
-  expect(r.code, r.stderr).toBe(0);
-  const ours = safetensorsValues(join(out, "weights.safetensors"));
-  const theirs = safetensorsValues(join(dir, `expected-${norm}.safetensors`));
-  expect([...ours.keys()].sort()).toEqual([...theirs.keys()].sort());
-  let worst = { name: "", diff: 0 };
-  for (const [name, t] of theirs) {
-    const o = ours.get(name)!;
-    expect(o.shape, name).toEqual(t.shape);
-    const d = relDiff(o.values, t.values);
-    if (d > worst.diff) worst = { name, diff: d };
-  }
-  console.log(`${fixture} --norm ${norm}: ${theirs.size} tensors, worst ${worst.name} at ${worst.diff.toExponential(2)} relative`);
-  return { worst, names: [...theirs.keys()], out };
+function compare(fixture: string, model: string, norm: "sync" | "local", flags: string[] = [], kernels: "js" | "wasm" = "js"): ReturnType<typeof trainAgainstTorch> {
+  return trainAgainstTorch({ dir: join(FIXTURES, fixture), data: join(FIXTURES, "data"), model, norm, kernels, flags });
 }
 
 describe("syncbn against PyTorch, trained from the same safetensors weights", () => {
