@@ -57,11 +57,13 @@ describe("mlp and cnn as graphs", () => {
 });
 
 describe("resnet:N runs", () => {
-  it("gives 4 workers × 4 samples with sync BN the parameters and running stats of 1 worker × 16 after 20 steps on resnet:2", async () => {
-    // Momentum 0: at lr 0.02 with momentum 0.9 this net amplifies float32 rounding so fast that
-    // even the JS and WASM kernels on one worker part by 1e-3 within two steps (measured); the
-    // identity itself holds to 1e-7 at step 1 either way.
-    const small = ["--model", "resnet:2", "--steps", "20", "--data", "synthetic", "--train-size", "640", "--test-size", "16", "--seed", "5", "--lr", "0.02", "--momentum", "0"];
+  it("gives 4 workers × 4 samples with sync BN the parameters and running stats of 1 worker × 16 after a step on resnet:2", async () => {
+    // One step, not twenty: each worker rounds its float32 gradient before the float64 grad round,
+    // one worker × 16 rounds once, and resnet:2 amplifies that last-bit difference step by step
+    // (measured: 1.4e-3 after two steps, 0.7 on a BN bias after twenty, on the js twins as on
+    // WebAssembly), so a multi-step equality would test chaos, not the all-reduce. The multi-step
+    // checks against PyTorch are whole-run.test.ts.
+    const small = ["--model", "resnet:2", "--steps", "1", "--data", "synthetic", "--train-size", "640", "--test-size", "16", "--seed", "5", "--lr", "0.02", "--momentum", "0.9"];
     const a = tmp("r4"), b = tmp("r1"), c = tmp("r4local");
     const ra = await runCli(["train", "--workers", "4", "--batch", "4", "--norm", "sync", "--out", a, ...small], { timeoutMs: 300_000 });
     expect(ra.code, ra.stderr).toBe(0);
@@ -69,10 +71,10 @@ describe("resnet:N runs", () => {
     expect(rb.code, rb.stderr).toBe(0);
     const ca = readCheckpoint(join(a, "checkpoint.bin"));
     const cb = readCheckpoint(join(b, "checkpoint.bin"));
-    expect(ca.header.step).toBe(20);
+    expect(ca.header.step).toBe(1);
     expect(ca.bn.length).toBe(15);
     const worst = worstDiff(ca, cb);
-    expect(worst.diff, `worst tensor ${worst.name}`).toBeLessThan(1e-4);
+    expect(worst.diff, `worst tensor ${worst.name}`).toBeLessThan(1e-5);
     // …and not trivially: local BN on 4-sample slices ends elsewhere.
     const rc = await runCli(["train", "--workers", "4", "--batch", "4", "--norm", "local", "--out", c, ...small], { timeoutMs: 300_000 });
     expect(rc.code, rc.stderr).toBe(0);
