@@ -110,20 +110,20 @@ describe("--model model.onnx refuses what it cannot train, one line per problem,
   }, 150_000);
 
   it("refuses an unsupported op by node name and op type, with the supported-op list", async () => {
-    const path = edited("resproj", (m) => void (node(m, "Relu").opType = "Sigmoid"));
+    const path = edited("resproj", (m) => void (node(m, "Relu").opType = "Tanh"));
     const err = await refused(path);
-    expect(err).toMatch(/node "\/Relu" \(Sigmoid\): unsupported op; supported ops: Conv, BatchNormalization/);
+    expect(err).toMatch(/node "\/Relu" \(Tanh\): unsupported op; supported ops: Conv \(grouped and depthwise too\), BatchNormalization/);
   }, 150_000);
 
-  it("refuses a dilated convolution and a grouped one, one line each", async () => {
+  it("refuses a dilated convolution and a group that does not divide the channels, one line each", async () => {
     const path = edited("resproj", (m) => {
       const convs = m.graph!.node.filter((n) => n.opType === "Conv");
       convs[0]!.attribute.find((a) => a.name === "dilations")!.ints = [2n, 2n];
-      convs[1]!.attribute.find((a) => a.name === "group")!.i = 2n;
+      convs[1]!.attribute.find((a) => a.name === "group")!.i = 3n;
     });
     const err = await refused(path);
     expect(err).toMatch(/node "\/conv1\/Conv" \(Conv\): dilation 2×2 is not supported/);
-    expect(err).toMatch(/node "\/conv2\/Conv" \(Conv\): group 2 is not supported/);
+    expect(err).toMatch(/node "\/conv2\/Conv" \(Conv\): group 3 does not divide the weight's 8 output channels/);
   }, 150_000);
 
   it("refuses a truncated file and a file that is not ONNX", async () => {

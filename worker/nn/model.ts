@@ -278,6 +278,12 @@ function buildOnnxModel(path: `${string}.onnx`, o: ModelOptions): Model {
     if (!l) return v;
     bnIndex++;
     return g.layer(l, v);
+  }, {
+    // Dropout masks: a function of (seed, rank, step); a block's batch is its ranks' segments in rank order.
+    seed: o.seed,
+    firstRank: o.block?.first ?? o.where?.rank ?? 0,
+    ranks: o.block?.syncs.length ?? 1,
+    step: () => o.where?.step ?? 0,
   });
   const model = new Model(path, imported.graph);
   for (const t of model.namedTensors()) {

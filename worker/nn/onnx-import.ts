@@ -12,18 +12,22 @@ import { MAX_MODEL_FILE_BYTES, readInputFile } from "../input-file.js";
 import { Rng } from "../../shared/rng.js";
 import { AvgPool2d, GlobalAvgPool } from "./avgpool.js";
 import { Conv2d, convGeometry } from "./conv2d.js";
-import { Flatten } from "./flatten.js";
-import { Add, GraphBuilder, type Graph, type Value } from "./graph.js";
+import type { DropoutClock } from "./dropout.js";
+import { GraphBuilder, type Graph, type Value } from "./graph.js";
+import { GroupedConv2d } from "./grouped-conv.js";
 import { sizeOf } from "./layer.js";
+import { View } from "./broadcast.js";
 import { foldShape } from "./onnx-fold.js";
+import { EXTRA_OPS, importExtraOp, reshaped, reshapeTarget, type OpContext } from "./onnx-ops.js";
 import { FLOAT_TYPES, MAX_FOLDED_ELEMENTS, MAX_MODEL_ELEMENTS, MAX_VALUE_ELEMENTS, tensorElements, tensorFloats, tensorInts, TensorError, typeName } from "./onnx-tensor.js";
 import { Linear } from "./linear.js";
 import { MaxPool2d } from "./maxpool.js";
 import { ReLU } from "./relu.js";
 
 export const SUPPORTED_OPS =
-  "Conv, BatchNormalization, Relu, MaxPool, AveragePool, GlobalAveragePool, ReduceMean (axes 2,3), Add, Flatten, Gemm, MatMul+Add, " +
-  "Identity, Constant, Pad (zeros, before a pool or conv), and Shape/Gather/Unsqueeze/Concat/Slice/Cast/ConstantOfShape/Reshape that fold to a flatten";
+  "Conv (grouped and depthwise too), BatchNormalization, Relu, Sigmoid, HardSigmoid, HardSwish, LeakyRelu, Clip, Dropout, MaxPool, AveragePool, GlobalAveragePool, " +
+  "ReduceMean (axes 2,3), Add/Sub/Mul/Div (broadcasting), Concat, Flatten, Reshape, Squeeze, Unsqueeze, Gemm, MatMul+Add, " +
+  "Identity, Constant, Pad (zeros, before a pool or conv), and Shape/Gather/Unsqueeze/Concat/Slice/Cast/ConstantOfShape that fold to constants (docs/onnx-ops.md)";
 
 /** The export line the README gives, quoted where a graph cannot have come from it. */
 export const EXPORT_LINE =
@@ -75,8 +79,11 @@ export type Sym =
 
 const KNOWN_OPS = new Set([
   "Conv", "BatchNormalization", "Relu", "MaxPool", "AveragePool", "GlobalAveragePool", "ReduceMean", "Add", "Flatten", "Gemm", "MatMul", "Identity",
-  "Constant", "Pad", "Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Reshape", "Slice", "Cast", "ConstantOfShape",
+  "Constant", "Pad", "Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Reshape", "Slice", "Cast", "ConstantOfShape", ...EXTRA_OPS,
 ]);
+
+/** Where an eval-only import (a preflight, a weights check) draws no masks: rank 0, step 0. */
+const NO_DROPOUT_CLOCK: DropoutClock = { seed: 0, firstRank: 0, ranks: 1, step: () => 0 };
 
 /** Decodes the model, or a one-line refusal for bytes that are not ONNX or are cut short. */
 export function decodeOnnx(bytes: Uint8Array, path: string): ModelProto {
@@ -111,6 +118,11 @@ export function int(node: NodeProto, name: string, dflt: number): number {
   const a = attr(node, name);
   return a ? Number(a.i) : dflt;
 }
+/** A FLOAT (type 1) or INT attribute's value, or undefined. */
+function num(node: NodeProto, name: string): number | undefined {
+  const a = attr(node, name);
+  return a ? (a.type === 1 ? a.f : Number(a.i)) : undefined;
+}
 function float(node: NodeProto, name: string, dflt: number): number {
   const a = attr(node, name);
   return a ? a.f : dflt;
@@ -133,7 +145,9 @@ function sampleDims(m: ModelProto, which: "input" | "output", index: number): nu
  * Builds the graph of `m` for samples of inShape and `classes` outputs, with `norm`
  * at every BatchNormalization. Throws one BadConfig error with one line per problem.
  */
-export function importOnnx(m: ModelProto, path: string, inShape: readonly number[], classes: number, normIsNone: boolean, norm: OnnxNormFactory): OnnxModel {
+export function importOnnx(
+  m: ModelProto, path: string, inShape: readonly number[], classes: number, normIsNone: boolean, norm: OnnxNormFactory, dropoutClock: DropoutClock = NO_DROPOUT_CLOCK,
+): OnnxModel {
   const graphProto = m.graph!;
   const problems: string[] = [];
   const bad = (node: NodeProto | null, what: string): void => {
@@ -157,11 +171,14 @@ export function importOnnx(m: ModelProto, path: string, inShape: readonly number
   }
   // Op types and attribute values first, over every node: each problem gets its own line.
   for (const node of graphProto.node) {
-    if (!KNOWN_OPS.has(node.opType) || node.domain !== "") bad(node, `unsupported op; supported ops: ${SUPPORTED_OPS}`);
+    if ((node.opType === "Softmax" || node.opType === "LogSoftmax") && node.domain === "") bad(node, "unsupported op: syncbn's loss applies the softmax itself; end the model with the logits (no Softmax in the head)");
+    else if (!KNOWN_OPS.has(node.opType) || node.domain !== "") bad(node, `unsupported op; supported ops: ${SUPPORTED_OPS}`);
     else if (node.opType === "Conv" || node.opType === "MaxPool" || node.opType === "AveragePool") {
       const dil = ints(node, "dilations", [1, 1]);
       if (dil.some((d) => d !== 1)) bad(node, `dilation ${dil.join("×")} is not supported (dilation 1 only)`);
-      if (int(node, "group", 1) !== 1) bad(node, `group ${int(node, "group", 1)} is not supported (groups=1 only)`);
+      const group = int(node, "group", 1), cout = Number(inits.get(node.input[1] ?? "")?.dims[0] ?? 1);
+      if (node.opType !== "Conv" && group !== 1) bad(node, `group ${group} is not supported (groups=1 only)`);
+      else if (!(group >= 1 && cout % group === 0)) bad(node, `group ${group} does not divide the weight's ${cout} output channels`);
       if (int(node, "ceil_mode", 0) !== 0) bad(node, "ceil_mode=1 is not supported");
       const autoPad = attr(node, "auto_pad");
       if (autoPad && new TextDecoder().decode(autoPad.s) !== "NOTSET") bad(node, "auto_pad is not supported (explicit pads only)");
@@ -234,6 +251,7 @@ export function importOnnx(m: ModelProto, path: string, inShape: readonly number
     const v = act(node, 0);
     return v ? { v, pads: [0, 0, 0, 0] } : null;
   };
+  const ctx: OpContext = { g, syms, bad, act, cst, num, ints: (node, name) => attr(node, name)?.ints.map(Number), dropout: { clock: dropoutClock, count: 0 } };
 
   let bnIndex = 0;
   for (const node of graphProto.node) {
@@ -276,10 +294,8 @@ export function importOnnx(m: ModelProto, path: string, inShape: readonly number
             for (let i = 0; i < a.inF; i++) for (let o = 0; o < a.outF; o++) wt[o * a.inF + i] = a.w[i * a.outF + o]!;
             initial.set(`${name}.weight`, wt);
             set({ k: "act", v: g.layer(lin, a.v) });
-          } else if (a?.k === "act" && b?.k === "act" && a.v.shape.join() === b.v.shape.join()) {
-            set({ k: "act", v: g.apply(new Add(node.name, a.v.shape), a.v, b.v) });
           } else {
-            bad(node, "only the sum of two activations of the same shape (a residual join), or MatMul + bias, is supported");
+            importExtraOp(node, ctx, set);
           }
           break;
         }
@@ -298,9 +314,10 @@ export function importOnnx(m: ModelProto, path: string, inShape: readonly number
           const strides = ints(node, "strides", [1, 1]);
           const pads = ints(node, "pads", [0, 0, 0, 0]).map((p, i) => p + x.pads[i]!);
           if (ints(node, "dilations", [1, 1]).some((d) => d !== 1)) bad(node, `dilation ${ints(node, "dilations", []).join("×")} is not supported (dilation 1 only)`);
-          if (int(node, "group", 1) !== 1) bad(node, `group ${int(node, "group", 1)} is not supported (groups=1 only)`);
+          const groups = int(node, "group", 1);
+          if (!(groups >= 1 && cin % groups === 0 && w.dims[0]! % groups === 0)) bad(node, `group ${groups} does not divide the ${cin} input and ${w.dims[0]} output channels`);
           if (k[0] !== k[1] || strides[0] !== strides[1] || pads.some((p) => p !== pads[0])) bad(node, `only square kernels, equal strides and symmetric padding are supported (kernel ${k.join("×")}, strides ${strides.join("×")}, pads ${pads.join(",")})`);
-          if (w.dims[1] !== cin) bad(node, `weight expects ${w.dims[1]} input channels, the input has ${cin}`);
+          if (w.dims[1]! * groups !== cin) bad(node, `weight expects ${w.dims[1]}×${groups} (group) input channels, the input has ${cin}`);
           if (k.length !== 2 || k[0] !== w.dims[2] || k[1] !== w.dims[3]) bad(node, `kernel_shape ${k.join("×")} is not the weight's ${w.dims.slice(2).join("×")}`);
           if (attr(node, "auto_pad") && new TextDecoder().decode(attr(node, "auto_pad")!.s) !== "NOTSET") bad(node, "auto_pad is not supported");
           if (problems.length > before) break;
@@ -309,8 +326,9 @@ export function importOnnx(m: ModelProto, path: string, inShape: readonly number
           const geo = convGeometry(name, cin, cout, k[0]!, strides[0]!, pads[0]!, h, wd);
           // Padding can grow the output and its unrolled input past any bound: checked before the layer allocates them.
           const plane = geo.outH * geo.outW;
-          if (Math.max(cout, cin * k[0]! * k[0]!) * plane > MAX_VALUE_ELEMENTS) {
-            bad(node, `output ${cout}×${geo.outH}×${geo.outW} (unrolled input ${cin * k[0]! * k[0]!}×${plane}) is over the limit of ${MAX_VALUE_ELEMENTS} elements per sample`);
+          const rows = (cin / groups) * k[0]! * k[0]!;
+          if (Math.max(cout, rows) * plane > MAX_VALUE_ELEMENTS) {
+            bad(node, `output ${cout}×${geo.outH}×${geo.outW} (unrolled input ${rows}×${plane}) is over the limit of ${MAX_VALUE_ELEMENTS} elements per sample`);
             break;
           }
           const weight = floatsOf(node, w, "weight", w.floats?.length ?? 0);
@@ -320,7 +338,9 @@ export function importOnnx(m: ModelProto, path: string, inShape: readonly number
           if (!weight || (hasBias && !bias)) break;
           initial.set(`${name}.weight`, weight);
           if (bias) initial.set(`${name}.bias`, bias);
-          const conv = new Conv2d(name, cin, cout, k[0]!, strides[0]!, pads[0]!, h, wd, rng, undefined, hasBias);
+          const conv = groups === 1
+            ? new Conv2d(name, cin, cout, k[0]!, strides[0]!, pads[0]!, h, wd, rng, undefined, hasBias)
+            : new GroupedConv2d(name, cin, cout, groups, k[0]!, strides[0]!, pads[0]!, h, wd, rng, undefined, hasBias);
           set({ k: "act", v: g.layer(conv, x.v) });
           break;
         }
@@ -394,28 +414,27 @@ export function importOnnx(m: ModelProto, path: string, inShape: readonly number
           }
           if (problems.length > before) break;
           const [c, h, w] = sp;
-          // keepdims (C, 1, 1) holds the same numbers as (C): kept as (C), the Flatten/Reshape after it folds to nothing.
-          void keep;
-          set({ k: "act", v: g.layer(new GlobalAvgPool(node.name, c, h, w), v) });
+          // (C, 1, 1) with keepdims (GlobalAveragePool always): a View of the pool's (C), no copy.
+          const pooled = g.layer(new GlobalAvgPool(node.name, c, h, w), v);
+          set({ k: "act", v: node.opType === "GlobalAveragePool" || keep !== 0 ? g.layer(new View(`${node.name}.keepdims`, [c], [c, 1, 1]), pooled) : pooled });
           break;
         }
         case "Flatten":
         case "Reshape": {
           const v = act(node, 0);
           if (!v) break;
-          let ok = node.opType === "Flatten" ? int(node, "axis", 1) === 1 : false;
+          const axis = int(node, "axis", 1);
+          let target: number[] | null = node.opType === "Flatten" && (axis === 1 || axis === -v.shape.length) ? [sizeOf(v.shape)] : null;
           if (node.opType === "Reshape") {
             const shape = cst(node, 1);
             if (!shape) break;
-            const d = shape.data ?? [];
-            const size = sizeOf(v.shape);
-            ok = d.length === 2 && (d[0] === "n" || d[0] === -1 || d[0] === 0) && (d[1] === -1 || d[1] === size) && !(d[0] === -1 && d[1] === -1);
+            target = int(node, "allowzero", 0) === 0 ? reshapeTarget(v.shape, shape.data ?? []) : null;
           }
-          if (!ok) {
-            bad(node, `only a flatten to (n, features) is supported (x.view(n, -1), torch.flatten(x, 1)); supported ops: ${SUPPORTED_OPS}`);
+          if (!target) {
+            bad(node, `only a reshape that keeps the batch axis is supported (x.view(n, -1), torch.flatten(x, 1), x.view(n, C, 1, 1)); supported ops: ${SUPPORTED_OPS}`);
             break;
           }
-          set({ k: "act", v: pooledFlat(g, node.name, v) });
+          set({ k: "act", v: reshaped(g, node.name, v, target) });
           break;
         }
         case "Gemm": {
@@ -457,6 +476,8 @@ export function importOnnx(m: ModelProto, path: string, inShape: readonly number
           break;
         }
         default:
+          // Concat, Squeeze, Unsqueeze of constants are shape arithmetic; of activations, graph ops.
+          if ((!["Concat", "Squeeze", "Unsqueeze"].includes(node.opType) || node.input.some((i) => syms.get(i)?.k === "act")) && importExtraOp(node, ctx, set)) break;
           foldShape(node, syms, bad);
       }
     } catch (e) {
@@ -472,10 +493,4 @@ export function importOnnx(m: ModelProto, path: string, inShape: readonly number
     throw new SyncbnError(ErrorCode.BadConfig, `--model ${path}: the graph computes (${y.shape.join(", ")}) per sample but the data has ${classes} classes`);
   }
   return { graph: g.finish(y), initial, batchNorms: bnIndex };
-}
-
-/** A Flatten layer, or the value itself when it already is one feature vector per sample. */
-function pooledFlat(g: GraphBuilder, name: string, v: Value): Value {
-  if (v.shape.length === 1) return v;
-  return g.layer(new Flatten(name, v.shape), v);
 }

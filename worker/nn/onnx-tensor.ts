@@ -19,6 +19,7 @@ export const MAX_VALUE_ELEMENTS = 2 ** 25;
 export const ONNX_FLOAT = 1;
 const ONNX_INT32 = 6;
 const ONNX_INT64 = 7;
+const ONNX_BOOL = 9;
 const ONNX_FLOAT16 = 10;
 const ONNX_DOUBLE = 11;
 const EXTERNAL_DATA = 1;
@@ -56,7 +57,7 @@ export function tensorElements(t: TensorProto, what: string): number {
   return n;
 }
 
-const RAW_BYTES: Record<number, number> = { [ONNX_FLOAT]: 4, [ONNX_INT32]: 4, [ONNX_INT64]: 8, [ONNX_FLOAT16]: 2, [ONNX_DOUBLE]: 8 };
+const RAW_BYTES: Record<number, number> = { [ONNX_FLOAT]: 4, [ONNX_INT32]: 4, [ONNX_INT64]: 8, [ONNX_FLOAT16]: 2, [ONNX_DOUBLE]: 8, [ONNX_BOOL]: 1 };
 
 /** The values' source, after checking it holds exactly `count` elements: raw little-endian bytes, or the typed field. */
 function source(t: TensorProto, count: number, what: string): DataView | null {
@@ -71,7 +72,7 @@ function source(t: TensorProto, count: number, what: string): DataView | null {
     t.dataType === ONNX_FLOAT ? t.floatData.length
     : t.dataType === ONNX_DOUBLE ? t.doubleData.length
     : t.dataType === ONNX_INT64 ? t.int64Data.length
-    : t.int32Data.length; // INT32 and FLOAT16 (its bits in the low 16 of each int32)
+    : t.int32Data.length; // INT32, BOOL and FLOAT16 (its bits in the low 16 of each int32)
   if (typed !== count) throw new TensorError(`${what}: ${dims} hold ${count} elements, the tensor holds ${typed}`);
   return null;
 }
@@ -105,7 +106,7 @@ export function tensorFloats(t: TensorProto, what: string): Float32Array | null 
 }
 
 /**
- * t's values as numbers when shape arithmetic could fold them: INT64 or INT32, or a
+ * t's values as numbers when shape arithmetic could fold them: INT64, INT32 or BOOL (0, 1: Dropout's training_mode), or a
  * float type, of at most MAX_FOLDED_ELEMENTS; null otherwise (not foldable, never
  * an error). Sizes are checked all the same.
  */
@@ -115,9 +116,10 @@ export function tensorInts(t: TensorProto, what: string): number[] | null {
     const f = tensorFloats(t, what)!;
     return n <= MAX_FOLDED_ELEMENTS ? Array.from(f) : null;
   }
-  if (t.dataType !== ONNX_INT64 && t.dataType !== ONNX_INT32) return null;
+  if (t.dataType !== ONNX_INT64 && t.dataType !== ONNX_INT32 && t.dataType !== ONNX_BOOL) return null;
   const raw = source(t, n, what);
   if (n > MAX_FOLDED_ELEMENTS) return null;
+  if (t.dataType === ONNX_BOOL) return raw ? Array.from({ length: n }, (_, i) => (raw.getUint8(i) !== 0 ? 1 : 0)) : t.int32Data.map((v) => (v !== 0 ? 1 : 0));
   if (t.dataType === ONNX_INT64) return raw ? Array.from({ length: n }, (_, i) => Number(raw.getBigInt64(8 * i, true))) : t.int64Data.map(Number);
   return raw ? Array.from({ length: n }, (_, i) => raw.getInt32(4 * i, true)) : [...t.int32Data];
 }

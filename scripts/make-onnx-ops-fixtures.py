@@ -1,0 +1,123 @@
+#!/usr/bin/env python3
+"""PyTorch fixtures for the ONNX ops of issue 25 (test/onnx-ops.test.ts, test/onnx-ops-run.test.ts).
+
+- test/fixtures/onnx-ops/pointwise.json: PyTorch's float64 y and dx = dL/dx (L = sum(y * dy))
+  of every new activation at chosen points, the kinks included (their gradient conventions).
+- test/fixtures/onnx/opsnet/: a small CNN built from the new ops (SiLU, depthwise and grouped
+  conv, HardSwish, LeakyReLU, ReLU6, HardSigmoid, Concat, global average pool, a squeeze-excite
+  broadcast Mul, Mul/Div/Sub/Add by constants, Flatten, view, Dropout), exported with the
+  README's training-mode line; init.safetensors; expected-{sync,local}.safetensors after
+  STEPS of float64 SGD exactly as scripts/make-torch-fixtures.py trains (its data, its loop);
+  and onestep.safetensors: the first global batch x, PyTorch's float64 logits and every
+  parameter's gradient of the mean cross-entropy (grad.<name>).
+Dropout has p = 0.0 in the whole-run model: PyTorch's mask stream cannot be matched; syncbn's
+dropout semantics are tested on their own (test/onnx-ops.test.ts).
+
+Run by hand with PyTorch 1.13:  /usr/bin/python3 scripts/make-onnx-ops-fixtures.py
+Not a test: it only writes test/fixtures/onnx-ops/ and test/fixtures/onnx/opsnet/ (and rewrites
+test/fixtures/torch/data with the same bytes).
+"""
+
+import importlib.util
+import json
+import os
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def load(name, file):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(HERE, file))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+tf = load("tf", "make-torch-fixtures.py")
+of = load("of", "make-onnx-fixtures.py")
+POINTWISE = os.path.join(HERE, "..", "test", "fixtures", "onnx-ops")
+BN = lambda c: nn.BatchNorm2d(c, tf.BN_EPS, tf.BN_MOMENTUM)  # noqa: E731
+
+
+class OpsNet(nn.Module):
+    """Every op of issue 25 at least once; 1x28x28 in, 10 logits out."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(1, 8, 3, padding=1, bias=False), BN(8)
+        self.dw, self.bn2 = nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=8, bias=False), BN(8)  # depthwise, 14x14
+        self.pw, self.bn3 = nn.Conv2d(8, 12, 1, groups=4), BN(12)  # grouped 1x1 with bias
+        self.branch = nn.Conv2d(8, 4, 3, padding=1, groups=2)  # grouped 3x3 with bias, no BN
+        self.drop = nn.Dropout(0.0)
+        self.fc = nn.Linear(16 + 4, 10)
+
+    def forward(self, x):
+        x = F.silu(self.bn1(self.conv1(x)))  # Sigmoid, Mul
+        x = F.hardswish(self.bn2(self.dw(x)))  # HardSwish
+        a = F.leaky_relu(self.bn3(self.pw(x)), 0.1)  # LeakyRelu (12, 14, 14)
+        b = F.relu6(self.branch(x) * 3.0) / 4.0 - 0.5  # Relu + Clip (ReLU6), Mul, Div, Sub by constants
+        b = b * F.hardsigmoid(b)  # HardSigmoid, Mul of activations (4, 14, 14)
+        h = torch.cat([a, b], 1)  # Concat (16, 14, 14)
+        s = torch.sigmoid(h.mean((2, 3)))  # ReduceMean keepdims=0, (16)
+        h = h * s.view(s.size(0), -1, 1, 1)  # folded Reshape to (16, 1, 1), broadcast Mul
+        h = h + torch.linspace(-0.5, 0.5, 16, dtype=h.dtype).view(1, 16, 1, 1)  # Add of a per-channel constant
+        h = 1.0 - F.avg_pool2d(h, 2)  # AveragePool (16, 7, 7); Sub from a constant
+        g = torch.flatten(F.adaptive_avg_pool2d(h, 1), 1)  # GlobalAveragePool (16, 1, 1), Flatten
+        m = F.adaptive_avg_pool2d(b, 1)  # GlobalAveragePool of the branch (4, 1, 1)
+        feat = torch.cat([g, m.view(m.size(0), -1)], 1)  # Reshape (x.view(n, -1)), Concat of vectors (20)
+        return self.fc(self.drop(feat))
+
+
+def pointwise():
+    """y and dx of each activation at points spread over its range, its kinks included."""
+    torch.manual_seed(1)
+    x = torch.cat([torch.tensor([-6.0, -3.0, -1.0, 0.0, 1.0, 3.0, 6.0, 2.0, -2.0]), torch.linspace(-7, 7, 29), torch.randn(40) * 4])
+    dy = torch.randn(x.shape)
+    cases = {
+        "sigmoid": torch.sigmoid,
+        "hardsigmoid": F.hardsigmoid,
+        "hardswish": F.hardswish,
+        "leakyrelu": lambda t: F.leaky_relu(t, 0.1),
+        "relu6": F.relu6,
+    }
+    out = {"x": x.tolist(), "dy": dy.tolist()}
+    for name, f in cases.items():
+        xx = x.clone().requires_grad_(True)
+        y = f(xx)
+        (y * dy).sum().backward()
+        out[name] = {"y": y.detach().tolist(), "dx": xx.grad.tolist()}
+    os.makedirs(POINTWISE, exist_ok=True)
+    with open(os.path.join(POINTWISE, "pointwise.json"), "w") as f:
+        json.dump(out, f)
+    print(f"pointwise: {len(cases)} activations at {len(x)} points -> {POINTWISE}")
+
+
+def onestep(x, y):
+    """The first global batch through the exported model's initial weights: logits and every gradient."""
+    out = os.path.join(of.OUT, "opsnet")
+    torch.manual_seed(0)
+    model = OpsNet().double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.float().double())
+    model.train()
+    idx = [i for r in range(tf.WORKERS) for i in tf.rank_indices(r, 0)]
+    logits = model(x[idx])
+    F.cross_entropy(logits, y[idx]).backward()
+    arrays = {"x": x[idx].numpy().astype(np.float32), "y": y[idx].numpy().astype(np.int64), "logits": logits.detach().numpy()}
+    for name, p in model.named_parameters():
+        arrays[f"grad.{name}"] = p.grad.numpy()
+    tf.save_safetensors(os.path.join(out, "onestep.safetensors"), arrays, {"made_by": "scripts/make-onnx-ops-fixtures.py"})
+    print(f"onestep: logits and {len(arrays) - 3} gradients -> {out}")
+
+
+if __name__ == "__main__":
+    torch.set_default_dtype(torch.float64)
+    pointwise()
+    x, y = tf.make_data(np.random.default_rng(12))
+    of.make("opsnet", OpsNet, x, y)
+    onestep(x, y)

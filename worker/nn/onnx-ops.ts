@@ -1,0 +1,252 @@
+// The ONNX importer's mapping of the ops common CNN exports add to the basic set
+// (onnx-import.ts): activations (Sigmoid, HardSigmoid, HardSwish, LeakyRelu,
+// Clip), Dropout, Add/Sub/Mul/Div with broadcasting, Concat, and the reshapes
+// (Reshape, Flatten, Squeeze, Unsqueeze of activations). An adapter like the
+// importer: it builds graph nodes from the ops' public constructors and refuses,
+// one line per problem, whatever it cannot map. Not an evaluator of constants.
+
+import type { NodeProto } from "onnx-buf";
+import { Activation, type ActivationKind } from "./activations.js";
+import { BroadcastBinary, Concat, View, type BinaryKind, type Operand } from "./broadcast.js";
+import { Dropout, type DropoutClock } from "./dropout.js";
+import { Flatten } from "./flatten.js";
+import { Add, type GraphBuilder, type Value } from "./graph.js";
+import { sizeOf } from "./layer.js";
+import type { Sym } from "./onnx-import.js";
+
+type Const = Extract<Sym, { k: "const" }>;
+
+/** What the importer lends this module for one node. */
+export interface OpContext {
+  readonly g: GraphBuilder;
+  readonly syms: Map<string, Sym>;
+  bad(node: NodeProto, what: string): void;
+  act(node: NodeProto, i: number): Value | null;
+  cst(node: NodeProto, i: number): Const | null;
+  /** The value of attribute `name` (float or int, by the attribute's type), or undefined. */
+  num(node: NodeProto, name: string): number | undefined;
+  ints(node: NodeProto, name: string): number[] | undefined;
+  /** Dropout draws: the clock, and the count of Dropout nodes built so far (each its own stream). */
+  readonly dropout: { readonly clock: DropoutClock; count: number };
+}
+
+/** Op types this module maps (Add and the reshapes also have cases in onnx-import.ts). */
+export const EXTRA_OPS = ["Sigmoid", "HardSigmoid", "HardSwish", "LeakyRelu", "Clip", "Dropout", "Sub", "Mul", "Div"];
+
+/** A constant's values as numbers (a float tensor, or a folded integer or Cast one), or null with a refusal. */
+function numbers(ctx: OpContext, node: NodeProto, c: Const, role: string): Float32Array | null {
+  if (c.floats) return c.floats;
+  if (c.data && c.data.every((d) => typeof d === "number")) return Float32Array.from(c.data as number[]);
+  ctx.bad(node, `${role} "${c.name}" is not a constant syncbn can read (a tensor of at most a few thousand numbers)`);
+  return null;
+}
+
+/** A scalar from an optional constant input i, the attribute `name` (older opsets), or `dflt`. */
+function scalarInput(ctx: OpContext, node: NodeProto, i: number, name: string, dflt: number): number | null {
+  if (node.input.length > i && node.input[i] !== "") {
+    const c = ctx.cst(node, i);
+    const v = c ? numbers(ctx, node, c, name) : null;
+    if (!v) return null;
+    if (v.length !== 1) {
+      ctx.bad(node, `${name} must be one number, got ${v.length}`);
+      return null;
+    }
+    return v[0]!;
+  }
+  return ctx.num(node, name) ?? dflt;
+}
+
+/** Builds the node if it is one of this module's ops; returns false for any other op type. */
+export function importExtraOp(node: NodeProto, ctx: OpContext, set: (s: Sym) => void): boolean {
+  const { g } = ctx;
+  const activation = (kind: ActivationKind): void => {
+    const v = ctx.act(node, 0);
+    if (v) set({ k: "act", v: g.layer(new Activation(node.name, v.shape, kind), v) });
+  };
+  switch (node.opType) {
+    case "Sigmoid":
+      activation({ op: "sigmoid" });
+      return true;
+    case "HardSigmoid":
+      activation({ op: "hardsigmoid", alpha: ctx.num(node, "alpha") ?? 0.2, beta: ctx.num(node, "beta") ?? 0.5 });
+      return true;
+    case "HardSwish":
+      activation({ op: "hardswish" });
+      return true;
+    case "LeakyRelu":
+      activation({ op: "leakyrelu", alpha: ctx.num(node, "alpha") ?? 0.01 });
+      return true;
+    case "Clip": {
+      const min = scalarInput(ctx, node, 1, "min", -Infinity);
+      const max = scalarInput(ctx, node, 2, "max", Infinity);
+      if (min === null || max === null) return true;
+      if (!(min <= max)) {
+        ctx.bad(node, `min ${min} is above max ${max}`);
+        return true;
+      }
+      activation({ op: "clip", min, max });
+      return true;
+    }
+    case "Dropout":
+      importDropout(node, ctx, set);
+      return true;
+    case "Add":
+    case "Sub":
+    case "Mul":
+    case "Div":
+      importBinary(node, ctx, set, node.opType);
+      return true;
+    case "Concat": {
+      const vs = node.input.map((_, i) => ctx.act(node, i));
+      if (vs.some((v) => !v)) return true;
+      const values = vs as Value[];
+      const rank = values[0]!.shape.length;
+      const axis = ctx.num(node, "axis") ?? 0;
+      const sampleAxis = (axis < 0 ? axis + rank + 1 : axis) - 1;
+      if (sampleAxis < 0 || sampleAxis >= rank || values.some((v) => v.shape.length !== rank)) {
+        ctx.bad(node, `only a concatenation of activations of one rank along a non-batch axis is supported (axis ${axis}, shapes ${values.map((v) => `(${v.shape.join(", ")})`).join(", ")})`);
+        return true;
+      }
+      set({ k: "act", v: g.apply(new Concat(node.name, values.map((v) => v.shape), sampleAxis), ...values) });
+      return true;
+    }
+    case "Squeeze":
+    case "Unsqueeze": {
+      const v = ctx.act(node, 0);
+      if (!v) return true;
+      const axesIn = node.input.length > 1 && node.input[1] !== "" ? ctx.cst(node, 1) : null;
+      const raw = axesIn ? numbers(ctx, node, axesIn, "axes") : node.input.length > 1 && node.input[1] !== "" ? null : Float32Array.from(ctx.ints(node, "axes") ?? []);
+      if (!raw) return true;
+      const shape = view(node, v.shape, Array.from(raw), node.opType === "Squeeze");
+      if (!shape) ctx.bad(node, `only a ${node.opType.toLowerCase()} of non-batch axes of size 1 is supported (axes ${Array.from(raw).join(",")} of (n, ${v.shape.join(", ")}))`);
+      else set({ k: "act", v: sameShape(shape, v.shape) ? v : g.layer(new View(node.name, v.shape, shape), v) });
+      return true;
+    }
+    default:
+      return false;
+  }
+}
+
+/** The per-sample shape after squeezing (or unsqueezing) ONNX axes of (n, ...shape), or null where the batch axis is touched. */
+function view(_node: NodeProto, shape: readonly number[], axes: number[], squeeze: boolean): number[] | null {
+  if (squeeze) {
+    const rank = shape.length + 1;
+    const drop = axes.length === 0 ? shape.map((d, i) => (d === 1 ? i + 1 : -1)).filter((a) => a > 0) : axes.map((a) => (a < 0 ? a + rank : a));
+    if (drop.some((a) => a < 1 || a >= rank || shape[a - 1] !== 1)) return null;
+    return shape.filter((_, i) => !drop.includes(i + 1));
+  }
+  const rank = shape.length + 1 + axes.length;
+  const add = axes.map((a) => (a < 0 ? a + rank : a));
+  if (add.some((a) => a < 1 || a >= rank) || new Set(add).size !== add.length) return null;
+  const out: number[] = [];
+  let k = 0;
+  for (let a = 1; a < rank; a++) out.push(add.includes(a) ? 1 : shape[k++]!);
+  return out;
+}
+
+function sameShape(a: readonly number[], b: readonly number[]): boolean {
+  return a.length === b.length && a.every((d, i) => d === b[i]);
+}
+
+/**
+ * Dropout(x, ratio, training_mode) (opset ≥ 12) or Dropout(x) with a `ratio`
+ * attribute (older): training semantics when syncbn trains, unless the graph's
+ * training_mode is the constant false (an eval-mode export: the identity).
+ */
+function importDropout(node: NodeProto, ctx: OpContext, set: (s: Sym) => void): void {
+  const v = ctx.act(node, 0);
+  if (!v) return;
+  const ratio = scalarInput(ctx, node, 1, "ratio", 0.5);
+  if (ratio === null) return;
+  if (!(ratio >= 0 && ratio < 1)) {
+    ctx.bad(node, `ratio ${ratio} must be in [0, 1)`);
+    return;
+  }
+  let training = true;
+  if (node.input.length > 2 && node.input[2] !== "") {
+    const c = ctx.cst(node, 2);
+    const t = c ? numbers(ctx, node, c, "training_mode") : null;
+    if (!t) return;
+    training = t[0] !== 0;
+  }
+  if (node.output.length > 1 && node.output[1] !== "") ctx.syms.set(node.output[1]!, { k: "refused" }); // the mask: nothing may read it
+  if (!training) {
+    set({ k: "act", v });
+    return;
+  }
+  const index = ctx.dropout.count++;
+  set({ k: "act", v: ctx.g.layer(new Dropout(node.name, v.shape, ratio, index, ctx.dropout.clock), v) });
+}
+
+/**
+ * a ∘ b for activations and constants with numpy broadcasting. A constant of ONNX
+ * rank r + 1 (r the activation's per-sample rank) must have a leading 1; a shorter
+ * one is padded with leading 1s. Two activations must have the same rank.
+ */
+function importBinary(node: NodeProto, ctx: OpContext, set: (s: Sym) => void, kind: BinaryKind): void {
+  const syms = [0, 1].map((i) => ctx.syms.get(node.input[i] ?? ""));
+  const acts = syms.filter((s) => s?.k === "act") as Extract<Sym, { k: "act" }>[];
+  if (acts.length === 0 || syms.some((s) => s?.k !== "act" && s?.k !== "const")) {
+    ctx.bad(node, `only ${kind} of activations and constants (one at least an activation) is supported; inputs "${node.input.join('", "')}"`);
+    return;
+  }
+  const rank = acts[0]!.v.shape.length;
+  if (acts.some((a) => a.v.shape.length !== rank)) {
+    ctx.bad(node, `${kind} of activations of different ranks (${acts.map((a) => `(${a.v.shape.join(", ")})`).join(", ")}) is not supported`);
+    return;
+  }
+  const operands: Operand[] = [];
+  for (const [i, s] of syms.entries()) {
+    if (s!.k === "act") {
+      operands.push({ shape: s!.v.shape });
+      continue;
+    }
+    const c = s as Const;
+    const values = numbers(ctx, node, c, `input ${i}`);
+    if (!values) return;
+    let dims = c.dims;
+    if (dims.length === rank + 1 && dims[0] === 1) dims = dims.slice(1);
+    if (dims.length > rank || sizeOf(dims) !== values.length) {
+      ctx.bad(node, `constant "${c.name}" of dims [${c.dims.join(", ")}] does not broadcast over (n, ${acts[0]!.v.shape.join(", ")}) without the batch axis`);
+      return;
+    }
+    operands.push({ shape: [...new Array<number>(rank - dims.length).fill(1), ...dims], values });
+  }
+  const [a, b] = operands as [Operand, Operand];
+  if (!a.shape.every((d, i) => d === b.shape[i] || d === 1 || b.shape[i] === 1)) {
+    ctx.bad(node, `shapes (n, ${a.shape.join(", ")}) and (n, ${b.shape.join(", ")}) do not broadcast`);
+    return;
+  }
+  const inputs = acts.map((x) => x.v);
+  // Two activations of one shape added: the residual join (no copies, the same bits as before).
+  if (kind === "Add" && inputs.length === 2 && sameShape(a.shape, b.shape)) set({ k: "act", v: ctx.g.apply(new Add(node.name, a.shape), ...inputs) });
+  else set({ k: "act", v: ctx.g.apply(new BroadcastBinary(node.name, kind, a, b), ...inputs) });
+}
+
+/**
+ * A Reshape of an activation (n, ...shape) to constant dims d: d[0] must stay the
+ * batch (the folded "n", 0, or −1 with the rest holding exactly one sample); 0
+ * copies the input's dim, one −1 is inferred. Returns the per-sample shape or null.
+ */
+export function reshapeTarget(shape: readonly number[], d: readonly (number | "n")[]): number[] | null {
+  const size = sizeOf(shape);
+  if (d.length < 1) return null;
+  const rest = d.slice(1).map((x, i) => (x === 0 ? (shape[i] ?? NaN) : x));
+  if (rest.some((x) => x === "n" || (typeof x === "number" && (!Number.isInteger(x) || x < -1)))) return null;
+  const dims = rest as number[];
+  const free = dims.filter((x) => x === -1).length;
+  const known = sizeOf(dims.filter((x) => x !== -1));
+  if (d[0] === "n" || d[0] === 0) {
+    if (free > 1 || (free === 1 ? known === 0 || size % known !== 0 : known !== size)) return null;
+    return dims.map((x) => (x === -1 ? size / known : x));
+  }
+  if (d[0] === -1 && free === 0 && known === size) return dims;
+  return null;
+}
+
+/** The value of a Reshape or Flatten to per-sample `shape`: a Flatten for one vector (as before), a View otherwise, v itself if unchanged. */
+export function reshaped(g: GraphBuilder, name: string, v: Value, shape: readonly number[]): Value {
+  if (sameShape(shape, v.shape)) return v;
+  if (shape.length === 1) return g.layer(new Flatten(name, v.shape), v);
+  return g.layer(new View(name, v.shape, shape), v);
+}
