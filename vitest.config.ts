@@ -20,6 +20,7 @@ const FAST = [
   "test/kernels.test.ts",
   "test/monitor.test.ts",
   "test/nn-layers.test.ts",
+  "test/onnx-ops.test.ts",
   "test/norm-kernels.test.ts",
   "test/progress-line.test.ts",
   "test/rank-segments.test.ts",

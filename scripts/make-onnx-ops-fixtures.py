@@ -8,7 +8,7 @@
   broadcast Mul, Mul/Div/Sub/Add by constants, Flatten, view, Dropout), exported with the
   README's training-mode line; init.safetensors; expected-{sync,local}.safetensors after
   STEPS of float64 SGD exactly as scripts/make-torch-fixtures.py trains (its data, its loop);
-  and onestep.safetensors: the first global batch x, PyTorch's float64 logits and every
+  settings.json (test/torch-train.ts reads it); and onestep.safetensors: the first global batch x, PyTorch's float64 logits and every
   parameter's gradient of the mean cross-entropy (grad.<name>).
 Dropout has p = 0.0 in the whole-run model: PyTorch's mask stream cannot be matched; syncbn's
 dropout semantics are tested on their own (test/onnx-ops.test.ts).
@@ -120,4 +120,8 @@ if __name__ == "__main__":
     pointwise()
     x, y = tf.make_data(np.random.default_rng(12))
     of.make("opsnet", OpsNet, x, y)
+    settings = {"workers": tf.WORKERS, "batch": tf.BATCH, "steps": tf.STEPS, "lr": tf.LR, "momentum": tf.MOMENTUM, "weightDecay": tf.WEIGHT_DECAY,
+                "bnEps": tf.BN_EPS, "bnMomentum": tf.BN_MOMENTUM, "trainSize": tf.TRAIN, "testSize": tf.TEST}
+    with open(os.path.join(of.OUT, "opsnet", "settings.json"), "w") as f:
+        json.dump(settings, f, indent=1)
     onestep(x, y)
