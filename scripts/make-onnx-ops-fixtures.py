@@ -3,7 +3,7 @@
 
 - test/fixtures/onnx-ops/pointwise.json: PyTorch's float64 y and dx = dL/dx (L = sum(y * dy))
   of every new activation at chosen points, the kinks included (their gradient conventions).
-- test/fixtures/onnx/opsnet/: a small CNN built from the new ops (SiLU, depthwise and grouped
+- test/fixtures/onnx/opsnet/ and poolnet/ (padded max and average pools, Tanh): a small CNN built from the new ops (SiLU, depthwise and grouped
   conv, HardSwish, LeakyReLU, ReLU6, HardSigmoid, Concat, global average pool, a squeeze-excite
   broadcast Mul, Mul/Div/Sub/Add by constants, Flatten, view, Dropout), exported with the
   README's training-mode line; init.safetensors; expected-{sync,local}.safetensors after
@@ -14,7 +14,7 @@ Dropout has p = 0.0 in the whole-run model: PyTorch's mask stream cannot be matc
 dropout semantics are tested on their own (test/onnx-ops.test.ts).
 
 Run by hand with PyTorch 1.13:  /usr/bin/python3 scripts/make-onnx-ops-fixtures.py
-Not a test: it only writes test/fixtures/onnx-ops/ and test/fixtures/onnx/opsnet/ (and rewrites
+Not a test: it only writes test/fixtures/onnx-ops/ and test/fixtures/onnx/{opsnet,poolnet}/ (and rewrites
 test/fixtures/torch/data with the same bytes).
 """
 
@@ -72,6 +72,24 @@ class OpsNet(nn.Module):
         return self.fc(self.drop(feat))
 
 
+class PoolNet(nn.Module):
+    """Padded pooling as exported: MaxPool pads (over tanh's negative values, so the border must be -inf),
+    avg_pool2d counting the border (Pad + AveragePool) and not counting it (AveragePool pads); Tanh."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(1, 6, 3, padding=1, bias=False), BN(6)
+        self.conv2, self.bn2 = nn.Conv2d(6, 6, 3, padding=1, groups=3, bias=False), BN(6)
+        self.fc = nn.Linear(2 * 6 * 7 * 7, 10)
+
+    def forward(self, x):
+        x = F.max_pool2d(torch.tanh(self.bn1(self.conv1(x))), 3, 2, 1)  # (6, 14, 14)
+        x = self.bn2(self.conv2(x))
+        a = F.avg_pool2d(x, 3, 2, 1)  # count_include_pad=True (6, 7, 7)
+        b = F.avg_pool2d(x, 3, 2, 1, count_include_pad=False)
+        return self.fc(torch.cat([a.flatten(1), b.flatten(1)], 1))
+
+
 def pointwise():
     """y and dx of each activation at points spread over its range, its kinks included."""
     torch.manual_seed(1)
@@ -79,6 +97,7 @@ def pointwise():
     dy = torch.randn(x.shape)
     cases = {
         "sigmoid": torch.sigmoid,
+        "tanh": torch.tanh,
         "hardsigmoid": F.hardsigmoid,
         "hardswish": F.hardswish,
         "leakyrelu": lambda t: F.leaky_relu(t, 0.1),
@@ -96,11 +115,11 @@ def pointwise():
     print(f"pointwise: {len(cases)} activations at {len(x)} points -> {POINTWISE}")
 
 
-def onestep(x, y):
+def onestep(name, make_model, x, y):
     """The first global batch through the exported model's initial weights: logits and every gradient."""
-    out = os.path.join(of.OUT, "opsnet")
+    out = os.path.join(of.OUT, name)
     torch.manual_seed(0)
-    model = OpsNet().double()
+    model = make_model().double()
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(p.float().double())
@@ -109,19 +128,20 @@ def onestep(x, y):
     logits = model(x[idx])
     F.cross_entropy(logits, y[idx]).backward()
     arrays = {"x": x[idx].numpy().astype(np.float32), "y": y[idx].numpy().astype(np.int64), "logits": logits.detach().numpy()}
-    for name, p in model.named_parameters():
-        arrays[f"grad.{name}"] = p.grad.numpy()
+    for pname, p in model.named_parameters():
+        arrays[f"grad.{pname}"] = p.grad.numpy()
     tf.save_safetensors(os.path.join(out, "onestep.safetensors"), arrays, {"made_by": "scripts/make-onnx-ops-fixtures.py"})
-    print(f"onestep: logits and {len(arrays) - 3} gradients -> {out}")
+    print(f"{name} onestep: logits and {len(arrays) - 3} gradients -> {out}")
 
 
 if __name__ == "__main__":
     torch.set_default_dtype(torch.float64)
     pointwise()
     x, y = tf.make_data(np.random.default_rng(12))
-    of.make("opsnet", OpsNet, x, y)
     settings = {"workers": tf.WORKERS, "batch": tf.BATCH, "steps": tf.STEPS, "lr": tf.LR, "momentum": tf.MOMENTUM, "weightDecay": tf.WEIGHT_DECAY,
                 "bnEps": tf.BN_EPS, "bnMomentum": tf.BN_MOMENTUM, "trainSize": tf.TRAIN, "testSize": tf.TEST}
-    with open(os.path.join(of.OUT, "opsnet", "settings.json"), "w") as f:
-        json.dump(settings, f, indent=1)
-    onestep(x, y)
+    for name, make_model in (("opsnet", OpsNet), ("poolnet", PoolNet)):
+        of.make(name, make_model, x, y)
+        with open(os.path.join(of.OUT, name, "settings.json"), "w") as f:
+            json.dump(settings, f, indent=1)
+        onestep(name, make_model, x, y)

@@ -4,7 +4,8 @@
 // `syncbn train` with 4 real workers × 4 ends within 1e-5 of PyTorch's float64
 // training on every tensor, --norm sync and local. Then Dropout with p = 0.5
 // edited into the graph: the run is reproducible, and 2 processes of 2 ranks
-// (--rank-grads exact) draw the masks 4 processes do, bit for bit.
+// (--rank-grads exact) draw the masks 4 processes do, bit for bit. And poolnet
+// (padded max and average pools, Tanh) against PyTorch with --norm sync.
 
 import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -48,10 +49,11 @@ async function train(model: string, extra: string[] = []): Promise<Map<string, U
 }
 
 describe("the opsnet ONNX export against PyTorch, from the same initial weights", () => {
-  for (const norm of ["sync", "local"] as const) {
-    it(`ends within 1e-5 of PyTorch on every tensor, 4 workers × 4 with --norm ${norm}`, async () => {
-      const { worst, names } = await trainAgainstTorch({ dir: DIR, data: DATA, model: join(DIR, "model.onnx"), norm, kernels: "wasm" });
-      expect(names).toHaveLength(23); // PyTorch's state_dict: 14 params, 3 BN × (running_mean, running_var, num_batches_tracked)
+  for (const [fixture, norm, tensors] of [["opsnet", "sync", 23], ["opsnet", "local", 23], ["poolnet", "sync", 14]] as const) {
+    it(`ends ${fixture} within 1e-5 of PyTorch on every tensor, 4 workers × 4 with --norm ${norm}`, async () => {
+      const dir = join(ROOT, "test", "fixtures", "onnx", fixture);
+      const { worst, names } = await trainAgainstTorch({ dir, data: DATA, model: join(dir, "model.onnx"), norm, kernels: "wasm" });
+      expect(names).toHaveLength(tensors); // PyTorch's state_dict: params, and per BN running_mean, running_var, num_batches_tracked
       // Measured 2.3e-7 (float32 against float64, 3 steps); 1e-5 leaves room for kernel rounding changes.
       expect(worst.diff, worst.name).toBeLessThan(1e-5);
     }, 300_000);

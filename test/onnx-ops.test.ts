@@ -25,6 +25,8 @@ import { buildModel } from "../worker/nn/model.js";
 import { decodeOnnx, importOnnx } from "../worker/nn/onnx-import.js";
 import { relDiff, safetensorsValues } from "./compare.js";
 import { ROOT } from "./helpers.js";
+import { AvgPool2dExclusive, Pad2d } from "../worker/nn/pad-pool.js";
+import { MaxPool2d } from "../worker/nn/maxpool.js";
 
 const OPSNET = join(ROOT, "test", "fixtures", "onnx", "opsnet");
 
@@ -71,7 +73,7 @@ async function expectOpGradsMatch(op: Op, xs: Float32Array[], n: number, rng: Rn
 }
 
 /** A layer as a one-input op. */
-function asOp(layer: Activation | GroupedConv2d | Dropout): Op {
+function asOp(layer: Activation | GroupedConv2d | Dropout | Pad2d | AvgPool2dExclusive): Op {
   return {
     name: layer.name, inShapes: [layer.inShape], outShape: layer.outShape, params: () => layer.params(),
     forward: (xs, n, train) => layer.forward(xs[0]!, n, train),
@@ -87,6 +89,7 @@ function awayFrom(x: Float32Array, kinks: number[], gap = 0.05): Float32Array {
 
 const KINDS: { name: string; kind: ActivationKind; kinks: number[] }[] = [
   { name: "sigmoid", kind: { op: "sigmoid" }, kinks: [] },
+  { name: "tanh", kind: { op: "tanh" }, kinks: [] },
   { name: "hardsigmoid", kind: { op: "hardsigmoid", alpha: Math.fround(1 / 6), beta: 0.5 }, kinks: [-3, 3] },
   { name: "hardswish", kind: { op: "hardswish" }, kinks: [-3, 3] },
   { name: "leakyrelu", kind: { op: "leakyrelu", alpha: Math.fround(0.1) }, kinks: [0] },
@@ -239,6 +242,34 @@ describe("grouped and depthwise convolution", () => {
   });
 });
 
+describe("padded pooling", () => {
+  it("pads with a constant and hands back the interior of dy; a max pool never picks a −∞ border", async () => {
+    const rng = new Rng(12);
+    const pad = new Pad2d("pad", 2, 3, 4, [1, 2, 0, 1], -Infinity);
+    expect(pad.outShape).toEqual([2, 4, 7]);
+    const x = normals(rng, 2 * 24).map((v) => -Math.abs(v) - 1); // all negative: a 0 border would win every edge window
+    const y = pad.forward(x, 2, true);
+    expect(y[0]).toBe(-Infinity);
+    expect(y[1 * 7 + 2]).toBe(x[0]);
+    for (const backend of KERNEL_BACKENDS) {
+      const pooledY = new MaxPool2d("max", 2, 4, 7, 3, 2, backend).forward(y, 1, false);
+      expect(Array.from(pooledY).every((v) => Number.isFinite(v) && v < 0), backend).toBe(true);
+    }
+    await expectOpGradsMatch(asOp(pad), [x], 2, rng);
+  });
+
+  it("averages each window over its in-image cells only (count_include_pad=False), with a dx that matches finite differences", async () => {
+    const rng = new Rng(13);
+    const pool = new AvgPool2dExclusive("avg", 2, 5, 6, 3, 2, [1, 1, 1, 1]);
+    expect(pool.outShape).toEqual([2, 3, 3]);
+    const x = normals(rng, 2 * 2 * 30);
+    const y = pool.forward(x, 2, true);
+    // The corner window covers rows 0..1, columns 0..1 of the image: 4 cells.
+    expect(y[0]).toBeCloseTo((x[0]! + x[1]! + x[6]! + x[7]!) / 4, 6);
+    await expectOpGradsMatch(asOp(pool), [x], 2, rng);
+  });
+});
+
 describe("dropout", () => {
   const clock = (firstRank: number, ranks: number, step: number): DropoutClock => ({ seed: 77, firstRank, ranks, step: () => step });
   const ones = (len: number) => new Float32Array(len).fill(1);
@@ -290,9 +321,10 @@ describe("dropout", () => {
   });
 });
 
-describe("opsnet imported from ONNX against PyTorch, one batch", () => {
-  for (const backend of KERNEL_BACKENDS) {
-    it(`gives logits and every gradient within 1e-4 (relative) of PyTorch's float64 ones (${backend} kernels)`, async () => {
+describe("opsnet and poolnet imported from ONNX against PyTorch, one batch", () => {
+  for (const [fixture, backend] of [["opsnet", "js"], ["opsnet", "wasm"], ["poolnet", "js"], ["poolnet", "wasm"]] as const) {
+    it(`gives ${fixture}'s logits within 1e-6 and every gradient within 1e-4 (relative) of PyTorch's float64 ones (${backend} kernels)`, async () => {
+      const OPSNET = join(ROOT, "test", "fixtures", "onnx", fixture);
       const prev = process.env.SYNCBN_KERNELS;
       process.env.SYNCBN_KERNELS = backend;
       try {
@@ -320,7 +352,7 @@ describe("opsnet imported from ONNX against PyTorch, one batch", () => {
           return { name: p.name, d: d / Math.max(floor, ...t.map(Math.abs)) };
         });
         report.push(...diffs.map((x) => `${x.name} ${x.d.toExponential(2)}`));
-        console.log(`opsnet one batch (${backend}): ${report.join(", ")}`);
+        console.log(`${fixture} one batch (${backend}): ${report.join(", ")}`);
         for (const x of diffs) expect(x.d, x.name).toBeLessThan(1e-4);
       } finally {
         if (prev === undefined) delete process.env.SYNCBN_KERNELS;

@@ -1,5 +1,5 @@
 // The pointwise activations ONNX exports of common CNNs use besides ReLU: Sigmoid
-// (and so SiLU = x·sigmoid(x) through a Mul), HardSigmoid, HardSwish, LeakyRelu
+// (and so SiLU = x·sigmoid(x) through a Mul), Tanh, HardSigmoid, HardSwish, LeakyRelu
 // and Clip (ReLU6). One layer, forward and backward per kind side by side, each
 // element computed in float64 and rounded once; the derivative conventions at the
 // kinks are PyTorch's. Not ReLU (relu.ts has the fast paths) and no params.
@@ -9,6 +9,7 @@ import { requireLength } from "./linear.js";
 
 export type ActivationKind =
   | { readonly op: "sigmoid" }
+  | { readonly op: "tanh" }
   /** y = max(0, min(1, alpha·x + beta)); PyTorch's hardsigmoid is alpha = 1/6, beta = 1/2. */
   | { readonly op: "hardsigmoid"; readonly alpha: number; readonly beta: number }
   /** y = x·max(0, min(1, x/6 + 1/2)), PyTorch's hardswish. */
@@ -55,6 +56,9 @@ export class Activation implements Layer {
       case "sigmoid":
         for (let i = 0; i < len; i++) y[i] = 1 / (1 + Math.exp(-x[i]!));
         break;
+      case "tanh":
+        for (let i = 0; i < len; i++) y[i] = Math.tanh(x[i]!);
+        break;
       case "hardsigmoid":
         for (let i = 0; i < len; i++) y[i] = Math.max(0, Math.min(1, k.alpha * x[i]! + k.beta));
         break;
@@ -96,6 +100,10 @@ export class Activation implements Layer {
       case "sigmoid":
         // From the output, as PyTorch's sigmoid_backward: dy·y·(1 − y).
         for (let i = 0; i < len; i++) dx[i] = dy[i]! * y[i]! * (1 - y[i]!);
+        break;
+      case "tanh":
+        // From the output, as PyTorch's tanh_backward: dy·(1 − y²).
+        for (let i = 0; i < len; i++) dx[i] = dy[i]! * (1 - y[i]! * y[i]!);
         break;
       case "hardsigmoid":
         // alpha inside the open ramp, 0 on its flat parts and at its ends (hardsigmoid_backward: −3 < x < 3).

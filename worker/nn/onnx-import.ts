@@ -10,7 +10,7 @@ import { ModelProtoSchema, type AttributeProto, type ModelProto, type NodeProto,
 import { ErrorCode, SyncbnError } from "../../shared/errors.js";
 import { MAX_MODEL_FILE_BYTES, readInputFile } from "../input-file.js";
 import { Rng } from "../../shared/rng.js";
-import { AvgPool2d, GlobalAvgPool } from "./avgpool.js";
+import { GlobalAvgPool } from "./avgpool.js";
 import { Conv2d, convGeometry } from "./conv2d.js";
 import type { DropoutClock } from "./dropout.js";
 import { GraphBuilder, type Graph, type Value } from "./graph.js";
@@ -18,14 +18,14 @@ import { GroupedConv2d } from "./grouped-conv.js";
 import { sizeOf } from "./layer.js";
 import { View } from "./broadcast.js";
 import { foldShape } from "./onnx-fold.js";
-import { EXTRA_OPS, importExtraOp, reshaped, reshapeTarget, type OpContext } from "./onnx-ops.js";
+import { EXTRA_OPS, importExtraOp, pooled, reshaped, reshapeTarget, type OpContext } from "./onnx-ops.js";
 import { FLOAT_TYPES, MAX_FOLDED_ELEMENTS, MAX_MODEL_ELEMENTS, MAX_VALUE_ELEMENTS, tensorElements, tensorFloats, tensorInts, TensorError, typeName } from "./onnx-tensor.js";
 import { Linear } from "./linear.js";
 import { MaxPool2d } from "./maxpool.js";
 import { ReLU } from "./relu.js";
 
 export const SUPPORTED_OPS =
-  "Conv (grouped and depthwise too), BatchNormalization, Relu, Sigmoid, HardSigmoid, HardSwish, LeakyRelu, Clip, Dropout, MaxPool, AveragePool, GlobalAveragePool, " +
+  "Conv (grouped and depthwise too), BatchNormalization, Relu, Sigmoid, Tanh, HardSigmoid, HardSwish, LeakyRelu, Clip, Dropout, MaxPool, AveragePool (padded too), GlobalAveragePool, " +
   "ReduceMean (axes 2,3), Add/Sub/Mul/Div (broadcasting), Concat, Flatten, Reshape, Squeeze, Unsqueeze, Gemm, MatMul+Add, " +
   "Identity, Constant, Pad (zeros, before a pool or conv), and Shape/Gather/Unsqueeze/Concat/Slice/Cast/ConstantOfShape that fold to constants (docs/onnx-ops.md)";
 
@@ -375,15 +375,13 @@ export function importOnnx(
           if (!sp) break;
           const k = ints(node, "kernel_shape", []);
           const strides = ints(node, "strides", k);
-          const pads = ints(node, "pads", [0, 0, 0, 0]).map((p, i) => p + x.pads[i]!);
+          const own = ints(node, "pads", [0, 0, 0, 0]); // [top, left, bottom, right], as x.pads
           if (k.length !== 2 || k[0] !== k[1] || strides[0] !== strides[1]) bad(node, `only square windows with equal strides are supported (kernel ${k.join("×")}, strides ${strides.join("×")})`);
-          if (pads.some((p) => p !== 0)) bad(node, `padding ${pads.join(",")} is not supported for pooling (no padding only)`);
+          if (own.length !== 4 || own.some((p) => !(p >= 0 && p < k[0]!))) bad(node, `pads ${own.join(",")} must be 4 values in [0, kernel)`);
           if (int(node, "ceil_mode", 0) !== 0) bad(node, "ceil_mode=1 is not supported");
           if (ints(node, "dilations", [1, 1]).some((d) => d !== 1)) bad(node, "dilation is not supported");
           if (problems.length > before) break;
-          const [c, h, w] = sp;
-          const layer = node.opType === "MaxPool" ? new MaxPool2d(node.name, c, h, w, k[0]!, strides[0]!) : new AvgPool2d(node.name, c, h, w, k[0]!, strides[0]!);
-          set({ k: "act", v: g.layer(layer, x.v) });
+          set({ k: "act", v: pooled(g, node, x.v, x.pads, own, int(node, "count_include_pad", 0) !== 0, k[0]!, strides[0]!) });
           break;
         }
         case "Pad": {

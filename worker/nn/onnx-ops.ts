@@ -1,7 +1,7 @@
 // The ONNX importer's mapping of the ops common CNN exports add to the basic set
 // (onnx-import.ts): activations (Sigmoid, HardSigmoid, HardSwish, LeakyRelu,
 // Clip), Dropout, Add/Sub/Mul/Div with broadcasting, Concat, and the reshapes
-// (Reshape, Flatten, Squeeze, Unsqueeze of activations). An adapter like the
+// (Reshape, Flatten, Squeeze, Unsqueeze of activations), padded pooling. An adapter like the
 // importer: it builds graph nodes from the ops' public constructors and refuses,
 // one line per problem, whatever it cannot map. Not an evaluator of constants.
 
@@ -10,9 +10,13 @@ import { Activation, type ActivationKind } from "./activations.js";
 import { BroadcastBinary, Concat, View, type BinaryKind, type Operand } from "./broadcast.js";
 import { Dropout, type DropoutClock } from "./dropout.js";
 import { Flatten } from "./flatten.js";
+import { AvgPool2d } from "./avgpool.js";
 import { Add, type GraphBuilder, type Value } from "./graph.js";
+import { MaxPool2d } from "./maxpool.js";
+import { AvgPool2dExclusive, Pad2d, type Pads } from "./pad-pool.js";
 import { sizeOf } from "./layer.js";
 import type { Sym } from "./onnx-import.js";
+import { MAX_VALUE_ELEMENTS } from "./onnx-tensor.js";
 
 type Const = Extract<Sym, { k: "const" }>;
 
@@ -31,7 +35,7 @@ export interface OpContext {
 }
 
 /** Op types this module maps (Add and the reshapes also have cases in onnx-import.ts). */
-export const EXTRA_OPS = ["Sigmoid", "HardSigmoid", "HardSwish", "LeakyRelu", "Clip", "Dropout", "Sub", "Mul", "Div"];
+export const EXTRA_OPS = ["Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "LeakyRelu", "Clip", "Dropout", "Sub", "Mul", "Div"];
 
 /** A constant's values as numbers (a float tensor, or a folded integer or Cast one), or null with a refusal. */
 function numbers(ctx: OpContext, node: NodeProto, c: Const, role: string): Float32Array | null {
@@ -66,6 +70,9 @@ export function importExtraOp(node: NodeProto, ctx: OpContext, set: (s: Sym) => 
   switch (node.opType) {
     case "Sigmoid":
       activation({ op: "sigmoid" });
+      return true;
+    case "Tanh":
+      activation({ op: "tanh" });
       return true;
     case "HardSigmoid":
       activation({ op: "hardsigmoid", alpha: ctx.num(node, "alpha") ?? 0.2, beta: ctx.num(node, "beta") ?? 0.5 });
@@ -217,6 +224,11 @@ function importBinary(node: NodeProto, ctx: OpContext, set: (s: Sym) => void, ki
     ctx.bad(node, `shapes (n, ${a.shape.join(", ")}) and (n, ${b.shape.join(", ")}) do not broadcast`);
     return;
   }
+  const out = a.shape.map((d, i) => Math.max(d, b.shape[i]!));
+  if (sizeOf(out) > MAX_VALUE_ELEMENTS) {
+    ctx.bad(node, `the broadcast output (${out.join(", ")}) is over the limit of ${MAX_VALUE_ELEMENTS} elements per sample`);
+    return;
+  }
   const inputs = acts.map((x) => x.v);
   // Two activations of one shape added: the residual join (no copies, the same bits as before).
   if (kind === "Add" && inputs.length === 2 && sameShape(a.shape, b.shape)) set({ k: "act", v: ctx.g.apply(new Add(node.name, a.shape), ...inputs) });
@@ -249,4 +261,24 @@ export function reshaped(g: GraphBuilder, name: string, v: Value, shape: readonl
   if (sameShape(shape, v.shape)) return v;
   if (shape.length === 1) return g.layer(new Flatten(name, v.shape), v);
   return g.layer(new View(name, v.shape, shape), v);
+}
+
+/**
+ * A pool of v after the graph's zero Pad node (padBefore) and with the pool's own
+ * pads: −∞ around a max pool, zeros around an average pool that counts them
+ * (count_include_pad=1, or a Pad node: PyTorch's default), or the average over the
+ * in-image cells (count_include_pad=0, PyTorch's count_include_pad=False).
+ */
+export function pooled(g: GraphBuilder, node: NodeProto, v: Value, padBefore: readonly number[], own: readonly number[], countIncludePad: boolean, k: number, s: number): Value {
+  const max = node.opType === "MaxPool";
+  const pad = (x: Value, pads: readonly number[], fill: number, suffix: string): Value => {
+    const [c, h, w] = x.shape as [number, number, number];
+    return pads.some((p) => p !== 0) ? g.layer(new Pad2d(`${node.name}${suffix}`, c, h, w, pads as Pads, fill), x) : x;
+  };
+  v = pad(v, padBefore, 0, ".pad");
+  const [c, h, w] = v.shape as [number, number, number];
+  if (!max && !countIncludePad && own.some((p) => p !== 0)) return g.layer(new AvgPool2dExclusive(node.name, c, h, w, k, s, own as Pads), v);
+  v = pad(v, own, max ? -Infinity : 0, ".pads");
+  const [, ph, pw] = v.shape as [number, number, number];
+  return g.layer(max ? new MaxPool2d(node.name, c, ph, pw, k, s) : new AvgPool2d(node.name, c, ph, pw, k, s), v);
 }
