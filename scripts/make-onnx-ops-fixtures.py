@@ -74,7 +74,8 @@ class OpsNet(nn.Module):
 
 class PoolNet(nn.Module):
     """Padded pooling as exported: MaxPool pads (over tanh's negative values, so the border must be -inf),
-    avg_pool2d counting the border (Pad + AveragePool) and not counting it (AveragePool pads); Tanh."""
+    avg_pool2d counting the border (Pad + AveragePool) and not counting it (AveragePool pads); Tanh;
+    a view whose size is shape arithmetic (Mul of folded dims)."""
 
     def __init__(self):
         super().__init__()
@@ -87,7 +88,8 @@ class PoolNet(nn.Module):
         x = self.bn2(self.conv2(x))
         a = F.avg_pool2d(x, 3, 2, 1)  # count_include_pad=True (6, 7, 7)
         b = F.avg_pool2d(x, 3, 2, 1, count_include_pad=False)
-        return self.fc(torch.cat([a.flatten(1), b.flatten(1)], 1))
+        a = a.view(a.size(0), a.size(1) * a.size(2) * a.size(3))  # Shape, Gather, Mul folded to a flatten
+        return self.fc(torch.cat([a, b.flatten(1)], 1))
 
 
 def pointwise():

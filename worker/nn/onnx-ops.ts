@@ -193,6 +193,7 @@ function importDropout(node: NodeProto, ctx: OpContext, set: (s: Sym) => void): 
 function importBinary(node: NodeProto, ctx: OpContext, set: (s: Sym) => void, kind: BinaryKind): void {
   const syms = [0, 1].map((i) => ctx.syms.get(node.input[i] ?? ""));
   const acts = syms.filter((s) => s?.k === "act") as Extract<Sym, { k: "act" }>[];
+  if (acts.length === 0 && foldBinary(node, syms, set, kind)) return;
   if (acts.length === 0 || syms.some((s) => s?.k !== "act" && s?.k !== "const")) {
     ctx.bad(node, `only ${kind} of activations and constants (one at least an activation) is supported; inputs "${node.input.join('", "')}"`);
     return;
@@ -233,6 +234,29 @@ function importBinary(node: NodeProto, ctx: OpContext, set: (s: Sym) => void, ki
   // Two activations of one shape added: the residual join (no copies, the same bits as before).
   if (kind === "Add" && inputs.length === 2 && sameShape(a.shape, b.shape)) set({ k: "act", v: ctx.g.apply(new Add(node.name, a.shape), ...inputs) });
   else set({ k: "act", v: ctx.g.apply(new BroadcastBinary(node.name, kind, a, b), ...inputs) });
+}
+
+/**
+ * Shape arithmetic on two folded constants (x.view(n, C·H·W) exports Shape, Gather,
+ * Mul): elementwise, a one-element side broadcast; integer Div truncates, as ONNX.
+ * False (nothing set) when a side is not a folded number list.
+ */
+function foldBinary(node: NodeProto, syms: (Sym | undefined)[], set: (s: Sym) => void, kind: BinaryKind): boolean {
+  const [a, b] = syms as [Sym | undefined, Sym | undefined];
+  if (a?.k !== "const" || b?.k !== "const" || !a.data || !b.data) return false;
+  const x = a.data, y = b.data;
+  if (x.some((v) => v === "n") || y.some((v) => v === "n") || (x.length !== y.length && x.length !== 1 && y.length !== 1)) return false;
+  const len = Math.max(x.length, y.length);
+  const ints = a.floats === null && b.floats === null;
+  const data: number[] = [];
+  for (let i = 0; i < len; i++) {
+    const p = x[x.length === 1 ? 0 : i] as number, q = y[y.length === 1 ? 0 : i] as number;
+    const v = kind === "Add" ? p + q : kind === "Sub" ? p - q : kind === "Mul" ? p * q : p / q;
+    data.push(ints && kind === "Div" ? Math.trunc(v) : v);
+  }
+  const dims = x.length >= y.length ? a.dims : b.dims;
+  set({ k: "const", dims, data, floats: ints ? null : Float32Array.from(data), name: node.output[0] ?? "", dataType: ints ? 7 : 1 });
+  return true;
 }
 
 /**
