@@ -75,17 +75,20 @@ class OpsNet(nn.Module):
 class PoolNet(nn.Module):
     """Padded pooling as exported: MaxPool pads (over tanh's negative values, so the border must be -inf),
     avg_pool2d counting the border (Pad + AveragePool) and not counting it (AveragePool pads); Tanh;
-    a view whose size is shape arithmetic (Mul of folded dims)."""
+    a view whose size is shape arithmetic (Mul of folded dims); a conv squeeze-excite block."""
 
     def __init__(self):
         super().__init__()
         self.conv1, self.bn1 = nn.Conv2d(1, 6, 3, padding=1, bias=False), BN(6)
         self.conv2, self.bn2 = nn.Conv2d(6, 6, 3, padding=1, groups=3, bias=False), BN(6)
+        self.se1, self.se2 = nn.Conv2d(6, 3, 1), nn.Conv2d(3, 6, 1)
         self.fc = nn.Linear(2 * 6 * 7 * 7, 10)
 
     def forward(self, x):
         x = F.max_pool2d(torch.tanh(self.bn1(self.conv1(x))), 3, 2, 1)  # (6, 14, 14)
         x = self.bn2(self.conv2(x))
+        # MobileNetV3's squeeze-excite: 1x1 convs on the (6, 1, 1) global pool, a broadcast Mul.
+        x = x * F.hardsigmoid(self.se2(F.relu(self.se1(F.adaptive_avg_pool2d(x, 1)))))
         a = F.avg_pool2d(x, 3, 2, 1)  # count_include_pad=True (6, 7, 7)
         b = F.avg_pool2d(x, 3, 2, 1, count_include_pad=False)
         a = a.view(a.size(0), a.size(1) * a.size(2) * a.size(3))  # Shape, Gather, Mul folded to a flatten

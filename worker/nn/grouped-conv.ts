@@ -1,6 +1,6 @@
 // Grouped and depthwise 2-D convolution (PyTorch's Conv2d(groups=G), ONNX Conv
 // `group`): G independent convolutions of cin/G → cout/G channels, each run by the
-// existing conv kernels (ConvWasm or its ConvJs twin) on views of the one weight
+// existing conv kernels (ConvWasm, or its ConvJs twin: SYNCBN_KERNELS=js or --threads > 1) on views of the one weight
 // (cout, cin/G, k, k) and bias. The input channels of a group are gathered into a
 // contiguous batch and its output scattered back: correct first, not fast (a
 // depthwise conv is G tiny GEMMs). Not dilated or transposed.
@@ -8,6 +8,7 @@
 import type { Rng } from "../../shared/rng.js";
 import { kernelBackend, type KernelBackend } from "./kernels/backend.js";
 import { ConvWasm } from "./kernels/conv-wasm.js";
+import { computeThreads } from "./kernels/threads.js";
 import { ConvJs, convGeometry, type ConvGeometry, type ConvKernel } from "./conv2d.js";
 import { BatchBuffer, type Layer, type Param, type RankSegments } from "./layer.js";
 import { initFanInUniform, rankSegments, requireInt, requireLength } from "./linear.js";
@@ -48,7 +49,10 @@ export class GroupedConv2d implements Layer {
     initFanInUniform(w, hasBias ? b : new Float32Array(0), rows, rng); // PyTorch's fan-in is cin/G·k·k
     this.weight = { name: `${name}.weight`, value: w, grad: new Float32Array(w.length), shape: [cout, g.cin, kernel, kernel] };
     this.bias = { name: `${name}.bias`, value: b, grad: new Float32Array(b.length), shape: [cout] };
-    this.kernels = Array.from({ length: groups }, () => (backend === "wasm" ? new ConvWasm(g) : new ConvJs(g)));
+    // With compute threads a wasm kernel's memory is shared and reserves 4 GiB of address space: G of them could
+    // exhaust it (a depthwise conv of 512 channels), so the groups then run on the TypeScript twin.
+    const wasm = backend === "wasm" && computeThreads() <= 1;
+    this.kernels = Array.from({ length: groups }, () => (wasm ? new ConvWasm(g) : new ConvJs(g)));
     this.xg = new BatchBuffer(g.cin * inH * inW);
     this.y = new BatchBuffer(cout * g.outH * g.outW);
     this.dyg = new BatchBuffer(g.cout * g.outH * g.outW);
