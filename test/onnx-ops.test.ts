@@ -390,6 +390,16 @@ describe("the importer refuses what the new ops cannot map, one line naming the 
     expect(err).toMatch(/node "\/Mul_3" \(Mul\): shapes \(n, 16, 14, 14\) and \(n, 12, 14, 14\) do not broadcast/);
   });
 
+  it("refuses arithmetic with a state_dict tensor (parameter or buffer: the export does not say which)", () => {
+    const err = problems((m) => {
+      const c = nodeNamed(m, "/Constant_7").attribute.find((a) => a.name === "value")!.t!;
+      m.graph!.initializer.push({ ...c, name: "layer.scale" });
+      nodeNamed(m, "/Add").input[1] = "layer.scale";
+    });
+    expect(err).toMatch(/node "\/Add" \(Add\): input 1 is the model tensor "layer\.scale" \(an nn\.Parameter or a buffer/);
+    expect(err.split("\n")).toHaveLength(1);
+  });
+
   it("refuses a Dropout whose ratio is not in [0, 1) and a Dropout whose mask is read", () => {
     const err = problems((m) => {
       const c = nodeNamed(m, "/drop/Constant").attribute.find((a) => a.name === "value")!.t!;

@@ -251,7 +251,8 @@ export function importOnnx(
     const v = act(node, 0);
     return v ? { v, pads: [0, 0, 0, 0] } : null;
   };
-  const ctx: OpContext = { g, syms, bad, act, cst, num, ints: (node, name) => attr(node, name)?.ints.map(Number), dropout: { clock: dropoutClock, count: 0 } };
+  const ctx: OpContext = { g, syms, bad, act, cst, num, ints: (node, name) => attr(node, name)?.ints.map(Number),
+    isStateTensor: (name) => inits.has(name) && !name.startsWith("onnx::"), dropout: { clock: dropoutClock, count: 0 } };
 
   let bnIndex = 0;
   for (const node of graphProto.node) {

@@ -30,6 +30,8 @@ export interface OpContext {
   /** The value of attribute `name` (float or int, by the attribute's type), or undefined. */
   num(node: NodeProto, name: string): number | undefined;
   ints(node: NodeProto, name: string): number[] | undefined;
+  /** Whether a value is an initializer named like a state_dict tensor (not an exporter constant "onnx::…"). */
+  isStateTensor(name: string): boolean;
   /** Dropout draws: the clock, and the count of Dropout nodes built so far (each its own stream). */
   readonly dropout: { readonly clock: DropoutClock; count: number };
 }
@@ -210,6 +212,11 @@ function importBinary(node: NodeProto, ctx: OpContext, set: (s: Sym) => void, ki
       continue;
     }
     const c = s as Const;
+    // A parameter and a buffer look alike in the export: training one PyTorch keeps fixed, or the reverse, would be silently wrong.
+    if (ctx.isStateTensor(node.input[i] ?? "")) {
+      ctx.bad(node, `input ${i} is the model tensor "${node.input[i]}" (an nn.Parameter or a buffer, the export does not say which): arithmetic with it is not supported; write the constant in forward (torch.tensor(...)) or use a layer`);
+      return;
+    }
     const values = numbers(ctx, node, c, `input ${i}`);
     if (!values) return;
     let dims = c.dims;
