@@ -10,6 +10,7 @@
   STEPS of float64 SGD exactly as scripts/make-torch-fixtures.py trains (its data, its loop);
   settings.json (test/torch-train.ts reads it); and onestep.safetensors: the first global batch x, PyTorch's float64 logits and every
   parameter's gradient of the mean cross-entropy (grad.<name>).
+- test/fixtures/onnx-ops/{mobilev2,efflike,resstem,incep}/: common CNN blocks, model.onnx and onestep.safetensors.
 Dropout has p = 0.0 in the whole-run model: PyTorch's mask stream cannot be matched; syncbn's
 dropout semantics are tested on their own (test/onnx-ops.test.ts).
 
@@ -95,6 +96,86 @@ class PoolNet(nn.Module):
         return self.fc(torch.cat([a, b.flatten(1)], 1))
 
 
+# ---- one-batch models (test/fixtures/onnx-ops/<name>/: model.onnx, onestep.safetensors) ------------
+# Small versions of common CNN blocks, as written in the wild (nn.Sequential, inplace, functional calls).
+class InvRes(nn.Module):
+    """MobileNetV2/V3 inverted residual: expand 1x1, depthwise kxk, optional squeeze-excite, project 1x1."""
+    def __init__(self, cin, cout, stride, expand, k=3, act=nn.ReLU6, se=False):
+        super().__init__()
+        h = cin*expand
+        self.use_res = stride==1 and cin==cout
+        layers=[nn.Conv2d(cin,h,1,bias=False),BN(h),act(),nn.Conv2d(h,h,k,stride,k//2,groups=h,bias=False),BN(h),act()]
+        self.pre=nn.Sequential(*layers)
+        self.se = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(h, max(1,h//4),1), nn.SiLU(), nn.Conv2d(max(1,h//4),h,1), nn.Sigmoid()) if se else None
+        self.post=nn.Sequential(nn.Conv2d(h,cout,1,bias=False),BN(cout))
+
+    def forward(self,x):
+        y=self.pre(x)
+        if self.se is not None: y = y * self.se(y)
+        y=self.post(y)
+        return x+y if self.use_res else y
+
+
+class MobileV2(nn.Module):
+    """ReLU6 stem and inverted residuals; AdaptiveAvgPool2d((1, 1)), nn.Flatten, nn.Dropout head."""
+    def __init__(self):
+        super().__init__()
+        self.stem=nn.Sequential(nn.Conv2d(1,8,3,2,1,bias=False),BN(8),nn.ReLU6(inplace=True))
+        self.b1=InvRes(8,8,1,2); self.b2=InvRes(8,12,2,3); self.b3=InvRes(12,12,1,2)
+        self.head=nn.Sequential(nn.AdaptiveAvgPool2d((1,1)),nn.Flatten(),nn.Dropout(0.0),nn.Linear(12,10))
+
+
+    def forward(self,x): return self.head(self.b3(self.b2(self.b1(self.stem(x)))))
+
+
+class EffLike(nn.Module):
+    """EfficientNet-like: SiLU, 5x5 depthwise, SE with SiLU and Sigmoid, Hardswish; squeeze(-1) twice."""
+    def __init__(self):
+        super().__init__()
+        self.stem=nn.Sequential(nn.Conv2d(1,8,3,2,1,bias=False),BN(8),nn.SiLU())
+        self.b1=InvRes(8,8,1,2,k=5,act=nn.SiLU,se=True); self.b2=InvRes(8,16,2,2,k=3,act=nn.Hardswish,se=True)
+        self.fc=nn.Linear(16,10); self.drop=nn.Dropout(p=0.0)
+
+    def forward(self,x):
+        x=self.b2(self.b1(self.stem(x)))
+        x=F.adaptive_avg_pool2d(x,1).squeeze(-1).squeeze(-1)
+        return self.fc(self.drop(x))
+
+
+class ResStem(nn.Module):
+    """torchvision ResNet stem: 7x7 stride-2 conv, MaxPool2d(3, 2, 1), a residual, AdaptiveAvgPool2d(1)."""
+    def __init__(self):
+        super().__init__()
+        self.conv1=nn.Conv2d(1,8,7,2,3,bias=False); self.bn1=BN(8); self.mp=nn.MaxPool2d(3,2,1)
+        self.c2=nn.Conv2d(8,8,3,1,1,bias=False); self.bn2=BN(8)
+        self.avg=nn.AdaptiveAvgPool2d(1); self.fc=nn.Linear(8,10)
+
+    def forward(self,x):
+        x=self.mp(F.relu(self.bn1(self.conv1(x))))
+        x=F.relu(x+self.bn2(self.c2(x)))
+        return self.fc(torch.flatten(self.avg(x),1))
+
+
+class Incep(nn.Module):
+    """Inception-like branches cat on channels: LeakyReLU(0.2), Hardtanh(-1, 1), AvgPool2d(3, 1, 1), Hardsigmoid;
+    reshape(-1, F), BatchNorm1d, F.dropout, Mul/Div/Sub by Python floats."""
+    def __init__(self):
+        super().__init__()
+        self.a=nn.Sequential(nn.Conv2d(1,4,3,padding=1),nn.BatchNorm2d(4),nn.LeakyReLU(0.2))
+        self.b=nn.Sequential(nn.Conv2d(1,4,3,padding=1),nn.BatchNorm2d(4),nn.Hardtanh(-1.0,1.0))
+        self.c=nn.Sequential(nn.AvgPool2d(3,1,1),nn.Conv2d(1,4,3,padding=1),nn.BatchNorm2d(4),nn.Hardsigmoid())
+        self.fc1=nn.Linear(12*7*7,32); self.bn=nn.BatchNorm1d(32); self.fc2=nn.Linear(32,10)
+
+    def forward(self,x):
+        y=torch.cat([self.a(x),self.b(x),self.c(x)],dim=1)
+        y=F.avg_pool2d(y,4)
+        y=y.reshape(-1, 12*7*7)
+        y=F.dropout(F.leaky_relu(self.bn(self.fc1(y))), 0.0, self.training)
+        return self.fc2(y*0.5 + y/4.0 - 0.1)
+
+ZOO = {"mobilev2": MobileV2, "efflike": EffLike, "resstem": ResStem, "incep": Incep}
+
+
 def pointwise():
     """y and dx of each activation at points spread over its range, its kinks included."""
     torch.manual_seed(1)
@@ -120,9 +201,9 @@ def pointwise():
     print(f"pointwise: {len(cases)} activations at {len(x)} points -> {POINTWISE}")
 
 
-def onestep(name, make_model, x, y):
+def onestep(name, make_model, x, y, out=None):
     """The first global batch through the exported model's initial weights: logits and every gradient."""
-    out = os.path.join(of.OUT, name)
+    out = out or os.path.join(of.OUT, name)
     torch.manual_seed(0)
     model = make_model().double()
     with torch.no_grad():
@@ -150,3 +231,9 @@ if __name__ == "__main__":
         with open(os.path.join(of.OUT, name, "settings.json"), "w") as f:
             json.dump(settings, f, indent=1)
         onestep(name, make_model, x, y)
+    for name, make_model in ZOO.items():
+        out = os.path.join(POINTWISE, name)
+        os.makedirs(out, exist_ok=True)
+        torch.manual_seed(0)
+        of.export(make_model().double(), os.path.join(out, "model.onnx"))  # the same init onestep draws and rounds
+        onestep(name, make_model, x, y, out)
