@@ -370,8 +370,8 @@ describe("models imported from ONNX against PyTorch, one batch", () => {
 
 describe("the importer refuses what the new ops cannot map, one line naming the node", () => {
   type ModelProto = ReturnType<typeof fromBinary<typeof ModelProtoSchema>>;
-  const problems = (edit: (m: ModelProto) => void): string => {
-    const m = fromBinary(ModelProtoSchema, readFileSync(join(OPSNET, "model.onnx")));
+  const problems = (edit: (m: ModelProto) => void, fixture = "opsnet"): string => {
+    const m = fromBinary(ModelProtoSchema, readFileSync(join(ROOT, "test", "fixtures", "onnx", fixture, "model.onnx")));
     edit(m);
     const path = "edited.onnx";
     try {
@@ -404,6 +404,15 @@ describe("the importer refuses what the new ops cannot map, one line naming the 
     });
     expect(err).toMatch(/node "\/Add" \(Add\): input 1 is the model tensor "layer\.scale" \(an nn\.Parameter or a buffer/);
     expect(err.split("\n")).toHaveLength(1);
+  });
+
+  it("refuses a Pad node before a pool whose border would make a value over the per-sample limit, before allocating it", () => {
+    const err = problems((m) => {
+      const pads = m.graph!.node.find((n) => n.name === "/Pad")!.input[1]!;
+      const c = m.graph!.node.find((n) => n.output[0] === pads)!.attribute.find((a) => a.name === "value")!.t!;
+      c.rawData = new Uint8Array(new BigInt64Array([0n, 0n, 50_000n, 50_000n, 0n, 0n, 50_000n, 50_000n]).buffer);
+    }, "poolnet");
+    expect(err).toMatch(/node "\/AveragePool" \(AveragePool\): padding 50000,50000,50000,50000 makes \(6, 14, 14\) over the limit of 33554432 elements per sample/);
   });
 
   it("refuses a Dropout whose ratio is not in [0, 1) and a Dropout whose mask is read", () => {

@@ -125,7 +125,8 @@ export class BroadcastBinary implements Op {
   private operandGrad(self: Side, other: Side, isA: boolean, dy: Float32Array, n: number): Float32Array {
     const S = this.size, kind = this.kind;
     const dx = self.dx.view(n);
-    const O = other.values ?? other.saved.view(n), X = self.saved.view(n);
+    const product = kind === "Mul" || kind === "Div"; // only these read the saved inputs
+    const O = other.values ?? (product ? other.saved.view(n) : dy), X = product ? self.saved.view(n) : dy;
     const oStep = other.values ? 0 : other.size, is = self.idx, io = other.idx;
     // d/da: Add, Sub 1; Mul b; Div 1/b.  d/db: Add 1; Sub −1; Mul a; Div −a/b².
     const grad = (g: number, j: number, s: number): number => {

@@ -304,6 +304,9 @@ export function pooled(g: GraphBuilder, node: NodeProto, v: Value, padBefore: re
   const max = node.opType === "MaxPool";
   const pad = (x: Value, pads: readonly number[], fill: number, suffix: string): Value => {
     const [c, h, w] = x.shape as [number, number, number];
+    // Checked before Pad2d allocates: a Pad node's constant can ask for any border.
+    const size = c * (h + pads[0]! + pads[2]!) * (w + pads[1]! + pads[3]!);
+    if (!(size <= MAX_VALUE_ELEMENTS)) throw new RangeError(`padding ${pads.join(",")} makes (${c}, ${h}, ${w}) over the limit of ${MAX_VALUE_ELEMENTS} elements per sample`);
     return pads.some((p) => p !== 0) ? g.layer(new Pad2d(`${node.name}${suffix}`, c, h, w, pads as Pads, fill), x) : x;
   };
   v = pad(v, padBefore, 0, ".pad");
