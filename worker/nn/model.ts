@@ -281,7 +281,10 @@ function buildOnnxModel(path: `${string}.onnx`, o: ModelOptions): Model {
   }, {
     // Dropout masks: a function of (seed, rank, step); a block's batch is its ranks' segments in rank order.
     seed: o.seed,
-    firstRank: o.block?.first ?? o.where?.rank ?? 0,
+    // Read at every draw: an elastic run renumbers a worker's rank.
+    get firstRank() {
+      return o.block?.first ?? o.where?.rank ?? 0;
+    },
     ranks: o.block?.syncs.length ?? 1,
     step: () => o.where?.step ?? 0,
   });
