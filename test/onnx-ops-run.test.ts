@@ -3,7 +3,7 @@
 // global average pool, a squeeze-excite Mul, constants, Flatten, Dropout p = 0):
 // `syncbn train` with 4 real workers × 4 ends within 1e-5 of PyTorch's float64
 // training on every tensor, --norm sync and local. Then Dropout with p = 0.5
-// edited into the graph: the run is reproducible, and 2 processes of 2 ranks
+// edited into the graph: a resumed run ends bit for bit as the uninterrupted one, and 2 processes of 2 ranks
 // (--rank-grads exact) draw the masks 4 processes do, bit for bit. And poolnet
 // (padded max and average pools, Tanh, a conv squeeze-excite) against PyTorch
 // with --norm sync, and opsnet with --threads 2.
@@ -34,14 +34,13 @@ function withDropout(p: number): string {
 }
 
 /** Trains `model` from opsnet's init with the fixture's settings; returns weights.safetensors' tensors. */
-async function train(model: string, extra: string[] = []): Promise<Map<string, Uint8Array>> {
+async function train(model: string, extra: string[] = [], out = mkdtempSync(join(tmpdir(), "syncbn-opsnet-"))): Promise<Map<string, Uint8Array>> {
   const s = fixtureSettings(DIR);
-  const out = mkdtempSync(join(tmpdir(), "syncbn-opsnet-"));
   const r = await runCli(
     [
-      "train", "--model", model, "--norm", "sync", "--data", DATA, "--init", join(DIR, "init.safetensors"), "--shuffle", "off",
+      "train", "--model", model, "--norm", "sync", "--data", DATA, ...(extra.includes("--resume") ? [] : ["--init", join(DIR, "init.safetensors")]), "--shuffle", "off",
       "--workers", String(s.workers), "--batch", String(s.batch), "--steps", String(s.steps), "--lr", String(s.lr), "--momentum", String(s.momentum),
-      "--weight-decay", String(s.weightDecay), "--bn-eps", String(s.bnEps), "--bn-momentum", String(s.bnMomentum), "--out", out, ...extra,
+      "--weight-decay", String(s.weightDecay), "--bn-eps", String(s.bnEps), "--bn-momentum", String(s.bnMomentum), "--out", out, ...extra, // a later --steps wins
     ],
     { timeoutMs: 240_000 },
   );
@@ -67,14 +66,16 @@ describe("the opsnet ONNX export against PyTorch, from the same initial weights"
 });
 
 describe("Dropout p = 0.5 in a whole run", () => {
-  it("reproduces its weights bit for bit, and 2 processes of 2 ranks draw the masks of 4 processes", async () => {
+  it("resumes bit for bit like the uninterrupted run (masks are a function of the step), and 2 processes of 2 ranks draw the masks of 4 processes", async () => {
     const model = withDropout(0.5);
     const a = await train(model);
-    const b = await train(model);
+    const cut = mkdtempSync(join(tmpdir(), "syncbn-opsnet-cut-"));
+    await train(model, ["--steps", "2", "--checkpoint-every", "2"], cut);
+    const b = await train(model, ["--resume", join(cut, "checkpoint.bin")], cut);
     const blocks = await train(model, ["--ranks-per-proc", "2", "--rank-grads", "exact"]);
     expect([...a.keys()].sort()).toEqual([...b.keys()].sort());
     for (const [name, t] of a) {
-      expect(Buffer.from(b.get(name)!).equals(Buffer.from(t)), `repeat ${name}`).toBe(true);
+      expect(Buffer.from(b.get(name)!).equals(Buffer.from(t)), `resumed ${name}`).toBe(true);
       expect(Buffer.from(blocks.get(name)!).equals(Buffer.from(t)), `ranks-per-proc 2 ${name}`).toBe(true);
     }
     // The masks act: fc ends far from the p = 0 run's (PyTorch's expected weights).
