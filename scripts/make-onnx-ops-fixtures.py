@@ -158,7 +158,7 @@ class ResStem(nn.Module):
 
 class Incep(nn.Module):
     """Inception-like branches cat on channels: LeakyReLU(0.2), Hardtanh(-1, 1), AvgPool2d(3, 1, 1), Hardsigmoid;
-    reshape(-1, F), BatchNorm1d, F.dropout, Mul/Div/Sub by Python floats."""
+    max_pool2d(ceil_mode=True), reshape(-1, F), BatchNorm1d, F.dropout, Mul/Div/Sub by Python floats."""
     def __init__(self):
         super().__init__()
         self.a=nn.Sequential(nn.Conv2d(1,4,3,padding=1),nn.BatchNorm2d(4),nn.LeakyReLU(0.2))
@@ -168,7 +168,8 @@ class Incep(nn.Module):
 
     def forward(self,x):
         y=torch.cat([self.a(x),self.b(x),self.c(x)],dim=1)
-        y=F.avg_pool2d(y,4)
+        y=F.max_pool2d(y,3,2,ceil_mode=True)  # 28 -> 14 (13 in floor mode)
+        y=F.avg_pool2d(y,2)
         y=y.reshape(-1, 12*7*7)
         y=F.dropout(F.leaky_relu(self.bn(self.fc1(y))), 0.0, self.training)
         return self.fc2(y*0.5 + y/4.0 - 0.1)

@@ -415,6 +415,15 @@ describe("the importer refuses what the new ops cannot map, one line naming the 
     expect(err).toMatch(/node "\/AveragePool" \(AveragePool\): padding 50000,50000,50000,50000 makes \(6, 14, 14\) over the limit of 33554432 elements per sample/);
   });
 
+  it("refuses ceil_mode on an AveragePool (MaxPool takes it)", () => {
+    const err = problems((m) => void (nodeNamed(m, "/AveragePool").attribute.find((a) => a.name === "ceil_mode")!.i = 1n), "poolnet");
+    expect(err).toMatch(/node "\/AveragePool" \(AveragePool\): ceil_mode=1 is not supported \(MaxPool only\)/);
+    // 28 → 15 rows in ceil mode (14 in floor mode), so the average pools give 8×8 and the classifier no longer fits: the only refusal.
+    const max = problems((m) => void (nodeNamed(m, "/MaxPool").attribute.find((a) => a.name === "ceil_mode")!.i = 1n), "poolnet");
+    expect(max).toMatch(/^SYNCBN_ERR_BAD_CONFIG: --model edited\.onnx: node "\/fc\/Gemm" \(Gemm\): expects \(588\) features per sample, got \(768\)/);
+    expect(max.split("\n")).toHaveLength(1);
+  });
+
   it("refuses a Dropout whose ratio is not in [0, 1) and a Dropout whose mask is read", () => {
     const err = problems((m) => {
       const c = nodeNamed(m, "/drop/Constant").attribute.find((a) => a.name === "value")!.t!;

@@ -57,7 +57,9 @@ export function foldShape(node: NodeProto, syms: Map<string, Sym>, bad: (node: N
       const data = c(0);
       const starts = c(1);
       const ends = c(2);
-      if (data && starts && ends && data.dims.length === 1 && (node.input.length < 4 || c(3)?.data.every((a) => a === 0))) {
+      // Steps (input 4) other than 1 are not folded: a reversed or strided slice would come out wrong.
+      const unitSteps = node.input.length < 5 || node.input[4] === "" || c(4)?.data.every((a) => a === 1) === true;
+      if (data && starts && ends && data.dims.length === 1 && (node.input.length < 4 || c(3)?.data.every((a) => a === 0)) && unitSteps) {
         const len = data.data.length;
         const s = Math.max(0, Math.min(len, idx(Number(starts.data[0]), len)));
         const e = Math.max(0, Math.min(len, idx(Number(ends.data[0]), len)));

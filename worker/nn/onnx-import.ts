@@ -179,7 +179,7 @@ export function importOnnx(
       const group = int(node, "group", 1), cout = Number(inits.get(node.input[1] ?? "")?.dims[0] ?? 1);
       if (node.opType !== "Conv" && group !== 1) bad(node, `group ${group} is not supported (groups=1 only)`);
       else if (!(group >= 1 && cout % group === 0)) bad(node, `group ${group} does not divide the weight's ${cout} output channels`);
-      if (int(node, "ceil_mode", 0) !== 0) bad(node, "ceil_mode=1 is not supported");
+      if (node.opType !== "MaxPool" && int(node, "ceil_mode", 0) !== 0) bad(node, "ceil_mode=1 is not supported (MaxPool only)");
       const autoPad = attr(node, "auto_pad");
       if (autoPad && new TextDecoder().decode(autoPad.s) !== "NOTSET") bad(node, "auto_pad is not supported (explicit pads only)");
     } else if (node.opType === "Gemm" && (int(node, "transB", 0) !== 1 || int(node, "transA", 0) !== 0 || float(node, "alpha", 1) !== 1 || float(node, "beta", 1) !== 1)) {
@@ -379,7 +379,6 @@ export function importOnnx(
           const own = ints(node, "pads", [0, 0, 0, 0]); // [top, left, bottom, right], as x.pads
           if (k.length !== 2 || k[0] !== k[1] || strides[0] !== strides[1]) bad(node, `only square windows with equal strides are supported (kernel ${k.join("×")}, strides ${strides.join("×")})`);
           if (own.length !== 4 || own.some((p) => !(p >= 0 && p < k[0]!))) bad(node, `pads ${own.join(",")} must be 4 values in [0, kernel)`);
-          if (int(node, "ceil_mode", 0) !== 0) bad(node, "ceil_mode=1 is not supported");
           if (ints(node, "dilations", [1, 1]).some((d) => d !== 1)) bad(node, "dilation is not supported");
           if (problems.length > before) break;
           set({ k: "act", v: pooled(g, node, x.v, x.pads, own, int(node, "count_include_pad", 0) !== 0, k[0]!, strides[0]!) });

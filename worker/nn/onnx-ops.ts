@@ -15,7 +15,7 @@ import { Add, type GraphBuilder, type Value } from "./graph.js";
 import { MaxPool2d } from "./maxpool.js";
 import { AvgPool2dExclusive, Pad2d, type Pads } from "./pad-pool.js";
 import { sizeOf } from "./layer.js";
-import type { Sym } from "./onnx-import.js";
+import { int, type Sym } from "./onnx-import.js";
 import { MAX_VALUE_ELEMENTS } from "./onnx-tensor.js";
 
 type Const = Extract<Sym, { k: "const" }>;
@@ -312,6 +312,16 @@ export function pooled(g: GraphBuilder, node: NodeProto, v: Value, padBefore: re
   v = pad(v, padBefore, 0, ".pad");
   const [c, h, w] = v.shape as [number, number, number];
   if (!max && !countIncludePad && own.some((p) => p !== 0)) return g.layer(new AvgPool2dExclusive(node.name, c, h, w, k, s, own as Pads), v);
+  if (max && int(node, "ceil_mode", 0) !== 0) {
+    // PyTorch's ceil_mode: ⌈(H + pads − k)/s⌉ + 1 windows, less one if the last would start past the input and its
+    // first pad; the windows hanging over the far edge see a −∞ border, so the floor-mode pool over it is the same.
+    const extra = (size: number, p0: number, p1: number): number => {
+      let out = Math.ceil((size + p0 + p1 - k) / s) + 1;
+      if ((out - 1) * s >= size + p0) out--;
+      return Math.max(0, (out - 1) * s + k - (size + p0 + p1));
+    };
+    own = [own[0]!, own[1]!, own[2]! + extra(h, own[0]!, own[2]!), own[3]! + extra(w, own[1]!, own[3]!)];
+  }
   v = pad(v, own, max ? -Infinity : 0, ".pads");
   const [, ph, pw] = v.shape as [number, number, number];
   return g.layer(max ? new MaxPool2d(node.name, c, ph, pw, k, s) : new AvgPool2d(node.name, c, ph, pw, k, s), v);
