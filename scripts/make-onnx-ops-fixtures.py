@@ -174,7 +174,22 @@ class Incep(nn.Module):
         y=F.dropout(F.leaky_relu(self.bn(self.fc1(y))), 0.0, self.training)
         return self.fc2(y*0.5 + y/4.0 - 0.1)
 
-ZOO = {"mobilev2": MobileV2, "efflike": EffLike, "resstem": ResStem, "incep": Incep}
+class ActNet(nn.Module):
+    """Activations built from several ONNX ops: GELU (Div, Erf, Add, Mul), Mish (Softplus, Tanh, Mul), ELU."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(1, 6, 3, padding=1, bias=False), BN(6)
+        self.conv2, self.bn2 = nn.Conv2d(6, 8, 3, stride=2, padding=1, bias=False), BN(8)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = F.gelu(self.bn1(self.conv1(x)))
+        x = F.mish(self.bn2(self.conv2(x)))
+        return self.fc(F.elu(x, 0.7).mean((2, 3)))
+
+
+ZOO = {"mobilev2": MobileV2, "efflike": EffLike, "resstem": ResStem, "incep": Incep, "actnet": ActNet}
 
 
 def pointwise():
@@ -185,6 +200,9 @@ def pointwise():
     cases = {
         "sigmoid": torch.sigmoid,
         "tanh": torch.tanh,
+        "softplus": F.softplus,
+        "elu": lambda t: F.elu(t, 0.5),
+        "erf": torch.erf,
         "hardsigmoid": F.hardsigmoid,
         "hardswish": F.hardswish,
         "leakyrelu": lambda t: F.leaky_relu(t, 0.1),

@@ -4,7 +4,7 @@
 // conv against a dense conv with zero blocks; dropout's training semantics (mask
 // statistics, 1/(1−p), reproducible per seed/rank/step, a rank block = its ranks);
 // and the logits and every gradient of imported models (opsnet, poolnet, and small
-// MobileNetV2-, EfficientNet-, ResNet-stem- and Inception-like nets) against PyTorch's
+// MobileNetV2-, EfficientNet-, ResNet-stem- and Inception-like nets, GELU/Mish/ELU) against PyTorch's
 // float64 ones for one batch (scripts/make-onnx-ops-fixtures.py). No PyTorch needed here.
 
 import { readFileSync } from "node:fs";
@@ -91,6 +91,9 @@ function awayFrom(x: Float32Array, kinks: number[], gap = 0.05): Float32Array {
 const KINDS: { name: string; kind: ActivationKind; kinks: number[] }[] = [
   { name: "sigmoid", kind: { op: "sigmoid" }, kinks: [] },
   { name: "tanh", kind: { op: "tanh" }, kinks: [] },
+  { name: "softplus", kind: { op: "softplus" }, kinks: [] },
+  { name: "elu", kind: { op: "elu", alpha: 0.5 }, kinks: [0] },
+  { name: "erf", kind: { op: "erf" }, kinks: [] },
   { name: "hardsigmoid", kind: { op: "hardsigmoid", alpha: Math.fround(1 / 6), beta: 0.5 }, kinks: [-3, 3] },
   { name: "hardswish", kind: { op: "hardswish" }, kinks: [-3, 3] },
   { name: "leakyrelu", kind: { op: "leakyrelu", alpha: Math.fround(0.1) }, kinks: [0] },
@@ -325,7 +328,7 @@ describe("dropout", () => {
 describe("models imported from ONNX against PyTorch, one batch", () => {
   const models = [
     ...["opsnet", "poolnet"].map((f) => [f, join(ROOT, "test", "fixtures", "onnx", f)]),
-    ...["mobilev2", "efflike", "resstem", "incep"].map((f) => [f, join(ROOT, "test", "fixtures", "onnx-ops", f)]),
+    ...["mobilev2", "efflike", "resstem", "incep", "actnet"].map((f) => [f, join(ROOT, "test", "fixtures", "onnx-ops", f)]),
   ];
   for (const [fixture, dir] of models) for (const backend of KERNEL_BACKENDS) {
     it(`gives ${fixture}'s logits within 1e-6 and every gradient within 1e-4 (relative) of PyTorch's float64 ones (${backend} kernels)`, async () => {

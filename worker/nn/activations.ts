@@ -1,5 +1,5 @@
 // The pointwise activations ONNX exports of common CNNs use besides ReLU: Sigmoid
-// (and so SiLU = x·sigmoid(x) through a Mul), Tanh, HardSigmoid, HardSwish, LeakyRelu
+// (and so SiLU = x·sigmoid(x) through a Mul), Tanh, Softplus, Elu, Erf, HardSigmoid, HardSwish, LeakyRelu
 // and Clip (ReLU6). One layer, forward and backward per kind side by side, each
 // element computed in float64 and rounded once; the derivative conventions at the
 // kinks are PyTorch's. Not ReLU (relu.ts has the fast paths) and no params.
@@ -10,6 +10,12 @@ import { requireLength } from "./linear.js";
 export type ActivationKind =
   | { readonly op: "sigmoid" }
   | { readonly op: "tanh" }
+  /** log(1 + eˣ), x itself above 20 (PyTorch's threshold); Mish is x·tanh(softplus(x)) through Tanh and Mul. */
+  | { readonly op: "softplus" }
+  /** x for x > 0, alpha·(eˣ − 1) otherwise. */
+  | { readonly op: "elu"; readonly alpha: number }
+  /** The error function; GELU is x·(1 + erf(x/√2))/2 through Div, Add and Mul. */
+  | { readonly op: "erf" }
   /** y = max(0, min(1, alpha·x + beta)); PyTorch's hardsigmoid is alpha = 1/6, beta = 1/2. */
   | { readonly op: "hardsigmoid"; readonly alpha: number; readonly beta: number }
   /** y = x·max(0, min(1, x/6 + 1/2)), PyTorch's hardswish. */
@@ -18,6 +24,33 @@ export type ActivationKind =
   | { readonly op: "leakyrelu"; readonly alpha: number }
   /** y = min(max(x, min), max); ReLU6 is min 0, max 6. */
   | { readonly op: "clip"; readonly min: number; readonly max: number };
+
+const TWO_OVER_SQRT_PI = 2 / Math.sqrt(Math.PI);
+
+/**
+ * erf(x) to about 1e-15 (JavaScript has none): the Maclaurin series below 2.5 (terms
+ * at most e^6.25 ≈ 500, so ~1e-14 of cancellation), erfc's continued fraction above
+ * (evaluated from its 60th term back; converges fast there); ±1 beyond 6.
+ */
+export function erf(x: number): number {
+  const a = Math.abs(x);
+  if (Number.isNaN(x)) return NaN;
+  if (a >= 6) return Math.sign(x);
+  if (a < 2.5) {
+    let term = x, sum = x;
+    const x2 = x * x;
+    for (let n = 1; n < 80 && Math.abs(term) > 1e-17 * Math.abs(sum); n++) {
+      term *= -x2 / n;
+      sum += term / (2 * n + 1);
+    }
+    return TWO_OVER_SQRT_PI * sum;
+  }
+  // erfc(a) = e^(−a²)/√π · 1/(a + (1/2)/(a + 1/(a + (3/2)/(a + 2/(a + …)))))
+  let f = a;
+  for (let k = 60; k >= 1; k--) f = a + k / 2 / f;
+  const erfc = Math.exp(-a * a) / Math.sqrt(Math.PI) / f;
+  return Math.sign(x) * (1 - erfc);
+}
 
 /** 1/6 as the float32 attribute PyTorch's exporter writes for hardsigmoid: read back as the exact 1/6 PyTorch computes with. */
 const SIXTH_F32 = Math.fround(1 / 6);
@@ -58,6 +91,15 @@ export class Activation implements Layer {
         break;
       case "tanh":
         for (let i = 0; i < len; i++) y[i] = Math.tanh(x[i]!);
+        break;
+      case "softplus":
+        for (let i = 0; i < len; i++) y[i] = x[i]! > 20 ? x[i]! : Math.log1p(Math.exp(x[i]!));
+        break;
+      case "elu":
+        for (let i = 0; i < len; i++) y[i] = x[i]! > 0 ? x[i]! : k.alpha * Math.expm1(x[i]!);
+        break;
+      case "erf":
+        for (let i = 0; i < len; i++) y[i] = erf(x[i]!);
         break;
       case "hardsigmoid":
         for (let i = 0; i < len; i++) y[i] = Math.max(0, Math.min(1, k.alpha * x[i]! + k.beta));
@@ -104,6 +146,20 @@ export class Activation implements Layer {
       case "tanh":
         // From the output, as PyTorch's tanh_backward: dy·(1 − y²).
         for (let i = 0; i < len; i++) dx[i] = dy[i]! * (1 - y[i]! * y[i]!);
+        break;
+      case "softplus":
+        // softplus_backward: dy·eˣ/(eˣ + 1), dy above the threshold.
+        for (let i = 0; i < len; i++) {
+          const z = Math.exp(x[i]!);
+          dx[i] = x[i]! > 20 ? dy[i]! : (dy[i]! * z) / (z + 1);
+        }
+        break;
+      case "elu":
+        // elu_backward: dy for x > 0, dy·alpha·eˣ otherwise (x = 0 included).
+        for (let i = 0; i < len; i++) dx[i] = x[i]! > 0 ? dy[i]! : dy[i]! * k.alpha * Math.exp(x[i]!);
+        break;
+      case "erf":
+        for (let i = 0; i < len; i++) dx[i] = dy[i]! * TWO_OVER_SQRT_PI * Math.exp(-x[i]! * x[i]!);
         break;
       case "hardsigmoid":
         // alpha inside the open ramp, 0 on its flat parts and at its ends (hardsigmoid_backward: −3 < x < 3).

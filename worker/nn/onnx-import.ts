@@ -25,7 +25,7 @@ import { MaxPool2d } from "./maxpool.js";
 import { ReLU } from "./relu.js";
 
 export const SUPPORTED_OPS =
-  "Conv (grouped and depthwise too), BatchNormalization, Relu, Sigmoid, Tanh, HardSigmoid, HardSwish, LeakyRelu, Clip, Dropout, MaxPool, AveragePool (padded too), GlobalAveragePool, " +
+  "Conv (grouped and depthwise too), BatchNormalization, Relu, Sigmoid, Tanh, Softplus, Elu, Erf, HardSigmoid, HardSwish, LeakyRelu, Clip, Dropout, MaxPool, AveragePool (padded too), GlobalAveragePool, " +
   "ReduceMean (axes 2,3), Add/Sub/Mul/Div (broadcasting), Concat, Flatten, Reshape, Squeeze, Unsqueeze, Gemm, MatMul+Add, " +
   "Identity, Constant, Pad (zeros, before a pool or conv), and Shape/Gather/Unsqueeze/Concat/Slice/Cast/ConstantOfShape that fold to constants (docs/onnx-ops.md)";
 

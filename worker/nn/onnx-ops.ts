@@ -37,7 +37,7 @@ export interface OpContext {
 }
 
 /** Op types this module maps (Add and the reshapes also have cases in onnx-import.ts). */
-export const EXTRA_OPS = ["Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "LeakyRelu", "Clip", "Dropout", "Sub", "Mul", "Div"];
+export const EXTRA_OPS = ["Sigmoid", "Tanh", "Softplus", "Elu", "Erf", "HardSigmoid", "HardSwish", "LeakyRelu", "Clip", "Dropout", "Sub", "Mul", "Div"];
 
 /** A constant's values as numbers (a float tensor, or a folded integer or Cast one), or null with a refusal. */
 function numbers(ctx: OpContext, node: NodeProto, c: Const, role: string): Float32Array | null {
@@ -75,6 +75,15 @@ export function importExtraOp(node: NodeProto, ctx: OpContext, set: (s: Sym) => 
       return true;
     case "Tanh":
       activation({ op: "tanh" });
+      return true;
+    case "Softplus":
+      activation({ op: "softplus" });
+      return true;
+    case "Elu":
+      activation({ op: "elu", alpha: ctx.num(node, "alpha") ?? 1 });
+      return true;
+    case "Erf":
+      activation({ op: "erf" });
       return true;
     case "HardSigmoid":
       activation({ op: "hardsigmoid", alpha: ctx.num(node, "alpha") ?? 0.2, beta: ctx.num(node, "beta") ?? 0.5 });
