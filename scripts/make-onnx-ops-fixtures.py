@@ -10,7 +10,7 @@
   STEPS of float64 SGD exactly as scripts/make-torch-fixtures.py trains (its data, its loop);
   settings.json (test/torch-train.ts reads it); and onestep.safetensors: the first global batch x, PyTorch's float64 logits and every
   parameter's gradient of the mean cross-entropy (grad.<name>).
-- test/fixtures/onnx-ops/{mobilev2,efflike,resstem,incep}/: common CNN blocks, model.onnx and onestep.safetensors.
+- test/fixtures/onnx-ops/{mobilev2,samepad,efflike,resstem,incep,actnet}/: common CNN blocks, model.onnx and onestep.safetensors.
 Dropout has p = 0.0 in the whole-run model: PyTorch's mask stream cannot be matched; syncbn's
 dropout semantics are tested on their own (test/onnx-ops.test.ts).
 
@@ -189,7 +189,25 @@ class ActNet(nn.Module):
         return self.fc(F.elu(x, 0.7).mean((2, 3)))
 
 
-ZOO = {"mobilev2": MobileV2, "efflike": EffLike, "resstem": ResStem, "incep": Incep, "actnet": ActNet}
+class SamePad(nn.Module):
+    """TensorFlow-style "same" padding: nn.ZeroPad2d((0, 1, 0, 1)) before a stride-2 conv (asymmetric, so a
+    zero border and an unpadded conv), F.pad folded into a conv's padding, F.pad before a max pool."""
+
+    def __init__(self):
+        super().__init__()
+        self.pad = nn.ZeroPad2d((0, 1, 0, 1))
+        self.conv1, self.bn1 = nn.Conv2d(1, 6, 3, stride=2, bias=False), BN(6)
+        self.conv2, self.bn2 = nn.Conv2d(6, 8, 3, bias=False), BN(8)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(self.pad(x))))  # 29 -> 14
+        x = F.silu(self.bn2(self.conv2(F.pad(x, (1, 1, 1, 1)))))  # 14
+        x = F.max_pool2d(F.pad(x, (0, 1, 0, 1)), 2)  # 15 -> 7
+        return self.fc(x.mean((2, 3)))
+
+
+ZOO = {"mobilev2": MobileV2, "samepad": SamePad, "efflike": EffLike, "resstem": ResStem, "incep": Incep, "actnet": ActNet}
 
 
 def pointwise():

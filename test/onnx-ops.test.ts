@@ -4,7 +4,8 @@
 // conv against a dense conv with zero blocks; dropout's training semantics (mask
 // statistics, 1/(1−p), reproducible per seed/rank/step, a rank block = its ranks);
 // and the logits and every gradient of imported models (opsnet, poolnet, and small
-// MobileNetV2-, EfficientNet-, ResNet-stem- and Inception-like nets, GELU/Mish/ELU) against PyTorch's
+// MobileNetV2-, EfficientNet-, ResNet-stem- and Inception-like nets, GELU/Mish/ELU,
+// F.pad and TensorFlow-style asymmetric "same" padding) against PyTorch's
 // float64 ones for one batch (scripts/make-onnx-ops-fixtures.py). No PyTorch needed here.
 
 import { readFileSync } from "node:fs";
@@ -328,7 +329,7 @@ describe("dropout", () => {
 describe("models imported from ONNX against PyTorch, one batch", () => {
   const models = [
     ...["opsnet", "poolnet"].map((f) => [f, join(ROOT, "test", "fixtures", "onnx", f)]),
-    ...["mobilev2", "efflike", "resstem", "incep", "actnet"].map((f) => [f, join(ROOT, "test", "fixtures", "onnx-ops", f)]),
+    ...["mobilev2", "samepad", "efflike", "resstem", "incep", "actnet"].map((f) => [f, join(ROOT, "test", "fixtures", "onnx-ops", f)]),
   ];
   for (const [fixture, dir] of models) for (const backend of KERNEL_BACKENDS) {
     it(`gives ${fixture}'s logits within 1e-6 and every gradient within 1e-4 (relative) of PyTorch's float64 ones (${backend} kernels)`, async () => {

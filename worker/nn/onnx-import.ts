@@ -18,10 +18,9 @@ import { GroupedConv2d } from "./grouped-conv.js";
 import { sizeOf } from "./layer.js";
 import { View } from "./broadcast.js";
 import { foldShape } from "./onnx-fold.js";
-import { EXTRA_OPS, importExtraOp, pooled, reshaped, reshapeTarget, type OpContext } from "./onnx-ops.js";
+import { EXTRA_OPS, importExtraOp, padded, pooled, reshaped, reshapeTarget, type OpContext } from "./onnx-ops.js";
 import { FLOAT_TYPES, MAX_FOLDED_ELEMENTS, MAX_MODEL_ELEMENTS, MAX_VALUE_ELEMENTS, tensorElements, tensorFloats, tensorInts, TensorError, typeName } from "./onnx-tensor.js";
 import { Linear } from "./linear.js";
-import { MaxPool2d } from "./maxpool.js";
 import { ReLU } from "./relu.js";
 
 export const SUPPORTED_OPS =
@@ -79,7 +78,7 @@ export type Sym =
 
 const KNOWN_OPS = new Set([
   "Conv", "BatchNormalization", "Relu", "MaxPool", "AveragePool", "GlobalAveragePool", "ReduceMean", "Add", "Flatten", "Gemm", "MatMul", "Identity",
-  "Constant", "Pad", "Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Reshape", "Slice", "Cast", "ConstantOfShape", ...EXTRA_OPS,
+  "Constant", "Pad", "Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Reshape", "Slice", "Cast", "ConstantOfShape", "Transpose", ...EXTRA_OPS,
 ]);
 
 /** Where an eval-only import (a preflight, a weights check) draws no masks: rank 0, step 0. */
@@ -317,14 +316,18 @@ export function importOnnx(
           if (ints(node, "dilations", [1, 1]).some((d) => d !== 1)) bad(node, `dilation ${ints(node, "dilations", []).join("×")} is not supported (dilation 1 only)`);
           const groups = int(node, "group", 1);
           if (!(groups >= 1 && cin % groups === 0 && w.dims[0]! % groups === 0)) bad(node, `group ${groups} does not divide the ${cin} input and ${w.dims[0]} output channels`);
-          if (k[0] !== k[1] || strides[0] !== strides[1] || pads.some((p) => p !== pads[0])) bad(node, `only square kernels, equal strides and symmetric padding are supported (kernel ${k.join("×")}, strides ${strides.join("×")}, pads ${pads.join(",")})`);
+          if (k[0] !== k[1] || strides[0] !== strides[1]) bad(node, `only square kernels and equal strides are supported (kernel ${k.join("×")}, strides ${strides.join("×")})`);
           if (w.dims[1]! * groups !== cin) bad(node, `weight expects ${w.dims[1]}×${groups} (group) input channels, the input has ${cin}`);
           if (k.length !== 2 || k[0] !== w.dims[2] || k[1] !== w.dims[3]) bad(node, `kernel_shape ${k.join("×")} is not the weight's ${w.dims.slice(2).join("×")}`);
           if (attr(node, "auto_pad") && new TextDecoder().decode(attr(node, "auto_pad")!.s) !== "NOTSET") bad(node, "auto_pad is not supported");
           if (problems.length > before) break;
           const name = owner(w.name, ".weight");
           const cout = w.dims[0]!;
-          const geo = convGeometry(name, cin, cout, k[0]!, strides[0]!, pads[0]!, h, wd);
+          // Asymmetric padding (nn.ZeroPad2d, TensorFlow's "same"): a zero border, then an unpadded conv.
+          const asym = pads.some((p) => p !== pads[0]);
+          const input = asym ? padded(g, `${node.name}.pad`, x.v, pads, 0) : x.v;
+          const [ph, pw, pad] = asym ? [input.shape[1]!, input.shape[2]!, 0] : [h, wd, pads[0]!];
+          const geo = convGeometry(name, cin, cout, k[0]!, strides[0]!, pad, ph, pw);
           // Padding can grow the output and its unrolled input past any bound: checked before the layer allocates them.
           const plane = geo.outH * geo.outW;
           const rows = (cin / groups) * k[0]! * k[0]!;
@@ -340,9 +343,9 @@ export function importOnnx(
           initial.set(`${name}.weight`, weight);
           if (bias) initial.set(`${name}.bias`, bias);
           const conv = groups === 1
-            ? new Conv2d(name, cin, cout, k[0]!, strides[0]!, pads[0]!, h, wd, rng, undefined, hasBias)
-            : new GroupedConv2d(name, cin, cout, groups, k[0]!, strides[0]!, pads[0]!, h, wd, rng, undefined, hasBias);
-          set({ k: "act", v: g.layer(conv, x.v) });
+            ? new Conv2d(name, cin, cout, k[0]!, strides[0]!, pad, ph, pw, rng, undefined, hasBias)
+            : new GroupedConv2d(name, cin, cout, groups, k[0]!, strides[0]!, pad, ph, pw, rng, undefined, hasBias);
+          set({ k: "act", v: g.layer(conv, input) });
           break;
         }
         case "BatchNormalization": {
@@ -413,12 +416,16 @@ export function importOnnx(
           if (problems.length > before) break;
           const [c, h, w] = sp;
           // (C, 1, 1) with keepdims (GlobalAveragePool always): a View of the pool's (C), no copy.
-          const pooled = g.layer(new GlobalAvgPool(node.name, c, h, w), v);
-          set({ k: "act", v: node.opType === "GlobalAveragePool" || keep !== 0 ? g.layer(new View(`${node.name}.keepdims`, [c], [c, 1, 1]), pooled) : pooled });
+          const mean = g.layer(new GlobalAvgPool(node.name, c, h, w), v);
+          set({ k: "act", v: node.opType === "GlobalAveragePool" || keep !== 0 ? g.layer(new View(`${node.name}.keepdims`, [c], [c, 1, 1]), mean) : mean });
           break;
         }
         case "Flatten":
         case "Reshape": {
+          if (node.opType === "Reshape" && syms.get(node.input[0] ?? "")?.k === "const") {
+            foldShape(node, syms, bad); // shape arithmetic (F.pad's pads)
+            break;
+          }
           const v = act(node, 0);
           if (!v) break;
           const axis = int(node, "axis", 1);

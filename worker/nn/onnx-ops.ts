@@ -303,6 +303,15 @@ export function reshaped(g: GraphBuilder, name: string, v: Value, shape: readonl
   return g.layer(new View(name, v.shape, shape), v);
 }
 
+/** v (C, H, W) inside a border of `fill`, pads [top, left, bottom, right]; v itself for none. Throws past the per-value limit. */
+export function padded(g: GraphBuilder, name: string, v: Value, pads: readonly number[], fill: number): Value {
+  const [c, h, w] = v.shape as [number, number, number];
+  // Checked before Pad2d allocates: a Pad node's constant can ask for any border.
+  const size = c * (h + pads[0]! + pads[2]!) * (w + pads[1]! + pads[3]!);
+  if (!(size <= MAX_VALUE_ELEMENTS)) throw new RangeError(`padding ${pads.join(",")} makes (${c}, ${h}, ${w}) over the limit of ${MAX_VALUE_ELEMENTS} elements per sample`);
+  return pads.some((p) => p !== 0) ? g.layer(new Pad2d(name, c, h, w, pads as Pads, fill), v) : v;
+}
+
 /**
  * A pool of v after the graph's zero Pad node (padBefore) and with the pool's own
  * pads: −∞ around a max pool, zeros around an average pool that counts them
@@ -311,13 +320,7 @@ export function reshaped(g: GraphBuilder, name: string, v: Value, shape: readonl
  */
 export function pooled(g: GraphBuilder, node: NodeProto, v: Value, padBefore: readonly number[], own: readonly number[], countIncludePad: boolean, k: number, s: number): Value {
   const max = node.opType === "MaxPool";
-  const pad = (x: Value, pads: readonly number[], fill: number, suffix: string): Value => {
-    const [c, h, w] = x.shape as [number, number, number];
-    // Checked before Pad2d allocates: a Pad node's constant can ask for any border.
-    const size = c * (h + pads[0]! + pads[2]!) * (w + pads[1]! + pads[3]!);
-    if (!(size <= MAX_VALUE_ELEMENTS)) throw new RangeError(`padding ${pads.join(",")} makes (${c}, ${h}, ${w}) over the limit of ${MAX_VALUE_ELEMENTS} elements per sample`);
-    return pads.some((p) => p !== 0) ? g.layer(new Pad2d(`${node.name}${suffix}`, c, h, w, pads as Pads, fill), x) : x;
-  };
+  const pad = (x: Value, pads: readonly number[], fill: number, suffix: string): Value => padded(g, `${node.name}${suffix}`, x, pads, fill);
   v = pad(v, padBefore, 0, ".pad");
   const [c, h, w] = v.shape as [number, number, number];
   if (!max && !countIncludePad && own.some((p) => p !== 0)) return g.layer(new AvgPool2dExclusive(node.name, c, h, w, k, s, own as Pads), v);
