@@ -30,7 +30,7 @@ import { ROOT } from "./helpers.js";
 import { AvgPool2dExclusive, Pad2d } from "../worker/nn/pad-pool.js";
 import { MaxPool2d } from "../worker/nn/maxpool.js";
 
-const OPSNET = join(ROOT, "test", "fixtures", "onnx", "opsnet");
+const OPSNET_DIR = join(ROOT, "test", "fixtures", "onnx", "opsnet");
 
 function normals(rng: Rng, len: number, scale = 1): Float32Array {
   const a = new Float32Array(len);
@@ -417,6 +417,22 @@ describe("the importer refuses what the new ops cannot map, one line naming the 
       c.rawData = new Uint8Array(new BigInt64Array([0n, 0n, 50_000n, 50_000n, 0n, 0n, 50_000n, 50_000n]).buffer);
     }, "poolnet");
     expect(err).toMatch(/node "\/AveragePool" \(AveragePool\): padding 50000,50000,50000,50000 makes \(6, 14, 14\) over the limit of 33554432 elements per sample/);
+  });
+
+  it("builds a zero Pad read by something other than a Conv or pool as a border of its own", () => {
+    // opsnet's avg_pool2d is Pad + AveragePool; with the pool gone, Sub reads the padded (16, 16, 16) value and the global pool still gives 16.
+    const edit = (m: ModelProto): void => {
+      const pool = nodeNamed(m, "/AveragePool");
+      pool.opType = "Identity";
+      pool.attribute = [];
+      const pads = m.graph!.node.find((n) => n.output[0] === nodeNamed(m, "/Pad").input[1])!.attribute.find((a) => a.name === "value")!.t!;
+      pads.rawData = new Uint8Array(new BigInt64Array([0n, 0n, 1n, 1n, 0n, 0n, 1n, 1n]).buffer);
+    };
+    expect(problems(edit)).toBe("");
+    const m = fromBinary(ModelProtoSchema, readFileSync(join(OPSNET_DIR, "model.onnx")));
+    edit(m);
+    const { graph } = importOnnx(decodeOnnx(toBinary(ModelProtoSchema, m), "edited.onnx"), "edited.onnx", [1, 28, 28], 10, false, (_g, _name, v) => v);
+    expect(graph.ops.find((op) => op.name === "/AveragePool_output_0.pad")?.outShape).toEqual([16, 16, 16]); // named by the value it pads
   });
 
   it("refuses ceil_mode on an AveragePool (MaxPool takes it)", () => {

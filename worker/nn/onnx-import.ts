@@ -228,6 +228,8 @@ export function importOnnx(
   const act = (node: NodeProto, i: number): Value | null => {
     const s = syms.get(node.input[i] ?? "");
     if (s?.k === "act") return s.v;
+    // A zero Pad read by anything but a Conv or pool: the border itself, built once for all its readers.
+    if (s?.k === "pad") return (syms.set(node.input[i]!, { k: "act", v: padded(g, `${node.input[i]}.pad`, s.v, s.pads, 0) }).get(node.input[i]!) as { v: Value }).v;
     if (s?.k === "matmul") bad(node, "a MatMul must be followed by an Add of its bias (nn.Linear)");
     else bad(node, `input ${i} ("${node.input[i]}") is not an activation syncbn can compute; supported ops: ${SUPPORTED_OPS}`);
     return null;

@@ -202,7 +202,8 @@ function importDropout(node: NodeProto, ctx: OpContext, set: (s: Sym) => void): 
  * one is padded with leading 1s. Two activations must have the same rank.
  */
 function importBinary(node: NodeProto, ctx: OpContext, set: (s: Sym) => void, kind: BinaryKind): void {
-  const syms = [0, 1].map((i) => ctx.syms.get(node.input[i] ?? ""));
+  // A pending zero Pad operand is built as its border first (ctx.act).
+  const syms = [0, 1].map((i) => (ctx.syms.get(node.input[i] ?? "")?.k === "pad" && ctx.act(node, i), ctx.syms.get(node.input[i] ?? "")));
   const acts = syms.filter((s) => s?.k === "act") as Extract<Sym, { k: "act" }>[];
   if (acts.length === 0 && foldBinary(node, syms, set, kind)) return;
   if (acts.length === 0 || syms.some((s) => s?.k !== "act" && s?.k !== "const")) {
