@@ -1,14 +1,11 @@
 // The ONNX importer: a PyTorch training-mode export turned into a graph of the
 // runtime's existing ops via the GraphBuilder (BatchNormalization → the run's norm
 // layer; initializers → starting tensors by state_dict name). An adapter: it never
-// reaches into ops, and refuses what it cannot map, one line per problem. Parsed
-// with onnx-buf (generated schema on @bufbuild/protobuf; `onnx-proto` fails as ESM on Node 20).
+// reaches into ops, and refuses what it cannot map, one line per problem. Decoding
+// the file and its hash: onnx-file.ts; the ops common CNNs add: onnx-ops.ts.
 
-import { createHash } from "node:crypto";
-import { fromBinary } from "@bufbuild/protobuf";
-import { ModelProtoSchema, type AttributeProto, type ModelProto, type NodeProto, type TensorProto } from "onnx-buf";
+import type { AttributeProto, ModelProto, NodeProto, TensorProto } from "onnx-buf";
 import { ErrorCode, SyncbnError } from "../../shared/errors.js";
-import { MAX_MODEL_FILE_BYTES, readInputFile } from "../input-file.js";
 import { Rng } from "../../shared/rng.js";
 import { GlobalAvgPool } from "./avgpool.js";
 import { Conv2d, convGeometry } from "./conv2d.js";
@@ -17,6 +14,7 @@ import { GraphBuilder, type Graph, type Value } from "./graph.js";
 import { GroupedConv2d } from "./grouped-conv.js";
 import { sizeOf } from "./layer.js";
 import { View } from "./broadcast.js";
+import { EXPORT_LINE } from "./onnx-file.js";
 import { foldShape } from "./onnx-fold.js";
 import { EXTRA_OPS, importExtraOp, padded, pooled, reshaped, reshapeTarget, type OpContext } from "./onnx-ops.js";
 import { FLOAT_TYPES, MAX_FOLDED_ELEMENTS, MAX_MODEL_ELEMENTS, MAX_VALUE_ELEMENTS, tensorElements, tensorFloats, tensorInts, TensorError, typeName } from "./onnx-tensor.js";
@@ -28,30 +26,7 @@ export const SUPPORTED_OPS =
   "ReduceMean (axes 2,3), Add/Sub/Mul/Div (broadcasting), Concat, Flatten, Reshape, Squeeze, Unsqueeze, Gemm, MatMul+Add, " +
   "Identity, Constant, Pad (zeros, before a pool or conv), and Shape/Gather/Unsqueeze/Concat/Slice/Cast/ConstantOfShape that fold to constants (docs/onnx-ops.md)";
 
-/** The export line the README gives, quoted where a graph cannot have come from it. */
-export const EXPORT_LINE =
-  'torch.onnx.export(copy.deepcopy(model), torch.randn(2, C, H, W), "model.onnx", training=torch.onnx.TrainingMode.TRAINING, ' +
-  'do_constant_folding=False, input_names=["x"], output_names=["logits"], dynamic_axes={"x": {0: "n"}, "logits": {0: "n"}})';
-
-/** A 16-hex-digit SHA-256 prefix of the file: equal iff the graphs (and initial weights) agree. */
-export function onnxHash(bytes: Uint8Array): string {
-  return createHash("sha256").update(bytes).digest("hex").slice(0, 16);
-}
-
-const fileHashes = new Map<string, string>();
-/** onnxHash of the file at path (read once per process), or "unreadable" (the import then refuses it with the reason). */
-export function onnxFileHash(path: string): string {
-  let h = fileHashes.get(path);
-  if (h === undefined) {
-    try {
-      h = onnxHash(readInputFile(path, MAX_MODEL_FILE_BYTES));
-    } catch {
-      h = "unreadable";
-    }
-    fileHashes.set(path, h);
-  }
-  return h;
-}
+export { decodeOnnx, EXPORT_LINE, onnxFileHash, onnxHash } from "./onnx-file.js";
 
 /** Appends the run's norm layer (index = its order among BN nodes) with the node's eps, or returns v for `none`. */
 export type OnnxNormFactory = (g: GraphBuilder, name: string, v: Value, eps: number) => Value;
@@ -83,21 +58,6 @@ const KNOWN_OPS = new Set([
 
 /** Where an eval-only import (a preflight, a weights check) draws no masks: rank 0, step 0. */
 const NO_DROPOUT_CLOCK: DropoutClock = { seed: 0, firstRank: 0, ranks: 1, step: () => 0 };
-
-/** Decodes the model, or a one-line refusal for bytes that are not ONNX or are cut short. */
-export function decodeOnnx(bytes: Uint8Array, path: string): ModelProto {
-  let m: ModelProto;
-  try {
-    m = fromBinary(ModelProtoSchema, bytes);
-  } catch (e) {
-    const truncated = /premature|eof|out of range|index out of/i.test(String(e));
-    throw new SyncbnError(ErrorCode.BadConfig, `--model ${path}: ${truncated ? "truncated ONNX file" : "not an ONNX file"} (${(e as Error).message}); export it with ${EXPORT_LINE}`);
-  }
-  if (!m.graph || m.graph.node.length === 0 || m.irVersion === 0n) {
-    throw new SyncbnError(ErrorCode.BadConfig, `--model ${path}: not an ONNX file (no graph); export it with ${EXPORT_LINE}`);
-  }
-  return m;
-}
 
 /** A constant's values, sizes checked (onnx-tensor.ts); throws TensorError naming `what`. */
 function constOf(t: TensorProto, name: string, what: string): Sym {
