@@ -406,8 +406,20 @@ describe("the importer refuses what the new ops cannot map, one line naming the 
       m.graph!.initializer.push({ ...c, name: "layer.scale" });
       nodeNamed(m, "/Add").input[1] = "layer.scale";
     });
-    expect(err).toMatch(/node "\/Add" \(Add\): input 1 is the model tensor "layer\.scale" \(an nn\.Parameter or a buffer/);
+    expect(err).toMatch(/node "\/Add" \(Add\): input 1 comes from the model tensor "layer\.scale" \(an nn\.Parameter or a buffer/);
     expect(err.split("\n")).toHaveLength(1);
+    // The same through a folded reshape (x + self.scale.view(1, -1, 1, 1)): still refused, not frozen.
+    const viewed = problems((m) => {
+      const c = nodeNamed(m, "/Constant_7").attribute.find((a) => a.name === "value")!.t!;
+      m.graph!.initializer.push({ ...c, name: "layer.scale", dims: [16n] });
+      const shape = nodeNamed(m, "/drop/Constant").attribute.find((a) => a.name === "value")!.t!;
+      m.graph!.initializer.push({ ...shape, name: "onnx::view_shape", dims: [4n], dataType: 7, rawData: new Uint8Array(new BigInt64Array([1n, -1n, 1n, 1n]).buffer) });
+      const add = nodeNamed(m, "/Add");
+      m.graph!.node.splice(m.graph!.node.indexOf(add), 0, { ...add, name: "/view", opType: "Reshape", input: ["layer.scale", "onnx::view_shape"], output: ["/scale_view"], attribute: [] });
+      add.input[1] = "/scale_view";
+    });
+    expect(viewed).toMatch(/node "\/Add" \(Add\): input 1 comes from the model tensor "layer\.scale"/);
+    expect(viewed.split("\n")).toHaveLength(1);
   });
 
   it("refuses a Pad node before a pool whose border would make a value over the per-sample limit, before allocating it", () => {

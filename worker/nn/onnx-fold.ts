@@ -59,7 +59,11 @@ export function foldShape(node: NodeProto, syms: Map<string, Sym>, bad: (node: N
     const s = ins[i];
     return s?.k === "const" && s.data !== null ? (s as Folded) : null;
   };
-  const out = (dims: number[], data: (number | "n")[]): void => void syms.set(node.output[0]!, { k: "const", dims, data, floats: null, name: node.output[0]!, dataType: INT64 });
+  // A value folded from a state_dict tensor stays marked as one (arithmetic with it is refused, not frozen).
+  const moves = node.opType !== "Shape" && node.opType !== "ConstantOfShape"; // ops whose outputs are (some of) their inputs' values
+  const state = moves ? (ins.find((s) => s?.k === "const" && s.state !== undefined) as Extract<Sym, { k: "const" }> | undefined) : undefined;
+  const out = (dims: number[], data: (number | "n")[]): void =>
+    void syms.set(node.output[0]!, { k: "const", dims, data, floats: null, name: node.output[0]!, dataType: INT64, ...(state ? { state: state.state } : {}) });
   const idx = (i: number, len: number): number => (i < 0 ? i + len : i);
   switch (node.opType) {
     case "Shape": {

@@ -47,7 +47,8 @@ export type Sym =
   | { k: "act"; v: Value }
   | { k: "pad"; v: Value; pads: number[] }
   | { k: "matmul"; v: Value; w: Float32Array; inF: number; outF: number; node: string }
-  | { k: "const"; dims: number[]; data: (number | "n")[] | null; floats: Float32Array | null; name: string; dataType: number }
+  /** state: the state_dict initializer (parameter or buffer) the values come from, through any folding. */
+  | { k: "const"; dims: number[]; data: (number | "n")[] | null; floats: Float32Array | null; name: string; dataType: number; state?: string }
   /** The output of a node already refused: whatever reads it is skipped, not refused again. */
   | { k: "refused" };
 
@@ -167,7 +168,7 @@ export function importOnnx(
   const syms = new Map<string, Sym>();
   for (const [name, t] of inits) {
     try {
-      syms.set(name, constOf(t, name, `initializer "${name}"`));
+      syms.set(name, { ...constOf(t, name, `initializer "${name}"`), ...(name.startsWith("onnx::") ? {} : { state: name }) });
     } catch (e) {
       if (!(e instanceof TensorError)) throw e;
       bad(null, e.message);
@@ -213,7 +214,7 @@ export function importOnnx(
     return v ? { v, pads: [0, 0, 0, 0] } : null;
   };
   const ctx: OpContext = { g, syms, bad, act, cst, num, ints: (node, name) => attr(node, name)?.ints.map(Number),
-    isStateTensor: (name) => inits.has(name) && !name.startsWith("onnx::"), dropout: { clock: dropoutClock, count: 0 } };
+    dropout: { clock: dropoutClock, count: 0 } };
 
   let bnIndex = 0;
   for (const node of graphProto.node) {

@@ -30,8 +30,6 @@ export interface OpContext {
   /** The value of attribute `name` (float or int, by the attribute's type), or undefined. */
   num(node: NodeProto, name: string): number | undefined;
   ints(node: NodeProto, name: string): number[] | undefined;
-  /** Whether a value is an initializer named like a state_dict tensor (not an exporter constant "onnx::…"). */
-  isStateTensor(name: string): boolean;
   /** Dropout draws: the clock, and the count of Dropout nodes built so far (each its own stream). */
   readonly dropout: { readonly clock: DropoutClock; count: number };
 }
@@ -223,8 +221,8 @@ function importBinary(node: NodeProto, ctx: OpContext, set: (s: Sym) => void, ki
     }
     const c = s as Const;
     // A parameter and a buffer look alike in the export: training one PyTorch keeps fixed, or the reverse, would be silently wrong.
-    if (ctx.isStateTensor(node.input[i] ?? "")) {
-      ctx.bad(node, `input ${i} is the model tensor "${node.input[i]}" (an nn.Parameter or a buffer, the export does not say which): arithmetic with it is not supported; write the constant in forward (torch.tensor(...)) or use a layer`);
+    if (c.state !== undefined) {
+      ctx.bad(node, `input ${i} comes from the model tensor "${c.state}" (an nn.Parameter or a buffer, the export does not say which): arithmetic with it is not supported; write the constant in forward (torch.tensor(...)) or use a layer`);
       return;
     }
     const values = numbers(ctx, node, c, `input ${i}`);
@@ -272,7 +270,8 @@ function foldBinary(node: NodeProto, syms: (Sym | undefined)[], set: (s: Sym) =>
     data.push(ints && kind === "Div" ? Math.trunc(v) : v);
   }
   const dims = x.length >= y.length ? a.dims : b.dims;
-  set({ k: "const", dims, data, floats: ints ? null : Float32Array.from(data), name: node.output[0] ?? "", dataType: ints ? 7 : 1 });
+  const state = a.state ?? b.state;
+  set({ k: "const", dims, data, floats: ints ? null : Float32Array.from(data), name: node.output[0] ?? "", dataType: ints ? 7 : 1, ...(state ? { state } : {}) });
   return true;
 }
 
