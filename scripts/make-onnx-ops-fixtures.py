@@ -3,14 +3,14 @@
 
 - test/fixtures/onnx-ops/pointwise.json: PyTorch's float64 y and dx = dL/dx (L = sum(y * dy))
   of every new activation at chosen points, the kinks included (their gradient conventions).
-- test/fixtures/onnx/opsnet/ and poolnet/ (padded max and average pools, Tanh): a small CNN built from the new ops (SiLU, depthwise and grouped
+- test/fixtures/onnx/opsnet/, poolnet/ (padded max and average pools, Tanh) and actnet/ (GELU, Mish, ELU, PReLU): a small CNN built from the new ops (SiLU, depthwise and grouped
   conv, HardSwish, LeakyReLU, ReLU6, HardSigmoid, Concat, global average pool, a squeeze-excite
   broadcast Mul, Mul/Div/Sub/Add by constants, Flatten, view, Dropout), exported with the
   README's training-mode line; init.safetensors; expected-{sync,local}.safetensors after
   STEPS of float64 SGD exactly as scripts/make-torch-fixtures.py trains (its data, its loop);
   settings.json (test/torch-train.ts reads it); and onestep.safetensors: the first global batch x, PyTorch's float64 logits and every
   parameter's gradient of the mean cross-entropy (grad.<name>).
-- test/fixtures/onnx-ops/{mobilev2,samepad,efflike,resstem,incep,actnet}/: common CNN blocks, model.onnx and onestep.safetensors.
+- test/fixtures/onnx-ops/{mobilev2,samepad,efflike,resstem,incep}/: common CNN blocks, model.onnx and onestep.safetensors.
 Dropout has p = 0.0 in the whole-run model: PyTorch's mask stream cannot be matched; syncbn's
 dropout semantics are tested on their own (test/onnx-ops.test.ts).
 
@@ -175,18 +175,20 @@ class Incep(nn.Module):
         return self.fc2(y*0.5 + y/4.0 - 0.1)
 
 class ActNet(nn.Module):
-    """Activations built from several ONNX ops: GELU (Div, Erf, Add, Mul), Mish (Softplus, Tanh, Mul), ELU."""
+    """Activations built from several ONNX ops: GELU (Div, Erf, Add, Mul), Mish (Softplus, Tanh, Mul), ELU;
+    nn.PReLU with one slope per channel and with one for all (trained weights)."""
 
     def __init__(self):
         super().__init__()
         self.conv1, self.bn1 = nn.Conv2d(1, 6, 3, padding=1, bias=False), BN(6)
         self.conv2, self.bn2 = nn.Conv2d(6, 8, 3, stride=2, padding=1, bias=False), BN(8)
+        self.prelu, self.prelu1 = nn.PReLU(8), nn.PReLU()
         self.fc = nn.Linear(8, 10)
 
     def forward(self, x):
         x = F.gelu(self.bn1(self.conv1(x)))
-        x = F.mish(self.bn2(self.conv2(x)))
-        return self.fc(F.elu(x, 0.7).mean((2, 3)))
+        x = self.prelu(F.mish(self.bn2(self.conv2(x))) - 0.2)
+        return self.fc(self.prelu1(F.elu(x, 0.7).mean((2, 3)) - 0.1))
 
 
 class SamePad(nn.Module):
@@ -207,7 +209,7 @@ class SamePad(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
-ZOO = {"mobilev2": MobileV2, "samepad": SamePad, "efflike": EffLike, "resstem": ResStem, "incep": Incep, "actnet": ActNet}
+ZOO = {"mobilev2": MobileV2, "samepad": SamePad, "efflike": EffLike, "resstem": ResStem, "incep": Incep}
 
 
 def pointwise():
@@ -263,7 +265,7 @@ if __name__ == "__main__":
     x, y = tf.make_data(np.random.default_rng(12))
     settings = {"workers": tf.WORKERS, "batch": tf.BATCH, "steps": tf.STEPS, "lr": tf.LR, "momentum": tf.MOMENTUM, "weightDecay": tf.WEIGHT_DECAY,
                 "bnEps": tf.BN_EPS, "bnMomentum": tf.BN_MOMENTUM, "trainSize": tf.TRAIN, "testSize": tf.TEST}
-    for name, make_model in (("opsnet", OpsNet), ("poolnet", PoolNet)):
+    for name, make_model in (("opsnet", OpsNet), ("poolnet", PoolNet), ("actnet", ActNet)):
         of.make(name, make_model, x, y)
         with open(os.path.join(of.OUT, name, "settings.json"), "w") as f:
             json.dump(settings, f, indent=1)

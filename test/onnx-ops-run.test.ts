@@ -5,8 +5,9 @@
 // training on every tensor, --norm sync and local. Then Dropout with p = 0.5
 // edited into the graph: a resumed run ends bit for bit as the uninterrupted one, and 2 processes of 2 ranks
 // (--rank-grads exact) draw the masks 4 processes do, bit for bit. And poolnet
-// (padded max and average pools, Tanh, a conv squeeze-excite) against PyTorch
-// with --norm sync, and opsnet with --threads 2.
+// (padded max and average pools, Tanh, a conv squeeze-excite) and actnet (GELU,
+// Mish, ELU, trained PReLU slopes) against PyTorch with --norm sync, and opsnet
+// with --threads 2.
 
 import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -49,7 +50,7 @@ async function train(model: string, extra: string[] = [], out = mkdtempSync(join
 }
 
 describe("the opsnet ONNX export against PyTorch, from the same initial weights", () => {
-  for (const [fixture, norm, tensors] of [["opsnet", "sync", 23], ["opsnet", "local", 23], ["poolnet", "sync", 18]] as const) {
+  for (const [fixture, norm, tensors] of [["opsnet", "sync", 23], ["opsnet", "local", 23], ["poolnet", "sync", 18], ["actnet", "sync", 16]] as const) {
     it(`ends ${fixture} within 1e-5 of PyTorch on every tensor, 4 workers × 4 with --norm ${norm}`, async () => {
       const dir = join(ROOT, "test", "fixtures", "onnx", fixture);
       const { worst, names } = await trainAgainstTorch({ dir, data: DATA, model: join(dir, "model.onnx"), norm, kernels: "wasm" });

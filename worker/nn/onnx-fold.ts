@@ -87,6 +87,18 @@ export function foldShape(node: NodeProto, syms: Map<string, Sym>, bad: (node: N
       const data = c(0);
       if (data && data.data.length <= 1 && node.opType !== "Cast") return out([1], data.data);
       if (data && node.opType === "Cast") return out(data.dims, data.data);
+      // Longer tensors (nn.PReLU's weight unsqueezed to (C, 1, 1)): the same values, 1s inserted or removed.
+      const axes = node.input.length > 1 && node.input[1] !== "" ? c(1)?.data : attr(node, "axes")?.ints.map(Number);
+      if (data && axes && axes.every((a) => typeof a === "number")) {
+        const rank = data.dims.length + (node.opType === "Unsqueeze" ? axes.length : 0);
+        const at = (axes as number[]).map((a) => (a < 0 ? a + rank : a));
+        if (node.opType === "Squeeze" && at.every((a) => data.dims[a] === 1)) return out(data.dims.filter((_, i) => !at.includes(i)), data.data);
+        if (node.opType === "Unsqueeze" && at.every((a) => a >= 0 && a < rank)) {
+          const dims: number[] = [];
+          for (let i = 0, k = 0; i < rank; i++) dims.push(at.includes(i) ? 1 : data.dims[k++]!);
+          return out(dims, data.data);
+        }
+      }
       break;
     }
     case "Concat": {

@@ -22,7 +22,7 @@ import { Linear } from "./linear.js";
 import { ReLU } from "./relu.js";
 
 export const SUPPORTED_OPS =
-  "Conv (grouped and depthwise too), BatchNormalization, Relu, Sigmoid, Tanh, Softplus, Elu, Erf, HardSigmoid, HardSwish, LeakyRelu, Clip, Dropout, MaxPool, AveragePool (padded too), GlobalAveragePool, " +
+  "Conv (grouped and depthwise too), BatchNormalization, Relu, PRelu, Sigmoid, Tanh, Softplus, Elu, Erf, HardSigmoid, HardSwish, LeakyRelu, Clip, Dropout, MaxPool, AveragePool (padded too), GlobalAveragePool, " +
   "ReduceMean (axes 2,3), Add/Sub/Mul/Div (broadcasting), Concat, Flatten, Reshape, Squeeze, Unsqueeze, Gemm, MatMul+Add, " +
   "Identity, Constant, Pad (zeros, before a pool or conv), and Shape/Gather/Unsqueeze/Concat/Slice/Cast/ConstantOfShape that fold to constants (docs/onnx-ops.md)";
 
@@ -214,7 +214,7 @@ export function importOnnx(
     return v ? { v, pads: [0, 0, 0, 0] } : null;
   };
   const ctx: OpContext = { g, syms, bad, act, cst, num, ints: (node, name) => attr(node, name)?.ints.map(Number),
-    dropout: { clock: dropoutClock, count: 0 } };
+    initial, dropout: { clock: dropoutClock, count: 0 } };
 
   let bnIndex = 0;
   for (const node of graphProto.node) {

@@ -1,6 +1,6 @@
 // The ONNX importer's mapping of the ops common CNN exports add to the basic set
-// (onnx-import.ts): activations (Sigmoid, HardSigmoid, HardSwish, LeakyRelu,
-// Clip), Dropout, Add/Sub/Mul/Div with broadcasting, Concat, and the reshapes
+// (onnx-import.ts): activations (Sigmoid, Tanh, Softplus, Elu, Erf, HardSigmoid,
+// HardSwish, LeakyRelu, Clip, PRelu), Dropout, Add/Sub/Mul/Div with broadcasting, Concat, and the reshapes
 // (Reshape, Flatten, Squeeze, Unsqueeze of activations), padded pooling. An adapter like the
 // importer: it builds graph nodes from the ops' public constructors and refuses,
 // one line per problem, whatever it cannot map. Not an evaluator of constants.
@@ -13,6 +13,7 @@ import { Flatten } from "./flatten.js";
 import { AvgPool2d } from "./avgpool.js";
 import { Add, type GraphBuilder, type Value } from "./graph.js";
 import { MaxPool2d } from "./maxpool.js";
+import { PReLU } from "./prelu.js";
 import { AvgPool2dExclusive, Pad2d, type Pads } from "./pad-pool.js";
 import { sizeOf } from "./layer.js";
 import { int, type Sym } from "./onnx-import.js";
@@ -30,12 +31,14 @@ export interface OpContext {
   /** The value of attribute `name` (float or int, by the attribute's type), or undefined. */
   num(node: NodeProto, name: string): number | undefined;
   ints(node: NodeProto, name: string): number[] | undefined;
+  /** Starting values of layer tensors by state_dict name (nn.PReLU's weight). */
+  readonly initial: Map<string, Float32Array>;
   /** Dropout draws: the clock, and the count of Dropout nodes built so far (each its own stream). */
   readonly dropout: { readonly clock: DropoutClock; count: number };
 }
 
 /** Op types this module maps (Add and the reshapes also have cases in onnx-import.ts). */
-export const EXTRA_OPS = ["Sigmoid", "Tanh", "Softplus", "Elu", "Erf", "HardSigmoid", "HardSwish", "LeakyRelu", "Clip", "Dropout", "Sub", "Mul", "Div"];
+export const EXTRA_OPS = ["PRelu", "Sigmoid", "Tanh", "Softplus", "Elu", "Erf", "HardSigmoid", "HardSwish", "LeakyRelu", "Clip", "Dropout", "Sub", "Mul", "Div"];
 
 /** A constant's values as numbers (a float tensor, or a folded integer or Cast one), or null with a refusal. */
 function numbers(ctx: OpContext, node: NodeProto, c: Const, role: string): Float32Array | null {
@@ -106,6 +109,21 @@ export function importExtraOp(node: NodeProto, ctx: OpContext, set: (s: Sym) => 
     case "Dropout":
       importDropout(node, ctx, set);
       return true;
+    case "PRelu": {
+      // nn.PReLU: the slope is the module's weight (1 or one per channel), trained under its state_dict name.
+      const v = ctx.act(node, 0), c = ctx.cst(node, 1);
+      if (!v || !c) return true;
+      const slopes = c.data ? numbers(ctx, node, c, "slope") : null;
+      if (!slopes) return true;
+      if (c.state === undefined || !(slopes.length === 1 || slopes.length === v.shape[0]) || c.dims.filter((d) => d !== 1).length > 1) {
+        ctx.bad(node, `the slope must be an nn.PReLU weight of 1 or ${v.shape[0]} values (one per channel), got "${c.name}" of dims [${c.dims.join(", ")}]`);
+        return true;
+      }
+      const name = c.state.endsWith(".weight") ? c.state.slice(0, -".weight".length) : c.state;
+      ctx.initial.set(`${name}.weight`, slopes);
+      set({ k: "act", v: g.layer(new PReLU(name, v.shape, slopes.length), v) });
+      return true;
+    }
     case "Add":
     case "Sub":
     case "Mul":
