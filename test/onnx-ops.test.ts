@@ -477,6 +477,14 @@ describe("the importer refuses what the new ops cannot map, one line naming the 
     expect(graph.ops.find((op) => op.name === "/AveragePool_output_0.pad")?.outShape).toEqual([16, 16, 16]); // named by the value it pads
   });
 
+  it("refuses a PReLU slope that would broadcast along another axis, and one slope shared by two PRelu nodes", () => {
+    const across = problems((m) => void (nodeNamed(m, "/prelu1/PRelu").input[1] = "/prelu/Unsqueeze_output_0"), "actnet"); // (8, 1, 1) over (8)
+    expect(across).toMatch(/^SYNCBN_ERR_BAD_CONFIG: --model edited\.onnx: node "\/prelu1\/PRelu" \(PRelu\): the slope must be an nn\.PReLU weight of 1 value or \(8\), got .* of dims \[8, 1, 1\]$/);
+    const shared = problems((m) => void (nodeNamed(m, "/prelu/PRelu").input[1] = "prelu1.weight"), "actnet");
+    expect(shared).toMatch(/^SYNCBN_ERR_BAD_CONFIG: --model edited\.onnx: node "\/prelu1\/PRelu" \(PRelu\): the slope "prelu1\.weight" is used by an earlier PRelu too/);
+    expect(shared.split("\n")).toHaveLength(1);
+  });
+
   it("refuses ceil_mode on an AveragePool (MaxPool takes it)", () => {
     const err = problems((m) => void (nodeNamed(m, "/AveragePool").attribute.find((a) => a.name === "ceil_mode")!.i = 1n), "poolnet");
     expect(err).toMatch(/node "\/AveragePool" \(AveragePool\): ceil_mode=1 is not supported \(MaxPool only\)/);

@@ -115,11 +115,18 @@ export function importExtraOp(node: NodeProto, ctx: OpContext, set: (s: Sym) => 
       if (!v || !c) return true;
       const slopes = c.data ? numbers(ctx, node, c, "slope") : null;
       if (!slopes) return true;
-      if (c.state === undefined || !(slopes.length === 1 || slopes.length === v.shape[0]) || c.dims.filter((d) => d !== 1).length > 1) {
-        ctx.bad(node, `the slope must be an nn.PReLU weight of 1 or ${v.shape[0]} values (one per channel), got "${c.name}" of dims [${c.dims.join(", ")}]`);
+      // One per channel broadcasts as (C, 1, …, 1) over the per-sample dims (the exporter's Unsqueeze); a bare (C) would align with the last.
+      const dims = c.dims.slice(c.dims.findIndex((d) => d !== 1) < 0 ? c.dims.length : c.dims.findIndex((d) => d !== 1));
+      const perChannel = slopes.length === v.shape[0] && dims.length === v.shape.length && dims.slice(1).every((d) => d === 1);
+      if (c.state === undefined || !(slopes.length === 1 || perChannel)) {
+        ctx.bad(node, `the slope must be an nn.PReLU weight of 1 value or (${v.shape[0]}${", 1".repeat(v.shape.length - 1)}), got "${c.name}" of dims [${c.dims.join(", ")}]`);
         return true;
       }
       const name = c.state.endsWith(".weight") ? c.state.slice(0, -".weight".length) : c.state;
+      if (ctx.initial.has(`${name}.weight`)) {
+        ctx.bad(node, `the slope "${c.state}" is used by an earlier PRelu too (a module called twice): a shared slope is not supported`);
+        return true;
+      }
       ctx.initial.set(`${name}.weight`, slopes);
       set({ k: "act", v: g.layer(new PReLU(name, v.shape, slopes.length), v) });
       return true;
