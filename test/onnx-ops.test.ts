@@ -485,6 +485,16 @@ describe("the importer refuses what the new ops cannot map, one line naming the 
     expect(shared.split("\n")).toHaveLength(1);
   });
 
+  it("refuses a module called twice (its weight read by two nodes), which PyTorch trains as one tensor", () => {
+    const twice = problems((m) => {
+      // conv1 (1 → 8, 3×3) applied a second time to the input; SiLU's Mul becomes conv1(x) · sigmoid(bn1(conv1(x))).
+      const conv = nodeNamed(m, "/conv1/Conv");
+      m.graph!.node.splice(m.graph!.node.indexOf(conv) + 1, 0, { ...conv, name: "/conv1/Conv_again", output: ["/conv1/again"] });
+      nodeNamed(m, "/Mul").input[0] = "/conv1/again";
+    }, "opsnet");
+    expect(twice).toMatch(/^SYNCBN_ERR_BAD_CONFIG: --model edited\.onnx: conv1\.weight is used by several nodes \(a module called twice\): shared weights are not supported$/);
+  });
+
   it("refuses ceil_mode on an AveragePool (MaxPool takes it)", () => {
     const err = problems((m) => void (nodeNamed(m, "/AveragePool").attribute.find((a) => a.name === "ceil_mode")!.i = 1n), "poolnet");
     expect(err).toMatch(/node "\/AveragePool" \(AveragePool\): ceil_mode=1 is not supported \(MaxPool only\)/);

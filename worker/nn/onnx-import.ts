@@ -460,5 +460,10 @@ export function importOnnx(
   if (y.shape.length !== 1 || y.shape[0] !== classes) {
     throw new SyncbnError(ErrorCode.BadConfig, `--model ${path}: the graph computes (${y.shape.join(", ")}) per sample but the data has ${classes} classes`);
   }
-  return { graph: g.finish(y), initial, batchNorms: bnIndex };
+  const graph = g.finish(y);
+  // A module called twice shares its tensors in PyTorch; here each node would train its own copy.
+  const names = graph.ops.flatMap((op) => op.params().map((p) => p.name));
+  const twice = [...new Set(names.filter((n, i) => names.indexOf(n) !== i))];
+  if (twice.length > 0) throw new SyncbnError(ErrorCode.BadConfig, `--model ${path}: ${twice.join(", ")} ${twice.length > 1 ? "are" : "is"} used by several nodes (a module called twice): shared weights are not supported`);
+  return { graph, initial, batchNorms: bnIndex };
 }
