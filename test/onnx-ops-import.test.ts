@@ -12,7 +12,7 @@ import { describe, expect, it } from "vitest";
 import { TORCH_CONVENTIONS, parseNorm } from "../shared/config.js";
 import { KERNEL_BACKENDS } from "../worker/nn/kernels/backend.js";
 import { buildModel } from "../worker/nn/model.js";
-import { decodeOnnx, importOnnx } from "../worker/nn/onnx-import.js";
+import { decodeOnnx, importOnnx, KNOWN_OPS } from "../worker/nn/onnx-import.js";
 import { relDiff, safetensorsValues } from "./compare.js";
 import { ROOT } from "./helpers.js";
 
@@ -174,5 +174,13 @@ describe("the importer refuses what the new ops cannot map, one line naming the 
     expect(err).toMatch(/node "\/drop\/Dropout" \(Dropout\): ratio 1\.5 must be in \[0, 1\)/);
     const read = problems((m) => void (nodeNamed(m, "/fc/Gemm").input[0] = "/drop/Dropout_output_1"));
     expect(read).toMatch(/--model edited\.onnx: (node|the output)/);
+  });
+});
+
+describe("docs/onnx-ops.md", () => {
+  it("names every op type the importer accepts", () => {
+    const doc = readFileSync(join(ROOT, "docs", "onnx-ops.md"), "utf8");
+    const missing = [...KNOWN_OPS].filter((op) => !new RegExp(`\\b${op}\\b`).test(doc));
+    expect(missing).toEqual([]);
   });
 });

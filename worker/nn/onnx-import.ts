@@ -52,7 +52,7 @@ export type Sym =
   /** The output of a node already refused: whatever reads it is skipped, not refused again. */
   | { k: "refused" };
 
-const KNOWN_OPS = new Set([
+export const KNOWN_OPS = new Set([
   "Conv", "BatchNormalization", "Relu", "MaxPool", "AveragePool", "GlobalAveragePool", "ReduceMean", "Add", "Flatten", "Gemm", "MatMul", "Identity",
   "Constant", "Pad", "Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Reshape", "Slice", "Cast", "ConstantOfShape", "Transpose", ...EXTRA_OPS,
 ]);
