@@ -10,7 +10,7 @@
   STEPS of float64 SGD exactly as scripts/make-torch-fixtures.py trains (its data, its loop);
   settings.json (test/torch-train.ts reads it); and onestep.safetensors: the first global batch x, PyTorch's float64 logits and every
   parameter's gradient of the mean cross-entropy (grad.<name>).
-- test/fixtures/onnx-ops/{mobilev2,samepad,efflike,resstem,incep}/: common CNN blocks, model.onnx and onestep.safetensors.
+- test/fixtures/onnx-ops/{shufflev2,mobilev2,samepad,efflike,resstem,incep}/: common CNN blocks, model.onnx and onestep.safetensors.
 Dropout has p = 0.0 in the whole-run model: PyTorch's mask stream cannot be matched; syncbn's
 dropout semantics are tested on their own (test/onnx-ops.test.ts).
 
@@ -209,7 +209,38 @@ class SamePad(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
-ZOO = {"mobilev2": MobileV2, "samepad": SamePad, "efflike": EffLike, "resstem": ResStem, "incep": Incep}
+def channel_shuffle(x, groups):
+    n, c, h, w = x.size()
+    return torch.transpose(x.view(n, groups, c // groups, h, w), 1, 2).contiguous().view(n, -1, h, w)
+
+
+class ShuffleV2(nn.Module):
+    """ShuffleNetV2 units: x.chunk(2, dim=1) (Slice), torch.split (Split), torch.cat, the channel shuffle
+    (Reshape to 5-D, Transpose, Reshape), depthwise convs; x[:, :, 1:, 1:] and a strided x[:, 1::2] in the head."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 8, 3, 2, 1, bias=False), BN(8), nn.ReLU())
+        # SiLU where ShuffleNetV2 has ReLU: with ReLU and these seed-0 weights the gradients are ill-conditioned
+        # (PyTorch's own float32 ones end 1e-2 from its float64 ones), useless as a reference.
+        self.branch = nn.Sequential(nn.Conv2d(4, 4, 1, bias=False), BN(4), nn.SiLU(),
+                                    nn.Conv2d(4, 4, 3, 1, 1, groups=4, bias=False), BN(4),
+                                    nn.Conv2d(4, 4, 1, bias=False), BN(4), nn.SiLU())
+        self.branch2 = nn.Sequential(nn.Conv2d(2, 2, 3, 1, 1, groups=2, bias=False), BN(2), nn.Conv2d(2, 2, 1, bias=False), BN(2), nn.ReLU())
+        self.fc = nn.Linear(8 + 4, 10)
+
+    def forward(self, x):
+        x = self.stem(x)  # (8, 14, 14)
+        a, b = x.chunk(2, dim=1)
+        x = channel_shuffle(torch.cat([a, self.branch(b)], 1), 2)
+        p, q, r = torch.split(x, [2, 2, 4], dim=1)
+        x = channel_shuffle(torch.cat([p, self.branch2(q), r], 1), 4)
+        y = x[:, :, 1:, 1:].mean((2, 3))  # (8)
+        z = x[:, 1::2].mean((2, 3))  # channels 1, 3, 5, 7 (a step of 2)
+        return self.fc(torch.cat([y, z], 1))
+
+
+ZOO = {"shufflev2": ShuffleV2, "mobilev2": MobileV2, "samepad": SamePad, "efflike": EffLike, "resstem": ResStem, "incep": Incep}
 
 
 def pointwise():

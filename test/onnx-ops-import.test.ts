@@ -1,5 +1,5 @@
 // Whole models through the ONNX importer: the logits and every gradient of imported
-// models (opsnet, poolnet, actnet, and small MobileNetV2-, EfficientNet-, ResNet-stem-,
+// models (opsnet, poolnet, actnet, and small ShuffleNetV2-, MobileNetV2-, EfficientNet-, ResNet-stem-,
 // Inception-like and TensorFlow-"same"-padded nets) against PyTorch's float64 ones for
 // one batch (scripts/make-onnx-ops-fixtures.py), and the importer's one-line refusals
 // of what the new ops cannot map. Op by op: onnx-ops.test.ts. No PyTorch needed here.
@@ -21,7 +21,7 @@ const OPSNET_DIR = join(ROOT, "test", "fixtures", "onnx", "opsnet");
 describe("models imported from ONNX against PyTorch, one batch", () => {
   const models = [
     ...["opsnet", "poolnet", "actnet"].map((f) => [f, join(ROOT, "test", "fixtures", "onnx", f)]),
-    ...["mobilev2", "samepad", "efflike", "resstem", "incep"].map((f) => [f, join(ROOT, "test", "fixtures", "onnx-ops", f)]),
+    ...["shufflev2", "mobilev2", "samepad", "efflike", "resstem", "incep"].map((f) => [f, join(ROOT, "test", "fixtures", "onnx-ops", f)]),
   ];
   for (const [fixture, dir] of models) for (const backend of KERNEL_BACKENDS) {
     it(`gives ${fixture}'s logits within 1e-6 and every gradient within 1e-4 (relative) of PyTorch's float64 ones (${backend} kernels)`, async () => {

@@ -445,7 +445,7 @@ export function importOnnx(
         }
         default:
           // Concat, Squeeze, Unsqueeze of constants are shape arithmetic; of activations, graph ops.
-          if ((!["Concat", "Squeeze", "Unsqueeze"].includes(node.opType) || node.input.some((i) => syms.get(i)?.k === "act")) && importExtraOp(node, ctx, set)) break;
+          if ((!["Concat", "Squeeze", "Unsqueeze", "Transpose", "Slice", "Split"].includes(node.opType) || node.input.some((i) => syms.get(i)?.k === "act")) && importExtraOp(node, ctx, set)) break;
           foldShape(node, syms, bad);
       }
     } catch (e) {

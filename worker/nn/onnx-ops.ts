@@ -13,6 +13,7 @@ import { Flatten } from "./flatten.js";
 import { AvgPool2d } from "./avgpool.js";
 import { Add, type GraphBuilder, type Value } from "./graph.js";
 import { MaxPool2d } from "./maxpool.js";
+import { IndexMap, permuteMap, sliceMap, sliceRange, type SliceRange } from "./index-map.js";
 import { PReLU } from "./prelu.js";
 import { AvgPool2dExclusive, Pad2d, type Pads } from "./pad-pool.js";
 import { sizeOf } from "./layer.js";
@@ -38,7 +39,7 @@ export interface OpContext {
 }
 
 /** Op types this module maps (Add and the reshapes also have cases in onnx-import.ts). */
-export const EXTRA_OPS = ["PRelu", "Sigmoid", "Tanh", "Softplus", "Elu", "Erf", "HardSigmoid", "HardSwish", "LeakyRelu", "Clip", "Dropout", "Sub", "Mul", "Div"];
+export const EXTRA_OPS = ["Split", "PRelu", "Sigmoid", "Tanh", "Softplus", "Elu", "Erf", "HardSigmoid", "HardSwish", "LeakyRelu", "Clip", "Dropout", "Sub", "Mul", "Div"];
 
 /** A constant's values as numbers (a float tensor, or a folded integer or Cast one), or null with a refusal. */
 function numbers(ctx: OpContext, node: NodeProto, c: Const, role: string): Float32Array | null {
@@ -151,6 +152,11 @@ export function importExtraOp(node: NodeProto, ctx: OpContext, set: (s: Sym) => 
       set({ k: "act", v: g.apply(new Concat(node.name, values.map((v) => v.shape), sampleAxis), ...values) });
       return true;
     }
+    case "Transpose":
+    case "Slice":
+    case "Split":
+      importMove(node, ctx, set);
+      return true;
     case "Squeeze":
     case "Unsqueeze": {
       const v = ctx.act(node, 0);
@@ -166,6 +172,70 @@ export function importExtraOp(node: NodeProto, ctx: OpContext, set: (s: Sym) => 
     default:
       return false;
   }
+}
+
+/**
+ * Transpose, Slice and Split of an activation as index maps over its per-sample dims:
+ * the batch axis stays first and whole (perm[0] = 0, no slice or split of axis 0).
+ */
+function importMove(node: NodeProto, ctx: OpContext, set: (s: Sym) => void): void {
+  const v = ctx.act(node, 0);
+  if (!v) return;
+  const rank = v.shape.length + 1;
+  const axisOf = (a: number): number => (a < 0 ? a + rank : a);
+  const layer = (name: string, m: { outShape: number[]; idx: Int32Array }): Value => ctx.g.layer(new IndexMap(name, v.shape, m.outShape, m.idx), v);
+  const full = (): SliceRange[] => v.shape.map((d) => ({ start: 0, step: 1, count: d }));
+  if (node.opType === "Transpose") {
+    const perm = ctx.ints(node, "perm") ?? Array.from({ length: rank }, (_, i) => rank - 1 - i);
+    if (perm.length !== rank || perm[0] !== 0 || [...perm].sort((a, b) => a - b).some((p, i) => p !== i)) {
+      ctx.bad(node, `only a transpose that keeps the batch axis first is supported (perm ${perm.join(",")} of (n, ${v.shape.join(", ")}))`);
+      return;
+    }
+    set({ k: "act", v: layer(node.name, permuteMap(v.shape, perm.slice(1).map((p) => p - 1))) });
+    return;
+  }
+  const inputs = (i: number, attrName: string): number[] | null => {
+    if (node.input.length > i && node.input[i] !== "") {
+      const c = ctx.cst(node, i);
+      const f = c ? numbers(ctx, node, c, attrName) : null;
+      return f ? Array.from(f) : null;
+    }
+    return ctx.ints(node, attrName) ?? null;
+  };
+  if (node.opType === "Slice") {
+    const starts = inputs(1, "starts"), ends = inputs(2, "ends");
+    if (!starts || !ends) return;
+    const axes = (inputs(3, "axes") ?? starts.map((_, i) => i)).map(axisOf);
+    const steps = inputs(4, "steps") ?? starts.map(() => 1);
+    const ranges = full();
+    if (axes.some((a) => a < 1 || a >= rank) || steps.some((s) => s === 0)) {
+      ctx.bad(node, `only a slice of non-batch axes with non-zero steps is supported (axes ${axes.join(",")} of (n, ${v.shape.join(", ")}))`);
+      return;
+    }
+    axes.forEach((a, i) => (ranges[a - 1] = sliceRange(starts[i]!, ends[i]!, steps[i]!, v.shape[a - 1]!)));
+    if (ranges.some((r) => r.count === 0)) {
+      ctx.bad(node, "the slice is empty");
+      return;
+    }
+    set({ k: "act", v: layer(node.name, sliceMap(v.shape, ranges)) });
+    return;
+  }
+  // Split: sizes from input 1 (opset 13), the `split` attribute, or equal parts.
+  const axis = axisOf(ctx.num(node, "axis") ?? 0);
+  const size = v.shape[axis - 1];
+  const parts = node.output.length;
+  const sizes = inputs(1, "split") ?? (size !== undefined && size % parts === 0 ? new Array<number>(parts).fill(size / parts) : null);
+  if (size === undefined || axis < 1 || !sizes || sizes.length !== parts || sizes.reduce((a, b) => a + b, 0) !== size || sizes.some((s) => s < 1)) {
+    ctx.bad(node, `only a split of a non-batch axis into ${parts} non-empty parts that cover it is supported (axis ${axis} of (n, ${v.shape.join(", ")}), sizes ${sizes?.join(",") ?? "unequal"})`);
+    return;
+  }
+  let start = 0;
+  sizes.forEach((count, k) => {
+    const ranges = full();
+    ranges[axis - 1] = { start, step: 1, count };
+    start += count;
+    ctx.syms.set(node.output[k]!, { k: "act", v: layer(`${node.name}.${k}`, sliceMap(v.shape, ranges)) });
+  });
 }
 
 /** The per-sample shape after squeezing (or unsqueezing) ONNX axes of (n, ...shape), or null where the batch axis is touched. */
