@@ -22,6 +22,7 @@ import { ROOT } from "./helpers.js";
 import { AvgPool2dExclusive, Pad2d } from "../worker/nn/pad-pool.js";
 import { MaxPool2d } from "../worker/nn/maxpool.js";
 import { PReLU } from "../worker/nn/prelu.js";
+import { IndexMap, permuteMap, sliceMap, sliceRange } from "../worker/nn/index-map.js";
 
 function normals(rng: Rng, len: number, scale = 1): Float32Array {
   const a = new Float32Array(len);
@@ -66,7 +67,7 @@ async function expectOpGradsMatch(op: Op, xs: Float32Array[], n: number, rng: Rn
 }
 
 /** A layer as a one-input op. */
-function asOp(layer: Activation | GroupedConv2d | Dropout | Pad2d | AvgPool2dExclusive | PReLU): Op {
+function asOp(layer: Activation | GroupedConv2d | Dropout | Pad2d | AvgPool2dExclusive | PReLU | IndexMap): Op {
   return {
     name: layer.name, inShapes: [layer.inShape], outShape: layer.outShape, params: () => layer.params(),
     forward: (xs, n, train) => layer.forward(xs[0]!, n, train),
@@ -263,6 +264,23 @@ describe("padded pooling", () => {
     // The corner window covers rows 0..1, columns 0..1 of the image: 4 cells.
     expect(y[0]).toBeCloseTo((x[0]! + x[1]! + x[6]! + x[7]!) / 4, 6);
     await expectOpGradsMatch(asOp(pool), [x], 2, rng);
+  });
+});
+
+describe("index maps (Transpose, Slice, Split of activations)", () => {
+  it("permutes axes as numpy's transpose and slices with steps, with dx the scatter of dy (matching finite differences)", async () => {
+    const rng = new Rng(16);
+    const p = permuteMap([2, 3, 4], [1, 0, 2]);
+    expect(p.outShape).toEqual([3, 2, 4]);
+    expect(p.idx[1 * 8 + 0 * 4 + 3]).toBe(0 * 12 + 1 * 4 + 3); // y[1, 0, 3] = x[0, 1, 3]
+    const s = sliceMap([4, 5], [sliceRange(3, -10, -2, 4), sliceRange(1, 1e19, 2, 5)]);
+    expect(s.outShape).toEqual([2, 2]);
+    expect(Array.from(s.idx)).toEqual([3 * 5 + 1, 3 * 5 + 3, 1 * 5 + 1, 1 * 5 + 3]);
+    await expectOpGradsMatch(asOp(new IndexMap("t", [2, 3, 4], p.outShape, p.idx)), [normals(rng, 3 * 24)], 3, rng);
+    // An element read twice gets both gradients.
+    const twice = new IndexMap("dup", [3], [4], Int32Array.of(0, 2, 2, 1));
+    twice.forward(Float32Array.of(1, 2, 3), 1, true);
+    expect(Array.from(twice.backward(Float32Array.of(1, 10, 100, 1000), 1))).toEqual([1, 1000, 110]);
   });
 });
 
