@@ -23,8 +23,8 @@ import { ReLU } from "./relu.js";
 
 export const SUPPORTED_OPS =
   "Conv (grouped and depthwise too), BatchNormalization, Relu, PRelu, Sigmoid, Tanh, Softplus, Elu, Erf, HardSigmoid, HardSwish, LeakyRelu, Clip, Dropout, MaxPool, AveragePool (padded too), GlobalAveragePool, " +
-  "ReduceMean (axes 2,3), Add/Sub/Mul/Div (broadcasting), Concat, Flatten, Reshape, Squeeze, Unsqueeze, Gemm, MatMul+Add, " +
-  "Identity, Constant, Pad (zeros, before a pool or conv), and Shape/Gather/Unsqueeze/Concat/Slice/Cast/ConstantOfShape that fold to constants (docs/onnx-ops.md)";
+  "ReduceMean (axes 2,3), Add/Sub/Mul/Div (broadcasting), Concat, Flatten, Reshape, Squeeze, Unsqueeze, Transpose, Slice, Split, Gemm, MatMul+Add, " +
+  "Identity, Constant, Pad (zeros), and shape arithmetic (Shape/Gather/Cast/ConstantOfShape…) that folds to constants (docs/onnx-ops.md)";
 
 export { decodeOnnx, EXPORT_LINE, onnxFileHash, onnxHash } from "./onnx-file.js";
 
