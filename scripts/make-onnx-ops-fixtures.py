@@ -175,7 +175,8 @@ class Incep(nn.Module):
         return self.fc2(y*0.5 + y/4.0 - 0.1)
 
 class ActNet(nn.Module):
-    """Activations built from several ONNX ops: GELU (Div, Erf, Add, Mul), Mish (Softplus, Tanh, Mul), ELU;
+    """Activations built from several ONNX ops: GELU (Div, Erf, Add, Mul), its tanh form (Mul, Add, Tanh),
+    Mish (Softplus, Tanh, Mul), ELU;
     nn.PReLU with one slope per channel and with one for all (trained weights)."""
 
     def __init__(self):
@@ -187,8 +188,9 @@ class ActNet(nn.Module):
 
     def forward(self, x):
         x = F.gelu(self.bn1(self.conv1(x)))
-        x = self.prelu(F.mish(self.bn2(self.conv2(x))) - 0.2)
-        return self.fc(self.prelu1(F.elu(x, 0.7).mean((2, 3)) - 0.1))
+        x = F.mish(self.bn2(self.conv2(x)))
+        x = self.prelu(x + 0.5 * F.gelu(x, approximate="tanh") - 0.2)  # tanh GELU: x·x·x as Muls of one value, Tanh
+        return self.fc(self.prelu1(F.elu(x, 0.7).mean((2, 3)) - 0.6))  # about half the features negative
 
 
 class SamePad(nn.Module):

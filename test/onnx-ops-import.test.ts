@@ -54,6 +54,8 @@ describe("models imported from ONNX against PyTorch, one batch", () => {
           return { name: p.name, d: d / Math.max(floor, ...t.map(Math.abs)) };
         });
         report.push(...diffs.map((x) => `${x.name} ${x.d.toExponential(2)}`));
+        // A tensor PyTorch gives no gradient at all would compare 0 with 0 and test nothing (a slope no input reaches).
+        for (const p of model.params) expect(Math.max(...torch.get(`grad.${p.name}`)!.values.map(Math.abs)), p.name).toBeGreaterThan(0);
         console.log(`${fixture} one batch (${backend}): ${report.join(", ")}`);
         for (const x of diffs) expect(x.d, x.name).toBeLessThan(1e-4);
       } finally {
