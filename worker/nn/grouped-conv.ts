@@ -51,7 +51,7 @@ export class GroupedConv2d implements Layer {
     this.bias = { name: `${name}.bias`, value: b, grad: new Float32Array(b.length), shape: [cout] };
     // With compute threads a wasm kernel's memory is shared and reserves 4 GiB of address space: G of them could
     // exhaust it (a depthwise conv of 512 channels), so the groups then run on the TypeScript twin.
-    const wasm = backend === "wasm" && computeThreads() <= 1;
+    const wasm = backend !== "js" && computeThreads() <= 1; // any non-js backend runs the rest on wasm
     this.kernels = Array.from({ length: groups }, () => (wasm ? new ConvWasm(g) : new ConvJs(g)));
     this.xg = new BatchBuffer(g.cin * inH * inW);
     this.y = new BatchBuffer(cout * g.outH * g.outW);

@@ -9,7 +9,7 @@ import { ModelProtoSchema, type ModelProto } from "onnx-buf";
 import { ErrorCode, SyncbnError } from "../../shared/errors.js";
 import { MAX_MODEL_FILE_BYTES, readInputFile } from "../input-file.js";
 
-/** The export line the README gives, quoted where a graph cannot have come from it. */
+/** The export line docs/models.md gives, quoted where a graph cannot have come from it. */
 export const EXPORT_LINE =
   'torch.onnx.export(copy.deepcopy(model), torch.randn(2, C, H, W), "model.onnx", training=torch.onnx.TrainingMode.TRAINING, ' +
   'do_constant_folding=False, input_names=["x"], output_names=["logits"], dynamic_axes={"x": {0: "n"}, "logits": {0: "n"}})';
