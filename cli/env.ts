@@ -12,7 +12,7 @@ export interface EnvSettings {
   masterPort?: number;
   token?: string;
   fashionMnistDir?: string;
-  /** SYNCBN_KERNELS: conv/linear kernels and the norm layers' passes, "wasm" (default) or "js"; for setKernelBackend. */
+  /** SYNCBN_KERNELS: conv/linear kernels and the norm layers' passes, "wasm" (default), "js" or "native" (Conv2d only, experimental); for setKernelBackend. */
   kernels?: KernelBackend;
   /** SYNCBN_THREADS: compute threads of each worker (1..MAX_THREADS), for setComputeThreads; the launcher sets it from --threads. */
   threads?: number;
