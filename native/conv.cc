@@ -1,5 +1,5 @@
 // Kernels of conv.h. The GEMMs are row updates on a 4-row register block
-// (broadcast 4 values of A, FMA into 4 rows of C from one row of B), so the
+// (broadcast 4 values of A, multiply-add into 4 rows of C from one row of B), so the
 // inner loop is contiguous and vectorizes; GCC builds an AVX-512, an AVX2+FMA
 // and a baseline clone of each and picks one per machine at load (ifunc).
 #include "conv.h"
