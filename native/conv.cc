@@ -97,31 +97,75 @@ void gemmAcc(float* c, const float* a, int64_t aRow, int64_t aCol, const float* 
 }
 
 namespace {
-// Σ_j a[j]·b[j] in 16 lanes summed in a fixed tree: a fixed order, so run-to-run the same bits.
-SYNCBN_CLONES
-float dot(const float* __restrict a, const float* __restrict b, int p) {
-  float lane[16] = {0};
-  int j = 0;
-  for (; j + 15 < p; j += 16)
-    for (int l = 0; l < 16; l++) lane[l] += a[j + l] * b[j + l];
-  for (int l = 0; j < p; j++, l++) lane[l] += a[j] * b[j];
-  for (int w = 8; w > 0; w /= 2)
+constexpr int LANES = 16;
+
+// Lanes summed in a fixed tree: the same order for every clone.
+inline float reduceLanes(float* lane) {
+  for (int w = LANES / 2; w > 0; w /= 2)
     for (int l = 0; l < w; l++) lane[l] += lane[l + w];
   return lane[0];
+}
+
+// out[r·2 + q] = Σ_j a_r[j]·b_q[j] for 4 rows of A and 2 of B: each loaded 16-float
+// chunk of A feeds 2 dot products and of B 4 (8 accumulators of 16 lanes). Every
+// dot product is summed lane l over j ≡ l mod 16, then the fixed tree: the same
+// order as dot() below, so blocked and tail entries round alike.
+SYNCBN_CLONES
+void dot4x2(float* out, const float* a, const float* b, int64_t p) {
+  float acc[8][LANES] = {};
+  const float* a0 = a; const float* a1 = a + p; const float* a2 = a1 + p; const float* a3 = a2 + p;
+  const float* b0 = b; const float* b1 = b + p;
+  int64_t j = 0;
+  for (; j + LANES <= p; j += LANES)
+    for (int l = 0; l < LANES; l++) {
+      const float x0 = a0[j + l], x1 = a1[j + l], x2 = a2[j + l], x3 = a3[j + l], w0 = b0[j + l], w1 = b1[j + l];
+      acc[0][l] += x0 * w0; acc[1][l] += x0 * w1;
+      acc[2][l] += x1 * w0; acc[3][l] += x1 * w1;
+      acc[4][l] += x2 * w0; acc[5][l] += x2 * w1;
+      acc[6][l] += x3 * w0; acc[7][l] += x3 * w1;
+    }
+  for (int l = 0; j < p; j++, l++) {
+    acc[0][l] += a0[j] * b0[j]; acc[1][l] += a0[j] * b1[j];
+    acc[2][l] += a1[j] * b0[j]; acc[3][l] += a1[j] * b1[j];
+    acc[4][l] += a2[j] * b0[j]; acc[5][l] += a2[j] * b1[j];
+    acc[6][l] += a3[j] * b0[j]; acc[7][l] += a3[j] * b1[j];
+  }
+  for (int q = 0; q < 8; q++) out[q] = reduceLanes(acc[q]);
+}
+
+// Σ_j a[j]·b[j] in the order of dot4x2.
+SYNCBN_CLONES
+float dot(const float* __restrict a, const float* __restrict b, int64_t p) {
+  float lane[LANES] = {};
+  int64_t j = 0;
+  for (; j + LANES <= p; j += LANES)
+    for (int l = 0; l < LANES; l++) lane[l] += a[j + l] * b[j + l];
+  for (int l = 0; j < p; j++, l++) lane[l] += a[j] * b[j];
+  return reduceLanes(lane);
 }
 }  // namespace
 
 void gemmNtWiden(double* c64, float* c32, const float* a, const float* b, int m, int kk, int p, bool accumulate) {
-  for (int i = 0; i < m; i++) {
-    const float* ai = a + int64_t(i) * p;
-    float* ci = c32 + int64_t(i) * kk;
-    double* di = c64 + int64_t(i) * kk;
-    for (int t = 0; t < kk; t++) {
-      const float v = dot(ai, b + int64_t(t) * p, p);
-      ci[t] = v;
-      di[t] = accumulate ? di[t] + double(v) : double(v);
+  // c32 first, then one widening pass: the float32 product is the contract, the float64 sum is the caller's.
+  int i = 0;
+  for (; i + 3 < m; i += 4) {
+    int t = 0;
+    for (; t + 1 < kk; t += 2) {
+      float out[8];
+      dot4x2(out, a + int64_t(i) * p, b + int64_t(t) * p, p);
+      for (int r = 0; r < 4; r++) {
+        c32[int64_t(i + r) * kk + t] = out[2 * r];
+        c32[int64_t(i + r) * kk + t + 1] = out[2 * r + 1];
+      }
     }
+    for (; t < kk; t++)
+      for (int r = 0; r < 4; r++) c32[int64_t(i + r) * kk + t] = dot(a + int64_t(i + r) * p, b + int64_t(t) * p, p);
   }
+  for (; i < m; i++)
+    for (int t = 0; t < kk; t++) c32[int64_t(i) * kk + t] = dot(a + int64_t(i) * p, b + int64_t(t) * p, p);
+  const int64_t total = int64_t(m) * kk;
+  if (accumulate) for (int64_t q = 0; q < total; q++) c64[q] += double(c32[q]);
+  else for (int64_t q = 0; q < total; q++) c64[q] = double(c32[q]);
 }
 
 }  // namespace syncbn
