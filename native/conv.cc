@@ -1,7 +1,8 @@
-// Kernels of conv.h. The GEMMs are row updates on a 4-row register block
-// (broadcast 4 values of A, multiply-add into 4 rows of C from one row of B), so the
-// inner loop is contiguous and vectorizes; GCC builds an AVX-512, an AVX2+FMA
-// and a baseline clone of each and picks one per machine at load (ifunc).
+// Kernels of conv.h. The GEMMs run a 6×16 register tile of C over all of the
+// inner dimension (broadcast A, multiply and add a 16-float row of B), and
+// gemm_nt a 4×2 block of 16-lane dot products; GCC builds an AVX-512, an
+// AVX2+FMA and a baseline clone of each and picks one per machine at load
+// (ifunc). The clones differ in vector width only (no FMA, see conv.h).
 #include "conv.h"
 
 #include <algorithm>
@@ -63,37 +64,56 @@ void col2imAdd(float* dx, const float* dcols, const Geometry& g) {
       }
 }
 
+namespace {
+// A ROWS×16 tile of C kept in registers over all of t (6×16: 6 zmm with AVX-512,
+// 12 ymm with AVX2), A broadcast, one 16-float load of B per t. Each c[i, j]
+// is its old value plus u_t·b_t[j] added in t order, as the plain row update:
+// the blocking changes speed, not bits.
+typedef float v16 __attribute__((vector_size(64)));
+
+__attribute__((always_inline)) inline v16 load16(const float* p) {
+  v16 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+template <int ROWS>
+__attribute__((always_inline)) inline void tile16(float* c, int64_t p, const float* a, int64_t aRow, int64_t aCol, const float* b, int kk) {
+  v16 acc[ROWS];
+  for (int r = 0; r < ROWS; r++) acc[r] = load16(c + r * p);
+  for (int t = 0; t < kk; t++) {
+    const v16 bv = load16(b + int64_t(t) * p);
+    for (int r = 0; r < ROWS; r++) acc[r] += a[r * aRow + t * aCol] * bv;
+  }
+  for (int r = 0; r < ROWS; r++) std::memcpy(c + r * p, &acc[r], sizeof(v16));
+}
+
+// The row's last p mod 16 columns: the plain row update, the same order per element.
+__attribute__((always_inline)) inline void tail(float* c, int64_t p, int rows, const float* a, int64_t aRow, int64_t aCol, const float* b,
+                                                int kk, int64_t j0) {
+  for (int r = 0; r < rows; r++)
+    for (int t = 0; t < kk; t++) {
+      const float u = a[r * aRow + t * aCol];
+      const float* bt = b + int64_t(t) * p;
+      for (int64_t j = j0; j < p; j++) c[r * p + j] += u * bt[j];
+    }
+}
+
+template <int ROWS>
+__attribute__((always_inline)) inline void rowBlock(float* c, int64_t p, const float* a, int64_t aRow, int64_t aCol, const float* b, int kk) {
+  int64_t j = 0;
+  for (; j + 16 <= p; j += 16) tile16<ROWS>(c + j, p, a, aRow, aCol, b + j, kk);
+  if (j < p) tail(c, p, ROWS, a, aRow, aCol, b, kk, j);
+}
+}  // namespace
+
 SYNCBN_CLONES
 void gemmAcc(float* c, const float* a, int64_t aRow, int64_t aCol, const float* b, int m, int kk, int p, bool accumulate) {
   if (!accumulate) std::memset(c, 0, sizeof(float) * int64_t(m) * p);
   int i = 0;
-  for (; i + 3 < m; i += 4) {
-    float* __restrict c0 = c + int64_t(i) * p;
-    float* __restrict c1 = c0 + p;
-    float* __restrict c2 = c1 + p;
-    float* __restrict c3 = c2 + p;
-    const float* ai = a + i * aRow;
-    for (int t = 0; t < kk; t++) {
-      const float u0 = ai[t * aCol], u1 = ai[aRow + t * aCol], u2 = ai[2 * aRow + t * aCol], u3 = ai[3 * aRow + t * aCol];
-      const float* __restrict bt = b + int64_t(t) * p;
-      for (int j = 0; j < p; j++) {
-        const float w = bt[j];
-        c0[j] += u0 * w;
-        c1[j] += u1 * w;
-        c2[j] += u2 * w;
-        c3[j] += u3 * w;
-      }
-    }
-  }
-  for (; i < m; i++) {
-    float* __restrict c0 = c + int64_t(i) * p;
-    const float* ai = a + i * aRow;
-    for (int t = 0; t < kk; t++) {
-      const float u0 = ai[t * aCol];
-      const float* __restrict bt = b + int64_t(t) * p;
-      for (int j = 0; j < p; j++) c0[j] += u0 * bt[j];
-    }
-  }
+  for (; i + 6 <= m; i += 6) rowBlock<6>(c + int64_t(i) * p, p, a + i * aRow, aRow, aCol, b, kk);
+  for (; i + 2 <= m; i += 2) rowBlock<2>(c + int64_t(i) * p, p, a + i * aRow, aRow, aCol, b, kk);
+  for (; i < m; i++) rowBlock<1>(c + int64_t(i) * p, p, a + i * aRow, aRow, aCol, b, kk);
 }
 
 namespace {
