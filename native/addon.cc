@@ -132,7 +132,7 @@ napi_value GemmNTWiden(napi_env env, napi_callback_info info) {
 // Which clone the CPU gets, for the notice and the bench.
 napi_value Isa(napi_env env, napi_callback_info) {
   __builtin_cpu_init();
-  const char* isa = __builtin_cpu_supports("avx512f") ? "avx512f" : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? "avx2+fma" : "baseline";
+  const char* isa = __builtin_cpu_supports("avx512f") ? "avx512f" : __builtin_cpu_supports("avx2") ? "avx2" : "baseline";
   napi_value s;
   napi_create_string_utf8(env, isa, NAPI_AUTO_LENGTH, &s);
   return s;

@@ -1,14 +1,14 @@
 // Kernels of conv.h. The GEMMs run a 6×16 register tile of C over all of the
 // inner dimension (broadcast A, multiply and add a 16-float row of B), and
 // gemm_nt a 4×2 block of 16-lane dot products; GCC builds an AVX-512, an
-// AVX2+FMA and a baseline clone of each and picks one per machine at load
+// AVX2 and a baseline clone of each and picks one per machine at load
 // (ifunc). The clones differ in vector width only (no FMA, see conv.h).
 #include "conv.h"
 
 #include <algorithm>
 #include <cstring>
 
-#define SYNCBN_CLONES __attribute__((target_clones("avx512f", "avx2,fma", "default")))
+#define SYNCBN_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 
 namespace syncbn {
 

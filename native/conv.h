@@ -5,7 +5,8 @@
 // AVX-512 clone has been run so far). Why no FMA: with it the
 // whole resnet:2 run ended 1.3e-2 from PyTorch float64 instead of 8e-7 (a
 // product that rounds to cancel exactly in float32, as in the wasm kernels,
-// leaves an FMA residue that flips a ReLU at 0 on the blocky images).
+// leaves an FMA residue that flips a ReLU at 0 on the blocky images: the likely
+// cause, not traced to the element).
 #pragma once
 #include <cstdint>
 

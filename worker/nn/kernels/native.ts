@@ -19,7 +19,7 @@ export interface NativeKernels {
   /** c32 (m, kk) = A (m, p)·B (kk, p)ᵀ in float32; c64 (+)= f64(c32). */
   gemmNTWiden(c64: Float64Array, c64Off: number, c32: Float32Array, c32Off: number, a: Float32Array, aOff: number,
     b: Float32Array, bOff: number, m: number, kk: number, p: number, accumulate: number): void;
-  /** The vector clone this CPU runs: "avx512f", "avx2+fma" or "baseline". */
+  /** The vector clone this CPU runs: "avx512f", "avx2" or "baseline". */
   isa(): string;
 }
 
