@@ -3,7 +3,7 @@
 // WORLD_SIZE, MASTER_ADDR, MASTER_PORT). Everything else gets values passed in.
 
 import { ErrorCode, SyncbnError } from "../shared/errors.js";
-import { KERNEL_BACKENDS, type KernelBackend } from "../worker/nn/kernels/backend.js";
+import { KERNEL_SETTINGS, type KernelBackend } from "../worker/nn/kernels/backend.js";
 
 export interface EnvSettings {
   rank?: number;
@@ -37,8 +37,8 @@ function intVar(name: string, env: NodeJS.ProcessEnv): number | undefined {
 function kernelsVar(env: NodeJS.ProcessEnv): KernelBackend | undefined {
   const v = env.SYNCBN_KERNELS;
   if (v === undefined || v === "") return undefined;
-  const backend = KERNEL_BACKENDS.find((b) => b === v);
-  if (!backend) throw new SyncbnError(ErrorCode.BadConfig, `SYNCBN_KERNELS must be one of ${KERNEL_BACKENDS.join(", ")}, got "${v}"`);
+  const backend = KERNEL_SETTINGS.find((b) => b === v);
+  if (!backend) throw new SyncbnError(ErrorCode.BadConfig, `SYNCBN_KERNELS must be one of ${KERNEL_SETTINGS.join(", ")}, got "${v}"`);
   return backend;
 }
 

@@ -9,7 +9,10 @@ import { nativeKernels, nativeUnavailableReason } from "./native.js";
 import { kernelModuleBytes } from "./wasm-kernels.js";
 
 export type KernelBackend = "js" | "wasm" | "native";
-export const KERNEL_BACKENDS: readonly KernelBackend[] = ["js", "wasm", "native"];
+/** The paths every layer has (the tests run each layer on each). */
+export const KERNEL_BACKENDS: readonly KernelBackend[] = ["js", "wasm"];
+/** What SYNCBN_KERNELS accepts: those, and "native" (Conv2d only, the rest on wasm). */
+export const KERNEL_SETTINGS: readonly KernelBackend[] = [...KERNEL_BACKENDS, "native"];
 
 // The few members of the WebAssembly JS API used here, typed locally: neither
 // lib ES2022 nor @types/node 20 declares them, and lib DOM would bring the DOM.
