@@ -16,7 +16,7 @@ import { registerLaunchCommand } from "./launch.js";
 import { MAX_TIMER_MS, MAX_WORKERS, MIN_TIMEOUT_MS, intArg } from "./flags.js";
 
 
-// SYNCBN_KERNELS=js|wasm picks the conv/linear kernels; worker processes inherit it.
+// SYNCBN_KERNELS=js|wasm|native picks the conv/linear kernels; worker processes inherit it.
 // SYNCBN_THREADS=N gives this process N compute threads (the launcher sets it per worker from --threads).
 try {
   const { kernels, threads } = readEnv();

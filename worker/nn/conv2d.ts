@@ -5,8 +5,10 @@
 // twin of both is kept for tests. Not dilated, grouped or transposed convolution.
 
 import type { Rng } from "../../shared/rng.js";
-import { kernelBackend, type KernelBackend } from "./kernels/backend.js";
+import { convKernelBackend, type KernelBackend } from "./kernels/backend.js";
+import { ConvNative } from "./kernels/conv-native.js";
 import { ConvWasm } from "./kernels/conv-wasm.js";
+import { nativeKernels } from "./kernels/native.js";
 import { addToSum, BatchBuffer, segmentLength, type Layer, type Param, type RankSegments } from "./layer.js";
 import { initFanInUniform, rankSegments, requireInt, requireLength } from "./linear.js";
 
@@ -360,6 +362,12 @@ export class ConvJs implements ConvKernel {
   }
 }
 
+function requireNative(layer: string): NonNullable<ReturnType<typeof nativeKernels>> {
+  const k = nativeKernels();
+  if (!k) throw new Error(`layer ${layer}: native kernels requested but the addon is not loaded (kernels/native.ts)`);
+  return k;
+}
+
 export class Conv2d implements Layer {
   readonly inShape: readonly number[];
   readonly outShape: readonly number[];
@@ -371,12 +379,12 @@ export class Conv2d implements Layer {
   private savedN = -1;
   private segments: RankSegments | null = null;
 
-  /** `backend` defaults to the process-wide choice (kernels/backend.ts). */
+  /** `backend` defaults to the process-wide choice (kernels/backend.ts); "native" needs the addon built. */
   constructor(
     readonly name: string,
     cin: number, cout: number, kernel: number, stride: number, padding: number, inH: number, inW: number,
     rng: Rng,
-    readonly backend: KernelBackend = kernelBackend(),
+    readonly backend: KernelBackend = convKernelBackend(),
     readonly hasBias = true,
   ) {
     const g = convGeometry(name, cin, cout, kernel, stride, padding, inH, inW);
@@ -390,7 +398,7 @@ export class Conv2d implements Layer {
     initFanInUniform(w, hasBias ? b : new Float32Array(0), rows, rng);
     this.weight = { name: `${name}.weight`, value: w, grad: new Float32Array(w.length), shape: [cout, cin, kernel, kernel] };
     this.bias = { name: `${name}.bias`, value: b, grad: new Float32Array(b.length), shape: [cout] };
-    this.kernel = backend === "wasm" ? new ConvWasm(g) : new ConvJs(g);
+    this.kernel = backend === "wasm" ? new ConvWasm(g) : backend === "native" ? new ConvNative(g, requireNative(name)) : new ConvJs(g);
   }
 
   params(): Param[] {

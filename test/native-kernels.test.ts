@@ -1,0 +1,206 @@
+// The native convolution kernels (native/, SYNCBN_KERNELS=native) against the
+// plain TypeScript twin per call (y, dx, dW, db) over odd shapes, NaN/±Inf,
+// determinism and an empty batch, then one whole resnet:2 run against PyTorch
+// float64 and against the js kernels. The addon is built by `npm ci`
+// (scripts/build-native.mjs); if it is missing these tests FAIL, unless
+// SYNCBN_NATIVE=off says this machine builds without it.
+
+import { mkdtempSync, readFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { describe, expect, it } from "vitest";
+import { Rng } from "../shared/rng.js";
+import { Conv2d } from "../worker/nn/conv2d.js";
+import { nativeKernels, nativeUnavailableReason } from "../worker/nn/kernels/native.js";
+import { relDiff, safetensorsValues } from "./compare.js";
+import { ROOT, runCli } from "./helpers.js";
+
+const off = process.env.SYNCBN_NATIVE === "off";
+
+function normals(rng: Rng, len: number): Float32Array {
+  const a = new Float32Array(len);
+  for (let i = 0; i < len; i++) a[i] = rng.normal();
+  return a;
+}
+
+function maxAbs(a: ArrayLike<number>): number {
+  let m = 0;
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]!));
+  return m;
+}
+
+/** |got − ref| ≤ rtol·max|ref| elementwise (the sums' order and FMA differ, so rounding is relative to the magnitudes summed). */
+function expectClose(what: string, got: ArrayLike<number>, ref: ArrayLike<number>, rtol = 1e-5): void {
+  expect(got.length, `${what} length`).toBe(ref.length);
+  const bound = rtol * Math.max(1e-30, maxAbs(ref));
+  let worst = 0, at = -1;
+  for (let i = 0; i < ref.length; i++) {
+    const d = Math.abs(got[i]! - ref[i]!);
+    if (!(d <= worst)) { worst = d; at = i; }
+  }
+  if (!(worst <= bound)) expect.fail(`${what}: max |diff| ${worst} at ${at} (got ${got[at]}, want ${ref[at]}) > ${bound}`);
+}
+
+interface ConvCase { label: string; n: number; cin: number; cout: number; k: number; stride: number; padding: number; h: number; w: number }
+
+const convCases: ConvCase[] = [
+  { label: "1×1 conv, odd channels, batch 1", n: 1, cin: 3, cout: 5, k: 1, stride: 1, padding: 0, h: 6, w: 7 },
+  { label: "3×3 pad 1, 16→16 at 28×28 (resnet:3's first stage), batch 4", n: 4, cin: 16, cout: 16, k: 3, stride: 1, padding: 1, h: 28, w: 28 },
+  { label: "3×3 stride 2 pad 1, 7 output channels (not a block multiple)", n: 3, cin: 5, cout: 7, k: 3, stride: 2, padding: 1, h: 9, w: 11 },
+  { label: "1×1 stride 2 shortcut 16→32 at 28×28", n: 2, cin: 16, cout: 32, k: 1, stride: 2, padding: 0, h: 28, w: 28 },
+  { label: "5×5 stride 1 pad 0, 13 output channels", n: 2, cin: 2, cout: 13, k: 5, stride: 1, padding: 0, h: 9, w: 9 },
+  { label: "4×4 pad 3 (rows entirely in the padding)", n: 2, cin: 2, cout: 3, k: 4, stride: 1, padding: 3, h: 3, w: 4 },
+  { label: "2×2 stride 3 pad 1 (stride larger than the kernel)", n: 2, cin: 2, cout: 6, k: 2, stride: 3, padding: 1, h: 7, w: 5 },
+  { label: "3×3 stride 2 pad 1, 32→64 at 14×14", n: 2, cin: 32, cout: 64, k: 3, stride: 2, padding: 1, h: 14, w: 14 },
+];
+
+function pair(c: ConvCase, seed: number): [Conv2d, Conv2d] {
+  const make = (backend: "js" | "native"): Conv2d => new Conv2d("conv", c.cin, c.cout, c.k, c.stride, c.padding, c.h, c.w, new Rng(seed), backend);
+  return [make("js"), make("native")];
+}
+
+describe("the native addon", () => {
+  it("is built and loads (SYNCBN_NATIVE=off skips this check on machines that build without it)", () => {
+    if (off) return;
+    expect(nativeKernels(), nativeUnavailableReason()).not.toBeNull();
+  });
+});
+
+describe.skipIf(off)("Conv2d on the native kernels", () => {
+  it.each(convCases)("gives the JS twin's y, dx, dW and db for $label", (c) => {
+    const [js, nat] = pair(c, 91);
+    const g = js.geometry;
+    const rng = new Rng(92);
+    const x = normals(rng, c.n * c.cin * c.h * c.w);
+    const dy = normals(rng, c.n * c.cout * g.outH * g.outW);
+    expectClose("y", nat.forward(x, c.n, true), js.forward(x, c.n, true));
+    expectClose("dx", nat.backward(dy, c.n), js.backward(dy, c.n));
+    expectClose("dW", nat.weight.grad, js.weight.grad);
+    expectClose("db", nat.bias.grad, js.bias.grad);
+  });
+
+  it("keeps a training forward's columns through a larger eval forward", () => {
+    const c = convCases[2]!;
+    const [js, nat] = pair(c, 93);
+    const rng = new Rng(94);
+    const x = normals(rng, c.n * c.cin * c.h * c.w);
+    const dy = normals(rng, c.n * c.cout * js.geometry.outH * js.geometry.outW);
+    const big = normals(rng, 40 * c.cin * c.h * c.w);
+    js.forward(x, c.n, true);
+    nat.forward(x, c.n, true);
+    expectClose("eval y", nat.forward(big, 40, false), js.forward(big, 40, false));
+    expectClose("dx", nat.backward(dy, c.n), js.backward(dy, c.n));
+    expectClose("dW", nat.weight.grad, js.weight.grad);
+  });
+
+  it("gives per-rank-segment dW and db as the JS twin does", () => {
+    const c = { ...convCases[2]!, n: 4 };
+    const [js, nat] = pair(c, 95);
+    js.setRankSegments(2);
+    nat.setRankSegments(2);
+    const rng = new Rng(96);
+    const x = normals(rng, c.n * c.cin * c.h * c.w);
+    const dy = normals(rng, c.n * c.cout * js.geometry.outH * js.geometry.outW);
+    js.forward(x, c.n, true);
+    nat.forward(x, c.n, true);
+    expectClose("dx", nat.backward(dy, c.n), js.backward(dy, c.n));
+    expectClose("dW", nat.weight.grad, js.weight.grad);
+    expectClose("db", nat.bias.grad, js.bias.grad);
+  });
+
+  it("zeroes its grads and returns empty views for an empty batch", () => {
+    const c = convCases[2]!;
+    const [, nat] = pair(c, 97);
+    const rng = new Rng(98), g = nat.geometry;
+    nat.forward(normals(rng, 2 * c.cin * c.h * c.w), 2, true);
+    nat.backward(normals(rng, 2 * c.cout * g.outH * g.outW), 2);
+    expect(nat.forward(new Float32Array(0), 0, true).length).toBe(0);
+    expect(nat.backward(new Float32Array(0), 0).length).toBe(0);
+    expect(maxAbs(nat.weight.grad)).toBe(0);
+    expect(maxAbs(nat.bias.grad)).toBe(0);
+  });
+
+  it("propagates NaN and ±Inf where the JS twin does", () => {
+    const c = convCases[1]!;
+    const [js, nat] = pair(c, 99);
+    const rng = new Rng(100), g = js.geometry;
+    const x = normals(rng, c.n * c.cin * c.h * c.w);
+    x[5] = NaN;
+    x[c.cin * c.h * c.w + 40] = Infinity;
+    x[2 * c.cin * c.h * c.w + 100] = -Infinity;
+    const dy = normals(rng, c.n * c.cout * g.outH * g.outW);
+    dy[3 * c.cout * g.outH * g.outW + 7] = NaN;
+    const same = (what: string, got: Float32Array, ref: Float32Array): void => {
+      for (let i = 0; i < ref.length; i++) {
+        const r = ref[i]!, v = got[i]!;
+        if (Number.isFinite(r)) continue;
+        if (!(Number.isNaN(r) ? Number.isNaN(v) : v === r)) expect.fail(`${what}[${i}]: got ${v}, want ${r}`);
+      }
+      const nonFinite = (a: Float32Array): number => a.filter((v) => !Number.isFinite(v)).length;
+      expect(nonFinite(got), `${what}: non-finite count`).toBe(nonFinite(ref));
+    };
+    same("y", nat.forward(x, c.n, true).slice(), js.forward(x, c.n, true).slice());
+    same("dx", nat.backward(dy, c.n).slice(), js.backward(dy, c.n).slice());
+    same("dW", nat.weight.grad, js.weight.grad);
+    same("db", nat.bias.grad, js.bias.grad);
+  });
+
+  it("gives the same bits run to run", () => {
+    const c = convCases[7]!;
+    const run = (): Float32Array[] => {
+      const [, nat] = pair(c, 101);
+      const rng = new Rng(102), g = nat.geometry;
+      const x = normals(rng, c.n * c.cin * c.h * c.w);
+      const dy = normals(rng, c.n * c.cout * g.outH * g.outW);
+      const y = nat.forward(x, c.n, true).slice();
+      const dx = nat.backward(dy, c.n).slice();
+      return [y, dx, nat.weight.grad.slice(), nat.bias.grad.slice()];
+    };
+    const a = run(), b = run();
+    for (let t = 0; t < a.length; t++) expect(Buffer.from(a[t]!.buffer).equals(Buffer.from(b[t]!.buffer)), `output ${t}`).toBe(true);
+  });
+
+  it("rejects arrays too short for the call instead of writing past them", () => {
+    const k = nativeKernels()!;
+    const c = new Float32Array(4), a = new Float32Array(4), b = new Float32Array(4);
+    expect(() => k.gemmNN(c, 1, a, 0, b, 0, 2, 2, 2, 1)).toThrow(RangeError);
+    expect(() => k.im2col(c, 0, a, 0, 1, 2, 2, 3, 1, 1, 2, 2)).toThrow(RangeError);
+  });
+});
+
+describe.skipIf(off)("a whole run on the native kernels", () => {
+  const RUNS = join(ROOT, "test", "fixtures", "torch", "runs");
+  const dir = join(RUNS, "resnet2-1x32");
+  const s = JSON.parse(readFileSync(join(dir, "settings.json"), "utf8")) as Record<string, string | number>;
+
+  async function train(kernels: "js" | "native"): Promise<{ weights: Map<string, { values: ArrayLike<number> }>; stderr: string }> {
+    const out = mkdtempSync(join(tmpdir(), `syncbn-native-${kernels}-`));
+    const r = await runCli(
+      [
+        "train", "--model", String(s.model), "--norm", "sync", "--data", join(RUNS, String(s.data)), "--init", join(dir, "init.safetensors"), "--shuffle", "off",
+        "--workers", String(s.workers), "--batch", String(s.batch), "--steps", String(s.steps), "--lr", String(s.lr), "--momentum", String(s.momentum),
+        "--weight-decay", String(s.weightDecay), "--bn-eps", String(s.bnEps), "--bn-momentum", String(s.bnMomentum), "--out", out,
+      ],
+      { timeoutMs: 300_000, env: { SYNCBN_KERNELS: kernels } },
+    );
+    expect(r.code, r.stderr).toBe(0);
+    return { weights: safetensorsValues(join(out, "weights.safetensors")), stderr: r.stderr };
+  }
+
+  it(`ends ${s.model} at ${s.workers} × ${s.batch} after ${s.steps} steps within 1e-4 of PyTorch float64 and 1e-3 of the js kernels on every tensor`, async () => {
+    const native = await train("native");
+    expect(native.stderr).not.toMatch(/native kernels unavailable/);
+    const js = await train("js");
+    const torch = safetensorsValues(join(dir, "expected-sync.safetensors"));
+    let worstTorch = { name: "", diff: 0 }, worstJs = { name: "", diff: 0 };
+    for (const [name, t] of torch) {
+      const ours = native.weights.get(name)!.values;
+      const dT = relDiff(ours, t.values), dJ = relDiff(ours, js.weights.get(name)!.values);
+      if (dT > worstTorch.diff) worstTorch = { name, diff: dT };
+      if (dJ > worstJs.diff) worstJs = { name, diff: dJ };
+    }
+    console.log(`resnet2-1x32 native: worst vs PyTorch ${worstTorch.name} ${worstTorch.diff.toExponential(2)}, vs js ${worstJs.name} ${worstJs.diff.toExponential(2)}`);
+    expect(worstTorch.diff, worstTorch.name).toBeLessThan(1e-4);
+    expect(worstJs.diff, worstJs.name).toBeLessThan(1e-3);
+  }, 600_000);
+});
