@@ -1,12 +1,14 @@
 // Kernels of conv.h. The GEMMs run a 6×16 register tile of C over all of the
 // inner dimension (broadcast A, multiply and add a 16-float row of B), and
-// gemm_nt a 4×2 block of 16-lane dot products; GCC builds an AVX-512, an
+// gemm_nt sums in the WebAssembly kernel's 4-lane order over a transposed A;
+// all three give the wasm kernels' bits. GCC builds an AVX-512, an
 // AVX2 and a baseline clone of each and picks one per machine at load
 // (ifunc). The clones differ in vector width only (no FMA, see conv.h).
 #include "conv.h"
 
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
 #define SYNCBN_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 
@@ -117,72 +119,64 @@ void gemmAcc(float* c, const float* a, int64_t aRow, int64_t aCol, const float* 
 }
 
 namespace {
-constexpr int LANES = 16;
+// gemm_nt in the WebAssembly kernel's order (wasm-kernels.ts gemm_nt), so dW has
+// the same bits: each c[i, j] is 4 lanes, lane l the float32 sum in t order of
+// a_i[t]·b_j[t] over t ≡ l mod 4 (from +0), then (l0 + l1) + (l2 + l3). The lanes
+// of one c[i, j] are separate sums, so they vectorize across i instead: A is
+// transposed (at[t, i], rows padded with zeros to 16) and a 16-float row of it,
+// times b_j[t] broadcast, feeds 16 rows' lane t mod 4 at once.
+constexpr int VI = 16;  // rows of A per vector
+constexpr int NJ = 2;   // rows of B per block: 2 × 4 accumulators of 16 floats
 
-// Lanes summed in a fixed tree: the same order for every clone.
-inline float reduceLanes(float* lane) {
-  for (int w = LANES / 2; w > 0; w /= 2)
-    for (int l = 0; l < w; l++) lane[l] += lane[l + w];
-  return lane[0];
-}
-
-// out[r·2 + q] = Σ_j a_r[j]·b_q[j] for 4 rows of A and 2 of B: each loaded 16-float
-// chunk of A feeds 2 dot products and of B 4 (8 accumulators of 16 lanes). Every
-// dot product is summed lane l over j ≡ l mod 16, then the fixed tree: the same
-// order as dot() below, so blocked and tail entries round alike.
-SYNCBN_CLONES
-void dot4x2(float* out, const float* a, const float* b, int64_t p) {
-  float acc[8][LANES] = {};
-  const float* a0 = a; const float* a1 = a + p; const float* a2 = a1 + p; const float* a3 = a2 + p;
-  const float* b0 = b; const float* b1 = b + p;
-  int64_t j = 0;
-  for (; j + LANES <= p; j += LANES)
-    for (int l = 0; l < LANES; l++) {
-      const float x0 = a0[j + l], x1 = a1[j + l], x2 = a2[j + l], x3 = a3[j + l], w0 = b0[j + l], w1 = b1[j + l];
-      acc[0][l] += x0 * w0; acc[1][l] += x0 * w1;
-      acc[2][l] += x1 * w0; acc[3][l] += x1 * w1;
-      acc[4][l] += x2 * w0; acc[5][l] += x2 * w1;
-      acc[6][l] += x3 * w0; acc[7][l] += x3 * w1;
+template <int J>
+__attribute__((always_inline)) inline void ntBlock(float* c32, const float* at, int64_t mPad, int i0, int m, const float* b, int j0, int kk,
+                                                   int64_t p) {
+  v16 acc[J][4];
+  for (int q = 0; q < J; q++)
+    for (int l = 0; l < 4; l++) acc[q][l] = v16{};
+  const float* bq[J];
+  for (int q = 0; q < J; q++) bq[q] = b + int64_t(j0 + q) * p;
+  int64_t t = 0;
+  for (; t + 4 <= p; t += 4)
+    for (int l = 0; l < 4; l++) {
+      const v16 av = load16(at + (t + l) * mPad + i0);
+      for (int q = 0; q < J; q++) acc[q][l] += av * bq[q][t + l];
     }
-  for (int l = 0; j < p; j++, l++) {
-    acc[0][l] += a0[j] * b0[j]; acc[1][l] += a0[j] * b1[j];
-    acc[2][l] += a1[j] * b0[j]; acc[3][l] += a1[j] * b1[j];
-    acc[4][l] += a2[j] * b0[j]; acc[5][l] += a2[j] * b1[j];
-    acc[6][l] += a3[j] * b0[j]; acc[7][l] += a3[j] * b1[j];
+  // The last p mod 4 terms go to lanes 0.. (wasm's masked step adds +0 to the rest, which changes nothing).
+  for (int l = 0; t < p; t++, l++) {
+    const v16 av = load16(at + t * mPad + i0);
+    for (int q = 0; q < J; q++) acc[q][l] += av * bq[q][t];
   }
-  for (int q = 0; q < 8; q++) out[q] = reduceLanes(acc[q]);
+  for (int q = 0; q < J; q++) {
+    const v16 sum = (acc[q][0] + acc[q][1]) + (acc[q][2] + acc[q][3]);
+    float out[VI];
+    std::memcpy(out, &sum, sizeof out);
+    for (int r = 0; r < VI && i0 + r < m; r++) c32[int64_t(i0 + r) * kk + j0 + q] = out[r];
+  }
 }
 
-// Σ_j a[j]·b[j] in the order of dot4x2.
 SYNCBN_CLONES
-float dot(const float* __restrict a, const float* __restrict b, int64_t p) {
-  float lane[LANES] = {};
-  int64_t j = 0;
-  for (; j + LANES <= p; j += LANES)
-    for (int l = 0; l < LANES; l++) lane[l] += a[j + l] * b[j + l];
-  for (int l = 0; j < p; j++, l++) lane[l] += a[j] * b[j];
-  return reduceLanes(lane);
+void gemmNt(float* c32, const float* at, int64_t mPad, int m, const float* b, int kk, int64_t p) {
+  for (int i0 = 0; i0 < m; i0 += VI) {
+    int j = 0;
+    for (; j + NJ <= kk; j += NJ) ntBlock<NJ>(c32, at, mPad, i0, m, b, j, kk, p);
+    for (; j < kk; j++) ntBlock<1>(c32, at, mPad, i0, m, b, j, kk, p);
+  }
 }
 }  // namespace
 
 void gemmNtWiden(double* c64, float* c32, const float* a, const float* b, int m, int kk, int p, bool accumulate) {
-  // c32 first, then one widening pass: the float32 product is the contract, the float64 sum is the caller's.
-  int i = 0;
-  for (; i + 3 < m; i += 4) {
-    int t = 0;
-    for (; t + 1 < kk; t += 2) {
-      float out[8];
-      dot4x2(out, a + int64_t(i) * p, b + int64_t(t) * p, p);
-      for (int r = 0; r < 4; r++) {
-        c32[int64_t(i + r) * kk + t] = out[2 * r];
-        c32[int64_t(i + r) * kk + t + 1] = out[2 * r + 1];
-      }
-    }
-    for (; t < kk; t++)
-      for (int r = 0; r < 4; r++) c32[int64_t(i + r) * kk + t] = dot(a + int64_t(i + r) * p, b + int64_t(t) * p, p);
+  // A transposed into a per-thread scratch (grown, never shrunk), rows padded with zeros to a multiple of 16.
+  thread_local std::vector<float> scratch;
+  const int64_t mPad = (int64_t(m) + VI - 1) / VI * VI;
+  if (int64_t(scratch.size()) < mPad * p) scratch.resize(mPad * p);
+  float* at = scratch.data();
+  for (int64_t t = 0; t < p; t++) {
+    for (int i = 0; i < m; i++) at[t * mPad + i] = a[int64_t(i) * p + t];
+    for (int64_t i = m; i < mPad; i++) at[t * mPad + i] = 0;
   }
-  for (; i < m; i++)
-    for (int t = 0; t < kk; t++) c32[int64_t(i) * kk + t] = dot(a + int64_t(i) * p, b + int64_t(t) * p, p);
+  // c32 first, then one widening pass: the float32 product is the contract, the float64 sum is the caller's.
+  gemmNt(c32, at, mPad, m, b, kk, p);
   const int64_t total = int64_t(m) * kk;
   if (accumulate) for (int64_t q = 0; q < total; q++) c64[q] += double(c32[q]);
   else for (int64_t q = 0; q < total; q++) c64[q] = double(c32[q]);

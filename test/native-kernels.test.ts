@@ -54,9 +54,34 @@ const convCases: ConvCase[] = [
   { label: "3×3 stride 2 pad 1, 32→64 at 14×14", n: 2, cin: 32, cout: 64, k: 3, stride: 2, padding: 1, h: 14, w: 14 },
 ];
 
+function make(c: ConvCase, seed: number, backend: "js" | "wasm" | "native"): Conv2d {
+  return new Conv2d("conv", c.cin, c.cout, c.k, c.stride, c.padding, c.h, c.w, new Rng(seed), backend);
+}
+
 function pair(c: ConvCase, seed: number): [Conv2d, Conv2d] {
-  const make = (backend: "js" | "native"): Conv2d => new Conv2d("conv", c.cin, c.cout, c.k, c.stride, c.padding, c.h, c.w, new Rng(seed), backend);
-  return [make("js"), make("native")];
+  return [make(c, seed, "js"), make(c, seed, "native")];
+}
+
+/** The same float32 bits, element for element (NaN payloads included). */
+function expectBits(what: string, got: Float32Array, ref: Float32Array): void {
+  expect(got.length, `${what} length`).toBe(ref.length);
+  const g = new Uint32Array(got.buffer, got.byteOffset, got.length), r = new Uint32Array(ref.buffer, ref.byteOffset, ref.length);
+  let differ = 0, first = -1;
+  for (let i = 0; i < r.length; i++) if (g[i] !== r[i]) { differ++; if (first < 0) first = i; }
+  if (differ > 0) expect.fail(`${what}: ${differ} of ${r.length} elements differ from wasm, first at ${first} (native ${got[first]}, wasm ${ref[first]})`);
+}
+
+/** Forward (training), backward, then an eval forward of 5 other samples, on `conv`; every output copied. */
+function passes(conv: Conv2d, c: ConvCase, seed: number, segments: number): Float32Array[] {
+  const rng = new Rng(seed), g = conv.geometry;
+  const x = normals(rng, c.n * c.cin * c.h * c.w);
+  const dy = normals(rng, c.n * c.cout * g.outH * g.outW);
+  const xe = normals(rng, 5 * c.cin * c.h * c.w);
+  if (segments > 1) conv.setRankSegments(segments);
+  const y = conv.forward(x, c.n, true).slice();
+  const dx = conv.backward(dy, c.n).slice();
+  const ye = conv.forward(xe, 5, false).slice();
+  return [y, dx, conv.weight.grad.slice(), conv.bias.grad.slice(), ye];
 }
 
 describe("the native addon", () => {
@@ -77,6 +102,19 @@ describe.skipIf(off)("Conv2d on the native kernels", () => {
     expectClose("dx", nat.backward(dy, c.n), js.backward(dy, c.n));
     expectClose("dW", nat.weight.grad, js.weight.grad);
     expectClose("db", nat.bias.grad, js.bias.grad);
+  });
+
+  it.each(convCases)("gives ConvWasm's bits (y, dx, dW, db, eval y) for $label", (c) => {
+    const names = ["y", "dx", "dW", "db", "eval y"];
+    const wasm = passes(make(c, 191, "wasm"), c, 192, 1), nat = passes(make(c, 191, "native"), c, 192, 1);
+    for (let t = 0; t < names.length; t++) expectBits(names[t]!, nat[t]!, wasm[t]!);
+  });
+
+  it("gives ConvWasm's bits with rank segments (per-rank dW and db rounded to float32, then summed)", () => {
+    for (const c of [{ ...convCases[2]!, n: 6 }, { ...convCases[4]!, n: 4 }]) {
+      const wasm = passes(make(c, 193, "wasm"), c, 194, 2), nat = passes(make(c, 193, "native"), c, 194, 2);
+      ["y", "dx", "dW", "db", "eval y"].forEach((name, t) => expectBits(`${c.label}: ${name}`, nat[t]!, wasm[t]!));
+    }
   });
 
   it("keeps a training forward's columns through a larger eval forward", () => {

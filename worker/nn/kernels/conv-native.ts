@@ -1,8 +1,9 @@
 // Conv2d's native path (SYNCBN_KERNELS=native): the same per-sample im2col, GEMM
 // and col2im as ConvWasm, run by the N-API addon (native.ts) directly on these
 // Float32Array/Float64Array buffers, with the same numerics contract: dW is each
-// sample's float32 product summed in float64 across samples. One thread; the
-// same bits run to run. Not a layer: Conv2d owns the params and picks this path.
+// sample's float32 product summed in float64 across samples. Every sum runs in
+// the wasm kernels' order with no FMA, so y, dx, dW and db are ConvWasm's bits
+// (test/native-kernels.test.ts). One thread. Not a layer: Conv2d owns the params and picks this path.
 
 import type { ConvGeometry, ConvKernel } from "../conv2d.js";
 import { addToSum, BatchBuffer, segmentLength, type RankSegments } from "../layer.js";
@@ -90,18 +91,32 @@ export class ConvNative implements ConvKernel {
     return dx;
   }
 
-  /** db[co] ← Σ over samples first..first+count−1 of each row's float32 sum, in float64 (as ConvWasm). */
+  /** db[co] ← Σ over samples first..first+count−1 of each row's float32 sum (rowSum), in float64 (as ConvWasm). */
   private sumBias(db: Float32Array, dy: Float32Array, first: number, count: number): void {
     const cout = this.g.cout, P = this.plane;
     for (let co = 0; co < cout; co++) {
       let s = 0;
-      for (let i = first; i < first + count; i++) {
-        const off = (i * cout + co) * P;
-        let row = 0;
-        for (let j = 0; j < P; j++) row = Math.fround(row + dy[off + j]!);
-        s += row;
-      }
+      for (let i = first; i < first + count; i++) s += rowSum(dy, (i * cout + co) * P, P);
       db[co] = s;
     }
   }
+}
+
+/**
+ * Σ a[off..off+len−1] in float32 in the WebAssembly row_sums order (wasm-kernels.ts):
+ * 4 lanes over the first len − len mod 4 (lane l over indices ≡ l mod 4), then
+ * (l0 + l1) + (l2 + l3), then the rest one by one. The same bits as ConvWasm's db.
+ */
+export function rowSum(a: Float32Array, off: number, len: number): number {
+  const f = Math.fround, end = off + (len & ~3);
+  let l0 = 0, l1 = 0, l2 = 0, l3 = 0, j = off;
+  for (; j < end; j += 4) {
+    l0 = f(l0 + a[j]!);
+    l1 = f(l1 + a[j + 1]!);
+    l2 = f(l2 + a[j + 2]!);
+    l3 = f(l3 + a[j + 3]!);
+  }
+  let s = f(f(l0 + l1) + f(l2 + l3));
+  for (; j < off + len; j++) s = f(s + a[j]!);
+  return s;
 }
