@@ -12,8 +12,10 @@ export interface EnvSettings {
   masterPort?: number;
   token?: string;
   fashionMnistDir?: string;
-  /** SYNCBN_KERNELS: conv/linear kernels and the norm layers' passes, "wasm" (default), "js" or "native" (Conv2d only, experimental); for setKernelBackend. */
+  /** SYNCBN_KERNELS: conv/linear kernels and the norm layers' passes, "native" (Conv2d only), "wasm" or "js"; --kernels overrides it, and without either cli/kernels.ts picks. */
   kernels?: KernelBackend;
+  /** SYNCBN_NATIVE=off: neither build (scripts/build-native.mjs) nor load the native addon, as on a machine without it. */
+  nativeOff: boolean;
   /** SYNCBN_THREADS: compute threads of each worker (1..MAX_THREADS), for setComputeThreads; the launcher sets it from --threads. */
   threads?: number;
   isCI: boolean;
@@ -63,6 +65,7 @@ export function readEnv(env: NodeJS.ProcessEnv = process.env): EnvSettings {
     fashionMnistDir: env.SYNCBN_FASHION_MNIST_DIR || undefined,
     kernels: kernelsVar(env),
     threads: threadsVar(env),
+    nativeOff: env.SYNCBN_NATIVE === "off",
     isCI: env.CI === "true" || env.CI === "1",
     fault: parseFault(env.SYNCBN_FAULT),
   };

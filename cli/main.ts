@@ -10,16 +10,19 @@ import { runConformance } from "./conformance.js";
 import { registerTrainCommands } from "./commands.js";
 import { readEnv } from "./env.js";
 import { setKernelBackend } from "../worker/nn/kernels/backend.js";
+import { disableNative } from "../worker/nn/kernels/native.js";
 import { setComputeThreads } from "../worker/nn/kernels/threads.js";
 import { registerSweepCommand } from "./sweep-flags.js";
 import { registerLaunchCommand } from "./launch.js";
 import { MAX_TIMER_MS, MAX_WORKERS, MIN_TIMEOUT_MS, intArg } from "./flags.js";
 
 
-// SYNCBN_KERNELS=js|wasm|native picks the conv/linear kernels; worker processes inherit it.
+// SYNCBN_KERNELS=js|wasm|native picks the conv/linear kernels (train, sweep and worker resolve it with --kernels,
+// cli/kernels.ts; the launcher hands its choice to its workers). SYNCBN_NATIVE=off: as if the addon were not built.
 // SYNCBN_THREADS=N gives this process N compute threads (the launcher sets it per worker from --threads).
 try {
-  const { kernels, threads } = readEnv();
+  const { kernels, threads, nativeOff } = readEnv();
+  if (nativeOff) disableNative("SYNCBN_NATIVE=off");
   if (kernels) setKernelBackend(kernels);
   if (threads) setComputeThreads(threads);
 } catch (e) {

@@ -24,6 +24,7 @@ import {
 } from "./flags.js";
 import { DEFAULT_GRID, type SweepGrid } from "./sweep-grid.js";
 import { DEFAULT_SWEEP_OUT, runSweep } from "./sweep.js";
+import { chooseKernels } from "./kernels.js";
 
 function listArg<T>(flag: string, item: (s: string) => T) {
   return (v: string): T[] => {
@@ -129,6 +130,8 @@ export function registerSweepCommand(program: Command): void {
     }
     checkLaunchFlags(f);
     const env = readEnv();
+    // An explicit native without the addon is refused before the first run (each run resolves its own threads).
+    chooseKernels(f.kernels, env.kernels, 1);
     if (f.dashboard) checkDashboardBind(f.dashboard.host, env.token ?? "");
     const tty = Boolean(process.stdout.isTTY) && !env.isCI;
     const grid = gridFromFlags(f);
@@ -139,7 +142,7 @@ export function registerSweepCommand(program: Command): void {
       fashionMnistDir: env.fashionMnistDir,
       outDir: f.out,
       roundTimeoutMs: f.roundTimeout,
-      launch: { transport: f.transport, wire: f.wire, pinCpus: f.pinCpus, ranksPerProc: f.ranksPerProc, threads: f.threads },
+      launch: { transport: f.transport, wire: f.wire, pinCpus: f.pinCpus, ranksPerProc: f.ranksPerProc, threads: f.threads, kernels: f.kernels },
       dashboard: f.dashboard ?? null,
       token: env.token,
       tty,

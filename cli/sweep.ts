@@ -117,7 +117,7 @@ export interface SweepOptions {
   outDir: string;
   roundTimeoutMs: number;
   /** How every run's workers are started (never changes a result). */
-  launch?: Pick<TrainOptions, "transport" | "wire" | "pinCpus" | "ranksPerProc" | "threads">;
+  launch?: Pick<TrainOptions, "transport" | "wire" | "pinCpus" | "ranksPerProc" | "threads" | "kernels">;
   tty: boolean;
   print(line: string): void;
   /** Rewrite the current terminal line (TTY only). */

@@ -29,6 +29,12 @@ const ADDON_PATHS = ["../../../../native/build/Release/syncbn_native.node", "../
 let loaded: NativeKernels | null | undefined;
 let reason = "";
 
+/** Never load the addon in this process (SYNCBN_NATIVE=off, read by cli/env.ts): nativeKernels() is null with this reason. */
+export function disableNative(why: string): void {
+  loaded = null;
+  reason = why;
+}
+
 /** The native kernels, or null (see nativeUnavailableReason). */
 export function nativeKernels(): NativeKernels | null {
   if (loaded !== undefined) return loaded;
