@@ -18,6 +18,7 @@ const FAST = [
   "test/data.test.ts",
   "test/graph.test.ts",
   "test/kernels.test.ts",
+  "test/native-kernels.test.ts",
   "test/monitor.test.ts",
   "test/nn-layers.test.ts",
   "test/norm-kernels.test.ts",
