@@ -210,8 +210,8 @@ export function registerTrainCommands(program: Command): void {
     validateSettings(settings, world);
     checkWorkerBlock(rank, f.ranksPerProc, world, settings.norm);
     // Before any layer is built; the launcher's workers get its choice through SYNCBN_KERNELS.
-    const kernelChoice = chooseKernels(f.kernels, env.kernels, env.threads ?? 1);
-    printKernelNotice(kernelChoice, (l) => console.log(l));
+    const kernelChoice = chooseKernels(f.kernels, env.kernels);
+    printKernelNotice(kernelChoice, (l) => console.warn(l));
     setKernelBackend(kernelChoice.kernels);
     // A worker started by hand checks its data before it connects; the launcher's workers were checked by the launcher.
     if (!f.settingsJson) await checkRunData(settings, world, env.fashionMnistDir);

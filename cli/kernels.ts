@@ -1,8 +1,7 @@
 // Which kernels a run uses (--kernels, SYNCBN_KERNELS, issue 22): the flag, else
-// the variable, else the native addon where it loads and the worker runs one
-// compute thread, else WebAssembly: with one notice line saying why when the addon
-// is not loaded (printed where the run starts, after the checks that can refuse
-// it; with compute threads wasm is simply the faster choice, recorded). An explicit
+// the variable, else the native addon where it loads, else WebAssembly with one
+// notice line saying why (printed where the run starts, after the checks that can
+// refuse it). Native and wasm give the same bits, so this changes speed only. An explicit
 // "native" without the addon is a one-line error (exit 2), never a silent
 // fallback. The launcher resolves once and hands the result to its workers
 // (SYNCBN_KERNELS); the run records it (settings.kernels).
@@ -13,7 +12,7 @@ import { KERNEL_SETTINGS, type KernelBackend } from "../worker/nn/kernels/backen
 import { nativeKernels, nativeUnavailableReason } from "../worker/nn/kernels/native.js";
 
 export const KERNELS_HELP =
-  "conv/linear and normalization kernels: native (the C++ addon's conv, other layers on wasm; the default where the addon loads and --threads is 1), wasm (WebAssembly SIMD) or js (the plain TypeScript twins); default $SYNCBN_KERNELS";
+  "conv/linear and normalization kernels: native (the C++ addon's conv, other layers on wasm; the default where the addon loads), wasm (WebAssembly SIMD; same results, bit for bit) or js (the plain TypeScript twins); default $SYNCBN_KERNELS";
 
 /** The --kernels option of train, sweep and worker (no default: absent means SYNCBN_KERNELS, then the automatic choice). */
 export function kernelsOption(): Option {
@@ -26,13 +25,8 @@ export interface KernelChoice {
   notice: string | null;
 }
 
-/**
- * The kernels of a run whose workers each run `threads` compute threads: `flag`
- * (--kernels), else `env` (SYNCBN_KERNELS), else native when the addon loads and
- * threads is 1 (the native conv does not split over compute threads; wasm's does,
- * with the same bits), else wasm.
- */
-export function chooseKernels(flag: KernelBackend | undefined, env: KernelBackend | undefined, threads: number): KernelChoice {
+/** The kernels of a run: `flag` (--kernels), else `env` (SYNCBN_KERNELS), else native when the addon loads, else wasm. */
+export function chooseKernels(flag: KernelBackend | undefined, env: KernelBackend | undefined): KernelChoice {
   const explicit = flag ?? env;
   if (explicit === "native" && nativeKernels() === null) {
     const from = flag ? "--kernels native" : "SYNCBN_KERNELS=native";
@@ -40,7 +34,6 @@ export function chooseKernels(flag: KernelBackend | undefined, env: KernelBacken
   }
   if (explicit) return { kernels: explicit, notice: null };
   if (nativeKernels() === null) return { kernels: "wasm", notice: `syncbn: native kernels unavailable (${nativeUnavailableReason()}); using WebAssembly` };
-  if (threads > 1) return { kernels: "wasm", notice: null };
   return { kernels: "native", notice: null };
 }
 

@@ -130,8 +130,8 @@ export function registerSweepCommand(program: Command): void {
     }
     checkLaunchFlags(f);
     const env = readEnv();
-    // An explicit native without the addon is refused before the first run (each run resolves its own threads).
-    chooseKernels(f.kernels, env.kernels, 1);
+    // An explicit native without the addon is refused before the first run.
+    chooseKernels(f.kernels, env.kernels);
     if (f.dashboard) checkDashboardBind(f.dashboard.host, env.token ?? "");
     const tty = Boolean(process.stdout.isTTY) && !env.isCI;
     const grid = gridFromFlags(f);

@@ -123,8 +123,8 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
   const perProc = resolveRanksPerProc(o.ranksPerProc, o.workers, s.norm);
   const blocks = rankBlocks(o.workers, perProc);
   const threadsPerWorker = resolveThreads(o.threads, blocks.length);
-  // Resolved once here (an explicit native without the addon is refused before anything starts), handed to every worker.
-  const kernelChoice = chooseKernels(o.kernels, readEnv({ ...process.env, ...o.workerEnv }).kernels, threadsPerWorker);
+  // Chosen once here (an explicit native without the addon is refused before anything starts), handed to every worker.
+  const kernelChoice = chooseKernels(o.kernels, readEnv({ ...process.env, ...o.workerEnv }).kernels);
   const kernels = kernelChoice.kernels;
   const plan = await checkRunData(s, o.workers, readEnv({ ...process.env, ...o.workerEnv }).fashionMnistDir);
   // Milestones and warm-up given as percentages are steps only now that the run's length is known.

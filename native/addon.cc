@@ -129,6 +129,51 @@ napi_value GemmNTWiden(napi_env env, napi_callback_info info) {
   return nullptr;
 }
 
+// args[i]: a typed array of `type` with at least `need` elements (offset 0).
+bool whole(napi_env env, napi_value* args, int i, napi_typedarray_type type, int64_t need, void** out, const char* name) {
+  napi_value zero[2] = {args[i], nullptr};
+  napi_create_int32(env, 0, &zero[1]);
+  Span s;
+  if (!span(env, zero, 0, type, need, &s, name)) return false;
+  *out = s.data;
+  return true;
+}
+
+// convForward(y, x, cols, w, cin, inH, inW, kernel, stride, padding, outH, outW, cout, n, train, threads)
+napi_value ConvForward(napi_env env, napi_callback_info info) {
+  napi_value a[16];
+  syncbn::Geometry g;
+  int64_t d[4];
+  void *y, *x, *cols, *w;
+  if (!argsOf(env, info, 16, a) || !geometry(env, a, 4, &g) || !ints(env, a, 12, 4, d)) return nullptr;
+  const int64_t cout = d[0], n = d[1], R = int64_t(g.cin) * g.kernel * g.kernel, P = int64_t(g.outH) * g.outW;
+  if (d[3] < 1 || d[3] > 256) return fail(env, "threads must be in 1..256"), nullptr;
+  if (!whole(env, a, 0, napi_float32_array, n * cout * P, &y, "y") || !whole(env, a, 1, napi_float32_array, n * g.cin * g.inH * g.inW, &x, "x") ||
+      !whole(env, a, 2, napi_float32_array, d[2] ? n * R * P : 0, &cols, "cols") || !whole(env, a, 3, napi_float32_array, cout * R, &w, "w"))
+    return nullptr;
+  syncbn::convForward(static_cast<float*>(y), static_cast<const float*>(x), static_cast<float*>(cols), static_cast<const float*>(w), g, int(cout),
+                      int(n), d[2] != 0, int(d[3]));
+  return nullptr;
+}
+
+// convBackward(dx, dy, cols, w, dw64, cin, inH, inW, kernel, stride, padding, outH, outW, cout, first, count, threads)
+napi_value ConvBackward(napi_env env, napi_callback_info info) {
+  napi_value a[17];
+  syncbn::Geometry g;
+  int64_t d[4];
+  void *dx, *dy, *cols, *w, *dw64;
+  if (!argsOf(env, info, 17, a) || !geometry(env, a, 5, &g) || !ints(env, a, 13, 4, d)) return nullptr;
+  const int64_t cout = d[0], end = d[1] + d[2], R = int64_t(g.cin) * g.kernel * g.kernel, P = int64_t(g.outH) * g.outW;
+  if (d[3] < 1 || d[3] > 256) return fail(env, "threads must be in 1..256"), nullptr;
+  if (!whole(env, a, 0, napi_float32_array, end * g.cin * g.inH * g.inW, &dx, "dx") || !whole(env, a, 1, napi_float32_array, end * cout * P, &dy, "dy") ||
+      !whole(env, a, 2, napi_float32_array, end * R * P, &cols, "cols") || !whole(env, a, 3, napi_float32_array, cout * R, &w, "w") ||
+      !whole(env, a, 4, napi_float64_array, cout * R, &dw64, "dw64"))
+    return nullptr;
+  syncbn::convBackward(static_cast<float*>(dx), static_cast<const float*>(dy), static_cast<const float*>(cols), static_cast<const float*>(w),
+                       static_cast<double*>(dw64), g, int(cout), int(d[1]), int(d[2]), int(d[3]));
+  return nullptr;
+}
+
 // Which clone the CPU gets, for the notice and the bench.
 napi_value Isa(napi_env env, napi_callback_info) {
   __builtin_cpu_init();
@@ -145,6 +190,8 @@ napi_value Init(napi_env env, napi_value exports) {
       {"gemmNN", nullptr, GemmNN, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"gemmTN", nullptr, GemmTN, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"gemmNTWiden", nullptr, GemmNTWiden, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
+      {"convForward", nullptr, ConvForward, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
+      {"convBackward", nullptr, ConvBackward, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"isa", nullptr, Isa, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
   };
   napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);

@@ -25,4 +25,13 @@ void gemmAcc(float* c, const float* a, int64_t aRow, int64_t aCol, const float* 
 // c32 (m, kk) = A (m, p)·B (kk, p)ᵀ in float32; c64 (+)= f64(c32). 2·m·kk·p flops.
 void gemmNtWiden(double* c64, float* c32, const float* a, const float* b, int m, int kk, int p, bool accumulate);
 
+// passes.cc: a batch's passes over `threads` threads, the same bits for any number.
+// y (n, cout, P) += W·im2col(x_i) per sample (y holds the bias); training keeps
+// every sample's columns in cols (n, R, P).
+void convForward(float* y, const float* x, float* cols, const float* w, const Geometry& g, int cout, int n, bool train, int threads);
+// Samples first..first+count−1: dw64 (cout, R) = Σ f64(dy_i·cols_iᵀ) in sample
+// order, dx_i (zeroed by the caller) += col2im(Wᵀ·dy_i).
+void convBackward(float* dx, const float* dy, const float* cols, const float* w, double* dw64, const Geometry& g, int cout, int first, int count,
+                  int threads);
+
 }  // namespace syncbn

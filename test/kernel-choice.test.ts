@@ -1,6 +1,6 @@
 // Which kernels a real `syncbn` run uses (cli/kernels.ts): --kernels, else
-// SYNCBN_KERNELS, else native where the addon loads and each worker runs one
-// compute thread, else wasm, with one notice line when the addon is missing. An
+// SYNCBN_KERNELS, else native where the addon loads, else wasm, with one notice
+// line when the addon is missing. An
 // explicit native without the addon is a one-line error, exit 2. The choice is
 // recorded in summary.json's settings.kernels, and every choice trains the same
 // weights, bit for bit (native conv has ConvWasm's bits, test/native-kernels.test.ts).
@@ -10,8 +10,8 @@ import { existsSync, mkdtempSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { nativeKernels, nativeUnavailableReason } from "../worker/nn/kernels/native.js";
-import { runCli } from "./helpers.js";
+import { nativeUnavailableReason } from "../worker/nn/kernels/native.js";
+import { nativeInRuns, runCli } from "./helpers.js";
 
 const RUN = ["train", "--model", "cnn", "--data", "synthetic", "--train-size", "128", "--test-size", "32", "--workers", "2", "--batch", "4", "--steps", "2", "--eval-every", "0"];
 const OFF = { SYNCBN_NATIVE: "off" };
@@ -39,10 +39,10 @@ async function refused(args: string[], env: NodeJS.ProcessEnv, line: string): Pr
 
 describe("choosing the kernels of a run", () => {
   it("runs native by default where the addon loads (asserted loaded under CI, which builds it), and records it", async () => {
-    if (process.env.CI) expect(nativeKernels(), nativeUnavailableReason()).not.toBeNull();
+    if (process.env.CI) expect(nativeInRuns(), nativeUnavailableReason()).toBe(true);
     const r = await train(["--threads", "1"]);
-    expect(r.kernels).toBe(nativeKernels() ? "native" : "wasm");
-    if (nativeKernels()) expect(r.stdout + r.stderr).not.toMatch(/native kernels unavailable/);
+    expect(r.kernels).toBe(nativeInRuns() ? "native" : "wasm");
+    if (nativeInRuns()) expect(r.stdout + r.stderr).not.toMatch(/native kernels unavailable/);
     else expect(r.stdout).toMatch(/native kernels unavailable/);
   });
 
@@ -51,16 +51,17 @@ describe("choosing the kernels of a run", () => {
     expect(off.kernels).toBe("wasm");
     expect(off.stdout.split("\n").filter((l) => /native kernels/.test(l))).toEqual([NOTICE]);
     expect(off.stdout.split("\n")[0]).toBe(NOTICE);
-    const native = await train(["--threads", "1", "--kernels", nativeKernels() ? "native" : "wasm"]);
+    const native = await train(["--threads", "1", "--kernels", nativeInRuns() ? "native" : "wasm"]);
     expect(native.weights.equals(off.weights), "weights.safetensors, native vs wasm").toBe(true);
   });
 
-  it("takes wasm by default when each worker runs 2 compute threads (the native conv runs one), silently, with the same weights", async () => {
+  it("keeps the default with 2 compute threads per worker (the addon splits its passes over them), with the same weights as 1 thread and as wasm", async () => {
     const two = await train(["--threads", "2"]);
-    expect(two.kernels).toBe("wasm");
-    expect(two.stdout + two.stderr).not.toMatch(/native kernels/);
+    expect(two.kernels).toBe(nativeInRuns() ? "native" : "wasm");
     const one = await train(["--threads", "1"]);
-    expect(two.weights.equals(one.weights)).toBe(true);
+    expect(two.weights.equals(one.weights), "2 threads vs 1").toBe(true);
+    const wasm = await train(["--threads", "2", "--kernels", "wasm"]);
+    expect(two.weights.equals(wasm.weights), "default vs wasm, 2 threads").toBe(true);
   });
 
   it("lets --kernels override SYNCBN_KERNELS, and records js", async () => {

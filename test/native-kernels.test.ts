@@ -11,7 +11,9 @@
 import { describe, expect, it } from "vitest";
 import { Rng } from "../shared/rng.js";
 import { Conv2d } from "../worker/nn/conv2d.js";
+import type { RankSegments } from "../worker/nn/layer.js";
 import { convKernelBackend, setKernelBackend } from "../worker/nn/kernels/backend.js";
+import { ConvNative } from "../worker/nn/kernels/conv-native.js";
 import { disableNative, nativeKernels, nativeUnavailableReason } from "../worker/nn/kernels/native.js";
 
 /** As cli/main.ts does for SYNCBN_NATIVE=off: this process never loads the addon. */
@@ -121,6 +123,30 @@ describe.skipIf(off)("Conv2d on the native kernels", () => {
     for (const c of [{ ...convCases[2]!, n: 6 }, { ...convCases[4]!, n: 4 }]) {
       const wasm = passes(make(c, 193, "wasm"), c, 194, 2), nat = passes(make(c, 193, "native"), c, 194, 2);
       ["y", "dx", "dW", "db", "eval y"].forEach((name, t) => expectBits(`${c.label}: ${name}`, nat[t]!, wasm[t]!));
+    }
+  });
+
+  it("gives the same bits on 1, 2, 3 and 5 threads (samples and dW rows split inside the addon), with and without rank segments", () => {
+    for (const c of [{ ...convCases[7]!, n: 6 }, { ...convCases[2]!, n: 6 }, { ...convCases[4]!, n: 4 }]) {
+      const ref = make(c, 195, "native");
+      const rng = new Rng(196), g = ref.geometry;
+      const x = normals(rng, c.n * c.cin * c.h * c.w), dy = normals(rng, c.n * c.cout * g.outH * g.outW), xe = normals(rng, 3 * c.cin * c.h * c.w);
+      const w = ref.weight.value, b = ref.bias.value;
+      const outputs = (threads: number, seg: RankSegments | null): Float32Array[] => {
+        const k = new ConvNative(g, nativeKernels()!, threads);
+        const dw = new Float32Array(w.length), db = new Float32Array(b.length);
+        const y = k.forward(x, c.n, true, w, b).slice();
+        const ye = k.forward(xe, 3, false, w, b).slice();
+        const dx = k.backward(dy, c.n, w, dw, db, seg).slice();
+        return [y, ye, dx, dw, db];
+      };
+      for (const segments of [1, 2]) {
+        const seg = (): RankSegments | null => (segments > 1 ? { count: segments, dw: new Float64Array(w.length), db: new Float64Array(b.length) } : null);
+        const one = outputs(1, seg());
+        for (const threads of [2, 3, 5]) {
+          outputs(threads, seg()).forEach((a, t) => expectBits(`${c.label}, ${segments} segments, ${threads} threads, output ${t}`, a, one[t]!));
+        }
+      }
     }
   });
 

@@ -11,8 +11,8 @@
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { nativeKernels, nativeUnavailableReason } from "../worker/nn/kernels/native.js";
-import { ROOT } from "./helpers.js";
+import { nativeUnavailableReason } from "../worker/nn/kernels/native.js";
+import { nativeInRuns, ROOT } from "./helpers.js";
 import { fixtureSettings, trainAgainstTorch, type FixtureSettings } from "./torch-train.js";
 
 const RUNS = join(ROOT, "test", "fixtures", "torch", "runs");
@@ -39,15 +39,15 @@ const BOUND: Record<string, number> = { "resnet2-1x32": 1e-4, "cnn-2x32": 1e-4, 
 const FIXTURES = ["resnet2-1x32", "resnet3-1x32", "resnet3-2x32", "resnet2-1x64", "cnn-2x32", "mlp-2x32"];
 
 /** js and wasm everywhere; native where the addon loads (required under CI). */
-const BACKENDS = nativeKernels() ? (["js", "wasm", "native"] as const) : (["js", "wasm"] as const);
+const BACKENDS = nativeInRuns() ? (["js", "wasm", "native"] as const) : (["js", "wasm"] as const);
 
 /** Each wasm run's weights.safetensors, by fixture and norm, for the native run after it. */
 const wasmWeights = new Map<string, Buffer>();
 
 describe("whole training runs at realistic sizes against PyTorch (float64), on every kernel backend", () => {
   it("has the native addon under CI (no silent loss of the native runs)", () => {
-    if (process.env.CI) expect(nativeKernels(), nativeUnavailableReason()).not.toBeNull();
-    expect(BACKENDS.includes("native" as never)).toBe(nativeKernels() !== null);
+    if (process.env.CI) expect(nativeInRuns(), `${nativeUnavailableReason()}; SYNCBN_NATIVE=${process.env.SYNCBN_NATIVE}`).toBe(true);
+    expect(BACKENDS.includes("native" as never)).toBe(nativeInRuns());
   });
 
   for (const name of FIXTURES) {

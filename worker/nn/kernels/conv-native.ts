@@ -3,11 +3,16 @@
 // Float32Array/Float64Array buffers, with the same numerics contract: dW is each
 // sample's float32 product summed in float64 across samples. Every sum runs in
 // the wasm kernels' order with no FMA, so y, dx, dW and db are ConvWasm's bits
-// (test/native-kernels.test.ts). One thread. Not a layer: Conv2d owns the params and picks this path.
+// (test/native-kernels.test.ts). Each pass is one addon call (native/passes.cc),
+// split over --threads threads inside it with the same bits for any number. Not a
+// layer: Conv2d owns the params and picks this path.
 
 import type { ConvGeometry, ConvKernel } from "../conv2d.js";
 import { addToSum, BatchBuffer, segmentLength, type RankSegments } from "../layer.js";
 import type { NativeKernels } from "./native.js";
+import { requestedComputeThreads } from "./threads.js";
+
+const EMPTY = new Float32Array(0);
 
 export class ConvNative implements ConvKernel {
   private readonly rows: number; // R = cin·k·k
@@ -17,49 +22,40 @@ export class ConvNative implements ConvKernel {
   private readonly dx: BatchBuffer; // (N, cin, inH, inW)
   /** Every training sample's columns, kept for backward. */
   private readonly cols: BatchBuffer; // (N, R, P)
-  private readonly dcols: Float32Array; // (R, P): one sample's, also an eval forward's columns
-  private readonly dw32: Float32Array; // (cout, R): one sample's product
   private readonly dw64: Float64Array; // (cout, R): Σ over samples
-  private readonly geo: readonly number[];
+  private readonly geo: readonly [number, number, number, number, number, number, number, number];
 
-  constructor(private readonly g: ConvGeometry, private readonly k: NativeKernels) {
+  /** `threads`: the passes' threads inside the addon (--threads; the same bits for any number). */
+  constructor(private readonly g: ConvGeometry, private readonly k: NativeKernels, private readonly threads = requestedComputeThreads()) {
     this.rows = g.cin * g.kernel * g.kernel;
     this.plane = g.outH * g.outW;
     this.inSize = g.cin * g.inH * g.inW;
     this.y = new BatchBuffer(g.cout * this.plane);
     this.dx = new BatchBuffer(this.inSize);
     this.cols = new BatchBuffer(this.rows * this.plane);
-    this.dcols = new Float32Array(this.rows * this.plane);
-    this.dw32 = new Float32Array(g.cout * this.rows);
     this.dw64 = new Float64Array(g.cout * this.rows);
     this.geo = [g.cin, g.inH, g.inW, g.kernel, g.stride, g.padding, g.outH, g.outW];
   }
 
-  /** Per sample: im2col, y = W·cols + b. 2·n·cout·R·P flops. */
+  /** Per sample: im2col, y = W·cols + b, the samples split over the threads. 2·n·cout·R·P flops. */
   forward(x: Float32Array, n: number, train: boolean, w: Float32Array, b: Float32Array): Float32Array {
-    const { cin, inH, inW, kernel, stride, padding, outH, outW, cout } = this.g;
-    const R = this.rows, P = this.plane, k = this.k;
+    const cout = this.g.cout, P = this.plane;
     const y = this.y.view(n);
-    const cols = train ? this.cols.view(n) : this.dcols;
-    for (let i = 0; i < n; i++) {
-      const c = train ? i * R * P : 0;
-      k.im2col(cols, c, x, i * this.inSize, cin, inH, inW, kernel, stride, padding, outH, outW);
-      const yOff = i * cout * P;
-      for (let co = 0; co < cout; co++) y.fill(b[co]!, yOff + co * P, yOff + (co + 1) * P);
-      k.gemmNN(y, yOff, w, 0, cols, c, cout, P, R, 1);
-    }
+    for (let i = 0; i < n; i++) for (let co = 0; co < cout; co++) y.fill(b[co]!, (i * cout + co) * P, (i * cout + co + 1) * P);
+    // An eval forward leaves the training columns alone (the addon uses scratch columns).
+    this.k.convForward(y, x, train ? this.cols.view(n) : EMPTY, w, ...this.geo, cout, n, train ? 1 : 0, this.threads);
     return y;
   }
 
   /**
    * Per sample: dW += f64(dy·colsᵀ), dcols = Wᵀ·dy, dx = col2im(dcols); db = Σ dy
-   * in float64. 4·n·cout·R·P flops. With rank segments, dW and db restart at each
-   * segment's first sample and, rounded to float32, are added into seg in float64
-   * at its last, so each is what its samples alone give (as ConvWasm).
+   * in float64. 4·n·cout·R·P flops, dW's rows and dx's samples split over the
+   * threads. With rank segments, dW and db restart at each segment's first sample
+   * and, rounded to float32, are added into seg in float64 at its last, so each is
+   * what its samples alone give (as ConvWasm).
    */
   backward(dy: Float32Array, n: number, w: Float32Array, dw: Float32Array, db: Float32Array, seg: RankSegments | null): Float32Array {
-    const { cin, inH, inW, kernel, stride, padding, outH, outW, cout } = this.g;
-    const R = this.rows, P = this.plane, k = this.k;
+    const cout = this.g.cout;
     const cols = this.cols.view(n);
     const dx = this.dx.view(n);
     const b = segmentLength("conv", n, seg);
@@ -70,18 +66,13 @@ export class ConvNative implements ConvKernel {
       dw.fill(0);
       db.fill(0);
     }
-    for (let i = 0; i < n; i++) {
-      const dyi = i * cout * P;
-      k.gemmNTWiden(this.dw64, 0, this.dw32, 0, dy, dyi, cols, i * R * P, cout, R, P, i % b > 0 ? 1 : 0);
-      k.gemmTN(this.dcols, 0, w, 0, dy, dyi, R, P, cout, 0);
-      k.col2imAdd(dx, i * this.inSize, this.dcols, 0, cin, inH, inW, kernel, stride, padding, outH, outW);
-      if (i % b === b - 1) {
-        this.sumBias(db, dy, i + 1 - b, b);
-        for (let t = 0; t < dw.length; t++) dw[t] = this.dw64[t]!;
-        if (seg) {
-          addToSum(seg.dw, dw);
-          addToSum(seg.db, db);
-        }
+    for (let first = 0; first < n; first += b) {
+      this.k.convBackward(dx, dy, cols, w, this.dw64, ...this.geo, cout, first, b, this.threads);
+      this.sumBias(db, dy, first, b);
+      for (let t = 0; t < dw.length; t++) dw[t] = this.dw64[t]!;
+      if (seg) {
+        addToSum(seg.dw, dw);
+        addToSum(seg.db, db);
       }
     }
     if (seg) {

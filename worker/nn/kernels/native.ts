@@ -19,6 +19,18 @@ export interface NativeKernels {
   /** c32 (m, kk) = A (m, p)·B (kk, p)ᵀ in float32; c64 (+)= f64(c32). */
   gemmNTWiden(c64: Float64Array, c64Off: number, c32: Float32Array, c32Off: number, a: Float32Array, aOff: number,
     b: Float32Array, bOff: number, m: number, kk: number, p: number, accumulate: number): void;
+  /**
+   * A batch's forward over `threads` threads (native/passes.cc): y (n, cout, P),
+   * holding the bias, += W·im2col(x_i) per sample; with train ≠ 0 every sample's
+   * columns are kept in cols (n, R, P). The same bits for any thread count.
+   */
+  convForward(y: Float32Array, x: Float32Array, cols: Float32Array, w: Float32Array,
+    cin: number, inH: number, inW: number, kernel: number, stride: number, padding: number, outH: number, outW: number,
+    cout: number, n: number, train: number, threads: number): void;
+  /** Samples first..first+count−1: dw64 (cout, R) = Σ f64(dy_i·cols_iᵀ) in sample order; dx_i (zeroed) += col2im(Wᵀ·dy_i). */
+  convBackward(dx: Float32Array, dy: Float32Array, cols: Float32Array, w: Float32Array, dw64: Float64Array,
+    cin: number, inH: number, inW: number, kernel: number, stride: number, padding: number, outH: number, outW: number,
+    cout: number, first: number, count: number, threads: number): void;
   /** The vector clone this CPU runs: "avx512f", "avx2" or "baseline". */
   isa(): string;
 }
