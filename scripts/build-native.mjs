@@ -1,7 +1,7 @@
 // npm's install step: build the optional native kernels (native/, issue 22) with
 // node-gyp. Never fails the install: on any failure it prints one line and exits
-// 0, and syncbn runs on WebAssembly (SYNCBN_KERNELS=native then says why, once).
-// SYNCBN_NATIVE=off skips the build.
+// 0, and syncbn runs on WebAssembly (each run then says why in one notice line;
+// an explicit --kernels native is refused). SYNCBN_NATIVE=off skips the build.
 import { spawnSync } from "node:child_process";
 import { createRequire } from "node:module";
 import { existsSync } from "node:fs";

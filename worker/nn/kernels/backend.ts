@@ -1,8 +1,9 @@
 // Which kernels the conv, linear and normalization layers use: "wasm" (WebAssembly
-// SIMD128, the default), "js" (the plain TypeScript reference twins) or "native"
-// (experimental, issue 22: the N-API addon of native/ for Conv2d only; every other
-// layer runs its wasm path, and without the addon Conv2d does too). Set once at
-// startup from the SYNCBN_KERNELS setting (cli/env.ts); a layer reads it when built.
+// SIMD128, the default here), "js" (the plain TypeScript reference twins) or
+// "native" (issue 22: the N-API addon of native/ for Conv2d only, with wasm's bits;
+// every other layer runs its wasm path, and without the addon Conv2d does too, with
+// a notice). Set once at startup: the CLI picks native where the addon loads
+// (cli/kernels.ts, --kernels, SYNCBN_KERNELS); a layer reads it when built.
 // Not a registry of kernels: the layers pick their own path from this one flag.
 
 import { nativeKernels, nativeUnavailableReason } from "./native.js";
