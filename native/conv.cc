@@ -10,7 +10,10 @@
 #include <cstring>
 #include <vector>
 
+// Defined on the command line only to build one ISA alone (checking that every clone gives the same bits).
+#ifndef SYNCBN_CLONES
 #define SYNCBN_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#endif
 
 namespace syncbn {
 

@@ -1,8 +1,9 @@
-// The convolution products of one sample, on caller memory (no copies). Shapes
-// are row-major; every function is single-threaded and deterministic. No FMA
+// The convolution products of one sample, on caller memory (no copies), and the
+// batch passes of passes.cc that split them over threads. Shapes are row-major;
+// every kernel is single-threaded and deterministic. No FMA
 // (binding.gyp: -ffp-contract=off) and a fixed order of every sum, so each
-// vector clone gives the same bits as the others by construction (only the
-// AVX-512 clone has been run so far). Why no FMA: with it the
+// vector clone gives the same bits as the others by construction (each checked
+// alone against wasm's bits, see docs/native-kernels.md). Why no FMA: with it the
 // whole resnet:2 run ended 1.3e-2 from PyTorch float64 instead of 8e-7 (a
 // product that rounds to cancel exactly in float32, as in the wasm kernels,
 // leaves an FMA residue that flips a ReLU at 0 on the blocky images: the likely
