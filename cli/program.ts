@@ -3,15 +3,13 @@
 // test/docs-commands.test.ts parses the documented commands with the actions
 // swapped out. Not the place for env reading or exit codes (main.ts).
 
-import { readFileSync } from "node:fs";
 import { Command, Option } from "commander";
 import { runConformance } from "./conformance.js";
 import { registerTrainCommands } from "./commands.js";
 import { registerSweepCommand } from "./sweep-flags.js";
 import { registerLaunchCommand } from "./launch.js";
 import { MAX_TIMER_MS, MAX_WORKERS, MIN_TIMEOUT_MS, intArg } from "./flags.js";
-
-const pkg = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as { version: string };
+import { syncbnVersion } from "./run-record.js";
 
 /** The program: parse errors throw a CommanderError (exitOverride) and print nothing of their own. */
 export function buildProgram(): Command {
@@ -19,7 +17,7 @@ export function buildProgram(): Command {
   program
     .name("syncbn")
     .description("Data-parallel training with synchronized batch normalization over a WebSocket coordinator")
-    .version(pkg.version, "-V, --version", "print the syncbn version")
+    .version(syncbnVersion(), "-V, --version", "print the syncbn version")
     // Parse errors become one line and exit 2 in main.ts (the settings copy to every subcommand made after this).
     .exitOverride()
     .configureOutput({ outputError: () => {} });
