@@ -167,6 +167,14 @@ describe("the commands the README and docs show", () => {
     });
   });
 
+  it("parses --version as the real CLI does, with package.json's version", async () => {
+    const program = buildProgram();
+    let out = "";
+    program.configureOutput({ writeOut: (s) => (out += s) });
+    await expect(program.parseAsync(["--version"], { from: "user" })).rejects.toMatchObject({ exitCode: 0 });
+    expect(out.trim()).toBe((JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")) as { version: string }).version);
+  });
+
   it("refuses what the real CLI refuses: an unknown flag, a bad value, an unknown mode, a flag of another command", async () => {
     for (const bad of [
       ["train", "--no-such-flag"],
