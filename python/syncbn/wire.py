@@ -28,7 +28,7 @@ MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 
 
 class SyncbnError(RuntimeError):
-    """A failure of the run: `code` is a SYNCBN_ERR_* code (README's table); the
+    """A failure of the run: `code` is a SYNCBN_ERR_* code (docs/errors.md's table); the
     message names rank, step, layer and phase where known."""
 
     def __init__(self, code, message, rank=None, step=None, layer=None, phase=None):
