@@ -16,6 +16,7 @@ const FAST = [
   "test/coordinator.test.ts",
   "test/dashboard.browser.test.ts",
   "test/data.test.ts",
+  "test/docs-commands.test.ts",
   "test/graph.test.ts",
   "test/kernels.test.ts",
   "test/native-kernels.test.ts",

@@ -2,7 +2,7 @@
 // DESIGN.md §7 and the CIFAR-style ResNet (resnet.ts), with the norm layer of the
 // chosen mode wherever the design puts BN; plus the flat views the data-parallel
 // step needs (all grads as one vector, a checksum) and the tensors by their
-// PyTorch state_dict names. Not a model zoo: the three families of the README.
+// PyTorch state_dict names. Not a model zoo: the three families of docs/models.md.
 
 import { ErrorCode, SyncbnError } from "../../shared/errors.js";
 import { MAX_MODEL_FILE_BYTES, readInputFile } from "../input-file.js";

@@ -25,7 +25,7 @@ export const SUPPORTED_OPS =
   "Conv, BatchNormalization, Relu, MaxPool, AveragePool, GlobalAveragePool, ReduceMean (axes 2,3), Add, Flatten, Gemm, MatMul+Add, " +
   "Identity, Constant, Pad (zeros, before a pool or conv), and Shape/Gather/Unsqueeze/Concat/Slice/Cast/ConstantOfShape/Reshape that fold to a flatten";
 
-/** The export line the README gives, quoted where a graph cannot have come from it. */
+/** The export line docs/models.md gives, quoted where a graph cannot have come from it. */
 export const EXPORT_LINE =
   'torch.onnx.export(copy.deepcopy(model), torch.randn(2, C, H, W), "model.onnx", training=torch.onnx.TrainingMode.TRAINING, ' +
   'do_constant_folding=False, input_names=["x"], output_names=["logits"], dynamic_axes={"x": {0: "n"}, "logits": {0: "n"}})';
