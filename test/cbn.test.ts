@@ -15,6 +15,7 @@ import { statsProducer } from "../worker/nn/cbn-taylor.js";
 import { Conv2d } from "../worker/nn/conv2d.js";
 import { Flatten } from "../worker/nn/flatten.js";
 import { GraphBuilder, type Graph, type Value } from "../worker/nn/graph.js";
+import { KERNEL_BACKENDS, kernelBackend, setKernelBackend } from "../worker/nn/kernels/backend.js";
 import type { Param } from "../worker/nn/layer.js";
 import { Linear } from "../worker/nn/linear.js";
 import { buildModel } from "../worker/nn/model.js";
@@ -91,9 +92,14 @@ describe("cross-iteration BN against a float64 PyTorch reimplementation", () => 
   // bias term alone or the 1/count of dx fails it (2e-2 and 0.7, tried by hand).
   const TOL = 1e-4;
 
-  it("matches the reference's outputs, gradients, window counts and running statistics at every step", async () => {
+  it.each(KERNEL_BACKENDS)("matches the reference's outputs, gradients, window counts and running statistics at every step (%s kernels)", async (backend) => {
     const f = FIXTURE;
+    const before = kernelBackend();
+    setKernelBackend(backend);
     const { graph, params, bns } = buildNet(f);
+    const built = kernelBackend();
+    setKernelBackend(before);
+    expect(built, "this runtime cannot run the wasm kernels").toBe(backend);
     const n = f.shapes.n;
     const worst = { y: 0, grad: 0, stats: 0, nocomp: Infinity };
     for (let t = 0; t < f.steps.length; t++) {
@@ -116,7 +122,7 @@ describe("cross-iteration BN against a float64 PyTorch reimplementation", () => 
       });
       for (const p of params) for (let i = 0; i < p.value.length; i++) p.value[i] = Math.fround(p.value[i]! - f.lr * p.grad[i]!);
     }
-    console.log(`cbn vs PyTorch float64, ${f.steps.length} steps: max scaled diff y ${worst.y.toExponential(2)}, grads ${worst.grad.toExponential(2)}, running stats ${worst.stats.toExponential(2)}; without Taylor terms y moves ≥ ${worst.nocomp.toExponential(2)}`);
+    console.log(`cbn vs PyTorch float64, ${backend} kernels, ${f.steps.length} steps: max scaled diff y ${worst.y.toExponential(2)}, grads ${worst.grad.toExponential(2)}, running stats ${worst.stats.toExponential(2)}; without Taylor terms y moves ≥ ${worst.nocomp.toExponential(2)}`);
     expect(worst.y).toBeLessThan(TOL);
     expect(worst.stats).toBeLessThan(TOL);
     expect(worst.nocomp).toBeGreaterThan(100 * TOL);
