@@ -188,25 +188,48 @@ describe("the CBN model builder", () => {
 
 describe("the CBN window", () => {
   /** A conv (1 → 2 channels) and its CBN layer; returns a step function. */
-  function convCbn(window: number, burnin: number) {
+  function convCbn(window: number, burnin: number, where: { rank: number; step: number } | null = null) {
     const rng = new Rng(7);
     const g = new GraphBuilder([1, 4, 4]);
     const conv = g.layer(new Conv2d("c", 1, 2, 3, 1, 1, 4, 4, rng), g.input);
-    const bn = new CrossIterationBatchNorm("bn", 0, [2, 4, 4], TORCH_CONVENTIONS, statsProducer("bn", g.producerOf(conv), window), { window, burnin });
+    const bn = new CrossIterationBatchNorm("bn", 0, [2, 4, 4], TORCH_CONVENTIONS, statsProducer("bn", g.producerOf(conv), window), { window, burnin }, where);
     const graph = g.finish(g.layer(bn, conv));
-    const step = async (t: number): Promise<void> => {
+    const params = graph.ops.flatMap((op) => op.params());
+    /** One SGD step on input t; returns a copy of the forward output. */
+    const step = async (t: number): Promise<Float32Array> => {
       const x = Float32Array.from({ length: 3 * 16 }, (_, i) => Math.sin(i * 0.7 + t) + 0.1 * t);
-      await graph.forward(x, 3, true);
+      const y = Float32Array.from(await graph.forward(x, 3, true));
       await graph.backward(Float32Array.from({ length: 3 * 32 }, (_, i) => Math.cos(i + t)), 3);
+      return y;
     };
-    return { bn, step };
+    const update = (): void => {
+      for (const p of params) for (let i = 0; i < p.value.length; i++) p.value[i] = Math.fround(p.value[i]! - 0.1 * p.grad[i]!);
+    };
+    return { bn, step, update };
   }
 
+  it("forgets a step's own measurement when the step is done again (elastic redo), giving the first attempt's output", async () => {
+    const where = { rank: 0, step: 0 };
+    const { bn, step, update } = convCbn(4, 0, where);
+    for (; where.step < 3; where.step++) {
+      await step(where.step);
+      update();
+    }
+    const first = await step(where.step);
+    expect(bn.pastCount).toBe(3);
+    const again = await step(where.step); // the same step, weights not updated in between
+    expect(bn.pastCount).toBe(3);
+    expect(Array.from(again)).toEqual(Array.from(first));
+    // Without the forgetting the window would hold the step twice and normalize otherwise.
+    expect(bn.windowCount[0]).toBeLessThanOrEqual(4);
+  });
+
   it("holds nothing during burn-in, then fills to K − 1 past steps and stays there", async () => {
-    const { bn, step } = convCbn(3, 2);
+    const { bn, step, update } = convCbn(3, 2);
     const seen: number[] = [];
     for (let t = 0; t < 6; t++) {
       await step(t);
+      update();
       seen.push(bn.pastCount);
     }
     // Steps 1–2 plain BN (burn-in), step 3 plain BN with an empty window, then 1, 2, 2 past steps.

@@ -21,6 +21,8 @@ import { BatchBuffer } from "./layer.js";
 
 /** What one past step leaves behind for the next K − 1 steps. */
 interface PastStats {
+  /** The training step it was measured at (0-based). */
+  step: number;
   readonly mean: Float64Array; // (C) μ at that step's weights
   readonly meanSq: Float64Array; // (C) ν
   readonly dmu: Float64Array; // (R) ∂μ_c/∂W_c, the same for every c
@@ -39,7 +41,7 @@ export interface CbnOptions {
 }
 
 export class CrossIterationBatchNorm extends BatchNorm {
-  /** Training forwards so far (the official code's iter_count). */
+  /** Training forwards so far (the official code's iter_count); the step when there is no `where`. */
   steps = 0;
   /** Past steps, newest first; at most K − 1. */
   private past: PastStats[] = [];
@@ -87,6 +89,7 @@ export class CrossIterationBatchNorm extends BatchNorm {
   private newStats(): PastStats {
     const c = this.channels, r = this.producer.rows;
     return {
+      step: -1,
       mean: new Float64Array(c),
       meanSq: new Float64Array(c),
       dmu: new Float64Array(r),
@@ -109,9 +112,14 @@ export class CrossIterationBatchNorm extends BatchNorm {
 
   override forward(x: Float32Array, n: number, train: boolean): Float32Array | Promise<Float32Array> {
     if (!train) return super.forward(x, n, false);
+    // The run's step when the worker gives one (so a resume keeps the burn-in), else this layer's count.
+    const step = this.where ? this.where.step : this.steps;
     this.steps++;
     this.lastN = n;
-    const active = this.options.window > 1 && this.steps > this.options.burnin;
+    // A step done again (elastic redo) or a rewind: what was measured at or after it is void.
+    while (this.past.length > 0 && this.past[0]!.step >= step) this.spare.push(this.past.shift()!);
+    this.cur.step = step;
+    const active = this.options.window > 1 && step >= this.options.burnin;
     this.lastWasCbn = active && this.past.length > 0;
     if (active) this.measureCurrent(x, n);
     if (!this.lastWasCbn) this.windowCount.fill(1);
@@ -146,6 +154,7 @@ export class CrossIterationBatchNorm extends BatchNorm {
   private pushCurrent(): void {
     const slot = this.past.length >= this.options.window - 1 ? this.past.pop()! : this.spare.pop() ?? this.newStats();
     const cur = this.cur;
+    slot.step = cur.step;
     slot.mean.set(cur.mean);
     slot.meanSq.set(cur.meanSq);
     slot.dmu.set(cur.dmu);
