@@ -186,6 +186,44 @@ describe("the CBN model builder", () => {
   });
 });
 
+describe("the conv kernels' CBN sums", () => {
+  it.each(KERNEL_BACKENDS)("give Σ p and Σ y·pᵀ over a segment of the last training batch as a naive float64 loop does (%s kernels, stride 2)", (backend) => {
+    const [cin, cout, k, stride, pad, h, w, n, first, count] = [3, 4, 3, 2, 1, 7, 6, 5, 2, 3];
+    const conv = new Conv2d("c", cin, cout, k, stride, pad, h, w, new Rng(3), backend);
+    const x = Float32Array.from({ length: n * cin * h * w }, (_, i) => Math.sin(i * 0.91) + 0.2);
+    const y = Float32Array.from(conv.forward(x, n, true));
+    const { outH, outW } = conv.geometry;
+    const rows = cin * k * k;
+    const colSums = new Float64Array(rows), yColSums = new Float64Array(cout * rows);
+    conv.statsSums(colSums, yColSums, first, count);
+    const wantCol = new Float64Array(rows), wantY = new Float64Array(cout * rows);
+    for (let i = first; i < first + count; i++) {
+      for (let oh = 0; oh < outH; oh++) {
+        for (let ow = 0; ow < outW; ow++) {
+          for (let ci = 0; ci < cin; ci++) {
+            for (let kh = 0; kh < k; kh++) {
+              for (let kw = 0; kw < k; kw++) {
+                const ih = oh * stride - pad + kh, iw = ow * stride - pad + kw;
+                const p = ih < 0 || ih >= h || iw < 0 || iw >= w ? 0 : x[((i * cin + ci) * h + ih) * w + iw]!;
+                const r = (ci * k + kh) * k + kw;
+                wantCol[r]! += p;
+                for (let c = 0; c < cout; c++) wantY[c * rows + r]! += y[((i * cout + c) * outH + oh) * outW + ow]! * p;
+              }
+            }
+          }
+        }
+      }
+    }
+    expect(scaledDiff(colSums, wantCol)).toBeLessThan(1e-6);
+    expect(scaledDiff(yColSums, wantY)).toBeLessThan(1e-6);
+    // Not the whole batch: samples outside the segment would change the sums.
+    const all = new Float64Array(rows);
+    conv.statsSums(all, new Float64Array(cout * rows), 0, n);
+    expect(scaledDiff(all, wantCol)).toBeGreaterThan(1e-2);
+    expect(() => conv.statsSums(all, new Float64Array(cout * rows), 3, 3)).toThrow(/after a training forward of 5/);
+  });
+});
+
 describe("the CBN window", () => {
   /** A conv (1 → 2 channels) and its CBN layer; returns a step function. */
   function convCbn(window: number, burnin: number, where: { rank: number; step: number } | null = null) {

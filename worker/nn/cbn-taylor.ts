@@ -10,7 +10,7 @@
 // A linear layer is the conv with one position and p = x.
 
 import { ErrorCode, SyncbnError } from "../../shared/errors.js";
-import { Conv2d, gemmNTAcc, im2col } from "./conv2d.js";
+import { Conv2d } from "./conv2d.js";
 import type { Op } from "./graph.js";
 import { LayerOp } from "./graph.js";
 import type { Param } from "./layer.js";
@@ -25,50 +25,32 @@ export interface StatsProducer {
   /** R: patch length, cin·k·k for a conv, in features for a linear layer. */
   readonly rows: number;
   /**
-   * From the producer's last training input (samples first..first+n−1) and its
-   * output y (n, C, S): overwrites dmu (R) = ∂μ/∂W_c and dnu (C, R) = ∂ν_c/∂W_c.
-   * Float64 sums of float32 products, two passes over the patches.
+   * From the producer's last training forward (samples first..first+n−1; y, its
+   * output (n, C, S), is what the BN layer received): overwrites dmu (R) = ∂μ/∂W_c
+   * and dnu (C, R) = ∂ν_c/∂W_c. Float64 sums of float32 products; one GEMM, as a dW.
    */
   jacobians(dmu: Float64Array, dnu: Float64Array, y: Float32Array, first: number, n: number): void;
 }
 
-/** Conv: im2col per sample (as the conv's own backward does), then Σ p and Σ y·pᵀ. */
+/** Conv: the conv kernel's own sums over the columns and outputs of its last training forward. */
 class ConvProducer implements StatsProducer {
   readonly name: string;
   readonly weight: Param;
   readonly bias: Param;
   readonly rows: number;
-  private readonly cols: Float32Array; // (R, outH·outW), one sample at a time
 
-  constructor(private readonly conv: Conv2d, private readonly op: LayerOp) {
+  constructor(private readonly conv: Conv2d) {
     const g = conv.geometry;
     this.name = conv.name;
     this.weight = conv.weight;
     this.bias = conv.bias;
     this.rows = g.cin * g.kernel * g.kernel;
-    this.cols = new Float32Array(this.rows * g.outH * g.outW);
   }
 
-  jacobians(dmu: Float64Array, dnu: Float64Array, y: Float32Array, first: number, n: number): void {
-    const g = this.conv.geometry;
-    const x = this.op.lastInput;
-    const inSize = g.cin * g.inH * g.inW;
-    const plane = g.outH * g.outW;
-    const rows = this.rows;
-    if (x.length < (first + n) * inSize) throw new RangeError(`cbn: ${this.name} holds no training input for ${n} samples`);
-    dmu.fill(0);
-    dnu.fill(0);
-    for (let i = 0; i < n; i++) {
-      im2col(this.cols, x, (first + i) * inSize, g);
-      for (let r = 0; r < rows; r++) {
-        let s = 0;
-        for (let j = r * plane, end = j + plane; j < end; j++) s += this.cols[j]!;
-        dmu[r]! += s;
-      }
-      gemmNTAcc(dnu, y, i * g.cout * plane, this.cols, g.cout, rows, plane);
-    }
-    const m = n * plane;
-    for (let r = 0; r < rows; r++) dmu[r]! /= m;
+  jacobians(dmu: Float64Array, dnu: Float64Array, _y: Float32Array, first: number, n: number): void {
+    this.conv.statsSums(dmu, dnu, first, n);
+    const m = n * this.conv.geometry.outH * this.conv.geometry.outW;
+    for (let r = 0; r < dmu.length; r++) dmu[r]! /= m;
     for (let t = 0; t < dnu.length; t++) dnu[t]! *= 2 / m;
   }
 }
@@ -113,7 +95,7 @@ class LinearProducer implements StatsProducer {
  * compensate for, and --norm cbn:K is refused for the model in one line.
  */
 export function statsProducer(normName: string, op: Op | null, window: number): StatsProducer {
-  if (op instanceof LayerOp && op.layer instanceof Conv2d) return new ConvProducer(op.layer, op);
+  if (op instanceof LayerOp && op.layer instanceof Conv2d) return new ConvProducer(op.layer);
   if (op instanceof LayerOp && op.layer instanceof Linear) return new LinearProducer(op.layer, op);
   throw new SyncbnError(
     ErrorCode.BadConfig,
