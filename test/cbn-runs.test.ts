@@ -1,15 +1,18 @@
 // Cross-iteration BN (--norm cbn:K) through real `syncbn train` processes: cnn
 // and resnet:1 runs end with finite losses and record the mode; cbn:1 and a
 // burn-in longer than the run are local BN bit for bit while cbn:4 is not; two
-// ranks per process give the tensors of one; bad K or B are one line, exit 2.
+// ranks per process give the tensors of one; bad K or B, and an ONNX model with
+// a norm layer after something other than a conv or linear layer, are one line, exit 2.
 // The layer's math against PyTorch is in cbn.test.ts.
 
-import { existsSync, mkdtempSync, readFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { ModelProtoSchema, NodeProtoSchema } from "onnx-buf";
 import { describe, expect, it } from "vitest";
 import { relDiff, safetensorsValues } from "./compare.js";
-import { runCli } from "./helpers.js";
+import { ROOT, runCli } from "./helpers.js";
 
 const SMALL = ["--batch", "4", "--train-size", "256", "--test-size", "64", "--seed", "3"];
 
@@ -77,6 +80,31 @@ describe("--norm cbn:K in real runs", () => {
     const args = ["--workers", "4", "--model", "cnn", "--norm", "cbn:3", "--steps", "10", "--batch", "4", "--seed", "3"];
     const [r1, r2] = await Promise.all([train("rpp1", [...args, "--ranks-per-proc", "1"]), train("rpp2", [...args, "--ranks-per-proc", "2"])]);
     expect(differing(r1, r2)).toEqual([]);
+  });
+
+  it("refuses, in one line, exit 2, an ONNX model with a norm layer that does not read a conv or linear output", async () => {
+    // resproj with a Relu slipped between its first Conv and the BatchNormalization after it.
+    const m = fromBinary(ModelProtoSchema, readFileSync(join(ROOT, "test", "fixtures", "onnx", "resproj", "model.onnx")));
+    const nodes = m.graph!.node;
+    const at = nodes.findIndex((bn) => bn.opType === "BatchNormalization" && nodes.some((c) => c.opType === "Conv" && c.output[0] === bn.input[0]));
+    expect(at).toBeGreaterThan(0);
+    const bn = nodes[at]!;
+    const relu = create(NodeProtoSchema, { name: "/wedge", opType: "Relu", input: [bn.input[0]!], output: ["wedge.out"] });
+    bn.input[0] = "wedge.out";
+    nodes.splice(at, 0, relu);
+    const dir = mkdtempSync(join(tmpdir(), "syncbn-cbn-onnx-"));
+    const path = join(dir, "model.onnx");
+    writeFileSync(path, toBinary(ModelProtoSchema, m));
+    const args = ["train", "--model", path, "--data", join(ROOT, "test", "fixtures", "torch", "data"), "--workers", "2", "--batch", "4", "--steps", "1"];
+    // The same file trains with --norm local: the refusal is cbn's.
+    const ok = await runCli([...args, "--norm", "local", "--out", join(dir, "local")], { timeoutMs: 120_000 });
+    expect(ok.code, ok.stderr).toBe(0);
+    const r = await runCli([...args, "--norm", "cbn:4", "--out", join(dir, "cbn")], { timeoutMs: 60_000 });
+    expect(r.code, r.stderr).toBe(2);
+    const lines = r.stderr.split("\n").filter((l) => l.trim() !== "");
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toMatch(/--norm cbn:4: norm layer \S+ reads the output of \S+, not a conv or linear layer, so its past statistics cannot be compensated/);
+    expect(existsSync(join(dir, "cbn"))).toBe(false);
   });
 
   it.each([
