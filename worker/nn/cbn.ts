@@ -45,7 +45,7 @@ export class CrossIterationBatchNorm extends BatchNorm {
   steps = 0;
   /** Past steps, newest first; at most K − 1. */
   private past: PastStats[] = [];
-  /** Ring of K − 1 allocations reused once the window is full. */
+  /** Entries forgotten by a redone step, reused before allocating (the full window recycles its oldest). */
   private spare: PastStats[] = [];
   /** Per-channel count of steps averaged in the last CBN forward (1 + kept past). */
   readonly windowCount: Float64Array; // (C)
@@ -54,7 +54,7 @@ export class CrossIterationBatchNorm extends BatchNorm {
   readonly windowVar: Float64Array; // (C) σ̄²
   private readonly cur: PastStats; // this step's moments and Jacobians, before they join the window
   private readonly cbnInvStd: Float64Array; // (C)
-  /** ∂L/∂σ̄² was cut (σ̄² clamped at 0): (C) 1 or 0. */
+  /** 1 where ν̄ − μ̄² ≥ 0, 0 where σ̄² was clamped at 0 and ∂L/∂σ̄² is cut (as torch.clamp's gradient). */
   private readonly live: Float64Array; // (C)
   private readonly xSaved: BatchBuffer; // (N, C, S) the last CBN forward's input
   private readonly dxOut: BatchBuffer; // (N, C, S)
@@ -102,12 +102,6 @@ export class CrossIterationBatchNorm extends BatchNorm {
   /** Past steps currently in the window (0..K − 1). */
   get pastCount(): number {
     return this.past.length;
-  }
-
-  /** Forget the window (after a resume or a redone step: past weights no longer match). */
-  clearWindow(): void {
-    this.spare.push(...this.past);
-    this.past = [];
   }
 
   override forward(x: Float32Array, n: number, train: boolean): Float32Array | Promise<Float32Array> {
@@ -192,7 +186,7 @@ export class CrossIterationBatchNorm extends BatchNorm {
       this.windowCount[ch] = count;
       this.windowMean[ch] = mean;
       this.windowVar[ch] = Math.max(variance, 0);
-      this.live[ch] = variance > 0 ? 1 : 0;
+      this.live[ch] = variance >= 0 ? 1 : 0;
       this.cbnInvStd[ch] = 1 / Math.sqrt(this.windowVar[ch]! + this.conventions.eps);
     }
     const xs = this.xSaved.view(n);
@@ -238,6 +232,7 @@ export class CrossIterationBatchNorm extends BatchNorm {
    * ν̄ = (ν_t + const)/count, σ̄² = ν̄ − μ̄²:
    *   ∂L/∂σ̄² = −½·s²·γ·Σ dy·x̂          ∂L/∂μ̄ = −s·γ·Σ dy − 2μ̄·∂L/∂σ̄²
    *   dx_i = γ·s·dy_i + (∂L/∂μ̄ + 2x_i·∂L/∂σ̄²)/(count·M)
+   *        = γ·s·dy_i + (2(x_i − μ̄)·∂L/∂σ̄² − s·γ·Σ dy)/(count·M)   (the form computed: no cancellation when |μ̄| ≫ σ̄)
    * With count = 1 this is BN's own dx.
    */
   private backwardCbn(dy: Float32Array, n: number): Float32Array {
@@ -259,11 +254,11 @@ export class CrossIterationBatchNorm extends BatchNorm {
       this.gamma.grad[ch] = sumDyXhat;
       const g = gamma[ch]!;
       const dVar = -0.5 * invStd * invStd * g * sumDyXhat * this.live[ch]!;
-      const dMean = -invStd * g * sumDy - 2 * mean * dVar;
       const per = 1 / (this.windowCount[ch]! * m);
+      const shift = -invStd * g * sumDy * per, slope = 2 * dVar * per, scale = g * invStd;
       for (let i = 0; i < n; i++) {
         const off = (i * c + ch) * s;
-        for (let j = off; j < off + s; j++) dx[j] = g * invStd * dy[j]! + (dMean + 2 * xs[j]! * dVar) * per;
+        for (let j = off; j < off + s; j++) dx[j] = scale * dy[j]! + slope * (xs[j]! - mean) + shift;
       }
     }
     return dx;
