@@ -1,4 +1,4 @@
-// The first-order Taylor terms of cross-iteration BN (Yao et al. 2021, eq. 6–7):
+// The first-order Taylor terms of cross-iteration BN (Yao et al. 2021):
 // how a BN layer's batch moments μ_c = E[y_c], ν_c = E[y_c²] move with the
 // weights of the conv or linear layer that produced y. Not the BN itself
 // (cbn.ts), and no other producers: anything else before a CBN layer is refused.
@@ -11,8 +11,7 @@
 
 import { ErrorCode, SyncbnError } from "../../shared/errors.js";
 import { Conv2d } from "./conv2d.js";
-import type { Op } from "./graph.js";
-import { LayerOp } from "./graph.js";
+import { LayerOp, type Op } from "./graph.js";
 import type { Param } from "./layer.js";
 import { Linear } from "./linear.js";
 
