@@ -11,6 +11,7 @@ const FAST = [
   // unit tests, each under 10 s
   "test/affinity.test.ts",
   "test/bn-spread.test.ts",
+  "test/cbn.test.ts",
   "test/codec.test.ts",
   "test/coordinator-blocks.test.ts",
   "test/coordinator.test.ts",

@@ -69,7 +69,7 @@ function helloTimeoutOption(): Option {
 function addTrainFlags(cmd: Command): Command {
   return addRunFlags(cmd)
     .option("--batch <n>", `samples per worker per step (1..${MAX_BATCH})`, intArg("--batch", 1, MAX_BATCH), D.batch)
-    .option("--norm <mode>", "sync | local | group:K (K ranks per sync group) | ghost:G | renorm | groupnorm:G (G channel groups) | none", D.norm)
+    .option("--norm <mode>", "sync | local | group:K (K ranks per sync group) | ghost:G | renorm | groupnorm:G (G channel groups) | cbn:K (cross-iteration BN over K steps) | none", D.norm)
     .option("--lr <x>", `SGD learning rate, in ${rangeText(LR_RANGE)}`, numArg("--lr", LR_RANGE), D.lr)
     .option("--seed <n>", `seed for init, shuffling and synthetic data (0..${MAX_SEED})`, intArg("--seed", 0, MAX_SEED), D.seed)
     .option("--checkpoint-every <n>", `also write a checkpoint every N steps (0..${MAX_STEPS}; 0: only at the end)`, intArg("--checkpoint-every", 0, MAX_STEPS), 0)

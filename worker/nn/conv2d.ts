@@ -273,6 +273,12 @@ export interface ConvKernel {
    * With seg (a rank block): dw, db per rank segment, summed into seg; dw, db its rounding.
    */
   backward(dy: Float32Array, n: number, w: Float32Array, dw: Float32Array, db: Float32Array, seg: RankSegments | null): Float32Array;
+  /**
+   * For cross-iteration BN (cbn-taylor.ts), from the last training forward's
+   * samples first..first+n−1, their columns p and outputs y: overwrites
+   * colSums (R) = Σ p and yColSums (cout, R) = Σ y_c·pᵀ over samples and positions, in float64.
+   */
+  statsSums(colSums: Float64Array, yColSums: Float64Array, first: number, n: number): void;
 }
 
 /** The plain TypeScript path: the reference twin of ConvWasm. */
@@ -311,6 +317,27 @@ export class ConvJs implements ConvKernel {
     }
     if (train) this.xSaved.view(n).set(x.subarray(0, n * inSize));
     return y;
+  }
+
+  /** Per sample: im2col again, row sums and y·colsᵀ (float64 sums of float32 products). 2·n·cout·R·P flops. */
+  statsSums(colSums: Float64Array, yColSums: Float64Array, first: number, n: number): void {
+    const g = this.g;
+    const inSize = g.cin * g.inH * g.inW;
+    const plane = g.outH * g.outW;
+    const rows = g.cin * g.kernel * g.kernel;
+    const x = this.xSaved.view(first + n);
+    const y = this.y.view(first + n);
+    colSums.fill(0);
+    yColSums.fill(0);
+    for (let i = first; i < first + n; i++) {
+      im2col(this.cols, x, i * inSize, g);
+      for (let r = 0; r < rows; r++) {
+        let s = 0;
+        for (let j = r * plane, end = j + plane; j < end; j++) s += this.cols[j]!;
+        colSums[r]! += s;
+      }
+      gemmNTAcc(yColSums, y, i * g.cout * plane, this.cols, g.cout, rows, plane);
+    }
   }
 
   /**
@@ -424,5 +451,11 @@ export class Conv2d implements Layer {
 
   setRankSegments(r: number): void {
     this.segments = r > 1 ? rankSegments(r, this.weight, this.bias) : null;
+  }
+
+  /** See ConvKernel.statsSums; samples first..first+n−1 of the last training forward. */
+  statsSums(colSums: Float64Array, yColSums: Float64Array, first: number, n: number): void {
+    if (first + n > this.savedN) throw new RangeError(`layer ${this.name}: statistics of samples ${first}..${first + n - 1} after a training forward of ${this.savedN}`);
+    this.kernel.statsSums(colSums, yColSums, first, n);
   }
 }
