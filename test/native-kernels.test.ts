@@ -150,6 +150,25 @@ describe.skipIf(off)("Conv2d on the native kernels", () => {
     }
   });
 
+  it.each(convCases)("gives ConvWasm's bits for cross-iteration BN's sums Σ p and Σ y·pᵀ over a segment ($label)", (c) => {
+    const rng = new Rng(401), x = normals(rng, c.n * c.cin * c.h * c.w);
+    const rows = c.cin * c.k * c.k;
+    const sums = (backend: "wasm" | "native"): Float64Array[] => {
+      const conv = make(c, 402, backend);
+      conv.forward(x, c.n, true);
+      const out: Float64Array[] = [];
+      for (const [first, count] of [[0, c.n], [c.n - 1, 1], [0, 0]] as const) {
+        const colSums = new Float64Array(rows).fill(7), yColSums = new Float64Array(c.cout * rows).fill(7);
+        conv.statsSums(colSums, yColSums, first, count);
+        out.push(colSums, yColSums);
+      }
+      return out;
+    };
+    const [w, n] = [sums("wasm"), sums("native")];
+    w.forEach((ref, i) => expect(Array.from(n[i]!), `sum ${i}`).toEqual(Array.from(ref)));
+    expect(w[0]!.some((v) => v !== 0), "a sum that could differ").toBe(true);
+  });
+
   it("keeps a training forward's columns through a larger eval forward", () => {
     const c = convCases[2]!;
     const [js, nat] = pair(c, 93);

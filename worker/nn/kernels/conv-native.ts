@@ -23,6 +23,8 @@ export class ConvNative implements ConvKernel {
   /** Every training sample's columns, kept for backward. */
   private readonly cols: BatchBuffer; // (N, R, P)
   private readonly dw64: Float64Array; // (cout, R): Σ over samples
+  /** statsSums' dx scratch and zero weights, made at its first call (only CBN calls it). */
+  private statsScratch: { dx: BatchBuffer; w: Float32Array } | null = null;
   private readonly geo: readonly [number, number, number, number, number, number, number, number];
 
   /** `threads`: the passes' threads inside the addon (--threads; the same bits for any number). */
@@ -80,6 +82,23 @@ export class ConvNative implements ConvKernel {
       db.set(seg.db);
     }
     return dx;
+  }
+
+  /**
+   * CBN's sums (ConvKernel.statsSums) with ConvWasm's bits: yColSums is the
+   * addon's dW pass run with dy := y (Σ f64(y_i·cols_iᵀ) in wasm's gemm_nt order);
+   * that pass also makes a dx, here from zero weights into scratch, so this costs
+   * a backward pass. colSums: each row's float32 rowSum, summed in float64.
+   */
+  statsSums(colSums: Float64Array, yColSums: Float64Array, first: number, n: number): void {
+    const R = this.rows, P = this.plane;
+    colSums.fill(0);
+    yColSums.fill(0);
+    if (n === 0) return;
+    const cols = this.cols.view(first + n);
+    this.statsScratch ??= { dx: new BatchBuffer(this.inSize), w: new Float32Array(this.g.cout * R) };
+    this.k.convBackward(this.statsScratch.dx.view(first + n), this.y.view(first + n), cols, this.statsScratch.w, yColSums, ...this.geo, this.g.cout, first, n, this.threads);
+    for (let i = first; i < first + n; i++) for (let r = 0; r < R; r++) colSums[r]! += rowSum(cols, (i * R + r) * P, P);
   }
 
   /** db[co] ← Σ over samples first..first+count−1 of each row's float32 sum (rowSum), in float64 (as ConvWasm). */
