@@ -63,7 +63,7 @@ class SyncBN(nn.BatchNorm2d):
 
 
 def make_resnet(n, bn):
-    """resnet:n exactly as the README's module, with bn(channels) for every BatchNorm2d."""
+    """resnet:n exactly as docs/models.md's module, with bn(channels) for every BatchNorm2d."""
 
     class BasicBlock(nn.Module):
         def __init__(self, cin, cout, stride):

@@ -53,6 +53,8 @@ import { evalProgressSender } from "../worker/eval-progress.js";
 import { plural } from "./progress-line.js";
 import { defaultOutDir, outputsLine, runRecord } from "./run-record.js";
 import { startWorkerView, workerOutDir } from "./worker-view.js";
+import { chooseKernels, kernelsOption, printKernelNotice } from "./kernels.js";
+import { setKernelBackend, type KernelBackend } from "../worker/nn/kernels/backend.js";
 
 const D = DEFAULT_SETTINGS;
 
@@ -67,7 +69,7 @@ function helloTimeoutOption(): Option {
 function addTrainFlags(cmd: Command): Command {
   return addRunFlags(cmd)
     .option("--batch <n>", `samples per worker per step (1..${MAX_BATCH})`, intArg("--batch", 1, MAX_BATCH), D.batch)
-    .option("--norm <mode>", "sync | local | group:K (K ranks per sync group) | ghost:G | renorm | groupnorm:G (G channel groups) | none", D.norm)
+    .option("--norm <mode>", "sync | local | group:K (K ranks per sync group) | ghost:G | renorm | groupnorm:G (G channel groups) | cbn:K (cross-iteration BN over K steps) | none", D.norm)
     .option("--lr <x>", `SGD learning rate, in ${rangeText(LR_RANGE)}`, numArg("--lr", LR_RANGE), D.lr)
     .option("--seed <n>", `seed for init, shuffling and synthetic data (0..${MAX_SEED})`, intArg("--seed", 0, MAX_SEED), D.seed)
     .option("--checkpoint-every <n>", `also write a checkpoint every N steps (0..${MAX_STEPS}; 0: only at the end)`, intArg("--checkpoint-every", 0, MAX_STEPS), 0)
@@ -158,6 +160,7 @@ export function registerTrainCommands(program: Command): void {
       pinCpus: f.pinCpus,
       ranksPerProc: f.ranksPerProc,
       threads: f.threads,
+      kernels: f.kernels,
       helloTimeoutMs: f.helloTimeout,
       dashboard: f.dashboard ?? null,
       token: env.token,
@@ -185,9 +188,10 @@ export function registerTrainCommands(program: Command): void {
       .addOption(workersOption("number of workers (default $WORLD_SIZE)"))
       .option("--token <t>", "the run token (default $SYNCBN_TOKEN)")
       .option("--out <dir>", "folder for weights.safetensors and checkpoint.bin (rank 0 writes them; default: the coordinator's folder when it runs on this host, else runs/<time>)")
+      .addOption(kernelsOption())
       .option("--connect-timeout <ms>", `keep retrying the coordinator this long (${MIN_TIMEOUT_MS}..${MAX_TIMER_MS})`, intArg("--connect-timeout", MIN_TIMEOUT_MS, MAX_TIMER_MS), 60_000)
       .addOption(new Option("--settings-json <json>").hideHelp()),
-  ).action(async (f: TrainFlags & { coordinator?: string; rank?: number; ranksPerProc: number; workers?: number; token?: string; out?: string; connectTimeout: number; settingsJson?: string; wire: Wire }) => {
+  ).action(async (f: TrainFlags & { coordinator?: string; rank?: number; ranksPerProc: number; workers?: number; token?: string; out?: string; connectTimeout: number; settingsJson?: string; wire: Wire; kernels?: KernelBackend }) => {
     const rank = f.rank ?? env.rank;
     const world = f.workers ?? env.worldSize;
     if (!f.coordinator && env.masterPort !== undefined && env.masterPort > 65535) {
@@ -205,6 +209,10 @@ export function registerTrainCommands(program: Command): void {
     const settings = f.settingsJson ? (JSON.parse(f.settingsJson) as TrainSettings) : await resolveSettings(f, world, env.fashionMnistDir);
     validateSettings(settings, world);
     checkWorkerBlock(rank, f.ranksPerProc, world, settings.norm);
+    // Before any layer is built; the launcher's workers get its choice through SYNCBN_KERNELS.
+    const kernelChoice = chooseKernels(f.kernels, env.kernels);
+    printKernelNotice(kernelChoice, (l) => console.warn(l));
+    setKernelBackend(kernelChoice.kernels);
     // A worker started by hand checks its data before it connects; the launcher's workers were checked by the launcher.
     if (!f.settingsJson) await checkRunData(settings, world, env.fashionMnistDir);
     if (f.init && f.resume) throw new SyncbnError(ErrorCode.BadConfig, INIT_AND_RESUME);

@@ -1,5 +1,5 @@
 // The conformance case format of DESIGN.md §10: types, a
-// validating loader, and the comparison with the tolerance the README fixes.
+// validating loader, and the comparison with the tolerance docs/proofs.md states.
 // Knows nothing about processes or sockets.
 
 import { readFileSync } from "node:fs";

@@ -3,7 +3,7 @@
 // WORLD_SIZE, MASTER_ADDR, MASTER_PORT). Everything else gets values passed in.
 
 import { ErrorCode, SyncbnError } from "../shared/errors.js";
-import { KERNEL_BACKENDS, type KernelBackend } from "../worker/nn/kernels/backend.js";
+import { KERNEL_SETTINGS, type KernelBackend } from "../worker/nn/kernels/backend.js";
 
 export interface EnvSettings {
   rank?: number;
@@ -12,8 +12,10 @@ export interface EnvSettings {
   masterPort?: number;
   token?: string;
   fashionMnistDir?: string;
-  /** SYNCBN_KERNELS: conv/linear kernels and the norm layers' passes, "wasm" (default) or "js"; for setKernelBackend. */
+  /** SYNCBN_KERNELS: conv/linear kernels and the norm layers' passes, "native" (Conv2d only), "wasm" or "js"; --kernels overrides it, and without either cli/kernels.ts picks. */
   kernels?: KernelBackend;
+  /** SYNCBN_NATIVE=off: neither build (scripts/build-native.mjs) nor load the native addon, as on a machine without it. */
+  nativeOff: boolean;
   /** SYNCBN_THREADS: compute threads of each worker (1..MAX_THREADS), for setComputeThreads; the launcher sets it from --threads. */
   threads?: number;
   isCI: boolean;
@@ -37,8 +39,8 @@ function intVar(name: string, env: NodeJS.ProcessEnv): number | undefined {
 function kernelsVar(env: NodeJS.ProcessEnv): KernelBackend | undefined {
   const v = env.SYNCBN_KERNELS;
   if (v === undefined || v === "") return undefined;
-  const backend = KERNEL_BACKENDS.find((b) => b === v);
-  if (!backend) throw new SyncbnError(ErrorCode.BadConfig, `SYNCBN_KERNELS must be one of ${KERNEL_BACKENDS.join(", ")}, got "${v}"`);
+  const backend = KERNEL_SETTINGS.find((b) => b === v);
+  if (!backend) throw new SyncbnError(ErrorCode.BadConfig, `SYNCBN_KERNELS must be one of ${KERNEL_SETTINGS.join(", ")}, got "${v}"`);
   return backend;
 }
 
@@ -63,6 +65,7 @@ export function readEnv(env: NodeJS.ProcessEnv = process.env): EnvSettings {
     fashionMnistDir: env.SYNCBN_FASHION_MNIST_DIR || undefined,
     kernels: kernelsVar(env),
     threads: threadsVar(env),
+    nativeOff: env.SYNCBN_NATIVE === "off",
     isCI: env.CI === "true" || env.CI === "1",
     fault: parseFault(env.SYNCBN_FAULT),
   };

@@ -13,6 +13,8 @@ import { ErrorCode, SyncbnError } from "../shared/errors.js";
 import { PIN_MODES, type PinMode } from "./affinity.js";
 import { RANKS_PER_PROC_HELP, parseRanksPerProc, type RanksPerProc } from "./blocks.js";
 import { MAX_THREADS } from "./env.js";
+import { kernelsOption } from "./kernels.js";
+import type { KernelBackend } from "../worker/nn/kernels/backend.js";
 
 /** Node's timer maximum (a longer delay fires at once, with a TimeoutOverflowWarning). */
 export const MAX_TIMER_MS = 2 ** 31 - 1;
@@ -226,7 +228,8 @@ export function addLaunchFlags(cmd: Command): Command {
       new Option("--threads <n|auto>", `compute threads per worker (convolutions split over them; same results, bit for bit): 1..${MAX_THREADS}, or auto = CPUs ÷ workers, at least 1`)
         .argParser(parseThreads)
         .default("auto"),
-    );
+    )
+    .addOption(kernelsOption());
 }
 
 /** commander argParser of --threads. */
@@ -278,6 +281,8 @@ export interface LaunchFlags {
   /** Absent: the default of cli/blocks.ts (1 up to 8 ranks, auto above). */
   ranksPerProc?: RanksPerProc;
   threads: Threads;
+  /** --kernels (cli/kernels.ts); absent: SYNCBN_KERNELS, then the automatic choice. */
+  kernels?: KernelBackend;
 }
 
 /** The launch flags that do not go together. */

@@ -59,7 +59,7 @@ export function checkLaunchNorm(norm: string, workers: number): void {
   if (mode.kind !== "sync" && mode.kind !== "local" && mode.kind !== "group") {
     throw new SyncbnError(
       ErrorCode.BadConfig,
-      `--norm ${norm} is not available to syncbn launch: ghost BN, batch renorm, GroupNorm and no norm are the model's own layers in PyTorch (write them in the script); use sync, local or group:K`,
+      `--norm ${norm} is not available to syncbn launch: ghost BN, batch renorm, GroupNorm, cross-iteration BN and no norm are the model's own layers in PyTorch (write them in the script); use sync, local or group:K`,
     );
   }
   statsGroupSize(mode, workers); // group:K must divide W

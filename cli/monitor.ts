@@ -94,7 +94,7 @@ export function median(values: readonly number[]): number | null {
   return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 }
 
-/** One step line of metrics.jsonl (see the README's outputs). */
+/** One step line of metrics.jsonl (see docs/formats.md). */
 /** One metrics.jsonl line: its type and the step it belongs to, then its fields. */
 type MetricsLine = { readonly type: string; readonly step: number };
 

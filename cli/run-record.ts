@@ -51,13 +51,16 @@ export function commandLine(argv: readonly string[]): string {
 
 /** This syncbn's version, from its package.json ("unknown" if that cannot be read). */
 export function syncbnVersion(): string {
-  // dist/cli/*.js and cli/*.ts both sit two levels below the package root.
-  try {
-    const v = (JSON.parse(readFileSync(fileURLToPath(new URL("../../package.json", import.meta.url)), "utf8")) as { version?: unknown }).version;
-    return typeof v === "string" ? v : "unknown";
-  } catch {
-    return "unknown";
+  // dist/cli/*.js sits two levels below the package root, cli/*.ts (run from source, as the tests do) one.
+  for (const up of ["../../package.json", "../package.json"]) {
+    try {
+      const pkg = JSON.parse(readFileSync(fileURLToPath(new URL(up, import.meta.url)), "utf8")) as { name?: unknown; version?: unknown };
+      if (pkg.name === "syncbn") return typeof pkg.version === "string" ? pkg.version : "unknown";
+    } catch {
+      // not there: try the next level
+    }
   }
+  return "unknown";
 }
 
 /** `runs/<UTC time>`: the default --out of train, coordinator and worker (seconds, so two runs a minute apart do not share it). */

@@ -24,6 +24,7 @@ import {
 } from "./flags.js";
 import { DEFAULT_GRID, type SweepGrid } from "./sweep-grid.js";
 import { DEFAULT_SWEEP_OUT, runSweep } from "./sweep.js";
+import { chooseKernels } from "./kernels.js";
 
 function listArg<T>(flag: string, item: (s: string) => T) {
   return (v: string): T[] => {
@@ -107,7 +108,7 @@ export function registerSweepCommand(program: Command): void {
     .description("train every (norm mode × per-worker batch × seed) combination and write results.csv, results.md and report.html")
     .addOption(workersOption("worker processes of every run", D.workers))
     .addOption(new Option("--batches <list>", `per-worker batches (each 1..${MAX_BATCH})`).argParser(listArg("--batches", intItem("--batches", 1, MAX_BATCH))).default(D.batches, D.batches.join(",")))
-    .addOption(new Option("--norms <list>", "norm modes: sync, local, group:K (K ranks per sync group), ghost:G, renorm, groupnorm:G (G channel groups), none").argParser(listArg("--norms", (s) => s)).default(D.norms, D.norms.join(",")))
+    .addOption(new Option("--norms <list>", "norm modes: sync, local, group:K (K ranks per sync group), ghost:G, renorm, groupnorm:G (G channel groups), cbn:K, none").argParser(listArg("--norms", (s) => s)).default(D.norms, D.norms.join(",")))
     .addOption(new Option("--seeds <list>", `seeds, e.g. 1,2,3 (each 0..${MAX_SEED})`).argParser(listArg("--seeds", intItem("--seeds", 0, MAX_SEED))).default(D.seeds, D.seeds.join(",")))
     .option("--base-lr <x>", `learning rate at global batch --lr-ref-batch; each run gets base-lr × global batch / lr-ref-batch (in ${rangeText(LR_RANGE)})`, numArg("--base-lr", LR_RANGE), D.lr)
     .option("--lr-ref-batch <n>", `reference global batch of the linear scaling rule (1..${MAX_LR_REF_BATCH})`, intArg("--lr-ref-batch", 1, MAX_LR_REF_BATCH), D.lrRefBatch)
@@ -129,6 +130,8 @@ export function registerSweepCommand(program: Command): void {
     }
     checkLaunchFlags(f);
     const env = readEnv();
+    // An explicit native without the addon is refused before the first run.
+    chooseKernels(f.kernels, env.kernels);
     if (f.dashboard) checkDashboardBind(f.dashboard.host, env.token ?? "");
     const tty = Boolean(process.stdout.isTTY) && !env.isCI;
     const grid = gridFromFlags(f);
@@ -139,7 +142,7 @@ export function registerSweepCommand(program: Command): void {
       fashionMnistDir: env.fashionMnistDir,
       outDir: f.out,
       roundTimeoutMs: f.roundTimeout,
-      launch: { transport: f.transport, wire: f.wire, pinCpus: f.pinCpus, ranksPerProc: f.ranksPerProc, threads: f.threads },
+      launch: { transport: f.transport, wire: f.wire, pinCpus: f.pinCpus, ranksPerProc: f.ranksPerProc, threads: f.threads, kernels: f.kernels },
       dashboard: f.dashboard ?? null,
       token: env.token,
       tty,

@@ -117,7 +117,7 @@ export interface SweepOptions {
   outDir: string;
   roundTimeoutMs: number;
   /** How every run's workers are started (never changes a result). */
-  launch?: Pick<TrainOptions, "transport" | "wire" | "pinCpus" | "ranksPerProc" | "threads">;
+  launch?: Pick<TrainOptions, "transport" | "wire" | "pinCpus" | "ranksPerProc" | "threads" | "kernels">;
   tty: boolean;
   print(line: string): void;
   /** Rewrite the current terminal line (TTY only). */
@@ -181,7 +181,7 @@ export function reportInfo(g: SweepGrid, missingRuns: number, commands: readonly
     lrRule: lrRuleText(g),
     settings: [
       ["training / test samples", `${g.trainSize ?? (g.data === "synthetic" ? `${SYNTHETIC_DEFAULT_TRAIN} (all)` : "all")} / ${g.testSize ?? (g.data === "synthetic" ? `${SYNTHETIC_DEFAULT_TEST} (all)` : "all")}`],
-      ["BN", `eps ${g.bnEps}, running-stat momentum ${g.bnMomentum ?? "null (cumulative)"} (${g.bnMomentumStyle} style), eval with ${g.evalStats} statistics (rank 0's in local, group:K, ghost:G and renorm modes)`],
+      ["BN", `eps ${g.bnEps}, running-stat momentum ${g.bnMomentum ?? "null (cumulative)"} (${g.bnMomentumStyle} style), eval with ${g.evalStats} statistics (rank 0's in local, group:K, ghost:G, renorm and cbn:K modes)`],
       ["training recipe", recipeText(g) || "no augmentation, no label smoothing"],
       ["batch renorm", `r_max ${g.renormRMax}, d_max ${g.renormDMax}, clips relaxed over ${g.renormWarmupSteps !== null ? `the first ${g.renormWarmupSteps} steps` : `the first ${Math.round(100 * (g.renormWarmupFraction ?? 0))}% of each run's steps`}`],
     ],
@@ -243,8 +243,8 @@ export async function runSweep(o: SweepOptions): Promise<SweepResult> {
   o.print(`  learning rate: ${lrRuleText(g)}: ${g.batches.map((b) => `batch ${b}/worker → lr ${Number(lrFor(g, b).toPrecision(3))}`).join(", ")}`);
   o.print(`  budget per run: ${budgetText(g)}; output in ${o.outDir}`);
   if (recipeText(g)) o.print(`  recipe: ${recipeText(g)}`);
-  if (g.norms.some((n) => n === "local" || n === "renorm" || n.startsWith("group:") || n.startsWith("ghost:"))) {
-    o.print("  eval in local, group:K, ghost:G and renorm modes uses rank 0's running statistics (they differ per worker), as PyTorch DDP does");
+  if (g.norms.some((n) => n === "local" || n === "renorm" || n.startsWith("group:") || n.startsWith("ghost:") || n.startsWith("cbn:"))) {
+    o.print("  eval in local, group:K, ghost:G, renorm and cbn:K modes uses rank 0's running statistics (they differ per worker), as PyTorch DDP does");
   }
   claimOutDir(o.outDir, plan, o.command ?? commandLine(process.argv), o.print);
 

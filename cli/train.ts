@@ -20,6 +20,8 @@ import { pinProcess, workerPinning, type PinMode } from "./affinity.js";
 import { forkWorker, killAll, type WorkerProcess } from "./procs.js";
 import { startThreadWorker } from "./threads.js";
 import { checkRunData, type RunDataPlan } from "./preflight.js";
+import { chooseKernels, printKernelNotice } from "./kernels.js";
+import type { KernelBackend } from "../worker/nn/kernels/backend.js";
 import { workerRoundTimeout, type Threads } from "./flags.js";
 import { checkOutDir, prepareOutDir } from "./out-dir.js";
 import { checkResume } from "./resume-check.js";
@@ -65,6 +67,8 @@ export interface TrainOptions {
   pinCpus?: PinMode;
   /** Compute threads per worker (worker/nn/kernels/threads.ts): N, or auto = CPUs ÷ worker processes (default 1 here; the CLI's default is auto). */
   threads?: Threads;
+  /** --kernels (cli/kernels.ts); absent: SYNCBN_KERNELS of workerEnv or this process, then native where the addon loads. */
+  kernels?: KernelBackend;
   /** Process transport: a connection must get its hello accepted this soon (coordinator/pending.ts). */
   helloTimeoutMs?: number;
   /** Serve the live dashboard there (default: none); off loopback it needs `token`. */
@@ -119,6 +123,9 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
   const perProc = resolveRanksPerProc(o.ranksPerProc, o.workers, s.norm);
   const blocks = rankBlocks(o.workers, perProc);
   const threadsPerWorker = resolveThreads(o.threads, blocks.length);
+  // Chosen once here (an explicit native without the addon is refused before anything starts), handed to every worker.
+  const kernelChoice = chooseKernels(o.kernels, readEnv({ ...process.env, ...o.workerEnv }).kernels);
+  const kernels = kernelChoice.kernels;
   const plan = await checkRunData(s, o.workers, readEnv({ ...process.env, ...o.workerEnv }).fashionMnistDir);
   // Milestones and warm-up given as percentages are steps only now that the run's length is known.
   const recipe = recipeProblems(s, plan.totalSteps);
@@ -192,7 +199,7 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
       workers: o.workers,
       ranksPerProcess: perProc,
       threads: threadsPerWorker,
-      kernels: readEnv({ ...process.env, ...o.workerEnv }).kernels ?? "wasm",
+      kernels,
       transport: o.transport ?? "process",
       wire: threads ? null : (o.wire ?? "ws"),
     }),
@@ -204,6 +211,7 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
   monitor.attach(server.coordinator);
   monitorRef = monitor;
   if (live.url) (o.onDashboard ?? ((url: string) => o.print(`dashboard: ${url} (read-only; Ctrl-C stops the run as usual)`)))(live.url);
+  printKernelNotice(kernelChoice, o.print);
   o.print(`syncbn train: ${describeBlocks(o.workers, perProc)}${threadsPerWorker > 1 ? ` (${threadsPerWorker} compute threads each)` : ""} × ${plural(s.batch, "sample")}, --model ${s.model} --norm ${s.norm} --data ${s.data}; coordinator ${server.url}; output in ${o.outDir}`);
 
   let coordFailure: SyncbnError | null = null;
@@ -240,7 +248,7 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
   if (o.resume) args.push("--resume", o.resume);
   if (o.init) args.push("--init", o.init);
   // The token goes through the environment, not argv, so `ps` does not show it.
-  const env = { ...process.env, ...o.workerEnv, SYNCBN_TOKEN: token, SYNCBN_THREADS: String(threadsPerWorker) };
+  const env = { ...process.env, ...o.workerEnv, SYNCBN_TOKEN: token, SYNCBN_THREADS: String(threadsPerWorker), SYNCBN_KERNELS: kernels };
   // The lowest rank's worker reports evaluation progress (worker/eval-progress.ts).
   const onWorkerMessage = (m: unknown): void => {
     if (isEvalProgress(m)) monitor.evalProgress(m.step, m.done, m.total);
@@ -260,7 +268,7 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
           init: o.init ?? null,
           roundTimeoutMs: workerRoundTimeout(o.roundTimeoutMs), // as the worker command sets it
           fashionMnistDir: readEnv(env).fashionMnistDir,
-          kernels: readEnv(env).kernels,
+          kernels,
           threads: threadsPerWorker,
         }, onWorkerMessage)
       : forkWorker(WORKER_SCRIPT, [...args, "--rank", String(rank), ...(size > 1 ? ["--ranks-per-proc", String(size)] : [])], rank, { env, onMessage: onWorkerMessage }),

@@ -64,6 +64,8 @@ export interface BnSpreadRecord {
   type: "bn";
   step: number;
   layer: number;
+  /** The layer's name as its workers sent it (protocol LayerNames), or null. */
+  name: string | null;
   channels: number;
   /** Values per channel each rank contributed (batch · H · W); null if the rank was not in the step. */
   n: (number | null)[];
@@ -105,6 +107,7 @@ export function layerSpread(
     type: "bn",
     step,
     layer,
+    name: null,
     channels,
     n: ranks.map((m) => (m ? m.count : null)),
     meanDev,
@@ -173,7 +176,7 @@ export class BnSpreadTracker implements RoundObserver {
         for (const [layer, s] of layers) {
           // Only the ranks of the completed step: a rank lost mid-step left stale moments behind.
           const ranks = s.ranks.map((m, k) => (members.includes(k) ? m : null));
-          this.onRecord(layerSpread(step + 1, layer, ranks, s.refs, s.refOf, s.running, eps));
+          this.onRecord({ ...layerSpread(step + 1, layer, ranks, s.refs, s.refOf, s.running, eps), name: this.coordinator.layerNames?.[layer] ?? null });
         }
       });
     }

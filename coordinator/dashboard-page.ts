@@ -109,6 +109,7 @@ function render() {
   renderBn(m);
 }
 
+function layerLabel(layer, r, m) { const name = (r && r.name) || (m.layerNames && m.layerNames[layer]); return name ? esc(name) + ' <span class="legend">(layer ' + layer + ')</span>' : 'layer ' + layer; }
 function renderBn(m) {
   const note = m.run.bnNote;
   if (note) { $("#bn-note").textContent = note; $("#bn-legend").hidden = true; $("#bn-grid").innerHTML = ""; $("#bn-table tbody").innerHTML = ""; return; }
@@ -122,11 +123,11 @@ function renderBn(m) {
     dev.push({ pts: pts.map((p) => [p[0], p[2]]), color: "#d64545", width: 1.2, dash: "4 3" }, { pts: pts.map((p) => [p[0], p[1]]), color: "#1d2330", width: 2, cls: "bn-mean" }, { pts: pts.map((p) => [p[0], p[5]]), color: "#1f9d55", width: 1.6, dash: "2 3" });
     lv.push({ pts: pts.map((p) => [p[0], p[3]]), color: "#1d2330", width: 2 }, { pts: pts.map((p) => [p[0], p[6]]), color: "#1f9d55", width: 1.6, dash: "2 3" });
     const last = m.bnLatest.find((r) => r.layer === layer);
-    cards.push('<div class="layer" data-layer="' + layer + '"><h3>layer ' + layer + (last ? ' <span class="legend">' + last.channels + ' channels, ' + esc(nText(last.n)) + ' values/channel per rank</span>' : "") + '</h3>' +
+    cards.push('<div class="layer" data-layer="' + layer + '"><h3>' + layerLabel(layer, last, m) + (last ? ' <span class="legend">' + last.channels + ' channels, ' + esc(nText(last.n)) + ' values/channel per rank</span>' : "") + '</h3>' +
       chart(dev, { h: 150, w: 360, ylabel: "|μₖ − μ| / σ", y0: 0, cls: "bn-dev" }) + chart(lv, { h: 150, w: 360, ylabel: "ln(σₖ² / σ²)", cls: "bn-logvar" }) + '</div>');
   }
   $("#bn-grid").innerHTML = cards.join("") || '<p class="note">waiting for the first sampled step…</p>';
-  $("#bn-table tbody").innerHTML = m.bnLatest.map((r) => '<tr data-layer="' + r.layer + '"><td>layer ' + r.layer + '</td><td data-field="step">' + r.step + '</td><td>' + r.channels + '</td><td>' + esc(nText(r.n)) + '</td>' +
+  $("#bn-table tbody").innerHTML = m.bnLatest.map((r) => '<tr data-layer="' + r.layer + '"><td data-field="layer">' + layerLabel(r.layer, r, m) + '</td><td data-field="step">' + r.step + '</td><td>' + r.channels + '</td><td>' + esc(nText(r.n)) + '</td>' +
     ["meanDevMean", "meanDevMax", "logVarMean", "logVarMaxAbs", "runningMeanGap", "runningLogVar"].map((f) => '<td data-field="' + f + '">' + fmt(r[f]) + '</td>').join("") + '</tr>').join("");
 }
 function smooth(pts) { const k = Math.max(1, Math.round(pts.length / 25)), out = []; let acc = 0; for (let i = 0; i < pts.length; i++) { acc += pts[i][1]; if (i >= k) acc -= pts[i - k][1]; out.push([pts[i][0], acc / Math.min(i + 1, k)]); } return out; }

@@ -211,6 +211,8 @@ export class DashboardState implements RoundObserver {
       latency,
       syncShare: all > 0 ? wait / all : null,
       bnLatest: [...this.latestBn.values()].sort((a, b) => a.layer - b.layer),
+      /** The BN layers' names by layer id, as the first worker sent them (null: none sent). */
+      layerNames: this.coordinator.layerNames,
     };
   }
 

@@ -6,7 +6,7 @@
 import { decode, encode } from "../shared/codec.js";
 import { conventionsMismatch, parseNorm, statsGroupSize, validateConventions, type RunConventions } from "../shared/config.js";
 import { ErrorCode, SyncbnError, isSyncbnError } from "../shared/errors.js";
-import { PROTOCOL_VERSION, checkContribution, type Contribution, type Phase } from "../shared/protocol.js";
+import { PROTOCOL_VERSION, checkContribution, checkLayerNames, type Contribution, type LayerNames, type Phase } from "../shared/protocol.js";
 import { RunningStatsTable } from "./running-stats.js";
 import { HelloRecords, admissionProblem, checkedHello, describeRanks, helloRanks, type HelloRefusal } from "./admission.js";
 import type { RoundKey } from "./contribution-checks.js";
@@ -43,6 +43,7 @@ export abstract class Membership {
   protected firstStepSeen: number | null = null;
   readonly lostWorkers: { rank: number; step: number; reason: string }[] = [];
   protected readonly hellos: HelloRecords;
+  private bnLayerNames: readonly string[] | null = null;
   readonly runningStats: RunningStatsTable;
   events: CoordinatorEvents = {};
   readonly observers: RoundObserver[] = [];
@@ -66,6 +67,11 @@ export abstract class Membership {
 
   get failed(): SyncbnError | null {
     return this.failure;
+  }
+
+  /** The BN layers' names, by round layer id, from the first worker that sent them (LayerNames), or null. */
+  get layerNames(): readonly string[] | null {
+    return this.bnLayerNames;
   }
 
   get runConventions(): RunConventions | null {
@@ -126,6 +132,12 @@ export abstract class Membership {
         for (const o of this.observers) o.rankFinished?.(r);
       }
       if ([...this.active].every((r) => this.finished.has(r))) this.events.onDone?.();
+      return;
+    }
+    if (type === "layers") {
+      const problem = checkLayerNames(msg);
+      if (problem !== null) this.failRun(new SyncbnError(ErrorCode.BadMessage, `malformed message from a worker: ${problem}`, { rank: this.who(rank) }));
+      else this.bnLayerNames ??= [...(msg as LayerNames).names];
       return;
     }
     if (type === "resync-ack") {

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """ONNX fixtures for test/onnx.test.ts: models a user might bring, exported with
-exactly the README's torch.onnx.export line, plus the weights PyTorch reaches
+exactly docs/models.md's torch.onnx.export line, plus the weights PyTorch reaches
 after k SGD steps in float64 (sync: one global batch; local: per-rank BN), from
 the same data and training loop as scripts/make-torch-fixtures.py (imported).
 
@@ -69,7 +69,7 @@ class Vgg(nn.Module):
 
 
 def export(model, path):
-    """The README's line, on a float32 copy (the exporting forward pass updates the copy's running stats)."""
+    """docs/models.md's line, on a float32 copy (the exporting forward pass updates the copy's running stats)."""
     C, H, W = 1, 28, 28
     model = copy.deepcopy(model).float()
     model.train()

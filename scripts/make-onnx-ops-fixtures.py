@@ -6,7 +6,7 @@
 - test/fixtures/onnx/opsnet/, poolnet/ (padded max and average pools, Tanh) and actnet/ (GELU, Mish, ELU, PReLU): a small CNN built from the new ops (SiLU, depthwise and grouped
   conv, HardSwish, LeakyReLU, ReLU6, HardSigmoid, Concat, global average pool, a squeeze-excite
   broadcast Mul, Mul/Div/Sub/Add by constants, Flatten, view, Dropout), exported with the
-  README's training-mode line; init.safetensors; expected-{sync,local}.safetensors after
+  training-mode line of docs/models.md; init.safetensors; expected-{sync,local}.safetensors after
   STEPS of float64 SGD exactly as scripts/make-torch-fixtures.py trains (its data, its loop);
   settings.json (test/torch-train.ts reads it); and onestep.safetensors: the first global batch x, PyTorch's float64 logits and every
   parameter's gradient of the mean cross-entropy (grad.<name>).

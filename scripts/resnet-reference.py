@@ -2,7 +2,7 @@
 """PyTorch reference for `--model resnet:N` (run by hand; needs PyTorch).
 
 Writes test/fixtures/graph/resnet-reference.json: for resnet:1 and resnet:3 the
-state_dict names and shapes of the module below (the README's definition), and
+state_dict names and shapes of the module below (docs/models.md's definition), and
 for resnet:1 on a 3×9×7 batch one float64 training-mode forward and backward:
 weights from a formula both sides compute (w_i = 0.5·sin(i·φ + k)/√fan_in with
 k the tensor's index), logits, and per tensor Σ g_i·cos(i) and Σ g_i² of the
@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-# --- the definition the README shows -------------------------------------------
+# --- the definition docs/models.md shows ---------------------------------------
 class BasicBlock(nn.Module):
     def __init__(self, cin, cout, stride):
         super().__init__()

@@ -14,7 +14,14 @@ export type NormMode =
   | { kind: "ghost"; ghostBatch: number }
   | { kind: "renorm" }
   | { kind: "groupnorm"; groups: number }
+  /** Cross-iteration BN (worker/nn/cbn.ts): statistics of the last `window` steps, plain BN for the first `burnin`. */
+  | { kind: "cbn"; window: number; burnin: number }
   | { kind: "none" };
+
+/** Largest K of --norm cbn:K: each CBN layer keeps K − 1 copies of its producer's weights and their Jacobians. */
+export const MAX_CBN_WINDOW = 32;
+/** Largest burn-in B of --norm cbn:K:B, in steps. */
+export const MAX_CBN_BURNIN = 1_000_000_000;
 
 export interface BnConventions {
   eps: number;
@@ -65,12 +72,26 @@ export function parseNorm(text: string): NormMode {
       return { kind: "ghost", ghostBatch: intArg("ghost batch size G (samples per sub-batch)") };
     case "groupnorm":
       return { kind: "groupnorm", groups: intArg("number of channel groups G") };
+    case "cbn":
+      return parseCbn(text, arg, rest);
     default:
       throw new SyncbnError(
         ErrorCode.BadConfig,
-        `unknown --norm "${text}"; use one of sync, local, group:K, ghost:G, renorm, groupnorm:G, none`,
+        `unknown --norm "${text}"; use one of sync, local, group:K, ghost:G, renorm, groupnorm:G, cbn:K, none`,
       );
   }
+}
+
+/** cbn:K or cbn:K:B: K in 1..MAX_CBN_WINDOW steps of statistics, B ≥ 0 steps of plain BN first (default 0, the official code's). */
+function parseCbn(text: string, windowText: string | undefined, rest: string[]): NormMode {
+  const usage = `use cbn:K with K in 1..${MAX_CBN_WINDOW} (iterations averaged), optionally cbn:K:B with B in 0..${MAX_CBN_BURNIN} burn-in steps of plain BN`;
+  const int = (t: string | undefined): number => (t !== undefined && /^\d+$/.test(t.trim()) ? Number(t) : NaN);
+  const window = int(windowText);
+  const burnin = rest.length === 0 ? 0 : int(rest[0]);
+  if (rest.length > 1 || !(window >= 1 && window <= MAX_CBN_WINDOW) || !(burnin >= 0 && burnin <= MAX_CBN_BURNIN)) {
+    throw new SyncbnError(ErrorCode.BadConfig, `--norm ${text}: ${usage}`);
+  }
+  return { kind: "cbn", window, burnin };
 }
 
 /**

@@ -1,5 +1,5 @@
 // Error codes and the one error class of syncbn. Every failure a user can see has a
-// stable code (documented in the README's table) and, in distributed code, the
+// stable code (documented in docs/errors.md's table) and, in distributed code, the
 // rank/step/layer/phase it happened at. Not a logger; not Node-specific.
 
 export const ErrorCode = {

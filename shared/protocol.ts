@@ -7,7 +7,8 @@ import type { RunConventions } from "./config.js";
 // 2: contributions and results travel as binary frames (shared/codec.ts), not msgpack.
 // 3: a worker process may host a block of consecutive ranks (Hello.ranks).
 // 4: the gradient round's extra carries the step's learning rate (GradExtra.lr).
-export const PROTOCOL_VERSION = 4;
+// 5: a worker may name its BN layers once (LayerNames), for the dashboard and metrics.
+export const PROTOCOL_VERSION = 5;
 
 /**
  * Phases of a round. fwd: BN moments (Chan merge within the stats group);
@@ -127,7 +128,21 @@ export interface Bye {
   type: "bye";
 }
 
-export type ClientMessage = Hello | Contribution | Bye | ResyncAck;
+/**
+ * Worker → coordinator, optional, after the welcome: the names of the BN layers,
+ * `names[i]` being the layer whose rounds carry `layer: i` (a TypeScript worker's
+ * graph node names, a Python worker's qualified module names). Only shown (the
+ * dashboard, metrics.jsonl's bn lines); the coordinator keeps the first list it gets.
+ */
+export interface LayerNames {
+  type: "layers";
+  names: string[];
+}
+
+/** Bounds of a LayerNames message: far above any real model, small enough to keep. */
+export const LAYER_NAMES_MAX = { count: 4096, chars: 200 } as const;
+
+export type ClientMessage = Hello | Contribution | Bye | ResyncAck | LayerNames;
 export type ServerMessage = Welcome | RoundResult | ErrorMessage | Resync;
 
 function isObject(v: unknown): v is Record<string, unknown> {
@@ -187,6 +202,15 @@ export function checkHello(v: unknown): string | null {
   if (!isConventions(v.conventions)) return "hello.conventions must hold eps, momentum, momentumStyle, unbiasedRunningVar, norm, training";
   if (v.conventions.norm.length > HELLO_MAX_CHARS.norm) return `hello.conventions.norm must be at most ${HELLO_MAX_CHARS.norm} characters`;
   if (v.conventions.training.length > HELLO_MAX_CHARS.training) return `hello.conventions.training must be at most ${HELLO_MAX_CHARS.training} characters`;
+  return null;
+}
+
+/** Returns null if a LayerNames message is valid (within LAYER_NAMES_MAX), else what is wrong. */
+export function checkLayerNames(v: unknown): string | null {
+  if (!isObject(v) || v.type !== "layers" || !Array.isArray(v.names)) return "a layers message must hold names, an array of strings";
+  if (v.names.length > LAYER_NAMES_MAX.count) return `a layers message may name at most ${LAYER_NAMES_MAX.count} layers, got ${v.names.length}`;
+  const bad = v.names.findIndex((n) => typeof n !== "string" || n.length > LAYER_NAMES_MAX.chars);
+  if (bad >= 0) return `layers.names[${bad}] must be a string of at most ${LAYER_NAMES_MAX.chars} characters`;
   return null;
 }
 

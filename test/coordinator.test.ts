@@ -267,6 +267,32 @@ describe("coordinator rounds", () => {
   });
 });
 
+describe("coordinator layer names (protocol LayerNames)", () => {
+  it("keeps the first worker's BN layer names and ignores later lists, the run going on", () => {
+    const { coord, peers } = setup(2);
+    expect(coord.layerNames).toBeNull();
+    coord.receive(peers[1]!, encode({ type: "layers", names: ["bn1", "layer1.0.bn1"] }));
+    coord.receive(peers[0]!, encode({ type: "layers", names: ["other"] }));
+    expect(coord.layerNames).toEqual(["bn1", "layer1.0.bn1"]);
+    expect(coord.failed).toBeNull();
+    // The run goes on: the list is not a round.
+    contrib(coord, peers[0]!, fwdOf([1, 2]));
+    contrib(coord, peers[1]!, fwdOf([3]));
+    expect(peers[0]!.last()).toMatchObject({ type: "result", phase: "fwd", count: 3 });
+  });
+
+  it("fails the run on a list beyond the bounds (4,096 names, 200 characters), naming the rank", () => {
+    for (const names of [Array.from({ length: 4097 }, () => "x"), ["ok", "y".repeat(201)], [1, 2]]) {
+      const { coord, peers } = setup(2);
+      coord.receive(peers[1]!, encode({ type: "layers", names } as never));
+      expect(coord.layerNames).toBeNull();
+      expect(coord.failed?.code).toBe(ErrorCode.BadMessage);
+      expect(coord.failed?.message).toMatch(/rank 1/);
+      expect(coord.failed?.message).toMatch(/layers/);
+    }
+  });
+});
+
 describe("coordinator in elastic mode (--on-worker-loss continue)", () => {
   it("drops a lost worker, voids the open round, and tells the others to redo the step without it", () => {
     const { coord, peers } = setup(3, { onWorkerLoss: "continue" });

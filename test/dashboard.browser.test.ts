@@ -118,6 +118,9 @@ describe.skipIf(!haveChromium)("the live dashboard in headless Chromium", () => 
     for (const [layer, row] of shown.entries()) {
       const line = metrics.find((m) => m.type === "bn" && m.layer === layer && m.step === Number(row.step));
       expect(line, `metrics.jsonl has the bn line of layer ${layer} at step ${row.step}`).toBeDefined();
+      // Named as the workers named them (protocol LayerNames): the mlp's graph node names.
+      expect(line!.name).toBe(["bn1", "bn2"][layer]);
+      expect(row.layer).toBe(`${line!.name} (layer ${layer})`);
       for (const f of ["meanDevMean", "meanDevMax", "logVarMean", "logVarMaxAbs", "runningMeanGap", "runningLogVar"]) {
         expect(row[f], `${f} of layer ${layer}`).toBe(Number(line![f]).toPrecision(4));
       }

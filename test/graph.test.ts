@@ -207,7 +207,7 @@ function resnet(kind: ModelKind, inShape: number[], norm = "sync", seed = 1): Mo
 }
 
 describe("--model resnet:N", () => {
-  it.each(["resnet:1", "resnet:3"] as const)("has the state_dict names, shapes and order of the README's PyTorch module (%s)", (kind) => {
+  it.each(["resnet:1", "resnet:3"] as const)("has the state_dict names, shapes and order of docs/models.md's PyTorch module (%s)", (kind) => {
     const ours = resnet(kind, [3, 28, 28]).namedTensors().map((t) => [t.name, [...t.shape]]);
     expect(ours).toEqual(reference.models[kind]);
   });

@@ -2,6 +2,7 @@
 // find the conformance case folders (the repository's own, and any extra ones
 // beside it). Tests run against dist/ (npm test builds first).
 
+import { nativeKernels } from "../worker/nn/kernels/native.js";
 import { spawn, type ChildProcess } from "node:child_process";
 import { existsSync, mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -73,4 +74,9 @@ export async function waitForOutput(p: RunningCli, pred: (out: string) => boolea
     if (p.child.exitCode !== null) throw new Error(`process exited (${p.child.exitCode}) before output matched:\n${p.stdout()}\n${p.stderr()}`);
     await new Promise((r) => setTimeout(r, 50));
   }
+}
+
+/** Whether the `syncbn` processes tests start load the native addon: built, and not turned off (SYNCBN_NATIVE=off) for them. */
+export function nativeInRuns(): boolean {
+  return process.env.SYNCBN_NATIVE !== "off" && nativeKernels() !== null;
 }

@@ -7,7 +7,7 @@ import { existsSync, mkdtempSync, readFileSync, readdirSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { CLI, runCli, startCli, waitForOutput } from "./helpers.js";
+import { CLI, nativeInRuns, runCli, startCli, waitForOutput } from "./helpers.js";
 
 const tmp = (p: string): string => mkdtempSync(join(tmpdir(), `syncbn-${p}-`));
 const SMALL = ["--model", "mlp", "--data", "synthetic", "--train-size", "1024", "--test-size", "200"];
@@ -39,7 +39,7 @@ describe("a run's outputs and its end", () => {
     const summary = JSON.parse(readFileSync(join(out, "summary.json"), "utf8")) as Record<string, unknown>;
     const first = JSON.parse(readFileSync(join(out, "metrics.jsonl"), "utf8").split("\n")[0]!) as Record<string, unknown>;
     for (const record of [summary, first]) {
-      expect(record.settings).toMatchObject({ lr: 0.07, momentum: 0.8, weightDecay: 0.001, seed: 5, norm: "local", model: "mlp", data: "synthetic", batch: 4, steps: 3, bnEps: 1e-5, workers: 2, ranksPerProcess: 1, threads: 1, kernels: "wasm" });
+      expect(record.settings).toMatchObject({ lr: 0.07, momentum: 0.8, weightDecay: 0.001, seed: 5, norm: "local", model: "mlp", data: "synthetic", batch: 4, steps: 3, bnEps: 1e-5, workers: 2, ranksPerProcess: 1, threads: 1, kernels: nativeInRuns() ? "native" : "wasm" });
       expect(record.command).toBe(`syncbn ${args.join(" ")}`);
       expect(record.versions).toEqual({ syncbn: expect.stringMatching(/^\d+\.\d+\.\d+/), node: process.version });
     }

@@ -4,11 +4,11 @@
 // fails saying so, unless SYNCBN_SKIP_TORCH_TESTS=1 opts out explicitly.
 
 import { spawnSync } from "node:child_process";
-import { copyFileSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import { FIXTURE_CASES, ROOT, runCli } from "./helpers.js";
+import { FIXTURE_CASES, ROOT, runCli, startCli, waitForOutput } from "./helpers.js";
 
 const PYTHON = process.env.SYNCBN_TEST_PYTHON ?? "/usr/bin/python3";
 const optOut = process.env.SYNCBN_SKIP_TORCH_TESTS === "1";
@@ -27,6 +27,7 @@ afterAll(() => rmSync(tmp, { recursive: true, force: true }));
 
 const PARITY = join(ROOT, "test", "python", "parity.py");
 const FAULTS = join(ROOT, "test", "python", "faults.py");
+const NAMES = join(ROOT, "test", "python", "names.py");
 
 describe.skipIf(optOut)("syncbn launch with PyTorch scripts", () => {
   it("has PyTorch and msgpack at the test interpreter", () => {
@@ -132,6 +133,22 @@ describe.skipIf(optOut)("syncbn launch with PyTorch scripts", () => {
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/rank 1 exited with code 1/);
     expect(r.stderr).toContain("the ranks' BatchNorm layers differ (ranks 0, 2, 3: 1 layers");
+  });
+
+  it("shows Python ranks' BatchNorm layers on the dashboard by their qualified module names", async () => {
+    requireTorch();
+    const go = join(mkdtempSync(join(tmp, "names-")), "go");
+    const p = startCli(["launch", "--workers", "2", "--dashboard", "127.0.0.1:0", "--", PYTHON, NAMES], { env: { NAMES_GO: go }, timeoutMs: 90_000 });
+    try {
+      await waitForOutput(p, (o) => /dashboard: http:\/\/\S+/.test(o) && (o.match(/\] trained/g) ?? []).length === 2, 60_000);
+      const url = /dashboard: (http:\/\/\S+)/.exec(p.stdout())![1]!;
+      const state = (await (await fetch(`${url}state`)).json()) as { summary: { layerNames: string[] | null } };
+      expect(state.summary.layerNames).toEqual(["1", "2.0.norm", "2.1.norm"]);
+    } finally {
+      writeFileSync(go, "");
+    }
+    const r = await p.done;
+    expect(r.code, r.stderr).toBe(0);
   });
 
   it("refuses, in one line with exit 2, a norm mode that is the model's business, a missing command and a script outside launch", async () => {

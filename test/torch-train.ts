@@ -33,7 +33,7 @@ export interface TorchRun {
   data: string;
   model: string;
   norm: "sync" | "local";
-  kernels: "js" | "wasm";
+  kernels: "js" | "wasm" | "native";
   flags?: string[];
 }
 

@@ -4,11 +4,15 @@
 // the same weights in float64 (scripts/make-whole-run-fixtures.py). A one-step
 // check proves a gradient; a float32 sum that drifts over a batch of 64 shows up
 // only here (the WebAssembly conv dW did: 1e-2 after two steps of resnet:2).
+// Native (the C++ addon's conv) runs where the addon loads, which CI asserts (it
+// builds it in `npm ci`), and must end bit for bit where wasm did.
 // Not a speed test, and not the single-layer twin tests (kernels.test.ts).
 
+import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { ROOT } from "./helpers.js";
+import { nativeUnavailableReason } from "../worker/nn/kernels/native.js";
+import { nativeInRuns, ROOT } from "./helpers.js";
 import { fixtureSettings, trainAgainstTorch, type FixtureSettings } from "./torch-train.js";
 
 const RUNS = join(ROOT, "test", "fixtures", "torch", "runs");
@@ -34,16 +38,36 @@ interface RunSettings extends FixtureSettings {
 const BOUND: Record<string, number> = { "resnet2-1x32": 1e-4, "cnn-2x32": 1e-4, "mlp-2x32": 1e-4, "resnet3-1x32": 1e-2 };
 const FIXTURES = ["resnet2-1x32", "resnet3-1x32", "resnet3-2x32", "resnet2-1x64", "cnn-2x32", "mlp-2x32"];
 
+/** js and wasm everywhere; native where the addon loads (required under CI). */
+const BACKENDS = nativeInRuns() ? (["js", "wasm", "native"] as const) : (["js", "wasm"] as const);
+
+/** Each wasm run's weights.safetensors, by fixture and norm, for the native run after it. */
+const wasmWeights = new Map<string, Buffer>();
+
 describe("whole training runs at realistic sizes against PyTorch (float64), on every kernel backend", () => {
+  it("has the native addon under CI (no silent loss of the native runs)", () => {
+    if (process.env.CI) expect(nativeInRuns(), `${nativeUnavailableReason()}; SYNCBN_NATIVE=${process.env.SYNCBN_NATIVE}`).toBe(true);
+    expect(BACKENDS.includes("native" as never)).toBe(nativeInRuns());
+  });
+
   for (const name of FIXTURES) {
     const s = fixtureSettings<RunSettings>(join(RUNS, name));
     const norms = s.workers > 1 ? (["sync", "local"] as const) : (["sync"] as const);
     const bound = BOUND[name] ?? 2 * s.torchFloat32Distance;
-    for (const kernels of ["js", "wasm"] as const) {
+    for (const kernels of BACKENDS) {
       for (const norm of norms) {
-        it(`ends ${s.model} at ${s.workers} × ${s.batch} after ${s.steps} steps within ${bound.toExponential(1)} of PyTorch on every tensor (${kernels} kernels, --norm ${norm})`, async () => {
-          const { worst } = await trainAgainstTorch({ dir: join(RUNS, name), data: join(RUNS, s.data), model: s.model, norm, kernels });
+        const same = kernels === "native" ? ", the wasm run's weights bit for bit" : "";
+        it(`ends ${s.model} at ${s.workers} × ${s.batch} after ${s.steps} steps within ${bound.toExponential(1)} of PyTorch on every tensor (${kernels} kernels, --norm ${norm})${same}`, async () => {
+          const run = (k: "js" | "wasm" | "native") => trainAgainstTorch({ dir: join(RUNS, name), data: join(RUNS, s.data), model: s.model, norm, kernels: k });
+          const { worst, out } = await run(kernels);
           expect(worst.diff, worst.name).toBeLessThan(bound);
+          const weights = readFileSync(join(out, "weights.safetensors"));
+          if (kernels === "wasm") wasmWeights.set(`${name} ${norm}`, weights);
+          if (kernels === "native") {
+            // The wasm case ran just before (tests in a file run in order); run it here if it was filtered out.
+            const wasm = wasmWeights.get(`${name} ${norm}`) ?? readFileSync(join((await run("wasm")).out, "weights.safetensors"));
+            expect(weights.equals(wasm), "weights.safetensors native vs wasm").toBe(true);
+          }
         }, 360_000);
       }
     }

@@ -300,6 +300,12 @@ export class CoordinatorClient {
     return r;
   }
 
+  /** Name the BN layers, names[i] being layer i of the rounds (protocol LayerNames): shown by the dashboard and metrics. */
+  nameLayers(names: readonly string[]): void {
+    if (this.failure || !this.link.isOpen) return;
+    this.link.send(encode({ type: "layers", names: [...names] }));
+  }
+
   /** Tell the coordinator this worker finished, then close. */
   async bye(): Promise<void> {
     if (this.failure || !this.link.isOpen) return;

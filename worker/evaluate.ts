@@ -33,7 +33,7 @@ export interface EvalContext {
 
 /** Modes whose running statistics differ per worker: every worker's own batches feed them. */
 export function runningStatsPerWorker(mode: NormMode): boolean {
-  return mode.kind === "local" || mode.kind === "group" || mode.kind === "ghost" || mode.kind === "renorm";
+  return mode.kind === "local" || mode.kind === "group" || mode.kind === "ghost" || mode.kind === "renorm" || mode.kind === "cbn";
 }
 
 /** One line for the run summary saying which statistics eval mode used. */

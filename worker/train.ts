@@ -88,6 +88,11 @@ export async function trainWorker(run: WorkerRun): Promise<void> {
     renorm: { rMax: s.renormRMax, dMax: s.renormDMax, warmup: s.renormWarmup, clock: sync },
     block,
   });
+  if (model.bnLayers.length > 0) {
+    const names: string[] = [];
+    for (const l of model.bnLayers) names[l.layerIndex] = l.name;
+    client.nameLayers(Array.from(names, (n) => n ?? ""));
+  }
   const opt = new SGD(model.params, { lr: s.lr, momentum: s.momentum, weightDecay: s.weightDecay, nesterov: s.nesterov });
   const loss = new SoftmaxCrossEntropy(data.train.classes, s.labelSmoothing);
   const spe = stepsPerEpoch(data.train.count, worldSize, s.batch);

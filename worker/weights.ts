@@ -124,7 +124,7 @@ export function loadInit(model: Model, init: SafetensorsFile, file: string, what
     unusable.length ? `unusable ${unusable.join("; ")}` : "",
   ].filter(Boolean);
   if (problems.length > 0) {
-    throw new SyncbnError(ErrorCode.BadConfig, `--init ${file} does not fit ${what}: ${problems.join("; ")}. Save the model's full state_dict (names in the README)`);
+    throw new SyncbnError(ErrorCode.BadConfig, `--init ${file} does not fit ${what}: ${problems.join("; ")}. Save the model's full state_dict (names in docs/formats.md and docs/models.md)`);
   }
   for (const f of apply) f();
 }

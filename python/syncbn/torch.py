@@ -340,6 +340,11 @@ def _check_layers(group):
     layers. One sum round gathers each rank's count and fingerprint."""
     group.layers_checked = True
     layers = sorted(_all_layers, key=lambda b: b.layer_index)
+    if layers and layers[-1].layer_index < 4096:
+        names = [""] * (layers[-1].layer_index + 1)
+        for b in layers:
+            names[b.layer_index] = b.qualified_name or ""
+        group.client.name_layers(names)
     text = ";".join(f"{b.layer_index}:{b.qualified_name}:{b.num_features}" for b in layers)
     mine = (len(layers), zlib.crc32(text.encode()))
     got = group.allgather_pairs(*mine)

@@ -10,7 +10,7 @@ from urllib.parse import urlparse
 
 import msgpack
 
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
 FRAME_MARKER = 0xC1
 ENVELOPE_MARKER = 0xC2
 PHASES = ("fwd", "bwd", "grad", "sum")
@@ -28,7 +28,7 @@ MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 
 
 class SyncbnError(RuntimeError):
-    """A failure of the run: `code` is a SYNCBN_ERR_* code (README's table); the
+    """A failure of the run: `code` is a SYNCBN_ERR_* code (docs/errors.md's table); the
     message names rank, step, layer and phase where known."""
 
     def __init__(self, code, message, rank=None, step=None, layer=None, phase=None):
@@ -193,6 +193,11 @@ class Client:
                 self.close()
                 raise SyncbnError("SYNCBN_ERR_WORKER_LOST", "the coordinator dropped a worker (--on-worker-loss continue); the Python client does not redo steps: run with the default abort", rank=self.rank)
             raise SyncbnError("SYNCBN_ERR_BAD_MESSAGE", f"unexpected message while waiting for {what}: {msg!r:.200}", rank=self.rank)
+
+    def name_layers(self, names):
+        """Names the BN layers (names[i]: the layer of rounds with layer id i), for
+        the dashboard and metrics.jsonl; the coordinator keeps the first list."""
+        self._send(envelope({"type": "layers", "names": [str(n)[:200] for n in names]}))
 
     def bye(self):
         """Tells the coordinator this worker finished normally, then closes."""

@@ -58,7 +58,7 @@ const OFFSET = 1;
 export const SYNTHETIC_RAW_MEAN = 0.1195;
 export const SYNTHETIC_RAW_STD = 0.7381;
 
-/** Markdown for the README: how the synthetic set is made. */
+/** Markdown for the docs (docs/data.md): how the synthetic set is made. */
 export const SYNTHETIC_DESCRIPTION = `\
 **Synthetic data (\`--data synthetic\`, the default).** 1×28×28 grayscale images in
 10 balanced classes, generated from \`--seed\` in memory (~0.35 s for 12000 train +

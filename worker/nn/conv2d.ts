@@ -5,8 +5,10 @@
 // twin of both is kept for tests. Not dilated, grouped or transposed convolution.
 
 import type { Rng } from "../../shared/rng.js";
-import { kernelBackend, type KernelBackend } from "./kernels/backend.js";
+import { convKernelBackend, type KernelBackend } from "./kernels/backend.js";
+import { ConvNative } from "./kernels/conv-native.js";
 import { ConvWasm } from "./kernels/conv-wasm.js";
+import { nativeKernels } from "./kernels/native.js";
 import { addToSum, BatchBuffer, segmentLength, type Layer, type Param, type RankSegments } from "./layer.js";
 import { initFanInUniform, rankSegments, requireInt, requireLength } from "./linear.js";
 
@@ -271,6 +273,12 @@ export interface ConvKernel {
    * With seg (a rank block): dw, db per rank segment, summed into seg; dw, db its rounding.
    */
   backward(dy: Float32Array, n: number, w: Float32Array, dw: Float32Array, db: Float32Array, seg: RankSegments | null): Float32Array;
+  /**
+   * For cross-iteration BN (cbn-taylor.ts), from the last training forward's
+   * samples first..first+n−1, their columns p and outputs y: overwrites
+   * colSums (R) = Σ p and yColSums (cout, R) = Σ y_c·pᵀ over samples and positions, in float64.
+   */
+  statsSums(colSums: Float64Array, yColSums: Float64Array, first: number, n: number): void;
 }
 
 /** The plain TypeScript path: the reference twin of ConvWasm. */
@@ -309,6 +317,27 @@ export class ConvJs implements ConvKernel {
     }
     if (train) this.xSaved.view(n).set(x.subarray(0, n * inSize));
     return y;
+  }
+
+  /** Per sample: im2col again, row sums and y·colsᵀ (float64 sums of float32 products). 2·n·cout·R·P flops. */
+  statsSums(colSums: Float64Array, yColSums: Float64Array, first: number, n: number): void {
+    const g = this.g;
+    const inSize = g.cin * g.inH * g.inW;
+    const plane = g.outH * g.outW;
+    const rows = g.cin * g.kernel * g.kernel;
+    const x = this.xSaved.view(first + n);
+    const y = this.y.view(first + n);
+    colSums.fill(0);
+    yColSums.fill(0);
+    for (let i = first; i < first + n; i++) {
+      im2col(this.cols, x, i * inSize, g);
+      for (let r = 0; r < rows; r++) {
+        let s = 0;
+        for (let j = r * plane, end = j + plane; j < end; j++) s += this.cols[j]!;
+        colSums[r]! += s;
+      }
+      gemmNTAcc(yColSums, y, i * g.cout * plane, this.cols, g.cout, rows, plane);
+    }
   }
 
   /**
@@ -360,6 +389,12 @@ export class ConvJs implements ConvKernel {
   }
 }
 
+function requireNative(layer: string): NonNullable<ReturnType<typeof nativeKernels>> {
+  const k = nativeKernels();
+  if (!k) throw new Error(`layer ${layer}: native kernels requested but the addon is not loaded (kernels/native.ts)`);
+  return k;
+}
+
 export class Conv2d implements Layer {
   readonly inShape: readonly number[];
   readonly outShape: readonly number[];
@@ -371,12 +406,12 @@ export class Conv2d implements Layer {
   private savedN = -1;
   private segments: RankSegments | null = null;
 
-  /** `backend` defaults to the process-wide choice (kernels/backend.ts). */
+  /** `backend` defaults to the process-wide choice (kernels/backend.ts); "native" needs the addon built. */
   constructor(
     readonly name: string,
     cin: number, cout: number, kernel: number, stride: number, padding: number, inH: number, inW: number,
     rng: Rng,
-    readonly backend: KernelBackend = kernelBackend(),
+    readonly backend: KernelBackend = convKernelBackend(),
     readonly hasBias = true,
   ) {
     const g = convGeometry(name, cin, cout, kernel, stride, padding, inH, inW);
@@ -390,7 +425,7 @@ export class Conv2d implements Layer {
     initFanInUniform(w, hasBias ? b : new Float32Array(0), rows, rng);
     this.weight = { name: `${name}.weight`, value: w, grad: new Float32Array(w.length), shape: [cout, cin, kernel, kernel] };
     this.bias = { name: `${name}.bias`, value: b, grad: new Float32Array(b.length), shape: [cout] };
-    this.kernel = backend === "wasm" ? new ConvWasm(g) : new ConvJs(g);
+    this.kernel = backend === "wasm" ? new ConvWasm(g) : backend === "native" ? new ConvNative(g, requireNative(name)) : new ConvJs(g);
   }
 
   params(): Param[] {
@@ -416,5 +451,11 @@ export class Conv2d implements Layer {
 
   setRankSegments(r: number): void {
     this.segments = r > 1 ? rankSegments(r, this.weight, this.bias) : null;
+  }
+
+  /** See ConvKernel.statsSums; samples first..first+n−1 of the last training forward. */
+  statsSums(colSums: Float64Array, yColSums: Float64Array, first: number, n: number): void {
+    if (first + n > this.savedN) throw new RangeError(`layer ${this.name}: statistics of samples ${first}..${first + n - 1} after a training forward of ${this.savedN}`);
+    this.kernel.statsSums(colSums, yColSums, first, n);
   }
 }

@@ -26,6 +26,11 @@ export class LayerOp implements Op {
   readonly inShapes: readonly (readonly number[])[];
   /** The one-element result array backward hands out: reused, never reallocated. */
   private readonly dxs: Float32Array[] = [new Float32Array(0)];
+  /**
+   * The input of the last forward (a view its producer owns, valid until that
+   * producer's next forward): what cross-iteration BN reads of the conv before it.
+   */
+  lastInput: Float32Array = new Float32Array(0);
 
   constructor(readonly layer: Layer) {
     this.inShapes = [layer.inShape];
@@ -44,6 +49,7 @@ export class LayerOp implements Op {
   }
 
   forward(xs: readonly Float32Array[], n: number, train: boolean): Float32Array | Promise<Float32Array> {
+    this.lastInput = xs[0]!;
     return this.layer.forward(xs[0]!, n, train);
   }
 
@@ -139,6 +145,11 @@ export class GraphBuilder {
     const output = this.newValue(op.outShape);
     this.nodes.push({ op, inputs: inputs.map((v) => v.id), output: output.id, args: inputs.map(() => new Float32Array(0)) });
     return output;
+  }
+
+  /** The op whose output is v, or null for the graph input. */
+  producerOf(v: Value): Op | null {
+    return this.nodes.find((node) => node.output === v.id)?.op ?? null;
   }
 
   /** Appends a one-input layer. */

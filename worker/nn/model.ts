@@ -2,17 +2,19 @@
 // DESIGN.md §7 and the CIFAR-style ResNet (resnet.ts), with the norm layer of the
 // chosen mode wherever the design puts BN; plus the flat views the data-parallel
 // step needs (all grads as one vector, a checksum) and the tensors by their
-// PyTorch state_dict names. Not a model zoo: the three families of the README.
+// PyTorch state_dict names. Not a model zoo: the three families of docs/models.md.
 
 import { ErrorCode, SyncbnError } from "../../shared/errors.js";
 import { MAX_MODEL_FILE_BYTES, readInputFile } from "../input-file.js";
 import type { BnConventions, NormMode } from "../../shared/config.js";
 import { Rng } from "../../shared/rng.js";
 import { BatchNorm, isRunningStatsLayer, type BnSync, type RunningStatsLayer } from "./batchnorm.js";
+import { CrossIterationBatchNorm } from "./cbn.js";
+import { statsProducer } from "./cbn-taylor.js";
 import { Conv2d } from "./conv2d.js";
 import { Flatten } from "./flatten.js";
 import { GhostBatchNorm } from "./ghost.js";
-import { GraphBuilder, LayerOp, type Graph, type Value } from "./graph.js";
+import { GraphBuilder, LayerOp, type Graph, type Op, type Value } from "./graph.js";
 import { GroupNorm } from "./groupnorm.js";
 import { sizeOf, type Layer, type Param } from "./layer.js";
 import { Linear } from "./linear.js";
@@ -216,7 +218,7 @@ function buildBuiltIn(o: ModelOptions): Model {
   const rng = new Rng(o.seed);
   let bnIndex = 0;
   const norm: NormFactory = (g, name, v) => {
-    const l = makeNorm(name, bnIndex, [...v.shape], o);
+    const l = makeNorm(name, bnIndex, [...v.shape], o, g.producerOf(v));
     if (!l) return v;
     bnIndex++;
     return g.layer(l, v);
@@ -274,7 +276,7 @@ function buildOnnxModel(path: `${string}.onnx`, o: ModelOptions): Model {
   let bnIndex = 0;
   const imported = importOnnx(decodeOnnx(bytes, path), path, o.inShape, o.classes, o.norm.kind === "none", (g, name, v, eps) => {
     const runEps = Math.fround(o.conventions.eps) === Math.fround(eps) ? o.conventions.eps : eps;
-    const l = makeNorm(name, bnIndex, [...v.shape], { ...o, conventions: { ...o.conventions, eps: runEps } });
+    const l = makeNorm(name, bnIndex, [...v.shape], { ...o, conventions: { ...o.conventions, eps: runEps } }, g.producerOf(v));
     if (!l) return v;
     bnIndex++;
     return g.layer(l, v);
@@ -305,19 +307,19 @@ function buildOnnxModel(path: `${string}.onnx`, o: ModelOptions): Model {
  * The norm layer of the run's mode (DESIGN.md §4) for a (C) or (C, H, W)
  * activation, or null for `none`. bnIndex is the layer id of its rounds.
  */
-function makeNorm(name: string, bnIndex: number, shape: number[], o: ModelOptions): Layer | null {
+function makeNorm(name: string, bnIndex: number, shape: number[], o: ModelOptions, producer: Op | null): Layer | null {
   const block = o.block;
-  if (!block || block.syncs.length < 2 || o.norm.kind === "none" || o.norm.kind === "groupnorm") return makeRankNorm(name, bnIndex, shape, o);
+  if (!block || block.syncs.length < 2 || o.norm.kind === "none" || o.norm.kind === "groupnorm") return makeRankNorm(name, bnIndex, shape, o, producer, 0);
   // One copy per rank of the block, each with that rank's collective and place in error messages.
   const copies = block.syncs.map((sync, k) => {
     const where = { rank: block.first + k, get step() { return o.where?.step ?? 0; } };
-    return makeRankNorm(name, bnIndex, shape, { ...o, sync, where }) as RunningStatsNorm;
+    return makeRankNorm(name, bnIndex, shape, { ...o, sync, where }, producer, k) as RunningStatsNorm;
   });
   return new SegmentedNorm(copies);
 }
 
-/** The norm layer of one rank. */
-function makeRankNorm(name: string, bnIndex: number, shape: number[], o: ModelOptions): Layer | null {
+/** The norm layer of one rank; `segment`: its index in a rank block (0 alone), `producer`: the op before it. */
+function makeRankNorm(name: string, bnIndex: number, shape: number[], o: ModelOptions, producer: Op | null, segment: number): Layer | null {
   const mode = o.norm;
   switch (mode.kind) {
     case "none":
@@ -335,5 +337,7 @@ function makeRankNorm(name: string, bnIndex: number, shape: number[], o: ModelOp
       return new BatchRenorm(name, bnIndex, shape, o.conventions, o.renorm);
     case "groupnorm":
       return new GroupNorm(name, shape, mode.groups, o.conventions.eps);
+    case "cbn":
+      return new CrossIterationBatchNorm(name, bnIndex, shape, o.conventions, statsProducer(name, producer, mode.window), { window: mode.window, burnin: mode.burnin, segment }, o.where ?? null);
   }
 }

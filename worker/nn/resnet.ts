@@ -1,5 +1,5 @@
 // The CIFAR-style residual network of He et al. 2016 (§4.2) as a graph, exactly
-// as the README's 20-line PyTorch module defines it: stem conv3×3(C→16) → norm →
+// as docs/models.md's 20-line PyTorch module defines it: stem conv3×3(C→16) → norm →
 // ReLU; three stages of N BasicBlocks (16, 32, 64 channels, the first block of
 // stages 2 and 3 with stride 2, a conv1×1 + norm shortcut where the shape
 // changes); global average pool → Linear(64 → classes). Not ImageNet ResNets.

@@ -1,12 +1,19 @@
 // Which kernels the conv, linear and normalization layers use: "wasm" (WebAssembly
-// SIMD128, the default) or "js" (the plain TypeScript reference twins). Set once at
-// startup from the SYNCBN_KERNELS setting (cli/env.ts); a layer reads it when built.
+// SIMD128, the default here), "js" (the plain TypeScript reference twins) or
+// "native" (issue 22: the N-API addon of native/ for Conv2d only, with wasm's bits;
+// every other layer runs its wasm path, and without the addon Conv2d does too, with
+// a notice). Set once at startup: the CLI picks native where the addon loads
+// (cli/kernels.ts, --kernels, SYNCBN_KERNELS); a layer reads it when built.
 // Not a registry of kernels: the layers pick their own path from this one flag.
 
+import { nativeKernels, nativeUnavailableReason } from "./native.js";
 import { kernelModuleBytes } from "./wasm-kernels.js";
 
-export type KernelBackend = "js" | "wasm";
+export type KernelBackend = "js" | "wasm" | "native";
+/** The paths every layer has (the tests run each layer on each). */
 export const KERNEL_BACKENDS: readonly KernelBackend[] = ["js", "wasm"];
+/** What SYNCBN_KERNELS accepts: those, and "native" (Conv2d only, the rest on wasm). */
+export const KERNEL_SETTINGS: readonly KernelBackend[] = [...KERNEL_BACKENDS, "native"];
 
 // The few members of the WebAssembly JS API used here, typed locally: neither
 // lib ES2022 nor @types/node 20 declares them, and lib DOM would bring the DOM.
@@ -30,6 +37,7 @@ let compiled: WasmModule | null | undefined;
 let compiledShared: WasmModule | null | undefined;
 let unavailableReason = "";
 let noticePrinted = false;
+let nativeNoticePrinted = false;
 
 export function setKernelBackend(backend: KernelBackend): void {
   requested = backend;
@@ -67,14 +75,30 @@ export function sharedKernelModule(): WasmModule | null {
   return compiledShared;
 }
 
-/** The backend new layers use: the requested one, or "js" (with a one-time notice) if WASM cannot run. */
+/**
+ * The backend new layers other than Conv2d use: the requested one ("wasm" when
+ * "native" is requested: only Conv2d has native kernels), or "js" (with a
+ * one-time notice) if WASM cannot run.
+ */
 export function kernelBackend(): KernelBackend {
-  if (requested === "wasm" && wasmKernelModule() === null) {
+  const want = requested === "native" ? "wasm" : requested;
+  if (want === "wasm" && wasmKernelModule() === null) {
     if (!noticePrinted) {
       noticePrinted = true;
       console.warn(`syncbn: WebAssembly SIMD kernels unavailable (${unavailableReason}); using the plain JS kernels`);
     }
     return "js";
   }
-  return requested;
+  return want;
+}
+
+/** The backend a new Conv2d uses: "native" when requested and the addon loads; else as kernelBackend, with a one-time notice why. */
+export function convKernelBackend(): KernelBackend {
+  if (requested !== "native") return kernelBackend();
+  if (nativeKernels() !== null) return "native";
+  if (!nativeNoticePrinted) {
+    nativeNoticePrinted = true;
+    console.warn(`syncbn: native kernels unavailable (${nativeUnavailableReason()}); using WebAssembly`);
+  }
+  return kernelBackend();
 }

@@ -151,6 +151,26 @@ export class ConvWasm implements ConvKernel {
     return this.arena.cachedView(this.dxViews, at.xdx, n * this.inSize, n);
   }
 
+  /**
+   * CBN's sums from the columns and outputs the last training forward kept: per
+   * sample y·colsᵀ in float32 (as dW) widened into float64, and the columns' row
+   * sums. Uses the dw, dw64 and dcols scratch, which backward overwrites; this thread alone.
+   */
+  statsSums(colSums: Float64Array, yColSums: Float64Array, first: number, n: number): void {
+    const cout = this.g.cout, R = this.rows, P = this.plane, k = this.arena.kernels, at = this.at;
+    colSums.fill(0);
+    yColSums.fill(0);
+    for (let i = first; i < first + n; i++) {
+      const cols = at.cols + i * R * P;
+      k.gemm_nt(at.dw, R, at.y + i * cout * P, P, cols, P, cout, R, P, 0);
+      k.add_f32_f64(at.dw64, at.dw, cout * R, i > first ? 1 : 0);
+      k.row_sums(at.dcols, cols, R, P);
+      const f32 = this.arena.f32;
+      for (let r = 0; r < R; r++) colSums[r]! += f32[at.dcols + r]!;
+    }
+    if (n > 0) yColSums.set(this.dw64View);
+  }
+
   /** db[co] ← Σ over samples first..first+count−1 of their per-row sums, in float64. */
   private sumBias(db: Float32Array, first: number, count: number): void {
     const cout = this.g.cout, f32 = this.arena.f32, sums = this.at.dySums;

@@ -49,6 +49,11 @@ export function setComputeThreads(n: number): void {
   wanted = n;
 }
 
+/** The compute threads asked for (setComputeThreads), without starting the wasm helpers: the native conv runs its own (native/passes.cc). */
+export function requestedComputeThreads(): number {
+  return wanted;
+}
+
 /**
  * Threads a layer's work is split over (1: this thread alone), starting the
  * helpers on the first call. A runtime without shared WebAssembly memory runs on

@@ -1,0 +1,203 @@
+// N-API surface of conv.h: every array argument is a JS typed array plus an
+// element offset; the kernels run on the arrays' own memory (no copies). Each
+// call checks that what it touches lies inside the arrays and throws a
+// RangeError otherwise, so a wrong offset from JS cannot write outside them.
+#include <node_api.h>
+
+#include <cstdint>
+#include <string>
+
+#include "conv.h"
+
+namespace {
+
+struct Span {
+  void* data = nullptr;
+  int64_t length = 0;  // elements after the offset
+};
+
+bool fail(napi_env env, const std::string& msg) {
+  napi_throw_range_error(env, nullptr, msg.c_str());
+  return false;
+}
+
+// args[i] a typed array of `type`, args[i+1] an offset; `need` elements from the offset must exist.
+bool span(napi_env env, napi_value* args, int i, napi_typedarray_type type, int64_t need, Span* out, const char* name) {
+  napi_typedarray_type t;
+  size_t len;
+  void* data;
+  napi_value buf;
+  size_t byteOffset;
+  bool isTa = false;
+  napi_is_typedarray(env, args[i], &isTa);
+  if (!isTa || napi_get_typedarray_info(env, args[i], &t, &len, &data, &buf, &byteOffset) != napi_ok || t != type)
+    return fail(env, std::string(name) + ": expected a " + (type == napi_float32_array ? "Float32Array" : "Float64Array"));
+  int64_t off;
+  if (napi_get_value_int64(env, args[i + 1], &off) != napi_ok || off < 0) return fail(env, std::string(name) + ": bad offset");
+  if (need < 0 || off + need > int64_t(len)) return fail(env, std::string(name) + ": out of range");
+  out->data = static_cast<char*>(data) + off * (type == napi_float32_array ? 4 : 8);
+  out->length = int64_t(len) - off;
+  return true;
+}
+
+bool ints(napi_env env, napi_value* args, int from, int count, int64_t* out) {
+  for (int k = 0; k < count; k++) {
+    if (napi_get_value_int64(env, args[from + k], &out[k]) != napi_ok || out[k] < 0 || out[k] > INT32_MAX)
+      return fail(env, "expected a non-negative int32 argument");
+  }
+  return true;
+}
+
+bool argsOf(napi_env env, napi_callback_info info, size_t want, napi_value* args) {
+  size_t argc = want;
+  napi_get_cb_info(env, info, &argc, args, nullptr, nullptr);
+  if (argc != want) return fail(env, "expected " + std::to_string(want) + " arguments");
+  return true;
+}
+
+bool geometry(napi_env env, napi_value* args, int from, syncbn::Geometry* g) {
+  int64_t v[8];
+  if (!ints(env, args, from, 8, v)) return false;
+  *g = {int(v[0]), int(v[1]), int(v[2]), int(v[3]), int(v[4]), int(v[5]), int(v[6]), int(v[7])};
+  if (g->kernel < 1 || g->stride < 1) return fail(env, "kernel and stride must be ≥ 1");
+  return true;
+}
+
+// im2col(cols, colsOff, x, xOff, cin, inH, inW, kernel, stride, padding, outH, outW)
+napi_value Im2col(napi_env env, napi_callback_info info) {
+  napi_value a[12];
+  syncbn::Geometry g;
+  Span cols, x;
+  if (!argsOf(env, info, 12, a) || !geometry(env, a, 4, &g)) return nullptr;
+  const int64_t rows = int64_t(g.cin) * g.kernel * g.kernel, plane = int64_t(g.outH) * g.outW;
+  if (!span(env, a, 0, napi_float32_array, rows * plane, &cols, "cols") ||
+      !span(env, a, 2, napi_float32_array, int64_t(g.cin) * g.inH * g.inW, &x, "x"))
+    return nullptr;
+  syncbn::im2col(static_cast<float*>(cols.data), static_cast<const float*>(x.data), g);
+  return nullptr;
+}
+
+// col2imAdd(dx, dxOff, dcols, dcolsOff, cin, inH, inW, kernel, stride, padding, outH, outW)
+napi_value Col2imAdd(napi_env env, napi_callback_info info) {
+  napi_value a[12];
+  syncbn::Geometry g;
+  Span dx, dcols;
+  if (!argsOf(env, info, 12, a) || !geometry(env, a, 4, &g)) return nullptr;
+  const int64_t rows = int64_t(g.cin) * g.kernel * g.kernel, plane = int64_t(g.outH) * g.outW;
+  if (!span(env, a, 0, napi_float32_array, int64_t(g.cin) * g.inH * g.inW, &dx, "dx") ||
+      !span(env, a, 2, napi_float32_array, rows * plane, &dcols, "dcols"))
+    return nullptr;
+  syncbn::col2imAdd(static_cast<float*>(dx.data), static_cast<const float*>(dcols.data), g);
+  return nullptr;
+}
+
+// gemmNN(c, cOff, a, aOff, b, bOff, m, p, kk, accumulate): C (m, p) (+)= A (m, kk)·B (kk, p).
+// gemmTN(...same...): C (m, p) (+)= A (kk, m)ᵀ·B (kk, p).
+napi_value Gemm(napi_env env, napi_callback_info info, bool transposeA) {
+  napi_value a[10];
+  int64_t d[4];
+  Span c, A, B;
+  if (!argsOf(env, info, 10, a) || !ints(env, a, 6, 4, d)) return nullptr;
+  const int64_t m = d[0], p = d[1], kk = d[2];
+  if (!span(env, a, 0, napi_float32_array, m * p, &c, "c") ||
+      !span(env, a, 2, napi_float32_array, m * kk, &A, "a") ||
+      !span(env, a, 4, napi_float32_array, kk * p, &B, "b"))
+    return nullptr;
+  const int64_t aRow = transposeA ? 1 : kk, aCol = transposeA ? m : 1;
+  syncbn::gemmAcc(static_cast<float*>(c.data), static_cast<const float*>(A.data), aRow, aCol,
+                  static_cast<const float*>(B.data), int(m), int(kk), int(p), d[3] != 0);
+  return nullptr;
+}
+napi_value GemmNN(napi_env env, napi_callback_info info) { return Gemm(env, info, false); }
+napi_value GemmTN(napi_env env, napi_callback_info info) { return Gemm(env, info, true); }
+
+// gemmNTWiden(c64, c64Off, c32, c32Off, a, aOff, b, bOff, m, kk, p, accumulate):
+// c32 (m, kk) = A (m, p)·B (kk, p)ᵀ in float32, c64 (+)= f64(c32).
+napi_value GemmNTWiden(napi_env env, napi_callback_info info) {
+  napi_value a[12];
+  int64_t d[4];
+  Span c64, c32, A, B;
+  if (!argsOf(env, info, 12, a) || !ints(env, a, 8, 4, d)) return nullptr;
+  const int64_t m = d[0], kk = d[1], p = d[2];
+  if (!span(env, a, 0, napi_float64_array, m * kk, &c64, "c64") ||
+      !span(env, a, 2, napi_float32_array, m * kk, &c32, "c32") ||
+      !span(env, a, 4, napi_float32_array, m * p, &A, "a") ||
+      !span(env, a, 6, napi_float32_array, kk * p, &B, "b"))
+    return nullptr;
+  syncbn::gemmNtWiden(static_cast<double*>(c64.data), static_cast<float*>(c32.data), static_cast<const float*>(A.data),
+                      static_cast<const float*>(B.data), int(m), int(kk), int(p), d[3] != 0);
+  return nullptr;
+}
+
+// args[i]: a typed array of `type` with at least `need` elements (offset 0).
+bool whole(napi_env env, napi_value* args, int i, napi_typedarray_type type, int64_t need, void** out, const char* name) {
+  napi_value zero[2] = {args[i], nullptr};
+  napi_create_int32(env, 0, &zero[1]);
+  Span s;
+  if (!span(env, zero, 0, type, need, &s, name)) return false;
+  *out = s.data;
+  return true;
+}
+
+// convForward(y, x, cols, w, cin, inH, inW, kernel, stride, padding, outH, outW, cout, n, train, threads)
+napi_value ConvForward(napi_env env, napi_callback_info info) {
+  napi_value a[16];
+  syncbn::Geometry g;
+  int64_t d[4];
+  void *y, *x, *cols, *w;
+  if (!argsOf(env, info, 16, a) || !geometry(env, a, 4, &g) || !ints(env, a, 12, 4, d)) return nullptr;
+  const int64_t cout = d[0], n = d[1], R = int64_t(g.cin) * g.kernel * g.kernel, P = int64_t(g.outH) * g.outW;
+  if (d[3] < 1 || d[3] > 256) return fail(env, "threads must be in 1..256"), nullptr;
+  if (!whole(env, a, 0, napi_float32_array, n * cout * P, &y, "y") || !whole(env, a, 1, napi_float32_array, n * g.cin * g.inH * g.inW, &x, "x") ||
+      !whole(env, a, 2, napi_float32_array, d[2] ? n * R * P : 0, &cols, "cols") || !whole(env, a, 3, napi_float32_array, cout * R, &w, "w"))
+    return nullptr;
+  syncbn::convForward(static_cast<float*>(y), static_cast<const float*>(x), static_cast<float*>(cols), static_cast<const float*>(w), g, int(cout),
+                      int(n), d[2] != 0, int(d[3]));
+  return nullptr;
+}
+
+// convBackward(dx, dy, cols, w, dw64, cin, inH, inW, kernel, stride, padding, outH, outW, cout, first, count, threads)
+napi_value ConvBackward(napi_env env, napi_callback_info info) {
+  napi_value a[17];
+  syncbn::Geometry g;
+  int64_t d[4];
+  void *dx, *dy, *cols, *w, *dw64;
+  if (!argsOf(env, info, 17, a) || !geometry(env, a, 5, &g) || !ints(env, a, 13, 4, d)) return nullptr;
+  const int64_t cout = d[0], end = d[1] + d[2], R = int64_t(g.cin) * g.kernel * g.kernel, P = int64_t(g.outH) * g.outW;
+  if (d[3] < 1 || d[3] > 256) return fail(env, "threads must be in 1..256"), nullptr;
+  if (!whole(env, a, 0, napi_float32_array, end * g.cin * g.inH * g.inW, &dx, "dx") || !whole(env, a, 1, napi_float32_array, end * cout * P, &dy, "dy") ||
+      !whole(env, a, 2, napi_float32_array, end * R * P, &cols, "cols") || !whole(env, a, 3, napi_float32_array, cout * R, &w, "w") ||
+      !whole(env, a, 4, napi_float64_array, cout * R, &dw64, "dw64"))
+    return nullptr;
+  syncbn::convBackward(static_cast<float*>(dx), static_cast<const float*>(dy), static_cast<const float*>(cols), static_cast<const float*>(w),
+                       static_cast<double*>(dw64), g, int(cout), int(d[1]), int(d[2]), int(d[3]));
+  return nullptr;
+}
+
+// Which clone the CPU gets, for the notice and the bench.
+napi_value Isa(napi_env env, napi_callback_info) {
+  __builtin_cpu_init();
+  const char* isa = __builtin_cpu_supports("avx512f") ? "avx512f" : __builtin_cpu_supports("avx2") ? "avx2" : "baseline";
+  napi_value s;
+  napi_create_string_utf8(env, isa, NAPI_AUTO_LENGTH, &s);
+  return s;
+}
+
+napi_value Init(napi_env env, napi_value exports) {
+  const napi_property_descriptor props[] = {
+      {"im2col", nullptr, Im2col, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
+      {"col2imAdd", nullptr, Col2imAdd, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
+      {"gemmNN", nullptr, GemmNN, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
+      {"gemmTN", nullptr, GemmTN, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
+      {"gemmNTWiden", nullptr, GemmNTWiden, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
+      {"convForward", nullptr, ConvForward, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
+      {"convBackward", nullptr, ConvBackward, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
+      {"isa", nullptr, Isa, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
+  };
+  napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
+  return exports;
+}
+
+}  // namespace
+
+NAPI_MODULE(NODE_GYP_MODULE_NAME, Init)

@@ -1,0 +1,278 @@
+// The native convolution kernels (native/, --kernels native): ConvWasm's bits
+// (same per-element summation order, no FMA) for y, dx, dW, db and eval forwards
+// over odd shapes and rank segments; the plain TypeScript twin within rounding;
+// NaN/±Inf, determinism, an empty batch, bounds checks; and, last, the fallback
+// when the addon is not there. The addon is built by `npm ci`
+// (scripts/build-native.mjs): if it is missing these tests FAIL, unless
+// SYNCBN_NATIVE=off says this machine runs without it (then the native-only tests
+// are skipped and the loader's refusal and the wasm fallback are asserted). Whole
+// runs on native: test/whole-run.test.ts; the CLI's choice: kernel-choice.test.ts.
+
+import { describe, expect, it } from "vitest";
+import { Rng } from "../shared/rng.js";
+import { Conv2d } from "../worker/nn/conv2d.js";
+import type { RankSegments } from "../worker/nn/layer.js";
+import { convKernelBackend, setKernelBackend } from "../worker/nn/kernels/backend.js";
+import { ConvNative } from "../worker/nn/kernels/conv-native.js";
+import { disableNative, nativeKernels, nativeUnavailableReason } from "../worker/nn/kernels/native.js";
+
+/** As cli/main.ts does for SYNCBN_NATIVE=off: this process never loads the addon. */
+const off = process.env.SYNCBN_NATIVE === "off";
+if (off) disableNative("SYNCBN_NATIVE=off");
+
+function normals(rng: Rng, len: number): Float32Array {
+  const a = new Float32Array(len);
+  for (let i = 0; i < len; i++) a[i] = rng.normal();
+  return a;
+}
+
+function maxAbs(a: ArrayLike<number>): number {
+  let m = 0;
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]!));
+  return m;
+}
+
+/** |got − ref| ≤ rtol·max|ref| elementwise (the sums' order and FMA differ, so rounding is relative to the magnitudes summed). */
+function expectClose(what: string, got: ArrayLike<number>, ref: ArrayLike<number>, rtol = 1e-5): void {
+  expect(got.length, `${what} length`).toBe(ref.length);
+  const bound = rtol * Math.max(1e-30, maxAbs(ref));
+  let worst = 0, at = -1;
+  for (let i = 0; i < ref.length; i++) {
+    const d = Math.abs(got[i]! - ref[i]!);
+    if (!(d <= worst)) { worst = d; at = i; }
+  }
+  if (!(worst <= bound)) expect.fail(`${what}: max |diff| ${worst} at ${at} (got ${got[at]}, want ${ref[at]}) > ${bound}`);
+}
+
+interface ConvCase { label: string; n: number; cin: number; cout: number; k: number; stride: number; padding: number; h: number; w: number }
+
+const convCases: ConvCase[] = [
+  { label: "1×1 conv, odd channels, batch 1", n: 1, cin: 3, cout: 5, k: 1, stride: 1, padding: 0, h: 6, w: 7 },
+  { label: "3×3 pad 1, 16→16 at 28×28 (resnet:3's first stage), batch 4", n: 4, cin: 16, cout: 16, k: 3, stride: 1, padding: 1, h: 28, w: 28 },
+  { label: "3×3 stride 2 pad 1, 7 output channels (not a block multiple)", n: 3, cin: 5, cout: 7, k: 3, stride: 2, padding: 1, h: 9, w: 11 },
+  { label: "1×1 stride 2 shortcut 16→32 at 28×28", n: 2, cin: 16, cout: 32, k: 1, stride: 2, padding: 0, h: 28, w: 28 },
+  { label: "5×5 stride 1 pad 0, 13 output channels", n: 2, cin: 2, cout: 13, k: 5, stride: 1, padding: 0, h: 9, w: 9 },
+  { label: "4×4 pad 3 (rows entirely in the padding)", n: 2, cin: 2, cout: 3, k: 4, stride: 1, padding: 3, h: 3, w: 4 },
+  { label: "2×2 stride 3 pad 1 (stride larger than the kernel)", n: 2, cin: 2, cout: 6, k: 2, stride: 3, padding: 1, h: 7, w: 5 },
+  { label: "3×3 stride 2 pad 1, 32→64 at 14×14", n: 2, cin: 32, cout: 64, k: 3, stride: 2, padding: 1, h: 14, w: 14 },
+];
+
+function make(c: ConvCase, seed: number, backend: "js" | "wasm" | "native"): Conv2d {
+  return new Conv2d("conv", c.cin, c.cout, c.k, c.stride, c.padding, c.h, c.w, new Rng(seed), backend);
+}
+
+function pair(c: ConvCase, seed: number): [Conv2d, Conv2d] {
+  return [make(c, seed, "js"), make(c, seed, "native")];
+}
+
+/** The same float32 bits, element for element (NaN payloads included). */
+function expectBits(what: string, got: Float32Array, ref: Float32Array): void {
+  expect(got.length, `${what} length`).toBe(ref.length);
+  const g = new Uint32Array(got.buffer, got.byteOffset, got.length), r = new Uint32Array(ref.buffer, ref.byteOffset, ref.length);
+  let differ = 0, first = -1;
+  for (let i = 0; i < r.length; i++) if (g[i] !== r[i]) { differ++; if (first < 0) first = i; }
+  if (differ > 0) expect.fail(`${what}: ${differ} of ${r.length} elements differ from wasm, first at ${first} (native ${got[first]}, wasm ${ref[first]})`);
+}
+
+/** Forward (training), backward, then an eval forward of 5 other samples, on `conv`; every output copied. */
+function passes(conv: Conv2d, c: ConvCase, seed: number, segments: number): Float32Array[] {
+  const rng = new Rng(seed), g = conv.geometry;
+  const x = normals(rng, c.n * c.cin * c.h * c.w);
+  const dy = normals(rng, c.n * c.cout * g.outH * g.outW);
+  const xe = normals(rng, 5 * c.cin * c.h * c.w);
+  if (segments > 1) conv.setRankSegments(segments);
+  const y = conv.forward(x, c.n, true).slice();
+  const dx = conv.backward(dy, c.n).slice();
+  const ye = conv.forward(xe, 5, false).slice();
+  return [y, dx, conv.weight.grad.slice(), conv.bias.grad.slice(), ye];
+}
+
+describe("the native addon", () => {
+  it("is built and loads, or with SYNCBN_NATIVE=off (never under CI, which builds it) is refused with that reason", () => {
+    if (process.env.CI) expect(off, "SYNCBN_NATIVE=off under CI would drop native coverage").toBe(false);
+    if (off) {
+      expect(nativeKernels()).toBeNull();
+      expect(nativeUnavailableReason()).toBe("SYNCBN_NATIVE=off");
+      return;
+    }
+    expect(nativeKernels(), nativeUnavailableReason()).not.toBeNull();
+    expect(["avx512f", "avx2", "baseline"]).toContain(nativeKernels()!.isa());
+  });
+});
+
+describe.skipIf(off)("Conv2d on the native kernels", () => {
+  it.each(convCases)("gives the JS twin's y, dx, dW and db for $label", (c) => {
+    const [js, nat] = pair(c, 91);
+    const g = js.geometry;
+    const rng = new Rng(92);
+    const x = normals(rng, c.n * c.cin * c.h * c.w);
+    const dy = normals(rng, c.n * c.cout * g.outH * g.outW);
+    expectClose("y", nat.forward(x, c.n, true), js.forward(x, c.n, true));
+    expectClose("dx", nat.backward(dy, c.n), js.backward(dy, c.n));
+    expectClose("dW", nat.weight.grad, js.weight.grad);
+    expectClose("db", nat.bias.grad, js.bias.grad);
+  });
+
+  it.each(convCases)("gives ConvWasm's bits (y, dx, dW, db, eval y) for $label", (c) => {
+    const names = ["y", "dx", "dW", "db", "eval y"];
+    const wasm = passes(make(c, 191, "wasm"), c, 192, 1), nat = passes(make(c, 191, "native"), c, 192, 1);
+    for (let t = 0; t < names.length; t++) expectBits(names[t]!, nat[t]!, wasm[t]!);
+  });
+
+  it("gives ConvWasm's bits with rank segments (per-rank dW and db rounded to float32, then summed)", () => {
+    for (const c of [{ ...convCases[2]!, n: 6 }, { ...convCases[4]!, n: 4 }]) {
+      const wasm = passes(make(c, 193, "wasm"), c, 194, 2), nat = passes(make(c, 193, "native"), c, 194, 2);
+      ["y", "dx", "dW", "db", "eval y"].forEach((name, t) => expectBits(`${c.label}: ${name}`, nat[t]!, wasm[t]!));
+    }
+  });
+
+  it("gives the same bits on 1, 2, 3 and 5 threads (samples and dW rows split inside the addon), with and without rank segments", () => {
+    for (const c of [{ ...convCases[7]!, n: 6 }, { ...convCases[2]!, n: 6 }, { ...convCases[4]!, n: 4 }]) {
+      const ref = make(c, 195, "native");
+      const rng = new Rng(196), g = ref.geometry;
+      const x = normals(rng, c.n * c.cin * c.h * c.w), dy = normals(rng, c.n * c.cout * g.outH * g.outW), xe = normals(rng, 3 * c.cin * c.h * c.w);
+      const w = ref.weight.value, b = ref.bias.value;
+      const outputs = (threads: number, seg: RankSegments | null): Float32Array[] => {
+        const k = new ConvNative(g, nativeKernels()!, threads);
+        const dw = new Float32Array(w.length), db = new Float32Array(b.length);
+        const y = k.forward(x, c.n, true, w, b).slice();
+        const ye = k.forward(xe, 3, false, w, b).slice();
+        const dx = k.backward(dy, c.n, w, dw, db, seg).slice();
+        return [y, ye, dx, dw, db];
+      };
+      for (const segments of [1, 2]) {
+        const seg = (): RankSegments | null => (segments > 1 ? { count: segments, dw: new Float64Array(w.length), db: new Float64Array(b.length) } : null);
+        const one = outputs(1, seg());
+        for (const threads of [2, 3, 5]) {
+          outputs(threads, seg()).forEach((a, t) => expectBits(`${c.label}, ${segments} segments, ${threads} threads, output ${t}`, a, one[t]!));
+        }
+      }
+    }
+  });
+
+  it.each(convCases)("gives ConvWasm's bits for cross-iteration BN's sums Σ p and Σ y·pᵀ over a segment ($label)", (c) => {
+    const rng = new Rng(401), x = normals(rng, c.n * c.cin * c.h * c.w);
+    const rows = c.cin * c.k * c.k;
+    const sums = (backend: "wasm" | "native"): Float64Array[] => {
+      const conv = make(c, 402, backend);
+      conv.forward(x, c.n, true);
+      const out: Float64Array[] = [];
+      for (const [first, count] of [[0, c.n], [c.n - 1, 1], [0, 0]] as const) {
+        const colSums = new Float64Array(rows).fill(7), yColSums = new Float64Array(c.cout * rows).fill(7);
+        conv.statsSums(colSums, yColSums, first, count);
+        out.push(colSums, yColSums);
+      }
+      return out;
+    };
+    const [w, n] = [sums("wasm"), sums("native")];
+    w.forEach((ref, i) => expect(Array.from(n[i]!), `sum ${i}`).toEqual(Array.from(ref)));
+    expect(w[0]!.some((v) => v !== 0), "a sum that could differ").toBe(true);
+  });
+
+  it("keeps a training forward's columns through a larger eval forward", () => {
+    const c = convCases[2]!;
+    const [js, nat] = pair(c, 93);
+    const rng = new Rng(94);
+    const x = normals(rng, c.n * c.cin * c.h * c.w);
+    const dy = normals(rng, c.n * c.cout * js.geometry.outH * js.geometry.outW);
+    const big = normals(rng, 40 * c.cin * c.h * c.w);
+    js.forward(x, c.n, true);
+    nat.forward(x, c.n, true);
+    expectClose("eval y", nat.forward(big, 40, false), js.forward(big, 40, false));
+    expectClose("dx", nat.backward(dy, c.n), js.backward(dy, c.n));
+    expectClose("dW", nat.weight.grad, js.weight.grad);
+  });
+
+  it("gives per-rank-segment dW and db as the JS twin does", () => {
+    const c = { ...convCases[2]!, n: 4 };
+    const [js, nat] = pair(c, 95);
+    js.setRankSegments(2);
+    nat.setRankSegments(2);
+    const rng = new Rng(96);
+    const x = normals(rng, c.n * c.cin * c.h * c.w);
+    const dy = normals(rng, c.n * c.cout * js.geometry.outH * js.geometry.outW);
+    js.forward(x, c.n, true);
+    nat.forward(x, c.n, true);
+    expectClose("dx", nat.backward(dy, c.n), js.backward(dy, c.n));
+    expectClose("dW", nat.weight.grad, js.weight.grad);
+    expectClose("db", nat.bias.grad, js.bias.grad);
+  });
+
+  it("zeroes its grads and returns empty views for an empty batch", () => {
+    const c = convCases[2]!;
+    const [, nat] = pair(c, 97);
+    const rng = new Rng(98), g = nat.geometry;
+    nat.forward(normals(rng, 2 * c.cin * c.h * c.w), 2, true);
+    nat.backward(normals(rng, 2 * c.cout * g.outH * g.outW), 2);
+    expect(nat.forward(new Float32Array(0), 0, true).length).toBe(0);
+    expect(nat.backward(new Float32Array(0), 0).length).toBe(0);
+    expect(maxAbs(nat.weight.grad)).toBe(0);
+    expect(maxAbs(nat.bias.grad)).toBe(0);
+  });
+
+  it("propagates NaN and ±Inf where the JS twin does", () => {
+    const c = convCases[1]!;
+    const [js, nat] = pair(c, 99);
+    const rng = new Rng(100), g = js.geometry;
+    const x = normals(rng, c.n * c.cin * c.h * c.w);
+    x[5] = NaN;
+    x[c.cin * c.h * c.w + 40] = Infinity;
+    x[2 * c.cin * c.h * c.w + 100] = -Infinity;
+    const dy = normals(rng, c.n * c.cout * g.outH * g.outW);
+    dy[3 * c.cout * g.outH * g.outW + 7] = NaN;
+    const same = (what: string, got: Float32Array, ref: Float32Array): void => {
+      for (let i = 0; i < ref.length; i++) {
+        const r = ref[i]!, v = got[i]!;
+        if (Number.isFinite(r)) continue;
+        if (!(Number.isNaN(r) ? Number.isNaN(v) : v === r)) expect.fail(`${what}[${i}]: got ${v}, want ${r}`);
+      }
+      const nonFinite = (a: Float32Array): number => a.filter((v) => !Number.isFinite(v)).length;
+      expect(nonFinite(got), `${what}: non-finite count`).toBe(nonFinite(ref));
+    };
+    same("y", nat.forward(x, c.n, true).slice(), js.forward(x, c.n, true).slice());
+    same("dx", nat.backward(dy, c.n).slice(), js.backward(dy, c.n).slice());
+    same("dW", nat.weight.grad, js.weight.grad);
+    same("db", nat.bias.grad, js.bias.grad);
+  });
+
+  it("gives the same bits run to run", () => {
+    const c = convCases[7]!;
+    const run = (): Float32Array[] => {
+      const [, nat] = pair(c, 101);
+      const rng = new Rng(102), g = nat.geometry;
+      const x = normals(rng, c.n * c.cin * c.h * c.w);
+      const dy = normals(rng, c.n * c.cout * g.outH * g.outW);
+      const y = nat.forward(x, c.n, true).slice();
+      const dx = nat.backward(dy, c.n).slice();
+      return [y, dx, nat.weight.grad.slice(), nat.bias.grad.slice()];
+    };
+    const a = run(), b = run();
+    for (let t = 0; t < a.length; t++) expect(Buffer.from(a[t]!.buffer).equals(Buffer.from(b[t]!.buffer)), `output ${t}`).toBe(true);
+  });
+
+  it("rejects arrays too short for the call instead of writing past them", () => {
+    const k = nativeKernels()!;
+    const c = new Float32Array(4), a = new Float32Array(4), b = new Float32Array(4);
+    expect(() => k.gemmNN(c, 1, a, 0, b, 0, 2, 2, 2, 1)).toThrow(RangeError);
+    expect(() => k.im2col(c, 0, a, 0, 1, 2, 2, 3, 1, 1, 2, 2)).toThrow(RangeError);
+  });
+});
+
+// Last in the file: it turns the addon off for this process.
+describe("without the addon", () => {
+  it("builds Conv2d on wasm (with ConvWasm's bits) when native was asked for process-wide, and refuses an explicit native layer", () => {
+    disableNative("SYNCBN_NATIVE=off");
+    const c = convCases[2]!;
+    setKernelBackend("native");
+    try {
+      expect(convKernelBackend()).toBe("wasm");
+      const fallback = new Conv2d("conv", c.cin, c.cout, c.k, c.stride, c.padding, c.h, c.w, new Rng(191));
+      expect(fallback.backend).toBe("wasm");
+      const got = passes(fallback, c, 192, 1), want = passes(make(c, 191, "wasm"), c, 192, 1);
+      got.forEach((a, t) => expectBits(`output ${t}`, a, want[t]!));
+    } finally {
+      setKernelBackend("wasm");
+    }
+    expect(() => make(c, 191, "native")).toThrow(/layer conv: native kernels requested but the addon is not loaded/);
+  });
+});

@@ -1,0 +1,72 @@
+// The optional native kernels (native/, N-API, built by npm's install step through
+// scripts/build-native.mjs): loaded once on first use, or null with the reason
+// when the addon is not built or does not load here. Only Conv2d uses them so far.
+
+import { createRequire } from "node:module";
+
+/** The addon's functions; every array is followed by an element offset into it (no copies). */
+export interface NativeKernels {
+  /** cols (cin·k·k, outH·outW) ← x (cin, inH, inW), zero outside the image. */
+  im2col(cols: Float32Array, colsOff: number, x: Float32Array, xOff: number,
+    cin: number, inH: number, inW: number, kernel: number, stride: number, padding: number, outH: number, outW: number): void;
+  /** dx (cin, inH, inW) += col2im(dcols). */
+  col2imAdd(dx: Float32Array, dxOff: number, dcols: Float32Array, dcolsOff: number,
+    cin: number, inH: number, inW: number, kernel: number, stride: number, padding: number, outH: number, outW: number): void;
+  /** C (m, p) (+)= A (m, kk)·B (kk, p). */
+  gemmNN(c: Float32Array, cOff: number, a: Float32Array, aOff: number, b: Float32Array, bOff: number, m: number, p: number, kk: number, accumulate: number): void;
+  /** C (m, p) (+)= A (kk, m)ᵀ·B (kk, p). */
+  gemmTN(c: Float32Array, cOff: number, a: Float32Array, aOff: number, b: Float32Array, bOff: number, m: number, p: number, kk: number, accumulate: number): void;
+  /** c32 (m, kk) = A (m, p)·B (kk, p)ᵀ in float32; c64 (+)= f64(c32). */
+  gemmNTWiden(c64: Float64Array, c64Off: number, c32: Float32Array, c32Off: number, a: Float32Array, aOff: number,
+    b: Float32Array, bOff: number, m: number, kk: number, p: number, accumulate: number): void;
+  /**
+   * A batch's forward over `threads` threads (native/passes.cc): y (n, cout, P),
+   * holding the bias, += W·im2col(x_i) per sample; with train ≠ 0 every sample's
+   * columns are kept in cols (n, R, P). The same bits for any thread count.
+   */
+  convForward(y: Float32Array, x: Float32Array, cols: Float32Array, w: Float32Array,
+    cin: number, inH: number, inW: number, kernel: number, stride: number, padding: number, outH: number, outW: number,
+    cout: number, n: number, train: number, threads: number): void;
+  /** Samples first..first+count−1: dw64 (cout, R) = Σ f64(dy_i·cols_iᵀ) in sample order; dx_i (zeroed) += col2im(Wᵀ·dy_i). */
+  convBackward(dx: Float32Array, dy: Float32Array, cols: Float32Array, w: Float32Array, dw64: Float64Array,
+    cin: number, inH: number, inW: number, kernel: number, stride: number, padding: number, outH: number, outW: number,
+    cout: number, first: number, count: number, threads: number): void;
+  /** The vector clone this CPU runs: "avx512f", "avx2" or "baseline". */
+  isa(): string;
+}
+
+/** Relative to the compiled file (dist/worker/nn/kernels/ or worker/nn/kernels/ under vitest): the repo root. */
+const ADDON_PATHS = ["../../../../native/build/Release/syncbn_native.node", "../../../native/build/Release/syncbn_native.node"];
+
+let loaded: NativeKernels | null | undefined;
+let reason = "";
+
+/** Never load the addon in this process (SYNCBN_NATIVE=off, read by cli/env.ts): nativeKernels() is null with this reason. */
+export function disableNative(why: string): void {
+  loaded = null;
+  reason = why;
+}
+
+/** The native kernels, or null (see nativeUnavailableReason). */
+export function nativeKernels(): NativeKernels | null {
+  if (loaded !== undefined) return loaded;
+  const require = createRequire(import.meta.url);
+  const errors: string[] = [];
+  for (const path of ADDON_PATHS) {
+    try {
+      loaded = require(path) as NativeKernels;
+      return loaded;
+    } catch (e) {
+      const code = (e as { code?: string }).code;
+      if (code !== "MODULE_NOT_FOUND") errors.push(e instanceof Error ? e.message.split("\n")[0]! : String(e));
+    }
+  }
+  loaded = null;
+  reason = errors[0] ?? "native/build/Release/syncbn_native.node not built (npm install builds it; needs a C++17 compiler)";
+  return null;
+}
+
+export function nativeUnavailableReason(): string {
+  nativeKernels();
+  return reason;
+}
