@@ -1,9 +1,10 @@
 // The ONNX importer's mapping of the ops common CNN exports add to the basic set
 // (onnx-import.ts): activations (Sigmoid, Tanh, Softplus, Elu, Erf, HardSigmoid,
-// HardSwish, LeakyRelu, Clip, PRelu), Dropout, Add/Sub/Mul/Div with broadcasting, Concat, and the reshapes
-// (Reshape, Flatten, Squeeze, Unsqueeze of activations), padded pooling. An adapter like the
-// importer: it builds graph nodes from the ops' public constructors and refuses,
-// one line per problem, whatever it cannot map. Not an evaluator of constants.
+// HardSwish, LeakyRelu, Clip, PRelu), Dropout, Add/Sub/Mul/Div with broadcasting,
+// Concat, Transpose/Slice/Split and the reshapes of activations, padded pooling. An
+// adapter like the importer: it builds graph nodes from the ops' public constructors
+// and refuses, one line per problem, whatever it cannot map. Constants it only folds
+// as shape arithmetic (Add/Sub/Mul/Div of two; the rest is onnx-fold.ts).
 
 import type { NodeProto } from "onnx-buf";
 import { Activation, type ActivationKind } from "./activations.js";
