@@ -213,7 +213,7 @@ export function addLaunchFlags(cmd: Command): Command {
     .addOption(
       new Option("--transport <kind>", "process: worker processes over the --wire; thread: worker_threads in one process over MessagePorts (same results, bit for bit)")
         .choices(["process", "thread"])
-        .default("process"),
+        .default(undefined, "auto: thread when a rank's step is under 1 GFLOP (model FLOPs × batch), else process; the start line's layout: says which and why"),
     )
     .addOption(wireOption())
     .addOption(
@@ -272,10 +272,11 @@ export interface RunFlags {
 }
 
 export interface LaunchFlags {
-  transport: "process" | "thread";
+  /** Absent: chosen by cli/layout.ts from the work of a rank's step. */
+  transport?: "process" | "thread";
   wire: Wire;
   pinCpus: PinMode;
-  /** Absent: the default of cli/blocks.ts (1 up to 8 ranks, auto above). */
+  /** Absent: chosen by cli/layout.ts (packed to the cores for small steps; else 1 up to 8 ranks, auto above). */
   ranksPerProc?: RanksPerProc;
   threads: Threads;
 }
