@@ -146,6 +146,8 @@ export interface RunFlagDefaults {
   renormWarmup: Warmup;
   /** How the --train-size default reads in the help. */
   trainSize: string;
+  /** How the --data default reads in the help (absent: its value). */
+  data?: string;
 }
 
 const TRAIN_DEFAULTS: RunFlagDefaults = { model: D.model, renormWarmup: { steps: D.renormWarmup }, trainSize: "all" };
@@ -167,7 +169,7 @@ function modelArg(v: string): ModelKind {
 export function addRunFlags(cmd: Command, d: RunFlagDefaults = TRAIN_DEFAULTS): Command {
   return cmd
     .option("--model <kind>", "mlp | cnn | resnet:N (resnet:3 = ResNet-20) | PATH.onnx (your own model exported from PyTorch)", modelArg, d.model)
-    .option("--data <spec>", "synthetic | fashion-mnist | DIR (folder of IDX files)", D.data)
+    .addOption(new Option("--data <spec>", "synthetic | fashion-mnist | DIR (folder of IDX files)").default(D.data, d.data))
     .addOption(new Option("--shuffle <on|off>", "off: no shuffling, rank k's t-th batch holds samples k + W·(t·B + j), as PyTorch's DistributedSampler(shuffle=False)").choices(["on", "off"]).default(D.shuffle))
     .addOption(new Option("--rank-grads <exact|fused>", RANK_GRADS_HELP).choices([...RANK_GRADS]).default(D.rankGrads))
     .option("--epochs <n>", `epochs to train (1..${MAX_EPOCHS}; ignored with --steps)`, intArg("--epochs", 1, MAX_EPOCHS), D.epochs)
