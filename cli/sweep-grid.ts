@@ -66,7 +66,7 @@ export interface SweepGrid {
 
 /**
  * Defaults (docs/defaults.md has the measured tables): 8 workers, so per-worker
- * batch 1 is still a global batch of 8 for sync BN; the mlp (a fourteenth of the
+ * batch 1 is still a global batch of 8 for sync BN; the mlp (a fifth of the
  * cnn's FLOPs per sample; the effect is in its two BN layers just the same);
  * 8192 samples, one epoch per run, of Fashion-MNIST when installed (the data
  * itself is chosen in sweep-flags.ts; "synthetic" here is the fallback): there
