@@ -271,6 +271,7 @@ export async function runSweep(o: SweepOptions): Promise<SweepResult> {
   const started = performance.now();
   let lastDraw = 0;
   let lastDashboard = "";
+  let lastLayout = "";
   try {
     for (let i = 0; i < N && !interrupted; i++) {
       const c = combos[i]!;
@@ -334,7 +335,14 @@ export async function runSweep(o: SweepOptions): Promise<SweepResult> {
         },
         // tty: the run reports every step through status(), which feeds our bar.
         tty: true,
-        print: () => {},
+        // The run's own lines stay quiet but its layout, printed when its shape differs from the last one printed (it follows the batch).
+        print: (line) => {
+          const shape = line.split(" (")[0]!;
+          if (!line.startsWith("layout: ") || shape === lastLayout) return;
+          lastLayout = shape;
+          if (o.tty) o.status("");
+          o.print(`  ${line}`);
+        },
         status: (line) => {
           const m = /step (\d+)\/(\d+)/.exec(line);
           const now = performance.now();

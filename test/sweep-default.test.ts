@@ -54,7 +54,7 @@ describe("the default sweep", () => {
     expect(estimateSweepSeconds(g, steps, 14e6, 10000)).toBeGreaterThan(all); // ten times the FLOPs
   });
 
-  it("announces the data it picked and its estimated time before the first run", async () => {
+  it("announces the data it picked and its estimated time before the first run, and the runs' layout", async () => {
     const r = await runCli(["sweep", "--workers", "2", "--batches", "2", "--norms", "sync", "--train-size", "64", "--test-size", "16", "--steps", "2", "--out", join(tmp("cli"), "s")], {
       timeoutMs: 60_000,
       env: { SYNCBN_FASHION_MNIST_DIR: join(tmp("empty"), "nowhere") },
@@ -68,13 +68,16 @@ describe("the default sweep", () => {
     expect(estimateAt).toBeGreaterThan(dataAt);
     expect(firstRun).toBeGreaterThan(estimateAt);
     expect(r.stdout).toContain("2 workers, --model mlp, --data synthetic");
+    // The run's layout (cli/layout.ts), once: mlp × 2 is far below the threads' threshold.
+    expect(r.stdout.match(/^ {2}layout: \d+ threads? × \d+ ranks? \(auto: 1\.4 MFLOP\/sample × 2 = 2\.8 MFLOP per rank-step, below 1\.0 GFLOP: threads/gm)).toHaveLength(1);
   }, 90_000);
 });
 
 // The default task, made small: 2048 of its training samples (128 steps at 8 × 2),
 // batches 1 and 2 per worker. Measured with seeds 1, 2, 3 on Fashion-MNIST (test
 // accuracy on 1000 test images): local BN 50.5%, 46.6%, 46.5% against sync BN 78.0%,
-// 77.0%, 76.6%, gaps of 26–31 points; runs are deterministic, and 15 points leaves
+// 77.0%, 76.6% (and 76.9% at 1 sample per worker, seed 1), gaps of 26–31 points;
+// runs are deterministic (every layout bit for bit), and 15 points leaves
 // half the smallest gap for another machine's float32 rounding. At batch 1 local BN
 // fails outright (one value per channel in mlp's BN layers, as in PyTorch).
 const fashionInstalled = await chooseDefaultData({ ...DEFAULT_GRID }, undefined, tmp("probe")).then((n) => n.startsWith("fashion-mnist"));
