@@ -132,7 +132,7 @@ export function registerSweepCommand(program: Command): void {
   const cmd = program
     .command("sweep")
     .description("train every (norm mode × per-worker batch × seed) combination and write results.csv, results.md and report.html")
-    .addOption(workersOption("worker processes of every run", D.workers))
+    .addOption(workersOption("workers (ranks) of every run", D.workers))
     .addOption(new Option("--batches <list>", `per-worker batches (each 1..${MAX_BATCH})`).argParser(listArg("--batches", intItem("--batches", 1, MAX_BATCH))).default(D.batches, D.batches.join(",")))
     .addOption(new Option("--norms <list>", "norm modes: sync, local, group:K (K ranks per sync group), ghost:G, renorm, groupnorm:G (G channel groups), none").argParser(listArg("--norms", (s) => s)).default(D.norms, D.norms.join(",")))
     .addOption(new Option("--seeds <list>", `seeds, e.g. 1,2,3 (each 0..${MAX_SEED})`).argParser(listArg("--seeds", intItem("--seeds", 0, MAX_SEED))).default(D.seeds, D.seeds.join(",")))
