@@ -39,6 +39,7 @@ const FAST = [
   "test/conformance.test.ts",
   "test/dashboard.test.ts",
   "test/disk.test.ts",
+  "test/layout.test.ts",
   "test/norm-modes.test.ts",
   "test/precise.test.ts",
   "test/resume.test.ts",

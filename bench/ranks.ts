@@ -119,7 +119,9 @@ export async function runRanksBench(o: RanksOptions): Promise<RanksResult> {
     o.log(`  ${r.label}: ${fmt(r.samplesPerSecond, 0)} samples/s, ${fmt(r.msPerStep, 2)} ms/step, peak ${fmt(r.peakMiB, 0)} MiB over ${r.processes} processes`);
     return r;
   };
-  const run = async (label: string, args: string[]): Promise<RanksRun> => show(await trainMeasured(label, [...args, ...steps]));
+  // Worker processes unless a row says threads: without --transport, runs this small would default to threads (cli/layout.ts).
+  const run = async (label: string, args: string[]): Promise<RanksRun> =>
+    show(await trainMeasured(label, [...(args.includes("--transport") ? [] : ["--transport", "process"]), ...args, ...steps]));
   const mlp = (w: number, norm: string, rpp: string): string[] => ["--model", "mlp", "--workers", String(w), "--batch", "2", "--norm", norm, "--ranks-per-proc", rpp];
   const single = (norm: string, batch: number, model = "mlp"): string[] => ["--model", model, "--workers", "1", "--batch", String(batch), "--norm", norm];
 

@@ -15,7 +15,7 @@ export type RanksPerProc = number | "auto";
 /** Up to this many ranks the default is one rank per process (npm start unchanged); above it, auto. */
 export const ONE_RANK_PER_PROC_UP_TO = 8;
 
-export const RANKS_PER_PROC_HELP = `ranks per worker process: R, or auto = enough to keep processes ≤ cores (default 1 up to ${ONE_RANK_PER_PROC_UP_TO} ranks, auto above)`;
+export const RANKS_PER_PROC_HELP = `ranks per worker process (or thread): R, or auto = enough to keep processes ≤ cores (default: auto for threads; for processes 1 up to ${ONE_RANK_PER_PROC_UP_TO} ranks, auto above)`;
 
 /** commander argParser of --ranks-per-proc. */
 export function parseRanksPerProc(v: string): RanksPerProc {
@@ -76,9 +76,10 @@ export function checkWorkerBlock(first: number, size: number, world: number, nor
   }
 }
 
-/** For the start line: "16 ranks on 2 processes (8 ranks per process)". */
-export function describeBlocks(world: number, perProc: number): string {
+/** For the start line: "16 ranks on 2 processes (8 ranks per process)", or on threads with --transport thread. */
+export function describeBlocks(world: number, perProc: number, unit: "process" | "thread" = "process"): string {
   const procs = Math.ceil(world / perProc);
   if (perProc === 1) return plural(world, "worker");
-  return `${world} ranks on ${procs} process${procs === 1 ? "" : "es"} (${perProc} ranks per process${world % perProc ? `, the last ${world % perProc}` : ""})`;
+  const units = unit === "process" ? plural(procs, "process", "processes") : plural(procs, "thread");
+  return `${world} ranks on ${units} (${perProc} ranks per ${unit}${world % perProc ? `, the last ${world % perProc}` : ""})`;
 }

@@ -134,8 +134,8 @@ export function registerTrainCommands(program: Command): void {
     addTrainFlags(
       program
         .command("train")
-        .description("train a reference model data-parallel on W local worker processes")
-        .addOption(workersOption("number of worker processes", 4))
+        .description("train a reference model data-parallel on W local workers (threads or processes: the layout line says which)")
+        .addOption(workersOption("number of workers (ranks)", 4))
         .addOption(new Option("--on-worker-loss <policy>", "abort the run, or continue without the lost worker (elastic)").choices(["abort", "continue"]).default("abort"))
         .addOption(helloTimeoutOption())
         .option("--out <dir>", OUT_HELP)

@@ -148,6 +148,8 @@ export interface RunFlagDefaults {
   renormWarmup: Warmup;
   /** How the --train-size default reads in the help. */
   trainSize: string;
+  /** How the --data default reads in the help (absent: its value). */
+  data?: string;
 }
 
 const TRAIN_DEFAULTS: RunFlagDefaults = { model: D.model, renormWarmup: { steps: D.renormWarmup }, trainSize: "all" };
@@ -169,7 +171,7 @@ function modelArg(v: string): ModelKind {
 export function addRunFlags(cmd: Command, d: RunFlagDefaults = TRAIN_DEFAULTS): Command {
   return cmd
     .option("--model <kind>", "mlp | cnn | resnet:N (resnet:3 = ResNet-20) | PATH.onnx (your own model exported from PyTorch)", modelArg, d.model)
-    .option("--data <spec>", "synthetic | fashion-mnist | DIR (folder of IDX files)", D.data)
+    .addOption(new Option("--data <spec>", "synthetic | fashion-mnist | DIR (folder of IDX files)").default(D.data, d.data))
     .addOption(new Option("--shuffle <on|off>", "off: no shuffling, rank k's t-th batch holds samples k + W·(t·B + j), as PyTorch's DistributedSampler(shuffle=False)").choices(["on", "off"]).default(D.shuffle))
     .addOption(new Option("--rank-grads <exact|fused>", RANK_GRADS_HELP).choices([...RANK_GRADS]).default(D.rankGrads))
     .option("--epochs <n>", `epochs to train (1..${MAX_EPOCHS}; ignored with --steps)`, intArg("--epochs", 1, MAX_EPOCHS), D.epochs)
@@ -215,7 +217,7 @@ export function addLaunchFlags(cmd: Command): Command {
     .addOption(
       new Option("--transport <kind>", "process: worker processes over the --wire; thread: worker_threads in one process over MessagePorts (same results, bit for bit)")
         .choices(["process", "thread"])
-        .default("process"),
+        .default(undefined, "auto: thread when a rank's step is under 1 GFLOP (model FLOPs × batch), else process; the start line's layout: says which and why"),
     )
     .addOption(wireOption())
     .addOption(
@@ -275,10 +277,11 @@ export interface RunFlags {
 }
 
 export interface LaunchFlags {
-  transport: "process" | "thread";
+  /** Absent: chosen by cli/layout.ts from the work of a rank's step. */
+  transport?: "process" | "thread";
   wire: Wire;
   pinCpus: PinMode;
-  /** Absent: the default of cli/blocks.ts (1 up to 8 ranks, auto above). */
+  /** Absent: chosen by cli/layout.ts (packed to the cores for small steps; else 1 up to 8 ranks, auto above). */
   ranksPerProc?: RanksPerProc;
   threads: Threads;
   /** --kernels (cli/kernels.ts); absent: SYNCBN_KERNELS, then the automatic choice. */

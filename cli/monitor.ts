@@ -476,7 +476,7 @@ export function formatSummary(s: RunSummary): string[] {
   const pct = (v: number | null): string => (v === null ? "n/a" : `${(100 * v).toFixed(2)}%`);
   const num = (v: number | null, d = 1): string => (v === null ? "n/a" : v.toFixed(d));
   return [
-    `done: ${s.model}, --norm ${s.norm}, ${s.ranksPerProcess > 1 ? `${plural(s.workers, "rank")} on ${plural(s.processes, "process", "processes")}` : plural(s.workers, "worker")} × ${plural(s.perWorkerBatch, "sample")} (global batch ${s.globalBatch}), ${plural(s.steps, "step")} (${num(s.epochs, 2)} epochs) on ${s.data}`,
+    `done: ${s.model}, --norm ${s.norm}, ${s.ranksPerProcess > 1 ? `${plural(s.workers, "rank")} on ${s.settings?.transport === "thread" ? plural(s.processes, "thread") : plural(s.processes, "process", "processes")}` : plural(s.workers, "worker")} × ${plural(s.perWorkerBatch, "sample")} (global batch ${s.globalBatch}), ${plural(s.steps, "step")} (${num(s.epochs, 2)} epochs) on ${s.data}`,
     `  test accuracy ${pct(s.testAccuracy)}, test loss ${num(s.testLoss, 4)}, last-batch train loss ${num(s.finalTrainLoss, 4)} (step ${s.steps}, not smoothed)`,
     `  ${num(s.msPerStep)} ms/step (median); ${num(s.samplesPerSecond, 0)} samples/s; start-up ${num(s.startupSeconds)} s (processes, data, connections); wall ${num(s.wallSeconds)} s`,
     `  in sync rounds ${num(s.syncWaitMsPerStep, 2)} ms/step: waiting for other ranks ${num(s.waitOtherRanksMsPerStep, 2)} ms (the slowest rank's compute; includes CPU contention when workers share cores), round trip ${num(s.roundTripMsPerStep, 2)} ms (wire, coordinator, scheduling)`,

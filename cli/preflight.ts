@@ -8,7 +8,8 @@
 import { parseNorm, TORCH_CONVENTIONS } from "../shared/config.js";
 import { ErrorCode, SyncbnError } from "../shared/errors.js";
 import { probeDataset } from "../worker/data/dataset.js";
-import { buildModel } from "../worker/nn/model.js";
+import { buildModel, type Model } from "../worker/nn/model.js";
+import { trainFlopsPerSample } from "./layout.js";
 import { stepsPerEpoch, type TrainSettings } from "../worker/settings.js";
 
 // One probe per data source and sizes in this process: a sweep checks its data once, not per run.
@@ -23,6 +24,8 @@ export interface RunDataPlan {
   /** One sample's (C, H, W) and the number of classes, as the data holds them. */
   sampleShape: [number, number, number];
   classes: number;
+  /** Training FLOPs of one sample through the model (cli/layout.ts), for the default layout. */
+  trainFlopsPerSample: number;
 }
 
 /** Checks s's data for a run of `workers` workers; throws the one-line error that would otherwise stop the workers. */
@@ -38,8 +41,9 @@ export async function checkRunData(s: TrainSettings, workers: number, fashionMni
     // The model is built here once against the data's shape (an ONNX one imported): its refusals, e.g.
     // images too small for cnn's two poolings, come before any worker starts, not as workers that exit.
     const renorm = { rMax: s.renormRMax, dMax: s.renormDMax, warmup: s.renormWarmup, clock: null };
+    let model: Model;
     try {
-      buildModel({ kind: s.model, inShape: counts.sampleShape, classes: counts.classes, norm: parseNorm(s.norm), conventions: { ...TORCH_CONVENTIONS, eps: s.bnEps }, sync: null, seed: s.seed, renorm });
+      model = buildModel({ kind: s.model, inShape: counts.sampleShape, classes: counts.classes, norm: parseNorm(s.norm), conventions: { ...TORCH_CONVENTIONS, eps: s.bnEps }, sync: null, seed: s.seed, renorm });
     } catch (e) {
       // The model names itself and the minimum; the user also needs to know which data the images came from.
       if (e instanceof SyncbnError && e.code === ErrorCode.BadConfig) throw new SyncbnError(e.code, `${e.detail} (the images of --data ${s.data})`, e.context);
@@ -47,7 +51,7 @@ export async function checkRunData(s: TrainSettings, workers: number, fashionMni
     }
     // The training loop takes W·B samples per step and drops the remainder of an epoch.
     const perEpoch = stepsPerEpoch(counts.train, workers, s.batch);
-    return { ...counts, totalSteps: s.steps ?? s.epochs * perEpoch };
+    return { ...counts, totalSteps: s.steps ?? s.epochs * perEpoch, trainFlopsPerSample: trainFlopsPerSample(model) };
   } catch (e) {
     // Found before anything started: main.ts exits 2 on it.
     if (e instanceof SyncbnError && !e.beforeStart) throw new SyncbnError(e.code, e.detail, e.context, { beforeStart: true });

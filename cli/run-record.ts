@@ -27,6 +27,8 @@ export interface RunLayout {
   kernels: string | null;
   transport?: string;
   wire?: string | null;
+  /** The layout and why it was chosen (cli/layout.ts), e.g. "2 threads × 2 ranks (auto: …)". */
+  layout?: string;
 }
 
 export function runRecord(s: TrainSettings | RunRecord["settings"], layout: RunLayout, argv: readonly string[] = process.argv): RunRecord {

@@ -7,6 +7,9 @@ import { Command, InvalidArgumentError, Option } from "commander";
 import { ErrorCode, SyncbnError } from "../shared/errors.js";
 import { checkDashboardBind, parseDashboardSpec } from "../coordinator/dashboard.js";
 import { readEnv } from "./env.js";
+import { join } from "node:path";
+import { readJson, type SweepFile } from "./sweep-folder.js";
+import { DEFAULT_FASHION_MNIST_DIR, probeDataset } from "../worker/data/dataset.js";
 import {
   LR_RANGE,
   MAX_BATCH,
@@ -98,6 +101,30 @@ export function gridFromFlags(f: SweepFlags): SweepGrid {
   };
 }
 
+/**
+ * Sets grid.data to the default sweep's data: the data of the sweep folder `outDir`
+ * already holds (a re-run resumes it), else "fashion-mnist" when its files are in
+ * place (the checks --data fashion-mnist makes), else "synthetic". A folder that is
+ * there but too small for --train-size/--test-size is refused as with --data
+ * fashion-mnist. Returns the line that says which and why.
+ */
+export async function chooseDefaultData(grid: SweepGrid, fashionMnistDir: string | undefined, outDir: string): Promise<string> {
+  const before = readJson<Partial<SweepFile>>(join(outDir, "sweep.json"))?.grid?.data;
+  if (typeof before === "string") {
+    grid.data = before;
+    return `${before}, as the sweep in ${outDir} has it (--data to choose)`;
+  }
+  try {
+    await probeDataset("fashion-mnist", { seed: grid.seeds[0]!, trainSize: grid.trainSize ?? undefined, testSize: grid.testSize ?? undefined, fashionMnistDir });
+    grid.data = "fashion-mnist";
+    return `fashion-mnist, found in ${fashionMnistDir ?? DEFAULT_FASHION_MNIST_DIR} (the default when installed; --data synthetic for the embedded set)`;
+  } catch (e) {
+    if (!(e instanceof SyncbnError && e.code === ErrorCode.Data)) throw e;
+    grid.data = "synthetic";
+    return `synthetic, as Fashion-MNIST is not usable here (${e.detail.split(". ")[0]}); apt-get install dataset-fashion-mnist makes it the default`;
+  }
+}
+
 /** Largest --lr-ref-batch: a global batch of MAX_WORKERS × MAX_BATCH samples. */
 const MAX_LR_REF_BATCH = 1024 * 4096;
 
@@ -106,7 +133,7 @@ export function registerSweepCommand(program: Command): void {
   const cmd = program
     .command("sweep")
     .description("train every (norm mode × per-worker batch × seed) combination and write results.csv, results.md and report.html")
-    .addOption(workersOption("worker processes of every run", D.workers))
+    .addOption(workersOption("workers (ranks) of every run", D.workers))
     .addOption(new Option("--batches <list>", `per-worker batches (each 1..${MAX_BATCH})`).argParser(listArg("--batches", intItem("--batches", 1, MAX_BATCH))).default(D.batches, D.batches.join(",")))
     .addOption(new Option("--norms <list>", "norm modes: sync, local, group:K (K ranks per sync group), ghost:G, renorm, groupnorm:G (G channel groups), cbn:K, none").argParser(listArg("--norms", (s) => s)).default(D.norms, D.norms.join(",")))
     .addOption(new Option("--seeds <list>", `seeds, e.g. 1,2,3 (each 0..${MAX_SEED})`).argParser(listArg("--seeds", intItem("--seeds", 0, MAX_SEED))).default(D.seeds, D.seeds.join(",")))
@@ -122,6 +149,7 @@ export function registerSweepCommand(program: Command): void {
       model: D.model,
       renormWarmup: { percent: 100 * (D.renormWarmupFraction ?? 0) },
       trainSize: `${D.trainSize}, or all with --all-data`,
+      data: "fashion-mnist when installed, else synthetic",
     }),
   );
   cmd.action(async (f: SweepFlags & { dashboard?: { host: string; port: number } }) => {
@@ -135,11 +163,15 @@ export function registerSweepCommand(program: Command): void {
     if (f.dashboard) checkDashboardBind(f.dashboard.host, env.token ?? "");
     const tty = Boolean(process.stdout.isTTY) && !env.isCI;
     const grid = gridFromFlags(f);
+    // No --data: Fashion-MNIST where it is installed (real images, where local BN at 1–2 samples per worker
+    // falls far behind sync BN within one short epoch), else the embedded synthetic set.
+    const dataNote = cmd.getOptionValueSource("data") === "cli" ? undefined : await chooseDefaultData(grid, env.fashionMnistDir, f.out);
     // An explicit --ranks-per-proc that splits a group of some --norms mode is refused before the first run.
     if (f.ranksPerProc !== undefined) for (const norm of grid.norms) resolveRanksPerProc(f.ranksPerProc, grid.workers, norm);
     await runSweep({
       grid,
       fashionMnistDir: env.fashionMnistDir,
+      dataNote,
       outDir: f.out,
       roundTimeoutMs: f.roundTimeout,
       launch: { transport: f.transport, wire: f.wire, pinCpus: f.pinCpus, ranksPerProc: f.ranksPerProc, threads: f.threads, kernels: f.kernels },

@@ -5,7 +5,7 @@
 import { parseNorm, statsGroupSize } from "../shared/config.js";
 import { ErrorCode, SyncbnError, isSyncbnError } from "../shared/errors.js";
 import { SYNTHETIC_DEFAULT_TRAIN } from "../worker/data/synthetic.js";
-import { buildModel, type ModelKind } from "../worker/nn/model.js";
+import { buildModel, isOnnxKind, normChannels, type ModelKind } from "../worker/nn/model.js";
 import { DEFAULT_SETTINGS, conventionsOf, validateSettings, type RankGrads, type TrainSettings } from "../worker/settings.js";
 import { lrScheduleText } from "../worker/nn/lr-schedule.js";
 
@@ -65,12 +65,17 @@ export interface SweepGrid {
 }
 
 /**
- * Defaults, measured on a 2-core machine (about 5 minutes for the 20 runs):
- * 8 workers, so per-worker batch 1 is still a global batch of 8 for sync BN;
- * the mlp (a third of the cnn's cost per sample; the effect is in its two BN
- * layers just the same); 8192 synthetic samples, one epoch per run, which is
- * where sync BN reaches ~40% and local BN at 2 samples per worker stays near
- * chance. lr 0.1 per 256 samples (Goyal et al. 2017): at global batch 64 and
+ * Defaults (docs/defaults.md has the measured tables): 8 workers, so per-worker
+ * batch 1 is still a global batch of 8 for sync BN; the mlp (a fifth of the
+ * cnn's FLOPs per sample; the effect is in its two BN layers just the same);
+ * 8192 samples, one epoch per run, of Fashion-MNIST when installed (the data
+ * itself is chosen in sweep-flags.ts; "synthetic" here is the fallback): there
+ * sync BN reaches 81% at every batch while local BN fails at 1 sample per worker
+ * and reaches 45% at 2 — 3m43s for the 20 runs on 2 shared cores with the default
+ * layout (8 ranks on 2 threads). On the synthetic set sync BN reaches 36–41% and
+ * local BN at 2 samples 14% (5m54s, a heavier-loaded machine); GroupNorm, which
+ * normalizes each image, undoes that set's per-image gain and scores 40–44%.
+ * lr 0.1 per 256 samples (Goyal et al. 2017): at global batch 64 and
  * 4096 samples it gave 32.8% against 31.2%, 26.1% and 20.8% for 2×, 8× and 32×
  * that, and kept 4-worker sync BN flat (31–33%) from global batch 4 to 64,
  * where 2× did not (26–33%).
@@ -321,4 +326,40 @@ export function expectedSteps(g: SweepGrid, batch: number): number | null {
   if (g.steps !== null) return g.steps;
   const n = knownTrainCount(g);
   return n === null ? null : g.epochs * Math.floor(n / (g.workers * batch));
+}
+
+// What a sweep run costs with the default layout (threads, cli/layout.ts), fitted
+// to the default sweep (mlp, Fashion-MNIST, 8 ranks) measured on 2 cores shared
+// with other work (docs/defaults.md): start-up and the final evaluation per run,
+// the fixed cost of a step (its gradient round, scheduling), each BN round of a
+// step, and the model's training FLOPs at the rate such a step reaches.
+const EST_RUN_SECONDS = 2;
+const EST_STEP_MS = 14;
+const EST_BN_ROUND_MS = 5;
+const EST_FLOPS_PER_SECOND = 5e9;
+
+/** BN rounds one step of `norm` makes on model `kind`: sync and group:K (K > 1) two per norm layer (statistics forward, gradients backward), others none. */
+export function bnRoundsPerStep(kind: ModelKind, norm: string, workers: number): number {
+  const mode = parseNorm(norm);
+  if (mode.kind !== "sync" && mode.kind !== "group") return 0;
+  if (statsGroupSize(mode, workers) <= 1) return 0;
+  // An ONNX model's norm layers are known only after import: counted as none (the estimate is low).
+  return isOnnxKind(kind) ? 0 : 2 * normChannels(kind).length;
+}
+
+/**
+ * Seconds a sweep's runs not `done` should take on 2 cores: per run, start-up plus its steps'
+ * fixed and BN-round costs plus its training FLOPs (`stepsOf(batch)` steps of
+ * W × batch samples, `trainFlopsPerSample` each) and the evaluation's.
+ */
+export function estimateSweepSeconds(g: SweepGrid, stepsOf: (batch: number) => number, trainFlopsPerSample: number, testSamples: number, done: (c: Combo) => boolean = () => false): number {
+  let seconds = 0;
+  for (const c of combosOf(g)) {
+    if (done(c)) continue;
+    const steps = stepsOf(c.batch);
+    const stepMs = EST_STEP_MS + EST_BN_ROUND_MS * bnRoundsPerStep(g.model, c.norm, g.workers);
+    const flops = steps * g.workers * c.batch * trainFlopsPerSample + (testSamples * trainFlopsPerSample) / 3;
+    seconds += EST_RUN_SECONDS + (steps * stepMs) / 1000 + flops / EST_FLOPS_PER_SECOND;
+  }
+  return seconds;
 }

@@ -19,6 +19,7 @@ import {
   DEFAULT_GRID,
   budgetText,
   combosOf,
+  estimateSweepSeconds,
   expectedSteps,
   lrFor,
   lrRuleText,
@@ -112,6 +113,8 @@ export interface SweepOptions {
   grid: SweepGrid;
   /** The command as typed, for sweep.json and the report (default: this process's argv). */
   command?: string;
+  /** Why the sweep uses the data it does when --data was not given (printed before the runs), or undefined. */
+  dataNote?: string;
   /** Where "fashion-mnist" is read from (the workers get the same environment). */
   fashionMnistDir?: string;
   outDir: string;
@@ -223,9 +226,15 @@ export async function runSweep(o: SweepOptions): Promise<SweepResult> {
   const g = plan.grid;
   if (plan.additions) validateGrid(g);
   // A data problem would fail every run the same way: say so once, before anything starts.
+  const stepsByBatch = new Map<number, number>();
+  let flopsPerSample = 0;
+  let testSamples = 0;
   for (const b of g.batches) {
     const s = settingsFor(g, g.norms[0]!, b, g.seeds[0]!);
     const plan = await checkRunData(s, g.workers, o.fashionMnistDir);
+    stepsByBatch.set(b, plan.totalSteps);
+    flopsPerSample = plan.trainFlopsPerSample;
+    testSamples = plan.test;
     // Percentage milestones fall on steps only per run: two may meet in a short run.
     const recipe = recipeProblems(s, plan.totalSteps);
     if (recipe.length) throw new SyncbnError(ErrorCode.BadConfig, `--batches ${b}: ${recipe.join("; ")}`, {}, { beforeStart: true });
@@ -243,6 +252,10 @@ export async function runSweep(o: SweepOptions): Promise<SweepResult> {
   o.print(`  learning rate: ${lrRuleText(g)}: ${g.batches.map((b) => `batch ${b}/worker → lr ${Number(lrFor(g, b).toPrecision(3))}`).join(", ")}`);
   o.print(`  budget per run: ${budgetText(g)}; output in ${o.outDir}`);
   if (recipeText(g)) o.print(`  recipe: ${recipeText(g)}`);
+  if (o.dataNote) o.print(`  data: ${o.dataNote}`);
+  const done = (c: { name: string }): boolean => existsSync(join(o.outDir, "runs", c.name, "summary.json"));
+  const estimate = estimateSweepSeconds(g, (b) => stepsByBatch.get(b)!, flopsPerSample, testSamples, done);
+  o.print(`  estimated time: ${formatDuration(estimate)} on 2 cores (costs per run, step and FLOP measured on the default sweep; the ETA corrects it after the first run)`);
   if (g.norms.some((n) => n === "local" || n === "renorm" || n.startsWith("group:") || n.startsWith("ghost:") || n.startsWith("cbn:"))) {
     o.print("  eval in local, group:K, ghost:G, renorm and cbn:K modes uses rank 0's running statistics (they differ per worker), as PyTorch DDP does");
   }
@@ -258,6 +271,7 @@ export async function runSweep(o: SweepOptions): Promise<SweepResult> {
   const started = performance.now();
   let lastDraw = 0;
   let lastDashboard = "";
+  let lastLayout = "";
   try {
     for (let i = 0; i < N && !interrupted; i++) {
       const c = combos[i]!;
@@ -321,7 +335,14 @@ export async function runSweep(o: SweepOptions): Promise<SweepResult> {
         },
         // tty: the run reports every step through status(), which feeds our bar.
         tty: true,
-        print: () => {},
+        // The run's own lines stay quiet but its layout, printed when its shape differs from the last one printed (it follows the batch).
+        print: (line) => {
+          const shape = line.split(" (")[0]!;
+          if (!line.startsWith("layout: ") || shape === lastLayout) return;
+          lastLayout = shape;
+          if (o.tty) o.status("");
+          o.print(`  ${line}`);
+        },
         status: (line) => {
           const m = /step (\d+)\/(\d+)/.exec(line);
           const now = performance.now();

@@ -31,7 +31,8 @@ import { plural } from "./progress-line.js";
 import { runRecord } from "./run-record.js";
 import { isEvalProgress } from "../worker/eval-progress.js";
 import { checkDashboardBind } from "../coordinator/dashboard.js";
-import { describeBlocks, rankBlocks, resolveRanksPerProc, type RanksPerProc } from "./blocks.js";
+import { describeBlocks, rankBlocks, type RanksPerProc } from "./blocks.js";
+import { chooseLayout } from "./layout.js";
 
 export interface TrainOptions {
   settings: TrainSettings;
@@ -54,14 +55,15 @@ export interface TrainOptions {
   /** Extra environment for the workers (e.g. the Fashion-MNIST folder). */
   workerEnv?: NodeJS.ProcessEnv;
   /**
-   * "process" (default): workers are child processes talking ws to the coordinator.
+   * "process": workers are child processes talking ws to the coordinator.
    * "thread": worker_threads in this process over MessagePorts, same coordinator
    * logic and bit-identical results (fast simulation; no multi-host).
+   * Absent: chosen from the work of a rank's step (cli/layout.ts).
    */
   transport?: "process" | "thread";
   /** Wire of the process transport (default ws). */
   wire?: Wire;
-  /** Ranks per worker process (cli/blocks.ts; default 1 up to 8 ranks, auto above). */
+  /** Ranks per worker process or thread (cli/blocks.ts); absent: chosen with the transport (cli/layout.ts). */
   ranksPerProc?: RanksPerProc;
   /** Pin worker processes to CPUs round-robin (cli/affinity.ts; default "auto"). */
   pinCpus?: PinMode;
@@ -116,17 +118,32 @@ export function resolveThreads(t: Threads | undefined, workers: number, cores = 
   return t;
 }
 
+/** Why a run must have worker processes whatever its size (the auto layout then takes them), or null. */
+function processesNeededFor(o: TrainOptions, faultInjected: boolean): string | null {
+  if (faultInjected) return "SYNCBN_FAULT (it acts in worker processes)";
+  if (o.onWorkerLoss === "continue") return "--on-worker-loss continue (a lost worker is a process to stop)";
+  if (o.wire !== undefined && o.wire !== "ws") return `--wire ${o.wire}`;
+  if (o.pinCpus === "on") return "--pin-cpus on";
+  return null;
+}
+
 export async function runTrain(o: TrainOptions): Promise<TrainResult> {
   const s = o.settings;
   validateSettings(s, o.workers);
-  // Ranks packed into processes (blocks of consecutive ranks); refused here when a block would split a group.
-  const perProc = resolveRanksPerProc(o.ranksPerProc, o.workers, s.norm);
+  const env0 = readEnv({ ...process.env, ...o.workerEnv });
+  const plan = await checkRunData(s, o.workers, env0.fashionMnistDir);
+  // Threads or processes, and ranks packed into each (blocks of consecutive ranks), from the flags and the
+  // work of a rank's step (cli/layout.ts); refused here when a block would split a group.
+  const layout = chooseLayout(
+    { transport: o.transport, ranksPerProc: o.ranksPerProc, needsProcesses: processesNeededFor(o, env0.fault !== undefined) },
+    o.workers, s.norm, plan.trainFlopsPerSample, s.batch,
+  );
+  const perProc = layout.ranksPerProc;
   const blocks = rankBlocks(o.workers, perProc);
   const threadsPerWorker = resolveThreads(o.threads, blocks.length);
   // Chosen once here (an explicit native without the addon is refused before anything starts), handed to every worker.
-  const kernelChoice = chooseKernels(o.kernels, readEnv({ ...process.env, ...o.workerEnv }).kernels);
+  const kernelChoice = chooseKernels(o.kernels, env0.kernels);
   const kernels = kernelChoice.kernels;
-  const plan = await checkRunData(s, o.workers, readEnv({ ...process.env, ...o.workerEnv }).fashionMnistDir);
   // Milestones and warm-up given as percentages are steps only now that the run's length is known.
   const recipe = recipeProblems(s, plan.totalSteps);
   if (recipe.length) throw new SyncbnError(ErrorCode.BadConfig, recipe.join("; "), {}, { beforeStart: true });
@@ -139,7 +156,7 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
   const token = o.token ?? randomBytes(16).toString("hex");
   // Read and checked before the coordinator starts: a bad file must not leave a listening server behind.
   const resumed = o.resume ? readResume(o.resume, s, o.workers, plan) : null;
-  const threads = o.transport === "thread";
+  const threads = layout.transport === "thread";
   // Planned (and "on" checked) before anything starts: a refusal leaves nothing behind.
   // One CPU per compute thread of every worker process.
   const pinning = threads ? null : workerPinning(o.pinCpus ?? "auto", blocks.length * threadsPerWorker);
@@ -200,7 +217,8 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
       ranksPerProcess: perProc,
       threads: threadsPerWorker,
       kernels,
-      transport: o.transport ?? "process",
+      transport: layout.transport,
+      layout: layout.description,
       wire: threads ? null : (o.wire ?? "ws"),
     }),
     onFailure: (e) => {
@@ -212,7 +230,8 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
   monitorRef = monitor;
   if (live.url) (o.onDashboard ?? ((url: string) => o.print(`dashboard: ${url} (read-only; Ctrl-C stops the run as usual)`)))(live.url);
   printKernelNotice(kernelChoice, o.print);
-  o.print(`syncbn train: ${describeBlocks(o.workers, perProc)}${threadsPerWorker > 1 ? ` (${threadsPerWorker} compute threads each)` : ""} × ${plural(s.batch, "sample")}, --model ${s.model} --norm ${s.norm} --data ${s.data}; coordinator ${server.url}; output in ${o.outDir}`);
+  o.print(`layout: ${layout.description}`);
+  o.print(`syncbn train: ${describeBlocks(o.workers, perProc, layout.transport)}${threadsPerWorker > 1 ? ` (${threadsPerWorker} compute threads each)` : ""} × ${plural(s.batch, "sample")}, --model ${s.model} --norm ${s.norm} --data ${s.data}; coordinator ${server.url}; output in ${o.outDir}`);
 
   let coordFailure: SyncbnError | null = null;
   let coordDone = false;

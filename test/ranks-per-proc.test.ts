@@ -14,13 +14,13 @@ import { FIXTURE_CASES, runCli } from "./helpers.js";
 
 const MODES = ["sync", "local", "ghost:2", "group:2", "renorm", "groupnorm:4", "none"] as const;
 
-/** Trains cnn on W = 4 ranks × B = 4 with R ranks per process (--rank-grads as given); returns the output folder. */
+/** Trains cnn on W = 4 ranks × B = 4 with R ranks per process (--rank-grads as given; worker processes, not the default threads of so small a step); returns the output folder. */
 async function train(norm: string, perProc: number, steps: number, rankGrads: "fused" | "exact" = "exact", env: NodeJS.ProcessEnv = {}): Promise<string> {
   const out = mkdtempSync(join(tmpdir(), `syncbn-rpp-${norm.replace(":", "")}-${perProc}-${rankGrads}-`));
   const r = await runCli(
     [
       "train", "--workers", "4", "--batch", "4", "--model", "cnn", "--norm", norm, "--steps", String(steps), "--seed", "3", "--renorm-warmup", "0",
-      "--ranks-per-proc", String(perProc), "--rank-grads", rankGrads, "--out", out,
+      "--transport", "process", "--ranks-per-proc", String(perProc), "--rank-grads", rankGrads, "--out", out,
     ],
     { timeoutMs: 240_000, env },
   );
@@ -93,7 +93,7 @@ describe("several ranks per worker process", () => {
 
   it("reports ranks, processes and ranks per process in the start line, metrics.jsonl and summary.json", async () => {
     const out = mkdtempSync(join(tmpdir(), "syncbn-rpp-report-"));
-    const r = await runCli(["train", "--workers", "6", "--batch", "2", "--model", "mlp", "--steps", "3", "--ranks-per-proc", "4", "--out", out], { timeoutMs: 120_000 });
+    const r = await runCli(["train", "--workers", "6", "--batch", "2", "--model", "mlp", "--steps", "3", "--transport", "process", "--ranks-per-proc", "4", "--out", out], { timeoutMs: 120_000 });
     expect(r.code, r.stdout + r.stderr).toBe(0);
     expect(r.stdout).toContain("6 ranks on 2 processes (4 ranks per process, the last 2)");
     const start = JSON.parse(readFileSync(join(out, "metrics.jsonl"), "utf8").split("\n")[0]!) as Record<string, unknown>;
@@ -105,7 +105,7 @@ describe("several ranks per worker process", () => {
   it("trains 256 ranks × 2 samples of mlp with sync BN for 20 steps on 2 processes", async () => {
     const out = mkdtempSync(join(tmpdir(), "syncbn-rpp-256-"));
     const r = await runCli(
-      ["train", "--workers", "256", "--batch", "2", "--model", "mlp", "--norm", "sync", "--steps", "20", "--ranks-per-proc", "128", "--out", out],
+      ["train", "--workers", "256", "--batch", "2", "--model", "mlp", "--norm", "sync", "--steps", "20", "--transport", "process", "--ranks-per-proc", "128", "--out", out],
       { timeoutMs: 300_000 },
     );
     expect(r.code, r.stdout + r.stderr).toBe(0);

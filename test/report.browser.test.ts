@@ -47,7 +47,7 @@ describe.skipIf(!haveChromium)("report.html in headless Chromium", () => {
     TMP = mkdtempSync(join(tmpdir(), "syncbn-report-"));
     OUT = join(TMP, "sweep");
     const r = await runCli(
-      ["sweep", "--workers", "2", "--batches", BATCHES.join(","), "--norms", NORMS.join(","), "--model", "mlp", "--train-size", "384", "--test-size", "200", "--out", OUT],
+      ["sweep", "--workers", "2", "--batches", BATCHES.join(","), "--norms", NORMS.join(","), "--model", "mlp", "--data", "synthetic", "--train-size", "384", "--test-size", "200", "--out", OUT],
       { timeoutMs: 480_000 }, // generous: the machine may be shared (2 cores, many processes)
     );
     if (r.code !== 0) throw new Error(`sweep failed (${r.code}):\n${r.stdout}\n${r.stderr}`);
