@@ -131,6 +131,9 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
   const s = o.settings;
   validateSettings(s, o.workers);
   const env0 = readEnv({ ...process.env, ...o.workerEnv });
+  // Chosen once here (an explicit native without the addon is refused before anything starts), handed to every worker.
+  const kernelChoice = chooseKernels(o.kernels, env0.kernels);
+  const kernels = kernelChoice.kernels;
   const plan = await checkRunData(s, o.workers, env0.fashionMnistDir);
   // Threads or processes, and ranks packed into each (blocks of consecutive ranks), from the flags and the
   // work of a rank's step (cli/layout.ts); refused here when a block would split a group.
@@ -141,9 +144,6 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
   const perProc = layout.ranksPerProc;
   const blocks = rankBlocks(o.workers, perProc);
   const threadsPerWorker = resolveThreads(o.threads, blocks.length);
-  // Chosen once here (an explicit native without the addon is refused before anything starts), handed to every worker.
-  const kernelChoice = chooseKernels(o.kernels, env0.kernels);
-  const kernels = kernelChoice.kernels;
   // Milestones and warm-up given as percentages are steps only now that the run's length is known.
   const recipe = recipeProblems(s, plan.totalSteps);
   if (recipe.length) throw new SyncbnError(ErrorCode.BadConfig, recipe.join("; "), {}, { beforeStart: true });

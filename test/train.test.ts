@@ -120,7 +120,7 @@ describe("syncbn train", () => {
 
   it("stops every worker and exits non-zero within seconds, naming the rank, when one worker is killed", async () => {
     const out = tmp("crash");
-    const run = startCli(["train", "--workers", "3", "--batch", "8", "--steps", "100000", "--model", "mlp", "--out", out, ...SMALL], { timeoutMs: 60_000 });
+    const run = startCli(["train", "--workers", "3", "--batch", "8", "--steps", "100000", "--model", "mlp", "--transport", "process", "--out", out, ...SMALL], { timeoutMs: 60_000 });
     await waitForOutput(run, (o) => /step \d+/.test(o), 30_000);
     const children = execFileSync("ps", ["-o", "pid=,args=", "--ppid", String(run.child.pid)], { encoding: "utf8" })
       .trim()
