@@ -141,7 +141,7 @@ export function registerTrainCommands(program: Command): void {
         .option("--out <dir>", OUT_HELP)
         .option("--dashboard <[host:]port>", DASHBOARD_HELP, parseDashboardSpec),
     ),
-  ).action(async (f: TrainFlags & LaunchFlags & { workers: number; out?: string; onWorkerLoss: "abort" | "continue"; helloTimeout: number; dashboard?: { host: string; port: number } }) => {
+  ).action(async (f: TrainFlags & LaunchFlags & { workers: number; out?: string; onWorkerLoss: "abort" | "continue"; helloTimeout: number; dashboard?: { host: string; port: number } }, cmd: Command) => {
     checkLaunchFlags(f);
     const settings = await resolveSettings(f, f.workers, env.fashionMnistDir);
     const tty = Boolean(process.stdout.isTTY) && !env.isCI;
@@ -156,7 +156,8 @@ export function registerTrainCommands(program: Command): void {
       roundTimeoutMs: f.roundTimeout,
       onWorkerLoss: f.onWorkerLoss,
       transport: f.transport,
-      wire: f.wire,
+      // Only a --wire given asks for worker processes (the layout's choice, cli/layout.ts); ws is the default.
+      wire: cmd.getOptionValueSource("wire") === "cli" ? f.wire : undefined,
       pinCpus: f.pinCpus,
       ranksPerProc: f.ranksPerProc,
       threads: f.threads,

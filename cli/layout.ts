@@ -46,7 +46,7 @@ export interface LayoutRequest {
   transport?: "process" | "thread";
   /** --ranks-per-proc as given (undefined: decided here). */
   ranksPerProc?: RanksPerProc;
-  /** Why the run needs worker processes, if it does (fault injection, elastic, --wire tcp, --pin-cpus on); null if not. */
+  /** Why the run needs worker processes, if it does (fault injection, elastic, a --wire given, --pin-cpus on); null if not. */
   needsProcesses: string | null;
 }
 

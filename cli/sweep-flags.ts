@@ -174,7 +174,7 @@ export function registerSweepCommand(program: Command): void {
       dataNote,
       outDir: f.out,
       roundTimeoutMs: f.roundTimeout,
-      launch: { transport: f.transport, wire: f.wire, pinCpus: f.pinCpus, ranksPerProc: f.ranksPerProc, threads: f.threads, kernels: f.kernels },
+      launch: { transport: f.transport, wire: cmd.getOptionValueSource("wire") === "cli" ? f.wire : undefined, pinCpus: f.pinCpus, ranksPerProc: f.ranksPerProc, threads: f.threads, kernels: f.kernels },
       dashboard: f.dashboard ?? null,
       token: env.token,
       tty,

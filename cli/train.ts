@@ -122,7 +122,7 @@ export function resolveThreads(t: Threads | undefined, workers: number, cores = 
 function processesNeededFor(o: TrainOptions, faultInjected: boolean): string | null {
   if (faultInjected) return "SYNCBN_FAULT (it acts in worker processes)";
   if (o.onWorkerLoss === "continue") return "--on-worker-loss continue (a lost worker is a process to stop)";
-  if (o.wire !== undefined && o.wire !== "ws") return `--wire ${o.wire}`;
+  if (o.wire !== undefined) return `--wire ${o.wire}`;
   if (o.pinCpus === "on") return "--pin-cpus on";
   return null;
 }
