@@ -14,7 +14,7 @@ import { runCli, startCli, waitForOutput } from "./helpers.js";
 
 const tmp = (p: string): string => mkdtempSync(join(tmpdir(), `syncbn-${p}-`));
 const TOKEN = "fuzz-secret-token-0f3c9a";
-const RUN = ["train", "--workers", "2", "--model", "mlp", "--data", "synthetic", "--train-size", "2048", "--test-size", "100", "--batch", "8", "--steps", "1500", "--seed", "9", "--checkpoint-every", "500"];
+const RUN = ["train", "--workers", "2", "--model", "mlp", "--data", "synthetic", "--train-size", "2048", "--test-size", "100", "--batch", "8", "--steps", "1500", "--seed", "9", "--checkpoint-every", "500", "--transport", "process"];
 const CONV = { eps: 1e-5, momentum: 0.1, momentumStyle: "torch", unbiasedRunningVar: true, norm: "sync", training: "" };
 
 /** One hostile message of a random kind. */

@@ -30,7 +30,8 @@ describe("--transport thread, --wire tcp and --pin-cpus", () => {
     const dirs = { process: tmp("proc"), thread: tmp("thread"), tcp: tmp("tcp"), pinned: tmp("pinned") };
     const runs = await Promise.all([
       runCli([...RUN, "--out", dirs.process, "--transport", "process", "--pin-cpus", "off"], { timeoutMs: 90_000 }),
-      runCli([...RUN, "--out", dirs.thread, "--transport", "thread"], { timeoutMs: 90_000 }),
+      // One rank per thread, as per process: packing ranks sums the monitor's losses in another order (weights stay bit-identical, ranks-per-proc.test.ts).
+      runCli([...RUN, "--out", dirs.thread, "--transport", "thread", "--ranks-per-proc", "1"], { timeoutMs: 90_000 }),
       runCli([...RUN, "--out", dirs.tcp, "--wire", "tcp"], { timeoutMs: 90_000 }),
       ...(process.platform === "linux" ? [runCli([...RUN, "--out", dirs.pinned, "--pin-cpus", "on"], { timeoutMs: 90_000 })] : []),
     ]);
@@ -70,7 +71,7 @@ describe("--transport thread, --wire tcp and --pin-cpus", () => {
   it("reports a failing worker thread by rank with its error, as it does a failing worker process", async () => {
     const out = tmp("thread-fail");
     // One sample per worker through local BN: every worker fails in its first forward (as PyTorch's BN does).
-    const r = await runCli([...RUN, "--out", out, "--transport", "thread", "--model", "mlp", "--norm", "local", "--batch", "1"], { timeoutMs: 60_000 });
+    const r = await runCli([...RUN, "--out", out, "--transport", "thread", "--ranks-per-proc", "1", "--model", "mlp", "--norm", "local", "--batch", "1"], { timeoutMs: 60_000 });
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/worker rank \d exited with code 1/);
     expect(r.stderr).toMatch(/rank \d: syncbn: SYNCBN_ERR_SINGLE_VALUE: \[rank \d/);
