@@ -3,7 +3,8 @@
 // layer (im2col, bias, col2im and dW's float64 sum included), in GFLOP/s
 // (6·n·cout·cin·9·P flops per step), the backends alternating per repetition, each
 // on --threads compute threads (wasm's helpers, the addon's std::threads). Not a
-// test: it reports and never fails on a time.
+// test: it reports and never fails on a time. Each shape's native GFLOP/s is also
+// given as a share of one core's FMA peak (native/peak.cc), measured in the run.
 // node dist/bench/native-conv.js [--reps N] [--threads T]
 
 import { Rng } from "../shared/rng.js";
@@ -52,7 +53,10 @@ if (!k) {
   console.log(`native kernels unavailable: ${nativeUnavailableReason()}`);
   process.exit(1);
 }
+// The ceiling (issue 22): one core's widest vector FMA, measured here, in this run. The kernels use no FMA (wasm's bits).
+const [peak, peakIsa] = k.fmaPeak(1);
 console.log(`native clone: ${k.isa()}; batch ${BATCH}; best and median of ${REPS} forward+backward, the backends alternating; ${THREADS} thread${THREADS > 1 ? "s" : ""}`);
+console.log(`FMA peak of one core (${peakIsa}, 12 chains, 1 s): ${peak.toFixed(1)} GFLOP/s${THREADS > 1 ? ` (× ${THREADS} threads: ${(peak * THREADS).toFixed(1)})` : ""}`);
 for (const { c, hw } of SHAPES) {
   const rng = new Rng(1);
   const wasm = new Conv2d("c", c, c, 3, 1, 1, hw, hw, new Rng(2), "wasm");
@@ -61,5 +65,6 @@ for (const { c, hw } of SHAPES) {
   const flops = 6 * BATCH * c * c * 9 * hw * hw;
   const [[bw, mw], [bn, mn]] = times([wasm, nat], x, dy);
   const g = (t: number): string => (flops / t / 1e9).toFixed(2);
-  console.log(`${c}→${c} 3×3 at ${hw}×${hw}: best wasm ${g(bw)}, native ${g(bn)} GFLOP/s (×${(bw / bn).toFixed(2)}); median wasm ${g(mw)}, native ${g(mn)} (×${(mw / mn).toFixed(2)})`);
+  const pct = (t: number): string => (peak > 0 ? `${((flops / t / 1e9 / (peak * THREADS)) * 100).toFixed(0)} %` : "n/a");
+  console.log(`${c}→${c} 3×3 at ${hw}×${hw}: best wasm ${g(bw)}, native ${g(bn)} GFLOP/s (×${(bw / bn).toFixed(2)}); median wasm ${g(mw)}, native ${g(mn)} (×${(mw / mn).toFixed(2)}); native best = ${pct(bn)} of the FMA peak (goal ≥ 50 %: ${peak > 0 && flops / bn / 1e9 >= 0.5 * peak * THREADS ? "PASS" : "MISS"})`);
 }

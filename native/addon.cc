@@ -183,6 +183,25 @@ napi_value Isa(napi_env env, napi_callback_info) {
   return s;
 }
 
+// fmaPeak(seconds) → [GFLOP/s, isa]: the bench's ceiling (peak.cc).
+napi_value FmaPeak(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value arg;
+  double seconds = 0;
+  if (napi_get_cb_info(env, info, &argc, &arg, nullptr, nullptr) != napi_ok || argc < 1 || napi_get_value_double(env, arg, &seconds) != napi_ok ||
+      !(seconds > 0 && seconds <= 60))
+    return fail(env, "fmaPeak(seconds): seconds must be in (0, 60]"), nullptr;
+  const char* isa = "none";
+  const double gflops = syncbn::fmaPeakGflops(seconds, &isa);
+  napi_value out, g, s;
+  napi_create_array_with_length(env, 2, &out);
+  napi_create_double(env, gflops, &g);
+  napi_create_string_utf8(env, isa, NAPI_AUTO_LENGTH, &s);
+  napi_set_element(env, out, 0, g);
+  napi_set_element(env, out, 1, s);
+  return out;
+}
+
 napi_value Init(napi_env env, napi_value exports) {
   const napi_property_descriptor props[] = {
       {"im2col", nullptr, Im2col, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
@@ -193,6 +212,7 @@ napi_value Init(napi_env env, napi_value exports) {
       {"convForward", nullptr, ConvForward, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"convBackward", nullptr, ConvBackward, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"isa", nullptr, Isa, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
+      {"fmaPeak", nullptr, FmaPeak, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
   };
   napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
   return exports;

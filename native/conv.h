@@ -35,4 +35,7 @@ void convForward(float* y, const float* x, float* cols, const float* w, const Ge
 void convBackward(float* dx, const float* dy, const float* cols, const float* w, double* dw64, const Geometry& g, int cout, int first, int count,
                   int threads);
 
+// The bench's ceiling (peak.cc): GFLOP/s of one core's widest vector FMA, measured for `seconds`; isa names it ("none": 0).
+double fmaPeakGflops(double seconds, const char** isa);
+
 }  // namespace syncbn

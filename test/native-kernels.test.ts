@@ -250,6 +250,15 @@ describe.skipIf(off)("Conv2d on the native kernels", () => {
     for (let t = 0; t < a.length; t++) expect(Buffer.from(a[t]!.buffer).equals(Buffer.from(b[t]!.buffer)), `output ${t}`).toBe(true);
   });
 
+  it("measures the FMA peak the bench reports against, on the instruction set the CPU has, and refuses a bad duration", () => {
+    const k = nativeKernels()!;
+    const [gflops, isa] = k.fmaPeak(0.05);
+    expect(["avx512f", "avx2+fma", "none"]).toContain(isa);
+    if (isa === "none") expect(gflops).toBe(0);
+    else expect(gflops).toBeGreaterThan(0);
+    for (const bad of [0, -1, 61, Number.NaN]) expect(() => k.fmaPeak(bad)).toThrow(/seconds must be in \(0, 60\]/);
+  });
+
   it("rejects arrays too short for the call instead of writing past them", () => {
     const k = nativeKernels()!;
     const c = new Float32Array(4), a = new Float32Array(4), b = new Float32Array(4);

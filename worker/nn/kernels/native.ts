@@ -33,6 +33,8 @@ export interface NativeKernels {
     cout: number, first: number, count: number, threads: number): void;
   /** The vector clone this CPU runs: "avx512f", "avx2" or "baseline". */
   isa(): string;
+  /** The bench's ceiling: one core's widest vector FMA, GFLOP/s measured for `seconds`, and its instruction set ("none": 0). */
+  fmaPeak(seconds: number): [number, string];
 }
 
 /** Relative to the compiled file (dist/worker/nn/kernels/ or worker/nn/kernels/ under vitest): the repo root. */
