@@ -5,7 +5,7 @@
 // kinks are PyTorch's. Not ReLU (relu.ts has the fast paths) and no params.
 
 import { BatchBuffer, sizeOf, type Layer, type Param } from "./layer.js";
-import { requireLength } from "./linear.js";
+import { requireLength, requireSaved } from "./linear.js";
 
 export type ActivationKind =
   | { readonly op: "sigmoid" }
@@ -131,9 +131,7 @@ export class Activation implements Layer {
 
   /** dy (n, ...shape) → dx; the kinks take PyTorch's side (see each case). */
   backward(dy: Float32Array, n: number): Float32Array {
-    if (n !== this.savedN) {
-      throw new RangeError(`layer ${this.name}: backward for ${n} samples after a training forward of ${this.savedN}`);
-    }
+    requireSaved(this.name, n, this.savedN);
     const len = n * this.size;
     requireLength(this.name, "dy", dy, len);
     const x = this.x.view(n), y = this.y.view(n), dx = this.dx.view(n);

@@ -4,7 +4,7 @@
 // Sums in float64, one rounding per output. Not padded, not ceil_mode.
 
 import { BatchBuffer, type Layer, type Param } from "./layer.js";
-import { requireInt, requireLength } from "./linear.js";
+import { requireInt, requireLength, requireSaved } from "./linear.js";
 
 export class AvgPool2d implements Layer {
   readonly inShape: readonly number[];
@@ -64,9 +64,7 @@ export class AvgPool2d implements Layer {
 
   /** dx[window] += dy/k²: overlapping windows (stride < k) add up. */
   backward(dy: Float32Array, n: number): Float32Array {
-    if (n !== this.savedN) {
-      throw new RangeError(`layer ${this.name}: backward for ${n} samples after a training forward of ${this.savedN}`);
-    }
+    requireSaved(this.name, n, this.savedN);
     const { channels, inH, inW, outH, outW, kernel: k, stride: s } = this;
     requireLength(this.name, "dy", dy, n * channels * outH * outW);
     const dx = this.dx.view(n);
@@ -128,9 +126,7 @@ export class GlobalAvgPool implements Layer {
 
   /** dx = dy/(H·W) over each plane. */
   backward(dy: Float32Array, n: number): Float32Array {
-    if (n !== this.savedN) {
-      throw new RangeError(`layer ${this.name}: backward for ${n} samples after a training forward of ${this.savedN}`);
-    }
+    requireSaved(this.name, n, this.savedN);
     const P = this.plane, rows = n * this.channels;
     requireLength(this.name, "dy", dy, rows);
     const dx = this.dx.view(n);

@@ -7,7 +7,7 @@
 
 import { BatchBuffer, sizeOf, type Layer, type Param } from "./layer.js";
 import type { Op } from "./graph.js";
-import { requireLength } from "./linear.js";
+import { requireLength, requireSaved } from "./linear.js";
 
 export type BinaryKind = "Add" | "Sub" | "Mul" | "Div";
 
@@ -112,7 +112,7 @@ export class BroadcastBinary implements Op {
 
   /** One dx per activation operand, in operand order: ∂(a∘b)/∂a·dy and ∂(a∘b)/∂b·dy, summed over its broadcast dims. */
   backward(dy: Float32Array, n: number): readonly Float32Array[] {
-    if (n !== this.savedN) throw new RangeError(`layer ${this.name}: backward for ${n} samples after a training forward of ${this.savedN}`);
+    requireSaved(this.name, n, this.savedN);
     requireLength(this.name, "dy", dy, n * this.size);
     let k = 0;
     for (const [self, other, isA] of [[this.a, this.b, true], [this.b, this.a, false]] as const) {
@@ -197,7 +197,7 @@ export class Concat implements Op {
   }
 
   backward(dy: Float32Array, n: number): readonly Float32Array[] {
-    if (n !== this.savedN) throw new RangeError(`layer ${this.name}: backward for ${n} samples after a training forward of ${this.savedN}`);
+    requireSaved(this.name, n, this.savedN);
     const row = this.inner.reduce((a, b) => a + b, 0);
     requireLength(this.name, "dy", dy, n * this.outer * row);
     let col = 0;

@@ -9,8 +9,8 @@ import { convKernelBackend, type KernelBackend } from "./kernels/backend.js";
 import { ConvNative } from "./kernels/conv-native.js";
 import { ConvWasm } from "./kernels/conv-wasm.js";
 import { nativeKernels } from "./kernels/native.js";
-import { addToSum, BatchBuffer, segmentLength, type Layer, type Param, type RankSegments } from "./layer.js";
-import { initFanInUniform, rankSegments, requireInt, requireLength } from "./linear.js";
+import { addSegment, beginSegments, endSegments, BatchBuffer, segmentLength, type Layer, type Param, type RankSegments } from "./layer.js";
+import { initFanInUniform, rankSegments, requireInt, requireLength, requireSaved } from "./linear.js";
 
 /** Arrays the naive twins accept: float32 for the product, float64 for test references. */
 export type Floats = Float32Array | Float64Array;
@@ -354,8 +354,7 @@ export class ConvJs implements ConvKernel {
     const dx = this.dx.view(n);
     const b = segmentLength("conv", n, seg);
     dx.fill(0);
-    seg?.dw.fill(0);
-    seg?.db.fill(0);
+    beginSegments(seg);
     for (let r = 0; r < (seg?.count ?? 1); r++) {
       const first = r * b, end = first + b;
       this.dwSum.fill(0);
@@ -376,15 +375,9 @@ export class ConvJs implements ConvKernel {
         col2imAdd(dx, i * inSize, this.dcols, g);
       }
       for (let t = 0; t < dw.length; t++) dw[t] = this.dwSum[t];
-      if (seg) {
-        addToSum(seg.dw, dw);
-        addToSum(seg.db, db);
-      }
+      addSegment(seg, dw, db);
     }
-    if (seg) {
-      dw.set(seg.dw);
-      db.set(seg.db);
-    }
+    endSegments(seg, dw, db);
     return dx;
   }
 }
@@ -441,9 +434,7 @@ export class Conv2d implements Layer {
   }
 
   backward(dy: Float32Array, n: number): Float32Array {
-    if (n !== this.savedN) {
-      throw new RangeError(`layer ${this.name}: backward for ${n} samples after a training forward of ${this.savedN}`);
-    }
+    requireSaved(this.name, n, this.savedN);
     const g = this.geometry;
     requireLength(this.name, "dy", dy, n * g.cout * g.outH * g.outW);
     return this.kernel.backward(dy, n, this.weight.value, this.weight.grad, this.bias.grad, this.segments);

@@ -8,7 +8,7 @@
 
 import { Rng } from "../../shared/rng.js";
 import { BatchBuffer, sizeOf, type Layer, type Param } from "./layer.js";
-import { requireLength } from "./linear.js";
+import { requireLength, requireSaved } from "./linear.js";
 
 /** Where a worker is when it draws a mask: the run's seed, the ranks of its batch segments, the step. */
 export interface DropoutClock {
@@ -97,9 +97,7 @@ export class Dropout implements Layer {
 
   /** dx = dy·mask (dy itself after an identity forward). */
   backward(dy: Float32Array, n: number): Float32Array {
-    if (n !== this.savedN) {
-      throw new RangeError(`layer ${this.name}: backward for ${n} samples after a training forward of ${this.savedN}`);
-    }
+    requireSaved(this.name, n, this.savedN);
     const len = n * this.size;
     requireLength(this.name, "dy", dy, len);
     if (this.identity) return dy;

@@ -11,7 +11,7 @@ import { ConvWasm } from "./kernels/conv-wasm.js";
 import { computeThreads } from "./kernels/threads.js";
 import { ConvJs, convGeometry, type ConvGeometry, type ConvKernel } from "./conv2d.js";
 import { BatchBuffer, type Layer, type Param, type RankSegments } from "./layer.js";
-import { initFanInUniform, rankSegments, requireInt, requireLength } from "./linear.js";
+import { initFanInUniform, rankSegments, requireInt, requireLength, requireSaved } from "./linear.js";
 
 export class GroupedConv2d implements Layer {
   readonly inShape: readonly number[];
@@ -96,7 +96,7 @@ export class GroupedConv2d implements Layer {
 
   /** Overwrites dW, db group by group (each kernel writes its views); dx gathers the groups' dx. */
   backward(dy: Float32Array, n: number): Float32Array {
-    if (n !== this.savedN) throw new RangeError(`layer ${this.name}: backward for ${n} samples after a training forward of ${this.savedN}`);
+    requireSaved(this.name, n, this.savedN);
     const g = this.geometry, G = this.groups;
     const inPlane = this.inH * this.inW, outPlane = g.outH * g.outW;
     requireLength(this.name, "dy", dy, n * this.cout * outPlane);

@@ -5,7 +5,7 @@
 // view (broadcast.ts View is): the output is its own buffer.
 
 import { BatchBuffer, sizeOf, type Layer, type Param } from "./layer.js";
-import { requireLength } from "./linear.js";
+import { requireLength, requireSaved } from "./linear.js";
 
 export class IndexMap implements Layer {
   private readonly inSize: number;
@@ -34,7 +34,7 @@ export class IndexMap implements Layer {
   }
 
   backward(dy: Float32Array, n: number): Float32Array {
-    if (n !== this.savedN) throw new RangeError(`layer ${this.name}: backward for ${n} samples after a training forward of ${this.savedN}`);
+    requireSaved(this.name, n, this.savedN);
     const I = this.inSize, O = this.idx.length, idx = this.idx;
     requireLength(this.name, "dy", dy, n * O);
     const dx = this.dx.view(n);

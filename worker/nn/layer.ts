@@ -59,6 +59,28 @@ export function addToSum(sum: Float64Array, a: ArrayLike<number>): void {
 }
 
 /**
+ * A weight layer's backward over rank segments (conv, linear): begin (seg's sums
+ * zeroed), add each segment's float32 dw, db (that rank's grads) into seg in
+ * float64, end (dw, db ← seg's sums, rounded once). Each does nothing without seg.
+ */
+export function beginSegments(seg: RankSegments | null): void {
+  seg?.dw.fill(0);
+  seg?.db.fill(0);
+}
+
+export function addSegment(seg: RankSegments | null, dw: Float32Array, db: Float32Array): void {
+  if (!seg) return;
+  addToSum(seg.dw, dw);
+  addToSum(seg.db, db);
+}
+
+export function endSegments(seg: RankSegments | null, dw: Float32Array, db: Float32Array): void {
+  if (!seg) return;
+  dw.set(seg.dw);
+  db.set(seg.db);
+}
+
+/**
  * The end of one rank segment of float64 per-channel sums (a norm layer's dγ, dβ):
  * rounded as that rank's float32 grads, added into seg; the sums restart at zero.
  */

@@ -8,7 +8,7 @@ import { ErrorCode, SyncbnError } from "../../shared/errors.js";
 import type { Rng } from "../../shared/rng.js";
 import { kernelBackend, type KernelBackend } from "./kernels/backend.js";
 import { LinearWasm } from "./kernels/linear-wasm.js";
-import { addToSum, BatchBuffer, segmentLength, type Layer, type Param, type RankSegments } from "./layer.js";
+import { addSegment, beginSegments, endSegments, BatchBuffer, segmentLength, type Layer, type Param, type RankSegments } from "./layer.js";
 
 /**
  * PyTorch's default init for Linear and Conv: kaiming_uniform_(a=√5) gives
@@ -40,6 +40,11 @@ export function requireLength(layer: string, what: string, a: ArrayLike<number>,
   if (a.length < need) {
     throw new RangeError(`layer ${layer}: ${what} has ${a.length} values, needs ${need}`);
   }
+}
+
+/** Throws RangeError (a caller bug) unless a backward of n samples follows a training forward of as many. */
+export function requireSaved(layer: string, n: number, savedN: number): void {
+  if (n !== savedN) throw new RangeError(`layer ${layer}: backward for ${n} samples after a training forward of ${savedN}`);
 }
 
 /** Σ_k a[aOff+k]·b[bOff+k] for k < len, four partial sums in float64 (breaks the add latency chain). */
@@ -109,8 +114,7 @@ export class LinearJs implements LinearKernel {
     const dx = this.dx.view(n);
     const b = segmentLength("linear", n, seg);
     dx.fill(0);
-    seg?.dw.fill(0);
-    seg?.db.fill(0);
+    beginSegments(seg);
     for (let r = 0; r < (seg?.count ?? 1); r++) {
       const first = r * b, end = first + b;
       dw.fill(0);
@@ -130,15 +134,9 @@ export class LinearJs implements LinearKernel {
           }
         }
       }
-      if (seg) {
-        addToSum(seg.dw, dw);
-        addToSum(seg.db, db);
-      }
+      addSegment(seg, dw, db);
     }
-    if (seg) {
-      dw.set(seg.dw);
-      db.set(seg.db);
-    }
+    endSegments(seg, dw, db);
     return dx;
   }
 }
@@ -184,9 +182,7 @@ export class Linear implements Layer {
   }
 
   backward(dy: Float32Array, n: number): Float32Array {
-    if (n !== this.savedN) {
-      throw new RangeError(`layer ${this.name}: backward for ${n} samples after a training forward of ${this.savedN}`);
-    }
+    requireSaved(this.name, n, this.savedN);
     requireLength(this.name, "dy", dy, n * this.outFeatures);
     return this.kernel.backward(dy, n, this.weight.value, this.weight.grad, this.bias.grad, this.segments);
   }

@@ -9,7 +9,7 @@
 import { BatchRegions } from "./kernels/arena.js";
 import { kernelBackend, type KernelBackend } from "./kernels/backend.js";
 import { BatchBuffer, type Layer, type Param } from "./layer.js";
-import { requireInt, requireLength } from "./linear.js";
+import { requireInt, requireLength, requireSaved } from "./linear.js";
 
 /** The wasm path: x and dy staged, y, the argmax (i32) and dx in the layer's own memory. */
 class MaxPoolWasm {
@@ -120,9 +120,7 @@ export class MaxPool2d implements Layer {
 
   /** dx[argmax] += dy: overlapping windows (stride < k) add up. */
   backward(dy: Float32Array, n: number): Float32Array {
-    if (n !== this.savedN) {
-      throw new RangeError(`layer ${this.name}: backward for ${n} samples after a training forward of ${this.savedN}`);
-    }
+    requireSaved(this.name, n, this.savedN);
     const outLen = n * this.channels * this.outH * this.outW;
     requireLength(this.name, "dy", dy, outLen);
     if (this.wasm) return this.wasm.backward(dy, n);

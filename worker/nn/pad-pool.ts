@@ -6,7 +6,7 @@
 // Not ceil_mode. Sums in float64, one rounding per output.
 
 import { BatchBuffer, type Layer, type Param } from "./layer.js";
-import { requireInt, requireLength } from "./linear.js";
+import { requireInt, requireLength, requireSaved } from "./linear.js";
 
 /** [top, left, bottom, right] */
 export type Pads = readonly [number, number, number, number];
@@ -119,7 +119,7 @@ export class AvgPool2dExclusive implements Layer {
 
   /** dx[window ∩ image] += dy / |window ∩ image|. */
   backward(dy: Float32Array, n: number): Float32Array {
-    if (n !== this.savedN) throw new RangeError(`layer ${this.name}: backward for ${n} samples after a training forward of ${this.savedN}`);
+    requireSaved(this.name, n, this.savedN);
     const { inH, inW, outH, outW, pads } = this;
     requireLength(this.name, "dy", dy, n * this.channels * outH * outW);
     const dx = this.dx.view(n);

@@ -5,7 +5,7 @@
 // Not a leaky ReLU with a fixed slope (activations.ts).
 
 import { addToSum, BatchBuffer, sizeOf, type Layer, type Param } from "./layer.js";
-import { requireLength } from "./linear.js";
+import { requireLength, requireSaved } from "./linear.js";
 
 export class PReLU implements Layer {
   readonly inShape: readonly number[];
@@ -63,7 +63,7 @@ export class PReLU implements Layer {
 
   /** dx = dy for x > 0, a·dy otherwise (x = 0 included, as PyTorch); da = Σ x·dy over x ≤ 0. Overwrites the slope's grad. */
   backward(dy: Float32Array, n: number): Float32Array {
-    if (n !== this.savedN) throw new RangeError(`layer ${this.name}: backward for ${n} samples after a training forward of ${this.savedN}`);
+    requireSaved(this.name, n, this.savedN);
     const S = this.size, one = this.weight.value.length === 1;
     requireLength(this.name, "dy", dy, n * S);
     const x = this.x.view(n), dx = this.dx.view(n);

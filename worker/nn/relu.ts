@@ -8,7 +8,7 @@
 import { kernelBackend, type KernelBackend } from "./kernels/backend.js";
 import { BatchRegions } from "./kernels/arena.js";
 import { BatchBuffer, sizeOf, type Layer, type Param } from "./layer.js";
-import { requireLength } from "./linear.js";
+import { requireLength, requireSaved } from "./linear.js";
 
 /** Where y (the backward mask too: y > 0 exactly where x > 0) and dx live, and the two passes. */
 interface ReluPasses {
@@ -95,9 +95,7 @@ export class ReLU implements Layer {
 
   /** dx = dy where y > 0 (or NaN), else 0: PyTorch's threshold_backward. */
   backward(dy: Float32Array, n: number): Float32Array {
-    if (n !== this.savedN) {
-      throw new RangeError(`layer ${this.name}: backward for ${n} samples after a training forward of ${this.savedN}`);
-    }
+    requireSaved(this.name, n, this.savedN);
     requireLength(this.name, "dy", dy, n * this.size);
     return this.passes.backward(dy, n);
   }

@@ -8,7 +8,7 @@
 // layer: Conv2d owns the params and picks this path.
 
 import type { ConvGeometry, ConvKernel } from "../conv2d.js";
-import { addToSum, BatchBuffer, segmentLength, type RankSegments } from "../layer.js";
+import { addSegment, beginSegments, endSegments, BatchBuffer, segmentLength, type RankSegments } from "../layer.js";
 import type { NativeKernels } from "./native.js";
 import { requestedComputeThreads } from "./threads.js";
 
@@ -62,8 +62,7 @@ export class ConvNative implements ConvKernel {
     const dx = this.dx.view(n);
     const b = segmentLength("conv", n, seg);
     dx.fill(0);
-    seg?.dw.fill(0);
-    seg?.db.fill(0);
+    beginSegments(seg);
     if (n === 0) {
       dw.fill(0);
       db.fill(0);
@@ -72,15 +71,9 @@ export class ConvNative implements ConvKernel {
       this.k.convBackward(dx, dy, cols, w, this.dw64, ...this.geo, cout, first, b, this.threads);
       this.sumBias(db, dy, first, b);
       for (let t = 0; t < dw.length; t++) dw[t] = this.dw64[t]!;
-      if (seg) {
-        addToSum(seg.dw, dw);
-        addToSum(seg.db, db);
-      }
+      addSegment(seg, dw, db);
     }
-    if (seg) {
-      dw.set(seg.dw);
-      db.set(seg.db);
-    }
+    endSegments(seg, dw, db);
     return dx;
   }
 

@@ -6,7 +6,7 @@
 // the JS path.
 
 import type { ConvGeometry, ConvKernel } from "../conv2d.js";
-import { addToSum, segmentLength, type RankSegments } from "../layer.js";
+import { addSegment, beginSegments, endSegments, segmentLength, type RankSegments } from "../layer.js";
 import { WasmArena } from "./arena.js";
 import { CONV_TASK_WORDS, convPart, KIND_BACKWARD, KIND_FORWARD, W } from "./conv-parts.js";
 import { computeThreads, registerMemory, runParts } from "./threads.js";
@@ -131,8 +131,7 @@ export class ConvWasm implements ConvKernel {
       else dw.set(this.dw64View);
       return this.arena.cachedView(this.dxViews, at.xdx, n * this.inSize, n);
     }
-    seg.dw.fill(0);
-    seg.db.fill(0);
+    beginSegments(seg);
     for (let i = 0; i < n; i++) {
       const dyi = at.dy + i * cout * P;
       k.gemm_nt(at.dw, R, dyi, P, at.cols + i * R * P, P, cout, R, P, 0);
@@ -142,12 +141,10 @@ export class ConvWasm implements ConvKernel {
       if (i % b === b - 1) {
         this.sumBias(db, i + 1 - b, b);
         dw.set(this.dw64View);
-        addToSum(seg.dw, dw);
-        addToSum(seg.db, db);
+        addSegment(seg, dw, db);
       }
     }
-    dw.set(seg.dw);
-    db.set(seg.db);
+    endSegments(seg, dw, db);
     return this.arena.cachedView(this.dxViews, at.xdx, n * this.inSize, n);
   }
 
