@@ -1,8 +1,35 @@
 // Comparing tensors in tests: the scale-aware relative difference every
-// equivalence and PyTorch-parity test uses, and a safetensors file's tensors as
-// float64. Test code only; not the product's reader (that is worker/safetensors.ts).
+// equivalence and PyTorch-parity test uses, the kernel tests' inputs (normals) and
+// elementwise bound (expectClose), and a safetensors file's tensors as float64. Test code only; not the product's reader (that is worker/safetensors.ts).
 
+import { expect } from "vitest";
+import type { Rng } from "../shared/rng.js";
 import { floatValues, integerValues, readSafetensors } from "../worker/safetensors.js";
+
+/** len standard normals (× scale) from rng, as float32: the test inputs of the layer and kernel tests. */
+export function normals(rng: Rng, len: number, scale = 1): Float32Array {
+  const a = new Float32Array(len);
+  for (let i = 0; i < len; i++) a[i] = rng.normal() * scale;
+  return a;
+}
+
+export function maxAbs(a: ArrayLike<number>): number {
+  let m = 0;
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]!));
+  return m;
+}
+
+/** |got − ref| ≤ rtol·max|ref| elementwise (the sums' order differs between kernels, so rounding is relative to the magnitudes summed). */
+export function expectClose(what: string, got: ArrayLike<number>, ref: ArrayLike<number>, rtol = 1e-5): void {
+  expect(got.length, `${what} length`).toBe(ref.length);
+  const bound = rtol * Math.max(1e-30, maxAbs(ref));
+  let worst = 0, at = -1;
+  for (let i = 0; i < ref.length; i++) {
+    const d = Math.abs(got[i]! - ref[i]!);
+    if (!(d <= worst)) { worst = d; at = i; }
+  }
+  if (!(worst <= bound)) expect.fail(`${what}: max |diff| ${worst} at ${at} (got ${got[at]}, want ${ref[at]}) > ${bound}`);
+}
 
 /** max|a−b| / max|b| over a tensor (scale-aware; an all-zero b compares absolutely). */
 export function relDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {

@@ -21,12 +21,7 @@ import { buildModel, normChannels, parseModelKind, type Model, type ModelKind } 
 import { ReLU } from "../worker/nn/relu.js";
 import { DEFAULT_SETTINGS, validateSettings } from "../worker/settings.js";
 import { ROOT } from "./helpers.js";
-
-function normals(rng: Rng, len: number, scale = 1): Float32Array {
-  const a = new Float32Array(len);
-  for (let i = 0; i < len; i++) a[i] = rng.normal() * scale;
-  return a;
-}
+import { normals } from "./compare.js";
 
 function dotAll(a: ArrayLike<number>, b: ArrayLike<number>): number {
   let s = 0;

@@ -13,36 +13,7 @@ import { kernelModuleBytes } from "../worker/nn/kernels/wasm-kernels.js";
 import { Linear } from "../worker/nn/linear.js";
 import { MaxPool2d } from "../worker/nn/maxpool.js";
 import { ReLU } from "../worker/nn/relu.js";
-
-function normals(rng: Rng, len: number, scale = 1): Float32Array {
-  const a = new Float32Array(len);
-  for (let i = 0; i < len; i++) a[i] = rng.normal() * scale;
-  return a;
-}
-
-function maxAbs(a: ArrayLike<number>): number {
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]));
-  return m;
-}
-
-/**
- * |got − ref| ≤ rtol·max|ref| elementwise: both sum the same products in float32
- * (the JS twin partly in float64) in a different order, so they differ by
- * rounding relative to the magnitudes summed, not to each small element.
- */
-function expectClose(what: string, got: ArrayLike<number>, ref: ArrayLike<number>, rtol = 1e-5): void {
-  expect(got.length, `${what} length`).toBe(ref.length);
-  const bound = rtol * Math.max(1e-30, maxAbs(ref));
-  let worst = 0, at = -1;
-  for (let i = 0; i < ref.length; i++) {
-    const d = Math.abs(got[i] - ref[i]);
-    if (!(d <= worst)) { worst = d; at = i; }
-  }
-  if (!(worst <= bound)) {
-    expect.fail(`${what}: max |diff| ${worst} at ${at} (got ${got[at]}, want ${ref[at]}) > ${bound}`);
-  }
-}
+import { expectClose, maxAbs, normals } from "./compare.js";
 
 describe("the WebAssembly kernel module", () => {
   it("is valid WebAssembly with SIMD and assembles to the same bytes every time", () => {

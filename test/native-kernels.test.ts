@@ -15,34 +15,11 @@ import type { RankSegments } from "../worker/nn/layer.js";
 import { convKernelBackend, setKernelBackend } from "../worker/nn/kernels/backend.js";
 import { ConvNative } from "../worker/nn/kernels/conv-native.js";
 import { disableNative, nativeKernels, nativeUnavailableReason } from "../worker/nn/kernels/native.js";
+import { expectClose, maxAbs, normals } from "./compare.js";
 
 /** As cli/main.ts does for SYNCBN_NATIVE=off: this process never loads the addon. */
 const off = process.env.SYNCBN_NATIVE === "off";
 if (off) disableNative("SYNCBN_NATIVE=off");
-
-function normals(rng: Rng, len: number): Float32Array {
-  const a = new Float32Array(len);
-  for (let i = 0; i < len; i++) a[i] = rng.normal();
-  return a;
-}
-
-function maxAbs(a: ArrayLike<number>): number {
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]!));
-  return m;
-}
-
-/** |got − ref| ≤ rtol·max|ref| elementwise (the sums' order and FMA differ, so rounding is relative to the magnitudes summed). */
-function expectClose(what: string, got: ArrayLike<number>, ref: ArrayLike<number>, rtol = 1e-5): void {
-  expect(got.length, `${what} length`).toBe(ref.length);
-  const bound = rtol * Math.max(1e-30, maxAbs(ref));
-  let worst = 0, at = -1;
-  for (let i = 0; i < ref.length; i++) {
-    const d = Math.abs(got[i]! - ref[i]!);
-    if (!(d <= worst)) { worst = d; at = i; }
-  }
-  if (!(worst <= bound)) expect.fail(`${what}: max |diff| ${worst} at ${at} (got ${got[at]}, want ${ref[at]}) > ${bound}`);
-}
 
 interface ConvCase { label: string; n: number; cin: number; cout: number; k: number; stride: number; padding: number; h: number; w: number }
 

@@ -18,12 +18,7 @@ import { SoftmaxCrossEntropy } from "../worker/nn/loss.js";
 import { MaxPool2d } from "../worker/nn/maxpool.js";
 import { ReLU } from "../worker/nn/relu.js";
 import { SGD } from "../worker/nn/sgd.js";
-
-function normals(rng: Rng, len: number, scale = 1): Float32Array {
-  const a = new Float32Array(len);
-  for (let i = 0; i < len; i++) a[i] = rng.normal() * scale;
-  return a;
-}
+import { maxAbs, normals } from "./compare.js";
 
 /** Σ a·b in float64. */
 function dotAll(a: ArrayLike<number>, b: ArrayLike<number>): number {
@@ -36,12 +31,6 @@ function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
   expect(a.length).toBe(b.length);
   let m = 0;
   for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
-  return m;
-}
-
-function maxAbs(a: ArrayLike<number>): number {
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]));
   return m;
 }
 

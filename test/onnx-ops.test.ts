@@ -17,18 +17,12 @@ import type { Op } from "../worker/nn/graph.js";
 import { GroupedConv2d } from "../worker/nn/grouped-conv.js";
 import { KERNEL_BACKENDS } from "../worker/nn/kernels/backend.js";
 import { sizeOf } from "../worker/nn/layer.js";
-import { relDiff } from "./compare.js";
+import { normals, relDiff } from "./compare.js";
 import { ROOT } from "./helpers.js";
 import { AvgPool2dExclusive, Pad2d } from "../worker/nn/pad-pool.js";
 import { MaxPool2d } from "../worker/nn/maxpool.js";
 import { PReLU } from "../worker/nn/prelu.js";
 import { IndexMap, permuteMap, sliceMap, sliceRange } from "../worker/nn/index-map.js";
-
-function normals(rng: Rng, len: number, scale = 1): Float32Array {
-  const a = new Float32Array(len);
-  for (let i = 0; i < len; i++) a[i] = rng.normal() * scale;
-  return a;
-}
 
 function dot(a: ArrayLike<number>, b: ArrayLike<number>): number {
   let s = 0;
