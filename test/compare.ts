@@ -4,6 +4,7 @@
 
 import { expect } from "vitest";
 import type { Rng } from "../shared/rng.js";
+import { readCheckpoint } from "../worker/checkpoint.js";
 import { floatValues, integerValues, readSafetensors } from "../worker/safetensors.js";
 
 /** len standard normals (× scale) from rng, as float32: the test inputs of the layer and kernel tests. */
@@ -48,4 +49,16 @@ export function safetensorsValues(path: string): Map<string, { shape: number[]; 
     out.set(name, { shape: t.shape, values: floatValues(t) ?? Float64Array.from(integerValues(t)!.map(Number)) });
   }
   return out;
+}
+
+/** Two checkpoint files with the same step and the same bits in every parameter and running statistic. */
+export function expectSameCheckpointBits(gotFile: string, wantFile: string, step: number): void {
+  const got = readCheckpoint(gotFile);
+  const want = readCheckpoint(wantFile);
+  expect(got.header.step).toBe(step);
+  want.params.forEach((p, i) => expect(Buffer.from(got.params[i]!.buffer).equals(Buffer.from(p.buffer))).toBe(true));
+  want.bn.forEach((s, i) => {
+    expect(Buffer.from(got.bn[i]!.mean.buffer).equals(Buffer.from(s.mean.buffer))).toBe(true);
+    expect(Buffer.from(got.bn[i]!.var.buffer).equals(Buffer.from(s.var.buffer))).toBe(true);
+  });
 }

@@ -18,9 +18,9 @@ import type { RunConventions } from "../shared/config.js";
 import { ErrorCode } from "../shared/errors.js";
 import { PROTOCOL_VERSION, TOO_MANY_PENDING } from "../shared/protocol.js";
 import { toStreamUnit } from "../shared/stream-frames.js";
-import { readCheckpoint } from "../worker/checkpoint.js";
 import { CoordinatorClient } from "../worker/client.js";
 import { runCli, startCli, waitForOutput, type CliResult } from "./helpers.js";
+import { expectSameCheckpointBits } from "./compare.js";
 
 const tmp = (p: string): string => mkdtempSync(join(tmpdir(), `syncbn-${p}-`));
 const RUN = ["train", "--workers", "2", "--model", "mlp", "--data", "synthetic", "--train-size", "2048", "--test-size", "100", "--batch", "8", "--steps", "400", "--seed", "5", "--pin-cpus", "off"];
@@ -282,14 +282,7 @@ describe("unauthenticated connections during a real run", () => {
       expect(a.code, a.stderr).toBe(0);
       expect(b.code, b.stderr).toBe(0);
       expect(a.stderr).not.toMatch(/RangeError|\n\s+at /);
-      const got = readCheckpoint(join(out, "checkpoint.bin"));
-      const want = readCheckpoint(join(b.out, "checkpoint.bin"));
-      expect(got.header.step).toBe(400);
-      want.params.forEach((p, i) => expect(Buffer.from(got.params[i]!.buffer).equals(Buffer.from(p.buffer))).toBe(true));
-      want.bn.forEach((s, i) => {
-        expect(Buffer.from(got.bn[i]!.mean.buffer).equals(Buffer.from(s.mean.buffer))).toBe(true);
-        expect(Buffer.from(got.bn[i]!.var.buffer).equals(Buffer.from(s.var.buffer))).toBe(true);
-      });
+      expectSameCheckpointBits(join(out, "checkpoint.bin"), join(b.out, "checkpoint.bin"), 400);
     }, 600_000);
   }
 });
