@@ -17,6 +17,7 @@ const FAST = [
   "test/coordinator.test.ts",
   "test/dashboard.browser.test.ts",
   "test/data.test.ts",
+  "test/synthetic-data.test.ts",
   "test/docs-commands.test.ts",
   "test/graph.test.ts",
   "test/kernels.test.ts",

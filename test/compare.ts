@@ -62,3 +62,13 @@ export function expectSameCheckpointBits(gotFile: string, wantFile: string, step
     expect(Buffer.from(got.bn[i]!.var.buffer).equals(Buffer.from(s.var.buffer))).toBe(true);
   });
 }
+
+/** Mean and population std of a, in two passes (|mean| against std never cancels). */
+export function meanStd(a: Float32Array): { mean: number; std: number } {
+  let s = 0;
+  for (const v of a) s += v;
+  const mean = s / a.length;
+  let s2 = 0;
+  for (const v of a) s2 += (v - mean) ** 2;
+  return { mean, std: Math.sqrt(s2 / a.length) };
+}
