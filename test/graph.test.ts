@@ -22,40 +22,7 @@ import { ReLU } from "../worker/nn/relu.js";
 import { DEFAULT_SETTINGS, validateSettings } from "../worker/settings.js";
 import { ROOT } from "./helpers.js";
 import { normals } from "./compare.js";
-
-function dotAll(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let s = 0;
-  for (let i = 0; i < a.length; i++) s += a[i]! * b[i]!;
-  return s;
-}
-
-/**
- * Central differences of f against `analytic` at up to `checks` evenly spaced
- * indices of v; the step is divided by the difference actually stored (float32).
- */
-function expectGradMatches(
-  what: string, f: () => Promise<number> | number, v: Float32Array, analytic: ArrayLike<number>, eps: number, rtol: number, atol: number, checks = 64,
-): Promise<void> {
-  return (async () => {
-    expect(analytic.length, what).toBe(v.length);
-    const stride = Math.max(1, Math.ceil(v.length / checks));
-    for (let i = 0; i < v.length; i += stride) {
-      const orig = v[i]!;
-      v[i] = orig + eps;
-      const up = v[i]!;
-      const fUp = await f();
-      v[i] = orig - eps;
-      const down = v[i]!;
-      const fDown = await f();
-      v[i] = orig;
-      const numeric = (fUp - fDown) / (up - down);
-      const err = Math.abs(numeric - analytic[i]!);
-      if (err > atol + rtol * Math.max(Math.abs(numeric), Math.abs(analytic[i]!))) {
-        expect.fail(`${what}[${i}]: analytic ${analytic[i]} vs numeric ${numeric} (err ${err})`);
-      }
-    }
-  })();
-}
+import { dotAll, expectGradMatches } from "./finite-diff.js";
 
 /** dx and every param grad of a graph on L = Σ y·r against finite differences of its training forward. */
 async function expectGraphGradsMatch(graph: Graph, x: Float32Array, n: number, rng: Rng, eps = 1e-2, rtol = 1e-2, atol = 2e-3): Promise<void> {

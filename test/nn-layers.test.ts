@@ -19,13 +19,7 @@ import { MaxPool2d } from "../worker/nn/maxpool.js";
 import { ReLU } from "../worker/nn/relu.js";
 import { SGD } from "../worker/nn/sgd.js";
 import { maxAbs, normals } from "./compare.js";
-
-/** Σ a·b in float64. */
-function dotAll(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let s = 0;
-  for (let i = 0; i < a.length; i++) s += a[i] * b[i];
-  return s;
-}
+import { dotAll, expectGradMatches } from "./finite-diff.js";
 
 function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
   expect(a.length).toBe(b.length);
@@ -35,45 +29,17 @@ function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
 }
 
 /**
- * Central differences of f with respect to v[i] against `analytic`, for every i
- * (or, past `checks` values, that many evenly spaced ones: f costs a whole forward). The step
- * is divided by the difference actually stored, so rounding x ± eps to float32
- * costs nothing; f should return a float64 scalar.
- */
-function expectGradMatches(
-  f: () => number, v: Float32Array | Float64Array, analytic: ArrayLike<number>, eps: number, rtol: number, atol: number, checks = 256,
-): void {
-  expect(analytic.length).toBe(v.length);
-  const stride = Math.ceil(v.length / checks);
-  for (let i = 0; i < v.length; i += stride) {
-    const orig = v[i];
-    v[i] = orig + eps;
-    const up = v[i];
-    const fUp = f();
-    v[i] = orig - eps;
-    const down = v[i];
-    const fDown = f();
-    v[i] = orig;
-    const numeric = (fUp - fDown) / (up - down);
-    const err = Math.abs(numeric - analytic[i]);
-    if (err > atol + rtol * Math.max(Math.abs(numeric), Math.abs(analytic[i]))) {
-      expect.fail(`index ${i}: analytic ${analytic[i]} vs numeric ${numeric} (err ${err})`);
-    }
-  }
-}
-
-/**
  * Checks dx and every param grad of a synchronous layer on L = Σ y·r, r random.
  * Analytic gradients are taken (and copied) before any perturbed forward.
  */
-function expectLayerGradsMatch(layer: Layer, x: Float32Array, n: number, rng: Rng, eps = 1e-2, rtol = 1e-2, atol = 1e-3): void {
+async function expectLayerGradsMatch(layer: Layer, x: Float32Array, n: number, rng: Rng, eps = 1e-2, rtol = 1e-2, atol = 1e-3): Promise<void> {
   const y0 = layer.forward(x, n, true) as Float32Array;
   const r = normals(rng, y0.length);
   const dx = Float32Array.from(layer.backward(r, n) as Float32Array);
   const grads = layer.params().map((p) => Float32Array.from(p.grad));
   const loss = (): number => dotAll(layer.forward(x, n, true) as Float32Array, r);
-  expectGradMatches(loss, x, dx, eps, rtol, atol);
-  layer.params().forEach((p, k) => expectGradMatches(loss, p.value, grads[k], eps, rtol, atol));
+  await expectGradMatches("x", loss, x, dx, eps, rtol, atol, 256);
+  for (const [k, p] of layer.params().entries()) await expectGradMatches(p.name, loss, p.value, grads[k]!, eps, rtol, atol, 256);
 }
 
 describe.each(KERNEL_BACKENDS)("Linear (%s kernels)", (backend) => {
@@ -84,10 +50,10 @@ describe.each(KERNEL_BACKENDS)("Linear (%s kernels)", (backend) => {
     expect(Array.from(fc.forward(new Float32Array([1, -1]), 1, false))).toEqual([-0.5, -1.5, -1]);
   });
 
-  it("has dx, dW and db that match finite differences", () => {
+  it("has dx, dW and db that match finite differences", async () => {
     const rng = new Rng(11);
     const fc = new Linear("fc", 7, 5, rng, backend);
-    expectLayerGradsMatch(fc, normals(rng, 3 * 7), 3, rng);
+    await expectLayerGradsMatch(fc, normals(rng, 3 * 7), 3, rng);
   });
 
   it("overwrites its grads on every backward instead of accumulating", () => {
@@ -142,7 +108,7 @@ function geometryOf(c: ConvCase): ConvGeometry {
 }
 
 describe("Conv2d's naive twin", () => {
-  it.each(convCases)("has a float64 backward that matches finite differences for $label", (c) => {
+  it.each(convCases)("has a float64 backward that matches finite differences for $label", async (c) => {
     const g = geometryOf(c);
     const rng = new Rng(21);
     const ySize = c.n * c.cout * g.outH * g.outW;
@@ -157,7 +123,7 @@ describe("Conv2d's naive twin", () => {
     };
     const dx = new Float64Array(x.length), dw = new Float64Array(w.length), db = new Float64Array(b.length);
     conv2dBackwardNaive(dx, dw, db, r, x, w, c.n, g);
-    for (const [v, grad] of [[x, dx], [w, dw], [b, db]] as const) expectGradMatches(loss, v, grad, 1e-3, 1e-7, 1e-9, 40);
+    for (const [what, v, grad] of [["x", x, dx], ["w", w, dw], ["b", b, db]] as const) await expectGradMatches(what, loss, v, grad, 1e-3, 1e-7, 1e-9, 40);
   });
 });
 
@@ -184,10 +150,10 @@ describe.each(KERNEL_BACKENDS)("Conv2d (%s kernels)", (backend) => {
     }
   });
 
-  it("has dx, dW and db that match finite differences of its own float32 forward", () => {
+  it("has dx, dW and db that match finite differences of its own float32 forward", async () => {
     const rng = new Rng(23);
     const conv = new Conv2d("conv", 2, 3, 3, 2, 1, 5, 6, rng, backend);
-    expectLayerGradsMatch(conv, normals(rng, 2 * 2 * 5 * 6), 2, rng);
+    await expectLayerGradsMatch(conv, normals(rng, 2 * 2 * 5 * 6), 2, rng);
   });
 
   it("reports the per-sample output shape ⌊(H + 2p − k)/s⌋ + 1 like PyTorch", () => {
@@ -228,10 +194,10 @@ describe.each(KERNEL_BACKENDS)("Conv2d (%s kernels)", (backend) => {
 });
 
 describe.each(KERNEL_BACKENDS)("ReLU (%s kernels)", (backend) => {
-  it("has a dx that matches finite differences away from the kink", () => {
+  it("has a dx that matches finite differences away from the kink", async () => {
     const rng = new Rng(31);
     const x = normals(rng, 3 * 2 * 4).map((v) => (v >= 0 ? v + 0.1 : v - 0.1));
-    expectLayerGradsMatch(new ReLU("relu", [2, 4], backend), x, 3, rng);
+    await expectLayerGradsMatch(new ReLU("relu", [2, 4], backend), x, 3, rng);
   });
 
   it("passes no gradient at exactly zero and propagates NaN, like PyTorch", () => {
@@ -256,12 +222,12 @@ describe.each(KERNEL_BACKENDS)("ReLU (%s kernels)", (backend) => {
 });
 
 describe.each(KERNEL_BACKENDS)("MaxPool2d (%s kernels)", (backend) => {
-  it("has a dx that matches finite differences with overlapping windows (k=3 stride 2)", () => {
+  it("has a dx that matches finite differences with overlapping windows (k=3 stride 2)", async () => {
     const rng = new Rng(41);
     // Distinct values 0.05 apart: no window max changes under a ±0.01 step.
     const x = new Float32Array(2 * 2 * 7 * 7).map((_, i) => i * 0.05 - 4);
     rng.shuffle(x);
-    expectLayerGradsMatch(new MaxPool2d("pool", 2, 7, 7, 3, 2, backend), x, 2, rng);
+    await expectLayerGradsMatch(new MaxPool2d("pool", 2, 7, 7, 3, 2, backend), x, 2, rng);
   });
 
   it("sends the gradient to the first maximum in row-major window order on ties", () => {
@@ -320,14 +286,14 @@ describe("SoftmaxCrossEntropy", () => {
     for (let i = 0; i < 9; i++) expect(d[i]).toBeCloseTo((p[i] - onehot[i]) / 4, 7);
   });
 
-  it("has a gradient that matches finite differences of lossSum / globalBatch", () => {
+  it("has a gradient that matches finite differences of lossSum / globalBatch", async () => {
     const rng = new Rng(51);
     const ce = new SoftmaxCrossEntropy(10);
     const z = normals(rng, 4 * 10, 3);
     const y = new Int32Array([3, 0, 9, 3]);
     ce.forward(z, y, 4, 6);
     const d = Float32Array.from(ce.backward(4));
-    expectGradMatches(() => ce.forward(z, y, 4, 6).lossSum / 6, z, d, 1e-3, 1e-3, 1e-6);
+    await expectGradMatches("z", () => ce.forward(z, y, 4, 6).lossSum / 6, z, d, 1e-3, 1e-3, 1e-6, 256);
   });
 
   it("splits across workers: per-worker sums add up and gradients equal one worker over the whole batch", () => {
