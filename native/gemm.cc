@@ -1,0 +1,234 @@
+// gemm.h's kernel, BLIS style: for each block of NC columns and KC of the inner
+// dimension, B is packed once (strips of NR columns, zero-padded) and reused over
+// all of M; A is packed per MC rows (strips of MR, zero-padded); an MR×NR tile of C
+// stays in registers over one K block (load, kc FMAs per element, store). Tiles at
+// the edges, or spanning two samples of a batched view, run the same micro-kernel
+// on a copy of C, so every element sees the same FMA chain. Three micro-kernels
+// (micro-tile.inc): AVX-512 (8 rows × 3 zmm: 24 accumulators), AVX2+FMA (6 × 2
+// ymm: 12) and vectors of 4 (NEON's FMA on arm64, fmaf per lane elsewhere), chosen
+// at load with __builtin_cpu_supports. All three round once per term in the same
+// order, so they give the same bits (test/native-kernels.test.ts runs each).
+#include "gemm.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#elif defined(__aarch64__)
+#include <arm_neon.h>
+#endif
+
+namespace syncbn {
+
+namespace {
+
+constexpr int64_t KC = 256;  // inner-dimension block: B strip KC × 48 floats = 48 KB (L1/L2), A strip 8 KB
+constexpr int64_t MC = 144;  // rows of A per packed block (a multiple of every MR): 144 KB at KC (L2)
+constexpr int64_t NC = 384;  // columns of B per packed block (a multiple of every NR): 384 KB at KC (L2)
+
+typedef void (*MicroFn)(int64_t kc, const float* ap, const float* bp, float* c, int64_t ldc, bool load);
+
+}  // namespace
+
+#if defined(__x86_64__)
+#pragma GCC push_options
+#pragma GCC target("avx512f,fma")
+namespace avx512 {
+typedef __m512 V;
+constexpr int L = 16;
+inline V fmadd(float a, V b, V c) { return _mm512_fmadd_ps(_mm512_set1_ps(a), b, c); }
+#include "micro-tile.inc"
+void micro(int64_t kc, const float* ap, const float* bp, float* c, int64_t ldc, bool load) { microTile<8, 3>(kc, ap, bp, c, ldc, load); }
+}  // namespace avx512
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+namespace avx2 {
+typedef __m256 V;
+constexpr int L = 8;
+inline V fmadd(float a, V b, V c) { return _mm256_fmadd_ps(_mm256_set1_ps(a), b, c); }
+#include "micro-tile.inc"
+void micro(int64_t kc, const float* ap, const float* bp, float* c, int64_t ldc, bool load) { microTile<6, 2>(kc, ap, bp, c, ldc, load); }
+}  // namespace avx2
+#pragma GCC pop_options
+#endif
+
+namespace baseline {
+typedef float V __attribute__((vector_size(16)));
+constexpr int L = 4;
+inline V fmadd(float a, V b, V c) {
+#if defined(__aarch64__)
+  return vfmaq_n_f32(c, b, a);
+#else
+  // One rounding per lane as on the FMA paths (libm's fmaf where the CPU has no FMA: correct, slow).
+  V r;
+  for (int l = 0; l < L; l++) r[l] = __builtin_fmaf(a, b[l], c[l]);
+  return r;
+#endif
+}
+#include "micro-tile.inc"
+void micro(int64_t kc, const float* ap, const float* bp, float* c, int64_t ldc, bool load) { microTile<6, 2>(kc, ap, bp, c, ldc, load); }
+}  // namespace baseline
+
+namespace {
+
+struct Isa {
+  const char* name;
+  int mr, nr;
+  MicroFn micro;
+  bool (*supported)();
+};
+
+const Isa ISAS[] = {
+#if defined(__x86_64__)
+    {"avx512f", 8, 48, avx512::micro, [] { return __builtin_cpu_init(), __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma"); }},
+    {"avx2", 6, 16, avx2::micro, [] { return __builtin_cpu_init(), __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }},
+#endif
+    {"baseline", 6, 8, baseline::micro, [] { return true; }},
+};
+
+const Isa* chooseIsa() {
+  for (const Isa& isa : ISAS)
+    if (isa.supported()) return &isa;
+  return &ISAS[sizeof(ISAS) / sizeof(ISAS[0]) - 1];
+}
+
+const Isa* current = chooseIsa();
+
+// Grown, never shrunk, one per thread (the pool's threads live as long as the addon), 64-byte aligned.
+float* scratch(std::vector<float>& v, int64_t floats) {
+  if (int64_t(v.size()) < floats + 16) v.resize(floats + 16);
+  const uintptr_t p = reinterpret_cast<uintptr_t>(v.data());
+  return reinterpret_cast<float*>((p + 63) & ~uintptr_t(63));
+}
+
+// Calls run(j, len, sameSample) for the runs of columns j0..j0+cols−1 that lie within one sample.
+template <class F>
+void columnRuns(const View& v, int64_t j0, int64_t cols, const F& run) {
+  for (int64_t j = j0, end = j0 + cols; j < end;) {
+    const int64_t len = std::min(end - j, v.plane - j % v.plane);
+    run(j, len);
+    j += len;
+  }
+}
+
+// bp (strips of NR columns, each kc × NR) ← B rows pc..pc+kc−1, columns jc..jc+nc−1, zero past nc.
+void packB(float* bp, const View& b, int64_t pc, int64_t kc, int64_t jc, int64_t nc, int nr) {
+  for (int64_t jr = 0; jr < nc; jr += nr) {
+    float* dst = bp + jr * kc;
+    const int64_t w = std::min<int64_t>(nr, nc - jr);
+    if (w < nr)
+      for (int64_t t = 0; t < kc; t++) std::memset(dst + t * nr + w, 0, sizeof(float) * (nr - w));
+    if (b.colStride == 1) {
+      columnRuns(b, jc + jr, w, [&](int64_t j, int64_t len) {
+        const float* src = b.at(pc, j);
+        float* out = dst + (j - jc - jr);
+        for (int64_t t = 0; t < kc; t++) std::memcpy(out + t * nr, src + t * b.rowStride, sizeof(float) * len);
+      });
+    } else {
+      for (int64_t q = 0; q < w; q++) {
+        const float* src = b.at(pc, jc + jr + q);
+        for (int64_t t = 0; t < kc; t++) dst[t * nr + q] = src[t * b.rowStride];
+      }
+    }
+  }
+}
+
+// ap (strips of MR rows, each kc × MR) ← A rows ic..ic+mc−1, columns pc..pc+kc−1, zero past mc. A is one sample (plain).
+void packA(float* ap, const View& a, int64_t ic, int64_t mc, int64_t pc, int64_t kc, int mr) {
+  for (int64_t ir = 0; ir < mc; ir += mr) {
+    float* dst = ap + ir * kc;
+    const int64_t h = std::min<int64_t>(mr, mc - ir);
+    if (a.colStride == 1) {
+      for (int64_t r = 0; r < h; r++) {
+        const float* src = a.base + (ic + ir + r) * a.rowStride + pc;
+        for (int64_t t = 0; t < kc; t++) dst[t * mr + r] = src[t];
+      }
+    } else {
+      for (int64_t t = 0; t < kc; t++) {
+        const float* src = a.base + (pc + t) * a.colStride + (ic + ir) * a.rowStride;
+        for (int64_t r = 0; r < h; r++) dst[t * mr + r] = src[r * a.rowStride];
+      }
+    }
+    for (int64_t t = 0; t < kc; t++)
+      for (int64_t r = h; r < mr; r++) dst[t * mr + r] = 0;
+  }
+}
+
+// The rows × cols tile of C at (i0, j0): straight into C when it is a whole tile within one sample, else through tmp.
+void tile(const Isa& isa, const View& c, int64_t i0, int64_t j0, int64_t rows, int64_t cols, int64_t kc, const float* ap, const float* bp,
+          bool load, float* tmp) {
+  if (rows == isa.mr && cols == isa.nr && c.colStride == 1 && j0 % c.plane + cols <= c.plane) {
+    isa.micro(kc, ap, bp, c.at(i0, j0), c.rowStride, load);
+    return;
+  }
+  const int nr = isa.nr;
+  if (load) {
+    std::memset(tmp, 0, sizeof(float) * isa.mr * nr);
+    for (int64_t r = 0; r < rows; r++)
+      columnRuns(c, j0, cols, [&](int64_t j, int64_t len) {
+        const float* src = c.at(i0 + r, j);
+        for (int64_t q = 0; q < len; q++) tmp[r * nr + (j - j0) + q] = src[q * c.colStride];
+      });
+  }
+  isa.micro(kc, ap, bp, tmp, nr, load);
+  for (int64_t r = 0; r < rows; r++)
+    columnRuns(c, j0, cols, [&](int64_t j, int64_t len) {
+      float* dst = c.at(i0 + r, j);
+      for (int64_t q = 0; q < len; q++) dst[q * c.colStride] = tmp[r * nr + (j - j0) + q];
+    });
+}
+
+}  // namespace
+
+void gemm(const View& c, const View& a, const View& b, int64_t m, int64_t n, int64_t k, bool accumulate) {
+  if (m <= 0 || n <= 0) return;
+  const Isa& isa = *current;
+  if (k <= 0) {
+    if (!accumulate)
+      for (int64_t i = 0; i < m; i++)
+        columnRuns(c, 0, n, [&](int64_t j, int64_t len) {
+          float* dst = c.at(i, j);
+          for (int64_t q = 0; q < len; q++) dst[q * c.colStride] = 0;
+        });
+    return;
+  }
+  // K in equal blocks of at most KC: the blocking depends on k alone, never on the caller's split.
+  const int64_t kBlocks = (k + KC - 1) / KC, kc0 = (k + kBlocks - 1) / kBlocks;
+  thread_local std::vector<float> aBuf, bBuf, tBuf;
+  float* ap = scratch(aBuf, MC * kc0);
+  float* bp = scratch(bBuf, kc0 * NC);
+  float* tmp = scratch(tBuf, int64_t(isa.mr) * isa.nr);
+  for (int64_t jc = 0; jc < n; jc += NC) {
+    const int64_t nc = std::min(NC, n - jc);
+    for (int64_t pc = 0; pc < k; pc += kc0) {
+      const int64_t kc = std::min(kc0, k - pc);
+      packB(bp, b, pc, kc, jc, nc, isa.nr);
+      for (int64_t ic = 0; ic < m; ic += MC) {
+        const int64_t mc = std::min(MC, m - ic);
+        packA(ap, a, ic, mc, pc, kc, isa.mr);
+        for (int64_t jr = 0; jr < nc; jr += isa.nr)
+          for (int64_t ir = 0; ir < mc; ir += isa.mr)
+            tile(isa, c, ic + ir, jc + jr, std::min<int64_t>(isa.mr, mc - ir), std::min<int64_t>(isa.nr, nc - jr), kc, ap + ir * kc, bp + jr * kc,
+                 accumulate || pc > 0, tmp);
+      }
+    }
+  }
+}
+
+const char* gemmIsa() { return current->name; }
+
+bool useGemmIsa(const char* name) {
+  for (const Isa& isa : ISAS)
+    if (std::strcmp(isa.name, name) == 0 && isa.supported()) {
+      current = &isa;
+      return true;
+    }
+  return false;
+}
+
+}  // namespace syncbn
