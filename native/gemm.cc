@@ -29,7 +29,9 @@ constexpr int64_t KC = 256;  // inner-dimension block: B strip KC × 48 floats =
 constexpr int64_t MC = 144;  // rows of A per packed block (a multiple of every MR): 144 KB at KC (L2)
 constexpr int64_t NC = 384;  // columns of B per packed block (a multiple of every NR): 384 KB at KC (L2)
 
-typedef void (*MicroFn)(int64_t kc, const float* ap, const float* bp, float* c, int64_t ldc, bool load);
+typedef void (*MicroFn)(int64_t kc, const float* ap, const float* bp, int64_t ldb, float* c, int64_t ldc, bool load);
+// The in-place-A tile of width NV vectors (gemm.h gemmInPlaceA), from +0.
+typedef void (*InPlaceFn)(int64_t kc, const float* a, int64_t lda, const float* bp, float* c, int64_t ldc);
 
 }  // namespace
 
@@ -41,7 +43,11 @@ typedef __m512 V;
 constexpr int L = 16;
 inline V fmadd(float a, V b, V c) { return _mm512_fmadd_ps(_mm512_set1_ps(a), b, c); }
 #include "micro-tile.inc"
-void micro(int64_t kc, const float* ap, const float* bp, float* c, int64_t ldc, bool load) { microTile<8, 3>(kc, ap, bp, c, ldc, load); }
+void micro(int64_t kc, const float* ap, const float* bp, int64_t ldb, float* c, int64_t ldc, bool load) {
+  microTile<8, 3, false>(kc, ap, 0, bp, ldb, c, ldc, load);
+}
+template <int NV>
+void inPlace(int64_t kc, const float* a, int64_t lda, const float* bp, float* c, int64_t ldc) { microTile<8, NV, true>(kc, a, lda, bp, NV * L, c, ldc, false); }
 }  // namespace avx512
 #pragma GCC pop_options
 
@@ -52,7 +58,11 @@ typedef __m256 V;
 constexpr int L = 8;
 inline V fmadd(float a, V b, V c) { return _mm256_fmadd_ps(_mm256_set1_ps(a), b, c); }
 #include "micro-tile.inc"
-void micro(int64_t kc, const float* ap, const float* bp, float* c, int64_t ldc, bool load) { microTile<6, 2>(kc, ap, bp, c, ldc, load); }
+void micro(int64_t kc, const float* ap, const float* bp, int64_t ldb, float* c, int64_t ldc, bool load) {
+  microTile<6, 2, false>(kc, ap, 0, bp, ldb, c, ldc, load);
+}
+template <int NV>
+void inPlace(int64_t kc, const float* a, int64_t lda, const float* bp, float* c, int64_t ldc) { microTile<6, NV, true>(kc, a, lda, bp, NV * L, c, ldc, false); }
 }  // namespace avx2
 #pragma GCC pop_options
 #endif
@@ -71,7 +81,11 @@ inline V fmadd(float a, V b, V c) {
 #endif
 }
 #include "micro-tile.inc"
-void micro(int64_t kc, const float* ap, const float* bp, float* c, int64_t ldc, bool load) { microTile<6, 2>(kc, ap, bp, c, ldc, load); }
+void micro(int64_t kc, const float* ap, const float* bp, int64_t ldb, float* c, int64_t ldc, bool load) {
+  microTile<6, 2, false>(kc, ap, 0, bp, ldb, c, ldc, load);
+}
+template <int NV>
+void inPlace(int64_t kc, const float* a, int64_t lda, const float* bp, float* c, int64_t ldc) { microTile<6, NV, true>(kc, a, lda, bp, NV * L, c, ldc, false); }
 }  // namespace baseline
 
 namespace {
@@ -81,14 +95,18 @@ struct Isa {
   int mr, nr;
   MicroFn micro;
   bool (*supported)();
+  int lanes, inPlaceRows;    // gemmInPlaceA: tiles of inPlaceRows × NV·lanes, NV = 1..3 (AVX-512) or 1..2
+  InPlaceFn inPlace[3];      // by NV − 1; null where the accumulators would not fit
 };
 
 const Isa ISAS[] = {
 #if defined(__x86_64__)
-    {"avx512f", 8, 48, avx512::micro, [] { return __builtin_cpu_init(), __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma"); }},
-    {"avx2", 6, 16, avx2::micro, [] { return __builtin_cpu_init(), __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }},
+    {"avx512f", 8, 48, avx512::micro, [] { return __builtin_cpu_init(), __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma"); },
+     16, 8, {avx512::inPlace<1>, avx512::inPlace<2>, avx512::inPlace<3>}},
+    {"avx2", 6, 16, avx2::micro, [] { return __builtin_cpu_init(), __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); },
+     8, 6, {avx2::inPlace<1>, avx2::inPlace<2>, nullptr}},
 #endif
-    {"baseline", 6, 8, baseline::micro, [] { return true; }},
+    {"baseline", 6, 8, baseline::micro, [] { return true; }, 4, 6, {baseline::inPlace<1>, baseline::inPlace<2>, nullptr}},
 };
 
 const Isa* chooseIsa() {
@@ -159,11 +177,14 @@ void packA(float* ap, const View& a, int64_t ic, int64_t mc, int64_t pc, int64_t
   }
 }
 
+// Columns j0..j0+cols−1 of v are contiguous in every row (one sample, unit column stride).
+bool wholeStrip(const View& v, int64_t j0, int64_t cols) { return v.colStride == 1 && j0 % v.plane + cols <= v.plane; }
+
 // The rows × cols tile of C at (i0, j0): straight into C when it is a whole tile within one sample, else through tmp.
 void tile(const Isa& isa, const View& c, int64_t i0, int64_t j0, int64_t rows, int64_t cols, int64_t kc, const float* ap, const float* bp,
-          bool load, float* tmp) {
-  if (rows == isa.mr && cols == isa.nr && c.colStride == 1 && j0 % c.plane + cols <= c.plane) {
-    isa.micro(kc, ap, bp, c.at(i0, j0), c.rowStride, load);
+          int64_t ldb, bool load, float* tmp) {
+  if (rows == isa.mr && cols == isa.nr && wholeStrip(c, j0, cols)) {
+    isa.micro(kc, ap, bp, ldb, c.at(i0, j0), c.rowStride, load);
     return;
   }
   const int nr = isa.nr;
@@ -175,7 +196,7 @@ void tile(const Isa& isa, const View& c, int64_t i0, int64_t j0, int64_t rows, i
         for (int64_t q = 0; q < len; q++) tmp[r * nr + (j - j0) + q] = src[q * c.colStride];
       });
   }
-  isa.micro(kc, ap, bp, tmp, nr, load);
+  isa.micro(kc, ap, bp, ldb, tmp, nr, load);
   for (int64_t r = 0; r < rows; r++)
     columnRuns(c, j0, cols, [&](int64_t j, int64_t len) {
       float* dst = c.at(i0 + r, j);
@@ -207,16 +228,65 @@ void gemm(const View& c, const View& a, const View& b, int64_t m, int64_t n, int
     const int64_t nc = std::min(NC, n - jc);
     for (int64_t pc = 0; pc < k; pc += kc0) {
       const int64_t kc = std::min(kc0, k - pc);
-      packB(bp, b, pc, kc, jc, nc, isa.nr);
+      // A whole strip of B within one sample is read where it is (rows ldb = rowStride apart); the others are packed.
+      const float* strip[NC / 8];
+      int64_t ldb[NC / 8];
+      for (int64_t jr = 0; jr < nc; jr += isa.nr) {
+        const int64_t w = std::min<int64_t>(isa.nr, nc - jr), q = jr / isa.nr;
+        if (w == isa.nr && wholeStrip(b, jc + jr, w)) {
+          strip[q] = b.at(pc, jc + jr), ldb[q] = b.rowStride;
+        } else {
+          packB(bp + jr * kc, b, pc, kc, jc + jr, w, isa.nr);
+          strip[q] = bp + jr * kc, ldb[q] = isa.nr;
+        }
+      }
       for (int64_t ic = 0; ic < m; ic += MC) {
         const int64_t mc = std::min(MC, m - ic);
         packA(ap, a, ic, mc, pc, kc, isa.mr);
         for (int64_t jr = 0; jr < nc; jr += isa.nr)
           for (int64_t ir = 0; ir < mc; ir += isa.mr)
-            tile(isa, c, ic + ir, jc + jr, std::min<int64_t>(isa.mr, mc - ir), std::min<int64_t>(isa.nr, nc - jr), kc, ap + ir * kc, bp + jr * kc,
-                 accumulate || pc > 0, tmp);
+            tile(isa, c, ic + ir, jc + jr, std::min<int64_t>(isa.mr, mc - ir), std::min<int64_t>(isa.nr, nc - jr), kc, ap + ir * kc, strip[jr / isa.nr],
+                 ldb[jr / isa.nr], accumulate || pc > 0, tmp);
       }
     }
+  }
+}
+
+void gemmInPlaceA(float* c, int64_t ldc, const float* a, int64_t lda, const View& b, int64_t m, int64_t n, int64_t k) {
+  if (m <= 0 || n <= 0) return;
+  const Isa& isa = *current;
+  if (k <= 0) {
+    for (int64_t i = 0; i < m; i++) std::memset(c + i * ldc, 0, sizeof(float) * n);
+    return;
+  }
+  const int mr = isa.inPlaceRows, maxNv = isa.inPlace[2] ? 3 : 2;
+  thread_local std::vector<float> bBuf, aBuf, tBuf;
+  float* bp = scratch(bBuf, k * (n + maxNv * isa.lanes));
+  float* edge = scratch(aBuf, int64_t(mr) * k);
+  float* tmp = scratch(tBuf, int64_t(mr) * maxNv * isa.lanes);
+  for (int64_t jr = 0; jr < n;) {
+    // The narrowest strip of 1..maxNv vectors that covers the rest (or maxNv), B packed once for all rows.
+    const int nv = int(std::min<int64_t>(maxNv, (n - jr + isa.lanes - 1) / isa.lanes)), nr = nv * isa.lanes;
+    const int64_t w = std::min<int64_t>(nr, n - jr);
+    packB(bp, b, 0, k, jr, w, nr);
+    for (int64_t ir = 0; ir < m; ir += mr) {
+      const int64_t rows = std::min<int64_t>(mr, m - ir);
+      const float* ar = a + ir * lda;
+      int64_t ld = lda;
+      if (rows < mr) {  // the last rows, zero-padded into a copy (never read past A)
+        for (int64_t r = 0; r < mr; r++)
+          if (r < rows) std::memcpy(edge + r * k, ar + r * lda, sizeof(float) * k);
+          else std::memset(edge + r * k, 0, sizeof(float) * k);
+        ar = edge, ld = k;
+      }
+      if (rows == mr && w == nr) {
+        isa.inPlace[nv - 1](k, ar, ld, bp, c + ir * ldc + jr, ldc);
+      } else {
+        isa.inPlace[nv - 1](k, ar, ld, bp, tmp, nr);
+        for (int64_t r = 0; r < rows; r++) std::memcpy(c + (ir + r) * ldc + jr, tmp + r * nr, sizeof(float) * w);
+      }
+    }
+    jr += w;
   }
 }
 

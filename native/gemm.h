@@ -26,6 +26,11 @@ struct View {
 // C (m, n) = (accumulate ? C : +0) + A (m, k)·B (k, n). 2·m·n·k flops.
 void gemm(const View& c, const View& a, const View& b, int64_t m, int64_t n, int64_t k, bool accumulate);
 
+// c (m, n), row stride ldc, = +0 + A (m, k)·B (k, n) with A read in place (row-major,
+// stride lda ≥ k) and B packed whole: dW's form, where A (each sample's columns) is
+// large and used once and n (cout) is small. The same bits as gemm() would give.
+void gemmInPlaceA(float* c, int64_t ldc, const float* a, int64_t lda, const View& b, int64_t m, int64_t n, int64_t k);
+
 // The micro-kernel this process runs: "avx512f" (8×48 tile, FMA), "avx2" (6×16, FMA) or "baseline" (6×8, plain C++).
 const char* gemmIsa();
 // Runs `name` from now on (tests run every one the CPU has); false if the CPU lacks it or the name is unknown.

@@ -54,7 +54,8 @@ void col2imAdd(float* dx, const float* dcols, const Geometry& g) {
           if (ih < 0 || ih >= g.inH) continue;
           const float* src = row + int64_t(oh) * outW;
           float* dst = dx + (int64_t(ci) * g.inH + ih) * g.inW - pad + kw;
-          for (int ow = lo; ow < hi; ow++) dst[int64_t(ow) * s] += src[ow];
+          if (s == 1) for (int ow = lo; ow < hi; ow++) dst[ow] += src[ow];  // vectorized
+          else for (int ow = lo; ow < hi; ow++) dst[int64_t(ow) * s] += src[ow];
         }
       }
 }

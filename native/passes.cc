@@ -63,13 +63,12 @@ void convBackward(Pool& pool, float* dx, const float* dy, const float* cols, con
     float* dw32 = grown(dw32Buf, cout * width);
     for (int64_t s = 0; width > 0 && s < count; s++) {
       const int64_t i = first + s;
-      // dw32 (cout, width) = dy_i (cout, P)·cols_i[j0..j1) (width, P)ᵀ, then widened into the float64 sum.
-      gemm(View::plain(dw32, width, 1), View::plain(dy + i * cout * P, P, 1), View::plain(cols + i * R * P + j0 * P, 1, P), cout, width, P, false);
+      // dw32 (width, cout) = cols_i[j0..j1) (width, P)·dy_i (cout, P)ᵀ = this block of dW_iᵀ, widened into the float64 sum.
+      gemmInPlaceA(dw32, cout, cols + i * R * P + j0 * P, P, View::plain(dy + i * cout * P, 1, P), width, cout, P);
       for (int64_t co = 0; co < cout; co++) {
         double* sum = dw64 + co * R + j0;
-        const float* term = dw32 + co * width;
-        if (s == 0) for (int64_t j = 0; j < width; j++) sum[j] = double(term[j]);
-        else for (int64_t j = 0; j < width; j++) sum[j] += double(term[j]);
+        if (s == 0) for (int64_t j = 0; j < width; j++) sum[j] = double(dw32[j * cout + co]);
+        else for (int64_t j = 0; j < width; j++) sum[j] += double(dw32[j * cout + co]);
       }
     }
     // dx for this part's samples: dcols (R, k·P) = Wᵀ (R, cout)·dy (cout, k·P), then col2im per sample.
