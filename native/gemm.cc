@@ -180,27 +180,27 @@ void packA(float* ap, const View& a, int64_t ic, int64_t mc, int64_t pc, int64_t
 // Columns j0..j0+cols−1 of v are contiguous in every row (one sample, unit column stride).
 bool wholeStrip(const View& v, int64_t j0, int64_t cols) { return v.colStride == 1 && j0 % v.plane + cols <= v.plane; }
 
-// The rows × cols tile of C at (i0, j0): straight into C when it is a whole tile within one sample, else through tmp.
-void tile(const Isa& isa, const View& c, int64_t i0, int64_t j0, int64_t rows, int64_t cols, int64_t kc, const float* ap, const float* bp,
-          int64_t ldb, bool load, float* tmp) {
-  if (rows == isa.mr && cols == isa.nr && wholeStrip(c, j0, cols)) {
-    isa.micro(kc, ap, bp, ldb, c.at(i0, j0), c.rowStride, load);
-    return;
-  }
+// The rows × cols tile of C at (i0, j0), through tmp: at the edges, or across two samples.
+void edgeTile(const Isa& isa, const View& c, int64_t i0, int64_t j0, int64_t rows, int64_t cols, int64_t kc, const float* ap, const float* bp,
+              int64_t ldb, bool load, float* tmp) {
   const int nr = isa.nr;
   if (load) {
     std::memset(tmp, 0, sizeof(float) * isa.mr * nr);
     for (int64_t r = 0; r < rows; r++)
       columnRuns(c, j0, cols, [&](int64_t j, int64_t len) {
         const float* src = c.at(i0 + r, j);
-        for (int64_t q = 0; q < len; q++) tmp[r * nr + (j - j0) + q] = src[q * c.colStride];
+        float* dst = tmp + r * nr + (j - j0);
+        if (c.colStride == 1) std::memcpy(dst, src, sizeof(float) * len);
+        else for (int64_t q = 0; q < len; q++) dst[q] = src[q * c.colStride];
       });
   }
   isa.micro(kc, ap, bp, ldb, tmp, nr, load);
   for (int64_t r = 0; r < rows; r++)
     columnRuns(c, j0, cols, [&](int64_t j, int64_t len) {
       float* dst = c.at(i0 + r, j);
-      for (int64_t q = 0; q < len; q++) dst[q * c.colStride] = tmp[r * nr + (j - j0) + q];
+      const float* src = tmp + r * nr + (j - j0);
+      if (c.colStride == 1) std::memcpy(dst, src, sizeof(float) * len);
+      else for (int64_t q = 0; q < len; q++) dst[q * c.colStride] = src[q];
     });
 }
 
@@ -243,10 +243,16 @@ void gemm(const View& c, const View& a, const View& b, int64_t m, int64_t n, int
       for (int64_t ic = 0; ic < m; ic += MC) {
         const int64_t mc = std::min(MC, m - ic);
         packA(ap, a, ic, mc, pc, kc, isa.mr);
-        for (int64_t jr = 0; jr < nc; jr += isa.nr)
-          for (int64_t ir = 0; ir < mc; ir += isa.mr)
-            tile(isa, c, ic + ir, jc + jr, std::min<int64_t>(isa.mr, mc - ir), std::min<int64_t>(isa.nr, nc - jr), kc, ap + ir * kc, strip[jr / isa.nr],
-                 ldb[jr / isa.nr], accumulate || pc > 0, tmp);
+        for (int64_t jr = 0; jr < nc; jr += isa.nr) {
+          // Whole tiles straight into C (its strip's address found once: no division per tile), the rest through tmp.
+          const int64_t cols = std::min<int64_t>(isa.nr, nc - jr), q = jr / isa.nr;
+          float* cStrip = cols == isa.nr && wholeStrip(c, jc + jr, cols) ? c.at(ic, jc + jr) : nullptr;
+          for (int64_t ir = 0; ir < mc; ir += isa.mr) {
+            const int64_t rows = std::min<int64_t>(isa.mr, mc - ir);
+            if (cStrip && rows == isa.mr) isa.micro(kc, ap + ir * kc, strip[q], ldb[q], cStrip + ir * c.rowStride, c.rowStride, accumulate || pc > 0);
+            else edgeTile(isa, c, ic + ir, jc + jr, rows, cols, kc, ap + ir * kc, strip[q], ldb[q], accumulate || pc > 0, tmp);
+          }
+        }
       }
     }
   }
