@@ -208,6 +208,22 @@ void edgeTile(const Isa& isa, const View& c, int64_t i0, int64_t j0, int64_t row
 
 void gemm(const View& c, const View& a, const View& b, int64_t m, int64_t n, int64_t k, bool accumulate) {
   if (m <= 0 || n <= 0) return;
+  if (c.plane < n) {
+    // C spans samples (small planes side by side): work on a plain copy, so every tile is a whole one, and copy it back once.
+    thread_local std::vector<float> cBuf;
+    float* plain = scratch(cBuf, m * n);
+    const auto copy = [&](bool in) {
+      for (int64_t i = 0; i < m; i++)
+        columnRuns(c, 0, n, [&](int64_t j, int64_t len) {
+          float* at = c.at(i, j);
+          for (int64_t q = 0; q < len; q++) (in ? plain[i * n + j + q] : at[q * c.colStride]) = (in ? at[q * c.colStride] : plain[i * n + j + q]);
+        });
+    };
+    if (accumulate) copy(true);
+    gemm(View::plain(plain, n, 1), a, b, m, n, k, accumulate);
+    copy(false);
+    return;
+  }
   const Isa& isa = *current;
   if (k <= 0) {
     if (!accumulate)
