@@ -2,8 +2,9 @@
 // dimension, B is packed once (strips of NR columns, zero-padded) and reused over
 // all of M; A is packed per MC rows (strips of MR, zero-padded); an MR×NR tile of C
 // stays in registers over one K block (load, kc FMAs per element, store). Tiles at
-// the edges, or spanning two samples of a batched view, run the same micro-kernel
-// on a copy of C, so every element sees the same FMA chain. Three micro-kernels
+// the edges run the same micro-kernel on a copy of the tile, and a C whose columns
+// span samples is computed on a plain copy, so every element sees the same FMA
+// chain. Whole strips of B inside one sample are read in place. Three micro-kernels
 // (micro-tile.inc): AVX-512 (8 rows × 3 zmm: 24 accumulators), AVX2+FMA (6 × 2
 // ymm: 12) and vectors of 4 (NEON's FMA on arm64, fmaf per lane elsewhere), chosen
 // at load with __builtin_cpu_supports. All three round once per term in the same
@@ -11,7 +12,6 @@
 #include "gemm.h"
 
 #include <algorithm>
-#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -212,11 +212,15 @@ void gemm(const View& c, const View& a, const View& b, int64_t m, int64_t n, int
     // C spans samples (small planes side by side): work on a plain copy, so every tile is a whole one, and copy it back once.
     thread_local std::vector<float> cBuf;
     float* plain = scratch(cBuf, m * n);
-    const auto copy = [&](bool in) {
+    const auto copy = [&](bool toPlain) {
       for (int64_t i = 0; i < m; i++)
         columnRuns(c, 0, n, [&](int64_t j, int64_t len) {
           float* at = c.at(i, j);
-          for (int64_t q = 0; q < len; q++) (in ? plain[i * n + j + q] : at[q * c.colStride]) = (in ? at[q * c.colStride] : plain[i * n + j + q]);
+          float* p = plain + i * n + j;
+          for (int64_t q = 0; q < len; q++) {
+            if (toPlain) p[q] = at[q * c.colStride];
+            else at[q * c.colStride] = p[q];
+          }
         });
     };
     if (accumulate) copy(true);
