@@ -17,8 +17,9 @@ struct Geometry {
 
 // cols (cin·k·k, outH·outW) ← x (cin, inH, inW), zero outside the image.
 void im2col(float* cols, const float* x, const Geometry& g);
-// dx (cin, inH, inW) += the adjoint of im2col applied to dcols.
-void col2imAdd(float* dx, const float* dcols, const Geometry& g);
+// dx (cin, inH, inW) += the adjoint of im2col applied to dcols (cin·k·k rows of outH·outW,
+// rowStride apart; 0: back to back).
+void col2imAdd(float* dx, const float* dcols, const Geometry& g, int64_t rowStride = 0);
 
 // passes.cc: a batch's passes over `threads` parts of the pool, the same bits for any number.
 // y (n, cout, P) += W·im2col(x_i) per sample (y holds the bias); training keeps

@@ -41,9 +41,9 @@ void im2col(float* cols, const float* x, const Geometry& g) {
       }
 }
 
-void col2imAdd(float* dx, const float* dcols, const Geometry& g) {
+void col2imAdd(float* dx, const float* dcols, const Geometry& g, int64_t rowStride) {
   const int k = g.kernel, s = g.stride, pad = g.padding, outW = g.outW;
-  const int64_t plane = int64_t(g.outH) * outW;
+  const int64_t plane = rowStride > 0 ? rowStride : int64_t(g.outH) * outW;
   for (int ci = 0; ci < g.cin; ci++)
     for (int kh = 0; kh < k; kh++)
       for (int kw = 0; kw < k; kw++) {

@@ -71,14 +71,15 @@ void convBackward(Pool& pool, float* dx, const float* dy, const float* cols, con
         else for (int64_t j = 0; j < width; j++) sum[j] += double(dw32[j * cout + co]);
       }
     }
-    // dx for this part's samples: dcols (R, k·P) = Wᵀ (R, cout)·dy (cout, k·P), then col2im per sample.
+    // dx for this part's samples: dcols (R, k·P) = Wᵀ (R, cout)·dy (cout, k·P), the k samples side by side in
+    // each row (a plain matrix: no tile spans two samples' memory), then col2im per sample.
     int64_t lo, hi;
     partRange(count, p, parts, &lo, &hi);
     for (int64_t i0 = first + lo; i0 < first + hi; i0 += group) {
       const int64_t k = std::min(group, first + hi - i0);
       float* dcols = grown(dcolsBuf, k * R * P);
-      gemm(View::batched(dcols, P, R * P), View::plain(w, 1, R), View::batched(dy + i0 * cout * P, P, cout * P), R, k * P, cout, false);
-      for (int64_t s = 0; s < k; s++) col2imAdd(dx + (i0 + s) * inSize, dcols + s * R * P, g);
+      gemm(View::plain(dcols, k * P, 1), View::plain(w, 1, R), View::batched(dy + i0 * cout * P, P, cout * P), R, k * P, cout, false);
+      for (int64_t s = 0; s < k; s++) col2imAdd(dx + (i0 + s) * inSize, dcols + s * P, g, k * P);
     }
   });
 }
