@@ -68,18 +68,19 @@ void inPlace(int64_t kc, const float* a, int64_t lda, const float* bp, float* c,
 #endif
 
 namespace baseline {
-typedef float V __attribute__((vector_size(16)));
 constexpr int L = 4;
-inline V fmadd(float a, V b, V c) {
 #if defined(__aarch64__)
-  return vfmaq_n_f32(c, b, a);
+typedef float32x4_t V;
+inline V fmadd(float a, V b, V c) { return vfmaq_n_f32(c, b, a); }
 #else
-  // One rounding per lane as on the FMA paths (libm's fmaf where the CPU has no FMA: correct, slow).
+typedef float V __attribute__((vector_size(16)));
+// One rounding per lane as on the FMA paths (libm's fmaf where the CPU has no FMA: correct, slow).
+inline V fmadd(float a, V b, V c) {
   V r;
   for (int l = 0; l < L; l++) r[l] = __builtin_fmaf(a, b[l], c[l]);
   return r;
-#endif
 }
+#endif
 #include "micro-tile.inc"
 void micro(int64_t kc, const float* ap, const float* bp, int64_t ldb, float* c, int64_t ldc, bool load) {
   microTile<6, 2, false>(kc, ap, 0, bp, ldb, c, ldc, load);
