@@ -8,6 +8,7 @@
 #include <string>
 
 #include "conv.h"
+#include "gemm.h"
 
 namespace {
 
@@ -91,44 +92,6 @@ napi_value Col2imAdd(napi_env env, napi_callback_info info) {
   return nullptr;
 }
 
-// gemmNN(c, cOff, a, aOff, b, bOff, m, p, kk, accumulate): C (m, p) (+)= A (m, kk)·B (kk, p).
-// gemmTN(...same...): C (m, p) (+)= A (kk, m)ᵀ·B (kk, p).
-napi_value Gemm(napi_env env, napi_callback_info info, bool transposeA) {
-  napi_value a[10];
-  int64_t d[4];
-  Span c, A, B;
-  if (!argsOf(env, info, 10, a) || !ints(env, a, 6, 4, d)) return nullptr;
-  const int64_t m = d[0], p = d[1], kk = d[2];
-  if (!span(env, a, 0, napi_float32_array, m * p, &c, "c") ||
-      !span(env, a, 2, napi_float32_array, m * kk, &A, "a") ||
-      !span(env, a, 4, napi_float32_array, kk * p, &B, "b"))
-    return nullptr;
-  const int64_t aRow = transposeA ? 1 : kk, aCol = transposeA ? m : 1;
-  syncbn::gemmAcc(static_cast<float*>(c.data), static_cast<const float*>(A.data), aRow, aCol,
-                  static_cast<const float*>(B.data), int(m), int(kk), int(p), d[3] != 0);
-  return nullptr;
-}
-napi_value GemmNN(napi_env env, napi_callback_info info) { return Gemm(env, info, false); }
-napi_value GemmTN(napi_env env, napi_callback_info info) { return Gemm(env, info, true); }
-
-// gemmNTWiden(c64, c64Off, c32, c32Off, a, aOff, b, bOff, m, kk, p, accumulate):
-// c32 (m, kk) = A (m, p)·B (kk, p)ᵀ in float32, c64 (+)= f64(c32).
-napi_value GemmNTWiden(napi_env env, napi_callback_info info) {
-  napi_value a[12];
-  int64_t d[4];
-  Span c64, c32, A, B;
-  if (!argsOf(env, info, 12, a) || !ints(env, a, 8, 4, d)) return nullptr;
-  const int64_t m = d[0], kk = d[1], p = d[2];
-  if (!span(env, a, 0, napi_float64_array, m * kk, &c64, "c64") ||
-      !span(env, a, 2, napi_float32_array, m * kk, &c32, "c32") ||
-      !span(env, a, 4, napi_float32_array, m * p, &A, "a") ||
-      !span(env, a, 6, napi_float32_array, kk * p, &B, "b"))
-    return nullptr;
-  syncbn::gemmNtWiden(static_cast<double*>(c64.data), static_cast<float*>(c32.data), static_cast<const float*>(A.data),
-                      static_cast<const float*>(B.data), int(m), int(kk), int(p), d[3] != 0);
-  return nullptr;
-}
-
 // args[i]: a typed array of `type` with at least `need` elements (offset 0).
 bool whole(napi_env env, napi_value* args, int i, napi_typedarray_type type, int64_t need, void** out, const char* name) {
   napi_value zero[2] = {args[i], nullptr};
@@ -137,6 +100,13 @@ bool whole(napi_env env, napi_value* args, int i, napi_typedarray_type type, int
   if (!span(env, zero, 0, type, need, &s, name)) return false;
   *out = s.data;
   return true;
+}
+
+// This environment's compute threads (pool.h): made with the addon's exports, joined when the environment ends.
+syncbn::Pool& poolOf(napi_env env) {
+  void* data = nullptr;
+  napi_get_instance_data(env, &data);
+  return *static_cast<syncbn::Pool*>(data);
 }
 
 // convForward(y, x, cols, w, cin, inH, inW, kernel, stride, padding, outH, outW, cout, n, train, threads)
@@ -151,7 +121,7 @@ napi_value ConvForward(napi_env env, napi_callback_info info) {
   if (!whole(env, a, 0, napi_float32_array, n * cout * P, &y, "y") || !whole(env, a, 1, napi_float32_array, n * g.cin * g.inH * g.inW, &x, "x") ||
       !whole(env, a, 2, napi_float32_array, d[2] ? n * R * P : 0, &cols, "cols") || !whole(env, a, 3, napi_float32_array, cout * R, &w, "w"))
     return nullptr;
-  syncbn::convForward(static_cast<float*>(y), static_cast<const float*>(x), static_cast<float*>(cols), static_cast<const float*>(w), g, int(cout),
+  syncbn::convForward(poolOf(env), static_cast<float*>(y), static_cast<const float*>(x), static_cast<float*>(cols), static_cast<const float*>(w), g, int(cout),
                       int(n), d[2] != 0, int(d[3]));
   return nullptr;
 }
@@ -169,17 +139,24 @@ napi_value ConvBackward(napi_env env, napi_callback_info info) {
       !whole(env, a, 2, napi_float32_array, end * R * P, &cols, "cols") || !whole(env, a, 3, napi_float32_array, cout * R, &w, "w") ||
       !whole(env, a, 4, napi_float64_array, cout * R, &dw64, "dw64"))
     return nullptr;
-  syncbn::convBackward(static_cast<float*>(dx), static_cast<const float*>(dy), static_cast<const float*>(cols), static_cast<const float*>(w),
+  syncbn::convBackward(poolOf(env), static_cast<float*>(dx), static_cast<const float*>(dy), static_cast<const float*>(cols), static_cast<const float*>(w),
                        static_cast<double*>(dw64), g, int(cout), int(d[1]), int(d[2]), int(d[3]));
   return nullptr;
 }
 
-// Which clone the CPU gets, for the notice and the bench.
-napi_value Isa(napi_env env, napi_callback_info) {
-  __builtin_cpu_init();
-  const char* isa = __builtin_cpu_supports("avx512f") ? "avx512f" : __builtin_cpu_supports("avx2") ? "avx2" : "baseline";
+// isa() → the GEMM micro-kernel this process runs (gemm.h); isa(name) switches to it first (tests run each the CPU has) or throws.
+napi_value Isa(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value arg;
+  napi_get_cb_info(env, info, &argc, &arg, nullptr, nullptr);
+  if (argc >= 1) {
+    char name[32];
+    size_t len = 0;
+    if (napi_get_value_string_utf8(env, arg, name, sizeof name, &len) != napi_ok || !syncbn::useGemmIsa(name))
+      return fail(env, "isa(name): name must be avx512f, avx2 or baseline, and the CPU must have it"), nullptr;
+  }
   napi_value s;
-  napi_create_string_utf8(env, isa, NAPI_AUTO_LENGTH, &s);
+  napi_create_string_utf8(env, syncbn::gemmIsa(), NAPI_AUTO_LENGTH, &s);
   return s;
 }
 
@@ -206,15 +183,13 @@ napi_value Init(napi_env env, napi_value exports) {
   const napi_property_descriptor props[] = {
       {"im2col", nullptr, Im2col, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"col2imAdd", nullptr, Col2imAdd, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
-      {"gemmNN", nullptr, GemmNN, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
-      {"gemmTN", nullptr, GemmTN, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
-      {"gemmNTWiden", nullptr, GemmNTWiden, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"convForward", nullptr, ConvForward, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"convBackward", nullptr, ConvBackward, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"isa", nullptr, Isa, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"fmaPeak", nullptr, FmaPeak, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
   };
   napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
+  napi_set_instance_data(env, new syncbn::Pool(), [](napi_env, void* pool, void*) { delete static_cast<syncbn::Pool*>(pool); }, nullptr);
   return exports;
 }
 

@@ -1,69 +1,85 @@
-// Whole conv passes over a batch, split over compute threads (--threads) the way
-// the WebAssembly path splits them (worker/nn/kernels/conv-parts.ts): forward and
-// dx by samples, dW by rows of the output channels. Every output element is
-// computed by the same kernel calls in the same order whatever the number of
-// threads (dW: each sample's float32 product added into the float64 sum in sample
-// order), so the bits do not depend on it. Part 0 runs on the calling thread;
-// the others are std::threads started per pass and joined before it returns.
+// Whole conv passes over a batch, split over the pool: forward and dx by samples
+// (several samples side by side in one GEMM when a plane is small, so the GEMM's
+// n is at least about GEMM_COLUMNS), dW by 48-column blocks of its R columns,
+// every part looping over all the samples in order. No element's sum is split
+// across parts, and gemm.h's bits do not depend on how the columns are grouped,
+// so the bits are the same for any number of threads.
 #include <algorithm>
-#include <thread>
 #include <vector>
 
 #include "conv.h"
+#include "gemm.h"
 
 namespace syncbn {
 
 namespace {
+constexpr int64_t GEMM_COLUMNS = 384;  // samples per GEMM: ⌈384 / P⌉ (P = 49: 8 samples, 392 columns)
+constexpr int64_t DW_BLOCK = 48;       // dW's split unit: a multiple of every micro-kernel's NR
+
 void partRange(int64_t count, int p, int of, int64_t* lo, int64_t* hi) {
   *lo = count * p / of;
   *hi = count * (p + 1) / of;
 }
 
-template <class F>
-void runParts(int parts, const F& part) {
-  std::vector<std::thread> helpers;
-  helpers.reserve(parts - 1);
-  for (int p = 1; p < parts; p++) helpers.emplace_back(part, p);
-  part(0);
-  for (auto& t : helpers) t.join();
+int64_t samplesPerGemm(int64_t P) { return std::max<int64_t>(1, (GEMM_COLUMNS + P - 1) / std::max<int64_t>(P, 1)); }
+
+float* grown(std::vector<float>& v, int64_t floats) {
+  if (int64_t(v.size()) < floats) v.resize(floats);
+  return v.data();
 }
 }  // namespace
 
-void convForward(float* y, const float* x, float* cols, const float* w, const Geometry& g, int cout, int n, bool train, int threads) {
+void convForward(Pool& pool, float* y, const float* x, float* cols, const float* w, const Geometry& g, int cout, int n, bool train, int threads) {
   const int64_t R = int64_t(g.cin) * g.kernel * g.kernel, P = int64_t(g.outH) * g.outW, inSize = int64_t(g.cin) * g.inH * g.inW;
+  const int64_t group = samplesPerGemm(P);
   const int parts = std::max(1, std::min(threads, n));
-  runParts(parts, [&](int p) {
+  pool.run(parts, [&](int p) {
     int64_t lo, hi;
     partRange(n, p, parts, &lo, &hi);
-    std::vector<float> scratch(train ? 0 : R * P);
-    for (int64_t i = lo; i < hi; i++) {
-      float* c = train ? cols + i * R * P : scratch.data();
-      im2col(c, x + i * inSize, g);
-      gemmAcc(y + i * cout * P, w, R, 1, c, cout, int(R), int(P), true);
+    thread_local std::vector<float> evalCols;
+    for (int64_t i0 = lo; i0 < hi; i0 += group) {
+      const int64_t count = std::min(group, hi - i0);
+      float* c = train ? cols + i0 * R * P : grown(evalCols, count * R * P);
+      for (int64_t s = 0; s < count; s++) im2col(c + s * R * P, x + (i0 + s) * inSize, g);
+      // y (cout, count·P) += W (cout, R)·cols (R, count·P)
+      gemm(View::batched(y + i0 * cout * P, P, cout * P), View::plain(w, R, 1), View::batched(c, P, R * P), cout, count * P, R, true);
     }
   });
 }
 
-void convBackward(float* dx, const float* dy, const float* cols, const float* w, double* dw64, const Geometry& g, int cout, int first, int count,
-                  int threads) {
+void convBackward(Pool& pool, float* dx, const float* dy, const float* cols, const float* w, double* dw64, const Geometry& g, int cout, int first,
+                  int count, int threads) {
   const int64_t R = int64_t(g.cin) * g.kernel * g.kernel, P = int64_t(g.outH) * g.outW, inSize = int64_t(g.cin) * g.inH * g.inW;
+  const int64_t group = samplesPerGemm(P);
   const int parts = std::max(1, threads);
-  runParts(parts, [&](int p) {
-    // dW rows r0..r1−1 (whole 16-row blocks) over every sample; dx for this part's samples.
-    int64_t r0, r1, lo, hi;
-    partRange((cout + 15) / 16, p, parts, &r0, &r1);
-    r0 = std::min<int64_t>(cout, r0 * 16);
-    r1 = std::min<int64_t>(cout, r1 * 16);
-    partRange(count, p, parts, &lo, &hi);
-    std::vector<float> dw32((r1 - r0) * R), dcols(hi > lo ? R * P : 0);
-    for (int64_t s = 0; s < count; s++) {
+  pool.run(parts, [&](int p) {
+    // dW columns j0..j1−1 over every sample, in sample order.
+    int64_t j0, j1;
+    partRange((R + DW_BLOCK - 1) / DW_BLOCK, p, parts, &j0, &j1);
+    j0 = std::min(R, j0 * DW_BLOCK);
+    j1 = std::min(R, j1 * DW_BLOCK);
+    const int64_t width = j1 - j0;
+    thread_local std::vector<float> dw32Buf, dcolsBuf;
+    float* dw32 = grown(dw32Buf, cout * width);
+    for (int64_t s = 0; width > 0 && s < count; s++) {
       const int64_t i = first + s;
-      const float* dyi = dy + i * cout * P;
-      if (r1 > r0) gemmNtWiden(dw64 + r0 * R, dw32.data(), dyi + r0 * P, cols + i * R * P, int(r1 - r0), int(R), int(P), s > 0);
-      if (s >= lo && s < hi) {
-        gemmAcc(dcols.data(), w, 1, R, dyi, int(R), cout, int(P), false);
-        col2imAdd(dx + i * inSize, dcols.data(), g);
+      // dw32 (width, cout) = cols_i[j0..j1) (width, P)·dy_i (cout, P)ᵀ = this block of dW_iᵀ, widened into the float64 sum.
+      gemmInPlaceA(dw32, cout, cols + i * R * P + j0 * P, P, View::plain(dy + i * cout * P, 1, P), width, cout, P);
+      for (int64_t co = 0; co < cout; co++) {
+        double* sum = dw64 + co * R + j0;
+        if (s == 0) for (int64_t j = 0; j < width; j++) sum[j] = double(dw32[j * cout + co]);
+        else for (int64_t j = 0; j < width; j++) sum[j] += double(dw32[j * cout + co]);
       }
+    }
+    // dx for this part's samples: dcols (R, k·P) = Wᵀ (R, cout)·dy (cout, k·P), the k samples side by side in
+    // each row (a plain matrix: no tile spans two samples' memory), then col2im per sample.
+    int64_t lo, hi;
+    partRange(count, p, parts, &lo, &hi);
+    for (int64_t i0 = first + lo; i0 < first + hi; i0 += group) {
+      const int64_t k = std::min(group, first + hi - i0);
+      float* dcols = grown(dcolsBuf, k * R * P);
+      gemm(View::plain(dcols, k * P, 1), View::plain(w, 1, R), View::batched(dy + i0 * cout * P, P, cout * P), R, k * P, cout, false);
+      for (int64_t s = 0; s < k; s++) col2imAdd(dx + (i0 + s) * inSize, dcols + s * P, g, k * P);
     }
   });
 }

@@ -1,14 +1,16 @@
-// The native convolution kernels (native/, --kernels native): ConvWasm's bits
-// (same per-element summation order, no FMA) for y, dx, dW, db and eval forwards
-// over odd shapes and rank segments; the plain TypeScript twin within rounding;
-// NaN/±Inf, determinism, an empty batch, bounds checks; and, last, the fallback
-// when the addon is not there. The addon is built by `npm ci`
-// (scripts/build-native.mjs): if it is missing these tests FAIL, unless
-// SYNCBN_NATIVE=off says this machine runs without it (then the native-only tests
-// are skipped and the loader's refusal and the wasm fallback are asserted). Whole
-// runs on native: test/whole-run.test.ts; the CLI's choice: kernel-choice.test.ts.
+// The native convolution kernels (native/, --kernels native): FMA GEMMs, so y, dx,
+// dW and db are the JS and WebAssembly twins' values within float32 rounding (a
+// bound from the sums' lengths, below), not their bits; and, bit for bit, the same
+// on every micro-kernel the CPU has (AVX-512, AVX2, baseline), run to run, for any
+// number of threads, and with rank segments as each rank alone. Also NaN/±Inf/−0,
+// an empty batch, bounds checks and, last, the fallback when the addon is not
+// there. The addon is built by `npm ci` (scripts/build-native.mjs): if it is
+// missing these tests FAIL, unless SYNCBN_NATIVE=off says this machine runs
+// without it (then the native-only tests are skipped and the loader's refusal and
+// the wasm fallback are asserted). Whole runs on native: test/whole-run.test.ts;
+// the CLI's choice: kernel-choice.test.ts.
 
-import { describe, expect, it } from "vitest";
+import { afterAll, describe, expect, it } from "vitest";
 import { Rng } from "../shared/rng.js";
 import { Conv2d } from "../worker/nn/conv2d.js";
 import type { RankSegments } from "../worker/nn/layer.js";
@@ -32,6 +34,7 @@ const convCases: ConvCase[] = [
   { label: "4×4 pad 3 (rows entirely in the padding)", n: 2, cin: 2, cout: 3, k: 4, stride: 1, padding: 3, h: 3, w: 4 },
   { label: "2×2 stride 3 pad 1 (stride larger than the kernel)", n: 2, cin: 2, cout: 6, k: 2, stride: 3, padding: 1, h: 7, w: 5 },
   { label: "3×3 stride 2 pad 1, 32→64 at 14×14", n: 2, cin: 32, cout: 64, k: 3, stride: 2, padding: 1, h: 14, w: 14 },
+  { label: "3×3 pad 1, 64→64 at 7×7 (P = 49: 8 samples per GEMM, strips across samples), batch 11", n: 11, cin: 64, cout: 64, k: 3, stride: 1, padding: 1, h: 7, w: 7 },
 ];
 
 function make(c: ConvCase, seed: number, backend: "js" | "wasm" | "native"): Conv2d {
@@ -42,13 +45,31 @@ function pair(c: ConvCase, seed: number): [Conv2d, Conv2d] {
   return [make(c, seed, "js"), make(c, seed, "native")];
 }
 
+/**
+ * The bound on |native − twin| / max|twin| for a sum of `terms` float32 products.
+ * Each of the K roundings of a running sum errs by at most u·|partial sum| (u = 2⁻²⁴);
+ * with random signs the partial sums grow as √t, so the error of one sum has a
+ * standard deviation near u·σ·K/√6 while max|result| over the tensor is about
+ * 4σ√K: the worst element of either evaluation ends near 0.5·u·√K of the maximum,
+ * and the two (FMA and not) differ by at most about twice that. 8·u·√K leaves a
+ * factor of 8 for the tails; a kernel bug (a term dropped or doubled) is ≥ 1/K.
+ */
+function rtol(terms: number): number {
+  return 8 * 2 ** -24 * Math.sqrt(Math.max(1, terms));
+}
+
+/** Each output's sum length: y over R = cin·k·k; dx over cout then up to k² col2im adds; dW over P per sample (float64 across samples); db as ConvWasm. */
+function termsOf(c: ConvCase, g: { outH: number; outW: number }): { y: number; dx: number; dW: number; db: number } {
+  return { y: c.cin * c.k * c.k, dx: c.cout * c.k * c.k, dW: g.outH * g.outW, db: g.outH * g.outW };
+}
+
 /** The same float32 bits, element for element (NaN payloads included). */
 function expectBits(what: string, got: Float32Array, ref: Float32Array): void {
   expect(got.length, `${what} length`).toBe(ref.length);
   const g = new Uint32Array(got.buffer, got.byteOffset, got.length), r = new Uint32Array(ref.buffer, ref.byteOffset, ref.length);
   let differ = 0, first = -1;
   for (let i = 0; i < r.length; i++) if (g[i] !== r[i]) { differ++; if (first < 0) first = i; }
-  if (differ > 0) expect.fail(`${what}: ${differ} of ${r.length} elements differ from wasm, first at ${first} (native ${got[first]}, wasm ${ref[first]})`);
+  if (differ > 0) expect.fail(`${what}: ${differ} of ${r.length} elements differ, first at ${first} (${got[first]} vs ${ref[first]})`);
 }
 
 /** Forward (training), backward, then an eval forward of 5 other samples, on `conv`; every output copied. */
@@ -62,6 +83,20 @@ function passes(conv: Conv2d, c: ConvCase, seed: number, segments: number): Floa
   const dx = conv.backward(dy, c.n).slice();
   const ye = conv.forward(xe, 5, false).slice();
   return [y, dx, conv.weight.grad.slice(), conv.bias.grad.slice(), ye];
+}
+const OUTPUTS = ["y", "dx", "dW", "db", "eval y"] as const;
+
+/** The micro-kernels this CPU can run (isa(name) refuses the others), the automatic choice first. */
+const ISAS: string[] = [];
+if (!off && nativeKernels()) {
+  const k = nativeKernels()!, auto = k.isa();
+  for (const name of [auto, ...["avx512f", "avx2", "baseline"].filter((n) => n !== auto)]) {
+    try {
+      k.isa(name);
+      ISAS.push(name);
+    } catch {}
+  }
+  k.isa(auto);
 }
 
 describe("the native addon", () => {
@@ -78,33 +113,59 @@ describe("the native addon", () => {
 });
 
 describe.skipIf(off)("Conv2d on the native kernels", () => {
-  it.each(convCases)("gives the JS twin's y, dx, dW and db for $label", (c) => {
-    const [js, nat] = pair(c, 91);
-    const g = js.geometry;
-    const rng = new Rng(92);
-    const x = normals(rng, c.n * c.cin * c.h * c.w);
-    const dy = normals(rng, c.n * c.cout * g.outH * g.outW);
-    expectClose("y", nat.forward(x, c.n, true), js.forward(x, c.n, true));
-    expectClose("dx", nat.backward(dy, c.n), js.backward(dy, c.n));
-    expectClose("dW", nat.weight.grad, js.weight.grad);
-    expectClose("db", nat.bias.grad, js.bias.grad);
+  afterAll(() => void nativeKernels()?.isa(ISAS[0]!));
+
+  it.each(convCases)("gives the JS and wasm twins' y, dx, dW, db and eval y within float32 rounding of the sums' lengths for $label", (c) => {
+    const nat = passes(make(c, 91, "native"), c, 92, 1);
+    const t = termsOf(c, make(c, 91, "js").geometry);
+    const tol = [t.y, t.dx, t.dW, t.db, t.y].map(rtol);
+    for (const twin of ["js", "wasm"] as const) {
+      const ref = passes(make(c, 91, twin), c, 92, 1);
+      OUTPUTS.forEach((name, i) => expectClose(`${twin} ${name}`, nat[i]!, ref[i]!, tol[i]));
+    }
+    // db is the same TypeScript row sums as ConvWasm's: its bits.
+    expectBits("db", nat[3]!, passes(make(c, 91, "wasm"), c, 92, 1)[3]!);
   });
 
-  it.each(convCases)("gives ConvWasm's bits (y, dx, dW, db, eval y) for $label", (c) => {
-    const names = ["y", "dx", "dW", "db", "eval y"];
-    const wasm = passes(make(c, 191, "wasm"), c, 192, 1), nat = passes(make(c, 191, "native"), c, 192, 1);
-    for (let t = 0; t < names.length; t++) expectBits(names[t]!, nat[t]!, wasm[t]!);
+  it.each(convCases)("gives the same bits on every micro-kernel the CPU has (one FMA chain per element) for $label", (c) => {
+    const k = nativeKernels()!;
+    expect(ISAS.length).toBeGreaterThan(0);
+    const ref = passes(make(c, 191, "native"), c, 192, 1);
+    for (const isa of ISAS.slice(1)) {
+      k.isa(isa);
+      passes(make(c, 191, "native"), c, 192, 1).forEach((a, t) => expectBits(`${isa} ${OUTPUTS[t]}`, a, ref[t]!));
+    }
+    k.isa(ISAS[0]!);
   });
 
-  it("gives ConvWasm's bits with rank segments (per-rank dW and db rounded to float32, then summed)", () => {
-    for (const c of [{ ...convCases[2]!, n: 6 }, { ...convCases[4]!, n: 4 }]) {
-      const wasm = passes(make(c, 193, "wasm"), c, 194, 2), nat = passes(make(c, 193, "native"), c, 194, 2);
-      ["y", "dx", "dW", "db", "eval y"].forEach((name, t) => expectBits(`${c.label}: ${name}`, nat[t]!, wasm[t]!));
+  it("gives each rank segment's dW and db as that rank alone would, and the twins' within rounding", () => {
+    for (const c of [{ ...convCases[2]!, n: 6 }, { ...convCases[4]!, n: 4 }, { ...convCases[8]!, n: 10 }]) {
+      const half = c.n / 2, g = make(c, 193, "native").geometry;
+      const rng = new Rng(194);
+      const x = normals(rng, c.n * c.cin * c.h * c.w), dy = normals(rng, c.n * c.cout * g.outH * g.outW);
+      const alone = [0, 1].map((r) => {
+        const conv = make(c, 193, "native"), xs = x.subarray(r * half * c.cin * c.h * c.w), dys = dy.subarray(r * half * c.cout * g.outH * g.outW);
+        conv.forward(xs, half, true);
+        conv.backward(dys, half);
+        return [conv.weight.grad.slice(), conv.bias.grad.slice()];
+      });
+      const seg = make(c, 193, "native");
+      seg.setRankSegments(2);
+      seg.forward(x, c.n, true);
+      seg.backward(dy, c.n);
+      // Each rank's float32 grads added in float64, then rounded once (layer.ts addSegment/endSegments).
+      const sum = (i: number): Float32Array => alone[0]![i]!.map((v, j) => v + alone[1]![i]![j]!);
+      expectBits(`${c.label}: dW`, seg.weight.grad, sum(0));
+      expectBits(`${c.label}: db`, seg.bias.grad, sum(1));
+      const js = passes(make(c, 193, "js"), c, 194, 2), nat = passes(make(c, 193, "native"), c, 194, 2);
+      const t = termsOf(c, g);
+      expectClose(`${c.label}: dW vs js`, nat[2]!, js[2]!, rtol(t.dW));
+      expectClose(`${c.label}: db vs js`, nat[3]!, js[3]!, rtol(t.db));
     }
   });
 
-  it("gives the same bits on 1, 2, 3 and 5 threads (samples and dW rows split inside the addon), with and without rank segments", () => {
-    for (const c of [{ ...convCases[7]!, n: 6 }, { ...convCases[2]!, n: 6 }, { ...convCases[4]!, n: 4 }]) {
+  it("gives the same bits on 1, 2, 3 and 5 threads of the addon's pool (samples and dW columns split), with and without rank segments", () => {
+    for (const c of [{ ...convCases[7]!, n: 6 }, { ...convCases[2]!, n: 6 }, { ...convCases[4]!, n: 4 }, { ...convCases[8]!, n: 14 }]) {
       const ref = make(c, 195, "native");
       const rng = new Rng(196), g = ref.geometry;
       const x = normals(rng, c.n * c.cin * c.h * c.w), dy = normals(rng, c.n * c.cout * g.outH * g.outW), xe = normals(rng, 3 * c.cin * c.h * c.w);
@@ -127,7 +188,7 @@ describe.skipIf(off)("Conv2d on the native kernels", () => {
     }
   });
 
-  it.each(convCases)("gives ConvWasm's bits for cross-iteration BN's sums Σ p and Σ y·pᵀ over a segment ($label)", (c) => {
+  it.each(convCases)("gives ConvWasm's cross-iteration BN sums Σ p (its bits) and Σ y·pᵀ (within rounding) over a segment ($label)", (c) => {
     const rng = new Rng(401), x = normals(rng, c.n * c.cin * c.h * c.w);
     const rows = c.cin * c.k * c.k;
     const sums = (backend: "wasm" | "native"): Float64Array[] => {
@@ -142,7 +203,12 @@ describe.skipIf(off)("Conv2d on the native kernels", () => {
       return out;
     };
     const [w, n] = [sums("wasm"), sums("native")];
-    w.forEach((ref, i) => expect(Array.from(n[i]!), `sum ${i}`).toEqual(Array.from(ref)));
+    // Σ y·pᵀ: y itself is native's (within rtol(R) of wasm's), then a dW pass over P per sample.
+    const g = make(c, 402, "js").geometry, t = termsOf(c, g);
+    w.forEach((ref, i) => {
+      if (i % 2 === 0) expect(Array.from(n[i]!), `sum ${i}`).toEqual(Array.from(ref));
+      else expectClose(`sum ${i}`, n[i]!, ref, rtol(t.y) + rtol(t.dW));
+    });
     expect(w[0]!.some((v) => v !== 0), "a sum that could differ").toBe(true);
   });
 
@@ -155,24 +221,10 @@ describe.skipIf(off)("Conv2d on the native kernels", () => {
     const big = normals(rng, 40 * c.cin * c.h * c.w);
     js.forward(x, c.n, true);
     nat.forward(x, c.n, true);
-    expectClose("eval y", nat.forward(big, 40, false), js.forward(big, 40, false));
-    expectClose("dx", nat.backward(dy, c.n), js.backward(dy, c.n));
-    expectClose("dW", nat.weight.grad, js.weight.grad);
-  });
-
-  it("gives per-rank-segment dW and db as the JS twin does", () => {
-    const c = { ...convCases[2]!, n: 4 };
-    const [js, nat] = pair(c, 95);
-    js.setRankSegments(2);
-    nat.setRankSegments(2);
-    const rng = new Rng(96);
-    const x = normals(rng, c.n * c.cin * c.h * c.w);
-    const dy = normals(rng, c.n * c.cout * js.geometry.outH * js.geometry.outW);
-    js.forward(x, c.n, true);
-    nat.forward(x, c.n, true);
-    expectClose("dx", nat.backward(dy, c.n), js.backward(dy, c.n));
-    expectClose("dW", nat.weight.grad, js.weight.grad);
-    expectClose("db", nat.bias.grad, js.bias.grad);
+    const t = termsOf(c, js.geometry);
+    expectClose("eval y", nat.forward(big, 40, false), js.forward(big, 40, false), rtol(t.y));
+    expectClose("dx", nat.backward(dy, c.n), js.backward(dy, c.n), rtol(t.dx));
+    expectClose("dW", nat.weight.grad, js.weight.grad, rtol(t.dW));
   });
 
   it("zeroes its grads and returns empty views for an empty batch", () => {
@@ -212,6 +264,21 @@ describe.skipIf(off)("Conv2d on the native kernels", () => {
     same("db", nat.bias.grad, js.bias.grad);
   });
 
+  it("keeps the sign of zero where the JS twin does (exact zero products round the same with or without FMA)", () => {
+    const c = { ...convCases[0]!, n: 4 }; // 1×1 over 3 channels: y = b + 3 products, all −0 for about 1 element in 8
+    const [js, nat] = pair(c, 103);
+    const rng = new Rng(104), g = js.geometry;
+    // Inputs of ±0 and a bias of ±0: every product is an exact ±0, so y, dx, dW and db are signed zeros.
+    const x = normals(rng, c.n * c.cin * c.h * c.w).map((v) => (v < 0 ? -0 : 0));
+    const dy = normals(rng, c.n * c.cout * g.outH * g.outW).map((v) => (v < 0 ? -0 : 0));
+    for (const conv of [js, nat]) conv.bias.value.forEach((_, i, b) => (b[i] = i % 2 ? -0 : 0));
+    expectBits("y", nat.forward(x, c.n, true).slice(), js.forward(x, c.n, true).slice());
+    expectBits("dx", nat.backward(dy, c.n).slice(), js.backward(dy, c.n).slice());
+    expectBits("dW", nat.weight.grad, js.weight.grad);
+    expectBits("db", nat.bias.grad, js.bias.grad);
+    expect(nat.forward(x, c.n, true).some((v) => Object.is(v, -0)), "a −0 that could be lost").toBe(true);
+  });
+
   it("gives the same bits run to run", () => {
     const c = convCases[7]!;
     const run = (): Float32Array[] => {
@@ -238,9 +305,12 @@ describe.skipIf(off)("Conv2d on the native kernels", () => {
 
   it("rejects arrays too short for the call instead of writing past them", () => {
     const k = nativeKernels()!;
-    const c = new Float32Array(4), a = new Float32Array(4), b = new Float32Array(4);
-    expect(() => k.gemmNN(c, 1, a, 0, b, 0, 2, 2, 2, 1)).toThrow(RangeError);
+    const c = new Float32Array(4), a = new Float32Array(4), w = new Float32Array(9), y = new Float32Array(4), dw = new Float64Array(9);
+    // One channel, 2×2 image, 3×3 kernel pad 1: y (n, 1, 4), cols (n, 9, 4), x (n, 1, 4); two samples need 8 of each.
+    expect(() => k.convForward(y, a, new Float32Array(72), w, 1, 2, 2, 3, 1, 1, 2, 2, 1, 2, 1, 1)).toThrow(RangeError);
+    expect(() => k.convBackward(new Float32Array(8), new Float32Array(8), new Float32Array(36), w, dw, 1, 2, 2, 3, 1, 1, 2, 2, 1, 0, 2, 1)).toThrow(RangeError);
     expect(() => k.im2col(c, 0, a, 0, 1, 2, 2, 3, 1, 1, 2, 2)).toThrow(RangeError);
+    expect(() => k.isa("sse9")).toThrow(/isa\(name\): name must be avx512f, avx2 or baseline/);
   });
 });
 

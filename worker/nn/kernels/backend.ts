@@ -1,6 +1,6 @@
 // Which kernels the conv, linear and normalization layers use: "wasm" (WebAssembly
 // SIMD128, the default here), "js" (the plain TypeScript reference twins) or
-// "native" (issue 22: the N-API addon of native/ for Conv2d only, with wasm's bits;
+// "native" (issue 22: the N-API addon of native/ for Conv2d only, FMA: wasm's values within rounding;
 // every other layer runs its wasm path, and without the addon Conv2d does too, with
 // a notice). Set once at startup: the CLI picks native where the addon loads
 // (cli/kernels.ts, --kernels, SYNCBN_KERNELS); a layer reads it when built.

@@ -1,11 +1,12 @@
-// Conv2d's native path (SYNCBN_KERNELS=native): the same per-sample im2col, GEMM
-// and col2im as ConvWasm, run by the N-API addon (native.ts) directly on these
-// Float32Array/Float64Array buffers, with the same numerics contract: dW is each
-// sample's float32 product summed in float64 across samples. Every sum runs in
-// the wasm kernels' order with no FMA, so y, dx, dW and db are ConvWasm's bits
-// (test/native-kernels.test.ts). Each pass is one addon call (native/passes.cc),
-// split over --threads threads inside it with the same bits for any number. Not a
-// layer: Conv2d owns the params and picks this path.
+// Conv2d's native path (SYNCBN_KERNELS=native): im2col, FMA GEMMs (several samples
+// per GEMM on small planes) and col2im, run by the N-API addon (native.ts) directly
+// on these Float32Array/Float64Array buffers. dW is each sample's float32 product
+// summed in float64 across samples, as ConvWasm; every element is one FMA chain in
+// a fixed order, so y, dx and dW are the twins' values within float32 rounding (not
+// their bits) and the same bits run to run (test/native-kernels.test.ts). Each pass
+// is one addon call (native/passes.cc), split over --threads threads of the addon's
+// persistent pool with the same bits for any number. Not a layer: Conv2d owns the
+// params and picks this path.
 
 import type { ConvGeometry, ConvKernel } from "../conv2d.js";
 import { addSegment, beginSegments, endSegments, BatchBuffer, segmentLength, type RankSegments } from "../layer.js";
@@ -27,7 +28,7 @@ export class ConvNative implements ConvKernel {
   private statsScratch: { dx: BatchBuffer; w: Float32Array } | null = null;
   private readonly geo: readonly [number, number, number, number, number, number, number, number];
 
-  /** `threads`: the passes' threads inside the addon (--threads; the same bits for any number). */
+  /** `threads`: the passes' parts on the addon's pool (--threads; the same bits for any number). */
   constructor(private readonly g: ConvGeometry, private readonly k: NativeKernels, private readonly threads = requestedComputeThreads()) {
     this.rows = g.cin * g.kernel * g.kernel;
     this.plane = g.outH * g.outW;
@@ -78,10 +79,10 @@ export class ConvNative implements ConvKernel {
   }
 
   /**
-   * CBN's sums (ConvKernel.statsSums) with ConvWasm's bits: yColSums is the
-   * addon's dW pass run with dy := y (Σ f64(y_i·cols_iᵀ) in wasm's gemm_nt order);
+   * CBN's sums (ConvKernel.statsSums): yColSums is the addon's dW pass run with
+   * dy := y (Σ f64(y_i·cols_iᵀ), each sample's product an FMA GEMM);
    * that pass also makes a dx, here from zero weights into scratch, so this costs
-   * a backward pass. colSums: each row's float32 rowSum, summed in float64.
+   * a backward pass. colSums: each row's float32 rowSum, summed in float64 (ConvWasm's bits).
    */
   statsSums(colSums: Float64Array, yColSums: Float64Array, first: number, n: number): void {
     const R = this.rows, P = this.plane;

@@ -12,17 +12,10 @@ export interface NativeKernels {
   /** dx (cin, inH, inW) += col2im(dcols). */
   col2imAdd(dx: Float32Array, dxOff: number, dcols: Float32Array, dcolsOff: number,
     cin: number, inH: number, inW: number, kernel: number, stride: number, padding: number, outH: number, outW: number): void;
-  /** C (m, p) (+)= A (m, kk)·B (kk, p). */
-  gemmNN(c: Float32Array, cOff: number, a: Float32Array, aOff: number, b: Float32Array, bOff: number, m: number, p: number, kk: number, accumulate: number): void;
-  /** C (m, p) (+)= A (kk, m)ᵀ·B (kk, p). */
-  gemmTN(c: Float32Array, cOff: number, a: Float32Array, aOff: number, b: Float32Array, bOff: number, m: number, p: number, kk: number, accumulate: number): void;
-  /** c32 (m, kk) = A (m, p)·B (kk, p)ᵀ in float32; c64 (+)= f64(c32). */
-  gemmNTWiden(c64: Float64Array, c64Off: number, c32: Float32Array, c32Off: number, a: Float32Array, aOff: number,
-    b: Float32Array, bOff: number, m: number, kk: number, p: number, accumulate: number): void;
   /**
-   * A batch's forward over `threads` threads (native/passes.cc): y (n, cout, P),
-   * holding the bias, += W·im2col(x_i) per sample; with train ≠ 0 every sample's
-   * columns are kept in cols (n, R, P). The same bits for any thread count.
+   * A batch's forward over `threads` threads of the addon's pool (native/passes.cc):
+   * y (n, cout, P), holding the bias, += W·im2col(x_i) per sample (FMA GEMMs); with
+   * train ≠ 0 every sample's columns are kept in cols (n, R, P). The same bits for any thread count.
    */
   convForward(y: Float32Array, x: Float32Array, cols: Float32Array, w: Float32Array,
     cin: number, inH: number, inW: number, kernel: number, stride: number, padding: number, outH: number, outW: number,
@@ -31,8 +24,8 @@ export interface NativeKernels {
   convBackward(dx: Float32Array, dy: Float32Array, cols: Float32Array, w: Float32Array, dw64: Float64Array,
     cin: number, inH: number, inW: number, kernel: number, stride: number, padding: number, outH: number, outW: number,
     cout: number, first: number, count: number, threads: number): void;
-  /** The vector clone this CPU runs: "avx512f", "avx2" or "baseline". */
-  isa(): string;
+  /** The GEMM micro-kernel this process runs: "avx512f", "avx2" or "baseline" (all the same bits); isa(name) switches to one the CPU has first (tests), else throws. */
+  isa(name?: string): string;
   /** The bench's ceiling: one core's widest vector FMA, GFLOP/s measured for `seconds`, and its instruction set ("none": 0). */
   fmaPeak(seconds: number): [number, string];
 }

@@ -49,7 +49,7 @@ export function setComputeThreads(n: number): void {
   wanted = n;
 }
 
-/** The compute threads asked for (setComputeThreads), without starting the wasm helpers: the native conv runs its own (native/passes.cc). */
+/** The compute threads asked for (setComputeThreads), without starting the wasm helpers: the native conv runs its own pool (native/pool.h). */
 export function requestedComputeThreads(): number {
   return wanted;
 }

@@ -1,0 +1,39 @@
+// One float32 GEMM for the conv passes (gemm.cc): C (m, n) (+)= A (m, k)·B (k, n)
+// on strided views of caller memory, packed panels and an FMA register tile per
+// instruction set. Single-threaded; passes.cc splits the work over the pool.
+// Bits: every C element is one FMA chain over t = 0..k−1 in order, from C's old
+// value (accumulate) or +0, whatever the tile, the blocking or the caller's split,
+// so they depend on the instruction set only (one per machine: gemmIsa()).
+#pragma once
+#include <cstdint>
+
+namespace syncbn {
+
+// Element (r, j) of a matrix at base[(j / plane)·sampleStride + r·rowStride + (j % plane)·colStride]:
+// samples side by side, as y (n, cout, P) seen as (cout, n·P) with plane P. plain(): one sample.
+struct View {
+  float* base;
+  int64_t rowStride, colStride, plane, sampleStride;
+  static View plain(const float* base, int64_t rowStride, int64_t colStride) {
+    return {const_cast<float*>(base), rowStride, colStride, INT64_MAX, 0};
+  }
+  static View batched(const float* base, int64_t plane, int64_t sampleStride) {
+    return {const_cast<float*>(base), plane, 1, plane, sampleStride};
+  }
+  float* at(int64_t r, int64_t j) const { return base + (j / plane) * sampleStride + r * rowStride + (j % plane) * colStride; }
+};
+
+// C (m, n) = (accumulate ? C : +0) + A (m, k)·B (k, n). 2·m·n·k flops.
+void gemm(const View& c, const View& a, const View& b, int64_t m, int64_t n, int64_t k, bool accumulate);
+
+// c (m, n), row stride ldc, = +0 + A (m, k)·B (k, n) with A read in place (row-major,
+// stride lda ≥ k) and B packed whole: dW's form, where A (each sample's columns) is
+// large and used once and n (cout) is small. The same bits as gemm() would give.
+void gemmInPlaceA(float* c, int64_t ldc, const float* a, int64_t lda, const View& b, int64_t m, int64_t n, int64_t k);
+
+// The micro-kernel this process runs: "avx512f" (8×48 tile, FMA), "avx2" (6×16, FMA) or "baseline" (6×8, plain C++).
+const char* gemmIsa();
+// Runs `name` from now on (tests run every one the CPU has); false if the CPU lacks it or the name is unknown.
+bool useGemmIsa(const char* name);
+
+}  // namespace syncbn
