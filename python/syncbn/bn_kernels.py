@@ -9,10 +9,31 @@ m_hi = mean rounded to x's dtype and m_lo = mean − m_hi (float64, tiny), and t
 centred input xc = x − m_hi is one subtraction of nearby values in x's dtype
 (exact or nearly: Sterbenz). Every large term is gone before a product is
 rounded, so y and dx carry the relative error of x's dtype, not |mean|/std
-times it. The sums that go on the wire are float64 over float64 products."""
+times it. The sums that go on the wire are float64 over float64 products.
 
+Temporaries live in a scratch pool reused by every layer (layers run one at a
+time): a fresh megabyte-sized tensor per call is a fresh mmap whose pages fault
+on first touch, which cost more than the arithmetic (≈ 250 faults per layer call
+of (8, 16, 32, 32)). Only y and dx, which autograd keeps, are new tensors."""
+
+import math
+
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+# (tag, dtype) → flat tensor of the largest size asked for so far.
+_scratch = {}
+
+
+def _scratch_like(tag, shape, dtype):
+    """A tensor of `shape` and `dtype` over the pool's buffer `tag` (contents undefined)."""
+    n = math.prod(shape)
+    buf = _scratch.get((tag, dtype))
+    if buf is None or buf.numel() < n:
+        buf = torch.empty(n, dtype=dtype)
+        _scratch[(tag, dtype)] = buf
+    return buf[:n].view(shape)
 
 
 def _bcast(v, x):
@@ -30,12 +51,11 @@ def local_moments(x):
     """(mean (C,), M2 (C,)) float64 of x (N, C, *) with N·∏* > 0: two passes in
     float64 (mean, then Σ(x − mean)²), each a vectorized reduction; ~10× faster
     than torch.var_mean's float64 Welford on CPU."""
-    x64 = x.detach().to(torch.float64)  # (N, C, *)
+    d = _scratch_like("a", x.shape, torch.float64).copy_(x.detach())  # (N, C, *)
     dims = _dims(x)
-    mean = x64.mean(dims)  # (C,)
-    # In place on the copy; a float64 x has no copy, so it gets a new tensor.
-    d = x64.sub_(_bcast(mean, x)) if x.dtype != torch.float64 else x64 - _bcast(mean, x)
-    return mean, (d * d).sum(dims)
+    mean = d.mean(dims)  # (C,)
+    d.sub_(_bcast(mean, x))
+    return mean, torch.mul(d, d, out=_scratch_like("b", x.shape, torch.float64)).sum(dims)
 
 
 def local_moments_naive(x):
@@ -47,29 +67,51 @@ def local_moments_naive(x):
 
 
 # --- forward: normalize with the group's statistics -------------------------------------
+# Per-channel values (mean, var, sums: float64 (C,), numpy arrays or tensors) are
+# combined in numpy: a numpy op on C values costs well under a microsecond, a torch
+# op several, and a layer has about twenty of them.
+
+def _f64(v):
+    return np.asarray(v, dtype=np.float64)
+
+
+def _param64(p):
+    return None if p is None else p.detach().to(torch.float64).numpy()
+
+
+def _coef(v, x):
+    """A float64 (C,) numpy array as a tensor of x's dtype shaped to broadcast against x."""
+    return _bcast(torch.from_numpy(np.ascontiguousarray(v)).to(x.dtype), x)
+
 
 def split_mean(mean, dtype):
-    """(m_hi in dtype (C,), m_lo float64 (C,)) with m_hi + m_lo = mean."""
-    hi = mean.to(dtype)
-    return hi, mean - hi.to(torch.float64)
+    """(m_hi: tensor of dtype (C,), m_lo: float64 numpy (C,)) with m_hi + m_lo = mean."""
+    m = _f64(mean)
+    hi = torch.from_numpy(np.ascontiguousarray(m)).to(dtype)
+    return hi, m - hi.to(torch.float64).numpy()
 
 
 def normalize(x, mean, var, weight, bias, eps):
     """y = γ·(x − mean)·invstd + β in x's dtype, two passes: xc = x − m_hi, then
     y = xc·α + (β − m_lo·α)."""
     hi, lo = split_mean(mean, x.dtype)
-    alpha = (var + eps).rsqrt()  # (C,) float64
+    alpha = 1.0 / np.sqrt(_f64(var) + eps)  # (C,)
     if weight is not None:
-        alpha = alpha * weight.detach().to(torch.float64)
+        alpha = alpha * _param64(weight)
     shift = -lo * alpha
     if bias is not None:
-        shift = shift + bias.detach().to(torch.float64)
-    xc = x.detach() - _bcast(hi, x)  # (N, C, *)
-    return torch.addcmul(_bcast(shift.to(x.dtype), x), xc, _bcast(alpha.to(x.dtype), x))
+        shift = shift + _param64(bias)
+    xc = torch.sub(x.detach(), _bcast(hi, x), out=_scratch_like("c", x.shape, x.dtype))  # (N, C, *)
+    return torch.addcmul(_coef(shift, x), xc, _coef(alpha, x))
+
+
+def _t64(v):
+    return torch.as_tensor(np.asarray(v, dtype=np.float64))
 
 
 def normalize_naive(x, mean, var, weight, bias, eps):
     """Twin: PyTorch's eval-mode BN in float64, rounded once."""
+    mean, var = _t64(mean), _t64(var)
     w = weight.detach().to(torch.float64) if weight is not None else None
     b = bias.detach().to(torch.float64) if bias is not None else None
     return F.batch_norm(x.detach().to(torch.float64), mean, var, w, b, False, 0.0, eps).to(x.dtype)
@@ -78,17 +120,19 @@ def normalize_naive(x, mean, var, weight, bias, eps):
 # --- backward: local sums ---------------------------------------------------------------
 
 def backward_sums(dy, x, mean, var, eps):
-    """(Σdy, Σdy·x̂) float64 (C,) over this rank's elements, x̂ = (x − mean)·invstd:
+    """(Σdy, Σdy·x̂) float64 (C,) tensors over this rank's elements, x̂ = (x − mean)·invstd:
     ATen's eval-mode BN backward on float64 copies (one fused pass, float64
     products and sums; x in float64 is exact, so the sums are float64-exact)."""
-    _, s2, s1 = torch.ops.aten.native_batch_norm_backward(
-        dy.to(torch.float64), x.detach().to(torch.float64), None, mean, var, None, None, False, eps, [False, True, True]
-    )
+    dy64 = _scratch_like("b", dy.shape, torch.float64).copy_(dy)  # (N, C, *)
+    x64 = _scratch_like("a", x.shape, torch.float64).copy_(x.detach())  # (N, C, *)
+    m, v = torch.from_numpy(np.ascontiguousarray(_f64(mean))), torch.from_numpy(np.ascontiguousarray(_f64(var)))
+    _, s2, s1 = torch.ops.aten.native_batch_norm_backward(dy64, x64, None, m, v, None, None, False, eps, [False, True, True])
     return s1, s2
 
 
 def backward_sums_naive(dy, x, mean, var, eps):
     """Twin: x̂ in float64, then two float64 sums."""
+    mean, var = _t64(mean), _t64(var)
     dims = _dims(x)
     dy64 = dy.to(torch.float64)
     xhat = F.batch_norm(x.detach().to(torch.float64), mean, var, None, None, False, 0.0, eps)
@@ -102,17 +146,17 @@ def input_grad(dy, x, mean, var, weight, eps, s1, s2, n):
     count n > 0, as dy·a + xc·k + c (three passes: xc = x − m_hi, then two fused
     multiply-adds): a = γ·invstd, k = −a·invstd·S2/n, c = −a·S1/n − k·m_lo."""
     hi, lo = split_mean(mean, x.dtype)
-    xc = x.detach() - _bcast(hi, x)  # (N, C, *)
-    invstd = (var + eps).rsqrt()
-    a = invstd if weight is None else invstd * weight.detach().to(torch.float64)
-    k = -a * invstd * s2 / n
-    c = -a * s1 / n - k * lo
-    t = torch.addcmul(_bcast(c.to(dy.dtype), dy), dy, _bcast(a.to(dy.dtype), dy))
-    return t.addcmul_(xc, _bcast(k.to(dy.dtype), dy))
+    xc = torch.sub(x.detach(), _bcast(hi, x), out=_scratch_like("c", x.shape, x.dtype))  # (N, C, *)
+    invstd = 1.0 / np.sqrt(_f64(var) + eps)
+    a = invstd if weight is None else invstd * _param64(weight)
+    k = -a * invstd * _f64(s2) / n
+    c = -a * _f64(s1) / n - k * lo
+    return torch.addcmul(_coef(c, dy), dy, _coef(a, dy)).addcmul_(xc, _coef(k, dy))
 
 
 def input_grad_naive(dy, x, mean, var, weight, eps, s1, s2, n):
     """Twin: in float64, rounded once."""
+    mean, var, s1, s2 = _t64(mean), _t64(var), _t64(s1), _t64(s2)
     invstd = (var + eps).rsqrt()
     scale = invstd if weight is None else invstd * weight.detach().to(torch.float64)
     xhat = F.batch_norm(x.detach().to(torch.float64), mean, var, None, None, False, 0.0, eps)

@@ -10,6 +10,7 @@ import sys
 import time
 import zlib
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -88,6 +89,11 @@ class ProcessGroup:
         data = values.detach().to(torch.float64).contiguous().numpy()
         r = self.round(phase, layer, count, data)
         return r.count, torch.frombuffer(r.data, dtype=torch.float64) if len(r.data) else torch.zeros(0, dtype=torch.float64)
+
+    def round_np(self, phase, layer, count, values):
+        """A round of a float64 numpy vector: returns (count, float64 numpy vector over the result's own buffer)."""
+        r = self.round(phase, layer, count, values)
+        return r.count, np.frombuffer(r.data, dtype=np.float64)
 
     def allgather_pairs(self, a, b):
         """Every rank's (a, b) integers, through one sum round (each rank fills its own slots)."""
@@ -214,16 +220,17 @@ class _SyncBatchNormFunction(torch.autograd.Function):
     def forward(ctx, x, weight, bias, bn, group):
         c = x.shape[1]
         n_local = x.numel() // c if c else 0
+        payload = np.zeros(2 * c)
         if n_local > 0:
             mean_local, m2_local = bn_kernels.local_moments(x)
-        else:
-            mean_local = m2_local = torch.zeros(c, dtype=torch.float64)
-        count, reduced = group.round_f64("fwd", bn.layer_index, n_local, torch.cat([mean_local, m2_local]))
-        mean, var = reduced[:c].clone(), reduced[c:].clone()  # global mean, biased var (§3.2)
-        bn.batch_count, bn.batch_mean, bn.batch_var = count, mean, var
+            payload[:c], payload[c:] = mean_local.numpy(), m2_local.numpy()
+        count, reduced = group.round_np("fwd", bn.layer_index, n_local, payload)
+        mean, var = reduced[:c], reduced[c:]  # global mean, biased var (§3.2): views of this round's result
+        # Straight into the instance dict: nn.Module.__setattr__ costs more than the rest of this bookkeeping.
+        vars(bn).update(batch_count=count, batch_mean=torch.from_numpy(mean), batch_var=torch.from_numpy(var))
         ctx.bn_layer, ctx.group, ctx.count, ctx.n_local = bn.layer_index, group, count, n_local
-        ctx.save_for_backward(x, weight, mean, var)
-        ctx.eps = bn.eps
+        ctx.save_for_backward(x, weight)
+        ctx.mean, ctx.var, ctx.eps = mean, var, bn.eps
         if count == 0:
             return x.clone()
         bn.update_running_stats(count, mean, var)
@@ -233,22 +240,23 @@ class _SyncBatchNormFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy):
-        x, weight, mean, var = ctx.saved_tensors
+        x, weight = ctx.saved_tensors
         c = x.shape[1]
+        payload = np.zeros(2 * c)
         if ctx.n_local > 0:
-            sum_dy_local, sum_dy_xhat_local = bn_kernels.backward_sums(dy, x, mean, var, ctx.eps)
-        else:
-            sum_dy_local = sum_dy_xhat_local = torch.zeros(c, dtype=torch.float64)
-        _, sums = ctx.group.round_f64("bwd", ctx.bn_layer, ctx.n_local, torch.cat([sum_dy_local, sum_dy_xhat_local]))
+            sum_dy_local, sum_dy_xhat_local = bn_kernels.backward_sums(dy, x, ctx.mean, ctx.var, ctx.eps)
+            payload[:c], payload[c:] = sum_dy_local.numpy(), sum_dy_xhat_local.numpy()
+        _, sums = ctx.group.round_np("bwd", ctx.bn_layer, ctx.n_local, payload)
         n = ctx.count
         if n > 0 and ctx.n_local > 0:
-            dx = bn_kernels.input_grad(dy, x, mean, var, weight, ctx.eps, sums[:c], sums[c:], n)
+            dx = bn_kernels.input_grad(dy, x, ctx.mean, ctx.var, weight, ctx.eps, sums[:c], sums[c:], n)
         else:
             dx = torch.zeros_like(x)
+        if weight is None:
+            return dx, None, None, None, None
         # This rank's shares of dγ = Σdy·x̂ and dβ = Σdy; the gradient round adds the shares.
-        dweight = sum_dy_xhat_local.to(weight.dtype) if weight is not None else None
-        dbias = sum_dy_local.to(weight.dtype) if weight is not None else None
-        return dx, dweight, dbias, None, None
+        shares = torch.from_numpy(payload).to(weight.dtype)
+        return dx, shares[c:], shares[:c], None, None
 
 
 class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
@@ -292,6 +300,7 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
             return
         f = self._factor()
         scale = count / (count - 1) if self.unbiased_running_var and count > 1 else 1.0
+        mean, var = torch.as_tensor(mean), torch.as_tensor(var)
         # The operations of shared/stats.ts updateRunningStats, in its order: float64 buffers get its bits.
         self.running_mean.copy_(self.running_mean.to(torch.float64) * (1 - f) + mean * f)
         self.running_var.copy_(self.running_var.to(torch.float64) * (1 - f) + var * f * scale)
