@@ -34,6 +34,7 @@ const FAST = [
   "test/safetensors.test.ts",
   "test/stats.test.ts",
   "test/stream-frames.test.ts",
+  "test/torch-launch-wire.test.ts",
   // real processes: the CLI, outputs, hand-started coordinator and workers, resume, disk errors, the dashboard, the modes, PyTorch conformance
   "test/cli-usage.test.ts",
   "test/cluster.test.ts",

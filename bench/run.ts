@@ -14,6 +14,7 @@ import { fmt, loadLine, machineLine, table, verdict } from "./stats.js";
 import { DEFAULT_RANKS, ranksMarkdown, runRanksBench, type RanksOptions, type RanksResult } from "./ranks.js";
 import { DEFAULT_RESNET, resnetMarkdown, resnetTargets, runResnetBench, type ResnetOptions, type ResnetResult } from "./resnet.js";
 import { DEFAULT_STEP, STEP_TARGET, TRANSPORT_LABEL, runStepBench, stepMarkdown, type StepOptions, type StepRow } from "./step.js";
+import { DEFAULT_TORCH_LAUNCH, runTorchLaunchBench, torchLaunchMarkdown, torchLaunchTargets, type TorchLaunchOptions, type TorchLaunchResult } from "./torch-launch.js";
 import { DEFAULT_THROUGHPUT, runThroughputBench, throughputMarkdown, type ThroughputOptions, type ThroughputRow } from "./throughput.js";
 
 const quick = process.argv.includes("--quick");
@@ -27,6 +28,7 @@ const latencyOpts: LatencyOptions = { ...DEFAULT_LATENCY, log, ...(quick ? { war
 const stepOpts: StepOptions = { ...DEFAULT_STEP, log, ...(quick ? { steps: 60, repeats: 1, diagnostics: [] } : {}) };
 const throughputOpts: ThroughputOptions = { ...DEFAULT_THROUGHPUT, log, ...(quick ? { steps: 60 } : {}) };
 const resnetOpts: ResnetOptions = { ...DEFAULT_RESNET, log, ...(quick ? { steps: 20, repeats: 1, singleSteps: 15 } : {}) };
+const torchLaunchOpts: TorchLaunchOptions = { ...DEFAULT_TORCH_LAUNCH, log, ...(quick ? { steps: 15, repeats: 1 } : {}) };
 const ranksOpts: RanksOptions = { ...DEFAULT_RANKS, log, ...(quick ? { steps: 60, worlds: [8, 64, 256], onePerProcess: [8], repeats: 1 } : {}) };
 const heapOpts: HeapOptions = { ...DEFAULT_HEAP, log, ...(quick ? { from: 50, to: 250 } : {}) };
 
@@ -67,13 +69,15 @@ log(`syncbn bench${quick ? " (quick)" : ""}: ${machineLine()}`);
 const loadStart = loadLine();
 
 let resnet = notRun<ResnetResult>(), latency = notRun<LatencyRow[]>(), kernels = notRun<string | null>(), step = notRun<StepRow[]>();
-let ranks = notRun<RanksResult>();
+let ranks = notRun<RanksResult>(), torchLaunch = notRun<TorchLaunchResult>();
 let throughput = notRun<ThroughputRow[] | null>(), heap = notRun<HeapResult>(), dashboard = notRun<string | null>();
 let load: Done<string | null> | null = quick ? null : notRun<string | null>();
 const flush = (final: boolean): void => writeFileSync(RESULTS, render(final).join("\n"));
 
 // resnet:3 first: its PyTorch comparison is the longest and the most load-sensitive section.
 resnet = await section("resnet:3 (and PyTorch)", () => runResnetBench(resnetOpts));
+flush(false);
+torchLaunch = await section("PyTorch script under syncbn launch (and DDP)", () => runTorchLaunchBench(torchLaunchOpts));
 flush(false);
 latency = await section("round latency", () => runLatencyBench(latencyOpts));
 flush(false);
@@ -110,6 +114,8 @@ function targetRows(): string[][] {
   if (!step.value) rows.push([`sync ≤ ${STEP_TARGET} × local`, missing(step), "MISS"]);
   if (resnet.value) rows.push(...resnetTargets(resnet.value as ResnetResult));
   else rows.push(["resnet:3 sync vs local, against PyTorch", missing(resnet), "MISS"]);
+  if (torchLaunch.value) rows.push(...torchLaunchTargets(torchLaunch.value as TorchLaunchResult));
+  else rows.push(["PyTorch example under syncbn launch: sync vs local, against DDP", missing(torchLaunch), "MISS"]);
   const h = heap.value as HeapResult | null;
   if (h) {
     const perStep = Math.max(...h.reports.map((w) => Math.abs(w.heapAfter - w.heapBefore))) / (heapOpts.to - heapOpts.from);
@@ -138,7 +144,7 @@ return [
   "",
   "## Targets",
   "",
-  ...table(["target (issues 5 and 12)", "measured (medians)", "verdict"], targetRows()),
+  ...table(["target (issues 5, 12 and 23)", "measured (medians)", "verdict"], targetRows()),
   "",
   "## 1. Round latency",
   "",
@@ -159,6 +165,11 @@ return [
   "",
   ...(resnet.value ? resnetMarkdown(resnet.value as ResnetResult, resnetOpts) : []),
   ...failed(resnet),
+  "",
+  "## 3c. A PyTorch script under syncbn launch, and PyTorch's DDP",
+  "",
+  ...(torchLaunch.value ? torchLaunchMarkdown(torchLaunch.value as TorchLaunchResult, torchLaunchOpts) : []),
+  ...failed(torchLaunch),
   "",
   "## 4. Throughput on Fashion-MNIST",
   "",
@@ -184,7 +195,7 @@ return [
   "## Reproduce",
   "",
   "`npm run bench` (about 20 minutes on this 2-core machine; `node dist/bench/run.js --quick` for a short run). Sections alone: `node dist/bench/latency.js [--quick] [--worlds 2,4] [--channels 64] [--unpinned]`, " +
-    "`node dist/bench/step.js [--quick] [--transports process,process-tcp,thread]`, `node dist/bench/resnet.js [--quick]` (runs `bench/torch_resnet.py` with /usr/bin/python3 when it has torch), `node dist/bench/throughput.js`, `node dist/bench/ranks.js [--quick]`, `node dist/bench/heap.js`, `node dist/bench/kernels.js`, `node dist/bench/dashboard.js [--quick]`.",
+    "`node dist/bench/step.js [--quick] [--transports process,process-tcp,thread]`, `node dist/bench/resnet.js [--quick]` (runs `bench/torch_resnet.py` with /usr/bin/python3 when it has torch), `node dist/bench/torch-launch.js [--steps N] [--repeats R] [--blocks B]`, `node dist/bench/throughput.js`, `node dist/bench/ranks.js [--quick]`, `node dist/bench/heap.js`, `node dist/bench/kernels.js`, `node dist/bench/dashboard.js [--quick]`.",
   "",
 ];
 }
@@ -192,4 +203,4 @@ const md = render(true);
 writeFileSync(RESULTS, md.join("\n"));
 log(`\n${md.join("\n")}`);
 log(`wrote ${RESULTS} (${fmt((Date.now() - started) / 60000, 1)} min; load ${loadStart} → ${loadLine()}, ${loadavg()[0]! > c.length ? "machine busy" : "machine not saturated"})`);
-if ([latency, kernels, step, resnet, throughput, ranks, heap, load, dashboard].some((s) => s?.error)) process.exitCode = 1;
+if ([latency, kernels, step, resnet, torchLaunch, throughput, ranks, heap, load, dashboard].some((s) => s?.error)) process.exitCode = 1;

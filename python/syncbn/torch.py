@@ -10,11 +10,12 @@ import sys
 import time
 import zlib
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import wire
+from . import bn_kernels, wire
 from .wire import SyncbnError
 
 __all__ = [
@@ -88,6 +89,11 @@ class ProcessGroup:
         data = values.detach().to(torch.float64).contiguous().numpy()
         r = self.round(phase, layer, count, data)
         return r.count, torch.frombuffer(r.data, dtype=torch.float64) if len(r.data) else torch.zeros(0, dtype=torch.float64)
+
+    def round_np(self, phase, layer, count, values):
+        """A round of a float64 numpy vector: returns (count, float64 numpy vector over the result's own buffer)."""
+        r = self.round(phase, layer, count, values)
+        return r.count, np.frombuffer(r.data, dtype=np.float64)
 
     def allgather_pairs(self, a, b):
         """Every rank's (a, b) integers, through one sum round (each rank fills its own slots)."""
@@ -207,61 +213,50 @@ def _require_group(what):
 class _SyncBatchNormFunction(torch.autograd.Function):
     """Sync BN of DESIGN.md §3: local float64 moments, one fwd round (Chan merge
     in rank order), normalize; backward: local Σdy, Σdy·x̂, one bwd round, dx.
-    A rank with no samples sends zeros and still joins both rounds."""
+    A rank with no samples sends zeros and still joins both rounds. The local
+    arithmetic is bn_kernels' (fast forms; their naive float64 twins are beside them)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, bn, group):
         c = x.shape[1]
-        dims = [0] + list(range(2, x.dim()))
         n_local = x.numel() // c if c else 0
-        x64 = x.detach().to(torch.float64)  # (N, C, *)
+        payload = np.zeros(2 * c)
         if n_local > 0:
-            # ATen's one-pass Welford in float64 (stable for |mean| ≫ std, as §3.1's two passes); M2 = n·biased var.
-            var_local, mean_local = torch.var_mean(x64, dims, unbiased=False)
-            m2_local = var_local * n_local
-        else:
-            mean_local = m2_local = torch.zeros(c, dtype=torch.float64)
-        count, reduced = group.round_f64("fwd", bn.layer_index, n_local, torch.cat([mean_local, m2_local]))
-        mean, var = reduced[:c].clone(), reduced[c:].clone()  # global mean, biased var (§3.2)
-        bn.batch_count, bn.batch_mean, bn.batch_var = count, mean, var
-        invstd = (var + bn.eps).rsqrt()
+            mean_local, m2_local = bn_kernels.local_moments(x)
+            payload[:c], payload[c:] = mean_local.numpy(), m2_local.numpy()
+        count, reduced = group.round_np("fwd", bn.layer_index, n_local, payload)
+        mean, var = reduced[:c], reduced[c:]  # global mean, biased var (§3.2): views of this round's result
+        # Straight into the instance dict: nn.Module.__setattr__ costs more than the rest of this bookkeeping.
+        vars(bn).update(batch_count=count, batch_mean=torch.from_numpy(mean), batch_var=torch.from_numpy(var))
         ctx.bn_layer, ctx.group, ctx.count, ctx.n_local = bn.layer_index, group, count, n_local
-        ctx.save_for_backward(x, weight, mean, var)
-        ctx.eps = bn.eps
+        ctx.save_for_backward(x, weight)
+        ctx.mean, ctx.var, ctx.eps = mean, var, bn.eps
         if count == 0:
             return x.clone()
         bn.update_running_stats(count, mean, var)
-        w64 = weight.detach().to(torch.float64) if weight is not None else None
-        b64 = bias.detach().to(torch.float64) if bias is not None else None
-        # y = γ·(x − mean)·invStd + β in one float64 pass: PyTorch's eval-mode kernel with the group's statistics.
-        return F.batch_norm(x64, mean, var, w64, b64, False, 0.0, bn.eps).to(x.dtype)
+        if n_local == 0:
+            return x.clone()
+        return bn_kernels.normalize(x, mean, var, weight, bias, bn.eps)
 
     @staticmethod
     def backward(ctx, dy):
-        x, weight, mean, var = ctx.saved_tensors
+        x, weight = ctx.saved_tensors
         c = x.shape[1]
-        dims = [0] + list(range(2, x.dim()))
-        shape = [1, c] + [1] * (x.dim() - 2)
-        invstd = (var + ctx.eps).rsqrt()
-        dy64 = dy.to(torch.float64)
-        xhat = F.batch_norm(x.detach().to(torch.float64), mean, var, None, None, False, 0.0, ctx.eps)  # (N, C, *)
+        payload = np.zeros(2 * c)
         if ctx.n_local > 0:
-            sum_dy_local = dy64.sum(dims)
-            sum_dy_xhat_local = (dy64 * xhat).sum(dims)
-        else:
-            sum_dy_local = sum_dy_xhat_local = torch.zeros(c, dtype=torch.float64)
-        _, sums = ctx.group.round_f64("bwd", ctx.bn_layer, ctx.n_local, torch.cat([sum_dy_local, sum_dy_xhat_local]))
+            sum_dy_local, sum_dy_xhat_local = bn_kernels.backward_sums(dy, x, ctx.mean, ctx.var, ctx.eps)
+            payload[:c], payload[c:] = sum_dy_local.numpy(), sum_dy_xhat_local.numpy()
+        _, sums = ctx.group.round_np("bwd", ctx.bn_layer, ctx.n_local, payload)
         n = ctx.count
-        if n > 0:
-            scale = invstd if weight is None else invstd * weight.detach().to(torch.float64)
-            # dx = γ·invStd·(dy − S1/n − x̂·S2/n) (§3.6), in place on x̂'s buffer.
-            dx = torch.addcmul(dy64, xhat, (sums[c:] / -n).view(shape)).sub_((sums[:c] / n).view(shape)).mul_(scale.view(shape)).to(x.dtype)
+        if n > 0 and ctx.n_local > 0:
+            dx = bn_kernels.input_grad(dy, x, ctx.mean, ctx.var, weight, ctx.eps, sums[:c], sums[c:], n)
         else:
             dx = torch.zeros_like(x)
+        if weight is None:
+            return dx, None, None, None, None
         # This rank's shares of dγ = Σdy·x̂ and dβ = Σdy; the gradient round adds the shares.
-        dweight = sum_dy_xhat_local.to(weight.dtype) if weight is not None else None
-        dbias = sum_dy_local.to(weight.dtype) if weight is not None else None
-        return dx, dweight, dbias, None, None
+        shares = torch.from_numpy(payload).to(weight.dtype)
+        return dx, shares[c:], shares[:c], None, None
 
 
 class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
@@ -305,6 +300,7 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
             return
         f = self._factor()
         scale = count / (count - 1) if self.unbiased_running_var and count > 1 else 1.0
+        mean, var = torch.as_tensor(mean), torch.as_tensor(var)
         # The operations of shared/stats.ts updateRunningStats, in its order: float64 buffers get its bits.
         self.running_mean.copy_(self.running_mean.to(torch.float64) * (1 - f) + mean * f)
         self.running_var.copy_(self.running_var.to(torch.float64) * (1 - f) + var * f * scale)

@@ -25,6 +25,8 @@ _HEADER = struct.Struct("<BBBBiIIIId")
 HEADER_BYTES = _HEADER.size
 # A result is at most this big (the coordinator's maxPayload, 256 MiB).
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+# Receive buffer: results of up to half of it (BN rounds: 2·C float64 values) take one recv.
+_RECV_CHUNK = 64 * 1024
 
 
 class SyncbnError(RuntimeError):
@@ -93,6 +95,12 @@ class Client:
         self.closed = False
         # Seconds spent between sending a contribution and receiving its result.
         self.wait_s = 0.0
+        # Received bytes not yet parsed: _rbuf[_rpos:_rend]. One recv usually brings a whole
+        # result frame (header and body), so a round costs one recv, not three.
+        self._rbuf = bytearray(_RECV_CHUNK)
+        self._rview = memoryview(self._rbuf)
+        self._rpos = self._rend = 0
+        self._kernel_timeouts = False
 
     @classmethod
     def connect(cls, url, rank, world_size, token, conventions, connect_timeout_s=60.0, round_timeout_s=65.0):
@@ -119,32 +127,74 @@ class Client:
             if isinstance(msg, dict) and msg.get("type") == "error":
                 raise _error_from(msg)
             raise SyncbnError("SYNCBN_ERR_BAD_MESSAGE", f"expected a welcome from the coordinator, got {msg!r:.200}", rank=rank)
+        client._use_kernel_timeouts()
         return client
+
+    def _use_kernel_timeouts(self):
+        """A blocking socket whose round deadline is the kernel's (SO_RCVTIMEO, SO_SNDTIMEO):
+        a recv is one system call. Python's own timeouts poll() before every recv, and
+        settimeout() costs an fcntl each time it is called."""
+        self.sock.settimeout(None)
+        tv = struct.pack("ll", int(self.round_timeout_s), int((self.round_timeout_s % 1) * 1e6))
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
+        self._kernel_timeouts = True
 
     def _send(self, data):
         try:
             self.sock.sendall(data)
+        except (socket.timeout, BlockingIOError):
+            raise SyncbnError("SYNCBN_ERR_TIMEOUT", f"the coordinator took nothing from this rank for {self.round_timeout_s:g} s", rank=self.rank) from None
         except OSError as e:
             raise self._lost(f"send failed ({e})") from None
+
+    def _timeout(self, what):
+        limit = self.round_timeout_s if self._kernel_timeouts else self.sock.gettimeout()
+        return SyncbnError("SYNCBN_ERR_TIMEOUT", f"no answer from the coordinator for {what} within {limit:g} s", rank=self.rank)
+
+    def _recv_into(self, view, what):
+        """One recv; raises on timeout (SO_RCVTIMEO gives EAGAIN on a blocking socket), error or close."""
+        try:
+            k = self.sock.recv_into(view)
+        except (socket.timeout, BlockingIOError):
+            raise self._timeout(what) from None
+        except OSError as e:
+            raise self._lost(f"broke ({e})") from None
+        if k == 0:
+            raise self._lost("closed")
+        return k
 
     def _lost(self, why):
         return SyncbnError("SYNCBN_ERR_COORDINATOR_LOST", f"connection to the coordinator at {self.label} {why}; the coordinator died or stopped the run", rank=self.rank)
 
+    def _recv_some(self, what):
+        self._rend += self._recv_into(self._rview[self._rend :], what)
+
     def _recv_exact(self, n, what):
-        buf = bytearray(n)
-        view = memoryview(buf)
-        got = 0
-        while got < n:
-            try:
-                k = self.sock.recv_into(view[got:], n - got)
-            except socket.timeout:
-                raise SyncbnError("SYNCBN_ERR_TIMEOUT", f"no answer from the coordinator for {what} within {self.sock.gettimeout():g} s", rank=self.rank) from None
-            except OSError as e:
-                raise self._lost(f"broke ({e})") from None
-            if k == 0:
-                raise self._lost("closed")
-            got += k
-        return buf
+        """The next n bytes of the stream (bytearray): from _rbuf, then straight from the socket."""
+        have = self._rend - self._rpos
+        if have >= n:
+            out = self._rbuf[self._rpos : self._rpos + n]
+            self._rpos += n
+            return out
+        if n >= len(self._rbuf) // 2:
+            # Big bodies (gradients) go into their own buffer, with no copy through _rbuf.
+            out = bytearray(n)
+            view = memoryview(out)
+            view[:have] = self._rview[self._rpos : self._rend]
+            self._rpos = self._rend = 0
+            got = have
+            while got < n:
+                got += self._recv_into(view[got:], what)
+            return out
+        # Move the unparsed bytes to the front, then read until n are there.
+        self._rbuf[:have] = self._rbuf[self._rpos : self._rend]  # a copy first: the ranges may overlap
+        self._rpos, self._rend = 0, have
+        while self._rend < n:
+            self._recv_some(what)
+        out = self._rbuf[:n]
+        self._rpos = n
+        return out
 
     def _read_message(self, what):
         """The next message: a decoded msgpack dict, or a Result."""
@@ -178,7 +228,6 @@ class Client:
         what = f"step {step} {phase}" + (f" layer {layer}" if layer >= 0 else "")
         t0 = time.perf_counter()
         self._send(encode_contribution(step, phase, layer, count, data, f32, extra, checksum))
-        self.sock.settimeout(self.round_timeout_s)
         while True:
             msg = self._read_message(what)
             if isinstance(msg, Result):
