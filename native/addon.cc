@@ -8,6 +8,7 @@
 #include <string>
 
 #include "conv.h"
+#include "step-api.h"
 
 namespace {
 
@@ -215,6 +216,7 @@ napi_value Init(napi_env env, napi_value exports) {
       {"fmaPeak", nullptr, FmaPeak, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
   };
   napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
+  syncbn::registerStepKernels(env, exports);
   return exports;
 }
 

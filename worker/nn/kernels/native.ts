@@ -1,6 +1,7 @@
 // The optional native kernels (native/, N-API, built by npm's install step through
 // scripts/build-native.mjs): loaded once on first use, or null with the reason
-// when the addon is not built or does not load here. Only Conv2d uses them so far.
+// when the addon is not built or does not load here. Conv2d, the normalization
+// passes, ReLU, the residual add, gradient accumulation and SGD use them.
 
 import { createRequire } from "node:module";
 
@@ -31,6 +32,30 @@ export interface NativeKernels {
   convBackward(dx: Float32Array, dy: Float32Array, cols: Float32Array, w: Float32Array, dw64: Float64Array,
     cin: number, inH: number, inW: number, kernel: number, stride: number, padding: number, outH: number, outW: number,
     cout: number, first: number, count: number, threads: number): void;
+  // The step kernels (native/norm.h): whole views, no offsets; the bits of shared/stats.ts, relu.ts, graph.ts, sgd.ts.
+  /** mean (C) = Σx/(n·s), m2 (C) = Σ(x − mean)², both zeroed first (localMoments' passes). */
+  bnMoments(mean: Float64Array, m2: Float64Array, x: Float32Array, n: number, c: number, s: number): void;
+  /** h = (x − mean)·invStd; xhat = h; y = γ·h + β. */
+  bnNormalize(y: Float32Array, xhat: Float32Array, x: Float32Array, mean: Float64Array, invStd: Float64Array,
+    gamma: Float32Array, beta: Float32Array, n: number, c: number, s: number): void;
+  /** out (2C) = [Σdy, Σdy·xhat]. */
+  bnGradSums(out: Float64Array, dy: Float32Array, xhat: Float32Array, n: number, c: number, s: number): void;
+  /** dx = (γ·invStd)·(dy − S1/count − xhat·S2/count). */
+  bnDx(dx: Float32Array, dy: Float32Array, xhat: Float32Array, sums: Float64Array, count: number, invStd: Float64Array,
+    gamma: Float32Array, n: number, c: number, s: number): void;
+  /** y = (x − mean)·γ/√(var + eps) + β. */
+  bnEval(y: Float32Array, x: Float32Array, runningMean: Float64Array, runningVar: Float64Array,
+    gamma: Float32Array, beta: Float32Array, eps: number, n: number, c: number, s: number): void;
+  /** y = x ≤ 0 ? 0 : x over len floats. */
+  relu(y: Float32Array, x: Float32Array, len: number): void;
+  /** dx = y ≤ 0 ? 0 : dy. */
+  reluBackward(dx: Float32Array, dy: Float32Array, y: Float32Array, len: number): void;
+  /** y = a + b. */
+  add(y: Float32Array, a: Float32Array, b: Float32Array, len: number): void;
+  /** acc += g. */
+  addInto(acc: Float32Array, g: Float32Array, len: number): void;
+  /** SGD over p.length values (mode 0 plain, 1 momentum, 2 Nesterov; buf unused with 0), sgd.ts's arithmetic. */
+  sgdStep(p: Float32Array, grad: Float32Array, buf: Float32Array, lr: number, momentum: number, weightDecay: number, mode: number): void;
   /** The vector clone this CPU runs: "avx512f", "avx2" or "baseline". */
   isa(): string;
   /** The bench's ceiling: one core's widest vector FMA, GFLOP/s measured for `seconds`, and its instruction set ("none": 0). */

@@ -1,0 +1,49 @@
+// The elementwise kernels of a training step on caller memory (see norm.h): ReLU
+// and its backward, the residual add, gradient accumulation and the SGD update,
+// each the TypeScript twin's arithmetic exactly (a float32 sum of two float32
+// values is what JS's float64 sum rounds to; SGD works in float64 as sgd.ts does).
+#pragma GCC optimize("fp-contract=off")
+
+#include "norm.h"
+
+#define SYNCBN_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+
+namespace syncbn {
+
+SYNCBN_CLONES void relu(float* y, const float* x, int64_t len) {
+  for (int64_t i = 0; i < len; i++) {
+    const float v = x[i];
+    y[i] = v <= 0.0f ? 0.0f : v;
+  }
+}
+
+SYNCBN_CLONES void reluBackward(float* dx, const float* dy, const float* y, int64_t len) {
+  for (int64_t i = 0; i < len; i++) dx[i] = y[i] <= 0.0f ? 0.0f : dy[i];
+}
+
+SYNCBN_CLONES void add(float* y, const float* a, const float* b, int64_t len) {
+  for (int64_t i = 0; i < len; i++) y[i] = a[i] + b[i];
+}
+
+SYNCBN_CLONES void addInto(float* acc, const float* g, int64_t len) {
+  for (int64_t i = 0; i < len; i++) acc[i] += g[i];
+}
+
+SYNCBN_CLONES void sgdStep(float* p, const float* grad, float* buf, int64_t len, double lr, double mu, double wd, int mode) {
+  if (mode == 0) {
+    for (int64_t i = 0; i < len; i++) p[i] = float(double(p[i]) - lr * (double(grad[i]) + wd * double(p[i])));
+  } else if (mode == 2) {
+    for (int64_t i = 0; i < len; i++) {
+      const double g = double(grad[i]) + wd * double(p[i]);
+      buf[i] = float(mu * double(buf[i]) + g);
+      p[i] = float(double(p[i]) - lr * (g + mu * double(buf[i])));
+    }
+  } else {
+    for (int64_t i = 0; i < len; i++) {
+      buf[i] = float(mu * double(buf[i]) + (double(grad[i]) + wd * double(p[i])));
+      p[i] = float(double(p[i]) - lr * double(buf[i]));
+    }
+  }
+}
+
+}  // namespace syncbn

@@ -1,0 +1,39 @@
+// The normalization passes and the elementwise step kernels on caller memory
+// (norm.cc, elementwise.cc), bit for bit the TypeScript twins (shared/stats.ts,
+// worker/nn/relu.ts, graph.ts, sgd.ts) and so the WebAssembly passes: float64
+// statistics, each value rounded to float32 once. Compiled without FP
+// contraction whatever the other files use (a fused multiply-add rounds once
+// where the twins round twice). (N, C, S) arrays are rows (i, ch) of S floats.
+#pragma once
+
+#include <cstdint>
+
+namespace syncbn {
+
+/** mean[ch] = Σx / (n·s), then m2[ch] = Σ(x − mean)²: each row summed from 0 in order, rows added in (i, ch) order. */
+void bnMoments(double* mean, double* m2, const float* x, int64_t n, int64_t c, int64_t s);
+/** h = (x − mean)·invStd, xhat = h, y = γ·h + β. */
+void bnNormalize(float* y, float* xhat, const float* x, const double* mean, const double* invStd, const float* gamma, const float* beta,
+                 int64_t n, int64_t c, int64_t s);
+/** out[ch] = Σdy, out[c + ch] = Σdy·xhat (float64, the moments' order). */
+void bnGradSums(double* out, const float* dy, const float* xhat, int64_t n, int64_t c, int64_t s);
+/** dx = (γ·invStd)·((dy − S1/count) − xhat·S2/count), sums = [S1 (C), S2 (C)]. dx may be dy. */
+void bnDx(float* dx, const float* dy, const float* xhat, const double* sums, double count, const double* invStd, const float* gamma,
+          int64_t n, int64_t c, int64_t s);
+/** Eval: y = (x − mean)·(γ/√(var + eps)) + β. y may be x. */
+void bnEval(float* y, const float* x, const double* mean, const double* var, const float* gamma, const float* beta, double eps,
+            int64_t n, int64_t c, int64_t s);
+
+/** y = x ≤ 0 ? 0 : x (NaN passes). */
+void relu(float* y, const float* x, int64_t len);
+/** dx = y ≤ 0 ? 0 : dy. */
+void reluBackward(float* dx, const float* dy, const float* y, int64_t len);
+/** y = a + b. */
+void add(float* y, const float* a, const float* b, int64_t len);
+/** acc += g. */
+void addInto(float* acc, const float* g, int64_t len);
+
+/** SGD (worker/nn/sgd.ts): 0 plain, 1 momentum, 2 Nesterov; arithmetic in float64, stored to float32. */
+void sgdStep(float* p, const float* grad, float* buf, int64_t len, double lr, double mu, double wd, int mode);
+
+}  // namespace syncbn
