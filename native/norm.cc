@@ -16,55 +16,109 @@ namespace syncbn {
 
 namespace {
 
-// Row r's statistics into dst: OUT outputs per row, `term(k, j, out)` the terms of row k's element j.
-template <int ROWS, int OUT, class Term>
-inline void reduceGroup(double (&acc)[OUT][ROWS], int64_t s, const Term& term) {
-  for (int o = 0; o < OUT; o++)
-    for (int k = 0; k < ROWS; k++) acc[o][k] = 0;
-  for (int64_t j = 0; j < s; j++) {
-    for (int k = 0; k < ROWS; k++) {
-      double t[OUT];
-      term(k, j, t);
-      for (int o = 0; o < OUT; o++) acc[o][k] += t[o];
-    }
-  }
+// Four rows side by side: lane k of a v4d is row k's value. Loads take 4 floats of
+// each of 4 rows, widen them and transpose, so cols[t] holds the 4 rows' column j + t:
+// every lane still adds its own row's elements in order (the twins' sums exactly).
+typedef float v4f __attribute__((vector_size(16)));
+typedef double v4d __attribute__((vector_size(32)));
+typedef long long v4i __attribute__((vector_size(32)));
+
+inline v4d widen4(const float* p) {
+  v4f f;
+  __builtin_memcpy(&f, p, sizeof f);
+  return __builtin_convertvector(f, v4d);
 }
 
-// Σ over each row (i, ch) of term(row pointer(s), j), added to dst[o·c + ch] in row order.
-template <int ROWS, int OUT, class Term>
-inline void reduceRows(double* dst, int64_t n, int64_t c, int64_t s, const Term& term) {
-  const int64_t rows = n * c;
+// cols[t] = (r0[j + t], r1[j + t], r2[j + t], r3[j + t]) for rows at p, p + s, p + 2s, p + 3s.
+inline void columns4(const float* p, int64_t s, int64_t j, v4d (&cols)[4]) {
+  const v4d a = widen4(p + j), b = widen4(p + s + j), c = widen4(p + 2 * s + j), d = widen4(p + 3 * s + j);
+  const v4d abLo = __builtin_shuffle(a, b, v4i{0, 4, 2, 6}), abHi = __builtin_shuffle(a, b, v4i{1, 5, 3, 7});
+  const v4d cdLo = __builtin_shuffle(c, d, v4i{0, 4, 2, 6}), cdHi = __builtin_shuffle(c, d, v4i{1, 5, 3, 7});
+  cols[0] = __builtin_shuffle(abLo, cdLo, v4i{0, 1, 4, 5});
+  cols[1] = __builtin_shuffle(abHi, cdHi, v4i{0, 1, 4, 5});
+  cols[2] = __builtin_shuffle(abLo, cdLo, v4i{2, 3, 6, 7});
+  cols[3] = __builtin_shuffle(abHi, cdHi, v4i{2, 3, 6, 7});
+}
+
+inline v4d channelLanes(const double* perChannel, int64_t r, int64_t c) {
+  return v4d{perChannel[r % c], perChannel[(r + 1) % c], perChannel[(r + 2) % c], perChannel[(r + 3) % c]};
+}
+
+// Rows r..r+4·BLOCKS−1 (blocks of 4) or one row at a time: `vec(block, cols…)` adds columns j..j+3
+// to the block's accumulators, `one(row, j, acc)` one element to a row's scalar accumulators.
+// OUT outputs per row, added to dst[o·c + ch] in row order.
+template <int OUT, int BLOCKS, class Vec, class One>
+inline void reduceRows(double* dst, int64_t n, int64_t c, int64_t s, const Vec& vec, const One& one) {
+  const int64_t rows = n * c, s4 = s - s % 4;
   int64_t r = 0;
-  for (; r + ROWS <= rows; r += ROWS) {
-    double acc[OUT][ROWS];
-    reduceGroup<ROWS, OUT>(acc, s, [&](int k, int64_t j, double* t) { term(r + k, j, t); });
-    for (int k = 0; k < ROWS; k++)
-      for (int o = 0; o < OUT; o++) dst[o * c + (r + k) % c] += acc[o][k];
+  for (; r + 4 * BLOCKS <= rows; r += 4 * BLOCKS) {
+    v4d acc[BLOCKS][OUT] = {};
+    for (int64_t j = 0; j < s4; j += 4)
+      for (int b = 0; b < BLOCKS; b++) vec(r + 4 * b, b, j, acc[b]);
+    for (int k = 0; k < 4 * BLOCKS; k++) {
+      double a[OUT];
+      for (int o = 0; o < OUT; o++) a[o] = acc[k / 4][o][k % 4];
+      for (int64_t j = s4; j < s; j++) one(r + k, j, a);
+      for (int o = 0; o < OUT; o++) dst[o * c + (r + k) % c] += a[o];
+    }
   }
   for (; r < rows; r++) {
-    double acc[OUT][1];
-    reduceGroup<1, OUT>(acc, s, [&](int, int64_t j, double* t) { term(r, j, t); });
-    for (int o = 0; o < OUT; o++) dst[o * c + r % c] += acc[o][0];
+    double a[OUT] = {};
+    for (int64_t j = 0; j < s; j++) one(r, j, a);
+    for (int o = 0; o < OUT; o++) dst[o * c + r % c] += a[o];
   }
 }
 
 SYNCBN_CLONES void sumRows(double* dst, const float* x, int64_t n, int64_t c, int64_t s) {
-  reduceRows<8, 1>(dst, n, c, s, [&](int64_t r, int64_t j, double* t) { t[0] = double(x[r * s + j]); });
+  reduceRows<1, 2>(
+      dst, n, c, s,
+      [&](int64_t r, int, int64_t j, v4d* acc) {
+        v4d t[4];
+        columns4(x + r * s, s, j, t);
+        acc[0] += t[0];
+        acc[0] += t[1];
+        acc[0] += t[2];
+        acc[0] += t[3];
+      },
+      [&](int64_t r, int64_t j, double* a) { a[0] += double(x[r * s + j]); });
 }
 
 SYNCBN_CLONES void sqdevRows(double* dst, const float* x, const double* mean, int64_t n, int64_t c, int64_t s) {
-  reduceRows<8, 1>(dst, n, c, s, [&](int64_t r, int64_t j, double* t) {
-    const double d = double(x[r * s + j]) - mean[r % c];
-    t[0] = d * d;
-  });
+  v4d mu[2];  // the group's 8 rows' means, set when its first columns come
+  reduceRows<1, 2>(
+      dst, n, c, s,
+      [&](int64_t r, int block, int64_t j, v4d* acc) {
+        if (j == 0) mu[block] = channelLanes(mean, r, c);
+        v4d t[4];
+        columns4(x + r * s, s, j, t);
+        for (int k = 0; k < 4; k++) {
+          const v4d d = t[k] - mu[block];
+          acc[0] += d * d;
+        }
+      },
+      [&](int64_t r, int64_t j, double* a) {
+        const double d = double(x[r * s + j]) - mean[r % c];
+        a[0] += d * d;
+      });
 }
 
 SYNCBN_CLONES void gradSumRows(double* out, const float* dy, const float* xhat, int64_t n, int64_t c, int64_t s) {
-  reduceRows<4, 2>(out, n, c, s, [&](int64_t r, int64_t j, double* t) {
-    const double g = double(dy[r * s + j]);
-    t[0] = g;
-    t[1] = g * double(xhat[r * s + j]);
-  });
+  reduceRows<2, 1>(
+      out, n, c, s,
+      [&](int64_t r, int, int64_t j, v4d* acc) {
+        v4d g[4], h[4];
+        columns4(dy + r * s, s, j, g);
+        columns4(xhat + r * s, s, j, h);
+        for (int k = 0; k < 4; k++) {
+          acc[0] += g[k];
+          acc[1] += g[k] * h[k];
+        }
+      },
+      [&](int64_t r, int64_t j, double* a) {
+        const double g = double(dy[r * s + j]);
+        a[0] += g;
+        a[1] += g * double(xhat[r * s + j]);
+      });
 }
 
 }  // namespace
