@@ -98,5 +98,5 @@ for (const [label, work, make] of cases) {
     fmt(r[0]!.cpuMedian / r[1]!.cpuMedian, 1), fmt(r[0]!.cpuMedian / r[2]!.cpuMedian, 1)]);
   console.error(`${label}: native ${m(0, "cpuMedian")}, wasm ${m(1, "cpuMedian")}, js ${m(2, "cpuMedian")} M el/s (CPU time)`);
 }
-console.log(`Step kernels, native vs wasm vs js, ${OPTS.reps} runs each, interleaved, one thread. Machine: ${machineLine()}; load ${loadBefore} before, ${loadLine()} after.\n`);
+console.log(`Step kernels, native vs wasm vs js, ${OPTS.reps} runs each, interleaved, one thread (the residual add and SGD have no wasm kernel: their wasm column runs the TypeScript loop, as a wasm run does). Machine: ${machineLine()}; load ${loadBefore} before, ${loadLine()} after.\n`);
 console.log(table(["kernel", "native M el/s", "native CPU-time", "wasm M el/s", "wasm CPU-time", "js M el/s", "native/wasm (CPU)", "native/js (CPU)"], rows).join("\n"));

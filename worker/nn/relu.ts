@@ -1,10 +1,10 @@
 // Elementwise ReLU, y = max(x, 0), on any per-sample shape. NaN passes through as
-// in PyTorch. Two paths with the same results bit for bit: plain TypeScript loops
-// (the reference, SYNCBN_KERNELS=js) and WebAssembly SIMD masks in the layer's own
-// wasm memory (the default; at ~10 ns per element the loops were a tenth of a
-// resnet step, their sign branch being unpredictable), and with --kernels native
-// the addon's loops on the arrays themselves (no copy into wasm memory). Not a
-// leaky or parametric ReLU, and not in place: it owns its output.
+// in PyTorch. Three paths with the same results bit for bit: plain TypeScript loops
+// (the reference, SYNCBN_KERNELS=js), WebAssembly SIMD masks in the layer's own
+// wasm memory (at ~10 ns per element the loops were a tenth of a resnet step, their
+// sign branch being unpredictable), and the native addon's loops on the arrays
+// themselves (--kernels native, the default where it loads: no copy into wasm
+// memory). Not a leaky or parametric ReLU, and not in place: it owns its output.
 
 import { stepKernelBackend, type KernelBackend } from "./kernels/backend.js";
 import { nativeKernels, type NativeKernels } from "./kernels/native.js";
