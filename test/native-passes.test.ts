@@ -4,8 +4,8 @@
 // inputs and an empty batch; whole BN, ghost BN and renorm layers step after step;
 // ReLU, the residual add, gradient accumulation and the SGD update (plain, momentum,
 // Nesterov, decay off); the addon's bounds checks. If the addon is missing these
-// tests FAIL unless SYNCBN_NATIVE=off says this machine runs without it (see
-// test/native-kernels.test.ts, which also covers the fallback).
+// tests FAIL unless SYNCBN_NATIVE=off says this machine runs without it; then
+// only the fallback is asserted (native requested: wasm's passes and bits).
 
 import { afterEach, describe, expect, it } from "vitest";
 import type { BnConventions } from "../shared/config.js";
@@ -219,5 +219,14 @@ describe.skipIf(off)("the addon's argument checks", () => {
     const x = Float32Array.from([-1, 2, -3, 4, NaN, -0]), y = new Float32Array(6).fill(9);
     k.relu(y.subarray(1), x.subarray(2), 4);
     expectBits("relu window", y, Float32Array.from([9, 0, 4, NaN, 0, 9]));
+  });
+});
+
+describe.runIf(off)("without the addon (SYNCBN_NATIVE=off)", () => {
+  it("native requested: the step kernels run on wasm, with the same results", () => {
+    expect(onBackend("native", () => stepKernelBackend())).toBe("wasm");
+    const nat = onBackend("native", () => layerRun(() => new BatchNorm("bn", 0, [4, 3, 3], CONV, null), 4, 2, 9));
+    const wasm = onBackend("wasm", () => layerRun(() => new BatchNorm("bn", 0, [4, 3, 3], CONV, null), 4, 2, 9));
+    nat.forEach((a, k) => expectBits(`output ${k}`, a, wasm[k]!));
   });
 });
