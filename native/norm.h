@@ -1,6 +1,6 @@
 // The normalization passes and the elementwise step kernels on caller memory
-// (norm.cc, elementwise.cc), bit for bit the TypeScript twins (shared/stats.ts,
-// worker/nn/relu.ts, graph.ts, sgd.ts) and so the WebAssembly passes: float64
+// (norm.cc, groupnorm.cc, elementwise.cc), bit for bit the TypeScript twins (shared/stats.ts,
+// worker/nn/groupnorm.ts, relu.ts, graph.ts, sgd.ts) and so the WebAssembly passes: float64
 // statistics, each value rounded to float32 once. Compiled without FP
 // contraction whatever the other files use (a fused multiply-add rounds once
 // where the twins round twice). (N, C, S) arrays are rows (i, ch) of S floats.
@@ -23,6 +23,13 @@ void bnDx(float* dx, const float* dy, const float* xhat, const double* sums, dou
 /** Eval: y = (x − mean)·(γ/√(var + eps)) + β. y may be x. */
 void bnEval(float* y, const float* x, const double* mean, const double* var, const float* gamma, const float* beta, double eps,
             int64_t n, int64_t c, int64_t s);
+
+/** GroupNorm forward (groupnorm.cc): per (sample, group) mean and biased variance, xhat, y = γ·xhat + β; groupInvStd (N, G). */
+void gnForward(float* y, float* xhat, double* groupInvStd, const float* x, const float* gamma, const float* beta, double eps,
+               int64_t n, int64_t c, int64_t s, int64_t groups);
+/** GroupNorm backward of samples first..first+count−1: dx, and Σdy·xhat, Σdy per channel added to gradGamma, gradBeta in sample order. */
+void gnBackward(float* dx, double* gradGamma, double* gradBeta, const float* dy, const float* xhat, const double* groupInvStd,
+                const float* gamma, int64_t first, int64_t count, int64_t c, int64_t s, int64_t groups);
 
 /** y = x ≤ 0 ? 0 : x (NaN passes). */
 void relu(float* y, const float* x, int64_t len);

@@ -1,4 +1,4 @@
-// N-API surface of norm.h: the normalization passes, ReLU, the residual add,
+// N-API surface of norm.h: the BN and GroupNorm passes, ReLU, the residual add,
 // gradient accumulation and SGD on the JS typed arrays' own memory (each array
 // argument is a whole view: a subarray passes its window). Every call checks the
 // arrays' types and that what it touches lies inside them, and throws a
@@ -124,6 +124,37 @@ napi_value BnEval(napi_env env, napi_callback_info info) {
   return nullptr;
 }
 
+// gnForward(y, xhat, groupInvStd, x, gamma, beta, eps, n, c, s, groups)
+napi_value GnForward(napi_env env, napi_callback_info info) {
+  Args a(env, info, 11);
+  Shape d(a, 7);
+  const int64_t groups = a.count(10, "groups");
+  if (a.ok && (groups < 1 || d.c % groups != 0)) a.fail("groups must divide c");
+  float *y = a.f32(0, d.len, "y"), *xhat = a.f32(1, d.len, "xhat");
+  double* inv = a.f64(2, d.n * groups, "groupInvStd");
+  float *x = a.f32(3, d.len, "x"), *gamma = a.f32(4, d.c, "gamma"), *beta = a.f32(5, d.c, "beta");
+  const double eps = a.number(6, "eps");
+  if (a.ok) syncbn::gnForward(y, xhat, inv, x, gamma, beta, eps, d.n, d.c, d.s, groups);
+  return nullptr;
+}
+
+// gnBackward(dx, gradGamma, gradBeta, dy, xhat, groupInvStd, gamma, first, count, c, s, groups): samples first..first+count−1
+napi_value GnBackward(napi_env env, napi_callback_info info) {
+  Args a(env, info, 12);
+  const int64_t first = a.count(7, "first");
+  Shape d(a, 8);  // n = count
+  const int64_t groups = a.count(11, "groups");
+  if (a.ok && (groups < 1 || d.c % groups != 0)) a.fail("groups must divide c");
+  const int64_t end = a.ok ? (first + d.n) * d.c * d.s : 0;
+  float* dx = a.f32(0, end, "dx");
+  double *gg = a.f64(1, d.c, "gradGamma"), *gb = a.f64(2, d.c, "gradBeta");
+  float *dy = a.f32(3, end, "dy"), *xhat = a.f32(4, end, "xhat");
+  double* inv = a.f64(5, a.ok ? (first + d.n) * groups : 0, "groupInvStd");
+  float* gamma = a.f32(6, d.c, "gamma");
+  if (a.ok) syncbn::gnBackward(dx, gg, gb, dy, xhat, inv, gamma, first, d.n, d.c, d.s, groups);
+  return nullptr;
+}
+
 // relu(y, x, len) / reluBackward(dx, dy, y, len) / add(y, a, b, len) / addInto(acc, g, len)
 napi_value Relu(napi_env env, napi_callback_info info) {
   Args a(env, info, 3);
@@ -180,6 +211,8 @@ void registerStepKernels(napi_env env, napi_value exports) {
       {"bnGradSums", nullptr, BnGradSums, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"bnDx", nullptr, BnDx, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"bnEval", nullptr, BnEval, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
+      {"gnForward", nullptr, GnForward, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
+      {"gnBackward", nullptr, GnBackward, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"relu", nullptr, Relu, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"reluBackward", nullptr, ReluBackward, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"add", nullptr, Add, nullptr, nullptr, nullptr, napi_enumerable, nullptr},

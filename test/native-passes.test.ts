@@ -1,7 +1,8 @@
 // The native step kernels (native/norm.cc, elementwise.cc; --kernels native)
 // against the WebAssembly passes and the TypeScript twins, bit for bit: BN's
 // moments, normalize, gradient sums, dx and eval normalize on odd shapes, NaN/±Inf/−0
-// inputs and an empty batch; whole BN, ghost BN and renorm layers step after step;
+// inputs and an empty batch; whole BN, ghost BN, renorm and GroupNorm layers (rank
+// segments too) step after step;
 // ReLU, the residual add, gradient accumulation and the SGD update (plain, momentum,
 // Nesterov, decay off); the addon's bounds checks. If the addon is missing these
 // tests FAIL unless SYNCBN_NATIVE=off says this machine runs without it; then
@@ -13,6 +14,7 @@ import { Rng } from "../shared/rng.js";
 import { biasedVariance, emptyMoments, inverseStd } from "../shared/stats.js";
 import { BatchNorm } from "../worker/nn/batchnorm.js";
 import { GhostBatchNorm } from "../worker/nn/ghost.js";
+import { GroupNorm } from "../worker/nn/groupnorm.js";
 import { Add, GraphBuilder } from "../worker/nn/graph.js";
 import { setKernelBackend, stepKernelBackend, type KernelBackend } from "../worker/nn/kernels/backend.js";
 import { disableNative, nativeKernels } from "../worker/nn/kernels/native.js";
@@ -132,6 +134,13 @@ describe.skipIf(off)("native step kernels in the layers: wasm's bits", () => {
     ["GhostBatchNorm, ghost batch 4", () => new GhostBatchNorm("gbn", 0, [6, 5, 5], CONV, 4)],
     ["BatchRenorm", () => new BatchRenorm("brn", 0, [5, 7, 3], CONV, { rMax: 3, dMax: 5, warmup: 0 })],
     ["ReLU", () => new ReLU("relu", [7, 5, 3])],
+    ["GroupNorm, 3 groups of 2 channels at 5×5", () => new GroupNorm("gn", [6, 5, 5], 3, 1e-5)],
+    ["GroupNorm on (N, C) input, 4 groups", () => new GroupNorm("gn", [12], 4, 1e-5)],
+    ["GroupNorm with 4 rank segments of 2 samples", () => {
+      const l = new GroupNorm("gn", [4, 3, 3], 2, 1e-5);
+      l.setRankSegments(4);
+      return l;
+    }],
   ];
   for (const [label, make] of layers) {
     it(label, () => {

@@ -1,7 +1,7 @@
 // The optional native kernels (native/, N-API, built by npm's install step through
 // scripts/build-native.mjs): loaded once on first use, or null with the reason
 // when the addon is not built or does not load here. Conv2d, the normalization
-// passes, ReLU, the residual add, gradient accumulation and SGD use them.
+// passes (BN, GroupNorm), ReLU, the residual add, gradient accumulation and SGD use them.
 
 import { createRequire } from "node:module";
 
@@ -46,6 +46,12 @@ export interface NativeKernels {
   /** y = (x − mean)·γ/√(var + eps) + β. */
   bnEval(y: Float32Array, x: Float32Array, runningMean: Float64Array, runningVar: Float64Array,
     gamma: Float32Array, beta: Float32Array, eps: number, n: number, c: number, s: number): void;
+  /** GroupNorm forward (groupnorm.ts's loops): xhat, y, and groupInvStd (N, G). */
+  gnForward(y: Float32Array, xhat: Float32Array, groupInvStd: Float64Array, x: Float32Array, gamma: Float32Array, beta: Float32Array,
+    eps: number, n: number, c: number, s: number, groups: number): void;
+  /** GroupNorm backward of samples first..first+count−1: dx, and Σdy·xhat, Σdy added to gradGamma, gradBeta (float64). */
+  gnBackward(dx: Float32Array, gradGamma: Float64Array, gradBeta: Float64Array, dy: Float32Array, xhat: Float32Array,
+    groupInvStd: Float64Array, gamma: Float32Array, first: number, count: number, c: number, s: number, groups: number): void;
   /** y = x ≤ 0 ? 0 : x over len floats. */
   relu(y: Float32Array, x: Float32Array, len: number): void;
   /** dx = y ≤ 0 ? 0 : dy. */
