@@ -40,39 +40,45 @@ inline void columns4(const float* p, int64_t s, int64_t j, v4d (&cols)[4]) {
   cols[3] = __builtin_shuffle(abHi, cdHi, v4i{2, 3, 6, 7});
 }
 
-inline v4d channelLanes(const double* perChannel, int64_t r, int64_t c) {
-  return v4d{perChannel[r % c], perChannel[(r + 1) % c], perChannel[(r + 2) % c], perChannel[(r + 3) % c]};
-}
-
-// Rows r..r+4·BLOCKS−1 (blocks of 4) or one row at a time: `vec(block, cols…)` adds columns j..j+3
-// to the block's accumulators, `one(row, j, acc)` one element to a row's scalar accumulators.
-// OUT outputs per row, added to dst[o·c + ch] in row order.
+// Rows r..r+4·BLOCKS−1 (blocks of 4) or one row at a time: `vec(r, block, chs, j, acc)`
+// adds columns j..j+3 of the block's rows (channels chs[0..3]) to its accumulators,
+// `one(r, ch, j, acc)` one element of row r (channel ch) to its scalar accumulators.
+// OUT outputs per row, added to dst[o·c + ch] in row order. The channel of a row
+// is counted along, not divided out (rows of S = 1 made divisions the cost).
 template <int OUT, int BLOCKS, class Vec, class One>
 inline void reduceRows(double* dst, int64_t n, int64_t c, int64_t s, const Vec& vec, const One& one) {
   const int64_t rows = n * c, s4 = s - s % 4;
-  int64_t r = 0;
+  int64_t r = 0, ch = 0;  // ch = r mod c
+  const auto advance = [c](int64_t& x) {
+    if (++x == c) x = 0;
+  };
   for (; r + 4 * BLOCKS <= rows; r += 4 * BLOCKS) {
+    int64_t chs[4 * BLOCKS];
+    for (int k = 0; k < 4 * BLOCKS; k++) {
+      chs[k] = ch;
+      advance(ch);
+    }
     v4d acc[BLOCKS][OUT] = {};
     for (int64_t j = 0; j < s4; j += 4)
-      for (int b = 0; b < BLOCKS; b++) vec(r + 4 * b, b, j, acc[b]);
+      for (int b = 0; b < BLOCKS; b++) vec(r + 4 * b, b, chs + 4 * b, j, acc[b]);
     for (int k = 0; k < 4 * BLOCKS; k++) {
       double a[OUT];
       for (int o = 0; o < OUT; o++) a[o] = acc[k / 4][o][k % 4];
-      for (int64_t j = s4; j < s; j++) one(r + k, j, a);
-      for (int o = 0; o < OUT; o++) dst[o * c + (r + k) % c] += a[o];
+      for (int64_t j = s4; j < s; j++) one(r + k, chs[k], j, a);
+      for (int o = 0; o < OUT; o++) dst[o * c + chs[k]] += a[o];
     }
   }
-  for (; r < rows; r++) {
+  for (; r < rows; r++, advance(ch)) {
     double a[OUT] = {};
-    for (int64_t j = 0; j < s; j++) one(r, j, a);
-    for (int o = 0; o < OUT; o++) dst[o * c + r % c] += a[o];
+    for (int64_t j = 0; j < s; j++) one(r, ch, j, a);
+    for (int o = 0; o < OUT; o++) dst[o * c + ch] += a[o];
   }
 }
 
 SYNCBN_CLONES void sumRows(double* dst, const float* x, int64_t n, int64_t c, int64_t s) {
   reduceRows<1, 2>(
       dst, n, c, s,
-      [&](int64_t r, int, int64_t j, v4d* acc) {
+      [&](int64_t r, int, const int64_t*, int64_t j, v4d* acc) {
         v4d t[4];
         columns4(x + r * s, s, j, t);
         acc[0] += t[0];
@@ -80,15 +86,15 @@ SYNCBN_CLONES void sumRows(double* dst, const float* x, int64_t n, int64_t c, in
         acc[0] += t[2];
         acc[0] += t[3];
       },
-      [&](int64_t r, int64_t j, double* a) { a[0] += double(x[r * s + j]); });
+      [&](int64_t r, int64_t, int64_t j, double* a) { a[0] += double(x[r * s + j]); });
 }
 
 SYNCBN_CLONES void sqdevRows(double* dst, const float* x, const double* mean, int64_t n, int64_t c, int64_t s) {
-  v4d mu[2];  // the group's 8 rows' means, set when its first columns come
+  v4d mu[2];  // the group's rows' means, set when its first columns come
   reduceRows<1, 2>(
       dst, n, c, s,
-      [&](int64_t r, int block, int64_t j, v4d* acc) {
-        if (j == 0) mu[block] = channelLanes(mean, r, c);
+      [&](int64_t r, int block, const int64_t* chs, int64_t j, v4d* acc) {
+        if (j == 0) mu[block] = v4d{mean[chs[0]], mean[chs[1]], mean[chs[2]], mean[chs[3]]};
         v4d t[4];
         columns4(x + r * s, s, j, t);
         for (int k = 0; k < 4; k++) {
@@ -96,8 +102,8 @@ SYNCBN_CLONES void sqdevRows(double* dst, const float* x, const double* mean, in
           acc[0] += d * d;
         }
       },
-      [&](int64_t r, int64_t j, double* a) {
-        const double d = double(x[r * s + j]) - mean[r % c];
+      [&](int64_t r, int64_t ch, int64_t j, double* a) {
+        const double d = double(x[r * s + j]) - mean[ch];
         a[0] += d * d;
       });
 }
@@ -105,7 +111,7 @@ SYNCBN_CLONES void sqdevRows(double* dst, const float* x, const double* mean, in
 SYNCBN_CLONES void gradSumRows(double* out, const float* dy, const float* xhat, int64_t n, int64_t c, int64_t s) {
   reduceRows<2, 1>(
       out, n, c, s,
-      [&](int64_t r, int, int64_t j, v4d* acc) {
+      [&](int64_t r, int, const int64_t*, int64_t j, v4d* acc) {
         v4d g[4], h[4];
         columns4(dy + r * s, s, j, g);
         columns4(xhat + r * s, s, j, h);
@@ -114,7 +120,7 @@ SYNCBN_CLONES void gradSumRows(double* out, const float* dy, const float* xhat, 
           acc[1] += g[k] * h[k];
         }
       },
-      [&](int64_t r, int64_t j, double* a) {
+      [&](int64_t r, int64_t, int64_t j, double* a) {
         const double g = double(dy[r * s + j]);
         a[0] += g;
         a[1] += g * double(xhat[r * s + j]);
