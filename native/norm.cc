@@ -75,7 +75,15 @@ inline void reduceRows(double* dst, int64_t n, int64_t c, int64_t s, const Vec& 
   }
 }
 
+// S = 1 ((N, C) input after a Linear): each row is one value, its sum 0 + value
+// (kept: +0 for −0, as the twins get), added per channel in sample order; these
+// loops run along channels, so the compiler vectorizes them.
 SYNCBN_CLONES void sumRows(double* dst, const float* x, int64_t n, int64_t c, int64_t s) {
+  if (s == 1) {
+    for (int64_t i = 0; i < n; i++)
+      for (int64_t ch = 0; ch < c; ch++) dst[ch] += 0.0 + double(x[i * c + ch]);
+    return;
+  }
   reduceRows<1, 2>(
       dst, n, c, s,
       [&](int64_t r, int, const int64_t*, int64_t j, v4d* acc) {
@@ -90,6 +98,14 @@ SYNCBN_CLONES void sumRows(double* dst, const float* x, int64_t n, int64_t c, in
 }
 
 SYNCBN_CLONES void sqdevRows(double* dst, const float* x, const double* mean, int64_t n, int64_t c, int64_t s) {
+  if (s == 1) {
+    for (int64_t i = 0; i < n; i++)
+      for (int64_t ch = 0; ch < c; ch++) {
+        const double d = double(x[i * c + ch]) - mean[ch];
+        dst[ch] += 0.0 + d * d;
+      }
+    return;
+  }
   v4d mu[2];  // the group's rows' means, set when its first columns come
   reduceRows<1, 2>(
       dst, n, c, s,
@@ -109,6 +125,15 @@ SYNCBN_CLONES void sqdevRows(double* dst, const float* x, const double* mean, in
 }
 
 SYNCBN_CLONES void gradSumRows(double* out, const float* dy, const float* xhat, int64_t n, int64_t c, int64_t s) {
+  if (s == 1) {
+    for (int64_t i = 0; i < n; i++)
+      for (int64_t ch = 0; ch < c; ch++) {
+        const double g = dy[i * c + ch];
+        out[ch] += 0.0 + g;
+        out[c + ch] += 0.0 + g * double(xhat[i * c + ch]);
+      }
+    return;
+  }
   reduceRows<2, 1>(
       out, n, c, s,
       [&](int64_t r, int, const int64_t*, int64_t j, v4d* acc) {
