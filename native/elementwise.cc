@@ -1,5 +1,5 @@
 // The elementwise kernels of a training step on caller memory (see norm.h): ReLU
-// and its backward, the residual add, gradient accumulation and the SGD update,
+// and its backward, max pooling, the residual add, gradient accumulation and the SGD update,
 // each the TypeScript twin's arithmetic exactly (a float32 sum of two float32
 // values is what JS's float64 sum rounds to; SGD works in float64 as sgd.ts does).
 #pragma GCC optimize("fp-contract=off")
@@ -27,6 +27,42 @@ SYNCBN_CLONES void add(float* y, const float* a, const float* b, int64_t len) {
 
 SYNCBN_CLONES void addInto(float* acc, const float* g, int64_t len) {
   for (int64_t i = 0; i < len; i++) acc[i] += g[i];
+}
+
+SYNCBN_CLONES void maxpoolForward(float* y, int32_t* argmax, const float* x, int64_t planes, int64_t inH, int64_t inW, int64_t k,
+                                  int64_t stride, int64_t outH, int64_t outW) {
+  int64_t o = 0;
+  for (int64_t plane = 0; plane < planes; plane++) {
+    const int64_t pOff = plane * inH * inW;
+    for (int64_t oh = 0; oh < outH; oh++) {
+      for (int64_t ow = 0; ow < outW; ow++, o++) {
+        const int64_t start = pOff + oh * stride * inW + ow * stride;
+        int64_t best = start;
+        float bestV = -__builtin_inff();
+        for (int64_t kh = 0; kh < k; kh++) {
+          const int64_t row = start + kh * inW;
+          for (int64_t kw = 0; kw < k; kw++) {
+            const float v = x[row + kw];
+            if (v > bestV || v != v) {  // strict >: the first of equal maxima; a NaN wins (the last NaN)
+              bestV = v;
+              best = row + kw;
+            }
+          }
+        }
+        y[o] = bestV;
+        argmax[o] = int32_t(best);
+      }
+    }
+  }
+}
+
+bool maxpoolBackward(float* dx, const float* dy, const int32_t* argmax, int64_t outLen, int64_t inLen) {
+  for (int64_t i = 0; i < inLen; i++) dx[i] = 0;
+  for (int64_t o = 0; o < outLen; o++) {
+    if (argmax[o] < 0 || argmax[o] >= inLen) return false;
+    dx[argmax[o]] += dy[o];
+  }
+  return true;
 }
 
 SYNCBN_CLONES void sgdStep(float* p, const float* grad, float* buf, int64_t len, double lr, double mu, double wd, int mode) {

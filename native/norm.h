@@ -1,6 +1,6 @@
 // The normalization passes and the elementwise step kernels on caller memory
 // (norm.cc, groupnorm.cc, elementwise.cc), bit for bit the TypeScript twins (shared/stats.ts,
-// worker/nn/groupnorm.ts, relu.ts, graph.ts, sgd.ts) and so the WebAssembly passes: float64
+// worker/nn/groupnorm.ts, relu.ts, maxpool.ts, graph.ts, sgd.ts) and so the WebAssembly passes: float64
 // statistics, each value rounded to float32 once. Compiled without FP
 // contraction whatever the other files use (a fused multiply-add rounds once
 // where the twins round twice). (N, C, S) arrays are rows (i, ch) of S floats.
@@ -35,6 +35,11 @@ void gnBackward(float* dx, double* gradGamma, double* gradBeta, const float* dy,
 void relu(float* y, const float* x, int64_t len);
 /** dx = y ≤ 0 ? 0 : dy. */
 void reluBackward(float* dx, const float* dy, const float* y, int64_t len);
+/** MaxPool2d (maxpool.ts): y and the flat argmax into x per window, planes = N·C; no padding. */
+void maxpoolForward(float* y, int32_t* argmax, const float* x, int64_t planes, int64_t inH, int64_t inW, int64_t k, int64_t stride,
+                    int64_t outH, int64_t outW);
+/** dx (inLen) = 0, then dx[argmax[o]] += dy[o] in o order; false (dx partly written) if an argmax is outside dx. */
+bool maxpoolBackward(float* dx, const float* dy, const int32_t* argmax, int64_t outLen, int64_t inLen);
 /** y = a + b. */
 void add(float* y, const float* a, const float* b, int64_t len);
 /** acc += g. */

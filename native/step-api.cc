@@ -1,4 +1,4 @@
-// N-API surface of norm.h: the BN and GroupNorm passes, ReLU, the residual add,
+// N-API surface of norm.h: the BN and GroupNorm passes, max pooling, ReLU, the residual add,
 // gradient accumulation and SGD on the JS typed arrays' own memory (each array
 // argument is a whole view: a subarray passes its window). Every call checks the
 // arrays' types and that what it touches lies inside them, and throws a
@@ -44,6 +44,23 @@ struct Args {
       return nullptr;
     }
     return data;
+  }
+  int32_t* i32(int i, int64_t need, const char* name) {
+    if (!ok) return nullptr;
+    bool isTa = false;
+    napi_typedarray_type t;
+    size_t len = 0;
+    void* data = nullptr;
+    napi_is_typedarray(env, v[i], &isTa);
+    if (!isTa || napi_get_typedarray_info(env, v[i], &t, &len, &data, nullptr, nullptr) != napi_ok || t != napi_int32_array) {
+      fail(std::string(name) + ": expected an Int32Array");
+      return nullptr;
+    }
+    if (need < 0 || int64_t(len) < need) {
+      fail(std::string(name) + ": " + std::to_string(len) + " elements, needs " + std::to_string(need));
+      return nullptr;
+    }
+    return static_cast<int32_t*>(data);
   }
   float* f32(int i, int64_t need, const char* name) { return static_cast<float*>(array(i, napi_float32_array, need, name)); }
   double* f64(int i, int64_t need, const char* name) { return static_cast<double*>(array(i, napi_float64_array, need, name)); }
@@ -155,6 +172,33 @@ napi_value GnBackward(napi_env env, napi_callback_info info) {
   return nullptr;
 }
 
+// maxpoolForward(y, argmax, x, planes, inH, inW, kernel, stride, outH, outW)
+napi_value MaxpoolForward(napi_env env, napi_callback_info info) {
+  Args a(env, info, 10);
+  int64_t d[7];
+  const char* names[7] = {"planes", "inH", "inW", "kernel", "stride", "outH", "outW"};
+  for (int k = 0; k < 7; k++) d[k] = a.count(3 + k, names[k]);
+  if (a.ok && (d[3] < 1 || d[4] < 1 || d[5] < 1 || d[6] < 1 || (d[5] - 1) * d[4] + d[3] > d[1] || (d[6] - 1) * d[4] + d[3] > d[2]))
+    a.fail("maxpoolForward: the windows do not fit the input");
+  const int64_t inLen = a.ok ? d[0] * d[1] * d[2] : 0, outLen = a.ok ? d[0] * d[5] * d[6] : 0;
+  if (a.ok && inLen > INT32_MAX) a.fail("maxpoolForward: more than 2³¹ inputs");
+  float* y = a.f32(0, outLen, "y");
+  int32_t* am = a.i32(1, outLen, "argmax");
+  float* x = a.f32(2, inLen, "x");
+  if (a.ok) syncbn::maxpoolForward(y, am, x, d[0], d[1], d[2], d[3], d[4], d[5], d[6]);
+  return nullptr;
+}
+
+// maxpoolBackward(dx, dy, argmax, outLen, inLen)
+napi_value MaxpoolBackward(napi_env env, napi_callback_info info) {
+  Args a(env, info, 5);
+  const int64_t outLen = a.count(3, "outLen"), inLen = a.count(4, "inLen");
+  float *dx = a.f32(0, inLen, "dx"), *dy = a.f32(1, outLen, "dy");
+  int32_t* am = a.i32(2, outLen, "argmax");
+  if (a.ok && !syncbn::maxpoolBackward(dx, dy, am, outLen, inLen)) a.fail("maxpoolBackward: an argmax lies outside dx");
+  return nullptr;
+}
+
 // relu(y, x, len) / reluBackward(dx, dy, y, len) / add(y, a, b, len) / addInto(acc, g, len)
 napi_value Relu(napi_env env, napi_callback_info info) {
   Args a(env, info, 3);
@@ -213,6 +257,8 @@ void registerStepKernels(napi_env env, napi_value exports) {
       {"bnEval", nullptr, BnEval, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"gnForward", nullptr, GnForward, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"gnBackward", nullptr, GnBackward, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
+      {"maxpoolForward", nullptr, MaxpoolForward, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
+      {"maxpoolBackward", nullptr, MaxpoolBackward, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"relu", nullptr, Relu, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"reluBackward", nullptr, ReluBackward, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"add", nullptr, Add, nullptr, nullptr, nullptr, napi_enumerable, nullptr},

@@ -3,7 +3,7 @@
 // moments, normalize, gradient sums, dx and eval normalize on odd shapes, NaN/±Inf/−0
 // inputs and an empty batch; whole BN, ghost BN, renorm and GroupNorm layers (rank
 // segments too) step after step;
-// ReLU, the residual add, gradient accumulation and the SGD update (plain, momentum,
+// max pooling, ReLU, the residual add, gradient accumulation and the SGD update (plain, momentum,
 // Nesterov, decay off); the addon's bounds checks. If the addon is missing these
 // tests FAIL unless SYNCBN_NATIVE=off says this machine runs without it; then
 // only the fallback is asserted (native requested: wasm's passes and bits).
@@ -20,6 +20,7 @@ import { setKernelBackend, stepKernelBackend, type KernelBackend } from "../work
 import { disableNative, nativeKernels } from "../worker/nn/kernels/native.js";
 import { normPasses, type NormPasses } from "../worker/nn/kernels/norm-passes.js";
 import type { Layer, Param } from "../worker/nn/layer.js";
+import { MaxPool2d } from "../worker/nn/maxpool.js";
 import { ReLU } from "../worker/nn/relu.js";
 import { BatchRenorm } from "../worker/nn/renorm.js";
 import { SGD } from "../worker/nn/sgd.js";
@@ -134,6 +135,8 @@ describe.skipIf(off)("native step kernels in the layers: wasm's bits", () => {
     ["GhostBatchNorm, ghost batch 4", () => new GhostBatchNorm("gbn", 0, [6, 5, 5], CONV, 4)],
     ["BatchRenorm", () => new BatchRenorm("brn", 0, [5, 7, 3], CONV, { rMax: 3, dMax: 5, warmup: 0 })],
     ["ReLU", () => new ReLU("relu", [7, 5, 3])],
+    ["MaxPool2d 2×2 stride 2 on 7×9 (floor)", () => new MaxPool2d("pool", 3, 7, 9, 2, 2)],
+    ["MaxPool2d 3×3 stride 1 (overlapping windows add up in dx)", () => new MaxPool2d("pool", 2, 6, 5, 3, 1)],
     ["GroupNorm, 3 groups of 2 channels at 5×5", () => new GroupNorm("gn", [6, 5, 5], 3, 1e-5)],
     ["GroupNorm on (N, C) input, 4 groups", () => new GroupNorm("gn", [12], 4, 1e-5)],
     ["GroupNorm with 4 rank segments of 2 samples", () => {
@@ -151,6 +154,20 @@ describe.skipIf(off)("native step kernels in the layers: wasm's bits", () => {
       nat.forEach((a, k) => expectBits(`${label} output ${k} vs js`, a, js[k]!));
     });
   }
+
+  it("MaxPool2d with ties, NaN, ±Inf and −0: the same maxima, argmax and dx", () => {
+    const run = (backend: KernelBackend): Float32Array[] => {
+      const pool = new MaxPool2d("pool", 2, 6, 6, 2, 2, backend), rng = new Rng(4);
+      const x = data(rng, 3 * 72, true).map((v) => Math.round(v * 2) / 2); // many ties
+      x[5] = NaN;
+      x[6] = NaN;
+      x.fill(-Infinity, 24, 36);
+      return [(pool.forward(x, 3, true) as Float32Array).slice(), (pool.backward(data(rng, 3 * 18, false), 3) as Float32Array).slice()];
+    };
+    const nat = run("native"), wasm = run("wasm"), js = run("js");
+    nat.forEach((a, k) => expectBits(`pool output ${k} vs wasm`, a, wasm[k]!));
+    nat.forEach((a, k) => expectBits(`pool output ${k} vs js`, a, js[k]!));
+  });
 
   it("the layers pick the native passes only when native is requested", () => {
     expect(onBackend("native", () => stepKernelBackend())).toBe("native");
@@ -223,6 +240,9 @@ describe.skipIf(off)("the addon's argument checks", () => {
     expect(() => k.sgdStep(f, new Float32Array(9), f, 0.1, 0.9, 0, 1)).toThrow(/grad: 9 elements, needs 10/);
     expect(() => k.sgdStep(f, f, new Float32Array(3), 0.1, 0.9, 0, 1)).toThrow(/buf: 3 elements, needs 10/);
     expect(() => k.relu(f, f, -1)).toThrow(/len: expected a count/);
+    expect(() => k.maxpoolForward(f, new Int32Array(4), f, 1, 2, 2, 3, 1, 1, 1)).toThrow(/windows do not fit/);
+    expect(() => k.maxpoolBackward(f, f, Int32Array.from([0, 10]), 2, 10)).toThrow(/argmax lies outside dx/);
+    expect(() => k.maxpoolBackward(f, f, f as unknown as Int32Array, 2, 10)).toThrow(/argmax: expected an Int32Array/);
   });
   it("works on subarray windows (the graph's and ghost BN's views)", () => {
     const x = Float32Array.from([-1, 2, -3, 4, NaN, -0]), y = new Float32Array(6).fill(9);

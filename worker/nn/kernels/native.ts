@@ -1,7 +1,7 @@
 // The optional native kernels (native/, N-API, built by npm's install step through
 // scripts/build-native.mjs): loaded once on first use, or null with the reason
 // when the addon is not built or does not load here. Conv2d, the normalization
-// passes (BN, GroupNorm), ReLU, the residual add, gradient accumulation and SGD use them.
+// passes (BN, GroupNorm), max pooling, ReLU, the residual add, gradient accumulation and SGD use them.
 
 import { createRequire } from "node:module";
 
@@ -52,6 +52,11 @@ export interface NativeKernels {
   /** GroupNorm backward of samples first..first+count−1: dx, and Σdy·xhat, Σdy added to gradGamma, gradBeta (float64). */
   gnBackward(dx: Float32Array, gradGamma: Float64Array, gradBeta: Float64Array, dy: Float32Array, xhat: Float32Array,
     groupInvStd: Float64Array, gamma: Float32Array, first: number, count: number, c: number, s: number, groups: number): void;
+  /** MaxPool2d forward (maxpool.ts's loops): y and the flat argmax into x of each window; planes = N·C. */
+  maxpoolForward(y: Float32Array, argmax: Int32Array, x: Float32Array, planes: number, inH: number, inW: number,
+    kernel: number, stride: number, outH: number, outW: number): void;
+  /** dx (inLen) = 0, then dx[argmax[o]] += dy[o] in o order. */
+  maxpoolBackward(dx: Float32Array, dy: Float32Array, argmax: Int32Array, outLen: number, inLen: number): void;
   /** y = x ≤ 0 ? 0 : x over len floats. */
   relu(y: Float32Array, x: Float32Array, len: number): void;
   /** dx = y ≤ 0 ? 0 : dy. */
