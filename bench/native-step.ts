@@ -1,6 +1,6 @@
 // Native vs WebAssembly vs TypeScript for the step kernels outside the conv
-// (issue 22): BN forward+backward through the BatchNorm layer, ReLU forward+backward,
-// the residual add and the SGD update (momentum 0.9, weight decay), at resnet:3's
+// (issue 22): BN forward+backward through the BatchNorm layer, max pooling and ReLU
+// forward+backward, the residual add and the SGD update (momentum 0.9, weight decay), at resnet:3's
 // batch-32 shapes (28×28 input: 16 ch at 28×28, 32 at 14×14, 64 at 7×7), the
 // backends interleaved run by run (bench/kernels.ts's measure), one thread. In M
 // elements/s, wall and CPU time (the CPU-time median ignores time slices lost to
@@ -12,6 +12,7 @@ import { Add } from "../worker/nn/graph.js";
 import { setKernelBackend, type KernelBackend } from "../worker/nn/kernels/backend.js";
 import { nativeKernels, nativeUnavailableReason } from "../worker/nn/kernels/native.js";
 import type { Param } from "../worker/nn/layer.js";
+import { MaxPool2d } from "../worker/nn/maxpool.js";
 import { ReLU } from "../worker/nn/relu.js";
 import { SGD } from "../worker/nn/sgd.js";
 import { bnLayerCall, measure } from "./kernels.js";
@@ -42,6 +43,15 @@ function reluCall(backend: KernelBackend, n: number, shape: number[]): () => voi
   return () => {
     relu.forward(x, n, true);
     relu.backward(dy, n);
+  };
+}
+
+function poolCall(backend: KernelBackend, n: number, c: number, hw: number): () => void {
+  const pool = new MaxPool2d("pool", c, hw, hw, 2, 2, backend);
+  const rng = new Rng(4), x = normals(rng, n * c * hw * hw), dy = normals(rng, n * c * (hw / 2) * (hw / 2));
+  return () => {
+    pool.forward(x, n, true);
+    pool.backward(dy, n);
   };
 }
 
@@ -81,6 +91,8 @@ const cases: [string, number, (b: KernelBackend) => () => void][] = [
   ["BN fwd+bwd (32, 16, 28, 28)", N * 16 * 784, (b) => bnLayerCall(b, N, 16, 28, 28)],
   ["BN fwd+bwd (32, 64, 7, 7)", N * 64 * 49, (b) => bnLayerCall(b, N, 64, 7, 7)],
   ["BN fwd+bwd (32, 64, 16, 16) (issue's shape)", N * 64 * 256, (b) => bnLayerCall(b, N, 64, 16, 16)],
+  ["BN fwd+bwd (32, 256) (mlp's (N, C) input)", N * 256, (b) => bnLayerCall(b, N, 256, 1, 1)],
+  ["MaxPool 2×2 fwd+bwd (32, 16, 28, 28) (cnn's pool1)", N * 16 * 784, (b) => poolCall(b, N, 16, 28)],
   ["ReLU fwd+bwd (32, 16, 28, 28)", N * 16 * 784, (b) => reluCall(b, N, [16, 28, 28])],
   ["residual add (32, 16, 28, 28)", N * 16 * 784, (b) => addCall(b, N, [16, 28, 28])],
   [`SGD momentum step, resnet:3's ${sizesLabel(sgdSizes.length, sgdLen)}`, sgdLen, (b) => sgdCall(b, sgdSizes)],

@@ -1,8 +1,8 @@
 // Which kernels the conv, linear and normalization layers use: "wasm" (WebAssembly
 // SIMD128), "js" (the plain TypeScript reference twins) or "native" (issue 22: the
-// N-API addon of native/ for Conv2d, the BN and GroupNorm passes, ReLU, the
-// residual add, gradient accumulation and SGD, with wasm's bits; Linear and
-// pooling run their wasm path, and without the addon everything does, with a
+// N-API addon of native/ for Conv2d, the BN and GroupNorm passes, max pooling,
+// ReLU, the residual add, gradient accumulation and SGD, with wasm's bits; Linear
+// and average pooling run their wasm path, and without the addon everything does, with a
 // notice). Set once at startup: the CLI picks native where the addon loads
 // (cli/kernels.ts, --kernels, SYNCBN_KERNELS); a layer reads it when built.
 // Not a registry of kernels: the layers pick their own path from this one flag.
@@ -104,7 +104,7 @@ export function convKernelBackend(): KernelBackend {
 }
 
 /**
- * The backend of the step kernels with a native path (BN and GroupNorm passes,
+ * The backend of the step kernels with a native path (BN and GroupNorm passes, max pooling,
  * ReLU, the residual add, gradient sums, SGD): Conv2d's choice, convKernelBackend.
  */
 export function stepKernelBackend(): KernelBackend {
