@@ -76,13 +76,21 @@ struct Args {
   }
 };
 
+// x·y·z, or a failure when it overflows or passes 2⁴⁰ (so no check below can wrap).
+int64_t product(Args& a, int64_t x, int64_t y, int64_t z) {
+  int64_t xy = 0, xyz = 0;
+  if (!a.ok) return 0;
+  if (__builtin_mul_overflow(x, y, &xy) || __builtin_mul_overflow(xy, z, &xyz) || xyz > (int64_t(1) << 40)) {
+    a.fail("sizes out of range");
+    return 0;
+  }
+  return xyz;
+}
+
 // Shape arguments n, c, s at i, i+1, i+2; len = n·c·s.
 struct Shape {
   int64_t n, c, s, len;
-  Shape(Args& a, int i) : n(a.count(i, "n")), c(a.count(i + 1, "c")), s(a.count(i + 2, "s")) {
-    len = a.ok ? n * c * s : 0;
-    if (a.ok && (c > (int64_t(1) << 24) || s > (int64_t(1) << 32) || n > (int64_t(1) << 24))) a.fail("n, c, s out of range");
-  }
+  Shape(Args& a, int i) : n(a.count(i, "n")), c(a.count(i + 1, "c")), s(a.count(i + 2, "s")), len(product(a, n, c, s)) {}
 };
 
 // bnMoments(mean, m2, x, n, c, s)
@@ -148,7 +156,7 @@ napi_value GnForward(napi_env env, napi_callback_info info) {
   const int64_t groups = a.count(10, "groups");
   if (a.ok && (groups < 1 || d.c % groups != 0)) a.fail("groups must divide c");
   float *y = a.f32(0, d.len, "y"), *xhat = a.f32(1, d.len, "xhat");
-  double* inv = a.f64(2, d.n * groups, "groupInvStd");
+  double* inv = a.f64(2, product(a, d.n, groups, 1), "groupInvStd");
   float *x = a.f32(3, d.len, "x"), *gamma = a.f32(4, d.c, "gamma"), *beta = a.f32(5, d.c, "beta");
   const double eps = a.number(6, "eps");
   if (a.ok) syncbn::gnForward(y, xhat, inv, x, gamma, beta, eps, d.n, d.c, d.s, groups);
@@ -162,11 +170,11 @@ napi_value GnBackward(napi_env env, napi_callback_info info) {
   Shape d(a, 8);  // n = count
   const int64_t groups = a.count(11, "groups");
   if (a.ok && (groups < 1 || d.c % groups != 0)) a.fail("groups must divide c");
-  const int64_t end = a.ok ? (first + d.n) * d.c * d.s : 0;
+  const int64_t end = product(a, first + d.n, d.c, d.s);
   float* dx = a.f32(0, end, "dx");
   double *gg = a.f64(1, d.c, "gradGamma"), *gb = a.f64(2, d.c, "gradBeta");
   float *dy = a.f32(3, end, "dy"), *xhat = a.f32(4, end, "xhat");
-  double* inv = a.f64(5, a.ok ? (first + d.n) * groups : 0, "groupInvStd");
+  double* inv = a.f64(5, product(a, first + d.n, groups, 1), "groupInvStd");
   float* gamma = a.f32(6, d.c, "gamma");
   if (a.ok) syncbn::gnBackward(dx, gg, gb, dy, xhat, inv, gamma, first, d.n, d.c, d.s, groups);
   return nullptr;
@@ -177,10 +185,13 @@ napi_value MaxpoolForward(napi_env env, napi_callback_info info) {
   Args a(env, info, 10);
   int64_t d[7];
   const char* names[7] = {"planes", "inH", "inW", "kernel", "stride", "outH", "outW"};
-  for (int k = 0; k < 7; k++) d[k] = a.count(3 + k, names[k]);
+  for (int k = 0; k < 7; k++) {
+    d[k] = a.count(3 + k, names[k]);
+    if (a.ok && d[k] > INT32_MAX) a.fail(std::string(names[k]) + ": out of range");
+  }
   if (a.ok && (d[3] < 1 || d[4] < 1 || d[5] < 1 || d[6] < 1 || (d[5] - 1) * d[4] + d[3] > d[1] || (d[6] - 1) * d[4] + d[3] > d[2]))
     a.fail("maxpoolForward: the windows do not fit the input");
-  const int64_t inLen = a.ok ? d[0] * d[1] * d[2] : 0, outLen = a.ok ? d[0] * d[5] * d[6] : 0;
+  const int64_t inLen = product(a, d[0], d[1], d[2]), outLen = product(a, d[0], d[5], d[6]);
   if (a.ok && inLen > INT32_MAX) a.fail("maxpoolForward: more than 2³¹ inputs");
   float* y = a.f32(0, outLen, "y");
   int32_t* am = a.i32(1, outLen, "argmax");
