@@ -22,6 +22,7 @@ const FAST = [
   "test/graph.test.ts",
   "test/kernels.test.ts",
   "test/native-kernels.test.ts",
+  "test/native-passes.test.ts",
   "test/monitor.test.ts",
   "test/nn-layers.test.ts",
   "test/norm-kernels.test.ts",

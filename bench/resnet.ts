@@ -1,14 +1,15 @@
 // resnet:3 benchmark (issue 12, Speed): on Fashion-MNIST-shaped synthetic input,
 // ms/step of 4 workers × 8 with --norm sync and local (42 rounds per step), samples/s
 // of 1 worker × 32, and the BN layer's forward+backward on (32, 64, 16, 16) (on the
-// WebAssembly passes and on their TypeScript twins) — each beside PyTorch's
+// native passes where the addon loads, else WebAssembly, and on their TypeScript twins) — each beside PyTorch's
 // (bench/torch_resnet.py), ours and theirs interleaved run by run.
 // Not a test: it reports, never fails on a time. Standalone: node dist/bench/resnet.js [--quick].
 
 import { spawnSync } from "node:child_process";
 import { existsSync } from "node:fs";
 import { fileURLToPath, pathToFileURL } from "node:url";
-import { wasmKernelModule } from "../worker/nn/kernels/backend.js";
+import { wasmKernelModule, type KernelBackend } from "../worker/nn/kernels/backend.js";
+import { nativeKernels } from "../worker/nn/kernels/native.js";
 import { resnetNormChannels } from "../worker/nn/resnet.js";
 import { bnLayerCall, measure, type Rate } from "./kernels.js";
 import { fmt, loadLine, machineLine, percentile, spread, table, verdict, type Spread } from "./stats.js";
@@ -81,11 +82,17 @@ function runTorch(o: ResnetOptions, part: string, steps: number, repeats: number
   return JSON.parse(r.stdout.trim().split("\n").pop() ?? "{}") as TorchRun;
 }
 
-/** Our BN layer (local mode, no collective) forward+backward on BN_SHAPE, on the WebAssembly passes and on the TypeScript twins, interleaved. */
+/** The passes a default run's BN uses: the addon's where it loads, else WebAssembly's, else the twins. */
+function bnFastBackend(): KernelBackend {
+  return nativeKernels() !== null ? "native" : wasmKernelModule() !== null ? "wasm" : "js";
+}
+const BN_PASSES: Record<KernelBackend, string> = { native: "native passes", wasm: "WebAssembly passes", js: "TypeScript twins" };
+
+/** Our BN layer (local mode, no collective) forward+backward on BN_SHAPE, on a default run's passes (bnFastBackend) and on the TypeScript twins, interleaved. */
 function bnLayerRates(): { wasm: Rate; js: Rate } {
   const [n, c, h, w] = BN_SHAPE;
   const calls = [bnLayerCall("js", n, c, h, w)];
-  if (wasmKernelModule() !== null) calls.push(bnLayerCall("wasm", n, c, h, w));
+  if (bnFastBackend() !== "js") calls.push(bnLayerCall(bnFastBackend(), n, c, h, w));
   const [js, wasm] = measure(calls, n * c * h * w, { reps: 20, warmupMs: 300, minRunMs: 20, batches: [] }) as [Rate, Rate | undefined];
   return { wasm: wasm ?? js, js };
 }
@@ -172,7 +179,7 @@ export function resnetTargets(r: ResnetResult): string[][] {
   ];
   const t = r.torch;
   const oursBnMed = med(r.bn.map((b) => b.median)), twinBn = med(r.bnJs.map((b) => b.median));
-  rows.push(["BN fwd+bwd (32, 64, 16, 16): WebAssembly passes against their TypeScript twins, same run", `${fmt(oursBnMed / twinBn, 2)} × (${fmt(oursBnMed / 1e6, 1)} vs ${fmt(twinBn / 1e6, 1)} M elements/s)`, verdict(oursBnMed >= twinBn)]);
+  rows.push([`BN fwd+bwd (32, 64, 16, 16): ${BN_PASSES[bnFastBackend()]} against their TypeScript twins, same run`, `${fmt(oursBnMed / twinBn, 2)} × (${fmt(oursBnMed / 1e6, 1)} vs ${fmt(twinBn / 1e6, 1)} M elements/s)`, verdict(oursBnMed >= twinBn)]);
   if (!t) return [...rows, ["resnet:3 against PyTorch", `not run: ${r.torchSkipped}`, "n/a"]];
   const tSync = med(t.ddp.map((d) => d.sync_ms));
   const ours1 = med(r.single), torch1 = med(t.single);
@@ -193,7 +200,7 @@ export function resnetMarkdown(r: ResnetResult, o: Omit<ResnetOptions, "log">): 
     `\`resnet:${o.blocks}\` on synthetic Fashion-MNIST-shaped input (1×28×28), worker processes (ws, --pin-cpus auto). ` +
       `${o.workers} workers × ${o.batch}: ${o.steps} steps per run (5 warm-up steps not counted), ${o.repeats} runs per mode, sync and local alternating; ` +
       `sync BN makes ${rounds} rounds per step (${rounds / 2} BN layers × forward and backward) plus the gradient round. ` +
-      `1 worker × ${o.singleBatch}: --norm local, ${o.singleSteps} steps per run. BN: our BatchNorm layer (worker/nn/batchnorm.ts, local mode) forward+backward on (32, 64, 16, 16), in this process, on the WebAssembly passes (the default) and on their TypeScript twins, interleaved. ` +
+      `1 worker × ${o.singleBatch}: --norm local, ${o.singleSteps} steps per run. BN: our BatchNorm layer (worker/nn/batchnorm.ts, local mode) forward+backward on (32, 64, 16, 16), in this process, on ${BN_PASSES[bnFastBackend()]} (a default run's: native where the addon loads) and on their TypeScript twins, interleaved. ` +
       `PyTorch (bench/torch_resnet.py; ${t ? "run" : `not run: ${r.torchSkipped}`}): the same module; one process with 2 threads × 32; DDP 4 processes × 8, gloo on 127.0.0.1, 1 thread each, ` +
       `sync BN as an autograd Function with SyncBatchNorm's all_reduces (Σx, Σx², n forward; Σdy, Σdy·x̂ backward) against plain BatchNorm2d; BatchNorm2d fwd+bwd with 1 thread. ` +
       `Every PyTorch measurement runs between two of ours (same round), so load drift hits both. Load (1/5/15 min) ${r.loadStart} at start, ${r.loadEnd} at end.`,
@@ -212,7 +219,7 @@ export function resnetMarkdown(r: ResnetResult, o: Omit<ResnetOptions, "log">): 
           `${r.single.map((v) => fmt(v, 0)).join(", ")}; ${t ? t.single.map((v) => fmt(v, 0)).join(", ") : "—"}`],
         ["BN fwd+bwd (32, 64, 16, 16), TypeScript twins (SYNCBN_KERNELS=js), M elements/s", fmt(med(r.bnJs.map((b) => b.median)) / 1e6, 1), t ? fmt(med(t.bn) / 1e6, 1) : "n/a",
           t ? fmt(med(r.bnJs.map((b) => b.median)) / med(t.bn), 2) : "n/a", `${r.bnJs.map((b) => fmt(b.median / 1e6, 1)).join(", ")}; —`],
-        ["BN fwd+bwd (32, 64, 16, 16), M elements/s", fmt(med(r.bn.map((b) => b.median)) / 1e6, 1), t ? fmt(med(t.bn) / 1e6, 1) : "n/a", t ? fmt(med(r.bn.map((b) => b.median)) / med(t.bn), 2) : "n/a",
+        [`BN fwd+bwd (32, 64, 16, 16), ${BN_PASSES[bnFastBackend()]}, M elements/s`, fmt(med(r.bn.map((b) => b.median)) / 1e6, 1), t ? fmt(med(t.bn) / 1e6, 1) : "n/a", t ? fmt(med(r.bn.map((b) => b.median)) / med(t.bn), 2) : "n/a",
           `${r.bn.map((b) => fmt(b.median / 1e6, 1)).join(", ")}; ${t ? t.bn.map((v) => fmt(v / 1e6, 1)).join(", ") : "—"}`],
       ],
     ),

@@ -6,6 +6,8 @@
 
 import { ErrorCode, SyncbnError } from "../../shared/errors.js";
 import { BatchBuffer, sizeOf, type Layer, type Param } from "./layer.js";
+import { stepKernelBackend } from "./kernels/backend.js";
+import { nativeKernels, type NativeKernels } from "./kernels/native.js";
 import { requireLength } from "./linear.js";
 
 /** A node's computation: k inputs, one output; views it returns are its own, overwritten on its next call. */
@@ -65,6 +67,11 @@ export class LayerOp implements Op {
   }
 }
 
+/** The addon when the step kernels run native (Add, gradient sums), else null: the TypeScript loops (same bits). */
+function nativeStep(): NativeKernels | null {
+  return stepKernelBackend() === "native" ? nativeKernels() : null;
+}
+
 /** y = a + b, same shape (the residual join). Backward hands dy to both inputs: no copy. */
 export class Add implements Op {
   readonly inShapes: readonly (readonly number[])[];
@@ -72,6 +79,7 @@ export class Add implements Op {
   private readonly size: number;
   private readonly y: BatchBuffer; // (N, ...shape)
   private readonly dxs: Float32Array[] = [new Float32Array(0), new Float32Array(0)];
+  private readonly native = nativeStep();
 
   constructor(readonly name: string, shape: readonly number[]) {
     this.inShapes = [shape, shape];
@@ -89,7 +97,8 @@ export class Add implements Op {
     requireLength(this.name, "a", a, len);
     requireLength(this.name, "b", b, len);
     const y = this.y.view(n);
-    for (let i = 0; i < len; i++) y[i] = a[i]! + b[i]!;
+    if (this.native) this.native.add(y, a, b, len);
+    else for (let i = 0; i < len; i++) y[i] = a[i]! + b[i]!;
     return y;
   }
 
@@ -178,6 +187,7 @@ export class Graph {
   private readonly received: Int32Array;
   /** Where the gradients of values with several readers are summed; null for one reader. */
   private readonly sums: (BatchBuffer | null)[];
+  private readonly native = nativeStep();
 
   constructor(
     /** In execution order: topological. */
@@ -245,6 +255,8 @@ export class Graph {
     if (first) {
       acc.set(g.length === acc.length ? g : g.subarray(0, acc.length));
       this.grads[v] = acc;
+    } else if (this.native) {
+      this.native.addInto(acc, g, acc.length);
     } else {
       for (let i = 0; i < acc.length; i++) acc[i]! += g[i]!;
     }

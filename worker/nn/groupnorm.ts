@@ -2,11 +2,13 @@
 // channels split into G groups of C/G consecutive channels, each normalized over its
 // channels × H·W, then a per-channel affine γ, β; the same in training and eval. The
 // loops here are the reference; kernels/groupnorm-wasm.ts runs them in WebAssembly
-// SIMD (the default), bit for bit. Not BN: no running statistics, no rounds.
+// SIMD, and the native addon (native/groupnorm.cc, --kernels native) on the arrays
+// themselves, both bit for bit. Not BN: no running statistics, no rounds.
 
 import { ErrorCode, SyncbnError } from "../../shared/errors.js";
 import { divisors } from "../../shared/config.js";
-import { kernelBackend } from "./kernels/backend.js";
+import { kernelBackend, stepKernelBackend } from "./kernels/backend.js";
+import { nativeKernels, type NativeKernels } from "./kernels/native.js";
 import { GroupNormWasm } from "./kernels/groupnorm-wasm.js";
 import { BatchBuffer, flushSegment, segmentLength, sizeOf, type Layer, type Param, type RankSegments } from "./layer.js";
 import { rankSegments } from "./linear.js";
@@ -32,6 +34,7 @@ export class GroupNorm implements Layer {
   private segments: RankSegments | null = null;
   /** The WebAssembly SIMD passes (SYNCBN_KERNELS=wasm, the default), or null for the loops below (the reference). */
   private readonly wasm: GroupNormWasm | null;
+  private readonly native: NativeKernels | null;
 
   constructor(
     readonly name: string,
@@ -56,7 +59,8 @@ export class GroupNorm implements Layer {
     this.beta = { name: `${name}.bias`, value: new Float32Array(c), grad: new Float32Array(c), shape: [c] };
     this.gradGamma = new Float64Array(c);
     this.gradBeta = new Float64Array(c);
-    this.wasm = kernelBackend() === "wasm" ? new GroupNormWasm(c, this.spatial, groups) : null;
+    this.native = stepKernelBackend() === "native" ? nativeKernels() : null;
+    this.wasm = !this.native && kernelBackend() === "wasm" ? new GroupNormWasm(c, this.spatial, groups) : null;
     const per = sizeOf(shape);
     this.y = new BatchBuffer(per);
     this.xhat = new BatchBuffer(per);
@@ -89,6 +93,11 @@ export class GroupNorm implements Layer {
     const xhat = this.xhat.view(n);
     const gamma = this.gamma.value;
     const beta = this.beta.value;
+    if (this.native) {
+      this.native.gnForward(y, xhat, this.groupInvStd, x, gamma, beta, this.eps, n, c, s, G);
+      this.savedN = train ? n : -1;
+      return y;
+    }
     for (let i = 0; i < n; i++) {
       for (let g = 0; g < G; g++) {
         const base = (i * c + g * cg) * s;
@@ -147,6 +156,15 @@ export class GroupNorm implements Layer {
     const gamma = this.gamma.value;
     this.gradGamma.fill(0);
     this.gradBeta.fill(0);
+    if (this.native) {
+      // One call per rank segment (b samples), the segment flushed between them as below.
+      for (let i0 = 0; i0 < n; i0 += b) {
+        if (seg && i0 > 0) flushSegment(seg, this.gradGamma, this.gradBeta);
+        this.native.gnBackward(dx, this.gradGamma, this.gradBeta, dy, xhat, this.groupInvStd, gamma, i0, b, c, s, G);
+      }
+      this.setGrads();
+      return dx;
+    }
     for (let i = 0; i < n; i++) {
       if (seg && i > 0 && i % b === 0) flushSegment(seg, this.gradGamma, this.gradBeta);
       for (let g = 0; g < G; g++) {

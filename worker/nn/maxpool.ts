@@ -1,13 +1,15 @@
 // Max pooling over NCHW, square window k, stride s, no padding, floor output size,
 // as PyTorch's MaxPool2d(k, s). Forward records each window's argmax; on ties the
-// first element in row-major window order wins, as in PyTorch. Two paths, the same
-// results bit for bit: the TypeScript loops here (the reference, SYNCBN_KERNELS=js)
-// and WebAssembly kernels choosing with `select` (the default: the loops' compare
-// branch is unpredictable on real data, ~30 ns per window). Not average pooling,
-// not padded, not ceil_mode.
+// first element in row-major window order wins, as in PyTorch. Three paths, the same
+// results bit for bit: the TypeScript loops here (the reference, SYNCBN_KERNELS=js),
+// WebAssembly kernels choosing with `select` (the loops' compare branch is
+// unpredictable on real data, ~30 ns per window), and the native addon's loops on
+// the arrays themselves (--kernels native). Not average pooling, not padded, not
+// ceil_mode.
 
 import { BatchRegions } from "./kernels/arena.js";
-import { kernelBackend, type KernelBackend } from "./kernels/backend.js";
+import { stepKernelBackend, type KernelBackend } from "./kernels/backend.js";
+import { nativeKernels, type NativeKernels } from "./kernels/native.js";
 import { BatchBuffer, type Layer, type Param } from "./layer.js";
 import { requireInt, requireLength, requireSaved } from "./linear.js";
 
@@ -49,6 +51,8 @@ export class MaxPool2d implements Layer {
   private argmax = new Int32Array(0); // (N, C, outH, outW)
   private savedN = -1;
   private readonly wasm: MaxPoolWasm | null;
+  /** The addon (native/elementwise.cc) on the JS buffers above, or null. */
+  private readonly native: NativeKernels | null;
 
   constructor(
     readonly name: string,
@@ -57,7 +61,7 @@ export class MaxPool2d implements Layer {
     readonly inW: number,
     readonly kernel = 2,
     readonly stride = 2,
-    readonly backend: KernelBackend = kernelBackend(),
+    readonly backend: KernelBackend = stepKernelBackend(),
   ) {
     requireInt(name, "channels", channels, 1);
     requireInt(name, "kernel", kernel, 1);
@@ -71,6 +75,7 @@ export class MaxPool2d implements Layer {
     this.y = new BatchBuffer(channels * this.outH * this.outW);
     this.dx = new BatchBuffer(channels * inH * inW);
     this.wasm = backend === "wasm" ? new MaxPoolWasm(this) : null;
+    this.native = backend === "native" ? nativeKernels() : null;
   }
 
   params(): Param[] {
@@ -89,6 +94,11 @@ export class MaxPool2d implements Layer {
     const outLen = n * channels * outH * outW;
     if (this.argmax.length < outLen) this.argmax = new Int32Array(outLen);
     const argmax = this.argmax;
+    if (this.native) {
+      this.native.maxpoolForward(y, argmax, x, n * channels, inH, inW, k, s, outH, outW);
+      this.savedN = train ? n : -1;
+      return y;
+    }
     let o = 0;
     for (let plane = 0; plane < n * channels; plane++) {
       const pOff = plane * inH * inW;
@@ -125,6 +135,10 @@ export class MaxPool2d implements Layer {
     requireLength(this.name, "dy", dy, outLen);
     if (this.wasm) return this.wasm.backward(dy, n);
     const dx = this.dx.view(n);
+    if (this.native) {
+      this.native.maxpoolBackward(dx, dy, this.argmax, outLen, dx.length);
+      return dx;
+    }
     dx.fill(0);
     const argmax = this.argmax;
     for (let o = 0; o < outLen; o++) dx[argmax[o]] += dy[o];

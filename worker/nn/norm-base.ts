@@ -5,7 +5,7 @@
 
 import type { BnConventions } from "../../shared/config.js";
 import { ErrorCode, SyncbnError } from "../../shared/errors.js";
-import { kernelBackend } from "./kernels/backend.js";
+import { stepKernelBackend } from "./kernels/backend.js";
 import { normPasses, type BatchView, type NormPasses } from "./kernels/norm-passes.js";
 import { sizeOf, type Layer, type Param } from "./layer.js";
 
@@ -40,7 +40,7 @@ export abstract class RunningStatsNorm implements RunningStatsLayer {
   readonly runningMean: Float64Array; // (C), starts at 0
   readonly runningVar: Float64Array; // (C), starts at 1
   tracked = 0;
-  /** The passes over the data, TypeScript or WebAssembly (SYNCBN_KERNELS), and the buffers they use. */
+  /** The passes over the data, TypeScript, WebAssembly or native (SYNCBN_KERNELS), and the buffers they use. */
   protected readonly passes: NormPasses;
   protected readonly y: BatchView; // (N, C, S)
   protected readonly xhat: BatchView; // (N, C, S)
@@ -64,7 +64,7 @@ export abstract class RunningStatsNorm implements RunningStatsLayer {
     this.beta = { name: `${name}.bias`, value: new Float32Array(c), grad: new Float32Array(c), shape: [c] };
     this.runningMean = new Float64Array(c);
     this.runningVar = new Float64Array(c).fill(1);
-    this.passes = normPasses(kernelBackend(), sizeOf(shape), c);
+    this.passes = normPasses(stepKernelBackend(), sizeOf(shape), c);
     this.y = this.passes.y;
     this.xhat = this.passes.xhat;
     this.dx = this.passes.dx;

@@ -1,11 +1,13 @@
 // Elementwise ReLU, y = max(x, 0), on any per-sample shape. NaN passes through as
-// in PyTorch. Two paths with the same results bit for bit: plain TypeScript loops
-// (the reference, SYNCBN_KERNELS=js) and WebAssembly SIMD masks in the layer's own
-// wasm memory (the default; at ~10 ns per element the loops were a tenth of a
-// resnet step, their sign branch being unpredictable). Not a leaky or parametric
-// ReLU, and not in place: it owns its output.
+// in PyTorch. Three paths with the same results bit for bit: plain TypeScript loops
+// (the reference, SYNCBN_KERNELS=js), WebAssembly SIMD masks in the layer's own
+// wasm memory (at ~10 ns per element the loops were a tenth of a resnet step, their
+// sign branch being unpredictable), and the native addon's loops on the arrays
+// themselves (--kernels native, the default where it loads: no copy into wasm
+// memory). Not a leaky or parametric ReLU, and not in place: it owns its output.
 
-import { kernelBackend, type KernelBackend } from "./kernels/backend.js";
+import { stepKernelBackend, type KernelBackend } from "./kernels/backend.js";
+import { nativeKernels, type NativeKernels } from "./kernels/native.js";
 import { BatchRegions } from "./kernels/arena.js";
 import { BatchBuffer, sizeOf, type Layer, type Param } from "./layer.js";
 import { requireLength, requireSaved } from "./linear.js";
@@ -68,6 +70,29 @@ class ReluWasm implements ReluPasses {
   }
 }
 
+/** The addon's passes (native/elementwise.cc) on JS buffers: x and dy are read where they are. */
+class ReluNative implements ReluPasses {
+  private readonly y: BatchBuffer; // (N, ...shape)
+  private readonly dx: BatchBuffer; // (N, ...shape)
+
+  constructor(private readonly k: NativeKernels, private readonly size: number) {
+    this.y = new BatchBuffer(size);
+    this.dx = new BatchBuffer(size);
+  }
+
+  forward(x: Float32Array, n: number): Float32Array {
+    const y = this.y.view(n);
+    this.k.relu(y, x, n * this.size);
+    return y;
+  }
+
+  backward(dy: Float32Array, n: number): Float32Array {
+    const dx = this.dx.view(n);
+    this.k.reluBackward(dx, dy, this.y.view(n), n * this.size);
+    return dx;
+  }
+}
+
 export class ReLU implements Layer {
   readonly inShape: readonly number[];
   readonly outShape: readonly number[];
@@ -75,11 +100,12 @@ export class ReLU implements Layer {
   private readonly passes: ReluPasses;
   private savedN = -1;
 
-  constructor(readonly name: string, shape: readonly number[], readonly backend: KernelBackend = kernelBackend()) {
+  constructor(readonly name: string, shape: readonly number[], readonly backend: KernelBackend = stepKernelBackend()) {
     this.inShape = [...shape];
     this.outShape = [...shape];
     this.size = sizeOf(shape);
-    this.passes = backend === "wasm" ? new ReluWasm(this.size) : new ReluJs(this.size);
+    const native = backend === "native" ? nativeKernels() : null;
+    this.passes = native ? new ReluNative(native, this.size) : backend === "wasm" ? new ReluWasm(this.size) : new ReluJs(this.size);
   }
 
   params(): Param[] {

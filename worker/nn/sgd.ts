@@ -1,8 +1,11 @@
 // Stochastic gradient descent with momentum and L2 weight decay, PyTorch's
-// torch.optim.SGD semantics (dampening 0, optionally Nesterov). Allocation-free step.
+// torch.optim.SGD semantics (dampening 0, optionally Nesterov). Allocation-free step;
+// with --kernels native the addon runs the same arithmetic (native/elementwise.cc).
 // Not a gradient all-reduce: it reads each Param's grad as already summed.
 
 import { ErrorCode, SyncbnError } from "../../shared/errors.js";
+import { stepKernelBackend } from "./kernels/backend.js";
+import { nativeKernels, type NativeKernels } from "./kernels/native.js";
 import type { Param } from "./layer.js";
 
 export interface SgdOptions {
@@ -26,8 +29,10 @@ export class SGD {
    * give the same, since μ·0 + g = g exactly, so no first-step flag is kept.
    */
   private readonly bufs: Float32Array[];
+  /** The addon's update (same bits), or null: the loops below. */
+  private readonly native: NativeKernels | null;
 
-  constructor(params: readonly Param[], opts: SgdOptions) {
+  constructor(params: readonly Param[], opts: SgdOptions, native = stepKernelBackend() === "native") {
     for (const [key, v] of [["lr", opts.lr], ["momentum", opts.momentum], ["weightDecay", opts.weightDecay]] as const) {
       if (!Number.isFinite(v) || v < 0) {
         throw new SyncbnError(ErrorCode.BadConfig, `SGD ${key} must be a finite number >= 0, got ${v}`);
@@ -42,6 +47,7 @@ export class SGD {
     this.momentum = opts.momentum;
     this.weightDecay = opts.weightDecay;
     this.bufs = this.params.map((p) => new Float32Array(p.value.length));
+    this.native = native ? nativeKernels() : null;
   }
 
   /**
@@ -55,7 +61,9 @@ export class SGD {
       const param = this.params[k];
       const p = param.value, grad = param.grad, buf = this.bufs[k];
       const wd = param.decay === false ? 0 : this.weightDecay;
-      if (mu === 0) {
+      if (this.native) {
+        this.native.sgdStep(p, grad, buf, lr, mu, wd, mu === 0 ? 0 : this.nesterov ? 2 : 1);
+      } else if (mu === 0) {
         for (let i = 0; i < p.length; i++) p[i] -= lr * (grad[i] + wd * p[i]);
       } else if (this.nesterov) {
         for (let i = 0; i < p.length; i++) {

@@ -1,8 +1,9 @@
 // Which kernels the conv, linear and normalization layers use: "wasm" (WebAssembly
-// SIMD128, the default here), "js" (the plain TypeScript reference twins) or
-// "native" (issue 22: the N-API addon of native/ for Conv2d only, FMA: wasm's values within rounding;
-// every other layer runs its wasm path, and without the addon Conv2d does too, with
-// a notice). Set once at startup: the CLI picks native where the addon loads
+// SIMD128), "js" (the plain TypeScript reference twins) or "native" (issue 22: the
+// N-API addon of native/: Conv2d on FMA GEMMs, wasm's values within rounding; the BN
+// and GroupNorm passes, max pooling, ReLU, the residual add, gradient accumulation
+// and SGD with wasm's bits; Linear and average pooling run their wasm path, and
+// without the addon everything does, with a notice). Set once at startup: the CLI picks native where the addon loads
 // (cli/kernels.ts, --kernels, SYNCBN_KERNELS); a layer reads it when built.
 // Not a registry of kernels: the layers pick their own path from this one flag.
 
@@ -12,7 +13,7 @@ import { kernelModuleBytes } from "./wasm-kernels.js";
 export type KernelBackend = "js" | "wasm" | "native";
 /** The paths every layer has (the tests run each layer on each). */
 export const KERNEL_BACKENDS: readonly KernelBackend[] = ["js", "wasm"];
-/** What SYNCBN_KERNELS accepts: those, and "native" (Conv2d only, the rest on wasm). */
+/** What SYNCBN_KERNELS accepts: those, and "native" (the layers without native kernels on wasm). */
 export const KERNEL_SETTINGS: readonly KernelBackend[] = [...KERNEL_BACKENDS, "native"];
 
 // The few members of the WebAssembly JS API used here, typed locally: neither
@@ -76,9 +77,8 @@ export function sharedKernelModule(): WasmModule | null {
 }
 
 /**
- * The backend new layers other than Conv2d use: the requested one ("wasm" when
- * "native" is requested: only Conv2d has native kernels), or "js" (with a
- * one-time notice) if WASM cannot run.
+ * The backend new layers without native kernels use: the requested one ("wasm"
+ * when "native" is requested), or "js" (with a one-time notice) if WASM cannot run.
  */
 export function kernelBackend(): KernelBackend {
   const want = requested === "native" ? "wasm" : requested;
@@ -101,4 +101,12 @@ export function convKernelBackend(): KernelBackend {
     console.warn(`syncbn: native kernels unavailable (${nativeUnavailableReason()}); using WebAssembly`);
   }
   return kernelBackend();
+}
+
+/**
+ * The backend of the step kernels with a native path (BN and GroupNorm passes, max pooling,
+ * ReLU, the residual add, gradient sums, SGD): Conv2d's choice, convKernelBackend.
+ */
+export function stepKernelBackend(): KernelBackend {
+  return convKernelBackend();
 }

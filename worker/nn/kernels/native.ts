@@ -1,6 +1,7 @@
 // The optional native kernels (native/, N-API, built by npm's install step through
 // scripts/build-native.mjs): loaded once on first use, or null with the reason
-// when the addon is not built or does not load here. Only Conv2d uses them so far.
+// when the addon is not built or does not load here. Conv2d, the normalization
+// passes (BN, GroupNorm), max pooling, ReLU, the residual add, gradient accumulation and SGD use them.
 
 import { createRequire } from "node:module";
 
@@ -26,6 +27,41 @@ export interface NativeKernels {
     cout: number, first: number, count: number, threads: number): void;
   /** The GEMM micro-kernel this process runs: "avx512f", "avx2" or "baseline" (all the same bits); isa(name) switches to one the CPU has first (tests), else throws. */
   isa(name?: string): string;
+  // The step kernels (native/norm.h): whole views, no offsets; the bits of shared/stats.ts, relu.ts, graph.ts, sgd.ts.
+  /** mean (C) = Σx/(n·s), m2 (C) = Σ(x − mean)², both zeroed first (localMoments' passes). */
+  bnMoments(mean: Float64Array, m2: Float64Array, x: Float32Array, n: number, c: number, s: number): void;
+  /** h = (x − mean)·invStd; xhat = h; y = γ·h + β. */
+  bnNormalize(y: Float32Array, xhat: Float32Array, x: Float32Array, mean: Float64Array, invStd: Float64Array,
+    gamma: Float32Array, beta: Float32Array, n: number, c: number, s: number): void;
+  /** out (2C) = [Σdy, Σdy·xhat]. */
+  bnGradSums(out: Float64Array, dy: Float32Array, xhat: Float32Array, n: number, c: number, s: number): void;
+  /** dx = (γ·invStd)·(dy − S1/count − xhat·S2/count). */
+  bnDx(dx: Float32Array, dy: Float32Array, xhat: Float32Array, sums: Float64Array, count: number, invStd: Float64Array,
+    gamma: Float32Array, n: number, c: number, s: number): void;
+  /** y = (x − mean)·γ/√(var + eps) + β. */
+  bnEval(y: Float32Array, x: Float32Array, runningMean: Float64Array, runningVar: Float64Array,
+    gamma: Float32Array, beta: Float32Array, eps: number, n: number, c: number, s: number): void;
+  /** GroupNorm forward (groupnorm.ts's loops): xhat, y, and groupInvStd (N, G). */
+  gnForward(y: Float32Array, xhat: Float32Array, groupInvStd: Float64Array, x: Float32Array, gamma: Float32Array, beta: Float32Array,
+    eps: number, n: number, c: number, s: number, groups: number): void;
+  /** GroupNorm backward of samples first..first+count−1: dx, and Σdy·xhat, Σdy added to gradGamma, gradBeta (float64). */
+  gnBackward(dx: Float32Array, gradGamma: Float64Array, gradBeta: Float64Array, dy: Float32Array, xhat: Float32Array,
+    groupInvStd: Float64Array, gamma: Float32Array, first: number, count: number, c: number, s: number, groups: number): void;
+  /** MaxPool2d forward (maxpool.ts's loops): y and the flat argmax into x of each window; planes = N·C. */
+  maxpoolForward(y: Float32Array, argmax: Int32Array, x: Float32Array, planes: number, inH: number, inW: number,
+    kernel: number, stride: number, outH: number, outW: number): void;
+  /** dx (inLen) = 0, then dx[argmax[o]] += dy[o] in o order. */
+  maxpoolBackward(dx: Float32Array, dy: Float32Array, argmax: Int32Array, outLen: number, inLen: number): void;
+  /** y = x ≤ 0 ? 0 : x over len floats. */
+  relu(y: Float32Array, x: Float32Array, len: number): void;
+  /** dx = y ≤ 0 ? 0 : dy. */
+  reluBackward(dx: Float32Array, dy: Float32Array, y: Float32Array, len: number): void;
+  /** y = a + b. */
+  add(y: Float32Array, a: Float32Array, b: Float32Array, len: number): void;
+  /** acc += g. */
+  addInto(acc: Float32Array, g: Float32Array, len: number): void;
+  /** SGD over p.length values (mode 0 plain, 1 momentum, 2 Nesterov; buf unused with 0), sgd.ts's arithmetic. */
+  sgdStep(p: Float32Array, grad: Float32Array, buf: Float32Array, lr: number, momentum: number, weightDecay: number, mode: number): void;
   /** The bench's ceiling: one core's widest vector FMA, GFLOP/s measured for `seconds`, and its instruction set ("none": 0). */
   fmaPeak(seconds: number): [number, string];
 }

@@ -1,7 +1,7 @@
 // Which code runs a normalization layer's passes over the data (moments, normalize,
 // gradient sums, dx, eval normalize) and where their buffers live: the TypeScript
-// functions of shared/stats.ts (the reference, SYNCBN_KERNELS=js) or their
-// WebAssembly SIMD twins (norm-wasm.ts). Not the statistics math around the passes
+// functions of shared/stats.ts (the reference, SYNCBN_KERNELS=js), their
+// WebAssembly SIMD twins (norm-wasm.ts) or the native addon's (norm-native.ts). Not the statistics math around the passes
 // (merges, running statistics, invStd), which stays in shared/stats.ts for both.
 
 import {
@@ -9,6 +9,8 @@ import {
 } from "../../../shared/stats.js";
 import { BatchBuffer } from "../layer.js";
 import type { KernelBackend } from "./backend.js";
+import { nativeKernels } from "./native.js";
+import { NormNative } from "./norm-native.js";
 import { NormWasm } from "./norm-wasm.js";
 
 /** A per-batch-size buffer: view(n) is the first n samples, cached per n. */
@@ -65,6 +67,9 @@ export class NormJs implements NormPasses {
   }
 }
 
+/** "native" needs the addon loaded (stepKernelBackend checks it). */
 export function normPasses(backend: KernelBackend, perSample: number, channels: number): NormPasses {
+  const native = backend === "native" ? nativeKernels() : null;
+  if (native) return new NormNative(native, perSample);
   return backend === "wasm" ? new NormWasm(perSample, channels) : new NormJs(perSample);
 }
