@@ -23,6 +23,7 @@ const FAST = [
   "test/kernels.test.ts",
   "test/native-kernels.test.ts",
   "test/native-passes.test.ts",
+  "test/native-off.test.ts",
   "test/monitor.test.ts",
   "test/nn-layers.test.ts",
   "test/norm-kernels.test.ts",

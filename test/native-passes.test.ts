@@ -5,8 +5,8 @@
 // segments too) step after step;
 // max pooling, ReLU, the residual add, gradient accumulation and the SGD update (plain, momentum,
 // Nesterov, decay off); the addon's bounds checks. If the addon is missing these
-// tests FAIL unless SYNCBN_NATIVE=off says this machine runs without it; then
-// only the fallback is asserted (native requested: wasm's passes and bits).
+// tests FAIL unless SYNCBN_NATIVE=off says this machine runs without it (then they
+// skip; the fallback itself is native-off.test.ts, which runs everywhere).
 
 import { afterEach, describe, expect, it } from "vitest";
 import type { BnConventions } from "../shared/config.js";
@@ -24,7 +24,7 @@ import { MaxPool2d } from "../worker/nn/maxpool.js";
 import { ReLU } from "../worker/nn/relu.js";
 import { BatchRenorm } from "../worker/nn/renorm.js";
 import { SGD } from "../worker/nn/sgd.js";
-import { normals } from "./compare.js";
+import { data, expectBits, layerRun, onBackend } from "./step-kernels.js";
 
 const off = process.env.SYNCBN_NATIVE === "off";
 if (off) disableNative("SYNCBN_NATIVE=off");
@@ -32,33 +32,6 @@ if (off) disableNative("SYNCBN_NATIVE=off");
 const CONV: BnConventions = { eps: 1e-5, momentum: 0.1, momentumStyle: "torch", unbiasedRunningVar: true };
 
 afterEach(() => setKernelBackend("wasm"));
-
-/**
- * The same bits, element for element (+0 against −0 too), NaN against NaN whatever
- * its payload: a NaN made from non-NaN inputs (∞ − ∞) is x86's default NaN
- * natively, sign bit set, and may be another where V8 makes it.
- */
-function expectBits(what: string, got: Float32Array | Float64Array, want: Float32Array | Float64Array): void {
-  expect(got.length, `${what} length`).toBe(want.length);
-  const U = got instanceof Float64Array ? BigUint64Array : Uint32Array;
-  const g = new U(got.buffer, got.byteOffset, got.length), w = new U(want.buffer, want.byteOffset, want.length);
-  for (let i = 0; i < w.length; i++) {
-    if (g[i] !== w[i] && !(Number.isNaN(got[i]) && Number.isNaN(want[i]))) {
-      expect.fail(`${what}: first difference at ${i} of ${w.length}: ${got[i]} vs ${want[i]}`);
-    }
-  }
-}
-
-/** Normals with NaN, ±Inf, −0 and huge values sprinkled in when `hostile`. */
-function data(rng: Rng, len: number, hostile: boolean, shift = 0): Float32Array {
-  const a = normals(rng, len);
-  for (let i = 0; i < len; i++) a[i] += shift;
-  if (hostile) {
-    const specials = [NaN, Infinity, -Infinity, -0, 3e38, -3e38];
-    for (let k = 0; k < Math.min(len, 6); k++) a[Math.floor(rng.uniform(0, 1) * len)] = specials[k]!;
-  }
-  return a;
-}
 
 /** One pass of every kind on `p`, each output copied: [mean, m2, y, xhat, sums, dx, yEval]. */
 function allPasses(p: NormPasses, n: number, c: number, s: number, seed: number, hostile: boolean): (Float32Array | Float64Array)[] {
@@ -104,29 +77,6 @@ describe.skipIf(off)("native BN passes: the wasm and TypeScript bits", () => {
     }
   }
 });
-
-/** Forward (train), backward, eval forward, `steps` times; every output and param grad copied. */
-function layerRun(make: () => Layer, n: number, steps: number, seed: number): Float32Array[] {
-  const layer = make(), rng = new Rng(seed), len = n * layer.inShape.reduce((a, b) => a * b, 1);
-  const out: Float32Array[] = [];
-  for (let t = 0; t < steps; t++) {
-    const y = layer.forward(data(rng, len, false, 1), n, true) as Float32Array;
-    out.push(y.slice());
-    out.push((layer.backward(data(rng, len, false), n) as Float32Array).slice());
-    for (const p of layer.params()) out.push(p.grad.slice());
-    out.push((layer.forward(data(rng, len, false), n, false) as Float32Array).slice());
-  }
-  return out;
-}
-
-function onBackend<T>(backend: KernelBackend, f: () => T): T {
-  setKernelBackend(backend);
-  try {
-    return f();
-  } finally {
-    setKernelBackend("wasm");
-  }
-}
 
 describe.skipIf(off)("native step kernels in the layers: wasm's bits", () => {
   const layers: [string, () => Layer][] = [
@@ -250,14 +200,5 @@ describe.skipIf(off)("the addon's argument checks", () => {
     const x = Float32Array.from([-1, 2, -3, 4, NaN, -0]), y = new Float32Array(6).fill(9);
     k.relu(y.subarray(1), x.subarray(2), 4);
     expectBits("relu window", y, Float32Array.from([9, 0, 4, NaN, 0, 9]));
-  });
-});
-
-describe.runIf(off)("without the addon (SYNCBN_NATIVE=off)", () => {
-  it("native requested: the step kernels run on wasm, with the same results", () => {
-    expect(onBackend("native", () => stepKernelBackend())).toBe("wasm");
-    const nat = onBackend("native", () => layerRun(() => new BatchNorm("bn", 0, [4, 3, 3], CONV, null), 4, 2, 9));
-    const wasm = onBackend("wasm", () => layerRun(() => new BatchNorm("bn", 0, [4, 3, 3], CONV, null), 4, 2, 9));
-    nat.forEach((a, k) => expectBits(`output ${k}`, a, wasm[k]!));
   });
 });
