@@ -344,10 +344,12 @@ interface RunCosts {
   processesFlopsPerSecond: number;
 }
 const MLP_COSTS: RunCosts = { runSeconds: 2, stepMs: 14, bnRoundMs: 5, threadsFlopsPerSecond: 5e9, processesFlopsPerSecond: 5e9 };
-// Conv: the three probes of docs/study.md (resnet:3, 40000 samples each, load 6–18):
-// sync × 32 on 8 processes 858.3 s, sync × 2 on threads 772.7 s, local × 2 781.6 s;
-// sync's 42 BN rounds per step cost nothing measurable next to the compute there.
-const CONV_COSTS: RunCosts = { runSeconds: 5, stepMs: 14, bnRoundMs: 0, threadsFlopsPerSecond: 10.3e9, processesFlopsPerSecond: 8.9e9 };
+// Conv: the four probes of docs/study.md (resnet:3, load 6–18): sync × 32 on 8
+// processes, 40000 samples 858.3 s and 80000 samples 1030.3 s (8.9 and 14.7 GFLOP/s:
+// the load moves it; their total gives 12.1), sync × 2 on threads 772.7 s, local × 2
+// 781.6 s (40000 samples each); sync's 42 BN rounds per step cost nothing
+// measurable next to the compute there.
+const CONV_COSTS: RunCosts = { runSeconds: 5, stepMs: 14, bnRoundMs: 0, threadsFlopsPerSecond: 10.3e9, processesFlopsPerSecond: 12.1e9 };
 /** cbn:K (K > 1) computes one more weight-gradient-sized GEMM per norm layer and step (docs/cbn.md#cost): a third more training FLOPs. */
 const CBN_FLOPS_FACTOR = 4 / 3;
 
