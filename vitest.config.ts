@@ -32,6 +32,7 @@ const FAST = [
   "test/progress-line.test.ts",
   "test/rank-segments.test.ts",
   "test/report-bn.test.ts",
+  "test/report-text.test.ts",
   "test/report.browser.test.ts",
   "test/safetensors.test.ts",
   "test/stats.test.ts",

@@ -5,6 +5,7 @@
 // two text helpers the tables share with the figures (esc, cellText) live here.
 
 import type { Cell, SweepReportInfo, SweepRunResult } from "./report.js";
+import { ADEQUATE_SPREAD_POINTS, CONTROL_MODE, adequacyOf } from "./report-text.js";
 
 /** Escapes text for HTML and SVG, in content and in double-quoted attributes. */
 export function esc(s: string): string {
@@ -107,10 +108,14 @@ export function accuracyPlot(cells: Cell[][], info: SweepReportInfo, colors: Map
   const x = (b: number): number => m.l + (xhi === xlo ? pw / 2 : pad + ((Math.log2(b) - xlo) / (xhi - xlo)) * (pw - 2 * pad));
   const all = cells.flat().flatMap((c) => (c.max === null ? [] : [c.max]));
   const ymax = Math.min(1, niceCeil(Math.max(0.2, ...all) * 1.05));
-  const y = (a: number): number => m.t + ph - (a / ymax) * ph;
+  // A paper figure's y range: from 5 points under the lowest seed (to a multiple of 10%), so a 1.5-point band is visible; 0 when runs are near chance.
+  const lows = cells.flat().flatMap((c) => (c.min === null ? [] : [c.min]));
+  const ymin = lows.length ? Math.max(0, Math.floor((Math.min(...lows) - 0.05) * 10) / 10) : 0;
+  const ylo = ymin < 0.3 || ymin >= ymax ? 0 : ymin;
+  const y = (a: number): number => m.t + ph - ((a - ylo) / (ymax - ylo)) * ph;
   const out: string[] = [];
   out.push(`<svg class="plot" id="accuracy-plot" viewBox="0 0 ${W} ${H}" width="${W}" height="${H}" role="img" aria-label="test accuracy versus per-worker batch, one line per normalization mode">`);
-  for (const t of ticks(0, ymax, 5)) {
+  for (const t of ticks(ylo, ymax, 5)) {
     out.push(`<line class="grid" x1="${m.l}" x2="${m.l + pw}" y1="${f1(y(t))}" y2="${f1(y(t))}"/>`);
     out.push(`<text class="tick" x="${m.l - 8}" y="${f1(y(t) + 4)}" text-anchor="end">${Math.round(t * 100)}%</text>`);
   }
@@ -119,12 +124,21 @@ export function accuracyPlot(cells: Cell[][], info: SweepReportInfo, colors: Map
     out.push(`<text class="tick" x="${f1(x(b))}" y="${m.t + ph + 18}" text-anchor="middle">${b}</text>`);
   }
   out.push(`<line class="axis" x1="${m.l}" x2="${m.l + pw}" y1="${m.t + ph}" y2="${m.t + ph}"/><line class="axis" x1="${m.l}" x2="${m.l}" y1="${m.t}" y2="${m.t + ph}"/>`);
-  if (0.1 < ymax) {
+  if (0.1 < ymax && 0.1 > ylo) {
     out.push(`<line class="chance" x1="${m.l}" x2="${m.l + pw}" y1="${f1(y(0.1))}" y2="${f1(y(0.1))}"/>`);
     out.push(`<text class="note" x="${m.l + pw - 4}" y="${f1(y(0.1) - 5)}" text-anchor="end">chance (10 classes)</text>`);
   }
   out.push(`<text class="label" x="${m.l + pw / 2}" y="${H - 10}" text-anchor="middle">samples per worker per step (log₂ scale; global batch = ${info.workers} × this)</text>`);
-  out.push(`<text class="label" transform="translate(16 ${m.t + ph / 2}) rotate(-90)" text-anchor="middle">test accuracy</text>`);
+  out.push(`<text class="label" transform="translate(16 ${m.t + ph / 2}) rotate(-90)" text-anchor="middle">test accuracy${ylo > 0 ? ` (axis from ${Math.round(ylo * 100)}%)` : ""}</text>`);
+  // The adequacy band: ADEQUATE_SPREAD_POINTS under sync's best seed mean; every sync point inside it means the budget is adequate.
+  const adequacy = adequacyOf(cells, info.norms);
+  if (adequacy) {
+    const top = adequacy.hi.mean!, bottom = top - ADEQUATE_SPREAD_POINTS / 100;
+    const verdict = adequacy.adequate ? "adequate" : "INADEQUATE";
+    const tip = esc(`${CONTROL_MODE} spread ${adequacy.spread.toFixed(1)} points across batches (limit ${ADEQUATE_SPREAD_POINTS}): ${verdict}`);
+    out.push(`<rect class="adequacy-band${adequacy.adequate ? "" : " inadequate"}" x="${m.l}" width="${pw}" y="${f1(y(top))}" height="${f1(y(bottom) - y(top))}"><title>${tip}</title></rect>`);
+    out.push(`<text class="note" x="${m.l + pw - 6}" y="${f1(y(bottom) + 12)}" text-anchor="end">${esc(`${CONTROL_MODE} adequacy band (${ADEQUATE_SPREAD_POINTS} points under its best): spread ${adequacy.spread.toFixed(1)}, ${verdict}`)}</text>`);
+  }
   cells.forEach((row, i) => {
     const norm = info.norms[i]!;
     const color = colors.get(norm)!;
@@ -170,6 +184,9 @@ export function accuracyPlot(cells: Cell[][], info: SweepReportInfo, colors: Map
     out.push(`<line x1="${lx0}" x2="${lx0 + 22}" y1="${ly}" y2="${ly}" stroke="${colors.get(norm)}" stroke-width="3"/><circle cx="${lx0 + 11}" cy="${ly}" r="4" fill="${colors.get(norm)}"/>`);
     out.push(`<text class="legend" x="${lx0 + 30}" y="${ly + 4}">${esc(norm)}</text>`);
   });
+  const bars = info.seeds.length > 1 ? ["error bars: min–max", `over ${info.seeds.length} seeds`] : ["one seed:", "no error bars"];
+  const by = m.t + 14 + (info.norms.length + (anyFailed ? 1 : 0)) * 22 + 4;
+  out.push(`<text class="note" x="${m.l + pw + 18}" y="${by}">${bars[0]}<tspan x="${m.l + pw + 18}" dy="14">${bars[1]}</tspan></text>`);
   if (anyFailed) {
     out.push(`<text class="note" x="${m.l - 8}" y="${m.t + ph + 42}" text-anchor="end">failed</text>`);
     const ly = m.t + 14 + info.norms.length * 22;

@@ -6,6 +6,7 @@
 
 import { accuracyPlot, cellText, esc, lossPlots, modeColors } from "./report-charts.js";
 import { bnSection, type BnLayerSpread } from "./report-bn.js";
+import { adequacyOf, adequacyText, studyParagraph } from "./report-text.js";
 
 // Part of this module's API before the figures moved out; sweep.test.ts imports smoothCurve from here.
 export { accuracyPlot, lossPlots, modeColors, smoothCurve } from "./report-charts.js";
@@ -53,6 +54,8 @@ export interface SweepReportInfo {
   commands: string[];
   /** Runs still missing (interrupted sweep); 0 when complete. */
   missingRuns: number;
+  /** The preset that set parts of the grid, in words (cli/study-preset.ts), when one did. */
+  preset?: string;
 }
 
 export const CSV_HEADER = "norm,perWorkerBatch,globalBatch,seed,status,testAccuracy,testLoss,trainSeconds,syncWaitSeconds,error";
@@ -137,13 +140,17 @@ export function renderMarkdown(rows: readonly SweepRunResult[], info: SweepRepor
   const spread = info.seeds.length > 1 ? `, ± sample standard deviation over seeds ${info.seeds.join(", ")}` : ` (seed ${info.seeds.join(", ")})`;
   return [
     `Test accuracy, ${info.model} on ${info.data}, ${info.workers} workers; mean${spread}.`,
-    `Learning rate: ${info.lrRule}. Budget: ${info.budget}.`,
+    `Learning rate: ${info.lrRule}. Budget: ${info.budget}.${info.preset ? ` Preset: ${info.preset}.` : ""}`,
     "",
     head,
     rule,
     ...body,
     ...(failures.length ? ["", "Failed runs:", ...failures.map((f) => `- ${f}`)] : []),
     ...(info.missingRuns > 0 ? ["", `Incomplete: ${info.missingRuns} run(s) not done yet; re-run the same command to finish.`] : []),
+    "",
+    adequacyText(adequacyOf(cells, info.norms)),
+    "",
+    studyParagraph(cells, info, rows),
     "",
   ].join("\n");
 }
@@ -242,6 +249,9 @@ table{border-collapse:collapse;font-variant-numeric:tabular-nums}
 .runs td:first-child,.runs th:first-child,.runs .why{text-align:left}.runs .why{color:#b3261e;max-width:380px}
 .settings{font-size:13.5px}.settings th{text-align:left;color:var(--muted);font-weight:500;padding:3px 18px 3px 0;vertical-align:top;white-space:nowrap}.settings td{padding:3px 0}
 ul.findings{margin:6px 0 0;padding-left:20px}
+.adequacy{padding:8px 12px;border-radius:8px;font-size:14px}.adequacy.adequate{background:#e8f5ec}.adequacy.inadequate{background:#fdecea;color:#8c1d18;font-weight:600}.adequacy.unchecked{background:#f1f3f6}
+.summary{font-size:14.5px;max-width:78ch}
+.plot .adequacy-band{fill:#0072B2;opacity:.12}.plot .adequacy-band.inadequate{fill:#D55E00;opacity:.16}
 code{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.92em}
 code.cmd{white-space:pre-wrap;word-break:break-all}
 details summary{cursor:pointer;color:var(--muted)}
@@ -250,6 +260,7 @@ details summary{cursor:pointer;color:var(--muted)}
 /** The whole report.html: accuracy plot, loss curves, results table, settings. */
 export function renderReportHtml(rows: readonly SweepRunResult[], info: SweepReportInfo): string {
   const cells = cellsOf(rows, info.norms, info.batches, info.seeds);
+  const adequacy = adequacyOf(cells, info.norms);
   const colors = modeColors(info.norms);
   const failures = failureLines(rows);
   const title = `syncbn sweep: ${info.model} on ${info.data}, ${info.workers} workers`;
@@ -260,6 +271,7 @@ export function renderReportHtml(rows: readonly SweepRunResult[], info: SweepRep
     ["norm modes", info.norms.join(", ")],
     ["per-worker batches", info.batches.join(", ")],
     ["seeds", info.seeds.join(", ")],
+    ...(info.preset ? ([["preset", info.preset]] as [string, string][]) : []),
     ["budget per run", info.budget],
     ["learning rate", info.lrRule],
     ...info.settings,
@@ -289,6 +301,8 @@ export function renderReportHtml(rows: readonly SweepRunResult[], info: SweepRep
 <h2 style="margin-top:0">Test accuracy vs per-worker batch</h2>
 ${accuracyPlot(cells, info, colors)}
 <p class="caption">${esc(spread)} Every run sees the same number of training samples (${esc(info.budget)}); the learning rate follows ${esc(info.lrRule)}. A cross in the strip under the x axis marks a run that failed (hover for the reason).</p>
+<p class="adequacy ${adequacy === null ? "unchecked" : adequacy.adequate ? "adequate" : "inadequate"}" id="adequacy">${esc(adequacyText(adequacy))}</p>
+<p class="summary" id="summary">${esc(studyParagraph(cells, info, rows))}</p>
 <ul class="findings">${findings(cells, info).map((l) => `<li>${l}</li>`).join("")}</ul>
 </section>
 <section class="card">

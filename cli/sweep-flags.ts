@@ -28,6 +28,7 @@ import {
 import { DEFAULT_GRID, type SweepGrid } from "./sweep-grid.js";
 import { DEFAULT_SWEEP_OUT, runSweep } from "./sweep.js";
 import { chooseKernels } from "./kernels.js";
+import { applyStudyPreset } from "./study-preset.js";
 
 function listArg<T>(flag: string, item: (s: string) => T) {
   return (v: string): T[] => {
@@ -52,6 +53,7 @@ interface SweepFlags extends RunFlags, LaunchFlags {
   lrRefBatch: number;
   lr?: number;
   allData?: boolean;
+  dryRun?: boolean;
   out: string;
 }
 
@@ -142,6 +144,7 @@ export function registerSweepCommand(program: Command): void {
     .option("--lr <x>", "one learning rate for every run instead (no scaling; not with --base-lr)", numArg("--lr", LR_RANGE))
     .option("--all-data", "train on the whole training set (instead of the default --train-size)")
     .option("--out <dir>", "sweep folder; re-running with the same folder and grid resumes", DEFAULT_SWEEP_OUT)
+    .option("--dry-run", "print the grid, the learning rates, the budget and the estimated time, then stop (nothing is run or written)")
     .option("--dashboard <[host:]port>", "serve the live dashboard of the run in progress at [HOST:]PORT (each run in turn; off loopback it needs SYNCBN_TOKEN)", parseDashboardSpec);
   // The sweep's own defaults where they differ from train's (DEFAULT_GRID says why).
   addLaunchFlags(
@@ -166,12 +169,16 @@ export function registerSweepCommand(program: Command): void {
     // No --data: Fashion-MNIST where it is installed (real images, where local BN at 1–2 samples per worker
     // falls far behind sync BN within one short epoch), else the embedded synthetic set.
     const dataNote = cmd.getOptionValueSource("data") === "cli" ? undefined : await chooseDefaultData(grid, env.fashionMnistDir, f.out);
+    // resnet:3 on Fashion-MNIST: the default study (cli/study-preset.ts) for every part no flag was given for.
+    const preset = applyStudyPreset(grid, (attribute) => cmd.getOptionValueSource(attribute) === "cli");
     // An explicit --ranks-per-proc that splits a group of some --norms mode is refused before the first run.
     if (f.ranksPerProc !== undefined) for (const norm of grid.norms) resolveRanksPerProc(f.ranksPerProc, grid.workers, norm);
     await runSweep({
       grid,
       fashionMnistDir: env.fashionMnistDir,
       dataNote,
+      preset,
+      dryRun: f.dryRun === true,
       outDir: f.out,
       roundTimeoutMs: f.roundTimeout,
       launch: { transport: f.transport, wire: cmd.getOptionValueSource("wire") === "cli" ? f.wire : undefined, pinCpus: f.pinCpus, ranksPerProc: f.ranksPerProc, threads: f.threads, kernels: f.kernels },

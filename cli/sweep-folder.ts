@@ -7,6 +7,7 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { ErrorCode, SyncbnError } from "../shared/errors.js";
 import type { RunSummary } from "./monitor.js";
+import type { PresetRecord } from "./study-preset.js";
 import { DEFAULT_GRID, combosOf, gridAdditions, sharedSettingDiffs, unionGrid, type SweepGrid } from "./sweep-grid.js";
 
 export function readJson<T>(path: string): T | null {
@@ -25,6 +26,8 @@ export interface SweepFile {
   created: string;
   /** Every distinct command that ran on this folder, oldest first. */
   commands?: string[];
+  /** The preset the last command took parts of its grid from (cli/study-preset.ts); absent when none. */
+  preset?: PresetRecord;
 }
 
 /** What a sweep folder holds before this command, and the grid this command makes of it. */
@@ -62,11 +65,11 @@ export function planOutDir(outDir: string, g: SweepGrid): SweepPlan {
 }
 
 /** Writes DIR/sweep.json for the planned grid, with this command appended to its history. */
-export function claimOutDir(outDir: string, plan: SweepPlan, command: string, print: (l: string) => void): void {
+export function claimOutDir(outDir: string, plan: SweepPlan, command: string, print: (l: string) => void, preset: PresetRecord | null = null): void {
   mkdirSync(join(outDir, "runs"), { recursive: true });
   const commands = [...(plan.old?.commands ?? [])];
   if (commands[commands.length - 1] !== command) commands.push(command);
-  const f: SweepFile = { tool: "syncbn sweep", version: 1, grid: plan.grid, created: plan.old?.created ?? new Date().toISOString(), commands };
+  const f: SweepFile = { tool: "syncbn sweep", version: 1, grid: plan.grid, created: plan.old?.created ?? new Date().toISOString(), commands, ...(preset ? { preset } : {}) };
   writeFileSync(join(outDir, "sweep.json"), `${JSON.stringify(f, null, 2)}\n`);
   if (!plan.old) return;
   const g = plan.grid;

@@ -8,6 +8,7 @@ import { SYNTHETIC_DEFAULT_TRAIN } from "../worker/data/synthetic.js";
 import { buildModel, isOnnxKind, normChannels, type ModelKind } from "../worker/nn/model.js";
 import { DEFAULT_SETTINGS, conventionsOf, validateSettings, type RankGrads, type TrainSettings } from "../worker/settings.js";
 import { lrScheduleText } from "../worker/nn/lr-schedule.js";
+import { THREADS_BELOW_FLOPS_PER_RANK_STEP } from "./layout.js";
 
 /** Fashion-MNIST's training split size (the standard IDX files). */
 const FASHION_MNIST_TRAIN = 60000;
@@ -328,15 +329,29 @@ export function expectedSteps(g: SweepGrid, batch: number): number | null {
   return n === null ? null : g.epochs * Math.floor(n / (g.workers * batch));
 }
 
-// What a sweep run costs with the default layout (threads, cli/layout.ts), fitted
-// to the default sweep (mlp, Fashion-MNIST, 8 ranks) measured on 2 cores shared
-// with other work (docs/defaults.md): start-up and the final evaluation per run,
-// the fixed cost of a step (its gradient round, scheduling), each BN round of a
-// step, and the model's training FLOPs at the rate such a step reaches.
-const EST_RUN_SECONDS = 2;
-const EST_STEP_MS = 14;
-const EST_BN_ROUND_MS = 5;
-const EST_FLOPS_PER_SECOND = 5e9;
+// What a sweep run costs with the default layout (cli/layout.ts), per model family,
+// on 2 cores shared with other work: start-up and the final evaluation per run, the
+// fixed cost of a step (its gradient round, scheduling), each BN round of a step,
+// and the training FLOPs at the rate such a step reaches (threads for small work
+// per rank-step, one process per rank for big). The mlp's costs are fitted to the
+// default sweep (docs/defaults.md); conv models' (cnn, resnet:N, native kernels) to
+// the study's probe runs (docs/study.md#the-default-study).
+interface RunCosts {
+  runSeconds: number;
+  stepMs: number;
+  bnRoundMs: number;
+  threadsFlopsPerSecond: number;
+  processesFlopsPerSecond: number;
+}
+const MLP_COSTS: RunCosts = { runSeconds: 2, stepMs: 14, bnRoundMs: 5, threadsFlopsPerSecond: 5e9, processesFlopsPerSecond: 5e9 };
+// Conv: the four probes of docs/study.md (resnet:3, load 6–18): sync × 32 on 8
+// processes, 40000 samples 858.3 s and 80000 samples 1030.3 s (8.9 and 14.7 GFLOP/s:
+// the load moves it; their total gives 12.1), sync × 2 on threads 772.7 s, local × 2
+// 781.6 s (40000 samples each); sync's 42 BN rounds per step cost nothing
+// measurable next to the compute there.
+const CONV_COSTS: RunCosts = { runSeconds: 5, stepMs: 14, bnRoundMs: 0, threadsFlopsPerSecond: 10.3e9, processesFlopsPerSecond: 12.1e9 };
+/** cbn:K (K > 1) computes one more weight-gradient-sized GEMM per norm layer and step (docs/cbn.md#cost): a third more training FLOPs. */
+const CBN_FLOPS_FACTOR = 4 / 3;
 
 /** BN rounds one step of `norm` makes on model `kind`: sync and group:K (K > 1) two per norm layer (statistics forward, gradients backward), others none. */
 export function bnRoundsPerStep(kind: ModelKind, norm: string, workers: number): number {
@@ -353,13 +368,17 @@ export function bnRoundsPerStep(kind: ModelKind, norm: string, workers: number):
  * W × batch samples, `trainFlopsPerSample` each) and the evaluation's.
  */
 export function estimateSweepSeconds(g: SweepGrid, stepsOf: (batch: number) => number, trainFlopsPerSample: number, testSamples: number, done: (c: Combo) => boolean = () => false): number {
+  const costs = g.model === "mlp" || isOnnxKind(g.model) ? MLP_COSTS : CONV_COSTS;
   let seconds = 0;
   for (const c of combosOf(g)) {
     if (done(c)) continue;
     const steps = stepsOf(c.batch);
-    const stepMs = EST_STEP_MS + EST_BN_ROUND_MS * bnRoundsPerStep(g.model, c.norm, g.workers);
-    const flops = steps * g.workers * c.batch * trainFlopsPerSample + (testSamples * trainFlopsPerSample) / 3;
-    seconds += EST_RUN_SECONDS + (steps * stepMs) / 1000 + flops / EST_FLOPS_PER_SECOND;
+    const stepMs = costs.stepMs + costs.bnRoundMs * bnRoundsPerStep(g.model, c.norm, g.workers);
+    const mode = parseNorm(c.norm);
+    const factor = mode.kind === "cbn" && mode.window > 1 ? CBN_FLOPS_FACTOR : 1;
+    const flops = steps * g.workers * c.batch * trainFlopsPerSample * factor + (testSamples * trainFlopsPerSample) / 3;
+    const threads = trainFlopsPerSample * c.batch < THREADS_BELOW_FLOPS_PER_RANK_STEP;
+    seconds += costs.runSeconds + (steps * stepMs) / 1000 + flops / (threads ? costs.threadsFlopsPerSecond : costs.processesFlopsPerSecond);
   }
   return seconds;
 }

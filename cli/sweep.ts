@@ -32,6 +32,7 @@ import {
 import { checkFinishedRuns, claimOutDir, commandLine, planOutDir, readJson, syncbnVersion, type SweepFile } from "./sweep-folder.js";
 import { runTrain, type TrainOptions } from "./train.js";
 import { BnSpreadAccumulator, type BnLayerSpread } from "./report-bn.js";
+import { presetText, type PresetRecord } from "./study-preset.js";
 
 /** Fixed, so that running the same `syncbn sweep` command again resumes. */
 export const DEFAULT_SWEEP_OUT = "runs/sweep";
@@ -115,6 +116,8 @@ export interface SweepOptions {
   command?: string;
   /** Why the sweep uses the data it does when --data was not given (printed before the runs), or undefined. */
   dataNote?: string;
+  /** The preset that set parts of the grid (cli/study-preset.ts), or null/undefined: recorded in sweep.json and the report. */
+  preset?: PresetRecord | null;
   /** Where "fashion-mnist" is read from (the workers get the same environment). */
   fashionMnistDir?: string;
   outDir: string;
@@ -125,6 +128,8 @@ export interface SweepOptions {
   print(line: string): void;
   /** Rewrite the current terminal line (TTY only). */
   status(line: string): void;
+  /** Print the grid and the estimate, then stop: no folder is made, no run started (--dry-run). */
+  dryRun?: boolean;
   /** Serve each run's live dashboard there in turn (cli/live.ts); null: none. */
   dashboard?: { host: string; port: number } | null;
   /** The user's run token (needed for a dashboard off loopback). */
@@ -171,7 +176,7 @@ class Eta {
   }
 }
 
-export function reportInfo(g: SweepGrid, missingRuns: number, commands: readonly string[] = []): SweepReportInfo {
+export function reportInfo(g: SweepGrid, missingRuns: number, commands: readonly string[] = [], preset: PresetRecord | null = null): SweepReportInfo {
   const cpu = cpus();
   return {
     workers: g.workers,
@@ -194,6 +199,7 @@ export function reportInfo(g: SweepGrid, missingRuns: number, commands: readonly
     version: syncbnVersion(),
     commands: [...commands],
     missingRuns,
+    ...(preset ? { preset: presetText(preset) } : {}),
   };
 }
 
@@ -211,7 +217,8 @@ export function writeSweepOutputs(outDir: string, g: SweepGrid): { rows: SweepRu
     const ka = key(a), kb = key(b);
     return ka[0]! - kb[0]! || ka[1]! - kb[1]! || ka[2]! - kb[2]!;
   });
-  const info = reportInfo(g, combos.length - rows.length, readJson<Partial<SweepFile>>(join(outDir, "sweep.json"))?.commands ?? []);
+  const file = readJson<Partial<SweepFile>>(join(outDir, "sweep.json"));
+  const info = reportInfo(g, combos.length - rows.length, file?.commands ?? [], file?.preset ?? null);
   const markdown = renderMarkdown(rows, info);
   writeFileSync(join(outDir, "results.csv"), renderCsv(rows));
   writeFileSync(join(outDir, "results.md"), markdown);
@@ -241,7 +248,7 @@ export async function runSweep(o: SweepOptions): Promise<SweepResult> {
   }
   checkFinishedRuns(o.outDir, g);
   // The check `train` makes of its --out (a file there, a read-only disk: one line, exit 2); last, as it creates the folder.
-  prepareOutDir(o.outDir);
+  if (!o.dryRun) prepareOutDir(o.outDir);
   const combos = combosOf(g);
   const N = combos.length;
   const count = (n: number, one: string, many = `${one}s`): string => `${n} ${n === 1 ? one : many}`;
@@ -249,17 +256,22 @@ export async function runSweep(o: SweepOptions): Promise<SweepResult> {
     `syncbn sweep: ${count(N, "run")} = ${count(g.norms.length, "norm mode")} (${g.norms.join(", ")}) × ${count(g.batches.length, "per-worker batch", "per-worker batches")}` +
       ` (${g.batches.join(", ")}) × ${count(g.seeds.length, "seed")} (${g.seeds.join(", ")}); ${g.workers} workers, --model ${g.model}, --data ${g.data}`,
   );
+  if (o.preset) o.print(`  preset: ${presetText(o.preset)}`);
   o.print(`  learning rate: ${lrRuleText(g)}: ${g.batches.map((b) => `batch ${b}/worker → lr ${Number(lrFor(g, b).toPrecision(3))}`).join(", ")}`);
   o.print(`  budget per run: ${budgetText(g)}; output in ${o.outDir}`);
   if (recipeText(g)) o.print(`  recipe: ${recipeText(g)}`);
   if (o.dataNote) o.print(`  data: ${o.dataNote}`);
   const done = (c: { name: string }): boolean => existsSync(join(o.outDir, "runs", c.name, "summary.json"));
   const estimate = estimateSweepSeconds(g, (b) => stepsByBatch.get(b)!, flopsPerSample, testSamples, done);
-  o.print(`  estimated time: ${formatDuration(estimate)} on 2 cores (costs per run, step and FLOP measured on the default sweep; the ETA corrects it after the first run)`);
+  o.print(`  estimated time: ${formatDuration(estimate)} on 2 cores shared with other work (costs per run, step and FLOP measured on ${g.model === "cnn" || g.model.startsWith("resnet:") ? "the default study's probe runs, docs/study.md" : "the default sweep"}; the ETA corrects it after the first run)`);
   if (g.norms.some((n) => n === "local" || n === "renorm" || n.startsWith("group:") || n.startsWith("ghost:") || n.startsWith("cbn:"))) {
     o.print("  eval in local, group:K, ghost:G, renorm and cbn:K modes uses rank 0's running statistics (they differ per worker), as PyTorch DDP does");
   }
-  claimOutDir(o.outDir, plan, o.command ?? commandLine(process.argv), o.print);
+  if (o.dryRun) {
+    o.print(`dry run: nothing started, ${o.outDir} untouched (the same command without --dry-run runs it)`);
+    return { complete: false, rows: [], markdown: "" };
+  }
+  claimOutDir(o.outDir, plan, o.command ?? commandLine(process.argv), o.print, o.preset ?? null);
 
   let interrupted = false;
   const onSigint = (): void => {

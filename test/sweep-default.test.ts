@@ -54,6 +54,23 @@ describe("the default sweep", () => {
     expect(estimateSweepSeconds(g, steps, 14e6, 10000)).toBeGreaterThan(all); // ten times the FLOPs
   });
 
+  it("costs resnet:3 runs as the study's probe runs measured them, by layout, and cbn:8 a third more training FLOPs", () => {
+    // docs/study.md: 2 (or 4) epochs of 20000 samples, 2000 test samples; 186131712 training FLOPs per resnet:3 sample.
+    const g = { ...DEFAULT_GRID, model: "resnet:3" as const, data: "fashion-mnist", seeds: [1], trainSize: 20000, testSize: 2000, epochs: 2 };
+    const steps = (b: number): number => 2 * Math.floor(20000 / (8 * b));
+    const one = (norm: string, batch: number, epochs = 2): number =>
+      estimateSweepSeconds({ ...g, epochs, norms: [norm], batches: [batch] }, (b) => (epochs / 2) * steps(b), 186131712, 2000);
+    const probes = [["sync", 32, 2, 858.3], ["sync", 32, 4, 1030.3], ["sync", 2, 2, 772.7], ["local", 2, 2, 781.6]] as const;
+    // Each probe within the load's swing (the two sync × 32 probes ran at 8.9 and 14.7 GFLOP/s), all four together within 5%.
+    for (const [norm, batch, epochs, measured] of probes) expect(Math.abs(one(norm, batch, epochs) / measured - 1)).toBeLessThan(0.3);
+    const total = probes.reduce((a, [norm, batch, epochs]) => a + one(norm, batch, epochs), 0);
+    expect(Math.abs(total / probes.reduce((a, p) => a + p[3], 0) - 1)).toBeLessThan(0.05);
+    // The compute part (all but start-up, steps and evaluation) grows by 4/3 with cbn:8's extra GEMM.
+    const fixed = 5 + (steps(2) * 14) / 1000 + (2000 * 186131712) / 3 / 10.3e9;
+    expect((one("cbn:8", 2) - fixed) / (one("local", 2) - fixed)).toBeCloseTo(4 / 3, 6);
+    expect(one("cbn:1", 2)).toBeCloseTo(one("local", 2), 9);
+  });
+
   it("announces the data it picked and its estimated time before the first run, and the runs' layout", async () => {
     const r = await runCli(["sweep", "--workers", "2", "--batches", "2", "--norms", "sync", "--train-size", "64", "--test-size", "16", "--steps", "2", "--out", join(tmp("cli"), "s")], {
       timeoutMs: 60_000,
