@@ -31,6 +31,7 @@ const FAST = [
   "test/onnx-ops.test.ts",
   "test/progress-line.test.ts",
   "test/rank-segments.test.ts",
+  "test/reduce.test.ts",
   "test/report-bn.test.ts",
   "test/report-text.test.ts",
   "test/report.browser.test.ts",

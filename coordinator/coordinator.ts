@@ -31,6 +31,8 @@ interface OpenRound {
   /** The first contribution to arrive: the shape the others must have. */
   first: Contribution | null;
   arrived: number;
+  /** Slots filled with COVERED (a block's other ranks in a grad or sum round). */
+  covered: number;
   /** Σ performance.now() at each contribution's arrival: members × last − this = time members waited for the last. */
   arrivalSum: number;
   /** performance.now() past which the round fails (see sweepDeadlines). */
@@ -84,20 +86,19 @@ export class Coordinator extends Membership {
       }
     }
     const bn = c.phase === "fwd" || c.phase === "bwd";
-    const ctx = { rank: this.who(rank), step: c.step, layer: c.layer, phase: c.phase };
     if (bn && !this.bnRounds) {
-      this.failRun(new SyncbnError(ErrorCode.RoundKey, `norm mode ${this.conventions?.norm} has no BN rounds, but a worker sent one`, ctx));
+      this.failRun(new SyncbnError(ErrorCode.RoundKey, `norm mode ${this.conventions?.norm} has no BN rounds, but a worker sent one`, this.contextOf(rank, c)));
       return;
     }
     const { scope, members } = this.scopes.scopeOf(rank, c.phase);
     if (bn && size > 1) {
       const segment = c.data.length / size;
       if (this.scopes.scopeOf(rank + size - 1, c.phase).scope !== scope) {
-        this.failRun(new SyncbnError(ErrorCode.BadMessage, `the process of ${describeRanks(rank, size)} sent a BN round, but its ranks lie in more than one statistics group; a process sends BN rounds only for ranks of one group`, ctx));
+        this.failRun(new SyncbnError(ErrorCode.BadMessage, `the process of ${describeRanks(rank, size)} sent a BN round, but its ranks lie in more than one statistics group; a process sends BN rounds only for ranks of one group`, this.contextOf(rank, c)));
         return;
       }
       if (!Number.isInteger(segment) || segment % 2 !== 0) {
-        this.failRun(new SyncbnError(ErrorCode.BadMessage, `the process of ${describeRanks(rank, size)} sent ${c.data.length} values in a ${c.phase} round: expected ${size} segments of 2·C`, ctx));
+        this.failRun(new SyncbnError(ErrorCode.BadMessage, `the process of ${describeRanks(rank, size)} sent ${c.data.length} values in a ${c.phase} round: expected ${size} segments of 2·C`, this.contextOf(rank, c)));
         return;
       }
     }
@@ -121,6 +122,7 @@ export class Coordinator extends Membership {
     const pos = members.indexOf(rank);
     round.parts[pos] = own;
     for (let k = 1; k < size; k++) round.parts[pos + k] = bn ? segmentOf(c, k, size) : COVERED;
+    if (!bn) round.covered += size - 1;
     round.first ??= own;
     round.arrived += size;
     const now = performance.now();
@@ -129,6 +131,11 @@ export class Coordinator extends Membership {
       if (round.phase !== "sum") this.countWaiting(round, now);
       this.complete(id, round);
     }
+  }
+
+  /** A contribution's error context, built on the error paths only: who() lists a block's ranks (an array per call). */
+  private contextOf(rank: number, c: Contribution): { rank: number | number[]; step: number; layer: number; phase: Phase } {
+    return { rank: this.who(rank), step: c.step, layer: c.layer, phase: c.phase };
   }
 
   private openRound(id: string, scope: string, members: readonly number[], c: Contribution): OpenRound {
@@ -141,6 +148,7 @@ export class Coordinator extends Membership {
       parts: new Array<Contribution | null>(members.length).fill(null),
       first: null,
       arrived: 0,
+      covered: 0,
       arrivalSum: 0,
       deadline: performance.now() + this.opts.roundTimeoutMs,
     };
@@ -191,13 +199,23 @@ export class Coordinator extends Membership {
     this.open.delete(id);
     let parts = round.parts as Contribution[];
     let members = round.members;
-    let observed: CompletedRound = round;
-    if (parts.includes(COVERED)) {
-      // One contribution per process: reduce those, and show observers null at the covered slots.
-      members = members.filter((_, i) => parts[i] !== COVERED);
-      observed = { ...round, parts: parts.map((p) => (p === COVERED ? null : p)) };
-      parts = parts.filter((p) => p !== COVERED);
+    if (round.covered > 0) {
+      // One contribution per process: reduce those (in member order), and show observers null at the covered slots.
+      const all = parts;
+      const n = all.length - round.covered;
+      parts = new Array<Contribution>(n);
+      const reducing = new Array<number>(n);
+      for (let i = 0, j = 0; i < all.length; i++) {
+        if (all[i] === COVERED) {
+          round.parts[i] = null;
+          continue;
+        }
+        parts[j] = all[i]!;
+        reducing[j++] = round.members[i]!;
+      }
+      members = reducing;
     }
+    const observed: CompletedRound = round;
     let reduced: ReducedRound;
     try {
       reduced = reduceRound(round.step, round.phase, round.layer, parts, members);

@@ -3,7 +3,9 @@
 // for everything else. Also compares parameter checksums of the replicas.
 // Hot path (once per BN layer per pass): the result is reduced straight into its
 // (pooled) wire frame, so nothing is allocated or copied but two payload views;
-// each loop sees one array type only, so V8 keeps it monomorphic.
+// each loop sees one array type only, so V8 keeps it monomorphic. A sum is one
+// pass per part (the first assigns, a gradient's last adds and rounds to float32
+// in the same pass), not a fill, the adds and a rounding copy.
 
 import { beginResult } from "../shared/codec.js";
 import { ErrorCode, SyncbnError } from "../shared/errors.js";
@@ -37,22 +39,18 @@ export function reduceRound(
   if (phase === "fwd") {
     count = mergeMomentsInto(out.data as Float64Array, parts); // [mean(C), biased var(C)]
   } else {
-    let sum = out.data as Float64Array;
+    for (const p of parts) count += p.count;
     if (f32) {
       if (gradScratch.length < n) gradScratch = new Float64Array(n);
-      sum = gradScratch.subarray(0, n);
+      sumRounded(out.data as Float32Array, gradScratch.subarray(0, n), parts);
+    } else {
+      sumInto(out.data as Float64Array, parts, parts.length);
     }
-    sum.fill(0);
-    for (const p of parts) {
-      count += p.count;
-      if (p.data instanceof Float32Array) addF32(sum, p.data);
-      else addF64(sum, p.data);
-    }
-    if (f32) (out.data as Float32Array).set(sum);
   }
   if (out.extra) {
-    out.extra.fill(0);
-    for (const p of parts) addF64(out.extra, p.extra!);
+    const extra = out.extra;
+    assignF64(extra, parts[0]!.extra!);
+    for (let k = 1; k < parts.length; k++) addF64(extra, parts[k]!.extra!);
   }
   const frame = out.finish(count);
   const result: RoundResult = { type: "result", step, phase, layer, count, data: out.data };
@@ -71,6 +69,64 @@ function mergeMomentsInto(out: Float64Array, parts: readonly Contribution[]): nu
   for (const p of parts) count = chanMergeStep(out, count, p.data as Float64Array, p.count); // [mean(C), M2(C)]
   finishMerge(out, count); // every side empty: zeros (the frame is reused memory)
   return count;
+}
+
+/**
+ * sum = Σ parts[0..end) data in member order, float64: ((0 + a₀) + a₁) + …, the
+ * bits a zeroed accumulator gives (0 + a, not a: a −0 sums to +0), with no fill pass.
+ */
+function sumInto(sum: Float64Array, parts: readonly Contribution[], end: number): void {
+  const a0 = parts[0]!.data;
+  if (a0 instanceof Float32Array) assignF32(sum, a0);
+  else assignF64(sum, a0);
+  for (let k = 1; k < end; k++) {
+    const a = parts[k]!.data;
+    if (a instanceof Float32Array) addF32(sum, a);
+    else addF64(sum, a);
+  }
+}
+
+/**
+ * out = fround(Σ parts data in member order), the sum in float64 (`sum` its scratch)
+ * and rounded once: the last part's add is fused with the rounding store, so the
+ * float64 sum is never written out whole a last time nor read back by a set().
+ */
+function sumRounded(out: Float32Array, sum: Float64Array, parts: readonly Contribution[]): void {
+  const last = parts.length - 1;
+  if (last === 0) {
+    const a = parts[0]!.data;
+    if (a instanceof Float32Array) roundF32(out, a);
+    else roundF64(out, a);
+    return;
+  }
+  sumInto(sum, parts, last);
+  const a = parts[last]!.data;
+  if (a instanceof Float32Array) addRoundF32(out, sum, a);
+  else addRoundF64(out, sum, a);
+}
+
+function assignF64(sum: Float64Array, a: Float64Array): void {
+  for (let i = 0; i < sum.length; i++) sum[i] = 0 + a[i]!;
+}
+
+function assignF32(sum: Float64Array, a: Float32Array): void {
+  for (let i = 0; i < sum.length; i++) sum[i] = 0 + a[i]!;
+}
+
+function roundF64(out: Float32Array, a: Float64Array): void {
+  for (let i = 0; i < out.length; i++) out[i] = 0 + a[i]!;
+}
+
+function roundF32(out: Float32Array, a: Float32Array): void {
+  for (let i = 0; i < out.length; i++) out[i] = 0 + a[i]!;
+}
+
+function addRoundF64(out: Float32Array, sum: Float64Array, a: Float64Array): void {
+  for (let i = 0; i < out.length; i++) out[i] = sum[i]! + a[i]!;
+}
+
+function addRoundF32(out: Float32Array, sum: Float64Array, a: Float32Array): void {
+  for (let i = 0; i < out.length; i++) out[i] = sum[i]! + a[i]!;
 }
 
 function addF64(sum: Float64Array, a: Float64Array): void {

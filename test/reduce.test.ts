@@ -1,0 +1,70 @@
+// The coordinator's sum reductions (coordinator/reduce.ts) against their naive
+// twin: a zeroed float64 accumulator, each part added in member order, the
+// gradient rounded to float32 once at the end. Bit for bit, with −0, subnormal
+// and large values, float32 and float64 parts mixed, 1 to 5 parts, and extras.
+
+import { describe, expect, it } from "vitest";
+import { reduceRound } from "../coordinator/reduce.js";
+import type { Contribution, Phase } from "../shared/protocol.js";
+
+function naive(parts: readonly Contribution[], f32: boolean): { data: Float64Array | Float32Array; extra: Float64Array | null } {
+  const n = parts[0]!.data.length;
+  const sum = new Float64Array(n);
+  for (const p of parts) for (let i = 0; i < n; i++) sum[i]! += p.data[i]!;
+  let extra: Float64Array | null = null;
+  if (parts[0]!.extra) {
+    extra = new Float64Array(parts[0]!.extra.length);
+    for (const p of parts) for (let i = 0; i < extra.length; i++) extra[i]! += p.extra![i]!;
+  }
+  return { data: f32 ? Float32Array.from(sum) : sum, extra };
+}
+
+/** A deterministic mix: ±0, subnormals, huge and ordinary values (LCG). */
+function values(n: number, seed: number, f32: boolean): Float64Array | Float32Array {
+  const out = f32 ? new Float32Array(n) : new Float64Array(n);
+  let s = seed >>> 0;
+  for (let i = 0; i < n; i++) {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    const u = s / 2 ** 32;
+    const kind = s % 7;
+    out[i] = kind === 0 ? -0 : kind === 1 ? 0 : kind === 2 ? (u - 0.5) * 1e-40 : kind === 3 ? (u - 0.5) * 1e30 : (u - 0.5) * 3;
+  }
+  return out;
+}
+
+function bits(a: Float64Array | Float32Array): Uint8Array {
+  return new Uint8Array(a.buffer, a.byteOffset, a.byteLength).slice();
+}
+
+describe("reduceRound sums", () => {
+  const cases: { phase: Phase; kinds: boolean[]; extra: number }[] = [
+    { phase: "grad", kinds: [true], extra: 0 },
+    { phase: "grad", kinds: [true, true], extra: 0 },
+    { phase: "grad", kinds: [false, false, false], extra: 3 },
+    { phase: "grad", kinds: [true, false, true, false, true], extra: 0 },
+    { phase: "grad", kinds: [false], extra: 2 },
+    { phase: "sum", kinds: [false], extra: 0 },
+    { phase: "sum", kinds: [false, false, false, false], extra: 5 },
+  ];
+  for (const [ci, c] of cases.entries()) {
+    it(`${c.phase}, parts ${c.kinds.map((k) => (k ? "f32" : "f64")).join("+")}, ${c.extra} extra: the naive sum's bits`, () => {
+      const n = 1001;
+      const parts: Contribution[] = c.kinds.map((f32, k) => {
+        const p: Contribution = { type: "contrib", step: 3, phase: c.phase, layer: 0, count: k + 1, data: values(n, 17 * ci + k, f32) };
+        if (c.extra > 0) p.extra = values(c.extra, 1000 + 17 * ci + k, false) as Float64Array;
+        return p;
+      });
+      const { result } = reduceRound(3, c.phase, 0, parts, parts.map((_, k) => k));
+      const want = naive(parts, c.phase === "grad");
+      expect(result.data).toBeInstanceOf(c.phase === "grad" ? Float32Array : Float64Array);
+      expect(bits(result.data)).toEqual(bits(want.data));
+      expect(result.count).toBe((c.kinds.length * (c.kinds.length + 1)) / 2);
+      if (want.extra) expect(bits(result.extra!)).toEqual(bits(want.extra));
+      else expect(result.extra).toBeUndefined();
+      // −0 parts sum to +0, as from a zeroed accumulator.
+      const allNegZero = parts.map((p) => ({ ...p, data: (p.data instanceof Float32Array ? new Float32Array(4) : new Float64Array(4)).fill(-0), extra: undefined }));
+      const z = reduceRound(4, c.phase, 0, allNegZero, allNegZero.map((_, k) => k)).result.data;
+      for (const v of z) expect(Object.is(v, 0)).toBe(true);
+    });
+  }
+});
