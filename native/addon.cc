@@ -110,38 +110,56 @@ syncbn::Pool& poolOf(napi_env env) {
   return *static_cast<syncbn::Pool*>(data);
 }
 
-// convForward(y, x, cols, w, cin, inH, inW, kernel, stride, padding, outH, outW, cout, n, train, threads)
+// convForward(y, x, cols, w, bias, cin, inH, inW, kernel, stride, padding, outH, outW, cout, n, train, threads)
 napi_value ConvForward(napi_env env, napi_callback_info info) {
-  napi_value a[16];
-  syncbn::Geometry g;
-  int64_t d[4];
-  void *y, *x, *cols, *w;
-  if (!argsOf(env, info, 16, a) || !geometry(env, a, 4, &g) || !ints(env, a, 12, 4, d)) return nullptr;
-  const int64_t cout = d[0], n = d[1], R = int64_t(g.cin) * g.kernel * g.kernel, P = int64_t(g.outH) * g.outW;
-  if (d[3] < 1 || d[3] > 256) return fail(env, "threads must be in 1..256"), nullptr;
-  if (!whole(env, a, 0, napi_float32_array, n * cout * P, &y, "y") || !whole(env, a, 1, napi_float32_array, n * g.cin * g.inH * g.inW, &x, "x") ||
-      !whole(env, a, 2, napi_float32_array, d[2] ? n * R * P : 0, &cols, "cols") || !whole(env, a, 3, napi_float32_array, cout * R, &w, "w"))
-    return nullptr;
-  syncbn::convForward(poolOf(env), static_cast<float*>(y), static_cast<const float*>(x), static_cast<float*>(cols), static_cast<const float*>(w), g, int(cout),
-                      int(n), d[2] != 0, int(d[3]));
-  return nullptr;
-}
-
-// convBackward(dx, dy, cols, w, dw64, cin, inH, inW, kernel, stride, padding, outH, outW, cout, first, count, threads)
-napi_value ConvBackward(napi_env env, napi_callback_info info) {
   napi_value a[17];
   syncbn::Geometry g;
   int64_t d[4];
-  void *dx, *dy, *cols, *w, *dw64;
+  void *y, *x, *cols, *w, *bias;
   if (!argsOf(env, info, 17, a) || !geometry(env, a, 5, &g) || !ints(env, a, 13, 4, d)) return nullptr;
+  const int64_t cout = d[0], n = d[1], R = int64_t(g.cin) * g.kernel * g.kernel, P = int64_t(g.outH) * g.outW;
+  if (d[3] < 1 || d[3] > 256) return fail(env, "threads must be in 1..256"), nullptr;
+  if (!whole(env, a, 0, napi_float32_array, n * cout * P, &y, "y") || !whole(env, a, 1, napi_float32_array, n * g.cin * g.inH * g.inW, &x, "x") ||
+      !whole(env, a, 2, napi_float32_array, d[2] ? n * R * P : 0, &cols, "cols") || !whole(env, a, 3, napi_float32_array, cout * R, &w, "w") ||
+      !whole(env, a, 4, napi_float32_array, cout, &bias, "bias"))
+    return nullptr;
+  syncbn::convForward(poolOf(env), static_cast<float*>(y), static_cast<const float*>(x), static_cast<float*>(cols), static_cast<const float*>(w),
+                      static_cast<const float*>(bias), g, int(cout), int(n), d[2] != 0, int(d[3]));
+  return nullptr;
+}
+
+// An optional output: args[i] a Float32Array of length 0 (→ null) or of at least `need` elements.
+bool optional(napi_env env, napi_value* args, int i, int64_t need, float** out, const char* name) {
+  void* data = nullptr;
+  if (!whole(env, args, i, napi_float32_array, 0, &data, name)) return false;
+  size_t len = 0;
+  napi_get_typedarray_info(env, args[i], nullptr, &len, nullptr, nullptr, nullptr);
+  if (len == 0) {
+    *out = nullptr;
+    return true;
+  }
+  if (!whole(env, args, i, napi_float32_array, need, &data, name)) return false;
+  *out = static_cast<float*>(data);
+  return true;
+}
+
+// convBackward(dx, dy, cols, w, dw64, dw, db, cin, inH, inW, kernel, stride, padding, outH, outW, cout, first, count, threads);
+// dw and db may be empty (not written).
+napi_value ConvBackward(napi_env env, napi_callback_info info) {
+  napi_value a[19];
+  syncbn::Geometry g;
+  int64_t d[4];
+  void *dx, *dy, *cols, *w, *dw64;
+  float *dw, *db;
+  if (!argsOf(env, info, 19, a) || !geometry(env, a, 7, &g) || !ints(env, a, 15, 4, d)) return nullptr;
   const int64_t cout = d[0], end = d[1] + d[2], R = int64_t(g.cin) * g.kernel * g.kernel, P = int64_t(g.outH) * g.outW;
   if (d[3] < 1 || d[3] > 256) return fail(env, "threads must be in 1..256"), nullptr;
   if (!whole(env, a, 0, napi_float32_array, end * g.cin * g.inH * g.inW, &dx, "dx") || !whole(env, a, 1, napi_float32_array, end * cout * P, &dy, "dy") ||
       !whole(env, a, 2, napi_float32_array, end * R * P, &cols, "cols") || !whole(env, a, 3, napi_float32_array, cout * R, &w, "w") ||
-      !whole(env, a, 4, napi_float64_array, cout * R, &dw64, "dw64"))
+      !whole(env, a, 4, napi_float64_array, cout * R, &dw64, "dw64") || !optional(env, a, 5, cout * R, &dw, "dw") || !optional(env, a, 6, cout, &db, "db"))
     return nullptr;
   syncbn::convBackward(poolOf(env), static_cast<float*>(dx), static_cast<const float*>(dy), static_cast<const float*>(cols), static_cast<const float*>(w),
-                       static_cast<double*>(dw64), g, int(cout), int(d[1]), int(d[2]), int(d[3]));
+                       static_cast<double*>(dw64), dw, db, g, int(cout), int(d[1]), int(d[2]), int(d[3]));
   return nullptr;
 }
 
