@@ -20,6 +20,9 @@ void im2col(float* cols, const float* x, const Geometry& g);
 // dx (cin, inH, inW) += the adjoint of im2col applied to dcols (cin·k·k rows of outH·outW,
 // rowStride apart; 0: back to back).
 void col2imAdd(float* dx, const float* dcols, const Geometry& g, int64_t rowStride = 0);
+// The same adds, the same bits (given dx is never −0, as when it starts at +0), faster when stride
+// is 1 and outW = inW; dcols is scratch: its elements at columns outside the image may be zeroed.
+void col2imAddScratch(float* dx, float* dcols, const Geometry& g, int64_t rowStride = 0);
 
 // passes.cc: a batch's passes over `threads` parts of the pool, the same bits for any number.
 // y (n, cout, P) = bias + W·im2col(x_i) per sample (the bias (cout) filled in, then

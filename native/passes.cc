@@ -114,7 +114,7 @@ void convBackward(Pool& pool, float* dx, const float* dy, const float* cols, con
       std::fill_n(dx + i0 * inSize, k * inSize, 0.0f);
       float* dcols = grown(dcolsBuf, k * R * P);
       gemm(View::plain(dcols, k * P, 1), View::plain(w, 1, R), View::batched(dy + i0 * cout * P, P, cout * P), R, k * P, cout, false);
-      for (int64_t s = 0; s < k; s++) col2imAdd(dx + (i0 + s) * inSize, dcols + s * P, g, k * P);
+      for (int64_t s = 0; s < k; s++) col2imAddScratch(dx + (i0 + s) * inSize, dcols + s * P, g, k * P);
     }
   });
 }

@@ -12,7 +12,7 @@
 
 import { afterAll, describe, expect, it } from "vitest";
 import { Rng } from "../shared/rng.js";
-import { Conv2d } from "../worker/nn/conv2d.js";
+import { col2imAdd, Conv2d, im2col, type ConvGeometry } from "../worker/nn/conv2d.js";
 import type { RankSegments } from "../worker/nn/layer.js";
 import { convKernelBackend, setKernelBackend } from "../worker/nn/kernels/backend.js";
 import { ConvNative } from "../worker/nn/kernels/conv-native.js";
@@ -301,6 +301,30 @@ describe.skipIf(off)("Conv2d on the native kernels", () => {
     if (isa === "none") expect(gflops).toBe(0);
     else expect(gflops).toBeGreaterThan(0);
     for (const bad of [0, -1, 61, Number.NaN]) expect(() => k.fmaPeak(bad)).toThrow(/seconds must be in \(0, 60\]/);
+  });
+
+  it("im2col and col2im (the stride-1 same-size fast path and the general one) give the TypeScript loops' bits", () => {
+    const k = nativeKernels()!;
+    const rng = new Rng(5);
+    let cases = 0;
+    for (const kernel of [1, 2, 3, 4, 5]) for (const padding of [0, 1, 2, 3]) for (const stride of [1, 2]) for (const [inH, inW] of [[1, 1], [2, 3], [5, 4], [7, 7]] as const) {
+      const outH = Math.floor((inH + 2 * padding - kernel) / stride) + 1, outW = Math.floor((inW + 2 * padding - kernel) / stride) + 1;
+      if (outH < 1 || outW < 1) continue;
+      const g: ConvGeometry = { cin: 2, cout: 1, inH, inW, kernel, stride, padding, outH, outW };
+      const R = 2 * kernel * kernel, P = outH * outW, inSize = 2 * inH * inW;
+      const x = normals(rng, inSize), dcols = normals(rng, R * P);
+      const colsTs = new Float32Array(R * P), colsNat = new Float32Array(R * P).fill(7);
+      im2col(colsTs, x, 0, g);
+      k.im2col(colsNat, 0, x, 0, 2, inH, inW, kernel, stride, padding, outH, outW);
+      expectBits(`im2col ${JSON.stringify(g)}`, colsNat, colsTs);
+      const dxTs = new Float32Array(inSize), dxNat = new Float32Array(inSize), before = dcols.slice();
+      col2imAdd(dxTs, 0, dcols, g);
+      k.col2imAdd(dxNat, 0, dcols, 0, 2, inH, inW, kernel, stride, padding, outH, outW);
+      expectBits(`col2im ${JSON.stringify(g)}`, dxNat, dxTs);
+      expectBits("dcols unchanged", dcols, before);
+      cases++;
+    }
+    expect(cases).toBeGreaterThan(100);
   });
 
   it("rejects arrays too short for the call instead of writing past them", () => {

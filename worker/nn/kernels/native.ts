@@ -10,7 +10,7 @@ export interface NativeKernels {
   /** cols (cin·k·k, outH·outW) ← x (cin, inH, inW), zero outside the image. */
   im2col(cols: Float32Array, colsOff: number, x: Float32Array, xOff: number,
     cin: number, inH: number, inW: number, kernel: number, stride: number, padding: number, outH: number, outW: number): void;
-  /** dx (cin, inH, inW) += col2im(dcols). */
+  /** dx (cin, inH, inW) += col2im(dcols), by the passes' col2im (dcols is not changed; dx must not hold −0). */
   col2imAdd(dx: Float32Array, dxOff: number, dcols: Float32Array, dcolsOff: number,
     cin: number, inH: number, inW: number, kernel: number, stride: number, padding: number, outH: number, outW: number): void;
   /**
