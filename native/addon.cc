@@ -132,38 +132,42 @@ napi_value ConvForward(napi_env env, napi_callback_info info) {
   return nullptr;
 }
 
-// An optional output: args[i] a Float32Array of length 0 (→ null) or of at least `need` elements.
-bool optional(napi_env env, napi_value* args, int i, int64_t need, float** out, const char* name) {
+// An optional output: args[i] a typed array of `type` of length 0 (→ null) or of at least `need` elements.
+template <class T>
+bool optional(napi_env env, napi_value* args, int i, napi_typedarray_type type, int64_t need, T** out, const char* name) {
   void* data = nullptr;
-  if (!whole(env, args, i, napi_float32_array, 0, &data, name)) return false;
+  if (!whole(env, args, i, type, 0, &data, name)) return false;
   size_t len = 0;
   napi_get_typedarray_info(env, args[i], nullptr, &len, nullptr, nullptr, nullptr);
   if (len == 0) {
     *out = nullptr;
     return true;
   }
-  if (!whole(env, args, i, napi_float32_array, need, &data, name)) return false;
-  *out = static_cast<float*>(data);
+  if (!whole(env, args, i, type, need, &data, name)) return false;
+  *out = static_cast<T*>(data);
   return true;
 }
 
-// convBackward(dx, dy, cols, w, dw64, dw, db, cin, inH, inW, kernel, stride, padding, outH, outW, cout, first, count, threads);
-// dw and db may be empty (not written).
+// convBackward(dx, dy, cols, w, dw64, dw, db, colSums, cin, inH, inW, kernel, stride, padding, outH, outW, cout, first, count, threads);
+// dx, dw, db and colSums may be empty (not made).
 napi_value ConvBackward(napi_env env, napi_callback_info info) {
-  napi_value a[19];
+  napi_value a[20];
   syncbn::Geometry g;
   int64_t d[4];
-  void *dx, *dy, *cols, *w, *dw64;
-  float *dw, *db;
-  if (!argsOf(env, info, 19, a) || !geometry(env, a, 7, &g) || !ints(env, a, 15, 4, d)) return nullptr;
+  void *dy, *cols, *w, *dw64;
+  float *dx, *dw, *db;
+  double* colSums;
+  if (!argsOf(env, info, 20, a) || !geometry(env, a, 8, &g) || !ints(env, a, 16, 4, d)) return nullptr;
   const int64_t cout = d[0], end = d[1] + d[2], R = int64_t(g.cin) * g.kernel * g.kernel, P = int64_t(g.outH) * g.outW;
   if (d[3] < 1 || d[3] > 256) return fail(env, "threads must be in 1..256"), nullptr;
-  if (!whole(env, a, 0, napi_float32_array, end * g.cin * g.inH * g.inW, &dx, "dx") || !whole(env, a, 1, napi_float32_array, end * cout * P, &dy, "dy") ||
-      !whole(env, a, 2, napi_float32_array, end * R * P, &cols, "cols") || !whole(env, a, 3, napi_float32_array, cout * R, &w, "w") ||
-      !whole(env, a, 4, napi_float64_array, cout * R, &dw64, "dw64") || !optional(env, a, 5, cout * R, &dw, "dw") || !optional(env, a, 6, cout, &db, "db"))
+  const auto f32 = napi_float32_array;
+  if (!optional(env, a, 0, f32, end * g.cin * g.inH * g.inW, &dx, "dx") || !whole(env, a, 1, f32, end * cout * P, &dy, "dy") ||
+      !whole(env, a, 2, f32, end * R * P, &cols, "cols") || !whole(env, a, 3, f32, cout * R, &w, "w") ||
+      !whole(env, a, 4, napi_float64_array, cout * R, &dw64, "dw64") || !optional(env, a, 5, f32, cout * R, &dw, "dw") ||
+      !optional(env, a, 6, f32, cout, &db, "db") || !optional(env, a, 7, napi_float64_array, R, &colSums, "colSums"))
     return nullptr;
-  syncbn::convBackward(poolOf(env), static_cast<float*>(dx), static_cast<const float*>(dy), static_cast<const float*>(cols), static_cast<const float*>(w),
-                       static_cast<double*>(dw64), dw, db, g, int(cout), int(d[1]), int(d[2]), int(d[3]));
+  syncbn::convBackward(poolOf(env), dx, static_cast<const float*>(dy), static_cast<const float*>(cols), static_cast<const float*>(w),
+                       static_cast<double*>(dw64), dw, db, colSums, g, int(cout), int(d[1]), int(d[2]), int(d[3]));
   return nullptr;
 }
 

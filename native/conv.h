@@ -34,9 +34,10 @@ void convForward(Pool& pool, float* y, const float* x, float* cols, const float*
 // order (each sample's product in float32), dx_i = col2im(Wᵀ·dy_i) (zeroed here
 // first). When not null: dw (cout, R) = float32(dw64) (zero when count = 0), and
 // db (cout) = float32(Σ_i f64(rowSum(dy_i row co))), rowSum the twins' float32
-// 4-lane order, summed in sample order (ConvWasm's db bits).
-void convBackward(Pool& pool, float* dx, const float* dy, const float* cols, const float* w, double* dw64, float* dw, float* db, const Geometry& g,
-                  int cout, int first, int count, int threads);
+// 4-lane order, summed in sample order (ConvWasm's db bits); colSums (R) =
+// Σ_i f64(rowSum(cols_i row r)) (CBN's sums, the same order). dx null: no dx.
+void convBackward(Pool& pool, float* dx, const float* dy, const float* cols, const float* w, double* dw64, float* dw, float* db, double* colSums,
+                  const Geometry& g, int cout, int first, int count, int threads);
 
 // The bench's ceiling (peak.cc): GFLOP/s of one core's widest vector FMA, measured for `seconds`; isa names it ("none": 0).
 double fmaPeakGflops(double seconds, const char** isa);

@@ -67,8 +67,8 @@ void convForward(Pool& pool, float* y, const float* x, float* cols, const float*
   });
 }
 
-void convBackward(Pool& pool, float* dx, const float* dy, const float* cols, const float* w, double* dw64, float* dw, float* db, const Geometry& g,
-                  int cout, int first, int count, int threads) {
+void convBackward(Pool& pool, float* dx, const float* dy, const float* cols, const float* w, double* dw64, float* dw, float* db, double* colSums,
+                  const Geometry& g, int cout, int first, int count, int threads) {
   const int64_t R = int64_t(g.cin) * g.kernel * g.kernel, P = int64_t(g.outH) * g.outW, inSize = int64_t(g.cin) * g.inH * g.inW;
   const int64_t group = samplesPerGemm(P);
   const int parts = std::max(1, threads);
@@ -81,10 +81,14 @@ void convBackward(Pool& pool, float* dx, const float* dy, const float* cols, con
     const int64_t width = j1 - j0;
     thread_local std::vector<float> dw32Buf, dcolsBuf;
     float* dw32 = grown(dw32Buf, cout * width);
+    if (colSums) std::fill(colSums + j0, colSums + j1, 0.0);
     for (int64_t s = 0; width > 0 && s < count; s++) {
       const int64_t i = first + s;
       // dw32 (width, cout) = cols_i[j0..j1) (width, P)·dy_i (cout, P)ᵀ = this block of dW_iᵀ, widened into the float64 sum.
       gemmInPlaceA(dw32, cout, cols + i * R * P + j0 * P, P, View::plain(dy + i * cout * P, 1, P), width, cout, P);
+      // colSums[j] += f64(rowSum(cols_i row j)) while the block is in cache (CBN's statsSums: ConvWasm's bits).
+      if (colSums)
+        for (int64_t j = j0; j < j1; j++) colSums[j] += double(rowSum(cols + (i * R + j) * P, P));
       for (int64_t co = 0; co < cout; co++) {
         double* sum = dw64 + co * R + j0;
         if (s == 0) for (int64_t j = 0; j < width; j++) sum[j] = double(dw32[j * cout + co]);
@@ -107,6 +111,7 @@ void convBackward(Pool& pool, float* dx, const float* dy, const float* cols, con
     }
     // dx for this part's samples: dcols (R, k·P) = Wᵀ (R, cout)·dy (cout, k·P), the k samples side by side in
     // each row (a plain matrix: no tile spans two samples' memory), then col2im per sample.
+    if (!dx) return;
     int64_t lo, hi;
     partRange(count, p, parts, &lo, &hi);
     for (int64_t i0 = first + lo; i0 < first + hi; i0 += group) {

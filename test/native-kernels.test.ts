@@ -334,11 +334,12 @@ describe.skipIf(off)("Conv2d on the native kernels", () => {
     const bias = new Float32Array(1), none = new Float32Array(0);
     expect(() => k.convForward(y, a, new Float32Array(72), w, bias, 1, 2, 2, 3, 1, 1, 2, 2, 1, 2, 1, 1)).toThrow(RangeError);
     expect(() => k.convForward(new Float32Array(8), new Float32Array(8), new Float32Array(72), w, none, 1, 2, 2, 3, 1, 1, 2, 2, 1, 2, 1, 1)).toThrow(/bias: out of range/);
-    expect(() => k.convBackward(new Float32Array(8), new Float32Array(8), new Float32Array(36), w, dw, none, none, 1, 2, 2, 3, 1, 1, 2, 2, 1, 0, 2, 1)).toThrow(RangeError);
-    // dw (cout·R = 9) and db (cout = 1) are either empty or whole.
+    expect(() => k.convBackward(new Float32Array(8), new Float32Array(8), new Float32Array(36), w, dw, none, none, new Float64Array(0), 1, 2, 2, 3, 1, 1, 2, 2, 1, 0, 2, 1)).toThrow(RangeError);
+    // dw (cout·R = 9), db (cout = 1) and colSums (R = 9) are either empty or whole.
     const ok = [new Float32Array(8), new Float32Array(8), new Float32Array(72), w, dw] as const;
-    expect(() => k.convBackward(...ok, new Float32Array(8), none, 1, 2, 2, 3, 1, 1, 2, 2, 1, 0, 2, 1)).toThrow(/dw: out of range/);
-    expect(() => k.convBackward(...ok, new Float32Array(9), new Float32Array(2), 1, 2, 2, 3, 1, 1, 2, 2, 1, 0, 2, 1)).not.toThrow();
+    expect(() => k.convBackward(...ok, new Float32Array(8), none, new Float64Array(0), 1, 2, 2, 3, 1, 1, 2, 2, 1, 0, 2, 1)).toThrow(/dw: out of range/);
+    expect(() => k.convBackward(...ok, none, none, new Float64Array(8), 1, 2, 2, 3, 1, 1, 2, 2, 1, 0, 2, 1)).toThrow(/colSums: out of range/);
+    expect(() => k.convBackward(...ok, new Float32Array(9), new Float32Array(2), new Float64Array(9), 1, 2, 2, 3, 1, 1, 2, 2, 1, 0, 2, 1)).not.toThrow();
     expect(() => k.im2col(c, 0, a, 0, 1, 2, 2, 3, 1, 1, 2, 2)).toThrow(RangeError);
     expect(() => k.isa("sse9")).toThrow(/isa\(name\): name must be avx512f, avx2 or baseline/);
   });

@@ -13,7 +13,7 @@ import { addSegment, beginSegments, endSegments, BatchBuffer, segmentLength, typ
 import type { NativeKernels } from "./native.js";
 import { requestedComputeThreads } from "./threads.js";
 
-const EMPTY = new Float32Array(0);
+const EMPTY = new Float32Array(0), EMPTY64 = new Float64Array(0);
 
 export class ConvNative implements ConvKernel {
   private readonly rows: number; // R = cin·k·k
@@ -24,8 +24,8 @@ export class ConvNative implements ConvKernel {
   /** Every training sample's columns, kept for backward. */
   private readonly cols: BatchBuffer; // (N, R, P)
   private readonly dw64: Float64Array; // (cout, R): Σ over samples
-  /** statsSums' dx scratch and zero weights, made at its first call (only CBN calls it). */
-  private statsScratch: { dx: BatchBuffer; w: Float32Array } | null = null;
+  /** statsSums' zero weights (the pass checks w; no dx is made), made at its first call (only CBN calls it). */
+  private statsW: Float32Array | null = null;
 
   /** `threads`: the passes' parts on the addon's pool (--threads; the same bits for any number). */
   constructor(private readonly g: ConvGeometry, private readonly k: NativeKernels, private readonly threads = requestedComputeThreads()) {
@@ -67,7 +67,7 @@ export class ConvNative implements ConvKernel {
     }
     for (let first = 0; first < n; first += b) {
       // dx's samples first..first+b−1 zeroed and made, dw = float32(dw64), db = Σ_i rowSum in float64, in the addon.
-      this.k.convBackward(dx, dy, cols, w, this.dw64, dw, db, g.cin, g.inH, g.inW, g.kernel, g.stride, g.padding, g.outH, g.outW,
+      this.k.convBackward(dx, dy, cols, w, this.dw64, dw, db, EMPTY64, g.cin, g.inH, g.inW, g.kernel, g.stride, g.padding, g.outH, g.outW,
         g.cout, first, b, this.threads);
       addSegment(seg, dw, db);
     }
@@ -76,22 +76,19 @@ export class ConvNative implements ConvKernel {
   }
 
   /**
-   * CBN's sums (ConvKernel.statsSums): yColSums is the addon's dW pass run with
-   * dy := y (Σ f64(y_i·cols_iᵀ), each sample's product an FMA GEMM);
-   * that pass also makes a dx, here from zero weights into scratch, so this costs
-   * a backward pass. colSums: each row's float32 rowSum, summed in float64 (ConvWasm's bits).
+   * CBN's sums (ConvKernel.statsSums), one addon pass without dx: yColSums is the dW
+   * pass run with dy := y (Σ f64(y_i·cols_iᵀ), each sample's product an FMA GEMM),
+   * colSums each row's float32 rowSum summed in float64 in sample order (ConvWasm's
+   * bits), taken while the dW pass has the columns' block in cache.
    */
   statsSums(colSums: Float64Array, yColSums: Float64Array, first: number, n: number): void {
-    const R = this.rows, P = this.plane;
     colSums.fill(0);
     yColSums.fill(0);
     if (n === 0) return;
-    const cols = this.cols.view(first + n);
-    this.statsScratch ??= { dx: new BatchBuffer(this.inSize), w: new Float32Array(this.g.cout * R) };
     const g = this.g;
-    this.k.convBackward(this.statsScratch.dx.view(first + n), this.y.view(first + n), cols, this.statsScratch.w, yColSums, EMPTY, EMPTY,
+    this.statsW ??= new Float32Array(g.cout * this.rows);
+    this.k.convBackward(EMPTY, this.y.view(first + n), this.cols.view(first + n), this.statsW, yColSums, EMPTY, EMPTY, colSums,
       g.cin, g.inH, g.inW, g.kernel, g.stride, g.padding, g.outH, g.outW, g.cout, first, n, this.threads);
-    for (let i = first; i < first + n; i++) for (let r = 0; r < R; r++) colSums[r]! += rowSum(cols, (i * R + r) * P, P);
   }
 }
 

@@ -22,10 +22,12 @@ export interface NativeKernels {
     cin: number, inH: number, inW: number, kernel: number, stride: number, padding: number, outH: number, outW: number,
     cout: number, n: number, train: number, threads: number): void;
   /**
-   * Samples first..first+count−1: dw64 (cout, R) = Σ f64(dy_i·cols_iᵀ) in sample order; dx_i = col2im(Wᵀ·dy_i)
-   * (zeroed first). Unless empty: dw = float32(dw64), db (cout) = float32(Σ_i f64(rowSum(dy_i row))) (conv-native.ts's rowSum, ConvWasm's bits).
+   * Samples first..first+count−1: dw64 (cout, R) = Σ f64(dy_i·cols_iᵀ) in sample order. Unless empty:
+   * dx_i = col2im(Wᵀ·dy_i) (zeroed first), dw = float32(dw64), db (cout) = float32(Σ_i f64(rowSum(dy_i row))),
+   * colSums (R) = Σ_i f64(rowSum(cols_i row)) (conv-native.ts's rowSum, ConvWasm's bits).
    */
   convBackward(dx: Float32Array, dy: Float32Array, cols: Float32Array, w: Float32Array, dw64: Float64Array, dw: Float32Array, db: Float32Array,
+    colSums: Float64Array,
     cin: number, inH: number, inW: number, kernel: number, stride: number, padding: number, outH: number, outW: number,
     cout: number, first: number, count: number, threads: number): void;
   /** The GEMM micro-kernel this process runs: "avx512f", "avx2" or "baseline" (all the same bits); isa(name) switches to one the CPU has first (tests), else throws. */
