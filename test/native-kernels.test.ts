@@ -164,7 +164,7 @@ describe.skipIf(off)("Conv2d on the native kernels", () => {
     }
   });
 
-  it("gives the same bits on 1, 2, 3 and 5 threads of the addon's pool (samples and dW columns split), with and without rank segments", () => {
+  it("gives the same bits on 1, 2, 3 and 5 threads of the addon's pool (samples and dW columns split), with and without rank segments, CBN's sums too", () => {
     for (const c of [{ ...convCases[7]!, n: 6 }, { ...convCases[2]!, n: 6 }, { ...convCases[4]!, n: 4 }, { ...convCases[8]!, n: 14 }]) {
       const ref = make(c, 195, "native");
       const rng = new Rng(196), g = ref.geometry;
@@ -174,9 +174,12 @@ describe.skipIf(off)("Conv2d on the native kernels", () => {
         const k = new ConvNative(g, nativeKernels()!, threads);
         const dw = new Float32Array(w.length), db = new Float32Array(b.length);
         const y = k.forward(x, c.n, true, w, b).slice();
+        const rows = c.cin * c.k * c.k, colSums = new Float64Array(rows), yColSums = new Float64Array(c.cout * rows);
+        k.statsSums(colSums, yColSums, 1, c.n - 1);
         const ye = k.forward(xe, 3, false, w, b).slice();
         const dx = k.backward(dy, c.n, w, dw, db, seg).slice();
-        return [y, ye, dx, dw, db];
+        // The float64 sums compared byte for byte.
+        return [y, ye, dx, dw, db, new Float32Array(colSums.buffer), new Float32Array(yColSums.buffer)];
       };
       for (const segments of [1, 2]) {
         const seg = (): RankSegments | null => (segments > 1 ? { count: segments, dw: new Float64Array(w.length), db: new Float64Array(b.length) } : null);
