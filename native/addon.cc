@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "conv.h"
 #include "gemm.h"
@@ -89,7 +90,10 @@ napi_value Col2imAdd(napi_env env, napi_callback_info info) {
   if (!span(env, a, 0, napi_float32_array, int64_t(g.cin) * g.inH * g.inW, &dx, "dx") ||
       !span(env, a, 2, napi_float32_array, rows * plane, &dcols, "dcols"))
     return nullptr;
-  syncbn::col2imAdd(static_cast<float*>(dx.data), static_cast<const float*>(dcols.data), g);
+  // The passes' col2im (col2imAddScratch, which zeroes dcols' columns outside the image) on a copy, so tests can hold its bits.
+  const float* d = static_cast<const float*>(dcols.data);
+  std::vector<float> scratch(d, d + rows * plane);
+  syncbn::col2imAddScratch(static_cast<float*>(dx.data), scratch.data(), g);
   return nullptr;
 }
 
@@ -110,38 +114,60 @@ syncbn::Pool& poolOf(napi_env env) {
   return *static_cast<syncbn::Pool*>(data);
 }
 
-// convForward(y, x, cols, w, cin, inH, inW, kernel, stride, padding, outH, outW, cout, n, train, threads)
+// convForward(y, x, cols, w, bias, cin, inH, inW, kernel, stride, padding, outH, outW, cout, n, train, threads)
 napi_value ConvForward(napi_env env, napi_callback_info info) {
-  napi_value a[16];
-  syncbn::Geometry g;
-  int64_t d[4];
-  void *y, *x, *cols, *w;
-  if (!argsOf(env, info, 16, a) || !geometry(env, a, 4, &g) || !ints(env, a, 12, 4, d)) return nullptr;
-  const int64_t cout = d[0], n = d[1], R = int64_t(g.cin) * g.kernel * g.kernel, P = int64_t(g.outH) * g.outW;
-  if (d[3] < 1 || d[3] > 256) return fail(env, "threads must be in 1..256"), nullptr;
-  if (!whole(env, a, 0, napi_float32_array, n * cout * P, &y, "y") || !whole(env, a, 1, napi_float32_array, n * g.cin * g.inH * g.inW, &x, "x") ||
-      !whole(env, a, 2, napi_float32_array, d[2] ? n * R * P : 0, &cols, "cols") || !whole(env, a, 3, napi_float32_array, cout * R, &w, "w"))
-    return nullptr;
-  syncbn::convForward(poolOf(env), static_cast<float*>(y), static_cast<const float*>(x), static_cast<float*>(cols), static_cast<const float*>(w), g, int(cout),
-                      int(n), d[2] != 0, int(d[3]));
-  return nullptr;
-}
-
-// convBackward(dx, dy, cols, w, dw64, cin, inH, inW, kernel, stride, padding, outH, outW, cout, first, count, threads)
-napi_value ConvBackward(napi_env env, napi_callback_info info) {
   napi_value a[17];
   syncbn::Geometry g;
   int64_t d[4];
-  void *dx, *dy, *cols, *w, *dw64;
+  void *y, *x, *cols, *w, *bias;
   if (!argsOf(env, info, 17, a) || !geometry(env, a, 5, &g) || !ints(env, a, 13, 4, d)) return nullptr;
+  const int64_t cout = d[0], n = d[1], R = int64_t(g.cin) * g.kernel * g.kernel, P = int64_t(g.outH) * g.outW;
+  if (d[3] < 1 || d[3] > 256) return fail(env, "threads must be in 1..256"), nullptr;
+  if (!whole(env, a, 0, napi_float32_array, n * cout * P, &y, "y") || !whole(env, a, 1, napi_float32_array, n * g.cin * g.inH * g.inW, &x, "x") ||
+      !whole(env, a, 2, napi_float32_array, d[2] ? n * R * P : 0, &cols, "cols") || !whole(env, a, 3, napi_float32_array, cout * R, &w, "w") ||
+      !whole(env, a, 4, napi_float32_array, cout, &bias, "bias"))
+    return nullptr;
+  syncbn::convForward(poolOf(env), static_cast<float*>(y), static_cast<const float*>(x), static_cast<float*>(cols), static_cast<const float*>(w),
+                      static_cast<const float*>(bias), g, int(cout), int(n), d[2] != 0, int(d[3]));
+  return nullptr;
+}
+
+// An optional output: args[i] a typed array of `type` of length 0 (→ null) or of at least `need` elements.
+template <class T>
+bool optional(napi_env env, napi_value* args, int i, napi_typedarray_type type, int64_t need, T** out, const char* name) {
+  void* data = nullptr;
+  if (!whole(env, args, i, type, 0, &data, name)) return false;
+  size_t len = 0;
+  napi_get_typedarray_info(env, args[i], nullptr, &len, nullptr, nullptr, nullptr);
+  if (len == 0) {
+    *out = nullptr;
+    return true;
+  }
+  if (!whole(env, args, i, type, need, &data, name)) return false;
+  *out = static_cast<T*>(data);
+  return true;
+}
+
+// convBackward(dx, dy, cols, w, dw64, dw, db, colSums, cin, inH, inW, kernel, stride, padding, outH, outW, cout, first, count, threads);
+// dx, dw, db and colSums may be empty (not made).
+napi_value ConvBackward(napi_env env, napi_callback_info info) {
+  napi_value a[20];
+  syncbn::Geometry g;
+  int64_t d[4];
+  void *dy, *cols, *w, *dw64;
+  float *dx, *dw, *db;
+  double* colSums;
+  if (!argsOf(env, info, 20, a) || !geometry(env, a, 8, &g) || !ints(env, a, 16, 4, d)) return nullptr;
   const int64_t cout = d[0], end = d[1] + d[2], R = int64_t(g.cin) * g.kernel * g.kernel, P = int64_t(g.outH) * g.outW;
   if (d[3] < 1 || d[3] > 256) return fail(env, "threads must be in 1..256"), nullptr;
-  if (!whole(env, a, 0, napi_float32_array, end * g.cin * g.inH * g.inW, &dx, "dx") || !whole(env, a, 1, napi_float32_array, end * cout * P, &dy, "dy") ||
-      !whole(env, a, 2, napi_float32_array, end * R * P, &cols, "cols") || !whole(env, a, 3, napi_float32_array, cout * R, &w, "w") ||
-      !whole(env, a, 4, napi_float64_array, cout * R, &dw64, "dw64"))
+  const auto f32 = napi_float32_array;
+  if (!optional(env, a, 0, f32, end * g.cin * g.inH * g.inW, &dx, "dx") || !whole(env, a, 1, f32, end * cout * P, &dy, "dy") ||
+      !whole(env, a, 2, f32, end * R * P, &cols, "cols") || !whole(env, a, 3, f32, cout * R, &w, "w") ||
+      !whole(env, a, 4, napi_float64_array, cout * R, &dw64, "dw64") || !optional(env, a, 5, f32, cout * R, &dw, "dw") ||
+      !optional(env, a, 6, f32, cout, &db, "db") || !optional(env, a, 7, napi_float64_array, R, &colSums, "colSums"))
     return nullptr;
-  syncbn::convBackward(poolOf(env), static_cast<float*>(dx), static_cast<const float*>(dy), static_cast<const float*>(cols), static_cast<const float*>(w),
-                       static_cast<double*>(dw64), g, int(cout), int(d[1]), int(d[2]), int(d[3]));
+  syncbn::convBackward(poolOf(env), dx, static_cast<const float*>(dy), static_cast<const float*>(cols), static_cast<const float*>(w),
+                       static_cast<double*>(dw64), dw, db, colSums, g, int(cout), int(d[1]), int(d[2]), int(d[3]));
   return nullptr;
 }
 

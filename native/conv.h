@@ -20,15 +20,24 @@ void im2col(float* cols, const float* x, const Geometry& g);
 // dx (cin, inH, inW) += the adjoint of im2col applied to dcols (cin·k·k rows of outH·outW,
 // rowStride apart; 0: back to back).
 void col2imAdd(float* dx, const float* dcols, const Geometry& g, int64_t rowStride = 0);
+// The same adds, the same bits (given dx is never −0, as when it starts at +0), faster when stride
+// is 1 and outW = inW; dcols is scratch: its elements at columns outside the image may be zeroed.
+void col2imAddScratch(float* dx, float* dcols, const Geometry& g, int64_t rowStride = 0);
 
 // passes.cc: a batch's passes over `threads` parts of the pool, the same bits for any number.
-// y (n, cout, P) += W·im2col(x_i) per sample (y holds the bias); training keeps
-// every sample's columns in cols (n, R, P). Several samples per GEMM when P is small.
-void convForward(Pool& pool, float* y, const float* x, float* cols, const float* w, const Geometry& g, int cout, int n, bool train, int threads);
+// y (n, cout, P) = bias + W·im2col(x_i) per sample (the bias (cout) filled in, then
+// the GEMM adds); training keeps every sample's columns in cols (n, R, P). Several
+// samples per GEMM when P is small.
+void convForward(Pool& pool, float* y, const float* x, float* cols, const float* w, const float* bias, const Geometry& g, int cout, int n, bool train,
+                 int threads);
 // Samples first..first+count−1: dw64 (cout, R) = Σ f64(dy_i·cols_iᵀ) in sample
-// order (each sample's product in float32), dx_i (zeroed by the caller) += col2im(Wᵀ·dy_i).
-void convBackward(Pool& pool, float* dx, const float* dy, const float* cols, const float* w, double* dw64, const Geometry& g, int cout, int first,
-                  int count, int threads);
+// order (each sample's product in float32), dx_i = col2im(Wᵀ·dy_i) (zeroed here
+// first). When not null: dw (cout, R) = float32(dw64) (zero when count = 0), and
+// db (cout) = float32(Σ_i f64(rowSum(dy_i row co))), rowSum the twins' float32
+// 4-lane order, summed in sample order (ConvWasm's db bits); colSums (R) =
+// Σ_i f64(rowSum(cols_i row r)) (CBN's sums, the same order). dx null: no dx.
+void convBackward(Pool& pool, float* dx, const float* dy, const float* cols, const float* w, double* dw64, float* dw, float* db, double* colSums,
+                  const Geometry& g, int cout, int first, int count, int threads);
 
 // The bench's ceiling (peak.cc): GFLOP/s of one core's widest vector FMA, measured for `seconds`; isa names it ("none": 0).
 double fmaPeakGflops(double seconds, const char** isa);

@@ -1,5 +1,10 @@
 // im2col and its adjoint (conv.h): copies and adds only, no arithmetic order to
 // speak of but col2im's, which adds in (ci, kh, kw, oh, ow) order for each pass.
+// Stride 1 with outW = inW (a "same" conv, resnet's 3×3 pad 1) has a fast path:
+// each (ci, kh, kw) row of the columns is the image plane shifted by a constant,
+// so one contiguous copy (im2col) or add (col2im) covers all its output rows, the
+// columns that fall outside the image fixed afterwards (im2col: zeroed) or
+// beforehand (col2im: zeroed in the scratch dcols, so they add +0).
 #include "conv.h"
 
 #include <algorithm>
@@ -17,7 +22,49 @@ int endValid(int kw, int s, int pad, int inW, int outW, int first) {
 }
 }  // namespace
 
+// Stride 1 and outW = inW: a row's valid output rows oh0..oh1−1 and columns lo..hi−1, and the shift
+// from a column index p = oh·outW + ow to its image index p + shift.
+struct SameRow {
+  int oh0, oh1, lo, hi;
+  int64_t shift;
+};
+bool sameShape(const Geometry& g) { return g.stride == 1 && g.outW == g.inW; }
+SameRow sameRow(const Geometry& g, int kh, int kw) {
+  SameRow r;
+  r.oh0 = std::min(g.outH, std::max(0, g.padding - kh));
+  r.oh1 = std::max(r.oh0, std::min(g.outH, g.inH + g.padding - kh));
+  r.lo = firstValid(kw, 1, g.padding);
+  r.hi = endValid(kw, 1, g.padding, g.inW, g.outW, r.lo);
+  r.shift = int64_t(kh - g.padding) * g.inW + (kw - g.padding);
+  return r;
+}
+
 void im2col(float* cols, const float* x, const Geometry& g) {
+  if (sameShape(g)) {
+    const int k = g.kernel, outW = g.outW;
+    const int64_t plane = int64_t(g.outH) * outW;
+    for (int ci = 0; ci < g.cin; ci++)
+      for (int kh = 0; kh < k; kh++)
+        for (int kw = 0; kw < k; kw++) {
+          float* row = cols + (int64_t(ci * k + kh) * k + kw) * plane;
+          const float* src = x + int64_t(ci) * g.inH * g.inW;
+          const SameRow r = sameRow(g, kh, kw);
+          if (r.oh0 >= r.oh1 || r.lo >= r.hi) {
+            std::fill_n(row, plane, 0.0f);
+            continue;
+          }
+          const int64_t a = int64_t(r.oh0) * outW + r.lo, b = int64_t(r.oh1 - 1) * outW + r.hi;
+          std::fill_n(row, a, 0.0f);
+          std::copy(src + a + r.shift, src + b + r.shift, row + a);  // every index in a..b−1 is inside the plane
+          std::fill_n(row + b, plane - b, 0.0f);
+          for (int oh = r.oh0; oh < r.oh1; oh++) {  // the columns outside the image, wrapped in from the next/previous row
+            float* d = row + int64_t(oh) * outW;
+            if (oh > r.oh0) std::fill(d, d + r.lo, 0.0f);
+            if (oh + 1 < r.oh1) std::fill(d + r.hi, d + outW, 0.0f);
+          }
+        }
+    return;
+  }
   const int k = g.kernel, s = g.stride, pad = g.padding, outW = g.outW;
   const int64_t plane = int64_t(g.outH) * outW;
   for (int ci = 0; ci < g.cin; ci++)
@@ -57,6 +104,27 @@ void col2imAdd(float* dx, const float* dcols, const Geometry& g, int64_t rowStri
           if (s == 1) for (int ow = lo; ow < hi; ow++) dst[ow] += src[ow];  // vectorized
           else for (int ow = lo; ow < hi; ow++) dst[int64_t(ow) * s] += src[ow];
         }
+      }
+}
+
+void col2imAddScratch(float* dx, float* dcols, const Geometry& g, int64_t rowStride) {
+  if (!sameShape(g)) return col2imAdd(dx, dcols, g, rowStride);
+  const int k = g.kernel, outW = g.outW;
+  const int64_t plane = rowStride > 0 ? rowStride : int64_t(g.outH) * outW;
+  for (int ci = 0; ci < g.cin; ci++)
+    for (int kh = 0; kh < k; kh++)
+      for (int kw = 0; kw < k; kw++) {
+        float* row = dcols + (int64_t(ci * k + kh) * k + kw) * plane;
+        const SameRow r = sameRow(g, kh, kw);
+        if (r.oh0 >= r.oh1 || r.lo >= r.hi) continue;
+        for (int oh = r.oh0; oh < r.oh1; oh++) {  // the wrapped columns add +0 (dx is never −0: it starts at +0)
+          float* d = row + int64_t(oh) * outW;
+          if (oh > r.oh0) std::fill(d, d + r.lo, 0.0f);
+          if (oh + 1 < r.oh1) std::fill(d + r.hi, d + outW, 0.0f);
+        }
+        const int64_t a = int64_t(r.oh0) * outW + r.lo, b = int64_t(r.oh1 - 1) * outW + r.hi;
+        float* dst = dx + int64_t(ci) * g.inH * g.inW + r.shift;
+        for (int64_t p = a; p < b; p++) dst[p] += row[p];  // vectorized
       }
 }
 

@@ -27,9 +27,26 @@ float* grown(std::vector<float>& v, int64_t floats) {
   if (int64_t(v.size()) < floats) v.resize(floats);
   return v.data();
 }
+
+// Σ a[0..len−1] in float32 in the WebAssembly row_sums order (conv-native.ts's rowSum, the twins' db):
+// 4 lanes over the first len − len mod 4, then (l0 + l1) + (l2 + l3), then the rest one by one.
+float rowSum(const float* a, int64_t len) {
+  float l0 = 0, l1 = 0, l2 = 0, l3 = 0;
+  int64_t j = 0;
+  for (; j + 4 <= len; j += 4) {
+    l0 += a[j];
+    l1 += a[j + 1];
+    l2 += a[j + 2];
+    l3 += a[j + 3];
+  }
+  float s = (l0 + l1) + (l2 + l3);
+  for (; j < len; j++) s += a[j];
+  return s;
+}
 }  // namespace
 
-void convForward(Pool& pool, float* y, const float* x, float* cols, const float* w, const Geometry& g, int cout, int n, bool train, int threads) {
+void convForward(Pool& pool, float* y, const float* x, float* cols, const float* w, const float* bias, const Geometry& g, int cout, int n, bool train,
+                 int threads) {
   const int64_t R = int64_t(g.cin) * g.kernel * g.kernel, P = int64_t(g.outH) * g.outW, inSize = int64_t(g.cin) * g.inH * g.inW;
   const int64_t group = samplesPerGemm(P);
   const int parts = std::max(1, std::min(threads, n));
@@ -40,6 +57,9 @@ void convForward(Pool& pool, float* y, const float* x, float* cols, const float*
     for (int64_t i0 = lo; i0 < hi; i0 += group) {
       const int64_t count = std::min(group, hi - i0);
       float* c = train ? cols + i0 * R * P : grown(evalCols, count * R * P);
+      // y_i (cout, P) ← the bias, each sample's rows just before the GEMM adds into them.
+      for (int64_t s = 0; s < count; s++)
+        for (int64_t co = 0; co < cout; co++) std::fill_n(y + ((i0 + s) * cout + co) * P, P, bias[co]);
       for (int64_t s = 0; s < count; s++) im2col(c + s * R * P, x + (i0 + s) * inSize, g);
       // y (cout, count·P) += W (cout, R)·cols (R, count·P)
       gemm(View::batched(y + i0 * cout * P, P, cout * P), View::plain(w, R, 1), View::batched(c, P, R * P), cout, count * P, R, true);
@@ -47,8 +67,8 @@ void convForward(Pool& pool, float* y, const float* x, float* cols, const float*
   });
 }
 
-void convBackward(Pool& pool, float* dx, const float* dy, const float* cols, const float* w, double* dw64, const Geometry& g, int cout, int first,
-                  int count, int threads) {
+void convBackward(Pool& pool, float* dx, const float* dy, const float* cols, const float* w, double* dw64, float* dw, float* db, double* colSums,
+                  const Geometry& g, int cout, int first, int count, int threads) {
   const int64_t R = int64_t(g.cin) * g.kernel * g.kernel, P = int64_t(g.outH) * g.outW, inSize = int64_t(g.cin) * g.inH * g.inW;
   const int64_t group = samplesPerGemm(P);
   const int parts = std::max(1, threads);
@@ -61,25 +81,45 @@ void convBackward(Pool& pool, float* dx, const float* dy, const float* cols, con
     const int64_t width = j1 - j0;
     thread_local std::vector<float> dw32Buf, dcolsBuf;
     float* dw32 = grown(dw32Buf, cout * width);
+    if (colSums) std::fill(colSums + j0, colSums + j1, 0.0);
     for (int64_t s = 0; width > 0 && s < count; s++) {
       const int64_t i = first + s;
       // dw32 (width, cout) = cols_i[j0..j1) (width, P)·dy_i (cout, P)ᵀ = this block of dW_iᵀ, widened into the float64 sum.
       gemmInPlaceA(dw32, cout, cols + i * R * P + j0 * P, P, View::plain(dy + i * cout * P, 1, P), width, cout, P);
+      // colSums[j] += f64(rowSum(cols_i row j)) while the block is in cache (CBN's statsSums: ConvWasm's bits).
+      if (colSums)
+        for (int64_t j = j0; j < j1; j++) colSums[j] += double(rowSum(cols + (i * R + j) * P, P));
       for (int64_t co = 0; co < cout; co++) {
         double* sum = dw64 + co * R + j0;
         if (s == 0) for (int64_t j = 0; j < width; j++) sum[j] = double(dw32[j * cout + co]);
         else for (int64_t j = 0; j < width; j++) sum[j] += double(dw32[j * cout + co]);
       }
     }
+    // dw (cout, R) ← float32(dw64) over this part's columns (count = 0: dw64 left as it was, dw zero).
+    if (dw)
+      for (int64_t co = 0; co < cout; co++)
+        for (int64_t j = j0; j < j1; j++) dw[co * R + j] = count > 0 ? float(dw64[co * R + j]) : 0.0f;
+    // db[co] ← Σ over the samples of each row's float32 rowSum, in float64 in sample order; this part's channels.
+    if (db) {
+      int64_t c0, c1;
+      partRange(cout, p, parts, &c0, &c1);
+      for (int64_t co = c0; co < c1; co++) {
+        double sum = 0;
+        for (int64_t i = first; i < first + count; i++) sum += double(rowSum(dy + (i * cout + co) * P, P));
+        db[co] = float(sum);
+      }
+    }
     // dx for this part's samples: dcols (R, k·P) = Wᵀ (R, cout)·dy (cout, k·P), the k samples side by side in
     // each row (a plain matrix: no tile spans two samples' memory), then col2im per sample.
+    if (!dx) return;
     int64_t lo, hi;
     partRange(count, p, parts, &lo, &hi);
     for (int64_t i0 = first + lo; i0 < first + hi; i0 += group) {
       const int64_t k = std::min(group, first + hi - i0);
+      std::fill_n(dx + i0 * inSize, k * inSize, 0.0f);
       float* dcols = grown(dcolsBuf, k * R * P);
       gemm(View::plain(dcols, k * P, 1), View::plain(w, 1, R), View::batched(dy + i0 * cout * P, P, cout * P), R, k * P, cout, false);
-      for (int64_t s = 0; s < k; s++) col2imAdd(dx + (i0 + s) * inSize, dcols + s * P, g, k * P);
+      for (int64_t s = 0; s < k; s++) col2imAddScratch(dx + (i0 + s) * inSize, dcols + s * P, g, k * P);
     }
   });
 }

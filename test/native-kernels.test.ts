@@ -12,7 +12,7 @@
 
 import { afterAll, describe, expect, it } from "vitest";
 import { Rng } from "../shared/rng.js";
-import { Conv2d } from "../worker/nn/conv2d.js";
+import { col2imAdd, Conv2d, im2col, type ConvGeometry } from "../worker/nn/conv2d.js";
 import type { RankSegments } from "../worker/nn/layer.js";
 import { convKernelBackend, setKernelBackend } from "../worker/nn/kernels/backend.js";
 import { ConvNative } from "../worker/nn/kernels/conv-native.js";
@@ -164,7 +164,7 @@ describe.skipIf(off)("Conv2d on the native kernels", () => {
     }
   });
 
-  it("gives the same bits on 1, 2, 3 and 5 threads of the addon's pool (samples and dW columns split), with and without rank segments", () => {
+  it("gives the same bits on 1, 2, 3 and 5 threads of the addon's pool (samples and dW columns split), with and without rank segments, CBN's sums too", () => {
     for (const c of [{ ...convCases[7]!, n: 6 }, { ...convCases[2]!, n: 6 }, { ...convCases[4]!, n: 4 }, { ...convCases[8]!, n: 14 }]) {
       const ref = make(c, 195, "native");
       const rng = new Rng(196), g = ref.geometry;
@@ -174,9 +174,12 @@ describe.skipIf(off)("Conv2d on the native kernels", () => {
         const k = new ConvNative(g, nativeKernels()!, threads);
         const dw = new Float32Array(w.length), db = new Float32Array(b.length);
         const y = k.forward(x, c.n, true, w, b).slice();
+        const rows = c.cin * c.k * c.k, colSums = new Float64Array(rows), yColSums = new Float64Array(c.cout * rows);
+        k.statsSums(colSums, yColSums, 1, c.n - 1);
         const ye = k.forward(xe, 3, false, w, b).slice();
         const dx = k.backward(dy, c.n, w, dw, db, seg).slice();
-        return [y, ye, dx, dw, db];
+        // The float64 sums compared byte for byte.
+        return [y, ye, dx, dw, db, new Float32Array(colSums.buffer), new Float32Array(yColSums.buffer)];
       };
       for (const segments of [1, 2]) {
         const seg = (): RankSegments | null => (segments > 1 ? { count: segments, dw: new Float64Array(w.length), db: new Float64Array(b.length) } : null);
@@ -303,12 +306,43 @@ describe.skipIf(off)("Conv2d on the native kernels", () => {
     for (const bad of [0, -1, 61, Number.NaN]) expect(() => k.fmaPeak(bad)).toThrow(/seconds must be in \(0, 60\]/);
   });
 
+  it("im2col and col2im (the stride-1 same-size fast path and the general one) give the TypeScript loops' bits", () => {
+    const k = nativeKernels()!;
+    const rng = new Rng(5);
+    let cases = 0;
+    for (const kernel of [1, 2, 3, 4, 5]) for (const padding of [0, 1, 2, 3]) for (const stride of [1, 2]) for (const [inH, inW] of [[1, 1], [2, 3], [5, 4], [7, 7]] as const) {
+      const outH = Math.floor((inH + 2 * padding - kernel) / stride) + 1, outW = Math.floor((inW + 2 * padding - kernel) / stride) + 1;
+      if (outH < 1 || outW < 1) continue;
+      const g: ConvGeometry = { cin: 2, cout: 1, inH, inW, kernel, stride, padding, outH, outW };
+      const R = 2 * kernel * kernel, P = outH * outW, inSize = 2 * inH * inW;
+      const x = normals(rng, inSize), dcols = normals(rng, R * P);
+      const colsTs = new Float32Array(R * P), colsNat = new Float32Array(R * P).fill(7);
+      im2col(colsTs, x, 0, g);
+      k.im2col(colsNat, 0, x, 0, 2, inH, inW, kernel, stride, padding, outH, outW);
+      expectBits(`im2col ${JSON.stringify(g)}`, colsNat, colsTs);
+      const dxTs = new Float32Array(inSize), dxNat = new Float32Array(inSize), before = dcols.slice();
+      col2imAdd(dxTs, 0, dcols, g);
+      k.col2imAdd(dxNat, 0, dcols, 0, 2, inH, inW, kernel, stride, padding, outH, outW);
+      expectBits(`col2im ${JSON.stringify(g)}`, dxNat, dxTs);
+      expectBits("dcols unchanged", dcols, before);
+      cases++;
+    }
+    expect(cases).toBeGreaterThan(100);
+  });
+
   it("rejects arrays too short for the call instead of writing past them", () => {
     const k = nativeKernels()!;
     const c = new Float32Array(4), a = new Float32Array(4), w = new Float32Array(9), y = new Float32Array(4), dw = new Float64Array(9);
     // One channel, 2×2 image, 3×3 kernel pad 1: y (n, 1, 4), cols (n, 9, 4), x (n, 1, 4); two samples need 8 of each.
-    expect(() => k.convForward(y, a, new Float32Array(72), w, 1, 2, 2, 3, 1, 1, 2, 2, 1, 2, 1, 1)).toThrow(RangeError);
-    expect(() => k.convBackward(new Float32Array(8), new Float32Array(8), new Float32Array(36), w, dw, 1, 2, 2, 3, 1, 1, 2, 2, 1, 0, 2, 1)).toThrow(RangeError);
+    const bias = new Float32Array(1), none = new Float32Array(0);
+    expect(() => k.convForward(y, a, new Float32Array(72), w, bias, 1, 2, 2, 3, 1, 1, 2, 2, 1, 2, 1, 1)).toThrow(RangeError);
+    expect(() => k.convForward(new Float32Array(8), new Float32Array(8), new Float32Array(72), w, none, 1, 2, 2, 3, 1, 1, 2, 2, 1, 2, 1, 1)).toThrow(/bias: out of range/);
+    expect(() => k.convBackward(new Float32Array(8), new Float32Array(8), new Float32Array(36), w, dw, none, none, new Float64Array(0), 1, 2, 2, 3, 1, 1, 2, 2, 1, 0, 2, 1)).toThrow(RangeError);
+    // dw (cout·R = 9), db (cout = 1) and colSums (R = 9) are either empty or whole.
+    const ok = [new Float32Array(8), new Float32Array(8), new Float32Array(72), w, dw] as const;
+    expect(() => k.convBackward(...ok, new Float32Array(8), none, new Float64Array(0), 1, 2, 2, 3, 1, 1, 2, 2, 1, 0, 2, 1)).toThrow(/dw: out of range/);
+    expect(() => k.convBackward(...ok, none, none, new Float64Array(8), 1, 2, 2, 3, 1, 1, 2, 2, 1, 0, 2, 1)).toThrow(/colSums: out of range/);
+    expect(() => k.convBackward(...ok, new Float32Array(9), new Float32Array(2), new Float64Array(9), 1, 2, 2, 3, 1, 1, 2, 2, 1, 0, 2, 1)).not.toThrow();
     expect(() => k.im2col(c, 0, a, 0, 1, 2, 2, 3, 1, 1, 2, 2)).toThrow(RangeError);
     expect(() => k.isa("sse9")).toThrow(/isa\(name\): name must be avx512f, avx2 or baseline/);
   });

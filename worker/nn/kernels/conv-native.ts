@@ -13,7 +13,7 @@ import { addSegment, beginSegments, endSegments, BatchBuffer, segmentLength, typ
 import type { NativeKernels } from "./native.js";
 import { requestedComputeThreads } from "./threads.js";
 
-const EMPTY = new Float32Array(0);
+const EMPTY = new Float32Array(0), EMPTY64 = new Float64Array(0);
 
 export class ConvNative implements ConvKernel {
   private readonly rows: number; // R = cin·k·k
@@ -24,9 +24,8 @@ export class ConvNative implements ConvKernel {
   /** Every training sample's columns, kept for backward. */
   private readonly cols: BatchBuffer; // (N, R, P)
   private readonly dw64: Float64Array; // (cout, R): Σ over samples
-  /** statsSums' dx scratch and zero weights, made at its first call (only CBN calls it). */
-  private statsScratch: { dx: BatchBuffer; w: Float32Array } | null = null;
-  private readonly geo: readonly [number, number, number, number, number, number, number, number];
+  /** statsSums' zero weights (the pass checks w; no dx is made), made at its first call (only CBN calls it). */
+  private statsW: Float32Array | null = null;
 
   /** `threads`: the passes' parts on the addon's pool (--threads; the same bits for any number). */
   constructor(private readonly g: ConvGeometry, private readonly k: NativeKernels, private readonly threads = requestedComputeThreads()) {
@@ -37,41 +36,39 @@ export class ConvNative implements ConvKernel {
     this.dx = new BatchBuffer(this.inSize);
     this.cols = new BatchBuffer(this.rows * this.plane);
     this.dw64 = new Float64Array(g.cout * this.rows);
-    this.geo = [g.cin, g.inH, g.inW, g.kernel, g.stride, g.padding, g.outH, g.outW];
   }
 
-  /** Per sample: im2col, y = W·cols + b, the samples split over the threads. 2·n·cout·R·P flops. */
+  /** Per sample: im2col, y = b + W·cols (the addon fills in the bias), the samples split over the threads. 2·n·cout·R·P flops. */
   forward(x: Float32Array, n: number, train: boolean, w: Float32Array, b: Float32Array): Float32Array {
-    const cout = this.g.cout, P = this.plane;
+    const g = this.g;
     const y = this.y.view(n);
-    for (let i = 0; i < n; i++) for (let co = 0; co < cout; co++) y.fill(b[co]!, (i * cout + co) * P, (i * cout + co + 1) * P);
     // An eval forward leaves the training columns alone (the addon uses scratch columns).
-    this.k.convForward(y, x, train ? this.cols.view(n) : EMPTY, w, ...this.geo, cout, n, train ? 1 : 0, this.threads);
+    this.k.convForward(y, x, train ? this.cols.view(n) : EMPTY, w, b, g.cin, g.inH, g.inW, g.kernel, g.stride, g.padding, g.outH, g.outW,
+      g.cout, n, train ? 1 : 0, this.threads);
     return y;
   }
 
   /**
    * Per sample: dW += f64(dy·colsᵀ), dcols = Wᵀ·dy, dx = col2im(dcols); db = Σ dy
-   * in float64. 4·n·cout·R·P flops, dW's rows and dx's samples split over the
+   * in float64 (rowSum per row, ConvWasm's order); all in the addon's one pass per segment. 4·n·cout·R·P flops, dW's rows and dx's samples split over the
    * threads. With rank segments, dW and db restart at each segment's first sample
    * and, rounded to float32, are added into seg in float64 at its last, so each is
    * what its samples alone give (as ConvWasm).
    */
   backward(dy: Float32Array, n: number, w: Float32Array, dw: Float32Array, db: Float32Array, seg: RankSegments | null): Float32Array {
-    const cout = this.g.cout;
+    const g = this.g;
     const cols = this.cols.view(n);
     const dx = this.dx.view(n);
     const b = segmentLength("conv", n, seg);
-    dx.fill(0);
     beginSegments(seg);
     if (n === 0) {
       dw.fill(0);
       db.fill(0);
     }
     for (let first = 0; first < n; first += b) {
-      this.k.convBackward(dx, dy, cols, w, this.dw64, ...this.geo, cout, first, b, this.threads);
-      this.sumBias(db, dy, first, b);
-      for (let t = 0; t < dw.length; t++) dw[t] = this.dw64[t]!;
+      // dx's samples first..first+b−1 zeroed and made, dw = float32(dw64), db = Σ_i rowSum in float64, in the addon.
+      this.k.convBackward(dx, dy, cols, w, this.dw64, dw, db, EMPTY64, g.cin, g.inH, g.inW, g.kernel, g.stride, g.padding, g.outH, g.outW,
+        g.cout, first, b, this.threads);
       addSegment(seg, dw, db);
     }
     endSegments(seg, dw, db);
@@ -79,37 +76,27 @@ export class ConvNative implements ConvKernel {
   }
 
   /**
-   * CBN's sums (ConvKernel.statsSums): yColSums is the addon's dW pass run with
-   * dy := y (Σ f64(y_i·cols_iᵀ), each sample's product an FMA GEMM);
-   * that pass also makes a dx, here from zero weights into scratch, so this costs
-   * a backward pass. colSums: each row's float32 rowSum, summed in float64 (ConvWasm's bits).
+   * CBN's sums (ConvKernel.statsSums), one addon pass without dx: yColSums is the dW
+   * pass run with dy := y (Σ f64(y_i·cols_iᵀ), each sample's product an FMA GEMM),
+   * colSums each row's float32 rowSum summed in float64 in sample order (ConvWasm's
+   * bits), taken while the dW pass has the columns' block in cache.
    */
   statsSums(colSums: Float64Array, yColSums: Float64Array, first: number, n: number): void {
-    const R = this.rows, P = this.plane;
     colSums.fill(0);
     yColSums.fill(0);
     if (n === 0) return;
-    const cols = this.cols.view(first + n);
-    this.statsScratch ??= { dx: new BatchBuffer(this.inSize), w: new Float32Array(this.g.cout * R) };
-    this.k.convBackward(this.statsScratch.dx.view(first + n), this.y.view(first + n), cols, this.statsScratch.w, yColSums, ...this.geo, this.g.cout, first, n, this.threads);
-    for (let i = first; i < first + n; i++) for (let r = 0; r < R; r++) colSums[r]! += rowSum(cols, (i * R + r) * P, P);
-  }
-
-  /** db[co] ← Σ over samples first..first+count−1 of each row's float32 sum (rowSum), in float64 (as ConvWasm). */
-  private sumBias(db: Float32Array, dy: Float32Array, first: number, count: number): void {
-    const cout = this.g.cout, P = this.plane;
-    for (let co = 0; co < cout; co++) {
-      let s = 0;
-      for (let i = first; i < first + count; i++) s += rowSum(dy, (i * cout + co) * P, P);
-      db[co] = s;
-    }
+    const g = this.g;
+    this.statsW ??= new Float32Array(g.cout * this.rows);
+    this.k.convBackward(EMPTY, this.y.view(first + n), this.cols.view(first + n), this.statsW, yColSums, EMPTY, EMPTY, colSums,
+      g.cin, g.inH, g.inW, g.kernel, g.stride, g.padding, g.outH, g.outW, g.cout, first, n, this.threads);
   }
 }
 
 /**
  * Σ a[off..off+len−1] in float32 in the WebAssembly row_sums order (wasm-kernels.ts):
  * 4 lanes over the first len − len mod 4 (lane l over indices ≡ l mod 4), then
- * (l0 + l1) + (l2 + l3), then the rest one by one. The same bits as ConvWasm's db.
+ * (l0 + l1) + (l2 + l3), then the rest one by one. The same bits as ConvWasm's db (and the
+ * addon's, native/passes.cc, which sums db's rows in this order).
  */
 export function rowSum(a: Float32Array, off: number, len: number): number {
   const f = Math.fround, end = off + (len & ~3);
