@@ -36,7 +36,8 @@ struct Args {
     void* data = nullptr;
     napi_is_typedarray(env, v[i], &isTa);
     if (!isTa || napi_get_typedarray_info(env, v[i], &t, &len, &data, nullptr, nullptr) != napi_ok || t != type) {
-      fail(std::string(name) + ": expected a " + (type == napi_float32_array ? "Float32Array" : "Float64Array"));
+      const char* want = type == napi_float32_array ? "a Float32Array" : type == napi_float64_array ? "a Float64Array" : "an Int32Array";
+      fail(std::string(name) + ": expected " + want);
       return nullptr;
     }
     if (need < 0 || int64_t(len) < need) {
@@ -45,23 +46,7 @@ struct Args {
     }
     return data;
   }
-  int32_t* i32(int i, int64_t need, const char* name) {
-    if (!ok) return nullptr;
-    bool isTa = false;
-    napi_typedarray_type t;
-    size_t len = 0;
-    void* data = nullptr;
-    napi_is_typedarray(env, v[i], &isTa);
-    if (!isTa || napi_get_typedarray_info(env, v[i], &t, &len, &data, nullptr, nullptr) != napi_ok || t != napi_int32_array) {
-      fail(std::string(name) + ": expected an Int32Array");
-      return nullptr;
-    }
-    if (need < 0 || int64_t(len) < need) {
-      fail(std::string(name) + ": " + std::to_string(len) + " elements, needs " + std::to_string(need));
-      return nullptr;
-    }
-    return static_cast<int32_t*>(data);
-  }
+  int32_t* i32(int i, int64_t need, const char* name) { return static_cast<int32_t*>(array(i, napi_int32_array, need, name)); }
   float* f32(int i, int64_t need, const char* name) { return static_cast<float*>(array(i, napi_float32_array, need, name)); }
   double* f64(int i, int64_t need, const char* name) { return static_cast<double*>(array(i, napi_float64_array, need, name)); }
   int64_t count(int i, const char* name) {
