@@ -335,7 +335,7 @@ export function expectedSteps(g: SweepGrid, batch: number): number | null {
 // and the training FLOPs at the rate such a step reaches (threads for small work
 // per rank-step, one process per rank for big). The mlp's costs are fitted to the
 // default sweep (docs/defaults.md); conv models' (cnn, resnet:N, native kernels) to
-// the study's probe runs (docs/study.md#the-default-study).
+// the one-epoch resnet:3 sweep (docs/sweep-resnet3/results.csv).
 interface RunCosts {
   runSeconds: number;
   stepMs: number;
@@ -344,12 +344,14 @@ interface RunCosts {
   processesFlopsPerSecond: number;
 }
 const MLP_COSTS: RunCosts = { runSeconds: 2, stepMs: 14, bnRoundMs: 5, threadsFlopsPerSecond: 5e9, processesFlopsPerSecond: 5e9 };
-// Conv: the four probes of docs/study.md (resnet:3, load 6–18): sync × 32 on 8
-// processes, 40000 samples 858.3 s and 80000 samples 1030.3 s (8.9 and 14.7 GFLOP/s:
-// the load moves it; their total gives 12.1), sync × 2 on threads 772.7 s, local × 2
-// 781.6 s (40000 samples each); sync's 42 BN rounds per step cost nothing
-// measurable next to the compute there.
-const CONV_COSTS: RunCosts = { runSeconds: 5, stepMs: 14, bnRoundMs: 0, threadsFlopsPerSecond: 10.3e9, processesFlopsPerSecond: 12.1e9 };
+// Conv (cnn, resnet:N) on the native kernels: fitted to the 20 runs of the
+// one-epoch resnet:3 sweep in docs/sweep-resnet3/results.csv (7 Dec 2026, load 2–3;
+// 8192 samples per run at 1–16 per worker, threads for 1–4, processes for 8–16):
+// least squares with start-up and evaluation fixed at 3 s gives 10.3 ms per step,
+// 0.11 ms per BN round and 50.7 GFLOP/s, the 20 runs' total (801.5 s) exactly and
+// each run within the load's swing. The study's probes on the WebAssembly-era
+// kernels ran at 8.9–14.7 GFLOP/s (docs/study.md).
+export const CONV_COSTS: RunCosts = { runSeconds: 3, stepMs: 10.3, bnRoundMs: 0.11, threadsFlopsPerSecond: 50.7e9, processesFlopsPerSecond: 50.7e9 };
 /** cbn:K (K > 1) computes one more weight-gradient-sized GEMM per norm layer and step (docs/cbn.md#cost): a third more training FLOPs. */
 const CBN_FLOPS_FACTOR = 4 / 3;
 

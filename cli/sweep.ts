@@ -263,7 +263,7 @@ export async function runSweep(o: SweepOptions): Promise<SweepResult> {
   if (o.dataNote) o.print(`  data: ${o.dataNote}`);
   const done = (c: { name: string }): boolean => existsSync(join(o.outDir, "runs", c.name, "summary.json"));
   const estimate = estimateSweepSeconds(g, (b) => stepsByBatch.get(b)!, flopsPerSample, testSamples, done);
-  o.print(`  estimated time: ${formatDuration(estimate)} on 2 cores shared with other work (costs per run, step and FLOP measured on ${g.model === "cnn" || g.model.startsWith("resnet:") ? "the default study's probe runs, docs/study.md" : "the default sweep"}; the ETA corrects it after the first run)`);
+  o.print(`  estimated time: ${formatDuration(estimate)} on 2 cores shared with other work (costs per run, step and FLOP measured on ${g.model === "cnn" || g.model.startsWith("resnet:") ? "the resnet:3 sweep of docs/sweep-resnet3" : "the default sweep"}; the ETA corrects it after the first run)`);
   if (g.norms.some((n) => n === "local" || n === "renorm" || n.startsWith("group:") || n.startsWith("ghost:") || n.startsWith("cbn:"))) {
     o.print("  eval in local, group:K, ghost:G, renorm and cbn:K modes uses rank 0's running statistics (they differ per worker), as PyTorch DDP does");
   }
