@@ -114,21 +114,21 @@ syncbn::Pool& poolOf(napi_env env) {
   return *static_cast<syncbn::Pool*>(data);
 }
 
-// convForward(y, x, cols, w, bias, cin, inH, inW, kernel, stride, padding, outH, outW, cout, n, train, threads)
+// convForward(y, x, xSaved, w, bias, cin, inH, inW, kernel, stride, padding, outH, outW, cout, n, train, threads): train ≠ 0 copies x into xSaved.
 napi_value ConvForward(napi_env env, napi_callback_info info) {
   napi_value a[17];
   syncbn::Geometry g;
   int64_t d[4];
-  void *y, *x, *cols, *w, *bias;
+  void *y, *x, *xSaved, *w, *bias;
   if (!argsOf(env, info, 17, a) || !geometry(env, a, 5, &g) || !ints(env, a, 13, 4, d)) return nullptr;
   const int64_t cout = d[0], n = d[1], R = int64_t(g.cin) * g.kernel * g.kernel, P = int64_t(g.outH) * g.outW;
   if (d[3] < 1 || d[3] > 256) return fail(env, "threads must be in 1..256"), nullptr;
   if (!whole(env, a, 0, napi_float32_array, n * cout * P, &y, "y") || !whole(env, a, 1, napi_float32_array, n * g.cin * g.inH * g.inW, &x, "x") ||
-      !whole(env, a, 2, napi_float32_array, d[2] ? n * R * P : 0, &cols, "cols") || !whole(env, a, 3, napi_float32_array, cout * R, &w, "w") ||
+      !whole(env, a, 2, napi_float32_array, d[2] ? n * g.cin * g.inH * g.inW : 0, &xSaved, "xSaved") || !whole(env, a, 3, napi_float32_array, cout * R, &w, "w") ||
       !whole(env, a, 4, napi_float32_array, cout, &bias, "bias"))
     return nullptr;
-  syncbn::convForward(poolOf(env), static_cast<float*>(y), static_cast<const float*>(x), static_cast<float*>(cols), static_cast<const float*>(w),
-                      static_cast<const float*>(bias), g, int(cout), int(n), d[2] != 0, int(d[3]));
+  syncbn::convForward(poolOf(env), static_cast<float*>(y), static_cast<const float*>(x), d[2] ? static_cast<float*>(xSaved) : nullptr,
+                      static_cast<const float*>(w), static_cast<const float*>(bias), g, int(cout), int(n), int(d[3]));
   return nullptr;
 }
 
@@ -148,13 +148,13 @@ bool optional(napi_env env, napi_value* args, int i, napi_typedarray_type type, 
   return true;
 }
 
-// convBackward(dx, dy, cols, w, dw64, dw, db, colSums, cin, inH, inW, kernel, stride, padding, outH, outW, cout, first, count, threads);
+// convBackward(dx, dy, x, w, dw64, dw, db, colSums, cin, inH, inW, kernel, stride, padding, outH, outW, cout, first, count, threads);
 // dx, dw, db and colSums may be empty (not made).
 napi_value ConvBackward(napi_env env, napi_callback_info info) {
   napi_value a[20];
   syncbn::Geometry g;
   int64_t d[4];
-  void *dy, *cols, *w, *dw64;
+  void *dy, *x, *w, *dw64;
   float *dx, *dw, *db;
   double* colSums;
   if (!argsOf(env, info, 20, a) || !geometry(env, a, 8, &g) || !ints(env, a, 16, 4, d)) return nullptr;
@@ -162,11 +162,11 @@ napi_value ConvBackward(napi_env env, napi_callback_info info) {
   if (d[3] < 1 || d[3] > 256) return fail(env, "threads must be in 1..256"), nullptr;
   const auto f32 = napi_float32_array;
   if (!optional(env, a, 0, f32, end * g.cin * g.inH * g.inW, &dx, "dx") || !whole(env, a, 1, f32, end * cout * P, &dy, "dy") ||
-      !whole(env, a, 2, f32, end * R * P, &cols, "cols") || !whole(env, a, 3, f32, cout * R, &w, "w") ||
+      !whole(env, a, 2, f32, end * g.cin * g.inH * g.inW, &x, "x") || !whole(env, a, 3, f32, cout * R, &w, "w") ||
       !whole(env, a, 4, napi_float64_array, cout * R, &dw64, "dw64") || !optional(env, a, 5, f32, cout * R, &dw, "dw") ||
       !optional(env, a, 6, f32, cout, &db, "db") || !optional(env, a, 7, napi_float64_array, R, &colSums, "colSums"))
     return nullptr;
-  syncbn::convBackward(poolOf(env), dx, static_cast<const float*>(dy), static_cast<const float*>(cols), static_cast<const float*>(w),
+  syncbn::convBackward(poolOf(env), dx, static_cast<const float*>(dy), static_cast<const float*>(x), static_cast<const float*>(w),
                        static_cast<double*>(dw64), dw, db, colSums, g, int(cout), int(d[1]), int(d[2]), int(d[3]));
   return nullptr;
 }

@@ -333,13 +333,15 @@ describe.skipIf(off)("Conv2d on the native kernels", () => {
   it("rejects arrays too short for the call instead of writing past them", () => {
     const k = nativeKernels()!;
     const c = new Float32Array(4), a = new Float32Array(4), w = new Float32Array(9), y = new Float32Array(4), dw = new Float64Array(9);
-    // One channel, 2×2 image, 3×3 kernel pad 1: y (n, 1, 4), cols (n, 9, 4), x (n, 1, 4); two samples need 8 of each.
+    // One channel, 2×2 image, 3×3 kernel pad 1: y (n, 1, 4), x and the saved x (n, 1, 4); two samples need 8 of each.
     const bias = new Float32Array(1), none = new Float32Array(0);
-    expect(() => k.convForward(y, a, new Float32Array(72), w, bias, 1, 2, 2, 3, 1, 1, 2, 2, 1, 2, 1, 1)).toThrow(RangeError);
-    expect(() => k.convForward(new Float32Array(8), new Float32Array(8), new Float32Array(72), w, none, 1, 2, 2, 3, 1, 1, 2, 2, 1, 2, 1, 1)).toThrow(/bias: out of range/);
-    expect(() => k.convBackward(new Float32Array(8), new Float32Array(8), new Float32Array(36), w, dw, none, none, new Float64Array(0), 1, 2, 2, 3, 1, 1, 2, 2, 1, 0, 2, 1)).toThrow(RangeError);
+    expect(() => k.convForward(y, a, new Float32Array(8), w, bias, 1, 2, 2, 3, 1, 1, 2, 2, 1, 2, 1, 1)).toThrow(RangeError);
+    expect(() => k.convForward(new Float32Array(8), new Float32Array(8), new Float32Array(8), w, none, 1, 2, 2, 3, 1, 1, 2, 2, 1, 2, 1, 1)).toThrow(/bias: out of range/);
+    expect(() => k.convForward(new Float32Array(8), new Float32Array(8), new Float32Array(4), w, bias, 1, 2, 2, 3, 1, 1, 2, 2, 1, 2, 1, 1)).toThrow(/xSaved: out of range/);
+    expect(() => k.convForward(new Float32Array(8), new Float32Array(8), none, w, bias, 1, 2, 2, 3, 1, 1, 2, 2, 1, 2, 0, 1)).not.toThrow();
+    expect(() => k.convBackward(new Float32Array(8), new Float32Array(8), new Float32Array(4), w, dw, none, none, new Float64Array(0), 1, 2, 2, 3, 1, 1, 2, 2, 1, 0, 2, 1)).toThrow(/x: out of range/);
     // dw (cout·R = 9), db (cout = 1) and colSums (R = 9) are either empty or whole.
-    const ok = [new Float32Array(8), new Float32Array(8), new Float32Array(72), w, dw] as const;
+    const ok = [new Float32Array(8), new Float32Array(8), new Float32Array(8), w, dw] as const;
     expect(() => k.convBackward(...ok, new Float32Array(8), none, new Float64Array(0), 1, 2, 2, 3, 1, 1, 2, 2, 1, 0, 2, 1)).toThrow(/dw: out of range/);
     expect(() => k.convBackward(...ok, none, none, new Float64Array(8), 1, 2, 2, 3, 1, 1, 2, 2, 1, 0, 2, 1)).toThrow(/colSums: out of range/);
     expect(() => k.convBackward(...ok, new Float32Array(9), new Float32Array(2), new Float64Array(9), 1, 2, 2, 3, 1, 1, 2, 2, 1, 0, 2, 1)).not.toThrow();

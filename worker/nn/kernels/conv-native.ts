@@ -21,8 +21,8 @@ export class ConvNative implements ConvKernel {
   private readonly inSize: number;
   private readonly y: BatchBuffer; // (N, cout, P)
   private readonly dx: BatchBuffer; // (N, cin, inH, inW)
-  /** Every training sample's columns, kept for backward. */
-  private readonly cols: BatchBuffer; // (N, R, P)
+  /** The last training input, copied by the forward pass: backward and statsSums make each sample's columns again from it. */
+  private readonly xSaved: BatchBuffer; // (N, cin, inH, inW)
   private readonly dw64: Float64Array; // (cout, R): Σ over samples
   /** statsSums' zero weights (the pass checks w; no dx is made), made at its first call (only CBN calls it). */
   private statsW: Float32Array | null = null;
@@ -34,22 +34,25 @@ export class ConvNative implements ConvKernel {
     this.inSize = g.cin * g.inH * g.inW;
     this.y = new BatchBuffer(g.cout * this.plane);
     this.dx = new BatchBuffer(this.inSize);
-    this.cols = new BatchBuffer(this.rows * this.plane);
+    this.xSaved = new BatchBuffer(this.inSize);
     this.dw64 = new Float64Array(g.cout * this.rows);
   }
 
-  /** Per sample: im2col, y = b + W·cols (the addon fills in the bias), the samples split over the threads. 2·n·cout·R·P flops. */
+  /**
+   * Per sample: im2col into a per-thread scratch, y = b + W·cols (the addon fills in the bias), the samples
+   * split over the threads; the columns are not kept (training keeps a copy of x instead). 2·n·cout·R·P flops.
+   */
   forward(x: Float32Array, n: number, train: boolean, w: Float32Array, b: Float32Array): Float32Array {
     const g = this.g;
     const y = this.y.view(n);
-    // An eval forward leaves the training columns alone (the addon uses scratch columns).
-    this.k.convForward(y, x, train ? this.cols.view(n) : EMPTY, w, b, g.cin, g.inH, g.inW, g.kernel, g.stride, g.padding, g.outH, g.outW,
+    // An eval forward leaves the saved training input alone.
+    this.k.convForward(y, x, train ? this.xSaved.view(n) : EMPTY, w, b, g.cin, g.inH, g.inW, g.kernel, g.stride, g.padding, g.outH, g.outW,
       g.cout, n, train ? 1 : 0, this.threads);
     return y;
   }
 
   /**
-   * Per sample: dW += f64(dy·colsᵀ), dcols = Wᵀ·dy, dx = col2im(dcols); db = Σ dy
+   * Per sample: cols = im2col(x) again (per thread, its dW rows only), dW += f64(dy·colsᵀ), dcols = Wᵀ·dy, dx = col2im(dcols); db = Σ dy
    * in float64 (rowSum per row, ConvWasm's order); all in the addon's one pass per segment. 4·n·cout·R·P flops, dW's rows and dx's samples split over the
    * threads. With rank segments, dW and db restart at each segment's first sample
    * and, rounded to float32, are added into seg in float64 at its last, so each is
@@ -57,7 +60,7 @@ export class ConvNative implements ConvKernel {
    */
   backward(dy: Float32Array, n: number, w: Float32Array, dw: Float32Array, db: Float32Array, seg: RankSegments | null): Float32Array {
     const g = this.g;
-    const cols = this.cols.view(n);
+    const x = this.xSaved.view(n);
     const dx = this.dx.view(n);
     const b = segmentLength("conv", n, seg);
     beginSegments(seg);
@@ -67,7 +70,7 @@ export class ConvNative implements ConvKernel {
     }
     for (let first = 0; first < n; first += b) {
       // dx's samples first..first+b−1 zeroed and made, dw = float32(dw64), db = Σ_i rowSum in float64, in the addon.
-      this.k.convBackward(dx, dy, cols, w, this.dw64, dw, db, EMPTY64, g.cin, g.inH, g.inW, g.kernel, g.stride, g.padding, g.outH, g.outW,
+      this.k.convBackward(dx, dy, x, w, this.dw64, dw, db, EMPTY64, g.cin, g.inH, g.inW, g.kernel, g.stride, g.padding, g.outH, g.outW,
         g.cout, first, b, this.threads);
       addSegment(seg, dw, db);
     }
@@ -79,7 +82,7 @@ export class ConvNative implements ConvKernel {
    * CBN's sums (ConvKernel.statsSums), one addon pass without dx: yColSums is the dW
    * pass run with dy := y (Σ f64(y_i·cols_iᵀ), each sample's product an FMA GEMM),
    * colSums each row's float32 rowSum summed in float64 in sample order (ConvWasm's
-   * bits), taken while the dW pass has the columns' block in cache.
+   * bits), taken while the dW pass has the columns' block (made again from x) in cache.
    */
   statsSums(colSums: Float64Array, yColSums: Float64Array, first: number, n: number): void {
     colSums.fill(0);
@@ -87,7 +90,7 @@ export class ConvNative implements ConvKernel {
     if (n === 0) return;
     const g = this.g;
     this.statsW ??= new Float32Array(g.cout * this.rows);
-    this.k.convBackward(EMPTY, this.y.view(first + n), this.cols.view(first + n), this.statsW, yColSums, EMPTY, EMPTY, colSums,
+    this.k.convBackward(EMPTY, this.y.view(first + n), this.xSaved.view(first + n), this.statsW, yColSums, EMPTY, EMPTY, colSums,
       g.cin, g.inH, g.inW, g.kernel, g.stride, g.padding, g.outH, g.outW, g.cout, first, n, this.threads);
   }
 }
