@@ -1,6 +1,6 @@
 // Whole conv passes over a batch, split over the pool: forward and dx by samples
 // (several samples side by side in one GEMM when a plane is small, so the GEMM's
-// n is at least about GEMM_COLUMNS), dW by 48-column blocks of its R columns,
+// n is at least about GEMM_COLUMNS), dW by 24-row blocks of its R column rows,
 // every part looping over all the samples in order. No element's sum is split
 // across parts, and gemm.h's bits do not depend on how the columns are grouped,
 // so the bits are the same for any number of threads.
@@ -14,7 +14,7 @@ namespace syncbn {
 
 namespace {
 constexpr int64_t GEMM_COLUMNS = 384;  // samples per GEMM: ⌈384 / P⌉ (P = 49: 8 samples, 392 columns)
-constexpr int64_t DW_BLOCK = 48;       // dW's split unit: a multiple of every micro-kernel's NR
+constexpr int64_t DW_BLOCK = 24;       // dW's split unit: a multiple of the in-place tiles' rows (8, 6); 24 splits resnet's R = 144 evenly over 2 threads
 
 void partRange(int64_t count, int p, int of, int64_t* lo, int64_t* hi) {
   *lo = count * p / of;
@@ -45,7 +45,7 @@ float rowSum(const float* a, int64_t len) {
 }
 }  // namespace
 
-void convForward(Pool& pool, float* y, const float* x, float* xSaved, const float* w, const float* bias, const Geometry& g, int cout, int n,
+void convForward(Pool& pool, float* y, const float* x, float* xSaved, float* cols, const float* w, const float* bias, const Geometry& g, int cout, int n,
                  int threads) {
   const int64_t R = int64_t(g.cin) * g.kernel * g.kernel, P = int64_t(g.outH) * g.outW, inSize = int64_t(g.cin) * g.inH * g.inW;
   const int64_t group = samplesPerGemm(P);
@@ -57,7 +57,7 @@ void convForward(Pool& pool, float* y, const float* x, float* xSaved, const floa
     thread_local std::vector<float> colsBuf;
     for (int64_t i0 = lo; i0 < hi; i0 += group) {
       const int64_t count = std::min(group, hi - i0);
-      float* c = grown(colsBuf, count * R * P);
+      float* c = cols ? cols + i0 * R * P : grown(colsBuf, count * R * P);
       // y_i (cout, P) ← the bias, each sample's rows just before the GEMM adds into them.
       for (int64_t s = 0; s < count; s++)
         for (int64_t co = 0; co < cout; co++) std::fill_n(y + ((i0 + s) * cout + co) * P, P, bias[co]);
@@ -69,7 +69,7 @@ void convForward(Pool& pool, float* y, const float* x, float* xSaved, const floa
   });
 }
 
-void convBackward(Pool& pool, float* dx, const float* dy, const float* x, const float* w, double* dw64, float* dw, float* db, double* colSums,
+void convBackward(Pool& pool, float* dx, const float* dy, const float* x, const float* keptCols, const float* w, double* dw64, float* dw, float* db, double* colSums,
                   const Geometry& g, int cout, int first, int count, int threads) {
   const int64_t R = int64_t(g.cin) * g.kernel * g.kernel, P = int64_t(g.outH) * g.outW, inSize = int64_t(g.cin) * g.inH * g.inW;
   const int64_t group = samplesPerGemm(P);
@@ -84,11 +84,12 @@ void convBackward(Pool& pool, float* dx, const float* dy, const float* x, const 
     thread_local std::vector<float> dw32Buf, dcolsBuf, colsBuf;
     float* dw32 = grown(dw32Buf, cout * width);
     // Rows j0..j1−1 of one sample's columns, made again from x_i (the values forward's GEMM read: the same dW bits).
-    float* cols = grown(colsBuf, width * P);
+    float* scratchCols = keptCols ? nullptr : grown(colsBuf, width * P);
     if (colSums) std::fill(colSums + j0, colSums + j1, 0.0);
     for (int64_t s = 0; width > 0 && s < count; s++) {
       const int64_t i = first + s;
-      im2colRows(cols, x + i * inSize, g, j0, j1);
+      const float* cols = keptCols ? keptCols + (i * R + j0) * P : scratchCols;
+      if (!keptCols) im2colRows(scratchCols, x + i * inSize, g, j0, j1);
       // dw32 (width, cout) = cols_i[j0..j1) (width, P)·dy_i (cout, P)ᵀ = this block of dW_iᵀ, widened into the float64 sum.
       gemmInPlaceA(dw32, cout, cols, P, View::plain(dy + i * cout * P, 1, P), width, cout, P);
       // colSums[j] += f64(rowSum(cols_i row j)) while the block is in cache (CBN's statsSums: ConvWasm's bits).
