@@ -1,6 +1,6 @@
 // Whole conv passes over a batch, split over the pool: forward and dx by samples
 // (several samples side by side in one GEMM when a plane is small, so the GEMM's
-// n is at least about GEMM_COLUMNS), dW by 24-row blocks of its R column rows,
+// n is at least about GEMM_COLUMNS), dW by blocks of its R column rows (the in-place tile's rows),
 // every part looping over all the samples in order. No element's sum is split
 // across parts, and gemm.h's bits do not depend on how the columns are grouped,
 // so the bits are the same for any number of threads.
@@ -14,7 +14,6 @@ namespace syncbn {
 
 namespace {
 constexpr int64_t GEMM_COLUMNS = 384;  // samples per GEMM: ⌈384 / P⌉ (P = 49: 8 samples, 392 columns)
-constexpr int64_t DW_BLOCK = 24;       // dW's split unit: a multiple of the in-place tiles' rows (8, 6); 24 splits resnet's R = 144 evenly over 2 threads
 
 void partRange(int64_t count, int p, int of, int64_t* lo, int64_t* hi) {
   *lo = count * p / of;
@@ -77,9 +76,12 @@ void convBackward(Pool& pool, float* dx, const float* dy, const float* x, const 
   pool.run(parts, [&](int p) {
     // dW columns j0..j1−1 over every sample, in sample order.
     int64_t j0, j1;
-    partRange((R + DW_BLOCK - 1) / DW_BLOCK, p, parts, &j0, &j1);
-    j0 = std::min(R, j0 * DW_BLOCK);
-    j1 = std::min(R, j1 * DW_BLOCK);
+    // In blocks of the in-place tile's rows (8 on AVX-512, 6 otherwise), so only R's last block is partial:
+    // R = 144 splits 72 : 72 over 2 threads, the 1×1 convs' R = 16 and 32 split too (48-row blocks left them on one thread).
+    const int64_t block = gemmInPlaceRows();
+    partRange((R + block - 1) / block, p, parts, &j0, &j1);
+    j0 = std::min(R, j0 * block);
+    j1 = std::min(R, j1 * block);
     const int64_t width = j1 - j0;
     thread_local std::vector<float> dw32Buf, dcolsBuf, colsBuf;
     float* dw32 = grown(dw32Buf, cout * width);
