@@ -53,9 +53,9 @@ export class ConvNative implements ConvKernel {
   }
 
   /**
-   * Per sample: im2col into a per-thread scratch, y = b + W·cols (the addon fills in the bias), the samples
-   * split over the threads. Training keeps the columns when they take at most KEEP_COLUMNS_BYTES (they
-   * then stay in the last-level cache for backward), else a copy of x. 2·n·cout·R·P flops.
+   * Per sample: im2col, y = b + W·cols (the addon fills in the bias), the samples split over the threads.
+   * Training keeps the columns when they take at most keepBytes (then likelier still in the last-level
+   * cache at backward), else makes them in a per-thread scratch and keeps a copy of x. 2·n·cout·R·P flops.
    */
   forward(x: Float32Array, n: number, train: boolean, w: Float32Array, b: Float32Array): Float32Array {
     const g = this.g;
