@@ -114,24 +114,6 @@ syncbn::Pool& poolOf(napi_env env) {
   return *static_cast<syncbn::Pool*>(data);
 }
 
-// convForward(y, x, cols, w, bias, cin, inH, inW, kernel, stride, padding, outH, outW, cout, n, train, threads)
-napi_value ConvForward(napi_env env, napi_callback_info info) {
-  napi_value a[17];
-  syncbn::Geometry g;
-  int64_t d[4];
-  void *y, *x, *cols, *w, *bias;
-  if (!argsOf(env, info, 17, a) || !geometry(env, a, 5, &g) || !ints(env, a, 13, 4, d)) return nullptr;
-  const int64_t cout = d[0], n = d[1], R = int64_t(g.cin) * g.kernel * g.kernel, P = int64_t(g.outH) * g.outW;
-  if (d[3] < 1 || d[3] > 256) return fail(env, "threads must be in 1..256"), nullptr;
-  if (!whole(env, a, 0, napi_float32_array, n * cout * P, &y, "y") || !whole(env, a, 1, napi_float32_array, n * g.cin * g.inH * g.inW, &x, "x") ||
-      !whole(env, a, 2, napi_float32_array, d[2] ? n * R * P : 0, &cols, "cols") || !whole(env, a, 3, napi_float32_array, cout * R, &w, "w") ||
-      !whole(env, a, 4, napi_float32_array, cout, &bias, "bias"))
-    return nullptr;
-  syncbn::convForward(poolOf(env), static_cast<float*>(y), static_cast<const float*>(x), static_cast<float*>(cols), static_cast<const float*>(w),
-                      static_cast<const float*>(bias), g, int(cout), int(n), d[2] != 0, int(d[3]));
-  return nullptr;
-}
-
 // An optional output: args[i] a typed array of `type` of length 0 (→ null) or of at least `need` elements.
 template <class T>
 bool optional(napi_env env, napi_value* args, int i, napi_typedarray_type type, int64_t need, T** out, const char* name) {
@@ -148,26 +130,47 @@ bool optional(napi_env env, napi_value* args, int i, napi_typedarray_type type, 
   return true;
 }
 
-// convBackward(dx, dy, cols, w, dw64, dw, db, colSums, cin, inH, inW, kernel, stride, padding, outH, outW, cout, first, count, threads);
-// dx, dw, db and colSums may be empty (not made).
+// convForward(y, x, xSaved, cols, w, bias, cin, inH, inW, kernel, stride, padding, outH, outW, cout, n, threads): a training
+// forward copies x into xSaved or keeps the columns in cols (each empty when not wanted; conv.h).
+napi_value ConvForward(napi_env env, napi_callback_info info) {
+  napi_value a[17];
+  syncbn::Geometry g;
+  int64_t d[3];
+  void *y, *x, *w, *bias;
+  float *xSaved, *cols;
+  if (!argsOf(env, info, 17, a) || !geometry(env, a, 6, &g) || !ints(env, a, 14, 3, d)) return nullptr;
+  const int64_t cout = d[0], n = d[1], R = int64_t(g.cin) * g.kernel * g.kernel, P = int64_t(g.outH) * g.outW, inSize = int64_t(g.cin) * g.inH * g.inW;
+  if (d[2] < 1 || d[2] > 256) return fail(env, "threads must be in 1..256"), nullptr;
+  const auto f32 = napi_float32_array;
+  if (!whole(env, a, 0, f32, n * cout * P, &y, "y") || !whole(env, a, 1, f32, n * inSize, &x, "x") || !optional(env, a, 2, f32, n * inSize, &xSaved, "xSaved") ||
+      !optional(env, a, 3, f32, n * R * P, &cols, "cols") || !whole(env, a, 4, f32, cout * R, &w, "w") || !whole(env, a, 5, f32, cout, &bias, "bias"))
+    return nullptr;
+  syncbn::convForward(poolOf(env), static_cast<float*>(y), static_cast<const float*>(x), xSaved, cols, static_cast<const float*>(w),
+                      static_cast<const float*>(bias), g, int(cout), int(n), int(d[2]));
+  return nullptr;
+}
+
+// convBackward(dx, dy, x, cols, w, dw64, dw, db, colSums, cin, inH, inW, kernel, stride, padding, outH, outW, cout, first, count, threads):
+// the columns read from cols when it is not empty, else made again from x (the saved inputs); dx, dw, db and colSums may be empty (not made).
 napi_value ConvBackward(napi_env env, napi_callback_info info) {
-  napi_value a[20];
+  napi_value a[21];
   syncbn::Geometry g;
   int64_t d[4];
-  void *dy, *cols, *w, *dw64;
-  float *dx, *dw, *db;
+  void *dy, *w, *dw64;
+  float *dx, *x, *cols, *dw, *db;
   double* colSums;
-  if (!argsOf(env, info, 20, a) || !geometry(env, a, 8, &g) || !ints(env, a, 16, 4, d)) return nullptr;
-  const int64_t cout = d[0], end = d[1] + d[2], R = int64_t(g.cin) * g.kernel * g.kernel, P = int64_t(g.outH) * g.outW;
+  if (!argsOf(env, info, 21, a) || !geometry(env, a, 9, &g) || !ints(env, a, 17, 4, d)) return nullptr;
+  const int64_t cout = d[0], end = d[1] + d[2], R = int64_t(g.cin) * g.kernel * g.kernel, P = int64_t(g.outH) * g.outW, inSize = int64_t(g.cin) * g.inH * g.inW;
   if (d[3] < 1 || d[3] > 256) return fail(env, "threads must be in 1..256"), nullptr;
   const auto f32 = napi_float32_array;
-  if (!optional(env, a, 0, f32, end * g.cin * g.inH * g.inW, &dx, "dx") || !whole(env, a, 1, f32, end * cout * P, &dy, "dy") ||
-      !whole(env, a, 2, f32, end * R * P, &cols, "cols") || !whole(env, a, 3, f32, cout * R, &w, "w") ||
-      !whole(env, a, 4, napi_float64_array, cout * R, &dw64, "dw64") || !optional(env, a, 5, f32, cout * R, &dw, "dw") ||
-      !optional(env, a, 6, f32, cout, &db, "db") || !optional(env, a, 7, napi_float64_array, R, &colSums, "colSums"))
+  if (!optional(env, a, 0, f32, end * inSize, &dx, "dx") || !whole(env, a, 1, f32, end * cout * P, &dy, "dy") ||
+      !optional(env, a, 2, f32, end * inSize, &x, "x") || !optional(env, a, 3, f32, end * R * P, &cols, "cols") || !whole(env, a, 4, f32, cout * R, &w, "w") ||
+      !whole(env, a, 5, napi_float64_array, cout * R, &dw64, "dw64") || !optional(env, a, 6, f32, cout * R, &dw, "dw") ||
+      !optional(env, a, 7, f32, cout, &db, "db") || !optional(env, a, 8, napi_float64_array, R, &colSums, "colSums"))
     return nullptr;
-  syncbn::convBackward(poolOf(env), dx, static_cast<const float*>(dy), static_cast<const float*>(cols), static_cast<const float*>(w),
-                       static_cast<double*>(dw64), dw, db, colSums, g, int(cout), int(d[1]), int(d[2]), int(d[3]));
+  if (!cols && !x && end > 0) return fail(env, "convBackward needs x or cols: pass the saved input or the kept columns"), nullptr;
+  syncbn::convBackward(poolOf(env), dx, static_cast<const float*>(dy), x, cols, static_cast<const float*>(w), static_cast<double*>(dw64), dw, db, colSums,
+                       g, int(cout), int(d[1]), int(d[2]), int(d[3]));
   return nullptr;
 }
 

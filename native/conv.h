@@ -17,6 +17,8 @@ struct Geometry {
 
 // cols (cin·k·k, outH·outW) ← x (cin, inH, inW), zero outside the image.
 void im2col(float* cols, const float* x, const Geometry& g);
+// Rows r0..r1−1 of those columns only, into cols (r1 − r0, outH·outW): the same values (copies).
+void im2colRows(float* cols, const float* x, const Geometry& g, int64_t r0, int64_t r1);
 // dx (cin, inH, inW) += the adjoint of im2col applied to dcols (cin·k·k rows of outH·outW,
 // rowStride apart; 0: back to back).
 void col2imAdd(float* dx, const float* dcols, const Geometry& g, int64_t rowStride = 0);
@@ -26,17 +28,21 @@ void col2imAddScratch(float* dx, float* dcols, const Geometry& g, int64_t rowStr
 
 // passes.cc: a batch's passes over `threads` parts of the pool, the same bits for any number.
 // y (n, cout, P) = bias + W·im2col(x_i) per sample (the bias (cout) filled in, then
-// the GEMM adds); training keeps every sample's columns in cols (n, R, P). Several
-// samples per GEMM when P is small.
-void convForward(Pool& pool, float* y, const float* x, float* cols, const float* w, const float* bias, const Geometry& g, int cout, int n, bool train,
+// the GEMM adds). The columns go to cols (n, R, P) when it is not null (training, kept
+// for backward), else to a per-thread scratch and are dropped; when xSaved is not null
+// (training without kept columns) each x_i is copied into it (n, cin, inH, inW) for
+// backward, which makes the columns again. Several samples per GEMM when P is small.
+void convForward(Pool& pool, float* y, const float* x, float* xSaved, float* cols, const float* w, const float* bias, const Geometry& g, int cout, int n,
                  int threads);
-// Samples first..first+count−1: dw64 (cout, R) = Σ f64(dy_i·cols_iᵀ) in sample
+// Samples first..first+count−1, cols_i = keptCols' sample i when it is not null, else
+// im2col(x_i) of the saved inputs x, made again per sample and per part's rows in a
+// per-thread scratch (the same values, so the same bits): dw64 (cout, R) = Σ f64(dy_i·cols_iᵀ) in sample
 // order (each sample's product in float32), dx_i = col2im(Wᵀ·dy_i) (zeroed here
 // first). When not null: dw (cout, R) = float32(dw64) (zero when count = 0), and
 // db (cout) = float32(Σ_i f64(rowSum(dy_i row co))), rowSum the twins' float32
 // 4-lane order, summed in sample order (ConvWasm's db bits); colSums (R) =
 // Σ_i f64(rowSum(cols_i row r)) (CBN's sums, the same order). dx null: no dx.
-void convBackward(Pool& pool, float* dx, const float* dy, const float* cols, const float* w, double* dw64, float* dw, float* db, double* colSums,
+void convBackward(Pool& pool, float* dx, const float* dy, const float* x, const float* keptCols, const float* w, double* dw64, float* dw, float* db, double* colSums,
                   const Geometry& g, int cout, int first, int count, int threads);
 
 // The bench's ceiling (peak.cc): GFLOP/s of one core's widest vector FMA, measured for `seconds`; isa names it ("none": 0).

@@ -319,6 +319,8 @@ void gemmInPlaceA(float* c, int64_t ldc, const float* a, int64_t lda, const View
 
 const char* gemmIsa() { return current->name; }
 
+int gemmInPlaceRows() { return current->inPlaceRows; }
+
 bool useGemmIsa(const char* name) {
   for (const Isa& isa : ISAS)
     if (std::strcmp(isa.name, name) == 0 && isa.supported()) {

@@ -31,6 +31,9 @@ void gemm(const View& c, const View& a, const View& b, int64_t m, int64_t n, int
 // large and used once and n (cout) is small. The same bits as gemm() would give.
 void gemmInPlaceA(float* c, int64_t ldc, const float* a, int64_t lda, const View& b, int64_t m, int64_t n, int64_t k);
 
+// The rows of gemmInPlaceA's tile on this process's micro-kernel (8 on AVX-512, else 6): callers split m in multiples of it.
+int gemmInPlaceRows();
+
 // The micro-kernel this process runs: "avx512f" (8×48 tile, FMA), "avx2" (6×16, FMA) or "baseline" (6×8, plain C++).
 const char* gemmIsa();
 // Runs `name` from now on (tests run every one the CPU has); false if the CPU lacks it or the name is unknown.

@@ -1,6 +1,6 @@
 // Whole conv passes over a batch, split over the pool: forward and dx by samples
 // (several samples side by side in one GEMM when a plane is small, so the GEMM's
-// n is at least about GEMM_COLUMNS), dW by 48-column blocks of its R columns,
+// n is at least about GEMM_COLUMNS), dW by blocks of its R column rows (the in-place tile's rows),
 // every part looping over all the samples in order. No element's sum is split
 // across parts, and gemm.h's bits do not depend on how the columns are grouped,
 // so the bits are the same for any number of threads.
@@ -14,7 +14,6 @@ namespace syncbn {
 
 namespace {
 constexpr int64_t GEMM_COLUMNS = 384;  // samples per GEMM: ⌈384 / P⌉ (P = 49: 8 samples, 392 columns)
-constexpr int64_t DW_BLOCK = 48;       // dW's split unit: a multiple of every micro-kernel's NR
 
 void partRange(int64_t count, int p, int of, int64_t* lo, int64_t* hi) {
   *lo = count * p / of;
@@ -45,7 +44,7 @@ float rowSum(const float* a, int64_t len) {
 }
 }  // namespace
 
-void convForward(Pool& pool, float* y, const float* x, float* cols, const float* w, const float* bias, const Geometry& g, int cout, int n, bool train,
+void convForward(Pool& pool, float* y, const float* x, float* xSaved, float* cols, const float* w, const float* bias, const Geometry& g, int cout, int n,
                  int threads) {
   const int64_t R = int64_t(g.cin) * g.kernel * g.kernel, P = int64_t(g.outH) * g.outW, inSize = int64_t(g.cin) * g.inH * g.inW;
   const int64_t group = samplesPerGemm(P);
@@ -53,21 +52,23 @@ void convForward(Pool& pool, float* y, const float* x, float* cols, const float*
   pool.run(parts, [&](int p) {
     int64_t lo, hi;
     partRange(n, p, parts, &lo, &hi);
-    thread_local std::vector<float> evalCols;
+    // One group's columns (count·R·P floats: 451 KB at 16→16 on 28×28, 903 KB for 8 samples at 64→64 on 7×7), made and used while in L2.
+    thread_local std::vector<float> colsBuf;
     for (int64_t i0 = lo; i0 < hi; i0 += group) {
       const int64_t count = std::min(group, hi - i0);
-      float* c = train ? cols + i0 * R * P : grown(evalCols, count * R * P);
+      float* c = cols ? cols + i0 * R * P : grown(colsBuf, count * R * P);
       // y_i (cout, P) ← the bias, each sample's rows just before the GEMM adds into them.
       for (int64_t s = 0; s < count; s++)
         for (int64_t co = 0; co < cout; co++) std::fill_n(y + ((i0 + s) * cout + co) * P, P, bias[co]);
       for (int64_t s = 0; s < count; s++) im2col(c + s * R * P, x + (i0 + s) * inSize, g);
+      if (xSaved) std::copy(x + i0 * inSize, x + (i0 + count) * inSize, xSaved + i0 * inSize);
       // y (cout, count·P) += W (cout, R)·cols (R, count·P)
       gemm(View::batched(y + i0 * cout * P, P, cout * P), View::plain(w, R, 1), View::batched(c, P, R * P), cout, count * P, R, true);
     }
   });
 }
 
-void convBackward(Pool& pool, float* dx, const float* dy, const float* cols, const float* w, double* dw64, float* dw, float* db, double* colSums,
+void convBackward(Pool& pool, float* dx, const float* dy, const float* x, const float* keptCols, const float* w, double* dw64, float* dw, float* db, double* colSums,
                   const Geometry& g, int cout, int first, int count, int threads) {
   const int64_t R = int64_t(g.cin) * g.kernel * g.kernel, P = int64_t(g.outH) * g.outW, inSize = int64_t(g.cin) * g.inH * g.inW;
   const int64_t group = samplesPerGemm(P);
@@ -75,20 +76,27 @@ void convBackward(Pool& pool, float* dx, const float* dy, const float* cols, con
   pool.run(parts, [&](int p) {
     // dW columns j0..j1−1 over every sample, in sample order.
     int64_t j0, j1;
-    partRange((R + DW_BLOCK - 1) / DW_BLOCK, p, parts, &j0, &j1);
-    j0 = std::min(R, j0 * DW_BLOCK);
-    j1 = std::min(R, j1 * DW_BLOCK);
+    // In blocks of the in-place tile's rows (8 on AVX-512, 6 otherwise), so only R's last block is partial:
+    // R = 144 splits 72 : 72 over 2 threads, the 1×1 convs' R = 16 and 32 split too (48-row blocks left them on one thread).
+    const int64_t block = gemmInPlaceRows();
+    partRange((R + block - 1) / block, p, parts, &j0, &j1);
+    j0 = std::min(R, j0 * block);
+    j1 = std::min(R, j1 * block);
     const int64_t width = j1 - j0;
-    thread_local std::vector<float> dw32Buf, dcolsBuf;
+    thread_local std::vector<float> dw32Buf, dcolsBuf, colsBuf;
     float* dw32 = grown(dw32Buf, cout * width);
+    // Rows j0..j1−1 of one sample's columns, made again from x_i (the values forward's GEMM read: the same dW bits).
+    float* scratchCols = keptCols ? nullptr : grown(colsBuf, width * P);
     if (colSums) std::fill(colSums + j0, colSums + j1, 0.0);
     for (int64_t s = 0; width > 0 && s < count; s++) {
       const int64_t i = first + s;
+      const float* cols = keptCols ? keptCols + (i * R + j0) * P : scratchCols;
+      if (!keptCols) im2colRows(scratchCols, x + i * inSize, g, j0, j1);
       // dw32 (width, cout) = cols_i[j0..j1) (width, P)·dy_i (cout, P)ᵀ = this block of dW_iᵀ, widened into the float64 sum.
-      gemmInPlaceA(dw32, cout, cols + i * R * P + j0 * P, P, View::plain(dy + i * cout * P, 1, P), width, cout, P);
+      gemmInPlaceA(dw32, cout, cols, P, View::plain(dy + i * cout * P, 1, P), width, cout, P);
       // colSums[j] += f64(rowSum(cols_i row j)) while the block is in cache (CBN's statsSums: ConvWasm's bits).
       if (colSums)
-        for (int64_t j = j0; j < j1; j++) colSums[j] += double(rowSum(cols + (i * R + j) * P, P));
+        for (int64_t j = j0; j < j1; j++) colSums[j] += double(rowSum(cols + (j - j0) * P, P));
       for (int64_t co = 0; co < cout; co++) {
         double* sum = dw64 + co * R + j0;
         if (s == 0) for (int64_t j = 0; j < width; j++) sum[j] = double(dw32[j * cout + co]);

@@ -164,14 +164,15 @@ describe.skipIf(off)("Conv2d on the native kernels", () => {
     }
   });
 
-  it("gives the same bits on 1, 2, 3 and 5 threads of the addon's pool (samples and dW columns split), with and without rank segments, CBN's sums too", () => {
+  it("gives the same bits on 1, 2, 3 and 5 threads of the addon's pool (samples and dW columns split), with and without rank segments, CBN's sums too, the columns kept or made again", () => {
     for (const c of [{ ...convCases[7]!, n: 6 }, { ...convCases[2]!, n: 6 }, { ...convCases[4]!, n: 4 }, { ...convCases[8]!, n: 14 }]) {
       const ref = make(c, 195, "native");
       const rng = new Rng(196), g = ref.geometry;
       const x = normals(rng, c.n * c.cin * c.h * c.w), dy = normals(rng, c.n * c.cout * g.outH * g.outW), xe = normals(rng, 3 * c.cin * c.h * c.w);
       const w = ref.weight.value, b = ref.bias.value;
-      const outputs = (threads: number, seg: RankSegments | null): Float32Array[] => {
-        const k = new ConvNative(g, nativeKernels()!, threads);
+      // keepBytes Infinity: the training columns kept for backward; 0: x kept, the columns made again (each part its dW rows).
+      const outputs = (threads: number, seg: RankSegments | null, keepBytes = Infinity): Float32Array[] => {
+        const k = new ConvNative(g, nativeKernels()!, threads, keepBytes);
         const dw = new Float32Array(w.length), db = new Float32Array(b.length);
         const y = k.forward(x, c.n, true, w, b).slice();
         const rows = c.cin * c.k * c.k, colSums = new Float64Array(rows), yColSums = new Float64Array(c.cout * rows);
@@ -184,8 +185,11 @@ describe.skipIf(off)("Conv2d on the native kernels", () => {
       for (const segments of [1, 2]) {
         const seg = (): RankSegments | null => (segments > 1 ? { count: segments, dw: new Float64Array(w.length), db: new Float64Array(b.length) } : null);
         const one = outputs(1, seg());
-        for (const threads of [2, 3, 5]) {
-          outputs(threads, seg()).forEach((a, t) => expectBits(`${c.label}, ${segments} segments, ${threads} threads, output ${t}`, a, one[t]!));
+        for (const threads of [1, 2, 3, 5]) {
+          for (const keepBytes of threads === 1 ? [0] : [Infinity, 0]) {
+            outputs(threads, seg(), keepBytes).forEach((a, t) =>
+              expectBits(`${c.label}, ${segments} segments, ${threads} threads, keep ${keepBytes}, output ${t}`, a, one[t]!));
+          }
         }
       }
     }
@@ -333,13 +337,19 @@ describe.skipIf(off)("Conv2d on the native kernels", () => {
   it("rejects arrays too short for the call instead of writing past them", () => {
     const k = nativeKernels()!;
     const c = new Float32Array(4), a = new Float32Array(4), w = new Float32Array(9), y = new Float32Array(4), dw = new Float64Array(9);
-    // One channel, 2×2 image, 3×3 kernel pad 1: y (n, 1, 4), cols (n, 9, 4), x (n, 1, 4); two samples need 8 of each.
-    const bias = new Float32Array(1), none = new Float32Array(0);
-    expect(() => k.convForward(y, a, new Float32Array(72), w, bias, 1, 2, 2, 3, 1, 1, 2, 2, 1, 2, 1, 1)).toThrow(RangeError);
-    expect(() => k.convForward(new Float32Array(8), new Float32Array(8), new Float32Array(72), w, none, 1, 2, 2, 3, 1, 1, 2, 2, 1, 2, 1, 1)).toThrow(/bias: out of range/);
-    expect(() => k.convBackward(new Float32Array(8), new Float32Array(8), new Float32Array(36), w, dw, none, none, new Float64Array(0), 1, 2, 2, 3, 1, 1, 2, 2, 1, 0, 2, 1)).toThrow(RangeError);
+    // One channel, 2×2 image, 3×3 kernel pad 1: y (n, 1, 4), x and the saved x (n, 1, 4), cols (n, 9, 4); two samples need 8 (72) of each.
+    const bias = new Float32Array(1), none = new Float32Array(0), x8 = new Float32Array(8), c72 = new Float32Array(72);
+    expect(() => k.convForward(y, a, x8, none, w, bias, 1, 2, 2, 3, 1, 1, 2, 2, 1, 2, 1)).toThrow(RangeError);
+    expect(() => k.convForward(new Float32Array(8), x8, x8, none, w, none, 1, 2, 2, 3, 1, 1, 2, 2, 1, 2, 1)).toThrow(/bias: out of range/);
+    expect(() => k.convForward(new Float32Array(8), x8, new Float32Array(4), none, w, bias, 1, 2, 2, 3, 1, 1, 2, 2, 1, 2, 1)).toThrow(/xSaved: out of range/);
+    expect(() => k.convForward(new Float32Array(8), x8, none, new Float32Array(36), w, bias, 1, 2, 2, 3, 1, 1, 2, 2, 1, 2, 1)).toThrow(/cols: out of range/);
+    expect(() => k.convForward(new Float32Array(8), x8, none, none, w, bias, 1, 2, 2, 3, 1, 1, 2, 2, 1, 2, 1)).not.toThrow();
+    expect(() => k.convBackward(x8, x8, new Float32Array(4), none, w, dw, none, none, new Float64Array(0), 1, 2, 2, 3, 1, 1, 2, 2, 1, 0, 2, 1)).toThrow(/x: out of range/);
+    expect(() => k.convBackward(x8, x8, none, new Float32Array(36), w, dw, none, none, new Float64Array(0), 1, 2, 2, 3, 1, 1, 2, 2, 1, 0, 2, 1)).toThrow(/cols: out of range/);
+    expect(() => k.convBackward(x8, x8, none, none, w, dw, none, none, new Float64Array(0), 1, 2, 2, 3, 1, 1, 2, 2, 1, 0, 2, 1)).toThrow(/needs x or cols/);
+    expect(() => k.convBackward(x8, x8, none, c72, w, dw, none, none, new Float64Array(0), 1, 2, 2, 3, 1, 1, 2, 2, 1, 0, 2, 1)).not.toThrow();
     // dw (cout·R = 9), db (cout = 1) and colSums (R = 9) are either empty or whole.
-    const ok = [new Float32Array(8), new Float32Array(8), new Float32Array(72), w, dw] as const;
+    const ok = [new Float32Array(8), new Float32Array(8), x8, none, w, dw] as const;
     expect(() => k.convBackward(...ok, new Float32Array(8), none, new Float64Array(0), 1, 2, 2, 3, 1, 1, 2, 2, 1, 0, 2, 1)).toThrow(/dw: out of range/);
     expect(() => k.convBackward(...ok, none, none, new Float64Array(8), 1, 2, 2, 3, 1, 1, 2, 2, 1, 0, 2, 1)).toThrow(/colSums: out of range/);
     expect(() => k.convBackward(...ok, new Float32Array(9), new Float32Array(2), new Float64Array(9), 1, 2, 2, 3, 1, 1, 2, 2, 1, 0, 2, 1)).not.toThrow();

@@ -14,6 +14,11 @@ import type { NativeKernels } from "./native.js";
 import { requestedComputeThreads } from "./threads.js";
 
 const EMPTY = new Float32Array(0), EMPTY64 = new Float64Array(0);
+/**
+ * A training forward keeps its columns (n, R, P) for backward when they take at most this many
+ * bytes, else keeps a copy of x and backward makes the columns again (docs/native-kernels.md).
+ */
+export const KEEP_COLUMNS_BYTES = 8 * 2 ** 20;
 
 export class ConvNative implements ConvKernel {
   private readonly rows: number; // R = cin·k·k
@@ -21,35 +26,50 @@ export class ConvNative implements ConvKernel {
   private readonly inSize: number;
   private readonly y: BatchBuffer; // (N, cout, P)
   private readonly dx: BatchBuffer; // (N, cin, inH, inW)
-  /** Every training sample's columns, kept for backward. */
+  /** The last training input, copied by the forward pass when its columns are not kept: backward and statsSums make them again from it. */
+  private readonly xSaved: BatchBuffer; // (N, cin, inH, inW)
+  /** The last training forward's columns, when they fit in KEEP_COLUMNS_BYTES. */
   private readonly cols: BatchBuffer; // (N, R, P)
+  /** Whether the last training forward kept its columns (else x). */
+  private kept = false;
   private readonly dw64: Float64Array; // (cout, R): Σ over samples
   /** statsSums' zero weights (the pass checks w; no dx is made), made at its first call (only CBN calls it). */
   private statsW: Float32Array | null = null;
 
-  /** `threads`: the passes' parts on the addon's pool (--threads; the same bits for any number). */
-  constructor(private readonly g: ConvGeometry, private readonly k: NativeKernels, private readonly threads = requestedComputeThreads()) {
+  /**
+   * `threads`: the passes' parts on the addon's pool (--threads; the same bits for any number);
+   * `keepBytes`: the largest columns a training forward keeps (the same bits either way; tests use 0 and Infinity).
+   */
+  constructor(private readonly g: ConvGeometry, private readonly k: NativeKernels, private readonly threads = requestedComputeThreads(),
+    private readonly keepBytes = KEEP_COLUMNS_BYTES) {
     this.rows = g.cin * g.kernel * g.kernel;
     this.plane = g.outH * g.outW;
     this.inSize = g.cin * g.inH * g.inW;
     this.y = new BatchBuffer(g.cout * this.plane);
     this.dx = new BatchBuffer(this.inSize);
+    this.xSaved = new BatchBuffer(this.inSize);
     this.cols = new BatchBuffer(this.rows * this.plane);
     this.dw64 = new Float64Array(g.cout * this.rows);
   }
 
-  /** Per sample: im2col, y = b + W·cols (the addon fills in the bias), the samples split over the threads. 2·n·cout·R·P flops. */
+  /**
+   * Per sample: im2col, y = b + W·cols (the addon fills in the bias), the samples split over the threads.
+   * Training keeps the columns when they take at most keepBytes (then likelier still in the last-level
+   * cache at backward), else makes them in a per-thread scratch and keeps a copy of x. 2·n·cout·R·P flops.
+   */
   forward(x: Float32Array, n: number, train: boolean, w: Float32Array, b: Float32Array): Float32Array {
     const g = this.g;
     const y = this.y.view(n);
-    // An eval forward leaves the training columns alone (the addon uses scratch columns).
-    this.k.convForward(y, x, train ? this.cols.view(n) : EMPTY, w, b, g.cin, g.inH, g.inW, g.kernel, g.stride, g.padding, g.outH, g.outW,
-      g.cout, n, train ? 1 : 0, this.threads);
+    // An eval forward leaves the saved training input and columns alone.
+    const keep = train && n * this.rows * this.plane * 4 <= this.keepBytes;
+    if (train) this.kept = keep;
+    this.k.convForward(y, x, train && !keep ? this.xSaved.view(n) : EMPTY, keep ? this.cols.view(n) : EMPTY, w, b,
+      g.cin, g.inH, g.inW, g.kernel, g.stride, g.padding, g.outH, g.outW, g.cout, n, this.threads);
     return y;
   }
 
   /**
-   * Per sample: dW += f64(dy·colsᵀ), dcols = Wᵀ·dy, dx = col2im(dcols); db = Σ dy
+   * Per sample: cols kept, or im2col(x) again (per thread, its dW rows only), dW += f64(dy·colsᵀ), dcols = Wᵀ·dy, dx = col2im(dcols); db = Σ dy
    * in float64 (rowSum per row, ConvWasm's order); all in the addon's one pass per segment. 4·n·cout·R·P flops, dW's rows and dx's samples split over the
    * threads. With rank segments, dW and db restart at each segment's first sample
    * and, rounded to float32, are added into seg in float64 at its last, so each is
@@ -57,7 +77,7 @@ export class ConvNative implements ConvKernel {
    */
   backward(dy: Float32Array, n: number, w: Float32Array, dw: Float32Array, db: Float32Array, seg: RankSegments | null): Float32Array {
     const g = this.g;
-    const cols = this.cols.view(n);
+    const [x, cols] = this.saved(n);
     const dx = this.dx.view(n);
     const b = segmentLength("conv", n, seg);
     beginSegments(seg);
@@ -67,7 +87,7 @@ export class ConvNative implements ConvKernel {
     }
     for (let first = 0; first < n; first += b) {
       // dx's samples first..first+b−1 zeroed and made, dw = float32(dw64), db = Σ_i rowSum in float64, in the addon.
-      this.k.convBackward(dx, dy, cols, w, this.dw64, dw, db, EMPTY64, g.cin, g.inH, g.inW, g.kernel, g.stride, g.padding, g.outH, g.outW,
+      this.k.convBackward(dx, dy, x, cols, w, this.dw64, dw, db, EMPTY64, g.cin, g.inH, g.inW, g.kernel, g.stride, g.padding, g.outH, g.outW,
         g.cout, first, b, this.threads);
       addSegment(seg, dw, db);
     }
@@ -75,11 +95,16 @@ export class ConvNative implements ConvKernel {
     return dx;
   }
 
+  /** The last training forward's saved x or kept columns over n samples (the other one empty). */
+  private saved(n: number): [Float32Array, Float32Array] {
+    return this.kept ? [EMPTY, this.cols.view(n)] : [this.xSaved.view(n), EMPTY];
+  }
+
   /**
    * CBN's sums (ConvKernel.statsSums), one addon pass without dx: yColSums is the dW
    * pass run with dy := y (Σ f64(y_i·cols_iᵀ), each sample's product an FMA GEMM),
    * colSums each row's float32 rowSum summed in float64 in sample order (ConvWasm's
-   * bits), taken while the dW pass has the columns' block in cache.
+   * bits), taken while the dW pass has the columns' block (made again from x) in cache.
    */
   statsSums(colSums: Float64Array, yColSums: Float64Array, first: number, n: number): void {
     colSums.fill(0);
@@ -87,7 +112,7 @@ export class ConvNative implements ConvKernel {
     if (n === 0) return;
     const g = this.g;
     this.statsW ??= new Float32Array(g.cout * this.rows);
-    this.k.convBackward(EMPTY, this.y.view(first + n), this.cols.view(first + n), this.statsW, yColSums, EMPTY, EMPTY, colSums,
+    this.k.convBackward(EMPTY, this.y.view(first + n), ...this.saved(first + n), this.statsW, yColSums, EMPTY, EMPTY, colSums,
       g.cin, g.inH, g.inW, g.kernel, g.stride, g.padding, g.outH, g.outW, g.cout, first, n, this.threads);
   }
 }

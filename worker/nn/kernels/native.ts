@@ -15,19 +15,21 @@ export interface NativeKernels {
     cin: number, inH: number, inW: number, kernel: number, stride: number, padding: number, outH: number, outW: number): void;
   /**
    * A batch's forward over `threads` threads of the addon's pool (native/passes.cc):
-   * y (n, cout, P) = bias (cout) + W·im2col(x_i) per sample (FMA GEMMs); with
-   * train ≠ 0 every sample's columns are kept in cols (n, R, P). The same bits for any thread count.
+   * y (n, cout, P) = bias (cout) + W·im2col(x_i) per sample (FMA GEMMs). A training forward keeps the
+   * columns in cols (n, R, P) or copies x into xSaved (n, cin, inH, inW) for backward; each is empty when
+   * not wanted (the columns then made in a per-thread scratch and dropped). The same bits for any thread count.
    */
-  convForward(y: Float32Array, x: Float32Array, cols: Float32Array, w: Float32Array, bias: Float32Array,
+  convForward(y: Float32Array, x: Float32Array, xSaved: Float32Array, cols: Float32Array, w: Float32Array, bias: Float32Array,
     cin: number, inH: number, inW: number, kernel: number, stride: number, padding: number, outH: number, outW: number,
-    cout: number, n: number, train: number, threads: number): void;
+    cout: number, n: number, threads: number): void;
   /**
-   * Samples first..first+count−1: dw64 (cout, R) = Σ f64(dy_i·cols_iᵀ) in sample order. Unless empty:
+   * Samples first..first+count−1: dw64 (cout, R) = Σ f64(dy_i·cols_iᵀ) in sample order, cols_i read from
+   * cols (n, R, P) when it is not empty, else im2col(x_i) made again from x (the saved inputs). Unless empty:
    * dx_i = col2im(Wᵀ·dy_i) (zeroed first), dw = float32(dw64), db (cout) = float32(Σ_i f64(rowSum(dy_i row))),
    * colSums (R) = Σ_i f64(rowSum(cols_i row)) (conv-native.ts's rowSum, ConvWasm's bits).
    */
-  convBackward(dx: Float32Array, dy: Float32Array, cols: Float32Array, w: Float32Array, dw64: Float64Array, dw: Float32Array, db: Float32Array,
-    colSums: Float64Array,
+  convBackward(dx: Float32Array, dy: Float32Array, x: Float32Array, cols: Float32Array, w: Float32Array, dw64: Float64Array, dw: Float32Array,
+    db: Float32Array, colSums: Float64Array,
     cin: number, inH: number, inW: number, kernel: number, stride: number, padding: number, outH: number, outW: number,
     cout: number, first: number, count: number, threads: number): void;
   /** The GEMM micro-kernel this process runs: "avx512f", "avx2" or "baseline" (all the same bits); isa(name) switches to one the CPU has first (tests), else throws. */
