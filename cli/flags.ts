@@ -217,7 +217,7 @@ export function addLaunchFlags(cmd: Command): Command {
     .addOption(
       new Option("--transport <kind>", "process: worker processes over the --wire; thread: worker_threads in one process over MessagePorts (same results, bit for bit)")
         .choices(["process", "thread"])
-        .default(undefined, "auto: thread when a rank's step is under 1 GFLOP (model FLOPs × batch), else process; the start line's layout: says which and why"),
+        .default(undefined, "auto: thread when a rank's step is under 16 GFLOP (model FLOPs × batch), else process; the start line's layout: says which and why"),
     )
     .addOption(wireOption())
     .addOption(

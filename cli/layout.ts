@@ -13,14 +13,15 @@ import { ONE_RANK_PER_PROC_UP_TO, resolveRanksPerProc, type RanksPerProc } from 
 import { plural } from "./progress-line.js";
 
 /**
- * Below this many training FLOPs per rank and step, the fixed cost of a step
- * (a message per sync round through the coordinator, process scheduling) is what
- * a run waits for, and threads packing several ranks win; above it compute
- * dominates and one process per rank costs nothing. Measured on 2 shared cores
- * (docs/defaults.md): cnn, 4 ranks × 8 (0.05 GFLOP): 43.8 ms/step on 4 processes,
- * 11.9 on 2 threads × 2 ranks; resnet:3 × 32 (≈ 4 GFLOP) is compute-bound either way.
+ * Below this many training FLOPs per rank and step, threads packing several ranks
+ * win: a sync round through the coordinator and the scheduling of processes cost
+ * more than a thread's; above it one process per rank (each rank isolated, the
+ * shape of a multi-host run). Measured on 2 cores (docs/defaults.md): cnn, 4 ranks
+ * × 8 (0.05 GFLOP): 43.8 ms/step on 4 processes, 11.9 on 2 threads × 2 ranks; with
+ * the native kernels resnet:3 4 × 8 (1.5 GFLOP) 138–161 against 109, and 4 × 32
+ * (6.0 GFLOP) 393–407 against 347–381: threads still ahead, hence 16 GFLOP.
  */
-export const THREADS_BELOW_FLOPS_PER_RANK_STEP = 1e9;
+export const THREADS_BELOW_FLOPS_PER_RANK_STEP = 16e9;
 
 /** Forward FLOPs of one sample: 2 per multiply-add of every convolution and linear layer (norms, pools, ReLUs are a few per value and left out). */
 export function forwardFlopsPerSample(model: Model): number {

@@ -43,16 +43,18 @@ describe("the default layout", () => {
   it("runs cnn × 8 on 4 ranks as 2 threads × 2 ranks on 2 cores, and says why", () => {
     const l = chooseLayout(none, 4, "sync", trainFlopsPerSample(model("cnn", FASHION)), 8, 2);
     expect(l).toMatchObject({ transport: "thread", ranksPerProc: 2 });
-    expect(l.description).toMatch(/^2 threads × 2 ranks \(auto: 6\.7 MFLOP\/sample × 8 = 53\.6 MFLOP per rank-step, below 1\.0 GFLOP: threads/);
+    expect(l.description).toMatch(/^2 threads × 2 ranks \(auto: 6\.7 MFLOP\/sample × 8 = 53\.6 MFLOP per rank-step, below 16\.0 GFLOP: threads/);
   });
 
-  it("keeps one process per rank for resnet:3 at 32 samples per rank, and packs above 8 ranks as before", () => {
+  it("runs resnet:3 at 32 samples per rank on threads, and keeps one process per rank from 16 GFLOP per rank-step (packing above 8 ranks as before)", () => {
     const flops = trainFlopsPerSample(model("resnet:3", CIFAR));
-    expect(flops * 32).toBeGreaterThan(THREADS_BELOW_FLOPS_PER_RANK_STEP);
-    const l = chooseLayout(none, 4, "sync", flops, 32, 2);
+    expect(flops * 32).toBeLessThan(THREADS_BELOW_FLOPS_PER_RANK_STEP);
+    expect(chooseLayout(none, 4, "sync", flops, 32, 2)).toMatchObject({ transport: "thread", ranksPerProc: 2 });
+    expect(flops * 96).toBeGreaterThan(THREADS_BELOW_FLOPS_PER_RANK_STEP);
+    const l = chooseLayout(none, 4, "sync", flops, 96, 2);
     expect(l).toMatchObject({ transport: "process", ranksPerProc: 1 });
-    expect(l.description).toMatch(/^4 processes × 1 rank \(auto: .* GFLOP per rank-step, from 1\.0 GFLOP: compute-bound, one process per rank\)$/);
-    expect(chooseLayout(none, 16, "sync", flops, 32, 2)).toMatchObject({ transport: "process", ranksPerProc: 8 });
+    expect(l.description).toMatch(/^4 processes × 1 rank \(auto: .* GFLOP per rank-step, from 16\.0 GFLOP: compute-bound, one process per rank\)$/);
+    expect(chooseLayout(none, 16, "sync", flops, 96, 2)).toMatchObject({ transport: "process", ranksPerProc: 8 });
   });
 
   it("packs threads without splitting a group:K group (6 ranks of group:2 on 2 cores: 4 + 2, not 3 + 3)", () => {

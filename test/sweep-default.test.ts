@@ -93,7 +93,7 @@ describe("the default sweep", () => {
     expect(firstRun).toBeGreaterThan(estimateAt);
     expect(r.stdout).toContain("2 workers, --model mlp, --data synthetic");
     // The run's layout (cli/layout.ts), once: mlp × 2 is far below the threads' threshold.
-    expect(r.stdout.match(/^ {2}layout: \d+ threads? × \d+ ranks? \(auto: 1\.4 MFLOP\/sample × 2 = 2\.8 MFLOP per rank-step, below 1\.0 GFLOP: threads/gm)).toHaveLength(1);
+    expect(r.stdout.match(/^ {2}layout: \d+ threads? × \d+ ranks? \(auto: 1\.4 MFLOP\/sample × 2 = 2\.8 MFLOP per rank-step, below 16\.0 GFLOP: threads/gm)).toHaveLength(1);
   }, 90_000);
 });
 
