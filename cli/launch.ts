@@ -180,6 +180,9 @@ function namedRanks(err: SyncbnError | null): number[] {
   return r === undefined ? [] : typeof r === "number" ? [r] : [...r];
 }
 
+/** How long the report waits for a rank the coordinator named to exit by itself. */
+const CULPRIT_EXIT_GRACE_MS = 5000;
+
 const NEVER_JOINED = "never joined the run: the script did not call syncbn.torch.init_process_group() (or had not reached it)";
 
 /**
@@ -303,6 +306,11 @@ export async function runLaunch(o: LaunchOptions): Promise<LaunchResult> {
       await Promise.race([coordSettled, new Promise((res) => setTimeout(res, 1000))]);
       // The others fail fast on the coordinator's error; let them print it.
       await Promise.race([allExited, new Promise((res) => setTimeout(res, 1500))]);
+      // A rank whose connection closed is usually on its way out (a traceback, then the interpreter's
+      // teardown, which takes seconds on a loaded machine): its exit code says more than "lost its connection".
+      const lost = coordFailure !== null && (coordFailure as SyncbnError).code !== ErrorCode.Timeout;
+      const culprits = !lost ? [] : namedRanks(coordFailure).map((n) => ranks[n]).filter((r): r is Rank => r !== undefined && !r.exit);
+      if (culprits.length > 0) await Promise.race([Promise.all(culprits.map((r) => r.exited)), new Promise((res) => setTimeout(res, CULPRIT_EXIT_GRACE_MS))]);
       const failure = failureLines(ranks, firstBad, coordFailure, extra);
       await stopAll(ranks);
       return { ok: false, interrupted: false, failure };

@@ -1,10 +1,13 @@
 """Fault script for test/torch-launch.test.ts, run under `syncbn launch`: a
 small BN model trained a few steps, where FAULT=RANK:KIND makes one rank
-misbehave: die (SIGKILL itself at step 3), raise (an exception at step 3),
+misbehave: die (SIGKILL itself at step 3), raise (an exception at step 3;
+raise-slow also takes 3 s to exit after its connection closed, as a loaded
+machine's interpreter teardown can),
 hang (sleep at step 3), noinit (never call init_process_group; with
 noinit-exit it exits 0 at once), token (a wrong SYNCBN_TOKEN), layers (one
 BatchNorm layer more than the others). Not a benchmark."""
 
+import atexit
 import os
 import signal
 import sys
@@ -27,6 +30,9 @@ if faulty and kind == "noinit-exit":
     sys.exit(0)
 if faulty and kind == "token":
     os.environ["SYNCBN_TOKEN"] = "not-the-token"
+if faulty and kind == "raise-slow":
+    # Registered before init: atexit runs it after syncbn's own hook closed the connection.
+    atexit.register(time.sleep, 3)
 sbt.init_process_group()
 
 torch.manual_seed(0)
@@ -40,7 +46,7 @@ for step in range(1, 6):
     if faulty and step == 3:
         if kind == "die":
             os.kill(os.getpid(), signal.SIGKILL)
-        if kind == "raise":
+        if kind in ("raise", "raise-slow"):
             raise ValueError("the script of this rank failed")
         if kind == "hang":
             time.sleep(600)
