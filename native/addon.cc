@@ -107,13 +107,6 @@ bool whole(napi_env env, napi_value* args, int i, napi_typedarray_type type, int
   return true;
 }
 
-// This environment's compute threads (pool.h): made with the addon's exports, joined when the environment ends.
-syncbn::Pool& poolOf(napi_env env) {
-  void* data = nullptr;
-  napi_get_instance_data(env, &data);
-  return *static_cast<syncbn::Pool*>(data);
-}
-
 // An optional output: args[i] a typed array of `type` of length 0 (→ null) or of at least `need` elements.
 template <class T>
 bool optional(napi_env env, napi_value* args, int i, napi_typedarray_type type, int64_t need, T** out, const char* name) {
@@ -145,7 +138,7 @@ napi_value ConvForward(napi_env env, napi_callback_info info) {
   if (!whole(env, a, 0, f32, n * cout * P, &y, "y") || !whole(env, a, 1, f32, n * inSize, &x, "x") || !optional(env, a, 2, f32, n * inSize, &xSaved, "xSaved") ||
       !optional(env, a, 3, f32, n * R * P, &cols, "cols") || !whole(env, a, 4, f32, cout * R, &w, "w") || !whole(env, a, 5, f32, cout, &bias, "bias"))
     return nullptr;
-  syncbn::convForward(poolOf(env), static_cast<float*>(y), static_cast<const float*>(x), xSaved, cols, static_cast<const float*>(w),
+  syncbn::convForward(syncbn::poolOf(env), static_cast<float*>(y), static_cast<const float*>(x), xSaved, cols, static_cast<const float*>(w),
                       static_cast<const float*>(bias), g, int(cout), int(n), int(d[2]));
   return nullptr;
 }
@@ -169,7 +162,7 @@ napi_value ConvBackward(napi_env env, napi_callback_info info) {
       !optional(env, a, 7, f32, cout, &db, "db") || !optional(env, a, 8, napi_float64_array, R, &colSums, "colSums"))
     return nullptr;
   if (!cols && !x && end > 0) return fail(env, "convBackward needs x or cols: pass the saved input or the kept columns"), nullptr;
-  syncbn::convBackward(poolOf(env), dx, static_cast<const float*>(dy), x, cols, static_cast<const float*>(w), static_cast<double*>(dw64), dw, db, colSums,
+  syncbn::convBackward(syncbn::poolOf(env), dx, static_cast<const float*>(dy), x, cols, static_cast<const float*>(w), static_cast<double*>(dw64), dw, db, colSums,
                        g, int(cout), int(d[1]), int(d[2]), int(d[3]));
   return nullptr;
 }
@@ -225,5 +218,12 @@ napi_value Init(napi_env env, napi_value exports) {
 }
 
 }  // namespace
+
+// This environment's compute threads (pool.h): made with the addon's exports, joined when the environment ends.
+syncbn::Pool& syncbn::poolOf(napi_env env) {
+  void* data = nullptr;
+  napi_get_instance_data(env, &data);
+  return *static_cast<syncbn::Pool*>(data);
+}
 
 NAPI_MODULE(NODE_GYP_MODULE_NAME, Init)

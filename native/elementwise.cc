@@ -10,23 +10,44 @@
 
 namespace syncbn {
 
-SYNCBN_CLONES void relu(float* y, const float* x, int64_t len) {
-  for (int64_t i = 0; i < len; i++) {
+namespace {
+SYNCBN_CLONES void reluRange(float* y, const float* x, int64_t lo, int64_t hi) {
+  for (int64_t i = lo; i < hi; i++) {
     const float v = x[i];
     y[i] = v <= 0.0f ? 0.0f : v;
   }
 }
 
-SYNCBN_CLONES void reluBackward(float* dx, const float* dy, const float* y, int64_t len) {
-  for (int64_t i = 0; i < len; i++) dx[i] = y[i] <= 0.0f ? 0.0f : dy[i];
+SYNCBN_CLONES void reluBackwardRange(float* dx, const float* dy, const float* y, int64_t lo, int64_t hi) {
+  for (int64_t i = lo; i < hi; i++) dx[i] = y[i] <= 0.0f ? 0.0f : dy[i];
 }
 
-SYNCBN_CLONES void add(float* y, const float* a, const float* b, int64_t len) {
-  for (int64_t i = 0; i < len; i++) y[i] = a[i] + b[i];
+SYNCBN_CLONES void addRange(float* y, const float* a, const float* b, int64_t lo, int64_t hi) {
+  for (int64_t i = lo; i < hi; i++) y[i] = a[i] + b[i];
 }
 
-SYNCBN_CLONES void addInto(float* acc, const float* g, int64_t len) {
-  for (int64_t i = 0; i < len; i++) acc[i] += g[i];
+SYNCBN_CLONES void addIntoRange(float* acc, const float* g, int64_t lo, int64_t hi) {
+  for (int64_t i = lo; i < hi; i++) acc[i] += g[i];
+}
+
+// Parts of at least this many elements (a pool wake-up costs about as much as a few thousand), cache-line aligned.
+constexpr int64_t GRAIN = 65536, ALIGN = 16;
+}  // namespace
+
+void relu(float* y, const float* x, int64_t len, const Threads& t) {
+  splitOver(t, len, GRAIN, ALIGN, [&](int64_t lo, int64_t hi) { reluRange(y, x, lo, hi); });
+}
+
+void reluBackward(float* dx, const float* dy, const float* y, int64_t len, const Threads& t) {
+  splitOver(t, len, GRAIN, ALIGN, [&](int64_t lo, int64_t hi) { reluBackwardRange(dx, dy, y, lo, hi); });
+}
+
+void add(float* y, const float* a, const float* b, int64_t len, const Threads& t) {
+  splitOver(t, len, GRAIN, ALIGN, [&](int64_t lo, int64_t hi) { addRange(y, a, b, lo, hi); });
+}
+
+void addInto(float* acc, const float* g, int64_t len, const Threads& t) {
+  splitOver(t, len, GRAIN, ALIGN, [&](int64_t lo, int64_t hi) { addIntoRange(acc, g, lo, hi); });
 }
 
 namespace {

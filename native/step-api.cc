@@ -18,10 +18,22 @@ struct Args {
   napi_value v[16];
   bool ok = true;
 
-  Args(napi_env e, napi_callback_info info, size_t want) : env(e) {
-    size_t argc = 16;
+  size_t argc = 16;
+
+  // want arguments; with `threads`, an optional last one more: the threads the pass may split over.
+  Args(napi_env e, napi_callback_info info, size_t want, bool threads = false) : env(e) {
     napi_get_cb_info(env, info, &argc, v, nullptr, nullptr);
-    if (argc != want) fail("expected " + std::to_string(want) + " arguments");
+    if (argc != want && !(threads && argc == want + 1))
+      fail("expected " + std::to_string(want) + (threads ? " or " + std::to_string(want + 1) : "") + " arguments");
+  }
+  // Argument i, when given: 1..256 threads of this environment's pool (else the calling thread alone).
+  syncbn::Threads threads(size_t i) {
+    syncbn::Threads t;
+    if (!ok || argc <= i) return t;
+    const int64_t n = count(int(i), "threads");
+    if (ok && (n < 1 || n > 256)) fail("threads must be in 1..256");
+    if (ok) t = {&syncbn::poolOf(env), int(n)};
+    return t;
   }
   void fail(const std::string& msg) {
     if (ok) napi_throw_range_error(env, nullptr, msg.c_str());
@@ -78,59 +90,60 @@ struct Shape {
   Shape(Args& a, int i) : n(a.count(i, "n")), c(a.count(i + 1, "c")), s(a.count(i + 2, "s")), len(product(a, n, c, s)) {}
 };
 
-// bnMoments(mean, m2, x, n, c, s)
+// bnMoments(mean, m2, x, n, c, s[, threads]); every BN pass, relu, reluBackward, add and addInto take an optional last
+// threads (1..256): the pass splits over that many of the pool's threads (the same bits; norm.h)
 napi_value BnMoments(napi_env env, napi_callback_info info) {
-  Args a(env, info, 6);
+  Args a(env, info, 6, true);
   Shape d(a, 3);
   double *mean = a.f64(0, d.c, "mean"), *m2 = a.f64(1, d.c, "m2");
   float* x = a.f32(2, d.len, "x");
-  if (a.ok) syncbn::bnMoments(mean, m2, x, d.n, d.c, d.s);
+  if (a.ok) syncbn::bnMoments(mean, m2, x, d.n, d.c, d.s, a.threads(6));
   return nullptr;
 }
 
 // bnNormalize(y, xhat, x, mean, invStd, gamma, beta, n, c, s)
 napi_value BnNormalize(napi_env env, napi_callback_info info) {
-  Args a(env, info, 10);
+  Args a(env, info, 10, true);
   Shape d(a, 7);
   float *y = a.f32(0, d.len, "y"), *xhat = a.f32(1, d.len, "xhat"), *x = a.f32(2, d.len, "x");
   double *mean = a.f64(3, d.c, "mean"), *invStd = a.f64(4, d.c, "invStd");
   float *gamma = a.f32(5, d.c, "gamma"), *beta = a.f32(6, d.c, "beta");
-  if (a.ok) syncbn::bnNormalize(y, xhat, x, mean, invStd, gamma, beta, d.n, d.c, d.s);
+  if (a.ok) syncbn::bnNormalize(y, xhat, x, mean, invStd, gamma, beta, d.n, d.c, d.s, a.threads(10));
   return nullptr;
 }
 
 // bnGradSums(out, dy, xhat, n, c, s)
 napi_value BnGradSums(napi_env env, napi_callback_info info) {
-  Args a(env, info, 6);
+  Args a(env, info, 6, true);
   Shape d(a, 3);
   double* out = a.f64(0, 2 * d.c, "out");
   float *dy = a.f32(1, d.len, "dy"), *xhat = a.f32(2, d.len, "xhat");
-  if (a.ok) syncbn::bnGradSums(out, dy, xhat, d.n, d.c, d.s);
+  if (a.ok) syncbn::bnGradSums(out, dy, xhat, d.n, d.c, d.s, a.threads(6));
   return nullptr;
 }
 
 // bnDx(dx, dy, xhat, sums, count, invStd, gamma, n, c, s)
 napi_value BnDx(napi_env env, napi_callback_info info) {
-  Args a(env, info, 10);
+  Args a(env, info, 10, true);
   Shape d(a, 7);
   float *dx = a.f32(0, d.len, "dx"), *dy = a.f32(1, d.len, "dy"), *xhat = a.f32(2, d.len, "xhat");
   double* sums = a.f64(3, 2 * d.c, "sums");
   const double count = a.number(4, "count");
   double* invStd = a.f64(5, d.c, "invStd");
   float* gamma = a.f32(6, d.c, "gamma");
-  if (a.ok) syncbn::bnDx(dx, dy, xhat, sums, count, invStd, gamma, d.n, d.c, d.s);
+  if (a.ok) syncbn::bnDx(dx, dy, xhat, sums, count, invStd, gamma, d.n, d.c, d.s, a.threads(10));
   return nullptr;
 }
 
 // bnEval(y, x, mean, var, gamma, beta, eps, n, c, s)
 napi_value BnEval(napi_env env, napi_callback_info info) {
-  Args a(env, info, 10);
+  Args a(env, info, 10, true);
   Shape d(a, 7);
   float *y = a.f32(0, d.len, "y"), *x = a.f32(1, d.len, "x");
   double *mean = a.f64(2, d.c, "runningMean"), *var = a.f64(3, d.c, "runningVar");
   float *gamma = a.f32(4, d.c, "gamma"), *beta = a.f32(5, d.c, "beta");
   const double eps = a.number(6, "eps");
-  if (a.ok) syncbn::bnEval(y, x, mean, var, gamma, beta, eps, d.n, d.c, d.s);
+  if (a.ok) syncbn::bnEval(y, x, mean, var, gamma, beta, eps, d.n, d.c, d.s, a.threads(10));
   return nullptr;
 }
 
@@ -197,31 +210,31 @@ napi_value MaxpoolBackward(napi_env env, napi_callback_info info) {
 
 // relu(y, x, len) / reluBackward(dx, dy, y, len) / add(y, a, b, len) / addInto(acc, g, len)
 napi_value Relu(napi_env env, napi_callback_info info) {
-  Args a(env, info, 3);
+  Args a(env, info, 3, true);
   const int64_t len = a.count(2, "len");
   float *y = a.f32(0, len, "y"), *x = a.f32(1, len, "x");
-  if (a.ok) syncbn::relu(y, x, len);
+  if (a.ok) syncbn::relu(y, x, len, a.threads(3));
   return nullptr;
 }
 napi_value ReluBackward(napi_env env, napi_callback_info info) {
-  Args a(env, info, 4);
+  Args a(env, info, 4, true);
   const int64_t len = a.count(3, "len");
   float *dx = a.f32(0, len, "dx"), *dy = a.f32(1, len, "dy"), *y = a.f32(2, len, "y");
-  if (a.ok) syncbn::reluBackward(dx, dy, y, len);
+  if (a.ok) syncbn::reluBackward(dx, dy, y, len, a.threads(4));
   return nullptr;
 }
 napi_value Add(napi_env env, napi_callback_info info) {
-  Args a(env, info, 4);
+  Args a(env, info, 4, true);
   const int64_t len = a.count(3, "len");
   float *y = a.f32(0, len, "y"), *x1 = a.f32(1, len, "a"), *x2 = a.f32(2, len, "b");
-  if (a.ok) syncbn::add(y, x1, x2, len);
+  if (a.ok) syncbn::add(y, x1, x2, len, a.threads(4));
   return nullptr;
 }
 napi_value AddInto(napi_env env, napi_callback_info info) {
-  Args a(env, info, 3);
+  Args a(env, info, 3, true);
   const int64_t len = a.count(2, "len");
   float *acc = a.f32(0, len, "acc"), *g = a.f32(1, len, "g");
-  if (a.ok) syncbn::addInto(acc, g, len);
+  if (a.ok) syncbn::addInto(acc, g, len, a.threads(3));
   return nullptr;
 }
 

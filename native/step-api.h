@@ -3,6 +3,10 @@
 
 #include <node_api.h>
 
+#include "pool.h"
+
 namespace syncbn {
 void registerStepKernels(napi_env env, napi_value exports);
+/** This environment's compute threads (addon.cc). */
+Pool& poolOf(napi_env env);
 }

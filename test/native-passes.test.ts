@@ -18,6 +18,7 @@ import { GroupNorm } from "../worker/nn/groupnorm.js";
 import { Add, GraphBuilder } from "../worker/nn/graph.js";
 import { setKernelBackend, stepKernelBackend, type KernelBackend } from "../worker/nn/kernels/backend.js";
 import { disableNative, nativeKernels } from "../worker/nn/kernels/native.js";
+import { NormNative } from "../worker/nn/kernels/norm-native.js";
 import { normPasses, type NormPasses } from "../worker/nn/kernels/norm-passes.js";
 import type { Layer, Param } from "../worker/nn/layer.js";
 import { MaxPool2d } from "../worker/nn/maxpool.js";
@@ -76,6 +77,45 @@ describe.skipIf(off)("native BN passes: the wasm and TypeScript bits", () => {
       });
     }
   }
+});
+
+describe.skipIf(off)("native BN and elementwise passes split over the pool's threads: the same bits", () => {
+  // Big enough to split (a part takes at least 32K elements of a BN pass, 64K of relu/add), odd where a split could show.
+  const big = [{ n: 32, c: 16, s: 784 }, { n: 7, c: 13, s: 1031 }, { n: 32, c: 64, s: 49 }, { n: 3, c: 5, s: 30011 }];
+  for (const { n, c, s } of big) {
+    it(`BN passes on (${n}, ${c}, ${s}) with NaN, ±Inf, −0 on 2, 3 and 7 threads: wasm's bits`, () => {
+      const per = c * s, seed = 3 + c;
+      const want = allPasses(normPasses("wasm", per, c), n, c, s, seed, true);
+      for (const t of [2, 3, 7]) {
+        const got = allPasses(new NormNative(nativeKernels()!, per, t), n, c, s, seed, true);
+        got.forEach((g, k) => expectBits(`${NAMES[k]} on ${t} threads vs wasm`, g, want[k]!));
+      }
+    });
+  }
+
+  it("relu, its backward, add and addInto on 1, 2 and 5 threads, on a window of an array", () => {
+    const k = nativeKernels()!, len = 300_007, rng = new Rng(9);
+    const a = data(rng, len + 3, true), b = data(rng, len + 3, true), g = data(rng, len, true);
+    const run = (t: number): Float32Array[] => {
+      const y = new Float32Array(len + 5).fill(7), dx = new Float32Array(len), sum = new Float32Array(len), acc = b.slice(3);
+      k.relu(y.subarray(2), a.subarray(3), len, t);
+      k.reluBackward(dx, g, y.subarray(2), len, t);
+      k.add(sum, a.subarray(3), b.subarray(3), len, t);
+      k.addInto(acc, g, len, t);
+      return [y, dx, sum, acc];
+    };
+    const one = run(1);
+    expect(one[0]![1]).toBe(7); // the window's edges untouched
+    expect(one[0]![len + 2]).toBe(7);
+    for (const t of [2, 5]) run(t).forEach((x, i) => expectBits(`elementwise output ${i} on ${t} threads`, x, one[i]!));
+  });
+
+  it("refuses a thread count outside 1..256", () => {
+    const k = nativeKernels()!, f = new Float32Array(4);
+    expect(() => k.relu(f, f, 4, 0)).toThrow(/threads must be in 1\.\.256/);
+    expect(() => k.bnMoments(new Float64Array(1), new Float64Array(1), f, 1, 1, 4, 257)).toThrow(/threads must be in 1\.\.256/);
+    expect(() => k.addInto(f, f, 4, 1, 2 as never)).toThrow(/expected 3 or 4 arguments/);
+  });
 });
 
 describe.skipIf(off)("native step kernels in the layers: wasm's bits", () => {

@@ -8,6 +8,7 @@ import { ErrorCode, SyncbnError } from "../../shared/errors.js";
 import { BatchBuffer, sizeOf, type Layer, type Param } from "./layer.js";
 import { stepKernelBackend } from "./kernels/backend.js";
 import { nativeKernels, type NativeKernels } from "./kernels/native.js";
+import { requestedComputeThreads } from "./kernels/threads.js";
 import { requireLength } from "./linear.js";
 
 /** A node's computation: k inputs, one output; views it returns are its own, overwritten on its next call. */
@@ -80,6 +81,8 @@ export class Add implements Op {
   private readonly y: BatchBuffer; // (N, ...shape)
   private readonly dxs: Float32Array[] = [new Float32Array(0), new Float32Array(0)];
   private readonly native = nativeStep();
+  /** The native add's parts (--threads; the same bits). */
+  private readonly threads = requestedComputeThreads();
 
   constructor(readonly name: string, shape: readonly number[]) {
     this.inShapes = [shape, shape];
@@ -97,7 +100,7 @@ export class Add implements Op {
     requireLength(this.name, "a", a, len);
     requireLength(this.name, "b", b, len);
     const y = this.y.view(n);
-    if (this.native) this.native.add(y, a, b, len);
+    if (this.native) this.native.add(y, a, b, len, this.threads);
     else for (let i = 0; i < len; i++) y[i] = a[i]! + b[i]!;
     return y;
   }
@@ -188,6 +191,8 @@ export class Graph {
   /** Where the gradients of values with several readers are summed; null for one reader. */
   private readonly sums: (BatchBuffer | null)[];
   private readonly native = nativeStep();
+  /** The native add's parts (--threads; the same bits). */
+  private readonly threads = requestedComputeThreads();
 
   constructor(
     /** In execution order: topological. */
@@ -256,7 +261,7 @@ export class Graph {
       acc.set(g.length === acc.length ? g : g.subarray(0, acc.length));
       this.grads[v] = acc;
     } else if (this.native) {
-      this.native.addInto(acc, g, acc.length);
+      this.native.addInto(acc, g, acc.length, this.threads);
     } else {
       for (let i = 0; i < acc.length; i++) acc[i]! += g[i]!;
     }

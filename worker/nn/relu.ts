@@ -9,6 +9,7 @@
 import { stepKernelBackend, type KernelBackend } from "./kernels/backend.js";
 import { nativeKernels, type NativeKernels } from "./kernels/native.js";
 import { BatchRegions } from "./kernels/arena.js";
+import { requestedComputeThreads } from "./kernels/threads.js";
 import { BatchBuffer, sizeOf, type Layer, type Param } from "./layer.js";
 import { requireLength, requireSaved } from "./linear.js";
 
@@ -75,20 +76,20 @@ class ReluNative implements ReluPasses {
   private readonly y: BatchBuffer; // (N, ...shape)
   private readonly dx: BatchBuffer; // (N, ...shape)
 
-  constructor(private readonly k: NativeKernels, private readonly size: number) {
+  constructor(private readonly k: NativeKernels, private readonly size: number, private readonly threads = requestedComputeThreads()) {
     this.y = new BatchBuffer(size);
     this.dx = new BatchBuffer(size);
   }
 
   forward(x: Float32Array, n: number): Float32Array {
     const y = this.y.view(n);
-    this.k.relu(y, x, n * this.size);
+    this.k.relu(y, x, n * this.size, this.threads);
     return y;
   }
 
   backward(dy: Float32Array, n: number): Float32Array {
     const dx = this.dx.view(n);
-    this.k.reluBackward(dx, dy, this.y.view(n), n * this.size);
+    this.k.reluBackward(dx, dy, this.y.view(n), n * this.size, this.threads);
     return dx;
   }
 }

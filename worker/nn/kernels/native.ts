@@ -35,19 +35,20 @@ export interface NativeKernels {
   /** The GEMM micro-kernel this process runs: "avx512f", "avx2" or "baseline" (all the same bits); isa(name) switches to one the CPU has first (tests), else throws. */
   isa(name?: string): string;
   // The step kernels (native/norm.h): whole views, no offsets; the bits of shared/stats.ts, relu.ts, graph.ts, sgd.ts.
+  // `threads` (default 1): the BN passes, ReLU, add and addInto split over that many of the pool's threads, the same bits.
   /** mean (C) = Σx/(n·s), m2 (C) = Σ(x − mean)², both zeroed first (localMoments' passes). */
-  bnMoments(mean: Float64Array, m2: Float64Array, x: Float32Array, n: number, c: number, s: number): void;
+  bnMoments(mean: Float64Array, m2: Float64Array, x: Float32Array, n: number, c: number, s: number, threads?: number): void;
   /** h = (x − mean)·invStd; xhat = h; y = γ·h + β. */
   bnNormalize(y: Float32Array, xhat: Float32Array, x: Float32Array, mean: Float64Array, invStd: Float64Array,
-    gamma: Float32Array, beta: Float32Array, n: number, c: number, s: number): void;
+    gamma: Float32Array, beta: Float32Array, n: number, c: number, s: number, threads?: number): void;
   /** out (2C) = [Σdy, Σdy·xhat]. */
-  bnGradSums(out: Float64Array, dy: Float32Array, xhat: Float32Array, n: number, c: number, s: number): void;
+  bnGradSums(out: Float64Array, dy: Float32Array, xhat: Float32Array, n: number, c: number, s: number, threads?: number): void;
   /** dx = (γ·invStd)·(dy − S1/count − xhat·S2/count). */
   bnDx(dx: Float32Array, dy: Float32Array, xhat: Float32Array, sums: Float64Array, count: number, invStd: Float64Array,
-    gamma: Float32Array, n: number, c: number, s: number): void;
+    gamma: Float32Array, n: number, c: number, s: number, threads?: number): void;
   /** y = (x − mean)·γ/√(var + eps) + β. */
   bnEval(y: Float32Array, x: Float32Array, runningMean: Float64Array, runningVar: Float64Array,
-    gamma: Float32Array, beta: Float32Array, eps: number, n: number, c: number, s: number): void;
+    gamma: Float32Array, beta: Float32Array, eps: number, n: number, c: number, s: number, threads?: number): void;
   /** GroupNorm forward (groupnorm.ts's loops): xhat, y, and groupInvStd (N, G). */
   gnForward(y: Float32Array, xhat: Float32Array, groupInvStd: Float64Array, x: Float32Array, gamma: Float32Array, beta: Float32Array,
     eps: number, n: number, c: number, s: number, groups: number): void;
@@ -60,13 +61,13 @@ export interface NativeKernels {
   /** dx (inLen) = 0, then dx[argmax[o]] += dy[o] in o order. */
   maxpoolBackward(dx: Float32Array, dy: Float32Array, argmax: Int32Array, outLen: number, inLen: number): void;
   /** y = x ≤ 0 ? 0 : x over len floats. */
-  relu(y: Float32Array, x: Float32Array, len: number): void;
+  relu(y: Float32Array, x: Float32Array, len: number, threads?: number): void;
   /** dx = y ≤ 0 ? 0 : dy. */
-  reluBackward(dx: Float32Array, dy: Float32Array, y: Float32Array, len: number): void;
+  reluBackward(dx: Float32Array, dy: Float32Array, y: Float32Array, len: number, threads?: number): void;
   /** y = a + b. */
-  add(y: Float32Array, a: Float32Array, b: Float32Array, len: number): void;
+  add(y: Float32Array, a: Float32Array, b: Float32Array, len: number, threads?: number): void;
   /** acc += g. */
-  addInto(acc: Float32Array, g: Float32Array, len: number): void;
+  addInto(acc: Float32Array, g: Float32Array, len: number, threads?: number): void;
   /** SGD over p.length values (mode 0 plain, 1 momentum, 2 Nesterov; buf unused with 0), sgd.ts's arithmetic. */
   sgdStep(p: Float32Array, grad: Float32Array, buf: Float32Array, lr: number, momentum: number, weightDecay: number, mode: number): void;
   /** The bench's ceiling: one core's widest vector FMA, GFLOP/s measured for `seconds`, and its instruction set ("none": 0). */

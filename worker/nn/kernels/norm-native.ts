@@ -8,6 +8,7 @@ import type { Moments } from "../../../shared/stats.js";
 import { BatchBuffer } from "../layer.js";
 import type { NativeKernels } from "./native.js";
 import type { NormPasses } from "./norm-passes.js";
+import { requestedComputeThreads } from "./threads.js";
 
 export class NormNative implements NormPasses {
   readonly backend = "native";
@@ -15,7 +16,8 @@ export class NormNative implements NormPasses {
   readonly xhat: BatchBuffer;
   readonly dx: BatchBuffer;
 
-  constructor(private readonly k: NativeKernels, perSample: number) {
+  /** `threads`: the passes' parts on the addon's pool (--threads; the same bits for any number). */
+  constructor(private readonly k: NativeKernels, perSample: number, private readonly threads = requestedComputeThreads()) {
     this.y = new BatchBuffer(perSample);
     this.xhat = new BatchBuffer(perSample);
     this.dx = new BatchBuffer(perSample);
@@ -31,7 +33,7 @@ export class NormNative implements NormPasses {
 
   localMoments(out: Moments, x: Float32Array, n: number, c: number, s: number): Moments {
     out.count = n * s;
-    this.k.bnMoments(out.mean, out.m2, x, n, c, s);
+    this.k.bnMoments(out.mean, out.m2, x, n, c, s, this.threads);
     return out;
   }
 
@@ -39,11 +41,11 @@ export class NormNative implements NormPasses {
     y: Float32Array, xhat: Float32Array, x: Float32Array, mean: Float64Array, invStd: Float64Array,
     gamma: Float32Array, beta: Float32Array, n: number, c: number, s: number,
   ): void {
-    this.k.bnNormalize(y, xhat, x, mean, invStd, gamma, beta, n, c, s);
+    this.k.bnNormalize(y, xhat, x, mean, invStd, gamma, beta, n, c, s, this.threads);
   }
 
   localGradSums(out: Float64Array, dy: Float32Array, xhat: Float32Array, n: number, c: number, s: number): Float64Array {
-    this.k.bnGradSums(out, dy, xhat, n, c, s);
+    this.k.bnGradSums(out, dy, xhat, n, c, s, this.threads);
     return out;
   }
 
@@ -51,13 +53,13 @@ export class NormNative implements NormPasses {
     dx: Float32Array, dy: Float32Array, xhat: Float32Array, globalSums: Float64Array, globalCount: number,
     invStd: Float64Array, gamma: Float32Array, n: number, c: number, s: number,
   ): void {
-    this.k.bnDx(dx, dy, xhat, globalSums, globalCount, invStd, gamma, n, c, s);
+    this.k.bnDx(dx, dy, xhat, globalSums, globalCount, invStd, gamma, n, c, s, this.threads);
   }
 
   normalizeEval(
     y: Float32Array, x: Float32Array, runningMean: Float64Array, runningVar: Float64Array,
     gamma: Float32Array, beta: Float32Array, eps: number, n: number, c: number, s: number,
   ): void {
-    this.k.bnEval(y, x, runningMean, runningVar, gamma, beta, eps, n, c, s);
+    this.k.bnEval(y, x, runningMean, runningVar, gamma, beta, eps, n, c, s, this.threads);
   }
 }
