@@ -1,8 +1,9 @@
 // Pool (pool.h): one mutex, a generation counter per run. A pool thread that has
-// finished its part spins on the counter for up to SPIN, then sleeps on a
-// condition variable; the caller, once its own part is done, spins on the
-// count of parts still running for up to SPIN, then sleeps. The spin is bounded
-// because the cores are shared with the JavaScript threads and other workers.
+// finished its part spins on the counter for a while, then sleeps on a
+// condition variable; the caller, once its own part is done, spins on the count
+// of parts still running, then sleeps. Each spin is bounded by an adaptive budget
+// (at most 200 µs), because the cores are shared with the JavaScript threads and
+// other workers.
 #include "pool.h"
 
 #include <chrono>
@@ -14,24 +15,36 @@
 namespace syncbn {
 
 namespace {
-constexpr auto SPIN = std::chrono::microseconds(200);
+constexpr int64_t MAX_SPIN_NS = 200000;
 
+// A pause, then the core to any other thread that wants it (a spinning thread must not keep the one it waits for off the core).
 inline void relax() {
 #if defined(__x86_64__)
-  _mm_pause();
-#else
-  std::this_thread::yield();
+  for (int i = 0; i < 16; i++) _mm_pause();
 #endif
+  std::this_thread::yield();
 }
 
-// Spins until done() or SPIN has passed; whether done() held.
+int64_t nowNs() { return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+
+// Spins until done() or `budget` ns have passed; whether done() held. The budget adapts to what waiting has
+// been like: it doubles (to MAX_SPIN_NS) after a spin that ended in time and halves after one that did not, so on
+// cores shared with other busy processes (where the thread waited for is often off its core) the spin fades out.
 template <class F>
-bool spinUntil(const F& done) {
-  const auto end = std::chrono::steady_clock::now() + SPIN;
-  for (int k = 0;; k++) {
-    if (done()) return true;
-    for (int i = 0; i < 32; i++) relax();
-    if ((k & 15) == 15 && std::chrono::steady_clock::now() > end) return done();
+bool spinUntil(std::atomic<int64_t>& budget, const F& done) {
+  const int64_t b = budget.load(std::memory_order_relaxed);
+  if (done()) return true;
+  const int64_t start = nowNs();
+  for (int k = 1;; k++) {
+    relax();
+    if (done()) {
+      budget.store(std::min(MAX_SPIN_NS, 2 * b + 1000), std::memory_order_relaxed);
+      return true;
+    }
+    if ((k & 7) == 0 && nowNs() - start > b) {
+      budget.store(b / 2, std::memory_order_relaxed);
+      return false;
+    }
   }
 }
 }  // namespace
@@ -50,7 +63,7 @@ void Pool::work(int index) {
   uint64_t seen = 0;
   for (;;) {
     const std::function<void(int)>* job;
-    spinUntil([&] { return generation_.load(std::memory_order_acquire) != seen; });
+    spinUntil(workerSpin_, [&] { return generation_.load(std::memory_order_acquire) != seen; });
     {
       std::unique_lock<std::mutex> lock(mu_);
       wake_.wait(lock, [&] { return stop_ || generation_ != seen; });
@@ -82,7 +95,7 @@ void Pool::run(int parts, const std::function<void(int)>& part) {
   }
   wake_.notify_all();
   part(0);
-  if (!spinUntil([&] { return pending_.load(std::memory_order_acquire) == 0; })) {
+  if (!spinUntil(callerSpin_, [&] { return pending_.load(std::memory_order_acquire) == 0; })) {
     std::unique_lock<std::mutex> lock(mu_);
     done_.wait(lock, [&] { return pending_ == 0; });
   }

@@ -3,7 +3,7 @@
 // largest part count asked for, kept between passes (one per Node environment,
 // addon.cc), joined when it is destroyed. Not a task queue: run() hands part p to
 // thread p and waits for all of them. Between passes a thread spins a short while
-// (SPIN) before it sleeps: a pass follows another within microseconds, and waking
+// (pool.cc) before it sleeps: a pass follows another within microseconds, and waking
 // a sleeping thread costs tens of microseconds on a virtual machine's idle core.
 #pragma once
 #include <algorithm>
@@ -37,6 +37,7 @@ class Pool {
   std::atomic<int> pending_{0};
   std::atomic<uint64_t> generation_{0};  // bumped under mu_; read without it while spinning
   std::atomic<bool> stop_{false};
+  std::atomic<int64_t> workerSpin_{200000}, callerSpin_{200000};  // pool.cc spinUntil's budgets, ns
 };
 
 // The threads a pass may split its work over: the pool and how many (1, or no pool: the calling thread alone).
