@@ -84,7 +84,12 @@ void convBackward(Pool& pool, float* dx, const float* dy, const float* x, const 
     j1 = std::min(R, j1 * block);
     const int64_t width = j1 - j0;
     thread_local std::vector<float> dw32Buf, dcolsBuf, colsBuf;
+    thread_local std::vector<double> sumBuf;
     float* dw32 = grown(dw32Buf, cout * width);
+    // This part's float64 sum in dw32's layout (width, cout): each sample's product added in one contiguous pass,
+    // transposed into dw64 (cout, R) once at the end (the same sums, in the same sample order).
+    if (int64_t(sumBuf.size()) < cout * width) sumBuf.resize(cout * width);
+    double* sum = sumBuf.data();
     // Rows j0..j1−1 of one sample's columns, made again from x_i (the values forward's GEMM read: the same dW bits).
     float* scratchCols = keptCols ? nullptr : grown(colsBuf, width * P);
     if (colSums) std::fill(colSums + j0, colSums + j1, 0.0);
@@ -97,12 +102,12 @@ void convBackward(Pool& pool, float* dx, const float* dy, const float* x, const 
       // colSums[j] += f64(rowSum(cols_i row j)) while the block is in cache (CBN's statsSums: ConvWasm's bits).
       if (colSums)
         for (int64_t j = j0; j < j1; j++) colSums[j] += double(rowSum(cols + (j - j0) * P, P));
-      for (int64_t co = 0; co < cout; co++) {
-        double* sum = dw64 + co * R + j0;
-        if (s == 0) for (int64_t j = 0; j < width; j++) sum[j] = double(dw32[j * cout + co]);
-        else for (int64_t j = 0; j < width; j++) sum[j] += double(dw32[j * cout + co]);
-      }
+      if (s == 0) for (int64_t t = 0; t < width * cout; t++) sum[t] = double(dw32[t]);
+      else for (int64_t t = 0; t < width * cout; t++) sum[t] += double(dw32[t]);
     }
+    if (count > 0)
+      for (int64_t co = 0; co < cout; co++)
+        for (int64_t j = 0; j < width; j++) dw64[co * R + j0 + j] = sum[j * cout + co];
     // dw (cout, R) ← float32(dw64) over this part's columns (count = 0: dw64 left as it was, dw zero).
     if (dw)
       for (int64_t co = 0; co < cout; co++)
