@@ -30,24 +30,24 @@ SYNCBN_CLONES void addIntoRange(float* acc, const float* g, int64_t lo, int64_t 
   for (int64_t i = lo; i < hi; i++) acc[i] += g[i];
 }
 
-// Parts of at least this many elements (a pool wake-up costs about as much as a few thousand), cache-line aligned.
-constexpr int64_t GRAIN = 65536, ALIGN = 16;
+// Chunks of this many elements (a multiple of the cache line's 16 floats).
+constexpr int64_t GRAIN = 65536;
 }  // namespace
 
 void relu(float* y, const float* x, int64_t len, const Threads& t) {
-  splitOver(t, len, GRAIN, ALIGN, [&](int64_t lo, int64_t hi) { reluRange(y, x, lo, hi); });
+  splitOver(t, len, GRAIN, [&](int64_t lo, int64_t hi) { reluRange(y, x, lo, hi); });
 }
 
 void reluBackward(float* dx, const float* dy, const float* y, int64_t len, const Threads& t) {
-  splitOver(t, len, GRAIN, ALIGN, [&](int64_t lo, int64_t hi) { reluBackwardRange(dx, dy, y, lo, hi); });
+  splitOver(t, len, GRAIN, [&](int64_t lo, int64_t hi) { reluBackwardRange(dx, dy, y, lo, hi); });
 }
 
 void add(float* y, const float* a, const float* b, int64_t len, const Threads& t) {
-  splitOver(t, len, GRAIN, ALIGN, [&](int64_t lo, int64_t hi) { addRange(y, a, b, lo, hi); });
+  splitOver(t, len, GRAIN, [&](int64_t lo, int64_t hi) { addRange(y, a, b, lo, hi); });
 }
 
 void addInto(float* acc, const float* g, int64_t len, const Threads& t) {
-  splitOver(t, len, GRAIN, ALIGN, [&](int64_t lo, int64_t hi) { addIntoRange(acc, g, lo, hi); });
+  splitOver(t, len, GRAIN, [&](int64_t lo, int64_t hi) { addIntoRange(acc, g, lo, hi); });
 }
 
 namespace {

@@ -164,8 +164,8 @@ SYNCBN_CLONES void gradSumColumns(double* out, const float* dy, const float* xha
     }
 }
 
-// A pass over rows (i, ch) of S elements splits into parts of at least this many elements (smaller passes:
-// one thread; a pool wake-up costs about as much as 16K elements of a pass).
+// A pass over rows (i, ch) of S elements runs in chunks of about this many elements (a smaller pass: one chunk, on
+// the calling thread alone).
 constexpr int64_t GRAIN_ELEMENTS = 32768;
 
 int64_t grainRows(int64_t s) { return (GRAIN_ELEMENTS + s - 1) / std::max<int64_t>(s, 1); }
@@ -177,7 +177,7 @@ void reduce(double* dst, int64_t n, int64_t c, int64_t s, const Threads& t, cons
   thread_local std::vector<double> totBuf;
   if (int64_t(totBuf.size()) < count * OUT) totBuf.resize(count * OUT);
   double* tot = totBuf.data();
-  splitOver(t, count, grainRows(s), 8, [&](int64_t r0, int64_t r1) { rows(tot, r0, r1); });
+  splitOver(t, count, grainRows(s), [&](int64_t r0, int64_t r1) { rows(tot, r0, r1); });
   addTotals<OUT>(dst, tot, count, c);
 }
 
@@ -230,7 +230,7 @@ SYNCBN_CLONES void evalRows(float* y, const float* x, const double* mean, const 
 
 void bnNormalize(float* y, float* xhat, const float* x, const double* mean, const double* invStd, const float* gamma, const float* beta,
                  int64_t n, int64_t c, int64_t s, const Threads& t) {
-  splitOver(t, n * c, grainRows(s), 1, [&](int64_t r0, int64_t r1) { normalizeRows(y, xhat, x, mean, invStd, gamma, beta, r0, r1, c, s); });
+  splitOver(t, n * c, grainRows(s), [&](int64_t r0, int64_t r1) { normalizeRows(y, xhat, x, mean, invStd, gamma, beta, r0, r1, c, s); });
 }
 
 void bnGradSums(double* out, const float* dy, const float* xhat, int64_t n, int64_t c, int64_t s, const Threads& t) {
@@ -241,12 +241,12 @@ void bnGradSums(double* out, const float* dy, const float* xhat, int64_t n, int6
 
 void bnDx(float* dx, const float* dy, const float* xhat, const double* sums, double count, const double* invStd, const float* gamma,
           int64_t n, int64_t c, int64_t s, const Threads& t) {
-  splitOver(t, n * c, grainRows(s), 1, [&](int64_t r0, int64_t r1) { dxRows(dx, dy, xhat, sums, count, invStd, gamma, r0, r1, c, s); });
+  splitOver(t, n * c, grainRows(s), [&](int64_t r0, int64_t r1) { dxRows(dx, dy, xhat, sums, count, invStd, gamma, r0, r1, c, s); });
 }
 
 void bnEval(float* y, const float* x, const double* mean, const double* var, const float* gamma, const float* beta, double eps,
             int64_t n, int64_t c, int64_t s, const Threads& t) {
-  splitOver(t, n * c, grainRows(s), 1, [&](int64_t r0, int64_t r1) { evalRows(y, x, mean, var, gamma, beta, eps, r0, r1, c, s); });
+  splitOver(t, n * c, grainRows(s), [&](int64_t r0, int64_t r1) { evalRows(y, x, mean, var, gamma, beta, eps, r0, r1, c, s); });
 }
 
 }  // namespace syncbn

@@ -3,8 +3,8 @@
 // worker/nn/groupnorm.ts, relu.ts, maxpool.ts, graph.ts, sgd.ts) and so the WebAssembly passes: float64
 // statistics, each value rounded to float32 once. Compiled without FP
 // contraction whatever the other files use (a fused multiply-add rounds once
-// where the twins round twice). (N, C, S) arrays are rows (i, ch) of S floats. The BN passes split
-// their rows over the pool's threads (Threads: pool.h); a row's sum is one
+// where the twins round twice). (N, C, S) arrays are rows (i, ch) of S floats. The BN passes run
+// their rows in chunks over the pool's threads (Threads: pool.h); a row's sum is one
 // chain whichever thread makes it, and the rows' totals are added in order on
 // the calling thread, so the bits do not depend on the number of threads.
 #pragma once
@@ -36,7 +36,7 @@ void gnForward(float* y, float* xhat, double* groupInvStd, const float* x, const
 void gnBackward(float* dx, double* gradGamma, double* gradBeta, const float* dy, const float* xhat, const double* groupInvStd,
                 const float* gamma, int64_t first, int64_t count, int64_t c, int64_t s, int64_t groups);
 
-/** y = x ≤ 0 ? 0 : x (NaN passes). These four split over t's threads above about 32K elements a part (the same bits). */
+/** y = x ≤ 0 ? 0 : x (NaN passes). These four run in chunks of 64K elements over t's threads (the same bits). */
 void relu(float* y, const float* x, int64_t len, const Threads& t = Threads());
 /** dx = y ≤ 0 ? 0 : dy. */
 void reluBackward(float* dx, const float* dy, const float* y, int64_t len, const Threads& t = Threads());

@@ -1,9 +1,9 @@
-// Pool (pool.h): one mutex, a generation counter per run. A pool thread that has
-// finished its part spins on the counter for a while, then sleeps on a
-// condition variable; the caller, once its own part is done, spins on the count
-// of parts still running, then sleeps. Each spin is bounded by an adaptive budget
-// (at most 200 µs), because the cores are shared with the JavaScript threads and
-// other workers.
+// Pool (pool.h): one mutex, a generation counter per pass, a shared counter of
+// claimed chunks. A pool thread between passes spins on the generation for a
+// while, then sleeps on a condition variable; the caller, once no chunk is left
+// to claim, spins until the pool threads inside the pass have left, then sleeps.
+// Each spin is bounded by an adaptive budget (at most 200 µs), because the cores
+// are shared with the JavaScript threads and other workers.
 #include "pool.h"
 
 #include <chrono>
@@ -59,48 +59,62 @@ Pool::~Pool() {
   for (auto& t : workers_) t.join();
 }
 
-void Pool::work(int index) {
+void Pool::claim(const std::function<void(int64_t)>& chunk) {
+  for (int64_t c; (c = next_.fetch_add(1)) < chunks_;) chunk(c);
+}
+
+void Pool::work() {
   uint64_t seen = 0;
   for (;;) {
-    const std::function<void(int)>* job;
+    const std::function<void(int64_t)>* job;
     spinUntil(workerSpin_, [&] { return generation_.load(std::memory_order_acquire) != seen; });
     {
       std::unique_lock<std::mutex> lock(mu_);
       wake_.wait(lock, [&] { return stop_ || generation_ != seen; });
       if (stop_) return;
       seen = generation_;
-      if (index >= parts_) continue;
+      if (!job_ || helpers_ == 0) continue;  // the pass is over, or has its helpers
+      helpers_--;
+      active_++;
       job = job_;
     }
-    (*job)(index);
-    if (pending_.fetch_sub(1) == 1) {
+    claim(*job);
+    if (active_.fetch_sub(1) == 1) {
       std::lock_guard<std::mutex> lock(mu_);
       done_.notify_one();
     }
   }
 }
 
-void Pool::run(int parts, const std::function<void(int)>& part) {
-  if (parts <= 1) {
-    part(0);
+void Pool::run(int threads, int64_t chunks, const std::function<void(int64_t)>& chunk) {
+  if (threads <= 1 || chunks <= 1) {
+    for (int64_t c = 0; c < chunks; c++) chunk(c);
     return;
   }
+  const int helpers = int(std::min<int64_t>(threads - 1, chunks - 1));
   {
     std::lock_guard<std::mutex> lock(mu_);
-    while (int(workers_.size()) < parts - 1) workers_.emplace_back(&Pool::work, this, int(workers_.size()) + 1);
-    job_ = &part;
-    parts_ = parts;
-    pending_ = parts - 1;
+    while (int(workers_.size()) < helpers) workers_.emplace_back(&Pool::work, this);
+    job_ = &chunk;
+    helpers_ = helpers;
+    chunks_ = chunks;
+    next_ = 0;
     generation_++;
   }
   wake_.notify_all();
-  part(0);
-  if (!spinUntil(callerSpin_, [&] { return pending_.load(std::memory_order_acquire) == 0; })) {
-    std::unique_lock<std::mutex> lock(mu_);
-    done_.wait(lock, [&] { return pending_ == 0; });
+  claim(chunk);
+  // Every chunk is claimed: close the pass to pool threads not yet in it, then wait for those inside to leave
+  // (each leaves once its last chunk has run).
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    job_ = nullptr;
+    helpers_ = 0;
   }
-  std::lock_guard<std::mutex> lock(mu_);
-  job_ = nullptr;
+  const auto left = [&] { return active_.load(std::memory_order_acquire) == 0; };
+  if (!spinUntil(callerSpin_, left)) {
+    std::unique_lock<std::mutex> lock(mu_);
+    done_.wait(lock, left);
+  }
 }
 
 }  // namespace syncbn

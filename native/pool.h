@@ -1,10 +1,14 @@
 // A persistent pool of compute threads for the conv passes (passes.cc) and the
 // step kernels (norm.cc, elementwise.cc): started on first need, grown to the
-// largest part count asked for, kept between passes (one per Node environment,
-// addon.cc), joined when it is destroyed. Not a task queue: run() hands part p to
-// thread p and waits for all of them. Between passes a thread spins a short while
-// (pool.cc) before it sleeps: a pass follows another within microseconds, and waking
-// a sleeping thread costs tens of microseconds on a virtual machine's idle core.
+// largest thread count asked for, kept between passes (one per Node environment,
+// addon.cc), joined when it is destroyed. A pass is a list of chunks whose results
+// do not depend on which thread runs them; the calling thread and the woken pool
+// threads claim chunks from a shared counter until none is left, so a pool thread
+// that is late (asleep, or off its core because other processes use the cores)
+// leaves its share to the others instead of holding the pass up. Between passes
+// a pool thread spins a short, adaptive while (pool.cc) before it sleeps: passes
+// follow each other within microseconds, and waking a sleeping thread costs tens
+// of microseconds on a virtual machine's idle core.
 #pragma once
 #include <algorithm>
 #include <atomic>
@@ -23,19 +27,23 @@ class Pool {
   Pool(const Pool&) = delete;
   Pool& operator=(const Pool&) = delete;
   ~Pool();
-  // part(0..parts−1): part 0 on the calling thread, part p on pool thread p; returns when every part has.
-  void run(int parts, const std::function<void(int)>& part);
+  // chunk(0..chunks−1), each once, on the calling thread and up to threads − 1 pool threads; returns when all have run.
+  void run(int threads, int64_t chunks, const std::function<void(int64_t)>& chunk);
   int threads() const { return int(workers_.size()); }
 
  private:
-  void work(int index);
+  void work();
+  void claim(const std::function<void(int64_t)>& chunk);
   std::mutex mu_;
   std::condition_variable wake_, done_;
-  std::vector<std::thread> workers_;  // pool thread p is workers_[p − 1]
-  const std::function<void(int)>* job_ = nullptr;  // job_, parts_: written under mu_, read under it
-  int parts_ = 0;
-  std::atomic<int> pending_{0};
-  std::atomic<uint64_t> generation_{0};  // bumped under mu_; read without it while spinning
+  std::vector<std::thread> workers_;
+  // The pass: job_, helpers_ (pool threads still allowed to join it), written and read under mu_.
+  const std::function<void(int64_t)>* job_ = nullptr;
+  int helpers_ = 0;
+  int64_t chunks_ = 0;
+  std::atomic<int64_t> next_{0};                // chunks claimed
+  std::atomic<int> active_{0};                  // pool threads inside the pass
+  std::atomic<uint64_t> generation_{0};         // bumped under mu_ per pass; read without it while spinning
   std::atomic<bool> stop_{false};
   std::atomic<int64_t> workerSpin_{200000}, callerSpin_{200000};  // pool.cc spinUntil's budgets, ns
 };
@@ -46,20 +54,17 @@ struct Threads {
   int count = 1;
 };
 
-// f(lo, hi) over [0, total) in at most t.count parts of at least `grain` items each, every boundary a multiple of
-// `align`, part 0 on the calling thread. For passes whose items are independent (the bits do not depend on the split).
+// f(lo, hi) over [0, total) in chunks of `grain` items (the last one shorter), each on whichever of t's threads
+// claims it. For passes whose items are independent: the bits do not depend on the chunks or the threads.
 template <class F>
-void splitOver(const Threads& t, int64_t total, int64_t grain, int64_t align, const F& f) {
-  const int64_t parts = t.pool ? std::min<int64_t>(t.count, total / std::max<int64_t>(grain, 1)) : 1;
-  if (parts <= 1) {
-    f(int64_t(0), total);
+void splitOver(const Threads& t, int64_t total, int64_t grain, const F& f) {
+  grain = std::max<int64_t>(grain, 1);
+  const int64_t chunks = (total + grain - 1) / grain;
+  if (!t.pool || t.count <= 1 || chunks <= 1) {
+    if (total > 0) f(int64_t(0), total);
     return;
   }
-  const auto edge = [&](int64_t p) { return p == parts ? total : total * p / parts / align * align; };
-  t.pool->run(int(parts), [&](int p) {
-    const int64_t lo = edge(p), hi = edge(p + 1);
-    if (lo < hi) f(lo, hi);
-  });
+  t.pool->run(t.count, chunks, [&](int64_t c) { f(c * grain, std::min(total, (c + 1) * grain)); });
 }
 
 }  // namespace syncbn
