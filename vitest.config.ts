@@ -13,6 +13,7 @@ const FAST = [
   "test/bn-spread.test.ts",
   "test/cbn.test.ts",
   "test/codec.test.ts",
+  "test/ws-mask.test.ts",
   "test/coordinator-blocks.test.ts",
   "test/coordinator.test.ts",
   "test/dashboard.browser.test.ts",

@@ -399,7 +399,10 @@ async function openLink(opts: ClientOptions, timeoutMs: number): Promise<Link> {
 
 function openSocket(opts: ClientOptions, timeoutMs: number): Promise<WebSocket> {
   return new Promise((resolve, reject) => {
-    const ws = new WebSocket(opts.url, { perMessageDeflate: false, maxPayload: opts.maxPayload, handshakeTimeout: timeoutMs });
+    // A zero masking key: `ws` then sends the payload as it is (no masked copy of every
+    // frame) and the coordinator skips unmasking it. Masking guards proxies against
+    // bytes a browser script chose; a worker sends its own frames, and any key is valid on the wire.
+    const ws = new WebSocket(opts.url, { perMessageDeflate: false, maxPayload: opts.maxPayload, handshakeTimeout: timeoutMs, generateMask: zeroMask });
     ws.once("open", () => {
       ws.removeAllListeners("error");
       ws.on("error", () => {});
@@ -422,6 +425,10 @@ function openSocket(opts: ClientOptions, timeoutMs: number): Promise<WebSocket> 
       });
     });
   });
+}
+
+function zeroMask(mask: Uint8Array): void {
+  mask.fill(0);
 }
 
 /** A Link over a connected `ws` WebSocket (binary frames only; no compression). */
