@@ -400,8 +400,8 @@ async function openLink(opts: ClientOptions, timeoutMs: number): Promise<Link> {
 function openSocket(opts: ClientOptions, timeoutMs: number): Promise<WebSocket> {
   return new Promise((resolve, reject) => {
     // A zero masking key: `ws` then sends the payload as it is (no masked copy of every
-    // frame) and the coordinator skips unmasking it. Masking guards proxies against
-    // bytes a browser script chose; a worker sends its own frames, and any key is valid on the wire.
+    // frame) and the coordinator skips unmasking it. Unpredictable keys (RFC 6455) guard
+    // proxies against bytes a browser script chose; a worker sends its own, and servers accept any key.
     const ws = new WebSocket(opts.url, { perMessageDeflate: false, maxPayload: opts.maxPayload, handshakeTimeout: timeoutMs, generateMask: zeroMask });
     ws.once("open", () => {
       ws.removeAllListeners("error");
