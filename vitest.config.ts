@@ -14,6 +14,7 @@ const FAST = [
   "test/cbn.test.ts",
   "test/codec.test.ts",
   "test/ws-mask.test.ts",
+  "test/port-link.test.ts",
   "test/coordinator-blocks.test.ts",
   "test/coordinator.test.ts",
   "test/dashboard.browser.test.ts",

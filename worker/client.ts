@@ -4,7 +4,7 @@
 // deadline; a coordinator error or disconnect rejects every pending round at once.
 
 import WebSocket from "ws";
-import { MAX_KEY_LAYER, decode, encode, frameRoundKey, releaseEncoded, roundKey } from "../shared/codec.js";
+import { MAX_KEY_LAYER, adoptFrame, decode, encode, frameRoundKey, releaseEncoded, roundKey } from "../shared/codec.js";
 import type { RunConventions } from "../shared/config.js";
 import { ErrorCode, SyncbnError, type ErrorContext } from "../shared/errors.js";
 import {
@@ -74,6 +74,12 @@ export interface Link {
   onMessage: ((bytes: Uint8Array) => void) | null;
   /** The connection closed (detail e.g. "code 1006"); called at most once. */
   onClose: ((detail: string) => void) | null;
+  /**
+   * Received bytes are the client's own (a MessagePort's clones): a result decoded
+   * into the caller's buffer leaves its frame's memory to the codec's pool, for the
+   * next contribution of that size (whose own frame was transferred away).
+   */
+  readonly ownsReceived?: boolean;
 }
 
 interface Pending {
@@ -360,6 +366,11 @@ export class CoordinatorClient {
     if (this.startupWaitMs === null) this.startupWaitMs = waited;
     else this.waitMs += waited;
     if (p.frame) releaseEncoded(p.frame);
+    if (this.link.ownsReceived && msg.data === p.into) {
+      // Nothing may point into the frame once it is pooled: the extra (a few values) is copied out.
+      if (msg.extra) msg.extra = msg.extra.slice();
+      adoptFrame(bytes);
+    }
     p.resolve(msg);
   }
 }

@@ -52,6 +52,7 @@ export function portLink(port: MessagePort): Link {
       port.postMessage(own, [own.buffer as ArrayBuffer]);
     },
     terminate: () => port.close(),
+    ownsReceived: true,
     close: () => {
       port.close();
       return whenClosed;
