@@ -16,6 +16,7 @@ describe("gradient rounds over a MessagePort", () => {
     const client = await CoordinatorClient.overLink(portLink(tc.connect("t0")), {
       url: "in-process", rank: 0, worldSize: 1, token: "", conventions, connectTimeoutMs: 10_000, roundTimeoutMs: 10_000, maxPayload: 0,
     });
+    expect(client.reusesResultFrames).toBe(true);
     const n = 1001;
     const into = new Float32Array(n);
     const extras: Float64Array[] = [];

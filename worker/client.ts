@@ -216,6 +216,15 @@ export class CoordinatorClient {
     return this.opts.rank;
   }
 
+  /**
+   * A result decoded into the caller's buffer (roundInto) gives its frame's memory to
+   * the next contribution of its size (Link.ownsReceived: the thread transport). On a
+   * socket it is only one more copy, so a large round is better received as a view.
+   */
+  get reusesResultFrames(): boolean {
+    return this.link.ownsReceived === true;
+  }
+
   /** How many consecutive ranks, from `rank`, this process hosts. */
   get ranks(): number {
     return this.opts.ranks ?? 1;

@@ -130,8 +130,8 @@ export async function trainWorker(run: WorkerRun): Promise<void> {
   // one rank, or a fused block (one GEMM over its R·B samples), sends float32.
   const grads = blockSize > 1 && exactGrads ? new Float64Array(model.gradSize) : new Float32Array(model.gradSize);
   const extra = new Float64Array(GradExtra.length);
-  // The summed gradients, copied out of the result frame (whose memory then carries a later contribution, thread transport).
-  const summedGrads = new Float32Array(model.gradSize);
+  // Thread transport: the summed gradients are copied out of the result frame, whose memory then carries the next contribution.
+  const summedGrads = client.reusesResultFrames ? new Float32Array(model.gradSize) : undefined;
   let perm: Uint32Array | null = null;
   let permEpoch = -1;
   let lastWaitMs = 0;
