@@ -13,6 +13,8 @@ const FAST = [
   "test/bn-spread.test.ts",
   "test/cbn.test.ts",
   "test/codec.test.ts",
+  "test/ws-mask.test.ts",
+  "test/port-link.test.ts",
   "test/coordinator-blocks.test.ts",
   "test/coordinator.test.ts",
   "test/dashboard.browser.test.ts",

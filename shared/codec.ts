@@ -70,8 +70,8 @@ interface FrameBuffer {
  * frames never released are simply garbage-collected.
  */
 const pool = new Map<number, FrameBuffer[]>();
-/** The FrameBuffer behind each frame handed out (its `bytes`), for releaseEncoded. */
-const frameOf = new WeakMap<Uint8Array, FrameBuffer>();
+/** The FrameBuffer behind each frame handed out or adopted, by its memory, for releaseEncoded. */
+const frameOf = new WeakMap<ArrayBufferLike, FrameBuffer>();
 let pooledBytes = 0;
 const POOL_MAX_BYTES = 64 * 1024 * 1024;
 const POOL_MAX_PER_SIZE = 8;
@@ -82,9 +82,12 @@ function takeFrame(size: number): FrameBuffer {
     pooledBytes -= size;
     return f;
   }
-  const buffer = new ArrayBuffer(size);
+  return frameOver(new ArrayBuffer(size));
+}
+
+function frameOver(buffer: ArrayBuffer): FrameBuffer {
   const frame: FrameBuffer = { bytes: new Uint8Array(buffer), words: new Uint32Array(buffer, 0, 6), f64: new Float64Array(buffer), f32: new Float32Array(buffer) };
-  frameOf.set(frame.bytes, frame);
+  frameOf.set(buffer, frame);
   return frame;
 }
 
@@ -95,15 +98,31 @@ function takeFrame(size: number): FrameBuffer {
  * beginResult() (msgpack bytes, views, transferred buffers) is ignored.
  */
 export function releaseEncoded(bytes: Uint8Array): void {
-  const frame = frameOf.get(bytes);
+  const frame = frameOf.get(bytes.buffer);
   const size = bytes.byteLength; // 0 once the buffer was transferred away
-  if (frame === undefined || size < FRAME_HEADER_BYTES) return;
+  if (frame === undefined || bytes !== frame.bytes || size < FRAME_HEADER_BYTES) return;
   if (pooledBytes + size > POOL_MAX_BYTES) return;
   let list = pool.get(size);
   if (!list) pool.set(size, (list = []));
   if (list.length >= POOL_MAX_PER_SIZE || list.includes(frame)) return;
   list.push(frame);
   pooledBytes += size;
+}
+
+/**
+ * Takes the memory of a received frame into the pool, so a later encode reuses it
+ * instead of allocating: for a transport whose received frames are this thread's
+ * own (a MessagePort's clones; nothing else holds them). Call it only once nothing
+ * reads the frame or anything decoded from it. Anything but a whole, well-formed
+ * frame filling its own ArrayBuffer is ignored; so is a buffer already pooled.
+ */
+export function adoptFrame(bytes: Uint8Array): void {
+  const buffer = bytes.buffer;
+  if (!(buffer instanceof ArrayBuffer) || bytes.byteOffset !== 0 || bytes.byteLength !== buffer.byteLength) return;
+  const size = buffer.byteLength;
+  if (size < FRAME_HEADER_BYTES || size % 8 !== 0 || frameOf.has(buffer)) return;
+  if (bytes[0] !== FRAME_MARKER || frameByteLength(bytes) !== size) return;
+  releaseEncoded(frameOver(buffer).bytes);
 }
 
 /** Takes a frame of the given layout and writes its header (count 0, checksum 0). */

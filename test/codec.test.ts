@@ -2,7 +2,7 @@ import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { Packr } from "msgpackr";
 import { describe, expect, it } from "vitest";
-import { FRAME_HEADER_BYTES, FRAME_MARKER, decode, encode, frameRoundKey, releaseEncoded, roundKey } from "../shared/codec.js";
+import { FRAME_HEADER_BYTES, FRAME_MARKER, adoptFrame, decode, encode, frameRoundKey, releaseEncoded, roundKey } from "../shared/codec.js";
 import { PROTOCOL_VERSION, checkContribution, checkHello } from "../shared/protocol.js";
 import { ROOT } from "./helpers.js";
 
@@ -105,6 +105,27 @@ describe("binary frames (contributions and results)", () => {
     expect(Array.from(out.data)).toEqual([5, 6, 7]);
     expect(Array.from(b.subarray(24, 32))).toEqual([0, 0, 0, 0, 0, 0, 0, 0]);
     expect(Array.from(b.subarray(FRAME_HEADER_BYTES + 12, FRAME_HEADER_BYTES + 16))).toEqual([0, 0, 0, 0]);
+  });
+
+  it("adopts a received frame's memory for the next encode of its size, and ignores views, non-frames and broken frames", () => {
+    // Sizes no other test encodes, so the pool holds nothing of them beforehand.
+    const result = (n: number): Uint8Array => encode({ type: "result", step: 1, phase: "grad", layer: -1, count: 8, data: new Float32Array(n).fill(1.5), extra: Float64Array.of(2) });
+    const received = result(37).slice(); // a copy: memory the codec never handed out, as a clone arrives
+    adoptFrame(received);
+    const next = encode({ type: "contrib", step: 2, phase: "grad", layer: -1, count: 8, data: new Float32Array(37).fill(-3), extra: Float64Array.of(4) });
+    expect(next.buffer).toBe(received.buffer);
+    expect(Array.from((decode(next) as { data: Float32Array }).data)).toEqual(new Array<number>(37).fill(-3));
+    // A view into a larger buffer, msgpack bytes, or a frame whose header disagrees with its size: left alone.
+    const padded = new Uint8Array(result(41).byteLength + 8);
+    padded.set(result(41));
+    const view = padded.subarray(0, padded.length - 8);
+    const hello = encode({ type: "bye" });
+    const broken = result(43).slice();
+    broken[16] = 99; // n no longer matches the byte size
+    for (const bytes of [view, hello, broken]) adoptFrame(bytes);
+    const fresh = [41, 43].map((n) => encode({ type: "contrib", step: 2, phase: "grad", layer: -1, count: 8, data: new Float32Array(n), extra: Float64Array.of(4) }));
+    expect(fresh[0]!.buffer).not.toBe(padded.buffer);
+    expect(fresh[1]!.buffer).not.toBe(broken.buffer);
   });
 });
 

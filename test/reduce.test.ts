@@ -4,7 +4,7 @@
 // and large values, float32 and float64 parts mixed, 1 to 5 parts, and extras.
 
 import { describe, expect, it } from "vitest";
-import { reduceRound } from "../coordinator/reduce.js";
+import { reduceRound, roundF32Naive } from "../coordinator/reduce.js";
 import type { Contribution, Phase } from "../shared/protocol.js";
 
 function naive(parts: readonly Contribution[], f32: boolean): { data: Float64Array | Float32Array; extra: Float64Array | null } {
@@ -65,6 +65,34 @@ describe("reduceRound sums", () => {
       const allNegZero = parts.map((p) => ({ ...p, data: (p.data instanceof Float32Array ? new Float32Array(4) : new Float64Array(4)).fill(-0), extra: undefined }));
       const z = reduceRound(4, c.phase, 0, allNegZero, allNegZero.map((_, k) => k)).result.data;
       for (const v of z) expect(Object.is(v, 0)).toBe(true);
+    });
+  }
+});
+
+describe("a gradient round of one float32 part (one worker)", () => {
+  // roundF32 copies the part and patches its −0s, by search up to 64 of them and by a loop past that.
+  for (const negZeros of [0, 1, 63, 64, 65, 5000]) {
+    it(`returns the part's own bits with each −0 made +0, as the converting loop does (${negZeros} −0s among 270,000)`, () => {
+      const n = 270_000;
+      const data = new Float32Array(n);
+      for (let i = 0; i < n; i++) data[i] = Math.sin(i) * 1e-3;
+      // Spread over the array, the first and last elements among them.
+      for (let k = 0; k < negZeros; k++) data[negZeros === 1 ? n - 1 : Math.floor((k * (n - 1)) / (negZeros - 1))] = -0;
+      const part: Contribution = { type: "contrib", step: 0, phase: "grad", layer: -1, count: 8, data };
+      const { result } = reduceRound(0, "grad", -1, [part], [0]);
+      const want = new Float32Array(n);
+      roundF32Naive(want, data);
+      // The first element whose bits differ (−1: none), not a 1 MB deep-equal.
+      const got = new Int32Array(result.data.buffer, result.data.byteOffset, n);
+      const wantBits = new Int32Array(want.buffer);
+      expect(got.findIndex((b, i) => b !== wantBits[i])).toBe(-1);
+      let negative = 0;
+      for (const v of result.data) if (Object.is(v, -0)) negative++;
+      expect(negative).toBe(0);
+      // The part itself is left as it was.
+      let kept = 0;
+      for (const v of data) if (Object.is(v, -0)) kept++;
+      expect(kept).toBe(negZeros);
     });
   }
 });

@@ -4,7 +4,7 @@
 // deadline; a coordinator error or disconnect rejects every pending round at once.
 
 import WebSocket from "ws";
-import { MAX_KEY_LAYER, decode, encode, frameRoundKey, releaseEncoded, roundKey } from "../shared/codec.js";
+import { MAX_KEY_LAYER, adoptFrame, decode, encode, frameRoundKey, releaseEncoded, roundKey } from "../shared/codec.js";
 import type { RunConventions } from "../shared/config.js";
 import { ErrorCode, SyncbnError, type ErrorContext } from "../shared/errors.js";
 import {
@@ -74,6 +74,12 @@ export interface Link {
   onMessage: ((bytes: Uint8Array) => void) | null;
   /** The connection closed (detail e.g. "code 1006"); called at most once. */
   onClose: ((detail: string) => void) | null;
+  /**
+   * Received bytes are the client's own (a MessagePort's clones): a result decoded
+   * into the caller's buffer leaves its frame's memory to the codec's pool, for the
+   * next contribution of that size (whose own frame was transferred away).
+   */
+  readonly ownsReceived?: boolean;
 }
 
 interface Pending {
@@ -208,6 +214,15 @@ export class CoordinatorClient {
 
   get rank(): number {
     return this.opts.rank;
+  }
+
+  /**
+   * A result decoded into the caller's buffer (roundInto) gives its frame's memory to
+   * the next contribution of its size (Link.ownsReceived: the thread transport). On a
+   * socket it is only one more copy, so a large round is better received as a view.
+   */
+  get reusesResultFrames(): boolean {
+    return this.link.ownsReceived === true;
   }
 
   /** How many consecutive ranks, from `rank`, this process hosts. */
@@ -360,6 +375,11 @@ export class CoordinatorClient {
     if (this.startupWaitMs === null) this.startupWaitMs = waited;
     else this.waitMs += waited;
     if (p.frame) releaseEncoded(p.frame);
+    if (this.link.ownsReceived && msg.data === p.into) {
+      // Nothing may point into the frame once it is pooled: the extra (a few values) is copied out.
+      if (msg.extra) msg.extra = msg.extra.slice();
+      adoptFrame(bytes);
+    }
     p.resolve(msg);
   }
 }
@@ -399,7 +419,10 @@ async function openLink(opts: ClientOptions, timeoutMs: number): Promise<Link> {
 
 function openSocket(opts: ClientOptions, timeoutMs: number): Promise<WebSocket> {
   return new Promise((resolve, reject) => {
-    const ws = new WebSocket(opts.url, { perMessageDeflate: false, maxPayload: opts.maxPayload, handshakeTimeout: timeoutMs });
+    // A zero masking key: `ws` then sends the payload as it is (no masked copy of every
+    // frame) and the coordinator skips unmasking it. Unpredictable keys (RFC 6455) guard
+    // proxies against bytes a browser script chose; a worker sends its own, and servers accept any key.
+    const ws = new WebSocket(opts.url, { perMessageDeflate: false, maxPayload: opts.maxPayload, handshakeTimeout: timeoutMs, generateMask: zeroMask });
     ws.once("open", () => {
       ws.removeAllListeners("error");
       ws.on("error", () => {});
@@ -422,6 +445,10 @@ function openSocket(opts: ClientOptions, timeoutMs: number): Promise<WebSocket> 
       });
     });
   });
+}
+
+function zeroMask(mask: Uint8Array): void {
+  mask.fill(0);
 }
 
 /** A Link over a connected `ws` WebSocket (binary frames only; no compression). */

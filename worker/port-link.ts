@@ -1,6 +1,7 @@
 // A Link (worker/client.ts) over a MessagePort, for `--transport thread`: the
 // worker thread's end of the channel to the in-process coordinator. Frames are
-// transferred (the ArrayBuffer moves, nothing is copied).
+// transferred (the ArrayBuffer moves, nothing is copied); results arrive cloned,
+// so their memory is this thread's to reuse (Link.ownsReceived).
 
 import type { MessagePort } from "node:worker_threads";
 import { CoordinatorClient, type Link } from "./client.js";
@@ -52,6 +53,7 @@ export function portLink(port: MessagePort): Link {
       port.postMessage(own, [own.buffer as ArrayBuffer]);
     },
     terminate: () => port.close(),
+    ownsReceived: true,
     close: () => {
       port.close();
       return whenClosed;

@@ -130,6 +130,8 @@ export async function trainWorker(run: WorkerRun): Promise<void> {
   // one rank, or a fused block (one GEMM over its R·B samples), sends float32.
   const grads = blockSize > 1 && exactGrads ? new Float64Array(model.gradSize) : new Float32Array(model.gradSize);
   const extra = new Float64Array(GradExtra.length);
+  // Thread transport: the summed gradients are copied out of the result frame, whose memory then carries the next contribution.
+  const summedGrads = client.reusesResultFrames ? new Float32Array(model.gradSize) : undefined;
   let perm: Uint32Array | null = null;
   let permEpoch = -1;
   let lastWaitMs = 0;
@@ -201,7 +203,7 @@ export async function trainWorker(run: WorkerRun): Promise<void> {
       extra[GradExtra.lr] = active[0]! >= rank && active[0]! < rank + blockSize ? opt.lr : 0;
       const checksum = s.checksumEvery > 0 && step % s.checksumEvery === 0 ? model.checksum() : undefined;
       // One contribution for the block: its R ranks' own gradients, summed by the backward.
-      const summed = await client.round(step, "grad", -1, n, grads, extra, checksum);
+      const summed = await client.roundInto(summedGrads, step, "grad", -1, n, grads, extra, checksum);
       lastWaitMs = client.waitMs - waitBefore;
       // The run's first round (start-up, client.startupWaitMs) is neither waiting nor compute.
       lastComputeMs = performance.now() - t0 - (client.waitMs + (client.startupWaitMs ?? 0) - roundsBefore);
