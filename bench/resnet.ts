@@ -3,7 +3,7 @@
 // of 1 worker × 32, and the BN layer's forward+backward on (32, 64, 16, 16) (on the
 // native passes where the addon loads, else WebAssembly, and on their TypeScript twins) — each beside PyTorch's
 // (bench/torch_resnet.py), ours and theirs interleaved run by run.
-// Not a test: it reports, never fails on a time. Standalone: node dist/bench/resnet.js [--quick].
+// Not a test: it reports, never fails on a time. Standalone: node dist/bench/resnet.js [--quick] [--repeats N] (rounds; default 2).
 
 import { spawnSync } from "node:child_process";
 import { existsSync } from "node:fs";
@@ -139,8 +139,7 @@ export async function runResnetBench(o: ResnetOptions): Promise<ResnetResult> {
     }
     const s = await trainOnce({
       settings: { model, norm: "local", data: "synthetic", batch: o.singleBatch, steps: o.singleSteps, trainSize: 2000, testSize: 100, seed: 1 },
-      workers: 1,
-      transport: "process",
+      workers: 1, // the default layout (cli/layout.ts): one worker thread beside the coordinator, --threads auto
     });
     single.push((o.singleBatch / percentile(s.stepMs, 0.5)) * 1000);
     o.log(`resnet ${model} 1×${o.singleBatch} run ${i + 1}: ${fmt(single.at(-1)!, 0)} samples/s (load ${loadLine()})`);
@@ -201,7 +200,7 @@ export function resnetMarkdown(r: ResnetResult, o: Omit<ResnetOptions, "log">): 
     `\`resnet:${o.blocks}\` on synthetic Fashion-MNIST-shaped input (1×28×28), worker processes (ws, --pin-cpus auto). ` +
       `${o.workers} workers × ${o.batch}: ${o.steps} steps per run (5 warm-up steps not counted), ${o.repeats} runs per mode, sync and local alternating; ` +
       `sync BN makes ${rounds} rounds per step (${rounds / 2} BN layers × forward and backward) plus the gradient round. ` +
-      `1 worker × ${o.singleBatch}: --norm local, ${o.singleSteps} steps per run. BN: our BatchNorm layer (worker/nn/batchnorm.ts, local mode) forward+backward on (32, 64, 16, 16), in this process, on ${BN_PASSES[bnFastBackend()]} (a default run's: native where the addon loads) and on their TypeScript twins, interleaved. ` +
+      `1 worker × ${o.singleBatch}: --norm local, ${o.singleSteps} steps per run, the default layout (one worker thread beside the coordinator, --threads auto = the cores). BN: our BatchNorm layer (worker/nn/batchnorm.ts, local mode) forward+backward on (32, 64, 16, 16), in this process, on ${BN_PASSES[bnFastBackend()]} (a default run's: native where the addon loads) and on their TypeScript twins, interleaved. ` +
       `PyTorch (bench/torch_resnet.py; ${t ? "run" : `not run: ${r.torchSkipped}`}): the same module; one process with 2 threads × 32; DDP 4 processes × 8, gloo on 127.0.0.1, 1 thread each, ` +
       `sync BN as an autograd Function with SyncBatchNorm's all_reduces (Σx, Σx², n forward; Σdy, Σdy·x̂ backward) against plain BatchNorm2d; BatchNorm2d fwd+bwd with 1 thread. ` +
       `Every PyTorch measurement runs between two of ours (same round), so load drift hits both. Load (1/5/15 min) ${r.loadStart} at start, ${r.loadEnd} at end.`,
@@ -232,7 +231,12 @@ export function resnetMarkdown(r: ResnetResult, o: Omit<ResnetOptions, "log">): 
 if (import.meta.url === pathToFileURL(process.argv[1] ?? "").href) {
   const log = (l: string): void => console.log(l);
   log(machineLine());
-  const o: ResnetOptions = { ...DEFAULT_RESNET, log, ...(process.argv.includes("--quick") ? { steps: 20, repeats: 1, singleSteps: 15 } : {}) };
+  const at = process.argv.indexOf("--repeats");
+  const repeats = at > 0 ? Number(process.argv[at + 1]) : undefined;
+  if (repeats !== undefined && !(Number.isInteger(repeats) && repeats >= 1 && repeats <= 20)) throw new Error("--repeats takes 1..20");
+  const o: ResnetOptions = {
+    ...DEFAULT_RESNET, log, ...(process.argv.includes("--quick") ? { steps: 20, repeats: 1, singleSteps: 15 } : {}), ...(repeats ? { repeats } : {}),
+  };
   const r = await runResnetBench(o);
   for (const l of resnetMarkdown(r, o)) log(l);
 }

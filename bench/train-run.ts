@@ -14,8 +14,9 @@ import { DEFAULT_SETTINGS, type TrainSettings } from "../worker/settings.js";
 export interface TrainRunOptions {
   settings: Partial<TrainSettings>;
   workers: number;
-  transport: "process" | "thread";
-  /** Wire of worker processes (default ws). */
+  /** Omitted: the default layout the CLI would choose (cli/layout.ts). */
+  transport?: "process" | "thread";
+  /** Wire of worker processes (default ws; given, it asks for worker processes as --wire does). */
   wire?: "ws" | "tcp";
   /** --pin-cpus of worker processes (default auto, as the CLI). */
   pinCpus?: "auto" | "on" | "off";
@@ -49,8 +50,8 @@ export async function trainOnce(o: TrainRunOptions): Promise<TrainRun> {
       checkpointEvery: 0,
       resume: null,
       roundTimeoutMs: 60_000,
-      transport: o.transport,
-      wire: o.wire ?? "ws",
+      ...(o.transport !== undefined ? { transport: o.transport } : {}),
+      ...(o.wire !== undefined || o.transport === "process" ? { wire: o.wire ?? "ws" } : {}),
       pinCpus: o.pinCpus ?? "auto",
       threads: o.threads ?? "auto",
       workerEnv: o.workerEnv,
