@@ -350,6 +350,11 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
     if (firstBadExit || coordFailure || outputFailure || finalCheck) {
       // Let the other workers report and exit (they fail fast on the coordinator's error).
       await within(allExited, 1500);
+      // A worker the coordinator names as lost may still be on its way out (its connection closes first):
+      // its exit code or signal says more than "lost its connection".
+      const named = coordFailure && (coordFailure as SyncbnError).code !== ErrorCode.Timeout ? (coordFailure as SyncbnError).context.rank : undefined;
+      const lost = named === undefined ? [] : (typeof named === "number" ? [named] : [...named]).map(procOf).filter((p): p is WorkerProcess => !!p);
+      if (lost.length > 0) await within(Promise.all(lost.map((p) => p.exited)), CULPRIT_EXIT_GRACE_MS);
       // Read the processes' states before killing the survivors (a frozen one is "stopped responding", not "killed by us").
       const failure = [
         ...(allLost ? [`every worker was lost (ranks ${server.coordinator.lostWorkers.map((l) => l.rank).join(", ")}); --on-worker-loss continue needs at least one to finish`] : []),
@@ -400,6 +405,8 @@ const LOST_KILL_GRACE_MS = 500;
 
 /** How long the launcher waits, once every worker has exited, for the coordinator to see the run end. */
 const SETTLE_MS = 5_000;
+/** How long a failure report waits for a worker the coordinator names as lost to exit by itself. */
+const CULPRIT_EXIT_GRACE_MS = 5_000;
 
 /** The checkpoint, read and checked against the flags, as a refusal before anything starts (exit 2). */
 function readResume(file: string, s: TrainSettings, workers: number, plan: RunDataPlan): Checkpoint {
