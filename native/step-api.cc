@@ -97,7 +97,8 @@ napi_value BnMoments(napi_env env, napi_callback_info info) {
   Shape d(a, 3);
   double *mean = a.f64(0, d.c, "mean"), *m2 = a.f64(1, d.c, "m2");
   float* x = a.f32(2, d.len, "x");
-  if (a.ok) syncbn::bnMoments(mean, m2, x, d.n, d.c, d.s, a.threads(6));
+  const syncbn::Threads t = a.threads(6);
+  if (a.ok) syncbn::bnMoments(mean, m2, x, d.n, d.c, d.s, t);
   return nullptr;
 }
 
@@ -108,7 +109,8 @@ napi_value BnNormalize(napi_env env, napi_callback_info info) {
   float *y = a.f32(0, d.len, "y"), *xhat = a.f32(1, d.len, "xhat"), *x = a.f32(2, d.len, "x");
   double *mean = a.f64(3, d.c, "mean"), *invStd = a.f64(4, d.c, "invStd");
   float *gamma = a.f32(5, d.c, "gamma"), *beta = a.f32(6, d.c, "beta");
-  if (a.ok) syncbn::bnNormalize(y, xhat, x, mean, invStd, gamma, beta, d.n, d.c, d.s, a.threads(10));
+  const syncbn::Threads t = a.threads(10);
+  if (a.ok) syncbn::bnNormalize(y, xhat, x, mean, invStd, gamma, beta, d.n, d.c, d.s, t);
   return nullptr;
 }
 
@@ -118,7 +120,8 @@ napi_value BnGradSums(napi_env env, napi_callback_info info) {
   Shape d(a, 3);
   double* out = a.f64(0, 2 * d.c, "out");
   float *dy = a.f32(1, d.len, "dy"), *xhat = a.f32(2, d.len, "xhat");
-  if (a.ok) syncbn::bnGradSums(out, dy, xhat, d.n, d.c, d.s, a.threads(6));
+  const syncbn::Threads t = a.threads(6);
+  if (a.ok) syncbn::bnGradSums(out, dy, xhat, d.n, d.c, d.s, t);
   return nullptr;
 }
 
@@ -131,7 +134,8 @@ napi_value BnDx(napi_env env, napi_callback_info info) {
   const double count = a.number(4, "count");
   double* invStd = a.f64(5, d.c, "invStd");
   float* gamma = a.f32(6, d.c, "gamma");
-  if (a.ok) syncbn::bnDx(dx, dy, xhat, sums, count, invStd, gamma, d.n, d.c, d.s, a.threads(10));
+  const syncbn::Threads t = a.threads(10);
+  if (a.ok) syncbn::bnDx(dx, dy, xhat, sums, count, invStd, gamma, d.n, d.c, d.s, t);
   return nullptr;
 }
 
@@ -143,7 +147,8 @@ napi_value BnEval(napi_env env, napi_callback_info info) {
   double *mean = a.f64(2, d.c, "runningMean"), *var = a.f64(3, d.c, "runningVar");
   float *gamma = a.f32(4, d.c, "gamma"), *beta = a.f32(5, d.c, "beta");
   const double eps = a.number(6, "eps");
-  if (a.ok) syncbn::bnEval(y, x, mean, var, gamma, beta, eps, d.n, d.c, d.s, a.threads(10));
+  const syncbn::Threads t = a.threads(10);
+  if (a.ok) syncbn::bnEval(y, x, mean, var, gamma, beta, eps, d.n, d.c, d.s, t);
   return nullptr;
 }
 
@@ -213,28 +218,32 @@ napi_value Relu(napi_env env, napi_callback_info info) {
   Args a(env, info, 3, true);
   const int64_t len = a.count(2, "len");
   float *y = a.f32(0, len, "y"), *x = a.f32(1, len, "x");
-  if (a.ok) syncbn::relu(y, x, len, a.threads(3));
+  const syncbn::Threads t = a.threads(3);
+  if (a.ok) syncbn::relu(y, x, len, t);
   return nullptr;
 }
 napi_value ReluBackward(napi_env env, napi_callback_info info) {
   Args a(env, info, 4, true);
   const int64_t len = a.count(3, "len");
   float *dx = a.f32(0, len, "dx"), *dy = a.f32(1, len, "dy"), *y = a.f32(2, len, "y");
-  if (a.ok) syncbn::reluBackward(dx, dy, y, len, a.threads(4));
+  const syncbn::Threads t = a.threads(4);
+  if (a.ok) syncbn::reluBackward(dx, dy, y, len, t);
   return nullptr;
 }
 napi_value Add(napi_env env, napi_callback_info info) {
   Args a(env, info, 4, true);
   const int64_t len = a.count(3, "len");
   float *y = a.f32(0, len, "y"), *x1 = a.f32(1, len, "a"), *x2 = a.f32(2, len, "b");
-  if (a.ok) syncbn::add(y, x1, x2, len, a.threads(4));
+  const syncbn::Threads t = a.threads(4);
+  if (a.ok) syncbn::add(y, x1, x2, len, t);
   return nullptr;
 }
 napi_value AddInto(napi_env env, napi_callback_info info) {
   Args a(env, info, 3, true);
   const int64_t len = a.count(2, "len");
   float *acc = a.f32(0, len, "acc"), *g = a.f32(1, len, "g");
-  if (a.ok) syncbn::addInto(acc, g, len, a.threads(3));
+  const syncbn::Threads t = a.threads(3);
+  if (a.ok) syncbn::addInto(acc, g, len, t);
   return nullptr;
 }
 
