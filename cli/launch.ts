@@ -15,7 +15,7 @@ import { refusalLogger } from "../coordinator/admission.js";
 import { checkDashboardBind } from "../coordinator/dashboard.js";
 import { DEFAULT_MAX_PAYLOAD, startCoordinatorServer } from "../coordinator/server.js";
 import { TORCH_CONVENTIONS, parseNorm, statsGroupSize, type RunConventions } from "../shared/config.js";
-import { ErrorCode, SyncbnError } from "../shared/errors.js";
+import { ErrorCode, SyncbnError, namedRanks } from "../shared/errors.js";
 import { attachLiveViews } from "./live.js";
 import type { Command } from "commander";
 import { DEFAULT_HELLO_TIMEOUT_MS, MAX_HELLO_TIMEOUT_MS } from "../coordinator/pending.js";
@@ -172,12 +172,6 @@ function whereOf(err: SyncbnError | null): string {
   const c = err?.context;
   if (!c || c.step === undefined) return "";
   return [`step ${c.step}`, c.phase ? `phase ${c.phase}` : "", c.layer !== undefined && c.layer >= 0 ? `layer ${c.layer}` : ""].filter(Boolean).join(", ");
-}
-
-/** The ranks an error names. */
-function namedRanks(err: SyncbnError | null): number[] {
-  const r = err?.context.rank;
-  return r === undefined ? [] : typeof r === "number" ? [r] : [...r];
 }
 
 /** How long the report waits for a rank the coordinator named to exit by itself. */

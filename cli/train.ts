@@ -10,7 +10,7 @@ import type { Coordinator } from "../coordinator/coordinator.js";
 import { DEFAULT_MAX_PAYLOAD, startCoordinatorServer, type Wire } from "../coordinator/server.js";
 import { refusalLogger } from "../coordinator/admission.js";
 import { startThreadCoordinator, type ThreadCoordinator } from "../coordinator/threads.js";
-import { ErrorCode, SyncbnError } from "../shared/errors.js";
+import { ErrorCode, SyncbnError, namedRanks } from "../shared/errors.js";
 import { readCheckpoint, type Checkpoint } from "../worker/checkpoint.js";
 import { conventionsOf, recipeProblems, validateSettings, type TrainSettings } from "../worker/settings.js";
 import { INIT_AND_RESUME, checkInitUpFront } from "../worker/weights.js";
@@ -352,8 +352,8 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
       await within(allExited, 1500);
       // A worker the coordinator names as lost may still be on its way out (its connection closes first):
       // its exit code or signal says more than "lost its connection".
-      const named = coordFailure && (coordFailure as SyncbnError).code !== ErrorCode.Timeout ? (coordFailure as SyncbnError).context.rank : undefined;
-      const lost = named === undefined ? [] : (typeof named === "number" ? [named] : [...named]).map(procOf).filter((p): p is WorkerProcess => !!p);
+      const lostCause = coordFailure && (coordFailure as SyncbnError).code !== ErrorCode.Timeout ? (coordFailure as SyncbnError) : null;
+      const lost = namedRanks(lostCause).map(procOf).filter((p): p is WorkerProcess => !!p);
       if (lost.length > 0) await within(Promise.all(lost.map((p) => p.exited)), CULPRIT_EXIT_GRACE_MS);
       // Read the processes' states before killing the survivors (a frozen one is "stopped responding", not "killed by us").
       const failure = [
@@ -465,9 +465,8 @@ function rootCause(
   coord: SyncbnError | null,
 ): string[] {
   const lines: string[] = [];
-  const named = coord?.context.rank;
-  const namedRanks = named === undefined ? [] : typeof named === "number" ? [named] : [...named];
-  const culprits = namedRanks.length > 0 ? [...new Set(namedRanks.map((r) => procOf(r)!).filter(Boolean))] : firstBadExit ? [firstBadExit.proc] : [];
+  const named = namedRanks(coord);
+  const culprits = named.length > 0 ? [...new Set(named.map((r) => procOf(r)!).filter(Boolean))] : firstBadExit ? [firstBadExit.proc] : [];
   const ctx = coord?.context;
   const where = ctx
     ? [ctx.step !== undefined ? `step ${ctx.step}` : "", ctx.phase ? `phase ${ctx.phase}` : "", ctx.layer !== undefined && ctx.layer >= 0 ? `layer ${ctx.layer}` : ""].filter(Boolean).join(", ")

@@ -3,6 +3,7 @@
 // extras the workers already send), loss and test accuracy, round spans per
 // phase, BN-spread history. A read-only round observer; no HTTP here (dashboard.ts).
 
+import { namedRanks } from "../shared/errors.js";
 import { GradExtra, SumRound, type Phase } from "../shared/protocol.js";
 import type { BnSpreadRecord } from "./bn-spread.js";
 import type { CompletedRound, Coordinator, RoundObserver } from "./coordinator.js";
@@ -155,8 +156,7 @@ export class DashboardState implements RoundObserver {
     const c = this.coordinator;
     const connected = new Set(c.connectedRanks());
     const failure = c.failed;
-    const named = failure?.context.rank;
-    const blamed = new Set(named === undefined ? [] : typeof named === "number" ? [named] : named);
+    const blamed = new Set(namedRanks(failure));
     const rows: RankView[] = [];
     for (let rank = 0; rank < c.worldSize; rank += c.blockOf(rank).size) {
       const size = c.blockOf(rank).size;

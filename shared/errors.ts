@@ -82,6 +82,12 @@ export class SyncbnError extends Error {
   }
 }
 
+/** The ranks an error names in its context (none when it names none). */
+export function namedRanks(err: { readonly context: ErrorContext } | null | undefined): readonly number[] {
+  const r = err?.context.rank;
+  return r === undefined ? [] : typeof r === "number" ? [r] : r;
+}
+
 export function isSyncbnError(e: unknown): e is SyncbnError {
   return e instanceof SyncbnError;
 }
