@@ -5,30 +5,17 @@
 // (test/native-passes.test.ts). Not the math between the passes (shared/stats.ts).
 
 import type { Moments } from "../../../shared/stats.js";
-import { BatchBuffer } from "../layer.js";
+import { DirectPasses } from "./direct-passes.js";
 import type { NativeKernels } from "./native.js";
 import type { NormPasses } from "./norm-passes.js";
 import { requestedComputeThreads } from "./threads.js";
 
-export class NormNative implements NormPasses {
+export class NormNative extends DirectPasses implements NormPasses {
   readonly backend = "native";
-  readonly y: BatchBuffer;
-  readonly xhat: BatchBuffer;
-  readonly dx: BatchBuffer;
 
   /** `threads`: the passes' parts on the addon's pool (--threads; the same bits for any number). */
   constructor(private readonly k: NativeKernels, perSample: number, private readonly threads = requestedComputeThreads()) {
-    this.y = new BatchBuffer(perSample);
-    this.xhat = new BatchBuffer(perSample);
-    this.dx = new BatchBuffer(perSample);
-  }
-
-  stageInput(x: Float32Array): Float32Array {
-    return x;
-  }
-
-  stageGrad(dy: Float32Array): Float32Array {
-    return dy;
+    super(perSample);
   }
 
   localMoments(out: Moments, x: Float32Array, n: number, c: number, s: number): Moments {

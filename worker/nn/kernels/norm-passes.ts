@@ -7,8 +7,8 @@
 import {
   localGradSums, localMoments, normalizeBackward, normalizeEval, normalizeForward,
 } from "../../../shared/stats.js";
-import { BatchBuffer } from "../layer.js";
 import type { KernelBackend } from "./backend.js";
+import { DirectPasses } from "./direct-passes.js";
 import { nativeKernels } from "./native.js";
 import { NormNative } from "./norm-native.js";
 import { NormWasm } from "./norm-wasm.js";
@@ -41,30 +41,13 @@ export interface NormPasses {
 }
 
 /** The reference: shared/stats.ts on plain typed arrays. */
-export class NormJs implements NormPasses {
+export class NormJs extends DirectPasses implements NormPasses {
   readonly backend = "js";
-  readonly y: BatchBuffer;
-  readonly xhat: BatchBuffer;
-  readonly dx: BatchBuffer;
   readonly localMoments = localMoments;
   readonly normalizeForward = normalizeForward;
   readonly localGradSums = localGradSums;
   readonly normalizeBackward = normalizeBackward;
   readonly normalizeEval = normalizeEval;
-
-  constructor(perSample: number) {
-    this.y = new BatchBuffer(perSample);
-    this.xhat = new BatchBuffer(perSample);
-    this.dx = new BatchBuffer(perSample);
-  }
-
-  stageInput(x: Float32Array): Float32Array {
-    return x;
-  }
-
-  stageGrad(dy: Float32Array): Float32Array {
-    return dy;
-  }
 }
 
 /** "native" needs the addon loaded (stepKernelBackend checks it). */
