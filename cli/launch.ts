@@ -168,10 +168,12 @@ function howEnded(r: Rank): string {
   return e.signal ? `was killed by ${e.signal}` : `exited with code ${e.code}`;
 }
 
+/** Where the others were: an open round, or between rounds after the last one finished. */
 function whereOf(err: SyncbnError | null): string {
   const c = err?.context;
   if (!c || c.step === undefined) return "";
-  return [`step ${c.step}`, c.phase ? `phase ${c.phase}` : "", c.layer !== undefined && c.layer >= 0 ? `layer ${c.layer}` : ""].filter(Boolean).join(", ");
+  const at = [`step ${c.step}`, c.phase ? `phase ${c.phase}` : "", c.layer !== undefined && c.layer >= 0 ? `layer ${c.layer}` : ""].filter(Boolean).join(", ");
+  return c.after ? `the others were between rounds; the last one finished was ${at}` : `the others were waiting in ${at}`;
 }
 
 /** How long the report waits for a rank the coordinator named to exit by itself. */
@@ -196,7 +198,7 @@ function failureLines(ranks: readonly Rank[], first: Rank | null, coord: SyncbnE
     else if (r.exit && !r.killedByUs) status = howEnded(r);
     else if (coord?.code === ErrorCode.Timeout) status = "stopped responding (hung or too slow) and was killed";
     else status = r.exit ? "lost its connection and was stopped" : "lost its connection";
-    lines.push(`rank ${r.rank} ${status}${where ? ` (the others were waiting in ${where})` : ""}`);
+    lines.push(`rank ${r.rank} ${status}${where ? ` (${where})` : ""}`);
     lines.push(...r.stderrTail.filter((l) => l.trim()).slice(-6).map((l) => `  [rank ${r.rank}] ${l}`));
   }
   if (coord) lines.push(`coordinator: ${coord.message}`);

@@ -280,14 +280,15 @@ export class Coordinator extends Membership {
     );
   }
 
-  /** Where a rank is awaited (an open round it has not contributed to), or its last round. */
-  protected pendingFor(rank: number): { text: string; step: number; layer: number; phase: Phase } | null {
-    for (const r of this.open.values()) {
-      const pos = r.members.indexOf(rank);
-      if (pos >= 0 && r.parts[pos] === null) return { text: describeRound(r.step, r.phase, r.layer), step: r.step, layer: r.layer, phase: r.phase };
-    }
+  /** Where the run waits with a rank: an open round it has not contributed to, one it has, or (between rounds) its last round. */
+  protected pendingFor(rank: number): { text: string; step: number; layer: number; phase: Phase; after?: boolean } | null {
+    const open = [...this.open.values()].filter((r) => r.members.includes(rank));
+    // First a round still awaiting this rank; then one it joined that still awaits others.
+    const r = open.find((o) => o.parts[o.members.indexOf(rank)] === null) ?? open[0];
+    if (r) return { text: describeRound(r.step, r.phase, r.layer), step: r.step, layer: r.layer, phase: r.phase };
+    // No open round: the run was between rounds, after the last one this rank finished.
     const last = this.lastKey[rank];
-    return last ? { text: `the round after ${describeRound(last.step, last.phase, last.layer)}`, ...last } : null;
+    return last ? { text: `the round after ${describeRound(last.step, last.phase, last.layer)}`, ...last, after: true } : null;
   }
 }
 

@@ -170,7 +170,7 @@ export abstract class Membership {
       new SyncbnError(
         ErrorCode.WorkerLost,
         `worker ${size > 1 ? `process of ${describeRanks(rank, size)} ` : ""}disconnected (${detail})${where ? ` while the run waited in ${where.text}` : ""}; stopping all workers`,
-        { rank: this.who(rank), ...(where ? { step: where.step, layer: where.layer, phase: where.phase } : {}) },
+        { rank: this.who(rank), ...(where ? { step: where.step, layer: where.layer, phase: where.phase, ...(where.after ? { after: true } : {}) } : {}) },
       ),
     );
   }
@@ -308,7 +308,7 @@ export abstract class Membership {
   /** Drops every open round; `final` (the run failed) also stops the deadline timer. */
   protected abstract voidRounds(final: boolean): void;
   /** Where a rank is awaited (an open round it has not contributed to), or its last round. */
-  protected abstract pendingFor(rank: number): { text: string; step: number; layer: number; phase: Phase } | null;
+  protected abstract pendingFor(rank: number): { text: string; step: number; layer: number; phase: Phase; after?: boolean } | null;
 }
 
 /** A malformed-hello refusal names the peer (its message says what was wrong, not who sent it). */

@@ -50,6 +50,8 @@ export interface ErrorContext {
   step?: number;
   layer?: number;
   phase?: string;
+  /** The step/layer/phase name the last round finished, not an open one (the run was between rounds). */
+  after?: boolean;
 }
 
 function describeContext(ctx: ErrorContext): string {

@@ -2,7 +2,8 @@
 small BN model trained a few steps, where FAULT=RANK:KIND makes one rank
 misbehave: die (SIGKILL itself at step 3), raise (an exception at step 3;
 raise-slow also takes 3 s to exit after its connection closed, as a loaded
-machine's interpreter teardown can),
+machine's interpreter teardown can; raise-between raises while the other
+ranks sleep 3 s before step 3, so no round is open),
 hang (sleep at step 3), noinit (never call init_process_group; with
 noinit-exit it exits 0 at once), token (a wrong SYNCBN_TOKEN), layers (one
 BatchNorm layer more than the others). Not a benchmark."""
@@ -46,10 +47,12 @@ for step in range(1, 6):
     if faulty and step == 3:
         if kind == "die":
             os.kill(os.getpid(), signal.SIGKILL)
-        if kind in ("raise", "raise-slow"):
+        if kind in ("raise", "raise-slow", "raise-between"):
             raise ValueError("the script of this rank failed")
         if kind == "hang":
             time.sleep(600)
+    if not faulty and kind == "raise-between" and step == 3:
+        time.sleep(3)
     x = torch.randn(4, 6, generator=g)
     y = torch.randint(0, 2, (4,), generator=g)
     opt.zero_grad()
