@@ -5,6 +5,7 @@
 // bench/results.md with the machine, the load and a PASS/MISS line per target.
 // A benchmark reports; it never fails on a time. `--quick` shrinks every section.
 
+import "../cli/gc.js"; // the CLI's garbage-collector settings (its coordinator runs in this process)
 import { existsSync, writeFileSync } from "node:fs";
 import { cpus, loadavg } from "node:os";
 import { fileURLToPath } from "node:url";

@@ -2,6 +2,7 @@
 // coordinator in this process, workers as processes or threads), with its
 // per-step timings read back from metrics.jsonl. Bench-only helper.
 
+import "../cli/gc.js"; // the CLI's garbage-collector settings (its coordinator runs in this process)
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";

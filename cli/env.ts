@@ -47,6 +47,12 @@ function kernelsVar(env: NodeJS.ProcessEnv): KernelBackend | undefined {
 /** The most compute threads a worker takes (--threads, SYNCBN_THREADS). */
 export const MAX_THREADS = 64;
 
+/** SYNCBN_GC: unset (incremental marking off, cli/gc.ts) or "v8" (V8's default collector). */
+function gcVar(env: NodeJS.ProcessEnv): void {
+  const v = env.SYNCBN_GC;
+  if (v !== undefined && v !== "" && v !== "v8") throw new SyncbnError(ErrorCode.BadConfig, `SYNCBN_GC must be "v8" (V8's default garbage collector) or unset, got "${v}"`);
+}
+
 function threadsVar(env: NodeJS.ProcessEnv): number | undefined {
   const v = env.SYNCBN_THREADS;
   if (v === undefined || v === "") return undefined;
@@ -56,6 +62,7 @@ function threadsVar(env: NodeJS.ProcessEnv): number | undefined {
 }
 
 export function readEnv(env: NodeJS.ProcessEnv = process.env): EnvSettings {
+  gcVar(env);
   return {
     rank: intVar("RANK", env) ?? intVar("SLURM_PROCID", env),
     worldSize: intVar("WORLD_SIZE", env) ?? intVar("SLURM_NTASKS", env),

@@ -4,6 +4,7 @@
 // logic here; every error is printed as one line with its code, and the exit code
 // says what kind it was (below).
 
+import "./gc.js"; // first: V8 flags before the other modules load
 import { CommanderError } from "commander";
 import { ErrorCode, isSyncbnError } from "../shared/errors.js";
 import { readEnv } from "./env.js";
