@@ -10,13 +10,7 @@ import type { HelloRefusal } from "./admission.js";
 
 /** One connected client as the coordinator sees it. */
 export interface Peer {
-  /**
-   * `own`, with a round's result: the memory of the contribution this peer sent to
-   * that round, which the coordinator no longer reads (nor anything decoded from
-   * it). A transport whose received bytes were transferred in (threads) may carry
-   * the result back in it; the others ignore it.
-   */
-  send(bytes: Uint8Array, own?: ArrayBufferLike): void;
+  send(bytes: Uint8Array): void;
   /** Close the connection; code follows WebSocket close codes (1008 policy, 1011 error). */
   close(code: number, reason: string): void;
   /** For log lines only, e.g. "127.0.0.1:53412". */
@@ -66,7 +60,7 @@ export interface CompletedRound {
   readonly phase: Phase;
   readonly layer: number;
   readonly members: readonly number[];
-  /** Contributions by member position: read them during afterRound only (copy what you keep: the results go out after it, maybe in their memory). */
+  /** Contributions by member position. */
   readonly parts: readonly (Contribution | null)[];
   /** performance.now() at which the round would have failed: opened at deadline − roundTimeoutMs. */
   readonly deadline: number;

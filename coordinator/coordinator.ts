@@ -244,22 +244,21 @@ export class Coordinator extends Membership {
       this.runningStats.commit();
       this.lastCompletedGradStep = round.step;
     }
+    // Once per process: a block's ranks are consecutive members sharing one peer.
+    let sentTo: Peer | null = null;
+    for (const r of round.members) {
+      const p = this.peers[r];
+      if (p && p !== sentTo) p.send(reduced.frame);
+      sentTo = p ?? sentTo;
+    }
     let waitOtherRanksMs: number | undefined;
     if (round.phase === "grad") {
       waitOtherRanksMs = this.stepWaitOtherRanksMs;
       this.stepWaitOtherRanksMs = 0;
     }
-    // data and extra are views of the frame to send, reused once the sends completed: valid during the call only.
+    // data and extra are views of the sent frame, reused once the sends completed: valid during the call only.
     this.events.onRound?.({ step: round.step, phase: round.phase, layer: round.layer, count: result.count, data: result.data, extra: result.extra, waitOtherRanksMs });
     for (const o of this.observers) o.afterRound(observed, result);
-    // Then the result, once per process (a block's ranks are consecutive members sharing one peer), with the
-    // memory of that process's contribution, which nothing reads any more (the observers copied what they keep).
-    let sentTo: Peer | null = null;
-    for (let i = 0; i < round.members.length; i++) {
-      const p = this.peers[round.members[i]!];
-      if (p && p !== sentTo) p.send(reduced.frame, round.parts[i]?.data.buffer);
-      sentTo = p ?? sentTo;
-    }
   }
 
   private expire(id: string): void {

@@ -38,25 +38,14 @@ export function startThreadCoordinator(opts: CoordinatorOptions): ThreadCoordina
 
 function attachPort(coordinator: Coordinator, port: MessagePort, label: string): void {
   let open = true;
-  // The worker transfers its frames in. Dropped here they would be this thread's
-  // garbage (a mark-compact every few dozen rounds on the 64-rank mlp, for memory
-  // that was only ever the worker's), so a round's result goes back in the memory
-  // of the worker's own contribution, and the worker reuses it (worker/port-link.ts).
-  const received = new WeakSet<ArrayBuffer>();
   const peer: Peer = {
     label,
-    send: (bytes, own) => {
+    send: (bytes) => {
       if (!open) return;
-      if (own instanceof ArrayBuffer && own.byteLength >= bytes.byteLength && received.delete(own)) {
-        const back = new Uint8Array(own, 0, bytes.byteLength);
-        back.set(bytes);
-        port.postMessage(back, [own]);
-      } else {
-        // The coordinator sends one buffer to several peers, so it is cloned, not
-        // transferred; a view into a larger buffer (msgpack) is cut to size first,
-        // as a clone copies the whole underlying buffer.
-        port.postMessage(bytes.byteLength === bytes.buffer.byteLength ? bytes : bytes.slice());
-      }
+      // The coordinator sends one buffer to several peers, so it is cloned, not
+      // transferred; a view into a larger buffer (msgpack) is cut to size first,
+      // as a clone copies the whole underlying buffer.
+      port.postMessage(bytes.byteLength === bytes.buffer.byteLength ? bytes : bytes.slice());
       noteSent(bytes, true);
     },
     close: () => {
@@ -66,9 +55,7 @@ function attachPort(coordinator: Coordinator, port: MessagePort, label: string):
   };
   port.on("message", (data: unknown) => {
     // Anything but bytes is fed through as empty bytes: it fails decoding like any bad message.
-    const bytes = data instanceof Uint8Array ? data : new Uint8Array(0);
-    if (bytes.buffer instanceof ArrayBuffer && bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength) received.add(bytes.buffer);
-    coordinator.receive(peer, bytes);
+    coordinator.receive(peer, data instanceof Uint8Array ? data : new Uint8Array(0));
   });
   port.once("close", () => {
     open = false;

@@ -125,18 +125,6 @@ export function adoptFrame(bytes: Uint8Array): void {
   releaseEncoded(frameOver(buffer).bytes);
 }
 
-/**
- * Takes memory that held one of this thread's own frames, whatever it holds now,
- * into the pool for the next encode of its size: for a transport that hands a
- * transferred frame's memory back (the thread transport). Call it only once
- * nothing reads it. Sizes no frame can have are ignored.
- */
-export function adoptBuffer(buffer: ArrayBuffer): void {
-  const size = buffer.byteLength;
-  if (size < FRAME_HEADER_BYTES || size % 8 !== 0 || frameOf.has(buffer)) return;
-  releaseEncoded(frameOver(buffer).bytes);
-}
-
 /** Takes a frame of the given layout and writes its header (count 0, checksum 0). */
 function startFrame(kind: number, phase: Phase, step: number, layer: number, n: number, f32: boolean, extraLength: number, checksum: boolean): FrameBuffer {
   const phaseIndex = PHASES.indexOf(phase);

@@ -1,11 +1,9 @@
 // A Link (worker/client.ts) over a MessagePort, for `--transport thread`: the
 // worker thread's end of the channel to the in-process coordinator. Frames are
-// transferred (the ArrayBuffer moves, nothing is copied) and come back carrying
-// the round's result; results arrive in this thread's own memory (or cloned), so
-// it is this thread's to reuse (Link.ownsReceived).
+// transferred (the ArrayBuffer moves, nothing is copied); results arrive cloned,
+// so their memory is this thread's to reuse (Link.ownsReceived).
 
 import type { MessagePort } from "node:worker_threads";
-import { adoptBuffer } from "../shared/codec.js";
 import { CoordinatorClient, type Link } from "./client.js";
 import { conventionsOf, type TrainSettings } from "./settings.js";
 
@@ -61,15 +59,7 @@ export function portLink(port: MessagePort): Link {
       return whenClosed;
     },
   };
-  port.on("message", (data: unknown) => {
-    if (!(data instanceof Uint8Array)) return link.onMessage?.(new Uint8Array(0));
-    if (data.byteOffset !== 0 || data.byteLength === data.buffer.byteLength || !(data.buffer instanceof ArrayBuffer)) return link.onMessage?.(data);
-    // A result carried back in the larger memory of one of this thread's contributions (coordinator/threads.ts):
-    // the result is copied out (a BN result: a few KB) and the memory pooled for the next contribution of its size.
-    const result = data.slice();
-    adoptBuffer(data.buffer);
-    link.onMessage?.(result);
-  });
+  port.on("message", (data: unknown) => link.onMessage?.(data instanceof Uint8Array ? data : new Uint8Array(0)));
   port.once("close", () => {
     open = false;
     closed();
