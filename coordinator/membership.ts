@@ -307,7 +307,7 @@ export abstract class Membership {
   protected abstract contribute(rank: number, c: Contribution): void;
   /** Drops every open round; `final` (the run failed) also stops the deadline timer. */
   protected abstract voidRounds(final: boolean): void;
-  /** Where a rank is awaited (an open round it has not contributed to), or its last round. */
+  /** Where the run waits with a rank: an open round (awaiting it, or others), or between rounds after its last one (`after`). */
   protected abstract pendingFor(rank: number): { text: string; step: number; layer: number; phase: Phase; after?: boolean } | null;
 }
 

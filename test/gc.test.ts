@@ -1,6 +1,6 @@
 // cli/gc.ts: every syncbn process runs with V8's incremental marking off, because
 // on syncbn's small heaps V8 otherwise ran a full mark-compact every few steps
-// (docs/performance.md, "The garbage collector"). Real runs of the CLI under
+// (docs/performance.md, "What made it fast"). Real runs of the CLI under
 // node --trace-gc, counting the coordinator process's mark-compacts; SYNCBN_GC=v8
 // keeps V8's default, and anything else is refused.
 
