@@ -15,7 +15,7 @@ import { refusalLogger } from "../coordinator/admission.js";
 import { checkDashboardBind } from "../coordinator/dashboard.js";
 import { DEFAULT_MAX_PAYLOAD, startCoordinatorServer } from "../coordinator/server.js";
 import { TORCH_CONVENTIONS, parseNorm, statsGroupSize, type RunConventions } from "../shared/config.js";
-import { ErrorCode, SyncbnError, namedRanks } from "../shared/errors.js";
+import { ErrorCode, LOST_EXIT_GRACE_MS, SyncbnError, lostRanks, namedRanks, roundPlace } from "../shared/errors.js";
 import { attachLiveViews } from "./live.js";
 import type { Command } from "commander";
 import { DEFAULT_HELLO_TIMEOUT_MS, MAX_HELLO_TIMEOUT_MS } from "../coordinator/pending.js";
@@ -170,14 +170,10 @@ function howEnded(r: Rank): string {
 
 /** Where the others were: an open round, or between rounds after the last one finished. */
 function whereOf(err: SyncbnError | null): string {
-  const c = err?.context;
-  if (!c || c.step === undefined) return "";
-  const at = [`step ${c.step}`, c.phase ? `phase ${c.phase}` : "", c.layer !== undefined && c.layer >= 0 ? `layer ${c.layer}` : ""].filter(Boolean).join(", ");
-  return c.after ? `the others were between rounds; the last one finished was ${at}` : `the others were waiting in ${at}`;
+  if (err?.context.step === undefined) return "";
+  const at = roundPlace(err.context);
+  return err.context.after ? `the others were between rounds; the last one finished was ${at}` : `the others were waiting in ${at}`;
 }
-
-/** How long the report waits for a rank the coordinator named to exit by itself. */
-const CULPRIT_EXIT_GRACE_MS = 5000;
 
 const NEVER_JOINED = "never joined the run: the script did not call syncbn.torch.init_process_group() (or had not reached it)";
 
@@ -304,9 +300,8 @@ export async function runLaunch(o: LaunchOptions): Promise<LaunchResult> {
       await Promise.race([allExited, new Promise((res) => setTimeout(res, 1500))]);
       // A rank whose connection closed is usually on its way out (a traceback, then the interpreter's
       // teardown, which takes seconds on a loaded machine): its exit code says more than "lost its connection".
-      const lost = coordFailure !== null && (coordFailure as SyncbnError).code !== ErrorCode.Timeout;
-      const culprits = !lost ? [] : namedRanks(coordFailure).map((n) => ranks[n]).filter((r): r is Rank => r !== undefined && !r.exit);
-      if (culprits.length > 0) await Promise.race([Promise.all(culprits.map((r) => r.exited)), new Promise((res) => setTimeout(res, CULPRIT_EXIT_GRACE_MS))]);
+      const culprits = lostRanks(coordFailure).map((n) => ranks[n]).filter((r): r is Rank => r !== undefined && !r.exit);
+      if (culprits.length > 0) await Promise.race([Promise.all(culprits.map((r) => r.exited)), new Promise((res) => setTimeout(res, LOST_EXIT_GRACE_MS))]);
       const failure = failureLines(ranks, firstBad, coordFailure, extra);
       await stopAll(ranks);
       return { ok: false, interrupted: false, failure };

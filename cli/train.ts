@@ -10,7 +10,7 @@ import type { Coordinator } from "../coordinator/coordinator.js";
 import { DEFAULT_MAX_PAYLOAD, startCoordinatorServer, type Wire } from "../coordinator/server.js";
 import { refusalLogger } from "../coordinator/admission.js";
 import { startThreadCoordinator, type ThreadCoordinator } from "../coordinator/threads.js";
-import { ErrorCode, SyncbnError, namedRanks } from "../shared/errors.js";
+import { ErrorCode, LOST_EXIT_GRACE_MS, SyncbnError, lostRanks, namedRanks, roundPlace } from "../shared/errors.js";
 import { readCheckpoint, type Checkpoint } from "../worker/checkpoint.js";
 import { conventionsOf, recipeProblems, validateSettings, type TrainSettings } from "../worker/settings.js";
 import { INIT_AND_RESUME, checkInitUpFront } from "../worker/weights.js";
@@ -352,9 +352,8 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
       await within(allExited, 1500);
       // A worker the coordinator names as lost may still be on its way out (its connection closes first):
       // its exit code or signal says more than "lost its connection".
-      const lostCause = coordFailure && (coordFailure as SyncbnError).code !== ErrorCode.Timeout ? (coordFailure as SyncbnError) : null;
-      const lost = namedRanks(lostCause).map(procOf).filter((p): p is WorkerProcess => !!p);
-      if (lost.length > 0) await within(Promise.all(lost.map((p) => p.exited)), CULPRIT_EXIT_GRACE_MS);
+      const lost = lostRanks(coordFailure as SyncbnError | null).map(procOf).filter((p): p is WorkerProcess => !!p);
+      if (lost.length > 0) await within(Promise.all(lost.map((p) => p.exited)), LOST_EXIT_GRACE_MS);
       // Read the processes' states before killing the survivors (a frozen one is "stopped responding", not "killed by us").
       const failure = [
         ...(allLost ? [`every worker was lost (ranks ${server.coordinator.lostWorkers.map((l) => l.rank).join(", ")}); --on-worker-loss continue needs at least one to finish`] : []),
@@ -405,8 +404,6 @@ const LOST_KILL_GRACE_MS = 500;
 
 /** How long the launcher waits, once every worker has exited, for the coordinator to see the run end. */
 const SETTLE_MS = 5_000;
-/** How long a failure report waits for a worker the coordinator names as lost to exit by itself. */
-const CULPRIT_EXIT_GRACE_MS = 5_000;
 
 /** The checkpoint, read and checked against the flags, as a refusal before anything starts (exit 2). */
 function readResume(file: string, s: TrainSettings, workers: number, plan: RunDataPlan): Checkpoint {
@@ -467,10 +464,7 @@ function rootCause(
   const lines: string[] = [];
   const named = namedRanks(coord);
   const culprits = named.length > 0 ? [...new Set(named.map((r) => procOf(r)!).filter(Boolean))] : firstBadExit ? [firstBadExit.proc] : [];
-  const ctx = coord?.context;
-  const where = ctx
-    ? [ctx.step !== undefined ? `step ${ctx.step}` : "", ctx.phase ? `phase ${ctx.phase}` : "", ctx.layer !== undefined && ctx.layer >= 0 ? `layer ${ctx.layer}` : ""].filter(Boolean).join(", ")
-    : "";
+  const where = roundPlace(coord?.context);
   for (const p of culprits) {
     const c = p.child;
     const status = c.signalCode

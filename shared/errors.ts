@@ -90,6 +90,24 @@ export function namedRanks(err: { readonly context: ErrorContext } | null | unde
   return r === undefined ? [] : typeof r === "number" ? [r] : r;
 }
 
+/**
+ * The ranks a run-failing error names as lost (a closed connection, not a missed
+ * deadline): a launcher's failure report waits up to LOST_EXIT_GRACE_MS for them to
+ * exit by themselves, as their exit code or signal says more than "lost its connection".
+ */
+export function lostRanks(err: SyncbnError | null | undefined): readonly number[] {
+  return err && err.code !== ErrorCode.Timeout ? namedRanks(err) : [];
+}
+
+/** How long a failure report waits for the ranks of lostRanks() to exit (their teardown can take seconds on a loaded machine). */
+export const LOST_EXIT_GRACE_MS = 5_000;
+
+/** "step S, phase P, layer L" of an error's context, the parts it has ("" for none). */
+export function roundPlace(ctx: ErrorContext | undefined): string {
+  if (!ctx) return "";
+  return [ctx.step !== undefined ? `step ${ctx.step}` : "", ctx.phase ? `phase ${ctx.phase}` : "", ctx.layer !== undefined && ctx.layer >= 0 ? `layer ${ctx.layer}` : ""].filter(Boolean).join(", ");
+}
+
 export function isSyncbnError(e: unknown): e is SyncbnError {
   return e instanceof SyncbnError;
 }
