@@ -1,4 +1,5 @@
-// CPU pinning of local worker processes (`syncbn train --pin-cpus`): worker r
+// CPU pinning of local worker processes (`syncbn train --pin-cpus`, and the ranks
+// of `syncbn launch --pin-cpus`): worker r
 // runs on the r-th allowed CPU, round-robin. With more workers than cores every
 // barrier of a sync step switches processes; unpinned, the kernel also migrates
 // them between cores, and each migration restarts a worker on cold caches.
@@ -88,4 +89,25 @@ export function workerPinning(mode: PinMode, workers: number): number[] | null {
   const problem = pinningProblem();
   if (problem !== null) throw new SyncbnError(ErrorCode.BadConfig, `--pin-cpus on: ${problem}; install util-linux or use --pin-cpus off`);
   return plan;
+}
+
+/**
+ * Pins each process to its planned CPUs (`perProcess` consecutive entries of
+ * `cpus` each: one per compute thread); on a failure the processes not yet pinned
+ * stay unpinned, said once. `what` names them in that line ("worker processes", "ranks").
+ */
+export function pinProcesses(procs: readonly { pid?: number; rank: number }[], cpus: readonly number[], perProcess: number, what: string, print: (line: string) => void): void {
+  let pinned = 0;
+  // More threads than CPUs wrap around: a CPU appears once in a set.
+  const sets = procs.map((_, i) => [...new Set(cpus.slice(i * perProcess, (i + 1) * perProcess))]);
+  try {
+    for (const [i, p] of procs.entries()) {
+      if (p.pid === undefined) continue;
+      pinProcess(p.pid, sets[i]!);
+      pinned++;
+    }
+    print(`${what} pinned to CPUs ${sets.map((s) => s.join("+")).join(", ")} ${procs.length > 0 && procs[procs.length - 1]!.rank !== procs.length - 1 ? "by process" : "by rank"} (--pin-cpus off lets the OS place them)`);
+  } catch (e) {
+    print(`could not pin ${what} to CPUs (${(e as Error).message}); ${pinned === 0 ? "running unpinned" : `ranks after the first ${pinned} run unpinned`}`);
+  }
 }

@@ -16,8 +16,9 @@ import { checkDashboardBind } from "../coordinator/dashboard.js";
 import { DEFAULT_MAX_PAYLOAD, startCoordinatorServer } from "../coordinator/server.js";
 import { TORCH_CONVENTIONS, parseNorm, statsGroupSize, type RunConventions } from "../shared/config.js";
 import { ErrorCode, LOST_EXIT_GRACE_MS, SyncbnError, lostRanks, namedRanks, roundPlace } from "../shared/errors.js";
+import { PIN_MODES, pinProcesses, workerPinning, type PinMode } from "./affinity.js";
 import { attachLiveViews } from "./live.js";
-import type { Command } from "commander";
+import { Option, type Command } from "commander";
 import { DEFAULT_HELLO_TIMEOUT_MS, MAX_HELLO_TIMEOUT_MS } from "../coordinator/pending.js";
 import { parseDashboardSpec } from "../coordinator/dashboard.js";
 import { MAX_TIMER_MS, MIN_TIMEOUT_MS, intArg, roundTimeoutOption, workersOption } from "./flags.js";
@@ -44,6 +45,8 @@ export interface LaunchOptions {
   rankOut?(line: string, stream: "stdout" | "stderr"): void;
   /** Extra environment for the ranks. */
   env?: NodeJS.ProcessEnv;
+  /** Pin the ranks to CPUs round-robin, each to OMP_NUM_THREADS of them (cli/affinity.ts; default "auto"). */
+  pinCpus?: PinMode;
 }
 
 export interface LaunchResult {
@@ -207,6 +210,11 @@ export async function runLaunch(o: LaunchOptions): Promise<LaunchResult> {
   if (o.command.length === 0) throw new SyncbnError(ErrorCode.BadConfig, "launch: no command; put it after --, e.g. syncbn launch --workers 4 -- /usr/bin/python3 train.py");
   checkCommand(o.command[0]!, { ...process.env, ...o.env });
   if (o.dashboard) checkDashboardBind(o.dashboard.host, o.token ?? "");
+  // As torchrun: one intra-op thread per rank unless the cores allow more or the user said.
+  const ompThreads = o.env?.OMP_NUM_THREADS ?? process.env.OMP_NUM_THREADS ?? String(Math.max(1, Math.floor(availableParallelism() / o.workers)));
+  // Each rank pinned to as many CPUs as its intra-op threads (a value that is not a count: 1).
+  const threadsPerRank = /^[1-9]\d{0,3}$/.test(ompThreads) ? Number(ompThreads) : 1;
+  const pinning = workerPinning(o.pinCpus ?? "auto", o.workers * threadsPerRank);
   const token = o.token ?? randomBytes(16).toString("hex");
   // The run's settings are the launcher's: every rank echoes SYNCBN_TRAINING, so the hellos agree by construction.
   const training = JSON.stringify({ command: o.command.map((a) => basename(a)).join(" "), model: basename(o.command.find((a, i) => i > 0 && !a.startsWith("-")) ?? o.command[0]!) });
@@ -253,9 +261,8 @@ export async function runLaunch(o: LaunchOptions): Promise<LaunchResult> {
     SYNCBN_ROUND_TIMEOUT_MS: String(o.roundTimeoutMs),
     PYTHONPATH: [PYTHON_DIR, process.env.PYTHONPATH, o.env?.PYTHONPATH].filter(Boolean).join(delimiter),
     PYTHONUNBUFFERED: "1",
+    OMP_NUM_THREADS: ompThreads,
   };
-  // As torchrun: one intra-op thread per rank unless the cores allow more or the user said.
-  env.OMP_NUM_THREADS ??= String(Math.max(1, Math.floor(availableParallelism() / o.workers)));
 
   const ranks: Rank[] = [];
   coordinator.events.onJoin = (r) => {
@@ -264,6 +271,8 @@ export async function runLaunch(o: LaunchOptions): Promise<LaunchResult> {
   const extra: string[] = [];
   let firstBad: Rank | null = null;
   for (let r = 0; r < o.workers; r++) ranks.push(startRank(r, o, { ...env, RANK: String(r), LOCAL_RANK: String(r) }));
+  // Pinned as soon as started, before the interpreter makes its threads (they inherit the set).
+  if (pinning) pinProcesses(ranks.map((r) => ({ pid: r.child.pid, rank: r.rank })), pinning, threadsPerRank, "ranks", o.print);
   for (const r of ranks) {
     void r.exited.then(({ code, signal }) => {
       if (code === 0 && !signal && r.joined) return;
@@ -329,8 +338,13 @@ export function registerLaunchCommand(program: Command): void {
     .option("--hello-timeout <ms>", `close a connection whose hello is not accepted within MS (100..${MAX_HELLO_TIMEOUT_MS})`, intArg("--hello-timeout", 100, MAX_HELLO_TIMEOUT_MS), DEFAULT_HELLO_TIMEOUT_MS)
     .option("--join-timeout <ms>", `every rank must have called init_process_group() within MS of the start (${MIN_TIMEOUT_MS}..${MAX_TIMER_MS})`, intArg("--join-timeout", MIN_TIMEOUT_MS, MAX_TIMER_MS), 60_000)
     .option("--token <token>", "run token (default: a random one, passed to the ranks as SYNCBN_TOKEN)")
+    .addOption(
+      new Option("--pin-cpus <mode>", "pin each rank to OMP_NUM_THREADS CPUs round-robin (Linux, taskset): auto pins when it keeps the cores balanced (ranks × threads ≤ CPUs or a multiple of them)")
+        .choices([...PIN_MODES])
+        .default("auto"),
+    )
     .option("--dashboard <[host:]port>", "serve a live, read-only dashboard of the run at [HOST:]PORT (HOST default 127.0.0.1; off loopback it needs --token)", parseDashboardSpec)
-    .action(async (command: string[], f: { workers: number; norm: string; roundTimeout: number; helloTimeout: number; joinTimeout: number; token?: string; dashboard?: { host: string; port: number } }) => {
+    .action(async (command: string[], f: { workers: number; norm: string; roundTimeout: number; helloTimeout: number; joinTimeout: number; token?: string; dashboard?: { host: string; port: number }; pinCpus: PinMode }) => {
       const r = await runLaunch({
         workers: f.workers,
         norm: f.norm,
@@ -340,6 +354,7 @@ export function registerLaunchCommand(program: Command): void {
         joinTimeoutMs: f.joinTimeout,
         token: f.token,
         dashboard: f.dashboard ?? null,
+        pinCpus: f.pinCpus,
         print: (l) => console.log(l),
       });
       if (r.interrupted) process.exitCode = 130;

@@ -16,7 +16,7 @@ import { conventionsOf, recipeProblems, validateSettings, type TrainSettings } f
 import { INIT_AND_RESUME, checkInitUpFront } from "../worker/weights.js";
 import { RunMonitor, formatSummary, type RunSummary } from "./monitor.js";
 import { MAX_THREADS, readEnv } from "./env.js";
-import { pinProcess, workerPinning, type PinMode } from "./affinity.js";
+import { pinProcesses, workerPinning, type PinMode } from "./affinity.js";
 import { forkWorker, killAll, type WorkerProcess } from "./procs.js";
 import { startThreadWorker } from "./threads.js";
 import { checkRunData, type RunDataPlan } from "./preflight.js";
@@ -89,27 +89,6 @@ export interface TrainResult {
 }
 
 const WORKER_SCRIPT = new URL("./main.js", import.meta.url);
-
-/**
- * Pins each worker process to its planned CPUs (`perWorker` consecutive entries
- * of `cpus` each: one per compute thread); on a failure the ranks not yet pinned
- * stay unpinned, said once.
- */
-function pinWorkers(procs: readonly WorkerProcess[], cpus: readonly number[], perWorker: number, print: (line: string) => void): void {
-  let pinned = 0;
-  // More threads than CPUs wrap around: a CPU appears once in a set.
-  const sets = procs.map((_, i) => [...new Set(cpus.slice(i * perWorker, (i + 1) * perWorker))]);
-  try {
-    for (const [i, p] of procs.entries()) {
-      if (p.pid === undefined) continue;
-      pinProcess(p.pid, sets[i]!);
-      pinned++;
-    }
-    print(`worker processes pinned to CPUs ${sets.map((s) => s.join("+")).join(", ")} ${procs.length > 0 && procs[procs.length - 1]!.rank !== procs.length - 1 ? "by process" : "by rank"} (--pin-cpus off lets the OS place them)`);
-  } catch (e) {
-    print(`could not pin worker processes to CPUs (${(e as Error).message}); ${pinned === 0 ? "running unpinned" : `ranks after the first ${pinned} run unpinned`}`);
-  }
-}
 
 /** --threads: N as given, or auto = the CPUs shared out over the worker processes (or threads), at least 1. */
 export function resolveThreads(t: Threads | undefined, workers: number, cores = availableParallelism()): number {
@@ -295,7 +274,7 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
   procs.forEach((p, i) => (p.ranks = blocks[i]!.size));
   /** The process (or thread) hosting a rank. */
   const procOf = (rank: number): WorkerProcess | undefined => procs[Math.floor(rank / perProc)];
-  if (pinning) pinWorkers(procs, pinning, threadsPerWorker, o.print);
+  if (pinning) pinProcesses(procs, pinning, threadsPerWorker, "worker processes", o.print);
   // Elastic mode: a lost worker is dropped by the coordinator; make sure a frozen one is really gone.
   const monitorOnLost = server.coordinator.events.onWorkersLost;
   server.coordinator.events.onWorkersLost = (ranks, step, reason) => {

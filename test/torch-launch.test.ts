@@ -8,6 +8,7 @@ import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
+import { allowedCpus, planPinning } from "../cli/affinity.js";
 import { FIXTURE_CASES, ROOT, runCli, startCli, waitForOutput } from "./helpers.js";
 
 const PYTHON = process.env.SYNCBN_TEST_PYTHON ?? "/usr/bin/python3";
@@ -84,6 +85,27 @@ describe.skipIf(optOut)("syncbn launch with PyTorch scripts", () => {
 
   const launchFault = (fault: string, extra: string[] = []) =>
     runCli(["launch", "--workers", "4", "--round-timeout", "2000", "--join-timeout", "20000", ...extra, "--", PYTHON, FAULTS], { env: { FAULT: fault }, timeoutMs: 60_000 });
+
+  it("pins each rank to its CPU round-robin by default when that keeps the cores balanced, and not with --pin-cpus off", async () => {
+    requireTorch();
+    const cpus = allowedCpus();
+    expect(cpus, "this Linux machine's allowed CPUs").not.toBeNull();
+    const rankCpus = (stdout: string): string[] =>
+      [0, 1, 2, 3].map((r) => new RegExp(`^\\[rank ${r}\\] cpus (.+)$`, "m").exec(stdout)?.[1] ?? "missing");
+    const plan = planPinning("auto", 4, cpus);
+    const pinned = await launchFault("-1:none");
+    expect(pinned.code, pinned.stderr).toBe(0);
+    if (plan) {
+      expect(pinned.stdout).toContain(`ranks pinned to CPUs ${plan.join(", ")} by rank`);
+      expect(rankCpus(pinned.stdout)).toEqual(plan.map(String));
+    } else {
+      expect(rankCpus(pinned.stdout)).toEqual([0, 1, 2, 3].map(() => cpus!.join(",")));
+    }
+    const off = await launchFault("-1:none", ["--pin-cpus", "off"]);
+    expect(off.code, off.stderr).toBe(0);
+    expect(off.stdout).not.toContain("pinned");
+    expect(rankCpus(off.stdout)).toEqual([0, 1, 2, 3].map(() => cpus!.join(",")));
+  });
 
   it("names a rank that dies, its signal and where the others waited, and exits 1", async () => {
     requireTorch();

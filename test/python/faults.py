@@ -6,7 +6,8 @@ machine's interpreter teardown can; raise-between raises while the other
 ranks sleep 3 s before step 3, so no round is open),
 hang (sleep at step 3), noinit (never call init_process_group; with
 noinit-exit it exits 0 at once), token (a wrong SYNCBN_TOKEN), layers (one
-BatchNorm layer more than the others). Not a benchmark."""
+BatchNorm layer more than the others). Every rank prints the CPUs it may run
+on (the launcher's --pin-cpus). Not a benchmark."""
 
 import atexit
 import os
@@ -35,6 +36,7 @@ if faulty and kind == "raise-slow":
     # Registered before init: atexit runs it after syncbn's own hook closed the connection.
     atexit.register(time.sleep, 3)
 sbt.init_process_group()
+print("cpus", ",".join(str(c) for c in sorted(os.sched_getaffinity(0))))
 
 torch.manual_seed(0)
 layers = [nn.Linear(6, 5), nn.BatchNorm1d(5), nn.ReLU()]
