@@ -144,25 +144,27 @@ napi_value ConvForward(napi_env env, napi_callback_info info) {
 }
 
 // convBackward(dx, dy, x, cols, w, dw64, dw, db, colSums, cin, inH, inW, kernel, stride, padding, outH, outW, cout, first, count, threads):
-// the columns read from cols when it is not empty, else made again from x (the saved inputs); dx, dw, db and colSums may be empty (not made).
+// the columns read from cols when it is not empty, else made again from x (the saved inputs); dx, dw64, dw, db and colSums may be empty
+// (not made; an empty dw64 skips dW, so dw and colSums need it: the dx-only pass of a deferred backward, conv-native.ts).
 napi_value ConvBackward(napi_env env, napi_callback_info info) {
   napi_value a[21];
   syncbn::Geometry g;
   int64_t d[4];
-  void *dy, *w, *dw64;
+  void *dy, *w;
   float *dx, *x, *cols, *dw, *db;
-  double* colSums;
+  double *dw64, *colSums;
   if (!argsOf(env, info, 21, a) || !geometry(env, a, 9, &g) || !ints(env, a, 17, 4, d)) return nullptr;
   const int64_t cout = d[0], end = d[1] + d[2], R = int64_t(g.cin) * g.kernel * g.kernel, P = int64_t(g.outH) * g.outW, inSize = int64_t(g.cin) * g.inH * g.inW;
   if (d[3] < 1 || d[3] > 256) return fail(env, "threads must be in 1..256"), nullptr;
   const auto f32 = napi_float32_array;
   if (!optional(env, a, 0, f32, end * inSize, &dx, "dx") || !whole(env, a, 1, f32, end * cout * P, &dy, "dy") ||
       !optional(env, a, 2, f32, end * inSize, &x, "x") || !optional(env, a, 3, f32, end * R * P, &cols, "cols") || !whole(env, a, 4, f32, cout * R, &w, "w") ||
-      !whole(env, a, 5, napi_float64_array, cout * R, &dw64, "dw64") || !optional(env, a, 6, f32, cout * R, &dw, "dw") ||
+      !optional(env, a, 5, napi_float64_array, cout * R, &dw64, "dw64") || !optional(env, a, 6, f32, cout * R, &dw, "dw") ||
       !optional(env, a, 7, f32, cout, &db, "db") || !optional(env, a, 8, napi_float64_array, R, &colSums, "colSums"))
     return nullptr;
   if (!cols && !x && end > 0) return fail(env, "convBackward needs x or cols: pass the saved input or the kept columns"), nullptr;
-  syncbn::convBackward(syncbn::poolOf(env), dx, static_cast<const float*>(dy), x, cols, static_cast<const float*>(w), static_cast<double*>(dw64), dw, db, colSums,
+  if (!dw64 && (dw || colSums)) return fail(env, "convBackward: dw and colSums are made from dw64: pass dw64 too"), nullptr;
+  syncbn::convBackward(syncbn::poolOf(env), dx, static_cast<const float*>(dy), x, cols, static_cast<const float*>(w), dw64, dw, db, colSums,
                        g, int(cout), int(d[1]), int(d[2]), int(d[3]));
   return nullptr;
 }

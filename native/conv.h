@@ -41,7 +41,8 @@ void convForward(Pool& pool, float* y, const float* x, float* xSaved, float* col
 // first). When not null: dw (cout, R) = float32(dw64) (zero when count = 0), and
 // db (cout) = float32(Σ_i f64(rowSum(dy_i row co))), rowSum the twins' float32
 // 4-lane order, summed in sample order (ConvWasm's db bits); colSums (R) =
-// Σ_i f64(rowSum(cols_i row r)) (CBN's sums, the same order). dx null: no dx.
+// Σ_i f64(rowSum(cols_i row r)) (CBN's sums, the same order). dx null: no dx; dw64 null:
+// no dW (dw, colSums null too), so dx and dW can be two passes with the bits of one.
 void convBackward(Pool& pool, float* dx, const float* dy, const float* x, const float* keptCols, const float* w, double* dw64, float* dw, float* db, double* colSums,
                   const Geometry& g, int cout, int first, int count, int threads);
 

@@ -108,7 +108,8 @@ void convBackward(Pool& pool, float* dx, const float* dy, const float* x, const 
   const int64_t parts = std::max(1, threads), dxChunks = dx ? (count + group - 1) / group : 0;
   pool.run(threads, 2 * parts + dxChunks, [&](int64_t chunk) {
     if (chunk < parts) {
-      // dW columns j0..j1−1 over every sample, in sample order.
+      // dW columns j0..j1−1 over every sample, in sample order (none without dw64: a dx-only pass).
+      if (!dw64) return;
       int64_t j0, j1;
       // In blocks of the in-place tile's rows (8 on AVX-512, 6 otherwise), so only R's last block is partial:
       // R = 144 splits 72 : 72 over 2 threads, the 1×1 convs' R = 16 and 32 split too (48-row blocks left them on one thread).

@@ -15,6 +15,7 @@ import { BatchNorm } from "../worker/nn/batchnorm.js";
 import { Conv2d } from "../worker/nn/conv2d.js";
 import { Add, GraphBuilder, type Graph } from "../worker/nn/graph.js";
 import { KERNEL_BACKENDS } from "../worker/nn/kernels/backend.js";
+import { nativeKernels } from "../worker/nn/kernels/native.js";
 import type { Layer } from "../worker/nn/layer.js";
 import { Linear } from "../worker/nn/linear.js";
 import { buildModel, normChannels, parseModelKind, type Model, type ModelKind } from "../worker/nn/model.js";
@@ -101,6 +102,51 @@ describe("the graph executor", () => {
     const y = g.apply(new Add("add2", [4]), ab, h);
     const graph = g.finish(y);
     await expectGraphGradsMatch(graph, normals(rng, 3 * 5), 3, rng);
+  });
+
+  it.skipIf(!nativeKernels())("makes a native conv's weight gradient while the next round-waiting node's round is in flight, with the bits of the whole backward", async () => {
+    // x → conv1 → wait1 → conv2 → wait2: each `wait` passes dy through after a timer, as a sync BN after its round.
+    // conv2's dW must be made after wait1 has sent its round (the call) and before the round is back (the timer).
+    const events: string[] = [];
+    class Wait implements Layer {
+      readonly outShape: readonly number[];
+      constructor(readonly name: string, readonly inShape: readonly number[], private readonly watch: Conv2d) {
+        this.outShape = inShape;
+      }
+      params() {
+        return [];
+      }
+      forward(x: Float32Array): Float32Array {
+        return x;
+      }
+      backward(dy: Float32Array): Promise<Float32Array> {
+        events.push(`${this.name} sent, ${this.watch.name} dW ${Number.isNaN(this.watch.weight.grad[0]!) ? "pending" : "made"}`);
+        return new Promise((resolve) => setTimeout(() => {
+          events.push(`${this.name} back, ${this.watch.name} dW ${Number.isNaN(this.watch.weight.grad[0]!) ? "pending" : "made"}`);
+          resolve(dy);
+        }, 1));
+      }
+    }
+    const build = (): { graph: Graph; convs: Conv2d[] } => {
+      const rng = new Rng(31), g = new GraphBuilder([3, 8, 8]);
+      const conv1 = new Conv2d("conv1", 3, 4, 3, 1, 1, 8, 8, rng, "native"), conv2 = new Conv2d("conv2", 4, 5, 3, 1, 1, 8, 8, rng, "native");
+      const h = g.layer(new Wait("wait1", [4, 8, 8], conv2), g.layer(conv1, g.input));
+      return { graph: g.finish(g.layer(new Wait("wait2", [5, 8, 8], conv1), g.layer(conv2, h))), convs: [conv1, conv2] };
+    };
+    const rng = new Rng(32), n = 3, x = normals(rng, n * 3 * 64), dOut = normals(rng, n * 5 * 64);
+    const { graph, convs } = build();
+    for (const c of convs) c.weight.grad.fill(NaN);
+    await graph.forward(x, n, true);
+    await graph.backward(dOut, n);
+    expect(events).toEqual(["wait2 sent, conv1 dW pending", "wait2 back, conv1 dW pending", "wait1 sent, conv2 dW pending", "wait1 back, conv2 dW made"]);
+    // The reference: each layer's whole backward, by hand in the same order.
+    const ref = build().convs, h = ref[0]!.forward(x, n, true).slice();
+    ref[1]!.forward(h, n, true);
+    ref[0]!.backward(ref[1]!.backward(dOut, n), n);
+    for (const [i, c] of convs.entries()) {
+      expect(Array.from(c.weight.grad), `${c.name} dW`).toEqual(Array.from(ref[i]!.weight.grad));
+      expect(Array.from(c.bias.grad), `${c.name} db`).toEqual(Array.from(ref[i]!.bias.grad));
+    }
   });
 
   it("adds a value to itself as 2·dy", async () => {

@@ -195,6 +195,36 @@ describe.skipIf(off)("Conv2d on the native kernels", () => {
     }
   });
 
+  it("gives backward's bits in two passes (dx at backwardInput, dW and db at finishParamGrads: the graph's deferred weight gradient), rank segments, 2 threads and an empty batch too", () => {
+    for (const c of [convCases[1]!, { ...convCases[7]!, n: 6 }, { ...convCases[8]!, n: 14 }, { ...convCases[2]!, n: 0 }]) {
+      for (const segments of c.n > 0 ? [1, 2] : [1]) {
+        const rng = new Rng(197), g = make(c, 198, "native").geometry;
+        const x = normals(rng, c.n * c.cin * c.h * c.w), dy = normals(rng, c.n * c.cout * g.outH * g.outW);
+        const run = (split: boolean, threads: number): Float32Array[] => {
+          const conv = make(c, 198, "native");
+          // Not the layer's default kernel: this one on `threads` threads, the columns kept on 1 thread and made again on 2.
+          (conv as unknown as { kernel: ConvNative }).kernel = new ConvNative(g, nativeKernels()!, threads, threads === 1 ? Infinity : 0);
+          if (segments > 1) conv.setRankSegments(segments);
+          conv.weight.grad.fill(NaN);
+          conv.forward(x, c.n, true);
+          if (!split) return [conv.backward(dy, c.n).slice(), conv.weight.grad.slice(), conv.bias.grad.slice()];
+          const dx = conv.backwardInput(dy, c.n).slice();
+          // Until finishParamGrads the grads are untouched, and the layer refuses to run on.
+          expect(Number.isNaN(conv.weight.grad[0]!), "dW before finishParamGrads").toBe(true);
+          expect(() => conv.forward(x, c.n, true)).toThrow(/finishParamGrads/);
+          conv.finishParamGrads();
+          conv.finishParamGrads(); // nothing pending: no second pass
+          return [dx, conv.weight.grad.slice(), conv.bias.grad.slice()];
+        };
+        for (const threads of [1, 2]) {
+          const whole = run(false, threads), split = run(true, threads);
+          ["dx", "dW", "db"].forEach((what, i) => expectBits(`${c.label}, ${segments} segments, ${threads} threads: ${what}`, split[i]!, whole[i]!));
+          if (c.n > 0) expect(whole[1]!.some((v) => v !== 0), "a dW that could differ").toBe(true);
+        }
+      }
+    }
+  });
+
   it.each(convCases)("gives ConvWasm's cross-iteration BN sums Σ p (its bits) and Σ y·pᵀ (within rounding) over a segment ($label)", (c) => {
     const rng = new Rng(401), x = normals(rng, c.n * c.cin * c.h * c.w);
     const rows = c.cin * c.k * c.k;

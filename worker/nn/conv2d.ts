@@ -274,6 +274,12 @@ export interface ConvKernel {
    */
   backward(dy: Float32Array, n: number, w: Float32Array, dw: Float32Array, db: Float32Array, seg: RankSegments | null): Float32Array;
   /**
+   * Optional: backward in two passes with backward's bits, dx first (returned), then dw, db
+   * from the same dy (Layer.backwardInput). Kernels without it run backward whole.
+   */
+  backwardDx?(dy: Float32Array, n: number, w: Float32Array): Float32Array;
+  backwardParams?(dy: Float32Array, n: number, w: Float32Array, dw: Float32Array, db: Float32Array, seg: RankSegments | null): void;
+  /**
    * For cross-iteration BN (cbn-taylor.ts), from the last training forward's
    * samples first..first+n−1, their columns p and outputs y: overwrites
    * colSums (R) = Σ p and yColSums (cout, R) = Σ y_c·pᵀ over samples and positions, in float64.
@@ -398,6 +404,9 @@ export class Conv2d implements Layer {
   private readonly kernel: ConvKernel;
   private savedN = -1;
   private segments: RankSegments | null = null;
+  /** backwardInput's dy and n, until finishParamGrads makes the param grads from them. */
+  private pendingDy: Float32Array | null = null;
+  private pendingN = 0;
 
   /** `backend` defaults to the process-wide choice (kernels/backend.ts); "native" needs the addon built. */
   constructor(
@@ -427,6 +436,7 @@ export class Conv2d implements Layer {
 
   forward(x: Float32Array, n: number, train: boolean): Float32Array {
     const g = this.geometry;
+    if (this.pendingDy) throw new RangeError(`layer ${this.name}: forward before the last backward's weight gradients were made (finishParamGrads)`);
     requireLength(this.name, "x", x, n * g.cin * g.inH * g.inW);
     const y = this.kernel.forward(x, n, train, this.weight.value, this.bias.value);
     if (train) this.savedN = n;
@@ -434,10 +444,30 @@ export class Conv2d implements Layer {
   }
 
   backward(dy: Float32Array, n: number): Float32Array {
+    if (this.pendingDy) throw new RangeError(`layer ${this.name}: backward before the last backward's weight gradients were made (finishParamGrads)`);
     requireSaved(this.name, n, this.savedN);
     const g = this.geometry;
     requireLength(this.name, "dy", dy, n * g.cout * g.outH * g.outW);
     return this.kernel.backward(dy, n, this.weight.value, this.weight.grad, this.bias.grad, this.segments);
+  }
+
+  /** dx now, dw and db at finishParamGrads (the kernel's two passes: backward's bits); whole backward on kernels without them. */
+  backwardInput(dy: Float32Array, n: number): Float32Array {
+    const k = this.kernel;
+    if (!k.backwardDx || !k.backwardParams) return this.backward(dy, n);
+    requireSaved(this.name, n, this.savedN);
+    const g = this.geometry;
+    requireLength(this.name, "dy", dy, n * g.cout * g.outH * g.outW);
+    this.pendingDy = dy;
+    this.pendingN = n;
+    return k.backwardDx(dy, n, this.weight.value);
+  }
+
+  finishParamGrads(): void {
+    const dy = this.pendingDy;
+    if (!dy) return;
+    this.pendingDy = null;
+    this.kernel.backwardParams!(dy, this.pendingN, this.weight.value, this.weight.grad, this.bias.grad, this.segments);
   }
 
   setRankSegments(r: number): void {

@@ -22,6 +22,13 @@ export interface Op {
   forward(xs: readonly Float32Array[], n: number, train: boolean): Float32Array | Promise<Float32Array>;
   /** dy: (n, ...outShape) for the last training forward → one dx per input; overwrites param grads. */
   backward(dy: Float32Array, n: number): readonly Float32Array[] | Promise<readonly Float32Array[]>;
+  /**
+   * Optional (Layer.backwardInput): backward's dx only; the param grads wait for
+   * finishParamGrads, which the graph calls while a later node's round is in flight
+   * (a sync BN's backward), else before that node runs, and always before backward returns.
+   */
+  readonly backwardInputs?: (dy: Float32Array, n: number) => readonly Float32Array[];
+  readonly finishParamGrads?: () => void;
 }
 
 /** A one-input Layer as an Op; `layer` stays reachable (BN layers, PreciseBN, tests). */
@@ -35,8 +42,16 @@ export class LayerOp implements Op {
    */
   lastInput: Float32Array = new Float32Array(0);
 
+  readonly backwardInputs?: (dy: Float32Array, n: number) => readonly Float32Array[];
+  readonly finishParamGrads?: () => void;
+
   constructor(readonly layer: Layer) {
     this.inShapes = [layer.inShape];
+    if (layer.backwardInput && layer.finishParamGrads) {
+      const input = layer.backwardInput.bind(layer);
+      this.backwardInputs = (dy, n) => this.one(input(dy, n));
+      this.finishParamGrads = layer.finishParamGrads.bind(layer);
+    }
   }
 
   get name(): string {
@@ -193,6 +208,8 @@ export class Graph {
   private readonly native = nativeStep();
   /** The native add's parts (--threads; the same bits). */
   private readonly threads = requestedComputeThreads();
+  /** The node whose weight gradient backward has yet to make (Op.finishParamGrads), or null. */
+  private pending: Op | null = null;
 
   constructor(
     /** In execution order: topological. */
@@ -229,22 +246,56 @@ export class Graph {
     return values[this.output]!;
   }
 
-  /** dOut: (n, ...outShape) → every param's grad, nodes in reverse order. */
+  /**
+   * dOut: (n, ...outShape) → every param's grad, nodes in reverse order. A node that
+   * can (a conv: Op.backwardInputs) makes its dx at once and its weight gradient
+   * later, while the next round-waiting node's round is in flight: that work fills
+   * the wait instead of idling through it (the same bits: the same passes on the
+   * same inputs, which stay untouched, as no node runs twice in one backward).
+   */
   async backward(dOut: Float32Array, n: number): Promise<void> {
     this.received.fill(0);
     this.grads.fill(null);
     this.contribute(this.output, dOut, n);
-    for (let k = this.nodes.length - 1; k >= 0; k--) {
-      const node = this.nodes[k]!;
-      const dy = this.grads[node.output];
-      if (!dy || this.received[node.output] !== this.readers[node.output]) {
-        throw new RangeError(`graph: ${node.op.name} reached before all its readers' gradients`);
+    try {
+      for (let k = this.nodes.length - 1; k >= 0; k--) {
+        const node = this.nodes[k]!;
+        const dy = this.grads[node.output];
+        if (!dy || this.received[node.output] !== this.readers[node.output]) {
+          throw new RangeError(`graph: ${node.op.name} reached before all its readers' gradients`);
+        }
+        const op = node.op;
+        let out: readonly Float32Array[] | Promise<readonly Float32Array[]>;
+        if (op.backwardInputs) {
+          // At most one pending: its passes and this one's share the pool's scratch.
+          this.finishPending();
+          out = op.backwardInputs(dy, n);
+          this.pending = op;
+        } else {
+          out = op.backward(dy, n);
+        }
+        let dxs: readonly Float32Array[];
+        if (out instanceof Promise) {
+          // The node has sent its round: the pending weight gradient runs while it is in flight.
+          this.finishPending();
+          dxs = await out;
+        } else {
+          dxs = out;
+        }
+        // The graph input needs no gradient.
+        for (let i = 0; i < node.inputs.length; i++) if (node.inputs[i] !== 0) this.contribute(node.inputs[i]!, dxs[i]!, n);
       }
-      const out = node.op.backward(dy, n);
-      const dxs = out instanceof Promise ? await out : out;
-      // The graph input needs no gradient.
-      for (let i = 0; i < node.inputs.length; i++) if (node.inputs[i] !== 0) this.contribute(node.inputs[i]!, dxs[i]!, n);
+    } finally {
+      this.finishPending();
     }
+  }
+
+  /** The pending node's weight gradient (Op.finishParamGrads), if any. */
+  private finishPending(): void {
+    const op = this.pending;
+    if (!op) return;
+    this.pending = null;
+    op.finishParamGrads!();
   }
 
   /** The one place gradients of a value add up: a single reader's view is used as is; several are summed in reverse node order. */

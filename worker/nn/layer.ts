@@ -40,6 +40,16 @@ export interface Layer {
    */
   backward(dy: Float32Array, n: number): Float32Array | Promise<Float32Array>;
   /**
+   * Optional, for layers whose param grads can wait (conv): backward's dx part
+   * only, same bits. The param grads from this dy are made by finishParamGrads,
+   * which must come before this layer's next forward and before anyone reads
+   * them; dy must stay unchanged until then (graph.ts runs it while a sync BN
+   * round is in flight).
+   */
+  backwardInput?(dy: Float32Array, n: number): Float32Array;
+  /** The param grads of the last backwardInput (once; nothing if none is pending). */
+  finishParamGrads?(): void;
+  /**
    * Layers whose param grads sum over samples: from now on a training batch is R
    * equal rank segments and the grads are per rank, summed into Param.grad64.
    */

@@ -95,6 +95,35 @@ export class ConvNative implements ConvKernel {
     return dx;
   }
 
+  /** backward's dx alone (the addon's pass without dW: an empty dw64), the same bits. */
+  backwardDx(dy: Float32Array, n: number, w: Float32Array): Float32Array {
+    const g = this.g;
+    const dx = this.dx.view(n);
+    if (n === 0) return dx;
+    const [x, cols] = this.saved(n);
+    this.k.convBackward(dx, dy, x, cols, w, EMPTY64, EMPTY, EMPTY, EMPTY64, g.cin, g.inH, g.inW, g.kernel, g.stride, g.padding, g.outH, g.outW,
+      g.cout, 0, n, this.threads);
+    return dx;
+  }
+
+  /** backward's dw and db alone (the addon's pass without dx; w is not read), per rank segment as backward; the same bits. */
+  backwardParams(dy: Float32Array, n: number, w: Float32Array, dw: Float32Array, db: Float32Array, seg: RankSegments | null): void {
+    const g = this.g;
+    const [x, cols] = this.saved(n);
+    const b = segmentLength("conv", n, seg);
+    beginSegments(seg);
+    if (n === 0) {
+      dw.fill(0);
+      db.fill(0);
+    }
+    for (let first = 0; first < n; first += b) {
+      this.k.convBackward(EMPTY, dy, x, cols, w, this.dw64, dw, db, EMPTY64, g.cin, g.inH, g.inW, g.kernel, g.stride, g.padding, g.outH, g.outW,
+        g.cout, first, b, this.threads);
+      addSegment(seg, dw, db);
+    }
+    endSegments(seg, dw, db);
+  }
+
   /** The last training forward's saved x or kept columns over n samples (the other one empty). */
   private saved(n: number): [Float32Array, Float32Array] {
     return this.kept ? [EMPTY, this.cols.view(n)] : [this.xSaved.view(n), EMPTY];
