@@ -220,43 +220,47 @@ class _SyncBatchNormFunction(torch.autograd.Function):
     def forward(ctx, x, weight, bias, bn, group):
         c = x.shape[1]
         n_local = x.numel() // c if c else 0
-        payload = np.zeros(2 * c)
-        if n_local > 0:
-            mean_local, m2_local = bn_kernels.local_moments(x)
-            payload[:c], payload[c:] = mean_local.numpy(), m2_local.numpy()
+        # (mean, M2) rows, flattened to the payload's order.
+        payload = bn_kernels.local_moments(x).reshape(-1) if n_local > 0 else np.zeros(2 * c)
         count, reduced = group.round_np("fwd", bn.layer_index, n_local, payload)
         mean, var = reduced[:c], reduced[c:]  # global mean, biased var (§3.2): views of this round's result
+        mean_t, var_t = torch.from_numpy(mean), torch.from_numpy(var)
         # Straight into the instance dict: nn.Module.__setattr__ costs more than the rest of this bookkeeping.
-        vars(bn).update(batch_count=count, batch_mean=torch.from_numpy(mean), batch_var=torch.from_numpy(var))
+        vars(bn).update(batch_count=count, batch_mean=mean_t, batch_var=var_t)
         ctx.bn_layer, ctx.group, ctx.count, ctx.n_local = bn.layer_index, group, count, n_local
-        ctx.save_for_backward(x, weight)
-        ctx.mean, ctx.var, ctx.eps = mean, var, bn.eps
+        ctx.save_for_backward(x)
+        ctx.mean, ctx.var, ctx.eps, ctx.affine = mean_t, var_t, bn.eps, weight is not None
+        ctx.param_dtype = weight.dtype if weight is not None else None
+        ctx.co = None
         if count == 0:
             return x.clone()
         bn.update_running_stats(count, mean, var)
         if n_local == 0:
             return x.clone()
-        return bn_kernels.normalize(x, mean, var, weight, bias, bn.eps)
+        # m_hi, m_lo, invstd, γ·invstd: computed once, for y here and for dx in backward.
+        ctx.co = bn_kernels.coefficients(x, mean, var, weight, bn.eps)
+        return bn_kernels.normalize(x, mean, var, weight, bias, bn.eps, ctx.co)
 
     @staticmethod
     def backward(ctx, dy):
-        x, weight = ctx.saved_tensors
+        (x,) = ctx.saved_tensors
         c = x.shape[1]
-        payload = np.zeros(2 * c)
-        if ctx.n_local > 0:
-            sum_dy_local, sum_dy_xhat_local = bn_kernels.backward_sums(dy, x, ctx.mean, ctx.var, ctx.eps)
-            payload[:c], payload[c:] = sum_dy_local.numpy(), sum_dy_xhat_local.numpy()
+        # (Σdy, Σdy·x̂) rows, flattened to the payload's order.
+        payload = bn_kernels.backward_sums(dy, x, ctx.mean, ctx.var, ctx.eps).reshape(-1) if ctx.n_local > 0 else np.zeros(2 * c)
         _, sums = ctx.group.round_np("bwd", ctx.bn_layer, ctx.n_local, payload)
         n = ctx.count
-        if n > 0 and ctx.n_local > 0:
-            dx = bn_kernels.input_grad(dy, x, ctx.mean, ctx.var, weight, ctx.eps, sums[:c], sums[c:], n)
+        if not ctx.needs_input_grad[0]:
+            dx = None  # the round above still had to happen: every rank joins it
+        elif n > 0 and ctx.n_local > 0:
+            # γ rides in ctx.co (the forward's coefficients), so it need not be saved.
+            dx = bn_kernels.input_grad(dy, x, ctx.mean, ctx.var, None, ctx.eps, sums[:c], sums[c:], n, ctx.co)
         else:
             dx = torch.zeros_like(x)
-        if weight is None:
+        if not ctx.affine:
             return dx, None, None, None, None
         # This rank's shares of dγ = Σdy·x̂ and dβ = Σdy; the gradient round adds the shares.
-        shares = torch.from_numpy(payload).to(weight.dtype)
-        return dx, shares[c:], shares[:c], None, None
+        d_beta, d_gamma = bn_kernels.as_dtype(payload.reshape(2, c), ctx.param_dtype).unbind(0)
+        return dx, d_gamma, d_beta, None, None
 
 
 class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
@@ -293,17 +297,21 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
             return 1.0 / float(self.num_batches_tracked)
         return 1.0 - self.momentum if self.momentum_style == "keras" else self.momentum
 
-    @torch.no_grad()
     def update_running_stats(self, count, mean, var):
         """Running statistics from the group's (n, mean, biased var), in float64."""
-        if not self.track_running_stats or self.running_mean is None:
+        running_mean, running_var = self.running_mean, self.running_var
+        if not self.track_running_stats or running_mean is None:
             return
         f = self._factor()
         scale = count / (count - 1) if self.unbiased_running_var and count > 1 else 1.0
-        mean, var = torch.as_tensor(mean), torch.as_tensor(var)
+        mean, var = np.asarray(mean, dtype=np.float64), np.asarray(var, dtype=np.float64)
+        rm, rv = _numpy_view(running_mean), _numpy_view(running_var)
         # The operations of shared/stats.ts updateRunningStats, in its order: float64 buffers get its bits.
-        self.running_mean.copy_(self.running_mean.to(torch.float64) * (1 - f) + mean * f)
-        self.running_var.copy_(self.running_var.to(torch.float64) * (1 - f) + var * f * scale)
+        # numpy's float64 operations are torch's (IEEE, one rounding each) at a fraction of a torch op's cost on (C,).
+        new_mean = rm.astype(np.float64, copy=False) * (1 - f) + mean * f
+        new_var = rv.astype(np.float64, copy=False) * (1 - f) + var * f * scale
+        _store(running_mean, rm, new_mean)
+        _store(running_var, rv, new_var)
 
     def _plain(self, x, training):
         f = 0.0
@@ -328,6 +336,23 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         return _SyncBatchNormFunction.apply(x, self.weight, self.bias, self, group)
 
 
+
+
+# Buffer dtypes numpy can view, rounding float64 into them as torch's copy_ does (a C cast, to nearest).
+_NP_BUFFER = {torch.float64, torch.float32}
+
+
+def _numpy_view(t):
+    """A buffer as numpy: a view of it for float64/float32, else a float64 copy."""
+    return t.numpy(force=True) if t.dtype in _NP_BUFFER else t.detach().to(torch.float64).numpy()
+
+
+def _store(t, view, v):
+    """Writes float64 numpy v into buffer t (`view`: _numpy_view(t)), rounded to t's dtype."""
+    if t.dtype in _NP_BUFFER:
+        view[...] = v
+    else:
+        t.copy_(torch.from_numpy(v))
 
 
 def _check_layers(group):

@@ -115,8 +115,8 @@ def kernel_checks():
              ((2, 3, 2, 2, 2), 1.0, 0.0, torch.float32), ((4, 6, 3, 3), 1.0, 50.0, torch.float64), ((2, 3, 2, 1), 1.0, 0.0, torch.float32)]
 
     def rel(a, b):
-        b = b.to(torch.float64)
-        return ((a.to(torch.float64) - b).abs().max() / (b.abs().max() + 1e-300)).item()
+        a, b = torch.as_tensor(a).to(torch.float64), b.to(torch.float64)
+        return ((a - b).abs().max() / (b.abs().max() + 1e-300)).item()
 
     for shape, scale, offset, dtype in cases:
         x = (torch.randn(*shape, dtype=torch.float64) * scale + offset).to(dtype)
@@ -134,6 +134,10 @@ def kernel_checks():
         worst["sums"] = max(worst["sums"], rel(s1, s1n), rel(s2, s2n))
         worst["dx"] = max(worst["dx"], rel(K.input_grad(dy, x, mean, var, w, 1e-5, s1, s2, n), K.input_grad_naive(dy, x, mean, var, w, 1e-5, s1, s2, n)))
         worst["dx"] = max(worst["dx"], rel(K.input_grad(dy, x, mean, var, None, 1e-5, s1, s2, n), K.input_grad_naive(dy, x, mean, var, None, 1e-5, s1, s2, n)))
+        # SyncBatchNorm computes the coefficients once in forward and hands them to both: the same bits.
+        co = K.coefficients(x, mean, var, w, 1e-5)
+        assert torch.equal(K.normalize(x, mean, var, w, b, 1e-5, co), K.normalize(x, mean, var, w, b, 1e-5))
+        assert torch.equal(K.input_grad(dy, x, mean, var, None, 1e-5, s1, s2, n, co), K.input_grad(dy, x, mean, var, w, 1e-5, s1, s2, n))
         if dtype == torch.float32 and n > 1:
             torch_y = max(torch_y, rel(torch.nn.functional.batch_norm(x, None, None, w, b, True, 0.0, 1e-5), K.normalize_naive(x, mean, var, w, b, 1e-5)))
     worst["torchFloat32Y"] = torch_y
