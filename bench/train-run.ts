@@ -29,14 +29,18 @@ export interface TrainRunOptions {
   threads?: Threads;
   /** Serve the live dashboard (loopback, free port) and call back with its URL. */
   dashboard?: (url: string) => void;
+  /** Steps not counted in stepMs and waitMs (default 5). */
+  warmupSteps?: number;
 }
 
 export interface TrainRun {
   summary: RunSummary;
-  /** ms between consecutive gradient rounds, warm-up steps (the monitor's first 5) excluded. */
+  /** ms between consecutive gradient rounds, warm-up steps (the first 5 unless warmupSteps says) excluded. */
   stepMs: number[];
   /** Mean per-worker time waiting in rounds, per step, same steps. */
   waitMs: number[];
+  /** ms per step of every step but the first (which has no step before it), warm-up included. */
+  allStepMs: number[];
 }
 
 const WARMUP_STEPS = 5;
@@ -67,12 +71,14 @@ export async function trainOnce(o: TrainRunOptions): Promise<TrainRun> {
       .split("\n")
       .filter(Boolean)
       .map((l) => JSON.parse(l) as { type: string; msPerStep?: number | null; syncWaitMs?: number | null })
-      .filter((m) => m.type === "step")
-      .slice(WARMUP_STEPS + 1);
+      .filter((m) => m.type === "step");
+    const counted = steps.slice((o.warmupSteps ?? WARMUP_STEPS) + 1);
+    const ms = (list: typeof steps): number[] => list.map((m) => m.msPerStep).filter((v): v is number => typeof v === "number");
     return {
       summary: r.summary,
-      stepMs: steps.map((m) => m.msPerStep).filter((v): v is number => typeof v === "number"),
-      waitMs: steps.map((m) => m.syncWaitMs).filter((v): v is number => typeof v === "number"),
+      stepMs: ms(counted),
+      waitMs: counted.map((m) => m.syncWaitMs).filter((v): v is number => typeof v === "number"),
+      allStepMs: ms(steps.slice(1)),
     };
   } finally {
     rmSync(out, { recursive: true, force: true });
