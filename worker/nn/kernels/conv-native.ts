@@ -76,22 +76,8 @@ export class ConvNative implements ConvKernel {
    * what its samples alone give (as ConvWasm).
    */
   backward(dy: Float32Array, n: number, w: Float32Array, dw: Float32Array, db: Float32Array, seg: RankSegments | null): Float32Array {
-    const g = this.g;
-    const [x, cols] = this.saved(n);
     const dx = this.dx.view(n);
-    const b = segmentLength("conv", n, seg);
-    beginSegments(seg);
-    if (n === 0) {
-      dw.fill(0);
-      db.fill(0);
-    }
-    for (let first = 0; first < n; first += b) {
-      // dx's samples first..first+b−1 zeroed and made, dw = float32(dw64), db = Σ_i rowSum in float64, in the addon.
-      this.k.convBackward(dx, dy, x, cols, w, this.dw64, dw, db, EMPTY64, g.cin, g.inH, g.inW, g.kernel, g.stride, g.padding, g.outH, g.outW,
-        g.cout, first, b, this.threads);
-      addSegment(seg, dw, db);
-    }
-    endSegments(seg, dw, db);
+    this.segmentPasses(dx, dy, n, w, dw, db, seg);
     return dx;
   }
 
@@ -108,6 +94,11 @@ export class ConvNative implements ConvKernel {
 
   /** backward's dw and db alone (the addon's pass without dx; w is not read), per rank segment as backward; the same bits. */
   backwardParams(dy: Float32Array, n: number, w: Float32Array, dw: Float32Array, db: Float32Array, seg: RankSegments | null): void {
+    this.segmentPasses(EMPTY, dy, n, w, dw, db, seg);
+  }
+
+  /** One addon pass per rank segment: dx's samples of the segment (unless dx is empty), dw, db, summed into seg. */
+  private segmentPasses(dx: Float32Array, dy: Float32Array, n: number, w: Float32Array, dw: Float32Array, db: Float32Array, seg: RankSegments | null): void {
     const g = this.g;
     const [x, cols] = this.saved(n);
     const b = segmentLength("conv", n, seg);
@@ -117,7 +108,8 @@ export class ConvNative implements ConvKernel {
       db.fill(0);
     }
     for (let first = 0; first < n; first += b) {
-      this.k.convBackward(EMPTY, dy, x, cols, w, this.dw64, dw, db, EMPTY64, g.cin, g.inH, g.inW, g.kernel, g.stride, g.padding, g.outH, g.outW,
+      // dx's samples first..first+b−1 zeroed and made, dw = float32(dw64), db = Σ_i rowSum in float64, in the addon.
+      this.k.convBackward(dx, dy, x, cols, w, this.dw64, dw, db, EMPTY64, g.cin, g.inH, g.inW, g.kernel, g.stride, g.padding, g.outH, g.outW,
         g.cout, first, b, this.threads);
       addSegment(seg, dw, db);
     }
