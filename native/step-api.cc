@@ -1,5 +1,5 @@
-// N-API surface of norm.h: the BN and GroupNorm passes, max pooling, ReLU, the residual add,
-// gradient accumulation and SGD on the JS typed arrays' own memory (each array
+// N-API surface of norm.h and linear.h: the BN and GroupNorm passes, max pooling, ReLU, the residual add,
+// gradient accumulation, SGD and Linear's GEMMs on the JS typed arrays' own memory (each array
 // argument is a whole view: a subarray passes its window). Every call checks the
 // arrays' types and that what it touches lies inside them, and throws a
 // RangeError naming the argument otherwise. Registered by addon.cc's Init.
@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <string>
 
+#include "linear.h"
 #include "norm.h"
 #include "step-api.h"
 
@@ -262,6 +263,43 @@ napi_value SgdStep(napi_env env, napi_callback_info info) {
   return nullptr;
 }
 
+// linearForward(y, x, w, b, n, in, out[, threads]): y (n, out) = b + x·Wᵀ (linear.h).
+napi_value LinearForward(napi_env env, napi_callback_info info) {
+  Args a(env, info, 7, true);
+  const int64_t n = a.count(4, "n"), in = a.count(5, "in"), out = a.count(6, "out");
+  float *y = a.f32(0, product(a, n, out, 1), "y"), *x = a.f32(1, product(a, n, in, 1), "x");
+  float *w = a.f32(2, product(a, out, in, 1), "w"), *b = a.f32(3, out, "b");
+  const syncbn::Threads t = a.threads(7);
+  if (a.ok) syncbn::linearForward(y, x, w, b, n, in, out, t);
+  return nullptr;
+}
+
+// linearBackward(dx, dw, db, dy, x, w, first, count, in, out[, threads]): samples first..first+count−1; dx, dw and db
+// may each be empty (not made), so dx and the param grads can be two calls (linear.h).
+napi_value LinearBackward(napi_env env, napi_callback_info info) {
+  Args a(env, info, 10, true);
+  const int64_t first = a.count(6, "first"), count = a.count(7, "count"), in = a.count(8, "in"), out = a.count(9, "out");
+  const int64_t end = first + count;
+  const auto given = [&](int i) {
+    size_t len = 0;
+    if (a.ok) napi_get_typedarray_info(env, a.v[i], nullptr, &len, nullptr, nullptr, nullptr);
+    return len > 0;
+  };
+  float* dx = a.f32(0, 0, "dx");
+  if (a.ok && given(0)) dx = a.f32(0, product(a, end, in, 1), "dx");
+  else dx = nullptr;
+  float* dw = a.f32(1, 0, "dw");
+  if (a.ok && given(1)) dw = a.f32(1, product(a, out, in, 1), "dw");
+  else dw = nullptr;
+  float* db = a.f32(2, 0, "db");
+  if (a.ok && given(2)) db = a.f32(2, out, "db");
+  else db = nullptr;
+  float *dy = a.f32(3, product(a, end, out, 1), "dy"), *x = a.f32(4, product(a, end, in, 1), "x"), *w = a.f32(5, product(a, out, in, 1), "w");
+  const syncbn::Threads t = a.threads(10);
+  if (a.ok) syncbn::linearBackward(dx, dw, db, dy, x, w, first, count, in, out, t);
+  return nullptr;
+}
+
 }  // namespace
 
 namespace syncbn {
@@ -282,6 +320,8 @@ void registerStepKernels(napi_env env, napi_value exports) {
       {"add", nullptr, Add, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"addInto", nullptr, AddInto, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"sgdStep", nullptr, SgdStep, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
+      {"linearForward", nullptr, LinearForward, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
+      {"linearBackward", nullptr, LinearBackward, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
   };
   napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
 }

@@ -8,7 +8,7 @@ import type { Rng } from "../../shared/rng.js";
 import { convKernelBackend, type KernelBackend } from "./kernels/backend.js";
 import { ConvNative } from "./kernels/conv-native.js";
 import { ConvWasm } from "./kernels/conv-wasm.js";
-import { nativeKernels } from "./kernels/native.js";
+import { requireNative } from "./kernels/native.js";
 import { addSegment, beginSegments, endSegments, BatchBuffer, segmentLength, type Layer, type Param, type RankSegments } from "./layer.js";
 import { initFanInUniform, rankSegments, requireInt, requireLength, requireSaved } from "./linear.js";
 
@@ -386,12 +386,6 @@ export class ConvJs implements ConvKernel {
     endSegments(seg, dw, db);
     return dx;
   }
-}
-
-function requireNative(layer: string): NonNullable<ReturnType<typeof nativeKernels>> {
-  const k = nativeKernels();
-  if (!k) throw new Error(`layer ${layer}: native kernels requested but the addon is not loaded (kernels/native.ts)`);
-  return k;
 }
 
 export class Conv2d implements Layer {

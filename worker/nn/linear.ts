@@ -1,13 +1,15 @@
 // Fully connected layer y = x·Wᵀ + b, W stored (out, in) row-major like PyTorch's
-// nn.Linear, initialized like PyTorch's default. Two paths behind one layer: the
-// WebAssembly SIMD one (kernels/linear-wasm.ts, default) and its plain TypeScript
-// twin here. Also the shared fan-in init helper. Not a general matmul: inputs are
+// nn.Linear, initialized like PyTorch's default. Three paths behind one layer: the
+// native one (kernels/linear-native.ts, where the addon loads), the WebAssembly
+// SIMD one (kernels/linear-wasm.ts) and their plain TypeScript twin here. Also the shared fan-in init helper. Not a general matmul: inputs are
 // (n, in) rows only; spatial inputs go through Flatten first.
 
 import { ErrorCode, SyncbnError } from "../../shared/errors.js";
 import type { Rng } from "../../shared/rng.js";
-import { kernelBackend, type KernelBackend } from "./kernels/backend.js";
+import { convKernelBackend, type KernelBackend } from "./kernels/backend.js";
+import { LinearNative } from "./kernels/linear-native.js";
 import { LinearWasm } from "./kernels/linear-wasm.js";
+import { requireNative } from "./kernels/native.js";
 import { addSegment, beginSegments, endSegments, BatchBuffer, segmentLength, type Layer, type Param, type RankSegments } from "./layer.js";
 
 /**
@@ -150,13 +152,13 @@ export class Linear implements Layer {
   private savedN = -1;
   private segments: RankSegments | null = null;
 
-  /** `backend` defaults to the process-wide choice (kernels/backend.ts). */
+  /** `backend` defaults to the process-wide choice (kernels/backend.ts, as Conv2d's); "native" needs the addon built. */
   constructor(
     readonly name: string,
     readonly inFeatures: number,
     readonly outFeatures: number,
     rng: Rng,
-    readonly backend: KernelBackend = kernelBackend(),
+    readonly backend: KernelBackend = convKernelBackend(),
   ) {
     requireInt(name, "inFeatures", inFeatures, 1);
     requireInt(name, "outFeatures", outFeatures, 1);
@@ -167,7 +169,7 @@ export class Linear implements Layer {
     initFanInUniform(w, b, inFeatures, rng);
     this.weight = { name: `${name}.weight`, value: w, grad: new Float32Array(w.length), shape: [outFeatures, inFeatures] };
     this.bias = { name: `${name}.bias`, value: b, grad: new Float32Array(b.length), shape: [outFeatures] };
-    this.kernel = backend === "wasm" ? new LinearWasm(inFeatures, outFeatures) : new LinearJs(inFeatures, outFeatures);
+    this.kernel = backend === "wasm" ? new LinearWasm(inFeatures, outFeatures) : backend === "native" ? new LinearNative(inFeatures, outFeatures, requireNative(name)) : new LinearJs(inFeatures, outFeatures);
   }
 
   params(): Param[] {

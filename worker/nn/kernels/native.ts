@@ -1,6 +1,6 @@
 // The optional native kernels (native/, N-API, built by npm's install step through
 // scripts/build-native.mjs): loaded once on first use, or null with the reason
-// when the addon is not built or does not load here. Conv2d, the normalization
+// when the addon is not built or does not load here. Conv2d, Linear, the normalization
 // passes (BN, GroupNorm), max pooling, ReLU, the residual add, gradient accumulation and SGD use them.
 
 import { createRequire } from "node:module";
@@ -68,6 +68,14 @@ export interface NativeKernels {
   add(y: Float32Array, a: Float32Array, b: Float32Array, len: number, threads?: number): void;
   /** acc += g. */
   addInto(acc: Float32Array, g: Float32Array, len: number, threads?: number): void;
+  /** Linear (native/linear.h): y (n, out) = b + x (n, in)·Wᵀ, W (out, in); FMA GEMMs over `threads` of the pool's threads, the same bits for any number. */
+  linearForward(y: Float32Array, x: Float32Array, w: Float32Array, b: Float32Array, n: number, inF: number, outF: number, threads?: number): void;
+  /**
+   * Samples first..first+count−1: dx rows = dy·W, dw = dyᵀ·x (one FMA chain over the samples in order),
+   * db = float32(Σ f64(dy)) in sample order; dx, dw and db may each be empty (not made).
+   */
+  linearBackward(dx: Float32Array, dw: Float32Array, db: Float32Array, dy: Float32Array, x: Float32Array, w: Float32Array,
+    first: number, count: number, inF: number, outF: number, threads?: number): void;
   /** SGD over p.length values (mode 0 plain, 1 momentum, 2 Nesterov; buf unused with 0), sgd.ts's arithmetic. */
   sgdStep(p: Float32Array, grad: Float32Array, buf: Float32Array, lr: number, momentum: number, weightDecay: number, mode: number): void;
   /** The bench's ceiling: one core's widest vector FMA, GFLOP/s measured for `seconds`, and its instruction set ("none": 0). */
@@ -108,4 +116,11 @@ export function nativeKernels(): NativeKernels | null {
 export function nativeUnavailableReason(): string {
   nativeKernels();
   return reason;
+}
+
+/** The addon for a layer built on the native backend, or an Error naming the layer if it is not loaded. */
+export function requireNative(layer: string): NativeKernels {
+  const k = nativeKernels();
+  if (!k) throw new Error(`layer ${layer}: native kernels requested but the addon is not loaded (kernels/native.ts)`);
+  return k;
 }
