@@ -24,6 +24,7 @@ const FAST = [
   "test/graph.test.ts",
   "test/kernels.test.ts",
   "test/native-kernels.test.ts",
+  "test/native-linear.test.ts",
   "test/native-passes.test.ts",
   "test/native-off.test.ts",
   "test/monitor.test.ts",

@@ -5,6 +5,7 @@
 #include "linear.h"
 
 #include <algorithm>
+#include <vector>
 
 #include "gemm.h"
 
@@ -58,6 +59,36 @@ void linearBackward(float* dx, float* dw, float* db, const float* dy, const floa
       for (int64_t i = 0; i < count; i++) s += double(dys[i * out + o]);
       db[o] = float(s);
     }
+}
+
+void linearSegmentGrads(double* dw64, double* db64, float* dw, float* db, const float* dy, const float* x, int64_t n, int64_t segments,
+                        int64_t in, int64_t out, const Threads& t) {
+  const int64_t b = segments > 0 ? n / segments : 0;
+  columnParts(t, in, [&](int64_t k0, int64_t k1) {
+    const int64_t width = k1 - k0;
+    thread_local std::vector<float> scratch;
+    if (int64_t(scratch.size()) < out * width) scratch.resize(out * width);
+    float* seg = scratch.data();
+    for (int64_t o = 0; o < out; o++) std::fill(dw64 + o * in + k0, dw64 + o * in + k1, 0.0);
+    for (int64_t s = 0; s < segments && b > 0; s++) {
+      // This segment's dW columns k0..k1−1, as linearBackward's gemm makes them, widened into the float64 sum.
+      gemm(View::plain(seg, width, 1), View::plain(dy + s * b * out, 1, out), View::plain(x + s * b * in + k0, in, 1), out, width, b, false);
+      for (int64_t o = 0; o < out; o++)
+        for (int64_t j = 0; j < width; j++) dw64[o * in + k0 + j] += double(seg[o * width + j]);
+    }
+    for (int64_t o = 0; o < out; o++)
+      for (int64_t j = k0; j < k1; j++) dw[o * in + j] = float(dw64[o * in + j]);
+  });
+  for (int64_t o = 0; o < out; o++) {
+    double sum = 0;
+    for (int64_t s = 0; s < segments; s++) {
+      double part = 0;
+      for (int64_t i = s * b; i < (s + 1) * b; i++) part += double(dy[i * out + o]);
+      sum += double(float(part));
+    }
+    db64[o] = sum;
+    db[o] = float(sum);
+  }
 }
 
 }  // namespace syncbn

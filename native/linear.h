@@ -22,4 +22,13 @@ void linearForward(float* y, const float* x, const float* w, const float* b, int
 void linearBackward(float* dx, float* dw, float* db, const float* dy, const float* x, const float* w, int64_t first, int64_t count,
                     int64_t in, int64_t out, const Threads& t);
 
+/**
+ * A rank block's param grads (--rank-grads exact): n samples in `segments` equal segments, each
+ * segment's dW and db exactly as linearBackward makes them for its samples alone, added in float64 in
+ * segment order into dw64 (out, in) and db64 (out), zeroed first; then dw, db = float32 of those sums.
+ * The bits of linearBackward per segment followed by layer.ts's addSegment and endSegments, in one pass.
+ */
+void linearSegmentGrads(double* dw64, double* db64, float* dw, float* db, const float* dy, const float* x, int64_t n, int64_t segments,
+                        int64_t in, int64_t out, const Threads& t);
+
 }  // namespace syncbn

@@ -300,6 +300,20 @@ napi_value LinearBackward(napi_env env, napi_callback_info info) {
   return nullptr;
 }
 
+// linearSegmentGrads(dw64, db64, dw, db, dy, x, n, segments, in, out[, threads]): a rank block's dW and db per segment,
+// summed in float64 (linear.h).
+napi_value LinearSegmentGrads(napi_env env, napi_callback_info info) {
+  Args a(env, info, 10, true);
+  const int64_t n = a.count(6, "n"), segments = a.count(7, "segments"), in = a.count(8, "in"), out = a.count(9, "out");
+  if (a.ok && (segments < 1 || n % segments != 0)) a.fail("segments: expected a divisor of n, at least 1");
+  double *dw64 = a.f64(0, product(a, out, in, 1), "dw64"), *db64 = a.f64(1, out, "db64");
+  float *dw = a.f32(2, product(a, out, in, 1), "dw"), *db = a.f32(3, out, "db");
+  float *dy = a.f32(4, product(a, n, out, 1), "dy"), *x = a.f32(5, product(a, n, in, 1), "x");
+  const syncbn::Threads t = a.threads(10);
+  if (a.ok) syncbn::linearSegmentGrads(dw64, db64, dw, db, dy, x, n, segments, in, out, t);
+  return nullptr;
+}
+
 }  // namespace
 
 namespace syncbn {
@@ -322,6 +336,7 @@ void registerStepKernels(napi_env env, napi_value exports) {
       {"sgdStep", nullptr, SgdStep, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"linearForward", nullptr, LinearForward, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"linearBackward", nullptr, LinearBackward, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
+      {"linearSegmentGrads", nullptr, LinearSegmentGrads, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
   };
   napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
 }

@@ -122,5 +122,8 @@ describe.skipIf(off)("Linear on the native kernels", () => {
     expect(() => k.linearBackward(f(11), f(6), f(2), f(8), f(12), f(6), 0, 4, 3, 2)).toThrow(/dx: 11 elements, needs 12/);
     expect(() => k.linearBackward(f(0), f(6), f(2), f(8), f(12), f(6), 1, 4, 3, 2)).toThrow(/dy: 8 elements, needs 10/);
     expect(() => k.linearBackward(f(0), f(0), f(0), f(8), f(12), f(6), 0, 4, 3, 2, 0)).toThrow(/threads must be in 1..256/);
+    const d = (n: number): Float64Array => new Float64Array(n);
+    expect(() => k.linearSegmentGrads(d(6), d(2), f(6), f(2), f(8), f(12), 4, 3, 3, 2)).toThrow(/segments: expected a divisor of n/);
+    expect(() => k.linearSegmentGrads(d(5), d(2), f(6), f(2), f(8), f(12), 4, 2, 3, 2)).toThrow(/dw64: 5 elements, needs 6/);
   });
 });

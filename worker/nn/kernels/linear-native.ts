@@ -7,7 +7,7 @@
 // added into seg in float64 (as the other paths). Not a layer: Linear owns the
 // params and picks this path.
 
-import { addSegment, beginSegments, endSegments, BatchBuffer, segmentLength, type RankSegments } from "../layer.js";
+import { BatchBuffer, segmentLength, type RankSegments } from "../layer.js";
 import type { LinearKernel } from "../linear.js";
 import type { NativeKernels } from "./native.js";
 import { requestedComputeThreads } from "./threads.js";
@@ -35,22 +35,21 @@ export class LinearNative implements LinearKernel {
     return y;
   }
 
-  /** dx = dy·W over the batch, then dW = dyᵀ·x and db = Σ dy per rank segment: 4·n·out·in flops. */
+  /**
+   * dx = dy·W, dW = dyᵀ·x, db = Σ dy: 4·n·out·in flops, one addon call each for dx and for the
+   * grads. With rank segments the grads are each segment's alone, summed in float64 in segment
+   * order in the addon (linearSegmentGrads: the bits of a call per segment and addSegment's sums).
+   */
   backward(dy: Float32Array, n: number, w: Float32Array, dw: Float32Array, db: Float32Array, seg: RankSegments | null): Float32Array {
     const dx = this.dx.view(n);
     const x = this.xSaved.view(n);
     this.k.linearBackward(dx, EMPTY, EMPTY, dy, x, w, 0, n, this.inF, this.outF, this.threads);
-    const b = segmentLength("linear", n, seg);
-    beginSegments(seg);
-    if (n === 0) {
-      dw.fill(0);
-      db.fill(0);
+    if (seg) {
+      segmentLength("linear", n, seg);
+      this.k.linearSegmentGrads(seg.dw, seg.db, dw, db, dy, x, n, seg.count, this.inF, this.outF, this.threads);
+    } else {
+      this.k.linearBackward(EMPTY, dw, db, dy, x, w, 0, n, this.inF, this.outF, this.threads);
     }
-    for (let first = 0; first < n; first += b) {
-      this.k.linearBackward(EMPTY, dw, db, dy, x, w, first, b, this.inF, this.outF, this.threads);
-      addSegment(seg, dw, db);
-    }
-    endSegments(seg, dw, db);
     return dx;
   }
 }

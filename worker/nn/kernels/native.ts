@@ -76,6 +76,12 @@ export interface NativeKernels {
    */
   linearBackward(dx: Float32Array, dw: Float32Array, db: Float32Array, dy: Float32Array, x: Float32Array, w: Float32Array,
     first: number, count: number, inF: number, outF: number, threads?: number): void;
+  /**
+   * A rank block's grads: n samples in `segments` equal segments, each one's dW and db as linearBackward's for
+   * its samples alone, summed in float64 in segment order into dw64, db64 (zeroed first); dw, db = their float32.
+   */
+  linearSegmentGrads(dw64: Float64Array, db64: Float64Array, dw: Float32Array, db: Float32Array, dy: Float32Array, x: Float32Array,
+    n: number, segments: number, inF: number, outF: number, threads?: number): void;
   /** SGD over p.length values (mode 0 plain, 1 momentum, 2 Nesterov; buf unused with 0), sgd.ts's arithmetic. */
   sgdStep(p: Float32Array, grad: Float32Array, buf: Float32Array, lr: number, momentum: number, weightDecay: number, mode: number): void;
   /** The bench's ceiling: one core's widest vector FMA, GFLOP/s measured for `seconds`, and its instruction set ("none": 0). */
