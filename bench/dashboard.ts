@@ -48,7 +48,7 @@ export async function coordinatorCost(steps: number, blocks: number): Promise<{ 
       let stream: ClientRequest | null = null;
       let dashState: DashboardState | null = null;
       if (kind !== "none") {
-        const state = kind === "dashboard" ? new DashboardState(coord, 60_000, () => ({ title: "bench", settings: {}, bnNote: null })) : null;
+        const state = kind === "dashboard" ? new DashboardState(coord, () => ({ title: "bench", settings: {}, bnNote: null })) : null;
         dashState = state;
         coord.observers.push(timed(new BnSpreadTracker(coord, (r) => state?.addBn(r))));
         if (state) {

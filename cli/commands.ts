@@ -296,9 +296,15 @@ export function registerTrainCommands(program: Command): void {
     .addOption(new Option("--on-worker-loss <policy>", "abort the run, or continue without the lost worker (elastic)").choices(["abort", "continue"]).default("abort"))
     .addOption(wireOption())
     .addOption(helloTimeoutOption())
+    .option(
+      "--join-timeout <ms>",
+      `wait up to MS from the start for workers that have not joined yet: a round awaiting only them does not fail at its deadline before then (0..${MAX_TIMER_MS}; 0: no wait beyond the first round's deadline)`,
+      intArg("--join-timeout", 0, MAX_TIMER_MS),
+      0,
+    )
     .option("--out <dir>", "folder for metrics.jsonl and summary.json; workers started by hand on this host without --out write weights.safetensors and checkpoint.bin there too (default runs/<time>)")
     .option("--dashboard <[host:]port>", DASHBOARD_HELP, parseDashboardSpec)
-    .action(async (f: { workers?: number; host?: string; port?: number; token?: string; roundTimeout: number; onWorkerLoss: "abort" | "continue"; out?: string; wire: Wire; helloTimeout: number; dashboard?: { host: string; port: number } }) => {
+    .action(async (f: { workers?: number; host?: string; port?: number; token?: string; roundTimeout: number; joinTimeout: number; onWorkerLoss: "abort" | "continue"; out?: string; wire: Wire; helloTimeout: number; dashboard?: { host: string; port: number } }) => {
       const world = f.workers ?? env.worldSize;
       if (world === undefined) throw new SyncbnError(ErrorCode.BadConfig, "coordinator needs --workers (alias --world; or WORLD_SIZE)");
       checkWorldSize(world);
@@ -315,6 +321,7 @@ export function registerTrainCommands(program: Command): void {
         token: f.token ?? env.token ?? "",
         conventions: null,
         roundTimeoutMs: f.roundTimeout,
+        joinWindowMs: f.joinTimeout,
         maxPayload: DEFAULT_MAX_PAYLOAD,
         onWorkerLoss: f.onWorkerLoss,
         wire: f.wire,
@@ -323,7 +330,7 @@ export function registerTrainCommands(program: Command): void {
       });
       server.coordinator.events.onRefused = refusalLogger((l) => console.error(l));
       let monitor: RunMonitor | null = null;
-      const live = await attachLiveViews(server.coordinator, () => monitor, { dashboard: f.dashboard ?? null, token: f.token ?? env.token ?? "", roundTimeoutMs: f.roundTimeout }).catch(async (e: unknown) => {
+      const live = await attachLiveViews(server.coordinator, () => monitor, { dashboard: f.dashboard ?? null, token: f.token ?? env.token ?? "" }).catch(async (e: unknown) => {
         await server.close();
         throw e;
       });

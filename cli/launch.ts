@@ -224,6 +224,8 @@ export async function runLaunch(o: LaunchOptions): Promise<LaunchResult> {
     token,
     conventions,
     roundTimeoutMs: o.roundTimeoutMs,
+    // A rank still importing torch when the others open the first round is waited for until --join-timeout, not --round-timeout.
+    joinWindowMs: o.joinTimeoutMs,
     host: "127.0.0.1",
     port: 0,
     maxPayload: DEFAULT_MAX_PAYLOAD,
@@ -232,7 +234,7 @@ export async function runLaunch(o: LaunchOptions): Promise<LaunchResult> {
   });
   const coordinator = server.coordinator;
   coordinator.events.onRefused = refusalLogger((l) => process.stderr.write(`coordinator: ${l}\n`));
-  const live = await attachLiveViews(coordinator, () => null, { dashboard: o.dashboard, token: o.token ?? "", roundTimeoutMs: o.roundTimeoutMs }).catch(async (e: unknown) => {
+  const live = await attachLiveViews(coordinator, () => null, { dashboard: o.dashboard, token: o.token ?? "" }).catch(async (e: unknown) => {
     await server.close();
     throw e;
   });
@@ -336,7 +338,7 @@ export function registerLaunchCommand(program: Command): void {
     .option("--norm <mode>", "sync | local | group:K (K ranks per statistics group)", "sync")
     .addOption(roundTimeoutOption())
     .option("--hello-timeout <ms>", `close a connection whose hello is not accepted within MS (100..${MAX_HELLO_TIMEOUT_MS})`, intArg("--hello-timeout", 100, MAX_HELLO_TIMEOUT_MS), DEFAULT_HELLO_TIMEOUT_MS)
-    .option("--join-timeout <ms>", `every rank must have called init_process_group() within MS of the start (${MIN_TIMEOUT_MS}..${MAX_TIMER_MS})`, intArg("--join-timeout", MIN_TIMEOUT_MS, MAX_TIMER_MS), 60_000)
+    .option("--join-timeout <ms>", `every rank must have called init_process_group() within MS of the start; until then the rounds wait for ranks not yet joined (${MIN_TIMEOUT_MS}..${MAX_TIMER_MS})`, intArg("--join-timeout", MIN_TIMEOUT_MS, MAX_TIMER_MS), 60_000)
     .option("--token <token>", "run token (default: a random one, passed to the ranks as SYNCBN_TOKEN)")
     .addOption(
       new Option("--pin-cpus <mode>", "pin each rank to OMP_NUM_THREADS CPUs round-robin (Linux, taskset): auto pins when it keeps the cores balanced (ranks × threads ≤ CPUs or a multiple of them)")

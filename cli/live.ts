@@ -14,7 +14,6 @@ export interface LiveOptions {
   dashboard: { host: string; port: number } | null;
   /** The user's run token ("" = none); required for a dashboard off loopback. */
   token: string;
-  roundTimeoutMs: number;
   /** Sample the BN spread every N steps (default BN_SPREAD_EVERY). */
   bnEvery?: number;
 }
@@ -38,7 +37,7 @@ function describeRun(c: Coordinator): DashboardRun {
 
 /** Attach the BN-spread tracker (always) and the dashboard (when asked); call before workers start. */
 export async function attachLiveViews(c: Coordinator, monitor: () => RunMonitor | null, o: LiveOptions): Promise<LiveViews> {
-  const state = o.dashboard ? new DashboardState(c, o.roundTimeoutMs, () => describeRun(c)) : null;
+  const state = o.dashboard ? new DashboardState(c, () => describeRun(c)) : null;
   c.observers.push(
     new BnSpreadTracker(
       c,

@@ -145,7 +145,7 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
     : await startCoordinatorServer({ ...coordOptions, host: "127.0.0.1", port: 0, maxPayload: DEFAULT_MAX_PAYLOAD, wire: o.wire ?? "ws", helloTimeoutMs: o.helloTimeoutMs });
   server.coordinator.events.onRefused = refusalLogger((l) => process.stderr.write(`coordinator: ${l}\n`));
   let monitorRef: RunMonitor | null = null;
-  const live = await attachLiveViews(server.coordinator, () => monitorRef, { dashboard: o.dashboard ?? null, token: o.token ?? "", roundTimeoutMs: o.roundTimeoutMs }).catch(async (e: unknown) => {
+  const live = await attachLiveViews(server.coordinator, () => monitorRef, { dashboard: o.dashboard ?? null, token: o.token ?? "" }).catch(async (e: unknown) => {
     await server.close();
     throw e;
   });

@@ -120,6 +120,10 @@ export class HelloRecords {
     this.lastRefusal.delete(rank);
   }
 
+  hasJoined(rank: number): boolean {
+    return this.joinedEver.has(rank);
+  }
+
   refused(r: HelloRefusal): void {
     if (r.rank !== null && r.rank < this.worldSize && !this.joinedEver.has(r.rank)) this.lastRefusal.set(r.rank, r);
   }

@@ -28,6 +28,16 @@ export interface CoordinatorOptions {
   /** A round fails if not every member contributed this long after it opened. */
   roundTimeoutMs: number;
   /**
+   * The join window, ms from the coordinator's start (default 0: none). While it is
+   * open, a round whose missing members have never joined does not fail at its
+   * deadline but waits for them until the window closes, and a rank that joins
+   * gives each round awaiting it a whole roundTimeoutMs from its join: ranks that
+   * start late (a slow import on a loaded machine) are waited for by the join
+   * window, not by the first round's deadline. Welcomes say how long it is still
+   * open (Welcome.joinWaitMs) so that clients wait that much longer for results.
+   */
+  joinWindowMs?: number;
+  /**
    * What a lost worker (disconnected, or missed a deadline) does to the run:
    * "abort" (default) fails it; "continue" drops the worker and has the others
    * redo the unfinished step without it (elastic).
@@ -62,7 +72,9 @@ export interface CompletedRound {
   readonly members: readonly number[];
   /** Contributions by member position. */
   readonly parts: readonly (Contribution | null)[];
-  /** performance.now() at which the round would have failed: opened at deadline − roundTimeoutMs. */
+  /** performance.now() at which the round opened (its first contribution arrived). */
+  readonly opened: number;
+  /** performance.now() at which the round would have failed. */
   readonly deadline: number;
 }
 

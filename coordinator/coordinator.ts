@@ -35,8 +35,12 @@ interface OpenRound {
   covered: number;
   /** Σ performance.now() at each contribution's arrival: members × last − this = time members waited for the last. */
   arrivalSum: number;
+  /** performance.now() at which its first contribution arrived. */
+  opened: number;
   /** performance.now() past which the round fails (see sweepDeadlines). */
   deadline: number;
+  /** Its deadline passed while it awaited only ranks that had never joined, and the join window held it open. */
+  heldForJoin: boolean;
 }
 
 export class Coordinator extends Membership {
@@ -139,6 +143,7 @@ export class Coordinator extends Membership {
   }
 
   private openRound(id: string, scope: string, members: readonly number[], c: Contribution): OpenRound {
+    const now = performance.now();
     const round: OpenRound = {
       scope,
       step: c.step,
@@ -150,7 +155,9 @@ export class Coordinator extends Membership {
       arrived: 0,
       covered: 0,
       arrivalSum: 0,
-      deadline: performance.now() + this.opts.roundTimeoutMs,
+      opened: now,
+      deadline: now + this.opts.roundTimeoutMs,
+      heldForJoin: false,
     };
     this.open.set(id, round);
     this.deadlineTimer ??= this.armDeadline(this.opts.roundTimeoutMs);
@@ -175,14 +182,44 @@ export class Coordinator extends Membership {
     if (this.failure) return;
     const now = performance.now();
     for (const [id, r] of this.open) {
-      if (r.deadline <= now) {
-        this.expire(id);
-        break; // expiring fails the run or voids every open round (elastic)
-      }
+      if (r.deadline > now || this.holdForJoin(r, now)) continue;
+      this.expire(id);
+      break; // expiring fails the run or voids every open round (elastic)
     }
     let next = Number.POSITIVE_INFINITY;
     for (const r of this.open.values()) next = Math.min(next, r.deadline);
     if (next !== Number.POSITIVE_INFINITY && !this.failure) this.deadlineTimer = this.armDeadline(Math.max(1, next - now));
+  }
+
+  /**
+   * A round past its deadline that awaits only ranks that have never joined waits
+   * for them while the join window is open (CoordinatorOptions.joinWindowMs): its
+   * deadline becomes the window's end. A rank that joined and is late is not held.
+   */
+  private holdForJoin(r: OpenRound, now: number): boolean {
+    if (now >= this.joinWindowEnd) return false;
+    for (let i = 0; i < r.members.length; i++) {
+      if (r.parts[i] === null && this.hellos.hasJoined(r.members[i]!)) return false;
+    }
+    r.deadline = this.joinWindowEnd;
+    r.heldForJoin = true;
+    return true;
+  }
+
+  /** Ranks just joined: each open round awaiting one of them has a whole round deadline from now. */
+  protected joined(ranks: readonly number[]): void {
+    if (this.open.size === 0 || this.failure) return;
+    const now = performance.now();
+    const deadline = now + this.opts.roundTimeoutMs;
+    let next = Number.POSITIVE_INFINITY;
+    for (const r of this.open.values()) {
+      // A round held for the join window (deadline at the window's end) now waits a round deadline from this join.
+      if (ranks.some((rank) => r.parts[r.members.indexOf(rank)] === null)) r.deadline = r.heldForJoin ? deadline : Math.max(r.deadline, deadline);
+      next = Math.min(next, r.deadline);
+    }
+    // The timer may be armed for the window's end, later than the new deadline.
+    if (this.deadlineTimer !== null) clearTimeout(this.deadlineTimer);
+    this.deadlineTimer = this.armDeadline(Math.max(1, next - now));
   }
 
   /** Adds a completed training round's waiting for its last contribution (`last` its arrival) to the step's. */
@@ -265,18 +302,23 @@ export class Coordinator extends Membership {
     const round = this.open.get(id);
     if (!round || this.failure) return;
     const missing = round.members.filter((_, i) => round.parts[i] === null);
+    // Held open by the join window, and still only awaiting ranks that never joined: the window is what passed.
+    const window = round.heldForJoin && !missing.some((r) => this.hellos.hasJoined(r)) ? `the ${this.opts.joinWindowMs} ms join window` : null;
     if (this.opts.onWorkerLoss === "continue") {
       for (const p of new Set(missing.map((r) => this.peers[r]))) p?.close(CLOSE_ERROR, "missed a round deadline");
       const never = this.hellos.neverJoined(missing);
-      this.loseWorkers(missing, `missed the ${this.opts.roundTimeoutMs} ms deadline of ${describeRound(round.step, round.phase, round.layer)}${never ? ` (${never})` : ""}`);
+      const what = window ? `had not joined by the end of ${window}, during` : `missed the ${this.opts.roundTimeoutMs} ms deadline of`;
+      this.loseWorkers(missing, `${what} ${describeRound(round.step, round.phase, round.layer)}${never ? ` (${never})` : ""}`);
       return;
     }
+    const passed = window ?? `round deadline of ${this.opts.roundTimeoutMs} ms`;
     this.failRun(
-      new SyncbnError(
-        ErrorCode.Timeout,
-        `round deadline of ${this.opts.roundTimeoutMs} ms passed without a contribution from rank(s) ${missing.join(", ")}: ${this.hellos.whyMissing(missing)}`,
-        { rank: missing, step: round.step, layer: round.layer, phase: round.phase },
-      ),
+      new SyncbnError(ErrorCode.Timeout, `${passed} passed without a contribution from rank(s) ${missing.join(", ")}: ${this.hellos.whyMissing(missing)}`, {
+        rank: missing,
+        step: round.step,
+        layer: round.layer,
+        phase: round.phase,
+      }),
     );
   }
 

@@ -102,17 +102,15 @@ export class DashboardState implements RoundObserver {
 
   constructor(
     private readonly coordinator: Coordinator,
-    private readonly roundTimeoutMs: number,
     private readonly describe: () => DashboardRun,
   ) {
     this.timings = new Array<RankTiming | null>(coordinator.worldSize).fill(null);
   }
 
   afterRound(round: CompletedRound, result: { count: number; data: Float64Array | Float32Array; extra?: Float64Array }): void {
-    const opened = round.deadline - this.roundTimeoutMs;
     let ring = this.spans.get(round.phase);
     if (!ring) this.spans.set(round.phase, (ring = new Ring()));
-    ring.add(performance.now() - opened);
+    ring.add(performance.now() - round.opened);
     // Steps as metrics.jsonl counts them: completed steps, the first is 1 (round.step counts from 0).
     const done = round.step + 1;
     if (round.phase === "grad" && result.extra) {

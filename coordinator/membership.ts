@@ -47,6 +47,8 @@ export abstract class Membership {
   readonly runningStats: RunningStatsTable;
   events: CoordinatorEvents = {};
   readonly observers: RoundObserver[] = [];
+  /** performance.now() at which the join window closes (CoordinatorOptions.joinWindowMs); at construction when there is none. */
+  protected readonly joinWindowEnd: number;
 
   constructor(opts: CoordinatorOptions) {
     if (!Number.isInteger(opts.worldSize) || opts.worldSize < 1) {
@@ -54,6 +56,7 @@ export abstract class Membership {
     }
     this.opts = opts;
     this.worldSize = opts.worldSize;
+    this.joinWindowEnd = performance.now() + Math.max(0, opts.joinWindowMs ?? 0);
     this.peers = new Array<Peer | null>(opts.worldSize).fill(null);
     this.blocks = Array.from({ length: opts.worldSize }, (_, r) => ({ first: r, size: 1 }));
     this.lastKey = new Array(opts.worldSize).fill(null);
@@ -248,7 +251,19 @@ export abstract class Membership {
       this.hellos.joined(r);
     }
     this.byPeer.set(peer, hello.rank);
-    peer.send(encode({ type: "welcome", version: PROTOCOL_VERSION, rank: hello.rank, ranks: size, worldSize: this.worldSize, ...(this.opts.outDir ? { outDir: this.opts.outDir } : {}) }));
+    const joinWaitMs = Math.ceil(this.joinWindowEnd - performance.now());
+    peer.send(
+      encode({
+        type: "welcome",
+        version: PROTOCOL_VERSION,
+        rank: hello.rank,
+        ranks: size,
+        worldSize: this.worldSize,
+        ...(this.opts.outDir ? { outDir: this.opts.outDir } : {}),
+        ...(joinWaitMs > 0 ? { joinWaitMs } : {}),
+      }),
+    );
+    this.joined(claimed);
     for (const r of claimed) this.events.onJoin?.(r);
   }
 
@@ -305,6 +320,8 @@ export abstract class Membership {
 
   /** A checked contribution of the process whose block starts at `rank` (rounds: coordinator.ts). */
   protected abstract contribute(rank: number, c: Contribution): void;
+  /** These ranks just joined: the rounds awaiting them get a whole round deadline from now. */
+  protected abstract joined(ranks: readonly number[]): void;
   /** Drops every open round; `final` (the run failed) also stops the deadline timer. */
   protected abstract voidRounds(final: boolean): void;
   /** Where the run waits with a rank: an open round (awaiting it, or others), or between rounds after its last one (`after`). */

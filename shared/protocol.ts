@@ -45,6 +45,13 @@ export interface Welcome {
    * a run's checkpoint and weights land beside its summary.
    */
   outDir?: OutDirNotice;
+  /**
+   * How long the coordinator's join window (--join-timeout) is still open, ms, when
+   * it is: a round may wait that long for ranks that have not joined yet, plus its
+   * deadline from their join, so a client waits for a result until
+   * max(sent, welcome + joinWaitMs) + round timeout. Absent: no window.
+   */
+  joinWaitMs?: number;
 }
 
 /** Where a coordinator writes: its host name (os.hostname()) and absolute folder. */

@@ -341,3 +341,85 @@ describe("coordinator in elastic mode (--on-worker-loss continue)", () => {
     expect(coord.failed?.code).toBe(ErrorCode.WorkerLost);
   });
 });
+
+describe("coordinator join window (--join-timeout)", () => {
+  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+  /** A coordinator of `world` ranks with a 50 ms round deadline and the given join window; only `joined` ranks say hello. */
+  function windowed(world: number, joinWindowMs: number, joined: number[], onWorkerLoss: "abort" | "continue" = "abort") {
+    const coord = new Coordinator({ worldSize: world, token: "secret", conventions: CONV, roundTimeoutMs: 50, joinWindowMs, onWorkerLoss });
+    live.push(coord);
+    const peers = Array.from({ length: world }, (_, r) => new MemPeer(`p${r}`));
+    for (const r of joined) hello(coord, peers[r]!, r, world);
+    return { coord, peers };
+  }
+
+  it("tells each joining worker how long the window is still open, and nothing without a window", () => {
+    const { peers } = windowed(2, 60_000, [0, 1]);
+    const w = peers[0]!.received[0] as { type: string; joinWaitMs?: number };
+    expect(w.type).toBe("welcome");
+    expect(w.joinWaitMs).toBeGreaterThan(59_000);
+    expect(w.joinWaitMs).toBeLessThanOrEqual(60_000);
+    const plain = setup(2);
+    expect(plain.peers[0]!.received[0]).not.toHaveProperty("joinWaitMs");
+  });
+
+  it("holds a round for a rank that has not joined past the round deadline, then gives it a whole deadline from its join", async () => {
+    const { coord, peers } = windowed(3, 2_000, [0, 1]);
+    contrib(coord, peers[0]!, fwdOf([1, 2]));
+    contrib(coord, peers[1]!, fwdOf([3, 4]));
+    await sleep(150); // three round deadlines
+    expect(coord.failed).toBeNull();
+    hello(coord, peers[2]!, 2, 3);
+    await sleep(20);
+    contrib(coord, peers[2]!, fwdOf([5, 6]));
+    for (const p of peers) expect(p.results()).toHaveLength(1);
+    expect(Array.from(peers[0]!.results()[0]!.data)).toEqual([3.5, 17.5 / 6]); // mean and biased variance of 1..6
+  });
+
+  it("fails a rank that joined late and then missed the round deadline, saying so, before the window closes", async () => {
+    const { coord, peers } = windowed(3, 5_000, [0, 1]);
+    contrib(coord, peers[0]!, fwdOf([1, 2], 0, 0));
+    contrib(coord, peers[1]!, fwdOf([3, 4], 0, 0));
+    await sleep(80);
+    hello(coord, peers[2]!, 2, 3);
+    await sleep(150);
+    const e = peers[0]!.errors()[0]!;
+    expect(e.code).toBe(ErrorCode.Timeout);
+    expect(e.rank).toEqual([2]);
+    expect(e.message).toMatch(/round deadline of 50 ms passed without a contribution from rank\(s\) 2: \(frozen, overloaded or crashed\?\)/);
+  });
+
+  it("does not hold a round for a rank that joined and is late", async () => {
+    const { coord, peers } = windowed(3, 5_000, [0, 1, 2]);
+    contrib(coord, peers[0]!, fwdOf([1, 2], 4, 1));
+    contrib(coord, peers[1]!, fwdOf([3, 4], 4, 1));
+    await sleep(150);
+    expect(coord.failed?.code).toBe(ErrorCode.Timeout);
+    expect(peers[0]!.errors()[0]!.message).toMatch(/rank\(s\) 2, step 4, layer 1, phase fwd\] round deadline of 50 ms passed/);
+  });
+
+  it("fails at the window's end, naming the window and the rank that never joined", async () => {
+    const { coord, peers } = windowed(2, 300, [0]);
+    contrib(coord, peers[0]!, fwdOf([1, 2]));
+    await sleep(150);
+    expect(coord.failed).toBeNull();
+    await sleep(300);
+    const e = peers[0]!.errors()[0]!;
+    expect(e.code).toBe(ErrorCode.Timeout);
+    expect(e.rank).toEqual([1]);
+    expect(e.message).toMatch(/the 300 ms join window passed without a contribution from rank\(s\) 1: rank 1 never joined \(not started/);
+  });
+
+  it("drops a rank that never joined by the window's end in elastic mode, and the others go on", async () => {
+    const { coord, peers } = windowed(3, 300, [0, 1], "continue");
+    contrib(coord, peers[0]!, fwdOf([1, 2]));
+    contrib(coord, peers[1]!, fwdOf([3, 4]));
+    await sleep(150);
+    expect(coord.lostWorkers).toHaveLength(0);
+    await sleep(300);
+    expect(coord.failed).toBeNull();
+    expect(peers[0]!.last()).toMatchObject({ type: "resync", active: [0, 1], lost: [2] });
+    expect(coord.lostWorkers[0]!.reason).toMatch(/had not joined by the end of the 300 ms join window, during step 0 fwd layer 0 \(rank 2 never joined/);
+  });
+});
+

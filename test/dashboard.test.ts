@@ -65,7 +65,7 @@ describe("dashboard history", () => {
   it("does not grow over 10,000 steps of a real coordinator while a page streams it", async () => {
     const W = 2;
     const coord = new Coordinator({ worldSize: W, token: "t", conventions: CONV, roundTimeoutMs: 5_000 });
-    const state = new DashboardState(coord, 5_000, () => ({ title: "test", settings: {}, bnNote: null }));
+    const state = new DashboardState(coord, () => ({ title: "test", settings: {}, bnNote: null }));
     coord.observers.push(new BnSpreadTracker(coord, (r) => state.addBn(r), 1), state);
     const server = await startDashboard({ host: "127.0.0.1", port: 0, token: "", state });
     servers.push(server);
@@ -113,7 +113,7 @@ describe("dashboard history", () => {
 describe("dashboard server limits", () => {
   async function serve(token = ""): Promise<DashboardServer> {
     const coord = new Coordinator({ worldSize: 1, token: "t", conventions: CONV, roundTimeoutMs: 5_000 });
-    const state = new DashboardState(coord, 5_000, () => ({ title: "test", settings: {}, bnNote: null }));
+    const state = new DashboardState(coord, () => ({ title: "test", settings: {}, bnNote: null }));
     const s = await startDashboard({ host: "127.0.0.1", port: 0, token, state });
     servers.push(s);
     return s;

@@ -66,6 +66,42 @@ describe("faults", () => {
     }
   });
 
+  it("waits, with --join-timeout, for a worker started after the first round's deadline, and fails at the window's end without it", async () => {
+    const start = (join: string) => startCli(["coordinator", "--world", "2", "--port", "0", "--token", "t", "--round-timeout", "1500", "--join-timeout", join], { timeoutMs: 60_000, cwd: scratchDir("join") });
+    const worker = (url: string, rank: number) =>
+      startCli(["worker", "--coordinator", url, "--rank", String(rank), "--world", "2", "--token", "t", "--steps", "6", "--round-timeout", "1500", ...SMALL], { timeoutMs: 60_000 });
+    const coord = start("30000");
+    const procs = [coord];
+    try {
+      await waitForOutput(coord, (o) => /listening on ws:\/\//.test(o), 15_000);
+      const url = /listening on (ws:\/\/\S+)/.exec(coord.stdout())![1]!;
+      const first = worker(url, 0);
+      procs.push(first);
+      await waitForOutput(coord, (o) => /worker rank 0 joined/.test(o), 15_000);
+      // Past the first round's deadline (1.5 s) and worker 0's own wait for its result (1.5 + 5 s).
+      await new Promise((r) => setTimeout(r, 8_000));
+      const second = worker(url, 1);
+      procs.push(second);
+      const [a, b, c] = await Promise.all([first.done, second.done, coord.done]);
+      expect(a.code, a.stderr).toBe(0);
+      expect(b.code, b.stderr).toBe(0);
+      expect(c.code, c.stderr).toBe(0);
+    } finally {
+      for (const p of procs) p.child.kill("SIGKILL");
+    }
+    const alone = start("3000");
+    try {
+      await waitForOutput(alone, (o) => /listening on ws:\/\//.test(o), 15_000);
+      const only = worker(/listening on (ws:\/\/\S+)/.exec(alone.stdout())![1]!, 0);
+      const [w, c] = await Promise.all([only.done, alone.done]);
+      expect(w.code).toBe(1);
+      expect(c.code).toBe(1);
+      expect(c.stderr).toMatch(/SYNCBN_ERR_TIMEOUT: \[rank\(s\) 1, step 0, .*\] the 3000 ms join window passed without a contribution from rank\(s\) 1: rank 1 never joined/);
+    } finally {
+      alone.child.kill("SIGKILL");
+    }
+  });
+
   it("keeps the last good checkpoint when killed mid-write, and resuming from it ends bit-identical", async () => {
     const args = ["--workers", "2", "--checkpoint-every", "4", ...SMALL];
     const crashed = tmp("midwrite");

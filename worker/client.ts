@@ -23,6 +23,9 @@ import {
 } from "../shared/protocol.js";
 import { openTcpLink } from "./tcp-link.js";
 
+/** Node's timer maximum (2^31 − 1 ms): longer timers fire at once. Bounds a welcome's joinWaitMs and each deadline timer. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
 export interface ClientOptions {
   url: string;
   /** The first rank of the block this process hosts. */
@@ -135,13 +138,18 @@ export class CoordinatorClient {
    * re-armed only when it fires: no timer work per round on the hot path.
    */
   private deadlineTimer: ReturnType<typeof setTimeout> | null = null;
+  /** performance.now() until which the coordinator's join window is open (Welcome.joinWaitMs). */
+  private readonly joinGraceUntil: number;
 
   private constructor(
     private readonly link: Link,
     readonly opts: ClientOptions,
     /** The coordinator's output folder, when its welcome named one. */
     readonly coordinatorOutDir: OutDirNotice | null = null,
+    /** The welcome's joinWaitMs: rounds sent before performance.now() passes joinGraceUntil may wait for ranks still joining. */
+    joinWaitMs = 0,
   ) {
+    this.joinGraceUntil = performance.now() + joinWaitMs;
     link.onMessage = (bytes) => this.linkOnMessage(bytes);
     link.onClose = (detail) => {
       if (this.closing) return;
@@ -196,7 +204,10 @@ export class CoordinatorClient {
       link.onMessage = (bytes) => {
         done();
         const msg = safeDecode(bytes);
-        if (msg && msg.type === "welcome") resolve(new CoordinatorClient(link, opts, isOutDirNotice(msg.outDir) ? msg.outDir : null));
+        if (msg && msg.type === "welcome") {
+          const joinWaitMs = typeof msg.joinWaitMs === "number" && msg.joinWaitMs > 0 ? Math.min(msg.joinWaitMs, MAX_TIMER_MS) : 0;
+          resolve(new CoordinatorClient(link, opts, isOutDirNotice(msg.outDir) ? msg.outDir : null, joinWaitMs));
+        }
         else {
           link.terminate();
           reject(msg && msg.type === "error" ? errorFromMessage(msg) : new SyncbnError(ErrorCode.BadMessage, "coordinator answered hello with an unexpected message", { rank: whoOf(opts) }));
@@ -271,14 +282,16 @@ export class CoordinatorClient {
       if (extra) msg.extra = extra;
       if (checksum !== undefined) msg.checksum = checksum;
       const frame = encode(msg);
-      this.pending.set(key, { resolve, reject, sent, deadline: sent + this.opts.roundTimeoutMs, step, phase, layer, into, frame });
-      this.deadlineTimer ??= this.armDeadline(this.opts.roundTimeoutMs);
+      // A round sent while the coordinator's join window is open may wait for ranks still joining, then its deadline from their join.
+      const deadline = (sent < this.joinGraceUntil ? this.joinGraceUntil : sent) + this.opts.roundTimeoutMs;
+      this.pending.set(key, { resolve, reject, sent, deadline, step, phase, layer, into, frame });
+      this.deadlineTimer ??= this.armDeadline(deadline - sent);
       this.link.send(frame);
     });
   }
 
   private armDeadline(ms: number): ReturnType<typeof setTimeout> {
-    const t = setTimeout(() => this.sweepDeadlines(), ms);
+    const t = setTimeout(() => this.sweepDeadlines(), Math.min(ms, MAX_TIMER_MS));
     // The link keeps the process alive while it is open; the deadline alone must not.
     t.unref();
     return t;
@@ -298,7 +311,7 @@ export class CoordinatorClient {
       p.reject(
         new SyncbnError(
           ErrorCode.Timeout,
-          `no result for ${describeRound(p.step, p.phase, p.layer)} from the coordinator within ${this.opts.roundTimeoutMs} ms`,
+          `no result for ${describeRound(p.step, p.phase, p.layer)} from the coordinator within ${Math.round(p.deadline - p.sent)} ms`,
           { rank: whoOf(this.opts), step: p.step, layer: p.layer, phase: p.phase },
         ),
       );

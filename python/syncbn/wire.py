@@ -25,6 +25,8 @@ _HEADER = struct.Struct("<BBBBiIIIId")
 HEADER_BYTES = _HEADER.size
 # A result is at most this big (the coordinator's maxPayload, 256 MiB).
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+# Bound of a welcome's joinWaitMs (Node's timer maximum, 2^31 − 1 ms).
+_MAX_JOIN_WAIT_MS = 2**31 - 1
 # Receive buffer: results of up to half of it (BN rounds: 2·C float64 values) take one recv.
 _RECV_CHUNK = 64 * 1024
 
@@ -101,6 +103,10 @@ class Client:
         self._rview = memoryview(self._rbuf)
         self._rpos = self._rend = 0
         self._kernel_timeouts = False
+        # The kernel's receive timeout now (s): round_timeout_s, or longer while the
+        # coordinator's join window is open (until _grace_until, time.monotonic()).
+        self._rcv_timeout_s = round_timeout_s
+        self._grace_until = 0.0
 
     @classmethod
     def connect(cls, url, rank, world_size, token, conventions, connect_timeout_s=60.0, round_timeout_s=65.0):
@@ -127,29 +133,38 @@ class Client:
             if isinstance(msg, dict) and msg.get("type") == "error":
                 raise _error_from(msg)
             raise SyncbnError("SYNCBN_ERR_BAD_MESSAGE", f"expected a welcome from the coordinator, got {msg!r:.200}", rank=rank)
-        client._use_kernel_timeouts()
+        # While the coordinator's join window is open (--join-timeout), a round may wait
+        # for ranks still starting, then its deadline from their join (DESIGN.md §5).
+        join_wait = msg.get("joinWaitMs")
+        if isinstance(join_wait, (int, float)) and join_wait > 0:
+            join_wait_s = min(float(join_wait), _MAX_JOIN_WAIT_MS) / 1000
+            client._grace_until = time.monotonic() + join_wait_s
+            client._use_kernel_timeouts(client.round_timeout_s + join_wait_s)
+        else:
+            client._use_kernel_timeouts(client.round_timeout_s)
         return client
 
-    def _use_kernel_timeouts(self):
+    def _use_kernel_timeouts(self, seconds):
         """A blocking socket whose round deadline is the kernel's (SO_RCVTIMEO, SO_SNDTIMEO):
         a recv is one system call. Python's own timeouts poll() before every recv, and
         settimeout() costs an fcntl each time it is called."""
         self.sock.settimeout(None)
-        tv = struct.pack("ll", int(self.round_timeout_s), int((self.round_timeout_s % 1) * 1e6))
+        tv = struct.pack("ll", int(seconds), int((seconds % 1) * 1e6))
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
+        self._rcv_timeout_s = seconds
         self._kernel_timeouts = True
 
     def _send(self, data):
         try:
             self.sock.sendall(data)
         except (socket.timeout, BlockingIOError):
-            raise SyncbnError("SYNCBN_ERR_TIMEOUT", f"the coordinator took nothing from this rank for {self.round_timeout_s:g} s", rank=self.rank) from None
+            raise SyncbnError("SYNCBN_ERR_TIMEOUT", f"the coordinator took nothing from this rank for {self._rcv_timeout_s:g} s", rank=self.rank) from None
         except OSError as e:
             raise self._lost(f"send failed ({e})") from None
 
     def _timeout(self, what):
-        limit = self.round_timeout_s if self._kernel_timeouts else self.sock.gettimeout()
+        limit = self._rcv_timeout_s if self._kernel_timeouts else self.sock.gettimeout()
         return SyncbnError("SYNCBN_ERR_TIMEOUT", f"no answer from the coordinator for {what} within {limit:g} s", rank=self.rank)
 
     def _recv_into(self, view, what):
@@ -226,6 +241,10 @@ class Client:
         if self.closed:
             raise SyncbnError("SYNCBN_ERR_COORDINATOR_LOST", "the connection to the coordinator is closed", rank=self.rank)
         what = f"step {step} {phase}" + (f" layer {layer}" if layer >= 0 else "")
+        if self._grace_until and time.monotonic() >= self._grace_until:
+            # The join window has closed: every later round has the plain round timeout.
+            self._grace_until = 0.0
+            self._use_kernel_timeouts(self.round_timeout_s)
         t0 = time.perf_counter()
         self._send(encode_contribution(step, phase, layer, count, data, f32, extra, checksum))
         while True:

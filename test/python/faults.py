@@ -5,7 +5,8 @@ raise-slow also takes 3 s to exit after its connection closed, as a loaded
 machine's interpreter teardown can; raise-between raises while the other
 ranks sleep 3 s before step 3, so no round is open),
 hang (sleep at step 3), noinit (never call init_process_group; with
-noinit-exit it exits 0 at once), token (a wrong SYNCBN_TOKEN), layers (one
+noinit-exit it exits 0 at once), late (sleep LATE_S seconds before
+init_process_group, as a rank still importing on a loaded machine), token (a wrong SYNCBN_TOKEN), layers (one
 BatchNorm layer more than the others). Every rank prints the CPUs it may run
 on (the launcher's --pin-cpus). Not a benchmark."""
 
@@ -30,6 +31,8 @@ if faulty and kind == "noinit":
 if faulty and kind == "noinit-exit":
     print("training alone")
     sys.exit(0)
+if faulty and kind == "late":
+    time.sleep(float(os.environ["LATE_S"]))
 if faulty and kind == "token":
     os.environ["SYNCBN_TOKEN"] = "not-the-token"
 if faulty and kind == "raise-slow":
