@@ -53,6 +53,12 @@ function gcVar(env: NodeJS.ProcessEnv): void {
   if (v !== undefined && v !== "" && v !== "v8") throw new SyncbnError(ErrorCode.BadConfig, `SYNCBN_GC must be "v8" (V8's default garbage collector) or unset, got "${v}"`);
 }
 
+/** SYNCBN_MALLOC: unset (big freed blocks kept for reuse, native/addon.cc TuneAllocator) or "default" (glibc's own settings). */
+function mallocVar(env: NodeJS.ProcessEnv): void {
+  const v = env.SYNCBN_MALLOC;
+  if (v !== undefined && v !== "" && v !== "default") throw new SyncbnError(ErrorCode.BadConfig, `SYNCBN_MALLOC must be "default" (glibc's malloc settings) or unset, got "${v}"`);
+}
+
 function threadsVar(env: NodeJS.ProcessEnv): number | undefined {
   const v = env.SYNCBN_THREADS;
   if (v === undefined || v === "") return undefined;
@@ -63,6 +69,7 @@ function threadsVar(env: NodeJS.ProcessEnv): number | undefined {
 
 export function readEnv(env: NodeJS.ProcessEnv = process.env): EnvSettings {
   gcVar(env);
+  mallocVar(env);
   return {
     rank: intVar("RANK", env) ?? intVar("SLURM_PROCID", env),
     worldSize: intVar("WORLD_SIZE", env) ?? intVar("SLURM_NTASKS", env),

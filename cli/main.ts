@@ -9,7 +9,7 @@ import { CommanderError } from "commander";
 import { ErrorCode, isSyncbnError } from "../shared/errors.js";
 import { readEnv } from "./env.js";
 import { setKernelBackend } from "../worker/nn/kernels/backend.js";
-import { disableNative } from "../worker/nn/kernels/native.js";
+import { disableNative, nativeKernels } from "../worker/nn/kernels/native.js";
 import { setComputeThreads } from "../worker/nn/kernels/threads.js";
 import { buildProgram } from "./program.js";
 
@@ -21,6 +21,9 @@ try {
   if (nativeOff) disableNative("SYNCBN_NATIVE=off");
   if (kernels) setKernelBackend(kernels);
   if (threads) setComputeThreads(threads);
+  // A gradient round's megabyte messages reuse freed memory instead of faulting in fresh pages on every
+  // receive (native/addon.cc TuneAllocator; about 2× faster steps on worker processes). SYNCBN_MALLOC=default: glibc's.
+  if (!nativeOff && process.env.SYNCBN_MALLOC !== "default") nativeKernels()?.tuneAllocator?.();
 } catch (e) {
   console.error(`syncbn: ${(e as Error).message}`);
   process.exit(2);

@@ -8,6 +8,10 @@
 #include <string>
 #include <vector>
 
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
 #include "conv.h"
 #include "gemm.h"
 #include "step-api.h"
@@ -204,6 +208,21 @@ napi_value FmaPeak(napi_env env, napi_callback_info info) {
   return out;
 }
 
+// Keeps big freed blocks in the heap for reuse instead of returning them to the
+// kernel (glibc): a message of a megabyte or more (a gradient round) is a fresh
+// malloc on every receive, and with glibc's defaults each one was a fresh mmap or
+// a heap grown and trimmed again, whose pages fault on first touch (docs/performance.md).
+// Returns whether both settings took (false off glibc, where it does nothing).
+napi_value TuneAllocator(napi_env env, napi_callback_info) {
+  bool ok = false;
+#if defined(__GLIBC__)
+  ok = mallopt(M_MMAP_THRESHOLD, 32 << 20) == 1 && mallopt(M_TRIM_THRESHOLD, 32 << 20) == 1;
+#endif
+  napi_value result;
+  napi_get_boolean(env, ok, &result);
+  return result;
+}
+
 napi_value Init(napi_env env, napi_value exports) {
   const napi_property_descriptor props[] = {
       {"im2col", nullptr, Im2col, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
@@ -212,6 +231,7 @@ napi_value Init(napi_env env, napi_value exports) {
       {"convBackward", nullptr, ConvBackward, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"isa", nullptr, Isa, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"fmaPeak", nullptr, FmaPeak, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
+      {"tuneAllocator", nullptr, TuneAllocator, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
   };
   napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
   napi_set_instance_data(env, new syncbn::Pool(), [](napi_env, void* pool, void*) { delete static_cast<syncbn::Pool*>(pool); }, nullptr);

@@ -86,6 +86,8 @@ export interface NativeKernels {
   sgdStep(p: Float32Array, grad: Float32Array, buf: Float32Array, lr: number, momentum: number, weightDecay: number, mode: number): void;
   /** The bench's ceiling: one core's widest vector FMA, GFLOP/s measured for `seconds`, and its instruction set ("none": 0). */
   fmaPeak(seconds: number): [number, string];
+  /** glibc: big freed blocks stay in the heap for reuse (no fresh pages per big message); true if it took. */
+  tuneAllocator?(): boolean; // absent from an addon built before it
 }
 
 /** Relative to the compiled file (dist/worker/nn/kernels/ or worker/nn/kernels/ under vitest): the repo root. */
