@@ -208,15 +208,17 @@ napi_value FmaPeak(napi_env env, napi_callback_info info) {
   return out;
 }
 
-// Keeps big freed blocks in the heap for reuse instead of returning them to the
-// kernel (glibc): a message of a megabyte or more (a gradient round) is a fresh
-// malloc on every receive, and with glibc's defaults each one was a fresh mmap or
-// a heap grown and trimmed again, whose pages fault on first touch (docs/performance.md).
+// Keeps freed memory in the heap for reuse instead of returning it to the kernel
+// (glibc): a gradient round's megabyte message is a fresh malloc on every receive,
+// and with glibc's defaults the heap was grown and trimmed back again and again,
+// its pages faulting in anew each time (docs/performance.md). Blocks up to 8 MiB
+// come from the heap, and its top is trimmed only past 32 MiB free (16 MiB was
+// not enough to stop the churn in the coordinator's process).
 // Returns whether both settings took (false off glibc, where it does nothing).
 napi_value TuneAllocator(napi_env env, napi_callback_info) {
   bool ok = false;
 #if defined(__GLIBC__)
-  ok = mallopt(M_MMAP_THRESHOLD, 32 << 20) == 1 && mallopt(M_TRIM_THRESHOLD, 32 << 20) == 1;
+  ok = mallopt(M_MMAP_THRESHOLD, 8 << 20) == 1 && mallopt(M_TRIM_THRESHOLD, 32 << 20) == 1;
 #endif
   napi_value result;
   napi_get_boolean(env, ok, &result);
