@@ -1,7 +1,8 @@
-// cli/main.ts and native/addon.cc TuneAllocator: every syncbn process keeps big
-// freed blocks in glibc's heap for reuse, because each gradient round brings a
-// megabyte-sized message whose fresh pages otherwise fault in on every receive
-// (docs/performance.md, "What made it fast"). Real runs of the CLI, counting the
+// cli/main.ts and native/addon.cc TuneAllocator: every syncbn process keeps freed
+// memory in glibc's heap for reuse, because each gradient round brings a
+// megabyte-sized message, and with glibc's defaults the coordinator's heap was grown
+// and trimmed back every step, its pages faulting in anew (docs/performance.md,
+// "What made it fast"). Real runs of the CLI, counting the
 // page faults of the whole process tree (the launcher with its coordinator and the
 // worker processes, read from a parent's cumulative child counters); with
 // SYNCBN_MALLOC=default glibc keeps its own settings, and anything else is refused.
