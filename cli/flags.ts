@@ -16,8 +16,8 @@ import { MAX_THREADS } from "./env.js";
 import { kernelsOption } from "./kernels.js";
 import type { KernelBackend } from "../worker/nn/kernels/backend.js";
 
-/** Node's timer maximum (a longer delay fires at once, with a TimeoutOverflowWarning). */
-export const MAX_TIMER_MS = 2 ** 31 - 1;
+import { MAX_TIMER_MS } from "../shared/protocol.js";
+export { MAX_TIMER_MS };
 export const MAX_EPOCHS = 10_000;
 /** Steps and step counts (--steps, --eval-every, …): far beyond any run, below float precision trouble. */
 export const MAX_STEPS = 100_000_000;

@@ -32,6 +32,9 @@ export interface Hello {
   conventions: RunConventions;
 }
 
+/** Node's timer maximum (2^31 − 1 ms; a longer delay fires at once): bounds every timeout flag and a welcome's joinWaitMs. */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
+
 /** Coordinator → worker, hello accepted. */
 export interface Welcome {
   type: "welcome";

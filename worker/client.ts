@@ -8,6 +8,7 @@ import { MAX_KEY_LAYER, adoptFrame, decode, encode, frameRoundKey, releaseEncode
 import type { RunConventions } from "../shared/config.js";
 import { ErrorCode, SyncbnError, type ErrorContext } from "../shared/errors.js";
 import {
+  MAX_TIMER_MS,
   PROTOCOL_VERSION,
   TOO_MANY_PENDING,
   describeRound,
@@ -22,9 +23,6 @@ import {
   type ServerMessage,
 } from "../shared/protocol.js";
 import { openTcpLink } from "./tcp-link.js";
-
-/** Node's timer maximum (2^31 − 1 ms): longer timers fire at once. Bounds a welcome's joinWaitMs and each deadline timer. */
-const MAX_TIMER_MS = 2 ** 31 - 1;
 
 export interface ClientOptions {
   url: string;

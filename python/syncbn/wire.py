@@ -25,7 +25,7 @@ _HEADER = struct.Struct("<BBBBiIIIId")
 HEADER_BYTES = _HEADER.size
 # A result is at most this big (the coordinator's maxPayload, 256 MiB).
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
-# Bound of a welcome's joinWaitMs (Node's timer maximum, 2^31 − 1 ms).
+# Bound of a welcome's joinWaitMs: MAX_TIMER_MS of shared/protocol.ts (Node's timer maximum).
 _MAX_JOIN_WAIT_MS = 2**31 - 1
 # Receive buffer: results of up to half of it (BN rounds: 2·C float64 values) take one recv.
 _RECV_CHUNK = 64 * 1024
