@@ -73,7 +73,8 @@ export async function runLoad(o: LoadOptions): Promise<LoadResult> {
         new Promise((resolve, reject) => {
           let report: LoadClientReport | null = null;
           child.on("message", (m) => (report = m as LoadClientReport));
-          child.on("exit", (code) => (report ? resolve(report) : reject(new Error(`load client process exited ${code} without a report`))));
+          // "close", not "exit": a large report may still be in the IPC pipe when the process has exited.
+          child.on("close", (code) => (report ? resolve(report) : reject(new Error(`load client process exited ${code} without a report`))));
         }),
       );
     }
