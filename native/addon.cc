@@ -189,6 +189,30 @@ napi_value Isa(napi_env env, napi_callback_info info) {
   return s;
 }
 
+// convDirect(cin, inH, inW, kernel, stride, padding, outH, outW) → whether this geometry takes the direct
+// path (direct.cc: no im2col; a training forward then keeps x, not the columns); convDirect(false | true)
+// first turns that path off or on process-wide (tests compare the two).
+napi_value ConvDirect(napi_env env, napi_callback_info info) {
+  size_t argc = 8;
+  napi_value a[8];
+  napi_get_cb_info(env, info, &argc, a, nullptr, nullptr);
+  napi_valuetype type = napi_undefined;
+  if (argc >= 1) napi_typeof(env, a[0], &type);
+  bool result = false;
+  if (type == napi_boolean) {
+    napi_get_value_bool(env, a[0], &result);
+    syncbn::useDirectConv(result);
+  } else {
+    syncbn::Geometry g;
+    if (argc < 8) return fail(env, "convDirect(cin, inH, inW, kernel, stride, padding, outH, outW) or convDirect(on)"), nullptr;
+    if (!geometry(env, a, 0, &g)) return nullptr;
+    result = syncbn::directConv(g);
+  }
+  napi_value out;
+  napi_get_boolean(env, result, &out);
+  return out;
+}
+
 // fmaPeak(seconds) → [GFLOP/s, isa]: the bench's ceiling (peak.cc).
 napi_value FmaPeak(napi_env env, napi_callback_info info) {
   size_t argc = 1;
@@ -231,6 +255,7 @@ napi_value Init(napi_env env, napi_value exports) {
       {"col2imAdd", nullptr, Col2imAdd, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"convForward", nullptr, ConvForward, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"convBackward", nullptr, ConvBackward, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
+      {"convDirect", nullptr, ConvDirect, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"isa", nullptr, Isa, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"fmaPeak", nullptr, FmaPeak, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"tuneAllocator", nullptr, TuneAllocator, nullptr, nullptr, nullptr, napi_enumerable, nullptr},

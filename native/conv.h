@@ -46,6 +46,20 @@ void convForward(Pool& pool, float* y, const float* x, float* xSaved, float* col
 void convBackward(Pool& pool, float* dx, const float* dy, const float* x, const float* keptCols, const float* w, double* dw64, float* dw, float* db, double* colSums,
                   const Geometry& g, int cout, int first, int count, int threads);
 
+// direct.cc: stride-1 convs without im2col (the same bits for y and dW; dx its own, fixed by the geometry).
+// Whether g takes that path (stride 1, padding < kernel, a plane of at least 144 and at most a fifth of the
+// padded width thrown away); useDirectConv(false) turns it off process-wide (tests compare the two paths).
+bool directConv(const Geometry& g);
+void useDirectConv(bool on);
+// y (n, cout, P) = bias + W·columns(x_i), samples split over the pool; x copied into xSaved when not null.
+void directForward(Pool& pool, float* y, const float* x, float* xSaved, const float* w, const float* bias, const Geometry& g, int cout, int n, int threads);
+// dx's weights, flipped and transposed, packed: in a buffer of the calling thread, read by directDxSample until its next call.
+const float* directDxWeights(const float* w, const Geometry& g, int cout);
+// One sample's dx (cin, inH, inW) = the flipped kernel's forward over dy (cout, outH, outW), from +0.
+void directDxSample(float* dx, const float* dy, const float* wPacked, const Geometry& g, int cout);
+// dw32 (j1 − j0, cout) = rows j0..j1−1 of x's columns · dyᵀ, one sample (gemmInPlaceA's bits on im2col's rows).
+void directDwProduct(float* dw32, const float* x, const float* dy, const Geometry& g, int cout, int64_t j0, int64_t j1);
+
 // The bench's ceiling (peak.cc): GFLOP/s of one core's widest vector FMA, measured for `seconds`; isa names it ("none": 0).
 double fmaPeakGflops(double seconds, const char** isa);
 

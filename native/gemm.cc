@@ -32,6 +32,9 @@ constexpr int64_t NC = 384;  // columns of B per packed block (a multiple of eve
 typedef void (*MicroFn)(int64_t kc, const float* ap, const float* bp, int64_t ldb, float* c, int64_t ldc, bool load);
 // The in-place-A tile of width NV vectors (gemm.h gemmInPlaceA), from +0.
 typedef void (*InPlaceFn)(int64_t kc, const float* a, int64_t lda, const float* bp, float* c, int64_t ldc);
+// The direct convolution's tiles (gemm.h gemmOffsetB, gemmGridA).
+typedef void (*OffsetFn)(int64_t kc, const float* ap, const float* base, const int32_t* off, float* c, int64_t ldc, bool load);
+typedef void (*GridFn)(const float* const* rows, int64_t h, int64_t w, int64_t wp, const float* bp, float* c, int64_t ldc);
 
 }  // namespace
 
@@ -48,6 +51,9 @@ void micro(int64_t kc, const float* ap, const float* bp, int64_t ldb, float* c, 
 }
 template <int NV>
 void inPlace(int64_t kc, const float* a, int64_t lda, const float* bp, float* c, int64_t ldc) { microTile<8, NV, true>(kc, a, lda, bp, NV * L, c, ldc, false); }
+void offset(int64_t kc, const float* ap, const float* base, const int32_t* off, float* c, int64_t ldc, bool load) { offsetTile<8, 3>(kc, ap, base, off, c, ldc, load); }
+template <int NV>
+void grid(const float* const* rows, int64_t h, int64_t w, int64_t wp, const float* bp, float* c, int64_t ldc) { gridTile<8, NV>(rows, h, w, wp, bp, c, ldc); }
 }  // namespace avx512
 #pragma GCC pop_options
 
@@ -63,6 +69,9 @@ void micro(int64_t kc, const float* ap, const float* bp, int64_t ldb, float* c, 
 }
 template <int NV>
 void inPlace(int64_t kc, const float* a, int64_t lda, const float* bp, float* c, int64_t ldc) { microTile<6, NV, true>(kc, a, lda, bp, NV * L, c, ldc, false); }
+void offset(int64_t kc, const float* ap, const float* base, const int32_t* off, float* c, int64_t ldc, bool load) { offsetTile<6, 2>(kc, ap, base, off, c, ldc, load); }
+template <int NV>
+void grid(const float* const* rows, int64_t h, int64_t w, int64_t wp, const float* bp, float* c, int64_t ldc) { gridTile<6, NV>(rows, h, w, wp, bp, c, ldc); }
 }  // namespace avx2
 #pragma GCC pop_options
 #endif
@@ -87,6 +96,9 @@ void micro(int64_t kc, const float* ap, const float* bp, int64_t ldb, float* c, 
 }
 template <int NV>
 void inPlace(int64_t kc, const float* a, int64_t lda, const float* bp, float* c, int64_t ldc) { microTile<6, NV, true>(kc, a, lda, bp, NV * L, c, ldc, false); }
+void offset(int64_t kc, const float* ap, const float* base, const int32_t* off, float* c, int64_t ldc, bool load) { offsetTile<6, 2>(kc, ap, base, off, c, ldc, load); }
+template <int NV>
+void grid(const float* const* rows, int64_t h, int64_t w, int64_t wp, const float* bp, float* c, int64_t ldc) { gridTile<6, NV>(rows, h, w, wp, bp, c, ldc); }
 }  // namespace baseline
 
 namespace {
@@ -98,16 +110,18 @@ struct Isa {
   bool (*supported)();
   int lanes, inPlaceRows;    // gemmInPlaceA: tiles of inPlaceRows × NV·lanes, NV = 1..3 (AVX-512) or 1..2
   InPlaceFn inPlace[3];      // by NV − 1; null where the accumulators would not fit
+  OffsetFn offset;           // mr × nr, B at offsets
+  GridFn grid[3];            // as inPlace, A read from a padded plane
 };
 
 const Isa ISAS[] = {
 #if defined(__x86_64__)
     {"avx512f", 8, 48, avx512::micro, [] { return __builtin_cpu_init(), __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma"); },
-     16, 8, {avx512::inPlace<1>, avx512::inPlace<2>, avx512::inPlace<3>}},
+     16, 8, {avx512::inPlace<1>, avx512::inPlace<2>, avx512::inPlace<3>}, avx512::offset, {avx512::grid<1>, avx512::grid<2>, avx512::grid<3>}},
     {"avx2", 6, 16, avx2::micro, [] { return __builtin_cpu_init(), __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); },
-     8, 6, {avx2::inPlace<1>, avx2::inPlace<2>, nullptr}},
+     8, 6, {avx2::inPlace<1>, avx2::inPlace<2>, nullptr}, avx2::offset, {avx2::grid<1>, avx2::grid<2>, nullptr}},
 #endif
-    {"baseline", 6, 8, baseline::micro, [] { return true; }, 4, 6, {baseline::inPlace<1>, baseline::inPlace<2>, nullptr}},
+    {"baseline", 6, 8, baseline::micro, [] { return true; }, 4, 6, {baseline::inPlace<1>, baseline::inPlace<2>, nullptr}, baseline::offset, {baseline::grid<1>, baseline::grid<2>, nullptr}},
 };
 
 const Isa* chooseIsa() {
@@ -314,6 +328,79 @@ void gemmInPlaceA(float* c, int64_t ldc, const float* a, int64_t lda, const View
       }
     }
     jr += w;
+  }
+}
+
+int gemmTileRows() { return current->mr; }
+
+int gemmTileCols() { return current->nr; }
+
+namespace {
+// K in equal blocks of at most KC, as gemm(): the block length for k.
+int64_t kBlock(int64_t k) {
+  const int64_t blocks = (k + KC - 1) / KC;
+  return (k + blocks - 1) / blocks;
+}
+int64_t roundUp(int64_t v, int64_t to) { return (v + to - 1) / to * to; }
+}  // namespace
+
+int64_t packedRowsSize(int64_t m, int64_t k) { return roundUp(m, current->mr) * std::max<int64_t>(k, 1); }
+
+void packRows(float* ap, const float* a, int64_t lda, int64_t m, int64_t k) {
+  const Isa& isa = *current;
+  const int64_t mRound = roundUp(m, isa.mr), kc0 = kBlock(k);
+  for (int64_t pc = 0; pc < k; pc += kc0) {
+    const int64_t kc = std::min(kc0, k - pc);
+    packA(ap + pc * mRound, View::plain(a, lda, 1), 0, m, pc, kc, isa.mr);
+  }
+}
+
+void gemmOffsetB(float* c, int64_t ldc, const float* ap, const float* base, const int32_t* off, int64_t m, int64_t n, int64_t k, bool accumulate) {
+  const Isa& isa = *current;
+  if (m <= 0 || n <= 0) return;
+  const int64_t mRound = roundUp(m, isa.mr), nRound = roundUp(n, isa.nr), kc0 = kBlock(k);
+  if (k <= 0) {
+    if (!accumulate)
+      for (int64_t i = 0; i < mRound; i++) std::memset(c + i * ldc, 0, sizeof(float) * nRound);
+    return;
+  }
+  // One column strip at a time: its B rows (k · nr floats, in L1 at kc ≤ 256) serve every row strip.
+  for (int64_t jr = 0; jr < nRound; jr += isa.nr)
+    for (int64_t pc = 0; pc < k; pc += kc0) {
+      const int64_t kc = std::min(kc0, k - pc);
+      for (int64_t ir = 0; ir < mRound; ir += isa.mr)
+        isa.offset(kc, ap + pc * mRound + ir * kc, base + jr, off + pc, c + ir * ldc + jr, ldc, accumulate || pc > 0);
+    }
+}
+
+void gemmGridA(float* c, int64_t ldc, const float* const* rows, int64_t h, int64_t w, int64_t wp, const View& b, int64_t m, int64_t n) {
+  if (m <= 0 || n <= 0) return;
+  const Isa& isa = *current;
+  const int64_t k = h * w;
+  if (k <= 0) {
+    for (int64_t i = 0; i < m; i++) std::memset(c + i * ldc, 0, sizeof(float) * n);
+    return;
+  }
+  const int mr = isa.inPlaceRows, maxNv = isa.grid[2] ? 3 : 2;
+  thread_local std::vector<float> bBuf, tBuf;
+  float* bp = scratch(bBuf, k * (n + maxNv * isa.lanes));
+  float* tmp = scratch(tBuf, int64_t(mr) * maxNv * isa.lanes);
+  for (int64_t jr = 0; jr < n;) {
+    const int nv = int(std::min<int64_t>(maxNv, (n - jr + isa.lanes - 1) / isa.lanes)), nr = nv * isa.lanes;
+    const int64_t wd = std::min<int64_t>(nr, n - jr);
+    packB(bp, b, 0, k, jr, wd, nr);
+    for (int64_t ir = 0; ir < m; ir += mr) {
+      const int64_t count = std::min<int64_t>(mr, m - ir);
+      const float* tile[8];
+      for (int r = 0; r < mr; r++) tile[r] = rows[ir + std::min<int64_t>(r, count - 1)];  // past m: row m − 1 again, not stored
+      if (count == mr && wd == nr) {
+        isa.grid[nv - 1](tile, h, w, wp, bp, c + ir * ldc + jr, ldc);
+      } else {
+        isa.grid[nv - 1](tile, h, w, wp, bp, tmp, nr);
+        for (int64_t r = 0; r < count; r++) std::memcpy(c + (ir + r) * ldc + jr, tmp + r * nr, sizeof(float) * wd);
+      }
+    }
+    jr += wd;
   }
 }
 

@@ -34,6 +34,20 @@ void gemmInPlaceA(float* c, int64_t ldc, const float* a, int64_t lda, const View
 // The rows of gemmInPlaceA's tile on this process's micro-kernel (8 on AVX-512, else 6): callers split m in multiples of it.
 int gemmInPlaceRows();
 
+// The direct convolution's products (direct.cc), on this process's micro-kernel tile of
+// gemmTileRows() × gemmTileCols(). The same FMA chains, so the same bits, as gemm() and
+// gemmInPlaceA() on the columns im2col would have made.
+int gemmTileRows();
+int gemmTileCols();
+// ap ← A (m, k) (row stride lda) packed for gemmOffsetB (K blocks of strips of gemmTileRows(), zero past m): packedRowsSize floats.
+int64_t packedRowsSize(int64_t m, int64_t k);
+void packRows(float* ap, const float* a, int64_t lda, int64_t m, int64_t k);
+// C (+)= A (m, k)·B (k, n) with A packed by packRows and B[t, j] = base[off[t] + j]. C has m and n rounded up
+// to the tile (row stride ldc), all written, and base[off[t] + j] must be readable for j < n rounded up.
+void gemmOffsetB(float* c, int64_t ldc, const float* ap, const float* base, const int32_t* off, int64_t m, int64_t n, int64_t k, bool accumulate);
+// c (m, n), row stride ldc, = +0 + A (m, k)·B (k, n) as gemmInPlaceA, with k = h·w and A[r, oh·w + ow] = rows[r][oh·wp + ow].
+void gemmGridA(float* c, int64_t ldc, const float* const* rows, int64_t h, int64_t w, int64_t wp, const View& b, int64_t m, int64_t n);
+
 // The micro-kernel this process runs: "avx512f" (8×48 tile, FMA), "avx2" (6×16, FMA) or "baseline" (6×8, plain C++).
 const char* gemmIsa();
 // Runs `name` from now on (tests run every one the CPU has); false if the CPU lacks it or the name is unknown.

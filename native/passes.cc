@@ -47,7 +47,7 @@ float rowSum(const float* a, int64_t len) {
 // dW's columns j0..j1−1 (and CBN's colSums of those rows) over samples first..first+count−1, in sample order; dw (cout, R)
 // ← float32 of them (count = 0: dw64 left as it was, dw zero).
 void dwColumns(double* dw64, float* dw, double* colSums, const float* dy, const float* x, const float* keptCols, const Geometry& g, int64_t R,
-               int64_t P, int64_t inSize, int64_t cout, int64_t first, int64_t count, int64_t j0, int64_t j1) {
+               int64_t P, int64_t inSize, int64_t cout, int64_t first, int64_t count, int64_t j0, int64_t j1, bool direct) {
   const int64_t width = j1 - j0;
   thread_local std::vector<float> dw32Buf, colsBuf;
   thread_local std::vector<double> sumBuf;
@@ -57,14 +57,18 @@ void dwColumns(double* dw64, float* dw, double* colSums, const float* dy, const 
   if (int64_t(sumBuf.size()) < cout * width) sumBuf.resize(cout * width);
   double* sum = sumBuf.data();
   // Rows j0..j1−1 of one sample's columns, made again from x_i (the values forward's GEMM read: the same dW bits).
-  float* scratchCols = keptCols ? nullptr : grown(colsBuf, width * P);
+  float* scratchCols = keptCols || direct ? nullptr : grown(colsBuf, width * P);
   if (colSums) std::fill(colSums + j0, colSums + j1, 0.0);
   for (int64_t s = 0; width > 0 && s < count; s++) {
     const int64_t i = first + s;
     const float* cols = keptCols ? keptCols + (i * R + j0) * P : scratchCols;
-    if (!keptCols) im2colRows(scratchCols, x + i * inSize, g, j0, j1);
     // dw32 (width, cout) = cols_i[j0..j1) (width, P)·dy_i (cout, P)ᵀ = this block of dW_iᵀ, widened into the float64 sum.
-    gemmInPlaceA(dw32, cout, cols, P, View::plain(dy + i * cout * P, 1, P), width, cout, P);
+    if (direct) {
+      directDwProduct(dw32, x + i * inSize, dy + i * cout * P, g, int(cout), j0, j1);
+    } else {
+      if (!keptCols) im2colRows(scratchCols, x + i * inSize, g, j0, j1);
+      gemmInPlaceA(dw32, cout, cols, P, View::plain(dy + i * cout * P, 1, P), width, cout, P);
+    }
     // colSums[j] += f64(rowSum(cols_i row j)) while the block is in cache (CBN's statsSums: ConvWasm's bits).
     if (colSums)
       for (int64_t j = j0; j < j1; j++) colSums[j] += double(rowSum(cols + (j - j0) * P, P));
@@ -83,6 +87,7 @@ void dwColumns(double* dw64, float* dw, double* colSums, const float* dy, const 
 void convForward(Pool& pool, float* y, const float* x, float* xSaved, float* cols, const float* w, const float* bias, const Geometry& g, int cout, int n,
                  int threads) {
   const int64_t R = int64_t(g.cin) * g.kernel * g.kernel, P = int64_t(g.outH) * g.outW, inSize = int64_t(g.cin) * g.inH * g.inW;
+  if (!cols && directConv(g)) return directForward(pool, y, x, xSaved, w, bias, g, cout, n, threads);
   const int64_t group = samplesPerGemm(P);
   // One chunk per group of samples.
   pool.run(threads, (n + group - 1) / group, [&](int64_t chunk) {
@@ -103,7 +108,10 @@ void convForward(Pool& pool, float* y, const float* x, float* xSaved, float* col
 void convBackward(Pool& pool, float* dx, const float* dy, const float* x, const float* keptCols, const float* w, double* dw64, float* dw, float* db, double* colSums,
                   const Geometry& g, int cout, int first, int count, int threads) {
   const int64_t R = int64_t(g.cin) * g.kernel * g.kernel, P = int64_t(g.outH) * g.outW, inSize = int64_t(g.cin) * g.inH * g.inW;
-  const int64_t group = samplesPerGemm(P);
+  // The direct path (direct.cc) for dx when the geometry takes it, and for dW unless the columns are kept or their sums wanted.
+  const bool direct = directConv(g), directDw = direct && !keptCols && !colSums;
+  const float* wT = direct && dx ? directDxWeights(w, g, cout) : nullptr;
+  const int64_t group = direct ? 1 : samplesPerGemm(P);
   // The chunks: dW's column blocks (as many as threads), then db's channel ranges (as many), then dx's groups of samples.
   const int64_t parts = std::max(1, threads), dxChunks = dx ? (count + group - 1) / group : 0;
   pool.run(threads, 2 * parts + dxChunks, [&](int64_t chunk) {
@@ -117,7 +125,7 @@ void convBackward(Pool& pool, float* dx, const float* dy, const float* x, const 
       partRange((R + block - 1) / block, int(chunk), int(parts), &j0, &j1);
       j0 = std::min(R, j0 * block);
       j1 = std::min(R, j1 * block);
-      dwColumns(dw64, dw, colSums, dy, x, keptCols, g, R, P, inSize, cout, first, count, j0, j1);
+      dwColumns(dw64, dw, colSums, dy, x, keptCols, g, R, P, inSize, cout, first, count, j0, j1, directDw);
     } else if (chunk < 2 * parts) {
       // db[co] ← Σ over the samples of each row's float32 rowSum, in float64 in sample order; this chunk's channels.
       if (!db) return;
@@ -133,6 +141,10 @@ void convBackward(Pool& pool, float* dx, const float* dy, const float* x, const 
       // each row (a plain matrix: no tile spans two samples' memory), then col2im per sample.
       thread_local std::vector<float> dcolsBuf;
       const int64_t i0 = first + (chunk - 2 * parts) * group, k = std::min<int64_t>(group, first + count - i0);
+      if (direct) {
+        directDxSample(dx + i0 * inSize, dy + i0 * cout * P, wT, g, cout);
+        return;
+      }
       std::fill_n(dx + i0 * inSize, k * inSize, 0.0f);
       float* dcols = grown(dcolsBuf, k * R * P);
       gemm(View::plain(dcols, k * P, 1), View::plain(w, 1, R), View::batched(dy + i0 * cout * P, P, cout * P), R, k * P, cout, false);

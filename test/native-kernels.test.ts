@@ -35,7 +35,14 @@ const convCases: ConvCase[] = [
   { label: "2×2 stride 3 pad 1 (stride larger than the kernel)", n: 2, cin: 2, cout: 6, k: 2, stride: 3, padding: 1, h: 7, w: 5 },
   { label: "3×3 stride 2 pad 1, 32→64 at 14×14", n: 2, cin: 32, cout: 64, k: 3, stride: 2, padding: 1, h: 14, w: 14 },
   { label: "3×3 pad 1, 64→64 at 7×7 (P = 49: 8 samples per GEMM, strips across samples), batch 11", n: 11, cin: 64, cout: 64, k: 3, stride: 1, padding: 1, h: 7, w: 7 },
+  // The direct path (native/direct.cc: stride 1, planes of 144 or more); 16→16 at 28×28 above takes it too.
+  { label: "3×3 pad 1, 32→32 at 14×14 (resnet:3's second stage, direct), batch 3", n: 3, cin: 32, cout: 32, k: 3, stride: 1, padding: 1, h: 14, w: 14 },
+  { label: "5×5 pad 1 at 20×20, 3→10 (direct, not same-size, channels not a tile multiple)", n: 2, cin: 3, cout: 10, k: 5, stride: 1, padding: 1, h: 20, w: 20 },
+  { label: "1×1 stride 1 at 16×16, 5→7 (direct, no padding)", n: 2, cin: 5, cout: 7, k: 1, stride: 1, padding: 0, h: 16, w: 16 },
+  { label: "2×2 pad 0 at 13×15, 3→13 (direct, an even kernel: dx padded on one side only in effect)", n: 3, cin: 3, cout: 13, k: 2, stride: 1, padding: 0, h: 13, w: 15 },
 ];
+/** The cases that take the direct path (asserted below, so a changed rule shows). */
+const DIRECT = [1, 9, 10, 11, 12];
 
 function make(c: ConvCase, seed: number, backend: "js" | "wasm" | "native"): Conv2d {
   return new Conv2d("conv", c.cin, c.cout, c.k, c.stride, c.padding, c.h, c.w, new Rng(seed), backend);
@@ -138,6 +145,38 @@ describe.skipIf(off)("Conv2d on the native kernels", () => {
     k.isa(ISAS[0]!);
   });
 
+  it("takes the direct path exactly for stride-1 convs with large planes, and gives there the im2col path's y and dW bits and dx within float32 rounding", () => {
+    const k = nativeKernels()!;
+    const direct = (c: ConvCase): boolean => {
+      const g = make(c, 1, "js").geometry;
+      return k.convDirect(g.cin, g.inH, g.inW, g.kernel, g.stride, g.padding, g.outH, g.outW);
+    };
+    expect(convCases.map((c, i) => (direct(c) ? i : -1)).filter((i) => i >= 0)).toEqual(DIRECT);
+    try {
+      for (const i of DIRECT) {
+        const c = convCases[i]!;
+        for (const threads of [1, 2]) {
+          const run = (on: boolean): Float32Array[] => {
+            k.convDirect(on);
+            const conv = make(c, 291, "native");
+            (conv as unknown as { kernel: ConvNative }).kernel = new ConvNative(conv.geometry, k, threads, 0);
+            return passes(conv, c, 292, 1);
+          };
+          const [im2col, dir] = [run(false), run(true)];
+          expect(direct(c), "the switch back on").toBe(true);
+          for (const t of [0, 2, 3, 4]) expectBits(`${c.label}, ${threads} threads: ${OUTPUTS[t]}`, dir[t]!, im2col[t]!);
+          const dx = termsOf(c, make(c, 1, "js").geometry).dx;
+          expectClose(`${c.label}, ${threads} threads: dx`, dir[1]!, im2col[1]!, 2 * rtol(dx));
+          expect(maxAbs(dir[1]!), "a dx that could differ").toBeGreaterThan(0);
+        }
+      }
+      k.convDirect(false);
+      expect(DIRECT.some((i) => direct(convCases[i]!)), "convDirect(false) turns the path off").toBe(false);
+    } finally {
+      k.convDirect(true);
+    }
+  });
+
   it("gives each rank segment's dW and db as that rank alone would, and the twins' within rounding", () => {
     for (const c of [{ ...convCases[2]!, n: 6 }, { ...convCases[4]!, n: 4 }, { ...convCases[8]!, n: 10 }]) {
       const half = c.n / 2, g = make(c, 193, "native").geometry;
@@ -165,7 +204,8 @@ describe.skipIf(off)("Conv2d on the native kernels", () => {
   });
 
   it("gives the same bits on 1, 2, 3 and 5 threads of the addon's pool (samples and dW columns split), with and without rank segments, CBN's sums too, the columns kept or made again", () => {
-    for (const c of [{ ...convCases[7]!, n: 6 }, { ...convCases[2]!, n: 6 }, { ...convCases[4]!, n: 4 }, { ...convCases[8]!, n: 14 }]) {
+    for (const c of [{ ...convCases[7]!, n: 6 }, { ...convCases[2]!, n: 6 }, { ...convCases[4]!, n: 4 }, { ...convCases[8]!, n: 14 }, { ...convCases[9]!, n: 4 },
+      { ...convCases[10]!, n: 2 }]) {
       const ref = make(c, 195, "native");
       const rng = new Rng(196), g = ref.geometry;
       const x = normals(rng, c.n * c.cin * c.h * c.w), dy = normals(rng, c.n * c.cout * g.outH * g.outW), xe = normals(rng, 3 * c.cin * c.h * c.w);
@@ -301,8 +341,8 @@ describe.skipIf(off)("Conv2d on the native kernels", () => {
     same("db", nat.bias.grad, js.bias.grad);
   });
 
-  it("keeps the sign of zero where the JS twin does (exact zero products round the same with or without FMA)", () => {
-    const c = { ...convCases[0]!, n: 4 }; // 1×1 over 3 channels: y = b + 3 products, all −0 for about 1 element in 8
+  it.each([0, 11])("keeps the sign of zero where the JS twin does (exact zero products round the same with or without FMA), case %i", (i) => {
+    const c = { ...convCases[i]!, n: 4 }; // 1×1 over 3 or 5 channels: y = b + 3 or 5 products, all −0 for about 1 element in 8 or 32
     const [js, nat] = pair(c, 103);
     const rng = new Rng(104), g = js.geometry;
     // Inputs of ±0 and a bias of ±0: every product is an exact ±0, so y, dx, dW and db are signed zeros.

@@ -32,6 +32,8 @@ export class ConvNative implements ConvKernel {
   private readonly cols: BatchBuffer; // (N, R, P)
   /** Whether the last training forward kept its columns (else x). */
   private kept = false;
+  /** Whether this geometry takes the addon's direct path (no im2col: the columns are never kept). */
+  private readonly direct: boolean;
   private readonly dw64: Float64Array; // (cout, R): Σ over samples
   /** statsSums' zero weights (the pass checks w; no dx is made), made at its first call (only CBN calls it). */
   private statsW: Float32Array | null = null;
@@ -50,18 +52,21 @@ export class ConvNative implements ConvKernel {
     this.xSaved = new BatchBuffer(this.inSize);
     this.cols = new BatchBuffer(this.rows * this.plane);
     this.dw64 = new Float64Array(g.cout * this.rows);
+    this.direct = k.convDirect(g.cin, g.inH, g.inW, g.kernel, g.stride, g.padding, g.outH, g.outW);
   }
 
   /**
    * Per sample: im2col, y = b + W·cols (the addon fills in the bias), the samples split over the threads.
    * Training keeps the columns when they take at most keepBytes (then likelier still in the last-level
    * cache at backward), else makes them in a per-thread scratch and keeps a copy of x. 2·n·cout·R·P flops.
+   * On the direct path (stride 1, large planes) there are no columns: the GEMM reads x padded, and
+   * training keeps a copy of x.
    */
   forward(x: Float32Array, n: number, train: boolean, w: Float32Array, b: Float32Array): Float32Array {
     const g = this.g;
     const y = this.y.view(n);
     // An eval forward leaves the saved training input and columns alone.
-    const keep = train && n * this.rows * this.plane * 4 <= this.keepBytes;
+    const keep = train && !this.direct && n * this.rows * this.plane * 4 <= this.keepBytes;
     if (train) this.kept = keep;
     this.k.convForward(y, x, train && !keep ? this.xSaved.view(n) : EMPTY, keep ? this.cols.view(n) : EMPTY, w, b,
       g.cin, g.inH, g.inW, g.kernel, g.stride, g.padding, g.outH, g.outW, g.cout, n, this.threads);

@@ -32,6 +32,13 @@ export interface NativeKernels {
     db: Float32Array, colSums: Float64Array,
     cin: number, inH: number, inW: number, kernel: number, stride: number, padding: number, outH: number, outW: number,
     cout: number, first: number, count: number, threads: number): void;
+  /**
+   * Whether a conv of this geometry takes the direct path (native/direct.cc: stride 1, no im2col; y and dW
+   * with the im2col path's bits, dx with its own): a training forward then saves x, never the columns.
+   * convDirect(on) turns the path on or off process-wide first and returns `on` (tests compare the two).
+   */
+  convDirect(cinOrOn: number | boolean, inH?: number, inW?: number, kernel?: number, stride?: number, padding?: number, outH?: number,
+    outW?: number): boolean;
   /** The GEMM micro-kernel this process runs: "avx512f", "avx2" or "baseline" (all the same bits); isa(name) switches to one the CPU has first (tests), else throws. */
   isa(name?: string): string;
   // The step kernels (native/norm.h): whole views, no offsets; the bits of shared/stats.ts, relu.ts, graph.ts, sgd.ts.
