@@ -55,8 +55,10 @@ void useDirectConv(bool on);
 void directForward(Pool& pool, float* y, const float* x, float* xSaved, const float* w, const float* bias, const Geometry& g, int cout, int n, int threads);
 // dx's weights, flipped and transposed, packed: in a buffer of the calling thread, read by directDxSample until its next call.
 const float* directDxWeights(const float* w, const Geometry& g, int cout);
-// One sample's dx (cin, inH, inW) = the flipped kernel's forward over dy (cout, outH, outW), from +0.
-void directDxSample(float* dx, const float* dy, const float* wPacked, const Geometry& g, int cout);
+// dx of `count` samples (count, cin, inH, inW) = the flipped kernel's forward over their dy (count, cout, outH, outW), from +0;
+// directDxGroup(g) samples at a time make one GEMM of about 384 columns (any count gives the same bits).
+int64_t directDxGroup(const Geometry& g);
+void directDx(float* dx, const float* dy, int64_t count, const float* wPacked, const Geometry& g, int cout);
 // dw32 (j1 − j0, cout) = rows j0..j1−1 of x's columns · dyᵀ, one sample (gemmInPlaceA's bits on im2col's rows).
 void directDwProduct(float* dw32, const float* x, const float* dy, const Geometry& g, int cout, int64_t j0, int64_t j1);
 

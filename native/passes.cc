@@ -111,7 +111,7 @@ void convBackward(Pool& pool, float* dx, const float* dy, const float* x, const 
   // The direct path (direct.cc) for dx when the geometry takes it, and for dW unless the columns are kept or their sums wanted.
   const bool direct = directConv(g), directDw = direct && !keptCols && !colSums;
   const float* wT = direct && dx ? directDxWeights(w, g, cout) : nullptr;
-  const int64_t group = direct ? 1 : samplesPerGemm(P);
+  const int64_t group = direct ? directDxGroup(g) : samplesPerGemm(P);
   // The chunks: dW's column blocks (as many as threads), then db's channel ranges (as many), then dx's groups of samples.
   const int64_t parts = std::max(1, threads), dxChunks = dx ? (count + group - 1) / group : 0;
   pool.run(threads, 2 * parts + dxChunks, [&](int64_t chunk) {
@@ -142,7 +142,7 @@ void convBackward(Pool& pool, float* dx, const float* dy, const float* x, const 
       thread_local std::vector<float> dcolsBuf;
       const int64_t i0 = first + (chunk - 2 * parts) * group, k = std::min<int64_t>(group, first + count - i0);
       if (direct) {
-        directDxSample(dx + i0 * inSize, dy + i0 * cout * P, wT, g, cout);
+        directDx(dx + i0 * inSize, dy + i0 * cout * P, k, wT, g, cout);
         return;
       }
       std::fill_n(dx + i0 * inSize, k * inSize, 0.0f);
