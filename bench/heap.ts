@@ -83,7 +83,8 @@ export async function runHeapBench(o: HeapOptions): Promise<HeapResult> {
   let out = "";
   child.stdout.setEncoding("utf8");
   child.stdout.on("data", (c: string) => (out += c));
-  const code = await new Promise<number | null>((r) => child.once("exit", r));
+  // 'close', not 'exit': the child's last stdout bytes (the report) may still be in the pipe when it has exited.
+  const code = await new Promise<number | null>((r) => child.once("close", r));
   if (code !== 0) throw new Error(`heap bench child exited with code ${code}`);
   const r = JSON.parse(out.trim().split("\n").pop()!) as HeapResult;
   for (const w of r.reports) {

@@ -39,7 +39,7 @@ constexpr int64_t GRID_COLUMNS = 384;  // samples stacked per GEMM until the gri
 // buffer's floats, the zeros past the last plane covering the rounded grid's reads.
 struct Padded {
   int64_t c, h, w, pad, s, wp, plane, gridN, gridCols, size;
-  std::vector<int32_t> off;  // (c, kh, kw) → c·plane + kh·wp + kw
+  std::vector<int64_t> off;  // (c, kh, kw) → c·plane + kh·wp + kw
   Padded(int64_t c_, int64_t h_, int64_t w_, int64_t pad_, int64_t k, int64_t outH, int64_t s_) : c(c_), h(h_), w(w_), pad(pad_), s(s_) {
     wp = w + 2 * pad, plane = (pad + s * (h + pad)) * wp;
     gridN = ((s - 1) * (h + pad) + outH) * wp, gridCols = roundUp(gridN, gemmTileCols());
@@ -47,7 +47,7 @@ struct Padded {
     off.resize(c * k * k);
     for (int64_t ci = 0; ci < c; ci++)
       for (int64_t kh = 0; kh < k; kh++)
-        for (int64_t kw = 0; kw < k; kw++) off[(ci * k + kh) * k + kw] = int32_t(ci * plane + kh * wp + kw);
+        for (int64_t kw = 0; kw < k; kw++) off[(ci * k + kh) * k + kw] = ci * plane + kh * wp + kw;
   }
   // dst ← the s samples of src (s, c, h, w), zeros around and after.
   void fill(float* dst, const float* src) const {

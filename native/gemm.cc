@@ -33,7 +33,7 @@ typedef void (*MicroFn)(int64_t kc, const float* ap, const float* bp, int64_t ld
 // The in-place-A tile of width NV vectors (gemm.h gemmInPlaceA), from +0.
 typedef void (*InPlaceFn)(int64_t kc, const float* a, int64_t lda, const float* bp, float* c, int64_t ldc);
 // The direct convolution's tiles (gemm.h gemmOffsetB, gemmGridA).
-typedef void (*OffsetFn)(int64_t kc, const float* ap, const float* base, const int32_t* off, float* c, int64_t ldc, bool load);
+typedef void (*OffsetFn)(int64_t kc, const float* ap, const float* base, const int64_t* off, float* c, int64_t ldc, bool load);
 typedef void (*GridFn)(const float* const* rows, int64_t h, int64_t w, int64_t wp, const float* bp, float* c, int64_t ldc);
 
 }  // namespace
@@ -51,7 +51,7 @@ void micro(int64_t kc, const float* ap, const float* bp, int64_t ldb, float* c, 
 }
 template <int NV>
 void inPlace(int64_t kc, const float* a, int64_t lda, const float* bp, float* c, int64_t ldc) { microTile<8, NV, true>(kc, a, lda, bp, NV * L, c, ldc, false); }
-void offset(int64_t kc, const float* ap, const float* base, const int32_t* off, float* c, int64_t ldc, bool load) { offsetTile<8, 3>(kc, ap, base, off, c, ldc, load); }
+void offset(int64_t kc, const float* ap, const float* base, const int64_t* off, float* c, int64_t ldc, bool load) { offsetTile<8, 3>(kc, ap, base, off, c, ldc, load); }
 template <int NV>
 void grid(const float* const* rows, int64_t h, int64_t w, int64_t wp, const float* bp, float* c, int64_t ldc) { gridTile<8, NV>(rows, h, w, wp, bp, c, ldc); }
 }  // namespace avx512
@@ -69,7 +69,7 @@ void micro(int64_t kc, const float* ap, const float* bp, int64_t ldb, float* c, 
 }
 template <int NV>
 void inPlace(int64_t kc, const float* a, int64_t lda, const float* bp, float* c, int64_t ldc) { microTile<6, NV, true>(kc, a, lda, bp, NV * L, c, ldc, false); }
-void offset(int64_t kc, const float* ap, const float* base, const int32_t* off, float* c, int64_t ldc, bool load) { offsetTile<6, 2>(kc, ap, base, off, c, ldc, load); }
+void offset(int64_t kc, const float* ap, const float* base, const int64_t* off, float* c, int64_t ldc, bool load) { offsetTile<6, 2>(kc, ap, base, off, c, ldc, load); }
 template <int NV>
 void grid(const float* const* rows, int64_t h, int64_t w, int64_t wp, const float* bp, float* c, int64_t ldc) { gridTile<6, NV>(rows, h, w, wp, bp, c, ldc); }
 }  // namespace avx2
@@ -96,7 +96,7 @@ void micro(int64_t kc, const float* ap, const float* bp, int64_t ldb, float* c, 
 }
 template <int NV>
 void inPlace(int64_t kc, const float* a, int64_t lda, const float* bp, float* c, int64_t ldc) { microTile<6, NV, true>(kc, a, lda, bp, NV * L, c, ldc, false); }
-void offset(int64_t kc, const float* ap, const float* base, const int32_t* off, float* c, int64_t ldc, bool load) { offsetTile<6, 2>(kc, ap, base, off, c, ldc, load); }
+void offset(int64_t kc, const float* ap, const float* base, const int64_t* off, float* c, int64_t ldc, bool load) { offsetTile<6, 2>(kc, ap, base, off, c, ldc, load); }
 template <int NV>
 void grid(const float* const* rows, int64_t h, int64_t w, int64_t wp, const float* bp, float* c, int64_t ldc) { gridTile<6, NV>(rows, h, w, wp, bp, c, ldc); }
 }  // namespace baseline
@@ -355,7 +355,7 @@ void packRows(float* ap, const float* a, int64_t lda, int64_t m, int64_t k) {
   }
 }
 
-void gemmOffsetB(float* c, int64_t ldc, const float* ap, const float* base, const int32_t* off, int64_t m, int64_t n, int64_t k, bool accumulate) {
+void gemmOffsetB(float* c, int64_t ldc, const float* ap, const float* base, const int64_t* off, int64_t m, int64_t n, int64_t k, bool accumulate) {
   const Isa& isa = *current;
   if (m <= 0 || n <= 0) return;
   const int64_t mRound = roundUp(m, isa.mr), nRound = roundUp(n, isa.nr), kc0 = kBlock(k);
