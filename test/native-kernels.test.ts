@@ -304,8 +304,8 @@ describe.skipIf(off)("Conv2d on the native kernels", () => {
     expectClose("dW", nat.weight.grad, js.weight.grad, rtol(t.dW));
   });
 
-  it("zeroes its grads and returns empty views for an empty batch", () => {
-    const c = convCases[2]!;
+  it.each([2, 9])("zeroes its grads and returns empty views for an empty batch (case %i: im2col, direct)", (i) => {
+    const c = convCases[i]!;
     const [, nat] = pair(c, 97);
     const rng = new Rng(98), g = nat.geometry;
     nat.forward(normals(rng, 2 * c.cin * c.h * c.w), 2, true);
