@@ -1,5 +1,6 @@
 // `npm run bench`: every benchmark of issue 5 in one bounded run — round latency
-// against the raw TCP floor, kernels (bench/kernels.ts, when present), training
+// against the raw TCP floor, kernels (bench/kernels.ts, when present), native conv
+// against one core's FMA peak (bench/native-conv.ts), training
 // step sync vs local, resnet:3 sync vs local and against PyTorch (bench/resnet.ts), Fashion-MNIST throughput, heap growth, load and soak
 // (bench/load.ts, when present) — printed as it goes and written to
 // bench/results.md with the machine, the load and a PASS/MISS line per target.
@@ -12,6 +13,7 @@ import { fileURLToPath } from "node:url";
 import { DEFAULT_HEAP, heapMarkdown, runHeapBench, type HeapOptions, type HeapResult } from "./heap.js";
 import { DEFAULT_LATENCY, LATENCY_TARGET, latencyMarkdown, runLatencyBench, type LatencyOptions, type LatencyRow } from "./latency.js";
 import { fmt, loadLine, machineLine, table, verdict } from "./stats.js";
+import { DEFAULT_NATIVE_CONV, nativeConvMarkdown, nativeConvTargets, runNativeConvBench, type NativeConvOptions, type NativeConvResult } from "./native-conv.js";
 import { DEFAULT_RANKS, ranksMarkdown, runRanksBench, type RanksOptions, type RanksResult } from "./ranks.js";
 import { DEFAULT_RESNET, resnetMarkdown, resnetTargets, runResnetBench, type ResnetOptions, type ResnetResult } from "./resnet.js";
 import { DEFAULT_STEP, STEP_TARGET, TRANSPORT_LABEL, runStepBench, stepMarkdown, type StepOptions, type StepRow } from "./step.js";
@@ -31,6 +33,7 @@ const throughputOpts: ThroughputOptions = { ...DEFAULT_THROUGHPUT, log, ...(quic
 const resnetOpts: ResnetOptions = { ...DEFAULT_RESNET, log, ...(quick ? { steps: 40, warmup: 20, repeats: 1, singleSteps: 15 } : {}) };
 const torchLaunchOpts: TorchLaunchOptions = { ...DEFAULT_TORCH_LAUNCH, log, ...(quick ? { steps: 15, repeats: 1 } : {}) };
 const ranksOpts: RanksOptions = { ...DEFAULT_RANKS, log, ...(quick ? { steps: 60, worlds: [8, 64, 256], onePerProcess: [8], repeats: 1 } : {}) };
+const nativeConvOpts: NativeConvOptions = { ...DEFAULT_NATIVE_CONV, log, ...(quick ? { reps: 5 } : {}) };
 const heapOpts: HeapOptions = { ...DEFAULT_HEAP, log, ...(quick ? { from: 50, to: 250 } : {}) };
 
 /** Runs one section; a crash is reported in the results instead of ending the run. */
@@ -70,7 +73,7 @@ log(`syncbn bench${quick ? " (quick)" : ""}: ${machineLine()}`);
 const loadStart = loadLine();
 
 let resnet = notRun<ResnetResult>(), latency = notRun<LatencyRow[]>(), kernels = notRun<string | null>(), step = notRun<StepRow[]>();
-let ranks = notRun<RanksResult>(), torchLaunch = notRun<TorchLaunchResult>();
+let ranks = notRun<RanksResult>(), torchLaunch = notRun<TorchLaunchResult>(), nativeConv = notRun<NativeConvResult>();
 let throughput = notRun<ThroughputRow[] | null>(), heap = notRun<HeapResult>(), dashboard = notRun<string | null>();
 let load: Done<string | null> | null = quick ? null : notRun<string | null>();
 const flush = (final: boolean): void => writeFileSync(RESULTS, render(final).join("\n"));
@@ -83,6 +86,8 @@ flush(false);
 latency = await section("round latency", () => runLatencyBench(latencyOpts));
 flush(false);
 kernels = await section("kernels", () => optionalSection("./kernels.js", "runKernelBench"));
+flush(false);
+nativeConv = await section("native conv against the FMA peak", async () => runNativeConvBench(nativeConvOpts));
 flush(false);
 step = await section("training step", () => runStepBench(stepOpts));
 flush(false);
@@ -115,6 +120,8 @@ function targetRows(): string[][] {
   if (!step.value) rows.push([`sync ≤ ${STEP_TARGET} × local`, missing(step), "MISS"]);
   if (resnet.value) rows.push(...resnetTargets(resnet.value as ResnetResult));
   else rows.push(["resnet:3 sync vs local, against PyTorch", missing(resnet), "MISS"]);
+  if (nativeConv.value) rows.push(...nativeConvTargets(nativeConv.value as NativeConvResult));
+  else rows.push(["native conv ≥ 50 % of one core's FMA peak", missing(nativeConv), "MISS"]);
   if (torchLaunch.value) rows.push(...torchLaunchTargets(torchLaunch.value as TorchLaunchResult));
   else rows.push(["PyTorch example under syncbn launch: sync vs local, against DDP", missing(torchLaunch), "MISS"]);
   const h = heap.value as HeapResult | null;
@@ -157,6 +164,11 @@ return [
   kernels.value ?? (kernels.error || !kernels.ran ? "" : "bench/kernels.ts is not present in this build."),
   ...failed(kernels),
   "",
+  "## 2b. Native conv against one core's FMA peak",
+  "",
+  ...(nativeConv.value ? nativeConvMarkdown(nativeConv.value as NativeConvResult, nativeConvOpts) : []),
+  ...failed(nativeConv),
+  "",
   "## 3. Training step: sync vs local",
   "",
   ...(step.value ? stepMarkdown(step.value, stepOpts) : []),
@@ -196,7 +208,7 @@ return [
   "## Reproduce",
   "",
   "`npm run bench` (about 20 minutes on this 2-core machine; `node dist/bench/run.js --quick` for a short run). Sections alone: `node dist/bench/latency.js [--quick] [--worlds 2,4] [--channels 64] [--unpinned]`, " +
-    "`node dist/bench/step.js [--quick] [--transports process,process-tcp,thread]`, `node dist/bench/resnet.js [--quick]` (runs `bench/torch_resnet.py` with /usr/bin/python3 when it has torch), `node dist/bench/torch-launch.js [--steps N] [--repeats R] [--blocks B]`, `node dist/bench/throughput.js`, `node dist/bench/ranks.js [--quick]`, `node dist/bench/heap.js`, `node dist/bench/kernels.js`, `node dist/bench/dashboard.js [--quick]`.",
+    "`node dist/bench/step.js [--quick] [--transports process,process-tcp,thread]`, `node dist/bench/native-conv.js [--reps N]`, `node dist/bench/resnet.js [--quick]` (runs `bench/torch_resnet.py` with /usr/bin/python3 when it has torch), `node dist/bench/torch-launch.js [--steps N] [--repeats R] [--blocks B]`, `node dist/bench/throughput.js`, `node dist/bench/ranks.js [--quick]`, `node dist/bench/heap.js`, `node dist/bench/kernels.js`, `node dist/bench/dashboard.js [--quick]`.",
   "",
 ];
 }
