@@ -9,6 +9,9 @@
 // ymm: 12) and vectors of 4 (NEON's FMA on arm64, fmaf per lane elsewhere), chosen
 // at load with __builtin_cpu_supports. All three round once per term in the same
 // order, so they give the same bits (test/native-kernels.test.ts runs each).
+// Beside them, per instruction set, the tiles of the direct convolution (direct.cc):
+// B read at a per-row offset (gemmOffsetB), and A read through row pointers
+// (gemmGridA, which gemmInPlaceA's A rows in place also use).
 #include "gemm.h"
 
 #include <algorithm>
@@ -30,8 +33,6 @@ constexpr int64_t MC = 144;  // rows of A per packed block (a multiple of every 
 constexpr int64_t NC = 384;  // columns of B per packed block (a multiple of every NR): 384 KB at KC (L2)
 
 typedef void (*MicroFn)(int64_t kc, const float* ap, const float* bp, int64_t ldb, float* c, int64_t ldc, bool load);
-// The in-place-A tile of width NV vectors (gemm.h gemmInPlaceA), from +0.
-typedef void (*InPlaceFn)(int64_t kc, const float* a, int64_t lda, const float* bp, float* c, int64_t ldc);
 // The direct convolution's tiles (gemm.h gemmOffsetB, gemmGridA).
 typedef void (*OffsetFn)(int64_t kc, const float* ap, const float* base, const int64_t* off, float* c, int64_t ldc, bool load);
 typedef void (*GridFn)(const float* const* rows, int64_t h, int64_t w, int64_t wp, const float* bp, float* c, int64_t ldc);
@@ -47,10 +48,8 @@ constexpr int L = 16;
 inline V fmadd(float a, V b, V c) { return _mm512_fmadd_ps(_mm512_set1_ps(a), b, c); }
 #include "micro-tile.inc"
 void micro(int64_t kc, const float* ap, const float* bp, int64_t ldb, float* c, int64_t ldc, bool load) {
-  microTile<8, 3, false>(kc, ap, 0, bp, ldb, c, ldc, load);
+  microTile<8, 3>(kc, ap, bp, ldb, c, ldc, load);
 }
-template <int NV>
-void inPlace(int64_t kc, const float* a, int64_t lda, const float* bp, float* c, int64_t ldc) { microTile<8, NV, true>(kc, a, lda, bp, NV * L, c, ldc, false); }
 void offset(int64_t kc, const float* ap, const float* base, const int64_t* off, float* c, int64_t ldc, bool load) { offsetTile<8, 3>(kc, ap, base, off, c, ldc, load); }
 template <int NV>
 void grid(const float* const* rows, int64_t h, int64_t w, int64_t wp, const float* bp, float* c, int64_t ldc) { gridTile<8, NV>(rows, h, w, wp, bp, c, ldc); }
@@ -65,10 +64,8 @@ constexpr int L = 8;
 inline V fmadd(float a, V b, V c) { return _mm256_fmadd_ps(_mm256_set1_ps(a), b, c); }
 #include "micro-tile.inc"
 void micro(int64_t kc, const float* ap, const float* bp, int64_t ldb, float* c, int64_t ldc, bool load) {
-  microTile<6, 2, false>(kc, ap, 0, bp, ldb, c, ldc, load);
+  microTile<6, 2>(kc, ap, bp, ldb, c, ldc, load);
 }
-template <int NV>
-void inPlace(int64_t kc, const float* a, int64_t lda, const float* bp, float* c, int64_t ldc) { microTile<6, NV, true>(kc, a, lda, bp, NV * L, c, ldc, false); }
 void offset(int64_t kc, const float* ap, const float* base, const int64_t* off, float* c, int64_t ldc, bool load) { offsetTile<6, 2>(kc, ap, base, off, c, ldc, load); }
 template <int NV>
 void grid(const float* const* rows, int64_t h, int64_t w, int64_t wp, const float* bp, float* c, int64_t ldc) { gridTile<6, NV>(rows, h, w, wp, bp, c, ldc); }
@@ -92,10 +89,8 @@ inline V fmadd(float a, V b, V c) {
 #endif
 #include "micro-tile.inc"
 void micro(int64_t kc, const float* ap, const float* bp, int64_t ldb, float* c, int64_t ldc, bool load) {
-  microTile<6, 2, false>(kc, ap, 0, bp, ldb, c, ldc, load);
+  microTile<6, 2>(kc, ap, bp, ldb, c, ldc, load);
 }
-template <int NV>
-void inPlace(int64_t kc, const float* a, int64_t lda, const float* bp, float* c, int64_t ldc) { microTile<6, NV, true>(kc, a, lda, bp, NV * L, c, ldc, false); }
 void offset(int64_t kc, const float* ap, const float* base, const int64_t* off, float* c, int64_t ldc, bool load) { offsetTile<6, 2>(kc, ap, base, off, c, ldc, load); }
 template <int NV>
 void grid(const float* const* rows, int64_t h, int64_t w, int64_t wp, const float* bp, float* c, int64_t ldc) { gridTile<6, NV>(rows, h, w, wp, bp, c, ldc); }
@@ -108,20 +103,19 @@ struct Isa {
   int mr, nr;
   MicroFn micro;
   bool (*supported)();
-  int lanes, inPlaceRows;    // gemmInPlaceA: tiles of inPlaceRows × NV·lanes, NV = 1..3 (AVX-512) or 1..2
-  InPlaceFn inPlace[3];      // by NV − 1; null where the accumulators would not fit
+  int lanes, inPlaceRows;    // gemmGridA (and gemmInPlaceA): tiles of inPlaceRows × NV·lanes, NV = 1..3 (AVX-512) or 1..2
   OffsetFn offset;           // mr × nr, B at offsets
-  GridFn grid[3];            // as inPlace, A read from a padded plane
+  GridFn grid[3];            // by NV − 1; null where the accumulators would not fit
 };
 
 const Isa ISAS[] = {
 #if defined(__x86_64__)
     {"avx512f", 8, 48, avx512::micro, [] { return __builtin_cpu_init(), __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma"); },
-     16, 8, {avx512::inPlace<1>, avx512::inPlace<2>, avx512::inPlace<3>}, avx512::offset, {avx512::grid<1>, avx512::grid<2>, avx512::grid<3>}},
+     16, 8, avx512::offset, {avx512::grid<1>, avx512::grid<2>, avx512::grid<3>}},
     {"avx2", 6, 16, avx2::micro, [] { return __builtin_cpu_init(), __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); },
-     8, 6, {avx2::inPlace<1>, avx2::inPlace<2>, nullptr}, avx2::offset, {avx2::grid<1>, avx2::grid<2>, nullptr}},
+     8, 6, avx2::offset, {avx2::grid<1>, avx2::grid<2>, nullptr}},
 #endif
-    {"baseline", 6, 8, baseline::micro, [] { return true; }, 4, 6, {baseline::inPlace<1>, baseline::inPlace<2>, nullptr}, baseline::offset, {baseline::grid<1>, baseline::grid<2>, nullptr}},
+    {"baseline", 6, 8, baseline::micro, [] { return true; }, 4, 6, baseline::offset, {baseline::grid<1>, baseline::grid<2>, nullptr}},
 };
 
 const Isa* chooseIsa() {
@@ -294,41 +288,11 @@ void gemm(const View& c, const View& a, const View& b, int64_t m, int64_t n, int
 }
 
 void gemmInPlaceA(float* c, int64_t ldc, const float* a, int64_t lda, const View& b, int64_t m, int64_t n, int64_t k) {
-  if (m <= 0 || n <= 0) return;
-  const Isa& isa = *current;
-  if (k <= 0) {
-    for (int64_t i = 0; i < m; i++) std::memset(c + i * ldc, 0, sizeof(float) * n);
-    return;
-  }
-  const int mr = isa.inPlaceRows, maxNv = isa.inPlace[2] ? 3 : 2;
-  thread_local std::vector<float> bBuf, aBuf, tBuf;
-  float* bp = scratch(bBuf, k * (n + maxNv * isa.lanes));
-  float* edge = scratch(aBuf, int64_t(mr) * k);
-  float* tmp = scratch(tBuf, int64_t(mr) * maxNv * isa.lanes);
-  for (int64_t jr = 0; jr < n;) {
-    // The narrowest strip of 1..maxNv vectors that covers the rest (or maxNv), B packed once for all rows.
-    const int nv = int(std::min<int64_t>(maxNv, (n - jr + isa.lanes - 1) / isa.lanes)), nr = nv * isa.lanes;
-    const int64_t w = std::min<int64_t>(nr, n - jr);
-    packB(bp, b, 0, k, jr, w, nr);
-    for (int64_t ir = 0; ir < m; ir += mr) {
-      const int64_t rows = std::min<int64_t>(mr, m - ir);
-      const float* ar = a + ir * lda;
-      int64_t ld = lda;
-      if (rows < mr) {  // the last rows, zero-padded into a copy (never read past A)
-        for (int64_t r = 0; r < mr; r++)
-          if (r < rows) std::memcpy(edge + r * k, ar + r * lda, sizeof(float) * k);
-          else std::memset(edge + r * k, 0, sizeof(float) * k);
-        ar = edge, ld = k;
-      }
-      if (rows == mr && w == nr) {
-        isa.inPlace[nv - 1](k, ar, ld, bp, c + ir * ldc + jr, ldc);
-      } else {
-        isa.inPlace[nv - 1](k, ar, ld, bp, tmp, nr);
-        for (int64_t r = 0; r < rows; r++) std::memcpy(c + (ir + r) * ldc + jr, tmp + r * nr, sizeof(float) * w);
-      }
-    }
-    jr += w;
-  }
+  // gemmGridA's product with one grid row of k columns per A row: the same tiles, the same chains.
+  thread_local std::vector<const float*> rows;
+  rows.resize(std::max<int64_t>(m, 0));
+  for (int64_t r = 0; r < m; r++) rows[r] = a + r * lda;
+  gemmGridA(c, ldc, rows.data(), 1, k, k, b, m, n);
 }
 
 int gemmTileRows() { return current->mr; }
