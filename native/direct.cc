@@ -93,7 +93,7 @@ int64_t dxPadding(const Geometry& g) { return g.kernel - 1 - g.padding; }
 void useDirectConv(bool on) { directOn = on; }
 
 bool directConv(const Geometry& g) {
-  if (!directOn || g.stride != 1 || g.padding > g.kernel - 1) return false;
+  if (!directOn || g.stride != 1 || g.padding > g.kernel - 1 || g.inH < 1 || g.inW < 1 || g.outH < 1 || g.outW < 1) return false;
   // At least 3/5 of each grid position kept (measured: 64→64 at 7×7, 49 of 72, gains over im2col), in the
   // forward over x's padded planes and in dx over dy's.
   const int64_t pd = dxPadding(g);
