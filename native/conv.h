@@ -47,13 +47,13 @@ void convBackward(Pool& pool, float* dx, const float* dy, const float* x, const 
                   const Geometry& g, int cout, int first, int count, int threads);
 
 // direct.cc: stride-1 convs without im2col (the same bits for y and dW; dx its own, fixed by the geometry).
-// Whether g takes that path (stride 1, padding < kernel, a plane of at least 144 and at most a fifth of the
-// padded width thrown away); useDirectConv(false) turns it off process-wide (tests compare the two paths).
+// Whether g takes that path (stride 1, padding < kernel, at least 3/5 of the padded grid kept in the forward
+// and in dx); useDirectConv(false) turns it off process-wide (tests compare the two paths).
 bool directConv(const Geometry& g);
 void useDirectConv(bool on);
 // y (n, cout, P) = bias + W·columns(x_i), samples split over the pool; x copied into xSaved when not null.
 void directForward(Pool& pool, float* y, const float* x, float* xSaved, const float* w, const float* bias, const Geometry& g, int cout, int n, int threads);
-// dx's weights, flipped and transposed, packed: in a buffer of the calling thread, read by directDxSample until its next call.
+// dx's weights, flipped and transposed, packed: in a buffer of the calling thread, read by directDx until its next call.
 const float* directDxWeights(const float* w, const Geometry& g, int cout);
 // dx of `count` samples (count, cin, inH, inW) = the flipped kernel's forward over their dy (count, cout, outH, outW), from +0;
 // directDxGroup(g) samples at a time make one GEMM of about 384 columns (any count gives the same bits).

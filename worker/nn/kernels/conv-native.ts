@@ -1,5 +1,6 @@
 // Conv2d's native path (SYNCBN_KERNELS=native): im2col, FMA GEMMs (several samples
-// per GEMM on small planes) and col2im, run by the N-API addon (native.ts) directly
+// per GEMM on small planes) and col2im, or for most stride-1 convs the direct path
+// without them (native/direct.cc), run by the N-API addon (native.ts) directly
 // on these Float32Array/Float64Array buffers. dW is each sample's float32 product
 // summed in float64 across samples, as ConvWasm; every element is one FMA chain in
 // a fixed order, so y, dx and dW are the twins' values within float32 rounding (not
@@ -59,8 +60,8 @@ export class ConvNative implements ConvKernel {
    * Per sample: im2col, y = b + W·cols (the addon fills in the bias), the samples split over the threads.
    * Training keeps the columns when they take at most keepBytes (then likelier still in the last-level
    * cache at backward), else makes them in a per-thread scratch and keeps a copy of x. 2·n·cout·R·P flops.
-   * On the direct path (stride 1, large planes) there are no columns: the GEMM reads x padded, and
-   * training keeps a copy of x.
+   * On the addon's direct path (most stride-1 convs: native/direct.cc) there are no columns: the GEMM
+   * reads x from zero-padded planes, and training keeps a copy of x.
    */
   forward(x: Float32Array, n: number, train: boolean, w: Float32Array, b: Float32Array): Float32Array {
     const g = this.g;
