@@ -152,7 +152,7 @@ return [
   "",
   "## Targets",
   "",
-  ...table(["target (issues 5, 12 and 23)", "measured (medians)", "verdict"], targetRows()),
+  ...table(["target (issues 5, 12, 22 and 23)", "measured (medians)", "verdict"], targetRows()),
   "",
   "## 1. Round latency",
   "",

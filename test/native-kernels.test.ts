@@ -34,7 +34,7 @@ const convCases: ConvCase[] = [
   { label: "4×4 pad 3 (rows entirely in the padding)", n: 2, cin: 2, cout: 3, k: 4, stride: 1, padding: 3, h: 3, w: 4 },
   { label: "2×2 stride 3 pad 1 (stride larger than the kernel)", n: 2, cin: 2, cout: 6, k: 2, stride: 3, padding: 1, h: 7, w: 5 },
   { label: "3×3 stride 2 pad 1, 32→64 at 14×14", n: 2, cin: 32, cout: 64, k: 3, stride: 2, padding: 1, h: 14, w: 14 },
-  { label: "3×3 pad 1, 64→64 at 7×7 (P = 49: 8 samples per GEMM, strips across samples), batch 11", n: 11, cin: 64, cout: 64, k: 3, stride: 1, padding: 1, h: 7, w: 7 },
+  { label: "3×3 pad 1, 64→64 at 7×7 (P = 49: 5 samples stacked per direct GEMM; 8 side by side on im2col's path), batch 11", n: 11, cin: 64, cout: 64, k: 3, stride: 1, padding: 1, h: 7, w: 7 },
   // More for the direct path (native/direct.cc: stride 1, most of the padded grid kept), as the first, 16→16 and 64→64 above.
   { label: "3×3 pad 1, 32→32 at 14×14 (resnet:3's second stage, direct), batch 3", n: 3, cin: 32, cout: 32, k: 3, stride: 1, padding: 1, h: 14, w: 14 },
   { label: "5×5 pad 1 at 20×20, 3→10 (direct, not same-size, channels not a tile multiple)", n: 2, cin: 3, cout: 10, k: 5, stride: 1, padding: 1, h: 20, w: 20 },
