@@ -49,7 +49,7 @@ const client = await connectOverPort(d);
 
 let heapBefore = 0;
 let arrayBuffersBefore = 0;
-const round = client.round.bind(client);
+const roundInto = client.roundInto.bind(client);
 /**
  * arrayBuffers is the whole process's: the coordinator's isolate (main thread)
  * holds the contributions it received until its own next GC, so it collects too.
@@ -61,7 +61,8 @@ function mainThreadGc(): Promise<void> {
   });
 }
 
-client.round = async (step, phase, ...rest) => {
+// The training loop's gradient round (worker/train.ts) goes through roundInto.
+client.roundInto = async (into, step, phase, ...rest) => {
   // The gradient round runs once per step, at the same point of every step.
   if (phase === "grad" && (step === d.probeSteps[0] || step === d.probeSteps[1])) {
     await mainThreadGc();
@@ -87,7 +88,7 @@ client.round = async (step, phase, ...rest) => {
       parentPort!.postMessage(report);
     }
   }
-  return round(step, phase, ...rest);
+  return roundInto(into, step, phase, ...rest);
 };
 
 await trainWorker({ settings: d.settings, client, rank: d.rank, worldSize: d.worldSize, outDir: null, checkpointEvery: 0, resume: null });
