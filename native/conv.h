@@ -6,10 +6,17 @@
 // TypeScript twins (no FMA) by float32 rounding only (docs/native-kernels.md).
 #pragma once
 #include <cstdint>
+#include <vector>
 
 #include "pool.h"
 
 namespace syncbn {
+
+// A per-thread scratch of at least `floats` floats: grown, never shrunk (the passes' thread_local buffers).
+inline float* grown(std::vector<float>& v, int64_t floats) {
+  if (int64_t(v.size()) < floats) v.resize(floats);
+  return v.data();
+}
 
 struct Geometry {
   int cin, inH, inW, kernel, stride, padding, outH, outW;

@@ -22,13 +22,6 @@ namespace {
 
 bool directOn = true;
 
-int64_t roundUp(int64_t v, int64_t to) { return (v + to - 1) / to * to; }
-
-float* grown(std::vector<float>& v, int64_t floats) {
-  if (int64_t(v.size()) < floats) v.resize(floats);
-  return v.data();
-}
-
 constexpr int64_t GRID_COLUMNS = 384;  // samples stacked per GEMM until the grid has about this many columns
 
 // s samples of c planes (h, w), stacked per channel with `pad` zero rows above, between and below

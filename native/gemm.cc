@@ -305,7 +305,6 @@ int64_t kBlock(int64_t k) {
   const int64_t blocks = (k + KC - 1) / KC;
   return (k + blocks - 1) / blocks;
 }
-int64_t roundUp(int64_t v, int64_t to) { return (v + to - 1) / to * to; }
 }  // namespace
 
 int64_t packedRowsSize(int64_t m, int64_t k) { return roundUp(m, current->mr) * std::max<int64_t>(k, 1); }

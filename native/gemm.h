@@ -9,6 +9,9 @@
 
 namespace syncbn {
 
+// v rounded up to a multiple of `to`.
+inline int64_t roundUp(int64_t v, int64_t to) { return (v + to - 1) / to * to; }
+
 // Element (r, j) of a matrix at base[(j / plane)·sampleStride + r·rowStride + (j % plane)·colStride]:
 // samples side by side, as y (n, cout, P) seen as (cout, n·P) with plane P. plain(): one sample.
 struct View {

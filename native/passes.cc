@@ -23,11 +23,6 @@ void partRange(int64_t count, int p, int of, int64_t* lo, int64_t* hi) {
 
 int64_t samplesPerGemm(int64_t P) { return std::max<int64_t>(1, (GEMM_COLUMNS + P - 1) / std::max<int64_t>(P, 1)); }
 
-float* grown(std::vector<float>& v, int64_t floats) {
-  if (int64_t(v.size()) < floats) v.resize(floats);
-  return v.data();
-}
-
 // Σ a[0..len−1] in float32 in the WebAssembly row_sums order (conv-native.ts's rowSum, the twins' db):
 // 4 lanes over the first len − len mod 4, then (l0 + l1) + (l2 + l3), then the rest one by one.
 float rowSum(const float* a, int64_t len) {
