@@ -38,10 +38,14 @@ function runFaults(env: NodeJS.ProcessEnv): { faults: number; status: number | n
 
 describe.skipIf(process.env.SYNCBN_NATIVE === "off")("the allocator of syncbn's processes", () => {
   it("faults in far fewer fresh pages over a run than with glibc's default settings", () => {
-    const ours = runFaults({});
-    const glibc = runFaults({ SYNCBN_MALLOC: "default" });
-    expect(ours.status, ours.stderr).toBe(0);
-    expect(glibc.status, glibc.stderr).toBe(0);
+    // Two runs of each, alternating, the fewer faults of each kept: one run's count moved by a third
+    // under CI's load (a tuned run once counted 83,248 against the default's 72,831 in the next one).
+    const best = (runs: ReturnType<typeof runFaults>[]): ReturnType<typeof runFaults> => {
+      for (const r of runs) expect(r.status, r.stderr).toBe(0);
+      return runs.reduce((a, b) => (b.faults < a.faults ? b : a));
+    };
+    const runs = [0, 1].map(() => [runFaults({}), runFaults({ SYNCBN_MALLOC: "default" })]);
+    const ours = best(runs.map((r) => r[0]!)), glibc = best(runs.map((r) => r[1]!));
     console.log(`minor page faults of a 300-step mlp 1 × 128 run on a worker process: ${ours.faults} (tuned), ${glibc.faults} (SYNCBN_MALLOC=default)`);
     expect(glibc.faults, "the tree's faults were counted").toBeGreaterThan(10_000);
     expect(ours.faults).toBeLessThan(0.8 * glibc.faults);
