@@ -1,11 +1,16 @@
 // Finiteness checks of contributions, on the coordinator's hot path: every
 // value of every contribution is checked, so these are written for speed.
-// Not validation of shapes or keys (contribution-checks.ts does that).
+// Not validation of shapes or keys (contribution-checks.ts does that). Native
+// (reduce-kernels.ts) when the addon is loaded; these loops otherwise.
+
+import { reduceKernels } from "./reduce-kernels.js";
 
 // One loop per array type (a loop that sees both stays polymorphic, several times
 // slower). v·0 is 0 for finite v and NaN for ±Inf and NaN, so a sum of v·0 is 0
 // exactly when every value is finite; four sums run in parallel (~3× isFinite's speed).
 export function allFinite(a: Float64Array | Float32Array): boolean {
+  const k = reduceKernels();
+  if (k) return k.allFinite(a);
   return a instanceof Float64Array ? allFinite64(a) : allFinite32(a);
 }
 

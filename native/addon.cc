@@ -263,6 +263,7 @@ napi_value Init(napi_env env, napi_value exports) {
   napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
   napi_set_instance_data(env, new syncbn::Pool(), [](napi_env, void* pool, void*) { delete static_cast<syncbn::Pool*>(pool); }, nullptr);
   syncbn::registerStepKernels(env, exports);
+  syncbn::registerReduceKernels(env, exports);
   return exports;
 }
 

@@ -1,11 +1,31 @@
 // The coordinator's sum reductions (coordinator/reduce.ts) against their naive
 // twin: a zeroed float64 accumulator, each part added in member order, the
 // gradient rounded to float32 once at the end. Bit for bit, with −0, subnormal
-// and large values, float32 and float64 parts mixed, 1 to 5 parts, and extras.
+// and large values, float32 and float64 parts mixed, 1 to 5 parts, and extras;
+// on both of the coordinator's loops (coordinator/reduce-kernels.ts): the native
+// addon's (unless SYNCBN_NATIVE=off) and the TypeScript ones.
 
-import { describe, expect, it } from "vitest";
+import { afterAll, describe, expect, it } from "vitest";
+import { allFinite } from "../coordinator/finite.js";
+import { reduceKernels, useNativeReduce } from "../coordinator/reduce-kernels.js";
 import { reduceRound, roundF32Naive } from "../coordinator/reduce.js";
 import type { Contribution, Phase } from "../shared/protocol.js";
+import { disableNative } from "../worker/nn/kernels/native.js";
+
+const off = process.env.SYNCBN_NATIVE === "off";
+if (off) disableNative("SYNCBN_NATIVE=off");
+const BACKENDS = off ? (["ts"] as const) : (["native", "ts"] as const);
+afterAll(() => useNativeReduce(true));
+
+describe.skipIf(off)("the coordinator's native loops", () => {
+  it("are the ones a coordinator runs when the addon is loaded", () => {
+    useNativeReduce(true);
+    expect(reduceKernels()).not.toBeNull();
+    useNativeReduce(false);
+    expect(reduceKernels()).toBeNull();
+    useNativeReduce(true);
+  });
+});
 
 function naive(parts: readonly Contribution[], f32: boolean): { data: Float64Array | Float32Array; extra: Float64Array | null } {
   const n = parts[0]!.data.length;
@@ -36,7 +56,10 @@ function bits(a: Float64Array | Float32Array): Uint8Array {
   return new Uint8Array(a.buffer, a.byteOffset, a.byteLength).slice();
 }
 
-describe("reduceRound sums", () => {
+for (const backend of BACKENDS) {
+const use = (): void => useNativeReduce(backend === "native");
+
+describe(`reduceRound sums (${backend} loops)`, () => {
   const cases: { phase: Phase; kinds: boolean[]; extra: number }[] = [
     { phase: "grad", kinds: [true], extra: 0 },
     { phase: "grad", kinds: [true, true], extra: 0 },
@@ -46,9 +69,9 @@ describe("reduceRound sums", () => {
     { phase: "sum", kinds: [false], extra: 0 },
     { phase: "sum", kinds: [false, false, false, false], extra: 5 },
   ];
-  for (const [ci, c] of cases.entries()) {
-    it(`${c.phase}, parts ${c.kinds.map((k) => (k ? "f32" : "f64")).join("+")}, ${c.extra} extra: the naive sum's bits`, () => {
-      const n = 1001;
+  for (const [ci, c] of cases.entries()) for (const n of [1001, 4099]) {
+    it(`${c.phase}, parts ${c.kinds.map((k) => (k ? "f32" : "f64")).join("+")}, ${c.extra} extra, ${n} values: the naive sum's bits`, () => {
+      use();
       const parts: Contribution[] = c.kinds.map((f32, k) => {
         const p: Contribution = { type: "contrib", step: 3, phase: c.phase, layer: 0, count: k + 1, data: values(n, 17 * ci + k, f32) };
         if (c.extra > 0) p.extra = values(c.extra, 1000 + 17 * ci + k, false) as Float64Array;
@@ -69,10 +92,11 @@ describe("reduceRound sums", () => {
   }
 });
 
-describe("a gradient round of one float32 part (one worker)", () => {
+describe(`a gradient round of one float32 part (one worker; ${backend} loops)`, () => {
   // roundF32 copies the part and patches its −0s, by search up to 64 of them and by a loop past that.
   for (const negZeros of [0, 1, 63, 64, 65, 5000]) {
     it(`returns the part's own bits with each −0 made +0, as the converting loop does (${negZeros} −0s among 270,000)`, () => {
+      use();
       const n = 270_000;
       const data = new Float32Array(n);
       for (let i = 0; i < n; i++) data[i] = Math.sin(i) * 1e-3;
@@ -96,3 +120,27 @@ describe("a gradient round of one float32 part (one worker)", () => {
     });
   }
 });
+
+describe(`allFinite (${backend} loops)`, () => {
+  for (const f32 of [true, false]) {
+    it(`finds one NaN, +Inf or −Inf anywhere in a ${f32 ? "Float32Array" : "Float64Array"}, and passes finite extremes`, () => {
+      use();
+      const n = 5000; // past two of the native loop's 2048-element blocks
+      const a = values(n, 99, f32);
+      a[7] = f32 ? 3.4028234663852886e38 : Number.MAX_VALUE;
+      a[8] = f32 ? 1.401298464324817e-45 : Number.MIN_VALUE;
+      expect(allFinite(a)).toBe(true);
+      expect(allFinite(a.subarray(0, 0))).toBe(true);
+      for (const at of [0, 2047, 2048, 4095, n - 1]) {
+        for (const bad of [Number.NaN, Number.POSITIVE_INFINITY, Number.NEGATIVE_INFINITY]) {
+          const b = a.slice();
+          b[at] = bad;
+          expect(allFinite(b), `${bad} at ${at}`).toBe(false);
+          // A view that ends before the bad value is finite.
+          if (at > 0) expect(allFinite(b.subarray(0, at))).toBe(true);
+        }
+      }
+    });
+  }
+});
+}
