@@ -9,11 +9,20 @@
 
 #include "gemm.h"
 
+// One FMA a lane (vfmadd) where the CPU has it, libm's fmaf elsewhere: the same bits on every clone.
+#if defined(__x86_64__)
+#define SYNCBN_FUSED_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define SYNCBN_FUSED_CLONES
+#endif
+
 namespace syncbn {
 
 namespace {
 // Columns per part: fewer would spend more on packing panels than they save.
 constexpr int64_t MIN_PART_COLUMNS = 64;
+// linearSegmentGrads' working set per block of columns (see there): about a third of a 1 MB L2.
+constexpr int64_t SEGMENT_BLOCK_BYTES = 384 * 1024;
 
 // f(lo, hi) over the columns [0, total) in up to t.count parts of at least MIN_PART_COLUMNS.
 template <class F>
@@ -24,6 +33,82 @@ void columnParts(const Threads& t, int64_t total, const F& f) {
     return;
   }
   t.pool->run(t.count, parts, [&](int64_t p) { f(total * p / parts, total * (p + 1) / parts); });
+}
+
+// Segments of at most this many samples take segmentGradsFused: a GEMM call with an inner
+// dimension this small is mostly overhead, and each segment's product passed through memory.
+constexpr int64_t FUSED_SEGMENT_SAMPLES = 4;
+// segmentGradsFused's columns per block: a row's float32 chain and float64 sum stay in L1.
+constexpr int64_t FUSED_BLOCK = 512;
+
+// sum[r][j] += float64(chain_rj) for R rows r and j < w, chain_rj = the GEMM's sum of B products
+// from +0 (one FMA per sample in order, gemm.h): a[r·B + i] row r's dy value of sample i, x + i·in the
+// samples' rows. R and B fixed, so the chains stay in registers and each x value is loaded once for R rows.
+template <int R, int B>
+SYNCBN_FUSED_CLONES void addSegmentRows(double* const* sum, const float* a, const float* __restrict x, int64_t in, int64_t w) {
+  double* __restrict s0 = sum[0];
+  double* __restrict s1 = sum[R > 1 ? 1 : 0];
+  double* __restrict s2 = sum[R > 2 ? 2 : 0];
+  double* __restrict s3 = sum[R > 3 ? 3 : 0];
+  for (int64_t j = 0; j < w; j++) {
+    float acc[R];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++) acc[r] = 0.0f;
+#pragma GCC unroll 4
+    for (int i = 0; i < B; i++) {
+      const float xv = x[i * in + j];
+#pragma GCC unroll 4
+      for (int r = 0; r < R; r++) acc[r] = __builtin_fmaf(a[r * B + i], xv, acc[r]);
+    }
+    s0[j] += double(acc[0]);
+    if (R > 1) s1[j] += double(acc[R > 1 ? 1 : 0]);
+    if (R > 2) s2[j] += double(acc[R > 2 ? 2 : 0]);
+    if (R > 3) s3[j] += double(acc[R > 3 ? 3 : 0]);
+  }
+}
+
+template <int B>
+void addSegment(int64_t rows, double* const* sum, const float* a, const float* x, int64_t in, int64_t w) {
+  switch (rows) {
+    case 1: addSegmentRows<1, B>(sum, a, x, in, w); break;
+    case 2: addSegmentRows<2, B>(sum, a, x, in, w); break;
+    case 3: addSegmentRows<3, B>(sum, a, x, in, w); break;
+    default: addSegmentRows<4, B>(sum, a, x, in, w); break;
+  }
+}
+
+// linearSegmentGrads for segments of b ≤ FUSED_SEGMENT_SAMPLES samples, columns k0..k1−1: each element
+// of a segment's dW made as the GEMM path makes it and added to the float64 sum at once, segment by
+// segment, 4 rows of dW at a time in blocks of columns whose sums stay in L1: the same bits as the GEMM path.
+void segmentGradsFused(double* dw64, float* dw, const float* dy, const float* x, int64_t segments, int64_t b, int64_t in, int64_t out,
+                       int64_t k0, int64_t k1) {
+  float a[4 * FUSED_SEGMENT_SAMPLES];
+  double* sum[4];
+  for (int64_t c0 = k0; c0 < k1; c0 += FUSED_BLOCK) {
+    const int64_t w = std::min(k1 - c0, FUSED_BLOCK);
+    for (int64_t o0 = 0; o0 < out; o0 += 4) {
+      const int64_t rows = std::min<int64_t>(4, out - o0);
+      for (int64_t r = 0; r < rows; r++) {
+        sum[r] = dw64 + (o0 + r) * in + c0;
+        std::fill(sum[r], sum[r] + w, 0.0);
+      }
+      for (int64_t s = 0; s < segments; s++) {
+        for (int64_t r = 0; r < rows; r++)
+          for (int64_t i = 0; i < b; i++) a[r * b + i] = dy[(s * b + i) * out + o0 + r];
+        const float* xs = x + s * b * in + c0;
+        switch (b) {
+          case 1: addSegment<1>(rows, sum, a, xs, in, w); break;
+          case 2: addSegment<2>(rows, sum, a, xs, in, w); break;
+          case 3: addSegment<3>(rows, sum, a, xs, in, w); break;
+          default: addSegment<4>(rows, sum, a, xs, in, w); break;
+        }
+      }
+      for (int64_t r = 0; r < rows; r++) {
+        float* d = dw + (o0 + r) * in + c0;
+        for (int64_t j = 0; j < w; j++) d[j] = float(sum[r][j]);
+      }
+    }
+  }
 }
 }  // namespace
 
@@ -64,21 +149,25 @@ void linearBackward(float* dx, float* dw, float* db, const float* dy, const floa
 void linearSegmentGrads(double* dw64, double* db64, float* dw, float* db, const float* dy, const float* x, int64_t n, int64_t segments,
                         int64_t in, int64_t out, const Threads& t) {
   const int64_t b = segments > 0 ? n / segments : 0;
-  columnParts(t, in, [&](int64_t k0, int64_t k1) {
-    const int64_t width = k1 - k0;
-    thread_local std::vector<float> scratch;
-    if (int64_t(scratch.size()) < out * width) scratch.resize(out * width);
-    float* seg = scratch.data();
-    for (int64_t o = 0; o < out; o++) std::fill(dw64 + o * in + k0, dw64 + o * in + k1, 0.0);
-    for (int64_t s = 0; s < segments && b > 0; s++) {
-      // This segment's dW columns k0..k1−1, as linearBackward's gemm makes them, widened into the float64 sum.
-      gemm(View::plain(seg, width, 1), View::plain(dy + s * b * out, 1, out), View::plain(x + s * b * in + k0, in, 1), out, width, b, false);
+  if (b > 0 && b <= FUSED_SEGMENT_SAMPLES) {
+    columnParts(t, in, [&](int64_t k0, int64_t k1) { segmentGradsFused(dw64, dw, dy, x, segments, b, in, out, k0, k1); });
+  } else {
+    columnParts(t, in, [&](int64_t k0, int64_t k1) {
+      const int64_t width = k1 - k0;
+      thread_local std::vector<float> scratch;
+      if (int64_t(scratch.size()) < out * width) scratch.resize(out * width);
+      float* seg = scratch.data();
+      for (int64_t o = 0; o < out; o++) std::fill(dw64 + o * in + k0, dw64 + o * in + k1, 0.0);
+      for (int64_t s = 0; s < segments && b > 0; s++) {
+        // This segment's dW columns k0..k1−1, as linearBackward's gemm makes them, widened into the float64 sum.
+        gemm(View::plain(seg, width, 1), View::plain(dy + s * b * out, 1, out), View::plain(x + s * b * in + k0, in, 1), out, width, b, false);
+        for (int64_t o = 0; o < out; o++)
+          for (int64_t j = 0; j < width; j++) dw64[o * in + k0 + j] += double(seg[o * width + j]);
+      }
       for (int64_t o = 0; o < out; o++)
-        for (int64_t j = 0; j < width; j++) dw64[o * in + k0 + j] += double(seg[o * width + j]);
-    }
-    for (int64_t o = 0; o < out; o++)
-      for (int64_t j = k0; j < k1; j++) dw[o * in + j] = float(dw64[o * in + j]);
-  });
+        for (int64_t j = k0; j < k1; j++) dw[o * in + j] = float(dw64[o * in + j]);
+    });
+  }
   for (int64_t o = 0; o < out; o++) {
     double sum = 0;
     for (int64_t s = 0; s < segments; s++) {

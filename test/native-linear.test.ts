@@ -68,24 +68,34 @@ describe.skipIf(off)("Linear on the native kernels", () => {
     }
   });
 
-  it("gives each rank segment's dW and db as that rank alone would, summed in float64 and rounded once", () => {
-    const c = { label: "4 ranks × 2, 256 → 130", n: 8, inF: 256, outF: 130 };
+  // 1 to 4 samples a rank take the fused loop (native/linear.cc segmentGradsFused), 5 the GEMM per segment;
+  // 784 inputs span two of the fused loop's column blocks, 130 and 67 outputs end in a partial group of rows.
+  it.each([
+    { per: 1, inF: 256, outF: 130 },
+    { per: 2, inF: 256, outF: 130 },
+    { per: 2, inF: 784, outF: 67 },
+    { per: 3, inF: 784, outF: 67 },
+    { per: 4, inF: 100, outF: 9 },
+    { per: 5, inF: 256, outF: 130 },
+  ])("gives each rank segment's dW and db as that rank alone would, summed in float64 and rounded once (4 ranks × $per, $inF → $outF)", ({ per, inF, outF }) => {
+    const c = { n: 4 * per, inF, outF };
     const rng = new Rng(9), x = normals(rng, c.n * c.inF), dy = normals(rng, c.n * c.outF);
-    const per = c.n / 4;
     const alone = [0, 1, 2, 3].map((r) => {
       const l = new Linear("fc", c.inF, c.outF, new Rng(10), "native");
       l.forward(x.subarray(r * per * c.inF), per, true);
       l.backward(dy.subarray(r * per * c.outF), per);
       return [Float64Array.from(l.weight.grad), Float64Array.from(l.bias.grad)];
     });
-    const block = new Linear("fc", c.inF, c.outF, new Rng(10), "native");
-    block.setRankSegments(4);
-    block.forward(x, c.n, true);
-    block.backward(dy, c.n);
-    for (const [i, got] of [block.weight.grad, block.bias.grad].entries()) {
-      const want = new Float32Array(got.length);
-      for (let j = 0; j < want.length; j++) want[j] = alone[0]![i]![j]! + alone[1]![i]![j]! + alone[2]![i]![j]! + alone[3]![i]![j]!;
-      expectBits(i === 0 ? "dW" : "db", got, want);
+    for (const threads of [1, 3]) {
+      const block = nativeLinear({ label: "block", ...c }, 10, threads);
+      block.setRankSegments(4);
+      block.forward(x, c.n, true);
+      block.backward(dy, c.n);
+      for (const [i, got] of [block.weight.grad, block.bias.grad].entries()) {
+        const want = new Float32Array(got.length);
+        for (let j = 0; j < want.length; j++) want[j] = alone[0]![i]![j]! + alone[1]![i]![j]! + alone[2]![i]![j]! + alone[3]![i]![j]!;
+        expectBits(`${threads} threads, ${i === 0 ? "dW" : "db"}`, got, want);
+      }
     }
   });
 
