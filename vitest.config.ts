@@ -34,6 +34,7 @@ const FAST = [
   "test/onnx-ops.test.ts",
   "test/progress-line.test.ts",
   "test/rank-segments.test.ts",
+  "test/segmented-fused.test.ts",
   "test/reduce.test.ts",
   "test/report-bn.test.ts",
   "test/report-text.test.ts",

@@ -60,6 +60,7 @@ export class BlockSync {
         return self.clock.step;
       },
       rank: first + k,
+      block: this,
       reduceMoments: (layer: number, local: Moments) => self.reduceMoments(k, layer, local),
       reduceGradSums: (layer: number, count: number, sums: Float64Array) => self.reduceGradSums(k, layer, count, sums),
     }));
@@ -114,27 +115,34 @@ export class BlockSync {
       waiters.forEach((w, i) => w.resolve(b.moments[Math.floor(i / k)]!));
       return;
     }
-    // Every rank of the block has the same count (the same per-rank batch): the round's `count`.
-    const count = b.counts[0]!;
-    if (b.counts.some((n) => n !== count)) {
-      const e = new SyncbnError(ErrorCode.BadConfig, `layer ${layer}: the ranks of a block that sends rounds must have equal batches, got counts ${Array.from(b.counts).join(", ")}`, { rank: this.ranks(), step: this.clock.step, layer, phase: "fwd" });
-      for (const w of waiters) w.reject(e);
-      return;
-    }
-    this.client.roundInto(b.fwdResult, this.clock.step, "fwd", layer, count, b.payload).then(
-      (r) => {
-        let m = b.moments[0]!;
-        if (r.data !== b.fwdResult) {
-          const d = r.data as Float64Array; // [mean(C), biased var(C)], not decoded in place
-          m = { count: r.count, mean: d.subarray(0, c), variance: d.subarray(c) };
-        }
-        m.count = r.count;
+    this.momentsRound(layer, c, b).then(
+      (m) => {
         for (const w of waiters) w.resolve(m);
       },
       (e: unknown) => {
         for (const w of waiters) w.reject(e);
       },
     );
+  }
+
+  /** The block's one fwd round, every rank's part in b.payload and b.counts: the group's moments. */
+  private momentsRound(layer: number, c: number, b: LayerBuffers): Promise<GroupMoments> {
+    // Every rank of the block has the same count (the same per-rank batch): the round's `count`.
+    const count = b.counts[0]!;
+    if (b.counts.some((n) => n !== count)) {
+      return Promise.reject(
+        new SyncbnError(ErrorCode.BadConfig, `layer ${layer}: the ranks of a block that sends rounds must have equal batches, got counts ${Array.from(b.counts).join(", ")}`, { rank: this.ranks(), step: this.clock.step, layer, phase: "fwd" }),
+      );
+    }
+    return this.client.roundInto(b.fwdResult, this.clock.step, "fwd", layer, count, b.payload).then((r) => {
+      let m = b.moments[0]!;
+      if (r.data !== b.fwdResult) {
+        const d = r.data as Float64Array; // [mean(C), biased var(C)], not decoded in place
+        m = { count: r.count, mean: d.subarray(0, c), variance: d.subarray(c) };
+      }
+      m.count = r.count;
+      return m;
+    });
   }
 
   private reduceGradSums(k: number, layer: number, count: number, sums: Float64Array): Promise<Float64Array> {
@@ -178,6 +186,31 @@ export class BlockSync {
         for (const w of waiters) w.reject(e);
       },
     );
+  }
+
+  /** Whether the block sends one round for all its ranks (they lie inside one statistics group), rather than merging whole groups here. */
+  get sendsRounds(): boolean {
+    return this.localGroup === 0;
+  }
+
+  /**
+   * The layer's per-rank parts for a caller that writes every rank's at once (SegmentedNorm's
+   * fused path): payload (R·2C), rank k's [mean(C), M2(C)] or [Σdy(C), Σdy·xhat(C)] at k·2C, and
+   * counts (R); then sendMoments or sendGradSums. Only when sendsRounds.
+   */
+  parts(layer: number, channels: number): { payload: Float64Array; counts: Float64Array } {
+    return this.buffers(layer, channels);
+  }
+
+  /** The fwd round of the whole block, every part written (parts()): what reduceMoments gives each rank. */
+  sendMoments(layer: number, channels: number): Promise<GroupMoments> {
+    return this.momentsRound(layer, channels, this.buffers(layer, channels));
+  }
+
+  /** The bwd round of the whole block, every part written (parts()): what reduceGradSums gives each rank. */
+  sendGradSums(layer: number, channels: number): Promise<Float64Array> {
+    const b = this.buffers(layer, channels);
+    return this.client.roundInto(b.bwdResult, this.clock.step, "bwd", layer, b.counts[0]!, b.payload).then((r) => r.data as Float64Array);
   }
 
   private ranks(): number[] {

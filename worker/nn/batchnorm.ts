@@ -13,6 +13,8 @@ import {
   updateRunningStats,
   type Moments,
 } from "../../shared/stats.js";
+import type { BlockSync } from "../block-sync.js";
+import type { NormPasses } from "./kernels/norm-passes.js";
 import { RunningStatsNorm } from "./norm-base.js";
 
 /** The collective a BN layer needs; RoundSync implements it over the coordinator. */
@@ -24,6 +26,8 @@ export interface BnSync {
   reduceMoments(layer: number, local: Moments): Promise<{ count: number; mean: Float64Array; variance: Float64Array }>;
   /** Sum [Σdy(C), Σdy·xhat(C)] over the statistics group. */
   reduceGradSums(layer: number, count: number, sums: Float64Array): Promise<Float64Array>;
+  /** The block's collective, when this rank is one of a process's block of ranks (SegmentedNorm's fused path). */
+  readonly block?: BlockSync;
 }
 
 export { isRunningStatsLayer, type RunningStatsLayer } from "./norm-base.js";
@@ -70,6 +74,11 @@ export class BatchNorm extends RunningStatsNorm {
       return this.finishForward(y, x, n, this.moments.count, this.moments.mean, this.batchVar);
     }
     return this.sync.reduceMoments(this.layerIndex, this.moments).then((g) => this.finishForward(y, x, n, g.count, g.mean, g.variance));
+  }
+
+  /** The passes this layer runs on (SegmentedNorm's fused path runs a block of copies on copy 0's). */
+  get kernels(): NormPasses {
+    return this.passes;
   }
 
   private finishForward(

@@ -3,10 +3,21 @@
 // fed the k-th slice of B samples of the block's R·B batch, so every rank keeps
 // its own statistics and running averages exactly as one rank per process would.
 // Not used for R = 1 (the model holds the plain layer) nor for groupnorm/none.
+// BatchNorm copies whose ranks share one statistics group run as one pass over the
+// block instead (segmented-fused.ts), with the same bits.
 
 import { ErrorCode, SyncbnError } from "../../shared/errors.js";
+import { BatchNorm } from "./batchnorm.js";
 import { BatchBuffer, type Param } from "./layer.js";
 import type { RunningStatsLayer, RunningStatsNorm } from "./norm-base.js";
+import { FusedBlockNorm } from "./segmented-fused.js";
+
+let fuseBlocks = true;
+
+/** Tests: build SegmentedNorms with the fused path where it applies (true, the default) or never (false). */
+export function useFusedBlockNorm(on: boolean): void {
+  fuseBlocks = on;
+}
 
 /**
  * The block's R copies behind one layer. γ/β of copy 0 are the layer's only
@@ -27,6 +38,8 @@ export class SegmentedNorm implements RunningStatsLayer {
   private readonly gradSum: Float64Array; // (2C): [Σ_k dγ_k, Σ_k dβ_k]
   private readonly pendingY: (Float32Array | Promise<Float32Array>)[];
   private readonly pendingDx: (Float32Array | Promise<Float32Array>)[];
+  /** BatchNorm copies of ranks in one statistics group, on the native or TypeScript passes: one pass over the block (segmented-fused.ts). */
+  private readonly fused: FusedBlockNorm | null;
 
   constructor(readonly copies: readonly RunningStatsNorm[]) {
     const c0 = copies[0]!;
@@ -46,6 +59,14 @@ export class SegmentedNorm implements RunningStatsLayer {
     c0.beta.grad64 = this.gradSum.subarray(this.channels);
     this.pendingY = new Array<Float32Array | Promise<Float32Array>>(copies.length);
     this.pendingDx = new Array<Float32Array | Promise<Float32Array>>(copies.length);
+    const block = c0 instanceof BatchNorm ? c0.sync?.block : undefined;
+    const fusable = copies.every((c) => c.constructor === BatchNorm) && block?.sendsRounds === true && (c0 as BatchNorm).kernels.backend !== "wasm";
+    this.fused = fuseBlocks && fusable ? new FusedBlockNorm(copies as readonly RunningStatsNorm[] as readonly BatchNorm[], block!) : null;
+  }
+
+  /** Whether this layer runs its copies as one pass over the block (segmented-fused.ts). */
+  get fusedPath(): boolean {
+    return this.fused !== null;
   }
 
   get runningMean(): Float64Array {
@@ -92,6 +113,7 @@ export class SegmentedNorm implements RunningStatsLayer {
     // Eval: copy 0 (rank r0's statistics) over the whole batch, any size.
     if (!train) return this.copies[0]!.forward(x, n, false);
     const b = this.segment(n, "fwd");
+    if (this.fused) return this.fused.forward(this.y.view(n), x, n, b);
     const len = b * this.channels * this.spatial;
     const g0 = this.copies[0]!.gamma.value;
     const b0 = this.copies[0]!.beta.value;
@@ -114,6 +136,7 @@ export class SegmentedNorm implements RunningStatsLayer {
 
   backward(dy: Float32Array, n: number): Float32Array | Promise<Float32Array> {
     const b = this.segment(n, "bwd");
+    if (this.fused) return this.fused.backward(this.dx.view(n), dy, n, b, this.gradSum);
     const len = b * this.channels * this.spatial;
     let async = false;
     for (let k = 0; k < this.copies.length; k++) {
