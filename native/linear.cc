@@ -9,9 +9,10 @@
 
 #include "gemm.h"
 
-// One FMA a lane (vfmadd) where the CPU has it, libm's fmaf elsewhere: the same bits on every clone.
+// One FMA a lane (vfmadd: zmm with AVX-512, ymm with FMA3) where the CPU has it, libm's fmaf
+// elsewhere: correctly rounded everywhere, so the same bits on every clone.
 #if defined(__x86_64__)
-#define SYNCBN_FUSED_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#define SYNCBN_FUSED_CLONES __attribute__((target_clones("avx512f", "fma", "default")))
 #else
 #define SYNCBN_FUSED_CLONES
 #endif
@@ -21,8 +22,6 @@ namespace syncbn {
 namespace {
 // Columns per part: fewer would spend more on packing panels than they save.
 constexpr int64_t MIN_PART_COLUMNS = 64;
-// linearSegmentGrads' working set per block of columns (see there): about a third of a 1 MB L2.
-constexpr int64_t SEGMENT_BLOCK_BYTES = 384 * 1024;
 
 // f(lo, hi) over the columns [0, total) in up to t.count parts of at least MIN_PART_COLUMNS.
 template <class F>
