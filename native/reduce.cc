@@ -23,25 +23,13 @@ namespace {
 // Elements per block of the float64 accumulator (16 KiB: in L1 with a block of each part).
 constexpr int64_t BLOCK = 2048;
 
-SYNCBN_CLONES bool finite32(const float* a, int64_t n) {
-  const uint32_t* u = reinterpret_cast<const uint32_t*>(a);
-  constexpr uint32_t EXP = 0x7f800000u;
+// No element of u (the bits of n floats) has every exponent bit of `exp` set: no NaN, no ±Inf.
+template <class U>
+SYNCBN_CLONES bool finiteBits(const U* u, int64_t n, U exp) {
   for (int64_t lo = 0; lo < n; lo += BLOCK) {
     const int64_t hi = lo + BLOCK < n ? lo + BLOCK : n;
-    uint32_t bad = 0;
-    for (int64_t i = lo; i < hi; i++) bad |= (u[i] & EXP) == EXP;
-    if (bad) return false;
-  }
-  return true;
-}
-
-SYNCBN_CLONES bool finite64(const double* a, int64_t n) {
-  const uint64_t* u = reinterpret_cast<const uint64_t*>(a);
-  constexpr uint64_t EXP = 0x7ff0000000000000ull;
-  for (int64_t lo = 0; lo < n; lo += BLOCK) {
-    const int64_t hi = lo + BLOCK < n ? lo + BLOCK : n;
-    uint64_t bad = 0;
-    for (int64_t i = lo; i < hi; i++) bad |= (u[i] & EXP) == EXP;
+    U bad = 0;
+    for (int64_t i = lo; i < hi; i++) bad |= (u[i] & exp) == exp;
     if (bad) return false;
   }
   return true;
@@ -99,7 +87,8 @@ napi_value AllFinite(napi_env env, napi_callback_info info) {
     napi_throw_range_error(env, nullptr, "allFinite: expected a Float32Array or Float64Array");
     return nullptr;
   }
-  return boolean(env, a.f64 ? finite64(static_cast<const double*>(a.data), a.length) : finite32(static_cast<const float*>(a.data), a.length));
+  return boolean(env, a.f64 ? finiteBits(static_cast<const uint64_t*>(a.data), a.length, uint64_t(0x7ff0000000000000ull))
+                            : finiteBits(static_cast<const uint32_t*>(a.data), a.length, uint32_t(0x7f800000u)));
 }
 
 // sumParts(out, parts): out = Σ parts in array order, in float64 from 0, rounded once to out's type;

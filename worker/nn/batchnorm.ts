@@ -89,20 +89,40 @@ export class BatchNorm extends RunningStatsNorm {
     mean: Float64Array, // (C)
     variance: Float64Array, // (C)
   ): Float32Array {
+    const counted = this.adoptBatchStats(count, mean, variance);
+    const xhat = this.xhat.view(n);
+    this.lastTrainN = n;
+    if (!counted) return y; // nothing anywhere: no normalization
+    inverseStd(this.invStd, this.batchVar, this.conventions.eps);
+    this.passes.normalizeForward(y, xhat, x, this.batchMean, this.invStd, this.gamma.value, this.beta.value, n, this.channels, this.spatial);
+    return y;
+  }
+
+  /**
+   * The statistics group's moments of this training batch: checked (more than one value
+   * per channel), kept as batchCount, batchMean, batchVar, and, unless the group had no
+   * values at all, the running statistics advanced. Whether there is anything to
+   * normalize. Also SegmentedNorm's fused path, once per copy.
+   */
+  adoptBatchStats(count: number, mean: Float64Array, variance: Float64Array): boolean {
     const at = this.sync ?? this.where;
-    const ctx = { rank: at?.rank, step: at?.step, layer: this.layerIndex, phase: "fwd" };
-    checkTrainingCount(count, this.channels, ctx);
+    checkTrainingCount(count, this.channels, { rank: at?.rank, step: at?.step, layer: this.layerIndex, phase: "fwd" });
     this.batchCount = count;
     if (mean !== this.batchMean) this.batchMean.set(mean);
     if (variance !== this.batchVar) this.batchVar.set(variance);
-    const xhat = this.xhat.view(n);
-    this.lastTrainN = n;
-    if (count === 0) return y; // nothing anywhere: no normalization, no running-stat update
-    inverseStd(this.invStd, this.batchVar, this.conventions.eps);
-    this.passes.normalizeForward(y, xhat, x, this.batchMean, this.invStd, this.gamma.value, this.beta.value, n, this.channels, this.spatial);
+    if (count === 0) return false; // no running-stat update
     this.tracked++;
     updateRunningStats(this.runningMean, this.runningVar, this.batchMean, this.batchVar, count, this.conventions, this.tracked);
-    return y;
+    return true;
+  }
+
+  /** This rank's share of dβ = Σdy and dγ = Σdy·xhat (local: [Σdy(C), Σdy·xhat(C)]); the gradient round sums them. */
+  setLocalParamGrads(local: Float64Array): void {
+    const c = this.channels;
+    for (let ch = 0; ch < c; ch++) {
+      this.beta.grad[ch] = local[ch]!;
+      this.gamma.grad[ch] = local[c + ch]!;
+    }
   }
 
   backward(dy: Float32Array, n: number): Float32Array | Promise<Float32Array> {
@@ -118,11 +138,7 @@ export class BatchNorm extends RunningStatsNorm {
     dy = this.passes.stageGrad(dy, n);
     const c = this.channels;
     const local = this.passes.localGradSums(this.gradSums, dy, xhat, n, c, this.spatial);
-    // This worker's share of dβ = Σdy and dγ = Σdy·xhat; the gradient round sums them.
-    for (let ch = 0; ch < c; ch++) {
-      this.beta.grad[ch] = local[ch]!;
-      this.gamma.grad[ch] = local[c + ch]!;
-    }
+    this.setLocalParamGrads(local);
     const dx = this.dx.view(n);
     if (!this.sync) {
       this.finishBackward(dx, dy, xhat, n, local, this.batchCount);

@@ -10,7 +10,7 @@
 // x into their own memory per call): those keep the copies' own path.
 
 import { ErrorCode, SyncbnError } from "../../shared/errors.js";
-import { checkTrainingCount, inverseStd, updateRunningStats, type Moments } from "../../shared/stats.js";
+import { inverseStd, type Moments } from "../../shared/stats.js";
 import type { BlockSync } from "../block-sync.js";
 import type { BatchNorm } from "./batchnorm.js";
 import type { NormPasses } from "./kernels/norm-passes.js";
@@ -51,29 +51,18 @@ export class FusedBlockNorm {
       counts[k] = m.count;
     }
     const g = await this.block.sendMoments(layer, c);
-    checkTrainingCount(g.count, c, { rank: c0.sync?.rank, step: c0.sync?.step, layer, phase: "fwd" });
-    for (const ck of this.copies) {
-      ck.batchCount = g.count;
-      ck.batchMean.set(g.mean);
-      ck.batchVar.set(g.variance);
-    }
+    let counted = false;
+    for (const ck of this.copies) counted = ck.adoptBatchStats(g.count, g.mean, g.variance);
     const xhat = this.xhat.view(n);
     this.lastTrainN = n;
-    if (g.count === 0) return y; // nothing anywhere: no normalization, no running-stat update
+    if (!counted) return y; // nothing anywhere: no normalization
     inverseStd(this.invStd, c0.batchVar, c0.conventions.eps);
     this.passes.normalizeForward(y, xhat, x, c0.batchMean, this.invStd, c0.gamma.value, c0.beta.value, n, c, s);
-    for (const ck of this.copies) {
-      ck.tracked++;
-      updateRunningStats(ck.runningMean, ck.runningVar, ck.batchMean, ck.batchVar, g.count, ck.conventions, ck.tracked);
-    }
     return y;
   }
 
-  /**
-   * The R copies' backward into dx (R·B, C, S); gradSum (2C) ← [Σ_k dγ_k, Σ_k dβ_k], each
-   * rank's float32 dγ, dβ summed in float64 in rank order, and copy 0's grads ← their float32.
-   */
-  async backward(dx: Float32Array, dy: Float32Array, n: number, b: number, gradSum: Float64Array): Promise<Float32Array> {
+  /** The R copies' backward into dx (R·B, C, S); each copy's dγ, dβ are its own rank's (SegmentedNorm sums them). */
+  async backward(dx: Float32Array, dy: Float32Array, n: number, b: number): Promise<Float32Array> {
     const c0 = this.copies[0]!;
     const layer = c0.layerIndex;
     if (this.lastTrainN !== n) {
@@ -82,21 +71,12 @@ export class FusedBlockNorm {
     const c = this.channels, s = this.spatial, len = b * c * s;
     const xhat = this.xhat.view(n);
     const { payload, counts } = this.block.parts(layer, c);
-    gradSum.fill(0);
     for (let k = 0; k < this.copies.length; k++) {
       const part = payload.subarray(k * 2 * c, (k + 1) * 2 * c);
       const local = this.passes.localGradSums(part, dy.subarray(k * len, (k + 1) * len), xhat.subarray(k * len, (k + 1) * len), b, c, s);
       if (local !== part) part.set(local);
       counts[k] = b * s;
-      // Rank k's dγ = Σdy·xhat and dβ = Σdy as its float32 grads, added in rank order.
-      for (let ch = 0; ch < c; ch++) {
-        gradSum[ch]! += Math.fround(part[c + ch]!);
-        gradSum[c + ch]! += Math.fround(part[ch]!);
-      }
-    }
-    for (let ch = 0; ch < c; ch++) {
-      c0.gamma.grad[ch] = gradSum[ch]!;
-      c0.beta.grad[ch] = gradSum[c + ch]!;
+      this.copies[k]!.setLocalParamGrads(part);
     }
     const global = await this.block.sendGradSums(layer, c);
     if (c0.batchCount !== 0) this.passes.normalizeBackward(dx, dy, xhat, global, c0.batchCount, this.invStd, c0.gamma.value, n, c, s);

@@ -136,7 +136,12 @@ export class SegmentedNorm implements RunningStatsLayer {
 
   backward(dy: Float32Array, n: number): Float32Array | Promise<Float32Array> {
     const b = this.segment(n, "bwd");
-    if (this.fused) return this.fused.backward(this.dx.view(n), dy, n, b, this.gradSum);
+    if (this.fused) {
+      return this.fused.backward(this.dx.view(n), dy, n, b).then((dx) => {
+        this.sumParamGrads();
+        return dx;
+      });
+    }
     const len = b * this.channels * this.spatial;
     let async = false;
     for (let k = 0; k < this.copies.length; k++) {
