@@ -14,7 +14,7 @@ import { DEFAULT_HEAP, heapMarkdown, runHeapBench, type HeapOptions, type HeapRe
 import { DEFAULT_LATENCY, LATENCY_TARGET, latencyMarkdown, runLatencyBench, type LatencyOptions, type LatencyRow } from "./latency.js";
 import { fmt, loadLine, machineLine, table, verdict } from "./stats.js";
 import { DEFAULT_NATIVE_CONV, nativeConvMarkdown, nativeConvTargets, runNativeConvBench, type NativeConvOptions, type NativeConvResult } from "./native-conv.js";
-import { DEFAULT_RANKS, ranksMarkdown, runRanksBench, type RanksOptions, type RanksResult } from "./ranks.js";
+import { DEFAULT_RANKS, ranksMarkdown, ranksTargets, runRanksBench, type RanksOptions, type RanksResult } from "./ranks.js";
 import { DEFAULT_RESNET, resnetMarkdown, resnetTargets, runResnetBench, type ResnetOptions, type ResnetResult } from "./resnet.js";
 import { DEFAULT_STEP, STEP_TARGET, TRANSPORT_LABEL, runStepBench, stepMarkdown, type StepOptions, type StepRow } from "./step.js";
 import { DEFAULT_TORCH_LAUNCH, runTorchLaunchBench, torchLaunchMarkdown, torchLaunchTargets, type TorchLaunchOptions, type TorchLaunchResult } from "./torch-launch.js";
@@ -122,6 +122,8 @@ function targetRows(): string[][] {
   else rows.push(["resnet:3 sync vs local, against PyTorch", missing(resnet), "MISS"]);
   if (nativeConv.value) rows.push(...nativeConvTargets(nativeConv.value as NativeConvResult));
   else rows.push(["native conv ≥ 50 % of one core's FMA peak", missing(nativeConv), "MISS"]);
+  if (ranks.value) rows.push(...ranksTargets(ranks.value as RanksResult));
+  else rows.push(["64 ranks × 2 fused against 1 × 128 (many simulated devices)", missing(ranks), "MISS"]);
   if (torchLaunch.value) rows.push(...torchLaunchTargets(torchLaunch.value as TorchLaunchResult));
   else rows.push(["PyTorch example under syncbn launch: sync vs local, against DDP", missing(torchLaunch), "MISS"]);
   const h = heap.value as HeapResult | null;
