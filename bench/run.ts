@@ -209,7 +209,7 @@ return [
   "",
   "## Reproduce",
   "",
-  "`npm run bench` (about 20 minutes on this 2-core machine; `node dist/bench/run.js --quick` for a short run). Sections alone: `node dist/bench/latency.js [--quick] [--worlds 2,4] [--channels 64] [--unpinned]`, " +
+  "`npm run bench` (about 16 minutes on this 2-core machine; `node dist/bench/run.js --quick` for a short run). Sections alone: `node dist/bench/latency.js [--quick] [--worlds 2,4] [--channels 64] [--unpinned]`, " +
     "`node dist/bench/step.js [--quick] [--transports process,process-tcp,thread]`, `node dist/bench/native-conv.js [--reps N]`, `node dist/bench/resnet.js [--quick]` (runs `bench/torch_resnet.py` with /usr/bin/python3 when it has torch), `node dist/bench/torch-launch.js [--steps N] [--repeats R] [--blocks B]`, `node dist/bench/throughput.js`, `node dist/bench/ranks.js [--quick]`, `node dist/bench/heap.js`, `node dist/bench/kernels.js`, `node dist/bench/dashboard.js [--quick]`.",
   "",
 ];
