@@ -1,10 +1,12 @@
 // The direct convolution (conv.h): stride-1 convs without im2col. Each sample's
-// input is copied once into planes with a ring of `padding` zeros; the columns
+// input is copied once into planes with `padding` zeros around (the zeros between
+// two rows serving as the right border of one and the left of the next); the columns
 // im2col would make are then that buffer read at a shift (kh·wp + kw), so the
 // forward's GEMM reads B in place (gemmOffsetB) and dW's reads A in place
 // (gemmGridA), with the same terms in the same order as on im2col's columns: the
 // same bits. The output is computed on the padded width (wp columns per output
-// row, the last wp − outW of each thrown away), into a per-thread grid copied out.
+// row, wp = w + padding, the last wp − outW of each thrown away), into a per-thread
+// grid copied out; the GEMM's last column strip is only as wide as the grid needs.
 // dx is the forward of dy's padded planes with the kernel flipped and transposed:
 // one FMA chain per element over (co, kh, kw), where im2col's path sums k² chains
 // in col2im, so its bits differ from that path's (both are the twins' within
@@ -25,8 +27,10 @@ bool directOn = true;
 constexpr int64_t GRID_COLUMNS = 384;  // samples stacked per GEMM until the grid has about this many columns
 
 // s samples of c planes (h, w), stacked per channel with `pad` zero rows above, between and below
-// them and `pad` zero columns on each side (rows of wp = w + 2·pad): sample j's padded plane starts
-// at row j·(h + pad), so neighbours share their zero rows. Read on a grid of wp columns per row,
+// them and `pad` zero columns before each row (rows of wp = w + pad): sample j's padded plane starts
+// at row j·(h + pad), so neighbours share their zero rows, and a row's zeros on the right are the
+// next row's on the left (a read past column w − 1 lands in them, as one before column 0 does in
+// the row's own), so fewer grid columns are computed and thrown away. Read on a grid of wp columns per row,
 // output row oh of sample j at grid row j·(h + pad) + oh (the rows and columns in between thrown
 // away); gridN columns, rounded up to the tile's. Holds the offsets of every (c, kh, kw) and the
 // buffer's floats, the zeros past the last plane covering the rounded grid's reads.
@@ -34,7 +38,7 @@ struct Padded {
   int64_t c, h, w, pad, s, wp, plane, gridN, gridCols, size;
   std::vector<int64_t> off;  // (c, kh, kw) → c·plane + kh·wp + kw
   Padded(int64_t c_, int64_t h_, int64_t w_, int64_t pad_, int64_t k, int64_t outH, int64_t s_) : c(c_), h(h_), w(w_), pad(pad_), s(s_) {
-    wp = w + 2 * pad, plane = (pad + s * (h + pad)) * wp;
+    wp = w + pad, plane = (pad + s * (h + pad)) * wp;
     gridN = ((s - 1) * (h + pad) + outH) * wp, gridCols = roundUp(gridN, gemmTileCols());
     size = c * plane + (gridCols - gridN) + k;
     off.resize(c * k * k);
@@ -60,7 +64,7 @@ struct Padded {
 };
 
 // Samples stacked per GEMM for planes (h, w) padded by pad: about GRID_COLUMNS grid columns.
-int64_t stackOf(int64_t h, int64_t w, int64_t pad) { return std::max<int64_t>(1, GRID_COLUMNS / ((h + pad) * (w + 2 * pad))); }
+int64_t stackOf(int64_t h, int64_t w, int64_t pad) { return std::max<int64_t>(1, GRID_COLUMNS / ((h + pad) * (w + pad))); }
 
 // Forward (or dx, as a forward of dy) of s samples in (s, c, h, w): out (s, m, outH, outW) = init + A·columns,
 // A packed by packRows; init the bias (m) when not null, else +0.
@@ -88,7 +92,9 @@ void useDirectConv(bool on) { directOn = on; }
 bool directConv(const Geometry& g) {
   if (!directOn || g.stride != 1 || g.padding > g.kernel - 1 || g.inH < 1 || g.inW < 1 || g.outH < 1 || g.outW < 1) return false;
   // At least 3/5 of each grid position kept (measured: 64→64 at 7×7, 49 of 72, gains over im2col), in the
-  // forward over x's padded planes and in dx over dy's.
+  // forward over x's padded planes and in dx over dy's. Counted on planes with zeros on both sides (w + 2·pad
+  // columns), as when the rule was measured: sharing a row's right zeros with the next row's left ones
+  // (Padded) made the path cheaper without changing which geometries take it, nor any bits.
   const int64_t pd = dxPadding(g);
   const int64_t forwardGrid = int64_t(g.inH + g.padding) * (g.inW + 2 * g.padding), dxGrid = int64_t(g.outH + pd) * (g.outW + 2 * pd);
   return 5 * int64_t(g.outH) * g.outW >= 3 * forwardGrid && 5 * int64_t(g.inH) * g.inW >= 3 * dxGrid;

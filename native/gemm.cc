@@ -50,7 +50,8 @@ inline V fmadd(float a, V b, V c) { return _mm512_fmadd_ps(_mm512_set1_ps(a), b,
 void micro(int64_t kc, const float* ap, const float* bp, int64_t ldb, float* c, int64_t ldc, bool load) {
   microTile<8, 3>(kc, ap, bp, ldb, c, ldc, load);
 }
-void offset(int64_t kc, const float* ap, const float* base, const int64_t* off, float* c, int64_t ldc, bool load) { offsetTile<8, 3>(kc, ap, base, off, c, ldc, load); }
+template <int NV>
+void offset(int64_t kc, const float* ap, const float* base, const int64_t* off, float* c, int64_t ldc, bool load) { offsetTile<8, NV>(kc, ap, base, off, c, ldc, load); }
 template <int NV>
 void grid(const float* const* rows, int64_t h, int64_t w, int64_t wp, const float* bp, float* c, int64_t ldc) { gridTile<8, NV>(rows, h, w, wp, bp, c, ldc); }
 }  // namespace avx512
@@ -66,7 +67,8 @@ inline V fmadd(float a, V b, V c) { return _mm256_fmadd_ps(_mm256_set1_ps(a), b,
 void micro(int64_t kc, const float* ap, const float* bp, int64_t ldb, float* c, int64_t ldc, bool load) {
   microTile<6, 2>(kc, ap, bp, ldb, c, ldc, load);
 }
-void offset(int64_t kc, const float* ap, const float* base, const int64_t* off, float* c, int64_t ldc, bool load) { offsetTile<6, 2>(kc, ap, base, off, c, ldc, load); }
+template <int NV>
+void offset(int64_t kc, const float* ap, const float* base, const int64_t* off, float* c, int64_t ldc, bool load) { offsetTile<6, NV>(kc, ap, base, off, c, ldc, load); }
 template <int NV>
 void grid(const float* const* rows, int64_t h, int64_t w, int64_t wp, const float* bp, float* c, int64_t ldc) { gridTile<6, NV>(rows, h, w, wp, bp, c, ldc); }
 }  // namespace avx2
@@ -91,7 +93,8 @@ inline V fmadd(float a, V b, V c) {
 void micro(int64_t kc, const float* ap, const float* bp, int64_t ldb, float* c, int64_t ldc, bool load) {
   microTile<6, 2>(kc, ap, bp, ldb, c, ldc, load);
 }
-void offset(int64_t kc, const float* ap, const float* base, const int64_t* off, float* c, int64_t ldc, bool load) { offsetTile<6, 2>(kc, ap, base, off, c, ldc, load); }
+template <int NV>
+void offset(int64_t kc, const float* ap, const float* base, const int64_t* off, float* c, int64_t ldc, bool load) { offsetTile<6, NV>(kc, ap, base, off, c, ldc, load); }
 template <int NV>
 void grid(const float* const* rows, int64_t h, int64_t w, int64_t wp, const float* bp, float* c, int64_t ldc) { gridTile<6, NV>(rows, h, w, wp, bp, c, ldc); }
 }  // namespace baseline
@@ -104,18 +107,18 @@ struct Isa {
   MicroFn micro;
   bool (*supported)();
   int lanes, inPlaceRows;    // gemmGridA (and gemmInPlaceA): tiles of inPlaceRows × NV·lanes, NV = 1..3 (AVX-512) or 1..2
-  OffsetFn offset;           // mr × nr, B at offsets
+  OffsetFn offset[3];        // mr × NV·lanes, B at offsets, by NV − 1 (NV·lanes = nr the widest; narrower for the last strip)
   GridFn grid[3];            // by NV − 1; null where the accumulators would not fit
 };
 
 const Isa ISAS[] = {
 #if defined(__x86_64__)
     {"avx512f", 8, 48, avx512::micro, [] { return __builtin_cpu_init(), __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma"); },
-     16, 8, avx512::offset, {avx512::grid<1>, avx512::grid<2>, avx512::grid<3>}},
+     16, 8, {avx512::offset<1>, avx512::offset<2>, avx512::offset<3>}, {avx512::grid<1>, avx512::grid<2>, avx512::grid<3>}},
     {"avx2", 6, 16, avx2::micro, [] { return __builtin_cpu_init(), __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); },
-     8, 6, avx2::offset, {avx2::grid<1>, avx2::grid<2>, nullptr}},
+     8, 6, {avx2::offset<1>, avx2::offset<2>, nullptr}, {avx2::grid<1>, avx2::grid<2>, nullptr}},
 #endif
-    {"baseline", 6, 8, baseline::micro, [] { return true; }, 4, 6, baseline::offset, {baseline::grid<1>, baseline::grid<2>, nullptr}},
+    {"baseline", 6, 8, baseline::micro, [] { return true; }, 4, 6, {baseline::offset<1>, baseline::offset<2>, nullptr}, {baseline::grid<1>, baseline::grid<2>, nullptr}},
 };
 
 const Isa* chooseIsa() {
@@ -327,13 +330,19 @@ void gemmOffsetB(float* c, int64_t ldc, const float* ap, const float* base, cons
       for (int64_t i = 0; i < mRound; i++) std::memset(c + i * ldc, 0, sizeof(float) * nRound);
     return;
   }
-  // One column strip at a time: its B rows (k · nr floats, in L1 at kc ≤ 256) serve every row strip.
-  for (int64_t jr = 0; jr < nRound; jr += isa.nr)
+  // One column strip at a time: its B rows (k · nr floats, in L1 at kc ≤ 256) serve every row strip. The
+  // last strip is as few vectors wide as covers n (its columns up to nRound are left as they were): each
+  // element is the same FMA chain whatever the tile's width, so the same bits.
+  const int maxNv = isa.nr / isa.lanes;
+  for (int64_t jr = 0; jr < nRound; jr += isa.nr) {
+    const int nv = int(std::min<int64_t>(maxNv, (n - jr + isa.lanes - 1) / isa.lanes));
+    const OffsetFn tile = isa.offset[nv - 1];
     for (int64_t pc = 0; pc < k; pc += kc0) {
       const int64_t kc = std::min(kc0, k - pc);
       for (int64_t ir = 0; ir < mRound; ir += isa.mr)
-        isa.offset(kc, ap + pc * mRound + ir * kc, base + jr, off + pc, c + ir * ldc + jr, ldc, accumulate || pc > 0);
+        tile(kc, ap + pc * mRound + ir * kc, base + jr, off + pc, c + ir * ldc + jr, ldc, accumulate || pc > 0);
     }
+  }
 }
 
 void gemmGridA(float* c, int64_t ldc, const float* const* rows, int64_t h, int64_t w, int64_t wp, const View& b, int64_t m, int64_t n) {

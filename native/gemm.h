@@ -46,7 +46,9 @@ int gemmTileCols();
 int64_t packedRowsSize(int64_t m, int64_t k);
 void packRows(float* ap, const float* a, int64_t lda, int64_t m, int64_t k);
 // C (+)= A (m, k)·B (k, n) with A packed by packRows and B[t, j] = base[off[t] + j]. C has m and n rounded up
-// to the tile (row stride ldc), all written, and base[off[t] + j] must be readable for j < n rounded up.
+// to the tile (row stride ldc): its m rounded up rows are written for the columns up to n rounded up to a
+// vector (the last strip's tile is narrower when that covers n), the rest left as they were; base[off[t] + j]
+// must be readable for j < n rounded up to the tile.
 void gemmOffsetB(float* c, int64_t ldc, const float* ap, const float* base, const int64_t* off, int64_t m, int64_t n, int64_t k, bool accumulate);
 // c (m, n), row stride ldc, = +0 + A (m, k)·B (k, n) as gemmInPlaceA, with k = h·w and A[r, oh·w + ow] = rows[r][oh·wp + ow].
 void gemmGridA(float* c, int64_t ldc, const float* const* rows, int64_t h, int64_t w, int64_t wp, const View& b, int64_t m, int64_t n);
