@@ -11,7 +11,22 @@
 #include "conv.h"
 #include "gemm.h"
 
+#if defined(__x86_64__)
+#define SYNCBN_WIDEN_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define SYNCBN_WIDEN_CLONES
+#endif
+
 namespace syncbn {
+
+// dW's float64 sum of the samples' float32 products: sum[t] = f64(p[t]) for the first sample, += for the
+// next. One conversion and at most one add per element, so every clone gives the same bits (−0 kept).
+SYNCBN_WIDEN_CLONES void widenFirst(double* sum, const float* p, int64_t n) {
+  for (int64_t t = 0; t < n; t++) sum[t] = double(p[t]);
+}
+SYNCBN_WIDEN_CLONES void widenAdd(double* sum, const float* p, int64_t n) {
+  for (int64_t t = 0; t < n; t++) sum[t] += double(p[t]);
+}
 
 namespace {
 constexpr int64_t GEMM_COLUMNS = 384;  // samples per GEMM: ⌈384 / P⌉ (P = 49: 8 samples, 392 columns)
@@ -67,8 +82,8 @@ void dwColumns(double* dw64, float* dw, double* colSums, const float* dy, const 
     // colSums[j] += f64(rowSum(cols_i row j)) while the block is in cache (CBN's statsSums: ConvWasm's bits).
     if (colSums)
       for (int64_t j = j0; j < j1; j++) colSums[j] += double(rowSum(cols + (j - j0) * P, P));
-    if (s == 0) for (int64_t t = 0; t < width * cout; t++) sum[t] = double(dw32[t]);
-    else for (int64_t t = 0; t < width * cout; t++) sum[t] += double(dw32[t]);
+    if (s == 0) widenFirst(sum, dw32, width * cout);
+    else widenAdd(sum, dw32, width * cout);
   }
   if (count > 0)
     for (int64_t co = 0; co < cout; co++)
