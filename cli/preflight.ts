@@ -5,7 +5,7 @@
 // too small for --model cnn). A problem found here is a refusal: one line, exit 2 (main.ts).
 // Not the checkpoint checks of --resume, nor the settings' own validation.
 
-import { parseNorm, TORCH_CONVENTIONS } from "../shared/config.js";
+import { parseNorm, type BnConventions } from "../shared/config.js";
 import { ErrorCode, SyncbnError } from "../shared/errors.js";
 import { probeDataset } from "../worker/data/dataset.js";
 import { buildModel, type Model } from "../worker/nn/model.js";
@@ -26,6 +26,8 @@ export interface RunDataPlan {
   classes: number;
   /** Training FLOPs of one sample through the model (cli/layout.ts), for the default layout. */
   trainFlopsPerSample: number;
+  /** Per BN layer (the `layer` of its rounds), its conventions (null: a layer without them). */
+  layerConventions: (BnConventions | null)[];
 }
 
 /** Checks s's data for a run of `workers` workers; throws the one-line error that would otherwise stop the workers. */
@@ -43,7 +45,7 @@ export async function checkRunData(s: TrainSettings, workers: number, fashionMni
     const renorm = { rMax: s.renormRMax, dMax: s.renormDMax, warmup: s.renormWarmup, clock: null };
     let model: Model;
     try {
-      model = buildModel({ kind: s.model, inShape: counts.sampleShape, classes: counts.classes, norm: parseNorm(s.norm), conventions: { ...TORCH_CONVENTIONS, eps: s.bnEps }, sync: null, seed: s.seed, renorm });
+      model = buildModel({ kind: s.model, inShape: counts.sampleShape, classes: counts.classes, norm: parseNorm(s.norm), conventions: { eps: s.bnEps, momentum: s.bnMomentum, momentumStyle: s.bnMomentumStyle, unbiasedRunningVar: s.unbiasedRunningVar }, sync: null, seed: s.seed, renorm });
     } catch (e) {
       // The model names itself and the minimum; the user also needs to know which data the images came from.
       if (e instanceof SyncbnError && e.code === ErrorCode.BadConfig) throw new SyncbnError(e.code, `${e.detail} (the images of --data ${s.data})`, e.context);
@@ -51,7 +53,9 @@ export async function checkRunData(s: TrainSettings, workers: number, fashionMni
     }
     // The training loop takes W·B samples per step and drops the remainder of an epoch.
     const perEpoch = stepsPerEpoch(counts.train, workers, s.batch);
-    return { ...counts, totalSteps: s.steps ?? s.epochs * perEpoch, trainFlopsPerSample: trainFlopsPerSample(model) };
+    // Each BN layer's conventions: an ONNX node may carry its own momentum, which the coordinator's copy of the running statistics follows too.
+    const layerConventions = model.bnLayers.map((l) => (l as { conventions?: BnConventions }).conventions ?? null);
+    return { ...counts, totalSteps: s.steps ?? s.epochs * perEpoch, trainFlopsPerSample: trainFlopsPerSample(model), layerConventions };
   } catch (e) {
     // Found before anything started: main.ts exits 2 on it.
     if (e instanceof SyncbnError && !e.beforeStart) throw new SyncbnError(e.code, e.detail, e.context, { beforeStart: true });

@@ -144,6 +144,10 @@ export async function runTrain(o: TrainOptions): Promise<TrainResult> {
     ? startThreadCoordinator(coordOptions)
     : await startCoordinatorServer({ ...coordOptions, host: "127.0.0.1", port: 0, maxPayload: DEFAULT_MAX_PAYLOAD, wire: o.wire ?? "ws", helloTimeoutMs: o.helloTimeoutMs });
   server.coordinator.events.onRefused = refusalLogger((l) => process.stderr.write(`coordinator: ${l}\n`));
+  // Layers whose conventions are not the run's (an ONNX node's own BN momentum): the coordinator's running statistics follow them too.
+  plan.layerConventions.forEach((c, layer) => {
+    if (c && (c.momentum !== s.bnMomentum || c.momentumStyle !== s.bnMomentumStyle)) server.coordinator.runningStats.configureLayer(layer, c);
+  });
   let monitorRef: RunMonitor | null = null;
   const live = await attachLiveViews(server.coordinator, () => monitorRef, { dashboard: o.dashboard ?? null, token: o.token ?? "" }).catch(async (e: unknown) => {
     await server.close();

@@ -20,6 +20,12 @@ export class RunningStatsTable {
     this.conv = conv;
   }
 
+  /** Per layer (its rounds' `layer`), other conventions than the run's: an ONNX node's own momentum (worker/nn/model.ts onnxNodeConventions). */
+  private readonly layerConv = new Map<number, BnConventions>();
+  configureLayer(layer: number, conv: BnConventions): void {
+    this.layerConv.set(layer, conv);
+  }
+
   /** Seed a layer (e.g. from a checkpoint) before any round. */
   set(layer: number, stats: LayerRunningStats): void {
     this.layers.set(layer, { mean: Float64Array.from(stats.mean), var: Float64Array.from(stats.var), tracked: stats.tracked });
@@ -65,6 +71,6 @@ export class RunningStatsTable {
     s.tracked++;
     // Views, not copies: this runs once per BN layer per step on the coordinator's hot path.
     const d = meanVar instanceof Float64Array ? meanVar : Float64Array.from(meanVar);
-    updateRunningStats(s.mean, s.var, d.subarray(0, c), d.subarray(c), count, this.conv, s.tracked);
+    updateRunningStats(s.mean, s.var, d.subarray(0, c), d.subarray(c), count, this.layerConv.get(layer) ?? this.conv, s.tracked);
   }
 }

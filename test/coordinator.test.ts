@@ -171,6 +171,19 @@ describe("coordinator rounds", () => {
     expect(s.tracked).toBe(1);
   });
 
+  it("updates a layer configured with its own momentum (an ONNX node's) with that one, the others with the run's", () => {
+    const { coord, peers } = setup(2);
+    coord.runningStats.configureLayer(1, { eps: 1e-5, momentum: 0.01, momentumStyle: "torch", unbiasedRunningVar: true });
+    for (const layer of [0, 1]) {
+      contrib(coord, peers[0]!, fwdOf([1, 3], 0, layer));
+      contrib(coord, peers[1]!, fwdOf([5, 7], 0, layer));
+    }
+    for (const p of peers) contrib(coord, p, { step: 0, phase: "grad", layer: -1, count: 2, data: new Float32Array(1) });
+    expect(coord.runningStats.layers.get(0)!.mean[0]).toBeCloseTo(0.4, 14); // 0.9·0 + 0.1·4
+    expect(coord.runningStats.layers.get(1)!.mean[0]).toBeCloseTo(0.04, 14); // 0.99·0 + 0.01·4
+    expect(coord.runningStats.layers.get(1)!.var[0]).toBeCloseTo(0.99 + 0.01 * (20 / 3), 14);
+  });
+
   it("fails the round for everyone when a worker skips to another layer, naming rank, step, layer and phase", () => {
     const { coord, peers } = setup(2);
     contrib(coord, peers[0]!, fwdOf([1, 2], 4, 1));

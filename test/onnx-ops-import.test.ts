@@ -11,7 +11,7 @@ import { ModelProtoSchema } from "onnx-buf";
 import { describe, expect, it } from "vitest";
 import { TORCH_CONVENTIONS, parseNorm } from "../shared/config.js";
 import { KERNEL_BACKENDS } from "../worker/nn/kernels/backend.js";
-import { buildModel } from "../worker/nn/model.js";
+import { buildModel, onnxNodeConventions, torchMomentumOf } from "../worker/nn/model.js";
 import { decodeOnnx, importOnnx, KNOWN_OPS } from "../worker/nn/onnx-import.js";
 import { relDiff, safetensorsValues } from "./compare.js";
 import { ROOT } from "./helpers.js";
@@ -184,5 +184,28 @@ describe("docs/onnx-ops.md", () => {
     const doc = readFileSync(join(ROOT, "docs", "onnx-ops.md"), "utf8");
     const missing = [...KNOWN_OPS].filter((op) => !new RegExp(`\\b${op}\\b`).test(doc));
     expect(missing).toEqual([]);
+  });
+});
+
+describe("a BatchNormalization node's momentum (ONNX's m = 1 − PyTorch's, a float32)", () => {
+  it("comes back as the module's decimal momentum", () => {
+    for (const [onnx, torch] of [[0.9, 0.1], [0.99, 0.01], [0.997, 0.003], [0.5, 0.5], [0, 1], [1, 0], [0.999, 0.001]] as const) expect(torchMomentumOf(Math.fround(onnx))).toBe(torch);
+  });
+
+  it("keeps the run's conventions, bit for bit, when the node has the default momentum or agrees with them in float32, else takes the node's", () => {
+    const run = TORCH_CONVENTIONS; // eps 1e-5, momentum 0.1, torch style
+    expect(onnxNodeConventions(run, Math.fround(1e-5), Math.fround(0.9))).toEqual(run);
+    expect(onnxNodeConventions(run, 1e-3, Math.fround(0.99))).toEqual({ ...run, eps: 1e-3, momentum: 0.01, momentumStyle: "torch" });
+    // A node with the default (a module's 0.1) leaves --bn-momentum in charge.
+    expect(onnxNodeConventions({ ...run, momentum: 0.2 }, 1e-5, Math.fround(0.9))).toEqual({ ...run, momentum: 0.2 });
+    expect(onnxNodeConventions({ ...run, momentum: 0.2 }, 1e-5, Math.fround(0.99))).toEqual({ ...run, momentum: 0.01 });
+    // Keras style 0.99 is PyTorch's 0.01: the node's 0.99 agrees.
+    const keras = { ...run, momentum: 0.99, momentumStyle: "keras" as const };
+    expect(onnxNodeConventions(keras, 1e-5, Math.fround(0.99))).toEqual(keras);
+    expect(onnxNodeConventions(keras, 1e-5, Math.fround(0.9))).toEqual(keras);
+    expect(onnxNodeConventions(keras, 1e-5, Math.fround(0.5))).toEqual({ ...keras, momentum: 0.5, momentumStyle: "torch" });
+    // --bn-momentum null (a cumulative average) is the run's choice over every node's.
+    const cumulative = { ...run, momentum: null };
+    expect(onnxNodeConventions(cumulative, 1e-5, Math.fround(0.99))).toEqual(cumulative);
   });
 });

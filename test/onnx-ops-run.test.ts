@@ -19,6 +19,8 @@ import { readSafetensors } from "../worker/safetensors.js";
 import { relDiff, safetensorsValues } from "./compare.js";
 import { ROOT, runCli } from "./helpers.js";
 import { fixtureSettings, trainAgainstTorch } from "./torch-train.js";
+import { checkRunData } from "../cli/preflight.js";
+import { DEFAULT_SETTINGS } from "../worker/settings.js";
 
 const DIR = join(ROOT, "test", "fixtures", "onnx", "opsnet");
 const DATA = join(ROOT, "test", "fixtures", "torch", "data");
@@ -31,6 +33,17 @@ function withDropout(p: number): string {
   ratio.rawData = new Uint8Array(new Float64Array([p]).buffer);
   const path = join(mkdtempSync(join(tmpdir(), "syncbn-dropout-")), "model.onnx");
   writeFileSync(path, toBinary(ModelProtoSchema, m));
+  return path;
+}
+
+/** opsnet with BatchNormalization node `node`'s momentum attribute set to m (ONNX's: 1 − PyTorch's momentum). */
+function withBnMomentum(node: string, m: number): string {
+  const model = fromBinary(ModelProtoSchema, readFileSync(join(DIR, "model.onnx")));
+  const a = model.graph!.node.find((n) => n.name === node)!.attribute.find((x) => x.name === "momentum")!;
+  expect(Math.fround(a.f)).toBe(Math.fround(0.9)); // torch.onnx.export wrote the module's 0.1
+  a.f = m;
+  const path = join(mkdtempSync(join(tmpdir(), "syncbn-bn-momentum-")), "model.onnx");
+  writeFileSync(path, toBinary(ModelProtoSchema, model));
   return path;
 }
 
@@ -84,4 +97,25 @@ describe("Dropout p = 0.5 in a whole run", () => {
     const p0 = safetensorsValues(join(DIR, "expected-sync.safetensors")).get("fc.weight")!.values;
     expect(relDiff(f32(a.get("fc.weight")!), p0)).toBeGreaterThan(1e-3);
   }, 600_000);
+});
+
+describe("a BatchNormalization node's own momentum (a module's BatchNorm2d(momentum=0.01))", () => {
+  it("updates that layer's running statistics with it, bit for bit as --bn-momentum 0.01 would, and the other layers with the run's", async () => {
+    const edited = withBnMomentum("/bn2/BatchNormalization", Math.fround(0.99));
+    const own = await train(edited); // the fixture's --bn-momentum 0.1; bn2's node says 0.01
+    const flag = await train(join(DIR, "model.onnx"), ["--bn-momentum", "0.01"]); // every layer at 0.01
+    const plain = await train(join(DIR, "model.onnx")); // every layer at 0.1
+    const same = (a: Uint8Array, b: Uint8Array): boolean => Buffer.from(a).equals(Buffer.from(b));
+    expect(same(flag.get("bn2.running_mean")!, plain.get("bn2.running_mean")!)).toBe(false); // the two momenta do differ here
+    for (const [name, t] of own) {
+      const ref = name === "bn2.running_mean" || name === "bn2.running_var" ? flag : plain;
+      expect(same(t, ref.get(name)!), name).toBe(true);
+    }
+  }, 600_000);
+
+  it("is what the launcher's preflight hands the coordinator's copy of the running statistics", async () => {
+    const s = { ...DEFAULT_SETTINGS, model: withBnMomentum("/bn1/BatchNormalization", Math.fround(0.997)), data: DATA, trainSize: 64, testSize: 16 };
+    const plan = await checkRunData(s, 2, undefined);
+    expect(plan.layerConventions.map((c) => c && [c.momentum, c.momentumStyle])).toEqual([[0.003, "torch"], [0.1, "torch"], [0.1, "torch"]]);
+  });
 });

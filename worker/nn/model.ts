@@ -261,9 +261,47 @@ function buildBuiltIn(o: ModelOptions): Model {
 }
 
 /**
+ * PyTorch's momentum of an ONNX BatchNormalization node's `momentum` m (a float32,
+ * 1 − PyTorch's): 1 − m taken on the shortest decimal that rounds to m, so a
+ * module's 0.01 (written as 0.99f) comes back as 0.01, not 1 − 0.99000001.
+ */
+export function torchMomentumOf(onnxMomentum: number): number {
+  const m = Math.fround(onnxMomentum);
+  for (let digits = 1; digits <= 9; digits++) {
+    const d = Number(m.toPrecision(digits));
+    if (Math.fround(d) !== m) continue;
+    let places = 0;
+    while (places < 12 && Number(d.toFixed(places)) !== d) places++;
+    if (Number(d.toFixed(places)) !== d) break;
+    const scale = 10 ** places;
+    return Number(`${scale - Math.round(d * scale)}e-${places}`);
+  }
+  return 1 - m;
+}
+
+/** ONNX's default BatchNormalization momentum, and what torch.onnx.export writes for a module's default 0.1. */
+const ONNX_DEFAULT_MOMENTUM = Math.fround(0.9);
+
+/**
+ * A BN node's conventions: the run's, with the node's eps unless it is the float32
+ * rounding of the run's (then the run's, bit for bit as the built-in models). Its
+ * momentum: the run's (`--bn-momentum`) when the node has the default (a module's
+ * 0.1) or agrees with the run's in float32; else the node's, a module's own
+ * (BatchNorm2d(momentum=0.01)), unless the run asks for the cumulative average
+ * (`--bn-momentum null`).
+ */
+export function onnxNodeConventions(run: BnConventions, eps: number, onnxMomentum: number): BnConventions {
+  const out = { ...run, eps: Math.fround(run.eps) === Math.fround(eps) ? run.eps : eps };
+  if (run.momentum === null || Math.fround(onnxMomentum) === ONNX_DEFAULT_MOMENTUM) return out;
+  const runTorch = run.momentumStyle === "keras" ? 1 - run.momentum : run.momentum;
+  if (Math.fround(1 - runTorch) === Math.fround(onnxMomentum)) return out;
+  return { ...out, momentum: torchMomentumOf(onnxMomentum), momentumStyle: "torch" };
+}
+
+/**
  * The model of an ONNX file (onnx-import.ts), its tensors set to the file's
- * initializers (state_dict names); BN eps from each node unless it is the float32
- * rounding of the run's eps (then the run's, bit for bit as the built-in models).
+ * initializers (state_dict names); each BN layer's eps and momentum from its node
+ * (onnxNodeConventions).
  */
 function buildOnnxModel(path: `${string}.onnx`, o: ModelOptions): Model {
   let bytes: Uint8Array;
@@ -274,9 +312,8 @@ function buildOnnxModel(path: `${string}.onnx`, o: ModelOptions): Model {
     throw new SyncbnError(ErrorCode.BadConfig, `--model ${path}: cannot read it (${err.code ?? err.message ?? String(e)}); give the path of a torch.onnx.export file`);
   }
   let bnIndex = 0;
-  const imported = importOnnx(decodeOnnx(bytes, path), path, o.inShape, o.classes, o.norm.kind === "none", (g, name, v, eps) => {
-    const runEps = Math.fround(o.conventions.eps) === Math.fround(eps) ? o.conventions.eps : eps;
-    const l = makeNorm(name, bnIndex, [...v.shape], { ...o, conventions: { ...o.conventions, eps: runEps } }, g.producerOf(v));
+  const imported = importOnnx(decodeOnnx(bytes, path), path, o.inShape, o.classes, o.norm.kind === "none", (g, name, v, eps, momentum) => {
+    const l = makeNorm(name, bnIndex, [...v.shape], { ...o, conventions: onnxNodeConventions(o.conventions, eps, momentum) }, g.producerOf(v));
     if (!l) return v;
     bnIndex++;
     return g.layer(l, v);

@@ -29,7 +29,8 @@ export const SUPPORTED_OPS =
 export { decodeOnnx, EXPORT_LINE, onnxFileHash, onnxHash } from "./onnx-file.js";
 
 /** Appends the run's norm layer (index = its order among BN nodes) with the node's eps, or returns v for `none`. */
-export type OnnxNormFactory = (g: GraphBuilder, name: string, v: Value, eps: number) => Value;
+/** A norm layer for BatchNormalization node `name`: its epsilon, and its `momentum` attribute (ONNX's: the old value's weight, 1 − PyTorch's). */
+export type OnnxNormFactory = (g: GraphBuilder, name: string, v: Value, eps: number, onnxMomentum: number) => Value;
 
 export interface OnnxModel {
   graph: Graph;
@@ -329,9 +330,12 @@ export function importOnnx(
           if (negative >= 0) bad(node, `running_var "${node.input[4]}"[${negative}] is ${stats[3]![negative]}; a variance must be ≥ 0`);
           const eps = float(node, "epsilon", 1e-5);
           if (!(Number.isFinite(eps) && eps > 0)) bad(node, `epsilon ${eps} must be a finite number > 0`);
+          // ONNX's default 0.9 is PyTorch's 0.1; torch.onnx.export writes 1 − the module's momentum.
+          const momentum = float(node, "momentum", 0.9);
+          if (!(momentum >= 0 && momentum <= 1)) bad(node, `momentum ${momentum} must be in [0, 1]`);
           if (problems.length > before) break;
           bnIndex++;
-          set({ k: "act", v: norm(g, name, v, eps) });
+          set({ k: "act", v: norm(g, name, v, eps, momentum) });
           break;
         }
         case "MaxPool":
