@@ -17,7 +17,7 @@ import { ModelProtoSchema } from "onnx-buf";
 import { describe, expect, it } from "vitest";
 import { readSafetensors } from "../worker/safetensors.js";
 import { relDiff, safetensorsValues } from "./compare.js";
-import { ROOT, runCli } from "./helpers.js";
+import { nativeInRuns, ROOT, runCli } from "./helpers.js";
 import { fixtureSettings, trainAgainstTorch } from "./torch-train.js";
 import { checkRunData } from "../cli/preflight.js";
 import { DEFAULT_SETTINGS } from "../worker/settings.js";
@@ -97,6 +97,20 @@ describe("Dropout p = 0.5 in a whole run", () => {
     const p0 = safetensorsValues(join(DIR, "expected-sync.safetensors")).get("fc.weight")!.values;
     expect(relDiff(f32(a.get("fc.weight")!), p0)).toBeGreaterThan(1e-3);
   }, 600_000);
+});
+
+describe("grouped and depthwise convs on every kernel backend", () => {
+  // A choice of kernel by thread count once made --threads change the bits of grouped convs (wasm on 1 thread, the
+  // TypeScript twin on more); native ran them on wasm too.
+  for (const kernels of nativeInRuns() ? (["native", "wasm", "js"] as const) : (["wasm", "js"] as const)) {
+    it(`gives opsnet the same weights bit for bit on 1 and 2 threads, within 1e-5 of PyTorch (${kernels} kernels)`, async () => {
+      const one = await train(join(DIR, "model.onnx"), ["--kernels", kernels, "--threads", "1"]);
+      const two = await train(join(DIR, "model.onnx"), ["--kernels", kernels, "--threads", "2"]);
+      for (const [name, t] of one) expect(Buffer.from(two.get(name)!).equals(Buffer.from(t)), name).toBe(true);
+      const { worst } = await trainAgainstTorch({ dir: DIR, data: DATA, model: join(DIR, "model.onnx"), norm: "sync", kernels });
+      expect(worst.diff, worst.name).toBeLessThan(1e-5);
+    }, 600_000);
+  }
 });
 
 describe("a BatchNormalization node's own momentum (a module's BatchNorm2d(momentum=0.01))", () => {
