@@ -318,6 +318,12 @@ export function importOnnx(
           if (!v || !scale) break;
           for (let i = 2; i < 5; i++) cst(node, i);
           if (problems.length > before) break;
+          // BatchNorm(affine=False): the export feeds γ = 1 and β = 0 from Constant nodes, not from initializers, and
+          // PyTorch trains neither; a layer here would train both (and name itself after the constant).
+          if (!inits.has(node.input[1]!) && !inits.has(node.input[2] ?? "") && inits.has(node.input[3] ?? "")) {
+            bad(node, `scale and bias are constants, not parameters (a BatchNorm with affine=False): not supported; train the module with affine=True (the default)`);
+            break;
+          }
           const name = owner(scale.name, ".weight");
           const channels = v.shape[0]!;
           // Under the norm layer's names (PyTorch's), whatever the initializers are called.
