@@ -14,7 +14,8 @@
 Dropout has p = 0.0 in the whole-run model: PyTorch's mask stream cannot be matched; syncbn's
 dropout semantics are tested on their own (test/onnx-ops.test.ts).
 
-Run by hand with PyTorch 1.13:  /usr/bin/python3 scripts/make-onnx-ops-fixtures.py
+Run by hand with PyTorch 1.13:  /usr/bin/python3 scripts/make-onnx-ops-fixtures.py [NAME …]
+(names: only those whole-run fixtures, e.g. bnvarnet: BatchNorm affine=False and a module's own momentum)
 Not a test: it only writes test/fixtures/onnx-ops/ and test/fixtures/onnx/{opsnet,poolnet}/ (and rewrites
 test/fixtures/torch/data with the same bytes).
 """
@@ -22,6 +23,7 @@ test/fixtures/torch/data with the same bytes).
 import importlib.util
 import json
 import os
+import sys
 
 import numpy as np
 import torch
@@ -42,6 +44,26 @@ tf = load("tf", "make-torch-fixtures.py")
 of = load("of", "make-onnx-fixtures.py")
 POINTWISE = os.path.join(HERE, "..", "test", "fixtures", "onnx-ops")
 BN = lambda c: nn.BatchNorm2d(c, tf.BN_EPS, tf.BN_MOMENTUM)  # noqa: E731
+
+
+class BnVarNet(nn.Module):
+    """BatchNorm as users' models carry it: affine=False (2d and 1d: no weight or bias in the
+    state_dict, fixed 1 and 0), a module's own momentum (0.01, exported as 0.99), and the default."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 6, 3, stride=2, padding=1)
+        self.bn1 = nn.BatchNorm2d(6, tf.BN_EPS, tf.BN_MOMENTUM, affine=False)
+        self.conv2 = nn.Conv2d(6, 8, 3, stride=2, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(8, tf.BN_EPS, 0.01)
+        self.fc1 = nn.Linear(8, 12)
+        self.bn3 = nn.BatchNorm1d(12, tf.BN_EPS, tf.BN_MOMENTUM, affine=False)
+        self.fc2 = nn.Linear(12, 10)
+
+    def forward(self, x):
+        x = F.silu(self.bn1(self.conv1(x)))
+        x = F.silu(self.bn2(self.conv2(x)))
+        return self.fc2(F.silu(self.bn3(self.fc1(x.mean((2, 3))))))
 
 
 class OpsNet(nn.Module):
@@ -294,16 +316,23 @@ def onestep(name, make_model, x, y, out=None):
 
 if __name__ == "__main__":
     torch.set_default_dtype(torch.float64)
-    pointwise()
+    if not sys.argv[1:]:
+        pointwise()
     x, y = tf.make_data(np.random.default_rng(12))
     settings = {"workers": tf.WORKERS, "batch": tf.BATCH, "steps": tf.STEPS, "lr": tf.LR, "momentum": tf.MOMENTUM, "weightDecay": tf.WEIGHT_DECAY,
                 "bnEps": tf.BN_EPS, "bnMomentum": tf.BN_MOMENTUM, "trainSize": tf.TRAIN, "testSize": tf.TEST}
-    for name, make_model in (("opsnet", OpsNet), ("poolnet", PoolNet), ("actnet", ActNet)):
+    # Names on the command line: only those whole-run fixtures (e.g. bnvarnet), nothing else rewritten.
+    only = set(sys.argv[1:])
+    for name, make_model in (("opsnet", OpsNet), ("poolnet", PoolNet), ("actnet", ActNet), ("bnvarnet", BnVarNet)):
+        if only and name not in only:
+            continue
         of.make(name, make_model, x, y)
         with open(os.path.join(of.OUT, name, "settings.json"), "w") as f:
             json.dump(settings, f, indent=1)
         onestep(name, make_model, x, y)
     for name, make_model in ZOO.items():
+        if only:
+            break
         out = os.path.join(POINTWISE, name)
         os.makedirs(out, exist_ok=True)
         torch.manual_seed(0)

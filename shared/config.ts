@@ -30,6 +30,11 @@ export interface BnConventions {
   momentumStyle: MomentumStyle;
   /** Running var from M2/(n-1) (PyTorch) or M2/n (Keras/Flax). */
   unbiasedRunningVar: boolean;
+  /**
+   * false: γ = 1 and β = 0 fixed, not parameters (PyTorch's BatchNorm(affine=False), an ONNX node fed by
+   * constants). A layer's own, set by the model builder; never part of a run's conventions on the wire.
+   */
+  affine?: boolean;
 }
 
 /** What a worker and the coordinator must agree on before any round. */

@@ -113,6 +113,21 @@ describe("grouped and depthwise convs on every kernel backend", () => {
   }
 });
 
+describe("BatchNorm as users' models carry it: affine=False and a module's own momentum (bnvarnet)", () => {
+  // bn1 (2d) and bn3 (1d) affine=False: no weight or bias in PyTorch's state_dict, γ = 1 and β = 0 fixed; bn2 momentum 0.01.
+  const dir = join(ROOT, "test", "fixtures", "onnx", "bnvarnet");
+  for (const kernels of nativeInRuns() ? (["native", "wasm", "js"] as const) : (["wasm", "js"] as const)) {
+    for (const norm of ["sync", "local"] as const) {
+      it(`ends bnvarnet within 1e-5 of PyTorch on every tensor, PyTorch's 18 and no other (${kernels} kernels, --norm ${norm})`, async () => {
+        const { worst, names } = await trainAgainstTorch({ dir, data: DATA, model: join(dir, "model.onnx"), norm, kernels });
+        expect(names).toHaveLength(18);
+        expect(names.filter((n) => /^bn[13]\.(weight|bias)$/.test(n))).toEqual([]);
+        expect(worst.diff, worst.name).toBeLessThan(1e-5);
+      }, 300_000);
+    }
+  }
+});
+
 describe("a BatchNormalization node's own momentum (a module's BatchNorm2d(momentum=0.01))", () => {
   it("updates that layer's running statistics with it, bit for bit as --bn-momentum 0.01 would, and the other layers with the run's", async () => {
     const edited = withBnMomentum("/bn2/BatchNormalization", Math.fround(0.99));

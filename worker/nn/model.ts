@@ -288,10 +288,10 @@ const ONNX_DEFAULT_MOMENTUM = Math.fround(0.9);
  * momentum: the run's (`--bn-momentum`) when the node has the default (a module's
  * 0.1) or agrees with the run's in float32; else the node's, a module's own
  * (BatchNorm2d(momentum=0.01)), unless the run asks for the cumulative average
- * (`--bn-momentum null`).
+ * (`--bn-momentum null`). affine = false: a BatchNorm(affine=False) (γ = 1, β = 0 fixed).
  */
-export function onnxNodeConventions(run: BnConventions, eps: number, onnxMomentum: number): BnConventions {
-  const out = { ...run, eps: Math.fround(run.eps) === Math.fround(eps) ? run.eps : eps };
+export function onnxNodeConventions(run: BnConventions, eps: number, onnxMomentum: number, affine = true): BnConventions {
+  const out = { ...run, eps: Math.fround(run.eps) === Math.fround(eps) ? run.eps : eps, ...(affine ? {} : { affine: false }) };
   if (run.momentum === null || Math.fround(onnxMomentum) === ONNX_DEFAULT_MOMENTUM) return out;
   const runTorch = run.momentumStyle === "keras" ? 1 - run.momentum : run.momentum;
   if (Math.fround(1 - runTorch) === Math.fround(onnxMomentum)) return out;
@@ -312,8 +312,8 @@ function buildOnnxModel(path: `${string}.onnx`, o: ModelOptions): Model {
     throw new SyncbnError(ErrorCode.BadConfig, `--model ${path}: cannot read it (${err.code ?? err.message ?? String(e)}); give the path of a torch.onnx.export file`);
   }
   let bnIndex = 0;
-  const imported = importOnnx(decodeOnnx(bytes, path), path, o.inShape, o.classes, o.norm.kind === "none", (g, name, v, eps, momentum) => {
-    const l = makeNorm(name, bnIndex, [...v.shape], { ...o, conventions: onnxNodeConventions(o.conventions, eps, momentum) }, g.producerOf(v));
+  const imported = importOnnx(decodeOnnx(bytes, path), path, o.inShape, o.classes, o.norm.kind === "none", (g, name, v, eps, momentum, affine) => {
+    const l = makeNorm(name, bnIndex, [...v.shape], { ...o, conventions: onnxNodeConventions(o.conventions, eps, momentum, affine) }, g.producerOf(v));
     if (!l) return v;
     bnIndex++;
     return g.layer(l, v);

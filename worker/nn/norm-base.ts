@@ -70,8 +70,9 @@ export abstract class RunningStatsNorm implements RunningStatsLayer {
     this.dx = this.passes.dx;
   }
 
+  /** γ and β; none with affine = false (they stay 1 and 0: PyTorch's affine=False has neither in its state_dict). */
   params(): Param[] {
-    return [this.gamma, this.beta];
+    return this.conventions.affine === false ? [] : [this.gamma, this.beta];
   }
 
   /** Eval mode: y = γ·(x − running mean)/sqrt(running var + eps) + β; no statistics, no network. */

@@ -30,7 +30,7 @@ export { decodeOnnx, EXPORT_LINE, onnxFileHash, onnxHash } from "./onnx-file.js"
 
 /** Appends the run's norm layer (index = its order among BN nodes) with the node's eps, or returns v for `none`. */
 /** A norm layer for BatchNormalization node `name`: its epsilon, and its `momentum` attribute (ONNX's: the old value's weight, 1 − PyTorch's). */
-export type OnnxNormFactory = (g: GraphBuilder, name: string, v: Value, eps: number, onnxMomentum: number) => Value;
+export type OnnxNormFactory = (g: GraphBuilder, name: string, v: Value, eps: number, onnxMomentum: number, affine: boolean) => Value;
 
 export interface OnnxModel {
   graph: Graph;
@@ -319,19 +319,19 @@ export function importOnnx(
           for (let i = 2; i < 5; i++) cst(node, i);
           if (problems.length > before) break;
           // BatchNorm(affine=False): the export feeds γ = 1 and β = 0 from Constant nodes, not from initializers, and
-          // PyTorch trains neither; a layer here would train both (and name itself after the constant).
-          if (!inits.has(node.input[1]!) && !inits.has(node.input[2] ?? "") && inits.has(node.input[3] ?? "")) {
-            bad(node, `scale and bias are constants, not parameters (a BatchNorm with affine=False): not supported; train the module with affine=True (the default)`);
-            break;
-          }
-          const name = owner(scale.name, ".weight");
+          // PyTorch has neither as a parameter: the layer is named after its running mean and keeps them fixed.
+          const affine = !(!inits.has(node.input[1]!) && !inits.has(node.input[2] ?? "") && inits.has(node.input[3] ?? ""));
+          const name = affine ? owner(scale.name, ".weight") : owner(cst(node, 3)!.name, ".running_mean");
           const channels = v.shape[0]!;
           // Under the norm layer's names (PyTorch's), whatever the initializers are called.
           const stats = ([[1, ".weight"], [2, ".bias"], [3, ".running_mean"], [4, ".running_var"]] as const).map(([i, suffix]) => {
             const f = floatsOf(node, cst(node, i)!, suffix.slice(1), channels);
-            if (f) initial.set(name + suffix, f);
+            if (f && (affine || i > 2)) initial.set(name + suffix, f);
             return f;
           });
+          if (!affine && ((stats[0] && stats[0].some((x) => x !== 1)) || (stats[1] && stats[1].some((x) => x !== 0)))) {
+            bad(node, `scale and bias are constants (a BatchNorm with affine=False) but not 1 and 0: only affine=False's fixed γ = 1, β = 0 is supported`);
+          }
           const negative = stats[3]?.findIndex((x) => x < 0) ?? -1;
           if (negative >= 0) bad(node, `running_var "${node.input[4]}"[${negative}] is ${stats[3]![negative]}; a variance must be ≥ 0`);
           const eps = float(node, "epsilon", 1e-5);
@@ -341,7 +341,7 @@ export function importOnnx(
           if (!(momentum >= 0 && momentum <= 1)) bad(node, `momentum ${momentum} must be in [0, 1]`);
           if (problems.length > before) break;
           bnIndex++;
-          set({ k: "act", v: norm(g, name, v, eps, momentum) });
+          set({ k: "act", v: norm(g, name, v, eps, momentum, affine) });
           break;
         }
         case "MaxPool":
