@@ -12,7 +12,7 @@ import { KERNEL_SETTINGS, type KernelBackend } from "../worker/nn/kernels/backen
 import { nativeKernels, nativeUnavailableReason } from "../worker/nn/kernels/native.js";
 
 export const KERNELS_HELP =
-  "conv/linear and normalization kernels: native (the C++ addon's conv, BN and GroupNorm passes, max pooling, ReLU, residual add and SGD, other layers on wasm; the default where the addon loads), wasm (WebAssembly SIMD; same results, bit for bit) or js (the plain TypeScript twins); default $SYNCBN_KERNELS";
+  "conv/linear and normalization kernels: native (the C++ addon's conv, BN and GroupNorm passes, max pooling, ReLU, residual add and SGD, other layers on wasm; the default where the addon loads), wasm (WebAssembly SIMD) or js (the plain TypeScript twins); each gives the same bits run to run and on any --threads, but they round differently from each other (native uses FMA); default $SYNCBN_KERNELS";
 
 /** The --kernels option of train, sweep and worker (no default: absent means SYNCBN_KERNELS, then the automatic choice). */
 export function kernelsOption(): Option {
