@@ -48,7 +48,8 @@ BN = lambda c: nn.BatchNorm2d(c, tf.BN_EPS, tf.BN_MOMENTUM)  # noqa: E731
 
 class BnVarNet(nn.Module):
     """BatchNorm as users' models carry it: affine=False (2d and 1d: no weight or bias in the
-    state_dict, fixed 1 and 0), a module's own momentum (0.01, exported as 0.99), and the default."""
+    state_dict, fixed 1 and 0), a module's own momentum (0.01, exported as 0.99), momentum=None
+    (a cumulative average, exported as 0 before the first update), and the default."""
 
     def __init__(self):
         super().__init__()
@@ -57,7 +58,7 @@ class BnVarNet(nn.Module):
         self.conv2 = nn.Conv2d(6, 8, 3, stride=2, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(8, tf.BN_EPS, 0.01)
         self.fc1 = nn.Linear(8, 12)
-        self.bn3 = nn.BatchNorm1d(12, tf.BN_EPS, tf.BN_MOMENTUM, affine=False)
+        self.bn3 = nn.BatchNorm1d(12, tf.BN_EPS, None, affine=False)
         self.fc2 = nn.Linear(12, 10)
 
     def forward(self, x):

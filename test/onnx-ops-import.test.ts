@@ -204,6 +204,8 @@ describe("a BatchNormalization node's momentum (ONNX's m = 1 − PyTorch's, a fl
     expect(onnxNodeConventions(keras, 1e-5, Math.fround(0.99))).toEqual(keras);
     expect(onnxNodeConventions(keras, 1e-5, Math.fround(0.9))).toEqual(keras);
     expect(onnxNodeConventions(keras, 1e-5, Math.fround(0.5))).toEqual({ ...keras, momentum: 0.5, momentumStyle: "torch" });
+    // A node's 0 (PyTorch's 1) is a momentum=None module exported before its first update: the cumulative average.
+    expect(onnxNodeConventions(run, 1e-5, 0)).toEqual({ ...run, momentum: null });
     // --bn-momentum null (a cumulative average) is the run's choice over every node's.
     const cumulative = { ...run, momentum: null };
     expect(onnxNodeConventions(cumulative, 1e-5, Math.fround(0.99))).toEqual(cumulative);

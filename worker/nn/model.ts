@@ -288,11 +288,15 @@ const ONNX_DEFAULT_MOMENTUM = Math.fround(0.9);
  * momentum: the run's (`--bn-momentum`) when the node has the default (a module's
  * 0.1) or agrees with the run's in float32; else the node's, a module's own
  * (BatchNorm2d(momentum=0.01)), unless the run asks for the cumulative average
- * (`--bn-momentum null`). affine = false: a BatchNorm(affine=False) (γ = 1, β = 0 fixed).
+ * (`--bn-momentum null`); a node's 0 is a momentum=None module's (the cumulative
+ * average). affine = false: a BatchNorm(affine=False) (γ = 1, β = 0 fixed).
  */
 export function onnxNodeConventions(run: BnConventions, eps: number, onnxMomentum: number, affine = true): BnConventions {
   const out = { ...run, eps: Math.fround(run.eps) === Math.fround(eps) ? run.eps : eps, ...(affine ? {} : { affine: false }) };
   if (run.momentum === null || Math.fround(onnxMomentum) === ONNX_DEFAULT_MOMENTUM) return out;
+  // 0 (PyTorch's 1: the running statistics replaced by each batch's) is what a momentum=None module exports
+  // before its first update, its factor 1/(num_batches_tracked + 1) taken at the export's one forward pass.
+  if (Math.fround(onnxMomentum) === 0) return { ...out, momentum: null, momentumStyle: "torch" };
   const runTorch = run.momentumStyle === "keras" ? 1 - run.momentum : run.momentum;
   if (Math.fround(1 - runTorch) === Math.fround(onnxMomentum)) return out;
   return { ...out, momentum: torchMomentumOf(onnxMomentum), momentumStyle: "torch" };
