@@ -28,8 +28,11 @@ export const SUPPORTED_OPS =
 
 export { decodeOnnx, EXPORT_LINE, onnxFileHash, onnxHash } from "./onnx-file.js";
 
-/** Appends the run's norm layer (index = its order among BN nodes) with the node's eps, or returns v for `none`. */
-/** A norm layer for BatchNormalization node `name`: its epsilon, and its `momentum` attribute (ONNX's: the old value's weight, 1 − PyTorch's). */
+/**
+ * Appends the run's norm layer (index = its order among BN nodes) for BatchNormalization node `name`, or returns v
+ * for `none`: with the node's epsilon, its `momentum` attribute (ONNX's: the old value's weight, 1 − PyTorch's), and
+ * whether it is affine (false: γ = 1 and β = 0 are constants, PyTorch's affine=False).
+ */
 export type OnnxNormFactory = (g: GraphBuilder, name: string, v: Value, eps: number, onnxMomentum: number, affine: boolean) => Value;
 
 export interface OnnxModel {
@@ -320,7 +323,8 @@ export function importOnnx(
           if (problems.length > before) break;
           // BatchNorm(affine=False): the export feeds γ = 1 and β = 0 from Constant nodes, not from initializers, and
           // PyTorch has neither as a parameter: the layer is named after its running mean and keeps them fixed.
-          const affine = !(!inits.has(node.input[1]!) && !inits.has(node.input[2] ?? "") && inits.has(node.input[3] ?? ""));
+          const constantScaleAndBias = !inits.has(node.input[1]!) && !inits.has(node.input[2] ?? "") && inits.has(node.input[3] ?? "");
+          const affine = !constantScaleAndBias;
           const name = affine ? owner(scale.name, ".weight") : owner(cst(node, 3)!.name, ".running_mean");
           const channels = v.shape[0]!;
           // Under the norm layer's names (PyTorch's), whatever the initializers are called.
