@@ -133,6 +133,11 @@ def cases():
                                                                    [1, 3, 2, 2], [2, 2, 2, 0]]),
         make_case("constant-channel-eps-1e-3", gen, 3, [2, 2], [[2, 2], [3, 1]], eps=1e-3, constant_channel=1),
         make_case("conv-2workers-8channels-4x4", gen, 8, [4, 4], [[2, 2], [1, 3]], eval_n=2),
+        # Appended (the cases above keep their bytes): many ranks, mostly empty or single; extreme eps; momentum 0
+        # (the running statistics never move) and a Keras 0.5; a 1×1 plane; tiny spread around a large mean.
+        make_case("fc-16workers-mostly-empty-eps-1e-8", gen, 5, [], [[0, 1, 0, 0, 2, 0, 1, 0, 0, 0, 0, 3, 0, 0, 1, 0], [1] * 16], eps=1e-8),
+        make_case("conv-1x1-plane-momentum-0-eps-0.5", gen, 7, [1, 1], [[2, 1, 3], [1, 1, 0], [0, 4, 1]], momentum=0.0, eps=0.5),
+        make_case("keras-momentum-0.5-large-mean-conv", gen, 4, [2, 3], [[1, 0, 2, 1], [2, 2, 0, 0]], momentum=0.5, style="keras", loc=5000.0, scale=1e-3),
     ]
 
 
