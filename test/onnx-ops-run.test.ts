@@ -73,7 +73,7 @@ describe("the opsnet ONNX export against PyTorch, from the same initial weights"
     }, 300_000);
   }
 
-  it("ends opsnet within 1e-5 of PyTorch with --threads 2 (grouped convs on the TypeScript kernels there)", async () => {
+  it("ends opsnet within 1e-5 of PyTorch with --threads 2 (grouped convs on WebAssembly kernels of one thread each)", async () => {
     const { worst } = await trainAgainstTorch({ dir: DIR, data: DATA, model: join(DIR, "model.onnx"), norm: "sync", kernels: "wasm", flags: ["--threads", "2"] });
     expect(worst.diff, worst.name).toBeLessThan(1e-5);
   }, 300_000);
@@ -101,7 +101,7 @@ describe("Dropout p = 0.5 in a whole run", () => {
 
 describe("grouped and depthwise convs on every kernel backend", () => {
   // A choice of kernel by thread count once made --threads change the bits of grouped convs (wasm on 1 thread, the
-  // TypeScript twin on more); native ran them on wasm too.
+  // TypeScript twin on more); native ran them on wasm too. Now native, wasm (kept on one thread) or js, by backend.
   for (const kernels of nativeInRuns() ? (["native", "wasm", "js"] as const) : (["wasm", "js"] as const)) {
     it(`gives opsnet the same weights bit for bit on 1 and 2 threads, within 1e-5 of PyTorch (${kernels} kernels)`, async () => {
       const one = await train(join(DIR, "model.onnx"), ["--kernels", kernels, "--threads", "1"]);

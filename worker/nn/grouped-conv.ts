@@ -1,7 +1,7 @@
 // Grouped and depthwise 2-D convolution (PyTorch's Conv2d(groups=G), ONNX Conv
 // `group`): G independent convolutions of cin/G → cout/G channels, each run by the
-// existing conv kernels (ConvNative where the native kernels run, else the ConvJs twin; never a choice
-// that depends on --threads, which must not change the bits) on views of the one weight
+// existing conv kernels (ConvNative, ConvWasm on one thread, or the ConvJs twin, by the backend alone:
+// --threads must not change the bits) on views of the one weight
 // (cout, cin/G, k, k) and bias. The input channels of a group are gathered into a
 // contiguous batch and its output scattered back: correct first, not fast (a
 // depthwise conv is G tiny GEMMs). Not dilated or transposed.
@@ -9,6 +9,7 @@
 import type { Rng } from "../../shared/rng.js";
 import { convKernelBackend, type KernelBackend } from "./kernels/backend.js";
 import { ConvNative, KEEP_COLUMNS_BYTES } from "./kernels/conv-native.js";
+import { ConvWasm } from "./kernels/conv-wasm.js";
 import { requireNative } from "./kernels/native.js";
 import { requestedComputeThreads } from "./kernels/threads.js";
 import { ConvJs, convGeometry, type ConvGeometry, type ConvKernel } from "./conv2d.js";
@@ -51,12 +52,15 @@ export class GroupedConv2d implements Layer {
     initFanInUniform(w, hasBias ? b : new Float32Array(0), rows, rng); // PyTorch's fan-in is cin/G·k·k
     this.weight = { name: `${name}.weight`, value: w, grad: new Float32Array(w.length), shape: [cout, g.cin, kernel, kernel] };
     this.bias = { name: `${name}.bias`, value: b, grad: new Float32Array(b.length), shape: [cout] };
-    // Native: one ConvNative per group, the layer's budget for kept columns shared among them (bits independent of
-    // --threads, as every native conv). Otherwise the TypeScript twin, on any number of threads: a WebAssembly kernel
-    // per group would reserve 4 GiB of address space each with compute threads (G of them could exhaust it: a
-    // depthwise conv of 512 channels), and switching to the twin only then made --threads change the bits.
+    // Native: one ConvNative per group, the layer's budget for kept columns shared among them. WebAssembly: one
+    // ConvWasm per group kept on this thread whatever --threads says (with compute threads its memory would be
+    // shared, reserving 4 GiB of address space each: G of them could exhaust it, a depthwise conv of 512 channels);
+    // switching to the twin then, as before, made --threads change the bits. Each kernel gives the same bits on any
+    // --threads.
     const native = backend === "native" ? requireNative(name) : null;
-    this.kernels = Array.from({ length: groups }, () => (native ? new ConvNative(g, native, requestedComputeThreads(), Math.floor(KEEP_COLUMNS_BYTES / groups)) : new ConvJs(g)));
+    this.kernels = Array.from({ length: groups }, () =>
+      native ? new ConvNative(g, native, requestedComputeThreads(), Math.floor(KEEP_COLUMNS_BYTES / groups)) : backend === "wasm" ? new ConvWasm(g, 1) : new ConvJs(g),
+    );
     this.xg = new BatchBuffer(g.cin * inH * inW);
     this.y = new BatchBuffer(cout * g.outH * g.outW);
     this.dyg = new BatchBuffer(g.cout * g.outH * g.outW);

@@ -27,8 +27,8 @@ interface ConvRegions {
 
 export class ConvWasm implements ConvKernel {
   /** Compute threads this layer's passes split over (threads.ts); 1: this thread alone. */
-  private readonly parts = computeThreads();
-  private readonly arena = new WasmArena(this.parts > 1);
+  private readonly parts: number;
+  private readonly arena: WasmArena;
   /** The task words of the last pass (threads.ts), refilled per pass. */
   private readonly task = new Int32Array(CONV_TASK_WORDS);
   /** Floats between two compute threads' dcols scratch blocks. */
@@ -45,7 +45,13 @@ export class ConvWasm implements ConvKernel {
   private readonly yViews = new Map<number, Float32Array>();
   private readonly dxViews = new Map<number, Float32Array>();
 
-  constructor(private readonly g: ConvGeometry) {
+  /**
+   * `parts`: the compute threads to split over, the run's by default; 1 keeps the kernel on this thread with its own
+   * unshared memory (the same bits: the split never changes them).
+   */
+  constructor(private readonly g: ConvGeometry, parts = computeThreads()) {
+    this.parts = parts;
+    this.arena = new WasmArena(parts > 1);
     this.rows = g.cin * g.kernel * g.kernel;
     this.plane = g.outH * g.outW;
     this.inSize = g.cin * g.inH * g.inW;
