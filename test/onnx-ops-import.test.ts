@@ -20,7 +20,7 @@ const OPSNET_DIR = join(ROOT, "test", "fixtures", "onnx", "opsnet");
 
 describe("models imported from ONNX against PyTorch, one batch", () => {
   const models = [
-    ...["opsnet", "poolnet", "actnet"].map((f) => [f, join(ROOT, "test", "fixtures", "onnx", f)]),
+    ...["opsnet", "poolnet", "actnet", "bnvarnet"].map((f) => [f, join(ROOT, "test", "fixtures", "onnx", f)]),
     ...["shufflev2", "mobilev2", "samepad", "efflike", "resstem", "incep"].map((f) => [f, join(ROOT, "test", "fixtures", "onnx-ops", f)]),
   ];
   for (const [fixture, dir] of models) for (const backend of KERNEL_BACKENDS) {
