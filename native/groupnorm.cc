@@ -8,7 +8,7 @@
 
 #include "norm.h"
 
-#define SYNCBN_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#include "clones.h"
 
 namespace syncbn {
 

@@ -8,23 +8,18 @@
 #include <algorithm>
 #include <vector>
 
+#include "clones.h"
 #include "conv.h"
 #include "gemm.h"
-
-#if defined(__x86_64__)
-#define SYNCBN_WIDEN_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define SYNCBN_WIDEN_CLONES
-#endif
 
 namespace syncbn {
 
 // dW's float64 sum of the samples' float32 products: sum[t] = f64(p[t]) for the first sample, += for the
 // next. One conversion and at most one add per element, so every clone gives the same bits (−0 kept).
-SYNCBN_WIDEN_CLONES void widenFirst(double* sum, const float* p, int64_t n) {
+SYNCBN_CLONES void widenFirst(double* sum, const float* p, int64_t n) {
   for (int64_t t = 0; t < n; t++) sum[t] = double(p[t]);
 }
-SYNCBN_WIDEN_CLONES void widenAdd(double* sum, const float* p, int64_t n) {
+SYNCBN_CLONES void widenAdd(double* sum, const float* p, int64_t n) {
   for (int64_t t = 0; t < n; t++) sum[t] += double(p[t]);
 }
 

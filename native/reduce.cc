@@ -16,7 +16,7 @@
 
 #include "step-api.h"
 
-#define SYNCBN_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#include "clones.h"
 
 namespace {
 
